@@ -1,0 +1,8 @@
+//! podwall's control plane.
+//!
+//! It owns where cluster state comes from (a directory of YAML today; the API server's watch in
+//! the control-plane issue), and later the per-pod policy computation, the stream to sidecars and
+//! the injection webhook. Everything after the source is the same code whatever the source is.
+//! It must never touch packets.
+
+pub mod source;

@@ -1,0 +1,4 @@
+//! The offline analyzer: connectivity matrices and lint findings over a whole cluster state.
+
+pub mod lint;
+pub mod matrix;

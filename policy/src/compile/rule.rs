@@ -1,0 +1,111 @@
+//! A rule with its peers resolved: selectors become identity sets, ipBlocks become address sets.
+
+use std::net::IpAddr;
+
+use fixedbitset::FixedBitSet;
+
+use super::identity::{Identities, IdentityId};
+use super::ipset::IpSet;
+use crate::model::Direction;
+use crate::model::{NamespaceScope, Peer, Rule};
+use crate::state::{ClusterState, PolicyId};
+
+/// Who is on the other end of a connection, as rules see it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PeerView {
+    /// The peer's identity when it is a pod (not host-network).
+    pub(crate) identity: Option<IdentityId>,
+    /// The peer's address, when known.
+    pub(crate) ip: Option<IpAddr>,
+}
+
+/// One peer of a rule, resolved.
+#[derive(Debug)]
+pub(crate) enum CompiledPeer {
+    Identities(FixedBitSet),
+    Addresses(IpSet),
+}
+
+/// A rule of a policy with its peers resolved against the cluster state.
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    pub(crate) policy: PolicyId,
+    pub(crate) direction: Direction,
+    pub(crate) index: u32,
+    /// Empty `from`/`to`: every peer, pod or not.
+    pub(crate) all_peers: bool,
+    pub(crate) peers: Vec<CompiledPeer>,
+}
+
+impl CompiledRule {
+    pub(crate) fn compile(
+        state: &ClusterState,
+        identities: &Identities,
+        policy: PolicyId,
+        direction: Direction,
+        index: u32,
+        rule: &Rule,
+    ) -> Self {
+        let peers = rule
+            .peers
+            .iter()
+            .map(|peer| match peer {
+                Peer::Pods { namespaces, pods } => {
+                    let mut set = FixedBitSet::with_capacity(identities.len());
+                    for (ns_index, ns) in state.namespaces.iter().enumerate() {
+                        let in_scope = match namespaces {
+                            NamespaceScope::Named(name) => &ns.name == name,
+                            NamespaceScope::Selected(sel) => sel.matches(&ns.labels),
+                        };
+                        if !in_scope {
+                            continue;
+                        }
+                        for &id in &identities.by_namespace[ns_index] {
+                            if pods.matches(&identities.list[id as usize].labels) {
+                                set.insert(id as usize);
+                            }
+                        }
+                    }
+                    CompiledPeer::Identities(set)
+                }
+                Peer::IpBlock(block) => {
+                    let mut set = IpSet::default();
+                    set.add_block(block);
+                    CompiledPeer::Addresses(set)
+                }
+            })
+            .collect();
+        CompiledRule {
+            policy,
+            direction,
+            index,
+            all_peers: rule.peers.is_empty(),
+            peers,
+        }
+    }
+
+    /// The index of the first peer that matches (`Some(None)` when the rule matches every peer).
+    pub(crate) fn matching_peer(&self, peer: &PeerView) -> Option<Option<usize>> {
+        if self.all_peers {
+            return Some(None);
+        }
+        self.peers
+            .iter()
+            .position(|p| match p {
+                CompiledPeer::Identities(set) => {
+                    peer.identity.is_some_and(|id| set.contains(id as usize))
+                }
+                CompiledPeer::Addresses(set) => peer.ip.is_some_and(|ip| set.contains(ip)),
+            })
+            .map(Some)
+    }
+
+    /// True when some peer of the rule selects at least one pod or address.
+    pub(crate) fn can_match_anything(&self) -> bool {
+        self.all_peers
+            || self.peers.iter().any(|p| match p {
+                CompiledPeer::Identities(set) => !set.is_clear(),
+                CompiledPeer::Addresses(set) => !set.is_empty(),
+            })
+    }
+}

@@ -1,0 +1,468 @@
+//! The compiled policy: built once from a [`ClusterState`], then asked for verdicts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::compile::identity::Identities;
+use crate::compile::rule::{CompiledRule, PeerView};
+use crate::compile::table::{DirectionTable, PortEntry, RuleId};
+use crate::model::{ContainerPort, Direction, Pod, PortMatch, PortSpec, Protocol};
+use crate::state::{ClusterState, PodId, PolicyId};
+use crate::verdict::{Decision, Endpoint, Query, RuleRef, SideVerdict, Verdict};
+
+/// Every pod's rule tables, compiled from a cluster state.
+///
+/// Compiling evaluates each selector once per identity (namespace and labels), not per pod, and
+/// shares one table between pods selected by the same policies. A verdict then costs a few
+/// lookups in the two pods' tables, whatever the number of policies and pods.
+#[derive(Debug)]
+pub struct Engine {
+    state: ClusterState,
+    identities: Identities,
+    rules: Vec<CompiledRule>,
+    /// Per policy, the ids of its ingress and of its egress rules.
+    policy_rules: Vec<[Range<RuleId>; 2]>,
+    /// Per pod, the ingress and egress tables (`None`: not isolated in that direction).
+    tables: Vec<[Option<Arc<DirectionTable>>; 2]>,
+    by_ip: HashMap<IpAddr, PodId>,
+}
+
+fn dir_index(direction: Direction) -> usize {
+    match direction {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// Pods selected by the same policies, with the same declared ports, share a table.
+type TableKey = (Direction, Vec<PolicyId>, Vec<ContainerPort>);
+
+impl Engine {
+    /// Compiles every pod's tables.
+    pub fn compile(state: ClusterState) -> Self {
+        let identities = Identities::build(&state);
+
+        let mut rules = Vec::new();
+        let mut policy_rules = Vec::with_capacity(state.policies.len());
+        for id in state.policy_ids() {
+            let policy = state.policy(id);
+            let mut ranges: [Range<RuleId>; 2] = [0..0, 0..0];
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let start = rules.len() as RuleId;
+                for (i, rule) in policy
+                    .rules(direction)
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    rules.push(CompiledRule::compile(
+                        &state,
+                        &identities,
+                        id,
+                        direction,
+                        i as u32,
+                        rule,
+                    ));
+                }
+                ranges[dir_index(direction)] = start..rules.len() as RuleId;
+            }
+            policy_rules.push(ranges);
+        }
+
+        // Which policies select each identity, per direction.
+        let mut policies_by_ns: HashMap<&str, Vec<PolicyId>> = HashMap::new();
+        for id in state.policy_ids() {
+            policies_by_ns
+                .entry(state.policy(id).name.namespace.as_str())
+                .or_default()
+                .push(id);
+        }
+        let selecting: Vec<[Vec<PolicyId>; 2]> = identities
+            .list
+            .iter()
+            .map(|ident| {
+                let ns = state.namespaces[ident.namespace].name.as_str();
+                let mut sel: [Vec<PolicyId>; 2] = Default::default();
+                for &pid in policies_by_ns
+                    .get(ns)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    let policy = state.policy(pid);
+                    if !policy.pod_selector.matches(&ident.labels) {
+                        continue;
+                    }
+                    for direction in [Direction::Ingress, Direction::Egress] {
+                        if policy.rules(direction).is_some() {
+                            sel[dir_index(direction)].push(pid);
+                        }
+                    }
+                }
+                sel
+            })
+            .collect();
+
+        let mut engine = Engine {
+            identities,
+            rules,
+            policy_rules,
+            tables: Vec::with_capacity(state.pods.len()),
+            by_ip: HashMap::new(),
+            state,
+        };
+        let mut interned: HashMap<TableKey, Arc<DirectionTable>> = HashMap::new();
+        for pod_id in engine.state.pod_ids() {
+            let mut tables: [Option<Arc<DirectionTable>>; 2] = [None, None];
+            if let Some(ident) = engine.identities.of_pod[pod_id.0 as usize] {
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    let policies = &selecting[ident as usize][dir_index(direction)];
+                    if policies.is_empty() {
+                        continue;
+                    }
+                    let pod = engine.state.pod(pod_id);
+                    // Only ingress resolves named ports against the pod itself.
+                    let ports = if direction == Direction::Ingress {
+                        pod.ports.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    let key = (direction, policies.clone(), ports);
+                    let table = match interned.get(&key) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t = Arc::new(engine.build_table(pod, direction, policies));
+                            interned.insert(key, t.clone());
+                            t
+                        }
+                    };
+                    tables[dir_index(direction)] = Some(table);
+                }
+            }
+            engine.tables.push(tables);
+        }
+        for pod_id in engine.state.pod_ids() {
+            let pod = engine.state.pod(pod_id);
+            if pod.host_network {
+                continue;
+            }
+            for ip in &pod.ips {
+                engine.by_ip.entry(*ip).or_insert(pod_id);
+            }
+        }
+        engine
+    }
+
+    fn build_table(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        policies: &[PolicyId],
+    ) -> DirectionTable {
+        let mut entries = Vec::new();
+        for &pid in policies {
+            for rule_id in self.policy_rules[pid.0 as usize][dir_index(direction)].clone() {
+                let compiled = &self.rules[rule_id as usize];
+                let rule = &self.state.policy(pid).rules(direction).unwrap_or_default()
+                    [compiled.index as usize];
+                if rule.ports.is_empty() {
+                    for protocol in Protocol::ALL {
+                        entries.push(PortEntry::Range {
+                            protocol,
+                            lo: 1,
+                            hi: u16::MAX,
+                            rule: rule_id,
+                        });
+                    }
+                }
+                for spec in &rule.ports {
+                    let protocol = spec.protocol;
+                    match &spec.port {
+                        PortMatch::Any => entries.push(PortEntry::Range {
+                            protocol,
+                            lo: 1,
+                            hi: u16::MAX,
+                            rule: rule_id,
+                        }),
+                        PortMatch::Range(lo, hi) => entries.push(PortEntry::Range {
+                            protocol,
+                            lo: *lo,
+                            hi: *hi,
+                            rule: rule_id,
+                        }),
+                        PortMatch::Named(name) => match direction {
+                            // A named ingress port means this pod's port of that name; a pod
+                            // without it cannot be reached through this rule.
+                            Direction::Ingress => {
+                                if let Some(port) = pod.named_port(name, protocol) {
+                                    entries.push(PortEntry::Range {
+                                        protocol,
+                                        lo: port,
+                                        hi: port,
+                                        rule: rule_id,
+                                    });
+                                }
+                            }
+                            Direction::Egress => entries.push(PortEntry::Named {
+                                protocol,
+                                name: name.clone(),
+                                rule: rule_id,
+                            }),
+                        },
+                    }
+                }
+            }
+        }
+        DirectionTable::build(
+            policies.to_vec(),
+            entries,
+            &self.rules,
+            self.identities.len(),
+        )
+    }
+
+    /// The state this engine was compiled from.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// The pod that has this address (host-network pods share their node's address and are not
+    /// found here).
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<PodId> {
+        self.by_ip.get(&ip).copied()
+    }
+
+    /// Resolves an address to its pod when it is a pod's.
+    pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
+        match self.pod_by_ip(ip) {
+            Some(pod) => Endpoint::Pod(pod),
+            None => Endpoint::Ip(ip),
+        }
+    }
+
+    /// The policies that isolate a pod in a direction (empty: not isolated).
+    pub fn isolated_by(&self, pod: PodId, direction: Direction) -> &[PolicyId] {
+        self.tables[pod.0 as usize][dir_index(direction)]
+            .as_ref()
+            .map(|t| t.isolated_by.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The pods a policy applies to.
+    pub fn selected_pods(&self, policy: PolicyId) -> Vec<PodId> {
+        let p = self.state.policy(policy);
+        self.state
+            .pod_ids()
+            .filter(|&id| {
+                let pod = self.state.pod(id);
+                !pod.host_network
+                    && pod.namespace == p.name.namespace
+                    && p.pod_selector.matches(&pod.labels)
+            })
+            .collect()
+    }
+
+    /// Whether the connection is allowed, and why, for each side.
+    pub fn verdict(&self, query: &Query) -> Verdict {
+        let src = self.resolve(query.src);
+        let dst = self.resolve(query.dst);
+        let query = Query { src, dst, ..*query };
+        let (src_ip, dst_ip) = self.addresses(&query);
+        let same_pod = matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b);
+        let egress = self.side(Direction::Egress, src, dst, dst_ip, &query, same_pod);
+        let ingress = self.side(Direction::Ingress, dst, src, src_ip, &query, same_pod);
+        Verdict {
+            query,
+            egress,
+            ingress,
+        }
+    }
+
+    /// Only whether the connection is allowed.
+    pub fn allowed(&self, query: &Query) -> bool {
+        self.verdict(query).allowed()
+    }
+
+    fn resolve(&self, e: Endpoint) -> Endpoint {
+        match e {
+            Endpoint::Ip(ip) => self.endpoint(ip),
+            pod => pod,
+        }
+    }
+
+    fn ip_of(&self, e: Endpoint, towards: Option<IpAddr>) -> Option<IpAddr> {
+        match e {
+            Endpoint::Ip(ip) => Some(ip),
+            Endpoint::Pod(p) => self.state.pod(p).ip_towards(towards),
+        }
+    }
+
+    fn peer_view(&self, e: Endpoint, ip: Option<IpAddr>) -> PeerView {
+        match e {
+            Endpoint::Pod(p) => PeerView {
+                identity: self.identities.of_pod[p.0 as usize],
+                ip,
+            },
+            Endpoint::Ip(ip) => PeerView {
+                identity: None,
+                ip: Some(ip),
+            },
+        }
+    }
+
+    /// One side: `subject`'s policies for `direction`, with `peer` on the other end.
+    fn side(
+        &self,
+        direction: Direction,
+        subject: Endpoint,
+        peer: Endpoint,
+        peer_ip: Option<IpAddr>,
+        query: &Query,
+        same_pod: bool,
+    ) -> SideVerdict {
+        let Endpoint::Pod(pod_id) = subject else {
+            return SideVerdict {
+                direction,
+                pod: None,
+                isolated_by: Vec::new(),
+                decision: Decision::NotAPod,
+            };
+        };
+        let pod = self.state.pod(pod_id);
+        let mut verdict = SideVerdict {
+            direction,
+            pod: Some(pod_id),
+            isolated_by: self.isolated_by(pod_id, direction).to_vec(),
+            decision: Decision::NotIsolated,
+        };
+        if pod.host_network {
+            verdict.decision = Decision::HostNetwork;
+            return verdict;
+        }
+        if same_pod {
+            verdict.decision = Decision::SamePod;
+            return verdict;
+        }
+        let Some(table) = &self.tables[pod_id.0 as usize][dir_index(direction)] else {
+            return verdict;
+        };
+        if direction == Direction::Ingress && peer_ip.is_some_and(|ip| pod.host_ips.contains(&ip)) {
+            verdict.decision = Decision::OwnNode;
+            return verdict;
+        }
+        let view = self.peer_view(peer, peer_ip);
+        let mut best = table
+            .port(query.protocol, query.port)
+            .and_then(|m| m.first_allowing(&view, &self.rules));
+        // Egress named ports resolve against the destination pod's declared ports.
+        if direction == Direction::Egress
+            && table.has_named()
+            && let Endpoint::Pod(dst) = peer
+        {
+            let dst_pod = self.state.pod(dst);
+            if !dst_pod.host_network {
+                for cp in &dst_pod.ports {
+                    let Some(name) = &cp.name else { continue };
+                    if cp.port != query.port || cp.protocol != query.protocol {
+                        continue;
+                    }
+                    if let Some(rule) = table
+                        .named(cp.protocol, name)
+                        .and_then(|m| m.first_allowing(&view, &self.rules))
+                    {
+                        best = Some(best.map_or(rule, |b| b.min(rule)));
+                    }
+                }
+            }
+        }
+        verdict.decision = match best {
+            Some(rule) => Decision::Rule(self.rule_ref(rule)),
+            None => Decision::NoRuleMatched,
+        };
+        verdict
+    }
+
+    fn rule_ref(&self, id: RuleId) -> RuleRef {
+        let r = &self.rules[id as usize];
+        RuleRef {
+            policy: r.policy,
+            direction: r.direction,
+            index: r.index,
+        }
+    }
+
+    fn rule_id(&self, rule: RuleRef) -> RuleId {
+        self.policy_rules[rule.policy.0 as usize][dir_index(rule.direction)].start + rule.index
+    }
+
+    /// Which peer of a rule (by index) matches the other end of the query; `Some(None)` when the
+    /// rule has no peers (matches all), `None` when no peer matches.
+    pub fn matching_peer(&self, rule: RuleRef, verdict: &Verdict) -> Option<Option<usize>> {
+        let (src_ip, dst_ip) = self.addresses(&verdict.query);
+        let view = match rule.direction {
+            Direction::Egress => self.peer_view(verdict.query.dst, dst_ip),
+            Direction::Ingress => self.peer_view(verdict.query.src, src_ip),
+        };
+        self.rules[self.rule_id(rule) as usize].matching_peer(&view)
+    }
+
+    /// The addresses each end uses: the destination's primary address, and the source's address
+    /// of the same family.
+    pub fn addresses(&self, query: &Query) -> (Option<IpAddr>, Option<IpAddr>) {
+        let dst_ip = self.ip_of(query.dst, None);
+        let src_ip = self.ip_of(query.src, dst_ip);
+        (src_ip, dst_ip)
+    }
+
+    /// Which port spec of a rule (by index) matches the query; `Some(None)` when the rule has no
+    /// ports (matches all), `None` when no port matches.
+    pub fn matching_port(&self, rule: RuleRef, verdict: &Verdict) -> Option<Option<usize>> {
+        let policy = self.state.policy(rule.policy);
+        let spec = &policy.rules(rule.direction).unwrap_or_default()[rule.index as usize];
+        if spec.ports.is_empty() {
+            return Some(None);
+        }
+        // Named ports resolve against the destination pod, whichever side's rule it is.
+        let dst_pod = match verdict.query.dst {
+            Endpoint::Pod(p) => Some(self.state.pod(p)).filter(|p| !p.host_network),
+            Endpoint::Ip(_) => None,
+        };
+        spec.ports
+            .iter()
+            .position(|p| port_matches(p, verdict.query.protocol, verdict.query.port, dst_pod))
+            .map(Some)
+    }
+
+    /// Whether a rule's peers can select anything at all in this state.
+    pub fn rule_can_match(&self, rule: RuleRef) -> bool {
+        self.rules[self.rule_id(rule) as usize].can_match_anything()
+    }
+
+    /// Which pods a rule's peer (by index) selects. Empty for ipBlock peers.
+    pub fn peer_pods(&self, rule: RuleRef, peer: usize) -> Vec<PodId> {
+        use crate::compile::rule::CompiledPeer;
+        match &self.rules[self.rule_id(rule) as usize].peers.get(peer) {
+            Some(CompiledPeer::Identities(set)) => self
+                .state
+                .pod_ids()
+                .filter(|p| {
+                    self.identities.of_pod[p.0 as usize].is_some_and(|i| set.contains(i as usize))
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Whether a port spec covers `protocol`/`port` towards `dst` (whose ports named ports mean).
+pub fn port_matches(spec: &PortSpec, protocol: Protocol, port: u16, dst: Option<&Pod>) -> bool {
+    if spec.protocol != protocol {
+        return false;
+    }
+    match &spec.port {
+        PortMatch::Any => true,
+        PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&port),
+        PortMatch::Named(name) => dst.and_then(|d| d.named_port(name, protocol)) == Some(port),
+    }
+}

@@ -1,0 +1,411 @@
+//! Verdicts in words: which policy and rule allowed each side, or which policies isolated the
+//! pod and which of their rules came closest. The same structure is printed for people and
+//! serialized as JSON for tools.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::model::{Direction, NamespaceScope, Peer, Policy, PortSpec, Protocol, Rule};
+use crate::verdict::{Decision, Endpoint, RuleRef, SideVerdict, Verdict};
+
+/// One end of the connection, as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointInfo {
+    /// `namespace/name` when it is a pod.
+    pub pod: Option<String>,
+    /// The address used for the connection, when known.
+    pub ip: Option<IpAddr>,
+    /// `pod`, `host-network-pod` or `external`.
+    pub kind: &'static str,
+}
+
+impl fmt::Display for EndpointInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.pod, &self.ip) {
+            (Some(pod), Some(ip)) => write!(f, "{pod} ({ip})"),
+            (Some(pod), None) => write!(f, "{pod}"),
+            (None, Some(ip)) => write!(f, "{ip} (not a pod)"),
+            (None, None) => write!(f, "?"),
+        }
+    }
+}
+
+/// A rule, located and summarised.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleInfo {
+    /// `Kind namespace/name` of the policy.
+    pub policy: String,
+    /// The policy's kind.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Which list the rule is in.
+    pub direction: Direction,
+    /// The rule's 0-based index in that list.
+    pub rule: u32,
+    /// The index of the peer that matched (absent when the rule allows every peer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<usize>,
+    /// The index of the port that matched (absent when the rule allows every port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<usize>,
+    /// The field path of the rule (`spec.ingress[0]`).
+    pub field: String,
+    /// What the rule allows, in words.
+    pub summary: String,
+    /// Where the policy was read from.
+    pub source: String,
+}
+
+/// A rule of an isolating policy that matched the peer but not the port, or the other way round.
+#[derive(Clone, Debug, Serialize)]
+pub struct NearMiss {
+    /// The rule.
+    pub rule: RuleInfo,
+    /// What did not match: `port` or `peer`.
+    pub mismatch: &'static str,
+}
+
+/// One side of the verdict, explained.
+#[derive(Clone, Debug, Serialize)]
+pub struct SideExplanation {
+    /// `egress` (the source's policies) or `ingress` (the destination's).
+    pub direction: Direction,
+    /// The pod whose policies apply on this side, if any.
+    pub pod: Option<String>,
+    /// Whether any policy can apply on this side (false when this end is not a pod or uses the
+    /// host network).
+    pub enforced: bool,
+    /// Whether the pod is isolated in this direction.
+    pub isolated: bool,
+    /// The policies isolating it.
+    pub isolated_by: Vec<String>,
+    /// Whether this side allows the connection.
+    pub allowed: bool,
+    /// `rule`, `not-isolated`, `not-a-pod`, `host-network`, `same-pod`, `own-node` or
+    /// `no-rule-matched`.
+    pub reason: &'static str,
+    /// The rule that allowed it, when a rule did.
+    pub allowed_by: Option<RuleInfo>,
+    /// For a denial: rules that matched the peer or the port but not both.
+    pub near_misses: Vec<NearMiss>,
+    /// The decision in one sentence.
+    pub message: String,
+}
+
+/// A whole verdict, explained.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    /// Both sides allow the connection.
+    pub allowed: bool,
+    /// The source.
+    pub from: EndpointInfo,
+    /// The destination.
+    pub to: EndpointInfo,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The destination port.
+    pub port: u16,
+    /// The source's egress side.
+    pub egress: SideExplanation,
+    /// The destination's ingress side.
+    pub ingress: SideExplanation,
+}
+
+/// At most this many near misses are listed per side.
+const MAX_NEAR_MISSES: usize = 5;
+
+impl Engine {
+    /// Explains a verdict.
+    pub fn explain(&self, verdict: &Verdict) -> Explanation {
+        let (src_ip, dst_ip) = self.addresses(&verdict.query);
+        let from = self.endpoint_info(verdict.query.src, src_ip);
+        let to = self.endpoint_info(verdict.query.dst, dst_ip);
+        let egress = self.explain_side(verdict, &verdict.egress, &from, &to);
+        let ingress = self.explain_side(verdict, &verdict.ingress, &to, &from);
+        Explanation {
+            allowed: verdict.allowed(),
+            protocol: verdict.query.protocol,
+            port: verdict.query.port,
+            from,
+            to,
+            egress,
+            ingress,
+        }
+    }
+
+    fn endpoint_info(&self, e: Endpoint, ip: Option<IpAddr>) -> EndpointInfo {
+        match e {
+            Endpoint::Pod(p) => {
+                let pod = self.state().pod(p);
+                EndpointInfo {
+                    pod: Some(pod.key()),
+                    ip,
+                    kind: if pod.host_network {
+                        "host-network-pod"
+                    } else {
+                        "pod"
+                    },
+                }
+            }
+            Endpoint::Ip(ip) => EndpointInfo {
+                pod: None,
+                ip: Some(ip),
+                kind: "external",
+            },
+        }
+    }
+
+    /// Locates and summarises a rule.
+    pub fn rule_info(&self, rule: RuleRef, verdict: Option<&Verdict>) -> RuleInfo {
+        let policy = self.state().policy(rule.policy);
+        let spec = &policy.rules(rule.direction).unwrap_or_default()[rule.index as usize];
+        let (peer, port) = match verdict {
+            Some(v) => (
+                self.matching_peer(rule, v).flatten(),
+                self.matching_port(rule, v).flatten(),
+            ),
+            None => (None, None),
+        };
+        RuleInfo {
+            policy: policy.name.to_string(),
+            kind: policy.name.kind.to_string(),
+            namespace: policy.name.namespace.clone(),
+            name: policy.name.name.clone(),
+            direction: rule.direction,
+            rule: rule.index,
+            peer,
+            port,
+            field: format!("spec.{}[{}]", rule.direction, rule.index),
+            summary: describe_rule(policy, rule.direction, spec),
+            source: policy.origin.to_string(),
+        }
+    }
+
+    fn explain_side(
+        &self,
+        verdict: &Verdict,
+        side: &SideVerdict,
+        me: &EndpointInfo,
+        peer: &EndpointInfo,
+    ) -> SideExplanation {
+        let isolated_by: Vec<String> = side
+            .isolated_by
+            .iter()
+            .map(|p| self.state().policy(*p).name.to_string())
+            .collect();
+        let dir = side.direction;
+        let who = me.pod.clone().unwrap_or_else(|| me.to_string());
+        let target = format!(
+            "{} on {}/{}",
+            peer, verdict.query.protocol, verdict.query.port
+        );
+        let (reason, message, allowed_by) = match side.decision {
+            Decision::NotAPod => (
+                "not-a-pod",
+                format!(
+                    "{} is not a pod of the cluster: no {dir} policy applies to it",
+                    me.ip.map(|ip| ip.to_string()).unwrap_or_default()
+                ),
+                None,
+            ),
+            Decision::HostNetwork => (
+                "host-network",
+                format!("{who} uses the host network: NetworkPolicy does not apply to it"),
+                None,
+            ),
+            Decision::NotIsolated => (
+                "not-isolated",
+                format!("no policy selects {who} for {dir}: all {dir} traffic is allowed"),
+                None,
+            ),
+            Decision::SamePod => (
+                "same-pod",
+                "a pod can always reach itself".to_string(),
+                None,
+            ),
+            Decision::OwnNode => (
+                "own-node",
+                format!(
+                    "{peer} is {who}'s own node: traffic from it (kubelet probes) is always allowed"
+                ),
+                None,
+            ),
+            Decision::Rule(rule) => {
+                let info = self.rule_info(rule, Some(verdict));
+                (
+                    "rule",
+                    format!(
+                        "allowed by {} {}: {}",
+                        info.policy, info.field, info.summary
+                    ),
+                    Some(info),
+                )
+            }
+            Decision::NoRuleMatched => (
+                "no-rule-matched",
+                format!(
+                    "{who} is isolated for {dir} by {}, and no {dir} rule of {} allows {target}",
+                    isolated_by.join(", "),
+                    if isolated_by.len() == 1 { "it" } else { "them" },
+                ),
+                None,
+            ),
+        };
+        let near_misses = if side.decision == Decision::NoRuleMatched {
+            self.near_misses(verdict, side)
+        } else {
+            Vec::new()
+        };
+        SideExplanation {
+            direction: dir,
+            pod: side.pod.map(|p| self.state().pod(p).key()),
+            enforced: !matches!(side.decision, Decision::NotAPod | Decision::HostNetwork),
+            isolated: !side.isolated_by.is_empty(),
+            isolated_by,
+            allowed: side.allowed(),
+            reason,
+            allowed_by,
+            near_misses,
+            message,
+        }
+    }
+
+    fn near_misses(&self, verdict: &Verdict, side: &SideVerdict) -> Vec<NearMiss> {
+        let mut out = Vec::new();
+        for &pid in &side.isolated_by {
+            let policy = self.state().policy(pid);
+            let n = policy.rules(side.direction).unwrap_or_default().len();
+            for index in 0..n as u32 {
+                let rule = RuleRef {
+                    policy: pid,
+                    direction: side.direction,
+                    index,
+                };
+                let peer_ok = self.matching_peer(rule, verdict).is_some();
+                let port_ok = self.matching_port(rule, verdict).is_some();
+                let mismatch = match (peer_ok, port_ok) {
+                    (true, false) => "port",
+                    (false, true) => "peer",
+                    _ => continue,
+                };
+                out.push(NearMiss {
+                    rule: self.rule_info(rule, None),
+                    mismatch,
+                });
+                if out.len() == MAX_NEAR_MISSES {
+                    return out;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A peer in words: "pods app=api in namespace production", "addresses in 10.0.0.0/8".
+pub fn describe_peer(peer: &Peer) -> String {
+    match peer {
+        Peer::Pods { namespaces, pods } => {
+            let who = if pods.is_everything() {
+                "every pod".to_string()
+            } else {
+                format!("pods {pods}")
+            };
+            match namespaces {
+                NamespaceScope::Named(ns) => format!("{who} in namespace {ns}"),
+                NamespaceScope::Selected(sel) if sel.is_everything() => {
+                    format!("{who} in every namespace")
+                }
+                NamespaceScope::Selected(sel) => format!("{who} in namespaces {sel}"),
+            }
+        }
+        Peer::IpBlock(block) => format!("addresses in {block}"),
+    }
+}
+
+/// Port specs in words: "TCP/8080 or UDP/53", "any port".
+pub fn describe_ports(ports: &[PortSpec]) -> String {
+    if ports.is_empty() {
+        return "any port".to_string();
+    }
+    let parts: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    parts.join(" or ")
+}
+
+/// A rule in words: "from pods app=frontend in namespace production, on TCP/8080".
+pub fn describe_rule(_policy: &Policy, direction: Direction, rule: &Rule) -> String {
+    let peers = if rule.peers.is_empty() {
+        "anywhere (every pod and address)".to_string()
+    } else {
+        let parts: Vec<String> = rule.peers.iter().map(describe_peer).collect();
+        parts.join(" or ")
+    };
+    format!(
+        "{} {peers}, on {}",
+        direction.peers_field(),
+        describe_ports(&rule.ports)
+    )
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} -> {} on {}/{}",
+            if self.allowed { "ALLOWED" } else { "DENIED" },
+            self.from,
+            self.to,
+            self.protocol,
+            self.port
+        )?;
+        for side in [&self.egress, &self.ingress] {
+            writeln!(f)?;
+            let whose = side.pod.clone().unwrap_or_else(|| {
+                if side.direction == Direction::Egress {
+                    self.from.to_string()
+                } else {
+                    self.to.to_string()
+                }
+            });
+            writeln!(
+                f,
+                "{} of {}: {}",
+                side.direction,
+                whose,
+                if side.allowed { "allowed" } else { "DENIED" }
+            )?;
+            if side.isolated && side.reason != "no-rule-matched" {
+                writeln!(
+                    f,
+                    "  isolated for {} by {}",
+                    side.direction,
+                    side.isolated_by.join(", ")
+                )?;
+            }
+            writeln!(f, "  {}", side.message)?;
+            if let Some(rule) = &side.allowed_by {
+                writeln!(f, "  (from {})", rule.source)?;
+            }
+            if !side.near_misses.is_empty() {
+                writeln!(f, "  closest rules:")?;
+                for m in &side.near_misses {
+                    let what = match m.mismatch {
+                        "port" => "matches the peer but not the port",
+                        _ => "matches the port but not the peer",
+                    };
+                    writeln!(
+                        f,
+                        "    {} {} {what}: {}",
+                        m.rule.policy, m.rule.field, m.rule.summary
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

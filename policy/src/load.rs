@@ -1,0 +1,414 @@
+//! Reading cluster state from YAML or JSON text: multi-document files, `kind: List` (what
+//! `kubectl get ns,pods,netpol -A -o yaml` prints) and `*List` objects from the API server.
+//!
+//! Nothing here touches the file system: callers hand over `(source name, text)` pairs, or
+//! already-parsed objects (the control plane gets those from the API server).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use serde_json::Value;
+
+use crate::diagnostic::Diagnostic;
+use crate::error::Error;
+use crate::model::{
+    ContainerPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Origin, Pod, Policy, PolicyName,
+    Protocol,
+};
+use crate::netpol;
+use crate::state::{ClusterState, LoadReport};
+
+/// Collects objects from any number of sources, then builds the [`ClusterState`].
+///
+/// Invalid objects are reported and left out; a later definition of the same object replaces
+/// an earlier one (with a warning), as `kubectl apply` of both files would.
+#[derive(Debug, Default)]
+pub struct Loader {
+    namespaces: BTreeMap<String, (Namespace, Origin)>,
+    pods: BTreeMap<(String, String), Pod>,
+    policies: BTreeMap<PolicyName, Policy>,
+    report: LoadReport,
+}
+
+impl Loader {
+    /// An empty loader.
+    pub fn new() -> Self {
+        Loader::default()
+    }
+
+    /// Reads every document of a YAML (or JSON) text. Fails only when the text is not YAML at
+    /// all; objects in it that are invalid become diagnostics.
+    pub fn add_yaml(&mut self, source: &str, text: &str) -> Result<(), Error> {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| Error::Yaml {
+            source_name: source.to_string(),
+            message: e.to_string(),
+        })?;
+        for (i, doc) in docs.into_iter().enumerate() {
+            let origin = Origin {
+                source: source.to_string(),
+                document: i + 1,
+                item: None,
+            };
+            self.add_object(origin, doc);
+        }
+        Ok(())
+    }
+
+    /// Adds one object (or list of objects) already parsed from YAML or JSON.
+    pub fn add_object(&mut self, origin: Origin, doc: Value) {
+        let obj = match doc {
+            Value::Null => return, // an empty document, e.g. after a trailing `---`
+            Value::Object(obj) => obj,
+            _ => {
+                self.report.diagnostics.push(
+                    Diagnostic::error(
+                        "not-an-object",
+                        "document is not a Kubernetes object (a mapping with apiVersion and kind)",
+                    )
+                    .at(&origin),
+                );
+                return;
+            }
+        };
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let api_version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if kind.is_empty() {
+            self.report.diagnostics.push(
+                Diagnostic::error("not-an-object", "object has no `kind`")
+                    .at(&origin)
+                    .field("kind"),
+            );
+            return;
+        }
+        if kind == "List" || (kind.ends_with("List") && obj.contains_key("items")) {
+            self.add_list(
+                origin,
+                &kind,
+                obj.get("items").cloned().unwrap_or(Value::Null),
+            );
+            return;
+        }
+        let value = Value::Object(obj);
+        match (group(&api_version), kind.as_str()) {
+            ("", "Namespace") => self.add_namespace(origin, value),
+            ("", "Pod") => self.add_pod(origin, value),
+            ("networking.k8s.io", "NetworkPolicy") => {
+                self.add_network_policy(origin, &api_version, value)
+            }
+            _ => *self.report.skipped_kinds.entry(kind).or_default() += 1,
+        }
+    }
+
+    fn add_list(&mut self, origin: Origin, kind: &str, items: Value) {
+        let items = match items {
+            Value::Array(items) => items,
+            Value::Null => Vec::new(),
+            _ => {
+                self.report.diagnostics.push(
+                    Diagnostic::error("invalid-object", "`items` must be a list")
+                        .at(&origin)
+                        .object(kind)
+                        .field("items"),
+                );
+                return;
+            }
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let item_origin = Origin {
+                item: Some(i),
+                ..origin.clone()
+            };
+            self.add_object(item_origin, item);
+        }
+    }
+
+    fn add_namespace(&mut self, origin: Origin, value: Value) {
+        let Some(ns) = self.typed::<core::Namespace>(&origin, "Namespace", value) else {
+            return;
+        };
+        let Some(name) = ns.metadata.name.clone().filter(|n| !n.is_empty()) else {
+            self.report.diagnostics.push(
+                Diagnostic::error("invalid-object", "Required value")
+                    .at(&origin)
+                    .object("Namespace")
+                    .field("metadata.name"),
+            );
+            return;
+        };
+        let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default();
+        // The API server sets this label on every namespace and keeps it equal to the name.
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
+        let namespace = Namespace {
+            name: name.clone(),
+            labels,
+            implicit: false,
+        };
+        if let Some((_, earlier)) = self
+            .namespaces
+            .insert(name.clone(), (namespace, origin.clone()))
+        {
+            self.duplicate(&origin, &format!("Namespace {name}"), &earlier);
+        }
+    }
+
+    fn add_pod(&mut self, origin: Origin, value: Value) {
+        let Some(pod) = self.typed::<core::Pod>(&origin, "Pod", value) else {
+            return;
+        };
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let Some(name) = pod.metadata.name.clone().filter(|n| !n.is_empty()) else {
+            self.report.diagnostics.push(
+                Diagnostic::error("invalid-object", "Required value")
+                    .at(&origin)
+                    .object(format!("Pod {namespace}/?"))
+                    .field("metadata.name"),
+            );
+            return;
+        };
+        let object = format!("Pod {namespace}/{name}");
+        let status = pod.status.clone().unwrap_or_default();
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            self.report.finished_pods += 1;
+            return;
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+
+        let mut ip_strings: Vec<(String, String)> = Vec::new();
+        if let Some(ip) = &status.pod_ip {
+            ip_strings.push(("status.podIP".into(), ip.clone()));
+        }
+        for (i, ip) in status.pod_ips.iter().flatten().enumerate() {
+            ip_strings.push((format!("status.podIPs[{i}].ip"), ip.ip.clone()));
+        }
+        let ips = self.parse_ips(&origin, &object, ip_strings);
+
+        let mut host_strings: Vec<(String, String)> = Vec::new();
+        if let Some(ip) = &status.host_ip {
+            host_strings.push(("status.hostIP".into(), ip.clone()));
+        }
+        for (i, ip) in status.host_ips.iter().flatten().enumerate() {
+            host_strings.push((format!("status.hostIPs[{i}].ip"), ip.ip.clone()));
+        }
+        let host_ips = self.parse_ips(&origin, &object, host_strings);
+
+        let mut ports = Vec::new();
+        // Native sidecars (init containers that keep running) serve ports like containers do.
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .map(|c| ("spec.initContainers", c));
+        let containers = spec.containers.iter().map(|c| ("spec.containers", c));
+        for (ci, (list, container)) in containers.chain(sidecars).enumerate() {
+            for (pi, p) in container.ports.iter().flatten().enumerate() {
+                let field = format!("{list}[{ci}].ports[{pi}]");
+                let Ok(port) = crate::names::check_port_number(i64::from(p.container_port)) else {
+                    self.report.diagnostics.push(
+                        Diagnostic::warning(
+                            "invalid-field",
+                            format!(
+                                "containerPort {} is not a port number; ignored",
+                                p.container_port
+                            ),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(format!("{field}.containerPort")),
+                    );
+                    continue;
+                };
+                let protocol = match p.protocol.as_deref().map(Protocol::from_str) {
+                    None => Protocol::Tcp,
+                    Some(Ok(proto)) => proto,
+                    Some(Err(e)) => {
+                        self.report.diagnostics.push(
+                            Diagnostic::warning("invalid-field", format!("{e}; port ignored"))
+                                .at(&origin)
+                                .object(&object)
+                                .field(format!("{field}.protocol")),
+                        );
+                        continue;
+                    }
+                };
+                ports.push(ContainerPort {
+                    name: p.name.clone(),
+                    port,
+                    protocol,
+                });
+            }
+        }
+
+        let pod = Pod {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+            ips,
+            host_ips,
+            node_name: spec.node_name.clone(),
+            host_network: spec.host_network.unwrap_or(false),
+            ports,
+            origin: origin.clone(),
+        };
+        if let Some(earlier) = self.pods.insert((namespace, name), pod) {
+            self.duplicate(&origin, &object, &earlier.origin);
+        }
+    }
+
+    fn add_network_policy(&mut self, origin: Origin, api_version: &str, value: Value) {
+        if api_version != "networking.k8s.io/v1" {
+            self.report.diagnostics.push(
+                Diagnostic::error(
+                    "unsupported-version",
+                    format!("apiVersion {api_version:?} is not served; use networking.k8s.io/v1"),
+                )
+                .at(&origin)
+                .object("NetworkPolicy")
+                .field("apiVersion"),
+            );
+            return;
+        }
+        let Some(np) = self.typed::<net::NetworkPolicy>(&origin, "NetworkPolicy", value) else {
+            return;
+        };
+        let namespace = np
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let object = format!(
+            "NetworkPolicy {namespace}/{}",
+            np.metadata.name.as_deref().unwrap_or("?")
+        );
+        match netpol::convert(&np, &namespace, &origin) {
+            Ok(policy) => {
+                if let Some(earlier) = self.policies.insert(policy.name.clone(), policy) {
+                    self.duplicate(&origin, &object, &earlier.origin);
+                }
+            }
+            Err(errs) => {
+                for e in errs.0 {
+                    self.report.diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-policy",
+                            format!("{}; the policy is left out", e.message),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Deserializes into an API type, reporting a type error with the path where it happened.
+    fn typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        origin: &Origin,
+        kind: &str,
+        value: Value,
+    ) -> Option<T> {
+        let object = object_name(kind, &value);
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let field = e.path().to_string();
+                self.report.diagnostics.push(
+                    Diagnostic::error(
+                        "invalid-object",
+                        format!("{}; the object is left out", e.inner()),
+                    )
+                    .at(origin)
+                    .object(object)
+                    .field(field),
+                );
+                None
+            }
+        }
+    }
+
+    fn parse_ips(
+        &mut self,
+        origin: &Origin,
+        object: &str,
+        ips: Vec<(String, String)>,
+    ) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for (field, s) in ips {
+            match IpAddr::from_str(&s) {
+                Ok(ip) if !out.contains(&ip) => out.push(ip),
+                Ok(_) => {}
+                Err(_) => self.report.diagnostics.push(
+                    Diagnostic::warning(
+                        "invalid-field",
+                        format!("{s:?} is not an IP address; ignored"),
+                    )
+                    .at(origin)
+                    .object(object)
+                    .field(field),
+                ),
+            }
+        }
+        out
+    }
+
+    fn duplicate(&mut self, origin: &Origin, object: &str, earlier: &Origin) {
+        self.report.diagnostics.push(
+            Diagnostic::warning(
+                "duplicate-object",
+                format!("also defined in {earlier}; this later definition is used"),
+            )
+            .at(origin)
+            .object(object),
+        );
+    }
+
+    /// The state and what loading found.
+    pub fn finish(self) -> (ClusterState, LoadReport) {
+        let namespaces = self.namespaces.into_values().map(|(ns, _)| ns).collect();
+        let state = ClusterState::new(
+            namespaces,
+            self.pods.into_values().collect(),
+            self.policies.into_values().collect(),
+        );
+        (state, self.report)
+    }
+}
+
+/// The API group of an `apiVersion` (`""` for the core group's `v1`).
+fn group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
+}
+
+fn object_name(kind: &str, value: &Value) -> String {
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None if kind == "Namespace" => format!("{kind} {name}"),
+        None => format!("{kind} default/{name}"),
+    }
+}

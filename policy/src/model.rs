@@ -1,0 +1,365 @@
+//! The cluster objects podwall reasons about, after parsing and validation.
+//!
+//! These are podwall's own types, not the API server's: every field has already been checked and
+//! defaulted (namespace filled in, `policyTypes` defaulted, `protocol` defaulted to TCP), so the
+//! compiler and the verdict code never meet an invalid or ambiguous value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::selector::LabelSelector;
+
+/// Labels or annotations: ordered so that output and identities are deterministic.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label the API server puts on every namespace (immutable, equal to its name).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A transport protocol NetworkPolicy can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP, the default when a port or rule names none.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Every protocol, in a fixed order (used to index per-protocol tables).
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// A dense index for per-protocol arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Protocol::Tcp => 0,
+            Protocol::Udp => 1,
+            Protocol::Sctp => 2,
+        }
+    }
+
+    /// The API spelling: `TCP`, `UDP`, `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The value was not one of `TCP`, `UDP`, `SCTP`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported protocol {0:?}: supported values are \"TCP\", \"UDP\", \"SCTP\"")]
+pub struct UnknownProtocol(pub String);
+
+impl FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    /// Exactly as the API server: the values are case-sensitive.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => Err(UnknownProtocol(other.to_string())),
+        }
+    }
+}
+
+/// Where an object was read from, for messages that point the operator at it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Origin {
+    /// A file path, or another name for the source (`api-server`, `<stdin>`).
+    pub source: String,
+    /// The 1-based YAML document in the source.
+    pub document: usize,
+    /// The 0-based item when the document is a `kind: List`.
+    pub item: Option<usize>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if self.document > 1 || self.item.is_some() {
+            write!(f, " (document {}", self.document)?;
+            if let Some(item) = self.item {
+                write!(f, ", items[{item}]")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+/// A namespace and its labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    /// The namespace's name.
+    pub name: String,
+    /// Its labels, always including `kubernetes.io/metadata.name`.
+    pub labels: Labels,
+    /// True when no Namespace object was read and the namespace is only known from the objects
+    /// in it: its labels are then only the name label.
+    pub implicit: bool,
+}
+
+/// A port a container declares; named ports in policies resolve against these.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ContainerPort {
+    /// The port's name (an IANA_SVC_NAME), if it has one.
+    pub name: Option<String>,
+    /// The port number.
+    pub port: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+}
+
+/// A pod, with what policy needs of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its annotations (podwall reads `podwall.io/*` ones).
+    pub annotations: Labels,
+    /// `status.podIP` first, then the rest of `status.podIPs`; empty if not yet assigned.
+    pub ips: Vec<IpAddr>,
+    /// `status.hostIP` and `status.hostIPs`: the node the pod runs on.
+    pub host_ips: Vec<IpAddr>,
+    /// `spec.nodeName`.
+    pub node_name: Option<String>,
+    /// `spec.hostNetwork`: such a pod shares the node's network and NetworkPolicy does not apply
+    /// to it; as a peer it is seen by its (node) IP only.
+    pub host_network: bool,
+    /// Every container's declared ports.
+    pub ports: Vec<ContainerPort>,
+    /// Where it was read from.
+    pub origin: Origin,
+}
+
+impl Pod {
+    /// `namespace/name`, the key used in every output.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The number of the container port with this name and protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+
+    /// The pod's address in the same family as `other`, else its primary address.
+    pub fn ip_towards(&self, other: Option<IpAddr>) -> Option<IpAddr> {
+        if let Some(other) = other
+            && let Some(ip) = self.ips.iter().find(|ip| ip.is_ipv4() == other.is_ipv4())
+        {
+            return Some(*ip);
+        }
+        self.ips.first().copied()
+    }
+}
+
+/// Which kind of object a policy came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum PolicyKind {
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyKind::NetworkPolicy => f.write_str("NetworkPolicy"),
+        }
+    }
+}
+
+/// A policy's kind, namespace and name: how every message names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PolicyName {
+    /// The object's kind.
+    pub kind: PolicyKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Ingress (traffic into the selected pods) or egress (traffic out of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Connections into the pod.
+    Ingress,
+    /// Connections out of the pod.
+    Egress,
+}
+
+impl Direction {
+    /// `ingress` or `egress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
+    /// The name of the peer list in a rule of this direction.
+    pub fn peers_field(self) -> &'static str {
+        match self {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Kind, namespace and name.
+    pub name: PolicyName,
+    /// Where it was read from.
+    pub origin: Origin,
+    /// Which pods of its namespace it applies to.
+    pub pod_selector: LabelSelector,
+    /// `Some` when the policy isolates the selected pods for ingress (its `policyTypes`, explicit
+    /// or defaulted, include Ingress); the rules are then its ingress allows, maybe none.
+    pub ingress: Option<Vec<Rule>>,
+    /// The same for egress.
+    pub egress: Option<Vec<Rule>>,
+    /// False when `policyTypes` was absent and defaulted as the API server does.
+    pub policy_types_explicit: bool,
+}
+
+impl Policy {
+    /// The rules for one direction, if the policy isolates that direction.
+    pub fn rules(&self, direction: Direction) -> Option<&[Rule]> {
+        match direction {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+}
+
+/// One ingress or egress rule: traffic is allowed when it matches a peer *and* a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Empty (missing or `[]` in the object) means every peer.
+    pub peers: Vec<Peer>,
+    /// Empty (missing or `[]`) means every port of every protocol.
+    pub ports: Vec<PortSpec>,
+}
+
+/// Who a rule allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Pods matching `pods` in the namespaces `namespaces` picks (a podSelector and/or
+    /// namespaceSelector in one peer: an AND).
+    Pods {
+        /// Which namespaces.
+        namespaces: NamespaceScope,
+        /// Which pods in them; empty selects every pod.
+        pods: LabelSelector,
+    },
+    /// Addresses in a CIDR, minus its exceptions.
+    IpBlock(IpBlock),
+}
+
+/// The namespaces a pod peer is looked for in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// Only the named namespace (a podSelector alone means the policy's own namespace).
+    Named(String),
+    /// Every namespace whose labels match.
+    Selected(LabelSelector),
+}
+
+/// An `ipBlock`: a CIDR minus `except` CIDRs (each a strict subset of it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpBlock {
+    /// The block, as written (host bits may be set; they are ignored like upstream does).
+    pub cidr: IpNet,
+    /// Ranges carved out of it.
+    pub except: Vec<IpNet>,
+}
+
+impl IpBlock {
+    /// True when `ip` is in the CIDR and in none of the exceptions.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidr.trunc().contains(&ip) && !self.except.iter().any(|e| e.trunc().contains(&ip))
+    }
+}
+
+impl fmt::Display for IpBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cidr)?;
+        if !self.except.is_empty() {
+            let except: Vec<String> = self.except.iter().map(ToString::to_string).collect();
+            write!(f, " except {}", except.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A port (or range, or name) on a protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PortSpec {
+    /// The protocol (TCP when the object left it out).
+    pub protocol: Protocol,
+    /// Which ports of that protocol.
+    pub port: PortMatch,
+}
+
+/// Which ports a [`PortSpec`] names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PortMatch {
+    /// No `port`: every port of the protocol.
+    Any,
+    /// `port` and `endPort`, inclusive; a single port is a range of one.
+    Range(u16, u16),
+    /// A named port, resolved against the destination pod's container ports.
+    Named(String),
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.port {
+            PortMatch::Any => write!(f, "{}/any", self.protocol),
+            PortMatch::Range(lo, hi) if lo == hi => write!(f, "{}/{lo}", self.protocol),
+            PortMatch::Range(lo, hi) => write!(f, "{}/{lo}-{hi}", self.protocol),
+            PortMatch::Named(name) => write!(f, "{}/{name}", self.protocol),
+        }
+    }
+}

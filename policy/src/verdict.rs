@@ -1,0 +1,105 @@
+//! Queries and verdicts: may this connection happen, and why.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::model::{Direction, Protocol};
+use crate::state::{PodId, PolicyId};
+
+/// One end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A pod of the cluster state.
+    Pod(PodId),
+    /// An address; if it is a pod's address, the engine treats it as that pod.
+    Ip(IpAddr),
+}
+
+/// A connection to judge: from `src` to `dst` on `protocol`/`port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Query {
+    /// Who opens the connection.
+    pub src: Endpoint,
+    /// Who it is opened to.
+    pub dst: Endpoint,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The destination port.
+    pub port: u16,
+}
+
+/// A rule of a policy: the policy, the direction, and the rule's 0-based index in that list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RuleRef {
+    /// The policy.
+    pub policy: PolicyId,
+    /// `ingress` or `egress`.
+    pub direction: Direction,
+    /// The rule's index in `spec.ingress` or `spec.egress`.
+    pub index: u32,
+}
+
+/// Why one side (the source's egress or the destination's ingress) decided as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Allowed: this end is not a pod, so no policy of it applies.
+    NotAPod,
+    /// Allowed: this end is a host-network pod, to which NetworkPolicy does not apply.
+    HostNetwork,
+    /// Allowed: no policy isolates the pod in this direction.
+    NotIsolated,
+    /// Allowed: a pod can always reach itself.
+    SamePod,
+    /// Allowed: traffic from the pod's own node (kubelet probes) is always allowed.
+    OwnNode,
+    /// Allowed by this rule.
+    Rule(RuleRef),
+    /// Denied: the pod is isolated and no rule of the isolating policies allows the connection.
+    NoRuleMatched,
+}
+
+impl Decision {
+    /// Whether this side lets the connection through.
+    pub fn allows(self) -> bool {
+        !matches!(self, Decision::NoRuleMatched)
+    }
+}
+
+/// The verdict of one side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideVerdict {
+    /// Egress (the source's policies) or ingress (the destination's).
+    pub direction: Direction,
+    /// The pod whose policies were consulted, if this end is a pod.
+    pub pod: Option<PodId>,
+    /// The policies isolating that pod in this direction (empty: not isolated).
+    pub isolated_by: Vec<PolicyId>,
+    /// What decided.
+    pub decision: Decision,
+}
+
+impl SideVerdict {
+    /// Whether this side allows the connection.
+    pub fn allowed(&self) -> bool {
+        self.decision.allows()
+    }
+}
+
+/// A connection is allowed when both the source's egress and the destination's ingress allow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The query, with addresses that belong to pods resolved to those pods.
+    pub query: Query,
+    /// The source's egress side.
+    pub egress: SideVerdict,
+    /// The destination's ingress side.
+    pub ingress: SideVerdict,
+}
+
+impl Verdict {
+    /// Both sides allow it.
+    pub fn allowed(&self) -> bool {
+        self.egress.allowed() && self.ingress.allowed()
+    }
+}

@@ -1,0 +1,3 @@
+//! Subcommand glue: turn parsed arguments into calls on the crates, print, pick the exit code.
+
+pub(crate) mod analyze;

@@ -1,0 +1,30 @@
+//! `podwall`: one binary for the analyzer today, and the sidecar, control plane and sandbox as
+//! they land. This file parses arguments and dispatches; the work is in the crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Kubernetes NetworkPolicy enforcement from inside the pod, and the tools to reason about it.
+#[derive(Parser, Debug)]
+#[command(name = "podwall", version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Answer, offline, what can talk to what and why, from cluster state in YAML.
+    #[command(subcommand)]
+    Analyze(cli::analyze::AnalyzeCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Command::Analyze(cmd) => cli::analyze::run(cmd),
+    }
+}
