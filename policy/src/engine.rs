@@ -265,15 +265,25 @@ impl Engine {
 
     /// Whether the connection is allowed, and why, for each side.
     pub fn verdict(&self, query: &Query) -> Verdict {
+        // An address given by the caller is the address of the connection, even when it belongs
+        // to a pod; for a pod given by name, pick its address in the other end's family.
+        let fixed = |e: Endpoint| match e {
+            Endpoint::Ip(ip) => Some(ip),
+            Endpoint::Pod(_) => None,
+        };
+        let (src_fixed, dst_fixed) = (fixed(query.src), fixed(query.dst));
         let src = self.resolve(query.src);
         let dst = self.resolve(query.dst);
+        let dst_ip = dst_fixed.or_else(|| self.ip_of(dst, src_fixed));
+        let src_ip = src_fixed.or_else(|| self.ip_of(src, dst_ip));
         let query = Query { src, dst, ..*query };
-        let (src_ip, dst_ip) = self.addresses(&query);
         let same_pod = matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b);
         let egress = self.side(Direction::Egress, src, dst, dst_ip, &query, same_pod);
         let ingress = self.side(Direction::Ingress, dst, src, src_ip, &query, same_pod);
         Verdict {
             query,
+            src_ip,
+            dst_ip,
             egress,
             ingress,
         }
@@ -399,20 +409,11 @@ impl Engine {
     /// Which peer of a rule (by index) matches the other end of the query; `Some(None)` when the
     /// rule has no peers (matches all), `None` when no peer matches.
     pub fn matching_peer(&self, rule: RuleRef, verdict: &Verdict) -> Option<Option<usize>> {
-        let (src_ip, dst_ip) = self.addresses(&verdict.query);
         let view = match rule.direction {
-            Direction::Egress => self.peer_view(verdict.query.dst, dst_ip),
-            Direction::Ingress => self.peer_view(verdict.query.src, src_ip),
+            Direction::Egress => self.peer_view(verdict.query.dst, verdict.dst_ip),
+            Direction::Ingress => self.peer_view(verdict.query.src, verdict.src_ip),
         };
         self.rules[self.rule_id(rule) as usize].matching_peer(&view)
-    }
-
-    /// The addresses each end uses: the destination's primary address, and the source's address
-    /// of the same family.
-    pub fn addresses(&self, query: &Query) -> (Option<IpAddr>, Option<IpAddr>) {
-        let dst_ip = self.ip_of(query.dst, None);
-        let src_ip = self.ip_of(query.src, dst_ip);
-        (src_ip, dst_ip)
     }
 
     /// Which port spec of a rule (by index) matches the query; `Some(None)` when the rule has no

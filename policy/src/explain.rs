@@ -123,9 +123,8 @@ const MAX_NEAR_MISSES: usize = 5;
 impl Engine {
     /// Explains a verdict.
     pub fn explain(&self, verdict: &Verdict) -> Explanation {
-        let (src_ip, dst_ip) = self.addresses(&verdict.query);
-        let from = self.endpoint_info(verdict.query.src, src_ip);
-        let to = self.endpoint_info(verdict.query.dst, dst_ip);
+        let from = self.endpoint_info(verdict.query.src, verdict.src_ip);
+        let to = self.endpoint_info(verdict.query.dst, verdict.dst_ip);
         let egress = self.explain_side(verdict, &verdict.egress, &from, &to);
         let ingress = self.explain_side(verdict, &verdict.ingress, &to, &from);
         Explanation {

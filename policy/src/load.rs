@@ -42,17 +42,32 @@ impl Loader {
     /// Reads every document of a YAML (or JSON) text. Fails only when the text is not YAML at
     /// all; objects in it that are invalid become diagnostics.
     pub fn add_yaml(&mut self, source: &str, text: &str) -> Result<(), Error> {
-        let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| Error::Yaml {
-            source_name: source.to_string(),
-            message: e.to_string(),
-        })?;
-        for (i, doc) in docs.into_iter().enumerate() {
+        // Parse every document first, so that a file that is not YAML adds nothing.
+        let mut parsed = Vec::new();
+        for doc in split_documents(text) {
+            let value: Value = serde_saphyr::from_str(&doc.text).map_err(|e| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line() as usize, l.column()))
+                    .unwrap_or((1, 0));
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or_default();
+                // saphyr says "error: line L column C: what"; keep only "what".
+                let what = first.rsplit_once(": ").map(|(_, w)| w).unwrap_or(first);
+                Error::Yaml {
+                    source_name: source.to_string(),
+                    message: format!("line {} column {column}: {what}", doc.line + line - 1),
+                }
+            })?;
+            parsed.push((doc.line, value));
+        }
+        for (line, value) in parsed {
             let origin = Origin {
                 source: source.to_string(),
-                document: i + 1,
+                line,
                 item: None,
             };
-            self.add_object(origin, doc);
+            self.add_object(origin, value);
         }
         Ok(())
     }
@@ -103,7 +118,7 @@ impl Loader {
         match (group(&api_version), kind.as_str()) {
             ("", "Namespace") => self.add_namespace(origin, value),
             ("", "Pod") => self.add_pod(origin, value),
-            ("networking.k8s.io", "NetworkPolicy") => {
+            ("networking.k8s.io" | "extensions", "NetworkPolicy") => {
                 self.add_network_policy(origin, &api_version, value)
             }
             _ => *self.report.skipped_kinds.entry(kind).or_default() += 1,
@@ -390,6 +405,51 @@ impl Loader {
         );
         (state, self.report)
     }
+}
+
+/// One YAML document of a multi-document text.
+struct Document {
+    /// The 1-based line of the text where it starts.
+    line: usize,
+    text: String,
+}
+
+/// Splits a text at its `---` document markers, keeping each document's first line number.
+///
+/// YAML forbids `---` and `...` at the start of a line inside any scalar, so a line-based split
+/// is exact; unlike the parser's own multi-document mode it keeps empty documents in the count
+/// and tells where each starts. Content after `--- ` on the marker line stays in its document.
+fn split_documents(text: &str) -> Vec<Document> {
+    let mut docs = Vec::new();
+    let mut current = Document {
+        line: 1,
+        text: String::new(),
+    };
+    let is_marker = |l: &str, m: &str| {
+        l.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+    };
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let line = raw.trim_end_matches(['\n', '\r']);
+        if is_marker(line, "---") {
+            docs.push(std::mem::replace(
+                &mut current,
+                Document {
+                    line: i + 1,
+                    text: String::new(),
+                },
+            ));
+            // Keep columns of content on the marker line: blank the marker out.
+            current.text.push_str("   ");
+            current.text.push_str(&raw[3..]);
+        } else if is_marker(line, "...") {
+            current.text.push('\n');
+        } else {
+            current.text.push_str(raw);
+        }
+    }
+    docs.push(current);
+    docs
 }
 
 /// The API group of an `apiVersion` (`""` for the core group's `v1`).

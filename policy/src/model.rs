@@ -85,21 +85,20 @@ impl FromStr for Protocol {
 pub struct Origin {
     /// A file path, or another name for the source (`api-server`, `<stdin>`).
     pub source: String,
-    /// The 1-based YAML document in the source.
-    pub document: usize,
+    /// The 1-based line where the object's YAML document starts (0: not from text).
+    pub line: usize,
     /// The 0-based item when the document is a `kind: List`.
     pub item: Option<usize>,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.source)?;
-        if self.document > 1 || self.item.is_some() {
-            write!(f, " (document {}", self.document)?;
-            if let Some(item) = self.item {
-                write!(f, ", items[{item}]")?;
-            }
-            f.write_str(")")?;
+        f.write_str(&self.source)?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if let Some(item) = self.item {
+            write!(f, " items[{item}]")?;
         }
         Ok(())
     }

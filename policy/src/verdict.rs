@@ -91,6 +91,10 @@ impl SideVerdict {
 pub struct Verdict {
     /// The query, with addresses that belong to pods resolved to those pods.
     pub query: Query,
+    /// The source address the connection uses, when known.
+    pub src_ip: Option<IpAddr>,
+    /// The destination address the connection uses, when known.
+    pub dst_ip: Option<IpAddr>,
     /// The source's egress side.
     pub egress: SideVerdict,
     /// The destination's ingress side.

@@ -209,14 +209,9 @@ fn matrix(args: MatrixArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn endpoint(
-    state: &ClusterState,
-    engine: &Engine,
-    spec: &str,
-    flag: &str,
-) -> Result<Endpoint, String> {
+fn endpoint(state: &ClusterState, spec: &str, flag: &str) -> Result<Endpoint, String> {
     if let Ok(ip) = spec.parse::<IpAddr>() {
-        return Ok(engine.endpoint(ip));
+        return Ok(Endpoint::Ip(ip));
     }
     let Some((ns, name)) = spec.split_once('/') else {
         return Err(format!(
@@ -247,13 +242,13 @@ fn endpoint(
 fn check(args: CheckArgs) -> Result<ExitCode, String> {
     let (state, report) = load(&args.input)?;
     print_load_report(&report);
-    let engine = Engine::compile(state.clone());
     let query = Query {
-        src: endpoint(&state, &engine, &args.from, "from")?,
-        dst: endpoint(&state, &engine, &args.to, "to")?,
+        src: endpoint(&state, &args.from, "from")?,
+        dst: endpoint(&state, &args.to, "to")?,
         protocol: args.protocol.into(),
         port: args.port,
     };
+    let engine = Engine::compile(state);
     let verdict = engine.verdict(&query);
     let explanation = engine.explain(&verdict);
     match args.output {
