@@ -8,7 +8,8 @@ use crate::diagnostic::Diagnostic;
 use crate::engine::Engine;
 use crate::explain::describe_peer;
 use crate::model::{
-    Direction, IpBlock, NAMESPACE_NAME_LABEL, NamespaceScope, Peer, PortMatch, Protocol,
+    Direction, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Peer, PortMatch,
+    Protocol,
 };
 use crate::selector::{LabelSelector, Operator};
 use crate::state::{PodId, PolicyId};
@@ -16,6 +17,9 @@ use crate::verdict::{Endpoint, Query, RuleRef};
 
 /// Pods labelled like the cluster DNS (CoreDNS and kube-dns both carry `k8s-app=kube-dns`).
 const CLUSTER_DNS_LABEL: (&str, &str) = ("k8s-app", "kube-dns");
+
+/// Where the cluster DNS runs.
+const DNS_NAMESPACE: &str = "kube-system";
 
 /// At most this many pod names are listed in one finding.
 const MAX_LISTED: usize = 5;
@@ -104,14 +108,17 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
             };
             split_peers(&rule.peers, &rule_field, direction, out, &finding);
 
-            let mut empty_peers: Vec<String> = Vec::new();
+            // (description, already reported by a more specific finding)
+            let mut empty_peers: Vec<(String, bool)> = Vec::new();
             for (pi, peer) in rule.peers.iter().enumerate() {
                 let peer_field = format!("{rule_field}.{}[{pi}]", direction.peers_field());
                 match peer {
                     Peer::Pods { namespaces, pods } => {
+                        let mut reported = false;
                         if let NamespaceScope::Selected(sel) = namespaces {
                             let matched = state.namespaces.iter().any(|ns| sel.matches(&ns.labels));
                             if !matched {
+                                reported = true;
                                 let mut d = finding(Diagnostic::warning(
                                     "namespace-selector-matches-nothing",
                                     format!("namespaceSelector {sel} matches no namespace"),
@@ -124,6 +131,7 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
                             }
                         }
                         if let Some(c) = pods.contradiction() {
+                            reported = true;
                             out.push(
                                 finding(Diagnostic::warning(
                                     "rule-never-matches",
@@ -133,7 +141,10 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
                             );
                         }
                         if engine.peer_pods(rule_ref, pi).is_empty() {
-                            empty_peers.push(format!("{} ({peer_field})", describe_peer(peer)));
+                            empty_peers.push((
+                                format!("{} ({peer_field})", describe_peer(peer)),
+                                reported,
+                            ));
                         }
                     }
                     Peer::IpBlock(block) => {
@@ -147,13 +158,17 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
                         "rule-never-matches",
                         format!(
                             "no peer of this rule matches any pod or address: {}",
-                            empty_peers.join("; ")
+                            empty_peers
+                                .iter()
+                                .map(|(d, _)| d.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
                         ),
                     ))
                     .field(&rule_field),
                 );
             } else {
-                for peer in &empty_peers {
+                for (peer, _) in empty_peers.iter().filter(|(_, reported)| !reported) {
                     out.push(
                         finding(Diagnostic::warning(
                             "peer-matches-nothing",
@@ -395,7 +410,7 @@ fn egress_without_dns(engine: &Engine, out: &mut Vec<Diagnostic>) {
         }
     }
     let target = if dns_pods.is_empty() {
-        "any DNS server".to_string()
+        "the cluster DNS (pods k8s-app=kube-dns in kube-system)".to_string()
     } else {
         let names: Vec<String> = dns_pods.iter().map(|p| state.pod(*p).key()).collect();
         format!("the cluster DNS ({})", listed(&names))
@@ -421,10 +436,19 @@ fn egress_without_dns(engine: &Engine, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Without DNS pods in the state, assume the usual cluster DNS (pods `k8s-app=kube-dns` in
+/// `kube-system`) and ask whether some egress rule on UDP/53 could reach it. An ipBlock on
+/// UDP/53 counts: the resolver's address is not known here.
 fn any_rule_allows_udp_53(engine: &Engine, isolating: &[PolicyId]) -> bool {
+    let state = engine.state();
+    let ns_labels = state
+        .namespace(DNS_NAMESPACE)
+        .map(|n| n.labels.clone())
+        .unwrap_or_else(|| Namespace::implicit(DNS_NAMESPACE).labels);
+    let mut dns_labels = Labels::new();
+    dns_labels.insert(CLUSTER_DNS_LABEL.0.into(), CLUSTER_DNS_LABEL.1.into());
     isolating.iter().any(|&pid| {
-        let policy = engine.state().policy(pid);
-        policy.egress.iter().flatten().enumerate().any(|(i, rule)| {
+        state.policy(pid).egress.iter().flatten().any(|rule| {
             let port_ok = rule.ports.is_empty()
                 || rule.ports.iter().any(|p| {
                     p.protocol == Protocol::Udp
@@ -434,12 +458,18 @@ fn any_rule_allows_udp_53(engine: &Engine, isolating: &[PolicyId]) -> bool {
                             PortMatch::Named(_) => true,
                         }
                 });
-            port_ok
-                && engine.rule_can_match(RuleRef {
-                    policy: pid,
-                    direction: Direction::Egress,
-                    index: i as u32,
-                })
+            let peer_ok = rule.peers.is_empty()
+                || rule.peers.iter().any(|peer| match peer {
+                    Peer::IpBlock(_) => true,
+                    Peer::Pods { namespaces, pods } => {
+                        let ns_ok = match namespaces {
+                            NamespaceScope::Named(n) => n == DNS_NAMESPACE,
+                            NamespaceScope::Selected(sel) => sel.matches(&ns_labels),
+                        };
+                        ns_ok && pods.matches(&dns_labels)
+                    }
+                });
+            port_ok && peer_ok
         })
     })
 }
