@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::compile::identity::Identities;
 use crate::compile::rule::{CompiledRule, PeerView};
-use crate::compile::table::{DirectionTable, PortEntry, RuleId};
+use crate::compile::table::{DirectionTable, PeerMatcher, PortEntry, RuleId};
 use crate::model::{ContainerPort, Direction, Pod, PortMatch, PortSpec, Protocol};
 use crate::state::{ClusterState, PodId, PolicyId};
 use crate::verdict::{Decision, Endpoint, Query, RuleRef, SideVerdict, Verdict};
@@ -267,11 +267,7 @@ impl Engine {
     pub fn verdict(&self, query: &Query) -> Verdict {
         // An address given by the caller is the address of the connection, even when it belongs
         // to a pod; for a pod given by name, pick its address in the other end's family.
-        let fixed = |e: Endpoint| match e {
-            Endpoint::Ip(ip) => Some(ip),
-            Endpoint::Pod(_) => None,
-        };
-        let (src_fixed, dst_fixed) = (fixed(query.src), fixed(query.dst));
+        let (src_fixed, dst_fixed) = (fixed_ip(query.src), fixed_ip(query.dst));
         let src = self.resolve(query.src);
         let dst = self.resolve(query.dst);
         let dst_ip = dst_fixed.or_else(|| self.ip_of(dst, src_fixed));
@@ -289,9 +285,17 @@ impl Engine {
         }
     }
 
-    /// Only whether the connection is allowed.
+    /// Only whether the connection is allowed: the fast path, which does not name the rule.
     pub fn allowed(&self, query: &Query) -> bool {
-        self.verdict(query).allowed()
+        let (src_fixed, dst_fixed) = (fixed_ip(query.src), fixed_ip(query.dst));
+        let src = self.resolve(query.src);
+        let dst = self.resolve(query.dst);
+        let dst_ip = dst_fixed.or_else(|| self.ip_of(dst, src_fixed));
+        let src_ip = src_fixed.or_else(|| self.ip_of(src, dst_ip));
+        let query = Query { src, dst, ..*query };
+        let same_pod = matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b);
+        self.side_allows(Direction::Egress, src, dst, dst_ip, &query, same_pod)
+            && self.side_allows(Direction::Ingress, dst, src, src_ip, &query, same_pod)
     }
 
     fn resolve(&self, e: Endpoint) -> Endpoint {
@@ -321,7 +325,66 @@ impl Engine {
         }
     }
 
-    /// One side: `subject`'s policies for `direction`, with `peer` on the other end.
+    /// The decisions that need no rule (not a pod, host network, same pod, not isolated, own
+    /// node), or the table and peer that the rules must decide on.
+    fn gate(
+        &self,
+        direction: Direction,
+        subject: Endpoint,
+        peer: Endpoint,
+        peer_ip: Option<IpAddr>,
+        same_pod: bool,
+    ) -> Result<(&DirectionTable, PeerView), Decision> {
+        let Endpoint::Pod(pod_id) = subject else {
+            return Err(Decision::NotAPod);
+        };
+        let pod = self.state.pod(pod_id);
+        if pod.host_network {
+            return Err(Decision::HostNetwork);
+        }
+        if same_pod {
+            return Err(Decision::SamePod);
+        }
+        let Some(table) = &self.tables[pod_id.0 as usize][dir_index(direction)] else {
+            return Err(Decision::NotIsolated);
+        };
+        if direction == Direction::Ingress && peer_ip.is_some_and(|ip| pod.host_ips.contains(&ip)) {
+            return Err(Decision::OwnNode);
+        }
+        Ok((table, self.peer_view(peer, peer_ip)))
+    }
+
+    /// The matchers that apply to the query's port: the numeric segment, and for egress the
+    /// named ports the destination pod declares with that number.
+    fn matchers<'a>(
+        &'a self,
+        table: &'a DirectionTable,
+        direction: Direction,
+        peer: Endpoint,
+        query: &'a Query,
+    ) -> impl Iterator<Item = &'a PeerMatcher> + 'a {
+        let named = match peer {
+            Endpoint::Pod(dst) if direction == Direction::Egress && table.has_named() => {
+                let dst_pod = self.state.pod(dst);
+                let ports: &[ContainerPort] = if dst_pod.host_network {
+                    &[]
+                } else {
+                    &dst_pod.ports
+                };
+                ports
+            }
+            _ => &[],
+        };
+        table.port(query.protocol, query.port).into_iter().chain(
+            named
+                .iter()
+                .filter(|cp| cp.port == query.port && cp.protocol == query.protocol)
+                .filter_map(|cp| cp.name.as_deref().and_then(|n| table.named(cp.protocol, n))),
+        )
+    }
+
+    /// One side: `subject`'s policies for `direction`, with `peer` on the other end, naming the
+    /// first rule (in canonical order) that allows the connection.
     fn side(
         &self,
         direction: Direction,
@@ -331,66 +394,47 @@ impl Engine {
         query: &Query,
         same_pod: bool,
     ) -> SideVerdict {
-        let Endpoint::Pod(pod_id) = subject else {
-            return SideVerdict {
-                direction,
-                pod: None,
-                isolated_by: Vec::new(),
-                decision: Decision::NotAPod,
-            };
+        let pod = match subject {
+            Endpoint::Pod(p) => Some(p),
+            Endpoint::Ip(_) => None,
         };
-        let pod = self.state.pod(pod_id);
-        let mut verdict = SideVerdict {
+        let isolated =
+            pod.is_some_and(|p| self.tables[p.0 as usize][dir_index(direction)].is_some());
+        let decision = match self.gate(direction, subject, peer, peer_ip, same_pod) {
+            Err(decision) => decision,
+            Ok((table, view)) => self
+                .matchers(table, direction, peer, query)
+                .filter_map(|m| m.first_allowing(&view, &self.rules))
+                .min()
+                .map_or(Decision::NoRuleMatched, |rule| {
+                    Decision::Rule(self.rule_ref(rule))
+                }),
+        };
+        SideVerdict {
             direction,
-            pod: Some(pod_id),
-            isolated_by: self.isolated_by(pod_id, direction).to_vec(),
-            decision: Decision::NotIsolated,
-        };
-        if pod.host_network {
-            verdict.decision = Decision::HostNetwork;
-            return verdict;
+            pod,
+            isolated,
+            decision,
         }
-        if same_pod {
-            verdict.decision = Decision::SamePod;
-            return verdict;
+    }
+
+    /// Whether one side allows the connection, without finding which rule does: a bit test or
+    /// a binary search per matcher.
+    fn side_allows(
+        &self,
+        direction: Direction,
+        subject: Endpoint,
+        peer: Endpoint,
+        peer_ip: Option<IpAddr>,
+        query: &Query,
+        same_pod: bool,
+    ) -> bool {
+        match self.gate(direction, subject, peer, peer_ip, same_pod) {
+            Err(decision) => decision.allows(),
+            Ok((table, view)) => self
+                .matchers(table, direction, peer, query)
+                .any(|m| m.admits(&view)),
         }
-        let Some(table) = &self.tables[pod_id.0 as usize][dir_index(direction)] else {
-            return verdict;
-        };
-        if direction == Direction::Ingress && peer_ip.is_some_and(|ip| pod.host_ips.contains(&ip)) {
-            verdict.decision = Decision::OwnNode;
-            return verdict;
-        }
-        let view = self.peer_view(peer, peer_ip);
-        let mut best = table
-            .port(query.protocol, query.port)
-            .and_then(|m| m.first_allowing(&view, &self.rules));
-        // Egress named ports resolve against the destination pod's declared ports.
-        if direction == Direction::Egress
-            && table.has_named()
-            && let Endpoint::Pod(dst) = peer
-        {
-            let dst_pod = self.state.pod(dst);
-            if !dst_pod.host_network {
-                for cp in &dst_pod.ports {
-                    let Some(name) = &cp.name else { continue };
-                    if cp.port != query.port || cp.protocol != query.protocol {
-                        continue;
-                    }
-                    if let Some(rule) = table
-                        .named(cp.protocol, name)
-                        .and_then(|m| m.first_allowing(&view, &self.rules))
-                    {
-                        best = Some(best.map_or(rule, |b| b.min(rule)));
-                    }
-                }
-            }
-        }
-        verdict.decision = match best {
-            Some(rule) => Decision::Rule(self.rule_ref(rule)),
-            None => Decision::NoRuleMatched,
-        };
-        verdict
     }
 
     fn rule_ref(&self, id: RuleId) -> RuleRef {
@@ -453,6 +497,14 @@ impl Engine {
                 .collect(),
             _ => Vec::new(),
         }
+    }
+}
+
+/// The address an endpoint was given by, if it was given by address.
+fn fixed_ip(e: Endpoint) -> Option<IpAddr> {
+    match e {
+        Endpoint::Ip(ip) => Some(ip),
+        Endpoint::Pod(_) => None,
     }
 }
 

@@ -193,8 +193,11 @@ impl Engine {
         me: &EndpointInfo,
         peer: &EndpointInfo,
     ) -> SideExplanation {
-        let isolated_by: Vec<String> = side
-            .isolated_by
+        let isolating = side
+            .pod
+            .map(|p| self.isolated_by(p, side.direction))
+            .unwrap_or_default();
+        let isolated_by: Vec<String> = isolating
             .iter()
             .map(|p| self.state().policy(*p).name.to_string())
             .collect();
@@ -265,7 +268,7 @@ impl Engine {
             direction: dir,
             pod: side.pod.map(|p| self.state().pod(p).key()),
             enforced: !matches!(side.decision, Decision::NotAPod | Decision::HostNetwork),
-            isolated: !side.isolated_by.is_empty(),
+            isolated: side.isolated,
             isolated_by,
             allowed: side.allowed(),
             reason,
@@ -277,7 +280,11 @@ impl Engine {
 
     fn near_misses(&self, verdict: &Verdict, side: &SideVerdict) -> Vec<NearMiss> {
         let mut out = Vec::new();
-        for &pid in &side.isolated_by {
+        let isolating = side
+            .pod
+            .map(|p| self.isolated_by(p, side.direction))
+            .unwrap_or_default();
+        for &pid in isolating {
             let policy = self.state().policy(pid);
             let n = policy.rules(side.direction).unwrap_or_default().len();
             for index in 0..n as u32 {

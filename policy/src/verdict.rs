@@ -73,8 +73,11 @@ pub struct SideVerdict {
     pub direction: Direction,
     /// The pod whose policies were consulted, if this end is a pod.
     pub pod: Option<PodId>,
-    /// The policies isolating that pod in this direction (empty: not isolated).
-    pub isolated_by: Vec<PolicyId>,
+    /// Whether that pod is isolated in this direction ([`Engine::isolated_by`] names the
+    /// policies).
+    ///
+    /// [`Engine::isolated_by`]: crate::Engine::isolated_by
+    pub isolated: bool,
     /// What decided.
     pub decision: Decision,
 }

@@ -47,7 +47,7 @@ impl PeerMatcher {
         m
     }
 
-    fn admits(&self, peer: &PeerView) -> bool {
+    pub(crate) fn admits(&self, peer: &PeerView) -> bool {
         self.any_peer
             || peer
                 .identity
