@@ -19,7 +19,12 @@ fn podwall_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         .spawn()
         .expect("run podwall");
     if let Some(text) = stdin {
-        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("wait");
@@ -32,17 +37,35 @@ fn podwall_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 
 #[test]
 fn matrix_json_is_the_documented_contract() {
-    let (code, out, err) = podwall(&["analyze", "matrix", "-f", THREE_TIER, "--port", "8080", "-o", "json"]);
+    let (code, out, err) = podwall(&[
+        "analyze", "matrix", "-f", THREE_TIER, "--port", "8080", "-o", "json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+    let keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys, ["allowed", "pods", "port", "protocol"]);
     assert_eq!(v["port"], 8080);
     assert_eq!(v["protocol"], "TCP");
-    let pods: Vec<&str> = v["pods"].as_array().expect("pods").iter().map(|p| p.as_str().expect("str")).collect();
+    let pods: Vec<&str> = v["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .map(|p| p.as_str().expect("str"))
+        .collect();
     assert_eq!(
         pods,
-        ["ingress-nginx/controller", "kube-system/coredns", "production/api", "production/frontend", "production/postgres"]
+        [
+            "ingress-nginx/controller",
+            "kube-system/coredns",
+            "production/api",
+            "production/frontend",
+            "production/postgres"
+        ]
     );
     for from in &pods {
         for to in &pods {
@@ -62,17 +85,32 @@ fn matrix_without_a_port_covers_every_declared_port() {
         .as_array()
         .expect("an array of matrices")
         .iter()
-        .map(|m| (m["protocol"].as_str().expect("p").to_string(), m["port"].as_u64().expect("n")))
+        .map(|m| {
+            (
+                m["protocol"].as_str().expect("p").to_string(),
+                m["port"].as_u64().expect("n"),
+            )
+        })
         .collect();
     assert_eq!(
         ports,
-        [("TCP".into(), 53), ("TCP".into(), 80), ("TCP".into(), 443), ("TCP".into(), 5432), ("TCP".into(), 8080), ("TCP".into(), 9153), ("UDP".into(), 53)]
+        [
+            ("TCP".into(), 53),
+            ("TCP".into(), 80),
+            ("TCP".into(), 443),
+            ("TCP".into(), 5432),
+            ("TCP".into(), 8080),
+            ("TCP".into(), 9153),
+            ("UDP".into(), 53)
+        ]
     );
 }
 
 #[test]
 fn the_matrix_table_stays_readable_at_thirty_pods() {
-    let mut yaml = String::from("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {matchLabels: {role: db}}}\n");
+    let mut yaml = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {matchLabels: {role: db}}}\n",
+    );
     for i in 0..30 {
         let role = if i % 3 == 0 { "db" } else { "web" };
         yaml.push_str(&format!(
@@ -80,30 +118,67 @@ fn the_matrix_table_stays_readable_at_thirty_pods() {
             i + 1
         ));
     }
-    let (code, out, err) = podwall_stdin(&["analyze", "matrix", "-f", "-", "--port", "80"], Some(&yaml));
+    let (code, out, err) = podwall_stdin(
+        &["analyze", "matrix", "-f", "-", "--port", "80"],
+        Some(&yaml),
+    );
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("TCP/80: 610 of 900 connections allowed"), "{}", lines[0]);
-    let rows: Vec<&&str> = lines.iter().filter(|l| l.contains("shop/service-")).collect();
+    assert!(
+        lines[0].starts_with("TCP/80: 610 of 900 connections allowed"),
+        "{}",
+        lines[0]
+    );
+    let rows: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("shop/service-"))
+        .collect();
     // 20 open pods take all 30 sources; the 10 isolated ones only themselves.
     assert_eq!(rows.len(), 30);
     for row in &rows {
         assert_eq!(row.matches(['✓', '·']).count(), 30, "{row}");
         assert!(row.chars().count() <= 120, "fits a terminal: {row}");
     }
-    assert!(rows[0].trim_start().starts_with("1  shop/service-00"), "{}", rows[0]);
-    let header = lines.iter().find(|l| l.trim_start().starts_with("1  2  3")).expect("column numbers");
+    assert!(
+        rows[0].trim_start().starts_with("1  shop/service-00"),
+        "{}",
+        rows[0]
+    );
+    let header = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("1  2  3"))
+        .expect("column numbers");
     assert!(header.trim_end().ends_with("30"), "{header}");
 }
 
 #[test]
 fn check_exits_0_when_allowed_and_1_when_denied() {
     let base = ["analyze", "check", "-f", THREE_TIER, "--port", "8080"];
-    let (code, out, _) = podwall(&[&base[..], &["--from", "production/frontend", "--to", "production/api"]].concat());
+    let (code, out, _) = podwall(
+        &[
+            &base[..],
+            &["--from", "production/frontend", "--to", "production/api"],
+        ]
+        .concat(),
+    );
     assert_eq!(code, 0, "{out}");
-    assert!(out.starts_with("ALLOWED: production/frontend (10.244.1.20) -> production/api (10.244.2.21) on TCP/8080"), "{out}");
-    assert!(out.contains("allowed by NetworkPolicy production/api-ingress spec.ingress[0]"), "{out}");
-    let (code, out, _) = podwall(&[&base[..], &["--from", "production/postgres", "--to", "production/api"]].concat());
+    assert!(
+        out.starts_with(
+            "ALLOWED: production/frontend (10.244.1.20) -> production/api (10.244.2.21) on TCP/8080"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("allowed by NetworkPolicy production/api-ingress spec.ingress[0]"),
+        "{out}"
+    );
+    let (code, out, _) = podwall(
+        &[
+            &base[..],
+            &["--from", "production/postgres", "--to", "production/api"],
+        ]
+        .concat(),
+    );
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("DENIED"), "{out}");
 }
@@ -111,31 +186,61 @@ fn check_exits_0_when_allowed_and_1_when_denied() {
 #[test]
 fn check_json_says_for_each_side_whether_isolated_and_which_rule_allowed() {
     let (code, out, _) = podwall(&[
-        "analyze", "check", "-f", THREE_TIER, "--from", "production/frontend", "--to", "10.244.2.21", "--port", "8080",
-        "-o", "json",
+        "analyze",
+        "check",
+        "-f",
+        THREE_TIER,
+        "--from",
+        "production/frontend",
+        "--to",
+        "10.244.2.21",
+        "--port",
+        "8080",
+        "-o",
+        "json",
     ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["allowed"], true);
-    assert_eq!(v["to"]["pod"], "production/api", "a pod address is that pod");
+    assert_eq!(
+        v["to"]["pod"], "production/api",
+        "a pod address is that pod"
+    );
     for side in ["egress", "ingress"] {
         assert_eq!(v[side]["isolated"], true, "{side}");
         assert_eq!(v[side]["allowed"], true, "{side}");
         assert_eq!(v[side]["reason"], "rule", "{side}");
     }
-    assert_eq!(v["egress"]["allowed_by"]["policy"], "NetworkPolicy production/frontend-egress");
+    assert_eq!(
+        v["egress"]["allowed_by"]["policy"],
+        "NetworkPolicy production/frontend-egress"
+    );
     assert_eq!(v["egress"]["allowed_by"]["rule"], 0);
     assert_eq!(v["ingress"]["allowed_by"]["name"], "api-ingress");
     assert_eq!(
         v["egress"]["isolated_by"],
-        serde_json::json!(["NetworkPolicy production/allow-dns", "NetworkPolicy production/default-deny-all", "NetworkPolicy production/frontend-egress"])
+        serde_json::json!([
+            "NetworkPolicy production/allow-dns",
+            "NetworkPolicy production/default-deny-all",
+            "NetworkPolicy production/frontend-egress"
+        ])
     );
 }
 
 #[test]
 fn check_accepts_outside_addresses() {
     let (code, out, _) = podwall(&[
-        "analyze", "check", "-f", THREE_TIER, "--from", "203.0.113.7", "--to", "production/frontend", "--port", "80", "-o",
+        "analyze",
+        "check",
+        "-f",
+        THREE_TIER,
+        "--from",
+        "203.0.113.7",
+        "--to",
+        "production/frontend",
+        "--port",
+        "80",
+        "-o",
         "json",
     ]);
     assert_eq!(code, 1);
@@ -154,7 +259,10 @@ fn lint_exits_1_on_findings_and_0_when_clean() {
     let (code, out, _) = podwall(&["analyze", "lint", "-f", overview]);
     assert_eq!(code, 1);
     assert!(out.contains("warning[peers-or-not-and]"), "{out}");
-    assert!(out.contains("overview-guide/policies.yaml:"), "findings name the file and line: {out}");
+    assert!(
+        out.contains("overview-guide/policies.yaml:"),
+        "findings name the file and line: {out}"
+    );
 }
 
 #[test]
@@ -173,7 +281,14 @@ fn lint_reports_invalid_policies_and_the_rest_is_still_analyzed() {
 
 #[test]
 fn unreadable_input_exits_2_naming_it() {
-    let (code, _, err) = podwall(&["analyze", "matrix", "-f", "/nonexistent/cluster.yaml", "--port", "80"]);
+    let (code, _, err) = podwall(&[
+        "analyze",
+        "matrix",
+        "-f",
+        "/nonexistent/cluster.yaml",
+        "--port",
+        "80",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/cluster.yaml"), "{err}");
     let (code, _, err) = podwall_stdin(&["analyze", "lint", "-f", "-"], Some("kind: [broken\n"));
@@ -183,12 +298,40 @@ fn unreadable_input_exits_2_naming_it() {
 
 #[test]
 fn bad_usage_exits_2_with_a_clear_message() {
-    let (code, _, err) = podwall(&["analyze", "check", "-f", THREE_TIER, "--from", "frontend", "--to", "production/api", "--port", "80"]);
+    let (code, _, err) = podwall(&[
+        "analyze",
+        "check",
+        "-f",
+        THREE_TIER,
+        "--from",
+        "frontend",
+        "--to",
+        "production/api",
+        "--port",
+        "80",
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("expected NAMESPACE/POD or an IP address"), "{err}");
-    let (code, _, err) = podwall(&["analyze", "check", "-f", THREE_TIER, "--from", "production/fronted", "--to", "production/api", "--port", "80"]);
+    assert!(
+        err.contains("expected NAMESPACE/POD or an IP address"),
+        "{err}"
+    );
+    let (code, _, err) = podwall(&[
+        "analyze",
+        "check",
+        "-f",
+        THREE_TIER,
+        "--from",
+        "production/fronted",
+        "--to",
+        "production/api",
+        "--port",
+        "80",
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("pods in production: api, frontend, postgres"), "{err}");
+    assert!(
+        err.contains("pods in production: api, frontend, postgres"),
+        "{err}"
+    );
     let (code, _, _) = podwall(&["analyze", "matrix", "-f", THREE_TIER, "--port", "0"]);
     assert_eq!(code, 2);
     let (code, _, _) = podwall(&["analyze", "matrix"]);

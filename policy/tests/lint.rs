@@ -10,7 +10,10 @@ use podwall_policy::{Diagnostic, Engine};
 fn np(name: &str, ns: &str, spec: &str) -> String {
     format!(
         "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}\n",
-        spec.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+        spec.lines()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     )
 }
 
@@ -30,10 +33,17 @@ const DNS_OK: &str = "podSelector: {}\npolicyTypes: [Egress]\negress:\n- to: [{n
 
 #[test]
 fn a_policy_selecting_no_pods_is_reported() {
-    let all = findings(&np("typo", "production", "podSelector: {matchLabels: {app: fronted}}\npolicyTypes: [Ingress]"));
+    let all = findings(&np(
+        "typo",
+        "production",
+        "podSelector: {matchLabels: {app: fronted}}\npolicyTypes: [Ingress]",
+    ));
     let f = with_code(&all, "selects-no-pods");
     assert_eq!(f.len(), 1, "{all:#?}");
-    assert_eq!(f[0].object.as_deref(), Some("NetworkPolicy production/typo"));
+    assert_eq!(
+        f[0].object.as_deref(),
+        Some("NetworkPolicy production/typo")
+    );
     assert_eq!(f[0].field.as_deref(), Some("spec.podSelector"));
     assert!(f[0].message.contains("app=fronted"), "{}", f[0]);
 }
@@ -58,10 +68,19 @@ fn a_namespace_selector_on_a_missing_label_suggests_the_name_label() {
     ));
     let f = with_code(&all, "namespace-selector-matches-nothing");
     assert_eq!(f.len(), 1, "{all:#?}");
-    assert_eq!(f[0].field.as_deref(), Some("spec.ingress[0].from[0].namespaceSelector"));
+    assert_eq!(
+        f[0].field.as_deref(),
+        Some("spec.ingress[0].from[0].namespaceSelector")
+    );
     let hint = f[0].hint.as_deref().expect("hint");
-    assert!(hint.contains("kubernetes.io/metadata.name=monitoring"), "{hint}");
-    assert!(with_code(&all, "rule-never-matches").len() == 1, "the only peer matches nothing: {all:#?}");
+    assert!(
+        hint.contains("kubernetes.io/metadata.name=monitoring"),
+        "{hint}"
+    );
+    assert!(
+        with_code(&all, "rule-never-matches").len() == 1,
+        "the only peer matches nothing: {all:#?}"
+    );
 }
 
 #[test]
@@ -94,7 +113,11 @@ fn an_ip_block_whose_exceptions_cover_it_never_matches() {
         "production",
         "podSelector: {matchLabels: {app: api}}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/9, 10.128.0.0/9]}}]",
     ));
-    assert_eq!(with_code(&all, "rule-never-matches").len(), 2, "the block and the rule: {all:#?}");
+    assert_eq!(
+        with_code(&all, "rule-never-matches").len(),
+        2,
+        "the block and the rule: {all:#?}"
+    );
 }
 
 #[test]
@@ -117,7 +140,11 @@ fn a_named_ingress_port_no_selected_pod_declares_is_reported() {
         "production",
         "podSelector: {matchLabels: {app: api}}\ningress:\n- ports: [{port: grpc}]",
     ));
-    assert_eq!(with_code(&all, "named-port-unresolved").len(), 1, "{all:#?}");
+    assert_eq!(
+        with_code(&all, "named-port-unresolved").len(),
+        1,
+        "{all:#?}"
+    );
     assert_eq!(with_code(&all, "rule-never-matches").len(), 1, "{all:#?}");
 }
 
@@ -134,33 +161,71 @@ fn a_cidr_with_host_bits_is_reported_with_what_it_means() {
 
 #[test]
 fn a_namespace_partly_isolated_without_default_deny_is_reported() {
-    let all = findings(&np("db", "production", "podSelector: {matchLabels: {app: db}}\npolicyTypes: [Ingress]"));
+    let all = findings(&np(
+        "db",
+        "production",
+        "podSelector: {matchLabels: {app: db}}\npolicyTypes: [Ingress]",
+    ));
     let f = with_code(&all, "no-default-deny");
     assert_eq!(f.len(), 1, "{all:#?}");
     assert_eq!(f[0].object.as_deref(), Some("Namespace production"));
-    assert!(f[0].message.contains("production/api, production/frontend"), "{}", f[0]);
-    let fixed = findings(
-        &(np("db", "production", "podSelector: {matchLabels: {app: db}}\npolicyTypes: [Ingress]")
-            + &np("deny", "production", "podSelector: {}\npolicyTypes: [Ingress]")),
+    assert!(
+        f[0].message.contains("production/api, production/frontend"),
+        "{}",
+        f[0]
     );
-    assert!(with_code(&fixed, "no-default-deny").is_empty(), "{fixed:#?}");
+    let fixed = findings(
+        &(np(
+            "db",
+            "production",
+            "podSelector: {matchLabels: {app: db}}\npolicyTypes: [Ingress]",
+        ) + &np(
+            "deny",
+            "production",
+            "podSelector: {}\npolicyTypes: [Ingress]",
+        )),
+    );
+    assert!(
+        with_code(&fixed, "no-default-deny").is_empty(),
+        "{fixed:#?}"
+    );
 }
 
 #[test]
 fn egress_isolation_without_dns_is_reported_per_namespace() {
-    let all = findings(&np("deny", "production", "podSelector: {}\npolicyTypes: [Egress]"));
+    let all = findings(&np(
+        "deny",
+        "production",
+        "podSelector: {}\npolicyTypes: [Egress]",
+    ));
     let f = with_code(&all, "egress-without-dns");
     assert_eq!(f.len(), 1, "{all:#?}");
     assert!(f[0].message.contains("kube-system/coredns"), "{}", f[0]);
-    let fixed = findings(&(np("deny", "production", "podSelector: {}\npolicyTypes: [Egress]") + &np("dns", "production", DNS_OK)));
-    assert!(with_code(&fixed, "egress-without-dns").is_empty(), "{fixed:#?}");
+    let fixed = findings(
+        &(np(
+            "deny",
+            "production",
+            "podSelector: {}\npolicyTypes: [Egress]",
+        ) + &np("dns", "production", DNS_OK)),
+    );
+    assert!(
+        with_code(&fixed, "egress-without-dns").is_empty(),
+        "{fixed:#?}"
+    );
 }
 
 #[test]
 fn dns_allowed_by_egress_but_refused_by_the_dns_pod_ingress_is_reported() {
-    let policies = np("deny", "production", "podSelector: {}\npolicyTypes: [Egress]")
-        + &np("dns", "production", DNS_OK)
-        + &np("lockdown", "kube-system", "podSelector: {}\npolicyTypes: [Ingress]");
+    let policies = np(
+        "deny",
+        "production",
+        "podSelector: {}\npolicyTypes: [Egress]",
+    ) + &np("dns", "production", DNS_OK)
+        + &np(
+            "lockdown",
+            "kube-system",
+            "podSelector: {}\npolicyTypes: [Ingress]",
+        );
     let all = findings(&policies);
     assert_eq!(with_code(&all, "egress-without-dns").len(), 1, "{all:#?}");
 }
@@ -168,17 +233,32 @@ fn dns_allowed_by_egress_but_refused_by_the_dns_pod_ingress_is_reported() {
 #[test]
 fn policies_selecting_host_network_pods_are_reported() {
     let host = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: agent, namespace: production, labels: {app: agent}}\nspec: {hostNetwork: true}\n";
-    let policies = np("agent", "production", "podSelector: {matchLabels: {app: agent}}\npolicyTypes: [Ingress]");
+    let policies = np(
+        "agent",
+        "production",
+        "podSelector: {matchLabels: {app: agent}}\npolicyTypes: [Ingress]",
+    );
     let (state, _) = load(&[CLUSTER, host, &policies]);
     let all = lint(&Engine::compile(state));
-    assert_eq!(with_code(&all, "selects-host-network-pods").len(), 1, "{all:#?}");
-    assert_eq!(with_code(&all, "selects-no-pods").len(), 1, "host-network pods are not selected: {all:#?}");
+    assert_eq!(
+        with_code(&all, "selects-host-network-pods").len(),
+        1,
+        "{all:#?}"
+    );
+    assert_eq!(
+        with_code(&all, "selects-no-pods").len(),
+        1,
+        "host-network pods are not selected: {all:#?}"
+    );
 }
 
 #[test]
 fn well_formed_policies_produce_no_findings() {
-    let policies = np("deny", "production", "podSelector: {}\npolicyTypes: [Ingress, Egress]")
-        + &np("dns", "production", DNS_OK)
+    let policies = np(
+        "deny",
+        "production",
+        "podSelector: {}\npolicyTypes: [Ingress, Egress]",
+    ) + &np("dns", "production", DNS_OK)
         + &np(
             "db",
             "production",

@@ -18,18 +18,25 @@ const NAMESPACES: [&str; 3] = ["ns-a", "ns-b", "ns-c"];
 fn selector() -> impl Strategy<Value = LabelSelector> {
     prop_oneof![
         Just(LabelSelector::everything()),
-        prop::sample::select(vec!["a", "b", "c"]).prop_map(|v| LabelSelector::from_pairs([("app", v)])),
-        (prop::sample::select(vec!["t1", "t2"]), any::<bool>()).prop_map(|(v, not)| LabelSelector {
-            requirements: vec![Requirement {
-                key: "tier".into(),
-                operator: if not { Operator::NotIn } else { Operator::In },
-                values: vec![v.into()],
-            }],
+        prop::sample::select(vec!["a", "b", "c"])
+            .prop_map(|v| LabelSelector::from_pairs([("app", v)])),
+        (prop::sample::select(vec!["t1", "t2"]), any::<bool>()).prop_map(|(v, not)| {
+            LabelSelector {
+                requirements: vec![Requirement {
+                    key: "tier".into(),
+                    operator: if not { Operator::NotIn } else { Operator::In },
+                    values: vec![v.into()],
+                }],
+            }
         }),
         any::<bool>().prop_map(|exists| LabelSelector {
             requirements: vec![Requirement {
                 key: "canary".into(),
-                operator: if exists { Operator::Exists } else { Operator::DoesNotExist },
+                operator: if exists {
+                    Operator::Exists
+                } else {
+                    Operator::DoesNotExist
+                },
                 values: vec![],
             }],
         }),
@@ -47,10 +54,14 @@ fn ns_selector() -> impl Strategy<Value = LabelSelector> {
 
 fn peer() -> impl Strategy<Value = Peer> {
     prop_oneof![
-        (prop::sample::select(NAMESPACES.to_vec()), selector())
-            .prop_map(|(ns, pods)| Peer::Pods { namespaces: NamespaceScope::Named(ns.into()), pods }),
-        (ns_selector(), selector())
-            .prop_map(|(ns, pods)| Peer::Pods { namespaces: NamespaceScope::Selected(ns), pods }),
+        (prop::sample::select(NAMESPACES.to_vec()), selector()).prop_map(|(ns, pods)| Peer::Pods {
+            namespaces: NamespaceScope::Named(ns.into()),
+            pods
+        }),
+        (ns_selector(), selector()).prop_map(|(ns, pods)| Peer::Pods {
+            namespaces: NamespaceScope::Selected(ns),
+            pods
+        }),
         prop::sample::select(vec![
             ("10.0.0.0/29", vec![]),
             ("10.0.0.0/28", vec!["10.0.0.4/30"]),
@@ -66,17 +77,38 @@ fn peer() -> impl Strategy<Value = Peer> {
 
 fn port() -> impl Strategy<Value = PortSpec> {
     prop::sample::select(vec![
-        PortSpec { protocol: Protocol::Tcp, port: PortMatch::Any },
-        PortSpec { protocol: Protocol::Tcp, port: PortMatch::Range(80, 80) },
-        PortSpec { protocol: Protocol::Tcp, port: PortMatch::Range(400, 500) },
-        PortSpec { protocol: Protocol::Tcp, port: PortMatch::Named("http".into()) },
-        PortSpec { protocol: Protocol::Udp, port: PortMatch::Range(53, 53) },
-        PortSpec { protocol: Protocol::Udp, port: PortMatch::Named("dns".into()) },
+        PortSpec {
+            protocol: Protocol::Tcp,
+            port: PortMatch::Any,
+        },
+        PortSpec {
+            protocol: Protocol::Tcp,
+            port: PortMatch::Range(80, 80),
+        },
+        PortSpec {
+            protocol: Protocol::Tcp,
+            port: PortMatch::Range(400, 500),
+        },
+        PortSpec {
+            protocol: Protocol::Tcp,
+            port: PortMatch::Named("http".into()),
+        },
+        PortSpec {
+            protocol: Protocol::Udp,
+            port: PortMatch::Range(53, 53),
+        },
+        PortSpec {
+            protocol: Protocol::Udp,
+            port: PortMatch::Named("dns".into()),
+        },
     ])
 }
 
 fn rule() -> impl Strategy<Value = Rule> {
-    (prop::collection::vec(peer(), 0..3), prop::collection::vec(port(), 0..3))
+    (
+        prop::collection::vec(peer(), 0..3),
+        prop::collection::vec(port(), 0..3),
+    )
         .prop_map(|(peers, ports)| Rule { peers, ports })
 }
 
@@ -86,18 +118,32 @@ fn rules() -> impl Strategy<Value = Option<Vec<Rule>>> {
 
 /// A policy; its name is set by the caller so that names are unique.
 fn policy() -> impl Strategy<Value = Policy> {
-    (prop::sample::select(NAMESPACES.to_vec()), selector(), rules(), rules()).prop_map(|(ns, sel, ingress, egress)| {
-        // Every policy isolates at least one direction once `policyTypes` is defaulted.
-        let ingress = if ingress.is_none() && egress.is_none() { Some(Vec::new()) } else { ingress };
-        Policy {
-            name: PolicyName { kind: PolicyKind::NetworkPolicy, namespace: ns.into(), name: String::new() },
-            origin: Origin::default(),
-            pod_selector: sel,
-            ingress,
-            egress,
-            policy_types_explicit: true,
-        }
-    })
+    (
+        prop::sample::select(NAMESPACES.to_vec()),
+        selector(),
+        rules(),
+        rules(),
+    )
+        .prop_map(|(ns, sel, ingress, egress)| {
+            // Every policy isolates at least one direction once `policyTypes` is defaulted.
+            let ingress = if ingress.is_none() && egress.is_none() {
+                Some(Vec::new())
+            } else {
+                ingress
+            };
+            Policy {
+                name: PolicyName {
+                    kind: PolicyKind::NetworkPolicy,
+                    namespace: ns.into(),
+                    name: String::new(),
+                },
+                origin: Origin::default(),
+                pod_selector: sel,
+                ingress,
+                egress,
+                policy_types_explicit: true,
+            }
+        })
 }
 
 fn pod() -> impl Strategy<Value = (usize, String, String, bool, Vec<usize>)> {
@@ -127,15 +173,28 @@ fn cluster() -> impl Strategy<Value = (Vec<Namespace>, Vec<Pod>)> {
                 })
                 .collect();
             let declared = [
-                ContainerPort { name: Some("http".into()), port: 80, protocol: Protocol::Tcp },
-                ContainerPort { name: Some("https".into()), port: 443, protocol: Protocol::Tcp },
-                ContainerPort { name: Some("dns".into()), port: 53, protocol: Protocol::Udp },
+                ContainerPort {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                },
+                ContainerPort {
+                    name: Some("https".into()),
+                    port: 443,
+                    protocol: Protocol::Tcp,
+                },
+                ContainerPort {
+                    name: Some("dns".into()),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                },
             ];
             let pods = pods
                 .into_iter()
                 .enumerate()
                 .map(|(i, (ns, app, tier, canary, ports))| {
-                    let mut labels = BTreeMap::from([("app".to_string(), app), ("tier".to_string(), tier)]);
+                    let mut labels =
+                        BTreeMap::from([("app".to_string(), app), ("tier".to_string(), tier)]);
                     if canary {
                         labels.insert("canary".into(), "true".into());
                     }
@@ -171,7 +230,12 @@ fn named(policies: Vec<Policy>, prefix: &str) -> Vec<Policy> {
 /// Every question worth asking of a small cluster: each ordered pod pair on several ports,
 /// plus connections to and from outside addresses.
 fn queries(state: &ClusterState) -> Vec<Query> {
-    let ports = [(Protocol::Tcp, 80), (Protocol::Tcp, 443), (Protocol::Tcp, 450), (Protocol::Udp, 53)];
+    let ports = [
+        (Protocol::Tcp, 80),
+        (Protocol::Tcp, 443),
+        (Protocol::Tcp, 450),
+        (Protocol::Udp, 53),
+    ];
     let mut endpoints: Vec<Endpoint> = state.pod_ids().map(Endpoint::Pod).collect();
     endpoints.push(Endpoint::Ip("10.0.0.100".parse().expect("ip")));
     endpoints.push(Endpoint::Ip("192.0.2.7".parse().expect("ip")));
@@ -179,7 +243,12 @@ fn queries(state: &ClusterState) -> Vec<Query> {
     for &src in &endpoints {
         for &dst in &endpoints {
             for &(protocol, port) in &ports {
-                out.push(Query { src, dst, protocol, port });
+                out.push(Query {
+                    src,
+                    dst,
+                    protocol,
+                    port,
+                });
             }
         }
     }
@@ -209,7 +278,11 @@ fn selector_json(s: &LabelSelector) -> Value {
             }
         })
         .collect();
-    if exprs.is_empty() { json!({}) } else { json!({"matchExpressions": exprs}) }
+    if exprs.is_empty() {
+        json!({})
+    } else {
+        json!({"matchExpressions": exprs})
+    }
 }
 
 /// A policy as the API server would serve it.
@@ -234,8 +307,12 @@ fn to_k8s(p: &Policy) -> Value {
             .iter()
             .map(|pt| match &pt.port {
                 PortMatch::Any => json!({"protocol": pt.protocol.as_str()}),
-                PortMatch::Range(lo, hi) if lo == hi => json!({"protocol": pt.protocol.as_str(), "port": lo}),
-                PortMatch::Range(lo, hi) => json!({"protocol": pt.protocol.as_str(), "port": lo, "endPort": hi}),
+                PortMatch::Range(lo, hi) if lo == hi => {
+                    json!({"protocol": pt.protocol.as_str(), "port": lo})
+                }
+                PortMatch::Range(lo, hi) => {
+                    json!({"protocol": pt.protocol.as_str(), "port": lo, "endPort": hi})
+                }
                 PortMatch::Named(n) => json!({"protocol": pt.protocol.as_str(), "port": n}),
             })
             .collect();
@@ -362,6 +439,25 @@ proptest! {
         strip(&mut a);
         strip(&mut b);
         prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_fast_path_and_the_explained_verdict_always_agree(
+        (namespaces, pods) in cluster(),
+        policies in prop::collection::vec(policy(), 0..5),
+    ) {
+        let e = Engine::compile(ClusterState::new(namespaces, pods, named(policies, "p")));
+        for q in queries(e.state()) {
+            let v = e.verdict(&q);
+            prop_assert_eq!(e.allowed(&q), v.allowed(), "{:?}", v);
+            // A named rule must really match the peer and the port.
+            for side in [&v.egress, &v.ingress] {
+                if let podwall_policy::Decision::Rule(rule) = side.decision {
+                    prop_assert!(e.matching_peer(rule, &v).is_some(), "{:?}", v);
+                    prop_assert!(e.matching_port(rule, &v).is_some(), "{:?}", v);
+                }
+            }
+        }
     }
 
     #[test]
