@@ -36,6 +36,14 @@ fn dir_index(direction: Direction) -> usize {
     }
 }
 
+/// A query with its ends resolved.
+struct Connection {
+    query: Query,
+    src_ip: Option<IpAddr>,
+    dst_ip: Option<IpAddr>,
+    same_pod: bool,
+}
+
 /// Pods selected by the same policies, with the same declared ports, share a table.
 type TableKey = (Direction, Vec<PolicyId>, Vec<ContainerPort>);
 
@@ -265,21 +273,27 @@ impl Engine {
 
     /// Whether the connection is allowed, and why, for each side.
     pub fn verdict(&self, query: &Query) -> Verdict {
-        // An address given by the caller is the address of the connection, even when it belongs
-        // to a pod; for a pod given by name, pick its address in the other end's family.
-        let (src_fixed, dst_fixed) = (fixed_ip(query.src), fixed_ip(query.dst));
-        let src = self.resolve(query.src);
-        let dst = self.resolve(query.dst);
-        let dst_ip = dst_fixed.or_else(|| self.ip_of(dst, src_fixed));
-        let src_ip = src_fixed.or_else(|| self.ip_of(src, dst_ip));
-        let query = Query { src, dst, ..*query };
-        let same_pod = matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b);
-        let egress = self.side(Direction::Egress, src, dst, dst_ip, &query, same_pod);
-        let ingress = self.side(Direction::Ingress, dst, src, src_ip, &query, same_pod);
+        let c = self.connection(query);
+        let egress = self.side(
+            Direction::Egress,
+            c.query.src,
+            c.query.dst,
+            c.dst_ip,
+            &c.query,
+            c.same_pod,
+        );
+        let ingress = self.side(
+            Direction::Ingress,
+            c.query.dst,
+            c.query.src,
+            c.src_ip,
+            &c.query,
+            c.same_pod,
+        );
         Verdict {
-            query,
-            src_ip,
-            dst_ip,
+            query: c.query,
+            src_ip: c.src_ip,
+            dst_ip: c.dst_ip,
             egress,
             ingress,
         }
@@ -287,15 +301,39 @@ impl Engine {
 
     /// Only whether the connection is allowed: the fast path, which does not name the rule.
     pub fn allowed(&self, query: &Query) -> bool {
+        let c = self.connection(query);
+        self.side_allows(
+            Direction::Egress,
+            c.query.src,
+            c.query.dst,
+            c.dst_ip,
+            &c.query,
+            c.same_pod,
+        ) && self.side_allows(
+            Direction::Ingress,
+            c.query.dst,
+            c.query.src,
+            c.src_ip,
+            &c.query,
+            c.same_pod,
+        )
+    }
+
+    /// Resolves a query's ends: addresses that are pods' become those pods, and each end gets
+    /// the address the connection uses. An address given by the caller is kept even when it
+    /// belongs to a pod; for a pod given by name, its address in the other end's family is used.
+    fn connection(&self, query: &Query) -> Connection {
         let (src_fixed, dst_fixed) = (fixed_ip(query.src), fixed_ip(query.dst));
         let src = self.resolve(query.src);
         let dst = self.resolve(query.dst);
         let dst_ip = dst_fixed.or_else(|| self.ip_of(dst, src_fixed));
         let src_ip = src_fixed.or_else(|| self.ip_of(src, dst_ip));
-        let query = Query { src, dst, ..*query };
-        let same_pod = matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b);
-        self.side_allows(Direction::Egress, src, dst, dst_ip, &query, same_pod)
-            && self.side_allows(Direction::Ingress, dst, src, src_ip, &query, same_pod)
+        Connection {
+            query: Query { src, dst, ..*query },
+            src_ip,
+            dst_ip,
+            same_pod: matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b),
+        }
     }
 
     fn resolve(&self, e: Endpoint) -> Endpoint {

@@ -3,19 +3,9 @@
 
 mod common;
 
-use common::{CLUSTER, load};
+use common::{CLUSTER, load, np};
 use podwall_policy::analyze::lint::lint;
 use podwall_policy::{Diagnostic, Engine};
-
-fn np(name: &str, ns: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}\n",
-        spec.lines()
-            .map(|l| format!("  {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )
-}
 
 fn findings(policies: &str) -> Vec<Diagnostic> {
     let (state, report) = load(&[CLUSTER, policies]);

@@ -3,20 +3,10 @@
 
 mod common;
 
-use common::{cluster_with, tcp, udp, verdict};
+use common::{cluster_with, np, tcp, udp, verdict};
 use podwall_policy::{Decision, Direction, Protocol};
 
 const PROD: &str = "production";
-
-fn np(name: &str, ns: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}\n",
-        spec.lines()
-            .map(|l| format!("  {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )
-}
 
 #[test]
 fn pods_no_policy_selects_accept_and_send_everything() {

@@ -142,3 +142,14 @@ pub fn tcp(engine: &Engine, from: &str, to: &str, port: u16) -> bool {
 pub fn udp(engine: &Engine, from: &str, to: &str, port: u16) -> bool {
     verdict(engine, from, to, Protocol::Udp, port).allowed()
 }
+
+/// A NetworkPolicy document (with a leading `---`) from its name, namespace and spec lines.
+pub fn np(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}\n",
+        spec.lines()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
