@@ -1,3 +1,5 @@
 //! Subcommand glue: turn parsed arguments into calls on the crates, print, pick the exit code.
 
 pub(crate) mod analyze;
+pub(crate) mod logging;
+pub(crate) mod proxy;

@@ -20,11 +20,15 @@ enum Command {
     /// Answer, offline, what can talk to what and why, from cluster state in YAML.
     #[command(subcommand)]
     Analyze(cli::analyze::AnalyzeCommand),
+    /// The sidecar: install the traffic rules (init) or run the proxy (run).
+    #[command(subcommand)]
+    Proxy(cli::proxy::ProxyCommand),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Command::Analyze(cmd) => cli::analyze::run(cmd),
+        Command::Proxy(cmd) => cli::proxy::run(cmd),
     }
 }

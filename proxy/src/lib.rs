@@ -1,8 +1,138 @@
 //! podwall's sidecar proxy.
 //!
-//! It will own the pod's traffic: iptables redirection, the inbound and outbound listeners, the
-//! original destination, L4 enforcement with the compiled policy, the NFQUEUE packet filter, flow
-//! events and metrics. It must never know about the API server: its policy comes from a source
-//! (a directory, or the control plane's stream).
+//! It owns the pod's traffic: the init rules ([`init`]) send every TCP connection in and out of
+//! the pod, and DNS, to its listeners; for each connection it reads the original destination,
+//! asks the compiled policy for a verdict, and either resets the connection at once or connects
+//! to the destination and relays bytes both ways in the kernel ([`relay`]). Every connection is a
+//! flow event on stdout and a count in the metrics on the admin port.
 //!
-//! Nothing is implemented yet; the sidecar issue builds it.
+//! It must never know about the API server: its policy arrives as cluster states on a channel
+//! ([`pod_policy::StateReceiver`]) fed by whatever source the binary wires in.
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod dns;
+pub mod flow;
+pub mod init;
+pub mod metrics;
+pub mod orig_dst;
+pub mod pod_policy;
+pub mod relay;
+
+use std::sync::Arc;
+
+use podwall_policy::Direction;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+pub use config::ProxyConfig;
+pub use pod_policy::{Identity, StateReceiver};
+
+/// The sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn bind_tcp(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, ProxyError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let bind = |s: tokio::net::TcpSocket| -> std::io::Result<TcpListener> {
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(4096)
+    };
+    socket
+        .and_then(bind)
+        .map_err(|source| ProxyError::Bind { addr, what, source })
+}
+
+/// Runs the sidecar until the process is stopped.
+pub async fn run(config: ProxyConfig, states: StateReceiver) -> Result<(), ProxyError> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let flows = flow::FlowLog::stdout(metrics.flow_events_dropped.clone());
+    let (policy_tx, policy_rx) = watch::channel(None);
+
+    let inbound = bind_tcp(config.inbound, "inbound").await?;
+    let mut outbound = Vec::new();
+    for addr in &config.outbound {
+        outbound.push(bind_tcp(*addr, "outbound").await?);
+    }
+    let mut dns_tcp = Vec::new();
+    let mut dns_udp = Vec::new();
+    for addr in &config.dns {
+        dns_tcp.push(bind_tcp(*addr, "dns").await?);
+        dns_udp.push(
+            UdpSocket::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    addr: *addr,
+                    what: "dns",
+                    source,
+                })?,
+        );
+    }
+    let admin = bind_tcp(config.admin, "admin").await?;
+
+    let mut own_ports = vec![config.inbound.port(), config.admin.port()];
+    own_ports.extend(config.outbound.iter().map(|a| a.port()));
+    own_ports.extend(config.dns.iter().map(|a| a.port()));
+    let shared = Arc::new(conn::Shared {
+        policies: policy_rx.clone(),
+        metrics: metrics.clone(),
+        flows,
+        connect_timeout: config.connect_timeout,
+        keep_revoked: config.keep_revoked,
+        own_ports,
+    });
+    let dns_upstream = config.dns_upstream.or_else(|| {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|t| dns::resolver_from_resolv_conf(&t))
+    });
+
+    tokio::spawn(pod_policy::follow(
+        config.identity.clone(),
+        config.audit,
+        states,
+        policy_tx,
+        metrics.clone(),
+    ));
+    tokio::spawn(admin::serve(admin, policy_rx, metrics.clone()));
+    tokio::spawn(conn::serve(inbound, Direction::Ingress, shared.clone()));
+    for l in outbound.into_iter().chain(dns_tcp) {
+        tokio::spawn(conn::serve(l, Direction::Egress, shared.clone()));
+    }
+    for s in dns_udp {
+        tokio::spawn(dns::serve(s, dns_upstream, shared.clone()));
+    }
+    tracing::info!(
+        pod = %config.identity,
+        inbound = %config.inbound,
+        outbound = ?config.outbound,
+        dns = ?config.dns,
+        admin = %config.admin,
+        dns_upstream = ?dns_upstream,
+        audit = config.audit,
+        "sidecar listening; refusing all connections until the first policy arrives"
+    );
+    std::future::pending::<()>().await;
+    Ok(())
+}

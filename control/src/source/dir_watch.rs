@@ -1,0 +1,115 @@
+//! Watching files and directories of YAML: every change is loaded and published as a new
+//! cluster state; a change that cannot be read is reported and the last good state stays.
+//!
+//! Polling, not inotify: it works the same on every file system, including the symlink swaps
+//! of a mounted ConfigMap, and a state read at most every `interval` is what policy needs.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use podwall_policy::{ClusterState, Loader, Severity};
+use tokio::sync::watch;
+
+use super::files::{SourceError, read_paths};
+
+/// Reads the paths now and whenever their contents change, publishing each state.
+pub async fn watch_paths(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    publish: watch::Sender<Option<Arc<ClusterState>>>,
+) {
+    let mut last: Option<u64> = None;
+    loop {
+        let paths2 = paths.clone();
+        let read = tokio::task::spawn_blocking(move || load_if_changed(&paths2, last)).await;
+        match read {
+            Ok(Ok(Some((fingerprint, state)))) => {
+                last = Some(fingerprint);
+                if publish.send(Some(Arc::new(state))).is_err() {
+                    return; // nobody listens any more
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err((fingerprint, e))) => {
+                // Report a broken change once, and keep the last good state.
+                if last != Some(fingerprint) {
+                    tracing::error!(error = %e, "policy source unreadable; keeping the last good state");
+                    last = Some(fingerprint);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "policy source reader failed"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+type Loaded = Result<Option<(u64, ClusterState)>, (u64, SourceError)>;
+
+fn load_if_changed(paths: &[PathBuf], last: Option<u64>) -> Loaded {
+    let files = read_paths(paths).map_err(|e| (0, e))?;
+    let mut h = DefaultHasher::new();
+    for f in &files {
+        f.name.hash(&mut h);
+        f.text.hash(&mut h);
+    }
+    let fingerprint = h.finish();
+    if last == Some(fingerprint) {
+        return Ok(None);
+    }
+    let mut loader = Loader::new();
+    for f in &files {
+        loader
+            .add_yaml(&f.name, &f.text)
+            .map_err(|e| (fingerprint, e.into()))?;
+    }
+    let (state, report) = loader.finish();
+    for d in &report.diagnostics {
+        match d.severity {
+            Severity::Error => tracing::error!("{d}"),
+            Severity::Warning => tracing::warn!("{d}"),
+        }
+    }
+    tracing::info!(
+        namespaces = state.namespaces.len(),
+        pods = state.pods.len(),
+        policies = state.policies.len(),
+        "policy source loaded"
+    );
+    Ok(Some((fingerprint, state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_are_published_and_broken_files_keep_the_last_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "kind: Namespace\nmetadata: {name: one}\n").expect("write");
+        let (tx, mut rx) = watch::channel(None);
+        tokio::spawn(watch_paths(
+            vec![dir.path().to_path_buf()],
+            Duration::from_millis(20),
+            tx,
+        ));
+        let names = |rx: &watch::Receiver<Option<Arc<ClusterState>>>| -> Vec<String> {
+            rx.borrow()
+                .as_ref()
+                .map(|s| s.namespaces.iter().map(|n| n.name.clone()).collect())
+                .unwrap_or_default()
+        };
+        rx.changed().await.expect("first state");
+        assert_eq!(names(&rx), ["one"]);
+        std::fs::write(&file, "kind: Namespace\nmetadata: {name: two}\n").expect("write");
+        rx.changed().await.expect("second state");
+        assert_eq!(names(&rx), ["two"]);
+        std::fs::write(&file, "kind: [broken\n").expect("write");
+        let waited = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+        assert!(waited.is_err(), "a broken file publishes nothing");
+        assert_eq!(names(&rx), ["two"]);
+    }
+}

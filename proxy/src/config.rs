@@ -1,0 +1,47 @@
+//! How the sidecar is set up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::pod_policy::Identity;
+
+/// Everything `podwall proxy run` needs besides the policy source.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// The pod this sidecar belongs to.
+    pub identity: Identity,
+    /// Where redirected inbound connections arrive (`[::]:15006` or `0.0.0.0:15006`).
+    pub inbound: SocketAddr,
+    /// Where redirected outbound connections arrive (`127.0.0.1:15001`; `[::1]` too when the
+    /// namespace has IPv6).
+    pub outbound: Vec<SocketAddr>,
+    /// Where redirected DNS arrives, UDP and TCP (`127.0.0.1:15053`).
+    pub dns: Vec<SocketAddr>,
+    /// The admin server.
+    pub admin: SocketAddr,
+    /// Where DNS queries go (default: the first nameserver of /etc/resolv.conf).
+    pub dns_upstream: Option<SocketAddr>,
+    /// How long to wait for a destination to accept.
+    pub connect_timeout: Duration,
+    /// Pass would-be denials, logged as AUDIT.
+    pub audit: bool,
+    /// Keep established connections that a policy change no longer allows.
+    pub keep_revoked: bool,
+}
+
+impl ProxyConfig {
+    /// The defaults for a pod.
+    pub fn new(identity: Identity) -> Self {
+        ProxyConfig {
+            identity,
+            inbound: ([0, 0, 0, 0], 15006).into(),
+            outbound: vec![([127, 0, 0, 1], 15001).into()],
+            dns: vec![([127, 0, 0, 1], 15053).into()],
+            admin: ([0, 0, 0, 0], 15020).into(),
+            dns_upstream: None,
+            connect_timeout: Duration::from_secs(5),
+            audit: false,
+            keep_revoked: false,
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! One TCP connection through the sidecar: original destination, verdict, upstream, relay,
+//! flow event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use podwall_policy::{Direction, Protocol, Verdict};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::flow::{self, FlowEvent, FlowLog, FlowVerdict};
+use crate::metrics::{DirectionMetrics, Metrics};
+use crate::orig_dst::{MapV4Mapped, original_dst};
+use crate::pod_policy::{PodPolicy, PolicyReceiver};
+use crate::relay::{Transferred, relay, reset};
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current policy.
+    pub policies: PolicyReceiver,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Flow events.
+    pub flows: FlowLog,
+    /// How long to wait for the destination to accept.
+    pub connect_timeout: Duration,
+    /// Keep established connections that a policy change denies (default: reset them).
+    pub keep_revoked: bool,
+    /// The sidecar's own listening ports: a connection whose original destination is one of
+    /// them on this host would loop.
+    pub own_ports: Vec<u16>,
+}
+
+impl Shared {
+    fn metrics(&self, direction: Direction) -> &DirectionMetrics {
+        match direction {
+            Direction::Ingress => &self.metrics.inbound,
+            Direction::Egress => &self.metrics.outbound,
+        }
+    }
+}
+
+/// Accepts connections forever, one task each.
+pub async fn serve(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    handle(stream, peer.map_v4_mapped(), direction, &shared).await
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, ?direction, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// How a connection's relay ended.
+enum Ending {
+    Closed(std::io::Result<()>),
+    Revoked,
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, shared: &Shared) {
+    let started = Instant::now();
+    let metrics = shared.metrics(direction);
+    let dst = match original_dst(&client) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(error = %e, %peer, "cannot read the original destination; resetting");
+            reset(&client);
+            return;
+        }
+    };
+    let (source, destination) = (peer, dst);
+    let mut event = FlowEvent {
+        time: String::new(),
+        verdict: FlowVerdict::Denied,
+        direction,
+        protocol: Protocol::Tcp,
+        source: flow::peer(None, source),
+        destination: flow::peer(None, destination),
+        egress: None,
+        ingress: None,
+        reason: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration_ms: 0.0,
+        error: None,
+    };
+
+    if is_loop(dst, shared) {
+        reset(&client);
+        metrics.verdict(FlowVerdict::Denied);
+        event.reason = Some(format!("{dst} is the sidecar itself; refusing a loop"));
+        finish(shared, event, started);
+        return;
+    }
+    let policy = shared.policies.borrow().clone();
+    let Some(policy) = policy else {
+        reset(&client);
+        metrics.verdict(FlowVerdict::Denied);
+        event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
+        finish(shared, event, started);
+        return;
+    };
+    let verdict = match direction {
+        Direction::Egress => policy.outbound(dst.ip(), Protocol::Tcp, dst.port()),
+        Direction::Ingress => policy.inbound(peer.ip(), Protocol::Tcp, dst.port()),
+    };
+    describe(&mut event, &policy, &verdict, source, destination);
+    event.verdict = policy.flow_verdict(&verdict);
+    metrics.verdict(event.verdict);
+    if event.verdict == FlowVerdict::Denied {
+        reset(&client);
+        finish(shared, event, started);
+        return;
+    }
+
+    let server = match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics.connect_errors.inc();
+            reset(&client);
+            event.error = Some(format!("connect to {dst}: {e}"));
+            finish(shared, event, started);
+            return;
+        }
+        Err(_) => {
+            metrics.connect_errors.inc();
+            reset(&client);
+            event.error = Some(format!(
+                "connect to {dst}: timed out after {:?}",
+                shared.connect_timeout
+            ));
+            finish(shared, event, started);
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    metrics.open.inc();
+
+    let mut transferred = Transferred::default();
+    let mut changes = shared.policies.clone();
+    changes.mark_unchanged();
+    let peer_ip = match direction {
+        Direction::Egress => dst.ip(),
+        Direction::Ingress => peer.ip(),
+    };
+    let ending = {
+        let relayed = relay(&client, &server, &mut transferred);
+        tokio::pin!(relayed);
+        let mut watching = !shared.keep_revoked;
+        loop {
+            tokio::select! {
+                result = &mut relayed => break Ending::Closed(result),
+                changed = changes.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let now = changes.borrow_and_update().clone();
+                    if let Some(p) = now
+                        && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port())
+                    {
+                        break Ending::Revoked;
+                    }
+                }
+            }
+        }
+    };
+    match ending {
+        Ending::Closed(Ok(())) => {}
+        Ending::Closed(Err(e)) => event.error = Some(format!("relay: {e}")),
+        Ending::Revoked => {
+            reset(&client);
+            reset(&server);
+            metrics.revoked.inc();
+            event.error = Some("reset: a policy change no longer allows this connection".into());
+        }
+    }
+    metrics.open.dec();
+    metrics.bytes_sent.inc_by(transferred.client_to_server);
+    metrics.bytes_received.inc_by(transferred.server_to_client);
+    event.bytes_sent = transferred.client_to_server;
+    event.bytes_received = transferred.server_to_client;
+    finish(shared, event, started);
+}
+
+/// Fills in pod names and both sides' decisions.
+fn describe(
+    event: &mut FlowEvent,
+    policy: &PodPolicy,
+    verdict: &Verdict,
+    source: SocketAddr,
+    destination: SocketAddr,
+) {
+    let engine = &policy.engine;
+    event.source = flow::peer(Some(engine), source);
+    event.destination = flow::peer(Some(engine), destination);
+    event.egress = Some(flow::side(engine, verdict, &verdict.egress));
+    event.ingress = Some(flow::side(engine, verdict, &verdict.ingress));
+}
+
+fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {
+    event.time = flow::now();
+    event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    shared.flows.emit(event);
+}
+
+/// A destination on this host at one of the sidecar's own ports: forwarding would loop.
+fn is_loop(dst: SocketAddr, shared: &Shared) -> bool {
+    shared.own_ports.contains(&dst.port()) && (dst.ip().is_loopback() || is_local(dst))
+}
+
+fn is_local(dst: SocketAddr) -> bool {
+    // Binding succeeds only for an address of this network namespace.
+    std::net::TcpListener::bind(SocketAddr::new(dst.ip(), 0)).is_ok()
+}

@@ -1,0 +1,170 @@
+//! Flow events: one JSON line per connection (or DNS query) on stdout, Hubble-like.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use podwall_policy::{Decision, Direction, Engine, Protocol, SideVerdict, Verdict};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// What happened to the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FlowVerdict {
+    /// Policy allowed it and it was forwarded.
+    Allowed,
+    /// Policy denied it: reset, nothing forwarded.
+    Denied,
+    /// Policy would have denied it; audit mode let it through.
+    Audit,
+}
+
+/// One end of a flow.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlowPeer {
+    /// Namespace of the pod with this address, if it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of that pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The address.
+    pub ip: String,
+    /// The port.
+    pub port: u16,
+}
+
+/// One side's decision, summarised.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowSide {
+    /// Whether this side allowed the flow.
+    pub allowed: bool,
+    /// Why (see `podwall analyze check`): `rule`, `not-isolated`, `not-a-pod`, ...
+    pub reason: &'static str,
+    /// The policy whose rule allowed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// That rule (`spec.egress[0]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// For a denial: the policies that isolate the pod.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<String>,
+}
+
+/// A finished flow.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowEvent {
+    /// When it ended, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// Allowed, denied or audit.
+    pub verdict: FlowVerdict,
+    /// `egress` (this pod opened it) or `ingress` (this pod received it).
+    pub direction: Direction,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Who opened it.
+    pub source: FlowPeer,
+    /// Where it was going (the original destination).
+    pub destination: FlowPeer,
+    /// The source's egress decision.
+    pub egress: Option<FlowSide>,
+    /// The destination's ingress decision.
+    pub ingress: Option<FlowSide>,
+    /// A short reason when no policy decided (no policy loaded yet, loop, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes from source to destination.
+    pub bytes_sent: u64,
+    /// Bytes from destination to source.
+    pub bytes_received: u64,
+    /// How long the flow lasted, in milliseconds.
+    pub duration_ms: f64,
+    /// What went wrong after the verdict (connect refused, reset, revoked by a policy change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The current time as RFC 3339 with milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// An address, with the pod that has it.
+pub fn peer(engine: Option<&Engine>, addr: SocketAddr) -> FlowPeer {
+    let pod = engine.and_then(|e| e.pod_by_ip(addr.ip()).map(|p| e.state().pod(p)));
+    FlowPeer {
+        namespace: pod.map(|p| p.namespace.clone()),
+        pod: pod.map(|p| p.name.clone()),
+        ip: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
+
+/// One side of a verdict, for the event.
+pub fn side(engine: &Engine, verdict: &Verdict, side: &SideVerdict) -> FlowSide {
+    let (reason, rule) = match side.decision {
+        Decision::NotAPod => ("not-a-pod", None),
+        Decision::HostNetwork => ("host-network", None),
+        Decision::NotIsolated => ("not-isolated", None),
+        Decision::SamePod => ("same-pod", None),
+        Decision::OwnNode => ("own-node", None),
+        Decision::Rule(r) => ("rule", Some(engine.rule_info(r, Some(verdict)))),
+        Decision::NoRuleMatched => ("no-rule-matched", None),
+    };
+    let isolated_by = if side.decision == Decision::NoRuleMatched {
+        side.pod
+            .map(|p| engine.isolated_by(p, side.direction))
+            .unwrap_or_default()
+            .iter()
+            .map(|id| engine.state().policy(*id).name.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    FlowSide {
+        allowed: side.allowed(),
+        reason,
+        policy: rule.as_ref().map(|r| r.policy.clone()),
+        rule: rule.map(|r| r.field),
+        isolated_by,
+    }
+}
+
+/// Sends events to the writer task without waiting; if the writer falls behind by more than the
+/// queue, events are dropped and counted rather than slowing connections down.
+#[derive(Clone, Debug)]
+pub struct FlowLog {
+    tx: mpsc::Sender<FlowEvent>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl FlowLog {
+    /// Starts the writer task, writing JSON lines to stdout.
+    pub fn stdout(dropped: prometheus_client::metrics::counter::Counter) -> Self {
+        let (tx, mut rx) = mpsc::channel::<FlowEvent>(4096);
+        tokio::spawn(async move {
+            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            while let Some(event) = rx.recv().await {
+                let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                line.push(b'\n');
+                if out.write_all(&line).await.is_err() {
+                    break;
+                }
+                // Flush once the queue is empty, so lines appear promptly but in batches under load.
+                if rx.is_empty() && out.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        FlowLog { tx, dropped }
+    }
+
+    /// Queues an event.
+    pub fn emit(&self, event: FlowEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.inc();
+        }
+    }
+}

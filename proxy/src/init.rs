@@ -1,0 +1,400 @@
+//! `podwall proxy init`: the iptables rules that hand the pod's traffic to the sidecar.
+//!
+//! In the `nat` table of the pod's network namespace:
+//!
+//! - `PODWALL_INBOUND` (jumped to from `PREROUTING` for TCP): every TCP connection into the pod
+//!   goes to the inbound listener, except the admin port (kubelet probes it) and excluded ports.
+//! - `PODWALL_OUTPUT` (jumped to from `OUTPUT`): connections the proxy itself opens (its uid, and
+//!   gid when set) and everything on loopback are left alone, so nothing loops and a pod still
+//!   talks to itself directly; then excluded CIDRs and ports; then DNS (UDP and TCP 53) to the DNS
+//!   port; then every other TCP connection to the outbound listener.
+//!
+//! The rules go in with one `iptables-restore --noflush`, so they change atomically; declaring
+//! the chains flushes them, and the jumps are only added when missing, so running `init` again
+//! leaves exactly one set. The same rules are written for IPv6 with `ip6tables` when the pod has
+//! an IPv6 address. This follows what istio-iptables and linkerd2-proxy-init do, with one
+//! difference: the admin port is excluded here, not left to a flag.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+
+/// The table everything lives in.
+const TABLE: &str = "nat";
+/// Chain for connections into the pod.
+pub const INBOUND_CHAIN: &str = "PODWALL_INBOUND";
+/// Chain for connections out of the pod.
+pub const OUTPUT_CHAIN: &str = "PODWALL_OUTPUT";
+/// `multiport` takes at most 15 ports per rule.
+const MULTIPORT_MAX: usize = 15;
+
+/// IPv4 (`iptables`) or IPv6 (`ip6tables`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    fn tool(self, suffix: &str) -> String {
+        match self {
+            Family::V4 => format!("iptables{suffix}"),
+            Family::V6 => format!("ip6tables{suffix}"),
+        }
+    }
+
+    fn matches(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
+        )
+    }
+}
+
+/// What to capture and what to leave alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitConfig {
+    /// The uid the proxy runs as: its own connections are never captured.
+    pub proxy_uid: u32,
+    /// The gid the proxy runs as, also excluded when set.
+    pub proxy_gid: Option<u32>,
+    /// Where inbound TCP goes.
+    pub inbound_port: u16,
+    /// Where outbound TCP goes.
+    pub outbound_port: u16,
+    /// Where DNS (UDP and TCP 53) goes.
+    pub dns_port: u16,
+    /// The admin port (probes, metrics): never captured inbound.
+    pub admin_port: u16,
+    /// Whether DNS is captured at all.
+    pub capture_dns: bool,
+    /// Inbound ports left alone.
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound TCP ports left alone.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound destinations left alone (e.g. the control plane).
+    pub exclude_outbound_cidrs: Vec<IpNet>,
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        InitConfig {
+            proxy_uid: 1337,
+            proxy_gid: None,
+            inbound_port: 15006,
+            outbound_port: 15001,
+            dns_port: 15053,
+            admin_port: 15020,
+            capture_dns: true,
+            exclude_inbound_ports: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_outbound_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// Setting up or removing the rules failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A tool could not be started (not installed?).
+    #[error("cannot run {tool}: {source} (is iptables installed?)")]
+    Spawn {
+        /// The tool.
+        tool: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed {
+        /// The tool and arguments.
+        tool: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed.
+        stderr: String,
+    },
+}
+
+fn ports_rules(out: &mut Vec<String>, chain: &str, proto: &str, ports: &[u16], target: &str) {
+    let mut ports = ports.to_vec();
+    ports.sort_unstable();
+    ports.dedup();
+    for chunk in ports.chunks(MULTIPORT_MAX) {
+        let list: Vec<String> = chunk.iter().map(u16::to_string).collect();
+        if chunk.len() == 1 {
+            out.push(format!(
+                "-A {chain} -p {proto} --dport {} -j {target}",
+                list[0]
+            ));
+        } else {
+            out.push(format!(
+                "-A {chain} -p {proto} -m multiport --dports {} -j {target}",
+                list.join(",")
+            ));
+        }
+    }
+}
+
+impl InitConfig {
+    /// The rules of both chains for one family, in `iptables-restore` syntax.
+    pub fn chain_rules(&self, family: Family) -> Vec<String> {
+        let mut r = Vec::new();
+        // Inbound.
+        let mut skip_in = vec![self.admin_port];
+        skip_in.extend(&self.exclude_inbound_ports);
+        ports_rules(&mut r, INBOUND_CHAIN, "tcp", &skip_in, "RETURN");
+        r.push(format!(
+            "-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+            self.inbound_port
+        ));
+        // Outbound.
+        r.push(format!(
+            "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
+            self.proxy_uid
+        ));
+        if let Some(gid) = self.proxy_gid {
+            r.push(format!(
+                "-A {OUTPUT_CHAIN} -m owner --gid-owner {gid} -j RETURN"
+            ));
+        }
+        r.push(format!("-A {OUTPUT_CHAIN} -o lo -j RETURN"));
+        for net in self
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|n| family.matches(n))
+        {
+            r.push(format!("-A {OUTPUT_CHAIN} -d {} -j RETURN", net.trunc()));
+        }
+        ports_rules(
+            &mut r,
+            OUTPUT_CHAIN,
+            "tcp",
+            &self.exclude_outbound_ports,
+            "RETURN",
+        );
+        if self.capture_dns {
+            for proto in ["udp", "tcp"] {
+                r.push(format!(
+                    "-A {OUTPUT_CHAIN} -p {proto} --dport 53 -j REDIRECT --to-ports {}",
+                    self.dns_port
+                ));
+            }
+        }
+        r.push(format!(
+            "-A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+            self.outbound_port
+        ));
+        r
+    }
+
+    /// The jumps from the built-in chains into ours.
+    fn jumps() -> [(&'static str, String); 2] {
+        [
+            ("PREROUTING", format!("-p tcp -j {INBOUND_CHAIN}")),
+            ("OUTPUT", format!("-j {OUTPUT_CHAIN}")),
+        ]
+    }
+
+    /// The `iptables-restore --noflush` input that installs the rules, given what
+    /// `iptables-save -t nat` printed (jumps already present are not added again).
+    pub fn restore_input(&self, family: Family, saved: &str) -> String {
+        let mut s = format!("*{TABLE}\n:{INBOUND_CHAIN} - [0:0]\n:{OUTPUT_CHAIN} - [0:0]\n");
+        for rule in self.chain_rules(family) {
+            let _ = writeln!(s, "{rule}");
+        }
+        for (chain, jump) in Self::jumps() {
+            let line = format!("-A {chain} {jump}");
+            if !saved.lines().any(|l| l.trim() == line) {
+                let _ = writeln!(s, "{line}");
+            }
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+
+    /// Installs the rules for one family, idempotently.
+    pub fn apply(&self, family: Family) -> Result<(), InitError> {
+        let saved = run(&family.tool("-save"), &["-t", TABLE], None)?;
+        run(
+            &family.tool("-restore"),
+            &["--noflush"],
+            Some(&self.restore_input(family, &saved)),
+        )?;
+        Ok(())
+    }
+}
+
+/// Removes the jumps and chains for one family; nothing happens where they are absent.
+pub fn remove(family: Family) -> Result<(), InitError> {
+    let saved = run(&family.tool("-save"), &["-t", TABLE], None)?;
+    let mut s = format!("*{TABLE}\n");
+    for line in saved.lines() {
+        let line = line.trim();
+        if line.starts_with("-A PREROUTING ") && line.ends_with(&format!("-j {INBOUND_CHAIN}"))
+            || line.starts_with("-A OUTPUT ") && line.ends_with(&format!("-j {OUTPUT_CHAIN}"))
+        {
+            let _ = writeln!(s, "-D{}", &line[2..]);
+        }
+    }
+    for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
+        if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
+            let _ = writeln!(s, "-F {chain}\n-X {chain}");
+        }
+    }
+    s.push_str("COMMIT\n");
+    run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
+    Ok(())
+}
+
+/// Whether the namespace has an IPv6 address beyond loopback and link-local ones.
+pub fn has_ipv6(addresses: &[IpAddr]) -> bool {
+    addresses.iter().any(|a| match a {
+        IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        IpAddr::V4(_) => false,
+    })
+}
+
+/// The addresses of this network namespace's interfaces, from `/proc/net/if_inet6` (IPv6 only;
+/// enough to decide whether IPv6 rules are needed).
+pub fn ipv6_addresses() -> Vec<IpAddr> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/if_inet6") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
+        .map(|n| IpAddr::V6(std::net::Ipv6Addr::from(n)))
+        .collect()
+}
+
+fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, InitError> {
+    use std::io::Write;
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| InitError::Spawn {
+            tool: tool.to_string(),
+            source,
+        })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|source| InitError::Spawn {
+                tool: tool.to_string(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| InitError::Spawn {
+            tool: tool.to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(InitError::Failed {
+            tool: format!("{tool} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rules_capture_inbound_outbound_and_dns_but_not_the_proxy_or_loopback() {
+        let rules = InitConfig::default().chain_rules(Family::V4);
+        assert_eq!(
+            rules,
+            [
+                "-A PODWALL_INBOUND -p tcp --dport 15020 -j RETURN",
+                "-A PODWALL_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+                "-A PODWALL_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-A PODWALL_OUTPUT -o lo -j RETURN",
+                "-A PODWALL_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053",
+                "-A PODWALL_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
+                "-A PODWALL_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+            ]
+        );
+    }
+
+    #[test]
+    fn exclusions_come_before_redirects_and_cidrs_go_to_their_family() {
+        let cfg = InitConfig {
+            proxy_gid: Some(1337),
+            exclude_inbound_ports: (1..=16).collect(),
+            exclude_outbound_ports: vec![443, 6443, 443],
+            exclude_outbound_cidrs: vec![
+                "10.96.0.0/12".parse().expect("net"),
+                "fd00::/8".parse().expect("net"),
+            ],
+            capture_dns: false,
+            ..InitConfig::default()
+        };
+        let v4 = cfg.chain_rules(Family::V4);
+        assert!(v4.contains(&"-A PODWALL_INBOUND -p tcp -m multiport --dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15 -j RETURN".to_string()), "{v4:#?}");
+        assert!(
+            v4.contains(
+                &"-A PODWALL_INBOUND -p tcp -m multiport --dports 16,15020 -j RETURN".to_string()
+            ),
+            "{v4:#?}"
+        );
+        assert!(v4.contains(&"-A PODWALL_OUTPUT -m owner --gid-owner 1337 -j RETURN".to_string()));
+        assert!(v4.contains(&"-A PODWALL_OUTPUT -d 10.96.0.0/12 -j RETURN".to_string()));
+        assert!(!v4.iter().any(|r| r.contains("fd00::")));
+        assert!(v4.contains(
+            &"-A PODWALL_OUTPUT -p tcp -m multiport --dports 443,6443 -j RETURN".to_string()
+        ));
+        assert!(
+            !v4.iter().any(|r| r.contains("--dport 53")),
+            "DNS capture off"
+        );
+        let v6 = cfg.chain_rules(Family::V6);
+        assert!(v6.contains(&"-A PODWALL_OUTPUT -d fd00::/8 -j RETURN".to_string()));
+        let last = v4.last().expect("rules");
+        assert_eq!(
+            last,
+            "-A PODWALL_OUTPUT -p tcp -j REDIRECT --to-ports 15001"
+        );
+    }
+
+    #[test]
+    fn jumps_are_only_added_when_missing() {
+        let cfg = InitConfig::default();
+        let fresh = cfg.restore_input(Family::V4, "*nat\nCOMMIT\n");
+        assert!(fresh.contains("-A PREROUTING -p tcp -j PODWALL_INBOUND\n"));
+        assert!(fresh.contains("-A OUTPUT -j PODWALL_OUTPUT\n"));
+        assert!(fresh.starts_with("*nat\n:PODWALL_INBOUND - [0:0]\n:PODWALL_OUTPUT - [0:0]\n"));
+        let again = cfg.restore_input(
+            Family::V4,
+            "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\nCOMMIT\n",
+        );
+        assert!(!again.contains("-A PREROUTING"), "{again}");
+        assert!(!again.contains("-A OUTPUT -j"), "{again}");
+    }
+
+    #[test]
+    fn ipv6_counts_only_with_a_global_address() {
+        assert!(!has_ipv6(&[
+            "10.0.0.1".parse().expect("ip"),
+            "::1".parse().expect("ip"),
+            "fe80::1".parse().expect("ip")
+        ]));
+        assert!(has_ipv6(&["fd00::5".parse().expect("ip")]));
+    }
+}

@@ -1,0 +1,177 @@
+//! The policy this sidecar enforces: the cluster state compiled, and which pod it is in it.
+//!
+//! Sources publish cluster states; [`follow`] compiles each one and publishes the result for
+//! the connection handlers. Until the first state that contains this pod arrives, nothing is
+//! published and every connection is refused (fail closed). A later state without this pod is
+//! ignored: the last policy stays enforced.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use podwall_policy::{ClusterState, Direction, Endpoint, Engine, PodId, Protocol, Query, Verdict};
+use tokio::sync::watch;
+
+use crate::flow::FlowVerdict;
+use crate::metrics::Metrics;
+
+/// The annotation that puts a pod in audit mode.
+pub const ENFORCEMENT_ANNOTATION: &str = "podwall.io/enforcement";
+
+/// Cluster states from a source (a directory today, the control plane later).
+pub type StateReceiver = watch::Receiver<Option<Arc<ClusterState>>>;
+
+/// The compiled policies, as connection handlers see them.
+pub type PolicyReceiver = watch::Receiver<Option<Arc<PodPolicy>>>;
+
+/// Which pod the sidecar belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A compiled policy and this pod's place in it.
+#[derive(Debug)]
+pub struct PodPolicy {
+    /// Every pod's tables.
+    pub engine: Engine,
+    /// This pod.
+    pub me: PodId,
+    /// Would-be denials pass (flag or annotation).
+    pub audit: bool,
+    /// Counts updates, for logs.
+    pub generation: u64,
+}
+
+impl PodPolicy {
+    /// The verdict for a connection this pod opens to `dst`.
+    pub fn outbound(&self, dst: IpAddr, protocol: Protocol, port: u16) -> Verdict {
+        self.engine.verdict(&Query {
+            src: Endpoint::Pod(self.me),
+            dst: Endpoint::Ip(dst),
+            protocol,
+            port,
+        })
+    }
+
+    /// The verdict for a connection into this pod from `src`, to `port`.
+    pub fn inbound(&self, src: IpAddr, protocol: Protocol, port: u16) -> Verdict {
+        self.engine.verdict(&Query {
+            src: Endpoint::Ip(src),
+            dst: Endpoint::Pod(self.me),
+            protocol,
+            port,
+        })
+    }
+
+    /// Whether a connection in `direction` is still allowed (for re-checks on policy changes).
+    pub fn allows(
+        &self,
+        direction: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> bool {
+        let (src, dst) = match direction {
+            Direction::Egress => (Endpoint::Pod(self.me), Endpoint::Ip(peer)),
+            Direction::Ingress => (Endpoint::Ip(peer), Endpoint::Pod(self.me)),
+        };
+        self.audit
+            || self.engine.allowed(&Query {
+                src,
+                dst,
+                protocol,
+                port,
+            })
+    }
+
+    /// Allowed, denied, or audit when denied in audit mode.
+    pub fn flow_verdict(&self, verdict: &Verdict) -> FlowVerdict {
+        match (verdict.allowed(), self.audit) {
+            (true, _) => FlowVerdict::Allowed,
+            (false, true) => FlowVerdict::Audit,
+            (false, false) => FlowVerdict::Denied,
+        }
+    }
+}
+
+/// Compiles every state the source publishes and publishes this pod's policy.
+pub async fn follow(
+    identity: Identity,
+    audit_flag: bool,
+    mut states: StateReceiver,
+    policies: watch::Sender<Option<Arc<PodPolicy>>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut generation = 0u64;
+    loop {
+        let state = states.borrow_and_update().clone();
+        if let Some(state) = state {
+            let id = identity.clone();
+            // Compiling is CPU work: keep it off the threads that move bytes.
+            let compiled = tokio::task::spawn_blocking(move || {
+                let me = state.pod_by_name(&id.namespace, &id.name);
+                me.map(|me| (Engine::compile((*state).clone()), me))
+            })
+            .await;
+            match compiled {
+                Ok(Some((engine, me))) => {
+                    generation += 1;
+                    let pod = engine.state().pod(me);
+                    let audit = audit_flag
+                        || pod
+                            .annotations
+                            .get(ENFORCEMENT_ANNOTATION)
+                            .map(String::as_str)
+                            == Some("audit");
+                    let selecting: std::collections::BTreeSet<_> = engine
+                        .isolated_by(me, Direction::Ingress)
+                        .iter()
+                        .chain(engine.isolated_by(me, Direction::Egress))
+                        .collect();
+                    metrics.policies_selecting.set(selecting.len() as i64);
+                    tracing::info!(
+                        pod = %identity,
+                        generation,
+                        policies = engine.state().policies.len(),
+                        selecting = selecting.len(),
+                        ingress_isolated = !engine.isolated_by(me, Direction::Ingress).is_empty(),
+                        egress_isolated = !engine.isolated_by(me, Direction::Egress).is_empty(),
+                        audit,
+                        "policy applied"
+                    );
+                    drop(selecting);
+                    let _ = policies.send(Some(Arc::new(PodPolicy {
+                        engine,
+                        me,
+                        audit,
+                        generation,
+                    })));
+                    metrics.policy_applied.inc();
+                    metrics.policy_ready.set(1);
+                }
+                Ok(None) => {
+                    metrics.policy_rejected.inc();
+                    tracing::error!(
+                        pod = %identity,
+                        "this pod is not in the policy source; {}",
+                        if policies.borrow().is_some() { "keeping the last policy" } else { "refusing all connections until it is" }
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "policy compilation failed"),
+            }
+        }
+        if states.changed().await.is_err() {
+            tracing::warn!("policy source ended; keeping the last policy");
+            return;
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! `podwall proxy init` and `podwall proxy run`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use podwall_proxy::init::{Family, InitConfig};
+use podwall_proxy::{Identity, ProxyConfig};
+
+/// The sidecar's two jobs.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ProxyCommand {
+    /// Install the iptables rules that send the pod's traffic to the sidecar (the init
+    /// container's job; needs NET_ADMIN). Idempotent.
+    Init(InitArgs),
+    /// Run the sidecar: enforce the pod's policy on every connection in and out.
+    Run(RunArgs),
+}
+
+/// When to write IPv6 rules.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ipv6Mode {
+    /// When the namespace has a global IPv6 address.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+/// `proxy init` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct InitArgs {
+    /// The uid the sidecar runs as; its own connections are never captured.
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The gid the sidecar runs as, also excluded when given.
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    /// Where inbound TCP is redirected.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Where outbound TCP is redirected.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Where DNS (UDP and TCP 53) is redirected.
+    #[arg(long, default_value_t = 15053)]
+    dns_port: u16,
+    /// The sidecar's admin port: never captured (kubelet probes it).
+    #[arg(long, default_value_t = 15020)]
+    admin_port: u16,
+    /// Capture DNS.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    capture_dns: bool,
+    /// Inbound ports left alone (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound TCP ports left alone (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Outbound destinations left alone, e.g. the control plane (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<ipnet::IpNet>,
+    /// Write ip6tables rules too.
+    #[arg(long, value_enum, default_value = "auto")]
+    ipv6: Ipv6Mode,
+    /// Print the rules instead of installing them.
+    #[arg(long, conflicts_with = "remove")]
+    dry_run: bool,
+    /// Remove the rules.
+    #[arg(long)]
+    remove: bool,
+}
+
+/// `proxy run` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// Where policy comes from: `dir:PATH` (YAML files, watched for changes).
+    #[arg(long, value_name = "dir:PATH")]
+    policy_source: String,
+    /// This pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: String,
+    /// This pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: String,
+    /// Inbound listener port (all addresses).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Outbound listener port (loopback).
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// DNS listener port (loopback, UDP and TCP).
+    #[arg(long, default_value_t = 15053)]
+    dns_port: u16,
+    /// Admin port: /live, /ready, /metrics.
+    #[arg(long, default_value_t = 15020)]
+    admin_port: u16,
+    /// Resolver for captured DNS (default: first nameserver of /etc/resolv.conf).
+    #[arg(long)]
+    dns_upstream: Option<IpAddr>,
+    /// How long to wait for a destination to accept.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// How often the policy directory is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Audit mode: would-be denials pass and are logged with verdict AUDIT (also per pod with
+    /// the annotation podwall.io/enforcement: audit).
+    #[arg(long)]
+    audit: bool,
+    /// Keep established connections that a policy change no longer allows (default: reset).
+    #[arg(long)]
+    keep_revoked_connections: bool,
+    /// Worker threads moving bytes.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+pub(crate) fn run(cmd: ProxyCommand) -> ExitCode {
+    match cmd {
+        ProxyCommand::Init(args) => init(args),
+        ProxyCommand::Run(args) => run_sidecar(args),
+    }
+}
+
+fn init(args: InitArgs) -> ExitCode {
+    let config = InitConfig {
+        proxy_uid: args.proxy_uid,
+        proxy_gid: args.proxy_gid,
+        inbound_port: args.inbound_port,
+        outbound_port: args.outbound_port,
+        dns_port: args.dns_port,
+        admin_port: args.admin_port,
+        capture_dns: args.capture_dns,
+        exclude_inbound_ports: args.exclude_inbound_ports,
+        exclude_outbound_ports: args.exclude_outbound_ports,
+        exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+    };
+    let mut families = vec![Family::V4];
+    let v6 = match args.ipv6 {
+        Ipv6Mode::On => true,
+        Ipv6Mode::Off => false,
+        Ipv6Mode::Auto => podwall_proxy::init::has_ipv6(&podwall_proxy::init::ipv6_addresses()),
+    };
+    if v6 {
+        families.push(Family::V6);
+    }
+    for family in families {
+        let tool = if family == Family::V4 {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
+        if args.dry_run {
+            println!("# {tool}-restore --noflush");
+            print!("{}", config.restore_input(family, ""));
+            continue;
+        }
+        let result = if args.remove {
+            podwall_proxy::init::remove(family)
+        } else {
+            config.apply(family)
+        };
+        match result {
+            Ok(()) => eprintln!(
+                "podwall: {tool} rules {}",
+                if args.remove { "removed" } else { "installed" }
+            ),
+            Err(e) => {
+                eprintln!("podwall: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_sidecar(args: RunArgs) -> ExitCode {
+    crate::cli::logging::init();
+    let Some(dir) = args.policy_source.strip_prefix("dir:") else {
+        eprintln!(
+            "podwall: --policy-source {:?}: expected dir:PATH",
+            args.policy_source
+        );
+        return ExitCode::from(2);
+    };
+    let identity = Identity {
+        namespace: args.pod_namespace,
+        name: args.pod_name,
+    };
+    let mut config = ProxyConfig::new(identity);
+    config.inbound = SocketAddr::from(([0, 0, 0, 0], args.inbound_port));
+    config.outbound = vec![SocketAddr::from(([127, 0, 0, 1], args.outbound_port))];
+    config.dns = vec![SocketAddr::from(([127, 0, 0, 1], args.dns_port))];
+    if podwall_proxy::init::has_ipv6(&podwall_proxy::init::ipv6_addresses()) {
+        // Dual-stack: one inbound listener for both families, loopback listeners for each.
+        config.inbound = SocketAddr::from(([0u16; 8], args.inbound_port));
+        config.outbound.push(SocketAddr::from((
+            [0, 0, 0, 0, 0, 0, 0, 1],
+            args.outbound_port,
+        )));
+        config
+            .dns
+            .push(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], args.dns_port)));
+    }
+    config.admin = SocketAddr::from(([0, 0, 0, 0], args.admin_port));
+    config.dns_upstream = args.dns_upstream.map(|ip| SocketAddr::new(ip, 53));
+    config.connect_timeout = args.connect_timeout;
+    config.audit = args.audit;
+    config.keep_revoked = args.keep_revoked_connections;
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("podwall: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let paths = vec![PathBuf::from(dir)];
+    let poll = args.poll_interval;
+    let result = runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(podwall_control::source::dir_watch::watch_paths(
+            paths, poll, tx,
+        ));
+        tokio::select! {
+            r = podwall_proxy::run(config, rx) => r,
+            _ = shutdown_signal() => {
+                tracing::info!("stopping");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podwall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
