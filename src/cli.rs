@@ -3,3 +3,4 @@
 pub(crate) mod analyze;
 pub(crate) mod logging;
 pub(crate) mod proxy;
+pub(crate) mod sandbox;

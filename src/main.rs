@@ -23,6 +23,9 @@ enum Command {
     /// The sidecar: install the traffic rules (init) or run the proxy (run).
     #[command(subcommand)]
     Proxy(cli::proxy::ProxyCommand),
+    /// A cluster on this machine: network namespaces as pods, the sidecar injected (needs root).
+    #[command(subcommand)]
+    Sandbox(cli::sandbox::SandboxCommand),
 }
 
 fn main() -> ExitCode {
@@ -30,5 +33,6 @@ fn main() -> ExitCode {
     match args.command {
         Command::Analyze(cmd) => cli::analyze::run(cmd),
         Command::Proxy(cmd) => cli::proxy::run(cmd),
+        Command::Sandbox(cmd) => cli::sandbox::run(cmd),
     }
 }

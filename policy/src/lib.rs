@@ -23,6 +23,7 @@ mod load;
 mod model;
 mod names;
 mod netpol;
+pub mod render;
 mod selector;
 mod state;
 mod validate;

@@ -11,7 +11,7 @@ use podwall_policy::{
     PortMatch, PortSpec, Protocol, Query, Requirement, Rule,
 };
 use proptest::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const NAMESPACES: [&str; 3] = ["ns-a", "ns-b", "ns-c"];
 
@@ -259,84 +259,6 @@ fn isolated(engine: &Engine, e: Endpoint, d: Direction) -> bool {
     matches!(e, Endpoint::Pod(p) if !engine.isolated_by(p, d).is_empty())
 }
 
-/// A selector's `matchLabels`/`matchExpressions` as the API writes them.
-fn selector_json(s: &LabelSelector) -> Value {
-    let exprs: Vec<Value> = s
-        .requirements
-        .iter()
-        .map(|r| {
-            let op = match r.operator {
-                Operator::In => "In",
-                Operator::NotIn => "NotIn",
-                Operator::Exists => "Exists",
-                Operator::DoesNotExist => "DoesNotExist",
-            };
-            if r.values.is_empty() {
-                json!({"key": r.key, "operator": op})
-            } else {
-                json!({"key": r.key, "operator": op, "values": r.values})
-            }
-        })
-        .collect();
-    if exprs.is_empty() {
-        json!({})
-    } else {
-        json!({"matchExpressions": exprs})
-    }
-}
-
-/// A policy as the API server would serve it.
-fn to_k8s(p: &Policy) -> Value {
-    let rule = |r: &Rule, peers_field: &str| {
-        let peers: Vec<Value> = r
-            .peers
-            .iter()
-            .map(|peer| match peer {
-                Peer::Pods { namespaces: NamespaceScope::Named(_), pods } => json!({"podSelector": selector_json(pods)}),
-                Peer::Pods { namespaces: NamespaceScope::Selected(ns), pods } => {
-                    json!({"namespaceSelector": selector_json(ns), "podSelector": selector_json(pods)})
-                }
-                Peer::IpBlock(b) => json!({"ipBlock": {
-                    "cidr": b.cidr.to_string(),
-                    "except": b.except.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                }}),
-            })
-            .collect();
-        let ports: Vec<Value> = r
-            .ports
-            .iter()
-            .map(|pt| match &pt.port {
-                PortMatch::Any => json!({"protocol": pt.protocol.as_str()}),
-                PortMatch::Range(lo, hi) if lo == hi => {
-                    json!({"protocol": pt.protocol.as_str(), "port": lo})
-                }
-                PortMatch::Range(lo, hi) => {
-                    json!({"protocol": pt.protocol.as_str(), "port": lo, "endPort": hi})
-                }
-                PortMatch::Named(n) => json!({"protocol": pt.protocol.as_str(), "port": n}),
-            })
-            .collect();
-        json!({peers_field: peers, "ports": ports})
-    };
-    let mut types = Vec::new();
-    let mut spec = json!({"podSelector": selector_json(&p.pod_selector)});
-    if let Some(rules) = &p.ingress {
-        types.push("Ingress");
-        spec["ingress"] = rules.iter().map(|r| rule(r, "from")).collect();
-    }
-    if let Some(rules) = &p.egress {
-        types.push("Egress");
-        spec["egress"] = rules.iter().map(|r| rule(r, "to")).collect();
-    }
-    spec["policyTypes"] = json!(types);
-    json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": p.name.name, "namespace": p.name.namespace},
-        "spec": spec,
-    })
-}
-
 fn explanations(engine: &Engine) -> Vec<String> {
     queries(engine.state())
         .iter()
@@ -417,7 +339,7 @@ proptest! {
         rotation in 0usize..5,
     ) {
         let policies = named(policies, "p");
-        let docs: Vec<Value> = policies.iter().map(to_k8s).collect();
+        let docs: Vec<Value> = policies.iter().map(podwall_policy::render::policy_object).collect();
         let load = |docs: &[Value]| {
             let mut loader = Loader::new();
             for (i, doc) in docs.iter().enumerate() {
@@ -476,7 +398,7 @@ proptest! {
             }
         }
         let mut loader = Loader::new();
-        loader.add_object(Origin::default(), to_k8s(&policy));
+        loader.add_object(Origin::default(), podwall_policy::render::policy_object(&policy));
         let (state, report) = loader.finish();
         prop_assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
         prop_assert_eq!(&state.policies[0], &policy);

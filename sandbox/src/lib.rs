@@ -1,0 +1,581 @@
+//! podwall's sandbox: a small cluster on one Linux machine.
+//!
+//! Every Pod in a directory of YAML becomes a network namespace, wired to a shared "node"
+//! namespace by a veth pair (the pod's address as a /32, routed by the node, like Calico's
+//! routed model); a small server listens on each of its container ports; pods annotated
+//! `podwall.io/inject: enabled` get the init rules and a sidecar fed from the same state. `probe`
+//! then tries every pod-to-pod TCP connection and compares what happened with what the analyzer
+//! predicts. It is the demo, the end-to-end test bed and the benchmark bed.
+//!
+//! Everything a sandbox creates is named after it (`pw-<name>-...`) and recorded under
+//! `/run/podwall/sandbox/<name>`, so `down` removes it all, also after a crashed `up`.
+
+mod netns;
+pub mod probe;
+pub mod server;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podwall_policy::{ClusterState, Protocol};
+use serde::{Deserialize, Serialize};
+
+pub use netns::run_in;
+
+/// The annotation that asks for the sidecar.
+pub const INJECT_ANNOTATION: &str = "podwall.io/inject";
+/// Where sandboxes record themselves.
+pub const RUN_DIR: &str = "/run/podwall/sandbox";
+/// The sidecar's uid in the sandbox, as in a cluster.
+pub const PROXY_UID: u32 = 1337;
+/// The sidecar's admin port.
+pub const ADMIN_PORT: u16 = 15020;
+/// Addresses given to pods that have none.
+const POD_POOL: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
+/// The node address of pods that name none.
+const DEFAULT_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 88, 1);
+
+/// Something the sandbox could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A tool could not be run.
+    #[error("cannot run {command}: {source}")]
+    Tool {
+        /// What was run.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("{command} failed: {stderr}")]
+    Failed {
+        /// What was run.
+        command: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// The input cannot be read.
+    #[error(transparent)]
+    Source(#[from] podwall_control::source::SourceError),
+    /// A file of the sandbox's own cannot be written or read.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something did not come up in time.
+    #[error("{what} did not become ready within {seconds}s (see {log})")]
+    NotReady {
+        /// What.
+        what: String,
+        /// How long we waited.
+        seconds: u64,
+        /// Its log.
+        log: String,
+    },
+    /// No sandbox of that name.
+    #[error("no sandbox named {0:?} is up (nothing under {RUN_DIR})")]
+    NotFound(String),
+    /// The sandbox needs root.
+    #[error("the sandbox needs root (network namespaces and iptables)")]
+    NotRoot,
+}
+
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::File {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Which pods get a sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Inject {
+    /// Pods annotated `podwall.io/inject: enabled` (as the webhook does).
+    Annotated,
+    /// Every pod (for tests and benchmarks).
+    All,
+    /// None.
+    None,
+}
+
+/// How to build the sandbox.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Names every resource (`pw-<name>-...`); several sandboxes can coexist.
+    pub name: String,
+    /// Which pods get a sidecar.
+    pub inject: Inject,
+    /// The podwall binary to run servers and sidecars with.
+    pub exe: PathBuf,
+    /// Extra arguments for every `podwall proxy run`.
+    pub sidecar_args: Vec<String>,
+}
+
+/// One pod of a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// `namespace/name`.
+    pub key: String,
+    /// The network namespace it lives in (the node's for host-network pods).
+    pub netns: String,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its node's address.
+    pub host_ip: IpAddr,
+    /// Whether it has a sidecar.
+    pub injected: bool,
+    /// Whether it uses the node's network.
+    pub host_network: bool,
+    /// TCP ports its server listens on.
+    pub tcp: Vec<u16>,
+    /// UDP ports its server listens on.
+    pub udp: Vec<u16>,
+}
+
+/// What `up` recorded, for `probe` and `down`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    /// The sandbox's name.
+    pub name: String,
+    /// The directory it was built from.
+    pub source: PathBuf,
+    /// The node namespace.
+    pub node: String,
+    /// Every pod.
+    pub pods: Vec<PodRecord>,
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// What it is made of.
+    pub record: Record,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+fn prefix(name: &str) -> String {
+    format!("pw-{name}-")
+}
+
+fn sandbox_dir(name: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(name)
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Gives addresses to pods that have none and a node to pods that name none.
+fn assign_addresses(state: &mut ClusterState) {
+    let mut used: BTreeSet<IpAddr> = state
+        .pods
+        .iter()
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
+    let mut next = u32::from(POD_POOL) + 1;
+    for pod in &mut state.pods {
+        if pod.host_ips.is_empty() {
+            pod.host_ips.push(IpAddr::V4(DEFAULT_NODE));
+        }
+        if pod.host_network {
+            pod.ips = vec![pod.host_ips[0]];
+            continue;
+        }
+        if !pod.ips.iter().any(IpAddr::is_ipv4) {
+            while used.contains(&IpAddr::V4(Ipv4Addr::from(next))) {
+                next += 1;
+            }
+            let ip = IpAddr::V4(Ipv4Addr::from(next));
+            used.insert(ip);
+            pod.ips.insert(0, ip);
+        }
+    }
+}
+
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child, SandboxError> {
+    let out = fs::File::create(log).map_err(file_error(log))?;
+    let err = out.try_clone().map_err(file_error(log))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: a Ctrl-C meant for `sandbox up` does not reach the pods.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| SandboxError::Tool {
+            command: format!("{cmd:?}"),
+            source,
+        })
+}
+
+fn wait_until(
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), SandboxError> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(SandboxError::NotReady {
+        what: what.to_string(),
+        seconds: timeout.as_secs(),
+        log: log.display().to_string(),
+    })
+}
+
+/// `GET /ready` on the sidecar's admin port answers 200.
+fn sidecar_ready(ns: &str) -> bool {
+    run_in(ns, || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        if s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).is_ok()
+            && (buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200"))
+    })
+    .unwrap_or(false)
+}
+
+/// The server answers on every TCP port.
+fn server_ready(ns: &str, ip: IpAddr, ports: &[u16]) -> bool {
+    let ports = ports.to_vec();
+    run_in(ns, move || {
+        ports.iter().all(|p| {
+            TcpStream::connect_timeout(&SocketAddr::new(ip, *p), Duration::from_millis(200)).is_ok()
+        })
+    })
+    .unwrap_or(false)
+}
+
+impl Sandbox {
+    /// Builds the sandbox described by the YAML under `dir`.
+    pub fn up(dir: &Path, opts: &Options) -> Result<Sandbox, SandboxError> {
+        if !is_root() {
+            return Err(SandboxError::NotRoot);
+        }
+        down(&opts.name)?;
+        let (mut state, _report) = podwall_control::source::load_paths(&[dir.to_path_buf()])?;
+        assign_addresses(&mut state);
+
+        let sdir = sandbox_dir(&opts.name);
+        let policy_dir = sdir.join("policy");
+        let logs = sdir.join("logs");
+        for d in [&policy_dir, &logs] {
+            fs::create_dir_all(d).map_err(file_error(d))?;
+        }
+        let state_file = policy_dir.join("state.json");
+        let text = serde_json::to_string_pretty(&podwall_policy::render::state_list(&state))
+            .unwrap_or_default();
+        fs::write(&state_file, text).map_err(file_error(&state_file))?;
+
+        let p = prefix(&opts.name);
+        let node = format!("{p}node");
+        let pods: Vec<PodRecord> = state
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| PodRecord {
+                key: pod.key(),
+                netns: if pod.host_network {
+                    node.clone()
+                } else {
+                    format!("{p}{i}")
+                },
+                ip: pod.ips[0],
+                host_ip: pod.host_ips[0],
+                injected: !pod.host_network
+                    && match opts.inject {
+                        Inject::All => true,
+                        Inject::None => false,
+                        Inject::Annotated => {
+                            pod.annotations.get(INJECT_ANNOTATION).map(String::as_str)
+                                == Some("enabled")
+                        }
+                    },
+                host_network: pod.host_network,
+                tcp: pod
+                    .ports
+                    .iter()
+                    .filter(|c| c.protocol == Protocol::Tcp)
+                    .map(|c| c.port)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                udp: pod
+                    .ports
+                    .iter()
+                    .filter(|c| c.protocol == Protocol::Udp)
+                    .map(|c| c.port)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
+        let record = Record {
+            name: opts.name.clone(),
+            source: dir.to_path_buf(),
+            node: node.clone(),
+            pods,
+        };
+        // Recorded before anything is created, so that `down` finds it all after a crash.
+        let record_file = sdir.join("state.json");
+        fs::write(
+            &record_file,
+            serde_json::to_string_pretty(&record).unwrap_or_default(),
+        )
+        .map_err(file_error(&record_file))?;
+        let mut sandbox = Sandbox {
+            record,
+            dir: sdir,
+            children: Vec::new(),
+        };
+        sandbox.build(opts, &policy_dir, &logs)?;
+        Ok(sandbox)
+    }
+
+    fn build(
+        &mut self,
+        opts: &Options,
+        policy_dir: &Path,
+        logs: &Path,
+    ) -> Result<(), SandboxError> {
+        let node = self.record.node.clone();
+        netns::ip(&["netns", "add", &node])?;
+        netns::ip(&["-n", &node, "link", "set", "lo", "up"])?;
+        netns::exec(&node, "echo 1 > /proc/sys/net/ipv4/ip_forward")?;
+        for (i, pod) in self.record.pods.iter().enumerate() {
+            if pod.host_network {
+                continue;
+            }
+            let (ns, veth) = (pod.netns.as_str(), format!("v{i}"));
+            let (ip, host) = (format!("{}/32", pod.ip), format!("{}/32", pod.host_ip));
+            let host_ip = pod.host_ip.to_string();
+            netns::ip(&["netns", "add", ns])?;
+            netns::ip(&[
+                "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ])?;
+            netns::ip(&["-n", &node, "addr", "add", &host, "dev", &veth])?;
+            netns::ip(&["-n", &node, "link", "set", &veth, "up"])?;
+            netns::ip(&["-n", &node, "route", "add", &ip, "dev", &veth])?;
+            netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            netns::ip(&["-n", ns, "addr", "add", &ip, "dev", "eth0"])?;
+            netns::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            netns::ip(&[
+                "-n", ns, "route", "add", &host_ip, "dev", "eth0", "scope", "link",
+            ])?;
+            netns::ip(&[
+                "-n", ns, "route", "add", "default", "via", &host_ip, "dev", "eth0",
+            ])?;
+        }
+        // Node addresses of host-network pods.
+        for pod in self.record.pods.iter().filter(|p| p.host_network) {
+            let addr = format!("{}/32", pod.ip);
+            let _ = netns::ip(&["-n", &node, "addr", "add", &addr, "dev", "lo"]);
+        }
+
+        let exe = opts.exe.to_string_lossy().to_string();
+        let pods = self.record.pods.clone();
+        for (i, pod) in pods.iter().enumerate() {
+            if pod.tcp.is_empty() && pod.udp.is_empty() {
+                continue;
+            }
+            let join = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            let mut cmd = Command::new("ip");
+            cmd.args([
+                "netns", "exec", &pod.netns, &exe, "sandbox", "serve", "--pod", &pod.key,
+            ]);
+            if !pod.tcp.is_empty() {
+                cmd.args(["--tcp", &join(&pod.tcp)]);
+            }
+            if !pod.udp.is_empty() {
+                cmd.args(["--udp", &join(&pod.udp)]);
+            }
+            let log = logs.join(format!("{i}-server.log"));
+            self.children.push(spawn_logged(&mut cmd, &log)?);
+        }
+        for (i, pod) in pods.iter().enumerate().filter(|(_, p)| p.injected) {
+            let log = logs.join(format!("{i}-init.log"));
+            let mut init = Command::new("ip");
+            init.args(["netns", "exec", &pod.netns, &exe, "proxy", "init"]);
+            let status = spawn_logged(&mut init, &log)?
+                .wait()
+                .map_err(file_error(&log))?;
+            if !status.success() {
+                let stderr = fs::read_to_string(&log).unwrap_or_default();
+                return Err(SandboxError::Failed {
+                    command: format!("podwall proxy init in {}", pod.netns),
+                    stderr,
+                });
+            }
+            let (ns_name, pod_name) = pod.key.split_once('/').unwrap_or(("default", &pod.key));
+            let uid = PROXY_UID.to_string();
+            let mut cmd = Command::new("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                &pod.netns,
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+                &exe,
+            ])
+            .args([
+                "proxy",
+                "run",
+                "--pod-namespace",
+                ns_name,
+                "--pod-name",
+                pod_name,
+                "--poll-interval",
+                "200ms",
+            ])
+            .arg(format!("--policy-source=dir:{}", policy_dir.display()))
+            .args(&opts.sidecar_args);
+            let flows = logs.join(format!("{i}-sidecar.flows.jsonl"));
+            let log = logs.join(format!("{i}-sidecar.log"));
+            let out = fs::File::create(&flows).map_err(file_error(&flows))?;
+            let err = fs::File::create(&log).map_err(file_error(&log))?;
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+                .map_err(|source| SandboxError::Tool {
+                    command: "ip netns exec ... podwall proxy run".into(),
+                    source,
+                })?;
+            self.children.push(child);
+        }
+        for (i, pod) in pods.iter().enumerate() {
+            if !pod.tcp.is_empty() {
+                let log = logs.join(format!("{i}-server.log"));
+                wait_until(
+                    &format!("server of {}", pod.key),
+                    &log,
+                    Duration::from_secs(15),
+                    || server_ready(&pod.netns, pod.ip, &pod.tcp),
+                )?;
+            }
+            if pod.injected {
+                let log = logs.join(format!("{i}-sidecar.log"));
+                wait_until(
+                    &format!("sidecar of {}", pod.key),
+                    &log,
+                    Duration::from_secs(15),
+                    || sidecar_ready(&pod.netns),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A sandbox that is up, from its record.
+    pub fn open(name: &str) -> Result<Sandbox, SandboxError> {
+        let dir = sandbox_dir(name);
+        let file = dir.join("state.json");
+        let text =
+            fs::read_to_string(&file).map_err(|_| SandboxError::NotFound(name.to_string()))?;
+        let record: Record = serde_json::from_str(&text).map_err(|e| SandboxError::File {
+            path: file.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(Sandbox {
+            record,
+            dir,
+            children: Vec::new(),
+        })
+    }
+
+    /// The directory of YAML the sidecars read: write a file there to change the policy.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policy")
+    }
+
+    /// Where the sandbox keeps server and sidecar logs and flow events.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// The cluster state the sidecars enforce (with the sandbox's addresses).
+    pub fn state(&self) -> Result<ClusterState, SandboxError> {
+        Ok(podwall_control::source::load_paths(&[self.policy_dir()])?.0)
+    }
+
+    /// A pod by `namespace/name`.
+    pub fn pod(&self, key: &str) -> Option<&PodRecord> {
+        self.record.pods.iter().find(|p| p.key == key)
+    }
+
+    /// Removes everything this sandbox created.
+    pub fn down(mut self) -> Result<(), SandboxError> {
+        let name = self.record.name.clone();
+        let result = down(&name);
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        result
+    }
+}
+
+/// Removes every resource of the sandbox `name`: processes in its namespaces, the namespaces,
+/// its directory. Nothing there is fine.
+pub fn down(name: &str) -> Result<(), SandboxError> {
+    if !is_root() {
+        return Err(SandboxError::NotRoot);
+    }
+    let mut namespaces: BTreeSet<String> = netns::list(&prefix(name)).into_iter().collect();
+    if let Ok(sb) = Sandbox::open(name) {
+        namespaces.insert(sb.record.node.clone());
+        namespaces.extend(sb.record.pods.iter().map(|p| p.netns.clone()));
+    }
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let pids: Vec<i32> = namespaces.iter().flat_map(|ns| netns::pids(ns)).collect();
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && pids.iter().any(|&p| kill(Pid::from_raw(p), None).is_ok()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    for ns in &namespaces {
+        if Path::new("/run/netns").join(ns).exists() {
+            netns::ip(&["netns", "del", ns])?;
+        }
+    }
+    let dir = sandbox_dir(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(file_error(&dir))?;
+    }
+    Ok(())
+}
