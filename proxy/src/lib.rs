@@ -64,8 +64,21 @@ async fn bind_tcp(
         .map_err(|source| ProxyError::Bind { addr, what, source })
 }
 
+/// Raises the open-file limit to its maximum: every connection is two sockets and, while data
+/// flows, two pipes.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+    }
+}
+
 /// Runs the sidecar until the process is stopped.
 pub async fn run(config: ProxyConfig, states: StateReceiver) -> Result<(), ProxyError> {
+    raise_fd_limit();
     let metrics = Arc::new(metrics::Metrics::new());
     let flows = flow::FlowLog::stdout(metrics.flow_events_dropped.clone());
     let (policy_tx, policy_rx) = watch::channel(None);

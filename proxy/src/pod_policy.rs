@@ -45,7 +45,7 @@ pub struct PodPolicy {
     pub engine: Engine,
     /// This pod.
     pub me: PodId,
-    /// Would-be denials pass (flag or annotation).
+    /// Would-be denials pass: `--audit` (every pod), or this pod's annotation.
     pub audit: bool,
     /// Counts updates, for logs.
     pub generation: u64,
@@ -72,7 +72,8 @@ impl PodPolicy {
         })
     }
 
-    /// Whether a connection in `direction` is still allowed (for re-checks on policy changes).
+    /// Whether a connection in `direction` is still allowed, or only denied by pods in audit
+    /// mode (for re-checks on policy changes).
     pub fn allows(
         &self,
         direction: Direction,
@@ -84,22 +85,42 @@ impl PodPolicy {
             Direction::Egress => (Endpoint::Pod(self.me), Endpoint::Ip(peer)),
             Direction::Ingress => (Endpoint::Ip(peer), Endpoint::Pod(self.me)),
         };
-        self.audit
-            || self.engine.allowed(&Query {
-                src,
-                dst,
-                protocol,
-                port,
-            })
+        let query = Query {
+            src,
+            dst,
+            protocol,
+            port,
+        };
+        self.engine.allowed(&query)
+            || self.flow_verdict(&self.engine.verdict(&query)) != FlowVerdict::Denied
     }
 
-    /// Allowed, denied, or audit when denied in audit mode.
+    /// Allowed; denied; or audit, when every side that denies belongs to a pod in audit mode
+    /// (or this sidecar runs with `--audit`). Each pod's audit annotation covers its own
+    /// policies, whichever sidecar sees the connection.
     pub fn flow_verdict(&self, verdict: &Verdict) -> FlowVerdict {
-        match (verdict.allowed(), self.audit) {
-            (true, _) => FlowVerdict::Allowed,
-            (false, true) => FlowVerdict::Audit,
-            (false, false) => FlowVerdict::Denied,
+        if verdict.allowed() {
+            return FlowVerdict::Allowed;
         }
+        let enforced = [&verdict.egress, &verdict.ingress]
+            .into_iter()
+            .filter(|side| !side.allowed())
+            .any(|side| !side.pod.is_some_and(|p| self.pod_in_audit(p)));
+        if enforced && !self.audit {
+            FlowVerdict::Denied
+        } else {
+            FlowVerdict::Audit
+        }
+    }
+
+    fn pod_in_audit(&self, pod: PodId) -> bool {
+        self.engine
+            .state()
+            .pod(pod)
+            .annotations
+            .get(ENFORCEMENT_ANNOTATION)
+            .map(String::as_str)
+            == Some("audit")
     }
 }
 
@@ -126,6 +147,8 @@ pub async fn follow(
                 Ok(Some((engine, me))) => {
                     generation += 1;
                     let pod = engine.state().pod(me);
+                    // The pod's own annotation is read per connection (it covers its own side);
+                    // this is for the log.
                     let audit = audit_flag
                         || pod
                             .annotations
@@ -152,7 +175,7 @@ pub async fn follow(
                     let _ = policies.send(Some(Arc::new(PodPolicy {
                         engine,
                         me,
-                        audit,
+                        audit: audit_flag,
                         generation,
                     })));
                     metrics.policy_applied.inc();

@@ -46,17 +46,32 @@ impl Pipe {
 const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
 
 /// Moves one direction until end of stream, then half-closes the destination.
+///
+/// A pipe can be full (its slots used by small segments) before `capacity` bytes are in it, and
+/// then splicing into it fails with `EAGAIN` just as an empty socket does. Only an `EAGAIN`
+/// while the pipe is empty proves the socket has nothing to read; so only then may tokio clear
+/// the socket's readiness (`try_io`). Otherwise the read is attempted directly and an `EAGAIN`
+/// leaves the readiness alone; clearing it there would lose the wake-up for data already queued
+/// and stall the connection.
 async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &mut u64) -> io::Result<()> {
+    // The pipe is made when the first bytes arrive: idle connections hold no pipe (pipes count
+    // against a per-user page budget, and a proxy holds thousands of connections).
+    src.readable().await?;
     let pipe = Pipe::new()?;
+    let fill = |want: usize| {
+        splice(src.as_fd(), None, pipe.write.as_fd(), None, want, FLAGS).map_err(io::Error::from)
+    };
     let mut buffered = 0usize;
     let mut eof = false;
     loop {
         if !eof && buffered < pipe.capacity {
             let want = pipe.capacity - buffered;
-            match src.try_io(Interest::READABLE, || {
-                splice(src.as_fd(), None, pipe.write.as_fd(), None, want, FLAGS)
-                    .map_err(io::Error::from)
-            }) {
+            let read = if buffered == 0 {
+                src.try_io(Interest::READABLE, || fill(want))
+            } else {
+                fill(want)
+            };
+            match read {
                 Ok(0) => eof = true,
                 Ok(n) => buffered += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -77,17 +92,8 @@ async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &mut u64) -> io::Result<(
                     buffered -= n;
                     *bytes += n as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if eof || buffered == pipe.capacity {
-                        dst.writable().await?;
-                    } else {
-                        // Wait for whichever comes first: room to write or more to read.
-                        tokio::select! {
-                            r = dst.writable() => r?,
-                            r = src.readable() => r?,
-                        }
-                    }
-                }
+                // The pipe holds data, so this is the destination's send buffer being full.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
                 Err(e) => return Err(e),
             }
         } else if eof {

@@ -20,6 +20,13 @@ pub fn greeting(pod: &str, local: SocketAddr, peer: SocketAddr) -> String {
 
 /// Serves the ports until the process ends. Binding failures are returned at once.
 pub async fn serve(pod: String, tcp: Vec<u16>, udp: Vec<u16>) -> std::io::Result<()> {
+    // Tests hold a thousand connections to one server.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     let mut tasks = Vec::new();
     for port in tcp {
         let listener = TcpListener::bind(("0.0.0.0", port)).await?;

@@ -80,6 +80,9 @@ pub(crate) struct ProbeArgs {
 /// `serve` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct ServeArgs {
+    /// The sandbox it belongs to (shows in `ps`).
+    #[arg(long)]
+    sandbox: Option<String>,
     /// The pod, for the greeting.
     #[arg(long)]
     pod: String,

@@ -1,0 +1,676 @@
+//! End-to-end: the sandbox and the sidecar in real network namespaces with real iptables.
+//!
+//! Every test needs root. Outside CI a test without root prints why it skips; with `CI=true` it
+//! fails instead, so CI cannot pass by skipping.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use podwall_sandbox::{Inject, Options, Sandbox, run_in};
+
+const PODWALL: &str = env!("CARGO_BIN_EXE_podwall");
+
+fn ready_for(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let tools = ["ip", "iptables", "setpriv"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if root && tools {
+        return true;
+    }
+    let why = if root {
+        "iproute2, iptables and setpriv"
+    } else {
+        "root"
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs {why}; with CI=true it must run, not skip");
+    }
+    eprintln!("skipping {test}: needs {why}");
+    false
+}
+
+fn options(name: &str, inject: Inject) -> Options {
+    Options {
+        name: name.to_string(),
+        inject,
+        exe: PathBuf::from(PODWALL),
+        sidecar_args: Vec::new(),
+    }
+}
+
+/// A sandbox that is removed when the test ends, however it ends.
+struct Up(Option<Sandbox>);
+
+impl Up {
+    fn new(dir: &Path, name: &str, inject: Inject) -> Self {
+        let sb = Sandbox::up(dir, &options(name, inject))
+            .unwrap_or_else(|e| panic!("sandbox {name}: {e}"));
+        Up(Some(sb))
+    }
+    fn sb(&self) -> &Sandbox {
+        self.0.as_ref().expect("sandbox")
+    }
+    fn ns(&self, key: &str) -> String {
+        self.sb()
+            .pod(key)
+            .unwrap_or_else(|| panic!("no pod {key}"))
+            .netns
+            .clone()
+    }
+    fn ip(&self, key: &str) -> IpAddr {
+        self.sb()
+            .pod(key)
+            .unwrap_or_else(|| panic!("no pod {key}"))
+            .ip
+    }
+    fn flows(&self, key: &str) -> Vec<serde_json::Value> {
+        let i = self
+            .sb()
+            .record
+            .pods
+            .iter()
+            .position(|p| p.key == key)
+            .expect("pod");
+        let text = std::fs::read_to_string(
+            self.sb()
+                .logs_dir()
+                .join(format!("{i}-sidecar.flows.jsonl")),
+        )
+        .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(sb) = self.0.take() {
+            let _ = sb.down();
+        }
+    }
+}
+
+/// Two sidecar pods (client, server) and one without (plain), no policy: everything allowed.
+const TWO_PODS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.77.0.1, hostIP: 192.168.77.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: t, labels: {app: server}, annotations: {podwall.io/inject: enabled}}
+spec: {containers: [{name: s, ports: [{containerPort: 8080}, {containerPort: 9001}]}]}
+status: {podIP: 10.77.0.2, hostIP: 192.168.77.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: t, labels: {app: plain}}
+spec: {containers: [{name: s, ports: [{containerPort: 8080}]}]}
+status: {podIP: 10.77.0.3, hostIP: 192.168.77.1}
+"#;
+
+fn topology(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cluster.yaml"), yaml).expect("write");
+    dir
+}
+
+/// Connects from inside `ns` and returns the stream with the greeting line read.
+fn connect(ns: &str, dst: SocketAddr) -> Result<(BufReader<TcpStream>, String), String> {
+    run_in(ns, move || {
+        let s =
+            TcpStream::connect_timeout(&dst, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            return Err("closed without a greeting".into());
+        }
+        Ok((r, line))
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn every_example_behaves_in_the_sandbox_as_the_analyzer_predicts() {
+    if !ready_for("every_example_behaves_in_the_sandbox_as_the_analyzer_predicts") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("examples")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    dirs.sort();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        let up = Up::new(dir, "ex", Inject::All);
+        let report = up.sb().probe().expect("probe");
+        checked += report.attempts.len();
+        assert!(
+            report.attempts.iter().any(|a| a.observed),
+            "{}: nothing connected at all",
+            dir.display()
+        );
+        for a in report.mismatches() {
+            failures.push(format!(
+                "{}: {} -> {} TCP/{}: observed {} predicted {} ({})",
+                dir.display(),
+                a.from,
+                a.to,
+                a.port,
+                a.observed,
+                a.predicted,
+                a.detail
+            ));
+        }
+        // The application saw the port the client dialled.
+        for a in report.attempts.iter().filter(|a| a.observed) {
+            assert!(
+                a.detail.contains(&format!(" port {} ", a.port)),
+                "{}: {}",
+                dir.display(),
+                a.detail
+            );
+        }
+    }
+    assert!(checked > 100, "only {checked} connections tried");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_demo_command_shows_enforcement_and_cleans_up() {
+    if !ready_for("the_demo_command_shows_enforcement_and_cleans_up") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/three-tier");
+    let out = Command::new(PODWALL)
+        .args(["sandbox", "demo"])
+        .arg(&dir)
+        .args(["--name", "demo"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("behaved as the analyzer predicts"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("·"),
+        "some connections are refused: {stdout}"
+    );
+    assert!(!Path::new("/run/podwall/sandbox/demo").exists());
+    assert!(!Path::new("/run/netns/pw-demo-node").exists());
+}
+
+#[test]
+fn connections_keep_their_original_destination_and_are_not_captured_twice() {
+    if !ready_for("connections_keep_their_original_destination_and_are_not_captured_twice") {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "od", Inject::Annotated);
+    let client = up.ns("t/client");
+    // Through both sidecars: the server application sees the port that was dialled.
+    let (_, greeting) =
+        connect(&client, SocketAddr::new(up.ip("t/server"), 9001)).expect("through two sidecars");
+    assert!(greeting.contains("t/server port 9001"), "{greeting}");
+    // To a pod without a sidecar the source address is the client's own.
+    let (_, greeting) =
+        connect(&client, SocketAddr::new(up.ip("t/plain"), 8080)).expect("to a plain pod");
+    assert!(
+        greeting.contains(&format!("from {}:", up.ip("t/client"))),
+        "{greeting}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // One flow per connection in each sidecar: the sidecar's own upstream connections are not
+    // captured again (that would loop and multiply events).
+    let egress = up.flows("t/client");
+    assert_eq!(egress.len(), 2, "{egress:#?}");
+    assert!(
+        egress
+            .iter()
+            .all(|e| e["direction"] == "egress" && e["verdict"] == "ALLOWED"),
+        "{egress:#?}"
+    );
+    let ingress = up.flows("t/server");
+    assert_eq!(ingress.len(), 1, "{ingress:#?}");
+    assert_eq!(ingress[0]["direction"], "ingress");
+    assert_eq!(ingress[0]["destination"]["port"], 9001);
+    assert_eq!(ingress[0]["source"]["pod"], "client");
+}
+
+#[test]
+fn a_gibibyte_arrives_intact_through_two_sidecars() {
+    if !ready_for("a_gibibyte_arrives_intact_through_two_sidecars") {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "gib", Inject::Annotated);
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let (reader, _) = connect(&up.ns("t/client"), dst).expect("connect");
+    let stream = reader.into_inner();
+    let mut writer = stream.try_clone().expect("clone");
+    // 1024 blocks of 1 MiB: pseudo-random bytes, each block stamped with its index so that a
+    // lost, repeated or reordered block is caught.
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for b in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+    let expected = block.clone();
+    let sender = std::thread::spawn(move || {
+        for i in 0u64..1024 {
+            block[..8].copy_from_slice(&i.to_le_bytes());
+            writer.write_all(&block).expect("write");
+        }
+        writer.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let mut reader = stream;
+    reader
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut got = vec![0u8; 1 << 20];
+    let mut want = expected;
+    for i in 0u64..1024 {
+        reader
+            .read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("block {i}: {e}"));
+        want[..8].copy_from_slice(&i.to_le_bytes());
+        assert!(got == want, "block {i} differs");
+    }
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("end");
+    assert!(rest.is_empty(), "{} extra bytes", rest.len());
+    sender.join().expect("sender");
+    std::thread::sleep(Duration::from_millis(300));
+    let f = up.flows("t/client");
+    assert_eq!(f[0]["bytes_sent"], 1u64 << 30);
+}
+
+#[test]
+fn half_close_is_passed_through() {
+    if !ready_for("half_close_is_passed_through") {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "half", Inject::Annotated);
+    let (mut r, _) =
+        connect(&up.ns("t/client"), SocketAddr::new(up.ip("t/server"), 8080)).expect("connect");
+    r.get_mut().write_all(b"last words").expect("write");
+    r.get_mut().shutdown(Shutdown::Write).expect("half-close");
+    // The server sees end of stream only through the sidecars' half-close, echoes, then closes.
+    let mut rest = String::new();
+    r.read_to_string(&mut rest).expect("read to end");
+    assert_eq!(rest, "last words");
+}
+
+#[test]
+fn a_thousand_concurrent_connections_pass_one_sidecar() {
+    if !ready_for("a_thousand_concurrent_connections_pass_one_sidecar") {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "thou", Inject::Annotated);
+    let dst = SocketAddr::new(up.ip("t/plain"), 8080);
+    let ns = up.ns("t/client");
+    let ok = run_in(&ns, move || {
+        if let Ok((_, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
+        }
+        let mut open = Vec::new();
+        for i in 0..1000 {
+            let s = TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            open.push(s);
+        }
+        // All 1000 are open at once; now each one round-trips.
+        let mut ok = 0;
+        for (i, s) in open.iter_mut().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let msg = format!("ping {i}\n");
+            s.write_all(msg.as_bytes()).expect("write");
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut greeting = String::new();
+            let mut echo = String::new();
+            r.read_line(&mut greeting).expect("greeting");
+            r.read_line(&mut echo).expect("echo");
+            if greeting.starts_with("podwall-sandbox") && echo == msg {
+                ok += 1;
+            }
+        }
+        ok
+    })
+    .expect("in netns");
+    assert_eq!(ok, 1000);
+}
+
+#[test]
+fn a_listener_on_localhost_stays_private_and_one_on_the_pod_address_is_reached() {
+    if !ready_for("a_listener_on_localhost_stays_private_and_one_on_the_pod_address_is_reached") {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "lo", Inject::Annotated);
+    let server_ip = up.ip("t/server");
+    // Two listeners of the application in the server pod: one on 127.0.0.1, one on its address.
+    let ns = up.ns("t/server");
+    let listeners = run_in(&ns, move || {
+        let private = std::net::TcpListener::bind(("127.0.0.1", 9100)).expect("bind lo");
+        let public =
+            std::net::TcpListener::bind(SocketAddr::new(server_ip, 9101)).expect("bind pod ip");
+        (private, public)
+    })
+    .expect("netns");
+    let public = listeners.1.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        for s in public.incoming().flatten() {
+            let mut s = s;
+            let _ = s.write_all(b"public\n");
+        }
+    });
+    let client = up.ns("t/client");
+    let (_, line) =
+        connect(&client, SocketAddr::new(server_ip, 9101)).expect("the pod address is reachable");
+    assert_eq!(line, "public\n");
+    let private = connect(&client, SocketAddr::new(server_ip, 9100));
+    assert!(
+        private.is_err(),
+        "a 127.0.0.1 listener must not be reachable from another pod: {private:?}"
+    );
+    drop(listeners);
+}
+
+#[test]
+fn a_policy_change_resets_established_connections_it_now_denies() {
+    if !ready_for("a_policy_change_resets_established_connections_it_now_denies") {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "chg", Inject::Annotated);
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let client = up.ns("t/client");
+    let (mut r, _) = connect(&client, dst).expect("allowed before the change");
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
+    std::fs::write(up.sb().policy_dir().join("deny.yaml"), deny).expect("write policy");
+    // The established connection is reset: reading ends with an error or end of stream.
+    r.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    let started = Instant::now();
+    let read = r.read(&mut buf);
+    assert!(matches!(read, Ok(0) | Err(_)), "still open: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // New connections are refused.
+    wait_for(
+        "new connections to be refused",
+        Duration::from_secs(5),
+        || connect(&client, dst).is_err(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let revoked = up.flows("t/server");
+    assert!(
+        revoked.iter().any(|e| e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy change"))),
+        "{revoked:#?}"
+    );
+}
+
+#[test]
+fn audit_mode_lets_denied_connections_through_and_logs_them() {
+    if !ready_for("audit_mode_lets_denied_connections_through_and_logs_them") {
+        return;
+    }
+    let yaml = TWO_PODS.replace(
+        "annotations: {podwall.io/inject: enabled}}\nspec: {containers: [{name: s, ports: [{containerPort: 8080}, {containerPort: 9001}]}]}",
+        "annotations: {podwall.io/inject: enabled, podwall.io/enforcement: audit}}\nspec: {containers: [{name: s, ports: [{containerPort: 8080}, {containerPort: 9001}]}]}",
+    ) + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
+    let dir = topology(&yaml);
+    let up = Up::new(dir.path(), "audit", Inject::Annotated);
+    connect(&up.ns("t/client"), SocketAddr::new(up.ip("t/server"), 8080))
+        .expect("audit mode lets it through");
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = up.flows("t/server");
+    assert_eq!(flows[0]["verdict"], "AUDIT", "{flows:#?}");
+    assert_eq!(
+        flows[0]["ingress"]["isolated_by"][0],
+        "NetworkPolicy t/deny"
+    );
+}
+
+#[test]
+fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
+    if !ready_for("without_a_policy_for_its_pod_the_sidecar_refuses_everything") {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "fc", Inject::None);
+    let ns = up.ns("t/client");
+    // A sidecar for a pod the policy source does not know: not ready, and fails closed.
+    let empty = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        empty.path().join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+    )
+    .expect("write");
+    Command::new("ip")
+        .args(["netns", "exec", &ns, PODWALL, "proxy", "init"])
+        .status()
+        .expect("init");
+    let mut sidecar = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            PODWALL,
+            "proxy",
+            "run",
+        ])
+        .arg(format!("--policy-source=dir:{}", empty.path().display()))
+        .args(["--pod-namespace", "t", "--pod-name", "client"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sidecar");
+    let dst = SocketAddr::new(up.ip("t/plain"), 8080);
+    wait_for("the sidecar to listen", Duration::from_secs(10), || {
+        run_in(&ns, || TcpStream::connect(("127.0.0.1", 15020)).is_ok()).unwrap_or(false)
+    });
+    let refused = connect(&ns, dst);
+    let ready = run_in(&ns, || {
+        let mut s = TcpStream::connect(("127.0.0.1", 15020)).expect("admin");
+        s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .expect("netns");
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    assert!(refused.is_err(), "fail closed: {refused:?}");
+    assert!(ready.contains(" 503 "), "{ready}");
+}
+
+fn nat_rules(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-save", "-t", "nat"])
+        .output()
+        .expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A") || l.starts_with(':'))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
+    if !ready_for("init_twice_leaves_one_rule_set_and_remove_takes_it_away") {
+        return;
+    }
+    let ns = "pw-e2e-init";
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    let init = |extra: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, PODWALL, "proxy", "init"])
+            .args(extra)
+            .output()
+            .expect("init");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dry = init(&["--dry-run"]);
+    assert!(
+        dry.contains("-A PODWALL_OUTPUT -p tcp -j REDIRECT --to-ports 15001"),
+        "{dry}"
+    );
+    assert!(
+        nat_rules(ns).iter().all(|l| !l.contains("PODWALL")),
+        "dry run changes nothing"
+    );
+    init(&["--exclude-outbound-cidrs", "10.96.0.0/12"]);
+    let once = nat_rules(ns);
+    init(&["--exclude-outbound-cidrs", "10.96.0.0/12"]);
+    let twice = nat_rules(ns);
+    assert_eq!(once, twice);
+    assert_eq!(
+        twice
+            .iter()
+            .filter(|l| l.starts_with("-A PREROUTING"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        twice.iter().filter(|l| l.starts_with("-A OUTPUT")).count(),
+        1
+    );
+    assert!(
+        twice
+            .iter()
+            .any(|l| l == "-A PODWALL_OUTPUT -d 10.96.0.0/12 -j RETURN"),
+        "{twice:#?}"
+    );
+    init(&["--remove"]);
+    assert!(
+        nat_rules(ns).iter().all(|l| !l.contains("PODWALL")),
+        "{:#?}",
+        nat_rules(ns)
+    );
+    init(&["--remove"]);
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
+#[test]
+fn down_after_a_killed_up_removes_everything() {
+    if !ready_for("down_after_a_killed_up_removes_everything") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/three-tier");
+    let mut up = Command::new(PODWALL)
+        .args(["sandbox", "up"])
+        .arg(&dir)
+        .args(["--name", "crash", "--inject", "all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("up");
+    // Kill it mid-way: once some namespaces exist.
+    wait_for("up to create namespaces", Duration::from_secs(20), || {
+        Path::new("/run/netns/pw-crash-1").exists()
+    });
+    let _ = up.kill();
+    let _ = up.wait();
+    let out = Command::new(PODWALL)
+        .args(["sandbox", "down", "--name", "crash"])
+        .output()
+        .expect("down");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("pw-crash-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(!Path::new("/run/podwall/sandbox/crash").exists());
+    // No server or sidecar of that sandbox survives.
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("--sandbox crash") || c.contains("/run/podwall/sandbox/crash/"))
+        .collect();
+    assert!(survivors.is_empty(), "{survivors:#?}");
+}
