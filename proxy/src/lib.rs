@@ -6,8 +6,8 @@
 //! to the destination and relays bytes both ways in the kernel ([`relay`]). Every connection is a
 //! flow event on stdout and a count in the metrics on the admin port.
 //!
-//! It must never know about the API server: its policy arrives as cluster states on a channel
-//! ([`pod_policy::StateReceiver`]) fed by whatever source the binary wires in.
+//! It must never know about the API server: its policy arrives as cluster states from a
+//! [`PolicySource`] that the binary wires in.
 
 pub mod admin;
 pub mod config;
@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 pub use config::ProxyConfig;
-pub use pod_policy::{Identity, StateReceiver};
+pub use pod_policy::{Identity, PolicySource, StateReceiver};
 
 /// The sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,10 @@ pub fn raise_fd_limit() {
 }
 
 /// Runs the sidecar until the process is stopped.
-pub async fn run(config: ProxyConfig, states: StateReceiver) -> Result<(), ProxyError> {
+pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(), ProxyError> {
+    let (publish, states) = watch::channel(None);
+    tracing::info!(source = %source.describe(), "policy source");
+    tokio::spawn(source.run(publish));
     raise_fd_limit();
     let metrics = Arc::new(metrics::Metrics::new());
     let flows = flow::FlowLog::stdout(metrics.flow_events_dropped.clone());

@@ -20,6 +20,20 @@ pub const ENFORCEMENT_ANNOTATION: &str = "podwall.io/enforcement";
 /// Cluster states from a source (a directory today, the control plane later).
 pub type StateReceiver = watch::Receiver<Option<Arc<ClusterState>>>;
 
+/// Where the sidecar's cluster states come from. The sidecar never knows which: a directory of
+/// YAML, the control plane's stream, a test.
+pub trait PolicySource: Send + 'static {
+    /// Publishes the first state and every change after it until the source ends; a state
+    /// that cannot be read is reported by the source and not published.
+    fn run(
+        self: Box<Self>,
+        publish: watch::Sender<Option<Arc<ClusterState>>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+    /// What the source is, for logs (`dir:/etc/podwall`).
+    fn describe(&self) -> String;
+}
+
 /// The compiled policies, as connection handlers see them.
 pub type PolicyReceiver = watch::Receiver<Option<Arc<PodPolicy>>>;
 

@@ -223,15 +223,13 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let paths = vec![PathBuf::from(dir)];
-    let poll = args.poll_interval;
+    let source = Box::new(DirSource {
+        path: PathBuf::from(dir),
+        poll: args.poll_interval,
+    });
     let result = runtime.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        tokio::spawn(podwall_control::source::dir_watch::watch_paths(
-            paths, poll, tx,
-        ));
         tokio::select! {
-            r = podwall_proxy::run(config, rx) => r,
+            r = podwall_proxy::run(config, source) => r,
             _ = shutdown_signal() => {
                 tracing::info!("stopping");
                 Ok(())
@@ -244,6 +242,29 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
             eprintln!("podwall: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--policy-source dir:PATH`: the control crate's directory watch, as the sidecar's source.
+struct DirSource {
+    path: PathBuf,
+    poll: Duration,
+}
+
+impl podwall_proxy::PolicySource for DirSource {
+    fn run(
+        self: Box<Self>,
+        publish: tokio::sync::watch::Sender<Option<std::sync::Arc<podwall_policy::ClusterState>>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(podwall_control::source::dir_watch::watch_paths(
+            vec![self.path],
+            self.poll,
+            publish,
+        ))
+    }
+
+    fn describe(&self) -> String {
+        format!("dir:{} (every {:?})", self.path.display(), self.poll)
     }
 }
 

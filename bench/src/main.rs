@@ -1,0 +1,591 @@
+//! `podwall-bench`: client pod -> server pod in network namespaces, measured directly, through
+//! the podwall sidecar and through haproxy in the same slot (same iptables redirect, same uid),
+//! in one run. Needs root, iperf3, wrk, nginx and haproxy.
+//!
+//! `cargo build --release && target/release/podwall-bench --json bench.json`
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use podwall_sandbox::{Inject, Options, Sandbox, run_in};
+use serde::Serialize;
+
+/// Measure the sidecar against the direct path and haproxy.
+#[derive(Parser, Debug)]
+#[command(name = "podwall-bench", version)]
+struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent HTTP connections (wrk).
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The podwall binary (default: next to this one).
+    #[arg(long)]
+    podwall: Option<PathBuf>,
+    /// Sidecar worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Skip haproxy.
+    #[arg(long)]
+    no_haproxy: bool,
+}
+
+const CLIENT: &str = "bench/client";
+const SERVER: &str = "bench/server";
+const IPERF_PORT: u16 = 5201;
+const HTTP_PORT: u16 = 8080;
+const TOPOLOGY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: bench, labels: {app: client}}
+status: {podIP: 10.66.0.1, hostIP: 192.168.66.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: bench, labels: {app: server}}
+status: {podIP: 10.66.0.2, hostIP: 192.168.66.1}
+---
+# Enforced on every connection: the client may reach the server's two ports, nothing else.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: bench}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: server}}}]
+    ports: [{port: 5201}, {port: 8080}]
+"#;
+
+/// What was measured for one path.
+#[derive(Clone, Debug, Default, Serialize)]
+struct PathResult {
+    name: String,
+    bulk_gbit_s: f64,
+    bulk_proxy_cpu_s_per_gb: Option<f64>,
+    keepalive_rps: f64,
+    keepalive_p50_ms: f64,
+    keepalive_p99_ms: f64,
+    keepalive_proxy_cpu_us_per_request: Option<f64>,
+    new_conn_rps: f64,
+    new_conn_p50_ms: f64,
+    new_conn_p99_ms: f64,
+    new_conn_proxy_cpu_us_per_request: Option<f64>,
+    rss_idle_mb: Option<f64>,
+    rss_peak_mb: Option<f64>,
+    rss_1000_connections_mb: Option<f64>,
+}
+
+/// A proxy process to watch: its CPU time and memory.
+struct Proxy {
+    child: Child,
+}
+
+impl Proxy {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// utime + stime in seconds.
+    fn cpu(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces, so split after the last ')').
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        (ticks(11) + ticks(12)) / clock_ticks()
+    }
+    fn status_mb(&self, key: &str) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|v| v as f64)
+        .unwrap_or(100.0)
+}
+
+fn netns_cmd(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    c
+}
+
+fn output(mut cmd: Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// iperf3 bulk throughput in Gbit/s.
+fn iperf(ns: &str, dst: &str, seconds: u64) -> Result<f64, String> {
+    let out = output(netns_cmd(
+        ns,
+        &[
+            "iperf3",
+            "-c",
+            dst,
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ],
+    ))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("iperf3 JSON: {e}"))?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .ok_or_else(|| format!("iperf3 said: {out}"))
+}
+
+/// wrk: (requests per second, p50 ms, p99 ms, requests).
+fn wrk(
+    ns: &str,
+    url: &str,
+    seconds: u64,
+    connections: u32,
+    close: bool,
+) -> Result<(f64, f64, f64, f64), String> {
+    let c = connections.to_string();
+    let d = format!("{seconds}s");
+    let mut args = vec!["wrk", "-t1", "-c", &c, "-d", &d, "--latency"];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = output(netns_cmd(ns, &args))?;
+    let ms = |s: &str| -> f64 {
+        let s = s.trim();
+        if let Some(v) = s.strip_suffix("us") {
+            v.parse::<f64>().unwrap_or(0.0) / 1000.0
+        } else if let Some(v) = s.strip_suffix("ms") {
+            v.parse().unwrap_or(0.0)
+        } else if let Some(v) = s.strip_suffix('s') {
+            v.parse::<f64>().unwrap_or(0.0) * 1000.0
+        } else {
+            0.0
+        }
+    };
+    let mut rps = 0.0;
+    let (mut p50, mut p99, mut total) = (0.0, 0.0, 0.0);
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            p50 = ms(v);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            p99 = ms(v);
+        } else if t.contains("requests in") {
+            total = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    if rps == 0.0 {
+        return Err(format!("wrk said: {out}"));
+    }
+    Ok((rps, p50, p99, total))
+}
+
+fn start_servers(sb: &Sandbox, dir: &Path) -> Result<Vec<Child>, String> {
+    let ns = &sb.pod(SERVER).ok_or("no server pod")?.netns;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  server {{ listen {HTTP_PORT} reuseport backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+            pid = dir.join("nginx.pid").display(),
+            tmp = dir.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let nginx = netns_cmd(
+        ns,
+        &[
+            "nginx",
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &dir.display().to_string(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .map_err(|e| format!("nginx: {e}"))?;
+    let iperf = netns_cmd(ns, &["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+        .stdout(Stdio::null())
+        // It complains about the readiness probe's empty connection.
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    let ip = sb.pod(SERVER).ok_or("no server pod")?.ip;
+    let ns2 = ns.clone();
+    let start = Instant::now();
+    loop {
+        let ok = run_in(&ns2, move || {
+            [IPERF_PORT, HTTP_PORT].iter().all(|p| {
+                TcpStream::connect_timeout(&SocketAddr::new(ip, *p), Duration::from_millis(200))
+                    .is_ok()
+            })
+        })
+        .unwrap_or(false);
+        if ok {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err("servers did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(vec![nginx, iperf])
+}
+
+/// Holds 1000 idle connections through the proxy and reads its RSS meanwhile.
+fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<f64> {
+    let conns = run_in(ns, move || {
+        if let Ok((_, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
+        }
+        (0..1000)
+            .filter_map(|_| TcpStream::connect_timeout(&dst, Duration::from_secs(5)).ok())
+            .collect::<Vec<_>>()
+    })
+    .ok()?;
+    // Each connection carries one request, so every one has moved bytes both ways.
+    for mut c in &conns {
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = if conns.len() == 1000 {
+        proxy.status_mb("VmRSS:")
+    } else {
+        None
+    };
+    drop(conns);
+    rss
+}
+
+fn measure(
+    name: &str,
+    sb: &Sandbox,
+    args: &Args,
+    proxy: Option<&Proxy>,
+    haproxy_for: Option<&dyn Fn(u16) -> Result<Proxy, String>>,
+) -> Result<PathResult, String> {
+    let client = sb.pod(CLIENT).ok_or("no client")?.netns.clone();
+    let server_ip = sb.pod(SERVER).ok_or("no server")?.ip;
+    let url = format!("http://{server_ip}:{HTTP_PORT}/");
+    let mut r = PathResult {
+        name: name.to_string(),
+        ..PathResult::default()
+    };
+    eprintln!("[{name}] bulk TCP (iperf3, {}s)", args.duration);
+    // haproxy cannot read the original destination: one instance per server port.
+    let mut held: Option<Proxy> = match haproxy_for {
+        Some(f) => Some(f(IPERF_PORT)?),
+        None => None,
+    };
+    let p = held.as_ref().or(proxy);
+    if let Some(p) = p {
+        r.rss_idle_mb = p.status_mb("VmRSS:");
+    }
+    let cpu0 = p.map(Proxy::cpu);
+    r.bulk_gbit_s = iperf(&client, &server_ip.to_string(), args.duration)?;
+    if let (Some(p), Some(c0)) = (p, cpu0) {
+        let gb = r.bulk_gbit_s / 8.0 * args.duration as f64;
+        r.bulk_proxy_cpu_s_per_gb = Some((p.cpu() - c0) / gb);
+    }
+    if let Some(f) = haproxy_for {
+        drop(held.take()); // frees 127.0.0.1:15001 for the next instance
+        held = Some(f(HTTP_PORT)?);
+    }
+    let p = held.as_ref().or(proxy);
+    eprintln!(
+        "[{name}] keep-alive HTTP (wrk, {} connections)",
+        args.connections
+    );
+    let c0 = p.map(Proxy::cpu);
+    let (rps, p50, p99, total) = wrk(&client, &url, args.duration, args.connections, false)?;
+    (r.keepalive_rps, r.keepalive_p50_ms, r.keepalive_p99_ms) = (rps, p50, p99);
+    if let (Some(p), Some(c0)) = (p, c0) {
+        r.keepalive_proxy_cpu_us_per_request = Some((p.cpu() - c0) / total * 1e6);
+    }
+    eprintln!("[{name}] a new connection per request (wrk, Connection: close)");
+    let c0 = p.map(Proxy::cpu);
+    let (rps, p50, p99, total) = wrk(&client, &url, args.duration, args.connections, true)?;
+    (r.new_conn_rps, r.new_conn_p50_ms, r.new_conn_p99_ms) = (rps, p50, p99);
+    if let (Some(p), Some(c0)) = (p, c0) {
+        r.new_conn_proxy_cpu_us_per_request = Some((p.cpu() - c0) / total * 1e6);
+        r.rss_peak_mb = p.status_mb("VmHWM:");
+        eprintln!("[{name}] 1000 connections held");
+        r.rss_1000_connections_mb =
+            rss_with_1000(&client, SocketAddr::new(server_ip, HTTP_PORT), p);
+    }
+    Ok(r)
+}
+
+fn init_rules(sb: &Sandbox, podwall: &Path, remove: bool) -> Result<(), String> {
+    let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
+    let mut args = vec!["proxy", "init", "--capture-dns", "false"];
+    if remove {
+        args.push("--remove");
+    }
+    let mut cmd = netns_cmd(ns, &[&podwall.display().to_string()]);
+    cmd.args(&args);
+    output(cmd).map(|_| ())
+}
+
+fn wait_listening(ns: &str, port: u16) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if run_in(ns, move || TcpStream::connect(("127.0.0.1", port)).is_ok()).unwrap_or(false) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("nothing listens on {port} in {ns}"))
+}
+
+fn run(args: &Args) -> Result<Vec<PathResult>, String> {
+    let podwall = match &args.podwall {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("podwall"),
+    };
+    if !podwall.exists() {
+        return Err(format!(
+            "{} not found: build it (cargo build --release) or pass --podwall",
+            podwall.display()
+        ));
+    }
+    let work = std::env::temp_dir().join(format!("podwall-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("cluster.yaml"), TOPOLOGY).map_err(|e| e.to_string())?;
+    let sb = Sandbox::up(
+        &work,
+        &Options {
+            name: "bench".into(),
+            inject: Inject::None,
+            exe: podwall.clone(),
+            sidecar_args: Vec::new(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let _servers = start_servers(&sb, &work)?;
+        let client_ns = sb.pod(CLIENT).ok_or("no client")?.netns.clone();
+        let server_ip = sb.pod(SERVER).ok_or("no server")?.ip;
+        let mut results = vec![measure("direct", &sb, args, None, None)?];
+
+        init_rules(&sb, &podwall, false)?;
+        let sidecar = netns_cmd(
+            &client_ns,
+            &[
+                "setpriv",
+                "--reuid",
+                "1337",
+                "--regid",
+                "1337",
+                "--clear-groups",
+                &podwall.display().to_string(),
+            ],
+        )
+        .args([
+            "proxy",
+            "run",
+            "--pod-namespace",
+            "bench",
+            "--pod-name",
+            "client",
+            "--threads",
+            &args.threads.to_string(),
+        ])
+        .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sidecar: {e}"))?;
+        let sidecar = Proxy { child: sidecar };
+        wait_listening(&client_ns, 15020)?;
+        std::thread::sleep(Duration::from_millis(500));
+        results.push(measure("podwall", &sb, args, Some(&sidecar), None)?);
+        drop(sidecar);
+
+        if !args.no_haproxy {
+            // Same slot: the same redirect to 15001, haproxy as uid 1337, forwarding to the
+            // server port under test (it cannot read the original destination).
+            let work2 = work.clone();
+            let ns = client_ns.clone();
+            let start_haproxy = move |port: u16| -> Result<Proxy, String> {
+                let cfg = work2.join(format!("haproxy-{port}.cfg"));
+                std::fs::write(
+                    &cfg,
+                    format!(
+                        "global\n  maxconn 8000\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend f\n  bind 127.0.0.1:15001\n  default_backend b\nbackend b\n  server s {server_ip}:{port}\n"
+                    ),
+                )
+                .map_err(|e| e.to_string())?;
+                let child = netns_cmd(
+                    &ns,
+                    &[
+                        "setpriv",
+                        "--reuid",
+                        "1337",
+                        "--regid",
+                        "1337",
+                        "--clear-groups",
+                        "haproxy",
+                        "-db",
+                        "-f",
+                        &cfg.display().to_string(),
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("haproxy: {e}"))?;
+                let p = Proxy { child };
+                wait_listening(&ns, 15001).map_err(|e| {
+                    format!(
+                        "haproxy did not start ({e}); run `haproxy -c -f {}`",
+                        cfg.display()
+                    )
+                })?;
+                Ok(p)
+            };
+            results.push(measure("haproxy", &sb, args, None, Some(&start_haproxy))?);
+        }
+        init_rules(&sb, &podwall, true)?;
+        Ok(results)
+    })();
+    let _ = sb.down();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn table(results: &[PathResult]) -> String {
+    let direct = &results[0];
+    let haproxy = results.iter().find(|r| r.name == "haproxy");
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:>12} {:>12} {:>12}   {:>10} {:>12}",
+        "", "direct", "podwall", "haproxy", "podwall/", "podwall/"
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>12} {:>12} {:>12}   {:>10} {:>12}",
+        "", "", "", "", "direct", "haproxy"
+    );
+    let get = |name: &str| results.iter().find(|r| r.name == name);
+    type F = fn(&PathResult) -> Option<f64>;
+    let rows: [(&str, F); 13] = [
+        ("bulk TCP (Gbit/s)", |r| Some(r.bulk_gbit_s)),
+        ("  proxy CPU-s per GB", |r| r.bulk_proxy_cpu_s_per_gb),
+        ("keep-alive HTTP (req/s)", |r| Some(r.keepalive_rps)),
+        ("  p50 (ms)", |r| Some(r.keepalive_p50_ms)),
+        ("  p99 (ms)", |r| Some(r.keepalive_p99_ms)),
+        ("  proxy CPU per request (us)", |r| {
+            r.keepalive_proxy_cpu_us_per_request
+        }),
+        ("new connection per request (req/s)", |r| {
+            Some(r.new_conn_rps)
+        }),
+        ("  p50 (ms)", |r| Some(r.new_conn_p50_ms)),
+        ("  p99 (ms)", |r| Some(r.new_conn_p99_ms)),
+        ("  proxy CPU per request (us)", |r| {
+            r.new_conn_proxy_cpu_us_per_request
+        }),
+        ("proxy RSS idle (MB)", |r| r.rss_idle_mb),
+        ("proxy RSS peak under load (MB)", |r| r.rss_peak_mb),
+        ("proxy RSS holding 1000 conns (MB)", |r| {
+            r.rss_1000_connections_mb
+        }),
+    ];
+    for (label, f) in rows {
+        let cell = |r: Option<&PathResult>| {
+            r.and_then(f)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let pw = get("podwall").and_then(f);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{label:<34} {:>12} {:>12} {:>12}   {:>10} {:>12}",
+            cell(Some(direct)),
+            cell(get("podwall")),
+            cell(haproxy),
+            ratio(pw, f(direct)),
+            ratio(pw, haproxy.and_then(f)),
+        );
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(results) => {
+            print!("{}", table(&results));
+            if let Some(path) = &args.json
+                && let Err(e) = std::fs::write(
+                    path,
+                    serde_json::to_string_pretty(&results).unwrap_or_default(),
+                )
+            {
+                eprintln!("podwall-bench: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("podwall-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
