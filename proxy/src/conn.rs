@@ -204,8 +204,8 @@ fn describe(
     let engine = &policy.engine;
     event.source = flow::peer(Some(engine), source);
     event.destination = flow::peer(Some(engine), destination);
-    event.egress = Some(flow::side(engine, verdict, &verdict.egress));
-    event.ingress = Some(flow::side(engine, verdict, &verdict.ingress));
+    event.egress = Some(flow::side(engine, &verdict.egress));
+    event.ingress = Some(flow::side(engine, &verdict.ingress));
 }
 
 fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {

@@ -132,8 +132,8 @@ async fn answer(
             let verdict = p.outbound(resolver.ip(), Protocol::Udp, resolver.port());
             event.source = flow::peer(Some(&p.engine), client);
             event.destination = flow::peer(Some(&p.engine), resolver);
-            event.egress = Some(flow::side(&p.engine, &verdict, &verdict.egress));
-            event.ingress = Some(flow::side(&p.engine, &verdict, &verdict.ingress));
+            event.egress = Some(flow::side(&p.engine, &verdict.egress));
+            event.ingress = Some(flow::side(&p.engine, &verdict.ingress));
             event.verdict = p.flow_verdict(&verdict);
         }
     }

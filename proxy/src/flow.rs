@@ -3,10 +3,8 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use podwall_policy::{Decision, Direction, Engine, Protocol, SideVerdict, Verdict};
+use podwall_policy::{Decision, Direction, Engine, Protocol, SideVerdict};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 
 /// What happened to the flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -103,14 +101,14 @@ pub fn peer(engine: Option<&Engine>, addr: SocketAddr) -> FlowPeer {
 }
 
 /// One side of a verdict, for the event.
-pub fn side(engine: &Engine, verdict: &Verdict, side: &SideVerdict) -> FlowSide {
+pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
     let (reason, rule) = match side.decision {
         Decision::NotAPod => ("not-a-pod", None),
         Decision::HostNetwork => ("host-network", None),
         Decision::NotIsolated => ("not-isolated", None),
         Decision::SamePod => ("same-pod", None),
         Decision::OwnNode => ("own-node", None),
-        Decision::Rule(r) => ("rule", Some(engine.rule_info(r, Some(verdict)))),
+        Decision::Rule(r) => ("rule", Some(r)),
         Decision::NoRuleMatched => ("no-rule-matched", None),
     };
     let isolated_by = if side.decision == Decision::NoRuleMatched {
@@ -123,41 +121,60 @@ pub fn side(engine: &Engine, verdict: &Verdict, side: &SideVerdict) -> FlowSide 
     } else {
         Vec::new()
     };
+    // Only the policy and the rule's place: `podwall analyze check` explains it in full.
     FlowSide {
         allowed: side.allowed(),
         reason,
-        policy: rule.as_ref().map(|r| r.policy.clone()),
-        rule: rule.map(|r| r.field),
+        policy: rule.map(|r| engine.state().policy(r.policy).name.to_string()),
+        rule: rule.map(|r| format!("spec.{}[{}]", r.direction, r.index)),
         isolated_by,
     }
 }
 
-/// Sends events to the writer task without waiting; if the writer falls behind by more than the
-/// queue, events are dropped and counted rather than slowing connections down.
+/// Sends events to the writer thread without waiting; if the writer falls behind by more than
+/// the queue, events are dropped and counted rather than slowing connections down.
+///
+/// The writer is a plain thread with a buffered stdout: connection tasks never wait on it, and
+/// under load it writes many events per wake-up. (tokio's stdout would hand every write to the
+/// blocking pool: a thread switch per event.)
 #[derive(Clone, Debug)]
 pub struct FlowLog {
-    tx: mpsc::Sender<FlowEvent>,
+    tx: std::sync::mpsc::SyncSender<FlowEvent>,
     dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl FlowLog {
-    /// Starts the writer task, writing JSON lines to stdout.
+    /// Starts the writer thread, writing JSON lines to stdout.
     pub fn stdout(dropped: prometheus_client::metrics::counter::Counter) -> Self {
-        let (tx, mut rx) = mpsc::channel::<FlowEvent>(4096);
-        tokio::spawn(async move {
-            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
-            while let Some(event) = rx.recv().await {
-                let mut line = serde_json::to_vec(&event).unwrap_or_default();
-                line.push(b'\n');
-                if out.write_all(&line).await.is_err() {
-                    break;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<FlowEvent>(8192);
+        let spawned = std::thread::Builder::new()
+            .name("flow-log".into())
+            .spawn(move || {
+                use std::io::Write;
+                let mut out =
+                    std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+                while let Ok(first) = rx.recv() {
+                    let mut event = Some(first);
+                    while let Some(e) = event {
+                        if serde_json::to_writer(&mut out, &e).is_err()
+                            || out.write_all(b"\n").is_err()
+                        {
+                            return;
+                        }
+                        event = rx.try_recv().ok();
+                    }
+                    // The queue is empty: flush, then let events gather for a moment. While this thread
+                    // sleeps, senders never have to wake it, which keeps a futex call off every
+                    // connection under load; lines still appear within a few milliseconds.
+                    if out.flush().is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
-                // Flush once the queue is empty, so lines appear promptly but in batches under load.
-                if rx.is_empty() && out.flush().await.is_err() {
-                    break;
-                }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the flow log writer; flow events are dropped");
+        }
         FlowLog { tx, dropped }
     }
 

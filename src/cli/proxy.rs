@@ -212,11 +212,16 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     config.audit = args.audit;
     config.keep_revoked = args.keep_revoked_connections;
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-    {
+    // One thread: tokio's current-thread scheduler, with no cross-thread work stealing to pay
+    // for; more: the multi-thread one.
+    let mut builder = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("podwall: cannot start the runtime: {e}");
