@@ -579,3 +579,43 @@ pub fn down(name: &str) -> Result<(), SandboxError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podwall_policy::Loader;
+
+    #[test]
+    fn pods_without_addresses_get_free_ones_and_a_node() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nstatus: {podIP: 10.88.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: c}\nstatus: {podIP: 'fd00::3', hostIP: 192.168.1.7}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: h}\nspec: {hostNetwork: true}\nstatus: {hostIP: 192.168.1.9}\n";
+        let mut loader = Loader::new();
+        loader.add_yaml("t.yaml", text).expect("yaml");
+        let (mut state, _) = loader.finish();
+        assign_addresses(&mut state);
+        let ip = |i: usize| {
+            state.pods[i]
+                .ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ip(0), ["10.88.0.1"], "kept");
+        assert_eq!(ip(1), ["10.88.0.2"], "the next free one");
+        assert_eq!(
+            ip(2),
+            ["10.88.0.3", "fd00::3"],
+            "an IPv4 address first, the IPv6 one kept"
+        );
+        assert_eq!(
+            ip(3),
+            ["192.168.1.9"],
+            "a host-network pod has its node's address"
+        );
+        assert_eq!(
+            state.pods[1].host_ips[0].to_string(),
+            "192.168.88.1",
+            "the default node"
+        );
+        assert_eq!(state.pods[2].host_ips[0].to_string(), "192.168.1.7");
+    }
+}
