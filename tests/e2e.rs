@@ -505,21 +505,8 @@ fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
         .args(["netns", "exec", &ns, PODWALL, "proxy", "init"])
         .status()
         .expect("init");
-    let mut sidecar = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            PODWALL,
-            "proxy",
-            "run",
-        ])
+    let mut sidecar = podwall_sandbox::as_proxy_in(&ns, PODWALL)
+        .args(["proxy", "run"])
         .arg(format!("--policy-source=dir:{}", empty.path().display()))
         .args(["--pod-namespace", "t", "--pod-name", "client"])
         .stdout(std::process::Stdio::null())

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use podwall_sandbox::{Inject, Options, Sandbox, run_in};
+use podwall_sandbox::{Inject, Options, Sandbox, as_proxy_in, run_in};
 use serde::Serialize;
 
 /// Measure the sidecar against the direct path and haproxy.
@@ -419,33 +419,22 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
         let mut results = vec![measure("direct", &sb, args, None, None)?];
 
         init_rules(&sb, &podwall, false)?;
-        let sidecar = netns_cmd(
-            &client_ns,
-            &[
-                "setpriv",
-                "--reuid",
-                "1337",
-                "--regid",
-                "1337",
-                "--clear-groups",
-                &podwall.display().to_string(),
-            ],
-        )
-        .args([
-            "proxy",
-            "run",
-            "--pod-namespace",
-            "bench",
-            "--pod-name",
-            "client",
-            "--threads",
-            &args.threads.to_string(),
-        ])
-        .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("sidecar: {e}"))?;
+        let sidecar = as_proxy_in(&client_ns, &podwall.display().to_string())
+            .args([
+                "proxy",
+                "run",
+                "--pod-namespace",
+                "bench",
+                "--pod-name",
+                "client",
+                "--threads",
+                &args.threads.to_string(),
+            ])
+            .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("sidecar: {e}"))?;
         let sidecar = Proxy { child: sidecar };
         wait_listening(&client_ns, 15020)?;
         std::thread::sleep(Duration::from_millis(500));
@@ -466,25 +455,12 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
                     ),
                 )
                 .map_err(|e| e.to_string())?;
-                let child = netns_cmd(
-                    &ns,
-                    &[
-                        "setpriv",
-                        "--reuid",
-                        "1337",
-                        "--regid",
-                        "1337",
-                        "--clear-groups",
-                        "haproxy",
-                        "-db",
-                        "-f",
-                        &cfg.display().to_string(),
-                    ],
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("haproxy: {e}"))?;
+                let child = as_proxy_in(&ns, "haproxy")
+                    .args(["-db", "-f", &cfg.display().to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("haproxy: {e}"))?;
                 let p = Proxy { child };
                 wait_listening(&ns, 15001).map_err(|e| {
                     format!(

@@ -204,6 +204,27 @@ fn assign_addresses(state: &mut ClusterState) {
     }
 }
 
+/// `program` in the namespace `ns`, as the proxy's uid and gid, with no supplementary groups:
+/// how sidecars (and the peer proxies the bench compares) run, so that the init rules leave
+/// their own connections alone.
+pub fn as_proxy_in(ns: &str, program: &str) -> Command {
+    let uid = PROXY_UID.to_string();
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        program,
+    ]);
+    cmd
+}
+
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child, SandboxError> {
     let out = fs::File::create(log).map_err(file_error(log))?;
     let err = out.try_clone().map_err(file_error(log))?;
@@ -430,21 +451,8 @@ impl Sandbox {
                 });
             }
             let (ns_name, pod_name) = pod.key.split_once('/').unwrap_or(("default", &pod.key));
-            let uid = PROXY_UID.to_string();
-            let mut cmd = Command::new("ip");
+            let mut cmd = as_proxy_in(&pod.netns, &exe);
             cmd.args([
-                "netns",
-                "exec",
-                &pod.netns,
-                "setpriv",
-                "--reuid",
-                &uid,
-                "--regid",
-                &uid,
-                "--clear-groups",
-                &exe,
-            ])
-            .args([
                 "proxy",
                 "run",
                 "--pod-namespace",
