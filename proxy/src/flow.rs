@@ -139,14 +139,16 @@ pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
 /// blocking pool: a thread switch per event.)
 #[derive(Clone, Debug)]
 pub struct FlowLog {
-    tx: std::sync::mpsc::SyncSender<FlowEvent>,
+    // Boxed: a bounded std channel allocates every slot up front, and 8192 events inline would
+    // cost megabytes of memory on an idle sidecar.
+    tx: std::sync::mpsc::SyncSender<Box<FlowEvent>>,
     dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl FlowLog {
     /// Starts the writer thread, writing JSON lines to stdout.
     pub fn stdout(dropped: prometheus_client::metrics::counter::Counter) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<FlowEvent>(8192);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Box<FlowEvent>>(8192);
         let spawned = std::thread::Builder::new()
             .name("flow-log".into())
             .spawn(move || {
@@ -180,7 +182,7 @@ impl FlowLog {
 
     /// Queues an event.
     pub fn emit(&self, event: FlowEvent) {
-        if self.tx.try_send(event).is_err() {
+        if self.tx.try_send(Box::new(event)).is_err() {
             self.dropped.inc();
         }
     }
