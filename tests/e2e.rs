@@ -661,3 +661,129 @@ fn down_after_a_killed_up_removes_everything() {
         .collect();
     assert!(survivors.is_empty(), "{survivors:#?}");
 }
+
+#[test]
+fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() {
+    if !ready_for("ipv6_connections_are_redirected_judged_and_keep_their_original_destination") {
+        return;
+    }
+    if !Command::new("sh")
+        .args(["-c", "command -v ip6tables"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        panic!("ip6tables is part of the iptables package and must be there");
+    }
+    let (c, s) = ("pw-e2e-v6c", "pw-e2e-v6s");
+    for ns in [c, s] {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .expect("ip")
+                .success()
+        );
+    }
+    let ip = |args: &[&str]| {
+        assert!(
+            Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip")
+                .success(),
+            "ip {args:?}"
+        )
+    };
+    ip(&[
+        "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", s,
+    ]);
+    for (ns, addr) in [(c, "fd77::1/64"), (s, "fd77::2/64")] {
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+    }
+    let policy = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        policy.path().join("state.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: v6, labels: {app: client}}\nstatus: {podIP: 'fd77::1'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: v6, labels: {app: server}}\nstatus: {podIP: 'fd77::2'}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: v6}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 'fd77::2/128'}}]\n    ports: [{port: 8080}]\n",
+    )
+    .expect("write");
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            s,
+            PODWALL,
+            "sandbox",
+            "serve",
+            "--pod",
+            "v6/server",
+            "--tcp",
+            "8080,9090",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("server");
+    let init = Command::new("ip")
+        .args(["netns", "exec", c, PODWALL, "proxy", "init"])
+        .output()
+        .expect("init");
+    assert!(
+        String::from_utf8_lossy(&init.stderr).contains("ip6tables rules installed"),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let flows = policy.path().join("flows.jsonl");
+    let mut sidecar = podwall_sandbox::as_proxy_in(c, PODWALL)
+        .args([
+            "proxy",
+            "run",
+            "--pod-namespace",
+            "v6",
+            "--pod-name",
+            "client",
+        ])
+        .arg(format!(
+            "--policy-source=dir:{}",
+            policy.path().join("state.yaml").display()
+        ))
+        .stdout(std::fs::File::create(&flows).expect("flows"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sidecar");
+    wait_for("the sidecar to be ready", Duration::from_secs(10), || {
+        run_in(c, || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.contains(" 200 ")
+        })
+        .unwrap_or(false)
+    });
+    let server_addr: IpAddr = "fd77::2".parse().expect("ip");
+    let allowed = connect(c, SocketAddr::new(server_addr, 8080));
+    let denied = connect(c, SocketAddr::new(server_addr, 9090));
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    let log = std::fs::read_to_string(&flows).unwrap_or_default();
+    for ns in [c, s] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let (_, greeting) = allowed.expect("allowed over IPv6");
+    assert!(greeting.contains("port 8080 from [fd77::1]:"), "{greeting}");
+    assert!(denied.is_err(), "{denied:?}");
+    assert!(
+        log.contains("\"verdict\":\"DENIED\"") && log.contains("\"ip\":\"fd77::2\",\"port\":9090"),
+        "{log}"
+    );
+}

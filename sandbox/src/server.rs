@@ -15,7 +15,23 @@ pub const GREETING: &str = "podwall-sandbox";
 
 /// The greeting for a connection to `pod` on `local` from `peer`.
 pub fn greeting(pod: &str, local: SocketAddr, peer: SocketAddr) -> String {
+    // The listener is dual-stack: show IPv4 peers as IPv4.
+    let peer = match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    };
     format!("{GREETING} {pod} port {} from {peer}\n", local.port())
+}
+
+/// A TCP listener on every address of both families (IPv4 only where IPv6 is off).
+async fn listen_tcp(port: u16) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(("::", port)).await {
+        Ok(l) => Ok(l),
+        Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
+    }
 }
 
 /// Serves the ports until the process ends. Binding failures are returned at once.
@@ -29,7 +45,7 @@ pub async fn serve(pod: String, tcp: Vec<u16>, udp: Vec<u16>) -> std::io::Result
     }
     let mut tasks = Vec::new();
     for port in tcp {
-        let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+        let listener = listen_tcp(port).await?;
         let pod = pod.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -65,7 +81,10 @@ pub async fn serve(pod: String, tcp: Vec<u16>, udp: Vec<u16>) -> std::io::Result
         }));
     }
     for port in udp {
-        let socket = UdpSocket::bind(("0.0.0.0", port)).await?;
+        let socket = match UdpSocket::bind(("::", port)).await {
+            Ok(s) => s,
+            Err(_) => UdpSocket::bind(("0.0.0.0", port)).await?,
+        };
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
