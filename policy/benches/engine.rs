@@ -121,6 +121,8 @@ fn cluster(pods: usize, policies: usize) -> ClusterState {
                 ],
             };
             let rule = Rule {
+                http: None,
+                field: String::new(),
                 peers,
                 ports: vec![
                     PortSpec {
@@ -144,6 +146,11 @@ fn cluster(pods: usize, policies: usize) -> ClusterState {
                 ingress: Some(vec![rule.clone()]),
                 egress: (i % 2 == 0).then(|| vec![rule]),
                 policy_types_explicit: true,
+                namespace_selector: None,
+                default_deny: podwall_policy::DefaultDeny {
+                    ingress: true,
+                    egress: i % 2 == 0,
+                },
             }
         })
         .collect();

@@ -1,6 +1,6 @@
 //! The compiled policy: built once from a [`ClusterState`], then asked for verdicts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -27,6 +27,9 @@ pub struct Engine {
     /// Per pod, the ingress and egress tables (`None`: not isolated in that direction).
     tables: Vec<[Option<Arc<DirectionTable>>; 2]>,
     by_ip: HashMap<IpAddr, PodId>,
+    /// Every node address (pods' host addresses): what Cilium's `host`, `remote-node` and
+    /// `cluster` entities mean.
+    nodes: HashSet<IpAddr>,
 }
 
 fn dir_index(direction: Direction) -> usize {
@@ -99,7 +102,13 @@ impl Engine {
                     .unwrap_or_default()
                 {
                     let policy = state.policy(pid);
-                    if !policy.pod_selector.matches(&ident.labels) {
+                    let ns_labels = &state.namespaces[ident.namespace].labels;
+                    if !policy.pod_selector.matches(&ident.labels)
+                        || policy
+                            .namespace_selector
+                            .as_ref()
+                            .is_some_and(|s| !s.matches(ns_labels))
+                    {
                         continue;
                     }
                     for direction in [Direction::Ingress, Direction::Egress] {
@@ -118,6 +127,11 @@ impl Engine {
             policy_rules,
             tables: Vec::with_capacity(state.pods.len()),
             by_ip: HashMap::new(),
+            nodes: state
+                .pods
+                .iter()
+                .flat_map(|p| p.host_ips.iter().copied())
+                .collect(),
             state,
         };
         let mut interned: HashMap<TableKey, Arc<DirectionTable>> = HashMap::new();
@@ -126,7 +140,11 @@ impl Engine {
             if let Some(ident) = engine.identities.of_pod[pod_id.0 as usize] {
                 for direction in [Direction::Ingress, Direction::Egress] {
                     let policies = &selecting[ident as usize][dir_index(direction)];
-                    if policies.is_empty() {
+                    // Rules of every selecting policy count, but only once one of them isolates.
+                    if !policies
+                        .iter()
+                        .any(|p| engine.state.policy(*p).default_deny.get(direction))
+                    {
                         continue;
                     }
                     let pod = engine.state.pod(pod_id);
@@ -222,12 +240,12 @@ impl Engine {
                 }
             }
         }
-        DirectionTable::build(
-            policies.to_vec(),
-            entries,
-            &self.rules,
-            self.identities.len(),
-        )
+        let isolating = policies
+            .iter()
+            .copied()
+            .filter(|p| self.state.policy(*p).default_deny.get(direction))
+            .collect();
+        DirectionTable::build(isolating, entries, &self.rules, self.identities.len())
     }
 
     /// The state this engine was compiled from.
@@ -350,15 +368,27 @@ impl Engine {
         }
     }
 
-    fn peer_view(&self, e: Endpoint, ip: Option<IpAddr>) -> PeerView {
+    /// The other end of a connection as the rules of `subject` (a pod, for the node entities)
+    /// see it.
+    fn peer_view(&self, e: Endpoint, ip: Option<IpAddr>, subject: Endpoint) -> PeerView {
+        let own_nodes: &[IpAddr] = match subject {
+            Endpoint::Pod(p) => &self.state.pod(p).host_ips,
+            Endpoint::Ip(_) => &[],
+        };
+        let is_node = ip.is_some_and(|ip| self.nodes.contains(&ip));
+        let is_own_node = ip.is_some_and(|ip| own_nodes.contains(&ip));
         match e {
             Endpoint::Pod(p) => PeerView {
                 identity: self.identities.of_pod[p.0 as usize],
                 ip,
+                is_node,
+                is_own_node,
             },
             Endpoint::Ip(ip) => PeerView {
                 identity: None,
                 ip: Some(ip),
+                is_node,
+                is_own_node,
             },
         }
     }
@@ -389,7 +419,7 @@ impl Engine {
         if direction == Direction::Ingress && peer_ip.is_some_and(|ip| pod.host_ips.contains(&ip)) {
             return Err(Decision::OwnNode);
         }
-        Ok((table, self.peer_view(peer, peer_ip)))
+        Ok((table, self.peer_view(peer, peer_ip, subject)))
     }
 
     /// The matchers that apply to the query's port: the numeric segment, and for egress the
@@ -438,21 +468,43 @@ impl Engine {
         };
         let isolated =
             pod.is_some_and(|p| self.tables[p.0 as usize][dir_index(direction)].is_some());
+        let mut http = None;
         let decision = match self.gate(direction, subject, peer, peer_ip, same_pod) {
             Err(decision) => decision,
-            Ok((table, view)) => self
-                .matchers(table, direction, peer, query)
-                .filter_map(|m| m.first_allowing(&view, &self.rules))
-                .min()
-                .map_or(Decision::NoRuleMatched, |rule| {
+            Ok((table, view)) => {
+                let first = self
+                    .matchers(table, direction, peer, query)
+                    .filter_map(|m| m.first_allowing(&view, &self.rules))
+                    .min();
+                // HTTP rules apply when every rule allowing this peer on this port has some;
+                // one rule without them (an L4-only allow) switches HTTP filtering off.
+                if first.is_some()
+                    && query.protocol == Protocol::Tcp
+                    && self
+                        .matchers(table, direction, peer, query)
+                        .any(|m| m.has_http)
+                {
+                    let mut allowing: Vec<RuleId> = self
+                        .matchers(table, direction, peer, query)
+                        .flat_map(|m| m.all_allowing(&view, &self.rules))
+                        .collect();
+                    allowing.sort_unstable();
+                    allowing.dedup();
+                    if allowing.iter().all(|r| self.rules[*r as usize].http) {
+                        http = Some(allowing.into_iter().map(|r| self.rule_ref(r)).collect());
+                    }
+                }
+                first.map_or(Decision::NoRuleMatched, |rule| {
                     Decision::Rule(self.rule_ref(rule))
-                }),
+                })
+            }
         };
         SideVerdict {
             direction,
             pod,
             isolated,
             decision,
+            http,
         }
     }
 
@@ -492,8 +544,12 @@ impl Engine {
     /// rule has no peers (matches all), `None` when no peer matches.
     pub fn matching_peer(&self, rule: RuleRef, verdict: &Verdict) -> Option<Option<usize>> {
         let view = match rule.direction {
-            Direction::Egress => self.peer_view(verdict.query.dst, verdict.dst_ip),
-            Direction::Ingress => self.peer_view(verdict.query.src, verdict.src_ip),
+            Direction::Egress => {
+                self.peer_view(verdict.query.dst, verdict.dst_ip, verdict.query.src)
+            }
+            Direction::Ingress => {
+                self.peer_view(verdict.query.src, verdict.src_ip, verdict.query.dst)
+            }
         };
         self.rules[self.rule_id(rule) as usize].matching_peer(&view)
     }

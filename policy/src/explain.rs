@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::model::{Direction, NamespaceScope, Peer, Policy, PortSpec, Protocol, Rule};
+use crate::model::{Direction, Entity, NamespaceScope, Peer, Policy, PortSpec, Protocol, Rule};
 use crate::verdict::{Decision, Endpoint, RuleRef, SideVerdict, Verdict};
 
 /// One end of the connection, as reported.
@@ -331,6 +331,15 @@ pub fn describe_peer(peer: &Peer) -> String {
             }
         }
         Peer::IpBlock(block) => format!("addresses in {block}"),
+        Peer::ExternalCidr(block) => format!("addresses outside the cluster in {block}"),
+        Peer::Entity(e) => match e {
+            Entity::World => "the world (addresses outside the cluster)".to_string(),
+            Entity::Cluster => "the cluster (every pod and node)".to_string(),
+            Entity::Host => "the pod's own node".to_string(),
+            Entity::RemoteNode => "the other nodes".to_string(),
+            Entity::All => "anything".to_string(),
+            Entity::KubeApiserver => "the API server (unknown here: matches nothing)".to_string(),
+        },
     }
 }
 

@@ -40,9 +40,9 @@ pub use explain::{
 };
 pub use load::Loader;
 pub use model::{
-    ContainerPort, Direction, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope,
-    Origin, Peer, Pod, Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol, Rule,
-    UnknownProtocol,
+    ContainerPort, DefaultDeny, Direction, Entity, HeaderMatch, HeaderMismatch, HttpRule, IpBlock,
+    Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Origin, Peer, Pod, Policy, PolicyKind,
+    PolicyName, PortMatch, PortSpec, Protocol, Rule, UnknownProtocol,
 };
 pub use selector::{LabelSelector, Operator, Requirement};
 pub use state::{ClusterState, LoadReport, PodId, PolicyId};

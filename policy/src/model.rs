@@ -183,12 +183,18 @@ impl Pod {
 pub enum PolicyKind {
     /// `networking.k8s.io/v1` NetworkPolicy.
     NetworkPolicy,
+    /// `podwall.io/v1alpha1` PodwallPolicy (CiliumNetworkPolicy's shape).
+    PodwallPolicy,
+    /// `cilium.io/v2` CiliumNetworkPolicy, read as is.
+    CiliumNetworkPolicy,
 }
 
 impl fmt::Display for PolicyKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PolicyKind::NetworkPolicy => f.write_str("NetworkPolicy"),
+            PolicyKind::PodwallPolicy => f.write_str("PodwallPolicy"),
+            PolicyKind::CiliumNetworkPolicy => f.write_str("CiliumNetworkPolicy"),
         }
     }
 }
@@ -253,6 +259,9 @@ pub struct Policy {
     pub origin: Origin,
     /// Which pods of its namespace it applies to.
     pub pod_selector: LabelSelector,
+    /// For Cilium-shaped policies whose endpointSelector also tests namespace labels
+    /// (`io.cilium.k8s.namespace.labels.*`): a selector on the policy's own namespace.
+    pub namespace_selector: Option<LabelSelector>,
     /// `Some` when the policy isolates the selected pods for ingress (its `policyTypes`, explicit
     /// or defaulted, include Ingress); the rules are then its ingress allows, maybe none.
     pub ingress: Option<Vec<Rule>>,
@@ -260,6 +269,29 @@ pub struct Policy {
     pub egress: Option<Vec<Rule>>,
     /// False when `policyTypes` was absent and defaulted as the API server does.
     pub policy_types_explicit: bool,
+    /// Whether the policy isolates the pods it selects, per direction. A NetworkPolicy isolates
+    /// the directions it has; a Cilium-shaped policy those it has rules for, unless its
+    /// `enableDefaultDeny` says otherwise (its allows still count where others isolate).
+    pub default_deny: DefaultDeny,
+}
+
+/// Which directions a policy isolates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefaultDeny {
+    /// Ingress.
+    pub ingress: bool,
+    /// Egress.
+    pub egress: bool,
+}
+
+impl DefaultDeny {
+    /// For one direction.
+    pub fn get(self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => self.ingress,
+            Direction::Egress => self.egress,
+        }
+    }
 }
 
 impl Policy {
@@ -279,6 +311,100 @@ pub struct Rule {
     pub peers: Vec<Peer>,
     /// Empty (missing or `[]`) means every port of every protocol.
     pub ports: Vec<PortSpec>,
+    /// HTTP rules (Cilium `toPorts[].rules.http`): when present, each request on these ports
+    /// from these peers must match one of them, unless another rule without HTTP rules also
+    /// allows the same peer and port.
+    pub http: Option<Vec<HttpRule>>,
+    /// Where the rule sits in its object (`spec.ingress[0]`, `spec.egress[1].toPorts[0]`).
+    pub field: String,
+}
+
+impl Rule {
+    /// A plain L3/L4 rule.
+    pub fn new(peers: Vec<Peer>, ports: Vec<PortSpec>, field: impl Into<String>) -> Self {
+        Rule {
+            peers,
+            ports,
+            http: None,
+            field: field.into(),
+        }
+    }
+}
+
+/// One HTTP allow rule: every field present must match (an AND); rules are ORed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpRule {
+    /// A regular expression the whole method must match (`GET`, `POST|PUT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// A regular expression the whole (normalised) path must match (`/api/v1/.*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A regular expression the whole host (without port) must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Headers that must be present (with a value, when one is given).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A header a request must carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeaderMatch {
+    /// The header's name (case-insensitive, as HTTP says).
+    pub name: String,
+    /// Its exact value; `None`: present with any value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Cilium's `headerMatches[].mismatch`: instead of denying a request whose header does not
+    /// match, log it, or add, delete or replace the header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<HeaderMismatch>,
+}
+
+/// What to do with a request whose header does not match (instead of denying it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HeaderMismatch {
+    /// Allow and log it.
+    Log,
+    /// Add the header with the value (keeping other values).
+    Add,
+    /// Remove the header.
+    Delete,
+    /// Set the header to the value.
+    Replace,
+}
+
+/// A Cilium entity: a class of peers named by what they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Entity {
+    /// Addresses outside the cluster (neither a pod nor a node).
+    World,
+    /// Every pod and node of the cluster.
+    Cluster,
+    /// The pod's own node.
+    Host,
+    /// Nodes other than the pod's own.
+    RemoteNode,
+    /// Anything.
+    All,
+    /// The Kubernetes API server (not known from cluster state; never matches here).
+    KubeApiserver,
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Entity::World => "world",
+            Entity::Cluster => "cluster",
+            Entity::Host => "host",
+            Entity::RemoteNode => "remote-node",
+            Entity::All => "all",
+            Entity::KubeApiserver => "kube-apiserver",
+        })
+    }
 }
 
 /// Who a rule allows.
@@ -292,8 +418,13 @@ pub enum Peer {
         /// Which pods in them; empty selects every pod.
         pods: LabelSelector,
     },
-    /// Addresses in a CIDR, minus its exceptions.
+    /// Addresses in a CIDR, minus its exceptions (NetworkPolicy ipBlock: pods' addresses too).
     IpBlock(IpBlock),
+    /// Cilium's CIDR peers (`toCIDR`, `toCIDRSet`): only addresses outside the cluster, never
+    /// a pod's or a node's.
+    ExternalCidr(IpBlock),
+    /// A Cilium entity.
+    Entity(Entity),
 }
 
 /// The namespaces a pod peer is looked for in.

@@ -9,8 +9,8 @@ use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::{
-    IpBlock, NamespaceScope, Origin, Peer, Policy, PolicyKind, PolicyName, PortMatch, PortSpec,
-    Protocol, Rule,
+    DefaultDeny, IpBlock, NamespaceScope, Origin, Peer, Policy, PolicyKind, PolicyName, PortMatch,
+    PortSpec, Protocol, Rule,
 };
 use crate::names;
 use crate::selector::LabelSelector;
@@ -87,9 +87,11 @@ pub(crate) fn convert(
         },
         origin: origin.clone(),
         pod_selector,
+        namespace_selector: None,
         ingress: ingress.then_some(ingress_rules),
         egress: egress.then_some(egress_rules),
         policy_types_explicit: explicit,
+        default_deny: DefaultDeny { ingress, egress },
     })
 }
 
@@ -142,7 +144,7 @@ fn rule(
         .enumerate()
         .filter_map(|(i, p)| peer(p, &format!("{path}.{peers_field}[{i}]"), namespace, errs))
         .collect();
-    Rule { peers, ports }
+    Rule::new(peers, ports, path)
 }
 
 fn port(p: &net::NetworkPolicyPort, path: &str, errs: &mut FieldErrors) -> Option<PortSpec> {

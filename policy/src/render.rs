@@ -33,7 +33,10 @@ fn selector(s: &LabelSelector) -> Value {
     }
 }
 
-fn rule(r: &Rule, peers_field: &str, own_namespace: &str) -> Value {
+fn rule(r: &Rule, peers_field: &str, own_namespace: &str) -> Option<Value> {
+    if r.http.is_some() {
+        return None;
+    }
     let peers: Vec<Value> = r
         .peers
         .iter()
@@ -41,25 +44,27 @@ fn rule(r: &Rule, peers_field: &str, own_namespace: &str) -> Value {
             Peer::Pods {
                 namespaces: NamespaceScope::Named(ns),
                 pods,
-            } if ns == own_namespace => json!({"podSelector": selector(pods)}),
+            } if ns == own_namespace => Some(json!({"podSelector": selector(pods)})),
             // Another namespace by name: the name label every namespace has says the same.
             Peer::Pods {
                 namespaces: NamespaceScope::Named(ns),
                 pods,
-            } => json!({
+            } => Some(json!({
                 "namespaceSelector": {"matchLabels": {crate::model::NAMESPACE_NAME_LABEL: ns}},
                 "podSelector": selector(pods),
-            }),
+            })),
             Peer::Pods {
                 namespaces: NamespaceScope::Selected(ns),
                 pods,
-            } => json!({"namespaceSelector": selector(ns), "podSelector": selector(pods)}),
-            Peer::IpBlock(b) => json!({"ipBlock": {
+            } => Some(json!({"namespaceSelector": selector(ns), "podSelector": selector(pods)})),
+            Peer::IpBlock(b) => Some(json!({"ipBlock": {
                 "cidr": b.cidr.to_string(),
                 "except": b.except.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            }}),
+            }})),
+            // Cilium's peers have no NetworkPolicy form.
+            Peer::ExternalCidr(_) | Peer::Entity(_) => None,
         })
-        .collect();
+        .collect::<Option<Vec<Value>>>()?;
     let ports: Vec<Value> = r
         .ports
         .iter()
@@ -73,29 +78,41 @@ fn rule(r: &Rule, peers_field: &str, own_namespace: &str) -> Value {
             }
         })
         .collect();
-    json!({peers_field: peers, "ports": ports})
+    Some(json!({peers_field: peers, "ports": ports}))
 }
 
-/// A policy as the API server would serve it (with explicit `policyTypes`).
-pub fn policy_object(p: &Policy) -> Value {
+/// A NetworkPolicy as the API server would serve it (with explicit `policyTypes`); `None` for
+/// other kinds, which have no NetworkPolicy form (keep their original objects instead).
+pub fn policy_object(p: &Policy) -> Option<Value> {
+    if p.name.kind != crate::model::PolicyKind::NetworkPolicy {
+        return None;
+    }
     let ns = p.name.namespace.as_str();
     let mut types = Vec::new();
     let mut spec = json!({"podSelector": selector(&p.pod_selector)});
     if let Some(rules) = &p.ingress {
         types.push("Ingress");
-        spec["ingress"] = rules.iter().map(|r| rule(r, "from", ns)).collect();
+        spec["ingress"] = rules
+            .iter()
+            .map(|r| rule(r, "from", ns))
+            .collect::<Option<Vec<_>>>()?
+            .into();
     }
     if let Some(rules) = &p.egress {
         types.push("Egress");
-        spec["egress"] = rules.iter().map(|r| rule(r, "to", ns)).collect();
+        spec["egress"] = rules
+            .iter()
+            .map(|r| rule(r, "to", ns))
+            .collect::<Option<Vec<_>>>()?
+            .into();
     }
     spec["policyTypes"] = json!(types);
-    json!({
+    Some(json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"name": p.name.name, "namespace": ns},
         "spec": spec,
-    })
+    }))
 }
 
 /// A pod with what policy reads of it: labels, annotations, ports (in one container), node,
@@ -145,7 +162,8 @@ pub fn pod_object(p: &Pod) -> Value {
     })
 }
 
-/// The whole state as one `kind: List`: namespaces (not the implicit ones), pods, policies.
+/// The whole state as one `kind: List`: namespaces (not the implicit ones), pods and
+/// NetworkPolicies (other policy kinds are left out: keep their original objects).
 pub fn state_list(state: &ClusterState) -> Value {
     let mut items: Vec<Value> = state
         .namespaces
@@ -154,7 +172,7 @@ pub fn state_list(state: &ClusterState) -> Value {
         .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name, "labels": n.labels}}))
         .collect();
     items.extend(state.pods.iter().map(pod_object));
-    items.extend(state.policies.iter().map(policy_object));
+    items.extend(state.policies.iter().filter_map(policy_object));
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
@@ -211,6 +229,7 @@ spec:
             for p in &mut s.policies {
                 p.origin = Default::default();
                 p.policy_types_explicit = true;
+                p.origin = Default::default();
             }
             s
         };

@@ -80,6 +80,9 @@ pub struct SideVerdict {
     pub isolated: bool,
     /// What decided.
     pub decision: Decision,
+    /// When the connection is allowed only at the HTTP level: the rules (each with HTTP rules)
+    /// whose HTTP rules every request must match one of.
+    pub http: Option<Vec<RuleRef>>,
 }
 
 impl SideVerdict {

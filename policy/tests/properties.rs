@@ -109,7 +109,7 @@ fn rule() -> impl Strategy<Value = Rule> {
         prop::collection::vec(peer(), 0..3),
         prop::collection::vec(port(), 0..3),
     )
-        .prop_map(|(peers, ports)| Rule { peers, ports })
+        .prop_map(|(peers, ports)| Rule::new(peers, ports, ""))
 }
 
 fn rules() -> impl Strategy<Value = Option<Vec<Rule>>> {
@@ -139,6 +139,11 @@ fn policy() -> impl Strategy<Value = Policy> {
                 },
                 origin: Origin::default(),
                 pod_selector: sel,
+                namespace_selector: None,
+                default_deny: podwall_policy::DefaultDeny {
+                    ingress: ingress.is_some(),
+                    egress: egress.is_some(),
+                },
                 ingress,
                 egress,
                 policy_types_explicit: true,
@@ -301,9 +306,11 @@ proptest! {
                 name: PolicyName { kind: PolicyKind::NetworkPolicy, namespace: ns.into(), name: "default-deny".into() },
                 origin: Origin::default(),
                 pod_selector: LabelSelector::everything(),
+                namespace_selector: None,
                 ingress: Some(vec![]),
                 egress: Some(vec![]),
                 policy_types_explicit: true,
+                default_deny: podwall_policy::DefaultDeny { ingress: true, egress: true },
             });
         }
         let mut after = base.clone();
@@ -339,7 +346,7 @@ proptest! {
         rotation in 0usize..5,
     ) {
         let policies = named(policies, "p");
-        let docs: Vec<Value> = policies.iter().map(podwall_policy::render::policy_object).collect();
+        let docs: Vec<Value> = policies.iter().filter_map(podwall_policy::render::policy_object).collect();
         let load = |docs: &[Value]| {
             let mut loader = Loader::new();
             for (i, doc) in docs.iter().enumerate() {
@@ -388,8 +395,10 @@ proptest! {
         policy.name.name = "round-trip".into();
         // A NetworkPolicy's podSelector-only peer can only mean its own namespace.
         let own = policy.name.namespace.clone();
-        for rules in [&mut policy.ingress, &mut policy.egress].into_iter().flatten() {
-            for rule in rules.iter_mut() {
+        for (dir, rules) in [("ingress", &mut policy.ingress), ("egress", &mut policy.egress)] {
+            let Some(rules) = rules else { continue };
+            for (i, rule) in rules.iter_mut().enumerate() {
+                rule.field = format!("spec.{dir}[{i}]");
                 for peer in &mut rule.peers {
                     if let Peer::Pods { namespaces: NamespaceScope::Named(ns), .. } = peer {
                         *ns = own.clone();
@@ -398,7 +407,7 @@ proptest! {
             }
         }
         let mut loader = Loader::new();
-        loader.add_object(Origin::default(), podwall_policy::render::policy_object(&policy));
+        loader.add_object(Origin::default(), podwall_policy::render::policy_object(&policy).expect("a NetworkPolicy renders"));
         let (state, report) = loader.finish();
         prop_assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
         prop_assert_eq!(&state.policies[0], &policy);

@@ -8,8 +8,8 @@ use crate::diagnostic::Diagnostic;
 use crate::engine::Engine;
 use crate::explain::describe_peer;
 use crate::model::{
-    Direction, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Peer, PortMatch,
-    Protocol,
+    Direction, Entity, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Peer,
+    PortMatch, Protocol,
 };
 use crate::selector::{LabelSelector, Operator};
 use crate::state::{PodId, PolicyId};
@@ -100,7 +100,7 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
             continue;
         };
         for (ri, rule) in rules.iter().enumerate() {
-            let rule_field = format!("spec.{direction}[{ri}]");
+            let rule_field = rule.field.clone();
             let rule_ref = RuleRef {
                 policy: pid,
                 direction,
@@ -147,9 +147,17 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
                             ));
                         }
                     }
-                    Peer::IpBlock(block) => {
+                    Peer::IpBlock(block) | Peer::ExternalCidr(block) => {
                         ip_block_findings(block, &peer_field, out, &finding);
                     }
+                    Peer::Entity(Entity::KubeApiserver) => out.push(
+                        finding(Diagnostic::warning(
+                            "rule-never-matches",
+                            "the kube-apiserver entity is not known from cluster state: podwall never matches it; allow the API server by CIDR",
+                        ))
+                        .field(&peer_field),
+                    ),
+                    Peer::Entity(_) => {}
                 }
             }
             if !rule.peers.is_empty() && !engine.rule_can_match(rule_ref) {
@@ -460,7 +468,8 @@ fn any_rule_allows_udp_53(engine: &Engine, isolating: &[PolicyId]) -> bool {
                 });
             let peer_ok = rule.peers.is_empty()
                 || rule.peers.iter().any(|peer| match peer {
-                    Peer::IpBlock(_) => true,
+                    Peer::IpBlock(_) | Peer::ExternalCidr(_) => true,
+                    Peer::Entity(e) => matches!(e, Entity::All | Entity::Cluster),
                     Peer::Pods { namespaces, pods } => {
                         let ns_ok = match namespaces {
                             NamespaceScope::Named(n) => n == DNS_NAMESPACE,

@@ -7,7 +7,7 @@ use fixedbitset::FixedBitSet;
 use super::identity::{Identities, IdentityId};
 use super::ipset::IpSet;
 use crate::model::Direction;
-use crate::model::{NamespaceScope, Peer, Rule};
+use crate::model::{Entity, NamespaceScope, Peer, Rule};
 use crate::state::{ClusterState, PolicyId};
 
 /// Who is on the other end of a connection, as rules see it.
@@ -17,6 +17,29 @@ pub(crate) struct PeerView {
     pub(crate) identity: Option<IdentityId>,
     /// The peer's address, when known.
     pub(crate) ip: Option<IpAddr>,
+    /// The address is a node's (some pod's host address).
+    pub(crate) is_node: bool,
+    /// The address is the node of the pod whose policy is evaluated.
+    pub(crate) is_own_node: bool,
+}
+
+impl PeerView {
+    /// Outside the cluster: neither a pod nor a node.
+    pub(crate) fn is_world(&self) -> bool {
+        self.identity.is_none() && !self.is_node
+    }
+
+    /// Whether a Cilium entity covers this peer.
+    pub(crate) fn in_entity(&self, entity: Entity) -> bool {
+        match entity {
+            Entity::All => true,
+            Entity::World => self.is_world(),
+            Entity::Cluster => !self.is_world(),
+            Entity::Host => self.is_own_node,
+            Entity::RemoteNode => self.is_node && !self.is_own_node,
+            Entity::KubeApiserver => false,
+        }
+    }
 }
 
 /// One peer of a rule, resolved.
@@ -24,6 +47,24 @@ pub(crate) struct PeerView {
 pub(crate) enum CompiledPeer {
     Identities(FixedBitSet),
     Addresses(IpSet),
+    /// Addresses, counted only outside the cluster (Cilium CIDR rules).
+    ExternalAddresses(IpSet),
+    Entity(Entity),
+}
+
+impl CompiledPeer {
+    pub(crate) fn matches(&self, peer: &PeerView) -> bool {
+        match self {
+            CompiledPeer::Identities(set) => {
+                peer.identity.is_some_and(|id| set.contains(id as usize))
+            }
+            CompiledPeer::Addresses(set) => peer.ip.is_some_and(|ip| set.contains(ip)),
+            CompiledPeer::ExternalAddresses(set) => {
+                peer.is_world() && peer.ip.is_some_and(|ip| set.contains(ip))
+            }
+            CompiledPeer::Entity(e) => peer.in_entity(*e),
+        }
+    }
 }
 
 /// A rule of a policy with its peers resolved against the cluster state.
@@ -34,6 +75,8 @@ pub(crate) struct CompiledRule {
     pub(crate) index: u32,
     /// Empty `from`/`to`: every peer, pod or not.
     pub(crate) all_peers: bool,
+    /// The rule carries HTTP rules.
+    pub(crate) http: bool,
     pub(crate) peers: Vec<CompiledPeer>,
 }
 
@@ -73,6 +116,12 @@ impl CompiledRule {
                     set.add_block(block);
                     CompiledPeer::Addresses(set)
                 }
+                Peer::ExternalCidr(block) => {
+                    let mut set = IpSet::default();
+                    set.add_block(block);
+                    CompiledPeer::ExternalAddresses(set)
+                }
+                Peer::Entity(e) => CompiledPeer::Entity(*e),
             })
             .collect();
         CompiledRule {
@@ -80,6 +129,7 @@ impl CompiledRule {
             direction,
             index,
             all_peers: rule.peers.is_empty(),
+            http: rule.http.is_some(),
             peers,
         }
     }
@@ -89,15 +139,7 @@ impl CompiledRule {
         if self.all_peers {
             return Some(None);
         }
-        self.peers
-            .iter()
-            .position(|p| match p {
-                CompiledPeer::Identities(set) => {
-                    peer.identity.is_some_and(|id| set.contains(id as usize))
-                }
-                CompiledPeer::Addresses(set) => peer.ip.is_some_and(|ip| set.contains(ip)),
-            })
-            .map(Some)
+        self.peers.iter().position(|p| p.matches(peer)).map(Some)
     }
 
     /// True when some peer of the rule selects at least one pod or address.
@@ -105,7 +147,10 @@ impl CompiledRule {
         self.all_peers
             || self.peers.iter().any(|p| match p {
                 CompiledPeer::Identities(set) => !set.is_clear(),
-                CompiledPeer::Addresses(set) => !set.is_empty(),
+                CompiledPeer::Addresses(set) | CompiledPeer::ExternalAddresses(set) => {
+                    !set.is_empty()
+                }
+                CompiledPeer::Entity(e) => *e != Entity::KubeApiserver,
             })
     }
 }

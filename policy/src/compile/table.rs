@@ -11,7 +11,7 @@ use fixedbitset::FixedBitSet;
 
 use super::ipset::IpSet;
 use super::rule::{CompiledPeer, CompiledRule, PeerView};
-use crate::model::Protocol;
+use crate::model::{Entity, Protocol};
 use crate::state::PolicyId;
 
 /// A rule's index in the engine's rule list; lower ids come from policies earlier in the
@@ -25,6 +25,10 @@ pub(crate) struct PeerMatcher {
     any_peer: bool,
     identities: FixedBitSet,
     addresses: IpSet,
+    external: IpSet,
+    entities: Vec<Entity>,
+    /// Some rule here carries HTTP rules.
+    pub(crate) has_http: bool,
 }
 
 impl PeerMatcher {
@@ -36,10 +40,17 @@ impl PeerMatcher {
         for &id in &rules {
             let rule = &all[id as usize];
             m.any_peer |= rule.all_peers;
+            m.has_http |= rule.http;
             for peer in &rule.peers {
                 match peer {
                     CompiledPeer::Identities(set) => m.identities.union_with(set),
                     CompiledPeer::Addresses(set) => m.addresses.merge(set),
+                    CompiledPeer::ExternalAddresses(set) => m.external.merge(set),
+                    CompiledPeer::Entity(e) => {
+                        if !m.entities.contains(e) {
+                            m.entities.push(*e);
+                        }
+                    }
                 }
             }
         }
@@ -64,6 +75,18 @@ impl PeerMatcher {
             .iter()
             .copied()
             .find(|&id| all[id as usize].matching_peer(peer).is_some())
+    }
+
+    /// Every rule that allows the peer, in order.
+    pub(crate) fn all_allowing<'a>(
+        &'a self,
+        peer: &'a PeerView,
+        all: &'a [CompiledRule],
+    ) -> impl Iterator<Item = RuleId> + 'a {
+        self.rules
+            .iter()
+            .copied()
+            .filter(move |&id| all[id as usize].matching_peer(peer).is_some())
     }
 }
 
