@@ -180,7 +180,7 @@ impl Engine {
             rule: rule.index,
             peer,
             port,
-            field: format!("spec.{}[{}]", rule.direction, rule.index),
+            field: spec.field.clone(),
             summary: describe_rule(policy, rule.direction, spec),
             source: policy.origin.to_string(),
         }

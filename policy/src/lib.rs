@@ -14,6 +14,7 @@
 //! node and from a pod to itself is always allowed. Where upstream leaves room (ipBlock against
 //! pod addresses, host-network pods), the choice is documented on the item that makes it.
 
+mod cilium;
 mod compile;
 mod diagnostic;
 mod engine;

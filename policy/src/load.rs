@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::model::{
-    ContainerPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Origin, Pod, Policy, PolicyName,
-    Protocol,
+    ContainerPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Origin, Pod, Policy, PolicyKind,
+    PolicyName, Protocol,
 };
 use crate::netpol;
 use crate::state::{ClusterState, LoadReport};
@@ -121,6 +121,29 @@ impl Loader {
             ("networking.k8s.io" | "extensions", "NetworkPolicy") => {
                 self.add_network_policy(origin, &api_version, value)
             }
+            ("cilium.io", "CiliumNetworkPolicy") => {
+                self.add_cilium_policy(origin, PolicyKind::CiliumNetworkPolicy, value)
+            }
+            ("podwall.io", "PodwallPolicy") => {
+                if api_version != "podwall.io/v1alpha1" {
+                    self.report.diagnostics.push(
+                        Diagnostic::error("unsupported-version", format!("apiVersion {api_version:?} is not served; use podwall.io/v1alpha1"))
+                            .at(&origin)
+                            .object("PodwallPolicy")
+                            .field("apiVersion"),
+                    );
+                    return;
+                }
+                self.add_cilium_policy(origin, PolicyKind::PodwallPolicy, value)
+            }
+            ("cilium.io", "CiliumClusterwideNetworkPolicy") => self.report.diagnostics.push(
+                Diagnostic::error(
+                    "unsupported-kind",
+                    "cluster-wide Cilium policies are not enforced by podwall yet; write one CiliumNetworkPolicy or PodwallPolicy per namespace",
+                )
+                .at(&origin)
+                .object(object_name(&kind, &value)),
+            ),
             _ => *self.report.skipped_kinds.entry(kind).or_default() += 1,
         }
     }
@@ -330,6 +353,50 @@ impl Loader {
                     );
                 }
             }
+        }
+    }
+
+    fn add_cilium_policy(&mut self, origin: Origin, kind: PolicyKind, value: Value) {
+        let object = object_name(&kind.to_string(), &value);
+        let mut findings = crate::cilium::Findings::default();
+        match crate::cilium::convert(kind, value, &origin, &mut findings) {
+            Ok(policies) => {
+                for policy in policies {
+                    let object = policy.name.to_string();
+                    if let Some(earlier) = self.policies.insert(policy.name.clone(), policy) {
+                        self.duplicate(&origin, &object, &earlier.origin);
+                    }
+                }
+            }
+            Err(errs) => {
+                for e in errs.0 {
+                    self.report.diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-policy",
+                            format!("{}; the policy is left out", e.message),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                    );
+                }
+            }
+        }
+        for (field, message) in findings.errors {
+            self.report.diagnostics.push(
+                Diagnostic::error("not-enforced", message)
+                    .at(&origin)
+                    .object(&object)
+                    .field(field),
+            );
+        }
+        for (field, message) in findings.warnings {
+            self.report.diagnostics.push(
+                Diagnostic::warning("ignored-field", message)
+                    .at(&origin)
+                    .object(&object)
+                    .field(field),
+            );
         }
     }
 

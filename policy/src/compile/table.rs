@@ -64,6 +64,8 @@ impl PeerMatcher {
                 .identity
                 .is_some_and(|id| self.identities.contains(id as usize))
             || peer.ip.is_some_and(|ip| self.addresses.contains(ip))
+            || (peer.is_world() && peer.ip.is_some_and(|ip| self.external.contains(ip)))
+            || self.entities.iter().any(|e| peer.in_entity(*e))
     }
 
     /// The first rule that allows the peer.
