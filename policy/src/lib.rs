@@ -39,7 +39,7 @@ pub use explain::{
     EndpointInfo, Explanation, NearMiss, RuleInfo, SideExplanation, describe_peer, describe_ports,
     describe_rule,
 };
-pub use load::Loader;
+pub use load::{Loader, documents, objects};
 pub use model::{
     ContainerPort, DefaultDeny, Direction, Entity, HeaderMatch, HeaderMismatch, HttpRule, IpBlock,
     Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Origin, Peer, Pod, Policy, PolicyKind,

@@ -42,31 +42,7 @@ impl Loader {
     /// Reads every document of a YAML (or JSON) text. Fails only when the text is not YAML at
     /// all; objects in it that are invalid become diagnostics.
     pub fn add_yaml(&mut self, source: &str, text: &str) -> Result<(), Error> {
-        // Parse every document first, so that a file that is not YAML adds nothing.
-        let mut parsed = Vec::new();
-        for doc in split_documents(text) {
-            let value: Value = serde_saphyr::from_str(&doc.text).map_err(|e| {
-                let (line, column) = e
-                    .location()
-                    .map(|l| (l.line() as usize, l.column()))
-                    .unwrap_or((1, 0));
-                let first = e.to_string();
-                let first = first.lines().next().unwrap_or_default();
-                // saphyr says "error: line L column C: what"; keep only "what".
-                let what = first.rsplit_once(": ").map(|(_, w)| w).unwrap_or(first);
-                Error::Yaml {
-                    source_name: source.to_string(),
-                    message: format!("line {} column {column}: {what}", doc.line + line - 1),
-                }
-            })?;
-            parsed.push((doc.line, value));
-        }
-        for (line, value) in parsed {
-            let origin = Origin {
-                source: source.to_string(),
-                line,
-                item: None,
-            };
+        for (origin, value) in documents(source, text)? {
             self.add_object(origin, value);
         }
         Ok(())
@@ -471,6 +447,66 @@ impl Loader {
             self.policies.into_values().collect(),
         );
         (state, self.report)
+    }
+}
+
+/// Every document of a YAML (or JSON) text with where it starts; nothing when the text is not
+/// YAML at all. Lists are not expanded (see [`objects`]).
+pub fn documents(source: &str, text: &str) -> Result<Vec<(Origin, Value)>, Error> {
+    let mut parsed = Vec::new();
+    for doc in split_documents(text) {
+        let value: Value = serde_saphyr::from_str(&doc.text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line() as usize, l.column()))
+                .unwrap_or((1, 0));
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or_default();
+            // saphyr says "error: line L column C: what"; keep only "what".
+            let what = first.rsplit_once(": ").map(|(_, w)| w).unwrap_or(first);
+            Error::Yaml {
+                source_name: source.to_string(),
+                message: format!("line {} column {column}: {what}", doc.line + line - 1),
+            }
+        })?;
+        let origin = Origin {
+            source: source.to_string(),
+            line: doc.line,
+            item: None,
+        };
+        parsed.push((origin, value));
+    }
+    Ok(parsed)
+}
+
+/// Every object of a text, `kind: List` and `*List` objects expanded into their items.
+pub fn objects(source: &str, text: &str) -> Result<Vec<(Origin, Value)>, Error> {
+    let mut out = Vec::new();
+    for (origin, value) in documents(source, text)? {
+        expand(origin, value, &mut out);
+    }
+    Ok(out)
+}
+
+fn expand(origin: Origin, value: Value, out: &mut Vec<(Origin, Value)>) {
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k == "List" || (k.ends_with("List") && value.get("items").is_some()));
+    if !is_list {
+        if !value.is_null() {
+            out.push((origin, value));
+        }
+        return;
+    }
+    if let Some(Value::Array(items)) = value.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            let item_origin = Origin {
+                item: Some(i),
+                ..origin.clone()
+            };
+            expand(item_origin, item.clone(), out);
+        }
     }
 }
 

@@ -162,6 +162,18 @@ pub fn pod_object(p: &Pod) -> Value {
     })
 }
 
+/// Namespaces (not the implicit ones) and pods as one `kind: List`.
+pub fn cluster_list(state: &ClusterState) -> Value {
+    let mut items: Vec<Value> = state
+        .namespaces
+        .iter()
+        .filter(|n| !n.implicit)
+        .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name, "labels": n.labels}}))
+        .collect();
+    items.extend(state.pods.iter().map(pod_object));
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
 /// The whole state as one `kind: List`: namespaces (not the implicit ones), pods and
 /// NetworkPolicies (other policy kinds are left out: keep their original objects).
 pub fn state_list(state: &ClusterState) -> Value {

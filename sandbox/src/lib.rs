@@ -225,6 +225,22 @@ pub fn as_proxy_in(ns: &str, program: &str) -> Command {
     cmd
 }
 
+/// Every policy object under `dir`, as written, in one `kind: List`.
+fn policy_documents(dir: &Path) -> Result<serde_json::Value, SandboxError> {
+    const KINDS: [&str; 3] = ["NetworkPolicy", "CiliumNetworkPolicy", "PodwallPolicy"];
+    let mut items = Vec::new();
+    for file in podwall_control::source::read_paths(&[dir.to_path_buf()])? {
+        let objects = podwall_policy::objects(&file.name, &file.text)
+            .map_err(podwall_control::source::SourceError::from)?;
+        items.extend(objects.into_iter().map(|(_, v)| v).filter(|v| {
+            v.get("kind")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|k| KINDS.contains(&k))
+        }));
+    }
+    Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
+}
+
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child, SandboxError> {
     let out = fs::File::create(log).map_err(file_error(log))?;
     let err = out.try_clone().map_err(file_error(log))?;
@@ -305,10 +321,15 @@ impl Sandbox {
         for d in [&policy_dir, &logs] {
             fs::create_dir_all(d).map_err(file_error(d))?;
         }
-        let state_file = policy_dir.join("state.json");
-        let text = serde_json::to_string_pretty(&podwall_policy::render::state_list(&state))
+        // The sidecars read the pods with the sandbox's addresses, and the policies exactly as
+        // they were written.
+        let cluster_file = policy_dir.join("cluster.json");
+        let text = serde_json::to_string_pretty(&podwall_policy::render::cluster_list(&state))
             .unwrap_or_default();
-        fs::write(&state_file, text).map_err(file_error(&state_file))?;
+        fs::write(&cluster_file, text).map_err(file_error(&cluster_file))?;
+        let policies_file = policy_dir.join("policies.json");
+        let text = serde_json::to_string_pretty(&policy_documents(dir)?).unwrap_or_default();
+        fs::write(&policies_file, text).map_err(file_error(&policies_file))?;
 
         let p = prefix(&opts.name);
         let node = format!("{p}node");
