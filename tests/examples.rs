@@ -30,6 +30,14 @@ struct ExpectedCheck {
     protocol: String,
     port: u16,
     allowed: bool,
+    /// Judge an HTTP request too.
+    #[serde(default)]
+    http_method: Option<String>,
+    #[serde(default)]
+    http_path: Option<String>,
+    /// The status the client gets when the request is refused.
+    #[serde(default)]
+    http_status: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +145,7 @@ fn check_example(dir: &Path) -> Vec<String> {
 
     for c in &expected.checks {
         let port = c.port.to_string();
-        let (code, out, err) = podwall(&[
+        let mut args = vec![
             "analyze",
             "check",
             "-f",
@@ -152,10 +160,28 @@ fn check_example(dir: &Path) -> Vec<String> {
             &c.protocol,
             "-o",
             "json",
-        ]);
+        ];
+        if let Some(m) = &c.http_method {
+            args.extend(["--http-method", m]);
+        }
+        if let Some(p) = &c.http_path {
+            args.extend(["--http-path", p]);
+        }
+        let (code, out, err) = podwall(&args);
         assert!(code == 0 || code == 1, "{name}: check failed: {err}");
         let json: serde_json::Value = serde_json::from_str(&out).expect("check JSON");
         let have = json["allowed"].as_bool().expect("allowed is a bool");
+        let status = json["http"]["status"].as_u64().map(|s| s as u16);
+        if c.http_status.is_some() && status != c.http_status {
+            failures.push(format!(
+                "{name} check {} -> {} {} {}: expected status {:?}, podwall says {status:?}",
+                c.from,
+                c.to,
+                c.http_method.as_deref().unwrap_or("-"),
+                c.http_path.as_deref().unwrap_or("-"),
+                c.http_status
+            ));
+        }
         assert_eq!(
             code == 0,
             have,

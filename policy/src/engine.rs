@@ -275,9 +275,38 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// The policies that select a pod (whatever they isolate), in order.
+    pub fn policies_selecting(&self, pod: PodId) -> Vec<PolicyId> {
+        let p = self.state.pod(pod);
+        if p.host_network {
+            return Vec::new();
+        }
+        let ns_labels = self.state.namespace(&p.namespace).map(|n| &n.labels);
+        self.state
+            .policy_ids()
+            .filter(|&id| {
+                let policy = self.state.policy(id);
+                policy.name.namespace == p.namespace
+                    && policy.pod_selector.matches(&p.labels)
+                    && policy
+                        .namespace_selector
+                        .as_ref()
+                        .is_none_or(|s| ns_labels.is_some_and(|l| s.matches(l)))
+            })
+            .collect()
+    }
+
     /// The pods a policy applies to.
     pub fn selected_pods(&self, policy: PolicyId) -> Vec<PodId> {
         let p = self.state.policy(policy);
+        let ns_ok = p.namespace_selector.as_ref().is_none_or(|s| {
+            self.state
+                .namespace(&p.name.namespace)
+                .is_some_and(|n| s.matches(&n.labels))
+        });
+        if !ns_ok {
+            return Vec::new();
+        }
         self.state
             .pod_ids()
             .filter(|&id| {

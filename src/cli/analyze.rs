@@ -29,7 +29,9 @@ pub(crate) enum AnalyzeCommand {
     ///
     /// Exit code 0 when allowed, 1 when denied. With -o json:
     /// {"allowed":bool,"egress":{...},"ingress":{...},...}, each side saying whether the pod is
-    /// isolated, by which policies, and which policy and rule allowed it.
+    /// isolated, by which policies, and which policy and rule allowed it. With --http-*, the
+    /// request is judged too: "http" says which HTTP rule allowed it on each side or the status
+    /// the client gets (403, or 400 for a path that is refused), and "allowed" covers both.
     Check(CheckArgs),
     /// Report invalid policies and the mistakes operators make with valid ones.
     ///
@@ -119,6 +121,19 @@ pub(crate) struct CheckArgs {
     /// The protocol.
     #[arg(long, ignore_case = true, default_value = "TCP")]
     protocol: ProtocolArg,
+    /// Judge an HTTP request on the connection too: its method (default GET when another
+    /// --http-* flag is given).
+    #[arg(long, value_name = "METHOD")]
+    http_method: Option<String>,
+    /// The request path (with query), e.g. /api/v1/orders?x=1 (default /).
+    #[arg(long, value_name = "PATH")]
+    http_path: Option<String>,
+    /// The request's Host.
+    #[arg(long, value_name = "HOST")]
+    http_host: Option<String>,
+    /// A request header, 'Name: value' (repeatable).
+    #[arg(long, value_name = "NAME: VALUE")]
+    http_header: Vec<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: ReportFormat,
@@ -251,17 +266,65 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
     let engine = Engine::compile(state);
     let verdict = engine.verdict(&query);
     let explanation = engine.explain(&verdict);
+    let wants_http = args.http_method.is_some()
+        || args.http_path.is_some()
+        || args.http_host.is_some()
+        || !args.http_header.is_empty();
+    let http = if wants_http && explanation.allowed {
+        let request = http_request(&args)?;
+        Some(
+            podwall_l7::explain_request(&engine, &verdict, &request)
+                .map_err(|e| format!("an HTTP rule does not compile: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let allowed = explanation.allowed && http.as_ref().is_none_or(|h| h.allowed);
     match args.output {
-        ReportFormat::Text => print!("{explanation}"),
-        ReportFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&explanation).map_err(|e| e.to_string())?
-        ),
+        ReportFormat::Text => {
+            print!("{explanation}");
+            if let Some(h) = &http {
+                print!("{h}");
+            } else if wants_http {
+                println!("\nHTTP: the connection is refused, so no request is made");
+            }
+        }
+        ReportFormat::Json => {
+            let mut v = serde_json::to_value(&explanation).map_err(|e| e.to_string())?;
+            v["allowed"] = serde_json::json!(allowed);
+            if let Some(h) = &http {
+                v["http"] = serde_json::to_value(h).map_err(|e| e.to_string())?;
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            );
+        }
     }
-    Ok(if explanation.allowed {
+    Ok(if allowed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FINDINGS)
+    })
+}
+
+fn http_request(args: &CheckArgs) -> Result<podwall_l7::Request, String> {
+    let mut headers = podwall_l7::http::HeaderMap::new();
+    for h in &args.http_header {
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(format!("--http-header {h:?}: expected 'Name: value'"));
+        };
+        let name = podwall_l7::http::HeaderName::try_from(name.trim())
+            .map_err(|e| format!("--http-header {h:?}: {e}"))?;
+        let value = podwall_l7::http::HeaderValue::try_from(value.trim())
+            .map_err(|e| format!("--http-header {h:?}: {e}"))?;
+        headers.append(name, value);
+    }
+    Ok(podwall_l7::Request {
+        method: args.http_method.clone().unwrap_or_else(|| "GET".into()),
+        target: args.http_path.clone().unwrap_or_else(|| "/".into()),
+        host: args.http_host.clone(),
+        headers,
     })
 }
 

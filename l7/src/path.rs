@@ -1,0 +1,199 @@
+//! Request paths, normalised before rules see them, so that what is checked is what the
+//! application gets (the normalised path is what is forwarded).
+//!
+//! The rules, in order:
+//!
+//! 1. The request target must be origin-form (`/...`); `*` (for `OPTIONS`) is kept as is.
+//!    Absolute-form (`http://host/path`) is reduced to its path and query.
+//! 2. The path may not contain a percent-encoded `/` (`%2F`), `\` (`%5C`) or NUL (`%00`), nor a
+//!    raw `\` or control character: applications disagree on what those mean, so the request
+//!    is refused (400) rather than guessed at.
+//! 3. Percent-encoded unreserved characters (letters, digits, `-._~`) are decoded (`%2e` is
+//!    `.`, `%41` is `A`); other escapes are kept, with upper-case hex.
+//! 4. Dot-segments are removed as RFC 3986 §5.2.4 says (`/a/./b/../c` is `/a/c`), after step
+//!    3, so `/api/v1/%2e%2e/admin` is `/api/admin`.
+//! 5. Runs of `/` become one.
+//!
+//! The query string is kept unchanged after the path: like Cilium (which matches Envoy's
+//! `:path`), a path rule sees `path?query`.
+
+use thiserror::Error;
+
+/// A request target that is refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PathError {
+    /// Not `/...`, `*` or `scheme://authority/...`.
+    #[error("request target must start with '/'")]
+    NotOriginForm,
+    /// `%2F`, `%5C` or `%00` in the path.
+    #[error("percent-encoded '/', '\\' or NUL in the path")]
+    EncodedSeparator,
+    /// A raw backslash or control character.
+    #[error("backslash or control character in the path")]
+    BadCharacter,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding")]
+    BadEscape,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Decodes unreserved escapes, checks the rest (steps 2 and 3).
+fn decode(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = h * 16 + l;
+            if matches!(v, b'/' | b'\\' | 0) {
+                return Err(PathError::EncodedSeparator);
+            }
+            if unreserved(v) {
+                out.push(v as char);
+            } else {
+                out.push('%');
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'\\' || b.is_ascii_control() {
+            return Err(PathError::BadCharacter);
+        }
+        // Non-ASCII bytes cannot appear in a valid request target; hyper refuses them first.
+        out.push(b as char);
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// RFC 3986 §5.2.4, then merging runs of slashes (steps 4 and 5).
+fn remove_dots(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || (trailing && !segments.is_empty()) {
+        out.push('/');
+    }
+    out
+}
+
+/// The normalised `path?query` of a request target.
+pub fn normalize(target: &str) -> Result<String, PathError> {
+    if target == "*" {
+        return Ok(target.to_string());
+    }
+    let origin = if target.starts_with('/') {
+        target
+    } else if let Some(rest) = target.split_once("://").map(|(_, r)| r) {
+        match rest.find('/') {
+            Some(i) => &rest[i..],
+            None => "/",
+        }
+    } else {
+        return Err(PathError::NotOriginForm);
+    };
+    let (path, query) = match origin.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (origin, None),
+    };
+    let mut out = remove_dots(&decode(path)?);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_cannot_climb_out_of_a_prefix() {
+        assert_eq!(normalize("/api/v1/../admin").as_deref(), Ok("/api/admin"));
+        assert_eq!(
+            normalize("/api/v1/%2e%2e/admin").as_deref(),
+            Ok("/api/admin")
+        );
+        assert_eq!(
+            normalize("/api/v1/%2E%2E/%2e%2e/admin").as_deref(),
+            Ok("/admin")
+        );
+        assert_eq!(normalize("/api/./v1/./x").as_deref(), Ok("/api/v1/x"));
+        assert_eq!(normalize("/../../etc/passwd").as_deref(), Ok("/etc/passwd"));
+        assert_eq!(normalize("/a/b/..").as_deref(), Ok("/a/"));
+    }
+
+    #[test]
+    fn duplicate_slashes_collapse() {
+        assert_eq!(normalize("//api///v1//x").as_deref(), Ok("/api/v1/x"));
+        assert_eq!(normalize("/").as_deref(), Ok("/"));
+        assert_eq!(normalize("/x/").as_deref(), Ok("/x/"));
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_kept_in_upper_case() {
+        assert_eq!(normalize("/%61pi/v%31").as_deref(), Ok("/api/v1"));
+        assert_eq!(normalize("/a%20b%3a").as_deref(), Ok("/a%20b%3A"));
+    }
+
+    #[test]
+    fn encoded_separators_backslashes_and_bad_escapes_are_refused() {
+        assert_eq!(normalize("/api%2Fadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/api%2fadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/api%5cadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/api%00"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/api\\admin"), Err(PathError::BadCharacter));
+        assert_eq!(normalize("/api%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/api%4"), Err(PathError::BadEscape));
+        assert_eq!(normalize("api"), Err(PathError::NotOriginForm));
+    }
+
+    #[test]
+    fn the_query_is_kept_as_is_and_absolute_form_is_reduced() {
+        assert_eq!(
+            normalize("/a/../b?x=../y&z=%2F").as_deref(),
+            Ok("/b?x=../y&z=%2F")
+        );
+        assert_eq!(
+            normalize("http://api.local:8080/v1/x?q").as_deref(),
+            Ok("/v1/x?q")
+        );
+        assert_eq!(normalize("http://api.local").as_deref(), Ok("/"));
+        assert_eq!(normalize("*").as_deref(), Ok("*"));
+    }
+}
