@@ -787,3 +787,297 @@ fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() 
         "{log}"
     );
 }
+
+/// The guides' L7 example in the sandbox; returns it with the frontend's namespace and the API's
+/// address.
+fn l7_sandbox(name: &str) -> (Up, String, IpAddr) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/l7-api");
+    let up = Up::new(&dir, name, Inject::Annotated);
+    let ns = up.ns("production/frontend");
+    let api = up.ip("production/api");
+    (up, ns, api)
+}
+
+fn curl(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn app_log(up: &Up, key: &str) -> String {
+    let i = up
+        .sb()
+        .record
+        .pods
+        .iter()
+        .position(|p| p.key == key)
+        .expect("pod");
+    std::fs::read_to_string(up.sb().logs_dir().join(format!("{i}-server.log"))).unwrap_or_default()
+}
+
+#[test]
+fn http_rules_allow_get_deny_delete_and_traversal_and_the_connection_stays_usable() {
+    if !ready_for("http_rules_allow_get_deny_delete_and_traversal_and_the_connection_stays_usable")
+    {
+        return;
+    }
+    let (up, fe, api) = l7_sandbox("l7a");
+    let url = |p: &str| format!("http://{api}:8080{p}");
+    assert_eq!(
+        curl(
+            &fe,
+            &[
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                &url("/api/v1/users")
+            ]
+        ),
+        "200"
+    );
+    assert_eq!(
+        curl(
+            &fe,
+            &[
+                "-X",
+                "POST",
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                &url("/api/v1/orders")
+            ]
+        ),
+        "200"
+    );
+    assert_eq!(
+        curl(&fe, &["-X", "DELETE", &url("/api/v1/users/7")]),
+        "Access denied\r\n"
+    );
+    assert_eq!(
+        curl(
+            &fe,
+            &[
+                "--path-as-is",
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                &url("/api/v1/../admin")
+            ]
+        ),
+        "403"
+    );
+    assert_eq!(
+        curl(
+            &fe,
+            &[
+                "--path-as-is",
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                &url("/api/v1/%2e%2e/admin")
+            ]
+        ),
+        "403"
+    );
+    assert_eq!(
+        curl(
+            &fe,
+            &[
+                "--path-as-is",
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                &url("/api/v1/x%2Fy")
+            ]
+        ),
+        "400"
+    );
+    // A 403, then an allowed request on the same connection (one connect in all).
+    let both = curl(
+        &fe,
+        &[
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            "-o",
+            "/dev/null",
+            "-X",
+            "DELETE",
+            &url("/api/v1/users/7"),
+            "--next",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            "-o",
+            "/dev/null",
+            &url("/api/v1/users"),
+        ],
+    );
+    assert_eq!(both, "403 1\n200 0\n");
+    // The application saw only the allowed requests, with the paths the rules checked.
+    let log = app_log(&up, "production/api");
+    assert!(log.contains("GET /api/v1/users port 8080"), "{log}");
+    assert!(log.contains("POST /api/v1/orders"), "{log}");
+    assert!(
+        !log.contains("DELETE") && !log.contains("admin") && !log.contains("x%2F"),
+        "{log}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let events = up.flows("production/api");
+    let denied = events
+        .iter()
+        .find(|e| e["l7"]["http"]["method"] == "DELETE")
+        .unwrap_or_else(|| panic!("no DELETE event: {events:#?}"));
+    assert_eq!(denied["verdict"], "DENIED");
+    assert_eq!(denied["l7"]["http"]["status"], 403);
+    let allowed = events
+        .iter()
+        .find(|e| e["l7"]["http"]["path"] == "/api/v1/users")
+        .expect("GET event");
+    assert_eq!(
+        allowed["l7"]["http"]["rule"],
+        "spec.ingress[0].toPorts[0].rules.http[0]"
+    );
+    // Another pod is not allowed at all, HTTP or not.
+    let batch = up.ns("production/batch");
+    assert_eq!(
+        curl(
+            &batch,
+            &[
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                &url("/api/v1/users")
+            ]
+        ),
+        "000"
+    );
+}
+
+#[test]
+fn http2_requests_are_checked_one_by_one_on_one_connection() {
+    if !ready_for("http2_requests_are_checked_one_by_one_on_one_connection") {
+        return;
+    }
+    let (up, fe, api) = l7_sandbox("l7b");
+    assert_eq!(
+        curl(
+            &fe,
+            &[
+                "--http2-prior-knowledge",
+                "-w",
+                "%{http_code} %{http_version}",
+                "-o",
+                "/dev/null",
+                &format!("http://{api}:8080/api/v1/users")
+            ]
+        ),
+        "200 2"
+    );
+    // A real HTTP/2 client (hyper) sends three requests on one connection.
+    let statuses = run_in(&fe, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect((api, 8080))
+                .await
+                .expect("connect");
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .expect("h2 handshake");
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for (method, path) in [
+                ("GET", "/api/v1/a"),
+                ("DELETE", "/api/v1/a"),
+                ("GET", "/api/v1/b"),
+            ] {
+                let req = hyper::Request::builder()
+                    .method(method)
+                    .uri(format!("http://{api}:8080{path}"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .expect("request");
+                let resp = send.send_request(req).await.expect("response");
+                out.push(resp.status().as_u16());
+            }
+            out
+        })
+    })
+    .expect("netns");
+    assert_eq!(statuses, [200, 403, 200]);
+    assert!(!app_log(&up, "production/api").contains("DELETE"));
+}
+
+#[test]
+fn malformed_requests_get_400_and_never_reach_the_application() {
+    if !ready_for("malformed_requests_get_400_and_never_reach_the_application") {
+        return;
+    }
+    let (up, fe, api) = l7_sandbox("l7c");
+    let answer = run_in(&fe, move || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::new(api, 8080), Duration::from_secs(3))
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"GET /api/v1/x HTTP/1.1\r\nHost: a\r\nBad Header Line\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .expect("netns");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!app_log(&up, "production/api").contains("/api/v1/x"));
+}
+
+#[test]
+fn an_upgrade_passes_only_when_the_upgrade_request_is_allowed() {
+    if !ready_for("an_upgrade_passes_only_when_the_upgrade_request_is_allowed") {
+        return;
+    }
+    let (_up, fe, api) = l7_sandbox("l7d");
+    let talk = move |path: &'static str| {
+        run_in(&fe, move || {
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::new(api, 8080), Duration::from_secs(3))
+                    .expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).expect("write");
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).expect("status line");
+            let status = String::from_utf8_lossy(&head).to_string();
+            if !status.ends_with("101") {
+                return status;
+            }
+            // Skip the rest of the head, then talk the upgraded protocol.
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            s.write_all(b"ping").expect("write");
+            let mut echo = [0u8; 4];
+            r.read_exact(&mut echo).expect("echo");
+            format!("{status} {}", String::from_utf8_lossy(&echo))
+        })
+        .expect("netns")
+    };
+    assert_eq!(talk("/api/v1/ws"), "HTTP/1.1 101 ping");
+    assert_eq!(talk("/ws"), "HTTP/1.1 403");
+}

@@ -11,6 +11,7 @@ pub use http;
 
 pub mod path;
 pub mod rules;
+pub mod serve;
 
 pub use path::{PathError, normalize};
 pub use rules::{HeaderAction, HttpMatch, HttpPolicy, RequestView};

@@ -92,6 +92,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
         bytes_received: 0,
         duration_ms: 0.0,
         error: None,
+        l7: None,
     };
 
     if is_loop(dst, shared) {
@@ -119,6 +120,19 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
     if event.verdict == FlowVerdict::Denied {
         reset(&client);
         finish(shared, event, started);
+        return;
+    }
+
+    // HTTP rules on this pod's side: serve the connection request by request.
+    let own_http = match direction {
+        Direction::Egress => verdict.egress.http.clone(),
+        Direction::Ingress => verdict.ingress.http.clone(),
+    };
+    if let Some(rules) = own_http {
+        serve_http(
+            client, dst, rules, &policy, event, direction, shared, started,
+        )
+        .await;
         return;
     }
 
@@ -190,6 +204,133 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
     metrics.bytes_received.inc_by(transferred.server_to_client);
     event.bytes_sent = transferred.client_to_server;
     event.bytes_received = transferred.server_to_client;
+    finish(shared, event, started);
+}
+
+/// Serves a connection whose peer and port carry HTTP rules: each request is judged and is a
+/// flow event of its own; the connection's event closes the series.
+#[allow(clippy::too_many_arguments)]
+async fn serve_http(
+    client: TcpStream,
+    dst: SocketAddr,
+    rules: Vec<podwall_policy::RuleRef>,
+    policy: &Arc<PodPolicy>,
+    mut event: FlowEvent,
+    direction: Direction,
+    shared: &Shared,
+    started: Instant,
+) {
+    let Some(http) = policy.http.clone() else {
+        // The rules did not compile (already logged): refuse rather than forward unchecked.
+        reset(&client);
+        event.error = Some("HTTP rules unavailable: refused".into());
+        finish(shared, event, started);
+        return;
+    };
+    let gate = podwall_l7::serve::Gate {
+        mask: http.mask(&rules),
+        policy: http,
+        audit: policy.own_audit(),
+    };
+    let base = event.clone();
+    let engine_policy = policy.clone();
+    let flows = shared.flows.clone();
+    let counters = shared.metrics.http.clone();
+    let observer: podwall_l7::serve::Observer =
+        Arc::new(move |r: podwall_l7::serve::RequestEvent| {
+            use podwall_l7::serve::RequestVerdict;
+            let mut e = base.clone();
+            e.verdict = match r.verdict {
+                RequestVerdict::Allowed => {
+                    counters.allowed.inc();
+                    FlowVerdict::Allowed
+                }
+                RequestVerdict::Audit => {
+                    counters.audit.inc();
+                    FlowVerdict::Audit
+                }
+                RequestVerdict::Denied => {
+                    counters.denied.inc();
+                    FlowVerdict::Denied
+                }
+                RequestVerdict::Refused => {
+                    counters.refused.inc();
+                    FlowVerdict::Denied
+                }
+            };
+            let (policy_name, rule) = match r.rule {
+                Some((rule, entry)) => {
+                    let info = engine_policy.engine.rule_info(rule, None);
+                    (
+                        Some(info.policy),
+                        Some(format!("{}.rules.http[{entry}]", info.field)),
+                    )
+                }
+                None => (None, None),
+            };
+            e.l7 = Some(flow::L7Event {
+                http: flow::HttpEvent {
+                    method: r.method,
+                    host: r.host,
+                    path: r.path,
+                    status: r.status,
+                    policy: policy_name,
+                    rule,
+                    header_actions: r.actions.iter().map(|a| format!("{a:?}")).collect(),
+                },
+            });
+            e.error = r.error;
+            e.time = flow::now();
+            e.duration_ms = r.duration.as_secs_f64() * 1000.0;
+            flows.emit(e);
+        });
+    let metrics = shared.metrics(direction);
+    metrics.open.inc();
+    // A second handle on the socket, to reset it if a policy change revokes the connection.
+    let handle = std::os::fd::AsFd::as_fd(&client).try_clone_to_owned().ok();
+    let mut changes = shared.policies.clone();
+    changes.mark_unchanged();
+    let peer_ip = match direction {
+        Direction::Egress => dst.ip(),
+        Direction::Ingress => event.source.ip.parse().unwrap_or(dst.ip()),
+    };
+    let served = podwall_l7::serve::serve(
+        client,
+        dst,
+        gate,
+        podwall_l7::serve::Limits {
+            connect_timeout: shared.connect_timeout,
+            ..Default::default()
+        },
+        observer,
+    );
+    tokio::pin!(served);
+    let mut watching = !shared.keep_revoked;
+    let result = loop {
+        tokio::select! {
+            r = &mut served => break r,
+            changed = changes.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let now = changes.borrow_and_update().clone();
+                if let Some(p) = now
+                    && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port())
+                {
+                    if let Some(fd) = &handle {
+                        let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+                        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::Linger, &linger);
+                    }
+                    metrics.revoked.inc();
+                    break Err("reset: a policy change no longer allows this connection".into());
+                }
+            }
+        }
+    };
+    metrics.open.dec();
+    event.reason = Some("HTTP rules apply: each request is its own flow event".into());
+    event.error = result.err();
     finish(shared, event, started);
 }
 

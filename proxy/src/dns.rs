@@ -122,6 +122,7 @@ async fn answer(
         bytes_received: 0,
         duration_ms: 0.0,
         error: None,
+        l7: None,
     };
     let policy = shared.policies.borrow().clone();
     match &policy {

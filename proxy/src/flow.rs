@@ -82,6 +82,39 @@ pub struct FlowEvent {
     /// What went wrong after the verdict (connect refused, reset, revoked by a policy change).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Layer 7: an HTTP request on a connection whose peer and port carry HTTP rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Event>,
+}
+
+/// The application-layer part of a flow event.
+#[derive(Clone, Debug, Serialize)]
+pub struct L7Event {
+    /// The request.
+    pub http: HttpEvent,
+}
+
+/// One HTTP request.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpEvent {
+    /// The method.
+    pub method: String,
+    /// The host, when named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The normalised path (with query).
+    pub path: String,
+    /// The status the client got.
+    pub status: u16,
+    /// The policy whose HTTP rule allowed the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// That rule (`spec.ingress[0].toPorts[0].rules.http[1]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Header changes made by `headerMatches` mismatch actions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub header_actions: Vec<String>,
 }
 
 /// The current time as RFC 3339 with milliseconds.
@@ -126,7 +159,15 @@ pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
         allowed: side.allowed(),
         reason,
         policy: rule.map(|r| engine.state().policy(r.policy).name.to_string()),
-        rule: rule.map(|r| format!("spec.{}[{}]", r.direction, r.index)),
+        rule: rule.map(|r| {
+            engine
+                .state()
+                .policy(r.policy)
+                .rules(r.direction)
+                .unwrap_or_default()[r.index as usize]
+                .field
+                .clone()
+        }),
         isolated_by,
     }
 }

@@ -40,6 +40,11 @@ struct DirLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -94,6 +99,21 @@ pub struct Metrics {
     pub policies_selecting: Gauge,
     /// Flow events dropped because the writer fell behind.
     pub flow_events_dropped: Counter,
+    /// HTTP requests on connections with HTTP rules, by verdict.
+    pub http: HttpMetrics,
+}
+
+/// HTTP requests by verdict.
+#[derive(Clone, Debug, Default)]
+pub struct HttpMetrics {
+    /// Allowed and forwarded.
+    pub allowed: Counter,
+    /// Answered 403.
+    pub denied: Counter,
+    /// Would have been denied; forwarded in audit mode.
+    pub audit: Counter,
+    /// Refused before the rules (400, 413).
+    pub refused: Counter,
 }
 
 impl Default for Metrics {
@@ -218,6 +238,18 @@ impl Metrics {
             audit: dns_conn(VerdictLabel::audit),
             ..DirectionMetrics::default()
         };
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests on connections with HTTP rules, by verdict",
+            http_requests.clone(),
+        );
+        let http = HttpMetrics {
+            allowed: get(&http_requests, HttpLabels { verdict: "allowed" }),
+            denied: get(&http_requests, HttpLabels { verdict: "denied" }),
+            audit: get(&http_requests, HttpLabels { verdict: "audit" }),
+            refused: get(&http_requests, HttpLabels { verdict: "refused" }),
+        };
         let policy_applied = get(&updates, ResultLabels { result: "applied" });
         let policy_rejected = get(&updates, ResultLabels { result: "rejected" });
         Metrics {
@@ -229,6 +261,7 @@ impl Metrics {
             policy_ready,
             policies_selecting,
             flow_events_dropped,
+            http,
             registry,
         }
     }

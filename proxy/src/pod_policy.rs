@@ -63,6 +63,8 @@ pub struct PodPolicy {
     pub audit: bool,
     /// Counts updates, for logs.
     pub generation: u64,
+    /// The HTTP rules of every policy selecting this pod, compiled once (none: no HTTP rules).
+    pub http: Option<Arc<podwall_l7::HttpPolicy>>,
 }
 
 impl PodPolicy {
@@ -127,6 +129,11 @@ impl PodPolicy {
         }
     }
 
+    /// Whether this pod's own policies are in audit mode (flag or annotation).
+    pub fn own_audit(&self) -> bool {
+        self.audit || self.pod_in_audit(self.me)
+    }
+
     fn pod_in_audit(&self, pod: PodId) -> bool {
         self.engine
             .state()
@@ -154,11 +161,27 @@ pub async fn follow(
             // Compiling is CPU work: keep it off the threads that move bytes.
             let compiled = tokio::task::spawn_blocking(move || {
                 let me = state.pod_by_name(&id.namespace, &id.name);
-                me.map(|me| (Engine::compile((*state).clone()), me))
+                me.map(|me| {
+                    let engine = Engine::compile((*state).clone());
+                    let rules = podwall_l7::pod_http_rules(&engine, me);
+                    let http = if rules.is_empty() {
+                        None
+                    } else {
+                        match podwall_l7::HttpPolicy::compile(&rules) {
+                            Ok(p) => Some(Arc::new(p)),
+                            Err(e) => {
+                                // Validated at load; should it still fail, deny rather than open.
+                                tracing::error!(error = %e, "HTTP rules do not compile; connections that need them are refused");
+                                None
+                            }
+                        }
+                    };
+                    (engine, me, http)
+                })
             })
             .await;
             match compiled {
-                Ok(Some((engine, me))) => {
+                Ok(Some((engine, me, http))) => {
                     generation += 1;
                     let pod = engine.state().pod(me);
                     // The pod's own annotation is read per connection (it covers its own side);
@@ -191,6 +214,7 @@ pub async fn follow(
                         me,
                         audit: audit_flag,
                         generation,
+                        http,
                     })));
                     metrics.policy_applied.inc();
                     metrics.policy_ready.set(1);

@@ -1,9 +1,12 @@
 //! The small server every sandbox pod runs on each of its container ports.
 //!
-//! TCP: on accept it sends one greeting line naming the pod, the port the connection arrived
-//! on and the peer it came from, then echoes everything back until the peer half-closes, then
-//! half-closes too. UDP: echoes each datagram. The greeting is how probes tell a connection
-//! that reached the application from one a sidecar accepted and then reset.
+//! TCP: a client that speaks first is served HTTP (HTTP/1.1, or HTTP/2 with prior knowledge):
+//! every request gets `200` and a body naming the pod, the method and the path it received, and
+//! is logged on stdout. A client that stays silent for a moment gets one greeting line naming
+//! the pod, the port the connection arrived on and the peer it came from, then an echo of
+//! everything it sends until it half-closes. UDP: echoes each datagram. The greeting is how
+//! probes tell a connection that reached the application from one a sidecar accepted and then
+//! reset.
 
 use std::net::SocketAddr;
 
@@ -12,6 +15,68 @@ use tokio::net::{TcpListener, UdpSocket};
 
 /// What the greeting line starts with.
 pub const GREETING: &str = "podwall-sandbox";
+
+/// How long a silent client waits for the greeting.
+const SILENCE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// HTTP: `200` with `podwall-sandbox <pod> <METHOD> <path>` for every request, each logged.
+async fn serve_http(stream: tokio::net::TcpStream, pod: String, local: SocketAddr) {
+    use http_body_util::Full;
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // An upgrade (WebSocket or any other): switch protocols and echo what follows.
+            if req.headers().contains_key(hyper::header::UPGRADE) {
+                let proto = req.headers()[hyper::header::UPGRADE].clone();
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    if let Ok(io) = upgrade.await {
+                        let mut io = hyper_util::rt::TokioIo::new(io);
+                        let mut buf = vec![0u8; 4096];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                println!("{GREETING} {pod} upgrade {}", req.uri().path());
+                let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                resp.headers_mut().insert(hyper::header::UPGRADE, proto);
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("upgrade"),
+                );
+                return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
+            }
+            let line = format!(
+                "{GREETING} {pod} {} {} port {}",
+                req.method(),
+                req.uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/"),
+                local.port()
+            );
+            println!("{line}");
+            let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from(format!("{line}\n"))));
+            // gRPC clients want a gRPC status; others ignore it.
+            if req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+            {
+                resp.headers_mut()
+                    .insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+        });
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let _ = builder
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
+}
 
 /// The greeting for a connection to `pod` on `local` from `peer`.
 pub fn greeting(pod: &str, local: SocketAddr, peer: SocketAddr) -> String {
@@ -57,6 +122,13 @@ pub async fn serve(pod: String, tcp: Vec<u16>, udp: Vec<u16>) -> std::io::Result
                     let local = stream
                         .local_addr()
                         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                    // Does the client speak first? Then it is HTTP.
+                    let mut first = [0u8; 1];
+                    let spoke = tokio::time::timeout(SILENCE, stream.peek(&mut first)).await;
+                    if matches!(spoke, Ok(Ok(n)) if n > 0) {
+                        serve_http(stream, pod, local).await;
+                        return;
+                    }
                     if stream
                         .write_all(greeting(&pod, local, peer).as_bytes())
                         .await

@@ -1,0 +1,450 @@
+//! Serving a connection whose peer and port carry HTTP rules: every request is parsed (HTTP/1.1
+//! with keep-alive and pipelining, or HTTP/2 with prior knowledge, gRPC included), its path
+//! normalised, checked against the rules, and either answered `403 Access denied` (the
+//! connection stays usable) or forwarded, with the normalised path, over the connection's own
+//! upstream connection (HTTP/1.1 requests in order over one connection; HTTP/2 streams
+//! multiplexed over one). A request the server cannot parse gets `400` from hyper and nothing
+//! reaches the application.
+//!
+//! Limits: header size (`max_header_bytes`), time to receive the headers (`header_timeout`,
+//! slowloris), time between two pieces of a request body (`body_idle_timeout`), request body
+//! size (`max_body_bytes`, 413 when declared too big). An `Upgrade` (WebSocket) is forwarded
+//! only when the upgrade request itself is allowed; once the server switches protocols the
+//! bytes are copied both ways unchecked.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fixedbitset::FixedBitSet;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::path::normalize;
+use crate::rules::{HeaderAction, HttpPolicy, RequestView};
+use podwall_policy::RuleRef;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body_ = BoxBody<Bytes, BoxError>;
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line and headers) in bytes.
+    pub max_header_bytes: usize,
+    /// How long the client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a request body may stall between two pieces.
+    pub body_idle_timeout: Duration,
+    /// Largest request body in bytes (declared larger: 413; streamed larger: the request fails).
+    pub max_body_bytes: u64,
+    /// How long to wait for the upstream to accept the connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
+            max_body_bytes: 64 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the rules decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestVerdict {
+    /// Allowed and forwarded.
+    Allowed,
+    /// Denied: answered 403.
+    Denied,
+    /// Would have been denied; audit mode forwarded it.
+    Audit,
+    /// Refused before the rules (400 malformed path, 413 too big).
+    Refused,
+}
+
+/// One request, for the flow log and metrics.
+#[derive(Debug, Clone)]
+pub struct RequestEvent {
+    /// What the rules decided.
+    pub verdict: RequestVerdict,
+    /// The method.
+    pub method: String,
+    /// The host, when the request named one.
+    pub host: Option<String>,
+    /// The normalised path (or the target as received when it was refused).
+    pub path: String,
+    /// The status the client got (0 when the upstream failed before answering).
+    pub status: u16,
+    /// The rule and entry that allowed it.
+    pub rule: Option<(RuleRef, usize)>,
+    /// Header changes made from `headerMatches` mismatch actions.
+    pub actions: Vec<HeaderAction>,
+    /// How long until the response head.
+    pub duration: Duration,
+    /// What went wrong upstream, if anything.
+    pub error: Option<String>,
+}
+
+/// The rules a connection answers to.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The pod's compiled HTTP rules.
+    pub policy: Arc<HttpPolicy>,
+    /// The entries this connection's peer may use.
+    pub mask: FixedBitSet,
+    /// Forward would-be denials (logged as audit).
+    pub audit: bool,
+}
+
+/// Receives every request's event.
+pub type Observer = Arc<dyn Fn(RequestEvent) + Send + Sync>;
+
+/// The upstream side of one client connection.
+enum Upstream {
+    None,
+    H1(hyper::client::conn::http1::SendRequest<Body_>),
+    H2(hyper::client::conn::http2::SendRequest<Body_>),
+}
+
+struct Connection {
+    gate: Gate,
+    upstream_addr: SocketAddr,
+    upstream: Mutex<Upstream>,
+    limits: Limits,
+    observer: Observer,
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body_> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// A body that fails when the client stalls between two pieces of it.
+struct TimeoutBody {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for TimeoutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("request body stalled".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Connection {
+    async fn sender(&self, version: Version) -> Result<Upstream, String> {
+        let stream = tokio::time::timeout(
+            self.limits.connect_timeout,
+            TcpStream::connect(self.upstream_addr),
+        )
+        .await
+        .map_err(|_| format!("connect to {}: timed out", self.upstream_addr))?
+        .map_err(|e| format!("connect to {}: {e}", self.upstream_addr))?;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        if version == Version::HTTP_2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("HTTP/2 handshake with {}: {e}", self.upstream_addr))?;
+            tokio::spawn(conn);
+            Ok(Upstream::H2(send))
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("HTTP/1.1 handshake with {}: {e}", self.upstream_addr))?;
+            tokio::spawn(conn.with_upgrades());
+            Ok(Upstream::H1(send))
+        }
+    }
+
+    async fn forward(&self, req: Request<Body_>) -> Result<Response<Incoming>, String> {
+        let version = req.version();
+        let mut upstream = self.upstream.lock().await;
+        let reusable = match &*upstream {
+            Upstream::H1(s) => !s.is_closed(),
+            Upstream::H2(s) => !s.is_closed(),
+            Upstream::None => false,
+        };
+        if !reusable {
+            *upstream = self.sender(version).await?;
+        }
+        match &mut *upstream {
+            Upstream::H1(s) => {
+                s.ready().await.map_err(|e| e.to_string())?;
+                let fut = s.send_request(req);
+                // The HTTP/1.1 connection serves one request at a time; the lock is held until
+                // the response head arrives, in the order the client sent the requests.
+                fut.await.map_err(|e| e.to_string())
+            }
+            Upstream::H2(s) => {
+                let mut s = s.clone();
+                drop(upstream);
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(req).await.map_err(|e| e.to_string())
+            }
+            Upstream::None => Err("no upstream".into()),
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body_>, Infallible> {
+        let started = Instant::now();
+        let method = req.method().as_str().to_string();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| req.uri().to_string());
+        let host = req.uri().host().map(str::to_string).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(strip_port)
+        });
+        let mut event = RequestEvent {
+            verdict: RequestVerdict::Refused,
+            method: method.clone(),
+            host: host.clone(),
+            path: target.clone(),
+            status: 400,
+            rule: None,
+            actions: Vec::new(),
+            duration: Duration::ZERO,
+            error: None,
+        };
+        let path = match normalize(&target) {
+            Ok(p) => p,
+            Err(e) => {
+                event.error = Some(e.to_string());
+                return Ok(self.finish(
+                    event,
+                    started,
+                    text(StatusCode::BAD_REQUEST, "Bad Request\r\n"),
+                ));
+            }
+        };
+        event.path = path.clone();
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
+            event.status = 413;
+            return Ok(self.finish(
+                event,
+                started,
+                text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\r\n"),
+            ));
+        }
+        let view = RequestView {
+            method: &method,
+            path: &path,
+            host: host.as_deref(),
+            headers: req.headers(),
+        };
+        let matched = self.gate.policy.check(&view, &self.gate.mask);
+        event.verdict = match (&matched, self.gate.audit) {
+            (Some(_), _) => RequestVerdict::Allowed,
+            (None, true) => RequestVerdict::Audit,
+            (None, false) => RequestVerdict::Denied,
+        };
+        if event.verdict == RequestVerdict::Denied {
+            event.status = 403;
+            return Ok(self.finish(
+                event,
+                started,
+                text(StatusCode::FORBIDDEN, "Access denied\r\n"),
+            ));
+        }
+        if let Some(m) = matched {
+            event.rule = Some((m.rule, m.entry));
+            for action in &m.actions {
+                apply(req.headers_mut(), action);
+            }
+            event.actions = m.actions;
+        }
+        // Forward what was checked: the normalised path.
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = path.parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        let wants_upgrade = req.headers().contains_key(http::header::UPGRADE);
+        let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let body = TimeoutBody {
+            inner: body,
+            idle: self.limits.body_idle_timeout,
+            sleep: Box::pin(tokio::time::sleep(self.limits.body_idle_timeout)),
+        }
+        .boxed();
+        let upstream_req = Request::from_parts(parts, body);
+        match self.forward(upstream_req).await {
+            Ok(mut resp) => {
+                event.status = resp.status().as_u16();
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade
+                {
+                    let server_upgrade = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(async move {
+                        if let (Ok(c), Ok(s)) = (client_upgrade.await, server_upgrade.await) {
+                            let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+                            let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                        }
+                    });
+                }
+                let resp = resp.map(|b| b.map_err(BoxError::from).boxed());
+                Ok(self.finish(event, started, resp))
+            }
+            Err(e) => {
+                event.status = 502;
+                event.error = Some(e);
+                Ok(self.finish(
+                    event,
+                    started,
+                    text(StatusCode::BAD_GATEWAY, "Bad Gateway\r\n"),
+                ))
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        mut event: RequestEvent,
+        started: Instant,
+        response: Response<Body_>,
+    ) -> Response<Body_> {
+        event.duration = started.elapsed();
+        (self.observer)(event);
+        response
+    }
+}
+
+fn apply(headers: &mut http::HeaderMap, action: &HeaderAction) {
+    let name = |n: &str| http::HeaderName::try_from(n).ok();
+    match action {
+        HeaderAction::Log(_) => {}
+        HeaderAction::Add(n, v) => {
+            if let (Some(n), Ok(v)) = (name(n), HeaderValue::try_from(v.as_str())) {
+                headers.append(n, v);
+            }
+        }
+        HeaderAction::Delete(n) => {
+            if let Some(n) = name(n) {
+                headers.remove(n);
+            }
+        }
+        HeaderAction::Replace(n, v) => {
+            if let (Some(n), Ok(v)) = (name(n), HeaderValue::try_from(v.as_str())) {
+                headers.insert(n, v);
+            }
+        }
+    }
+}
+
+fn strip_port(host: &str) -> String {
+    // `[v6]:port`, `name:port`, or no port.
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
+        _ => host.to_string(),
+    }
+}
+
+/// Serves one client connection until it closes. `upstream` is the original destination.
+pub async fn serve(
+    client: TcpStream,
+    upstream: SocketAddr,
+    gate: Gate,
+    limits: Limits,
+    observer: Observer,
+) -> Result<(), String> {
+    let conn = Arc::new(Connection {
+        gate,
+        upstream_addr: upstream,
+        upstream: Mutex::new(Upstream::None),
+        limits,
+        observer,
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let service = hyper::service::service_fn(move |req| conn.clone().handle(req));
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(client), service)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("api.local:8080"), "api.local");
+        assert_eq!(strip_port("api.local"), "api.local");
+        assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
+        assert_eq!(strip_port("10.0.0.1:80"), "10.0.0.1");
+    }
+}
