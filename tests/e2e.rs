@@ -1081,3 +1081,98 @@ fn an_upgrade_passes_only_when_the_upgrade_request_is_allowed() {
     assert_eq!(talk("/api/v1/ws"), "HTTP/1.1 101 ping");
     assert_eq!(talk("/ws"), "HTTP/1.1 403");
 }
+
+const GRPC_TOPOLOGY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: g}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: g, labels: {app: client}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.79.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: g, labels: {app: server}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.79.0.2}
+---
+apiVersion: podwall.io/v1alpha1
+kind: PodwallPolicy
+metadata: {name: echo, namespace: g}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "50051", protocol: TCP}]
+      rules:
+        http:
+        - {method: POST, path: /demo.Echo/Allowed}
+"#;
+
+/// A gRPC server with two unary methods that echo their request, without generated code.
+const GRPC_SERVER: &str = r#"
+import grpc, time
+from concurrent import futures
+echo = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
+handler = grpc.method_handlers_generic_handler("demo.Echo", {"Allowed": echo, "Forbidden": echo})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port("0.0.0.0:50051")
+server.start()
+print("serving", flush=True)
+time.sleep(120)
+"#;
+
+/// Calls Allowed, Forbidden, Allowed on one channel and prints each outcome.
+const GRPC_CLIENT: &str = r#"
+import grpc, sys
+channel = grpc.insecure_channel(sys.argv[1] + ":50051")
+grpc.channel_ready_future(channel).result(timeout=10)
+for method in ["Allowed", "Forbidden", "Allowed"]:
+    try:
+        reply = channel.unary_unary("/demo.Echo/" + method)(b"hello", timeout=5)
+        print(method, "OK", reply.decode())
+    except grpc.RpcError as e:
+        print(method, e.code().name)
+"#;
+
+#[test]
+fn grpc_methods_are_allowed_or_denied_by_their_path() {
+    if !ready_for("grpc_methods_are_allowed_or_denied_by_their_path") {
+        return;
+    }
+    let has_grpc = Command::new("python3").args(["-c", "import grpc"]).status().is_ok_and(|s| s.success());
+    if !has_grpc {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("python3 with grpcio is needed (.ci/run installs it)");
+        }
+        eprintln!("skipping the gRPC test: python3 -m pip install grpcio");
+        return;
+    }
+    let dir = topology(GRPC_TOPOLOGY);
+    let up = Up::new(dir.path(), "grpc", Inject::Annotated);
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &up.ns("g/server"), "python3", "-c", GRPC_SERVER])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("grpc server");
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut first).expect("server started");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &up.ns("g/client"), "python3", "-c", GRPC_CLIENT])
+        .arg(up.ip("g/server").to_string())
+        .output()
+        .expect("grpc client");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "Allowed OK hello\nForbidden PERMISSION_DENIED\nAllowed OK hello\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
