@@ -26,6 +26,8 @@ enum Command {
     /// A cluster on this machine: network namespaces as pods, the sidecar injected (needs root).
     #[command(subcommand)]
     Sandbox(cli::sandbox::SandboxCommand),
+    /// Print the PodwallPolicy CustomResourceDefinition (`podwall crd | kubectl apply -f -`).
+    Crd,
 }
 
 fn main() -> ExitCode {
@@ -34,5 +36,9 @@ fn main() -> ExitCode {
         Command::Analyze(cmd) => cli::analyze::run(cmd),
         Command::Proxy(cmd) => cli::proxy::run(cmd),
         Command::Sandbox(cmd) => cli::sandbox::run(cmd),
+        Command::Crd => {
+            print!("{}", podwall_policy::crd::podwall_policy_crd_yaml());
+            ExitCode::SUCCESS
+        }
     }
 }

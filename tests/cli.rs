@@ -346,3 +346,20 @@ fn help_explains_the_contracts() {
     let (_, out, _) = podwall(&["analyze", "check", "--help"]);
     assert!(out.contains("NS/POD|IP"), "{out}");
 }
+
+#[test]
+fn the_crd_in_helm_is_the_one_generated_from_the_rust_types() {
+    let (code, out, _) = podwall(&["crd"]);
+    assert_eq!(code, 0);
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/podwall/crds/podwallpolicy.yaml"
+    ))
+    .expect("helm/podwall/crds/podwallpolicy.yaml");
+    assert!(
+        committed == out,
+        "helm/podwall/crds/podwallpolicy.yaml is stale: run `cargo run -q -- crd > helm/podwall/crds/podwallpolicy.yaml`"
+    );
+    assert!(out.contains("name: podwallpolicies.podwall.io"));
+    assert!(out.contains("name: v1alpha1"));
+}

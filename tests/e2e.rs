@@ -1143,7 +1143,10 @@ fn grpc_methods_are_allowed_or_denied_by_their_path() {
     if !ready_for("grpc_methods_are_allowed_or_denied_by_their_path") {
         return;
     }
-    let has_grpc = Command::new("python3").args(["-c", "import grpc"]).status().is_ok_and(|s| s.success());
+    let has_grpc = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
     if !has_grpc {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("python3 with grpcio is needed (.ci/run installs it)");
@@ -1154,15 +1157,31 @@ fn grpc_methods_are_allowed_or_denied_by_their_path() {
     let dir = topology(GRPC_TOPOLOGY);
     let up = Up::new(dir.path(), "grpc", Inject::Annotated);
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &up.ns("g/server"), "python3", "-c", GRPC_SERVER])
+        .args([
+            "netns",
+            "exec",
+            &up.ns("g/server"),
+            "python3",
+            "-c",
+            GRPC_SERVER,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("grpc server");
     let mut first = String::new();
-    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut first).expect("server started");
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("server started");
     let out = Command::new("ip")
-        .args(["netns", "exec", &up.ns("g/client"), "python3", "-c", GRPC_CLIENT])
+        .args([
+            "netns",
+            "exec",
+            &up.ns("g/client"),
+            "python3",
+            "-c",
+            GRPC_CLIENT,
+        ])
         .arg(up.ip("g/server").to_string())
         .output()
         .expect("grpc client");

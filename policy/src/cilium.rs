@@ -34,6 +34,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -68,114 +69,182 @@ pub(crate) struct CiliumObject {
     specs: Option<Vec<Spec>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A PodwallPolicy's (and CiliumNetworkPolicy's) spec.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct Spec {
+pub(crate) struct Spec {
+    /// Selects the pods of the policy's namespace the policy applies to (`{}`: all of them).
+    /// Keys may carry Cilium's source prefix (`k8s:app`, `any:app`).
     endpoint_selector: Option<meta::LabelSelector>,
+    /// Cilium host policies: not enforced by podwall.
     node_selector: Option<Value>,
+    /// Allowed incoming connections. A non-empty list isolates the selected pods for ingress.
     ingress: Option<Vec<PeerRule>>,
+    /// Allowed outgoing connections. A non-empty list isolates the selected pods for egress.
     egress: Option<Vec<PeerRule>>,
+    /// Cilium deny rules: not enforced by podwall (the direction then allows nothing).
     ingress_deny: Option<Vec<Value>>,
+    /// Cilium deny rules: not enforced by podwall (the direction then allows nothing).
     egress_deny: Option<Vec<Value>>,
+    /// Whether the policy isolates its pods in each direction it has rules for (default true).
     enable_default_deny: Option<DefaultDenySpec>,
+    /// Free text.
     #[allow(dead_code)]
     description: Option<String>,
+    /// Labels of the rule (Cilium), ignored.
     #[allow(dead_code)]
     labels: Option<Value>,
+    /// Cilium's policy verdict logging settings, ignored.
     #[allow(dead_code)]
     log: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Per-direction default deny.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 struct DefaultDenySpec {
+    /// Isolate the selected pods for ingress.
     ingress: Option<bool>,
+    /// Isolate the selected pods for egress.
     egress: Option<bool>,
 }
 
-/// An ingress or an egress rule: the `from*` fields or the `to*` fields are set.
-#[derive(Debug, Default, Deserialize)]
+/// An ingress rule (the `from*` fields) or an egress rule (the `to*` fields). Peers listed are
+/// ORed; with no peer, `toPorts` allows every peer; with neither, the rule allows nothing.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct PeerRule {
+    /// Pods allowed to connect: label selectors; `k8s:io.kubernetes.pod.namespace` picks the
+    /// namespace (default: the policy's), `io.cilium.k8s.namespace.labels.<key>` tests
+    /// namespace labels.
     from_endpoints: Option<Vec<meta::LabelSelector>>,
+    /// Addresses outside the cluster allowed to connect.
     #[serde(rename = "fromCIDR")]
     from_cidr: Option<Vec<String>>,
+    /// Address blocks outside the cluster allowed to connect, with exceptions.
     #[serde(rename = "fromCIDRSet")]
     from_cidr_set: Option<Vec<CidrRule>>,
+    /// `world`, `cluster`, `host`, `remote-node`, `all` (`kube-apiserver` matches nothing here).
     from_entities: Option<Vec<String>>,
+    /// Pods the selected pods may connect to (as `fromEndpoints`).
     to_endpoints: Option<Vec<meta::LabelSelector>>,
+    /// Addresses outside the cluster the selected pods may connect to.
     #[serde(rename = "toCIDR")]
     to_cidr: Option<Vec<String>>,
+    /// Address blocks outside the cluster, with exceptions.
     #[serde(rename = "toCIDRSet")]
     to_cidr_set: Option<Vec<CidrRule>>,
+    /// Entities the selected pods may connect to.
     to_entities: Option<Vec<String>>,
+    /// Ports (and HTTP rules) the rule allows; absent: every port.
     to_ports: Option<Vec<PortRule>>,
-    // Not enforced by podwall: present and non-empty, the rule allows nothing.
+    /// Not enforced by podwall: the rule then allows nothing.
     from_requires: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     to_requires: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     from_groups: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     to_groups: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     from_nodes: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     to_nodes: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     to_services: Option<Vec<Value>>,
+    /// DNS names: not enforced yet (the rule then allows nothing).
     #[serde(rename = "toFQDNs")]
     to_fqdns: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     icmps: Option<Vec<Value>>,
+    /// Not enforced by podwall: the rule then allows nothing.
     authentication: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A block of addresses outside the cluster.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct CidrRule {
+    /// The block (`10.0.0.0/8`).
     cidr: Option<String>,
+    /// Blocks inside it that are not allowed.
     except: Option<Vec<String>>,
+    /// Not supported by podwall: the rule then allows nothing.
     cidr_group_ref: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Ports, and what must hold for traffic on them.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct PortRule {
+    /// The ports; absent or empty: every port of every protocol.
     ports: Option<Vec<PortProtocol>>,
+    /// Application-layer rules (`http`).
     rules: Option<L7Rules>,
+    /// Not supported by podwall: the entry then allows nothing.
     terminating_tls: Option<Value>,
+    /// Not supported by podwall: the entry then allows nothing.
     #[serde(rename = "originatingTLS")]
     originating_tls: Option<Value>,
+    /// Not supported by podwall: the entry then allows nothing.
     server_names: Option<Vec<Value>>,
+    /// Not supported by podwall: the entry then allows nothing.
     listener: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A port (or range, or name) and protocol.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct PortProtocol {
+    /// A number, a numeric string (`"0"`: every port) or a container port's name.
     port: Option<IntOrString>,
+    /// The last port of a range starting at `port`.
     end_port: Option<i32>,
+    /// TCP, UDP, SCTP or ANY (the default).
     protocol: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Application-layer rules for a port.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct L7Rules {
+    /// HTTP rules: each request must match one of them.
     http: Option<Vec<HttpSpec>>,
+    /// DNS rules (`matchName`, `matchPattern`) on port 53.
     dns: Option<Vec<Value>>,
+    /// Not supported by podwall: the entry then allows nothing.
     kafka: Option<Vec<Value>>,
+    /// Not supported by podwall: the entry then allows nothing.
     l7proto: Option<String>,
+    /// Not supported by podwall: the entry then allows nothing.
     l7: Option<Vec<Value>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// One HTTP rule: every field given must match (regular expressions match the whole value).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct HttpSpec {
+    /// A regular expression for the method (`GET`, `POST|PUT`).
     method: Option<String>,
+    /// A regular expression for the normalised path with its query (`/api/v1/.*`).
     path: Option<String>,
+    /// A regular expression for the host, without port.
     host: Option<String>,
+    /// Headers that must be present: `Name` or `Name: value`.
     headers: Option<Vec<String>>,
+    /// Headers with a value, and what to do when they do not match.
     header_matches: Option<Vec<HeaderMatchSpec>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A header to match, and what to do when it does not.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 struct HeaderMatchSpec {
+    /// The header's name.
     name: Option<String>,
+    /// Its value (absent: present with any value).
     value: Option<String>,
+    /// LOG, ADD, DELETE or REPLACE instead of denying the request (absent: deny).
     mismatch: Option<String>,
+    /// Not supported by podwall.
     secret: Option<Value>,
 }
 

@@ -16,6 +16,7 @@
 
 mod cilium;
 mod compile;
+pub mod crd;
 mod diagnostic;
 mod engine;
 mod error;
