@@ -56,6 +56,10 @@ pub(crate) struct UpArgs {
     /// Output of the probe (demo).
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
+    /// Also send this HTTP request on every allowed connection and compare the status with the
+    /// analyzer's (METHOD:PATH, repeatable; e.g. GET:/api/v1/users).
+    #[arg(long = "http", value_name = "METHOD:PATH")]
+    http: Vec<String>,
 }
 
 /// Probe output.
@@ -72,6 +76,10 @@ pub(crate) enum Output {
 pub(crate) struct ProbeArgs {
     #[command(flatten)]
     name: NameArg,
+    /// Also send this HTTP request on every allowed connection and compare the status with the
+    /// analyzer's (METHOD:PATH, repeatable; e.g. GET:/api/v1/users).
+    #[arg(long = "http", value_name = "METHOD:PATH")]
+    http: Vec<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
@@ -109,7 +117,7 @@ pub(crate) fn run(cmd: SandboxCommand) -> ExitCode {
             );
             ExitCode::SUCCESS
         }),
-        SandboxCommand::Probe(args) => Sandbox::open(&args.name.name).and_then(|sb| probe(&sb, args.output)),
+        SandboxCommand::Probe(args) => Sandbox::open(&args.name.name).and_then(|sb| probe(&sb, args.output, &args.http)),
         SandboxCommand::Down(args) => podwall_sandbox::down(&args.name).map(|()| {
             println!("sandbox {:?} removed", args.name);
             ExitCode::SUCCESS
@@ -160,16 +168,35 @@ fn up(args: &UpArgs) -> Result<Sandbox, SandboxError> {
     Ok(sb)
 }
 
-fn probe(sb: &Sandbox, output: Output) -> Result<ExitCode, SandboxError> {
+fn probe(sb: &Sandbox, output: Output, http: &[String]) -> Result<ExitCode, SandboxError> {
     let report = sb.probe()?;
+    let requests: Vec<(String, String)> = http
+        .iter()
+        .map(|r| match r.split_once(':') {
+            Some((m, p)) => (m.to_string(), p.to_string()),
+            None => ("GET".to_string(), r.clone()),
+        })
+        .collect();
+    let http_report = if requests.is_empty() {
+        Vec::new()
+    } else {
+        sb.probe_http(&requests)?
+    };
     match output {
-        Output::Text => print!("{}", report.render()),
+        Output::Text => {
+            print!("{}", report.render());
+            if !requests.is_empty() {
+                print!("\n{}", podwall_sandbox::probe::render_http(&http_report));
+            }
+        }
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
+            serde_json::to_string_pretty(&serde_json::json!({"tcp": report, "http": http_report}))
+                .unwrap_or_default()
         ),
     }
-    Ok(if report.mismatches().is_empty() {
+    let http_ok = http_report.iter().all(|a| a.observed == a.predicted);
+    Ok(if report.mismatches().is_empty() && http_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -178,7 +205,7 @@ fn probe(sb: &Sandbox, output: Output) -> Result<ExitCode, SandboxError> {
 
 fn demo(args: &UpArgs) -> Result<ExitCode, SandboxError> {
     let sb = up(args)?;
-    let result = probe(&sb, args.output);
+    let result = probe(&sb, args.output, &args.http);
     eprintln!("removing sandbox {:?}", sb.record.name);
     let down = sb.down();
     let code = result?;
