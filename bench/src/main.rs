@@ -227,7 +227,7 @@ fn start_servers(sb: &Sandbox, dir: &Path) -> Result<Vec<Child>, String> {
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  server {{ listen {HTTP_PORT} reuseport backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  server {{ listen {HTTP_PORT} reuseport backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
             pid = dir.join("nginx.pid").display(),
             tmp = dir.display()
         ),
@@ -375,6 +375,100 @@ fn init_rules(sb: &Sandbox, podwall: &Path, remove: bool) -> Result<(), String> 
     output(cmd).map(|_| ())
 }
 
+fn start_sidecar(sb: &Sandbox, podwall: &Path, threads: usize) -> Result<Proxy, String> {
+    let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
+    let child = as_proxy_in(ns, &podwall.display().to_string())
+        .args([
+            "proxy",
+            "run",
+            "--pod-namespace",
+            "bench",
+            "--pod-name",
+            "client",
+            "--threads",
+            &threads.to_string(),
+        ])
+        .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sidecar: {e}"))?;
+    let p = Proxy { child };
+    wait_listening(ns, 15020)?;
+    // Ready means a policy is loaded.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let ready = run_in(ns, || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut out);
+            out.contains(" 200 ")
+        })
+        .unwrap_or(false);
+        if ready {
+            return Ok(p);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("the sidecar did not become ready".into())
+}
+
+/// Keep-alive HTTP only (the L7 comparison).
+fn measure_keepalive(
+    name: &str,
+    sb: &Sandbox,
+    args: &Args,
+    proxy: Option<&Proxy>,
+) -> Result<PathResult, String> {
+    let client = sb.pod(CLIENT).ok_or("no client")?.netns.clone();
+    let server_ip = sb.pod(SERVER).ok_or("no server")?.ip;
+    eprintln!(
+        "[{name}] keep-alive HTTP (wrk, {} connections)",
+        args.connections
+    );
+    let c0 = proxy.map(Proxy::cpu);
+    let (rps, p50, p99, total) = wrk(
+        &client,
+        &format!("http://{server_ip}:{HTTP_PORT}/"),
+        args.duration,
+        args.connections,
+        false,
+    )?;
+    let mut r = PathResult {
+        name: name.to_string(),
+        keepalive_rps: rps,
+        keepalive_p50_ms: p50,
+        keepalive_p99_ms: p99,
+        ..PathResult::default()
+    };
+    if let (Some(p), Some(c0)) = (proxy, c0) {
+        r.keepalive_proxy_cpu_us_per_request = Some((p.cpu() - c0) / total * 1e6);
+        r.rss_peak_mb = p.status_mb("VmHWM:");
+    }
+    Ok(r)
+}
+
+/// HTTP rules on the client's egress to the server's HTTP port: every request is checked.
+const L7_POLICY: &str = r#"
+apiVersion: podwall.io/v1alpha1
+kind: PodwallPolicy
+metadata: {name: client-egress-l7, namespace: bench}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts:
+    - ports: [{port: "5201", protocol: TCP}]
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/.*"}
+        - {method: POST, path: /api/v1/orders}
+"#;
+
 fn wait_listening(ns: &str, port: u16) -> Result<(), String> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
@@ -419,27 +513,53 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
         let mut results = vec![measure("direct", &sb, args, None, None)?];
 
         init_rules(&sb, &podwall, false)?;
-        let sidecar = as_proxy_in(&client_ns, &podwall.display().to_string())
-            .args([
-                "proxy",
-                "run",
-                "--pod-namespace",
-                "bench",
-                "--pod-name",
-                "client",
-                "--threads",
-                &args.threads.to_string(),
-            ])
-            .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("sidecar: {e}"))?;
-        let sidecar = Proxy { child: sidecar };
-        wait_listening(&client_ns, 15020)?;
-        std::thread::sleep(Duration::from_millis(500));
+        let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
         results.push(measure("podwall", &sb, args, Some(&sidecar), None)?);
         drop(sidecar);
+
+        // The same sidecar enforcing HTTP rules on every request.
+        let policies = sb.policy_dir().join("policies.json");
+        let l4 = std::fs::read_to_string(&policies).map_err(|e| e.to_string())?;
+        std::fs::remove_file(&policies).map_err(|e| e.to_string())?;
+        std::fs::write(sb.policy_dir().join("l7.yaml"), L7_POLICY).map_err(|e| e.to_string())?;
+        let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
+        results.push(measure_keepalive("podwall-l7", &sb, args, Some(&sidecar))?);
+        drop(sidecar);
+        std::fs::remove_file(sb.policy_dir().join("l7.yaml")).map_err(|e| e.to_string())?;
+        std::fs::write(&policies, l4).map_err(|e| e.to_string())?;
+
+        // nginx as an HTTP reverse proxy in the same slot.
+        if !args.no_haproxy {
+            let ngx = work.join("nginx-l7");
+            std::fs::create_dir_all(&ngx).map_err(|e| e.to_string())?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&ngx, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| e.to_string())?;
+            let conf = ngx.join("nginx.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  upstream u {{ server {server_ip}:{HTTP_PORT}; keepalive 64; }}\n  server {{ listen 127.0.0.1:15001 reuseport backlog=4096; keepalive_requests 10000000;\n    location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
+                    d = ngx.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let child = as_proxy_in(&client_ns, "nginx")
+                .args([
+                    "-c",
+                    &conf.display().to_string(),
+                    "-p",
+                    &ngx.display().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("nginx: {e}"))?;
+            let nginx = Proxy { child };
+            wait_listening(&client_ns, 15001)?;
+            results.push(measure_keepalive("nginx-l7", &sb, args, Some(&nginx))?);
+            drop(nginx);
+        }
 
         if !args.no_haproxy {
             // Same slot: the same redirect to 15001, haproxy as uid 1337, forwarding to the
@@ -543,11 +663,55 @@ fn table(results: &[PathResult]) -> String {
     out
 }
 
+fn l7_table(results: &[PathResult]) -> String {
+    let get = |n: &str| results.iter().find(|r| r.name == n);
+    let mut out = String::from("\nHTTP keep-alive through HTTP rules (every request checked):\n");
+    let _ = writeln!(
+        out,
+        "{:<28} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}",
+        "", "req/s", "p50 ms", "p99 ms", "proxy us/req", "/direct", "/nginx-l7"
+    );
+    let direct = get("direct").map(|r| r.keepalive_rps);
+    let nginx = get("nginx-l7").map(|r| r.keepalive_rps);
+    for (label, name) in [
+        ("direct", "direct"),
+        ("podwall, L4 only", "podwall"),
+        ("podwall, HTTP rules", "podwall-l7"),
+        ("nginx reverse proxy", "nginx-l7"),
+    ] {
+        let Some(r) = get(name) else { continue };
+        let ratio = |b: Option<f64>| {
+            b.filter(|b| *b > 0.0)
+                .map(|b| format!("{:.2}x", r.keepalive_rps / b))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            out,
+            "{label:<28} {:>12.0} {:>9.2} {:>9.2} {:>14} {:>10} {:>10}",
+            r.keepalive_rps,
+            r.keepalive_p50_ms,
+            r.keepalive_p99_ms,
+            r.keepalive_proxy_cpu_us_per_request
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            ratio(direct),
+            ratio(nginx),
+        );
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(results) => {
-            print!("{}", table(&results));
+            let l4: Vec<PathResult> = results
+                .iter()
+                .filter(|r| !r.name.ends_with("-l7"))
+                .cloned()
+                .collect();
+            print!("{}", table(&l4));
+            print!("{}", l7_table(&results));
             if let Some(path) = &args.json
                 && let Err(e) = std::fs::write(
                     path,
