@@ -383,6 +383,8 @@ fn a_thousand_concurrent_connections_pass_one_sidecar() {
             r.read_line(&mut echo).expect("echo");
             if greeting.starts_with("podwall-sandbox") && echo == msg {
                 ok += 1;
+            } else {
+                eprintln!("connection {i}: greeting {greeting:?}, echo {echo:?}");
             }
         }
         ok

@@ -34,9 +34,20 @@ struct Args {
     /// Sidecar worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Skip haproxy.
+    /// Skip haproxy and nginx.
     #[arg(long)]
     no_haproxy: bool,
+    /// Which measurements: `l4` (bulk, keep-alive, new connections, RSS), `l7` (keep-alive
+    /// through HTTP rules), or both.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    only: Only,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Only {
+    All,
+    L4,
+    L7,
 }
 
 const CLIENT: &str = "bench/client";
@@ -80,6 +91,9 @@ struct PathResult {
     keepalive_p50_ms: f64,
     keepalive_p99_ms: f64,
     keepalive_proxy_cpu_us_per_request: Option<f64>,
+    /// The user-space part of that (the rest is the kernel: TCP, including the softirq work of
+    /// delivering the proxy's writes, billed to the proxy).
+    keepalive_proxy_user_us_per_request: Option<f64>,
     new_conn_rps: f64,
     new_conn_p50_ms: f64,
     new_conn_p99_ms: f64,
@@ -100,6 +114,11 @@ impl Proxy {
     }
     /// utime + stime in seconds.
     fn cpu(&self) -> f64 {
+        let (user, system) = self.cpu_split();
+        user + system
+    }
+    /// utime and stime in seconds.
+    fn cpu_split(&self) -> (f64, f64) {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which may hold spaces, so split after the last ')').
@@ -107,7 +126,7 @@ impl Proxy {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         // utime and stime are fields 14 and 15; `rest` starts at field 3.
-        (ticks(11) + ticks(12)) / clock_ticks()
+        (ticks(11) / clock_ticks(), ticks(12) / clock_ticks())
     }
     fn status_mb(&self, key: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
@@ -344,11 +363,13 @@ fn measure(
         "[{name}] keep-alive HTTP (wrk, {} connections)",
         args.connections
     );
-    let c0 = p.map(Proxy::cpu);
+    let c0 = p.map(Proxy::cpu_split);
     let (rps, p50, p99, total) = wrk(&client, &url, args.duration, args.connections, false)?;
     (r.keepalive_rps, r.keepalive_p50_ms, r.keepalive_p99_ms) = (rps, p50, p99);
-    if let (Some(p), Some(c0)) = (p, c0) {
-        r.keepalive_proxy_cpu_us_per_request = Some((p.cpu() - c0) / total * 1e6);
+    if let (Some(p), Some((u0, s0))) = (p, c0) {
+        let (u1, s1) = p.cpu_split();
+        r.keepalive_proxy_cpu_us_per_request = Some((u1 - u0 + s1 - s0) / total * 1e6);
+        r.keepalive_proxy_user_us_per_request = Some((u1 - u0) / total * 1e6);
     }
     eprintln!("[{name}] a new connection per request (wrk, Connection: close)");
     let c0 = p.map(Proxy::cpu);
@@ -429,7 +450,7 @@ fn measure_keepalive(
         "[{name}] keep-alive HTTP (wrk, {} connections)",
         args.connections
     );
-    let c0 = proxy.map(Proxy::cpu);
+    let c0 = proxy.map(Proxy::cpu_split);
     let (rps, p50, p99, total) = wrk(
         &client,
         &format!("http://{server_ip}:{HTTP_PORT}/"),
@@ -444,8 +465,10 @@ fn measure_keepalive(
         keepalive_p99_ms: p99,
         ..PathResult::default()
     };
-    if let (Some(p), Some(c0)) = (proxy, c0) {
-        r.keepalive_proxy_cpu_us_per_request = Some((p.cpu() - c0) / total * 1e6);
+    if let (Some(p), Some((u0, s0))) = (proxy, c0) {
+        let (u1, s1) = p.cpu_split();
+        r.keepalive_proxy_cpu_us_per_request = Some((u1 - u0 + s1 - s0) / total * 1e6);
+        r.keepalive_proxy_user_us_per_request = Some((u1 - u0) / total * 1e6);
         r.rss_peak_mb = p.status_mb("VmHWM:");
     }
     Ok(r)
@@ -510,26 +533,37 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
         let _servers = start_servers(&sb, &work)?;
         let client_ns = sb.pod(CLIENT).ok_or("no client")?.netns.clone();
         let server_ip = sb.pod(SERVER).ok_or("no server")?.ip;
-        let mut results = vec![measure("direct", &sb, args, None, None)?];
+        let l4 = args.only != Only::L7;
+        let l7 = args.only != Only::L4;
+        let mut results = vec![if l4 {
+            measure("direct", &sb, args, None, None)?
+        } else {
+            measure_keepalive("direct", &sb, args, None)?
+        }];
 
         init_rules(&sb, &podwall, false)?;
-        let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
-        results.push(measure("podwall", &sb, args, Some(&sidecar), None)?);
-        drop(sidecar);
+        if l4 {
+            let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
+            results.push(measure("podwall", &sb, args, Some(&sidecar), None)?);
+            drop(sidecar);
+        }
 
         // The same sidecar enforcing HTTP rules on every request.
-        let policies = sb.policy_dir().join("policies.json");
-        let l4 = std::fs::read_to_string(&policies).map_err(|e| e.to_string())?;
-        std::fs::remove_file(&policies).map_err(|e| e.to_string())?;
-        std::fs::write(sb.policy_dir().join("l7.yaml"), L7_POLICY).map_err(|e| e.to_string())?;
-        let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
-        results.push(measure_keepalive("podwall-l7", &sb, args, Some(&sidecar))?);
-        drop(sidecar);
-        std::fs::remove_file(sb.policy_dir().join("l7.yaml")).map_err(|e| e.to_string())?;
-        std::fs::write(&policies, l4).map_err(|e| e.to_string())?;
+        if l7 {
+            let policies = sb.policy_dir().join("policies.json");
+            let l4 = std::fs::read_to_string(&policies).map_err(|e| e.to_string())?;
+            std::fs::remove_file(&policies).map_err(|e| e.to_string())?;
+            std::fs::write(sb.policy_dir().join("l7.yaml"), L7_POLICY)
+                .map_err(|e| e.to_string())?;
+            let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
+            results.push(measure_keepalive("podwall-l7", &sb, args, Some(&sidecar))?);
+            drop(sidecar);
+            std::fs::remove_file(sb.policy_dir().join("l7.yaml")).map_err(|e| e.to_string())?;
+            std::fs::write(&policies, l4).map_err(|e| e.to_string())?;
+        }
 
         // nginx as an HTTP reverse proxy in the same slot.
-        if !args.no_haproxy {
+        if l7 && !args.no_haproxy {
             let ngx = work.join("nginx-l7");
             std::fs::create_dir_all(&ngx).map_err(|e| e.to_string())?;
             use std::os::unix::fs::PermissionsExt;
@@ -561,7 +595,7 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
             drop(nginx);
         }
 
-        if !args.no_haproxy {
+        if l4 && !args.no_haproxy {
             // Same slot: the same redirect to 15001, haproxy as uid 1337, forwarding to the
             // server port under test (it cannot read the original destination).
             let work2 = work.clone();
@@ -668,8 +702,8 @@ fn l7_table(results: &[PathResult]) -> String {
     let mut out = String::from("\nHTTP keep-alive through HTTP rules (every request checked):\n");
     let _ = writeln!(
         out,
-        "{:<28} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}",
-        "", "req/s", "p50 ms", "p99 ms", "proxy us/req", "/direct", "/nginx-l7"
+        "{:<28} {:>12} {:>9} {:>9} {:>14} {:>12} {:>10} {:>10}",
+        "", "req/s", "p50 ms", "p99 ms", "proxy us/req", "of it user", "/direct", "/nginx-l7"
     );
     let direct = get("direct").map(|r| r.keepalive_rps);
     let nginx = get("nginx-l7").map(|r| r.keepalive_rps);
@@ -687,11 +721,14 @@ fn l7_table(results: &[PathResult]) -> String {
         };
         let _ = writeln!(
             out,
-            "{label:<28} {:>12.0} {:>9.2} {:>9.2} {:>14} {:>10} {:>10}",
+            "{label:<28} {:>12.0} {:>9.2} {:>9.2} {:>14} {:>12} {:>10} {:>10}",
             r.keepalive_rps,
             r.keepalive_p50_ms,
             r.keepalive_p99_ms,
             r.keepalive_proxy_cpu_us_per_request
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            r.keepalive_proxy_user_us_per_request
                 .map(|v| format!("{v:.2}"))
                 .unwrap_or_else(|| "-".into()),
             ratio(direct),
@@ -710,8 +747,12 @@ fn main() -> ExitCode {
                 .filter(|r| !r.name.ends_with("-l7"))
                 .cloned()
                 .collect();
-            print!("{}", table(&l4));
-            print!("{}", l7_table(&results));
+            if args.only != Only::L7 {
+                print!("{}", table(&l4));
+            }
+            if args.only != Only::L4 {
+                print!("{}", l7_table(&results));
+            }
             if let Some(path) = &args.json
                 && let Err(e) = std::fs::write(
                     path,

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fixedbitset::FixedBitSet;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -34,7 +33,57 @@ use crate::rules::{HeaderAction, HttpPolicy, RequestView};
 use podwall_policy::RuleRef;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body_ = BoxBody<Bytes, BoxError>;
+
+/// Every body this proxy sends, either way: one enum rather than a boxed body per message.
+enum ProxyBody {
+    /// No body.
+    Empty,
+    /// One of the proxy's own answers (400, 403, 413, 502).
+    Static(Option<Bytes>),
+    /// A response body from the upstream.
+    Upstream(Incoming),
+    /// A request body from the client, failing when the client stalls.
+    Client(TimeoutBody),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+            ProxyBody::Client(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Static(b) => b.is_none(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Client(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ProxyBody::Empty => hyper::body::SizeHint::with_exact(0),
+            ProxyBody::Static(b) => {
+                hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Client(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -116,8 +165,8 @@ pub type Observer = Arc<dyn Fn(RequestEvent) + Send + Sync>;
 /// The upstream side of one client connection.
 enum Upstream {
     None,
-    H1(hyper::client::conn::http1::SendRequest<Body_>),
-    H2(hyper::client::conn::http2::SendRequest<Body_>),
+    H1(hyper::client::conn::http1::SendRequest<ProxyBody>),
+    H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
 }
 
 struct Connection {
@@ -128,12 +177,8 @@ struct Connection {
     observer: Observer,
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body_> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e: Infallible| match e {})
-            .boxed(),
-    );
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::Static(Some(Bytes::from_static(body.as_bytes()))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -206,7 +251,7 @@ impl Connection {
         }
     }
 
-    async fn forward(&self, req: Request<Body_>) -> Result<Response<Incoming>, String> {
+    async fn forward(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, String> {
         let version = req.version();
         let mut upstream = self.upstream.lock().await;
         let reusable = match &*upstream {
@@ -238,14 +283,12 @@ impl Connection {
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Body_>, Infallible> {
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let method = req.method().as_str().to_string();
         let target = req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| req.uri().to_string());
+            .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string());
         let host = req.uri().host().map(str::to_string).or_else(|| {
             req.headers()
                 .get(http::header::HOST)
@@ -254,9 +297,9 @@ impl Connection {
         });
         let mut event = RequestEvent {
             verdict: RequestVerdict::Refused,
-            method: method.clone(),
-            host: host.clone(),
-            path: target.clone(),
+            method: req.method().as_str().to_string(),
+            host,
+            path: String::new(),
             status: 400,
             rule: None,
             actions: Vec::new(),
@@ -266,6 +309,7 @@ impl Connection {
         let path = match normalize(&target) {
             Ok(p) => p,
             Err(e) => {
+                event.path = target;
                 event.error = Some(e.to_string());
                 return Ok(self.finish(
                     event,
@@ -274,13 +318,13 @@ impl Connection {
                 ));
             }
         };
-        event.path = path.clone();
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
+            event.path = path;
             event.status = 413;
             return Ok(self.finish(
                 event,
@@ -289,9 +333,9 @@ impl Connection {
             ));
         }
         let view = RequestView {
-            method: &method,
+            method: &event.method,
             path: &path,
-            host: host.as_deref(),
+            host: event.host.as_deref(),
             headers: req.headers(),
         };
         let matched = self.gate.policy.check(&view, &self.gate.mask);
@@ -301,6 +345,7 @@ impl Connection {
             (None, false) => RequestVerdict::Denied,
         };
         if event.verdict == RequestVerdict::Denied {
+            event.path = path;
             event.status = 403;
             return Ok(self.finish(
                 event,
@@ -316,20 +361,27 @@ impl Connection {
             event.actions = m.actions;
         }
         // Forward what was checked: the normalised path.
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = path.parse().ok();
-        if let Ok(uri) = http::Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
+        if path != target {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = path.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
         }
+        event.path = path;
         let wants_upgrade = req.headers().contains_key(http::header::UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let body = TimeoutBody {
-            inner: body,
-            idle: self.limits.body_idle_timeout,
-            sleep: Box::pin(tokio::time::sleep(self.limits.body_idle_timeout)),
-        }
-        .boxed();
+        // Most requests carry no body: no body timer for them.
+        let body = if body.is_end_stream() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::Client(TimeoutBody {
+                inner: body,
+                idle: self.limits.body_idle_timeout,
+                sleep: Box::pin(tokio::time::sleep(self.limits.body_idle_timeout)),
+            })
+        };
         let upstream_req = Request::from_parts(parts, body);
         match self.forward(upstream_req).await {
             Ok(mut resp) => {
@@ -345,7 +397,7 @@ impl Connection {
                         }
                     });
                 }
-                let resp = resp.map(|b| b.map_err(BoxError::from).boxed());
+                let resp = resp.map(ProxyBody::Upstream);
                 Ok(self.finish(event, started, resp))
             }
             Err(e) => {
@@ -364,8 +416,8 @@ impl Connection {
         &self,
         mut event: RequestEvent,
         started: Instant,
-        response: Response<Body_>,
-    ) -> Response<Body_> {
+        response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
         event.duration = started.elapsed();
         (self.observer)(event);
         response

@@ -232,15 +232,17 @@ async fn serve_http(
         policy: http,
         audit: policy.own_audit(),
     };
-    let base = event.clone();
+    let base = Arc::new(event.clone());
     let engine_policy = policy.clone();
     let flows = shared.flows.clone();
     let counters = shared.metrics.http.clone();
+    // Rule names by (rule, entry), resolved once per connection rather than per request.
+    type Names = Vec<((podwall_policy::RuleRef, usize), (Arc<str>, Arc<str>))>;
+    let names: std::sync::Mutex<Names> = std::sync::Mutex::new(Vec::new());
     let observer: podwall_l7::serve::Observer =
         Arc::new(move |r: podwall_l7::serve::RequestEvent| {
             use podwall_l7::serve::RequestVerdict;
-            let mut e = base.clone();
-            e.verdict = match r.verdict {
+            let verdict = match r.verdict {
                 RequestVerdict::Allowed => {
                     counters.allowed.inc();
                     FlowVerdict::Allowed
@@ -259,16 +261,30 @@ async fn serve_http(
                 }
             };
             let (policy_name, rule) = match r.rule {
-                Some((rule, entry)) => {
-                    let info = engine_policy.engine.rule_info(rule, None);
-                    (
-                        Some(info.policy),
-                        Some(format!("{}.rules.http[{entry}]", info.field)),
-                    )
+                Some(key) => {
+                    let mut names = names.lock().unwrap_or_else(|e| e.into_inner());
+                    let (p, f) = match names.iter().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.clone(),
+                        None => {
+                            let info = engine_policy.engine.rule_info(key.0, None);
+                            let v: (Arc<str>, Arc<str>) = (
+                                info.policy.into(),
+                                format!("{}.rules.http[{}]", info.field, key.1).into(),
+                            );
+                            names.push((key, v.clone()));
+                            v
+                        }
+                    };
+                    (Some(p), Some(f))
                 }
                 None => (None, None),
             };
-            e.l7 = Some(flow::L7Event {
+            flows.emit_request(flow::RequestFlow {
+                connection: base.clone(),
+                time: std::time::SystemTime::now(),
+                verdict,
+                duration: r.duration,
+                error: r.error,
                 http: flow::HttpEvent {
                     method: r.method,
                     host: r.host,
@@ -279,10 +295,6 @@ async fn serve_http(
                     header_actions: r.actions.iter().map(|a| format!("{a:?}")).collect(),
                 },
             });
-            e.error = r.error;
-            e.time = flow::now();
-            e.duration_ms = r.duration.as_secs_f64() * 1000.0;
-            flows.emit(e);
         });
     let metrics = shared.metrics(direction);
     metrics.open.inc();

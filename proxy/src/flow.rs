@@ -1,7 +1,8 @@
 //! Flow events: one JSON line per connection (or DNS query) on stdout, Hubble-like.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use podwall_policy::{Decision, Direction, Engine, Protocol, SideVerdict};
 use serde::Serialize;
@@ -108,13 +109,93 @@ pub struct HttpEvent {
     pub status: u16,
     /// The policy whose HTTP rule allowed the request.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub policy: Option<Arc<str>>,
     /// That rule (`spec.ingress[0].toPorts[0].rules.http[1]`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Header changes made by `headerMatches` mismatch actions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub header_actions: Vec<String>,
+}
+
+/// One HTTP request on a connection with HTTP rules. Written as a [`FlowEvent`] with `l7` set;
+/// the connection's part is shared by all its requests, so a request costs only its own fields
+/// (and the time is formatted on the writer thread).
+#[derive(Clone, Debug)]
+pub struct RequestFlow {
+    /// The connection the request came on (its `l7`, `error` and byte counts are not used).
+    pub connection: Arc<FlowEvent>,
+    /// When the response head was sent.
+    pub time: SystemTime,
+    /// What the HTTP rules decided.
+    pub verdict: FlowVerdict,
+    /// From the request head to the response head.
+    pub duration: Duration,
+    /// What went wrong upstream, if anything.
+    pub error: Option<String>,
+    /// The request.
+    pub http: HttpEvent,
+}
+
+/// The JSON line of a [`RequestFlow`]: the fields of [`FlowEvent`], in its order.
+#[derive(Serialize)]
+struct RequestLine<'a> {
+    #[serde(serialize_with = "rfc3339")]
+    time: SystemTime,
+    verdict: FlowVerdict,
+    direction: Direction,
+    protocol: Protocol,
+    source: &'a FlowPeer,
+    destination: &'a FlowPeer,
+    egress: &'a Option<FlowSide>,
+    ingress: &'a Option<FlowSide>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    l7: L7Line<'a>,
+}
+
+#[derive(Serialize)]
+struct L7Line<'a> {
+    http: &'a HttpEvent,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+impl Serialize for RequestFlow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = &*self.connection;
+        RequestLine {
+            time: self.time,
+            verdict: self.verdict,
+            direction: c.direction,
+            protocol: c.protocol,
+            source: &c.source,
+            destination: &c.destination,
+            egress: &c.egress,
+            ingress: &c.ingress,
+            reason: c.reason.as_deref(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: self.duration.as_secs_f64() * 1000.0,
+            error: self.error.as_deref(),
+            l7: L7Line { http: &self.http },
+        }
+        .serialize(s)
+    }
+}
+
+/// What the writer thread writes.
+#[derive(Debug)]
+enum Line {
+    Flow(Box<FlowEvent>),
+    Request(Box<RequestFlow>),
 }
 
 /// The current time as RFC 3339 with milliseconds.
@@ -182,14 +263,14 @@ pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
 pub struct FlowLog {
     // Boxed: a bounded std channel allocates every slot up front, and 8192 events inline would
     // cost megabytes of memory on an idle sidecar.
-    tx: std::sync::mpsc::SyncSender<Box<FlowEvent>>,
+    tx: std::sync::mpsc::SyncSender<Line>,
     dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl FlowLog {
     /// Starts the writer thread, writing JSON lines to stdout.
     pub fn stdout(dropped: prometheus_client::metrics::counter::Counter) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Box<FlowEvent>>(8192);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Line>(8192);
         let spawned = std::thread::Builder::new()
             .name("flow-log".into())
             .spawn(move || {
@@ -199,9 +280,11 @@ impl FlowLog {
                 while let Ok(first) = rx.recv() {
                     let mut event = Some(first);
                     while let Some(e) = event {
-                        if serde_json::to_writer(&mut out, &e).is_err()
-                            || out.write_all(b"\n").is_err()
-                        {
+                        let written = match &e {
+                            Line::Flow(e) => serde_json::to_writer(&mut out, e),
+                            Line::Request(r) => serde_json::to_writer(&mut out, r),
+                        };
+                        if written.is_err() || out.write_all(b"\n").is_err() {
                             return;
                         }
                         event = rx.try_recv().ok();
@@ -223,8 +306,87 @@ impl FlowLog {
 
     /// Queues an event.
     pub fn emit(&self, event: FlowEvent) {
-        if self.tx.try_send(Box::new(event)).is_err() {
+        if self.tx.try_send(Line::Flow(Box::new(event))).is_err() {
             self.dropped.inc();
         }
+    }
+
+    /// Queues an HTTP request's event.
+    pub fn emit_request(&self, request: RequestFlow) {
+        if self.tx.try_send(Line::Request(Box::new(request))).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection() -> FlowEvent {
+        FlowEvent {
+            time: now(),
+            verdict: FlowVerdict::Allowed,
+            direction: Direction::Ingress,
+            protocol: Protocol::Tcp,
+            source: FlowPeer {
+                namespace: Some("shop".into()),
+                pod: Some("frontend".into()),
+                ip: "10.0.0.1".into(),
+                port: 40000,
+            },
+            destination: FlowPeer {
+                namespace: Some("shop".into()),
+                pod: Some("api".into()),
+                ip: "10.0.0.2".into(),
+                port: 8080,
+            },
+            egress: None,
+            ingress: Some(FlowSide {
+                allowed: true,
+                reason: "rule",
+                policy: Some("api-l7-policy".into()),
+                rule: Some("spec.ingress[0]".into()),
+                isolated_by: Vec::new(),
+            }),
+            reason: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: 0.0,
+            error: None,
+            l7: None,
+        }
+    }
+
+    #[test]
+    fn a_request_line_is_the_connection_event_with_l7_set() {
+        let http = HttpEvent {
+            method: "GET".into(),
+            host: Some("api".into()),
+            path: "/api/v1/items".into(),
+            status: 200,
+            policy: Some("api-l7-policy".into()),
+            rule: Some("spec.ingress[0].toPorts[0].rules.http[0]".into()),
+            header_actions: Vec::new(),
+        };
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let request = RequestFlow {
+            connection: Arc::new(connection()),
+            time,
+            verdict: FlowVerdict::Denied,
+            duration: Duration::from_micros(1500),
+            error: Some("upstream reset".into()),
+            http: http.clone(),
+        };
+        let mut whole = connection();
+        whole.time = humantime::format_rfc3339_millis(time).to_string();
+        whole.verdict = FlowVerdict::Denied;
+        whole.duration_ms = 1.5;
+        whole.error = Some("upstream reset".into());
+        whole.l7 = Some(L7Event { http });
+        assert_eq!(
+            serde_json::to_string(&request).expect("serialises"),
+            serde_json::to_string(&whole).expect("serialises"),
+        );
     }
 }

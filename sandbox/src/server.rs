@@ -1,10 +1,11 @@
 //! The small server every sandbox pod runs on each of its container ports.
 //!
-//! TCP: a client that speaks first is served HTTP (HTTP/1.1, or HTTP/2 with prior knowledge):
-//! every request gets `200` and a body naming the pod, the method and the path it received, and
-//! is logged on stdout. A client that stays silent for a moment gets one greeting line naming
-//! the pod, the port the connection arrived on and the peer it came from, then an echo of
-//! everything it sends until it half-closes. UDP: echoes each datagram. The greeting is how
+//! TCP: a client whose first bytes are an HTTP request line (`GET /...`, or the HTTP/2
+//! preface) is served HTTP (HTTP/1.1, or HTTP/2 with prior knowledge): every request gets `200`
+//! and a body naming the pod, the method and the path it received, and is logged on stdout.
+//! Any other client (silent for a moment, or sending something else) gets one greeting line
+//! naming the pod, the port the connection arrived on and the peer it came from, then an echo
+//! of everything it sends until it half-closes. UDP: echoes each datagram. The greeting is how
 //! probes tell a connection that reached the application from one a sidecar accepted and then
 //! reset.
 
@@ -18,6 +19,13 @@ pub const GREETING: &str = "podwall-sandbox";
 
 /// How long a silent client waits for the greeting.
 const SILENCE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether a connection's first bytes start an HTTP request: an upper-case method token
+/// followed by a space (`PRI` for the HTTP/2 preface), or only such a token so far.
+fn looks_like_http(first: &[u8]) -> bool {
+    let token = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    token > 0 && (token == first.len() || first[token] == b' ')
+}
 
 /// HTTP: `200` with `podwall-sandbox <pod> <METHOD> <path>` for every request, each logged.
 async fn serve_http(stream: tokio::net::TcpStream, pod: String, local: SocketAddr) {
@@ -122,10 +130,10 @@ pub async fn serve(pod: String, tcp: Vec<u16>, udp: Vec<u16>) -> std::io::Result
                     let local = stream
                         .local_addr()
                         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                    // Does the client speak first? Then it is HTTP.
-                    let mut first = [0u8; 1];
+                    // Does the client open with an HTTP request? Then it is HTTP.
+                    let mut first = [0u8; 16];
                     let spoke = tokio::time::timeout(SILENCE, stream.peek(&mut first)).await;
-                    if matches!(spoke, Ok(Ok(n)) if n > 0) {
+                    if matches!(spoke, Ok(Ok(n)) if n > 0 && looks_like_http(&first[..n])) {
                         serve_http(stream, pod, local).await;
                         return;
                     }
@@ -170,4 +178,20 @@ pub async fn serve(pod: String, tcp: Vec<u16>, udp: Vec<u16>) -> std::io::Result
         let _ = t.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_are_http_and_other_openings_are_echoed() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
+        assert!(looks_like_http(b"DELE"));
+        assert!(!looks_like_http(b"ping 0\n"));
+        assert!(!looks_like_http(b"hello"));
+        assert!(!looks_like_http(b"GET/"));
+        assert!(!looks_like_http(b" GET"));
+    }
 }
