@@ -7,12 +7,6 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-// The sidecar allocates per request (hyper heads, flow events) on the runtime thread and frees on
-// the flow-log thread; glibc malloc spent ~13% of the L7 sidecar's CPU on that (perf), mimalloc
-// a fraction of it.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Kubernetes NetworkPolicy enforcement from inside the pod, and the tools to reason about it.
 #[derive(Parser, Debug)]
 #[command(name = "podwall", version, about, long_about = None)]
