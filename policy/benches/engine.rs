@@ -122,6 +122,7 @@ fn cluster(pods: usize, policies: usize) -> ClusterState {
             };
             let rule = Rule {
                 http: None,
+                dns: None,
                 field: String::new(),
                 peers,
                 ports: vec![

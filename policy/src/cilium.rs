@@ -22,10 +22,19 @@
 //!   TCP, UDP, SCTP or ANY (the default, all three); `endPort`.
 //! - `rules.http`: see [`HttpRule`](crate::HttpRule); HTTP rules apply to TCP only (on UDP or
 //!   SCTP ports of the same entry the entry is an L4 allow, as in Cilium).
+//! - `toFQDNs` (`matchName`, `matchPattern`): addresses outside the cluster that the pod's own
+//!   DNS answers gave for a matching name, for the answer's TTL. One entry holds one of the two
+//!   fields; names and patterns are compared without case and without the trailing dot (the
+//!   pattern language itself is documented in the `fqdn` crate). Like every L3 peer kind, it
+//!   cannot share a rule with another kind (Cilium refuses such a rule; podwall drops it with an
+//!   error and keeps the policy's isolation).
+//! - `rules.dns` (egress only, on explicitly listed ports, not with `rules.http`): each query's
+//!   name must match one entry (an entry may give both `matchName` and `matchPattern`); other
+//!   queries get REFUSED. An L4-only allow for the same peer and port switches DNS filtering
+//!   off, as for HTTP.
 //! - Anything podwall does not enforce (deny rules, `toRequires`, `toServices`, `toGroups`, TLS
 //!   interception, Kafka, ICMP, ...) makes the *rule* allow nothing, with an error naming the
 //!   field: the policy still isolates its pods, so nothing is opened by accident.
-//!   `rules.dns` is read as an L4 allow on its port, with a warning, until DNS rules are enforced.
 //! - Unknown fields are reported as warnings and ignored, as the API server prunes them.
 
 use std::collections::BTreeMap;
@@ -39,9 +48,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::{
-    DefaultDeny, Entity, HeaderMatch, HeaderMismatch, HttpRule, IpBlock, NAMESPACE_NAME_LABEL,
-    NamespaceScope, Origin, Peer, Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol,
-    Rule,
+    DefaultDeny, Entity, FqdnSelector, HeaderMatch, HeaderMismatch, HttpRule, IpBlock,
+    NAMESPACE_NAME_LABEL, NamespaceScope, Origin, Peer, Policy, PolicyKind, PolicyName, PortMatch,
+    PortSpec, Protocol, Rule,
 };
 use crate::names;
 use crate::selector::{LabelSelector, Operator, Requirement};
@@ -151,9 +160,10 @@ struct PeerRule {
     to_nodes: Option<Vec<Value>>,
     /// Not enforced by podwall: the rule then allows nothing.
     to_services: Option<Vec<Value>>,
-    /// DNS names: not enforced yet (the rule then allows nothing).
+    /// DNS names: addresses outside the cluster that the pod's own DNS answers gave for a
+    /// matching name (for the answer's TTL).
     #[serde(rename = "toFQDNs")]
-    to_fqdns: Option<Vec<Value>>,
+    to_fqdns: Option<Vec<FqdnSpec>>,
     /// Not enforced by podwall: the rule then allows nothing.
     icmps: Option<Vec<Value>>,
     /// Not enforced by podwall: the rule then allows nothing.
@@ -170,6 +180,18 @@ struct CidrRule {
     except: Option<Vec<String>>,
     /// Not supported by podwall: the rule then allows nothing.
     cidr_group_ref: Option<Value>,
+}
+
+/// A DNS name selector: `matchName` (exact) or `matchPattern` (`*` within a label, a leading
+/// `**.` for any depth of subdomains, a lone `*` for every name). Case and a trailing dot do not
+/// matter.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct FqdnSpec {
+    /// The name exactly (`api.github.com`).
+    match_name: Option<String>,
+    /// A pattern (`*.github.com`, `**.github.com`, `*`).
+    match_pattern: Option<String>,
 }
 
 /// Ports, and what must hold for traffic on them.
@@ -209,8 +231,9 @@ struct PortProtocol {
 struct L7Rules {
     /// HTTP rules: each request must match one of them.
     http: Option<Vec<HttpSpec>>,
-    /// DNS rules (`matchName`, `matchPattern`) on port 53.
-    dns: Option<Vec<Value>>,
+    /// DNS rules on port 53 (egress): each query's name must match one of them, or the pod gets
+    /// REFUSED.
+    dns: Option<Vec<FqdnSpec>>,
     /// Not supported by podwall: the entry then allows nothing.
     kafka: Option<Vec<Value>>,
     /// Not supported by podwall: the entry then allows nothing.
@@ -611,15 +634,16 @@ fn peer_rule(
         )
     };
     // Fields of the other direction in this rule are mistakes.
-    let wrong: [(&str, bool); 4] = if ingress {
-        [
+    let wrong: Vec<(&str, bool)> = if ingress {
+        vec![
             ("toEndpoints", r.to_endpoints.is_some()),
             ("toCIDR", r.to_cidr.is_some()),
             ("toCIDRSet", r.to_cidr_set.is_some()),
             ("toEntities", r.to_entities.is_some()),
+            ("toFQDNs", r.to_fqdns.is_some()),
         ]
     } else {
-        [
+        vec![
             ("fromEndpoints", r.from_endpoints.is_some()),
             ("fromCIDR", r.from_cidr.is_some()),
             ("fromCIDRSet", r.from_cidr_set.is_some()),
@@ -638,7 +662,7 @@ fn peer_rule(
             );
         }
     }
-    let unsupported: [(&str, bool); 10] = [
+    let unsupported: [(&str, bool); 9] = [
         (
             "fromRequires",
             r.from_requires.as_ref().is_some_and(|v| !v.is_empty()),
@@ -667,10 +691,6 @@ fn peer_rule(
             "toServices",
             r.to_services.as_ref().is_some_and(|v| !v.is_empty()),
         ),
-        (
-            "toFQDNs",
-            r.to_fqdns.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
         ("icmps", r.icmps.as_ref().is_some_and(|v| !v.is_empty())),
         ("authentication", r.authentication.is_some()),
     ];
@@ -685,8 +705,40 @@ fn peer_rule(
         }
     }
 
+    // Cilium refuses a rule that mixes kinds of L3 peers ("Combining ToFQDNs and ToEndpoints is
+    // not supported yet"); podwall keeps the policy's isolation and drops the rule.
+    let fqdns = if ingress { None } else { r.to_fqdns.as_ref() };
+    let kinds: Vec<&str> = [
+        (names[0], endpoints.as_ref().is_some_and(|v| !v.is_empty())),
+        (names[1], cidrs.as_ref().is_some_and(|v| !v.is_empty())),
+        (names[2], cidr_sets.as_ref().is_some_and(|v| !v.is_empty())),
+        (names[3], entities.as_ref().is_some_and(|v| !v.is_empty())),
+        ("toFQDNs", fqdns.is_some_and(|v| !v.is_empty())),
+    ]
+    .into_iter()
+    .filter_map(|(n, present)| present.then_some(n))
+    .collect();
+    if kinds.len() > 1 {
+        skip = true;
+        findings.errors.push((
+            path.to_string(),
+            format!(
+                "combining {} in one rule is not supported (Cilium rejects it): this rule allows nothing; write one rule per kind of peer",
+                kinds.join(" and ")
+            ),
+        ));
+    }
+
     let mut peers = Vec::new();
     let mut has_l3 = false;
+    for (i, spec) in fqdns.into_iter().flatten().enumerate() {
+        has_l3 = true;
+        peers.extend(
+            fqdn_selectors(spec, &format!("{path}.toFQDNs[{i}]"), false, errs)
+                .into_iter()
+                .map(Peer::Fqdn),
+        );
+    }
     for (i, sel) in endpoints.iter().flatten().enumerate() {
         has_l3 = true;
         let parsed = endpoint_selector(sel, &format!("{path}.{}[{i}]", names[0]), errs);
@@ -813,19 +865,41 @@ fn peer_rule(
                 ));
             }
         }
-        if rules
-            .and_then(|r| r.dns.as_ref())
-            .is_some_and(|v| !v.is_empty())
-        {
-            findings.warnings.push((
+        let dns_specs = rules.and_then(|r| r.dns.as_ref());
+        let has_http = rules
+            .and_then(|r| r.http.as_ref())
+            .is_some_and(|h| !h.is_empty());
+        let dns = dns_specs.map(|list| {
+            list.iter()
+                .enumerate()
+                .flat_map(|(k, spec)| {
+                    fqdn_selectors(spec, &format!("{field}.rules.dns[{k}]"), true, errs)
+                })
+                .collect::<Vec<_>>()
+        });
+        if let Some(problem) = dns.as_ref().and_then(|_| {
+            dns_rule_problem(ingress, has_http, pr.ports.as_deref().unwrap_or_default())
+        }) {
+            unsupported_port = true;
+            findings.errors.push((
                 format!("{field}.rules.dns"),
-                "DNS rules are not enforced yet: the port is allowed at L4".into(),
+                format!("{problem}: this port entry allows nothing"),
             ));
         }
         if unsupported_port {
             continue;
         }
         let ports = ports(pr.ports.as_deref().unwrap_or_default(), &field, errs);
+        if let Some(dns) = dns {
+            out.push(Rule {
+                peers: peers.clone(),
+                ports,
+                http: None,
+                dns: Some(dns),
+                field: field.clone(),
+            });
+            continue;
+        }
         let http = rules
             .and_then(|r| r.http.as_ref())
             .filter(|h| !h.is_empty())
@@ -848,6 +922,7 @@ fn peer_rule(
                         peers: peers.clone(),
                         ports: tcp,
                         http: Some(http),
+                        dns: None,
                         field: field.clone(),
                     });
                 }
@@ -858,6 +933,118 @@ fn peer_rule(
         }
     }
     if allows_nothing { Vec::new() } else { out }
+}
+
+/// Why Cilium would refuse DNS rules on this port entry, if it would.
+fn dns_rule_problem(ingress: bool, has_http: bool, ports: &[PortProtocol]) -> Option<String> {
+    if ingress {
+        return Some("DNS rules are only allowed on egress".into());
+    }
+    if has_http {
+        return Some("HTTP and DNS rules cannot be combined in one port entry".into());
+    }
+    if ports.is_empty() {
+        return Some("DNS rules need their port (53) listed".into());
+    }
+    for p in ports {
+        let zero = match &p.port {
+            None => true,
+            Some(IntOrString::Int(n)) => *n == 0,
+            Some(IntOrString::String(s)) => s.parse::<i64>().is_ok_and(|n| n == 0),
+        };
+        if zero {
+            return Some("DNS rules need their port (53) listed, not every port".into());
+        }
+        if p.end_port.is_some() {
+            return Some("DNS rules do not support port ranges".into());
+        }
+    }
+    None
+}
+
+/// Longest name or pattern (RFC 1035's limit on a name).
+const MAX_FQDN: usize = 255;
+
+/// One `matchName`/`matchPattern` entry into selectors. A toFQDNs entry holds exactly one of
+/// the two; a DNS rule may hold both (either then allows the query).
+fn fqdn_selectors(
+    spec: &FqdnSpec,
+    field: &str,
+    both_allowed: bool,
+    errs: &mut FieldErrors,
+) -> Vec<FqdnSelector> {
+    let name = spec
+        .match_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let pattern = spec
+        .match_pattern
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    if name.is_none() && pattern.is_none() {
+        errs.required(field, "matchName or matchPattern is required");
+        return Vec::new();
+    }
+    if name.is_some() && pattern.is_some() && !both_allowed {
+        errs.invalid(
+            field,
+            "",
+            "only one of matchName or matchPattern is allowed in a toFQDNs entry",
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if let Some(n) = name {
+        let f = format!("{field}.matchName");
+        if n.len() > MAX_FQDN {
+            errs.invalid(&f, n, "must be no more than 255 characters");
+        } else if !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            errs.invalid(
+                &f,
+                n,
+                "only letters, digits, '-', '_' and '.' are allowed in a name",
+            );
+        } else {
+            let canon = n.to_ascii_lowercase();
+            let canon = canon.strip_suffix('.').unwrap_or(&canon).to_string();
+            if canon.is_empty() || canon.split('.').any(str::is_empty) {
+                errs.invalid(&f, n, "a name may not have empty labels");
+            } else {
+                out.push(FqdnSelector::MatchName(canon));
+            }
+        }
+    }
+    if let Some(p) = pattern {
+        let f = format!("{field}.matchPattern");
+        if p.len() > MAX_FQDN {
+            errs.invalid(&f, p, "must be no more than 255 characters");
+        } else if !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'))
+        {
+            errs.invalid(
+                &f,
+                p,
+                "only letters, digits, '-', '_', '.' and '*' are allowed in a pattern",
+            );
+        } else {
+            let canon = p.to_ascii_lowercase();
+            let trimmed = canon.strip_suffix('.').unwrap_or(&canon);
+            if trimmed.bytes().all(|b| b == b'*') && !trimmed.is_empty() {
+                out.push(FqdnSelector::MatchPattern("*".into()));
+            } else if trimmed.is_empty() || trimmed.split('.').any(str::is_empty) {
+                errs.invalid(&f, p, "a pattern may not have empty labels");
+            } else {
+                out.push(FqdnSelector::MatchPattern(trimmed.to_string()));
+            }
+        }
+    }
+    out
 }
 
 /// `toPorts[].ports`: an empty list means every port of every protocol.

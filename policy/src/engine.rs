@@ -6,11 +6,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::compile::identity::Identities;
-use crate::compile::rule::{CompiledRule, PeerView};
+use crate::compile::rule::{CompiledRule, FqdnTable, PeerView};
 use crate::compile::table::{DirectionTable, PeerMatcher, PortEntry, RuleId};
-use crate::model::{ContainerPort, Direction, Pod, PortMatch, PortSpec, Protocol};
+use crate::model::{ContainerPort, Direction, FqdnSelector, Pod, PortMatch, PortSpec, Protocol};
 use crate::state::{ClusterState, PodId, PolicyId};
-use crate::verdict::{Decision, Endpoint, Query, RuleRef, SideVerdict, Verdict};
+use crate::verdict::{Decision, Endpoint, FqdnId, Query, RuleRef, SideVerdict, Verdict};
 
 /// Every pod's rule tables, compiled from a cluster state.
 ///
@@ -30,6 +30,8 @@ pub struct Engine {
     /// Every node address (pods' host addresses): what Cilium's `host`, `remote-node` and
     /// `cluster` entities mean.
     nodes: HashSet<IpAddr>,
+    /// Every DNS name selector (toFQDNs and DNS rules), each once.
+    fqdn: FqdnTable,
 }
 
 fn dir_index(direction: Direction) -> usize {
@@ -55,6 +57,7 @@ impl Engine {
     pub fn compile(state: ClusterState) -> Self {
         let identities = Identities::build(&state);
 
+        let mut fqdn = FqdnTable::default();
         let mut rules = Vec::new();
         let mut policy_rules = Vec::with_capacity(state.policies.len());
         for id in state.policy_ids() {
@@ -75,6 +78,7 @@ impl Engine {
                         direction,
                         i as u32,
                         rule,
+                        &mut fqdn,
                     ));
                 }
                 ranges[dir_index(direction)] = start..rules.len() as RuleId;
@@ -132,6 +136,7 @@ impl Engine {
                 .iter()
                 .flat_map(|p| p.host_ips.iter().copied())
                 .collect(),
+            fqdn,
             state,
         };
         let mut interned: HashMap<TableKey, Arc<DirectionTable>> = HashMap::new();
@@ -320,6 +325,14 @@ impl Engine {
 
     /// Whether the connection is allowed, and why, for each side.
     pub fn verdict(&self, query: &Query) -> Verdict {
+        self.verdict_learned(query, &[])
+    }
+
+    /// [`verdict`](Self::verdict) for a destination address that the source pod's DNS answers
+    /// gave for names matching the selectors `names` (sorted ids, see
+    /// [`fqdn_selectors`](Self::fqdn_selectors)): toFQDNs rules with those selectors then match
+    /// it, if it is outside the cluster.
+    pub fn verdict_learned(&self, query: &Query, names: &[FqdnId]) -> Verdict {
         let c = self.connection(query);
         let egress = self.side(
             Direction::Egress,
@@ -328,6 +341,7 @@ impl Engine {
             c.dst_ip,
             &c.query,
             c.same_pod,
+            names,
         );
         let ingress = self.side(
             Direction::Ingress,
@@ -336,6 +350,7 @@ impl Engine {
             c.src_ip,
             &c.query,
             c.same_pod,
+            &[],
         );
         Verdict {
             query: c.query,
@@ -343,11 +358,17 @@ impl Engine {
             dst_ip: c.dst_ip,
             egress,
             ingress,
+            dst_names: names.to_vec(),
         }
     }
 
     /// Only whether the connection is allowed: the fast path, which does not name the rule.
     pub fn allowed(&self, query: &Query) -> bool {
+        self.allowed_learned(query, &[])
+    }
+
+    /// [`allowed`](Self::allowed) with learned names, as [`verdict_learned`](Self::verdict_learned).
+    pub fn allowed_learned(&self, query: &Query, names: &[FqdnId]) -> bool {
         let c = self.connection(query);
         self.side_allows(
             Direction::Egress,
@@ -356,6 +377,7 @@ impl Engine {
             c.dst_ip,
             &c.query,
             c.same_pod,
+            names,
         ) && self.side_allows(
             Direction::Ingress,
             c.query.dst,
@@ -363,7 +385,43 @@ impl Engine {
             c.src_ip,
             &c.query,
             c.same_pod,
+            &[],
         )
+    }
+
+    /// Every DNS name selector of the compiled policies; [`FqdnId`] indexes this list.
+    pub fn fqdn_selectors(&self) -> &[FqdnSelector] {
+        &self.fqdn.list
+    }
+
+    /// A rule's DNS rules (`toPorts[].rules.dns`), if it has some.
+    pub fn rule_dns(&self, rule: RuleRef) -> Option<&[FqdnId]> {
+        self.rules[self.rule_id(rule) as usize].dns.as_deref()
+    }
+
+    /// A rule's toFQDNs selectors (empty when it has none).
+    pub fn rule_fqdn(&self, rule: RuleRef) -> Vec<FqdnId> {
+        use crate::compile::rule::CompiledPeer;
+        self.rules[self.rule_id(rule) as usize]
+            .peers
+            .iter()
+            .filter_map(|p| match p {
+                CompiledPeer::Fqdn(id) => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The toFQDNs selectors a pod's egress rules use (sorted): the names whose answers the
+    /// pod's sidecar learns. Empty when the pod is not isolated for egress.
+    pub fn egress_fqdn(&self, pod: PodId) -> Vec<FqdnId> {
+        let Some(table) = &self.tables[pod.0 as usize][dir_index(Direction::Egress)] else {
+            return Vec::new();
+        };
+        let mut ids = table.fqdn();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Resolves a query's ends: addresses that are pods' become those pods, and each end gets
@@ -399,7 +457,13 @@ impl Engine {
 
     /// The other end of a connection as the rules of `subject` (a pod, for the node entities)
     /// see it.
-    fn peer_view(&self, e: Endpoint, ip: Option<IpAddr>, subject: Endpoint) -> PeerView {
+    fn peer_view<'a>(
+        &self,
+        e: Endpoint,
+        ip: Option<IpAddr>,
+        subject: Endpoint,
+        names: &'a [FqdnId],
+    ) -> PeerView<'a> {
         let own_nodes: &[IpAddr] = match subject {
             Endpoint::Pod(p) => &self.state.pod(p).host_ips,
             Endpoint::Ip(_) => &[],
@@ -412,26 +476,29 @@ impl Engine {
                 ip,
                 is_node,
                 is_own_node,
+                names,
             },
             Endpoint::Ip(ip) => PeerView {
                 identity: None,
                 ip: Some(ip),
                 is_node,
                 is_own_node,
+                names,
             },
         }
     }
 
     /// The decisions that need no rule (not a pod, host network, same pod, not isolated, own
     /// node), or the table and peer that the rules must decide on.
-    fn gate(
-        &self,
+    fn gate<'a>(
+        &'a self,
         direction: Direction,
         subject: Endpoint,
         peer: Endpoint,
         peer_ip: Option<IpAddr>,
         same_pod: bool,
-    ) -> Result<(&DirectionTable, PeerView), Decision> {
+        names: &'a [FqdnId],
+    ) -> Result<(&'a DirectionTable, PeerView<'a>), Decision> {
         let Endpoint::Pod(pod_id) = subject else {
             return Err(Decision::NotAPod);
         };
@@ -448,7 +515,7 @@ impl Engine {
         if direction == Direction::Ingress && peer_ip.is_some_and(|ip| pod.host_ips.contains(&ip)) {
             return Err(Decision::OwnNode);
         }
-        Ok((table, self.peer_view(peer, peer_ip, subject)))
+        Ok((table, self.peer_view(peer, peer_ip, subject, names)))
     }
 
     /// The matchers that apply to the query's port: the numeric segment, and for egress the
@@ -482,6 +549,7 @@ impl Engine {
 
     /// One side: `subject`'s policies for `direction`, with `peer` on the other end, naming the
     /// first rule (in canonical order) that allows the connection.
+    #[allow(clippy::too_many_arguments)]
     fn side(
         &self,
         direction: Direction,
@@ -490,6 +558,7 @@ impl Engine {
         peer_ip: Option<IpAddr>,
         query: &Query,
         same_pod: bool,
+        names: &[FqdnId],
     ) -> SideVerdict {
         let pod = match subject {
             Endpoint::Pod(p) => Some(p),
@@ -498,29 +567,41 @@ impl Engine {
         let isolated =
             pod.is_some_and(|p| self.tables[p.0 as usize][dir_index(direction)].is_some());
         let mut http = None;
-        let decision = match self.gate(direction, subject, peer, peer_ip, same_pod) {
+        let mut dns = None;
+        let decision = match self.gate(direction, subject, peer, peer_ip, same_pod, names) {
             Err(decision) => decision,
             Ok((table, view)) => {
                 let first = self
                     .matchers(table, direction, peer, query)
                     .filter_map(|m| m.first_allowing(&view, &self.rules))
                     .min();
-                // HTTP rules apply when every rule allowing this peer on this port has some;
-                // one rule without them (an L4-only allow) switches HTTP filtering off.
-                if first.is_some()
-                    && query.protocol == Protocol::Tcp
+                // HTTP (DNS) rules apply when every rule allowing this peer on this port has
+                // some; one rule without them (an L4-only allow) switches that filtering off.
+                let http_here = query.protocol == Protocol::Tcp
                     && self
                         .matchers(table, direction, peer, query)
-                        .any(|m| m.has_http)
-                {
+                        .any(|m| m.has_http);
+                let dns_here = direction == Direction::Egress
+                    && self
+                        .matchers(table, direction, peer, query)
+                        .any(|m| m.has_dns);
+                if first.is_some() && (http_here || dns_here) {
                     let mut allowing: Vec<RuleId> = self
                         .matchers(table, direction, peer, query)
                         .flat_map(|m| m.all_allowing(&view, &self.rules))
                         .collect();
                     allowing.sort_unstable();
                     allowing.dedup();
-                    if allowing.iter().all(|r| self.rules[*r as usize].http) {
-                        http = Some(allowing.into_iter().map(|r| self.rule_ref(r)).collect());
+                    let refs = || allowing.iter().map(|r| self.rule_ref(*r)).collect();
+                    if http_here && allowing.iter().all(|r| self.rules[*r as usize].http) {
+                        http = Some(refs());
+                    }
+                    if dns_here
+                        && allowing
+                            .iter()
+                            .all(|r| self.rules[*r as usize].dns.is_some())
+                    {
+                        dns = Some(refs());
                     }
                 }
                 first.map_or(Decision::NoRuleMatched, |rule| {
@@ -534,11 +615,13 @@ impl Engine {
             isolated,
             decision,
             http,
+            dns,
         }
     }
 
     /// Whether one side allows the connection, without finding which rule does: a bit test or
     /// a binary search per matcher.
+    #[allow(clippy::too_many_arguments)]
     fn side_allows(
         &self,
         direction: Direction,
@@ -547,8 +630,9 @@ impl Engine {
         peer_ip: Option<IpAddr>,
         query: &Query,
         same_pod: bool,
+        names: &[FqdnId],
     ) -> bool {
-        match self.gate(direction, subject, peer, peer_ip, same_pod) {
+        match self.gate(direction, subject, peer, peer_ip, same_pod, names) {
             Err(decision) => decision.allows(),
             Ok((table, view)) => self
                 .matchers(table, direction, peer, query)
@@ -573,11 +657,14 @@ impl Engine {
     /// rule has no peers (matches all), `None` when no peer matches.
     pub fn matching_peer(&self, rule: RuleRef, verdict: &Verdict) -> Option<Option<usize>> {
         let view = match rule.direction {
-            Direction::Egress => {
-                self.peer_view(verdict.query.dst, verdict.dst_ip, verdict.query.src)
-            }
+            Direction::Egress => self.peer_view(
+                verdict.query.dst,
+                verdict.dst_ip,
+                verdict.query.src,
+                &verdict.dst_names,
+            ),
             Direction::Ingress => {
-                self.peer_view(verdict.query.src, verdict.src_ip, verdict.query.dst)
+                self.peer_view(verdict.query.src, verdict.src_ip, verdict.query.dst, &[])
             }
         };
         self.rules[self.rule_id(rule) as usize].matching_peer(&view)

@@ -340,6 +340,9 @@ pub fn describe_peer(peer: &Peer) -> String {
             Entity::All => "anything".to_string(),
             Entity::KubeApiserver => "the API server (unknown here: matches nothing)".to_string(),
         },
+        Peer::Fqdn(selector) => {
+            format!("addresses outside the cluster that the pod's DNS answers gave for {selector}")
+        }
     }
 }
 

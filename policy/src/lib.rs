@@ -42,10 +42,10 @@ pub use explain::{
 };
 pub use load::{Loader, documents, objects};
 pub use model::{
-    ContainerPort, DefaultDeny, Direction, Entity, HeaderMatch, HeaderMismatch, HttpRule, IpBlock,
-    Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Origin, Peer, Pod, Policy, PolicyKind,
-    PolicyName, PortMatch, PortSpec, Protocol, Rule, UnknownProtocol,
+    ContainerPort, DefaultDeny, Direction, Entity, FqdnSelector, HeaderMatch, HeaderMismatch,
+    HttpRule, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Origin, Peer, Pod,
+    Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol, Rule, UnknownProtocol,
 };
 pub use selector::{LabelSelector, Operator, Requirement};
 pub use state::{ClusterState, LoadReport, PodId, PolicyId};
-pub use verdict::{Decision, Endpoint, Query, RuleRef, SideVerdict, Verdict};
+pub use verdict::{Decision, Endpoint, FqdnId, Query, RuleRef, SideVerdict, Verdict};

@@ -315,6 +315,10 @@ pub struct Rule {
     /// from these peers must match one of them, unless another rule without HTTP rules also
     /// allows the same peer and port.
     pub http: Option<Vec<HttpRule>>,
+    /// DNS rules (Cilium `toPorts[].rules.dns`, egress, port 53): when present, each query's
+    /// name must match one of them, unless another rule without DNS rules also allows the same
+    /// peer and port.
+    pub dns: Option<Vec<FqdnSelector>>,
     /// Where the rule sits in its object (`spec.ingress[0]`, `spec.egress[1].toPorts[0]`).
     pub field: String,
 }
@@ -326,6 +330,7 @@ impl Rule {
             peers,
             ports,
             http: None,
+            dns: None,
             field: field.into(),
         }
     }
@@ -425,6 +430,40 @@ pub enum Peer {
     ExternalCidr(IpBlock),
     /// A Cilium entity.
     Entity(Entity),
+    /// Cilium's `toFQDNs`: addresses outside the cluster that the pod's own DNS answers gave
+    /// for a matching name (learned at run time; see the `fqdn` crate).
+    Fqdn(FqdnSelector),
+}
+
+/// A DNS name selector (Cilium's `matchName` / `matchPattern`), validated and in canonical
+/// form: lower case, surrounding spaces and one trailing dot removed (a pattern made only of
+/// `*` is kept as written). What a pattern matches is the `fqdn` crate's business.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FqdnSelector {
+    /// `matchName`: exactly this name.
+    MatchName(String),
+    /// `matchPattern`: `*` matches within one label, a leading `**.` one or more labels, a
+    /// lone `*` every name.
+    MatchPattern(String),
+}
+
+impl FqdnSelector {
+    /// The name or pattern.
+    pub fn as_str(&self) -> &str {
+        match self {
+            FqdnSelector::MatchName(s) | FqdnSelector::MatchPattern(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for FqdnSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FqdnSelector::MatchName(n) => write!(f, "matchName {n}"),
+            FqdnSelector::MatchPattern(p) => write!(f, "matchPattern {p}"),
+        }
+    }
 }
 
 /// The namespaces a pod peer is looked for in.

@@ -29,6 +29,12 @@ pub struct Query {
     pub port: u16,
 }
 
+/// A DNS name selector of the compiled policies ([`Engine::fqdn_selectors`] lists them).
+///
+/// [`Engine::fqdn_selectors`]: crate::Engine::fqdn_selectors
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FqdnId(pub u32);
+
 /// A rule of a policy: the policy, the direction, and the rule's 0-based index in that list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RuleRef {
@@ -83,6 +89,11 @@ pub struct SideVerdict {
     /// When the connection is allowed only at the HTTP level: the rules (each with HTTP rules)
     /// whose HTTP rules every request must match one of.
     pub http: Option<Vec<RuleRef>>,
+    /// When the connection is allowed only at the DNS level: the rules (each with DNS rules)
+    /// whose DNS rules every query's name must match one of ([`Engine::rule_dns`]).
+    ///
+    /// [`Engine::rule_dns`]: crate::Engine::rule_dns
+    pub dns: Option<Vec<RuleRef>>,
 }
 
 impl SideVerdict {
@@ -105,6 +116,11 @@ pub struct Verdict {
     pub egress: SideVerdict,
     /// The destination's ingress side.
     pub ingress: SideVerdict,
+    /// The DNS name selectors the destination address was learned for (by the source pod's DNS
+    /// answers), as given to [`Engine::verdict_learned`]; empty otherwise.
+    ///
+    /// [`Engine::verdict_learned`]: crate::Engine::verdict_learned
+    pub dst_names: Vec<FqdnId>,
 }
 
 impl Verdict {

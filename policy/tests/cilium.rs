@@ -338,9 +338,9 @@ fn invalid_values_leave_the_policy_out_with_the_field_named() {
 #[test]
 fn what_podwall_does_not_enforce_allows_nothing_and_still_isolates() {
     let (e, d) = engine(&cnp(
-        "fqdn",
+        "services",
         "production",
-        "endpointSelector: {matchLabels: {app: api}}\negress:\n- toFQDNs: [{matchName: example.com}]\n- toEndpoints: [{matchLabels: {app: db}}]",
+        "endpointSelector: {matchLabels: {app: api}}\negress:\n- toServices: [{k8sService: {serviceName: web, namespace: production}}]\n- toEndpoints: [{matchLabels: {app: db}}]",
     ));
     assert_eq!(e.state().policies.len(), 1);
     let not_enforced: Vec<&Diagnostic> = d.iter().filter(|d| d.code == "not-enforced").collect();
@@ -348,7 +348,7 @@ fn what_podwall_does_not_enforce_allows_nothing_and_still_isolates() {
     assert_eq!(not_enforced[0].severity, Severity::Error);
     assert_eq!(
         not_enforced[0].field.as_deref(),
-        Some("spec.egress[0].toFQDNs")
+        Some("spec.egress[0].toServices")
     );
     assert!(
         !tcp(&e, "production/api", "93.184.216.34", 443),

@@ -8,8 +8,8 @@ use crate::diagnostic::Diagnostic;
 use crate::engine::Engine;
 use crate::explain::describe_peer;
 use crate::model::{
-    Direction, Entity, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Peer,
-    PortMatch, Protocol,
+    Direction, Entity, FqdnSelector, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace,
+    NamespaceScope, Peer, PortMatch, Protocol,
 };
 use crate::selector::{LabelSelector, Operator};
 use crate::state::{PodId, PolicyId};
@@ -158,6 +158,9 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
                         .field(&peer_field),
                     ),
                     Peer::Entity(_) => {}
+                    Peer::Fqdn(selector) => {
+                        fqdn_findings(selector, &peer_field, out, &finding);
+                    }
                 }
             }
             if !rule.peers.is_empty() && !engine.rule_can_match(rule_ref) {
@@ -257,6 +260,55 @@ fn split_peers(
             ))
             .field(format!("{rule_field}.{field}"))
             .hint("to allow only those pods in those namespaces, put podSelector in the same list item as namespaceSelector (drop the `-` before podSelector)"),
+        );
+    }
+}
+
+/// Patterns that do not mean what they look like.
+fn fqdn_findings(
+    selector: &FqdnSelector,
+    field: &str,
+    out: &mut Vec<Diagnostic>,
+    finding: &dyn Fn(Diagnostic) -> Diagnostic,
+) {
+    let FqdnSelector::MatchPattern(p) = selector else {
+        return;
+    };
+    if p.bytes().all(|b| b == b'*') {
+        return;
+    }
+    let field = format!("{field}.matchPattern");
+    // `*cilium.io`: the star stays inside the first label, so this is "cilium.io" and
+    // "xcilium.io", never "sub.cilium.io".
+    if let Some(rest) = p.strip_prefix('*')
+        && rest.starts_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        let domain = rest;
+        out.push(
+            finding(Diagnostic::warning(
+                "fqdn-pattern-misleading",
+                format!(
+                    "{p:?} matches {domain} and names like x{domain} (a * stays within one label), not subdomains of {domain}"
+                ),
+            ))
+            .field(&field)
+            .hint(format!(
+                "for one level of subdomains write \"*.{domain}\", for any depth \"**.{domain}\", and add matchName {domain} for the domain itself"
+            )),
+        );
+    }
+    // `**` means "one or more labels" only as a leading `**.`; anywhere else it is one `*`.
+    let leading = p.starts_with("**.");
+    let body = if leading { &p[3..] } else { p.as_str() };
+    if body.contains("**") {
+        out.push(
+            finding(Diagnostic::warning(
+                "fqdn-pattern-misleading",
+                format!(
+                    "{p:?}: ** matches any number of labels only as a leading \"**.\"; here it is the same as *, which stays within one label"
+                ),
+            ))
+            .field(&field),
         );
     }
 }
@@ -388,7 +440,8 @@ fn egress_without_dns(engine: &Engine, out: &mut Vec<Diagnostic>) {
                 == Some(CLUSTER_DNS_LABEL.1)
         })
         .collect();
-    let mut by_ns: BTreeMap<&str, (Vec<String>, Vec<PolicyId>)> = BTreeMap::new();
+    // (pods, isolating policies, whether some of the pods have toFQDNs rules)
+    let mut by_ns: BTreeMap<&str, (Vec<String>, Vec<PolicyId>, bool)> = BTreeMap::new();
     for id in state.pod_ids() {
         let isolating = engine.isolated_by(id, Direction::Egress);
         if isolating.is_empty() {
@@ -410,6 +463,7 @@ fn egress_without_dns(engine: &Engine, out: &mut Vec<Diagnostic>) {
             let pod = state.pod(id);
             let entry = by_ns.entry(pod.namespace.as_str()).or_default();
             entry.0.push(pod.key());
+            entry.2 |= !engine.egress_fqdn(id).is_empty();
             for p in isolating {
                 if !entry.1.contains(p) {
                     entry.1.push(*p);
@@ -423,7 +477,7 @@ fn egress_without_dns(engine: &Engine, out: &mut Vec<Diagnostic>) {
         let names: Vec<String> = dns_pods.iter().map(|p| state.pod(*p).key()).collect();
         format!("the cluster DNS ({})", listed(&names))
     };
-    for (ns, (pods, policies)) in by_ns {
+    for (ns, (pods, policies, fqdn)) in by_ns {
         let policies: Vec<String> = policies
             .iter()
             .map(|p| state.policy(*p).name.to_string())
@@ -432,10 +486,15 @@ fn egress_without_dns(engine: &Engine, out: &mut Vec<Diagnostic>) {
             Diagnostic::warning(
                 "egress-without-dns",
                 format!(
-                    "{} {} isolated for egress (by {}) and cannot reach {target} on UDP/53: name resolution will fail",
+                    "{} {} isolated for egress (by {}) and cannot reach {target} on UDP/53: name resolution will fail{}",
                     listed(&pods),
                     if pods.len() == 1 { "is" } else { "are" },
                     policies.join(", "),
+                    if fqdn {
+                        " (except for names their toFQDNs rules select: podwall lets those queries reach the pod's configured resolver without a DNS rule)"
+                    } else {
+                        ""
+                    },
                 ),
             )
             .object(format!("Namespace {ns}"))
@@ -470,6 +529,7 @@ fn any_rule_allows_udp_53(engine: &Engine, isolating: &[PolicyId]) -> bool {
                 || rule.peers.iter().any(|peer| match peer {
                     Peer::IpBlock(_) | Peer::ExternalCidr(_) => true,
                     Peer::Entity(e) => matches!(e, Entity::All | Entity::Cluster),
+                    Peer::Fqdn(_) => false,
                     Peer::Pods { namespaces, pods } => {
                         let ns_ok = match namespaces {
                             NamespaceScope::Named(n) => n == DNS_NAMESPACE,

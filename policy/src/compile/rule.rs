@@ -7,12 +7,33 @@ use fixedbitset::FixedBitSet;
 use super::identity::{Identities, IdentityId};
 use super::ipset::IpSet;
 use crate::model::Direction;
-use crate::model::{Entity, NamespaceScope, Peer, Rule};
+use crate::model::{Entity, FqdnSelector, NamespaceScope, Peer, Rule};
 use crate::state::{ClusterState, PolicyId};
+use crate::verdict::FqdnId;
+
+/// Every DNS name selector of the compiled policies, each once: rules refer to them by id, and
+/// the sidecar matches names against the list once per name, not once per rule.
+#[derive(Debug, Default)]
+pub(crate) struct FqdnTable {
+    pub(crate) list: Vec<FqdnSelector>,
+    index: std::collections::HashMap<FqdnSelector, FqdnId>,
+}
+
+impl FqdnTable {
+    pub(crate) fn intern(&mut self, selector: &FqdnSelector) -> FqdnId {
+        if let Some(id) = self.index.get(selector) {
+            return *id;
+        }
+        let id = FqdnId(self.list.len() as u32);
+        self.list.push(selector.clone());
+        self.index.insert(selector.clone(), id);
+        id
+    }
+}
 
 /// Who is on the other end of a connection, as rules see it.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PeerView {
+pub(crate) struct PeerView<'a> {
     /// The peer's identity when it is a pod (not host-network).
     pub(crate) identity: Option<IdentityId>,
     /// The peer's address, when known.
@@ -21,9 +42,12 @@ pub(crate) struct PeerView {
     pub(crate) is_node: bool,
     /// The address is the node of the pod whose policy is evaluated.
     pub(crate) is_own_node: bool,
+    /// The DNS name selectors whose names resolved to this address for the pod whose policy is
+    /// evaluated (sorted; empty unless the caller knows).
+    pub(crate) names: &'a [FqdnId],
 }
 
-impl PeerView {
+impl PeerView<'_> {
     /// Outside the cluster: neither a pod nor a node.
     pub(crate) fn is_world(&self) -> bool {
         self.identity.is_none() && !self.is_node
@@ -50,10 +74,12 @@ pub(crate) enum CompiledPeer {
     /// Addresses, counted only outside the cluster (Cilium CIDR rules).
     ExternalAddresses(IpSet),
     Entity(Entity),
+    /// Addresses outside the cluster learned for a DNS name selector.
+    Fqdn(FqdnId),
 }
 
 impl CompiledPeer {
-    pub(crate) fn matches(&self, peer: &PeerView) -> bool {
+    pub(crate) fn matches(&self, peer: &PeerView<'_>) -> bool {
         match self {
             CompiledPeer::Identities(set) => {
                 peer.identity.is_some_and(|id| set.contains(id as usize))
@@ -63,6 +89,7 @@ impl CompiledPeer {
                 peer.is_world() && peer.ip.is_some_and(|ip| set.contains(ip))
             }
             CompiledPeer::Entity(e) => peer.in_entity(*e),
+            CompiledPeer::Fqdn(id) => peer.is_world() && peer.names.binary_search(id).is_ok(),
         }
     }
 }
@@ -77,6 +104,8 @@ pub(crate) struct CompiledRule {
     pub(crate) all_peers: bool,
     /// The rule carries HTTP rules.
     pub(crate) http: bool,
+    /// The rule's DNS rules, when it has some.
+    pub(crate) dns: Option<Vec<FqdnId>>,
     pub(crate) peers: Vec<CompiledPeer>,
 }
 
@@ -88,6 +117,7 @@ impl CompiledRule {
         direction: Direction,
         index: u32,
         rule: &Rule,
+        fqdn: &mut FqdnTable,
     ) -> Self {
         let peers = rule
             .peers
@@ -122,20 +152,26 @@ impl CompiledRule {
                     CompiledPeer::ExternalAddresses(set)
                 }
                 Peer::Entity(e) => CompiledPeer::Entity(*e),
+                Peer::Fqdn(selector) => CompiledPeer::Fqdn(fqdn.intern(selector)),
             })
             .collect();
+        let dns = rule
+            .dns
+            .as_ref()
+            .map(|list| list.iter().map(|s| fqdn.intern(s)).collect());
         CompiledRule {
             policy,
             direction,
             index,
             all_peers: rule.peers.is_empty(),
             http: rule.http.is_some(),
+            dns,
             peers,
         }
     }
 
     /// The index of the first peer that matches (`Some(None)` when the rule matches every peer).
-    pub(crate) fn matching_peer(&self, peer: &PeerView) -> Option<Option<usize>> {
+    pub(crate) fn matching_peer(&self, peer: &PeerView<'_>) -> Option<Option<usize>> {
         if self.all_peers {
             return Some(None);
         }
@@ -151,6 +187,8 @@ impl CompiledRule {
                     !set.is_empty()
                 }
                 CompiledPeer::Entity(e) => *e != Entity::KubeApiserver,
+                // Names are learned at run time.
+                CompiledPeer::Fqdn(_) => true,
             })
     }
 }

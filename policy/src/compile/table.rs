@@ -13,6 +13,7 @@ use super::ipset::IpSet;
 use super::rule::{CompiledPeer, CompiledRule, PeerView};
 use crate::model::{Entity, Protocol};
 use crate::state::PolicyId;
+use crate::verdict::FqdnId;
 
 /// A rule's index in the engine's rule list; lower ids come from policies earlier in the
 /// canonical order, so "the first rule that allows" never depends on input order.
@@ -27,8 +28,12 @@ pub(crate) struct PeerMatcher {
     addresses: IpSet,
     external: IpSet,
     entities: Vec<Entity>,
+    /// DNS name selectors (sorted).
+    fqdn: Vec<FqdnId>,
     /// Some rule here carries HTTP rules.
     pub(crate) has_http: bool,
+    /// Some rule here carries DNS rules.
+    pub(crate) has_dns: bool,
 }
 
 impl PeerMatcher {
@@ -41,6 +46,7 @@ impl PeerMatcher {
             let rule = &all[id as usize];
             m.any_peer |= rule.all_peers;
             m.has_http |= rule.http;
+            m.has_dns |= rule.dns.is_some();
             for peer in &rule.peers {
                 match peer {
                     CompiledPeer::Identities(set) => m.identities.union_with(set),
@@ -51,14 +57,17 @@ impl PeerMatcher {
                             m.entities.push(*e);
                         }
                     }
+                    CompiledPeer::Fqdn(id) => m.fqdn.push(*id),
                 }
             }
         }
+        m.fqdn.sort_unstable();
+        m.fqdn.dedup();
         m.rules = rules;
         m
     }
 
-    pub(crate) fn admits(&self, peer: &PeerView) -> bool {
+    pub(crate) fn admits(&self, peer: &PeerView<'_>) -> bool {
         self.any_peer
             || peer
                 .identity
@@ -66,10 +75,25 @@ impl PeerMatcher {
             || peer.ip.is_some_and(|ip| self.addresses.contains(ip))
             || (peer.is_world() && peer.ip.is_some_and(|ip| self.external.contains(ip)))
             || self.entities.iter().any(|e| peer.in_entity(*e))
+            || (peer.is_world()
+                && !self.fqdn.is_empty()
+                && peer
+                    .names
+                    .iter()
+                    .any(|n| self.fqdn.binary_search(n).is_ok()))
+    }
+
+    /// The DNS name selectors of this port's toFQDNs rules.
+    pub(crate) fn fqdn(&self) -> &[FqdnId] {
+        &self.fqdn
     }
 
     /// The first rule that allows the peer.
-    pub(crate) fn first_allowing(&self, peer: &PeerView, all: &[CompiledRule]) -> Option<RuleId> {
+    pub(crate) fn first_allowing(
+        &self,
+        peer: &PeerView<'_>,
+        all: &[CompiledRule],
+    ) -> Option<RuleId> {
         if !self.admits(peer) {
             return None;
         }
@@ -82,7 +106,7 @@ impl PeerMatcher {
     /// Every rule that allows the peer, in order.
     pub(crate) fn all_allowing<'a>(
         &'a self,
-        peer: &'a PeerView,
+        peer: &'a PeerView<'a>,
         all: &'a [CompiledRule],
     ) -> impl Iterator<Item = RuleId> + 'a {
         self.rules
@@ -198,6 +222,17 @@ impl DirectionTable {
             .iter()
             .find(|n| n.protocol == protocol && n.name == name)
             .map(|n| &n.matcher)
+    }
+
+    /// Every toFQDNs selector of the table's rules (unsorted, with repeats).
+    pub(crate) fn fqdn(&self) -> Vec<FqdnId> {
+        self.segments
+            .iter()
+            .flatten()
+            .map(|s| &s.matcher)
+            .chain(self.named.iter().map(|n| &n.matcher))
+            .flat_map(|m| m.fqdn().iter().copied())
+            .collect()
     }
 
     /// Whether any named-port rule is present (egress only).

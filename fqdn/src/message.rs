@@ -1,0 +1,314 @@
+//! DNS messages, read and written with hickory-proto: the question a pod asks, the refusal it
+//! gets, and what an answer teaches (addresses, following CNAME chains, with TTLs).
+
+use std::net::IpAddr;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+use crate::pattern::canonical;
+
+/// A message the proxy cannot work with.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// Not a DNS message.
+    #[error("malformed DNS message: {0}")]
+    Malformed(String),
+    /// A response where a query was expected, or the reverse.
+    #[error("unexpected DNS message type")]
+    WrongType,
+    /// Not a standard query with exactly one question.
+    #[error("not a standard query with one question (opcode {opcode}, {questions} questions)")]
+    Unsupported {
+        /// The opcode.
+        opcode: String,
+        /// How many questions.
+        questions: usize,
+    },
+}
+
+/// What a pod asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    /// The message ID.
+    pub id: u16,
+    /// The name, canonical (lower case, no trailing dot).
+    pub name: String,
+    /// The record type asked for (`A`, `AAAA`, ...).
+    pub qtype: RecordType,
+}
+
+/// A parsed query.
+#[derive(Debug, Clone)]
+pub struct Query {
+    message: Message,
+    /// Its question.
+    pub question: Question,
+}
+
+impl Query {
+    /// Reads a query from the wire.
+    pub fn parse(bytes: &[u8]) -> Result<Self, MessageError> {
+        let message =
+            Message::from_vec(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        if message.metadata.message_type != MessageType::Query {
+            return Err(MessageError::WrongType);
+        }
+        if message.metadata.op_code != OpCode::Query || message.queries.len() != 1 {
+            return Err(MessageError::Unsupported {
+                opcode: format!("{:?}", message.metadata.op_code),
+                questions: message.queries.len(),
+            });
+        }
+        let q = &message.queries[0];
+        let question = Question {
+            id: message.metadata.id,
+            name: canonical(&q.name().to_ascii()),
+            qtype: q.query_type(),
+        };
+        Ok(Query { message, question })
+    }
+
+    /// The reply that refuses this query with `rcode` (REFUSED for a name no rule allows,
+    /// SERVFAIL when the resolver cannot be reached): same ID and question, no records.
+    pub fn reply_with(&self, rcode: ResponseCode) -> Vec<u8> {
+        let mut reply = Message::error_msg(self.message.metadata.id, OpCode::Query, rcode);
+        reply.metadata.recursion_desired = self.message.metadata.recursion_desired;
+        reply.metadata.recursion_available = true;
+        reply.add_queries(self.message.queries.iter().cloned());
+        if self.message.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            reply.set_edns(edns);
+        }
+        // Encoding a message built from a parsed one cannot fail; an empty reply would be
+        // dropped by the client, which then retries.
+        reply.to_vec().unwrap_or_default()
+    }
+}
+
+/// What an answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The message ID.
+    pub id: u16,
+    /// The question it answers, if it repeats one.
+    pub question: Option<(String, RecordType)>,
+    /// The response code.
+    pub rcode: ResponseCode,
+    /// The TC bit: the answer did not fit and the client should ask again over TCP.
+    pub truncated: bool,
+    /// The question's name and every name its CNAME chain leads to, in order.
+    pub names: Vec<String>,
+    /// Addresses of those names, each with the smallest TTL on its way (the address record's
+    /// and the CNAMEs' that led to it).
+    pub addresses: Vec<(IpAddr, u32)>,
+}
+
+impl Answer {
+    /// Reads a response from the wire.
+    pub fn parse(bytes: &[u8]) -> Result<Self, MessageError> {
+        let message =
+            Message::from_vec(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        if message.metadata.message_type != MessageType::Response {
+            return Err(MessageError::WrongType);
+        }
+        let question = message
+            .queries
+            .first()
+            .map(|q| (canonical(&q.name().to_ascii()), q.query_type()));
+        let mut names: Vec<String> = question.iter().map(|(n, _)| n.clone()).collect();
+        // (name, smallest CNAME TTL to reach it)
+        let mut reach: Vec<(String, u32)> = names.iter().map(|n| (n.clone(), u32::MAX)).collect();
+        // Follow the chain whatever the order of the records; a loop cannot grow the set.
+        loop {
+            let mut grew = false;
+            for r in &message.answers {
+                if let RData::CNAME(target) = &r.data {
+                    let owner = canonical(&r.name.to_ascii());
+                    let Some(&(_, ttl)) = reach.iter().find(|(n, _)| *n == owner) else {
+                        continue;
+                    };
+                    let target = canonical(&target.0.to_ascii());
+                    if !reach.iter().any(|(n, _)| *n == target) {
+                        reach.push((target.clone(), ttl.min(r.ttl)));
+                        names.push(target);
+                        grew = true;
+                    }
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+        let mut addresses = Vec::new();
+        for r in &message.answers {
+            let ip = match &r.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
+            };
+            let owner = canonical(&r.name.to_ascii());
+            if let Some((_, chain_ttl)) = reach.iter().find(|(n, _)| *n == owner) {
+                addresses.push((ip, r.ttl.min(*chain_ttl)));
+            }
+        }
+        Ok(Answer {
+            id: message.metadata.id,
+            question,
+            rcode: message.metadata.response_code,
+            truncated: message.metadata.truncation,
+            names,
+            addresses,
+        })
+    }
+
+    /// Whether this answers `question` (same ID, name and type): only such answers are
+    /// forwarded and learned from.
+    pub fn answers(&self, question: &Question) -> bool {
+        self.id == question.id
+            && self
+                .question
+                .as_ref()
+                .is_some_and(|(n, t)| *n == question.name && *t == question.qtype)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hickory_proto::op::Query as Q;
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+    use hickory_proto::rr::{Name, Record};
+    use std::str::FromStr;
+
+    pub(crate) fn query_bytes(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Q::query(Name::from_str(name).expect("name"), qtype));
+        m.to_vec().expect("encodes")
+    }
+
+    pub(crate) fn answer_bytes(id: u16, name: &str, records: Vec<Record>) -> Vec<u8> {
+        let mut m = Message::response(id, OpCode::Query);
+        m.add_query(Q::query(Name::from_str(name).expect("name"), RecordType::A));
+        m.add_answers(records);
+        m.to_vec().expect("encodes")
+    }
+
+    pub(crate) fn a(name: &str, ttl: u32, ip: &str) -> Record {
+        Record::from_rdata(
+            Name::from_str(name).expect("name"),
+            ttl,
+            RData::A(A(ip.parse().expect("ip"))),
+        )
+    }
+
+    fn aaaa(name: &str, ttl: u32, ip: &str) -> Record {
+        Record::from_rdata(
+            Name::from_str(name).expect("name"),
+            ttl,
+            RData::AAAA(AAAA(ip.parse().expect("ip"))),
+        )
+    }
+
+    fn cname(name: &str, ttl: u32, target: &str) -> Record {
+        Record::from_rdata(
+            Name::from_str(name).expect("name"),
+            ttl,
+            RData::CNAME(CNAME(Name::from_str(target).expect("name"))),
+        )
+    }
+
+    #[test]
+    fn a_query_is_read_with_its_name_in_canonical_form() {
+        let q = Query::parse(&query_bytes(7, "API.GitHub.com.", RecordType::AAAA)).expect("q");
+        assert_eq!(
+            q.question,
+            Question {
+                id: 7,
+                name: "api.github.com".into(),
+                qtype: RecordType::AAAA
+            }
+        );
+    }
+
+    #[test]
+    fn responses_and_garbage_are_not_queries() {
+        assert!(matches!(
+            Query::parse(&answer_bytes(1, "a.com.", vec![])),
+            Err(MessageError::WrongType)
+        ));
+        assert!(matches!(
+            Query::parse(&[1, 2, 3]),
+            Err(MessageError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_id_and_question_and_carries_no_records() {
+        let q = Query::parse(&query_bytes(0x1234, "evil.com.", RecordType::A)).expect("q");
+        let reply = Message::from_vec(&q.reply_with(ResponseCode::Refused)).expect("parses");
+        assert_eq!(reply.metadata.id, 0x1234);
+        assert_eq!(reply.metadata.message_type, MessageType::Response);
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        assert!(reply.metadata.recursion_desired);
+        assert_eq!(reply.queries.len(), 1);
+        assert!(reply.answers.is_empty());
+    }
+
+    #[test]
+    fn an_answer_follows_cname_chains_in_any_order_with_the_smallest_ttl() {
+        let bytes = answer_bytes(
+            9,
+            "www.example.com.",
+            vec![
+                a("edge.cdn.net.", 300, "203.0.113.7"),
+                cname("alias.example.net.", 60, "edge.cdn.net."),
+                cname("www.example.com.", 3600, "alias.example.net."),
+                aaaa("edge.cdn.net.", 30, "2001:db8::7"),
+                a("unrelated.org.", 10, "198.51.100.1"),
+            ],
+        );
+        let ans = Answer::parse(&bytes).expect("answer");
+        assert_eq!(
+            ans.names,
+            ["www.example.com", "alias.example.net", "edge.cdn.net"]
+        );
+        assert_eq!(
+            ans.addresses,
+            [
+                ("203.0.113.7".parse().expect("ip"), 60),
+                ("2001:db8::7".parse().expect("ip"), 30)
+            ],
+            "the unrelated record teaches nothing"
+        );
+        assert!(ans.answers(&Question {
+            id: 9,
+            name: "www.example.com".into(),
+            qtype: RecordType::A
+        }));
+        assert!(!ans.answers(&Question {
+            id: 10,
+            name: "www.example.com".into(),
+            qtype: RecordType::A
+        }));
+        assert!(!ans.answers(&Question {
+            id: 9,
+            name: "other.example.com".into(),
+            qtype: RecordType::A
+        }));
+    }
+
+    #[test]
+    fn a_cname_loop_ends() {
+        let bytes = answer_bytes(
+            1,
+            "a.com.",
+            vec![cname("a.com.", 5, "b.com."), cname("b.com.", 5, "a.com.")],
+        );
+        let ans = Answer::parse(&bytes).expect("answer");
+        assert_eq!(ans.names, ["a.com", "b.com"]);
+        assert!(ans.addresses.is_empty());
+    }
+}
