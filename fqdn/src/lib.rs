@@ -17,6 +17,8 @@
 //! - Learning is per pod (Cilium shares a node's answers between its pods): an address is
 //!   allowed for a pod only when that pod's own DNS answer gave it.
 
+pub mod cache;
+pub mod decide;
 pub mod message;
 pub mod pattern;
 
