@@ -19,6 +19,7 @@
 
 pub mod cache;
 pub mod decide;
+pub mod forward;
 pub mod message;
 pub mod pattern;
 
