@@ -511,7 +511,7 @@ fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
         .args(["netns", "exec", &ns, PODWALL, "proxy", "init"])
         .status()
         .expect("init");
-    let mut sidecar = podwall_sandbox::as_proxy_in(&ns, PODWALL)
+    let mut sidecar = podwall_sandbox::sidecar_in(&ns, PODWALL)
         .args(["proxy", "run"])
         .arg(format!("--policy-source=dir:{}", empty.path().display()))
         .args(["--pod-namespace", "t", "--pod-name", "client"])
@@ -744,7 +744,7 @@ fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() 
         String::from_utf8_lossy(&init.stderr)
     );
     let flows = policy.path().join("flows.jsonl");
-    let mut sidecar = podwall_sandbox::as_proxy_in(c, PODWALL)
+    let mut sidecar = podwall_sandbox::sidecar_in(c, PODWALL)
         .args([
             "proxy",
             "run",

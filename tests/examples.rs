@@ -26,10 +26,22 @@ struct ExpectedMatrix {
 #[derive(Deserialize)]
 struct ExpectedCheck {
     from: String,
-    to: String,
-    protocol: String,
-    port: u16,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
     allowed: bool,
+    /// A connection to an address learned for this name.
+    #[serde(default)]
+    to_fqdn: Option<String>,
+    /// A DNS query for this name.
+    #[serde(default)]
+    dns_query: Option<String>,
+    /// The DNS response code for a refused query.
+    #[serde(default)]
+    rcode: Option<String>,
     /// Judge an HTTP request too.
     #[serde(default)]
     http_method: Option<String>,
@@ -144,23 +156,20 @@ fn check_example(dir: &Path) -> Vec<String> {
     }
 
     for c in &expected.checks {
-        let port = c.port.to_string();
-        let mut args = vec![
-            "analyze",
-            "check",
-            "-f",
-            dir_arg,
-            "--from",
-            &c.from,
-            "--to",
-            &c.to,
-            "--port",
-            &port,
-            "--protocol",
-            &c.protocol,
-            "-o",
-            "json",
-        ];
+        let port = c.port.map(|p| p.to_string());
+        let mut args = vec!["analyze", "check", "-f", dir_arg, "--from", &c.from];
+        for (flag, value) in [
+            ("--to", c.to.as_deref()),
+            ("--port", port.as_deref()),
+            ("--protocol", c.protocol.as_deref()),
+            ("--to-fqdn", c.to_fqdn.as_deref()),
+            ("--dns-query", c.dns_query.as_deref()),
+        ] {
+            if let Some(v) = value {
+                args.extend([flag, v]);
+            }
+        }
+        args.extend(["-o", "json"]);
         if let Some(m) = &c.http_method {
             args.extend(["--http-method", m]);
         }
@@ -172,9 +181,16 @@ fn check_example(dir: &Path) -> Vec<String> {
         let json: serde_json::Value = serde_json::from_str(&out).expect("check JSON");
         let have = json["allowed"].as_bool().expect("allowed is a bool");
         let status = json["http"]["status"].as_u64().map(|s| s as u16);
+        let rcode = json["dns"]["rcode"].as_str().map(str::to_string);
+        if c.rcode.is_some() && rcode != c.rcode {
+            failures.push(format!(
+                "{name} check {} dns {:?}: expected rcode {:?}, podwall says {rcode:?}",
+                c.from, c.dns_query, c.rcode
+            ));
+        }
         if c.http_status.is_some() && status != c.http_status {
             failures.push(format!(
-                "{name} check {} -> {} {} {}: expected status {:?}, podwall says {status:?}",
+                "{name} check {} -> {:?} {} {}: expected status {:?}, podwall says {status:?}",
                 c.from,
                 c.to,
                 c.http_method.as_deref().unwrap_or("-"),
@@ -189,8 +205,10 @@ fn check_example(dir: &Path) -> Vec<String> {
         );
         if have != c.allowed {
             failures.push(format!(
-                "{name} check {} -> {} {}/{}: expected allowed={}, podwall says {}",
-                c.from, c.to, c.protocol, c.port, c.allowed, json
+                "{name} check {}: expected allowed={}, podwall says {}",
+                args.join(" "),
+                c.allowed,
+                json
             ));
         }
     }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use podwall_sandbox::{Inject, Options, Sandbox, as_proxy_in, run_in};
+use podwall_sandbox::{Inject, Options, Sandbox, as_proxy_in, run_in, sidecar_in};
 use serde::Serialize;
 
 /// Measure the sidecar against the direct path and haproxy.
@@ -398,7 +398,7 @@ fn init_rules(sb: &Sandbox, podwall: &Path, remove: bool) -> Result<(), String> 
 
 fn start_sidecar(sb: &Sandbox, podwall: &Path, threads: usize) -> Result<Proxy, String> {
     let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
-    let child = as_proxy_in(ns, &podwall.display().to_string())
+    let child = sidecar_in(ns, &podwall.display().to_string())
         .args([
             "proxy",
             "run",

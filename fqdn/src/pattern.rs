@@ -81,6 +81,13 @@ impl Matcher {
         Ok(Matcher { set })
     }
 
+    /// A matcher with no selectors: matches nothing.
+    pub fn empty() -> Self {
+        Matcher {
+            set: RegexSet::empty(),
+        }
+    }
+
     /// The selectors a name matches (sorted), the name in any case, with or without its dot.
     pub fn matching(&self, name: &str) -> Vec<FqdnId> {
         if self.set.is_empty() {

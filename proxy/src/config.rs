@@ -1,6 +1,6 @@
 //! How the sidecar is set up.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::pod_policy::Identity;
@@ -19,8 +19,17 @@ pub struct ProxyConfig {
     pub dns: Vec<SocketAddr>,
     /// The admin server.
     pub admin: SocketAddr,
-    /// Where DNS queries go (default: the first nameserver of /etc/resolv.conf).
-    pub dns_upstream: Option<SocketAddr>,
+    /// The pod's resolver, besides the nameservers of /etc/resolv.conf: trusted for the
+    /// toFQDNs names, and assumed when a query's original destination is unknown.
+    pub dns_upstream: Option<IpAddr>,
+    /// Read DNS datagrams' original destination (TPROXY capture; needs NET_ADMIN). Without it,
+    /// or when the capability is missing, queries are taken to be for the configured resolver.
+    pub dns_transparent: bool,
+    /// Limits of the name cache for toFQDNs rules.
+    pub fqdn_cache: podwall_fqdn::cache::CacheConfig,
+    /// Check the TLS SNI or HTTP Host of connections that only a toFQDNs rule allows against
+    /// the rule's names.
+    pub check_server_name: bool,
     /// How long to wait for a destination to accept.
     pub connect_timeout: Duration,
     /// Pass would-be denials, logged as AUDIT.
@@ -39,6 +48,9 @@ impl ProxyConfig {
             dns: vec![([127, 0, 0, 1], 15053).into()],
             admin: ([0, 0, 0, 0], 15020).into(),
             dns_upstream: None,
+            dns_transparent: true,
+            fqdn_cache: podwall_fqdn::cache::CacheConfig::default(),
+            check_server_name: true,
             connect_timeout: Duration::from_secs(5),
             audit: false,
             keep_revoked: false,

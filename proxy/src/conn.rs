@@ -30,6 +30,10 @@ pub struct Shared {
     /// The sidecar's own listening ports: a connection whose original destination is one of
     /// them on this host would loop.
     pub own_ports: Vec<u16>,
+    /// What the pod's DNS answers taught (toFQDNs).
+    pub names: Arc<crate::dns::Names>,
+    /// Check the TLS SNI or HTTP Host of connections that only a toFQDNs rule allows.
+    pub check_server_name: bool,
 }
 
 impl Shared {
@@ -110,12 +114,54 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
         finish(shared, event, started);
         return;
     };
+    // An address outside the cluster may be one the pod's DNS answers gave for a toFQDNs name:
+    // the names it is valid for now are what the verdict (and later re-checks) may use.
+    let learned: Vec<Arc<str>> = if direction == Direction::Egress
+        && !policy.own_fqdn.is_empty()
+        && policy.engine.pod_by_ip(dst.ip()).is_none()
+    {
+        shared.names.names_for(dst.ip())
+    } else {
+        Vec::new()
+    };
+    let names = policy.fqdn_ids(&learned);
     let verdict = match direction {
-        Direction::Egress => policy.outbound(dst.ip(), Protocol::Tcp, dst.port()),
+        Direction::Egress => policy.outbound_learned(dst.ip(), Protocol::Tcp, dst.port(), &names),
         Direction::Ingress => policy.inbound(peer.ip(), Protocol::Tcp, dst.port()),
     };
     describe(&mut event, &policy, &verdict, source, destination);
+    if !learned.is_empty()
+        && let Some(side) = event.egress.as_mut()
+    {
+        side.names = learned.iter().map(|n| n.to_string()).collect();
+    }
     event.verdict = policy.flow_verdict(&verdict);
+    if event.verdict == FlowVerdict::Allowed
+        && shared.check_server_name
+        && !names.is_empty()
+        && !policy
+            .outbound(dst.ip(), Protocol::Tcp, dst.port())
+            .egress
+            .allowed()
+    {
+        // Only a toFQDNs rule allows this: the name the client asks the server for must be one
+        // of the rule's too, so a shared (CDN) address does not open every site behind it.
+        match crate::server_name::check(&client, &policy, dst, &names).await {
+            crate::server_name::Check::Allowed(name) => {
+                event.reason = Some(format!("server name {name} checked"));
+            }
+            crate::server_name::Check::NotApplicable => {}
+            crate::server_name::Check::Denied(why) => {
+                shared.metrics.fqdn.server_name_denied.inc();
+                event.verdict = if policy.own_audit() {
+                    FlowVerdict::Audit
+                } else {
+                    FlowVerdict::Denied
+                };
+                event.reason = Some(why);
+            }
+        }
+    }
     metrics.verdict(event.verdict);
     if event.verdict == FlowVerdict::Denied {
         reset(&client);
@@ -130,7 +176,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
     };
     if let Some(rules) = own_http {
         serve_http(
-            client, dst, rules, &policy, event, direction, shared, started,
+            client, dst, rules, &policy, event, direction, shared, started, learned,
         )
         .await;
         return;
@@ -180,8 +226,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
                         continue;
                     }
                     let now = changes.borrow_and_update().clone();
+                    // The names valid when the connection opened still count: expiry does not
+                    // end open connections, only a policy that no longer allows them.
                     if let Some(p) = now
-                        && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port())
+                        && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port(), &p.fqdn_ids(&learned))
                     {
                         break Ending::Revoked;
                     }
@@ -219,6 +267,7 @@ async fn serve_http(
     direction: Direction,
     shared: &Shared,
     started: Instant,
+    learned: Vec<Arc<str>>,
 ) {
     let Some(http) = policy.http.clone() else {
         // The rules did not compile (already logged): refuse rather than forward unchecked.
@@ -328,7 +377,7 @@ async fn serve_http(
                 }
                 let now = changes.borrow_and_update().clone();
                 if let Some(p) = now
-                    && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port())
+                    && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port(), &p.fqdn_ids(&learned))
                 {
                     if let Some(fd) = &handle {
                         let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };

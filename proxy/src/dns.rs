@@ -1,76 +1,274 @@
-//! The DNS capture point (`:15053`): queries the pod sends over UDP are checked against the
-//! pod's egress policy for the resolver and relayed to it; answers come back unchanged. TCP
-//! DNS goes through the ordinary outbound path (its original destination is known).
+//! The sidecar's DNS proxy (`:15053`, UDP and TCP): every query the pod sends is judged
+//! ([`podwall_fqdn::decide`]), refused (REFUSED, and a flow event) or forwarded to the resolver
+//! the pod asked, and the answer goes back unchanged. Answers for names the pod's `toFQDNs`
+//! rules select teach the pod's name cache ([`Names`]), which outbound connections consult.
 //!
-//! A redirected UDP datagram does not carry its original destination, so queries go to the
-//! resolver the pod is configured with (`/etc/resolv.conf`, or `--dns-upstream`), as Istio's
-//! DNS capture does. The FQDN work replaces this with a DNS proxy that parses and learns from
-//! answers.
+//! UDP arrives by TPROXY (see [`crate::init`]): the datagram keeps its original destination,
+//! read with `IP_RECVORIGDSTADDR`, and the reply leaves from that address through a transparent
+//! socket, so the pod sees its resolver answer. That needs `NET_ADMIN`; without it (or with
+//! `--dns-capture redirect`) the sidecar falls back to the nat redirect, where the original
+//! destination is lost and the pod's configured resolver is assumed. TCP arrives by nat
+//! redirect and its original destination is read as for any connection.
+//!
+//! Before the first policy arrives, queries are forwarded unjudged (DNS is admitted while the
+//! sidecar starts, as the architecture promises) and nothing is learned.
 
+use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::ResponseCode;
+use nix::sys::socket::{self as sock, ControlMessageOwned, MsgFlags, SockaddrStorage, sockopt};
+use podwall_fqdn::cache::{Cache, CacheConfig};
+use podwall_fqdn::decide::{DnsQuery, DnsReason, decide};
+use podwall_fqdn::forward::{self, MAX_UDP, Reply};
+use podwall_fqdn::message::Query;
 use podwall_policy::{Direction, Protocol};
-use tokio::net::UdpSocket;
+use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use crate::conn::Shared;
-use crate::flow::{self, FlowEvent, FlowVerdict};
+use crate::flow::{self, DnsEvent, FlowEvent, FlowVerdict, L7Event};
+use crate::metrics::FqdnMetrics;
+use crate::orig_dst::{MapV4Mapped, original_dst};
+use crate::pod_policy::PodPolicy;
 
-/// Longest DNS message over UDP with EDNS.
-const MAX_DATAGRAM: usize = 4096;
 /// Queries in flight at once; more are dropped (the client retries).
-const MAX_IN_FLIGHT: usize = 256;
-/// DNS response codes used here.
-const SERVFAIL: u8 = 2;
-const REFUSED: u8 = 5;
+const MAX_IN_FLIGHT: usize = 512;
+/// How long a resolver has to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP DNS client may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// The first `nameserver` of a resolv.conf.
-pub fn resolver_from_resolv_conf(text: &str) -> Option<SocketAddr> {
+/// Every `nameserver` of a resolv.conf, in order.
+pub fn resolvers_from_resolv_conf(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .next()
+        .collect()
 }
 
-/// A reply to `query` with no records and the given rcode (REFUSED for a denied resolver,
-/// SERVFAIL when the resolver cannot be reached), or `None` if the query is malformed.
-pub fn error_reply(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
-    if query.len() < 12 {
-        return None;
+/// The pod's name cache, with its metrics.
+#[derive(Debug)]
+pub struct Names {
+    cache: Mutex<Cache>,
+    metrics: FqdnMetrics,
+}
+
+impl Names {
+    /// An empty cache.
+    pub fn new(config: CacheConfig, metrics: FqdnMetrics) -> Self {
+        Names {
+            cache: Mutex::new(Cache::new(config)),
+            metrics,
+        }
     }
-    let qdcount = u16::from_be_bytes([query[4], query[5]]);
-    // Walk the question section to keep it in the reply.
-    let mut at = 12;
-    for _ in 0..qdcount {
-        loop {
-            let len = *query.get(at)? as usize;
-            if len & 0xc0 != 0 {
-                return None; // compression in a question: not from a stub resolver
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // A panic while holding the lock leaves plain data; keep using it.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The names `ip` is valid for now.
+    pub fn names_for(&self, ip: IpAddr) -> Vec<Arc<str>> {
+        self.lock().names_for(ip, Instant::now())
+    }
+
+    /// Learns from an answer to the pod: each name on the answer's CNAME chain that the pod's
+    /// toFQDNs selectors match gets the answer's addresses. Returns how many were new.
+    pub fn learn(&self, policy: &PodPolicy, answer: &podwall_fqdn::message::Answer) -> usize {
+        if policy.own_fqdn.is_empty() || answer.addresses.is_empty() {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut cache = self.lock();
+        let mut added = 0;
+        for name in &answer.names {
+            let ids = policy.fqdn_ids(std::slice::from_ref(name));
+            if ids.is_empty() {
+                continue;
             }
-            at += 1 + len;
-            if len == 0 {
-                break;
+            let l = cache.learn(name, &ids, &answer.addresses, now);
+            added += l.added;
+            self.metrics
+                .evicted
+                .inc_by((l.evicted_names + l.evicted_ips) as u64);
+        }
+        cache.expire(now);
+        self.metrics.learned.inc_by(added as u64);
+        self.gauges(&cache);
+        added
+    }
+
+    /// After a policy change: names are matched against the new selectors.
+    pub fn reselect(&self, policy: &PodPolicy) {
+        let mut cache = self.lock();
+        cache.reselect(|name| policy.fqdn_ids(&[name]));
+        self.gauges(&cache);
+    }
+
+    /// Drops what expired (run now and then, so the gauges stay true).
+    pub fn expire(&self) {
+        let mut cache = self.lock();
+        cache.expire(Instant::now());
+        self.gauges(&cache);
+    }
+
+    fn gauges(&self, cache: &Cache) {
+        self.metrics.names.set(cache.len() as i64);
+        self.metrics.addresses.set(cache.addresses() as i64);
+    }
+}
+
+/// What the DNS proxy needs besides the connection handlers' shared state.
+#[derive(Debug)]
+pub struct DnsContext {
+    /// The resolvers the pod is configured with (`/etc/resolv.conf`, `--dns-upstream`): the
+    /// trusted ones, and the one assumed when the original destination is unknown.
+    pub resolvers: Vec<IpAddr>,
+    /// Whether UDP arrives by TPROXY (original destination known).
+    pub transparent: bool,
+}
+
+/// A UDP socket for the DNS port: transparent with the original destination reported when the
+/// capability allows, a plain one otherwise.
+pub fn udp_listener(
+    addr: SocketAddr,
+    want_transparent: bool,
+) -> std::io::Result<(UdpSocket, bool)> {
+    if want_transparent {
+        match transparent_socket(addr, true) {
+            Ok(s) => return Ok((UdpSocket::from_std(s)?, true)),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot open a transparent DNS socket (the sidecar needs NET_ADMIN for TPROXY); \\
+                 falling back to the configured resolver as every query's destination"
+            ),
+        }
+    }
+    let std = std::net::UdpSocket::bind(addr)?;
+    std.set_nonblocking(true)?;
+    Ok((UdpSocket::from_std(std)?, false))
+}
+
+/// A UDP socket with `IP_TRANSPARENT`, bound to `addr` (which need not be local); `recv_orig`
+/// asks for each datagram's original destination.
+fn transparent_socket(addr: SocketAddr, recv_orig: bool) -> std::io::Result<std::net::UdpSocket> {
+    let family = if addr.is_ipv4() {
+        sock::AddressFamily::Inet
+    } else {
+        sock::AddressFamily::Inet6
+    };
+    let fd: OwnedFd = sock::socket(
+        family,
+        sock::SockType::Datagram,
+        sock::SockFlag::SOCK_NONBLOCK | sock::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    sock::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // IP_TRANSPARENT is an IP-level flag that IPv6 sockets honour too.
+    sock::setsockopt(&fd, sockopt::IpTransparent, &true)?;
+    if recv_orig {
+        if addr.is_ipv4() {
+            sock::setsockopt(&fd, sockopt::Ipv4OrigDstAddr, &true)?;
+        } else {
+            sock::setsockopt(&fd, sockopt::Ipv6OrigDstAddr, &true)?;
+        }
+    }
+    sock::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+/// One received datagram: the bytes, who sent it, where it was going.
+fn recv_with_orig(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
+    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = sock::recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )?;
+    let from = msg
+        .address
+        .as_ref()
+        .and_then(storage_to_std)
+        .ok_or_else(|| std::io::Error::other("datagram without a source address"))?;
+    let mut orig = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4OrigDstAddr(a) => {
+                    orig = Some(SocketAddr::from((
+                        std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                        u16::from_be(a.sin_port),
+                    )));
+                }
+                ControlMessageOwned::Ipv6OrigDstAddr(a) => {
+                    orig = Some(SocketAddr::from((
+                        std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                        u16::from_be(a.sin6_port),
+                    )));
+                }
+                _ => {}
             }
         }
-        at += 4; // type and class
     }
-    let mut reply = query.get(..at)?.to_vec();
-    reply[2] = 0x80 | (query[2] & 0x79); // QR, keep opcode and RD
-    reply[3] = 0x80 | rcode; // RA, rcode
-    reply[6..12].fill(0); // no answers, authority or additional records
-    Some(reply)
+    Ok((
+        msg.bytes,
+        from.map_v4_mapped(),
+        orig.map(|o| o.map_v4_mapped()),
+    ))
+}
+
+fn storage_to_std(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    s.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+}
+
+/// Replies leave from the resolver's address: one transparent socket per resolver.
+#[derive(Default)]
+struct ReplySockets(Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>);
+
+impl ReplySockets {
+    fn get(&self, from: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(&from) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(UdpSocket::from_std(transparent_socket(from, false)?)?);
+        map.insert(from, s.clone());
+        Ok(s)
+    }
 }
 
 /// Serves DNS over UDP on `socket` until the process ends.
-pub async fn serve(socket: UdpSocket, upstream: Option<SocketAddr>, shared: Arc<Shared>) {
+pub async fn serve_udp(
+    socket: UdpSocket,
+    transparent: bool,
+    ctx: Arc<DnsContext>,
+    shared: Arc<Shared>,
+) {
     let socket = Arc::new(socket);
+    let replies = Arc::new(ReplySockets::default());
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = vec![0u8; MAX_UDP];
     loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
+        let received = socket
+            .async_io(Interest::READABLE, || recv_with_orig(&socket, &mut buf))
+            .await;
+        let (n, client, orig) = match received {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "DNS receive failed");
@@ -81,110 +279,237 @@ pub async fn serve(socket: UdpSocket, upstream: Option<SocketAddr>, shared: Arc<
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue;
         };
+        let resolver = match (transparent, orig) {
+            (true, Some(o)) => Some(o),
+            _ => ctx.resolvers.first().map(|ip| SocketAddr::new(*ip, 53)),
+        };
         let query = buf[..n].to_vec();
-        let (socket, shared) = (socket.clone(), shared.clone());
+        let (socket, replies, ctx, shared) =
+            (socket.clone(), replies.clone(), ctx.clone(), shared.clone());
         tokio::spawn(async move {
-            answer(&socket, client, query, upstream, &shared).await;
+            let Some(resolver) = resolver else {
+                tracing::warn!(
+                    "DNS query but no resolver is known (--dns-upstream or /etc/resolv.conf)"
+                );
+                return;
+            };
+            if let Some(reply) =
+                answer(&query, client, resolver, Protocol::Udp, &ctx, &shared).await
+            {
+                let sent = if transparent {
+                    match replies.get(resolver) {
+                        Ok(s) => s.send_to(&reply, client).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    socket.send_to(&reply, client).await.map(|_| ())
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, %client, %resolver, "cannot send the DNS reply");
+                }
+            }
             drop(permit);
         });
     }
 }
 
+/// Serves DNS over TCP (nat-redirected; the original destination is the resolver).
+pub async fn serve_tcp(listener: TcpListener, ctx: Arc<DnsContext>, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let (ctx, shared) = (ctx.clone(), shared.clone());
+                tokio::spawn(async move {
+                    tcp_client(stream, peer.map_v4_mapped(), &ctx, &shared).await
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn tcp_client(mut stream: TcpStream, client: SocketAddr, ctx: &DnsContext, shared: &Shared) {
+    let resolver = match original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(error = %e, %client, "cannot read the DNS connection's original destination");
+            return;
+        }
+    };
+    // Queries one after the other on the same connection, each answered in turn.
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+            Ok(Ok(n)) => n as usize,
+            _ => return,
+        };
+        let mut query = vec![0u8; len];
+        if stream.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        let Some(reply) = answer(&query, client, resolver, Protocol::Tcp, ctx, shared).await else {
+            return;
+        };
+        let Ok(n) = u16::try_from(reply.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&n.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Judges one query, forwards it or refuses it, learns from the answer, and returns what the
+/// pod gets (`None`: nothing, e.g. an unreadable message).
 async fn answer(
-    socket: &UdpSocket,
+    bytes: &[u8],
     client: SocketAddr,
-    query: Vec<u8>,
-    upstream: Option<SocketAddr>,
+    resolver: SocketAddr,
+    protocol: Protocol,
+    ctx: &DnsContext,
     shared: &Shared,
-) {
+) -> Option<Vec<u8>> {
     let started = Instant::now();
     let metrics = &shared.metrics.dns;
-    let Some(resolver) = upstream else {
-        if let Some(reply) = error_reply(&query, SERVFAIL) {
-            let _ = socket.send_to(&reply, client).await;
+    let query = match Query::parse(bytes) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::debug!(error = %e, %client, "not a DNS query the proxy handles; dropped");
+            return None;
         }
-        tracing::warn!(
-            "DNS query but no resolver is configured (--dns-upstream or /etc/resolv.conf)"
-        );
-        return;
     };
     let mut event = FlowEvent {
         time: String::new(),
-        verdict: FlowVerdict::Denied,
+        verdict: FlowVerdict::Allowed,
         direction: Direction::Egress,
-        protocol: Protocol::Udp,
+        protocol,
         source: flow::peer(None, client),
         destination: flow::peer(None, resolver),
         egress: None,
         ingress: None,
         reason: None,
-        bytes_sent: query.len() as u64,
+        bytes_sent: bytes.len() as u64,
         bytes_received: 0,
         duration_ms: 0.0,
         error: None,
         l7: None,
     };
+    let mut dns = DnsEvent {
+        query: query.question.name.clone(),
+        qtype: query.question.qtype.to_string(),
+        rcode: String::new(),
+        ips: Vec::new(),
+        ttl: None,
+        truncated: false,
+        reason: "resolver",
+        policy: None,
+        rule: None,
+        learned: 0,
+    };
     let policy = shared.policies.borrow().clone();
-    match &policy {
-        None => {
-            event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into())
-        }
-        Some(p) => {
-            let verdict = p.outbound(resolver.ip(), Protocol::Udp, resolver.port());
-            event.source = flow::peer(Some(&p.engine), client);
-            event.destination = flow::peer(Some(&p.engine), resolver);
-            event.egress = Some(flow::side(&p.engine, &verdict.egress));
-            event.ingress = Some(flow::side(&p.engine, &verdict.ingress));
-            event.verdict = p.flow_verdict(&verdict);
-        }
+    if let Some(p) = &policy {
+        let trusted = ctx.resolvers.contains(&resolver.ip());
+        let verdict = decide(
+            &p.engine,
+            p.fqdn.as_deref().unwrap_or(&EMPTY),
+            &DnsQuery {
+                pod: p.me,
+                resolver: resolver.ip(),
+                protocol,
+                port: resolver.port(),
+                name: &query.question.name,
+            },
+            trusted,
+        );
+        event.source = flow::peer(Some(&p.engine), client);
+        event.destination = flow::peer(Some(&p.engine), resolver);
+        event.egress = Some(flow::side(&p.engine, &verdict.connection.egress));
+        event.ingress = Some(flow::side(&p.engine, &verdict.connection.ingress));
+        describe_reason(&mut dns, p, &verdict.reason);
+        event.verdict = if verdict.allowed {
+            FlowVerdict::Allowed
+        } else if p.own_audit() {
+            FlowVerdict::Audit
+        } else {
+            FlowVerdict::Denied
+        };
+    } else {
+        event.reason = Some("no policy loaded yet: DNS is forwarded unjudged".into());
     }
     metrics.verdict(event.verdict);
-    if event.verdict == FlowVerdict::Denied {
-        if let Some(reply) = error_reply(&query, REFUSED) {
-            let _ = socket.send_to(&reply, client).await;
-        }
+    let reply = if event.verdict == FlowVerdict::Denied {
+        dns.rcode = ResponseCode::Refused.to_string();
+        Some(query.reply_with(ResponseCode::Refused))
     } else {
-        match forward(&query, resolver).await {
-            Ok(reply) => {
-                event.bytes_received = reply.len() as u64;
-                let _ = socket.send_to(&reply, client).await;
+        let forwarded = match protocol {
+            Protocol::Tcp => forward::tcp(bytes, &query.question, resolver, UPSTREAM_TIMEOUT).await,
+            _ => forward::udp(bytes, &query.question, resolver, UPSTREAM_TIMEOUT).await,
+        };
+        match forwarded {
+            Ok(Reply {
+                bytes,
+                answer,
+                ignored,
+            }) => {
+                shared.metrics.fqdn.ignored_answers.inc_by(ignored as u64);
+                dns.rcode = answer.rcode.to_string();
+                dns.truncated = answer.truncated;
+                dns.ips = answer
+                    .addresses
+                    .iter()
+                    .map(|(ip, _)| ip.to_string())
+                    .collect();
+                dns.ttl = answer.addresses.iter().map(|(_, t)| *t).min();
+                if let Some(p) = &policy {
+                    dns.learned = shared.names.learn(p, &answer);
+                }
+                event.bytes_received = bytes.len() as u64;
+                Some(bytes)
             }
             Err(e) => {
+                shared.metrics.fqdn.upstream_errors.inc();
                 event.error = Some(format!("resolver {resolver}: {e}"));
-                if let Some(reply) = error_reply(&query, SERVFAIL) {
-                    let _ = socket.send_to(&reply, client).await;
-                }
+                dns.rcode = ResponseCode::ServFail.to_string();
+                Some(query.reply_with(ResponseCode::ServFail))
             }
         }
-    }
+    };
+    event.l7 = Some(L7Event {
+        http: None,
+        dns: Some(dns),
+    });
     event.time = flow::now();
     event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     shared.flows.emit(event);
+    reply
 }
 
-/// Sends the query from a fresh socket (a fresh source port per query) and waits for the reply
-/// with the same ID from the resolver.
-async fn forward(query: &[u8], resolver: SocketAddr) -> std::io::Result<Vec<u8>> {
-    let bind: SocketAddr = if resolver.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
+static EMPTY: std::sync::LazyLock<podwall_fqdn::Matcher> =
+    std::sync::LazyLock::new(podwall_fqdn::Matcher::empty);
+
+fn describe_reason(dns: &mut DnsEvent, p: &PodPolicy, reason: &DnsReason) {
+    let name_of = |rule: podwall_policy::RuleRef, extra: String| {
+        let info = p.engine.rule_info(rule, None);
+        (Some(info.policy), Some(format!("{}{extra}", info.field)))
     };
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(resolver).await?;
-    sock.send(query).await?;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5s")
-            })??;
-        if n >= 2 && buf[..2] == query[..2] {
-            buf.truncate(n);
-            return Ok(buf);
+    match reason {
+        DnsReason::Resolver => dns.reason = "resolver",
+        DnsReason::DnsRule(rule, selector) => {
+            dns.reason = "dns-rule";
+            let sel = p.engine.fqdn_selectors()[selector.0 as usize].to_string();
+            (dns.policy, dns.rule) = name_of(*rule, format!(".rules.dns ({sel})"));
         }
+        DnsReason::NoDnsRuleMatched(_) => dns.reason = "no-dns-rule-matched",
+        DnsReason::ImplicitForFqdn(selector) => {
+            dns.reason = "implicit-for-toFQDNs";
+            dns.rule = Some(p.engine.fqdn_selectors()[selector.0 as usize].to_string());
+        }
+        DnsReason::ResolverDenied => dns.reason = "resolver-denied",
     }
 }
 
@@ -192,40 +517,16 @@ async fn forward(query: &[u8], resolver: SocketAddr) -> std::io::Result<Vec<u8>>
 mod tests {
     use super::*;
 
-    /// A query for `example.com A` with ID 0x1234 and RD set.
-    fn query() -> Vec<u8> {
-        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
-        q.extend(b"\x07example\x03com\x00\x00\x01\x00\x01");
-        q.extend(b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00"); // an EDNS OPT record
-        q
-    }
-
     #[test]
-    fn refused_replies_keep_id_and_question_and_drop_everything_else() {
-        let reply = error_reply(&query(), REFUSED).expect("reply");
-        assert_eq!(&reply[..2], &[0x12, 0x34]);
-        assert_eq!(reply[2], 0x81, "QR and RD");
-        assert_eq!(reply[3] & 0x0f, REFUSED);
-        assert_eq!(&reply[4..6], &[0, 1], "one question");
-        assert_eq!(&reply[6..12], &[0; 6], "no other records");
-        assert_eq!(&reply[12..], b"\x07example\x03com\x00\x00\x01\x00\x01");
-    }
-
-    #[test]
-    fn malformed_queries_get_no_reply() {
-        assert!(error_reply(&[1, 2, 3], REFUSED).is_none());
-        let mut q = query();
-        q.truncate(20);
-        assert!(error_reply(&q, REFUSED).is_none());
-    }
-
-    #[test]
-    fn the_first_nameserver_of_resolv_conf_is_the_upstream() {
-        let conf = "# generated\nsearch default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver 8.8.8.8\noptions ndots:5\n";
+    fn every_nameserver_of_resolv_conf_is_a_resolver() {
+        let conf = "# generated\nsearch default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\n";
         assert_eq!(
-            resolver_from_resolv_conf(conf),
-            Some("10.96.0.10:53".parse().expect("addr"))
+            resolvers_from_resolv_conf(conf),
+            [
+                "10.96.0.10".parse::<IpAddr>().expect("ip"),
+                "fd00::a".parse().expect("ip")
+            ]
         );
-        assert_eq!(resolver_from_resolv_conf("search x\n"), None);
+        assert!(resolvers_from_resolv_conf("search x\n").is_empty());
     }
 }

@@ -50,6 +50,9 @@ pub struct FlowSide {
     /// For a denial: the policies that isolate the pod.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
+    /// The DNS names the destination address was learned for (toFQDNs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// A finished flow.
@@ -91,8 +94,48 @@ pub struct FlowEvent {
 /// The application-layer part of a flow event.
 #[derive(Clone, Debug, Serialize)]
 pub struct L7Event {
-    /// The request.
-    pub http: HttpEvent,
+    /// An HTTP request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpEvent>,
+    /// A DNS query and its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsEvent>,
+}
+
+/// One DNS query.
+#[derive(Clone, Debug, Serialize)]
+pub struct DnsEvent {
+    /// The name asked for (canonical).
+    pub query: String,
+    /// The record type (`A`, `AAAA`, ...).
+    pub qtype: String,
+    /// The response code the pod got (`NoError`, `NXDomain`, `Refused`, ...).
+    pub rcode: String,
+    /// The addresses in the answer (following CNAMEs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// The smallest TTL of those addresses, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    /// The answer was truncated (the pod should ask again over TCP).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Why the query was allowed or refused (`resolver`, `dns-rule`, `implicit-for-toFQDNs`,
+    /// `no-dns-rule-matched`, `resolver-denied`).
+    pub reason: &'static str,
+    /// The policy whose DNS rule allowed the query, or whose toFQDNs name did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// That rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Addresses the answer taught for toFQDNs rules.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub learned: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One HTTP request.
@@ -250,6 +293,7 @@ pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
                 .clone()
         }),
         isolated_by,
+        names: Vec::new(),
     }
 }
 
@@ -348,6 +392,7 @@ mod tests {
                 policy: Some("api-l7-policy".into()),
                 rule: Some("spec.ingress[0]".into()),
                 isolated_by: Vec::new(),
+                names: Vec::new(),
             }),
             reason: None,
             bytes_sent: 0,
@@ -383,7 +428,10 @@ mod tests {
         whole.verdict = FlowVerdict::Denied;
         whole.duration_ms = 1.5;
         whole.error = Some("upstream reset".into());
-        whole.l7 = Some(L7Event { http });
+        whole.l7 = Some(L7Event {
+            http: Some(http),
+            dns: None,
+        });
         assert_eq!(
             serde_json::to_string(&request).expect("serialises"),
             serde_json::to_string(&whole).expect("serialises"),

@@ -6,8 +6,22 @@
 //!   goes to the inbound listener, except the admin port (kubelet probes it) and excluded ports.
 //! - `PODWALL_OUTPUT` (jumped to from `OUTPUT`): connections the proxy itself opens (its uid, and
 //!   gid when set) and everything on loopback are left alone, so nothing loops and a pod still
-//!   talks to itself directly; then excluded CIDRs and ports; then DNS (UDP and TCP 53) to the DNS
+//!   talks to itself directly; then excluded CIDRs and ports; then DNS over TCP (53) to the DNS
 //!   port; then every other TCP connection to the outbound listener.
+//!
+//! DNS over UDP needs its original destination (the resolver the pod asked), which a `REDIRECT`ed
+//! datagram loses. So, by default (`DnsCapture::Tproxy`), in the `mangle` table:
+//!
+//! - `PODWALL_DNS_OUTPUT` (from `OUTPUT`): UDP to port 53, not from the proxy, not on loopback,
+//!   not to excluded CIDRs, gets the mark `0x539`;
+//! - a routing rule sends marked packets to table 133, where everything is local, so they come
+//!   back in through `lo`;
+//! - `PODWALL_DNS_PREROUTING` (from `PREROUTING`) hands them to the DNS port with `TPROXY`,
+//!   addresses untouched: the sidecar reads the original destination from the datagram and
+//!   answers from it (which needs `NET_ADMIN` in the sidecar for `IP_TRANSPARENT`).
+//!
+//! `DnsCapture::Redirect` redirects UDP 53 in `nat` like TCP instead (no capability needed; the
+//! sidecar then assumes the pod asked its configured resolver).
 //!
 //! The rules go in with one `iptables-restore --noflush`, so they change atomically; declaring
 //! the chains flushes them, and the jumps are only added when missing, so running `init` again
@@ -21,12 +35,31 @@ use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 
-/// The table everything lives in.
+/// The table the redirects live in.
 const TABLE: &str = "nat";
+/// The table the DNS marks and TPROXY live in.
+const MANGLE: &str = "mangle";
 /// Chain for connections into the pod.
 pub const INBOUND_CHAIN: &str = "PODWALL_INBOUND";
 /// Chain for connections out of the pod.
 pub const OUTPUT_CHAIN: &str = "PODWALL_OUTPUT";
+/// Chain marking the pod's DNS datagrams.
+pub const DNS_OUTPUT_CHAIN: &str = "PODWALL_DNS_OUTPUT";
+/// Chain handing marked DNS datagrams to the sidecar.
+pub const DNS_PREROUTING_CHAIN: &str = "PODWALL_DNS_PREROUTING";
+/// The mark on captured DNS datagrams.
+pub const DNS_MARK: u32 = 0x539;
+/// The routing table that makes marked datagrams local.
+pub const DNS_TABLE: u32 = 133;
+
+/// How DNS over UDP reaches the sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsCapture {
+    /// TPROXY: the original destination is kept (the default).
+    Tproxy,
+    /// nat REDIRECT: the original destination is lost.
+    Redirect,
+}
 /// `multiport` takes at most 15 ports per rule.
 const MULTIPORT_MAX: usize = 15;
 
@@ -72,6 +105,8 @@ pub struct InitConfig {
     pub admin_port: u16,
     /// Whether DNS is captured at all.
     pub capture_dns: bool,
+    /// How DNS over UDP is captured.
+    pub dns_capture: DnsCapture,
     /// Inbound ports left alone.
     pub exclude_inbound_ports: Vec<u16>,
     /// Outbound TCP ports left alone.
@@ -90,6 +125,7 @@ impl Default for InitConfig {
             dns_port: 15053,
             admin_port: 15020,
             capture_dns: true,
+            dns_capture: DnsCapture::Tproxy,
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
@@ -179,7 +215,11 @@ impl InitConfig {
             "RETURN",
         );
         if self.capture_dns {
-            for proto in ["udp", "tcp"] {
+            let protos: &[&str] = match self.dns_capture {
+                DnsCapture::Redirect => &["udp", "tcp"],
+                DnsCapture::Tproxy => &["tcp"],
+            };
+            for proto in protos {
                 r.push(format!(
                     "-A {OUTPUT_CHAIN} -p {proto} --dport 53 -j REDIRECT --to-ports {}",
                     self.dns_port
@@ -201,33 +241,157 @@ impl InitConfig {
         ]
     }
 
+    /// Whether the mangle rules (TPROXY for DNS) are wanted.
+    fn tproxy(&self) -> bool {
+        self.capture_dns && self.dns_capture == DnsCapture::Tproxy
+    }
+
+    /// The mangle chains' rules for one family (empty without TPROXY capture).
+    pub fn dns_rules(&self, family: Family) -> Vec<String> {
+        if !self.tproxy() {
+            return Vec::new();
+        }
+        let mut r = vec![format!(
+            "-A {DNS_OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
+            self.proxy_uid
+        )];
+        if let Some(gid) = self.proxy_gid {
+            r.push(format!(
+                "-A {DNS_OUTPUT_CHAIN} -m owner --gid-owner {gid} -j RETURN"
+            ));
+        }
+        r.push(format!("-A {DNS_OUTPUT_CHAIN} -o lo -j RETURN"));
+        for net in self
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|n| family.matches(n))
+        {
+            r.push(format!(
+                "-A {DNS_OUTPUT_CHAIN} -d {} -j RETURN",
+                net.trunc()
+            ));
+        }
+        r.push(format!(
+            "-A {DNS_OUTPUT_CHAIN} -p udp --dport 53 -j MARK --set-xmark {DNS_MARK:#x}/0xffffffff"
+        ));
+        let on_ip = match family {
+            Family::V4 => "127.0.0.1",
+            Family::V6 => "::1",
+        };
+        r.push(format!(
+            "-A {DNS_PREROUTING_CHAIN} -p udp -m mark --mark {DNS_MARK:#x} -j TPROXY --on-port {} --on-ip {on_ip} --tproxy-mark {DNS_MARK:#x}/0xffffffff",
+            self.dns_port
+        ));
+        r
+    }
+
+    fn dns_jumps() -> [(&'static str, String); 2] {
+        [
+            ("OUTPUT", format!("-p udp -j {DNS_OUTPUT_CHAIN}")),
+            ("PREROUTING", format!("-p udp -j {DNS_PREROUTING_CHAIN}")),
+        ]
+    }
+
     /// The `iptables-restore --noflush` input that installs the rules, given what
-    /// `iptables-save -t nat` printed (jumps already present are not added again).
-    pub fn restore_input(&self, family: Family, saved: &str) -> String {
+    /// `iptables-save` printed for `nat` and `mangle` (jumps already present are not added
+    /// again).
+    pub fn restore_input(&self, family: Family, saved_nat: &str, saved_mangle: &str) -> String {
         let mut s = format!("*{TABLE}\n:{INBOUND_CHAIN} - [0:0]\n:{OUTPUT_CHAIN} - [0:0]\n");
         for rule in self.chain_rules(family) {
             let _ = writeln!(s, "{rule}");
         }
         for (chain, jump) in Self::jumps() {
             let line = format!("-A {chain} {jump}");
-            if !saved.lines().any(|l| l.trim() == line) {
+            if !saved_nat.lines().any(|l| l.trim() == line) {
                 let _ = writeln!(s, "{line}");
             }
         }
         s.push_str("COMMIT\n");
+        if self.tproxy() {
+            let _ = write!(
+                s,
+                "*{MANGLE}\n:{DNS_OUTPUT_CHAIN} - [0:0]\n:{DNS_PREROUTING_CHAIN} - [0:0]\n"
+            );
+            for rule in self.dns_rules(family) {
+                let _ = writeln!(s, "{rule}");
+            }
+            for (chain, jump) in Self::dns_jumps() {
+                let line = format!("-A {chain} {jump}");
+                if !saved_mangle.lines().any(|l| l.trim() == line) {
+                    let _ = writeln!(s, "{line}");
+                }
+            }
+            s.push_str("COMMIT\n");
+        }
         s
+    }
+
+    /// The `ip` commands that route marked DNS datagrams back in (TPROXY capture only).
+    pub fn route_commands(&self, family: Family) -> Vec<Vec<String>> {
+        if !self.tproxy() {
+            return Vec::new();
+        }
+        let (flag, local) = match family {
+            Family::V4 => ("-4", "0.0.0.0/0"),
+            Family::V6 => ("-6", "::/0"),
+        };
+        let table = DNS_TABLE.to_string();
+        vec![
+            [
+                "ip", flag, "route", "replace", "local", local, "dev", "lo", "table", &table,
+            ]
+            .map(String::from)
+            .to_vec(),
+            [
+                "ip",
+                flag,
+                "rule",
+                "add",
+                "fwmark",
+                &format!("{DNS_MARK:#x}"),
+                "lookup",
+                &table,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ]
     }
 
     /// Installs the rules for one family, idempotently.
     pub fn apply(&self, family: Family) -> Result<(), InitError> {
-        let saved = run(&family.tool("-save"), &["-t", TABLE], None)?;
+        let saved_nat = run(&family.tool("-save"), &["-t", TABLE], None)?;
+        let saved_mangle = if self.tproxy() {
+            run(&family.tool("-save"), &["-t", MANGLE], None)?
+        } else {
+            String::new()
+        };
+        for cmd in self.route_commands(family) {
+            // `rule add` is not idempotent: skip it when the rule is there.
+            if cmd[2] == "rule" && has_dns_rule(family)? {
+                continue;
+            }
+            let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+            run("ip", &args, None)?;
+        }
         run(
             &family.tool("-restore"),
             &["--noflush"],
-            Some(&self.restore_input(family, &saved)),
+            Some(&self.restore_input(family, &saved_nat, &saved_mangle)),
         )?;
         Ok(())
     }
+}
+
+/// Whether the routing rule for marked DNS datagrams is installed.
+fn has_dns_rule(family: Family) -> Result<bool, InitError> {
+    let flag = match family {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    };
+    let rules = run("ip", &[flag, "rule", "show"], None)?;
+    Ok(rules.lines().any(|l| {
+        l.contains(&format!("fwmark {DNS_MARK:#x}")) && l.contains(&format!("lookup {DNS_TABLE}"))
+    }))
 }
 
 /// Removes the jumps and chains for one family; nothing happens where they are absent.
@@ -249,6 +413,49 @@ pub fn remove(family: Family) -> Result<(), InitError> {
     }
     s.push_str("COMMIT\n");
     run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
+    // The DNS capture: mangle chains, routing rule and table.
+    let saved = run(&family.tool("-save"), &["-t", MANGLE], None)?;
+    let mut s = format!("*{MANGLE}\n");
+    for line in saved.lines() {
+        let line = line.trim();
+        if line.starts_with("-A ")
+            && (line.ends_with(&format!("-j {DNS_OUTPUT_CHAIN}"))
+                || line.ends_with(&format!("-j {DNS_PREROUTING_CHAIN}")))
+        {
+            let _ = writeln!(s, "-D{}", &line[2..]);
+        }
+    }
+    for chain in [DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN] {
+        if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
+            let _ = writeln!(s, "-F {chain}\n-X {chain}");
+        }
+    }
+    s.push_str("COMMIT\n");
+    run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
+    let flag = match family {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    };
+    while has_dns_rule(family)? {
+        run(
+            "ip",
+            &[
+                flag,
+                "rule",
+                "del",
+                "fwmark",
+                &format!("{DNS_MARK:#x}"),
+                "lookup",
+                &DNS_TABLE.to_string(),
+            ],
+            None,
+        )?;
+    }
+    let _ = run(
+        "ip",
+        &[flag, "route", "flush", "table", &DNS_TABLE.to_string()],
+        None,
+    );
     Ok(())
 }
 
@@ -326,7 +533,6 @@ mod tests {
                 "-A PODWALL_INBOUND -p tcp -j REDIRECT --to-ports 15006",
                 "-A PODWALL_OUTPUT -m owner --uid-owner 1337 -j RETURN",
                 "-A PODWALL_OUTPUT -o lo -j RETURN",
-                "-A PODWALL_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053",
                 "-A PODWALL_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
                 "-A PODWALL_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
             ]
@@ -376,16 +582,61 @@ mod tests {
     #[test]
     fn jumps_are_only_added_when_missing() {
         let cfg = InitConfig::default();
-        let fresh = cfg.restore_input(Family::V4, "*nat\nCOMMIT\n");
+        let fresh = cfg.restore_input(Family::V4, "*nat\nCOMMIT\n", "*mangle\nCOMMIT\n");
         assert!(fresh.contains("-A PREROUTING -p tcp -j PODWALL_INBOUND\n"));
         assert!(fresh.contains("-A OUTPUT -j PODWALL_OUTPUT\n"));
         assert!(fresh.starts_with("*nat\n:PODWALL_INBOUND - [0:0]\n:PODWALL_OUTPUT - [0:0]\n"));
+        assert!(fresh.contains("-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n"));
+        assert!(fresh.contains("-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\n"));
         let again = cfg.restore_input(
             Family::V4,
             "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\nCOMMIT\n",
+            "*mangle\n-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\nCOMMIT\n",
         );
         assert!(!again.contains("-A PREROUTING"), "{again}");
-        assert!(!again.contains("-A OUTPUT -j"), "{again}");
+        assert!(!again.contains("-A OUTPUT -"), "{again}");
+    }
+
+    #[test]
+    fn udp_dns_is_marked_and_tproxied_keeping_its_destination() {
+        let cfg = InitConfig {
+            exclude_outbound_cidrs: vec!["10.96.0.1/32".parse().expect("net")],
+            ..InitConfig::default()
+        };
+        assert_eq!(
+            cfg.dns_rules(Family::V4),
+            [
+                "-A PODWALL_DNS_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-A PODWALL_DNS_OUTPUT -o lo -j RETURN",
+                "-A PODWALL_DNS_OUTPUT -d 10.96.0.1/32 -j RETURN",
+                "-A PODWALL_DNS_OUTPUT -p udp --dport 53 -j MARK --set-xmark 0x539/0xffffffff",
+                "-A PODWALL_DNS_PREROUTING -p udp -m mark --mark 0x539 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x539/0xffffffff",
+            ]
+        );
+        assert!(cfg.dns_rules(Family::V6)[3].contains("--on-ip ::1"));
+        let routes = cfg.route_commands(Family::V4);
+        assert_eq!(
+            routes[0].join(" "),
+            "ip -4 route replace local 0.0.0.0/0 dev lo table 133"
+        );
+        assert_eq!(
+            routes[1].join(" "),
+            "ip -4 rule add fwmark 0x539 lookup 133"
+        );
+        let redirect = InitConfig {
+            dns_capture: DnsCapture::Redirect,
+            ..InitConfig::default()
+        };
+        assert!(redirect.dns_rules(Family::V4).is_empty());
+        assert!(redirect.route_commands(Family::V4).is_empty());
+        assert!(redirect.chain_rules(Family::V4).contains(
+            &"-A PODWALL_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053".to_string()
+        ));
+        assert!(
+            !redirect
+                .restore_input(Family::V4, "", "")
+                .contains("*mangle")
+        );
     }
 
     #[test]

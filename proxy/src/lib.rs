@@ -19,11 +19,12 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod pod_policy;
 pub mod relay;
+pub mod server_name;
 
 use std::sync::Arc;
 
 use podwall_policy::Direction;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::ProxyConfig;
@@ -96,13 +97,13 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     for addr in &config.dns {
         dns_tcp.push(bind_tcp(*addr, "dns").await?);
         dns_udp.push(
-            UdpSocket::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Bind {
+            dns::udp_listener(*addr, config.dns_transparent).map_err(|source| {
+                ProxyError::Bind {
                     addr: *addr,
                     what: "dns",
                     source,
-                })?,
+                }
+            })?,
         );
     }
     let admin = bind_tcp(config.admin, "admin").await?;
@@ -110,6 +111,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     let mut own_ports = vec![config.inbound.port(), config.admin.port()];
     own_ports.extend(config.outbound.iter().map(|a| a.port()));
     own_ports.extend(config.dns.iter().map(|a| a.port()));
+    let names = Arc::new(dns::Names::new(config.fqdn_cache, metrics.fqdn.clone()));
     let shared = Arc::new(conn::Shared {
         policies: policy_rx.clone(),
         metrics: metrics.clone(),
@@ -117,11 +119,19 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         connect_timeout: config.connect_timeout,
         keep_revoked: config.keep_revoked,
         own_ports,
+        names: names.clone(),
+        check_server_name: config.check_server_name,
     });
-    let dns_upstream = config.dns_upstream.or_else(|| {
+    let mut resolvers: Vec<std::net::IpAddr> = config.dns_upstream.into_iter().collect();
+    resolvers.extend(
         std::fs::read_to_string("/etc/resolv.conf")
-            .ok()
-            .and_then(|t| dns::resolver_from_resolv_conf(&t))
+            .map(|t| dns::resolvers_from_resolv_conf(&t))
+            .unwrap_or_default(),
+    );
+    let transparent = dns_udp.iter().all(|(_, t)| *t);
+    let dns_ctx = Arc::new(dns::DnsContext {
+        resolvers: resolvers.clone(),
+        transparent,
     });
 
     tokio::spawn(pod_policy::follow(
@@ -130,14 +140,34 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         states,
         policy_tx,
         metrics.clone(),
+        names.clone(),
     ));
+    {
+        // Expired names leave the cache (and its gauges) even when no answer arrives.
+        let names = names.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                names.expire();
+            }
+        });
+    }
     tokio::spawn(admin::serve(admin, policy_rx, metrics.clone()));
     tokio::spawn(conn::serve(inbound, Direction::Ingress, shared.clone()));
-    for l in outbound.into_iter().chain(dns_tcp) {
+    for l in outbound {
         tokio::spawn(conn::serve(l, Direction::Egress, shared.clone()));
     }
-    for s in dns_udp {
-        tokio::spawn(dns::serve(s, dns_upstream, shared.clone()));
+    for l in dns_tcp {
+        tokio::spawn(dns::serve_tcp(l, dns_ctx.clone(), shared.clone()));
+    }
+    for (s, transparent) in dns_udp {
+        tokio::spawn(dns::serve_udp(
+            s,
+            transparent,
+            dns_ctx.clone(),
+            shared.clone(),
+        ));
     }
     tracing::info!(
         pod = %config.identity,
@@ -145,7 +175,8 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         outbound = ?config.outbound,
         dns = ?config.dns,
         admin = %config.admin,
-        dns_upstream = ?dns_upstream,
+        resolvers = ?resolvers,
+        dns_original_destination = transparent,
         audit = config.audit,
         "sidecar listening; refusing all connections until the first policy arrives"
     );

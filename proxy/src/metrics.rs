@@ -101,6 +101,27 @@ pub struct Metrics {
     pub flow_events_dropped: Counter,
     /// HTTP requests on connections with HTTP rules, by verdict.
     pub http: HttpMetrics,
+    /// The DNS name cache and what it learned.
+    pub fqdn: FqdnMetrics,
+}
+
+/// The name cache.
+#[derive(Clone, Debug, Default)]
+pub struct FqdnMetrics {
+    /// Names held now.
+    pub names: Gauge,
+    /// (name, address) pairs held now.
+    pub addresses: Gauge,
+    /// Addresses learned from answers.
+    pub learned: Counter,
+    /// Names forgotten to make room (LRU), and addresses beyond the per-name cap.
+    pub evicted: Counter,
+    /// Datagrams on a query's socket that did not answer it (stray or forged), ignored.
+    pub ignored_answers: Counter,
+    /// Queries the resolver did not answer in time, or answered badly.
+    pub upstream_errors: Counter,
+    /// Connections refused because the TLS SNI or HTTP Host was not a name the policy allows.
+    pub server_name_denied: Counter,
 }
 
 /// HTTP requests by verdict.
@@ -250,6 +271,42 @@ impl Metrics {
             audit: get(&http_requests, HttpLabels { verdict: "audit" }),
             refused: get(&http_requests, HttpLabels { verdict: "refused" }),
         };
+        let fqdn = FqdnMetrics::default();
+        registry.register(
+            "fqdn_cache_names",
+            "DNS names held for toFQDNs rules",
+            fqdn.names.clone(),
+        );
+        registry.register(
+            "fqdn_cache_addresses",
+            "Addresses held for toFQDNs rules (name, address pairs)",
+            fqdn.addresses.clone(),
+        );
+        registry.register(
+            "fqdn_learned_addresses",
+            "Addresses learned from DNS answers for toFQDNs rules",
+            fqdn.learned.clone(),
+        );
+        registry.register(
+            "fqdn_cache_evictions",
+            "Names and addresses forgotten to stay within the cache's bounds",
+            fqdn.evicted.clone(),
+        );
+        registry.register(
+            "dns_ignored_answers",
+            "Datagrams that did not answer the query they arrived for (stray or forged)",
+            fqdn.ignored_answers.clone(),
+        );
+        registry.register(
+            "dns_upstream_errors",
+            "Queries the resolver did not answer in time or answered badly",
+            fqdn.upstream_errors.clone(),
+        );
+        registry.register(
+            "fqdn_server_name_denied",
+            "Connections refused because their TLS SNI or HTTP Host is not a name the policy allows",
+            fqdn.server_name_denied.clone(),
+        );
         let policy_applied = get(&updates, ResultLabels { result: "applied" });
         let policy_rejected = get(&updates, ResultLabels { result: "rejected" });
         Metrics {
@@ -262,6 +319,7 @@ impl Metrics {
             policies_selecting,
             flow_events_dropped,
             http,
+            fqdn,
             registry,
         }
     }

@@ -8,7 +8,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use podwall_policy::{ClusterState, Direction, Endpoint, Engine, PodId, Protocol, Query, Verdict};
+use podwall_policy::{
+    ClusterState, Direction, Endpoint, Engine, FqdnId, PodId, Protocol, Query, Verdict,
+};
 use tokio::sync::watch;
 
 use crate::flow::FlowVerdict;
@@ -65,17 +67,52 @@ pub struct PodPolicy {
     pub generation: u64,
     /// The HTTP rules of every policy selecting this pod, compiled once (none: no HTTP rules).
     pub http: Option<Arc<podwall_l7::HttpPolicy>>,
+    /// Every DNS name selector of the policies, compiled once (none: there are none).
+    pub fqdn: Option<Arc<podwall_fqdn::Matcher>>,
+    /// The toFQDNs selectors of this pod's egress rules (sorted): the names it learns.
+    pub own_fqdn: Vec<FqdnId>,
 }
 
 impl PodPolicy {
     /// The verdict for a connection this pod opens to `dst`.
     pub fn outbound(&self, dst: IpAddr, protocol: Protocol, port: u16) -> Verdict {
-        self.engine.verdict(&Query {
-            src: Endpoint::Pod(self.me),
-            dst: Endpoint::Ip(dst),
-            protocol,
-            port,
-        })
+        self.outbound_learned(dst, protocol, port, &[])
+    }
+
+    /// The verdict for a connection this pod opens to `dst`, an address its DNS answers gave
+    /// for names matching the selectors `names` (see [`fqdn_ids`](Self::fqdn_ids)).
+    pub fn outbound_learned(
+        &self,
+        dst: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        names: &[FqdnId],
+    ) -> Verdict {
+        self.engine.verdict_learned(
+            &Query {
+                src: Endpoint::Pod(self.me),
+                dst: Endpoint::Ip(dst),
+                protocol,
+                port,
+            },
+            names,
+        )
+    }
+
+    /// The selectors of this pod's toFQDNs rules that match one of `names` (sorted): what a
+    /// connection to an address learned for those names may use.
+    pub fn fqdn_ids<S: AsRef<str>>(&self, names: &[S]) -> Vec<FqdnId> {
+        let Some(matcher) = &self.fqdn else {
+            return Vec::new();
+        };
+        let mut ids: Vec<FqdnId> = names
+            .iter()
+            .flat_map(|n| matcher.matching(n.as_ref()))
+            .filter(|id| self.own_fqdn.binary_search(id).is_ok())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// The verdict for a connection into this pod from `src`, to `port`.
@@ -96,6 +133,7 @@ impl PodPolicy {
         peer: IpAddr,
         protocol: Protocol,
         port: u16,
+        names: &[FqdnId],
     ) -> bool {
         let (src, dst) = match direction {
             Direction::Egress => (Endpoint::Pod(self.me), Endpoint::Ip(peer)),
@@ -107,8 +145,8 @@ impl PodPolicy {
             protocol,
             port,
         };
-        self.engine.allowed(&query)
-            || self.flow_verdict(&self.engine.verdict(&query)) != FlowVerdict::Denied
+        self.engine.allowed_learned(&query, names)
+            || self.flow_verdict(&self.engine.verdict_learned(&query, names)) != FlowVerdict::Denied
     }
 
     /// Allowed; denied; or audit, when every side that denies belongs to a pod in audit mode
@@ -145,13 +183,15 @@ impl PodPolicy {
     }
 }
 
-/// Compiles every state the source publishes and publishes this pod's policy.
+/// Compiles every state the source publishes and publishes this pod's policy; names learned
+/// under the previous policy are matched again against the new one.
 pub async fn follow(
     identity: Identity,
     audit_flag: bool,
     mut states: StateReceiver,
     policies: watch::Sender<Option<Arc<PodPolicy>>>,
     metrics: Arc<Metrics>,
+    names: Arc<crate::dns::Names>,
 ) {
     let mut generation = 0u64;
     loop {
@@ -176,12 +216,26 @@ pub async fn follow(
                             }
                         }
                     };
-                    (engine, me, http)
+                    let fqdn = if engine.fqdn_selectors().is_empty() {
+                        None
+                    } else {
+                        match podwall_fqdn::Matcher::new(engine.fqdn_selectors()) {
+                            Ok(m) => Some(Arc::new(m)),
+                            Err(e) => {
+                                // Validated at load; without a matcher no name is learned and
+                                // toFQDNs rules allow nothing (fail closed).
+                                tracing::error!(error = %e, "DNS name selectors do not compile; toFQDNs rules allow nothing");
+                                None
+                            }
+                        }
+                    };
+                    let own_fqdn = engine.egress_fqdn(me);
+                    (engine, me, http, fqdn, own_fqdn)
                 })
             })
             .await;
             match compiled {
-                Ok(Some((engine, me, http))) => {
+                Ok(Some((engine, me, http, fqdn, own_fqdn))) => {
                     generation += 1;
                     let pod = engine.state().pod(me);
                     // The pod's own annotation is read per connection (it covers its own side);
@@ -209,13 +263,17 @@ pub async fn follow(
                         "policy applied"
                     );
                     drop(selecting);
-                    let _ = policies.send(Some(Arc::new(PodPolicy {
+                    let policy = Arc::new(PodPolicy {
                         engine,
                         me,
                         audit: audit_flag,
                         generation,
                         http,
-                    })));
+                        fqdn,
+                        own_fqdn,
+                    });
+                    names.reselect(&policy);
+                    let _ = policies.send(Some(policy));
                     metrics.policy_applied.inc();
                     metrics.policy_ready.set(1);
                 }

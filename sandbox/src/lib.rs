@@ -10,6 +10,7 @@
 //! Everything a sandbox creates is named after it (`pw-<name>-...`) and recorded under
 //! `/run/podwall/sandbox/<name>`, so `down` removes it all, also after a crashed `up`.
 
+pub mod external;
 mod netns;
 pub mod probe;
 pub mod server;
@@ -89,6 +90,9 @@ pub enum SandboxError {
     /// The sandbox needs root.
     #[error("the sandbox needs root (network namespaces and iptables)")]
     NotRoot,
+    /// A sandbox document is wrong.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
@@ -154,6 +158,21 @@ pub struct Record {
     pub node: String,
     /// Every pod.
     pub pods: Vec<PodRecord>,
+    /// Hosts outside the cluster, each in a namespace of its own.
+    #[serde(default)]
+    pub externals: Vec<ExternalRecord>,
+    /// The pod running the cluster DNS (dnsmasq), if the topology has one.
+    #[serde(default)]
+    pub dns: Option<String>,
+}
+
+/// One external host of a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExternalRecord {
+    /// As declared.
+    pub host: external::ExternalHost,
+    /// Its namespace.
+    pub netns: String,
 }
 
 /// A running sandbox.
@@ -220,6 +239,31 @@ pub fn as_proxy_in(ns: &str, program: &str) -> Command {
         "--regid",
         &uid,
         "--clear-groups",
+        program,
+    ]);
+    cmd
+}
+
+/// The sidecar in the namespace `ns`: as [`as_proxy_in`], keeping `CAP_NET_ADMIN` (what a
+/// sidecar container is granted) for the transparent DNS socket that reads each query's
+/// original destination.
+pub fn sidecar_in(ns: &str, program: &str) -> Command {
+    let uid = PROXY_UID.to_string();
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        "--inh-caps",
+        "+net_admin",
+        "--ambient-caps",
+        "+net_admin",
         program,
     ]);
     cmd
@@ -374,11 +418,34 @@ impl Sandbox {
                     .collect(),
             })
             .collect();
+        let mut pods = pods;
+        // The cluster DNS: dnsmasq takes port 53 of the first pod labelled k8s-app=kube-dns.
+        let dns = state
+            .pods
+            .iter()
+            .position(|p| {
+                !p.host_network && p.labels.get("k8s-app").map(String::as_str) == Some("kube-dns")
+            })
+            .map(|i| {
+                pods[i].tcp.retain(|p| *p != 53);
+                pods[i].udp.retain(|p| *p != 53);
+                pods[i].key.clone()
+            });
+        let externals = external::read(dir)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, host)| ExternalRecord {
+                host,
+                netns: format!("{p}x{i}"),
+            })
+            .collect();
         let record = Record {
             name: opts.name.clone(),
             source: dir.to_path_buf(),
             node: node.clone(),
             pods,
+            externals,
+            dns,
         };
         // Recorded before anything is created, so that `down` finds it all after a crash.
         let record_file = sdir.join("state.json");
@@ -431,6 +498,87 @@ impl Sandbox {
                 "-n", ns, "route", "add", "default", "via", &host_ip, "dev", "eth0",
             ])?;
         }
+        // Hosts outside the cluster: a namespace each, routed by the node like pods.
+        let node_side = self
+            .record
+            .pods
+            .first()
+            .map(|p| p.host_ip)
+            .unwrap_or(IpAddr::V4(DEFAULT_NODE));
+        for (i, ext) in self.record.externals.iter().enumerate() {
+            let (ns, veth) = (ext.netns.as_str(), format!("x{i}"));
+            let ip = format!("{}/32", ext.host.address);
+            let gw = node_side.to_string();
+            netns::ip(&["netns", "add", ns])?;
+            netns::ip(&[
+                "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ])?;
+            netns::ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{gw}/32"),
+                "dev",
+                &veth,
+            ])?;
+            netns::ip(&["-n", &node, "link", "set", &veth, "up"])?;
+            netns::ip(&["-n", &node, "route", "add", &ip, "dev", &veth])?;
+            netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            netns::ip(&["-n", ns, "addr", "add", &ip, "dev", "eth0"])?;
+            netns::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            netns::ip(&[
+                "-n", ns, "route", "add", &gw, "dev", "eth0", "scope", "link",
+            ])?;
+            netns::ip(&[
+                "-n", ns, "route", "add", "default", "via", &gw, "dev", "eth0",
+            ])?;
+        }
+        // Every namespace resolves through the cluster DNS (`ip netns exec` mounts this file
+        // over /etc/resolv.conf), and dnsmasq serves the external hosts' names.
+        if let Some(dns_key) = self.record.dns.clone() {
+            let dns_pod = self
+                .record
+                .pods
+                .iter()
+                .find(|p| p.key == dns_key)
+                .cloned()
+                .ok_or_else(|| SandboxError::Invalid(format!("no pod {dns_key}")))?;
+            let conf = external::resolv_conf(dns_pod.ip);
+            let namespaces: Vec<String> = self
+                .record
+                .pods
+                .iter()
+                .filter(|p| !p.host_network)
+                .map(|p| p.netns.clone())
+                .chain(self.record.externals.iter().map(|e| e.netns.clone()))
+                .collect();
+            for ns in namespaces {
+                let d = Path::new("/etc/netns").join(&ns);
+                fs::create_dir_all(&d).map_err(file_error(&d))?;
+                let f = d.join("resolv.conf");
+                fs::write(&f, &conf).map_err(file_error(&f))?;
+            }
+            let hosts: Vec<external::ExternalHost> = self
+                .record
+                .externals
+                .iter()
+                .map(|e| e.host.clone())
+                .collect();
+            let log = logs.join("dns.log");
+            let queries = logs.join("dns-queries.log");
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &dns_pod.netns, "dnsmasq"])
+                .args(external::dnsmasq_args(&hosts, dns_pod.ip, &queries));
+            self.children.push(spawn_logged(&mut cmd, &log)?);
+            wait_until(
+                &format!("dnsmasq in {dns_key}"),
+                &log,
+                Duration::from_secs(10),
+                || server_ready(&dns_pod.netns, dns_pod.ip, &[53]),
+            )?;
+        }
         // Node addresses of host-network pods.
         for pod in self.record.pods.iter().filter(|p| p.host_network) {
             let addr = format!("{}/32", pod.ip);
@@ -472,7 +620,7 @@ impl Sandbox {
                 });
             }
             let (ns_name, pod_name) = pod.key.split_once('/').unwrap_or(("default", &pod.key));
-            let mut cmd = as_proxy_in(&pod.netns, &exe);
+            let mut cmd = sidecar_in(&pod.netns, &exe);
             cmd.args([
                 "proxy",
                 "run",
@@ -500,6 +648,33 @@ impl Sandbox {
                     source,
                 })?;
             self.children.push(child);
+        }
+        for (i, ext) in self.record.externals.clone().iter().enumerate() {
+            if ext.host.ports.is_empty() {
+                continue;
+            }
+            let ports: Vec<String> = ext.host.ports.iter().map(u16::to_string).collect();
+            let mut cmd = Command::new("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                &ext.netns,
+                &exe,
+                "sandbox",
+                "serve",
+                "--pod",
+                &format!("external/{}", ext.host.name),
+                "--tcp",
+                &ports.join(","),
+            ]);
+            let log = logs.join(format!("x{i}-server.log"));
+            self.children.push(spawn_logged(&mut cmd, &log)?);
+            wait_until(
+                &format!("server of external host {}", ext.host.name),
+                &log,
+                Duration::from_secs(15),
+                || server_ready(&ext.netns, ext.host.address, &ext.host.ports),
+            )?;
         }
         for (i, pod) in pods.iter().enumerate() {
             if !pod.tcp.is_empty() {
@@ -600,6 +775,14 @@ pub fn down(name: &str) -> Result<(), SandboxError> {
     for ns in &namespaces {
         if Path::new("/run/netns").join(ns).exists() {
             netns::ip(&["netns", "del", ns])?;
+        }
+    }
+    // resolv.conf files written for the namespaces.
+    if let Ok(entries) = fs::read_dir("/etc/netns") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix(name)) {
+                let _ = fs::remove_dir_all(e.path());
+            }
         }
     }
     let dir = sandbox_dir(name);

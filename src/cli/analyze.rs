@@ -112,15 +112,25 @@ pub(crate) struct CheckArgs {
     /// The source: NAMESPACE/POD, or an IP address (a pod's, or an outside one).
     #[arg(long, value_name = "NS/POD|IP")]
     from: String,
-    /// The destination: NAMESPACE/POD, or an IP address (a pod's, or an outside one).
-    #[arg(long, value_name = "NS/POD|IP")]
-    to: String,
-    /// The destination port.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    port: u16,
-    /// The protocol.
-    #[arg(long, ignore_case = true, default_value = "TCP")]
-    protocol: ProtocolArg,
+    /// The destination: NAMESPACE/POD, or an IP address (a pod's, or an outside one). With
+    /// --to-fqdn, the address learned for the name (default 192.0.2.1); with --dns-query, the
+    /// resolver (default: the cluster DNS, pods k8s-app=kube-dns).
+    #[arg(long, value_name = "NS/POD|IP", required_unless_present_any = ["to_fqdn", "dns_query"])]
+    to: Option<String>,
+    /// The destination port (53 with --dns-query).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), required_unless_present = "dns_query")]
+    port: Option<u16>,
+    /// The protocol (TCP; UDP with --dns-query).
+    #[arg(long, ignore_case = true)]
+    protocol: Option<ProtocolArg>,
+    /// A connection to an address outside the cluster that the source pod's DNS answer gave
+    /// for this name: the toFQDNs rules whose names match it apply.
+    #[arg(long, value_name = "NAME", conflicts_with = "dns_query")]
+    to_fqdn: Option<String>,
+    /// A DNS query for this name from the source pod: may it reach the resolver, and do the DNS
+    /// rules allow the name? A refused query gets REFUSED.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["http_method", "http_path", "http_host", "http_header"])]
+    dns_query: Option<String>,
     /// Judge an HTTP request on the connection too: its method (default GET when another
     /// --http-* flag is given).
     #[arg(long, value_name = "METHOD")]
@@ -257,14 +267,39 @@ fn endpoint(state: &ClusterState, spec: &str, flag: &str) -> Result<Endpoint, St
 fn check(args: CheckArgs) -> Result<ExitCode, String> {
     let (state, report) = load(&args.input)?;
     print_load_report(&report);
+    if let Some(name) = args.dns_query.clone() {
+        return dns_check(args, state, &name);
+    }
+    // An address learned for a name: the one given, or a documentation address standing for it.
+    let to = match (&args.to, &args.to_fqdn) {
+        (Some(to), _) => to.clone(),
+        (None, Some(_)) => "192.0.2.1".to_string(),
+        (None, None) => return Err("--to is required".into()),
+    };
     let query = Query {
         src: endpoint(&state, &args.from, "from")?,
-        dst: endpoint(&state, &args.to, "to")?,
-        protocol: args.protocol.into(),
-        port: args.port,
+        dst: endpoint(&state, &to, "to")?,
+        protocol: args.protocol.map(Protocol::from).unwrap_or(Protocol::Tcp),
+        port: args.port.ok_or("--port is required")?,
     };
     let engine = Engine::compile(state);
-    let verdict = engine.verdict(&query);
+    let names = match (&args.to_fqdn, query.src) {
+        (Some(name), Endpoint::Pod(pod)) => {
+            let matcher =
+                podwall_fqdn::Matcher::new(engine.fqdn_selectors()).map_err(|e| e.to_string())?;
+            let own = engine.egress_fqdn(pod);
+            matcher
+                .matching(name)
+                .into_iter()
+                .filter(|id| own.binary_search(id).is_ok())
+                .collect()
+        }
+        (Some(_), Endpoint::Ip(_)) => {
+            return Err("--to-fqdn needs --from to be a pod (names are learned per pod)".into());
+        }
+        (None, _) => Vec::new(),
+    };
+    let verdict = engine.verdict_learned(&query, &names);
     let explanation = engine.explain(&verdict);
     let wants_http = args.http_method.is_some()
         || args.http_path.is_some()
@@ -280,8 +315,30 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         None
     };
     let allowed = explanation.allowed && http.as_ref().is_none_or(|h| h.allowed);
+    let fqdn = args.to_fqdn.as_ref().map(|name| {
+        let selectors: Vec<String> = names
+            .iter()
+            .map(|id| engine.fqdn_selectors()[id.0 as usize].to_string())
+            .collect();
+        serde_json::json!({
+            "name": podwall_fqdn::canonical(name),
+            "address": to,
+            "selectors": selectors,
+        })
+    });
     match args.output {
         ReportFormat::Text => {
+            if let (Some(name), Some(f)) = (&args.to_fqdn, &fqdn) {
+                let sel = f["selectors"].as_array().map(Vec::len).unwrap_or(0);
+                println!(
+                    "{to} stands for an address the pod's DNS answer gave for {name}; {}",
+                    if sel == 0 {
+                        "no toFQDNs rule of the pod selects that name".to_string()
+                    } else {
+                        format!("it matches {}", f["selectors"])
+                    }
+                );
+            }
             print!("{explanation}");
             if let Some(h) = &http {
                 print!("{h}");
@@ -295,6 +352,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
             if let Some(h) = &http {
                 v["http"] = serde_json::to_value(h).map_err(|e| e.to_string())?;
             }
+            if let Some(f) = fqdn {
+                v["fqdn"] = f;
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
@@ -302,6 +362,142 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FINDINGS)
+    })
+}
+
+/// `check --dns-query NAME`: the verdict of the resolver and the DNS rules on a query.
+fn dns_check(args: CheckArgs, state: ClusterState, name: &str) -> Result<ExitCode, String> {
+    use podwall_fqdn::decide::{DnsQuery, DnsReason, decide};
+    let Endpoint::Pod(pod) = endpoint(&state, &args.from, "from")? else {
+        return Err("--dns-query needs --from to be a pod".into());
+    };
+    // The resolver: the one given, else the cluster DNS. Queries for the pod's toFQDNs names
+    // may reach the cluster DNS (the pod's configured resolver) without a rule.
+    let dns_pods: Vec<_> = state
+        .pod_ids()
+        .filter(|id| state.pod(*id).labels.get("k8s-app").map(String::as_str) == Some("kube-dns"))
+        .collect();
+    let (resolver, trusted) = match &args.to {
+        Some(to) => match endpoint(&state, to, "to")? {
+            Endpoint::Pod(p) => (
+                state
+                    .pod(p)
+                    .ips
+                    .first()
+                    .copied()
+                    .ok_or_else(|| format!("--to {to}: the pod has no address"))?,
+                dns_pods.contains(&p),
+            ),
+            Endpoint::Ip(ip) => (ip, dns_pods.iter().any(|p| state.pod(*p).ips.contains(&ip))),
+        },
+        None => {
+            let first = dns_pods.first().ok_or(
+                "no resolver: the input has no cluster DNS pod (k8s-app=kube-dns); pass --to",
+            )?;
+            let ip = state
+                .pod(*first)
+                .ips
+                .first()
+                .copied()
+                .ok_or("the cluster DNS pod has no address")?;
+            (ip, true)
+        }
+    };
+    let protocol = args.protocol.map(Protocol::from).unwrap_or(Protocol::Udp);
+    let port = args.port.unwrap_or(53);
+    let engine = Engine::compile(state);
+    let matcher = podwall_fqdn::Matcher::new(engine.fqdn_selectors()).map_err(|e| e.to_string())?;
+    let canonical = podwall_fqdn::canonical(name);
+    let v = decide(
+        &engine,
+        &matcher,
+        &DnsQuery {
+            pod,
+            resolver,
+            protocol,
+            port,
+            name: &canonical,
+        },
+        trusted,
+    );
+    let selector = |id: podwall_policy::FqdnId| engine.fqdn_selectors()[id.0 as usize].to_string();
+    let rule_name = |r: podwall_policy::RuleRef| {
+        let info = engine.rule_info(r, None);
+        format!("{} {}", info.policy, info.field)
+    };
+    let (reason, detail) = match &v.reason {
+        DnsReason::Resolver => (
+            "resolver",
+            format!(
+                "the resolver {resolver} is allowed on {protocol}/{port} and no DNS rule applies"
+            ),
+        ),
+        DnsReason::DnsRule(r, s) => (
+            "dns-rule",
+            format!(
+                "allowed by the DNS rule {} of {}",
+                selector(*s),
+                rule_name(*r)
+            ),
+        ),
+        DnsReason::NoDnsRuleMatched(rules) => (
+            "no-dns-rule-matched",
+            format!(
+                "no DNS rule of {} matches {canonical}",
+                rules
+                    .iter()
+                    .map(|r| rule_name(*r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        DnsReason::ImplicitForFqdn(s) => (
+            "implicit-for-toFQDNs",
+            format!(
+                "no rule allows the resolver, but {canonical} is a toFQDNs name of the pod ({}) and {resolver} is its cluster resolver: podwall lets the query through",
+                selector(*s)
+            ),
+        ),
+        DnsReason::ResolverDenied => (
+            "resolver-denied",
+            format!("the pod may not reach the resolver {resolver} on {protocol}/{port}"),
+        ),
+    };
+    let rcode = if v.allowed { None } else { Some("REFUSED") };
+    match args.output {
+        ReportFormat::Text => {
+            println!(
+                "DNS query for {canonical} from {} to {resolver} ({protocol}/{port}): {}",
+                args.from,
+                if v.allowed { "ALLOWED" } else { "REFUSED" }
+            );
+            println!("  {detail}");
+            if !v.connection.allowed() {
+                print!("{}", engine.explain(&v.connection));
+            }
+        }
+        ReportFormat::Json => {
+            let mut out =
+                serde_json::to_value(engine.explain(&v.connection)).map_err(|e| e.to_string())?;
+            out["allowed"] = serde_json::json!(v.allowed);
+            out["dns"] = serde_json::json!({
+                "query": canonical,
+                "resolver": resolver.to_string(),
+                "allowed": v.allowed,
+                "reason": reason,
+                "detail": detail,
+                "rcode": rcode,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+            );
+        }
+    }
+    Ok(if v.allowed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FINDINGS)

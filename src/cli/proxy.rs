@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use podwall_proxy::init::{Family, InitConfig};
+use podwall_proxy::init::{DnsCapture, Family, InitConfig};
 use podwall_proxy::{Identity, ProxyConfig};
 
 /// The sidecar's two jobs.
@@ -28,6 +28,15 @@ pub(crate) enum Ipv6Mode {
     On,
     /// Never.
     Off,
+}
+
+/// How DNS over UDP is captured.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DnsCaptureArg {
+    /// TPROXY: the original destination is kept.
+    Tproxy,
+    /// nat REDIRECT.
+    Redirect,
 }
 
 /// `proxy init` arguments.
@@ -54,6 +63,11 @@ pub(crate) struct InitArgs {
     /// Capture DNS.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     capture_dns: bool,
+    /// How DNS over UDP reaches the sidecar: `tproxy` keeps the resolver the pod asked (the
+    /// sidecar then needs NET_ADMIN); `redirect` loses it (the sidecar assumes the pod's
+    /// configured resolver).
+    #[arg(long, value_enum, default_value = "tproxy")]
+    dns_capture: DnsCaptureArg,
     /// Inbound ports left alone (comma-separated).
     #[arg(long, value_delimiter = ',')]
     exclude_inbound_ports: Vec<u16>,
@@ -98,9 +112,28 @@ pub(crate) struct RunArgs {
     /// Admin port: /live, /ready, /metrics.
     #[arg(long, default_value_t = 15020)]
     admin_port: u16,
-    /// Resolver for captured DNS (default: first nameserver of /etc/resolv.conf).
+    /// The pod's resolver, besides the nameservers of /etc/resolv.conf: queries for the names
+    /// of the pod's toFQDNs rules may reach it without a DNS rule, and it is assumed as the
+    /// destination when a query's own is unknown (`--dns-capture redirect`).
     #[arg(long)]
     dns_upstream: Option<IpAddr>,
+    /// How the init rules capture DNS over UDP: `tproxy` (the query's original destination is
+    /// read; needs NET_ADMIN, else the sidecar falls back) or `redirect`.
+    #[arg(long, value_enum, default_value = "tproxy")]
+    dns_capture: DnsCaptureArg,
+    /// Lowest TTL for addresses learned for toFQDNs rules (Cilium's --tofqdns-min-ttl).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    fqdn_min_ttl: Duration,
+    /// Most names the toFQDNs cache holds; the least recently answered make room.
+    #[arg(long, default_value_t = 10_000)]
+    fqdn_max_names: usize,
+    /// Most addresses kept per name (Cilium keeps 50).
+    #[arg(long, default_value_t = 50)]
+    fqdn_max_ips_per_name: usize,
+    /// Check the TLS SNI or HTTP Host of connections only a toFQDNs rule allows against the
+    /// rule's names (so one shared CDN address does not open every site on it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    check_server_name: bool,
     /// How long to wait for a destination to accept.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -135,6 +168,10 @@ fn init(args: InitArgs) -> ExitCode {
         dns_port: args.dns_port,
         admin_port: args.admin_port,
         capture_dns: args.capture_dns,
+        dns_capture: match args.dns_capture {
+            DnsCaptureArg::Tproxy => DnsCapture::Tproxy,
+            DnsCaptureArg::Redirect => DnsCapture::Redirect,
+        },
         exclude_inbound_ports: args.exclude_inbound_ports,
         exclude_outbound_ports: args.exclude_outbound_ports,
         exclude_outbound_cidrs: args.exclude_outbound_cidrs,
@@ -155,8 +192,11 @@ fn init(args: InitArgs) -> ExitCode {
             "ip6tables"
         };
         if args.dry_run {
+            for cmd in config.route_commands(family) {
+                println!("{}", cmd.join(" "));
+            }
             println!("# {tool}-restore --noflush");
-            print!("{}", config.restore_input(family, ""));
+            print!("{}", config.restore_input(family, "", ""));
             continue;
         }
         let result = if args.remove {
@@ -207,7 +247,14 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
             .push(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], args.dns_port)));
     }
     config.admin = SocketAddr::from(([0, 0, 0, 0], args.admin_port));
-    config.dns_upstream = args.dns_upstream.map(|ip| SocketAddr::new(ip, 53));
+    config.dns_upstream = args.dns_upstream;
+    config.dns_transparent = args.dns_capture == DnsCaptureArg::Tproxy;
+    config.fqdn_cache = podwall_fqdn::cache::CacheConfig {
+        max_names: args.fqdn_max_names,
+        max_ips_per_name: args.fqdn_max_ips_per_name,
+        min_ttl: args.fqdn_min_ttl,
+    };
+    config.check_server_name = args.check_server_name;
     config.connect_timeout = args.connect_timeout;
     config.audit = args.audit;
     config.keep_revoked = args.keep_revoked_connections;
