@@ -1231,3 +1231,417 @@ fn the_l7_example_answers_http_as_the_analyzer_predicts() {
         .collect();
     assert_eq!(statuses, [200, 200, 403, 403, 403]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// toFQDNs and the DNS proxy, with dnsmasq as the cluster DNS and curl / glibc as the clients.
+
+/// dnsmasq and curl on top of the usual tools.
+fn ready_for_dns(test: &str) -> bool {
+    if !ready_for(test) {
+        return false;
+    }
+    let have = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have("dnsmasq") && have("curl") && have("getent") {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs dnsmasq, curl and getent; with CI=true it must run, not skip");
+    }
+    eprintln!("skipping {test}: needs dnsmasq, curl and getent");
+    false
+}
+
+/// A runner with a sidecar allowed two names on port 80 (and UDP/53 to one outside resolver),
+/// the cluster DNS, and the outside hosts. `api.example.com` has a 2-second TTL.
+const FQDN_TOPOLOGY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: runner, namespace: t, labels: {app: runner}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.78.0.1, hostIP: 192.168.78.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec: {containers: [{name: dns, ports: [{containerPort: 53, protocol: UDP}, {containerPort: 53, protocol: TCP}]}]}
+status: {podIP: 10.78.0.53, hostIP: 192.168.78.1}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: runner-egress, namespace: t}
+spec:
+  endpointSelector: {matchLabels: {app: runner}}
+  egress:
+  - toFQDNs: [{matchName: api.example.com}, {matchPattern: '*.cdn.example.net'}, {matchName: big.example.com}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+  - toCIDR: [203.0.113.53/32]
+    toPorts: [{ports: [{port: '53', protocol: UDP}]}]
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: api}
+spec: {address: 203.0.113.10, names: [api.example.com], ports: [80], ttl: 2}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: cdn}
+spec: {address: 203.0.113.20, names: [www.cdn.example.net, evil.example.org], ports: [80], ttl: 60}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: other}
+spec: {address: 198.51.100.20, names: [other.example.org], ports: [80], ttl: 60}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: big}
+spec:
+  address: 203.0.113.30
+  names: [big.example.com]
+  ports: [80]
+  ttl: 60
+  extraAddresses: [203.0.113.31, 203.0.113.32, 203.0.113.33, 203.0.113.34, 203.0.113.35, 203.0.113.36, 203.0.113.37, 203.0.113.38, 203.0.113.39, 203.0.113.40, 203.0.113.41, 203.0.113.42, 203.0.113.43, 203.0.113.44, 203.0.113.45, 203.0.113.46, 203.0.113.47, 203.0.113.48, 203.0.113.49, 203.0.113.50, 203.0.113.51, 203.0.113.52, 203.0.113.54, 203.0.113.55, 203.0.113.56, 203.0.113.57, 203.0.113.58, 203.0.113.59, 203.0.113.60, 203.0.113.61, 203.0.113.62, 203.0.113.63, 203.0.113.64, 203.0.113.65, 203.0.113.66]
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: resolver}
+spec: {address: 203.0.113.53}
+"#;
+
+/// Runs a program in a pod's namespace the way its containers do (`ip netns exec`, which
+/// mounts the sandbox's resolv.conf): exit code and output.
+fn in_pod(ns: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn curl_in(ns: &str, url: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["curl", "-sS", "--max-time", "5"];
+    args.extend(extra);
+    args.push(url);
+    in_pod(ns, &args)
+}
+
+/// DNS flow events of a pod's sidecar.
+fn dns_events(up: &Up, key: &str) -> Vec<serde_json::Value> {
+    up.flows(key)
+        .into_iter()
+        .filter(|e| !e["l7"]["dns"].is_null())
+        .collect()
+}
+
+fn wait_for_flow(
+    up: &Up,
+    key: &str,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Some(e) = up.flows(key).into_iter().find(|e| f(e)) {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no flow event {what} in {:#?}", up.flows(key));
+}
+
+#[test]
+fn the_github_example_resolves_and_reaches_its_names_and_refuses_the_rest() {
+    if !ready_for_dns("the_github_example_resolves_and_reaches_its_names_and_refuses_the_rest") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/allow-github-api");
+    let up = Up::new(&dir, "gh", Inject::Annotated);
+    let ns = up.ns("production/ci-runner");
+    // The sandbox server answers HTTP on any port: plain HTTP to 443 shows the Host check too.
+    let (code, body) = curl_in(&ns, "http://api.github.com:443/repos", &[]);
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("external/github-api GET /repos"), "{body}");
+    let (code, body) = curl_in(&ns, "http://github.com:443/", &[]);
+    assert_eq!(code, 0, "{body}");
+    // Port 80 of the same host: not in the rule.
+    let (code, _) = curl_in(&ns, "http://api.github.com:80/", &[]);
+    assert_ne!(code, 0);
+    // Another name: REFUSED by the DNS proxy (dnsmasq would have answered it).
+    let (code, out) = curl_in(&ns, "http://example.com:443/", &[]);
+    assert_eq!(code, 6, "could not resolve: {out}");
+    let refused = wait_for_flow(&up, "production/ci-runner", "refusing example.com", |e| {
+        e["l7"]["dns"]["query"] == "example.com"
+    });
+    assert_eq!(refused["verdict"], "DENIED");
+    assert_eq!(refused["l7"]["dns"]["rcode"], "REFUSED");
+    let learned = wait_for_flow(
+        &up,
+        "production/ci-runner",
+        "learning api.github.com",
+        |e| e["l7"]["dns"]["query"] == "api.github.com" && e["l7"]["dns"]["qtype"] == "A",
+    );
+    assert_eq!(learned["verdict"], "ALLOWED");
+    assert_eq!(learned["l7"]["dns"]["reason"], "implicit-for-toFQDNs");
+    assert_eq!(learned["l7"]["dns"]["ips"][0], "203.0.113.10");
+    assert_eq!(
+        learned["destination"]["pod"], "coredns",
+        "the original destination of the query: {learned}"
+    );
+}
+
+#[test]
+fn an_address_never_resolved_or_asked_for_under_another_name_is_denied() {
+    if !ready_for_dns("an_address_never_resolved_or_asked_for_under_another_name_is_denied") {
+        return;
+    }
+    let dir = topology(FQDN_TOPOLOGY);
+    let up = Up::new(dir.path(), "fqn", Inject::Annotated);
+    let ns = up.ns("t/runner");
+    // By address, never resolved: reset.
+    let (code, out) = curl_in(&ns, "http://203.0.113.10/", &[]);
+    assert_ne!(code, 0, "{out}");
+    // Resolved: allowed.
+    let (code, out) = curl_in(&ns, "http://api.example.com/", &[]);
+    assert_eq!(code, 0, "{out}");
+    // The CDN address, learned for www.cdn.example.net, asked for as evil.example.org: the
+    // Host check refuses it.
+    let (code, out) = curl_in(&ns, "http://www.cdn.example.net/", &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = curl_in(
+        &ns,
+        "http://evil.example.org/",
+        &["--resolve", "evil.example.org:80:203.0.113.20"],
+    );
+    assert_ne!(code, 0, "{out}");
+    let denied = wait_for_flow(&up, "t/runner", "the Host check", |e| {
+        e["verdict"] == "DENIED"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("evil.example.org"))
+    });
+    assert_eq!(denied["egress"]["names"][0], "www.cdn.example.net");
+    // A name outside the rules is refused at DNS, whatever the resolver would say.
+    let (code, _) = curl_in(&ns, "http://other.example.org/", &[]);
+    assert_eq!(code, 6);
+}
+
+#[test]
+fn ttl_expiry_stops_new_connections_but_not_open_ones() {
+    if !ready_for_dns("ttl_expiry_stops_new_connections_but_not_open_ones") {
+        return;
+    }
+    let dir = topology(FQDN_TOPOLOGY);
+    let up = Up::new(dir.path(), "ttl", Inject::Annotated);
+    let ns = up.ns("t/runner");
+    let (code, out) = in_pod(&ns, &["getent", "ahostsv4", "api.example.com"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("203.0.113.10"), "{out}");
+    let dst: SocketAddr = "203.0.113.10:80".parse().expect("addr");
+    let (mut open, greeting) = connect(&ns, dst).expect("allowed while the answer is fresh");
+    assert!(greeting.starts_with("podwall-sandbox"), "{greeting}");
+    // The answer's TTL is 2 s.
+    std::thread::sleep(Duration::from_millis(3000));
+    open.get_mut().write_all(b"still here\n").expect("write");
+    let mut echo = String::new();
+    open.read_line(&mut echo)
+        .expect("the open connection keeps working");
+    assert_eq!(echo, "still here\n");
+    assert!(
+        connect(&ns, dst).is_err(),
+        "a new connection after expiry is refused"
+    );
+    // Resolving again opens it again.
+    let (code, _) = in_pod(&ns, &["getent", "ahostsv4", "api.example.com"]);
+    assert_eq!(code, 0);
+    assert!(connect(&ns, dst).is_ok());
+}
+
+/// A DNS query for `name` (type A, ID 0x4242) without EDNS, as a stub resolver sends it.
+fn dns_query(name: &str) -> Vec<u8> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+    let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_str(name).expect("name"),
+        RecordType::A,
+    ));
+    m.to_vec().expect("encodes")
+}
+
+fn dns_answer(bytes: &[u8]) -> hickory_proto::op::Message {
+    hickory_proto::op::Message::from_vec(bytes).expect("a DNS message")
+}
+
+#[test]
+fn dns_over_tcp_is_judged_and_learned_from() {
+    if !ready_for_dns("dns_over_tcp_is_judged_and_learned_from") {
+        return;
+    }
+    let dir = topology(FQDN_TOPOLOGY);
+    let up = Up::new(dir.path(), "dtcp", Inject::Annotated);
+    let ns = up.ns("t/runner");
+    let resolver = SocketAddr::new(up.ip("kube-system/coredns"), 53);
+    let ask = |name: &'static str| {
+        run_in(&ns, move || {
+            let mut s = TcpStream::connect_timeout(&resolver, Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let q = dns_query(name);
+            let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+            framed.extend(q);
+            s.write_all(&framed).map_err(|e| e.to_string())?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).map_err(|e| e.to_string())?;
+            let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut body).map_err(|e| e.to_string())?;
+            Ok::<_, String>(body)
+        })
+        .expect("in netns")
+        .expect("a TCP answer")
+    };
+    let ok = dns_answer(&ask("api.example.com."));
+    assert_eq!(ok.metadata.id, 0x4242);
+    assert_eq!(ok.answers.len(), 1);
+    let refused = dns_answer(&ask("other.example.org."));
+    assert_eq!(
+        refused.metadata.response_code,
+        hickory_proto::op::ResponseCode::Refused
+    );
+    assert!(connect(&ns, "203.0.113.10:80".parse().expect("addr")).is_ok());
+    let e = wait_for_flow(&up, "t/runner", "a TCP DNS event", |e| {
+        e["protocol"] == "TCP" && e["l7"]["dns"]["query"] == "api.example.com"
+    });
+    assert_eq!(e["l7"]["dns"]["learned"], 1);
+}
+
+#[test]
+fn a_truncated_answer_is_passed_on_and_the_retry_over_tcp_teaches_every_address() {
+    if !ready_for_dns(
+        "a_truncated_answer_is_passed_on_and_the_retry_over_tcp_teaches_every_address",
+    ) {
+        return;
+    }
+    let dir = topology(FQDN_TOPOLOGY);
+    let up = Up::new(dir.path(), "dtc", Inject::Annotated);
+    let ns = up.ns("t/runner");
+    // 36 addresses do not fit in 512 bytes: glibc gets TC over UDP and asks again over TCP.
+    let (code, out) = in_pod(&ns, &["getent", "ahostsv4", "big.example.com"]);
+    assert_eq!(code, 0, "{out}");
+    let addresses: std::collections::BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(addresses.len(), 36, "{out}");
+    let events = dns_events(&up, "t/runner");
+    assert!(
+        events.iter().any(|e| e["protocol"] == "UDP"
+            && e["l7"]["dns"]["query"] == "big.example.com"
+            && e["l7"]["dns"]["truncated"] == true),
+        "{events:#?}"
+    );
+    let tcp = wait_for_flow(&up, "t/runner", "the TCP retry", |e| {
+        e["protocol"] == "TCP" && e["l7"]["dns"]["query"] == "big.example.com"
+    });
+    assert_eq!(tcp["l7"]["dns"]["ips"].as_array().map(Vec::len), Some(36));
+}
+
+#[test]
+fn a_forged_answer_from_another_port_teaches_nothing() {
+    if !ready_for_dns("a_forged_answer_from_another_port_teaches_nothing") {
+        return;
+    }
+    let dir = topology(FQDN_TOPOLOGY);
+    let up = Up::new(dir.path(), "dsp", Inject::Annotated);
+    let ns = up.ns("t/runner");
+    let resolver_ns = up
+        .sb()
+        .record
+        .externals
+        .iter()
+        .find(|e| e.host.name == "resolver")
+        .expect("resolver host")
+        .netns
+        .clone();
+    // A resolver that first answers from another port with a forged address, then properly.
+    let server = std::thread::spawn(move || {
+        run_in(&resolver_ns, || {
+            use hickory_proto::op::{Message, OpCode};
+            use hickory_proto::rr::{RData, Record, rdata::A};
+            let sock = std::net::UdpSocket::bind("203.0.113.53:53").expect("bind 53");
+            let forger = std::net::UdpSocket::bind("203.0.113.53:5353").expect("bind 5353");
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 512];
+            let (n, client) = sock.recv_from(&mut buf).expect("a query");
+            let q = Message::from_vec(&buf[..n]).expect("query");
+            let answer = |ip: [u8; 4]| {
+                let mut m = Message::response(q.metadata.id, OpCode::Query);
+                m.add_queries(q.queries.iter().cloned());
+                m.add_answer(Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    RData::A(A(ip.into())),
+                ));
+                m.to_vec().expect("encodes")
+            };
+            forger
+                .send_to(&answer([203, 0, 113, 30]), client)
+                .expect("forge");
+            std::thread::sleep(Duration::from_millis(50));
+            sock.send_to(&answer([203, 0, 113, 10]), client)
+                .expect("answer");
+        })
+        .expect("in netns")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = run_in(&ns, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(&dns_query("big.example.com."), "203.0.113.53:53")
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok::<_, String>((buf[..n].to_vec(), from))
+    })
+    .expect("in netns")
+    .expect("an answer");
+    server.join().expect("resolver thread");
+    let (bytes, from) = reply;
+    assert_eq!(
+        from,
+        "203.0.113.53:53".parse::<SocketAddr>().expect("addr"),
+        "the reply comes from the resolver asked"
+    );
+    let answer = dns_answer(&bytes);
+    assert_eq!(answer.answers.len(), 1);
+    let e = wait_for_flow(&up, "t/runner", "the relayed query", |e| {
+        e["l7"]["dns"]["query"] == "big.example.com"
+    });
+    assert_eq!(e["l7"]["dns"]["ips"], serde_json::json!(["203.0.113.10"]));
+    // The forged address was never learned: the runner may not reach it.
+    assert!(connect(&ns, "203.0.113.30:80".parse().expect("addr")).is_err());
+}

@@ -8,6 +8,19 @@ use hickory_proto::rr::{RData, RecordType};
 
 use crate::pattern::canonical;
 
+/// A response code as dig and Hubble print it: `NOERROR`, `NXDOMAIN`, `REFUSED`, ...
+pub fn rcode_name(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("{other:?}").to_ascii_uppercase(),
+    }
+}
+
 /// A message the proxy cannot work with.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {

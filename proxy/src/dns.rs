@@ -5,7 +5,8 @@
 //!
 //! UDP arrives by TPROXY (see [`crate::init`]): the datagram keeps its original destination,
 //! read with `IP_RECVORIGDSTADDR`, and the reply leaves from that address through a transparent
-//! socket, so the pod sees its resolver answer. That needs `NET_ADMIN`; without it (or with
+//! socket, so the pod sees its resolver answer. That needs `NET_ADMIN` (and `NET_BIND_SERVICE`
+//! to answer from port 53); without them (or with
 //! `--dns-capture redirect`) the sidecar falls back to the nat redirect, where the original
 //! destination is lost and the pod's configured resolver is assumed. TCP arrives by nat
 //! redirect and its original destination is read as for any connection.
@@ -25,7 +26,7 @@ use nix::sys::socket::{self as sock, ControlMessageOwned, MsgFlags, SockaddrStor
 use podwall_fqdn::cache::{Cache, CacheConfig};
 use podwall_fqdn::decide::{DnsQuery, DnsReason, decide};
 use podwall_fqdn::forward::{self, MAX_UDP, Reply};
-use podwall_fqdn::message::Query;
+use podwall_fqdn::message::{Query, rcode_name};
 use podwall_policy::{Direction, Protocol};
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -443,7 +444,7 @@ async fn answer(
     }
     metrics.verdict(event.verdict);
     let reply = if event.verdict == FlowVerdict::Denied {
-        dns.rcode = ResponseCode::Refused.to_string();
+        dns.rcode = rcode_name(ResponseCode::Refused);
         Some(query.reply_with(ResponseCode::Refused))
     } else {
         let forwarded = match protocol {
@@ -457,7 +458,7 @@ async fn answer(
                 ignored,
             }) => {
                 shared.metrics.fqdn.ignored_answers.inc_by(ignored as u64);
-                dns.rcode = answer.rcode.to_string();
+                dns.rcode = rcode_name(answer.rcode);
                 dns.truncated = answer.truncated;
                 dns.ips = answer
                     .addresses
@@ -474,7 +475,7 @@ async fn answer(
             Err(e) => {
                 shared.metrics.fqdn.upstream_errors.inc();
                 event.error = Some(format!("resolver {resolver}: {e}"));
-                dns.rcode = ResponseCode::ServFail.to_string();
+                dns.rcode = rcode_name(ResponseCode::ServFail);
                 Some(query.reply_with(ResponseCode::ServFail))
             }
         }

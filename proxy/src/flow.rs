@@ -109,7 +109,7 @@ pub struct DnsEvent {
     pub query: String,
     /// The record type (`A`, `AAAA`, ...).
     pub qtype: String,
-    /// The response code the pod got (`NoError`, `NXDomain`, `Refused`, ...).
+    /// The response code the pod got (`NOERROR`, `NXDOMAIN`, `REFUSED`, ...).
     pub rcode: String,
     /// The addresses in the answer (following CNAMEs).
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -244,9 +244,9 @@ pub fn as_proxy_in(ns: &str, program: &str) -> Command {
     cmd
 }
 
-/// The sidecar in the namespace `ns`: as [`as_proxy_in`], keeping `CAP_NET_ADMIN` (what a
-/// sidecar container is granted) for the transparent DNS socket that reads each query's
-/// original destination.
+/// The sidecar in the namespace `ns`: as [`as_proxy_in`], keeping `CAP_NET_ADMIN` and
+/// `CAP_NET_BIND_SERVICE` (what a sidecar container is granted): the transparent DNS socket
+/// reads each query's original destination, and the reply leaves from the resolver's port 53.
 pub fn sidecar_in(ns: &str, program: &str) -> Command {
     let uid = PROXY_UID.to_string();
     let mut cmd = Command::new("ip");
@@ -261,9 +261,9 @@ pub fn sidecar_in(ns: &str, program: &str) -> Command {
         &uid,
         "--clear-groups",
         "--inh-caps",
-        "+net_admin",
+        "+net_admin,+net_bind_service",
         "--ambient-caps",
-        "+net_admin",
+        "+net_admin,+net_bind_service",
         program,
     ]);
     cmd
