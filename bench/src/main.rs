@@ -12,6 +12,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+mod dns;
+
 use podwall_sandbox::{Inject, Options, Sandbox, as_proxy_in, run_in, sidecar_in};
 use serde::Serialize;
 
@@ -38,7 +40,8 @@ struct Args {
     #[arg(long)]
     no_haproxy: bool,
     /// Which measurements: `l4` (bulk, keep-alive, new connections, RSS), `l7` (keep-alive
-    /// through HTTP rules), or both.
+    /// through HTTP rules), `dns` (queries through the DNS proxy, memory per learned name), or
+    /// all.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
 }
@@ -48,6 +51,7 @@ enum Only {
     All,
     L4,
     L7,
+    Dns,
 }
 
 const CLIENT: &str = "bench/client";
@@ -504,18 +508,7 @@ fn wait_listening(ns: &str, port: u16) -> Result<(), String> {
 }
 
 fn run(args: &Args) -> Result<Vec<PathResult>, String> {
-    let podwall = match &args.podwall {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("podwall"),
-    };
-    if !podwall.exists() {
-        return Err(format!(
-            "{} not found: build it (cargo build --release) or pass --podwall",
-            podwall.display()
-        ));
-    }
+    let podwall = podwall_binary(args)?;
     let work = std::env::temp_dir().join(format!("podwall-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     std::fs::write(work.join("cluster.yaml"), TOPOLOGY).map_err(|e| e.to_string())?;
@@ -738,35 +731,80 @@ fn l7_table(results: &[PathResult]) -> String {
     out
 }
 
+fn podwall_binary(args: &Args) -> Result<PathBuf, String> {
+    let podwall = match &args.podwall {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("podwall"),
+    };
+    if !podwall.exists() {
+        return Err(format!(
+            "{} not found: build it (cargo build --release) or pass --podwall",
+            podwall.display()
+        ));
+    }
+    Ok(podwall)
+}
+
+/// Everything measured, as written with `--json`.
+#[derive(Serialize)]
+struct Report {
+    paths: Vec<PathResult>,
+    dns: Option<dns::DnsResult>,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
-        Ok(results) => {
-            let l4: Vec<PathResult> = results
-                .iter()
-                .filter(|r| !r.name.ends_with("-l7"))
-                .cloned()
-                .collect();
-            if args.only != Only::L7 {
-                print!("{}", table(&l4));
+    let mut report = Report {
+        paths: Vec::new(),
+        dns: None,
+    };
+    if args.only != Only::Dns {
+        match run(&args) {
+            Ok(results) => {
+                let l4: Vec<PathResult> = results
+                    .iter()
+                    .filter(|r| !r.name.ends_with("-l7"))
+                    .cloned()
+                    .collect();
+                if args.only != Only::L7 {
+                    print!("{}", table(&l4));
+                }
+                if args.only != Only::L4 {
+                    print!("{}", l7_table(&results));
+                }
+                report.paths = results;
             }
-            if args.only != Only::L4 {
-                print!("{}", l7_table(&results));
-            }
-            if let Some(path) = &args.json
-                && let Err(e) = std::fs::write(
-                    path,
-                    serde_json::to_string_pretty(&results).unwrap_or_default(),
-                )
-            {
-                eprintln!("podwall-bench: {}: {e}", path.display());
+            Err(e) => {
+                eprintln!("podwall-bench: {e}");
                 return ExitCode::FAILURE;
             }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("podwall-bench: {e}");
-            ExitCode::FAILURE
         }
     }
+    if matches!(args.only, Only::All | Only::Dns) {
+        let workers = args.connections.clamp(1, 64) as usize;
+        let result = podwall_binary(&args)
+            .and_then(|podwall| dns::run(&podwall, Duration::from_secs(args.duration), workers));
+        match result {
+            Ok(r) => {
+                print!("{}", dns::table(&r, workers));
+                report.dns = Some(r);
+            }
+            Err(e) => {
+                eprintln!("podwall-bench: dns: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(path) = &args.json
+        && let Err(e) = std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        )
+    {
+        eprintln!("podwall-bench: {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

@@ -11,6 +11,7 @@
 //!   ports: [443]                 # TCP ports its server listens on
 //!   ttl: 60                      # TTL of its DNS records (default 60)
 //!   extraAddresses: []           # more A records for the names, with no host behind them
+//!   domains: []                  # every name under these domains resolves to `address`
 //! ```
 //!
 //! The policy loader skips these documents (they are not cluster objects), so the analyzer sees
@@ -43,6 +44,9 @@ pub struct ExternalHost {
     pub ttl: u32,
     /// More A records for its names.
     pub extra_addresses: Vec<IpAddr>,
+    /// Domains every name under which resolves to its address (TTL 60).
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +60,8 @@ struct Spec {
     ttl: Option<u32>,
     #[serde(default)]
     extra_addresses: Vec<IpAddr>,
+    #[serde(default)]
+    domains: Vec<String>,
 }
 
 /// The `ExternalHost` documents under `dir`.
@@ -96,6 +102,7 @@ pub fn read(dir: &Path) -> Result<Vec<ExternalHost>, SandboxError> {
                 ports: spec.ports,
                 ttl: spec.ttl.unwrap_or(60),
                 extra_addresses: spec.extra_addresses,
+                domains: spec.domains,
             });
         }
     }
@@ -115,10 +122,15 @@ pub fn dnsmasq_args(hosts: &[ExternalHost], listen: IpAddr, log: &Path) -> Vec<S
         "--user=root".into(),
         "--pid-file=".into(),
         "--address=/#/".into(),
+        // TTL of the `domains` answers (host records carry their own).
+        "--local-ttl=60".into(),
         "--log-queries".into(),
         format!("--log-facility={}", log.display()),
     ];
     for h in hosts {
+        for domain in &h.domains {
+            args.push(format!("--address=/{domain}/{}", h.address));
+        }
         for name in &h.names {
             for ip in std::iter::once(&h.address).chain(&h.extra_addresses) {
                 args.push(format!("--host-record={name},{ip},{}", h.ttl));
@@ -146,6 +158,7 @@ mod tests {
             ports: vec![443],
             ttl: 5,
             extra_addresses: vec!["203.0.113.11".parse().expect("ip")],
+            domains: vec!["bench.example".into()],
         }];
         let args = dnsmasq_args(
             &hosts,
@@ -158,6 +171,7 @@ mod tests {
             "--host-record=api.github.com,203.0.113.10,5",
             "--host-record=api.github.com,203.0.113.11,5",
             "--host-record=github.com,203.0.113.10,5",
+            "--address=/bench.example/203.0.113.10",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
         }
