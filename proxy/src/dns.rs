@@ -100,7 +100,8 @@ impl Names {
                 .evicted
                 .inc_by((l.evicted_names + l.evicted_ips) as u64);
         }
-        cache.expire(now);
+        // Expired entries go in the periodic sweep ([`Names::expire`]), not on every answer:
+        // a sweep walks every name.
         self.metrics.learned.inc_by(added as u64);
         self.gauges(&cache);
         added
