@@ -1440,6 +1440,23 @@ fn an_address_never_resolved_or_asked_for_under_another_name_is_denied() {
                 .is_some_and(|r| r.contains("evil.example.org"))
     });
     assert_eq!(denied["egress"]["names"][0], "www.cdn.example.net");
+    // TLS: the SNI of the ClientHello is read (nothing is terminated; the sandbox server does
+    // not speak TLS, so curl fails either way, and the flow events tell the two apart).
+    let _ = curl_in(&ns, "https://www.cdn.example.net:80/", &["-k"]);
+    wait_for_flow(&up, "t/runner", "the SNI check passing", |e| {
+        e["verdict"] == "ALLOWED" && e["reason"] == "server name www.cdn.example.net checked"
+    });
+    let _ = curl_in(
+        &ns,
+        "https://evil.example.org:80/",
+        &["-k", "--resolve", "evil.example.org:80:203.0.113.20"],
+    );
+    wait_for_flow(&up, "t/runner", "the SNI check refusing", |e| {
+        e["verdict"] == "DENIED"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("TLS SNI evil.example.org"))
+    });
     // A name outside the rules is refused at DNS, whatever the resolver would say.
     let (code, _) = curl_in(&ns, "http://other.example.org/", &[]);
     assert_eq!(code, 6);
