@@ -20,6 +20,9 @@ enum Command {
     /// Answer, offline, what can talk to what and why, from cluster state in YAML.
     #[command(subcommand)]
     Analyze(cli::analyze::AnalyzeCommand),
+    /// The control plane: watch the cluster state, stream each sidecar its pod's policy.
+    #[command(subcommand)]
+    Control(cli::control::ControlCommand),
     /// The sidecar: install the traffic rules (init) or run the proxy (run).
     #[command(subcommand)]
     Proxy(cli::proxy::ProxyCommand),
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Command::Analyze(cmd) => cli::analyze::run(cmd),
+        Command::Control(cmd) => cli::control::run(cmd),
         Command::Proxy(cmd) => cli::proxy::run(cmd),
         Command::Sandbox(cmd) => cli::sandbox::run(cmd),
         Command::Crd => {

@@ -5,4 +5,7 @@
 //! the injection webhook. Everything after the source is the same code whatever the source is.
 //! It must never touch packets.
 
+pub mod auth;
+pub mod server;
 pub mod source;
+pub mod store;

@@ -1,6 +1,8 @@
-//! Where cluster state comes from.
+//! Where cluster state comes from: files and directories of YAML (the sandbox, tests, local
+//! mode), and the API server in a cluster. Everything after the source is the same code.
 
+pub mod dir_objects;
 pub mod dir_watch;
 pub mod files;
 
-pub use files::{SourceError, load_paths, read_paths};
+pub use files::{SourceError, SourceFile, load_paths, read_paths};

@@ -21,6 +21,7 @@ mod diagnostic;
 mod engine;
 mod error;
 mod explain;
+pub mod feed;
 mod load;
 mod model;
 mod names;

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod dns;
+pub mod feed_client;
 pub mod flow;
 pub mod init;
 pub mod metrics;
@@ -81,9 +82,9 @@ pub fn raise_fd_limit() {
 pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(), ProxyError> {
     let (publish, states) = watch::channel(None);
     tracing::info!(source = %source.describe(), "policy source");
-    tokio::spawn(source.run(publish));
-    raise_fd_limit();
     let metrics = Arc::new(metrics::Metrics::new());
+    tokio::spawn(source.run(publish, metrics.clone()));
+    raise_fd_limit();
     let flows = flow::FlowLog::stdout(metrics.flow_events_dropped.clone());
     let (policy_tx, policy_rx) = watch::channel(None);
 

@@ -103,6 +103,10 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// The DNS name cache and what it learned.
     pub fqdn: FqdnMetrics,
+    /// 1 while the control plane's feed is connected (0: enforcing the last policy).
+    pub policy_stream_connected: Gauge,
+    /// Times the feed was lost and reconnected.
+    pub policy_stream_reconnects: Counter,
 }
 
 /// The name cache.
@@ -307,6 +311,18 @@ impl Metrics {
             "Connections refused because their TLS SNI or HTTP Host is not a name the policy allows",
             fqdn.server_name_denied.clone(),
         );
+        let policy_stream_connected = Gauge::default();
+        registry.register(
+            "policy_stream_connected",
+            "1 while the control plane's feed is connected; 0 while the last policy is enforced without it",
+            policy_stream_connected.clone(),
+        );
+        let policy_stream_reconnects = Counter::default();
+        registry.register(
+            "policy_stream_reconnects",
+            "Times the control plane's feed was lost",
+            policy_stream_reconnects.clone(),
+        );
         let policy_applied = get(&updates, ResultLabels { result: "applied" });
         let policy_rejected = get(&updates, ResultLabels { result: "rejected" });
         Metrics {
@@ -320,6 +336,8 @@ impl Metrics {
             flow_events_dropped,
             http,
             fqdn,
+            policy_stream_connected,
+            policy_stream_reconnects,
             registry,
         }
     }

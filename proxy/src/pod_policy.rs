@@ -30,6 +30,7 @@ pub trait PolicySource: Send + 'static {
     fn run(
         self: Box<Self>,
         publish: watch::Sender<Option<Arc<ClusterState>>>,
+        metrics: Arc<Metrics>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
     /// What the source is, for logs (`dir:/etc/podwall`).

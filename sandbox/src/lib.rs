@@ -37,6 +37,8 @@ pub const RUN_DIR: &str = "/run/podwall/sandbox";
 pub const PROXY_UID: u32 = 1337;
 /// The sidecar's admin port.
 pub const ADMIN_PORT: u16 = 15020;
+/// The control plane's port (in the node's namespace).
+pub const CONTROL_PORT: u16 = 15010;
 /// Addresses given to pods that have none.
 const POD_POOL: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
 /// The node address of pods that name none.
@@ -190,6 +192,16 @@ fn prefix(name: &str) -> String {
 
 fn sandbox_dir(name: &str) -> PathBuf {
     Path::new(RUN_DIR).join(name)
+}
+
+/// 128 random bits, hex.
+fn random_token() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; 16];
+    let path = Path::new("/dev/urandom");
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(file_error(path))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn is_root() -> bool {
@@ -605,7 +617,43 @@ impl Sandbox {
             let log = logs.join(format!("{i}-server.log"));
             self.children.push(spawn_logged(&mut cmd, &log)?);
         }
-        for (i, pod) in pods.iter().enumerate().filter(|(_, p)| p.injected) {
+        // The control plane, in the node's namespace, serves every sidecar its pod's feed from
+        // the policy directory; each sidecar proves its pod with a token of its own.
+        let injected: Vec<(usize, &PodRecord)> = pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.injected)
+            .collect();
+        let mut tokens = String::new();
+        let token_dir = self.dir.join("tokens");
+        fs::create_dir_all(&token_dir).map_err(file_error(&token_dir))?;
+        for (i, pod) in &injected {
+            let token = random_token()?;
+            tokens.push_str(&format!("{token} {}\n", pod.key));
+            let f = token_dir.join(format!("{i}"));
+            fs::write(&f, &token).map_err(file_error(&f))?;
+        }
+        let tokens_file = token_dir.join("control-tokens");
+        fs::write(&tokens_file, tokens).map_err(file_error(&tokens_file))?;
+        if !injected.is_empty() {
+            let log = logs.join("control.log");
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &node, &exe, "control", "run"])
+                .arg(format!("--source=dir:{}", policy_dir.display()))
+                .arg(format!("--listen=0.0.0.0:{CONTROL_PORT}"))
+                .arg(format!("--tokens={}", tokens_file.display()))
+                .arg("--poll-interval=200ms");
+            self.children.push(spawn_logged(&mut cmd, &log)?);
+            let node_ip = pods
+                .iter()
+                .find(|p| !p.host_network)
+                .map(|p| p.host_ip)
+                .unwrap_or(IpAddr::V4(DEFAULT_NODE));
+            wait_until("the control plane", &log, Duration::from_secs(15), || {
+                server_ready(&node, node_ip, &[CONTROL_PORT])
+            })?;
+        }
+        for (i, pod) in injected {
             let log = logs.join(format!("{i}-init.log"));
             let mut init = Command::new("ip");
             init.args(["netns", "exec", &pod.netns, &exe, "proxy", "init"]);
@@ -631,7 +679,14 @@ impl Sandbox {
                 "--poll-interval",
                 "200ms",
             ])
-            .arg(format!("--policy-source=dir:{}", policy_dir.display()))
+            .arg(format!(
+                "--policy-source=control:{}:{CONTROL_PORT}",
+                pod.host_ip
+            ))
+            .arg(format!(
+                "--token-file={}",
+                token_dir.join(format!("{i}")).display()
+            ))
             .args(&opts.sidecar_args);
             let flows = logs.join(format!("{i}-sidecar.flows.jsonl"));
             let log = logs.join(format!("{i}-sidecar.log"));

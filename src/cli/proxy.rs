@@ -91,9 +91,14 @@ pub(crate) struct InitArgs {
 /// `proxy run` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
-    /// Where policy comes from: `dir:PATH` (YAML files, watched for changes).
-    #[arg(long, value_name = "dir:PATH")]
+    /// Where policy comes from: `control:HOST:PORT` (the control plane's feed for this pod) or
+    /// `dir:PATH` (YAML files, watched for changes).
+    #[arg(long, value_name = "control:HOST:PORT|dir:PATH")]
     policy_source: String,
+    /// The token proving this pod to the control plane (the projected service-account token),
+    /// re-read at every connection.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// This pod's namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pod_namespace: String,
@@ -220,12 +225,19 @@ fn init(args: InitArgs) -> ExitCode {
 
 fn run_sidecar(args: RunArgs) -> ExitCode {
     crate::cli::logging::init();
-    let Some(dir) = args.policy_source.strip_prefix("dir:") else {
-        eprintln!(
-            "podwall: --policy-source {:?}: expected dir:PATH",
-            args.policy_source
-        );
-        return ExitCode::from(2);
+    let (dir, control) = match (
+        args.policy_source.strip_prefix("dir:"),
+        args.policy_source.strip_prefix("control:"),
+    ) {
+        (Some(d), _) => (Some(PathBuf::from(d)), None),
+        (_, Some(c)) => (None, Some(c.to_string())),
+        _ => {
+            eprintln!(
+                "podwall: --policy-source {:?}: expected control:HOST:PORT or dir:PATH",
+                args.policy_source
+            );
+            return ExitCode::from(2);
+        }
     };
     let identity = Identity {
         namespace: args.pod_namespace,
@@ -275,10 +287,18 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let source = Box::new(DirSource {
-        path: PathBuf::from(dir),
-        poll: args.poll_interval,
-    });
+    let source: Box<dyn podwall_proxy::PolicySource> = match (dir, control) {
+        (Some(path), _) => Box::new(DirSource {
+            path,
+            poll: args.poll_interval,
+        }),
+        (None, Some(addr)) => Box::new(podwall_proxy::feed_client::ControlSource {
+            addr,
+            identity: config.identity.clone(),
+            token_file: args.token_file.clone(),
+        }),
+        (None, None) => return ExitCode::from(2),
+    };
     let result = runtime.block_on(async move {
         tokio::select! {
             r = podwall_proxy::run(config, source) => r,
@@ -307,6 +327,7 @@ impl podwall_proxy::PolicySource for DirSource {
     fn run(
         self: Box<Self>,
         publish: tokio::sync::watch::Sender<Option<std::sync::Arc<podwall_policy::ClusterState>>>,
+        _metrics: std::sync::Arc<podwall_proxy::metrics::Metrics>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(podwall_control::source::dir_watch::watch_paths(
             vec![self.path],

@@ -1,0 +1,326 @@
+//! The feed server: each sidecar holds one long HTTP request open and reads its pod's feed as
+//! JSON lines ([`podwall_policy::feed`]).
+//!
+//! Why HTTP/2 streaming with hyper rather than gRPC: hyper is already the proxy's HTTP stack,
+//! the messages are the Kubernetes objects themselves (JSON either way), and a feed is a plain
+//! long GET that `curl` can read — no code generation, no second HTTP stack, a leaner build.
+//! Both HTTP/1.1 (chunked) and HTTP/2 are served; the sidecar uses HTTP/2.
+//!
+//! `GET /v1/feed?namespace=NS&pod=NAME[&epoch=E&version=V]` with `Authorization: Bearer TOKEN`:
+//! a snapshot (or, with the epoch and version the sidecar holds, only the deltas it missed), then
+//! a delta per change and a heartbeat every few seconds. `403` when the token is not that pod's.
+//! `/live`, `/ready` (a first state is loaded) and `/metrics` for operators.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use podwall_policy::feed::FeedMessage;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::auth::{Authenticator, PodRef};
+use crate::store::Store;
+
+/// How often an idle feed says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    registry: Registry,
+    /// Feeds open now.
+    pub feeds_open: Gauge,
+    /// Snapshots sent.
+    pub snapshots: Counter,
+    /// Deltas sent.
+    pub deltas: Counter,
+    /// Feed requests refused (token).
+    pub refused: Counter,
+    /// The store's version.
+    pub version: Gauge,
+    /// Objects held.
+    pub objects: Gauge,
+}
+
+impl ServerMetrics {
+    /// Registers everything.
+    pub fn new() -> Self {
+        let mut m = ServerMetrics {
+            registry: Registry::with_prefix("podwall_control"),
+            ..ServerMetrics::default()
+        };
+        m.registry
+            .register("feeds_open", "Sidecar feeds open now", m.feeds_open.clone());
+        m.registry.register(
+            "snapshots",
+            "Snapshots sent to sidecars",
+            m.snapshots.clone(),
+        );
+        m.registry
+            .register("deltas", "Deltas sent to sidecars", m.deltas.clone());
+        m.registry.register(
+            "feeds_refused",
+            "Feed requests refused because the token is not the pod's",
+            m.refused.clone(),
+        );
+        m.registry
+            .register("version", "Version of the served state", m.version.clone());
+        m.registry
+            .register("objects", "Objects served", m.objects.clone());
+        m
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What the server needs.
+pub struct Server {
+    /// The objects.
+    pub store: Arc<Store>,
+    /// Who may read which feed.
+    pub auth: Box<dyn Authenticator>,
+    /// Counters.
+    pub metrics: ServerMetrics,
+}
+
+/// A response body: a whole answer or a feed.
+enum ControlBody {
+    Full(Option<Bytes>),
+    Feed(mpsc::Receiver<Bytes>),
+}
+
+impl Body for ControlBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ControlBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ControlBody::Feed(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<ControlBody> {
+    let mut r = Response::new(ControlBody::Full(Some(Bytes::from(body.into()))));
+    *r.status_mut() = status;
+    r
+}
+
+fn line(msg: &FeedMessage) -> Bytes {
+    let mut v = serde_json::to_vec(msg).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+impl Server {
+    /// Serves on `listener` until the process ends.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(error = %e, %peer, "connection ended");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ControlBody> {
+        let (version, objects) = self.store.current();
+        self.metrics.version.set(version as i64);
+        self.metrics.objects.set(objects.len() as i64);
+        match req.uri().path() {
+            "/live" => text(StatusCode::OK, "ok\n"),
+            "/ready" if self.store.loaded() => text(StatusCode::OK, "ready\n"),
+            "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "no state loaded yet\n"),
+            "/metrics" => text(StatusCode::OK, self.metrics.encode()),
+            "/v1/feed" => self.feed(req, peer).await,
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn feed(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ControlBody> {
+        if !self.store.loaded() {
+            // An empty snapshot would make the sidecar refuse everything for nothing: come back.
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no state loaded yet\n");
+        }
+        let query = req.uri().query().unwrap_or_default();
+        let (Some(namespace), Some(name)) =
+            (query_param(query, "namespace"), query_param(query, "pod"))
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "namespace and pod query parameters are required\n",
+            );
+        };
+        let pod = PodRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let token = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Err(e) = self.auth.check(token, &pod).await {
+            self.metrics.refused.inc();
+            tracing::warn!(%pod, %peer, error = %e, "feed refused");
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("feed of {pod} refused: {e}\n"),
+            );
+        }
+        let held = match (
+            query_param(query, "epoch"),
+            query_param(query, "version").and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            (Some(e), Some(v)) => Some((e.to_string(), v)),
+            _ => None,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let gauge = self.metrics.feeds_open.clone();
+        let (snapshots, deltas) = (self.metrics.snapshots.clone(), self.metrics.deltas.clone());
+        tracing::info!(%pod, %peer, resume = ?held, "feed opened");
+        tokio::spawn(async move {
+            gauge.inc();
+            stream(store, tx, held, snapshots, deltas).await;
+            gauge.dec();
+            tracing::info!(%pod, %peer, "feed closed");
+        });
+        let mut r = Response::new(ControlBody::Feed(rx));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        r
+    }
+}
+
+/// Writes one feed until the sidecar goes away.
+async fn stream(
+    store: Arc<Store>,
+    tx: mpsc::Sender<Bytes>,
+    held: Option<(String, u64)>,
+    snapshots: Counter,
+    deltas: Counter,
+) {
+    let mut changes = store.subscribe();
+    changes.mark_unchanged();
+    let epoch = store.epoch().to_string();
+    // First: the deltas the sidecar missed, or a snapshot.
+    let resumed = held.and_then(|(e, v)| store.deltas_since(&e, v).map(|d| (v, d)));
+    let mut sent = match resumed {
+        Some((v, missed)) => {
+            let mut last = v;
+            for m in missed {
+                if let FeedMessage::Delta { version, .. } = &m {
+                    last = *version;
+                }
+                deltas.inc();
+                if tx.send(line(&m)).await.is_err() {
+                    return;
+                }
+            }
+            last
+        }
+        None => {
+            let (version, objects) = store.current();
+            let msg = FeedMessage::Snapshot {
+                epoch: epoch.clone(),
+                version,
+                objects: objects.values().cloned().collect(),
+            };
+            snapshots.inc();
+            if tx.send(line(&msg)).await.is_err() {
+                return;
+            }
+            version
+        }
+    };
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                match store.deltas_since(&epoch, sent) {
+                    Some(missed) => {
+                        for m in missed {
+                            if let FeedMessage::Delta { version, .. } = &m {
+                                sent = *version;
+                            }
+                            deltas.inc();
+                            if tx.send(line(&m)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    None => {
+                        // Fell too far behind: start over.
+                        let (version, objects) = store.current();
+                        let msg = FeedMessage::Snapshot {
+                            epoch: epoch.clone(),
+                            version,
+                            objects: objects.values().cloned().collect(),
+                        };
+                        snapshots.inc();
+                        if tx.send(line(&msg)).await.is_err() {
+                            return;
+                        }
+                        sent = version;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(HEARTBEAT) => {
+                let msg = FeedMessage::Heartbeat { epoch: epoch.clone(), version: sent };
+                if tx.send(line(&msg)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The objects of files and directories of YAML, as the control plane serves them: read now and
+//! whenever the files change (polling, as [`super::dir_watch`]); a change that cannot be read is
+//! reported and the last good objects stay.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use podwall_policy::feed::{ObjectKey, ObjectSet};
+
+use super::files::{SourceError, read_paths};
+use crate::store::Store;
+
+/// The kinds a sidecar's policy can depend on; others are not served.
+pub const SERVED_KINDS: [&str; 7] = [
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "PodwallPolicy",
+    "CiliumNetworkPolicy",
+    "Service",
+    "EndpointSlice",
+];
+
+/// Reads the objects of `paths`.
+pub fn read_objects(paths: &[PathBuf]) -> Result<ObjectSet, SourceError> {
+    let mut set = ObjectSet::new();
+    for file in read_paths(paths)? {
+        for (_, object) in podwall_policy::objects(&file.name, &file.text)? {
+            let Some(key) = ObjectKey::of(&object) else {
+                continue;
+            };
+            if SERVED_KINDS.contains(&key.kind.as_str()) {
+                set.insert(key, object);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Feeds the store from `paths` until the process ends.
+pub async fn feed(paths: Vec<PathBuf>, interval: Duration, store: Arc<Store>) {
+    let mut last: Option<u64> = None;
+    loop {
+        let p = paths.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let files = read_paths(&p)?;
+            let mut h = DefaultHasher::new();
+            for f in &files {
+                f.name.hash(&mut h);
+                f.text.hash(&mut h);
+            }
+            Ok::<_, SourceError>((h.finish(), read_objects(&p)))
+        })
+        .await;
+        match read {
+            Ok(Ok((fingerprint, objects))) if last != Some(fingerprint) => {
+                last = Some(fingerprint);
+                match objects {
+                    Ok(objects) => {
+                        let n = objects.len();
+                        let version = store.replace(objects);
+                        tracing::info!(objects = n, version, "source read");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "source unreadable; keeping the last good objects")
+                    }
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "source unreadable; keeping the last good objects")
+            }
+            Err(e) => tracing::error!(error = %e, "source reader failed"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

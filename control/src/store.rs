@@ -1,0 +1,197 @@
+//! What the control plane knows: the current objects, a version that grows by one per change,
+//! and the recent changes, so that a sidecar that reconnects gets only what it missed.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use podwall_policy::feed::{FeedMessage, ObjectKey, ObjectSet, diff};
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// Changes kept for resuming streams.
+const HISTORY: usize = 1024;
+
+#[derive(Debug)]
+struct Change {
+    version: u64,
+    upserts: Arc<Vec<Value>>,
+    deletes: Arc<Vec<ObjectKey>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    version: u64,
+    objects: Arc<ObjectSet>,
+    history: VecDeque<Change>,
+    /// Whether a first state has been read.
+    loaded: bool,
+}
+
+/// The objects, versioned.
+#[derive(Debug)]
+pub struct Store {
+    epoch: String,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+}
+
+/// A random-enough identifier for this process's versions (a restart starts a new epoch).
+fn new_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+impl Store {
+    /// An empty store with a fresh epoch.
+    pub fn new() -> Self {
+        Store {
+            epoch: new_epoch(),
+            inner: Mutex::new(Inner {
+                version: 0,
+                objects: Arc::new(ObjectSet::new()),
+                history: VecDeque::new(),
+                loaded: false,
+            }),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This process's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Whether a source has delivered a first state.
+    pub fn loaded(&self) -> bool {
+        self.lock().loaded
+    }
+
+    /// Replaces the objects with what the source now says; a real change is a new version.
+    /// Returns the version.
+    pub fn replace(&self, objects: ObjectSet) -> u64 {
+        let mut inner = self.lock();
+        let (upserts, deletes) = diff(&inner.objects, &objects);
+        if upserts.is_empty() && deletes.is_empty() && inner.loaded {
+            return inner.version;
+        }
+        inner.loaded = true;
+        inner.version += 1;
+        let version = inner.version;
+        inner.history.push_back(Change {
+            version,
+            upserts: Arc::new(upserts),
+            deletes: Arc::new(deletes),
+        });
+        while inner.history.len() > HISTORY {
+            inner.history.pop_front();
+        }
+        inner.objects = Arc::new(objects);
+        drop(inner);
+        self.changed.send_replace(version);
+        version
+    }
+
+    /// The current objects and their version.
+    pub fn current(&self) -> (u64, Arc<ObjectSet>) {
+        let inner = self.lock();
+        (inner.version, inner.objects.clone())
+    }
+
+    /// Notified with the version after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The deltas that take a holder of `(epoch, version)` to the current version, or `None`
+    /// when only a snapshot can (another epoch, or changes no longer kept).
+    pub fn deltas_since(&self, epoch: &str, version: u64) -> Option<Vec<FeedMessage>> {
+        if epoch != self.epoch {
+            return None;
+        }
+        let inner = self.lock();
+        if version > inner.version {
+            return None;
+        }
+        if version == inner.version {
+            return Some(Vec::new());
+        }
+        let first = inner.history.front()?.version;
+        if version + 1 < first {
+            return None;
+        }
+        Some(
+            inner
+                .history
+                .iter()
+                .filter(|c| c.version > version)
+                .map(|c| FeedMessage::Delta {
+                    epoch: self.epoch.clone(),
+                    version: c.version,
+                    upserts: (*c.upserts).clone(),
+                    deletes: (*c.deletes).clone(),
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podwall_policy::feed::apply;
+    use serde_json::json;
+
+    fn set(objs: &[Value]) -> ObjectSet {
+        objs.iter()
+            .map(|o| (ObjectKey::of(o).expect("key"), o.clone()))
+            .collect()
+    }
+
+    fn ns(name: &str, label: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"l": label}}})
+    }
+
+    #[test]
+    fn versions_grow_only_with_real_changes_and_deltas_replay_them() {
+        let store = Store::new();
+        assert!(!store.loaded());
+        let v1 = store.replace(set(&[ns("a", "1")]));
+        assert_eq!(v1, 1);
+        assert_eq!(
+            store.replace(set(&[ns("a", "1")])),
+            1,
+            "no change, no version"
+        );
+        let v2 = store.replace(set(&[ns("a", "2"), ns("b", "1")]));
+        let v3 = store.replace(set(&[ns("b", "1")]));
+        assert_eq!((v2, v3), (2, 3));
+        // A sidecar at version 1 catches up with the deltas.
+        let mut held = set(&[ns("a", "1")]);
+        let mut version = Some((store.epoch().to_string(), 1));
+        for m in store.deltas_since(store.epoch(), 1).expect("kept") {
+            assert!(apply(&mut held, &mut version, m));
+        }
+        assert_eq!(held, *store.current().1);
+        assert_eq!(store.deltas_since(store.epoch(), 3), Some(vec![]));
+        assert!(store.deltas_since("another", 1).is_none());
+        assert!(store.deltas_since(store.epoch(), 9).is_none());
+    }
+}

@@ -1,0 +1,179 @@
+//! The feed server over real HTTP/2 connections: snapshots, deltas, resume, refusals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use podwall_control::auth::StaticTokens;
+use podwall_control::server::{Server, ServerMetrics};
+use podwall_control::store::Store;
+use podwall_policy::feed::{FeedMessage, ObjectKey, ObjectSet};
+use serde_json::{Value, json};
+
+fn ns(name: &str, label: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"l": label}}})
+}
+
+fn set(objs: &[Value]) -> ObjectSet {
+    objs.iter()
+        .map(|o| (ObjectKey::of(o).expect("key"), o.clone()))
+        .collect()
+}
+
+async fn start(store: Arc<Store>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = Arc::new(Server {
+        store,
+        auth: Box::new(StaticTokens::parse("tok-a t/a\ntok-b t/b\n").expect("tokens")),
+        metrics: ServerMetrics::new(),
+    });
+    tokio::spawn(server.serve(listener));
+    addr
+}
+
+/// Opens a feed; returns the status and the body.
+async fn open(
+    addr: std::net::SocketAddr,
+    pod: &str,
+    token: &str,
+    resume: Option<(&str, u64)>,
+) -> (http::StatusCode, Incoming) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2");
+    tokio::spawn(conn);
+    let mut uri = format!("http://{addr}/v1/feed?namespace=t&pod={pod}");
+    if let Some((e, v)) = resume {
+        uri.push_str(&format!("&epoch={e}&version={v}"));
+    }
+    let req = http::Request::get(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    (resp.status(), resp.into_body())
+}
+
+/// The next feed message that is not a heartbeat.
+async fn next(body: &mut Incoming, buf: &mut Vec<u8>) -> FeedMessage {
+    loop {
+        if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let msg: FeedMessage = serde_json::from_slice(&line).expect("a feed line");
+            if !matches!(msg, FeedMessage::Heartbeat { .. }) {
+                return msg;
+            }
+            continue;
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a line in time")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(d) = frame.into_data() {
+            buf.extend_from_slice(&d);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_feed_starts_with_a_snapshot_and_follows_every_change() {
+    let store = Arc::new(Store::new());
+    store.replace(set(&[ns("t", "1")]));
+    let addr = start(store.clone()).await;
+    let (status, mut body) = open(addr, "a", "tok-a", None).await;
+    assert_eq!(status, 200);
+    let mut buf = Vec::new();
+    match next(&mut body, &mut buf).await {
+        FeedMessage::Snapshot {
+            version, objects, ..
+        } => {
+            assert_eq!(version, 1);
+            assert_eq!(objects, [ns("t", "1")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    store.replace(set(&[ns("t", "2"), ns("u", "1")]));
+    match next(&mut body, &mut buf).await {
+        FeedMessage::Delta {
+            version,
+            upserts,
+            deletes,
+            ..
+        } => {
+            assert_eq!(version, 2);
+            assert_eq!(upserts.len(), 2);
+            assert!(deletes.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    store.replace(set(&[ns("t", "2")]));
+    match next(&mut body, &mut buf).await {
+        FeedMessage::Delta {
+            version, deletes, ..
+        } => {
+            assert_eq!(version, 3);
+            assert_eq!(deletes[0].name, "u");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_reconnecting_sidecar_gets_only_what_it_missed_or_a_snapshot_from_another_epoch() {
+    let store = Arc::new(Store::new());
+    store.replace(set(&[ns("t", "1")]));
+    store.replace(set(&[ns("t", "2")]));
+    store.replace(set(&[ns("t", "3")]));
+    let addr = start(store.clone()).await;
+    let epoch = store.epoch().to_string();
+    let (_, mut body) = open(addr, "a", "tok-a", Some((&epoch, 1))).await;
+    let mut buf = Vec::new();
+    for want in [2, 3] {
+        match next(&mut body, &mut buf).await {
+            FeedMessage::Delta { version, .. } => assert_eq!(version, want),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (_, mut body) = open(addr, "a", "tok-a", Some(("an-old-process", 3))).await;
+    let mut buf = Vec::new();
+    assert!(matches!(
+        next(&mut body, &mut buf).await,
+        FeedMessage::Snapshot { version: 3, .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_sidecar_asking_for_another_pods_feed_is_refused() {
+    let store = Arc::new(Store::new());
+    store.replace(set(&[ns("t", "1")]));
+    let addr = start(store).await;
+    let (status, body) = open(addr, "a", "tok-b", None).await;
+    assert_eq!(status, 403);
+    let text = body.collect().await.expect("body").to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("t/b's, not t/a's"),
+        "{text:?}"
+    );
+    let (status, _) = open(addr, "a", "nope", None).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn no_feed_is_served_before_the_first_state() {
+    let store = Arc::new(Store::new());
+    let addr = start(store.clone()).await;
+    let (status, _) = open(addr, "a", "tok-a", None).await;
+    assert_eq!(status, 503);
+    store.replace(set(&[]));
+    let (status, _) = open(addr, "a", "tok-a", None).await;
+    assert_eq!(status, 200, "an empty state is still a state");
+}

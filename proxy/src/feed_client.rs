@@ -1,0 +1,188 @@
+//! `--policy-source control:HOST:PORT`: the pod's feed from the control plane
+//! ([`podwall_policy::feed`]) over HTTP/2, read into cluster states with the same loader as
+//! every other source.
+//!
+//! The sidecar presents its token (the projected service-account token, re-read at every
+//! connection since the kubelet rotates it) and names its pod. When the stream drops it keeps
+//! enforcing the last state, sets `podwall_policy_stream_connected` to 0, and reconnects with
+//! backoff, resuming from the epoch and version it holds. A stream silent for three heartbeats
+//! is taken for dead.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use podwall_policy::feed::{FeedMessage, ObjectSet, apply};
+use podwall_policy::{ClusterState, Loader, Origin};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::pod_policy::{Identity, PolicySource};
+
+/// How long without a line before the stream is taken for dead.
+const SILENCE: Duration = Duration::from_secs(16);
+
+/// The control plane as the policy source.
+#[derive(Debug, Clone)]
+pub struct ControlSource {
+    /// `host:port` of the control plane.
+    pub addr: String,
+    /// The pod whose feed to read.
+    pub identity: Identity,
+    /// The token to present (re-read at every connection).
+    pub token_file: Option<PathBuf>,
+}
+
+struct Feed {
+    held: ObjectSet,
+    version: Option<(String, u64)>,
+}
+
+impl PolicySource for ControlSource {
+    fn run(
+        self: Box<Self>,
+        publish: watch::Sender<Option<Arc<ClusterState>>>,
+        metrics: Arc<Metrics>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let mut feed = Feed {
+                held: ObjectSet::new(),
+                version: None,
+            };
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let result = self.follow(&mut feed, &publish, &metrics).await;
+                metrics.policy_stream_connected.set(0);
+                match result {
+                    Ok(()) => {
+                        tracing::warn!(control = %self.addr, "feed ended; enforcing the last policy while reconnecting")
+                    }
+                    Err(e) => {
+                        tracing::warn!(control = %self.addr, error = %e, "feed failed; enforcing the last policy while reconnecting")
+                    }
+                }
+                metrics.policy_stream_reconnects.inc();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("control:{}", self.addr)
+    }
+}
+
+impl ControlSource {
+    async fn follow(
+        &self,
+        feed: &mut Feed,
+        publish: &watch::Sender<Option<Arc<ClusterState>>>,
+        metrics: &Metrics,
+    ) -> Result<(), String> {
+        let token = match &self.token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("token {}: {e}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP/2: {e}"))?;
+        tokio::spawn(conn);
+        let mut uri = format!(
+            "http://{}/v1/feed?namespace={}&pod={}",
+            self.addr, self.identity.namespace, self.identity.name
+        );
+        if let Some((epoch, version)) = &feed.version {
+            uri.push_str(&format!("&epoch={epoch}&version={version}"));
+        }
+        let mut req = http::Request::get(uri);
+        if let Some(t) = &token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let text = body
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            return Err(format!("{status}: {text}"));
+        }
+        metrics.policy_stream_connected.set(1);
+        tracing::info!(control = %self.addr, resume = ?feed.version, "feed connected");
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let frame = match tokio::time::timeout(SILENCE, body.frame()).await {
+                Err(_) => return Err("no heartbeat: the stream is dead".into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(format!("stream: {e}")),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let msg: FeedMessage =
+                    serde_json::from_slice(&line).map_err(|e| format!("bad feed line: {e}"))?;
+                let changes = !matches!(msg, FeedMessage::Heartbeat { .. });
+                if !apply(&mut feed.held, &mut feed.version, msg) {
+                    // A gap: ask again from scratch.
+                    feed.version = None;
+                    return Err("the feed skipped a version; asking for a snapshot".into());
+                }
+                if changes {
+                    let objects: Vec<_> = feed.held.values().cloned().collect();
+                    let origin = Origin {
+                        source: format!("control:{}", self.addr),
+                        line: 0,
+                        item: None,
+                    };
+                    let state = tokio::task::spawn_blocking(move || {
+                        let mut loader = Loader::new();
+                        for o in objects {
+                            loader.add_object(origin.clone(), o);
+                        }
+                        loader.finish()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    let (state, report) = state;
+                    for d in &report.diagnostics {
+                        tracing::warn!("{d}");
+                    }
+                    tracing::info!(
+                        version = ?feed.version.as_ref().map(|v| v.1),
+                        pods = state.pods.len(),
+                        policies = state.policies.len(),
+                        "feed applied"
+                    );
+                    if publish.send(Some(Arc::new(state))).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}

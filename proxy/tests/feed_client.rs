@@ -1,0 +1,132 @@
+//! The sidecar's control-plane source against the real feed server: it follows changes, keeps
+//! the last state when the control plane goes away (and says so in its metrics), and comes back
+//! with a new snapshot from a restarted control plane.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use podwall_control::auth::TrustClaimed;
+use podwall_control::server::{Server, ServerMetrics};
+use podwall_control::store::Store;
+use podwall_policy::ClusterState;
+use podwall_policy::feed::{ObjectKey, ObjectSet};
+use podwall_proxy::feed_client::ControlSource;
+use podwall_proxy::metrics::Metrics;
+use podwall_proxy::{Identity, PolicySource};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+fn objects(labels: &str) -> ObjectSet {
+    let objs: Vec<Value> = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t"}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "t", "labels": {"app": labels}},
+               "status": {"phase": "Running", "podIP": "10.1.0.1"}}),
+    ];
+    objs.into_iter()
+        .map(|o| (ObjectKey::of(&o).expect("key"), o))
+        .collect()
+}
+
+/// A control plane on its own runtime, so that dropping it closes every connection.
+struct ControlPlane {
+    runtime: Option<tokio::runtime::Runtime>,
+    store: Arc<Store>,
+}
+
+impl ControlPlane {
+    fn start(addr: SocketAddr, labels: &str) -> (Self, SocketAddr) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = Arc::new(Store::new());
+        store.replace(objects(labels));
+        let listener = std::net::TcpListener::bind(addr).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let bound = listener.local_addr().expect("addr");
+        let server = Arc::new(Server {
+            store: store.clone(),
+            auth: Box::new(TrustClaimed),
+            metrics: ServerMetrics::new(),
+        });
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            server.serve(listener).await
+        });
+        (
+            ControlPlane {
+                runtime: Some(runtime),
+                store,
+            },
+            bound,
+        )
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn app_label(state: &Option<Arc<ClusterState>>) -> Option<String> {
+    state.as_ref()?.pods.first()?.labels.get("app").cloned()
+}
+
+async fn wait_until(rx: &mut watch::Receiver<Option<Arc<ClusterState>>>, want: &str) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if app_label(&rx.borrow_and_update()).as_deref() == Some(want) {
+                return;
+            }
+            rx.changed().await.expect("source alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no state with app={want}"));
+}
+
+#[tokio::test]
+async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resyncs() {
+    let (cp, addr) = ControlPlane::start("127.0.0.1:0".parse().expect("addr"), "one");
+    let metrics = Arc::new(Metrics::new());
+    let (tx, mut rx) = watch::channel(None);
+    let source = Box::new(ControlSource {
+        addr: addr.to_string(),
+        identity: Identity {
+            namespace: "t".into(),
+            name: "a".into(),
+        },
+        token_file: None,
+    });
+    tokio::spawn(source.run(tx, metrics.clone()));
+    wait_until(&mut rx, "one").await;
+    assert_eq!(metrics.policy_stream_connected.get(), 1);
+
+    cp.store.replace(objects("two"));
+    wait_until(&mut rx, "two").await;
+
+    drop(cp);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while metrics.policy_stream_connected.get() != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the drop is noticed");
+    assert_eq!(
+        app_label(&rx.borrow()).as_deref(),
+        Some("two"),
+        "the last state stays enforced"
+    );
+
+    // A restarted control plane (a new epoch) on the same address: a fresh snapshot.
+    let (_cp2, _) = ControlPlane::start(addr, "three");
+    wait_until(&mut rx, "three").await;
+    assert_eq!(metrics.policy_stream_connected.get(), 1);
+    assert!(metrics.policy_stream_reconnects.get() >= 1);
+}
