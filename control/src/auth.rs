@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod token_review;
+
 /// A pod, as a sidecar names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PodRef {
@@ -33,6 +35,9 @@ pub enum AuthError {
     /// The token is not valid.
     #[error("the token is not valid: {0}")]
     Invalid(String),
+    /// The check could not be made (the API server is unreachable); the sidecar retries.
+    #[error("cannot check the token now: {0}")]
+    Unavailable(String),
     /// The token is another pod's.
     #[error("the token is {holder}'s, not {asked}'s")]
     OtherPod {

@@ -8,4 +8,5 @@
 pub mod auth;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod store;

@@ -23,7 +23,9 @@ use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use podwall_policy::feed::FeedMessage;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -35,9 +37,26 @@ use crate::store::Store;
 /// How often an idle feed says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// A kind of object, as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `Pod`, `NetworkPolicy`, ...
+    pub kind: String,
+}
+
 /// The server's counters.
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
+    /// Watch failures by kind (each retried with backoff).
+    pub watch_failures: Family<KindLabel, Counter>,
+    /// Complete lists by kind (the first, and every relist).
+    pub lists: Family<KindLabel, Counter>,
+    /// Objects held by kind.
+    pub objects_by_kind: Family<KindLabel, Gauge>,
+    /// Pods selected by a policy but without a sidecar: the policy is not enforced for them.
+    pub unprotected_pods: Gauge,
+    /// Pods with a sidecar.
+    pub protected_pods: Gauge,
     registry: Registry,
     /// Feeds open now.
     pub feeds_open: Gauge,
@@ -55,7 +74,11 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     /// Registers everything.
-    pub fn new() -> Self {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::registered())
+    }
+
+    fn registered() -> Self {
         let mut m = ServerMetrics {
             registry: Registry::with_prefix("podwall_control"),
             ..ServerMetrics::default()
@@ -78,6 +101,31 @@ impl ServerMetrics {
             .register("version", "Version of the served state", m.version.clone());
         m.registry
             .register("objects", "Objects served", m.objects.clone());
+        m.registry.register(
+            "watch_failures",
+            "API-server watch failures by kind (retried with backoff)",
+            m.watch_failures.clone(),
+        );
+        m.registry.register(
+            "lists",
+            "Complete API-server lists by kind (first list and relists after 410 Gone)",
+            m.lists.clone(),
+        );
+        m.registry.register(
+            "objects_by_kind",
+            "Objects held by kind",
+            m.objects_by_kind.clone(),
+        );
+        m.registry.register(
+            "unprotected_pods",
+            "Pods selected by a policy but running without the podwall sidecar (not enforced)",
+            m.unprotected_pods.clone(),
+        );
+        m.registry.register(
+            "protected_pods",
+            "Pods running with the podwall sidecar",
+            m.protected_pods.clone(),
+        );
         m
     }
 
@@ -88,6 +136,19 @@ impl ServerMetrics {
     }
 }
 
+impl crate::source::kube::WatchObserver for ServerMetrics {
+    fn watch_failed(&self, kind: &str) {
+        self.watch_failures
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+    fn listed(&self, kind: &str) {
+        self.lists
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+}
+
 /// What the server needs.
 pub struct Server {
     /// The objects.
@@ -95,7 +156,7 @@ pub struct Server {
     /// Who may read which feed.
     pub auth: Box<dyn Authenticator>,
     /// Counters.
-    pub metrics: ServerMetrics,
+    pub metrics: Arc<ServerMetrics>,
 }
 
 /// A response body: a whole answer or a feed.
@@ -172,6 +233,18 @@ impl Server {
         let (version, objects) = self.store.current();
         self.metrics.version.set(version as i64);
         self.metrics.objects.set(objects.len() as i64);
+        if req.uri().path() == "/metrics" {
+            let mut by_kind: std::collections::BTreeMap<&str, i64> = Default::default();
+            for k in objects.keys() {
+                *by_kind.entry(k.kind.as_str()).or_default() += 1;
+            }
+            for kind in crate::source::dir_objects::SERVED_KINDS {
+                self.metrics
+                    .objects_by_kind
+                    .get_or_create(&KindLabel { kind: kind.into() })
+                    .set(by_kind.get(kind).copied().unwrap_or(0));
+            }
+        }
         match req.uri().path() {
             "/live" => text(StatusCode::OK, "ok\n"),
             "/ready" if self.store.loaded() => text(StatusCode::OK, "ready\n"),
@@ -208,10 +281,13 @@ impl Server {
         if let Err(e) = self.auth.check(token, &pod).await {
             self.metrics.refused.inc();
             tracing::warn!(%pod, %peer, error = %e, "feed refused");
-            return text(
-                StatusCode::FORBIDDEN,
-                format!("feed of {pod} refused: {e}\n"),
-            );
+            // A check that could not be made is not a refusal: the sidecar retries.
+            let status = if matches!(e, crate::auth::AuthError::Unavailable(_)) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            return text(status, format!("feed of {pod} refused: {e}\n"));
         }
         let held = match (
             query_param(query, "epoch"),

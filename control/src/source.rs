@@ -4,5 +4,6 @@
 pub mod dir_objects;
 pub mod dir_watch;
 pub mod files;
+pub mod kube;
 
 pub use files::{SourceError, SourceFile, load_paths, read_paths};

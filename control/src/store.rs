@@ -27,6 +27,18 @@ struct Inner {
     loaded: bool,
 }
 
+/// One change a source saw.
+#[derive(Debug, Clone)]
+pub enum StoreChange {
+    /// An object added or changed.
+    Upsert(ObjectKey, Value),
+    /// An object gone.
+    Delete(ObjectKey),
+    /// Every object of a kind, as a fresh list gave them (objects of that kind not in it are
+    /// gone: the relist after a watch expired).
+    ReplaceKind(String, ObjectSet),
+}
+
 /// The objects, versioned.
 #[derive(Debug)]
 pub struct Store {
@@ -89,10 +101,75 @@ impl Store {
     pub fn replace(&self, objects: ObjectSet) -> u64 {
         let mut inner = self.lock();
         let (upserts, deletes) = diff(&inner.objects, &objects);
-        if upserts.is_empty() && deletes.is_empty() && inner.loaded {
+        inner.objects = Arc::new(objects);
+        self.record(inner, upserts, deletes, true)
+    }
+
+    /// Applies what a watching source saw; a real change is a new version (one per call, so a
+    /// source batches what arrived together). Returns the version.
+    pub fn update(&self, changes: Vec<StoreChange>) -> u64 {
+        let mut inner = self.lock();
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        {
+            // Clones the map only while a reader still holds the previous one.
+            let objects = Arc::make_mut(&mut inner.objects);
+            for change in changes {
+                match change {
+                    StoreChange::Upsert(key, value) => {
+                        if objects.get(&key) != Some(&value) {
+                            upserts.push(value.clone());
+                            objects.insert(key, value);
+                        }
+                    }
+                    StoreChange::Delete(key) => {
+                        if objects.remove(&key).is_some() {
+                            deletes.push(key);
+                        }
+                    }
+                    StoreChange::ReplaceKind(kind, fresh) => {
+                        let gone: Vec<ObjectKey> = objects
+                            .keys()
+                            .filter(|k| k.kind == kind && !fresh.contains_key(k))
+                            .cloned()
+                            .collect();
+                        for key in gone {
+                            objects.remove(&key);
+                            deletes.push(key);
+                        }
+                        for (key, value) in fresh {
+                            if objects.get(&key) != Some(&value) {
+                                upserts.push(value.clone());
+                                objects.insert(key, value);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // An object deleted then re-added in one batch is an upsert, not both.
+        deletes.retain(|k| !upserts.iter().any(|u| ObjectKey::of(u).as_ref() == Some(k)));
+        self.record(inner, upserts, deletes, false)
+    }
+
+    /// Says the source has delivered its first complete state (readiness), even if empty.
+    pub fn mark_loaded(&self) -> u64 {
+        let inner = self.lock();
+        self.record(inner, Vec::new(), Vec::new(), true)
+    }
+
+    fn record(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        upserts: Vec<Value>,
+        deletes: Vec<ObjectKey>,
+        now_loaded: bool,
+    ) -> u64 {
+        let first_load = now_loaded && !inner.loaded;
+        if upserts.is_empty() && deletes.is_empty() && !first_load {
             return inner.version;
         }
-        inner.loaded = true;
+        inner.loaded |= now_loaded;
         inner.version += 1;
         let version = inner.version;
         inner.history.push_back(Change {
@@ -103,7 +180,6 @@ impl Store {
         while inner.history.len() > HISTORY {
             inner.history.pop_front();
         }
-        inner.objects = Arc::new(objects);
         drop(inner);
         self.changed.send_replace(version);
         version

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use podwall_control::auth::token_review::TokenReviewer;
 use podwall_control::auth::{Authenticator, StaticTokens, TrustClaimed};
 use podwall_control::server::{Server, ServerMetrics};
+use podwall_control::status::SidecarEvidence;
 use podwall_control::store::Store;
 
 /// The control plane's jobs.
@@ -21,8 +23,9 @@ pub(crate) enum ControlCommand {
 /// `control run` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
-    /// Where the cluster state comes from: `dir:PATH` (YAML files and directories, watched).
-    #[arg(long, value_name = "dir:PATH")]
+    /// Where the cluster state comes from: `kube` (the API server: in-cluster config, else
+    /// KUBECONFIG / ~/.kube/config), or `dir:PATH` (YAML files and directories, watched).
+    #[arg(long, value_name = "kube|dir:PATH")]
     source: String,
     /// Where sidecars connect.
     #[arg(long, default_value = "0.0.0.0:15010")]
@@ -34,6 +37,13 @@ pub(crate) struct RunArgs {
         conflicts_with = "insecure_trust_claimed_pod"
     )]
     tokens: Option<PathBuf>,
+    /// Check sidecars' projected service-account tokens with TokenReview (the default with
+    /// `--source kube`); the token must be bound to the pod asked for.
+    #[arg(long, conflicts_with_all = ["tokens", "insecure_trust_claimed_pod"])]
+    token_review: bool,
+    /// The audience sidecar tokens must be minted for.
+    #[arg(long, default_value = podwall_control::auth::token_review::AUDIENCE)]
+    token_audience: String,
     /// Give every sidecar the pod it names, without a token (local use only).
     #[arg(long)]
     insecure_trust_claimed_pod: bool,
@@ -48,17 +58,37 @@ pub(crate) fn run(cmd: ControlCommand) -> ExitCode {
     }
 }
 
+/// Where the state comes from.
+enum Source {
+    Kube,
+    Dir(PathBuf),
+}
+
+/// How sidecars are checked, before a client exists.
+enum AuthChoice {
+    Ready(Box<dyn Authenticator>),
+    TokenReview,
+}
+
 fn run_control(args: RunArgs) -> ExitCode {
     crate::cli::logging::init();
-    let Some(dir) = args.source.strip_prefix("dir:").map(PathBuf::from) else {
+    let source = if args.source == "kube" {
+        Source::Kube
+    } else if let Some(dir) = args.source.strip_prefix("dir:") {
+        Source::Dir(PathBuf::from(dir))
+    } else {
         eprintln!(
-            "podwall: --source {:?}: expected dir:PATH (the API-server source is not built yet)",
+            "podwall: --source {:?}: expected kube or dir:PATH",
             args.source
         );
         return ExitCode::from(2);
     };
-    let auth: Box<dyn Authenticator> = match (&args.tokens, args.insecure_trust_claimed_pod) {
-        (Some(path), _) => {
+    let auth = match (
+        &args.tokens,
+        args.insecure_trust_claimed_pod,
+        args.token_review,
+    ) {
+        (Some(path), _, _) => {
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) => {
@@ -67,17 +97,19 @@ fn run_control(args: RunArgs) -> ExitCode {
                 }
             };
             match StaticTokens::parse(&text) {
-                Ok(t) => Box::new(t),
+                Ok(t) => AuthChoice::Ready(Box::new(t)),
                 Err(e) => {
                     eprintln!("podwall: --tokens {}: {e}", path.display());
                     return ExitCode::from(2);
                 }
             }
         }
-        (None, true) => Box::new(TrustClaimed),
-        (None, false) => {
+        (None, true, _) => AuthChoice::Ready(Box::new(TrustClaimed)),
+        (None, false, true) => AuthChoice::TokenReview,
+        (None, false, false) if matches!(source, Source::Kube) => AuthChoice::TokenReview,
+        (None, false, false) => {
             eprintln!(
-                "podwall: say how sidecars prove their pod: --tokens FILE, or --insecure-trust-claimed-pod for local use"
+                "podwall: say how sidecars prove their pod: --tokens FILE, --token-review, or --insecure-trust-claimed-pod for local use"
             );
             return ExitCode::from(2);
         }
@@ -95,6 +127,29 @@ fn run_control(args: RunArgs) -> ExitCode {
     };
     let result: Result<(), String> = runtime.block_on(async move {
         let store = Arc::new(Store::new());
+        let metrics = ServerMetrics::new();
+        let needs_client =
+            matches!(source, Source::Kube) || matches!(auth, AuthChoice::TokenReview);
+        let client = if needs_client {
+            Some(
+                kube::Client::try_default()
+                    .await
+                    .map_err(|e| format!("cannot reach the API server: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let auth: Box<dyn Authenticator> = match (auth, &client) {
+            (AuthChoice::Ready(a), _) => a,
+            (AuthChoice::TokenReview, Some(c)) => Box::new(TokenReviewer::new(
+                c.clone(),
+                store.clone(),
+                &args.token_audience,
+            )),
+            (AuthChoice::TokenReview, None) => {
+                return Err("--token-review needs the API server".into());
+            }
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -105,15 +160,35 @@ fn run_control(args: RunArgs) -> ExitCode {
             epoch = store.epoch(),
             "control plane serving feeds"
         );
-        tokio::spawn(podwall_control::source::dir_objects::feed(
-            vec![dir],
-            args.poll_interval,
+        let evidence = match (&source, client) {
+            (Source::Dir(dir), _) => {
+                tokio::spawn(podwall_control::source::dir_objects::feed(
+                    vec![dir.clone()],
+                    args.poll_interval,
+                    store.clone(),
+                ));
+                SidecarEvidence::Annotation
+            }
+            (Source::Kube, Some(client)) => {
+                tokio::spawn(podwall_control::source::kube::feed(
+                    client,
+                    podwall_control::source::kube::watched_kinds(),
+                    store.clone(),
+                    metrics.clone(),
+                ));
+                SidecarEvidence::Container
+            }
+            (Source::Kube, None) => return Err("no API-server client".into()),
+        };
+        tokio::spawn(podwall_control::status::watch(
             store.clone(),
+            metrics.clone(),
+            evidence,
         ));
         let server = Arc::new(Server {
             store,
             auth,
-            metrics: ServerMetrics::new(),
+            metrics,
         });
         tokio::select! {
             _ = server.serve(listener) => {}

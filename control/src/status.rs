@@ -1,0 +1,181 @@
+//! What operators must know: pods that policies select but that run without the sidecar. Their
+//! policies are not enforced (the CNI does not, and no sidecar does), so every such pod is a
+//! warning in the log, once per pod and policy set, and counted in metrics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use podwall_policy::feed::ObjectSet;
+use podwall_policy::{Engine, Loader, Origin};
+use serde_json::Value;
+
+use crate::server::ServerMetrics;
+use crate::store::Store;
+
+/// The annotation that asks for the sidecar.
+pub const INJECT_ANNOTATION: &str = "podwall.io/inject";
+/// The sidecar container's name (a native sidecar in `initContainers`, or a container).
+pub const SIDECAR_CONTAINER: &str = "podwall-proxy";
+
+/// How the control plane tells a pod has its sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarEvidence {
+    /// The pod runs the `podwall-proxy` container (a cluster: what was really injected).
+    Container,
+    /// The pod asks for it with `podwall.io/inject: enabled` (the sandbox injects by it).
+    Annotation,
+}
+
+/// Pods a policy selects that run without the sidecar, with the policies that select them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Protection {
+    /// Pods running the sidecar.
+    pub protected: usize,
+    /// `namespace/name` -> the policies (`Kind namespace/name`) selecting it.
+    pub unprotected: BTreeMap<String, Vec<String>>,
+}
+
+fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
+    match evidence {
+        SidecarEvidence::Annotation => {
+            pod["metadata"]["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
+        }
+        SidecarEvidence::Container => ["containers", "initContainers"].iter().any(|list| {
+            pod["spec"][list]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["name"] == SIDECAR_CONTAINER))
+        }),
+    }
+}
+
+/// Works out which selected pods are unprotected.
+pub fn protection(objects: &ObjectSet, evidence: SidecarEvidence) -> Protection {
+    let mut with_sidecar = BTreeSet::new();
+    let mut loader = Loader::new();
+    for (key, object) in objects {
+        if key.kind == "Pod" && has_sidecar(object, evidence) {
+            with_sidecar.insert(format!("{}/{}", key.namespace, key.name));
+        }
+        loader.add_object(
+            Origin {
+                source: "store".into(),
+                line: 0,
+                item: None,
+            },
+            object.clone(),
+        );
+    }
+    let (state, _) = loader.finish();
+    let engine = Engine::compile(state);
+    let mut out = Protection::default();
+    for id in engine.state().pod_ids() {
+        let key = engine.state().pod(id).key();
+        if with_sidecar.contains(&key) {
+            out.protected += 1;
+            continue;
+        }
+        let selecting = engine.policies_selecting(id);
+        if !selecting.is_empty() {
+            out.unprotected.insert(
+                key,
+                selecting
+                    .into_iter()
+                    .map(|p| engine.state().policy(p).name.to_string())
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Recomputes after every change (at most once a second) until the process ends.
+pub async fn watch(store: Arc<Store>, metrics: Arc<ServerMetrics>, evidence: SidecarEvidence) {
+    let mut changed = store.subscribe();
+    let mut warned: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    loop {
+        if store.loaded() {
+            let (_, objects) = store.current();
+            let report = tokio::task::spawn_blocking(move || protection(&objects, evidence)).await;
+            match report {
+                Ok(report) => {
+                    metrics.protected_pods.set(report.protected as i64);
+                    metrics
+                        .unprotected_pods
+                        .set(report.unprotected.len() as i64);
+                    for (pod, policies) in &report.unprotected {
+                        if warned.get(pod) != Some(policies) {
+                            tracing::warn!(
+                                pod,
+                                policies = policies.join(", "),
+                                "pod is selected by policies but runs without the podwall sidecar: they are NOT enforced for it (annotate it {INJECT_ANNOTATION}: enabled and restart it)"
+                            );
+                        }
+                    }
+                    warned = report.unprotected;
+                }
+                Err(e) => tracing::error!(error = %e, "protection report failed"),
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        changed.borrow_and_update();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podwall_policy::feed::ObjectKey;
+    use serde_json::json;
+
+    fn set(objs: &[Value]) -> ObjectSet {
+        objs.iter()
+            .map(|o| (ObjectKey::of(o).expect("key"), o.clone()))
+            .collect()
+    }
+
+    fn pod(name: &str, app: &str, sidecar: bool, annotated: bool) -> Value {
+        let mut containers = vec![json!({"name": "app"})];
+        if sidecar {
+            containers.push(json!({"name": SIDECAR_CONTAINER}));
+        }
+        let annotations = if annotated {
+            json!({INJECT_ANNOTATION: "enabled"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "prod", "labels": {"app": app}, "annotations": annotations},
+            "spec": {"containers": containers},
+            "status": {"phase": "Running", "podIP": format!("10.0.0.{}", name.len())}})
+    }
+
+    #[test]
+    fn pods_selected_by_a_policy_without_the_sidecar_are_reported_with_the_policies() {
+        let objects = set(&[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
+            pod("db", "db", true, true),
+            pod("cache", "db", false, true),
+            pod("web", "web", false, false),
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "db-ingress", "namespace": "prod"},
+                "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}}),
+        ]);
+        let by_container = protection(&objects, SidecarEvidence::Container);
+        assert_eq!(by_container.protected, 1);
+        assert_eq!(
+            by_container.unprotected,
+            BTreeMap::from([(
+                "prod/cache".to_string(),
+                vec!["NetworkPolicy prod/db-ingress".to_string()]
+            )]),
+            "web is selected by nothing, so it is not reported"
+        );
+        let by_annotation = protection(&objects, SidecarEvidence::Annotation);
+        assert_eq!(by_annotation.protected, 2);
+        assert!(by_annotation.unprotected.is_empty());
+    }
+}

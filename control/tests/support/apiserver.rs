@@ -1,0 +1,522 @@
+//! An in-process API server speaking the real list/watch protocol over HTTP with real
+//! Kubernetes JSON: lists with `resourceVersion` and `limit`/`continue` pages, watches from a
+//! resourceVersion as chunked JSON lines (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` when the
+//! client allows them, `ERROR` with a `410 Expired` Status once the history it asks for is
+//! compacted), `404` with a Status for resources it does not serve (an absent CRD). Tests drive
+//! it: create, replace, delete, send bookmarks, compact history, cut every watch.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+/// A resource the server serves.
+#[derive(Clone, Debug)]
+struct Resource {
+    api_version: String,
+    kind: String,
+    namespaced: bool,
+}
+
+#[derive(Clone, Debug)]
+struct StoredEvent {
+    rv: u64,
+    path: String,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// By collection path, then (namespace, name).
+    objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
+    resources: BTreeMap<String, Resource>,
+    events: Vec<StoredEvent>,
+    /// Watches from a resourceVersion below this get 410.
+    compacted_below: u64,
+    /// Requests served, as `list PATH` / `watch PATH rv=N`.
+    log: Vec<String>,
+    /// TokenReview answers: token -> (username, bound pod name, audiences).
+    tokens: BTreeMap<String, (String, Option<String>, Vec<String>)>,
+}
+
+/// The server; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct FakeApiServer {
+    state: Arc<Mutex<State>>,
+    /// Bumped on every change, bookmark request or cut.
+    tick: Arc<watch::Sender<Tick>>,
+    pub(crate) addr: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Tick {
+    seq: u64,
+    cut: u64,
+    bookmark: u64,
+}
+
+fn collection_path(api_version: &str, plural: &str) -> String {
+    if api_version.contains('/') {
+        format!("/apis/{api_version}/{plural}")
+    } else {
+        format!("/api/{api_version}/{plural}")
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code})
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(code: u16, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())).boxed())
+        .expect("response")
+}
+
+impl FakeApiServer {
+    /// Starts serving on 127.0.0.1.
+    pub(crate) async fn start() -> FakeApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = FakeApiServer {
+            state: Arc::new(Mutex::new(State {
+                rv: 100,
+                ..State::default()
+            })),
+            tick: Arc::new(watch::channel(Tick::default()).0),
+            addr,
+        };
+        let s = server.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(s.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    /// The URL a kube client uses.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut Tick)) {
+        self.tick.send_modify(|t| {
+            t.seq += 1;
+            f(t)
+        });
+    }
+
+    /// Serves a resource (a built-in kind, or a CRD once "installed").
+    pub(crate) fn serve(&self, api_version: &str, kind: &str, plural: &str, namespaced: bool) {
+        let path = collection_path(api_version, plural);
+        let mut st = self.lock();
+        st.resources.insert(
+            path.clone(),
+            Resource {
+                api_version: api_version.into(),
+                kind: kind.into(),
+                namespaced,
+            },
+        );
+        st.objects.entry(path).or_default();
+    }
+
+    /// The built-in kinds podwall watches.
+    pub(crate) fn serve_builtins(&self) {
+        self.serve("v1", "Namespace", "namespaces", false);
+        self.serve("v1", "Pod", "pods", true);
+        self.serve("v1", "Service", "services", true);
+        self.serve(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+        );
+        self.serve(
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+        );
+    }
+
+    fn path_of(st: &State, object: &Value) -> String {
+        let av = object["apiVersion"].as_str().expect("apiVersion");
+        let kind = object["kind"].as_str().expect("kind");
+        st.resources
+            .iter()
+            .find(|(_, r)| r.api_version == av && r.kind == kind)
+            .map(|(p, _)| p.clone())
+            .unwrap_or_else(|| panic!("{av} {kind} is not served"))
+    }
+
+    /// Creates or replaces an object (as `kubectl apply` would); returns its resourceVersion.
+    pub(crate) fn apply(&self, mut object: Value) -> u64 {
+        let rv = {
+            let mut st = self.lock();
+            let path = Self::path_of(&st, &object);
+            st.rv += 1;
+            let rv = st.rv;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let key = (
+                object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                object["metadata"]["name"]
+                    .as_str()
+                    .expect("name")
+                    .to_string(),
+            );
+            let existed = st
+                .objects
+                .get_mut(&path)
+                .expect("served")
+                .insert(key, object.clone())
+                .is_some();
+            st.events.push(StoredEvent {
+                rv,
+                path,
+                kind: if existed { "MODIFIED" } else { "ADDED" },
+                object,
+            });
+            rv
+        };
+        self.bump(|_| {});
+        rv
+    }
+
+    /// Deletes an object.
+    pub(crate) fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
+        {
+            let mut st = self.lock();
+            let probe = json!({"apiVersion": api_version, "kind": kind});
+            let path = Self::path_of(&st, &probe);
+            st.rv += 1;
+            let rv = st.rv;
+            let mut object = st
+                .objects
+                .get_mut(&path)
+                .expect("served")
+                .remove(&(namespace.to_string(), name.to_string()))
+                .expect("the object exists");
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            st.events.push(StoredEvent {
+                rv,
+                path,
+                kind: "DELETED",
+                object,
+            });
+        }
+        self.bump(|_| {});
+    }
+
+    /// Deletes an object while no watch sees it, and the history with it (a control plane that
+    /// was disconnected past the API server's compaction): only a relist can tell.
+    pub(crate) fn delete_unseen(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
+        {
+            let mut st = self.lock();
+            let probe = json!({"apiVersion": api_version, "kind": kind});
+            let path = Self::path_of(&st, &probe);
+            st.rv += 1;
+            st.objects
+                .get_mut(&path)
+                .expect("served")
+                .remove(&(namespace.to_string(), name.to_string()))
+                .expect("the object exists");
+            st.compacted_below = st.rv + 1;
+            st.events.clear();
+        }
+        self.cut_watches();
+    }
+
+    /// Forgets the change history: a watch resuming from before now gets `410 Gone`.
+    pub(crate) fn compact(&self) {
+        let mut st = self.lock();
+        st.compacted_below = st.rv + 1;
+        st.events.clear();
+    }
+
+    /// Ends every open watch (as an API server restart or a watch timeout would).
+    pub(crate) fn cut_watches(&self) {
+        self.bump(|t| t.cut += 1);
+    }
+
+    /// Sends a bookmark with the current resourceVersion on every watch that allows them.
+    pub(crate) fn bookmark(&self) {
+        self.bump(|t| t.bookmark += 1);
+    }
+
+    /// The requests served so far.
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.lock().log.clone()
+    }
+
+    /// The current resourceVersion.
+    pub(crate) fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// Makes TokenReview accept `token` as `username` (bound to `pod`) for `audiences`.
+    pub(crate) fn token(&self, token: &str, username: &str, pod: Option<&str>, audiences: &[&str]) {
+        self.lock().tokens.insert(
+            token.into(),
+            (
+                username.into(),
+                pod.map(str::to_string),
+                audiences.iter().map(|a| a.to_string()).collect(),
+            ),
+        );
+    }
+
+    /// A TokenReview create, answered as the API server does.
+    async fn token_review(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return json_response(400, &status(400, "BadRequest", "unreadable body")),
+        };
+        let review: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return json_response(400, &status(400, "BadRequest", &e.to_string())),
+        };
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let asked: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut st = self.lock();
+        st.log.push("create tokenreviews".into());
+        let status = match st.tokens.get(token) {
+            Some((user, pod, audiences)) if asked.iter().any(|a| audiences.contains(a)) => {
+                let mut extra = json!({});
+                if let Some(p) = pod {
+                    extra["authentication.kubernetes.io/pod-name"] = json!([p]);
+                }
+                json!({"authenticated": true, "audiences": asked,
+                    "user": {"username": user, "uid": "u-1", "groups": ["system:serviceaccounts"], "extra": extra}})
+            }
+            Some(_) => {
+                json!({"authenticated": false, "error": "token audiences is invalid for the target audiences"})
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        let mut out = review.clone();
+        out["status"] = status;
+        json_response(201, &out)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        if req.method() == hyper::Method::POST
+            && path == "/apis/authentication.k8s.io/v1/tokenreviews"
+        {
+            return self.token_review(req).await;
+        }
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let st = self.lock();
+        let Some(resource) = st.resources.get(&path).cloned() else {
+            drop(st);
+            self.lock().log.push(format!("404 {path}"));
+            return json_response(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            );
+        };
+        drop(st);
+        if query.get("watch").map(String::as_str) == Some("true") {
+            self.watch(path, &resource, &query)
+        } else {
+            self.list(path, &resource, &query)
+        }
+    }
+
+    fn list(
+        &self,
+        path: String,
+        resource: &Resource,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
+        let mut st = self.lock();
+        st.log.push(format!("list {path}"));
+        let all: Vec<Value> = st.objects[&path].values().cloned().collect();
+        let start: usize = query
+            .get("continue")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let limit: usize = query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(usize::MAX);
+        let end = start.saturating_add(limit).min(all.len());
+        let mut meta = json!({"resourceVersion": st.rv.to_string()});
+        if end < all.len() {
+            meta["continue"] = json!(end.to_string());
+        }
+        // Real lists leave kind and apiVersion off their items.
+        let items: Vec<Value> = all[start..end]
+            .iter()
+            .map(|o| {
+                let mut o = o.clone();
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("kind");
+                    m.remove("apiVersion");
+                }
+                o
+            })
+            .collect();
+        json_response(
+            200,
+            &json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.api_version,
+                "metadata": meta, "items": items}),
+        )
+    }
+
+    fn watch(
+        &self,
+        path: String,
+        resource: &Resource,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+        let line = |v: Value| Ok(Frame::data(Bytes::from(format!("{v}\n"))));
+        let expired = {
+            let mut st = self.lock();
+            st.log.push(format!("watch {path} rv={from}"));
+            from < st.compacted_below
+        };
+        let server = self.clone();
+        let kind = resource.kind.clone();
+        let api_version = resource.api_version.clone();
+        tokio::spawn(async move {
+            if expired {
+                let _ = tx
+                    .send(line(json!({"type": "ERROR",
+                        "object": status(410, "Expired", &format!("too old resource version: {from}"))})))
+                    .await;
+                return;
+            }
+            let mut ticks = server.tick.subscribe();
+            let start = *ticks.borrow_and_update();
+            let mut sent = from;
+            let mut seen_bookmark = start.bookmark;
+            loop {
+                let pending: Vec<StoredEvent> = {
+                    let st = server.lock();
+                    st.events
+                        .iter()
+                        .filter(|e| e.rv > sent && e.path == path)
+                        .cloned()
+                        .collect()
+                };
+                for e in pending {
+                    sent = e.rv;
+                    if tx
+                        .send(line(json!({"type": e.kind, "object": e.object})))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if ticks.changed().await.is_err() {
+                    return;
+                }
+                let now = *ticks.borrow_and_update();
+                if now.cut != start.cut {
+                    return;
+                }
+                if bookmarks && now.bookmark != seen_bookmark {
+                    seen_bookmark = now.bookmark;
+                    let rv = server.resource_version();
+                    // Everything up to rv for this path is sent once pending is drained above;
+                    // drain again first so the bookmark never overtakes an event.
+                    let pending: Vec<StoredEvent> = {
+                        let st = server.lock();
+                        st.events
+                            .iter()
+                            .filter(|e| e.rv > sent && e.path == path)
+                            .cloned()
+                            .collect()
+                    };
+                    for e in pending {
+                        sent = e.rv;
+                        let _ = tx
+                            .send(line(json!({"type": e.kind, "object": e.object})))
+                            .await;
+                    }
+                    sent = sent.max(rv);
+                    let _ = tx
+                        .send(line(json!({"type": "BOOKMARK", "object": {"kind": kind,
+                            "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}})))
+                        .await;
+                }
+            }
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .expect("response")
+    }
+}

@@ -1,0 +1,3 @@
+//! Test support shared by the control-plane tests.
+
+pub(crate) mod apiserver;
