@@ -2,6 +2,7 @@
 
 pub(crate) mod analyze;
 pub(crate) mod control;
+pub(crate) mod inject;
 pub(crate) mod logging;
 pub(crate) mod proxy;
 pub(crate) mod sandbox;

@@ -29,6 +29,9 @@ enum Command {
     /// A cluster on this machine: network namespaces as pods, the sidecar injected (needs root).
     #[command(subcommand)]
     Sandbox(cli::sandbox::SandboxCommand),
+    /// Add the podwall sidecar to workloads offline, as the webhook would
+    /// (`podwall inject -f deploy.yaml | kubectl apply -f -`).
+    Inject(cli::inject::InjectArgs),
     /// Print the PodwallPolicy CustomResourceDefinition (`podwall crd | kubectl apply -f -`).
     Crd,
 }
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Analyze(cmd) => cli::analyze::run(cmd),
         Command::Control(cmd) => cli::control::run(cmd),
         Command::Proxy(cmd) => cli::proxy::run(cmd),
+        Command::Inject(args) => cli::inject::run(args),
         Command::Sandbox(cmd) => cli::sandbox::run(cmd),
         Command::Crd => {
             print!("{}", podwall_policy::crd::podwall_policy_crd_yaml());

@@ -6,7 +6,9 @@
 //! It must never touch packets.
 
 pub mod auth;
+pub mod inject;
 pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod webhook;

@@ -57,6 +57,8 @@ pub struct ServerMetrics {
     pub unprotected_pods: Gauge,
     /// Pods with a sidecar.
     pub protected_pods: Gauge,
+    /// The injection webhook's counters.
+    pub webhook: Arc<crate::webhook::tls::WebhookMetrics>,
     registry: Registry,
     /// Feeds open now.
     pub feeds_open: Gauge,
@@ -121,6 +123,7 @@ impl ServerMetrics {
             "Pods selected by a policy but running without the podwall sidecar (not enforced)",
             m.unprotected_pods.clone(),
         );
+        m.webhook.register(&mut m.registry);
         m.registry.register(
             "protected_pods",
             "Pods running with the podwall sidecar",

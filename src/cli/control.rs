@@ -12,6 +12,7 @@ use podwall_control::auth::{Authenticator, StaticTokens, TrustClaimed};
 use podwall_control::server::{Server, ServerMetrics};
 use podwall_control::status::SidecarEvidence;
 use podwall_control::store::Store;
+use podwall_control::webhook::tls::{self, ReloadingCert};
 
 /// The control plane's jobs.
 #[derive(Subcommand, Debug)]
@@ -47,6 +48,19 @@ pub(crate) struct RunArgs {
     /// Give every sidecar the pod it names, without a token (local use only).
     #[arg(long)]
     insecure_trust_claimed_pod: bool,
+    /// Serve the sidecar-injection webhook (HTTPS, `POST /inject`) here; needs --webhook-cert
+    /// and --webhook-key.
+    #[arg(long, requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM); re-read when the file changes (rotation).
+    #[arg(long, value_name = "FILE")]
+    webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    webhook_key: Option<PathBuf>,
+    /// What the webhook injects (YAML; see `podwall inject --help`).
+    #[arg(long, value_name = "FILE")]
+    inject_config: Option<PathBuf>,
     /// How often a `dir:` source is checked for changes.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -113,6 +127,28 @@ fn run_control(args: RunArgs) -> ExitCode {
             );
             return ExitCode::from(2);
         }
+    };
+    let webhook = match (&args.webhook_listen, &args.webhook_cert, &args.webhook_key) {
+        (Some(listen), Some(cert), Some(key)) => {
+            let cfg = match &args.inject_config {
+                Some(p) => match crate::cli::inject::read_config(p) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("podwall: --inject-config {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => podwall_control::inject::InjectConfig::default(),
+            };
+            match ReloadingCert::new(cert.clone(), key.clone()) {
+                Ok(c) => Some((*listen, Arc::new(c), Arc::new(cfg))),
+                Err(e) => {
+                    eprintln!("podwall: webhook certificate: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -185,6 +221,14 @@ fn run_control(args: RunArgs) -> ExitCode {
             metrics.clone(),
             evidence,
         ));
+        if let Some((listen, cert, cfg)) = webhook {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen} (webhook): {e}"))?;
+            let acceptor = tls::acceptor(cert).map_err(|e| format!("webhook TLS: {e}"))?;
+            tracing::info!(%listen, image = cfg.image, control_plane = cfg.control_plane, "injection webhook serving");
+            tokio::spawn(tls::serve(listener, acceptor, cfg, metrics.webhook.clone()));
+        }
         let server = Arc::new(Server {
             store,
             auth,

@@ -1,0 +1,533 @@
+//! Sidecar injection: what the admission webhook and `podwall inject` add to a pod template.
+//!
+//! For a pod that asks for it (`podwall.io/inject: enabled`), injection adds:
+//! - the init container `podwall-init` (`podwall proxy init`, NET_ADMIN and NET_RAW only, every
+//!   other capability dropped) that installs the pod's redirect rules;
+//! - the sidecar `podwall-proxy` (`podwall proxy run --policy-source control:ADDR`), as a native
+//!   sidecar (an init container with `restartPolicy: Always`, so it starts before the app and
+//!   stops after it) unless the configuration says the cluster is older than 1.29, else as a
+//!   regular container; it runs as the proxy uid, with its pod name and namespace from the
+//!   downward API, a projected service-account token for audience `podwall`, probes on the admin
+//!   port, and resources from the configuration;
+//! - the annotation `podwall.io/status: injected`, which makes injection idempotent.
+//!
+//! It refuses pods that would defeat enforcement: an app container running as the proxy uid
+//! (its traffic would bypass the sidecar), or with NET_ADMIN or privileged (it could remove the
+//! rules). hostNetwork pods are skipped: they share the node's network and no sidecar can own
+//! their traffic.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// The annotation that asks for the sidecar.
+pub const INJECT_ANNOTATION: &str = crate::status::INJECT_ANNOTATION;
+/// Set on injected pods.
+pub const STATUS_ANNOTATION: &str = "podwall.io/status";
+/// The sidecar container's name.
+pub const SIDECAR: &str = crate::status::SIDECAR_CONTAINER;
+/// The init container's name.
+pub const INIT: &str = "podwall-init";
+const TOKEN_VOLUME: &str = "podwall-token";
+const TOKEN_DIR: &str = "/var/run/secrets/podwall";
+
+/// What injection adds, from configuration (`--inject-config FILE`, YAML; every field optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct InjectConfig {
+    /// The podwall image (one binary for init, sidecar and control plane).
+    pub image: String,
+    /// `IfNotPresent`, `Always`, `Never`.
+    pub image_pull_policy: String,
+    /// Where sidecars reach the control plane's feed (`HOST:PORT`).
+    pub control_plane: String,
+    /// The uid (and gid) the sidecar runs as; never an app's.
+    pub proxy_uid: i64,
+    /// The sidecar's admin port (probes, metrics).
+    pub admin_port: u16,
+    /// Inject as a native sidecar (Kubernetes >= 1.29); false for older clusters.
+    pub native_sidecar: bool,
+    /// Audit mode for every injected pod: would-be denials pass, logged as AUDIT.
+    pub audit: bool,
+    /// Outbound CIDRs the init rules leave alone.
+    pub exclude_outbound_cidrs: Vec<String>,
+    /// Outbound ports the init rules leave alone.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Inbound ports the init rules leave alone.
+    pub exclude_inbound_ports: Vec<u16>,
+    /// The sidecar's `resources` (Kubernetes shape).
+    pub resources: Value,
+    /// The sidecar's log format: `json` or `text`.
+    pub log_format: String,
+    /// The audience of the sidecar's token.
+    pub token_audience: String,
+    /// Lifetime of the sidecar's token (the kubelet renews it).
+    pub token_expiration_seconds: i64,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            image: "ghcr.io/podwall/podwall:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            control_plane: "podwall-control.podwall-system.svc:15010".into(),
+            proxy_uid: 1337,
+            admin_port: 15020,
+            native_sidecar: true,
+            audit: false,
+            exclude_outbound_cidrs: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_inbound_ports: Vec::new(),
+            resources: json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}),
+            log_format: "json".into(),
+            token_audience: crate::auth::token_review::AUDIENCE.into(),
+            token_expiration_seconds: 3600,
+        }
+    }
+}
+
+/// Why a pod must not get the sidecar as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// An app container runs as the proxy's uid: the rules exempt that uid, so its traffic
+    /// would bypass the sidecar.
+    #[error(
+        "container {container:?} runs as uid {uid}, the podwall proxy's uid: its traffic would bypass enforcement (run it as another uid)"
+    )]
+    RunsAsProxyUid {
+        /// The container.
+        container: String,
+        /// The uid.
+        uid: i64,
+    },
+    /// An app container could rewrite the pod's iptables rules.
+    #[error(
+        "container {container:?} has {what}: it could remove podwall's redirect rules (drop it, or do not inject this pod)"
+    )]
+    CanRewriteRules {
+        /// The container.
+        container: String,
+        /// `NET_ADMIN` or `privileged: true`.
+        what: String,
+    },
+    /// The object is not a pod template podwall knows how to find.
+    #[error("{0}")]
+    NotAWorkload(String),
+}
+
+/// What injection did to one pod template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The sidecar was added.
+    Injected,
+    /// Already injected; nothing changed.
+    AlreadyInjected,
+    /// Not injected, and why (logged as a warning when the pod asked for it).
+    Skipped(String),
+}
+
+fn container_names(spec: &Value) -> impl Iterator<Item = &str> {
+    ["containers", "initContainers"]
+        .into_iter()
+        .filter_map(|l| spec.get(l).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+}
+
+/// Whether the pod template's metadata asks for the sidecar.
+pub fn asks_for_sidecar(metadata: &Value) -> bool {
+    metadata["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
+}
+
+fn check_containers(spec: &Value, cfg: &InjectConfig) -> Result<(), InjectError> {
+    let pod_uid = spec["securityContext"]["runAsUser"].as_i64();
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        let Some(containers) = spec.get(list).and_then(Value::as_array) else {
+            continue;
+        };
+        for c in containers {
+            let name = c["name"].as_str().unwrap_or("?").to_string();
+            if name == SIDECAR || name == INIT {
+                continue;
+            }
+            let sc = &c["securityContext"];
+            if let Some(uid) = sc["runAsUser"].as_i64().or(pod_uid)
+                && uid == cfg.proxy_uid
+            {
+                return Err(InjectError::RunsAsProxyUid {
+                    container: name,
+                    uid,
+                });
+            }
+            if sc["privileged"].as_bool() == Some(true) {
+                return Err(InjectError::CanRewriteRules {
+                    container: name,
+                    what: "privileged: true".into(),
+                });
+            }
+            let adds = sc["capabilities"]["add"].as_array();
+            if adds.is_some_and(|a| {
+                a.iter().any(|c| {
+                    matches!(
+                        c.as_str().map(|s| s.trim_start_matches("CAP_")),
+                        Some("NET_ADMIN" | "ALL")
+                    )
+                })
+            }) {
+                return Err(InjectError::CanRewriteRules {
+                    container: name,
+                    what: "the NET_ADMIN capability".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init_container(cfg: &InjectConfig) -> Value {
+    let mut args = vec![
+        "proxy".to_string(),
+        "init".into(),
+        format!("--proxy-uid={}", cfg.proxy_uid),
+        format!("--proxy-gid={}", cfg.proxy_uid),
+        format!("--admin-port={}", cfg.admin_port),
+    ];
+    if !cfg.exclude_outbound_cidrs.is_empty() {
+        args.push(format!(
+            "--exclude-outbound-cidrs={}",
+            cfg.exclude_outbound_cidrs.join(",")
+        ));
+    }
+    let join = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if !cfg.exclude_outbound_ports.is_empty() {
+        args.push(format!(
+            "--exclude-outbound-ports={}",
+            join(&cfg.exclude_outbound_ports)
+        ));
+    }
+    if !cfg.exclude_inbound_ports.is_empty() {
+        args.push(format!(
+            "--exclude-inbound-ports={}",
+            join(&cfg.exclude_inbound_ports)
+        ));
+    }
+    json!({
+        "name": INIT,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "args": args,
+        "securityContext": {
+            "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    })
+}
+
+fn sidecar_container(cfg: &InjectConfig) -> Value {
+    let mut args = vec![
+        "proxy".to_string(),
+        "run".into(),
+        format!("--policy-source=control:{}", cfg.control_plane),
+        format!("--token-file={TOKEN_DIR}/token"),
+        format!("--admin-port={}", cfg.admin_port),
+    ];
+    if cfg.audit {
+        args.push("--audit".into());
+    }
+    let probe = |path: &str| json!({"httpGet": {"path": path, "port": cfg.admin_port}, "periodSeconds": 5, "failureThreshold": 3});
+    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let mut env = vec![];
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let mut e = field(path);
+        e["name"] = json!(name);
+        env.push(e);
+    }
+    env.push(json!({"name": "PODWALL_LOG_FORMAT", "value": cfg.log_format}));
+    json!({
+        "name": SIDECAR,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "args": args,
+        "env": env,
+        "ports": [{"name": "podwall-admin", "containerPort": cfg.admin_port, "protocol": "TCP"}],
+        // The sidecar holds no policy until its feed answers: it must be ready before the app
+        // sends anything, and the startup probe keeps the app waiting until then.
+        "startupProbe": {"httpGet": {"path": "/ready", "port": cfg.admin_port}, "periodSeconds": 1, "failureThreshold": 120},
+        "readinessProbe": probe("/ready"),
+        "livenessProbe": probe("/live"),
+        "resources": cfg.resources,
+        "securityContext": {
+            "runAsUser": cfg.proxy_uid, "runAsGroup": cfg.proxy_uid, "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            // NET_ADMIN: transparent DNS reply sockets; NET_BIND_SERVICE: answering from port 53.
+            "capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
+    })
+}
+
+fn push(spec: &mut Map<String, Value>, list: &str, item: Value, front: bool) {
+    let entry = spec
+        .entry(list.to_string())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !entry.is_array() {
+        *entry = Value::Array(Vec::new());
+    }
+    if let Value::Array(a) = entry {
+        if front {
+            a.insert(0, item);
+        } else {
+            a.push(item);
+        }
+    }
+}
+
+/// Injects into one pod template (`metadata` and `spec`), whether or not it asks for it.
+pub fn inject_template(
+    metadata: &mut Value,
+    spec: &mut Value,
+    cfg: &InjectConfig,
+) -> Result<Outcome, InjectError> {
+    if metadata["annotations"][STATUS_ANNOTATION].as_str() == Some("injected")
+        || container_names(spec).any(|n| n == SIDECAR)
+    {
+        return Ok(Outcome::AlreadyInjected);
+    }
+    if spec["hostNetwork"].as_bool() == Some(true) {
+        return Ok(Outcome::Skipped(
+            "hostNetwork pods share the node's network: no sidecar can own their traffic, so podwall cannot protect them".into(),
+        ));
+    }
+    check_containers(spec, cfg)?;
+    let Some(spec_map) = spec.as_object_mut() else {
+        return Err(InjectError::NotAWorkload("spec is not an object".into()));
+    };
+    // Order: the rules first, then the sidecar (ready before anything else starts), then the
+    // app's own init containers, whose traffic is then already enforced.
+    if cfg.native_sidecar {
+        let mut sidecar = sidecar_container(cfg);
+        sidecar["restartPolicy"] = json!("Always");
+        push(spec_map, "initContainers", sidecar, true);
+    } else {
+        push(spec_map, "containers", sidecar_container(cfg), false);
+    }
+    push(spec_map, "initContainers", init_container(cfg), true);
+    push(
+        spec_map,
+        "volumes",
+        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": cfg.token_audience, "expirationSeconds": cfg.token_expiration_seconds, "path": "token"}}]}}),
+        false,
+    );
+    let Some(meta) = metadata.as_object_mut() else {
+        return Err(InjectError::NotAWorkload(
+            "metadata is not an object".into(),
+        ));
+    };
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !annotations.is_object() {
+        *annotations = Value::Object(Map::new());
+    }
+    annotations[STATUS_ANNOTATION] = json!("injected");
+    // Kubelet's probes come from the node, which policy always allows: no probe rewriting.
+    Ok(Outcome::Injected)
+}
+
+/// Where a kind keeps its pod template: the JSON pointer of the template's object (whose
+/// `metadata` and `spec` are the pod's), or `None` for kinds without one.
+pub fn template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some("/spec/template"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+/// Injects into a workload object (offline, `podwall inject`): every kind with a pod template,
+/// unless its pod template says `podwall.io/inject: disabled`. Other kinds pass unchanged.
+pub fn inject_object(object: &mut Value, cfg: &InjectConfig) -> Result<Outcome, InjectError> {
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    let Some(pointer) = template_pointer(&kind) else {
+        return Ok(Outcome::Skipped(format!("{kind} has no pod template")));
+    };
+    let Some(template) = object.pointer_mut(pointer) else {
+        return Err(InjectError::NotAWorkload(format!(
+            "{kind} without {pointer}"
+        )));
+    };
+    let Some(t) = template.as_object_mut() else {
+        return Err(InjectError::NotAWorkload(format!(
+            "{kind}: {pointer} is not an object"
+        )));
+    };
+    let mut metadata = t.remove("metadata").unwrap_or_else(|| json!({}));
+    let mut spec = t.remove("spec").unwrap_or_else(|| json!({}));
+    let outcome = if metadata["annotations"][INJECT_ANNOTATION].as_str() == Some("disabled") {
+        Ok(Outcome::Skipped(format!(
+            "its pod template says {INJECT_ANNOTATION}: disabled"
+        )))
+    } else {
+        inject_template(&mut metadata, &mut spec, cfg)
+    };
+    if matches!(outcome, Ok(Outcome::Injected))
+        && let Some(a) = metadata.get_mut("annotations")
+    {
+        // So that the webhook, if installed too, sees a pod that asked and got it.
+        a[INJECT_ANNOTATION] = json!("enabled");
+    }
+    t.insert("metadata".into(), metadata);
+    t.insert("spec".into(), spec);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(extra_spec: Value) -> Value {
+        let mut spec = json!({"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 80}]}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "prod", "annotations": {INJECT_ANNOTATION: "enabled"}},
+            "spec": spec})
+    }
+
+    #[test]
+    fn a_pod_gets_the_init_rules_and_a_native_sidecar_once() {
+        let cfg = InjectConfig::default();
+        let mut p = pod(json!({"initContainers": [{"name": "migrate", "image": "tool"}]}));
+        assert_eq!(inject_object(&mut p, &cfg), Ok(Outcome::Injected));
+        let inits: Vec<&str> = p["spec"]["initContainers"]
+            .as_array()
+            .expect("inits")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(
+            inits,
+            [INIT, SIDECAR, "migrate"],
+            "rules, then the proxy, then the app's own"
+        );
+        let sidecar = &p["spec"]["initContainers"][1];
+        assert_eq!(sidecar["restartPolicy"], "Always");
+        assert_eq!(sidecar["securityContext"]["runAsUser"], 1337);
+        assert_eq!(
+            p["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert!(sidecar["args"].as_array().expect("args").contains(&json!(
+            "--policy-source=control:podwall-control.podwall-system.svc:15010"
+        )));
+        assert_eq!(
+            sidecar["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            p["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            "podwall"
+        );
+        assert_eq!(p["metadata"]["annotations"][STATUS_ANNOTATION], "injected");
+        let once = p.clone();
+        assert_eq!(inject_object(&mut p, &cfg), Ok(Outcome::AlreadyInjected));
+        assert_eq!(p, once, "idempotent");
+    }
+
+    #[test]
+    fn without_native_sidecars_the_proxy_is_a_regular_container() {
+        let cfg = InjectConfig {
+            native_sidecar: false,
+            ..InjectConfig::default()
+        };
+        let mut p = pod(json!({}));
+        assert_eq!(inject_object(&mut p, &cfg), Ok(Outcome::Injected));
+        assert_eq!(p["spec"]["containers"][1]["name"], SIDECAR);
+        assert!(p["spec"]["containers"][1].get("restartPolicy").is_none());
+        assert_eq!(p["spec"]["initContainers"][0]["name"], INIT);
+    }
+
+    #[test]
+    fn pods_that_would_defeat_enforcement_are_refused_and_host_network_skipped() {
+        let cfg = InjectConfig::default();
+        let mut as_proxy = pod(json!({"securityContext": {"runAsUser": 1337}}));
+        assert!(matches!(
+            inject_object(&mut as_proxy, &cfg),
+            Err(InjectError::RunsAsProxyUid { uid: 1337, .. })
+        ));
+        let mut net_admin = pod(json!({}));
+        net_admin["spec"]["containers"][0]["securityContext"] =
+            json!({"capabilities": {"add": ["NET_ADMIN"]}});
+        let err = inject_object(&mut net_admin, &cfg).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("\"app\" has the NET_ADMIN capability"),
+            "{err}"
+        );
+        let mut privileged = pod(json!({}));
+        privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+        assert!(inject_object(&mut privileged, &cfg).is_err());
+        let mut host = pod(json!({"hostNetwork": true}));
+        assert!(matches!(
+            inject_object(&mut host, &cfg),
+            Ok(Outcome::Skipped(why)) if why.contains("hostNetwork")
+        ));
+        assert!(
+            host["spec"].get("initContainers").is_none(),
+            "left unchanged"
+        );
+    }
+
+    #[test]
+    fn every_workload_kind_has_its_template_injected() {
+        let cfg = InjectConfig::default();
+        let template = json!({"metadata": {"labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "app", "image": "x"}]}});
+        for (kind, pointer) in [
+            ("Deployment", "/spec/template"),
+            ("StatefulSet", "/spec/template"),
+            ("DaemonSet", "/spec/template"),
+            ("ReplicaSet", "/spec/template"),
+            ("Job", "/spec/template"),
+            ("CronJob", "/spec/jobTemplate/spec/template"),
+        ] {
+            let mut o = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "x"}});
+            let mut spec = json!({"template": template.clone()});
+            if kind == "CronJob" {
+                spec = json!({"schedule": "* * * * *", "jobTemplate": {"spec": spec}});
+            }
+            o["spec"] = spec;
+            assert_eq!(inject_object(&mut o, &cfg), Ok(Outcome::Injected), "{kind}");
+            let t = o.pointer(pointer).expect("template");
+            assert_eq!(t["spec"]["initContainers"][1]["name"], SIDECAR, "{kind}");
+            assert_eq!(t["metadata"]["annotations"][INJECT_ANNOTATION], "enabled");
+        }
+        let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let before = cm.clone();
+        assert!(matches!(
+            inject_object(&mut cm, &cfg),
+            Ok(Outcome::Skipped(_))
+        ));
+        assert_eq!(cm, before);
+    }
+}

@@ -1,0 +1,137 @@
+//! `podwall inject`: the webhook's injection, offline, for `podwall inject -f d.yaml | kubectl
+//! apply -f -`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use podwall_control::inject::{InjectConfig, Outcome, inject_object};
+
+/// `inject` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct InjectArgs {
+    /// Workloads to inject (Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs,
+    /// CronJobs; files, directories, or `-` for stdin). Every pod template is injected unless it
+    /// says `podwall.io/inject: disabled`; other objects pass through unchanged.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Injection settings (YAML, the webhook's `--inject-config`): image, controlPlane,
+    /// proxyUid, nativeSidecar, audit, exclusions, resources, logFormat.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The podwall image (overrides the config).
+    #[arg(long)]
+    image: Option<String>,
+    /// Where sidecars reach the control plane, HOST:PORT (overrides the config).
+    #[arg(long)]
+    control_plane: Option<String>,
+    /// Inject the sidecar as a regular container (clusters older than Kubernetes 1.29).
+    #[arg(long)]
+    no_native_sidecar: bool,
+    /// Inject in audit mode: would-be denials pass, logged as AUDIT.
+    #[arg(long)]
+    audit: bool,
+}
+
+/// Reads an injection config file.
+pub(crate) fn read_config(path: &Path) -> Result<InjectConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub(crate) fn run(args: InjectArgs) -> ExitCode {
+    let mut cfg = match &args.config {
+        Some(p) => match read_config(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("podwall: --config {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => InjectConfig::default(),
+    };
+    if let Some(i) = args.image {
+        cfg.image = i;
+    }
+    if let Some(c) = args.control_plane {
+        cfg.control_plane = c;
+    }
+    cfg.native_sidecar &= !args.no_native_sidecar;
+    cfg.audit |= args.audit;
+    let files = match podwall_control::source::read_paths(&args.files) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("podwall: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = Vec::new();
+    let mut refused = 0;
+    for file in files {
+        let docs = match podwall_policy::documents(&file.name, &file.text) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("podwall: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        for (origin, mut doc) in docs {
+            if doc.is_null() {
+                continue; // an empty document (`---` at the top)
+            }
+            let what = format!(
+                "{} {}",
+                doc["kind"].as_str().unwrap_or("object"),
+                doc["metadata"]["name"].as_str().unwrap_or("?")
+            );
+            match inject_object(&mut doc, &cfg) {
+                Ok(Outcome::Injected) => eprintln!("{origin}: {what}: sidecar injected"),
+                Ok(Outcome::AlreadyInjected) => {
+                    eprintln!("{origin}: {what}: already injected, unchanged")
+                }
+                Ok(Outcome::Skipped(why)) => {
+                    if podwall_control::inject::template_pointer(
+                        doc["kind"].as_str().unwrap_or_default(),
+                    )
+                    .is_some()
+                    {
+                        eprintln!("{origin}: warning: {what}: not injected: {why}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{origin}: error: {what}: {e}");
+                    refused += 1;
+                }
+            }
+            out.push(doc);
+        }
+    }
+    if refused > 0 {
+        // Nothing is printed: half a set of workloads applied is worse than none.
+        eprintln!("podwall: {refused} object(s) refused; nothing written");
+        return ExitCode::from(1);
+    }
+    let mut text = String::new();
+    for doc in out {
+        match serde_saphyr::to_string(&doc) {
+            Ok(y) => {
+                text.push_str("---\n");
+                text.push_str(&y);
+            }
+            Err(e) => {
+                eprintln!("podwall: cannot write YAML: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): not our failure to report.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podwall: cannot write: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `podwall inject` against every workload kind, as operators pipe it into `kubectl apply`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/inject");
+
+fn podwall(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_podwall"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run podwall");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    podwall_policy::documents("out", yaml)
+        .expect("the output is YAML")
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn template(doc: &Value) -> &Value {
+    let pointer = match doc["kind"].as_str() {
+        Some("Pod") => "",
+        Some("CronJob") => "/spec/jobTemplate/spec/template",
+        _ => "/spec/template",
+    };
+    doc.pointer(pointer).expect("a pod template")
+}
+
+fn container_names(spec: &Value, list: &str) -> Vec<String> {
+    spec[list]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_workload_kind_gets_the_sidecar_and_the_output_is_stable_under_reinjection() {
+    let file = format!("{FIXTURES}/workloads.yaml");
+    let (code, out, err) = podwall(&["inject", "-f", &file], None);
+    assert_eq!(code, 0, "{err}");
+    let out_docs = docs(&out);
+    let in_docs = docs(&std::fs::read_to_string(&file).expect("fixture"));
+    assert_eq!(out_docs.len(), in_docs.len(), "nothing lost or added");
+    let mut injected = Vec::new();
+    for (doc, original) in out_docs.iter().zip(&in_docs) {
+        let name = doc["metadata"]["name"].as_str().expect("name");
+        match (doc["kind"].as_str().expect("kind"), name) {
+            ("Service", _) => assert_eq!(doc, original, "non-workloads pass unchanged"),
+            (_, "node-exporter" | "legacy") => {
+                assert_eq!(doc, original, "{name}: left alone");
+                assert!(err.contains(&format!("{name}: not injected")), "{err}");
+            }
+            (kind, _) => {
+                let t = template(doc);
+                let inits = container_names(&t["spec"], "initContainers");
+                assert_eq!(
+                    inits[..2],
+                    ["podwall-init", "podwall-proxy"],
+                    "{kind} {name}"
+                );
+                assert_eq!(
+                    container_names(&t["spec"], "containers"),
+                    container_names(&template(original)["spec"], "containers"),
+                    "{kind} {name}: the app's containers are untouched"
+                );
+                assert_eq!(
+                    t["metadata"]["annotations"]["podwall.io/status"],
+                    "injected"
+                );
+                if name == "db" {
+                    assert_eq!(
+                        inits[2], "init-schema",
+                        "the app's init containers run after"
+                    );
+                }
+                injected.push(kind.to_string());
+            }
+        }
+    }
+    injected.sort();
+    assert_eq!(
+        injected,
+        [
+            "CronJob",
+            "DaemonSet",
+            "Deployment",
+            "Job",
+            "Pod",
+            "StatefulSet"
+        ]
+    );
+    // Injecting the output again changes nothing.
+    let (code, again, err) = podwall(&["inject", "-f", "-"], Some(&out));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(docs(&again), out_docs);
+}
+
+#[test]
+fn a_workload_that_would_defeat_enforcement_fails_the_whole_run_with_the_reason() {
+    let file = format!("{FIXTURES}/refused.yaml");
+    let (code, out, err) = podwall(&["inject", "-f", &file], None);
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "nothing half-applied: {out}");
+    assert!(
+        err.contains("Deployment vpn: container \"wireguard\" has the NET_ADMIN capability"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_native_sidecars_the_proxy_joins_the_containers_with_the_configured_image() {
+    let file = format!("{FIXTURES}/workloads.yaml");
+    let (code, out, err) = podwall(
+        &[
+            "inject",
+            "-f",
+            &file,
+            "--no-native-sidecar",
+            "--image",
+            "registry.local/podwall:dev",
+            "--control-plane",
+            "podwall.example:15010",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let web = docs(&out)
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "web" && d["kind"] == "Deployment")
+        .expect("web");
+    let spec = &template(&web)["spec"];
+    assert_eq!(
+        container_names(spec, "containers"),
+        ["app", "podwall-proxy"]
+    );
+    assert_eq!(container_names(spec, "initContainers"), ["podwall-init"]);
+    assert_eq!(spec["containers"][1]["image"], "registry.local/podwall:dev");
+    assert!(
+        spec["containers"][1]["args"]
+            .as_array()
+            .expect("args")
+            .contains(&Value::from(
+                "--policy-source=control:podwall.example:15010"
+            ))
+    );
+}
