@@ -1662,3 +1662,122 @@ fn a_forged_answer_from_another_port_teaches_nothing() {
     // The forged address was never learned: the runner may not reach it.
     assert!(connect(&ns, "203.0.113.30:80".parse().expect("addr")).is_err());
 }
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.78.0.1, hostIP: 192.168.78.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-a, namespace: t, labels: {app: api, zone: a}}
+spec: {containers: [{name: s, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.78.0.2, hostIP: 192.168.78.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-b, namespace: t, labels: {app: api, zone: b}}
+spec: {containers: [{name: s, ports: [{name: http, containerPort: 9090}]}]}
+status: {podIP: 10.78.0.3, hostIP: 192.168.78.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: t, labels: {app: db}}
+spec: {containers: [{name: s, ports: [{containerPort: 5432}]}]}
+status: {podIP: 10.78.0.4, hostIP: 192.168.78.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: t}
+spec: {clusterIP: 10.96.0.50, selector: {app: api}, ports: [{port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: t}
+spec: {clusterIP: 10.96.0.60, selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: t}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: api}}}]
+"#;
+
+#[test]
+fn a_service_ip_leads_round_robin_to_the_backends_policy_allows_and_none_means_denied() {
+    if !ready_for(
+        "a_service_ip_leads_round_robin_to_the_backends_policy_allows_and_none_means_denied",
+    ) {
+        return;
+    }
+    let dir = topology(SERVICES);
+    let up = Up::new(dir.path(), "svc", Inject::Annotated);
+    let client = up.ns("t/client");
+    let vip: SocketAddr = "10.96.0.50:80".parse().expect("addr");
+    // Round robin over both backends, each reached on its own named target port.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (_, greeting) = connect(&client, vip).unwrap_or_else(|e| {
+            panic!(
+                "the service answers: {e}; flows: {:#?}",
+                up.flows("t/client")
+            )
+        });
+        assert!(
+            greeting.contains("api-a") && greeting.contains("port 8080")
+                || greeting.contains("api-b") && greeting.contains("port 9090"),
+            "{greeting}"
+        );
+        seen.insert(if greeting.contains("api-a") { "a" } else { "b" });
+    }
+    assert_eq!(seen.len(), 2, "both backends take connections");
+    // Egress to db pods is not allowed: no backend of the db service may be used.
+    let db: SocketAddr = "10.96.0.60:5432".parse().expect("addr");
+    assert!(connect(&client, db).is_err(), "no allowed backend: refused");
+
+    // Narrow the client's egress to zone a: every connection now lands on api-a.
+    let narrow = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-egress, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {zone: a}}}]\n";
+    // Same name, a file read after policies.json: this definition replaces the first.
+    std::fs::write(up.sb().policy_dir().join("z-client-egress.yaml"), narrow)
+        .expect("write policy");
+    wait_for("the narrowed policy", Duration::from_secs(10), || {
+        (0..4).all(|_| connect(&client, vip).is_ok_and(|(_, g)| g.contains("api-a")))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = up.flows("t/client");
+    let via_service: Vec<_> = flows
+        .iter()
+        .filter(|e| e["service"]["name"] == "t/api")
+        .collect();
+    assert!(
+        via_service
+            .iter()
+            .all(|e| e["service"]["address"] == "10.96.0.50:80"),
+        "{via_service:#?}"
+    );
+    assert!(
+        via_service
+            .iter()
+            .any(|e| e["verdict"] == "ALLOWED" && e["destination"]["pod"] == "api-a"),
+        "{via_service:#?}"
+    );
+    let refused = flows
+        .iter()
+        .find(|e| e["service"]["name"] == "t/db")
+        .expect("the db attempt is a flow event");
+    assert_eq!(refused["verdict"], "DENIED");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("allows none of its 1 ready endpoints")),
+        "{refused:#?}"
+    );
+}

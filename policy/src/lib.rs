@@ -28,6 +28,7 @@ mod names;
 mod netpol;
 pub mod render;
 mod selector;
+pub mod services;
 mod state;
 mod validate;
 mod verdict;

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use serde_json::Value;
 
@@ -30,6 +31,8 @@ pub struct Loader {
     namespaces: BTreeMap<String, (Namespace, Origin)>,
     pods: BTreeMap<(String, String), Pod>,
     policies: BTreeMap<PolicyName, Policy>,
+    services: BTreeMap<(String, String), crate::services::ServiceObject>,
+    slices: BTreeMap<(String, String), crate::services::SliceObject>,
     report: LoadReport,
 }
 
@@ -94,6 +97,8 @@ impl Loader {
         match (group(&api_version), kind.as_str()) {
             ("", "Namespace") => self.add_namespace(origin, value),
             ("", "Pod") => self.add_pod(origin, value),
+            ("", "Service") => self.add_service(origin, value),
+            ("discovery.k8s.io", "EndpointSlice") => self.add_endpoint_slice(origin, value),
             ("networking.k8s.io" | "extensions", "NetworkPolicy") => {
                 self.add_network_policy(origin, &api_version, value)
             }
@@ -438,14 +443,54 @@ impl Loader {
         );
     }
 
+    fn add_service(&mut self, origin: Origin, value: Value) {
+        let Some(service) = self.typed::<core::Service>(&origin, "Service", value) else {
+            return;
+        };
+        let namespace = service
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = service.metadata.name.clone().unwrap_or_default();
+        self.services.insert(
+            (namespace.clone(), name.clone()),
+            crate::services::ServiceObject {
+                namespace,
+                name,
+                service,
+            },
+        );
+    }
+
+    fn add_endpoint_slice(&mut self, origin: Origin, value: Value) {
+        let Some(slice) = self.typed::<discovery::EndpointSlice>(&origin, "EndpointSlice", value)
+        else {
+            return;
+        };
+        let namespace = slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        self.slices.insert(
+            (namespace.clone(), name),
+            crate::services::SliceObject { namespace, slice },
+        );
+    }
+
     /// The state and what loading found.
     pub fn finish(self) -> (ClusterState, LoadReport) {
         let namespaces = self.namespaces.into_values().map(|(ns, _)| ns).collect();
-        let state = ClusterState::new(
+        let mut state = ClusterState::new(
             namespaces,
             self.pods.into_values().collect(),
             self.policies.into_values().collect(),
         );
+        let services: Vec<_> = self.services.into_values().collect();
+        let slices: Vec<_> = self.slices.into_values().collect();
+        state.services = crate::services::build(&services, &slices, &state.pods);
         (state, self.report)
     }
 }

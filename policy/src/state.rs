@@ -28,6 +28,8 @@ pub struct ClusterState {
     pub pods: Vec<Pod>,
     /// Every valid policy.
     pub policies: Vec<Policy>,
+    /// Service virtual IPs and their ready backends.
+    pub services: crate::services::ServiceTable,
 }
 
 impl ClusterState {
@@ -55,6 +57,7 @@ impl ClusterState {
             namespaces: by_name.into_values().collect(),
             pods,
             policies,
+            services: Default::default(),
         }
     }
 

@@ -84,7 +84,7 @@ fn api_server_list_objects_in_json_are_read() {
 
 #[test]
 fn other_kinds_are_skipped_and_counted_never_an_error() {
-    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: t}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
+    let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: t}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
     let (_, report) = load(&[text]);
     assert!(report.diagnostics.is_empty());
     let counted: Vec<(&str, usize)> = report
@@ -94,7 +94,7 @@ fn other_kinds_are_skipped_and_counted_never_an_error() {
         .collect();
     assert_eq!(
         counted,
-        [("ConfigMap", 1), ("Deployment", 1), ("Service", 2)]
+        [("ConfigMap", 1), ("Deployment", 1), ("Secret", 2)]
     );
 }
 

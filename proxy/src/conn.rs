@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use podwall_policy::{Direction, Protocol, Verdict};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::flow::{self, FlowEvent, FlowLog, FlowVerdict};
+use crate::flow::{self, FlowEvent, FlowLog, FlowService, FlowVerdict};
 use crate::metrics::{DirectionMetrics, Metrics};
 use crate::orig_dst::{MapV4Mapped, original_dst};
 use crate::pod_policy::{PodPolicy, PolicyReceiver};
@@ -34,6 +35,8 @@ pub struct Shared {
     pub names: Arc<crate::dns::Names>,
     /// Check the TLS SNI or HTTP Host of connections that only a toFQDNs rule allows.
     pub check_server_name: bool,
+    /// Where the next service connection starts looking for a backend.
+    pub round_robin: AtomicUsize,
 }
 
 impl Shared {
@@ -64,6 +67,33 @@ pub async fn serve(listener: TcpListener, direction: Direction, shared: Arc<Shar
     }
 }
 
+/// A backend of `service` that policy lets this pod reach, taken round robin; or why none.
+fn pick_backend(
+    service: &podwall_policy::services::ServicePort,
+    policy: &PodPolicy,
+    shared: &Shared,
+) -> Result<SocketAddr, String> {
+    let n = service.backends.len();
+    if n == 0 {
+        return Err(format!(
+            "service {} has no ready endpoint for port {}",
+            service.service, service.port
+        ));
+    }
+    let start = shared.round_robin.fetch_add(1, Ordering::Relaxed);
+    for i in 0..n {
+        let (ip, port) = service.backends[(start + i) % n];
+        let verdict = policy.outbound(ip, Protocol::Tcp, port);
+        if policy.flow_verdict(&verdict) != FlowVerdict::Denied {
+            return Ok(SocketAddr::new(ip, port));
+        }
+    }
+    Err(format!(
+        "service {}: policy allows none of its {n} ready endpoints",
+        service.service
+    ))
+}
+
 /// How a connection's relay ended.
 enum Ending {
     Closed(std::io::Result<()>),
@@ -83,6 +113,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
     };
     let (source, destination) = (peer, dst);
     let mut event = FlowEvent {
+        service: None,
         time: String::new(),
         verdict: FlowVerdict::Denied,
         direction,
@@ -114,6 +145,44 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
         finish(shared, event, started);
         return;
     };
+    // A service's virtual IP: the connection goes to one of its backends that policy allows.
+    let dst = match direction {
+        Direction::Egress => {
+            match policy
+                .engine
+                .state()
+                .services
+                .lookup(dst.ip(), dst.port(), Protocol::Tcp)
+            {
+                Some(service) => match pick_backend(service, &policy, shared) {
+                    Ok(backend) => {
+                        event.service = Some(FlowService {
+                            name: service.service.clone(),
+                            address: dst.to_string(),
+                            backends: service.backends.len(),
+                        });
+                        event.destination = flow::peer(None, backend);
+                        backend
+                    }
+                    Err(why) => {
+                        reset(&client);
+                        metrics.verdict(FlowVerdict::Denied);
+                        event.service = Some(FlowService {
+                            name: service.service.clone(),
+                            address: dst.to_string(),
+                            backends: service.backends.len(),
+                        });
+                        event.reason = Some(why);
+                        finish(shared, event, started);
+                        return;
+                    }
+                },
+                None => dst,
+            }
+        }
+        Direction::Ingress => dst,
+    };
+    let destination = dst;
     // An address outside the cluster may be one the pod's DNS answers gave for a toFQDNs name:
     // the names it is valid for now are what the verdict (and later re-checks) may use.
     let learned: Vec<Arc<str>> = if direction == Direction::Egress

@@ -386,6 +386,7 @@ async fn answer(
         }
     };
     let mut event = FlowEvent {
+        service: None,
         time: String::new(),
         verdict: FlowVerdict::Allowed,
         direction: Direction::Egress,

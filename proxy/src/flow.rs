@@ -89,6 +89,21 @@ pub struct FlowEvent {
     /// Layer 7: an HTTP request on a connection whose peer and port carry HTTP rules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l7: Option<L7Event>,
+    /// The service whose virtual IP the client dialled (the destination is then the backend
+    /// chosen for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<FlowService>,
+}
+
+/// A service the connection went through.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowService {
+    /// `namespace/name`.
+    pub name: String,
+    /// The virtual IP and port dialled.
+    pub address: String,
+    /// Ready backends it had.
+    pub backends: usize,
 }
 
 /// The application-layer part of a flow event.
@@ -369,6 +384,7 @@ mod tests {
 
     fn connection() -> FlowEvent {
         FlowEvent {
+            service: None,
             time: now(),
             verdict: FlowVerdict::Allowed,
             direction: Direction::Ingress,

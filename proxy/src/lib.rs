@@ -122,6 +122,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         own_ports,
         names: names.clone(),
         check_server_name: config.check_server_name,
+        round_robin: Default::default(),
     });
     let mut resolvers: Vec<std::net::IpAddr> = config.dns_upstream.into_iter().collect();
     resolvers.extend(

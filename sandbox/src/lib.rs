@@ -283,7 +283,14 @@ pub fn sidecar_in(ns: &str, program: &str) -> Command {
 
 /// Every policy object under `dir`, as written, in one `kind: List`.
 fn policy_documents(dir: &Path) -> Result<serde_json::Value, SandboxError> {
-    const KINDS: [&str; 3] = ["NetworkPolicy", "CiliumNetworkPolicy", "PodwallPolicy"];
+    // Services and EndpointSlices too: sidecars resolve service IPs with them.
+    const KINDS: [&str; 5] = [
+        "NetworkPolicy",
+        "CiliumNetworkPolicy",
+        "PodwallPolicy",
+        "Service",
+        "EndpointSlice",
+    ];
     let mut items = Vec::new();
     for file in podwall_control::source::read_paths(&[dir.to_path_buf()])? {
         let objects = podwall_policy::objects(&file.name, &file.text)
@@ -377,8 +384,8 @@ impl Sandbox {
         for d in [&policy_dir, &logs] {
             fs::create_dir_all(d).map_err(file_error(d))?;
         }
-        // The sidecars read the pods with the sandbox's addresses, and the policies exactly as
-        // they were written.
+        // The sidecars read the pods with the sandbox's addresses, and the policies and services
+        // exactly as they were written.
         let cluster_file = policy_dir.join("cluster.json");
         let text = serde_json::to_string_pretty(&podwall_policy::render::cluster_list(&state))
             .unwrap_or_default();
