@@ -11,4 +11,5 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod views;
 pub mod webhook;

@@ -11,6 +11,7 @@
 //! a delta per change and a heartbeat every few seconds. `403` when the token is not that pod's.
 //! `/live`, `/ready` (a first state is loaded) and `/metrics` for operators.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,17 +23,19 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use podwall_policy::feed::FeedMessage;
+use podwall_policy::feed::{FeedMessage, ObjectKey};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::auth::{Authenticator, PodRef};
 use crate::store::Store;
+use crate::views::{ViewIndex, Views};
 
 /// How often an idle feed says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -72,6 +75,8 @@ pub struct ServerMetrics {
     pub version: Gauge,
     /// Objects held.
     pub objects: Gauge,
+    /// Bytes of snapshots and deltas sent to sidecars.
+    pub bytes: Counter,
 }
 
 impl ServerMetrics {
@@ -103,6 +108,11 @@ impl ServerMetrics {
             .register("version", "Version of the served state", m.version.clone());
         m.registry
             .register("objects", "Objects served", m.objects.clone());
+        m.registry.register(
+            "feed_bytes",
+            "Bytes of snapshots and deltas sent to sidecars",
+            m.bytes.clone(),
+        );
         m.registry.register(
             "watch_failures",
             "API-server watch failures by kind (retried with backoff)",
@@ -156,6 +166,8 @@ impl crate::source::kube::WatchObserver for ServerMetrics {
 pub struct Server {
     /// The objects.
     pub store: Arc<Store>,
+    /// Per-pod views of them.
+    pub views: Arc<Views>,
     /// Who may read which feed.
     pub auth: Box<dyn Authenticator>,
     /// Counters.
@@ -300,14 +312,13 @@ impl Server {
             _ => None,
         };
         let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
-        let gauge = self.metrics.feeds_open.clone();
-        let (snapshots, deltas) = (self.metrics.snapshots.clone(), self.metrics.deltas.clone());
+        let views = self.views.clone();
+        let metrics = self.metrics.clone();
         tracing::info!(%pod, %peer, resume = ?held, "feed opened");
         tokio::spawn(async move {
-            gauge.inc();
-            stream(store, tx, held, snapshots, deltas).await;
-            gauge.dec();
+            metrics.feeds_open.inc();
+            stream(views, pod.clone(), tx, held, metrics.clone()).await;
+            metrics.feeds_open.dec();
             tracing::info!(%pod, %peer, "feed closed");
         });
         let mut r = Response::new(ControlBody::Feed(rx));
@@ -319,87 +330,156 @@ impl Server {
     }
 }
 
-/// Writes one feed until the sidecar goes away.
+/// What one feed has sent.
+struct Sent {
+    version: u64,
+    keys: Arc<BTreeSet<ObjectKey>>,
+}
+
+fn snapshot(epoch: &str, index: &ViewIndex, keys: &BTreeSet<ObjectKey>) -> FeedMessage {
+    FeedMessage::Snapshot {
+        epoch: epoch.to_string(),
+        version: index.version,
+        objects: keys
+            .iter()
+            .filter_map(|k| index.objects.get(k).cloned())
+            .collect(),
+    }
+}
+
+/// The delta from what was sent to the view now, or `None` when only a snapshot can say it
+/// (the changes in between are no longer kept). An empty delta is `Some(None)`.
+fn delta(
+    store: &Store,
+    epoch: &str,
+    sent: &Sent,
+    index: &ViewIndex,
+    keys: &BTreeSet<ObjectKey>,
+) -> Option<Option<FeedMessage>> {
+    let changed = store.changed_between(epoch, sent.version, index.version)?;
+    let upserts: Vec<Value> = keys
+        .iter()
+        .filter(|k| !sent.keys.contains(*k) || changed.contains(*k))
+        .filter_map(|k| index.objects.get(k).cloned())
+        .collect();
+    // Left the view, or deleted from the store while in it.
+    let deletes: Vec<ObjectKey> = sent
+        .keys
+        .iter()
+        .filter(|k| !keys.contains(*k) || !index.objects.contains_key(*k))
+        .cloned()
+        .collect();
+    if upserts.is_empty() && deletes.is_empty() {
+        return Some(None);
+    }
+    Some(Some(FeedMessage::Delta {
+        epoch: epoch.to_string(),
+        from: Some(sent.version),
+        version: index.version,
+        upserts,
+        deletes,
+    }))
+}
+
+/// Writes one pod's feed until the sidecar goes away.
 async fn stream(
-    store: Arc<Store>,
+    views: Arc<Views>,
+    pod: PodRef,
     tx: mpsc::Sender<Bytes>,
     held: Option<(String, u64)>,
-    snapshots: Counter,
-    deltas: Counter,
+    metrics: Arc<ServerMetrics>,
 ) {
+    let store = views.store().clone();
     let mut changes = store.subscribe();
     changes.mark_unchanged();
     let epoch = store.epoch().to_string();
-    // First: the deltas the sidecar missed, or a snapshot.
-    let resumed = held.and_then(|(e, v)| store.deltas_since(&e, v).map(|d| (v, d)));
-    let mut sent = match resumed {
-        Some((v, missed)) => {
-            let mut last = v;
-            for m in missed {
-                if let FeedMessage::Delta { version, .. } = &m {
-                    last = *version;
-                }
-                deltas.inc();
-                if tx.send(line(&m)).await.is_err() {
-                    return;
-                }
-            }
-            last
+    let Some(index) = views.index().await else {
+        return;
+    };
+    let keys = Arc::new(index.keys_for(&pod));
+    // First: what the sidecar missed since the view it held, or a snapshot.
+    let resumed = held.filter(|(e, _)| *e == epoch).and_then(|(_, v)| {
+        views.held(&pod, v).map(|k| Sent {
+            version: v,
+            keys: k,
+        })
+    });
+    let first = match resumed
+        .as_ref()
+        .and_then(|s| delta(&store, &epoch, s, &index, &keys))
+    {
+        Some(None) => None,
+        Some(Some(d)) => {
+            metrics.deltas.inc();
+            Some(d)
         }
         None => {
-            let (version, objects) = store.current();
-            let msg = FeedMessage::Snapshot {
-                epoch: epoch.clone(),
-                version,
-                objects: objects.values().cloned().collect(),
-            };
-            snapshots.inc();
-            if tx.send(line(&msg)).await.is_err() {
-                return;
-            }
-            version
+            metrics.snapshots.inc();
+            Some(snapshot(&epoch, &index, &keys))
         }
     };
-    loop {
+    if let Some(msg) = first {
+        let bytes = line(&msg);
+        metrics.bytes.inc_by(bytes.len() as u64);
+        if tx.send(bytes).await.is_err() {
+            return;
+        }
+    }
+    let mut sent = Sent {
+        version: index.version,
+        keys,
+    };
+    // The newest version whose view was checked to be what the sidecar holds: heartbeats carry
+    // it, so a sidecar's version keeps up even while its view does not change.
+    let mut checked = index.version;
+    let closed = loop {
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
-                    return;
+                    break false;
                 }
-                match store.deltas_since(&epoch, sent) {
-                    Some(missed) => {
-                        for m in missed {
-                            if let FeedMessage::Delta { version, .. } = &m {
-                                sent = *version;
-                            }
-                            deltas.inc();
-                            if tx.send(line(&m)).await.is_err() {
-                                return;
-                            }
-                        }
+                let Some(index) = views.index().await else { continue };
+                if index.version <= checked {
+                    continue;
+                }
+                let keys = Arc::new(index.keys_for(&pod));
+                let msg = match delta(&store, &epoch, &sent, &index, &keys) {
+                    Some(Some(d)) => {
+                        metrics.deltas.inc();
+                        Some(d)
+                    }
+                    Some(None) => {
+                        checked = index.version;
+                        continue;
                     }
                     None => {
                         // Fell too far behind: start over.
-                        let (version, objects) = store.current();
-                        let msg = FeedMessage::Snapshot {
-                            epoch: epoch.clone(),
-                            version,
-                            objects: objects.values().cloned().collect(),
-                        };
-                        snapshots.inc();
-                        if tx.send(line(&msg)).await.is_err() {
-                            return;
-                        }
-                        sent = version;
+                        metrics.snapshots.inc();
+                        Some(snapshot(&epoch, &index, &keys))
+                    }
+                };
+                if let Some(msg) = msg {
+                    let bytes = line(&msg);
+                    metrics.bytes.inc_by(bytes.len() as u64);
+                    if tx.send(bytes).await.is_err() {
+                        // Not received: the sidecar holds what was sent before.
+                        break true;
                     }
                 }
+                sent = Sent { version: index.version, keys };
+                checked = index.version;
             }
+            _ = tx.closed() => break true,
             _ = tokio::time::sleep(HEARTBEAT) => {
-                let msg = FeedMessage::Heartbeat { epoch: epoch.clone(), version: sent };
+                let msg = FeedMessage::Heartbeat { epoch: epoch.clone(), version: checked };
                 if tx.send(line(&msg)).await.is_err() {
-                    return;
+                    break true;
                 }
+                sent.version = checked;
             }
         }
+    };
+    if closed {
+        views.left(pod, sent.version, sent.keys);
     }
 }

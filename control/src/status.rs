@@ -2,16 +2,15 @@
 //! policies are not enforced (the CNI does not, and no sidecar does), so every such pod is a
 //! warning in the log, once per pod and policy set, and counted in metrics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use podwall_policy::feed::ObjectSet;
-use podwall_policy::{Engine, Loader, Origin};
 use serde_json::Value;
 
 use crate::server::ServerMetrics;
-use crate::store::Store;
+use crate::views::Views;
 
 /// The annotation that asks for the sidecar.
 pub const INJECT_ANNOTATION: &str = "podwall.io/inject";
@@ -36,7 +35,8 @@ pub struct Protection {
     pub unprotected: BTreeMap<String, Vec<String>>,
 }
 
-fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
+/// Whether a pod object shows its sidecar.
+pub fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
     match evidence {
         SidecarEvidence::Annotation => {
             pod["metadata"]["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
@@ -51,71 +51,32 @@ fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
 
 /// Works out which selected pods are unprotected.
 pub fn protection(objects: &ObjectSet, evidence: SidecarEvidence) -> Protection {
-    let mut with_sidecar = BTreeSet::new();
-    let mut loader = Loader::new();
-    for (key, object) in objects {
-        if key.kind == "Pod" && has_sidecar(object, evidence) {
-            with_sidecar.insert(format!("{}/{}", key.namespace, key.name));
-        }
-        loader.add_object(
-            Origin {
-                source: "store".into(),
-                line: 0,
-                item: None,
-            },
-            object.clone(),
-        );
-    }
-    let (state, _) = loader.finish();
-    let engine = Engine::compile(state);
-    let mut out = Protection::default();
-    for id in engine.state().pod_ids() {
-        let key = engine.state().pod(id).key();
-        if with_sidecar.contains(&key) {
-            out.protected += 1;
-            continue;
-        }
-        let selecting = engine.policies_selecting(id);
-        if !selecting.is_empty() {
-            out.unprotected.insert(
-                key,
-                selecting
-                    .into_iter()
-                    .map(|p| engine.state().policy(p).name.to_string())
-                    .collect(),
-            );
-        }
-    }
-    out
+    crate::views::ViewIndex::build(0, Arc::new(objects.clone()), evidence).protection
 }
 
-/// Recomputes after every change (at most once a second) until the process ends.
-pub async fn watch(store: Arc<Store>, metrics: Arc<ServerMetrics>, evidence: SidecarEvidence) {
-    let mut changed = store.subscribe();
+/// Reports after every change (at most once a second) until the process ends.
+pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
+    let mut changed = views.store().subscribe();
     let mut warned: BTreeMap<String, Vec<String>> = BTreeMap::new();
     loop {
-        if store.loaded() {
-            let (_, objects) = store.current();
-            let report = tokio::task::spawn_blocking(move || protection(&objects, evidence)).await;
-            match report {
-                Ok(report) => {
-                    metrics.protected_pods.set(report.protected as i64);
-                    metrics
-                        .unprotected_pods
-                        .set(report.unprotected.len() as i64);
-                    for (pod, policies) in &report.unprotected {
-                        if warned.get(pod) != Some(policies) {
-                            tracing::warn!(
-                                pod,
-                                policies = policies.join(", "),
-                                "pod is selected by policies but runs without the podwall sidecar: they are NOT enforced for it (annotate it {INJECT_ANNOTATION}: enabled and restart it)"
-                            );
-                        }
-                    }
-                    warned = report.unprotected;
+        if views.store().loaded()
+            && let Some(index) = views.index().await
+        {
+            let report = &index.protection;
+            metrics.protected_pods.set(report.protected as i64);
+            metrics
+                .unprotected_pods
+                .set(report.unprotected.len() as i64);
+            for (pod, policies) in &report.unprotected {
+                if warned.get(pod) != Some(policies) {
+                    tracing::warn!(
+                        pod,
+                        policies = policies.join(", "),
+                        "pod is selected by policies but runs without the podwall sidecar: they are NOT enforced for it (annotate it {INJECT_ANNOTATION}: enabled and restart it)"
+                    );
                 }
-                Err(e) => tracing::error!(error = %e, "protection report failed"),
             }
+            warned = report.unprotected.clone();
         }
         if changed.changed().await.is_err() {
             return;

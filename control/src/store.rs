@@ -1,7 +1,7 @@
 //! What the control plane knows: the current objects, a version that grows by one per change,
 //! and the recent changes, so that a sidecar that reconnects gets only what it missed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use podwall_policy::feed::{FeedMessage, ObjectKey, ObjectSet, diff};
@@ -196,6 +196,35 @@ impl Store {
         self.changed.subscribe()
     }
 
+    /// The keys of the objects changed after `from` up to and including `to`, or `None` when
+    /// those changes are no longer kept.
+    pub fn changed_between(&self, epoch: &str, from: u64, to: u64) -> Option<BTreeSet<ObjectKey>> {
+        if epoch != self.epoch || from > to {
+            return None;
+        }
+        let inner = self.lock();
+        if to > inner.version {
+            return None;
+        }
+        if from == to {
+            return Some(BTreeSet::new());
+        }
+        let first = inner.history.front()?.version;
+        if from + 1 < first {
+            return None;
+        }
+        let mut keys = BTreeSet::new();
+        for c in inner
+            .history
+            .iter()
+            .filter(|c| c.version > from && c.version <= to)
+        {
+            keys.extend(c.upserts.iter().filter_map(ObjectKey::of));
+            keys.extend(c.deletes.iter().cloned());
+        }
+        Some(keys)
+    }
+
     /// The deltas that take a holder of `(epoch, version)` to the current version, or `None`
     /// when only a snapshot can (another epoch, or changes no longer kept).
     pub fn deltas_since(&self, epoch: &str, version: u64) -> Option<Vec<FeedMessage>> {
@@ -220,6 +249,7 @@ impl Store {
                 .filter(|c| c.version > version)
                 .map(|c| FeedMessage::Delta {
                     epoch: self.epoch.clone(),
+                    from: None,
                     version: c.version,
                     upserts: (*c.upserts).clone(),
                     deletes: (*c.deletes).clone(),

@@ -29,7 +29,11 @@ async fn start(store: Arc<Store>) -> std::net::SocketAddr {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = Arc::new(Server {
-        store,
+        store: store.clone(),
+        views: Arc::new(podwall_control::views::Views::new(
+            store.clone(),
+            podwall_control::status::SidecarEvidence::Annotation,
+        )),
         auth: Box::new(StaticTokens::parse("tok-a t/a\ntok-b t/b\n").expect("tokens")),
         metrics: ServerMetrics::new(),
     });
@@ -127,21 +131,54 @@ async fn a_feed_starts_with_a_snapshot_and_follows_every_change() {
     }
 }
 
+fn pod(name: &str, app: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "t", "labels": {"app": app}},
+        "status": {"phase": "Running", "podIP": format!("10.0.0.{}", name.len())}})
+}
+
 #[tokio::test]
-async fn a_reconnecting_sidecar_gets_only_what_it_missed_or_a_snapshot_from_another_epoch() {
+async fn a_reconnecting_sidecar_gets_only_what_changed_in_its_view_or_a_snapshot_from_another_epoch()
+ {
     let store = Arc::new(Store::new());
-    store.replace(set(&[ns("t", "1")]));
-    store.replace(set(&[ns("t", "2")]));
-    store.replace(set(&[ns("t", "3")]));
+    store.replace(set(&[ns("t", "1"), pod("a", "x"), pod("bb", "y")]));
     let addr = start(store.clone()).await;
     let epoch = store.epoch().to_string();
+    let (_, mut body) = open(addr, "a", "tok-a", None).await;
+    let mut buf = Vec::new();
+    match next(&mut body, &mut buf).await {
+        FeedMessage::Snapshot {
+            version, objects, ..
+        } => {
+            assert_eq!(version, 1);
+            assert_eq!(
+                objects,
+                [ns("t", "1"), pod("a", "x")],
+                "pod bb is none of a's business"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(body);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // While a is away: its namespace changes, then a pod outside its view.
+    store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "y")]));
+    store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "z")]));
     let (_, mut body) = open(addr, "a", "tok-a", Some((&epoch, 1))).await;
     let mut buf = Vec::new();
-    for want in [2, 3] {
-        match next(&mut body, &mut buf).await {
-            FeedMessage::Delta { version, .. } => assert_eq!(version, want),
-            other => panic!("{other:?}"),
+    match next(&mut body, &mut buf).await {
+        FeedMessage::Delta {
+            from,
+            version,
+            upserts,
+            deletes,
+            ..
+        } => {
+            assert_eq!((from, version), (Some(1), 3));
+            assert_eq!(upserts, [ns("t", "2")], "only what changed in a's view");
+            assert!(deletes.is_empty());
         }
+        other => panic!("{other:?}"),
     }
     let (_, mut body) = open(addr, "a", "tok-a", Some(("an-old-process", 3))).await;
     let mut buf = Vec::new();

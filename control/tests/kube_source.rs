@@ -52,6 +52,8 @@ struct Sidecar {
     buf: Vec<u8>,
     held: ObjectSet,
     version: Option<(String, u64)>,
+    /// Every object it ever held.
+    ever: std::collections::BTreeSet<podwall_policy::feed::ObjectKey>,
 }
 
 impl Sidecar {
@@ -63,6 +65,7 @@ impl Sidecar {
             buf: Vec::new(),
             held: ObjectSet::new(),
             version: None,
+            ever: Default::default(),
         }
     }
 
@@ -93,6 +96,7 @@ impl Sidecar {
                     apply(&mut self.held, &mut self.version, msg),
                     "versions follow"
                 );
+                self.ever.extend(self.held.keys().cloned());
                 continue;
             }
             let frame = tokio::time::timeout_at(deadline, self.body.frame())
@@ -175,6 +179,10 @@ async fn control_plane_with(
     let addr = listener.local_addr().expect("addr");
     let server = Arc::new(Server {
         store: store.clone(),
+        views: Arc::new(podwall_control::views::Views::new(
+            store.clone(),
+            podwall_control::status::SidecarEvidence::Annotation,
+        )),
         auth: auth(client, store.clone()),
         metrics: ServerMetrics::new(),
     });
@@ -203,7 +211,7 @@ async fn wait_for_log(api: &FakeApiServer, what: &str, pred: impl Fn(&[String]) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adds_updates_deletes_and_relists_reach_every_sidecar_with_the_right_policy() {
+async fn adds_updates_deletes_and_relists_reach_the_right_sidecars_with_the_right_policy() {
     let api = FakeApiServer::start().await;
     api.serve_builtins();
     api.apply(namespace("prod", "production"));
@@ -219,13 +227,10 @@ async fn adds_updates_deletes_and_relists_reach_every_sidecar_with_the_right_pol
 
     let mut web = Sidecar::connect(addr, "web", "tok-web").await;
     let mut db = Sidecar::connect(addr, "db", "tok-db").await;
-    for s in [&mut web, &mut db] {
-        s.until("the snapshot", |s| {
-            s.has("Pod", "db") && s.has("Pod", "web")
-        })
-        .await;
-        assert!(s.allows("10.0.0.1", "10.0.0.2", 5432), "no policy yet");
-    }
+    web.until("web's snapshot", |s| s.has("Pod", "web")).await;
+    db.until("db's snapshot", |s| s.has("Pod", "db")).await;
+    assert!(db.allows("10.0.0.1", "10.0.0.2", 5432), "no policy yet");
+    assert!(!web.has("Pod", "db"), "db is none of web's business");
     let trimmed = web.object("Pod", "web").expect("the pod");
     assert!(
         trimmed["metadata"].get("managedFields").is_none()
@@ -233,57 +238,52 @@ async fn adds_updates_deletes_and_relists_reach_every_sidecar_with_the_right_pol
         "pods are trimmed to what policy reads: {trimmed}"
     );
 
-    // Add: a policy isolating db to the api pods.
+    // Add: a policy isolating db to the api pods. db's sidecar judges db's ingress.
     api.apply(db_ingress_from("api"));
-    for s in [&mut web, &mut db] {
-        s.until("the policy", |s| s.has("NetworkPolicy", "db-ingress"))
-            .await;
-        assert!(!s.allows("10.0.0.1", "10.0.0.2", 5432), "web is not api");
-    }
+    db.until("the policy", |s| s.has("NetworkPolicy", "db-ingress"))
+        .await;
+    assert!(!db.allows("10.0.0.1", "10.0.0.2", 5432), "web is not api");
 
-    // Update: web becomes an api pod.
+    // Update: web becomes an api pod, so it enters db's view as a peer.
     let mut relabelled = pod("web", "api", "10.0.0.1", 8080);
     relabelled["metadata"]["labels"]["app"] = json!("api");
     api.apply(relabelled);
-    for s in [&mut web, &mut db] {
-        s.until("the new label", |s| {
-            s.object("Pod", "web")
-                .is_some_and(|p| p["metadata"]["labels"]["app"] == "api")
-        })
-        .await;
-        assert!(s.allows("10.0.0.1", "10.0.0.2", 5432));
-    }
+    db.until("web as a peer", |s| {
+        s.object("Pod", "web")
+            .is_some_and(|p| p["metadata"]["labels"]["app"] == "api")
+    })
+    .await;
+    assert!(db.allows("10.0.0.1", "10.0.0.2", 5432));
+    web.until("web's new label", |s| {
+        s.object("Pod", "web")
+            .is_some_and(|p| p["metadata"]["labels"]["app"] == "api")
+    })
+    .await;
 
-    // Update the policy, then delete it.
+    // Update the policy (web leaves db's view), then delete it.
     api.apply(db_ingress_from("nobody"));
-    for s in [&mut web, &mut db] {
-        s.until("the edited policy", |s| {
-            s.object("NetworkPolicy", "db-ingress").is_some_and(|p| {
-                p["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] == "nobody"
-            })
-        })
-        .await;
-        assert!(!s.allows("10.0.0.1", "10.0.0.2", 5432));
-    }
+    db.until("the edited policy", |s| {
+        s.object("NetworkPolicy", "db-ingress").is_some_and(|p| {
+            p["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] == "nobody"
+        }) && !s.has("Pod", "web")
+    })
+    .await;
+    assert!(!db.allows("10.0.0.1", "10.0.0.2", 5432));
     api.delete(
         "networking.k8s.io/v1",
         "NetworkPolicy",
         "prod",
         "db-ingress",
     );
-    for s in [&mut web, &mut db] {
-        s.until("the deletion", |s| !s.has("NetworkPolicy", "db-ingress"))
-            .await;
-        assert!(s.allows("10.0.0.1", "10.0.0.2", 5432));
-    }
+    db.until("the deletion", |s| !s.has("NetworkPolicy", "db-ingress"))
+        .await;
+    assert!(db.allows("10.0.0.1", "10.0.0.2", 5432));
 
     // A deletion the watch never saw, its history compacted: the watch resumes, gets 410
-    // Gone, relists, and the relist's diff deletes the pod for the sidecars.
+    // Gone, relists, and the relist's diff deletes the policy for the sidecar.
     api.apply(db_ingress_from("api"));
-    for s in [&mut web, &mut db] {
-        s.until("the policy again", |s| s.has("NetworkPolicy", "db-ingress"))
-            .await;
-    }
+    db.until("the policy again", |s| s.has("NetworkPolicy", "db-ingress"))
+        .await;
     let lists_before = api
         .log()
         .iter()
@@ -295,23 +295,30 @@ async fn adds_updates_deletes_and_relists_reach_every_sidecar_with_the_right_pol
         "prod",
         "db-ingress",
     );
-    for s in [&mut web, &mut db] {
-        s.until("the deletion found by the relist", |s| {
-            !s.has("NetworkPolicy", "db-ingress")
-        })
-        .await;
-        assert!(s.allows("10.0.0.1", "10.0.0.2", 5432));
-        assert!(
-            s.has("Pod", "web") && s.has("Pod", "db"),
-            "nothing else lost"
-        );
-    }
+    db.until("the deletion found by the relist", |s| {
+        !s.has("NetworkPolicy", "db-ingress")
+    })
+    .await;
+    assert!(db.allows("10.0.0.1", "10.0.0.2", 5432));
+    assert!(db.has("Pod", "db"), "nothing else lost");
     let lists_after = api
         .log()
         .iter()
         .filter(|l| *l == "list /apis/networking.k8s.io/v1/networkpolicies")
         .count();
     assert_eq!(lists_after, lists_before + 1, "exactly one relist");
+    // web's sidecar never held db's policy or db: each sidecar gets its own view.
+    web.until("web's feed is current", |s| {
+        s.version.as_ref().is_some_and(|(_, v)| *v > 1)
+    })
+    .await;
+    assert!(
+        !web.ever
+            .iter()
+            .any(|k| k.kind == "NetworkPolicy" || k.name == "db"),
+        "{:?}",
+        web.ever
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,9 +358,9 @@ async fn a_podwall_policy_crd_installed_later_is_picked_up() {
     api.apply(pod("web", "web", "10.0.0.1", 8080));
     api.apply(pod("db", "db", "10.0.0.2", 5432));
     let (_store, addr) = control_plane(&api).await;
-    let mut web = Sidecar::connect(addr, "web", "tok-web").await;
-    web.until("the snapshot", |s| s.has("Pod", "db")).await;
-    assert!(web.allows("10.0.0.1", "10.0.0.2", 5432));
+    let mut db = Sidecar::connect(addr, "db", "tok-db").await;
+    db.until("the snapshot", |s| s.has("Pod", "db")).await;
+    assert!(db.allows("10.0.0.1", "10.0.0.2", 5432));
 
     api.serve(
         "podwall.io/v1alpha1",
@@ -368,9 +375,9 @@ async fn a_podwall_policy_crd_installed_later_is_picked_up() {
             "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "api"}}],
                 "toPorts": [{"ports": [{"port": "5432", "protocol": "TCP"}]}]}]}}),
     );
-    web.until("the PodwallPolicy", |s| s.has("PodwallPolicy", "db-l7"))
+    db.until("the PodwallPolicy", |s| s.has("PodwallPolicy", "db-l7"))
         .await;
-    assert!(!web.allows("10.0.0.1", "10.0.0.2", 5432));
+    assert!(!db.allows("10.0.0.1", "10.0.0.2", 5432));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,10 +71,14 @@ pub enum FeedMessage {
         /// The objects.
         objects: Vec<Value>,
     },
-    /// What changed since `version - 1`.
+    /// What changed in the pod's view since version `from` (`version - 1` when absent): a
+    /// per-pod feed skips versions that do not change its view.
     Delta {
         /// The control plane process.
         epoch: String,
+        /// The version the delta applies to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<u64>,
         /// The version after this delta.
         version: u64,
         /// Objects added or changed (whole objects).
@@ -82,11 +86,11 @@ pub enum FeedMessage {
         /// Objects gone.
         deletes: Vec<ObjectKey>,
     },
-    /// Nothing changed; the stream is alive.
+    /// Nothing changed in the pod's view up to `version`; the stream is alive.
     Heartbeat {
         /// The control plane process.
         epoch: String,
-        /// The current version.
+        /// The version the held view is current at.
         version: u64,
     },
 }
@@ -115,13 +119,15 @@ pub fn apply(
         }
         FeedMessage::Delta {
             epoch,
+            from,
             version,
             upserts,
             deletes,
         } => {
+            let base = from.unwrap_or(version.saturating_sub(1));
             let follows = held_version
                 .as_ref()
-                .is_some_and(|(e, v)| *e == epoch && v + 1 == version);
+                .is_some_and(|(e, v)| *e == epoch && *v == base && version > base);
             if !follows {
                 return false;
             }
@@ -136,7 +142,15 @@ pub fn apply(
             *held_version = Some((epoch, version));
             true
         }
-        FeedMessage::Heartbeat { .. } => true,
+        FeedMessage::Heartbeat { epoch, version } => {
+            if let Some((e, v)) = held_version.as_mut()
+                && *e == epoch
+                && version > *v
+            {
+                *v = version;
+            }
+            true
+        }
     }
 }
 
@@ -186,6 +200,7 @@ mod tests {
         assert_eq!(deletes.len(), 1);
         let delta = FeedMessage::Delta {
             epoch: "e1".into(),
+            from: None,
             version: 8,
             upserts,
             deletes,
@@ -197,6 +212,7 @@ mod tests {
         assert_eq!(held, next);
         let gap = FeedMessage::Delta {
             epoch: "e1".into(),
+            from: None,
             version: 10,
             upserts: vec![pod("c", "q")],
             deletes: vec![],
@@ -205,10 +221,23 @@ mod tests {
         assert_eq!(held, next, "nothing applied");
         let other_epoch = FeedMessage::Delta {
             epoch: "e2".into(),
+            from: None,
             version: 9,
             upserts: vec![],
             deletes: vec![],
         };
         assert!(!apply(&mut held, &mut version, other_epoch));
+        let skipping = FeedMessage::Delta {
+            epoch: "e1".into(),
+            from: Some(8),
+            version: 12,
+            upserts: vec![pod("c", "q")],
+            deletes: vec![],
+        };
+        assert!(
+            apply(&mut held, &mut version, skipping),
+            "a per-pod feed may skip versions that do not concern it"
+        );
+        assert_eq!(version, Some(("e1".to_string(), 12)));
     }
 }

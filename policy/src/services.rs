@@ -54,6 +54,11 @@ impl ServiceTable {
         self.by_vip.keys().any(|(v, _, _)| *v == ip)
     }
 
+    /// Every service port.
+    pub fn ports(&self) -> impl Iterator<Item = &ServicePort> {
+        self.ports.iter()
+    }
+
     /// How many service ports there are.
     pub fn len(&self) -> usize {
         self.ports.len()

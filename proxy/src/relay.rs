@@ -211,11 +211,12 @@ async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &mut u64) -> io::Result<(
 /// Copies both ways until both directions have ended. On an error in either direction both
 /// connections are reset (zero linger) so neither peer mistakes it for a clean end.
 pub async fn relay(client: &TcpStream, server: &TcpStream, t: &mut Transferred) -> io::Result<()> {
-    let (up, down) = tokio::join!(
+    // An error in one direction ends both at once (the other may be idle forever).
+    let result = tokio::try_join!(
         pump(client, server, &mut t.client_to_server),
         pump(server, client, &mut t.server_to_client)
-    );
-    let result = up.and(down);
+    )
+    .map(|_| ());
     if result.is_err() {
         reset(client);
         reset(server);

@@ -48,6 +48,10 @@ impl ControlPlane {
         let bound = listener.local_addr().expect("addr");
         let server = Arc::new(Server {
             store: store.clone(),
+            views: Arc::new(podwall_control::views::Views::new(
+                store.clone(),
+                podwall_control::status::SidecarEvidence::Annotation,
+            )),
             auth: Box::new(TrustClaimed),
             metrics: ServerMetrics::new(),
         });

@@ -12,6 +12,7 @@ use podwall_control::auth::{Authenticator, StaticTokens, TrustClaimed};
 use podwall_control::server::{Server, ServerMetrics};
 use podwall_control::status::SidecarEvidence;
 use podwall_control::store::Store;
+use podwall_control::views::Views;
 use podwall_control::webhook::tls::{self, ReloadingCert};
 
 /// The control plane's jobs.
@@ -216,11 +217,8 @@ fn run_control(args: RunArgs) -> ExitCode {
             }
             (Source::Kube, None) => return Err("no API-server client".into()),
         };
-        tokio::spawn(podwall_control::status::watch(
-            store.clone(),
-            metrics.clone(),
-            evidence,
-        ));
+        let views = Arc::new(Views::new(store.clone(), evidence));
+        tokio::spawn(podwall_control::status::watch(views.clone(), metrics.clone()));
         if let Some((listen, cert, cfg)) = webhook {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -231,6 +229,7 @@ fn run_control(args: RunArgs) -> ExitCode {
         }
         let server = Arc::new(Server {
             store,
+            views,
             auth,
             metrics,
         });

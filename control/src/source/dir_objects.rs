@@ -28,7 +28,16 @@ pub const SERVED_KINDS: [&str; 7] = [
 pub fn read_objects(paths: &[PathBuf]) -> Result<ObjectSet, SourceError> {
     let mut set = ObjectSet::new();
     for file in read_paths(paths)? {
-        for (_, object) in podwall_policy::objects(&file.name, &file.text)? {
+        for (_, mut object) in podwall_policy::objects(&file.name, &file.text)? {
+            // As `kubectl apply` does: a namespaced object without a namespace is in `default`.
+            if object["kind"].as_str().is_some_and(|k| k != "Namespace")
+                && object["metadata"].is_object()
+                && object["metadata"]["namespace"]
+                    .as_str()
+                    .is_none_or(str::is_empty)
+            {
+                object["metadata"]["namespace"] = serde_json::Value::from("default");
+            }
             let Some(key) = ObjectKey::of(&object) else {
                 continue;
             };
