@@ -347,16 +347,15 @@ fn snapshot(epoch: &str, index: &ViewIndex, keys: &BTreeSet<ObjectKey>) -> FeedM
     }
 }
 
-/// The delta from what was sent to the view now, or `None` when only a snapshot can say it
-/// (the changes in between are no longer kept). An empty delta is `Some(None)`.
+/// The delta from what was sent to the view now, given the objects `changed` in between;
+/// `None` when it is empty.
 fn delta(
-    store: &Store,
     epoch: &str,
     sent: &Sent,
     index: &ViewIndex,
     keys: &BTreeSet<ObjectKey>,
-) -> Option<Option<FeedMessage>> {
-    let changed = store.changed_between(epoch, sent.version, index.version)?;
+    changed: &BTreeSet<ObjectKey>,
+) -> Option<FeedMessage> {
     let upserts: Vec<Value> = keys
         .iter()
         .filter(|k| !sent.keys.contains(*k) || changed.contains(*k))
@@ -370,15 +369,39 @@ fn delta(
         .cloned()
         .collect();
     if upserts.is_empty() && deletes.is_empty() {
-        return Some(None);
+        return None;
     }
-    Some(Some(FeedMessage::Delta {
+    Some(FeedMessage::Delta {
         epoch: epoch.to_string(),
         from: Some(sent.version),
         version: index.version,
         upserts,
         deletes,
-    }))
+    })
+}
+
+/// A message, with the view it brings the sidecar to.
+type Message = (FeedMessage, Arc<BTreeSet<ObjectKey>>);
+
+/// What to send a sidecar that holds `sent`: `Ok(None)` when its view is unchanged (most
+/// changes are other pods' business and are skipped without working the view out), `Err` with
+/// a snapshot when the changes in between are no longer kept.
+fn catch_up(
+    store: &Store,
+    epoch: &str,
+    pod: &PodRef,
+    sent: &Sent,
+    index: &ViewIndex,
+) -> Result<Option<Message>, Message> {
+    let Some(changed) = store.changed_between(epoch, sent.version, index.version) else {
+        let keys = Arc::new(index.keys_for(pod));
+        return Err((snapshot(epoch, index, &keys), keys));
+    };
+    if !index.may_change(pod, &sent.keys, &changed) {
+        return Ok(None);
+    }
+    let keys = Arc::new(index.keys_for(pod));
+    Ok(delta(epoch, sent, index, &keys, &changed).map(|d| (d, keys)))
 }
 
 /// Writes one pod's feed until the sidecar goes away.
@@ -396,7 +419,6 @@ async fn stream(
     let Some(index) = views.index().await else {
         return;
     };
-    let keys = Arc::new(index.keys_for(&pod));
     // First: what the sidecar missed since the view it held, or a snapshot.
     let resumed = held.filter(|(e, _)| *e == epoch).and_then(|(_, v)| {
         views.held(&pod, v).map(|k| Sent {
@@ -404,18 +426,25 @@ async fn stream(
             keys: k,
         })
     });
-    let first = match resumed
+    let caught_up = resumed
         .as_ref()
-        .and_then(|s| delta(&store, &epoch, s, &index, &keys))
-    {
-        Some(None) => None,
-        Some(Some(d)) => {
+        .map(|s| catch_up(&store, &epoch, &pod, s, &index));
+    // With nothing to send, the sidecar stays at the version it holds (the next heartbeat
+    // moves it on).
+    let (first, keys, version) = match (caught_up, resumed) {
+        (Some(Ok(None)), Some(s)) => (None, s.keys, s.version),
+        (Some(Ok(Some((d, keys)))), _) => {
             metrics.deltas.inc();
-            Some(d)
+            (Some(d), keys, index.version)
         }
-        None => {
+        (Some(Err((snap, keys))), _) => {
             metrics.snapshots.inc();
-            Some(snapshot(&epoch, &index, &keys))
+            (Some(snap), keys, index.version)
+        }
+        _ => {
+            let keys = Arc::new(index.keys_for(&pod));
+            metrics.snapshots.inc();
+            (Some(snapshot(&epoch, &index, &keys)), keys, index.version)
         }
     };
     if let Some(msg) = first {
@@ -425,10 +454,7 @@ async fn stream(
             return;
         }
     }
-    let mut sent = Sent {
-        version: index.version,
-        keys,
-    };
+    let mut sent = Sent { version, keys };
     // The newest version whose view was checked to be what the sidecar holds: heartbeats carry
     // it, so a sidecar's version keeps up even while its view does not change.
     let mut checked = index.version;
@@ -442,29 +468,26 @@ async fn stream(
                 if index.version <= checked {
                     continue;
                 }
-                let keys = Arc::new(index.keys_for(&pod));
-                let msg = match delta(&store, &epoch, &sent, &index, &keys) {
-                    Some(Some(d)) => {
+                let (msg, keys) = match catch_up(&store, &epoch, &pod, &sent, &index) {
+                    Ok(Some((d, keys))) => {
                         metrics.deltas.inc();
-                        Some(d)
+                        (d, keys)
                     }
-                    Some(None) => {
+                    Ok(None) => {
                         checked = index.version;
                         continue;
                     }
-                    None => {
+                    Err((snap, keys)) => {
                         // Fell too far behind: start over.
                         metrics.snapshots.inc();
-                        Some(snapshot(&epoch, &index, &keys))
+                        (snap, keys)
                     }
                 };
-                if let Some(msg) = msg {
-                    let bytes = line(&msg);
-                    metrics.bytes.inc_by(bytes.len() as u64);
-                    if tx.send(bytes).await.is_err() {
-                        // Not received: the sidecar holds what was sent before.
-                        break true;
-                    }
+                let bytes = line(&msg);
+                metrics.bytes.inc_by(bytes.len() as u64);
+                if tx.send(bytes).await.is_err() {
+                    // Not received: the sidecar holds what was sent before.
+                    break true;
                 }
                 sent = Sent { version: index.version, keys };
                 checked = index.version;

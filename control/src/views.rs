@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podwall_policy::feed::{ObjectKey, ObjectSet};
-use podwall_policy::{Direction, Engine, Loader, Origin, PodId, PolicyId, PortMatch, RuleRef};
+use podwall_policy::{
+    ClusterState, Direction, Engine, Loader, Origin, PodId, PolicyId, PortMatch, RuleRef,
+};
 
 use crate::auth::PodRef;
 use crate::status::{Protection, SidecarEvidence, has_sidecar};
@@ -40,6 +42,9 @@ fn pod_key(namespace: &str, name: &str) -> ObjectKey {
     }
 }
 
+/// Pods, sorted, shared.
+type PodList = Arc<Vec<PodId>>;
+
 /// Everything views are computed from, at one store version.
 pub struct ViewIndex {
     /// The store version.
@@ -53,6 +58,19 @@ pub struct ViewIndex {
     services: Vec<ServiceEntry>,
     /// Which pods run a sidecar.
     protected: Vec<bool>,
+    /// Each pod's object key.
+    pod_keys: Vec<ObjectKey>,
+    /// Each policy's object key, and back.
+    policy_keys: Vec<ObjectKey>,
+    policy_ids: HashMap<ObjectKey, PolicyId>,
+    /// The policies selecting each pod.
+    selecting: Vec<Vec<PolicyId>>,
+    /// The pods each policy selects (sorted).
+    selected: Vec<Vec<PodId>>,
+    /// Pods backing a service (a new one changes the views that reach the service).
+    backend_pods: HashSet<PodId>,
+    /// The pods each rule's peer selects (sorted), worked out when first asked.
+    peers: Mutex<HashMap<(RuleRef, usize), PodList>>,
     /// The protection report at this version.
     pub protection: Protection,
 }
@@ -75,28 +93,110 @@ impl std::fmt::Debug for ViewIndex {
     }
 }
 
-impl ViewIndex {
-    /// Builds the index for `objects` at `version`.
-    pub fn build(version: u64, objects: Arc<ObjectSet>, evidence: SidecarEvidence) -> ViewIndex {
-        let mut loader = Loader::new();
-        let origin = Origin {
-            source: "store".into(),
-            line: 0,
-            item: None,
-        };
-        for object in objects.values() {
-            loader.add_object(origin.clone(), object.clone());
+/// Reads `objects` from scratch.
+pub fn load(objects: &ObjectSet) -> ClusterState {
+    let mut loader = Loader::new();
+    let origin = Origin {
+        source: "store".into(),
+        line: 0,
+        item: None,
+    };
+    for object in objects.values() {
+        loader.add_object(origin.clone(), object.clone());
+    }
+    loader.finish().0
+}
+
+/// The pod's own rules' peers, by rule and peer index.
+fn own_rules(engine: &Engine, selecting: &[PolicyId]) -> Vec<(RuleRef, usize, bool)> {
+    let state = engine.state();
+    let mut out = Vec::new();
+    for &policy_id in selecting {
+        let policy = state.policy(policy_id);
+        for (direction, rules) in [
+            (Direction::Ingress, &policy.ingress),
+            (Direction::Egress, &policy.egress),
+        ] {
+            for (index, rule) in rules.iter().flatten().enumerate() {
+                let rule_ref = RuleRef {
+                    policy: policy_id,
+                    direction,
+                    index: index as u32,
+                };
+                for peer in 0..rule.peers.len() {
+                    out.push((rule_ref, peer, direction == Direction::Egress));
+                }
+            }
         }
-        let (state, _) = loader.finish();
+    }
+    out
+}
+
+impl ViewIndex {
+    /// Builds the index for `objects` at `version`, reading them from scratch.
+    pub fn build(version: u64, objects: Arc<ObjectSet>, evidence: SidecarEvidence) -> ViewIndex {
+        let state = load(&objects);
+        ViewIndex::from_state(version, objects, state, evidence)
+    }
+
+    /// Builds the index from `state`, the objects already read.
+    pub fn from_state(
+        version: u64,
+        objects: Arc<ObjectSet>,
+        state: ClusterState,
+        evidence: SidecarEvidence,
+    ) -> ViewIndex {
         let engine = Engine::compile(state);
         let state = engine.state();
+
+        let pod_keys: Vec<ObjectKey> = state
+            .pod_ids()
+            .map(|id| {
+                let p = state.pod(id);
+                pod_key(&p.namespace, &p.name)
+            })
+            .collect();
+        let policy_keys: Vec<ObjectKey> = state
+            .policy_ids()
+            .map(|id| policy_key(&engine, id))
+            .collect();
+        let policy_ids = state
+            .policy_ids()
+            .map(|id| (policy_keys[id.0 as usize].clone(), id))
+            .collect();
+        // Who selects whom, looking only at each policy's own namespace (pods are sorted by
+        // namespace): as Engine::policies_selecting decides, without scanning every pod.
+        let mut ranges: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (i, p) in state.pods.iter().enumerate() {
+            let r = ranges.entry(p.namespace.as_str()).or_insert((i, i));
+            r.1 = i + 1;
+        }
+        let mut selecting: Vec<Vec<PolicyId>> = vec![Vec::new(); state.pods.len()];
+        let mut selected: Vec<Vec<PodId>> = Vec::with_capacity(state.policies.len());
+        for policy_id in state.policy_ids() {
+            let policy = state.policy(policy_id);
+            let ns_ok = policy.namespace_selector.as_ref().is_none_or(|s| {
+                state
+                    .namespace(&policy.name.namespace)
+                    .is_some_and(|n| s.matches(&n.labels))
+            });
+            let mut pods = Vec::new();
+            if ns_ok && let Some(&(from, to)) = ranges.get(policy.name.namespace.as_str()) {
+                for (i, pod) in state.pods.iter().enumerate().take(to).skip(from) {
+                    if !pod.host_network && policy.pod_selector.matches(&pod.labels) {
+                        pods.push(PodId(i as u32));
+                        selecting[i].push(policy_id);
+                    }
+                }
+            }
+            selected.push(pods);
+        }
 
         let protected: Vec<bool> = state
             .pod_ids()
             .map(|id| {
-                let p = state.pod(id);
                 objects
-                    .get(&pod_key(&p.namespace, &p.name))
+                    .get(&pod_keys[id.0 as usize])
                     .is_some_and(|o| has_sidecar(o, evidence))
             })
             .collect();
@@ -107,22 +207,21 @@ impl ViewIndex {
             .collect();
         let mut protection = Protection::default();
         for id in state.pod_ids() {
-            let pod = state.pod(id);
-            if protected[id.0 as usize] {
+            let i = id.0 as usize;
+            if protected[i] {
                 protection.protected += 1;
                 continue;
             }
-            let selecting = engine.policies_selecting(id);
-            if selecting.is_empty() {
+            if selecting[i].is_empty() {
                 continue;
             }
-            common.insert(pod_key(&pod.namespace, &pod.name));
-            for p in &selecting {
-                common.insert(policy_key(&engine, *p));
+            common.insert(pod_keys[i].clone());
+            for p in &selecting[i] {
+                common.insert(policy_keys[p.0 as usize].clone());
             }
             protection.unprotected.insert(
-                pod.key(),
-                selecting
+                state.pod(id).key(),
+                selecting[i]
                     .iter()
                     .map(|p| state.policy(*p).name.to_string())
                     .collect(),
@@ -151,7 +250,7 @@ impl ViewIndex {
                 }
             }
         }
-        let services = objects
+        let services: Vec<ServiceEntry> = objects
             .keys()
             .filter(|k| k.kind == "Service")
             .map(|k| {
@@ -170,15 +269,123 @@ impl ViewIndex {
                 }
             })
             .collect();
+        let backend_pods = services
+            .iter()
+            .flat_map(|s: &ServiceEntry| s.backends.iter().copied())
+            .collect();
         ViewIndex {
             version,
             objects,
             engine,
             common,
+            backend_pods,
             services,
             protected,
+            pod_keys,
+            policy_keys,
+            policy_ids,
+            selecting,
+            selected,
+            peers: Mutex::new(HashMap::new()),
             protection,
         }
+    }
+
+    fn peer_pods(&self, rule: RuleRef, peer: usize) -> PodList {
+        if let Some(p) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(rule, peer))
+        {
+            return p.clone();
+        }
+        let mut pods = self.engine.peer_pods(rule, peer);
+        pods.sort();
+        let pods = Arc::new(pods);
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((rule, peer), pods.clone());
+        pods
+    }
+
+    /// Whether `pod`'s view may differ from `sent` (its view before `changed` happened): false
+    /// when no changed object can be in it or enter it, so most sidecars skip a change that is
+    /// not theirs without working out their view again.
+    pub fn may_change(
+        &self,
+        pod: &PodRef,
+        sent: &BTreeSet<ObjectKey>,
+        changed: &BTreeSet<ObjectKey>,
+    ) -> bool {
+        let state = self.engine.state();
+        let me = state.pod_by_name(&pod.namespace, &pod.name);
+        let mut rules: Option<Vec<(RuleRef, usize, bool)>> = None;
+        let mut view_pods: Option<Vec<PodId>> = None;
+        for key in changed {
+            if sent.contains(key) || self.common.contains(key) {
+                return true;
+            }
+            match key.kind.as_str() {
+                "Namespace" | "Service" | "EndpointSlice" => return true,
+                "Pod" => {
+                    if key.namespace == pod.namespace && key.name == pod.name {
+                        return true;
+                    }
+                    let Some(x) = state.pod_by_name(&key.namespace, &key.name) else {
+                        continue; // gone, and was not in the view
+                    };
+                    if self.backend_pods.contains(&x) {
+                        return true;
+                    }
+                    let Some(me) = me else { continue };
+                    let rules = rules.get_or_insert_with(|| {
+                        own_rules(&self.engine, &self.selecting[me.0 as usize])
+                    });
+                    if rules
+                        .iter()
+                        .any(|(r, p, _)| self.peer_pods(*r, *p).binary_search(&x).is_ok())
+                    {
+                        return true; // a new or relabelled peer
+                    }
+                    // Named ports of rules without peers resolve on any pod declaring them.
+                    if !state.pod(x).ports.is_empty()
+                        && self.selecting[me.0 as usize].iter().any(|p| {
+                            let policy = state.policy(*p);
+                            [&policy.ingress, &policy.egress].iter().any(|rs| {
+                                rs.iter().flatten().any(|r| {
+                                    r.peers.is_empty()
+                                        && r.ports
+                                            .iter()
+                                            .any(|p| matches!(p.port, PortMatch::Named(_)))
+                                })
+                            })
+                        })
+                    {
+                        return true;
+                    }
+                }
+                _ => {
+                    // A policy: in the view if it selects the pod or a pod of the view.
+                    let Some(policy_id) = self.policy_ids.get(key) else {
+                        continue; // gone, and was not in the view
+                    };
+                    let selected = &self.selected[policy_id.0 as usize];
+                    let view_pods = view_pods.get_or_insert_with(|| {
+                        sent.iter()
+                            .filter(|k| k.kind == "Pod")
+                            .filter_map(|k| state.pod_by_name(&k.namespace, &k.name))
+                            .chain(me)
+                            .collect()
+                    });
+                    if view_pods.iter().any(|p| selected.binary_search(p).is_ok()) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// The keys of `pod`'s view. A pod the control plane does not know (yet) gets the common
@@ -189,70 +396,61 @@ impl ViewIndex {
         let Some(me) = state.pod_by_name(&pod.namespace, &pod.name) else {
             return keys;
         };
-        keys.insert(pod_key(&pod.namespace, &pod.name));
+        keys.insert(self.pod_keys[me.0 as usize].clone());
         let mut peers: HashSet<PodId> = HashSet::new();
-        let mut egress_isolated = false;
+        let own = &self.selecting[me.0 as usize];
+        let egress_isolated = own.iter().any(|p| state.policy(*p).egress.is_some());
         // Egress to anything beyond pods (ipBlock, entities, FQDN, all peers): every service.
         let mut egress_wide = false;
-        for policy_id in self.engine.policies_selecting(me) {
-            keys.insert(policy_key(&self.engine, policy_id));
+        for &policy_id in own {
+            keys.insert(self.policy_keys[policy_id.0 as usize].clone());
             let policy = state.policy(policy_id);
             for (direction, rules) in [
                 (Direction::Ingress, &policy.ingress),
                 (Direction::Egress, &policy.egress),
             ] {
-                let Some(rules) = rules else { continue };
-                if direction == Direction::Egress {
-                    egress_isolated = true;
-                }
-                for (index, rule) in rules.iter().enumerate() {
-                    let rule_ref = RuleRef {
-                        policy: policy_id,
-                        direction,
-                        index: index as u32,
-                    };
-                    if rule.peers.is_empty() {
-                        if direction == Direction::Egress {
-                            egress_wide = true;
-                        }
-                        let named: Vec<&str> = rule
-                            .ports
-                            .iter()
-                            .filter_map(|p| match &p.port {
-                                PortMatch::Named(n) => Some(n.as_str()),
-                                _ => None,
-                            })
-                            .collect();
-                        if !named.is_empty() {
-                            peers.extend(state.pod_ids().filter(|id| {
-                                state
-                                    .pod(*id)
-                                    .ports
-                                    .iter()
-                                    .any(|p| p.name.as_deref().is_some_and(|n| named.contains(&n)))
-                            }));
-                        }
-                        continue;
+                for rule in rules.iter().flatten().filter(|r| r.peers.is_empty()) {
+                    if direction == Direction::Egress {
+                        egress_wide = true;
                     }
-                    for peer in 0..rule.peers.len() {
-                        let pods = self.engine.peer_pods(rule_ref, peer);
-                        if pods.is_empty() && direction == Direction::Egress {
-                            // ipBlock, FQDN or entity peers reach beyond pods.
-                            egress_wide = true;
-                        }
-                        peers.extend(pods);
+                    let named: Vec<&str> = rule
+                        .ports
+                        .iter()
+                        .filter_map(|p| match &p.port {
+                            PortMatch::Named(n) => Some(n.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    if !named.is_empty() {
+                        peers.extend(state.pod_ids().filter(|id| {
+                            state
+                                .pod(*id)
+                                .ports
+                                .iter()
+                                .any(|p| p.name.as_deref().is_some_and(|n| named.contains(&n)))
+                        }));
                     }
                 }
             }
         }
+        for (rule, peer, egress) in own_rules(&self.engine, own) {
+            let pods = self.peer_pods(rule, peer);
+            if pods.is_empty() && egress {
+                // ipBlock, FQDN or entity peers reach beyond pods.
+                egress_wide = true;
+            }
+            peers.extend(pods.iter().copied());
+        }
         // Every pod in the view comes with the policies selecting it, so that its side of a
         // connection is judged on everything that applies to it, never on a part.
-        for id in &peers {
-            let p = state.pod(*id);
-            keys.insert(pod_key(&p.namespace, &p.name));
-            for policy_id in self.engine.policies_selecting(*id) {
-                keys.insert(policy_key(&self.engine, policy_id));
+        let add_pod = |keys: &mut BTreeSet<ObjectKey>, id: PodId| {
+            keys.insert(self.pod_keys[id.0 as usize].clone());
+            for p in &self.selecting[id.0 as usize] {
+                keys.insert(self.policy_keys[p.0 as usize].clone());
             }
+        };
+        for id in &peers {
+            add_pod(&mut keys, *id);
         }
         for svc in &self.services {
             let reachable = !egress_isolated
@@ -267,14 +465,9 @@ impl ViewIndex {
             }
             keys.insert(svc.key.clone());
             if svc.slices.is_empty() {
-                // Endpoints worked out from pods: the sidecar needs them, and, as for every pod
-                // in a view, the policies selecting them.
+                // Endpoints worked out from pods: the sidecar needs them.
                 for b in &svc.backends {
-                    let p = state.pod(*b);
-                    keys.insert(pod_key(&p.namespace, &p.name));
-                    for policy_id in self.engine.policies_selecting(*b) {
-                        keys.insert(policy_key(&self.engine, policy_id));
-                    }
+                    add_pod(&mut keys, *b);
                 }
             } else {
                 keys.extend(svc.slices.iter().cloned());
@@ -293,6 +486,49 @@ fn policy_key(engine: &Engine, id: PolicyId) -> ObjectKey {
     }
 }
 
+/// The state at `version`: the long-lived loader brought up to date with only the objects
+/// changed since its version, or everything read again when those changes are gone.
+fn read(
+    store: &Store,
+    loader: &mut Option<(u64, Loader)>,
+    version: u64,
+    objects: &ObjectSet,
+) -> ClusterState {
+    let origin = Origin {
+        source: "store".into(),
+        line: 0,
+        item: None,
+    };
+    let changed = loader
+        .as_ref()
+        .and_then(|(at, _)| store.changed_between(store.epoch(), *at, version));
+    let (at, live) = match (changed, loader.as_mut()) {
+        (Some(changed), Some((at, live))) => {
+            for key in changed {
+                live.remove(&key.kind, &key.namespace, &key.name);
+                if let Some(object) = objects.get(&key) {
+                    live.add_object(origin.clone(), object.clone());
+                }
+            }
+            (at, live)
+        }
+        _ => {
+            let mut fresh = Loader::new();
+            for object in objects.values() {
+                fresh.add_object(origin.clone(), object.clone());
+            }
+            let l = loader.insert((version, fresh));
+            (&mut l.0, &mut l.1)
+        }
+    };
+    *at = version;
+    let (state, report) = live.state();
+    for d in &report.diagnostics {
+        tracing::warn!("{d}");
+    }
+    state
+}
+
 /// What a sidecar held when its feed closed: version, keys, when.
 type LeftView = (u64, Arc<BTreeSet<ObjectKey>>, Instant);
 
@@ -301,6 +537,8 @@ type LeftView = (u64, Arc<BTreeSet<ObjectKey>>, Instant);
 pub struct Views {
     store: Arc<Store>,
     evidence: SidecarEvidence,
+    /// The objects read so far, and at which version: each build reads only what changed.
+    loader: Mutex<Option<(u64, Loader)>>,
     current: Mutex<Option<Arc<ViewIndex>>>,
     building: tokio::sync::Mutex<()>,
     left: Mutex<HashMap<PodRef, LeftView>>,
@@ -320,6 +558,7 @@ impl Views {
         Views {
             store,
             evidence,
+            loader: Mutex::new(None),
             current: Mutex::new(None),
             building: tokio::sync::Mutex::new(()),
             left: Mutex::new(HashMap::new()),
@@ -348,9 +587,21 @@ impl Views {
         }
         let evidence = self.evidence;
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || ViewIndex::build(version, objects, evidence))
-            .await
-        {
+        let mut loader = self.loader.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let store = self.store.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let state = read(&store, &mut loader, version, &objects);
+            (
+                ViewIndex::from_state(version, objects, state, evidence),
+                loader,
+            )
+        })
+        .await
+        .map(|(index, loader)| {
+            *self.loader.lock().unwrap_or_else(|e| e.into_inner()) = loader;
+            index
+        });
+        match built {
             Ok(index) => {
                 tracing::debug!(version, took = ?started.elapsed(), "view index built");
                 let index = Arc::new(index);
@@ -498,5 +749,53 @@ mod tests {
             name: "ghost".into(),
         });
         assert!(!unknown.iter().any(|k| k.name == "ghost"));
+    }
+
+    #[test]
+    fn only_changes_that_can_touch_a_view_make_it_be_worked_out_again() {
+        let base = vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
+            pod("web", "web", "10.0.0.1", true),
+            pod("api", "api", "10.0.0.2", true),
+            pod("batch", "batch", "10.0.0.5", true),
+            netpol("web-egress", "web", Some("api"), None),
+            netpol("batch-egress", "batch", Some("batch"), None),
+        ];
+        let web = PodRef {
+            namespace: "prod".into(),
+            name: "web".into(),
+        };
+        let before = ViewIndex::build(1, set(&base), SidecarEvidence::Annotation);
+        let sent = before.keys_for(&web);
+        let key = |o: &Value| ObjectKey::of(o).expect("key");
+        let changed_to = |objs: Vec<Value>, changed: &[&Value]| {
+            let index = ViewIndex::build(2, set(&objs), SidecarEvidence::Annotation);
+            let changed: BTreeSet<ObjectKey> = changed.iter().map(|o| key(o)).collect();
+            index.may_change(&web, &sent, &changed)
+        };
+        // batch's policy and a batch replica: none of web's business.
+        let batch_policy = netpol("batch-egress", "batch", Some("api"), None);
+        let mut objs = base.clone();
+        objs[5] = batch_policy.clone();
+        assert!(!changed_to(objs, &[&batch_policy]));
+        let replica = pod("batch-2", "batch", "10.0.0.6", true);
+        let mut objs = base.clone();
+        objs.push(replica.clone());
+        assert!(!changed_to(objs, &[&replica]));
+        // A new api replica is a new peer of web's rule.
+        let api2 = pod("api-2", "api", "10.0.0.7", true);
+        let mut objs = base.clone();
+        objs.push(api2.clone());
+        assert!(changed_to(objs, &[&api2]));
+        // A new policy selecting api (a pod of web's view) joins the view.
+        let api_ingress = netpol("api-ingress", "api", None, Some("web"));
+        let mut objs = base.clone();
+        objs.push(api_ingress.clone());
+        assert!(changed_to(objs, &[&api_ingress]));
+        // web's own policy edited.
+        let edited = netpol("web-egress", "web", Some("batch"), None);
+        let mut objs = base.clone();
+        objs[4] = edited.clone();
+        assert!(changed_to(objs, &[&edited]));
     }
 }

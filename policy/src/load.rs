@@ -480,6 +480,55 @@ impl Loader {
         );
     }
 
+    /// Forgets an object added before (by kind, namespace and name), so that a later
+    /// [`add_object`](Self::add_object) of its new version is no duplicate: a long-lived loader
+    /// then follows a changing set of objects without reading the unchanged ones again.
+    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        match kind {
+            "Namespace" => {
+                self.namespaces.remove(name);
+            }
+            "Pod" => {
+                self.pods.remove(&key);
+            }
+            "Service" => {
+                self.services.remove(&key);
+            }
+            "EndpointSlice" => {
+                self.slices.remove(&key);
+            }
+            _ => {
+                let kind = match kind {
+                    "NetworkPolicy" => PolicyKind::NetworkPolicy,
+                    "PodwallPolicy" => PolicyKind::PodwallPolicy,
+                    "CiliumNetworkPolicy" => PolicyKind::CiliumNetworkPolicy,
+                    _ => return,
+                };
+                self.policies.remove(&PolicyName {
+                    kind,
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+
+    /// The state of what was added so far, leaving the loader as it is (see
+    /// [`remove`](Self::remove)); the diagnostics since the last call.
+    pub fn state(&mut self) -> (ClusterState, LoadReport) {
+        let namespaces = self.namespaces.values().map(|(ns, _)| ns.clone()).collect();
+        let mut state = ClusterState::new(
+            namespaces,
+            self.pods.values().cloned().collect(),
+            self.policies.values().cloned().collect(),
+        );
+        let services: Vec<_> = self.services.values().cloned().collect();
+        let slices: Vec<_> = self.slices.values().cloned().collect();
+        state.services = crate::services::build(&services, &slices, &state.pods);
+        (state, std::mem::take(&mut self.report))
+    }
+
     /// The state and what loading found.
     pub fn finish(self) -> (ClusterState, LoadReport) {
         let namespaces = self.namespaces.into_values().map(|(ns, _)| ns).collect();

@@ -229,3 +229,38 @@ fn syntax_errors_give_the_line_in_the_whole_file() {
         "a file that is not YAML adds nothing"
     );
 }
+
+#[test]
+fn a_long_lived_loader_follows_removals_and_new_versions_like_a_fresh_one() {
+    let first = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop, labels: {app: a}}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec: {clusterIP: 10.96.0.1, selector: {app: a}, ports: [{port: 80}]}\n";
+    let relabelled = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop, labels: {app: b}}\nstatus: {podIP: 10.0.0.1}\n";
+    let mut live = Loader::new();
+    live.add_yaml("first", first).expect("yaml");
+    let (before, _) = live.state();
+    assert_eq!(before.policies.len(), 1);
+    assert_eq!(before.services.len(), 1);
+    live.remove("Pod", "shop", "p");
+    live.add_yaml("update", relabelled).expect("yaml");
+    live.remove("NetworkPolicy", "shop", "deny");
+    let (after, report) = live.state();
+    assert!(
+        report.diagnostics.is_empty(),
+        "no duplicate warnings: {:#?}",
+        report.diagnostics
+    );
+
+    let mut fresh = Loader::new();
+    fresh.add_yaml("first", first).expect("yaml");
+    fresh.remove("NetworkPolicy", "shop", "deny");
+    fresh.remove("Pod", "shop", "p");
+    fresh.add_yaml("update", relabelled).expect("yaml");
+    let (expected, _) = fresh.finish();
+    assert_eq!(after.pods, expected.pods);
+    assert_eq!(after.policies, expected.policies);
+    assert!(after.policies.is_empty());
+    assert_eq!(after.pods[0].labels["app"], "b");
+    assert!(
+        after.services.ports().all(|p| p.backends.is_empty()),
+        "the service's selector no longer matches the relabelled pod"
+    );
+}
