@@ -44,8 +44,10 @@ pub struct InjectConfig {
     pub proxy_uid: i64,
     /// The sidecar's admin port (probes, metrics).
     pub admin_port: u16,
-    /// Inject as a native sidecar (Kubernetes >= 1.29); false for older clusters.
-    pub native_sidecar: bool,
+    /// Inject as a native sidecar (an init container with `restartPolicy: Always`, Kubernetes
+    /// 1.29 and later) or as a regular container; unset: native, unless the control plane finds
+    /// an older API server.
+    pub native_sidecar: Option<bool>,
     /// Audit mode for every injected pod: would-be denials pass, logged as AUDIT.
     pub audit: bool,
     /// Outbound CIDRs the init rules leave alone.
@@ -72,7 +74,7 @@ impl Default for InjectConfig {
             control_plane: "podwall-control.podwall-system.svc:15010".into(),
             proxy_uid: 1337,
             admin_port: 15020,
-            native_sidecar: true,
+            native_sidecar: None,
             audit: false,
             exclude_outbound_cidrs: Vec::new(),
             exclude_outbound_ports: Vec::new(),
@@ -314,7 +316,7 @@ pub fn inject_template(
     };
     // Order: the rules first, then the sidecar (ready before anything else starts), then the
     // app's own init containers, whose traffic is then already enforced.
-    if cfg.native_sidecar {
+    if cfg.native_sidecar.unwrap_or(true) {
         let mut sidecar = sidecar_container(cfg);
         sidecar["restartPolicy"] = json!("Always");
         push(spec_map, "initContainers", sidecar, true);
@@ -457,7 +459,7 @@ mod tests {
     #[test]
     fn without_native_sidecars_the_proxy_is_a_regular_container() {
         let cfg = InjectConfig {
-            native_sidecar: false,
+            native_sidecar: Some(false),
             ..InjectConfig::default()
         };
         let mut p = pod(json!({}));

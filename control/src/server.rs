@@ -28,6 +28,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -39,6 +40,18 @@ use crate::views::{ViewIndex, Views};
 
 /// How often an idle feed says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Seconds, 1 ms to about 16 s.
+#[derive(Debug, Clone)]
+pub struct DelayHistogram(pub Histogram);
+
+impl Default for DelayHistogram {
+    fn default() -> Self {
+        DelayHistogram(Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+        ))
+    }
+}
 
 /// A kind of object, as a metric label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +90,8 @@ pub struct ServerMetrics {
     pub objects: Gauge,
     /// Bytes of snapshots and deltas sent to sidecars.
     pub bytes: Counter,
+    /// From a change stored to its delta sent to a sidecar whose view it changed (stream lag).
+    pub delta_delay: DelayHistogram,
 }
 
 impl ServerMetrics {
@@ -108,6 +123,11 @@ impl ServerMetrics {
             .register("version", "Version of the served state", m.version.clone());
         m.registry
             .register("objects", "Objects served", m.objects.clone());
+        m.registry.register(
+            "delta_delay_seconds",
+            "Time from a change reaching the control plane to its delta being sent to a sidecar whose view it changes",
+            m.delta_delay.0.clone(),
+        );
         m.registry.register(
             "feed_bytes",
             "Bytes of snapshots and deltas sent to sidecars",
@@ -488,6 +508,9 @@ async fn stream(
                 if tx.send(bytes).await.is_err() {
                     // Not received: the sidecar holds what was sent before.
                     break true;
+                }
+                if let Some(at) = store.stored_at(index.version) {
+                    metrics.delta_delay.0.observe(at.elapsed().as_secs_f64());
                 }
                 sent = Sent { version: index.version, keys };
                 checked = index.version;

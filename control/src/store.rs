@@ -14,6 +14,8 @@ const HISTORY: usize = 1024;
 #[derive(Debug)]
 struct Change {
     version: u64,
+    /// When the change was stored.
+    at: std::time::Instant,
     upserts: Arc<Vec<Value>>,
     deletes: Arc<Vec<ObjectKey>>,
 }
@@ -174,6 +176,7 @@ impl Store {
         let version = inner.version;
         inner.history.push_back(Change {
             version,
+            at: std::time::Instant::now(),
             upserts: Arc::new(upserts),
             deletes: Arc::new(deletes),
         });
@@ -194,6 +197,17 @@ impl Store {
     /// Notified with the version after every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// When `version` was stored, while its change is kept.
+    pub fn stored_at(&self, version: u64) -> Option<std::time::Instant> {
+        let inner = self.lock();
+        let first = inner.history.front()?.version;
+        inner
+            .history
+            .get(version.checked_sub(first)? as usize)
+            .filter(|c| c.version == version)
+            .map(|c| c.at)
     }
 
     /// The keys of the objects changed after `from` up to and including `to`, or `None` when

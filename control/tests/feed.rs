@@ -66,6 +66,28 @@ async fn open(
     (resp.status(), resp.into_body())
 }
 
+/// A plain GET; the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let body = send
+        .send_request(req)
+        .await
+        .expect("response")
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// The next feed message that is not a heartbeat.
 async fn next(body: &mut Incoming, buf: &mut Vec<u8>) -> FeedMessage {
     loop {
@@ -129,6 +151,15 @@ async fn a_feed_starts_with_a_snapshot_and_follows_every_change() {
         }
         other => panic!("{other:?}"),
     }
+    let metrics = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("podwall_control_delta_delay_seconds_count 2"),
+        "each delta's lag is measured: {metrics}"
+    );
+    assert!(
+        metrics.contains("podwall_control_feeds_open 1"),
+        "{metrics}"
+    );
 }
 
 fn pod(name: &str, app: &str) -> Value {

@@ -197,7 +197,7 @@ fn run_control(args: RunArgs) -> ExitCode {
             epoch = store.epoch(),
             "control plane serving feeds"
         );
-        let evidence = match (&source, client) {
+        let evidence = match (&source, client.clone()) {
             (Source::Dir(dir), _) => {
                 tokio::spawn(podwall_control::source::dir_objects::feed(
                     vec![dir.clone()],
@@ -219,7 +219,29 @@ fn run_control(args: RunArgs) -> ExitCode {
         };
         let views = Arc::new(Views::new(store.clone(), evidence));
         tokio::spawn(podwall_control::status::watch(views.clone(), metrics.clone()));
-        if let Some((listen, cert, cfg)) = webhook {
+        if let Some((listen, cert, mut cfg)) = webhook {
+            if cfg.native_sidecar.is_none()
+                && let Some(client) = &client
+            {
+                // Native sidecars (restartPolicy: Always on an init container) need 1.29.
+                match client.apiserver_version().await {
+                    Ok(info) => {
+                        let minor: u32 = info
+                            .minor
+                            .trim_end_matches('+')
+                            .parse()
+                            .unwrap_or(u32::MAX);
+                        let native = info.major != "1" || minor >= 29;
+                        tracing::info!(
+                            version = %info.git_version,
+                            native_sidecar = native,
+                            "injection mode from the API server's version"
+                        );
+                        Arc::make_mut(&mut cfg).native_sidecar = Some(native);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "API server version unknown; injecting native sidecars"),
+                }
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen} (webhook): {e}"))?;

@@ -56,7 +56,9 @@ pub(crate) fn run(args: InjectArgs) -> ExitCode {
     if let Some(c) = args.control_plane {
         cfg.control_plane = c;
     }
-    cfg.native_sidecar &= !args.no_native_sidecar;
+    if args.no_native_sidecar {
+        cfg.native_sidecar = Some(false);
+    }
     cfg.audit |= args.audit;
     let files = match podwall_control::source::read_paths(&args.files) {
         Ok(f) => f,
