@@ -55,7 +55,11 @@ fn the_chart_lints_clean_and_a_broken_copy_does_not() {
     // A typo in values (caught by values.schema.json) and a template error (caught by
     // rendering) must both fail.
     for (file, from, to) in [
-        ("values.yaml", "  failurePolicy: Fail", "  failurPolicy: Fail"),
+        (
+            "values.yaml",
+            "  failurePolicy: Fail",
+            "  failurPolicy: Fail",
+        ),
         (
             "templates/service.yaml",
             "targetPort: feed",
@@ -83,10 +87,7 @@ fn template(name: &str) -> String {
 fn the_webhook_calls_the_path_the_control_plane_serves_on_the_port_it_listens() {
     let webhook = template("webhook.yaml");
     assert!(
-        webhook.contains(&format!(
-            "path: {}",
-            podwall_control::webhook::INJECT_PATH
-        )),
+        webhook.contains(&format!("path: {}", podwall_control::webhook::INJECT_PATH)),
         "{webhook}"
     );
     assert!(webhook.contains("admissionReviewVersions: [v1]"));
@@ -105,8 +106,8 @@ fn the_webhook_calls_the_path_the_control_plane_serves_on_the_port_it_listens() 
 
 #[test]
 fn the_injection_config_names_only_fields_the_code_reads() {
-    let defaults = serde_json::to_value(podwall_control::inject::InjectConfig::default())
-        .expect("serialises");
+    let defaults =
+        serde_json::to_value(podwall_control::inject::InjectConfig::default()).expect("serialises");
     let known: Vec<&str> = defaults
         .as_object()
         .expect("object")
