@@ -364,8 +364,14 @@ async fn run(pods: usize) {
         };
         let t0 = Instant::now();
         let version = store.update(vec![change]);
+        let stored = t0.elapsed();
         let index = views.index().await.unwrap();
         let rebuilt = t0.elapsed();
+        println!(
+            "  store update {:.1} ms, then index {:.1} ms",
+            stored.as_secs_f64() * 1000.0,
+            (rebuilt - stored).as_secs_f64() * 1000.0
+        );
         let affected: Vec<usize> = all
             .iter()
             .copied()

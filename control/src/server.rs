@@ -362,7 +362,7 @@ fn snapshot(epoch: &str, index: &ViewIndex, keys: &BTreeSet<ObjectKey>) -> FeedM
         version: index.version,
         objects: keys
             .iter()
-            .filter_map(|k| index.objects.get(k).cloned())
+            .filter_map(|k| index.objects.get(k).map(|v| (**v).clone()))
             .collect(),
     }
 }
@@ -379,7 +379,7 @@ fn delta(
     let upserts: Vec<Value> = keys
         .iter()
         .filter(|k| !sent.keys.contains(*k) || changed.contains(*k))
-        .filter_map(|k| index.objects.get(k).cloned())
+        .filter_map(|k| index.objects.get(k).map(|v| (**v).clone()))
         .collect();
     // Left the view, or deleted from the store while in it.
     let deletes: Vec<ObjectKey> = sent

@@ -51,7 +51,8 @@ pub fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
 
 /// Works out which selected pods are unprotected.
 pub fn protection(objects: &ObjectSet, evidence: SidecarEvidence) -> Protection {
-    crate::views::ViewIndex::build(0, Arc::new(objects.clone()), evidence).protection
+    crate::views::ViewIndex::build(0, Arc::new(crate::store::shared(objects.clone())), evidence)
+        .protection
 }
 
 /// Reports after every change (at most once a second) until the process ends.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use podwall_policy::feed::{FeedMessage, ObjectKey, ObjectSet, diff};
+use podwall_policy::feed::{FeedMessage, ObjectKey, ObjectSet};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -23,7 +23,7 @@ struct Change {
 #[derive(Debug)]
 struct Inner {
     version: u64,
-    objects: Arc<ObjectSet>,
+    objects: Arc<SharedObjects>,
     history: VecDeque<Change>,
     /// Whether a first state has been read.
     loaded: bool,
@@ -39,6 +39,15 @@ pub enum StoreChange {
     /// Every object of a kind, as a fresh list gave them (objects of that kind not in it are
     /// gone: the relist after a watch expired).
     ReplaceKind(String, ObjectSet),
+}
+
+/// Objects by key, each shared: a new version copies the map's keys and pointers, never the
+/// objects.
+pub type SharedObjects = std::collections::BTreeMap<ObjectKey, Arc<Value>>;
+
+/// Shares every object of a set.
+pub fn shared(objects: ObjectSet) -> SharedObjects {
+    objects.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
 }
 
 /// The objects, versioned.
@@ -76,7 +85,7 @@ impl Store {
             epoch: new_epoch(),
             inner: Mutex::new(Inner {
                 version: 0,
-                objects: Arc::new(ObjectSet::new()),
+                objects: Arc::new(SharedObjects::new()),
                 history: VecDeque::new(),
                 loaded: false,
             }),
@@ -102,8 +111,18 @@ impl Store {
     /// Returns the version.
     pub fn replace(&self, objects: ObjectSet) -> u64 {
         let mut inner = self.lock();
-        let (upserts, deletes) = diff(&inner.objects, &objects);
-        inner.objects = Arc::new(objects);
+        let upserts: Vec<Value> = objects
+            .iter()
+            .filter(|(k, v)| inner.objects.get(*k).is_none_or(|old| **old != **v))
+            .map(|(_, v)| v.clone())
+            .collect();
+        let deletes: Vec<ObjectKey> = inner
+            .objects
+            .keys()
+            .filter(|k| !objects.contains_key(*k))
+            .cloned()
+            .collect();
+        inner.objects = Arc::new(shared(objects));
         self.record(inner, upserts, deletes, true)
     }
 
@@ -119,9 +138,9 @@ impl Store {
             for change in changes {
                 match change {
                     StoreChange::Upsert(key, value) => {
-                        if objects.get(&key) != Some(&value) {
+                        if objects.get(&key).is_none_or(|old| **old != value) {
                             upserts.push(value.clone());
-                            objects.insert(key, value);
+                            objects.insert(key, Arc::new(value));
                         }
                     }
                     StoreChange::Delete(key) => {
@@ -140,9 +159,9 @@ impl Store {
                             deletes.push(key);
                         }
                         for (key, value) in fresh {
-                            if objects.get(&key) != Some(&value) {
+                            if objects.get(&key).is_none_or(|old| **old != value) {
                                 upserts.push(value.clone());
-                                objects.insert(key, value);
+                                objects.insert(key, Arc::new(value));
                             }
                         }
                     }
@@ -189,7 +208,7 @@ impl Store {
     }
 
     /// The current objects and their version.
-    pub fn current(&self) -> (u64, Arc<ObjectSet>) {
+    pub fn current(&self) -> (u64, Arc<SharedObjects>) {
         let inner = self.lock();
         (inner.version, inner.objects.clone())
     }
@@ -309,7 +328,7 @@ mod tests {
         for m in store.deltas_since(store.epoch(), 1).expect("kept") {
             assert!(apply(&mut held, &mut version, m));
         }
-        assert_eq!(held, *store.current().1);
+        assert_eq!(shared(held), *store.current().1);
         assert_eq!(store.deltas_since(store.epoch(), 3), Some(vec![]));
         assert!(store.deltas_since("another", 1).is_none());
         assert!(store.deltas_since(store.epoch(), 9).is_none());

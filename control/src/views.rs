@@ -22,14 +22,14 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use podwall_policy::feed::{ObjectKey, ObjectSet};
+use podwall_policy::feed::ObjectKey;
 use podwall_policy::{
     ClusterState, Direction, Engine, Loader, Origin, PodId, PolicyId, PortMatch, RuleRef,
 };
 
 use crate::auth::PodRef;
 use crate::status::{Protection, SidecarEvidence, has_sidecar};
-use crate::store::Store;
+use crate::store::{SharedObjects, Store};
 
 /// How long a disconnected sidecar's last view is kept for its resume.
 const KEEP_DISCONNECTED: Duration = Duration::from_secs(300);
@@ -50,7 +50,7 @@ pub struct ViewIndex {
     /// The store version.
     pub version: u64,
     /// The objects at that version.
-    pub objects: Arc<ObjectSet>,
+    pub objects: Arc<SharedObjects>,
     engine: Engine,
     /// In every view: namespaces, unprotected pods and their policies.
     common: BTreeSet<ObjectKey>,
@@ -94,7 +94,7 @@ impl std::fmt::Debug for ViewIndex {
 }
 
 /// Reads `objects` from scratch.
-pub fn load(objects: &ObjectSet) -> ClusterState {
+pub fn load(objects: &SharedObjects) -> ClusterState {
     let mut loader = Loader::new();
     let origin = Origin {
         source: "store".into(),
@@ -102,7 +102,7 @@ pub fn load(objects: &ObjectSet) -> ClusterState {
         item: None,
     };
     for object in objects.values() {
-        loader.add_object(origin.clone(), object.clone());
+        loader.add_object(origin.clone(), (**object).clone());
     }
     loader.finish().0
 }
@@ -134,7 +134,11 @@ fn own_rules(engine: &Engine, selecting: &[PolicyId]) -> Vec<(RuleRef, usize, bo
 
 impl ViewIndex {
     /// Builds the index for `objects` at `version`, reading them from scratch.
-    pub fn build(version: u64, objects: Arc<ObjectSet>, evidence: SidecarEvidence) -> ViewIndex {
+    pub fn build(
+        version: u64,
+        objects: Arc<SharedObjects>,
+        evidence: SidecarEvidence,
+    ) -> ViewIndex {
         let state = load(&objects);
         ViewIndex::from_state(version, objects, state, evidence)
     }
@@ -142,7 +146,7 @@ impl ViewIndex {
     /// Builds the index from `state`, the objects already read.
     pub fn from_state(
         version: u64,
-        objects: Arc<ObjectSet>,
+        objects: Arc<SharedObjects>,
         state: ClusterState,
         evidence: SidecarEvidence,
     ) -> ViewIndex {
@@ -492,7 +496,7 @@ fn read(
     store: &Store,
     loader: &mut Option<(u64, Loader)>,
     version: u64,
-    objects: &ObjectSet,
+    objects: &SharedObjects,
 ) -> ClusterState {
     let origin = Origin {
         source: "store".into(),
@@ -507,7 +511,7 @@ fn read(
             for key in changed {
                 live.remove(&key.kind, &key.namespace, &key.name);
                 if let Some(object) = objects.get(&key) {
-                    live.add_object(origin.clone(), object.clone());
+                    live.add_object(origin.clone(), (**object).clone());
                 }
             }
             (at, live)
@@ -515,7 +519,7 @@ fn read(
         _ => {
             let mut fresh = Loader::new();
             for object in objects.values() {
-                fresh.add_object(origin.clone(), object.clone());
+                fresh.add_object(origin.clone(), (**object).clone());
             }
             let l = loader.insert((version, fresh));
             (&mut l.0, &mut l.1)
@@ -644,10 +648,10 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn set(objs: &[Value]) -> Arc<ObjectSet> {
+    fn set(objs: &[Value]) -> Arc<SharedObjects> {
         Arc::new(
             objs.iter()
-                .map(|o| (ObjectKey::of(o).expect("key"), o.clone()))
+                .map(|o| (ObjectKey::of(o).expect("key"), Arc::new(o.clone())))
                 .collect(),
         )
     }
