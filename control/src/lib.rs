@@ -11,5 +11,7 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod views;
 pub mod webhook;

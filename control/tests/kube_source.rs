@@ -3,8 +3,6 @@
 //! policy follows adds, updates, deletes, relists after `410 Gone`, bookmarks and CRDs that
 //! appear later.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +16,10 @@ use podwall_control::auth::{Authenticator, StaticTokens};
 use podwall_control::server::{Server, ServerMetrics};
 use podwall_control::source::kube::{NoObserver, feed, watched_kinds};
 use podwall_control::store::Store;
+use podwall_control::testing::FakeApiServer;
 use podwall_policy::feed::{FeedMessage, ObjectSet, apply};
 use podwall_policy::{Endpoint, Engine, Loader, Origin, Protocol, Query};
 use serde_json::{Value, json};
-use support::apiserver::FakeApiServer;
 
 fn namespace(name: &str, env: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace",
@@ -362,12 +360,7 @@ async fn a_podwall_policy_crd_installed_later_is_picked_up() {
     db.until("the snapshot", |s| s.has("Pod", "db")).await;
     assert!(db.allows("10.0.0.1", "10.0.0.2", 5432));
 
-    api.serve(
-        "podwall.io/v1alpha1",
-        "PodwallPolicy",
-        "podwallpolicies",
-        true,
-    );
+    api.serve("podwall.io/v1alpha1", "PodwallPolicy", "podwallpolicies");
     api.apply(
         json!({"apiVersion": "podwall.io/v1alpha1", "kind": "PodwallPolicy",
         "metadata": {"name": "db-l7", "namespace": "prod"},

@@ -1,11 +1,10 @@
-//! An in-process API server speaking the real list/watch protocol over HTTP with real
+//! Test support (feature `testing`): an in-process API server speaking the real list/watch
+//! protocol over HTTP with real
 //! Kubernetes JSON: lists with `resourceVersion` and `limit`/`continue` pages, watches from a
 //! resourceVersion as chunked JSON lines (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` when the
 //! client allows them, `ERROR` with a `410 Expired` Status once the history it asks for is
 //! compacted), `404` with a Status for resources it does not serve (an absent CRD). Tests drive
 //! it: create, replace, delete, send bookmarks, compact history, cut every watch.
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,12 +19,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+/// `/version`'s answer.
+const VERSION: &str =
+    r#"{"major":"1","minor":"31","gitVersion":"v1.31.2","platform":"linux/amd64"}"#;
+
 /// A resource the server serves.
 #[derive(Clone, Debug)]
 struct Resource {
     api_version: String,
     kind: String,
-    namespaced: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -53,11 +55,12 @@ struct State {
 
 /// The server; cheap to clone.
 #[derive(Clone)]
-pub(crate) struct FakeApiServer {
+pub struct FakeApiServer {
     state: Arc<Mutex<State>>,
     /// Bumped on every change, bookmark request or cut.
     tick: Arc<watch::Sender<Tick>>,
-    pub(crate) addr: SocketAddr,
+    /// Where it listens.
+    pub addr: SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -92,7 +95,7 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
 
 impl FakeApiServer {
     /// Starts serving on 127.0.0.1.
-    pub(crate) async fn start() -> FakeApiServer {
+    pub async fn start() -> FakeApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -127,7 +130,7 @@ impl FakeApiServer {
     }
 
     /// The URL a kube client uses.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -143,7 +146,7 @@ impl FakeApiServer {
     }
 
     /// Serves a resource (a built-in kind, or a CRD once "installed").
-    pub(crate) fn serve(&self, api_version: &str, kind: &str, plural: &str, namespaced: bool) {
+    pub fn serve(&self, api_version: &str, kind: &str, plural: &str) {
         let path = collection_path(api_version, plural);
         let mut st = self.lock();
         st.resources.insert(
@@ -151,29 +154,18 @@ impl FakeApiServer {
             Resource {
                 api_version: api_version.into(),
                 kind: kind.into(),
-                namespaced,
             },
         );
         st.objects.entry(path).or_default();
     }
 
     /// The built-in kinds podwall watches.
-    pub(crate) fn serve_builtins(&self) {
-        self.serve("v1", "Namespace", "namespaces", false);
-        self.serve("v1", "Pod", "pods", true);
-        self.serve("v1", "Service", "services", true);
-        self.serve(
-            "networking.k8s.io/v1",
-            "NetworkPolicy",
-            "networkpolicies",
-            true,
-        );
-        self.serve(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            "endpointslices",
-            true,
-        );
+    pub fn serve_builtins(&self) {
+        self.serve("v1", "Namespace", "namespaces");
+        self.serve("v1", "Pod", "pods");
+        self.serve("v1", "Service", "services");
+        self.serve("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies");
+        self.serve("discovery.k8s.io/v1", "EndpointSlice", "endpointslices");
     }
 
     fn path_of(st: &State, object: &Value) -> String {
@@ -187,7 +179,7 @@ impl FakeApiServer {
     }
 
     /// Creates or replaces an object (as `kubectl apply` would); returns its resourceVersion.
-    pub(crate) fn apply(&self, mut object: Value) -> u64 {
+    pub fn apply(&self, mut object: Value) -> u64 {
         let rv = {
             let mut st = self.lock();
             let path = Self::path_of(&st, &object);
@@ -223,7 +215,7 @@ impl FakeApiServer {
     }
 
     /// Deletes an object.
-    pub(crate) fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
+    pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
         {
             let mut st = self.lock();
             let probe = json!({"apiVersion": api_version, "kind": kind});
@@ -249,7 +241,7 @@ impl FakeApiServer {
 
     /// Deletes an object while no watch sees it, and the history with it (a control plane that
     /// was disconnected past the API server's compaction): only a relist can tell.
-    pub(crate) fn delete_unseen(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
+    pub fn delete_unseen(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
         {
             let mut st = self.lock();
             let probe = json!({"apiVersion": api_version, "kind": kind});
@@ -267,34 +259,34 @@ impl FakeApiServer {
     }
 
     /// Forgets the change history: a watch resuming from before now gets `410 Gone`.
-    pub(crate) fn compact(&self) {
+    pub fn compact(&self) {
         let mut st = self.lock();
         st.compacted_below = st.rv + 1;
         st.events.clear();
     }
 
     /// Ends every open watch (as an API server restart or a watch timeout would).
-    pub(crate) fn cut_watches(&self) {
+    pub fn cut_watches(&self) {
         self.bump(|t| t.cut += 1);
     }
 
     /// Sends a bookmark with the current resourceVersion on every watch that allows them.
-    pub(crate) fn bookmark(&self) {
+    pub fn bookmark(&self) {
         self.bump(|t| t.bookmark += 1);
     }
 
     /// The requests served so far.
-    pub(crate) fn log(&self) -> Vec<String> {
+    pub fn log(&self) -> Vec<String> {
         self.lock().log.clone()
     }
 
     /// The current resourceVersion.
-    pub(crate) fn resource_version(&self) -> u64 {
+    pub fn resource_version(&self) -> u64 {
         self.lock().rv
     }
 
     /// Makes TokenReview accept `token` as `username` (bound to `pod`) for `audiences`.
-    pub(crate) fn token(&self, token: &str, username: &str, pod: Option<&str>, audiences: &[&str]) {
+    pub fn token(&self, token: &str, username: &str, pod: Option<&str>, audiences: &[&str]) {
         self.lock().tokens.insert(
             token.into(),
             (
@@ -351,6 +343,9 @@ impl FakeApiServer {
             && path == "/apis/authentication.k8s.io/v1/tokenreviews"
         {
             return self.token_review(req).await;
+        }
+        if path == "/version" {
+            return json_response(200, &serde_json::from_str(VERSION).unwrap_or_default());
         }
         let query: BTreeMap<String, String> = req
             .uri()

@@ -1,3 +1,0 @@
-//! Test support shared by the control-plane tests.
-
-pub(crate) mod apiserver;

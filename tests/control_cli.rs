@@ -1,0 +1,207 @@
+//! `podwall control run --source kube` as a cluster runs it: the binary, a kubeconfig pointing
+//! at an in-process API server (list/watch, TokenReview, /version), sidecar feeds checked by
+//! TokenReview, the injection webhook over HTTPS choosing native sidecars from the API server's
+//! version, JSON logs. curl is the client.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use podwall_control::testing::FakeApiServer;
+use serde_json::{Value, json};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    (code.to_string(), body.to_string())
+}
+
+fn curl_available() -> bool {
+    let ok = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "curl is required in CI"
+        );
+        eprintln!("skipped: curl is not installed");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_injects() {
+    if !curl_available() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    api.serve_builtins();
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}));
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "prod", "labels": {"app": "web"}},
+        "spec": {"serviceAccountName": "web-sa", "containers": [{"name": "app"}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.1"}}));
+    api.token(
+        "web-token",
+        "system:serviceaccount:prod:web-sa",
+        Some("web"),
+        &["podwall"],
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster: {{server: '{}'}}\nusers:\n- name: fake\n  user: {{token: fake}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\n",
+            api.url()
+        ),
+    )
+    .expect("kubeconfig");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    let log = dir.path().join("control.log");
+
+    let (feed, hook) = (free_port(), free_port());
+    let _control = Running(
+        Command::new(env!("CARGO_BIN_EXE_podwall"))
+            .args(["control", "run", "--source", "kube"])
+            .arg(format!("--listen=127.0.0.1:{feed}"))
+            .arg(format!("--webhook-listen=127.0.0.1:{hook}"))
+            .arg("--webhook-cert")
+            .arg(&cert_file)
+            .arg("--webhook-key")
+            .arg(&key_file)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("PODWALL_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("podwall control run"),
+    );
+
+    let ready = format!("http://127.0.0.1:{feed}/ready");
+    let started = Instant::now();
+    while curl(&[&ready]).0 != "200" {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A sidecar with its pod's bound token gets its pod's feed; a forged token does not.
+    let url = format!("http://127.0.0.1:{feed}/v1/feed?namespace=prod&pod=web");
+    let (_, body) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            curl(&[
+                "-N",
+                "--max-time",
+                "2",
+                "-H",
+                "Authorization: Bearer web-token",
+                &url,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    let snapshot: Value = serde_json::from_str(body.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("a snapshot line ({e}): {body}"));
+    assert_eq!(snapshot["type"], "snapshot");
+    assert!(
+        snapshot["objects"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .any(|o| o["kind"] == "Pod" && o["metadata"]["name"] == "web"),
+        "{snapshot}"
+    );
+    let (code, _) = curl(&["-H", "Authorization: Bearer forged", &url]);
+    assert_eq!(code, "403");
+
+    // The webhook injects a native sidecar: the API server says 1.31.
+    let review = json!({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+        "request": {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "prod", "operation": "CREATE", "userInfo": {"username": "admin"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "api", "namespace": "prod", "annotations": {"podwall.io/inject": "enabled"}},
+                "spec": {"containers": [{"name": "app"}]}}}})
+    .to_string();
+    let (code, body) = curl(&[
+        "-k",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &review,
+        &format!("https://127.0.0.1:{hook}/inject"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let resp: Value = serde_json::from_str(&body).expect("json");
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(resp["response"]["patch"].as_str().expect("a patch"))
+            .expect("base64"),
+    )
+    .expect("patch");
+    let inits = patch
+        .as_array()
+        .expect("ops")
+        .iter()
+        .find(|op| op["path"] == "/spec/initContainers")
+        .expect("init containers");
+    assert_eq!(inits["value"][1]["name"], "podwall-proxy");
+    assert_eq!(
+        inits["value"][1]["restartPolicy"], "Always",
+        "a native sidecar"
+    );
+
+    // Metrics say what was watched; logs are JSON lines.
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{feed}/metrics")]);
+    assert!(
+        metrics.contains("podwall_control_lists_total{kind=\"Pod\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"injected\"} 1"));
+    let logs = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logs.lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{logs}"
+    );
+    assert!(logs.contains("native_sidecar"), "{logs}");
+}
