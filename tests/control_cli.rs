@@ -1,7 +1,7 @@
 //! `podwall control run --source kube` as a cluster runs it: the binary, a kubeconfig pointing
 //! at an in-process API server (list/watch, TokenReview, /version), sidecar feeds checked by
-//! TokenReview, the injection webhook over HTTPS choosing native sidecars from the API server's
-//! version, JSON logs. curl is the client.
+//! TokenReview over TLS, the injection webhook over HTTPS choosing native sidecars from the API
+//! server's version and handing them the feed's CA, JSON logs. curl is the client.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -102,6 +102,13 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
             .arg(&cert_file)
             .arg("--webhook-key")
             .arg(&key_file)
+            // The feed over TLS with the same certificate, its CA given to injected sidecars.
+            .arg("--feed-cert")
+            .arg(&cert_file)
+            .arg("--feed-key")
+            .arg(&key_file)
+            .arg("--feed-ca")
+            .arg(&cert_file)
             .env("KUBECONFIG", &kubeconfig)
             .env("PODWALL_LOG_FORMAT", "json")
             .stdout(Stdio::null())
@@ -110,9 +117,10 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
             .expect("podwall control run"),
     );
 
-    let ready = format!("http://127.0.0.1:{feed}/ready");
+    let ca = cert_file.display().to_string();
+    let ready = format!("https://localhost:{feed}/ready");
     let started = Instant::now();
-    while curl(&[&ready]).0 != "200" {
+    while curl(&["--cacert", &ca, &ready]).0 != "200" {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "never ready: {}",
@@ -122,14 +130,16 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     }
 
     // A sidecar with its pod's bound token gets its pod's feed; a forged token does not.
-    let url = format!("http://127.0.0.1:{feed}/v1/feed?namespace=prod&pod=web");
-    let (_, body) = tokio::task::spawn_blocking({
-        let url = url.clone();
+    let url = format!("https://localhost:{feed}/v1/feed?namespace=prod&pod=web");
+    let (code, body) = tokio::task::spawn_blocking({
+        let (url, ca) = (url.clone(), ca.clone());
         move || {
             curl(&[
                 "-N",
                 "--max-time",
                 "2",
+                "--cacert",
+                &ca,
                 "-H",
                 "Authorization: Bearer web-token",
                 &url,
@@ -139,7 +149,7 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     .await
     .expect("join");
     let snapshot: Value = serde_json::from_str(body.lines().next().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("a snapshot line ({e}): {body}"));
+        .unwrap_or_else(|e| panic!("a snapshot line ({e}): {code} {body}"));
     assert_eq!(snapshot["type"], "snapshot");
     assert!(
         snapshot["objects"]
@@ -149,8 +159,11 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
             .any(|o| o["kind"] == "Pod" && o["metadata"]["name"] == "web"),
         "{snapshot}"
     );
-    let (code, _) = curl(&["-H", "Authorization: Bearer forged", &url]);
+    let (code, _) = curl(&["--cacert", &ca, "-H", "Authorization: Bearer forged", &url]);
     assert_eq!(code, "403");
+    // Plain HTTP is not served: tokens never cross the network in the clear.
+    let (code, _) = curl(&[&format!("http://127.0.0.1:{feed}/ready")]);
+    assert_ne!(code, "200");
 
     // The webhook injects a native sidecar: the API server says 1.31.
     let review = json!({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
@@ -190,7 +203,11 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     );
 
     // Metrics say what was watched; logs are JSON lines.
-    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{feed}/metrics")]);
+    let (_, metrics) = curl(&[
+        "--cacert",
+        &ca,
+        &format!("https://localhost:{feed}/metrics"),
+    ]);
     assert!(
         metrics.contains("podwall_control_lists_total{kind=\"Pod\"} 1"),
         "{metrics}"

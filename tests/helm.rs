@@ -124,7 +124,30 @@ fn the_rendered_chart_is_what_the_code_expects() {
     let deployment = find(&objects, "Deployment");
     let webhook = find(&objects, "MutatingWebhookConfiguration");
     let configmap = find(&objects, "ConfigMap");
-    let certificate = find(&objects, "Certificate");
+    let certificate = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Certificate"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-webhook"))
+        })
+        .expect("the serving Certificate");
+    // Signed by a long-lived CA of its own, so renewals keep what injected sidecars trust.
+    let ca = objects
+        .iter()
+        .find(|o| o["kind"] == "Certificate" && o["spec"]["isCA"] == true)
+        .expect("the CA Certificate");
+    let ca_issuer = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Issuer" && o["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+        })
+        .expect("an Issuer of that CA");
+    assert_eq!(
+        certificate["spec"]["issuerRef"]["name"],
+        ca_issuer["metadata"]["name"]
+    );
     let crd = find(&objects, "CustomResourceDefinition");
     let service_name = service["metadata"]["name"].as_str().expect("name");
 
@@ -164,6 +187,14 @@ fn the_rendered_chart_is_what_the_code_expects() {
         ),
         "{args:?}"
     );
+    // The feed is served over TLS with the certificate's files, and sidecars get its CA.
+    for arg in [
+        "--feed-cert=/etc/podwall/webhook/tls.crt",
+        "--feed-key=/etc/podwall/webhook/tls.key",
+        "--feed-ca=/etc/podwall/webhook/ca.crt",
+    ] {
+        assert!(args.contains(&arg), "{arg}: {args:?}");
+    }
     assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
     assert_eq!(hook["rules"][0]["resources"], serde_json::json!(["pods"]));
     assert_eq!(hook["failurePolicy"], "Fail");

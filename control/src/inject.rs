@@ -62,6 +62,9 @@ pub struct InjectConfig {
     pub log_format: String,
     /// The audience of the sidecar's token.
     pub token_audience: String,
+    /// The CA (PEM) sidecars verify the control plane with; unset: the feed is plain HTTP/2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane_ca: Option<String>,
     /// Lifetime of the sidecar's token (the kubelet renews it).
     pub token_expiration_seconds: i64,
 }
@@ -83,6 +86,7 @@ impl Default for InjectConfig {
             log_format: "json".into(),
             token_audience: crate::auth::token_review::AUDIENCE.into(),
             token_expiration_seconds: 3600,
+            control_plane_ca: None,
         }
     }
 }
@@ -255,6 +259,9 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
         env.push(e);
     }
     env.push(json!({"name": "PODWALL_LOG_FORMAT", "value": cfg.log_format}));
+    if let Some(ca) = &cfg.control_plane_ca {
+        env.push(json!({"name": "PODWALL_CONTROL_CA", "value": ca}));
+    }
     json!({
         "name": SIDECAR,
         "image": cfg.image,
@@ -454,6 +461,31 @@ mod tests {
         let once = p.clone();
         assert_eq!(inject_object(&mut p, &cfg), Ok(Outcome::AlreadyInjected));
         assert_eq!(p, once, "idempotent");
+    }
+
+    #[test]
+    fn the_sidecar_gets_the_control_planes_ca_when_the_feed_is_tls() {
+        let cfg = InjectConfig {
+            control_plane_ca: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+            ..InjectConfig::default()
+        };
+        let mut p = pod(json!({}));
+        assert_eq!(inject_object(&mut p, &cfg), Ok(Outcome::Injected));
+        let env = p["spec"]["initContainers"][1]["env"]
+            .as_array()
+            .expect("env")
+            .clone();
+        assert!(
+            env.iter().any(|e| e["name"] == "PODWALL_CONTROL_CA"
+                && e["value"] == cfg.control_plane_ca.clone().expect("ca").as_str()),
+            "{env:?}"
+        );
+        let mut plain = pod(json!({}));
+        inject_object(&mut plain, &InjectConfig::default()).expect("injects");
+        assert!(
+            !plain.to_string().contains("PODWALL_CONTROL_CA"),
+            "no CA, no TLS"
+        );
     }
 
     #[test]

@@ -238,6 +238,16 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 impl Server {
     /// Serves on `listener` until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        self.serve_with(listener, None).await
+    }
+
+    /// Serves on `listener`, over TLS when `tls` is given (sidecars then verify the control
+    /// plane before trusting a policy from it, and their tokens are not sent in the clear).
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -248,16 +258,35 @@ impl Server {
                 }
             };
             let server = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let server = server.clone();
                     async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
+                let served = match tls {
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => {
+                                builder.serve_connection(TokioIo::new(tls), service).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                if let Err(e) = served {
                     tracing::debug!(error = %e, %peer, "connection ended");
                 }
             });

@@ -27,7 +27,7 @@ use crate::pod_policy::{Identity, PolicySource};
 const SILENCE: Duration = Duration::from_secs(16);
 
 /// The control plane as the policy source.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlSource {
     /// `host:port` of the control plane.
     pub addr: String,
@@ -35,6 +35,60 @@ pub struct ControlSource {
     pub identity: Identity,
     /// The token to present (re-read at every connection).
     pub token_file: Option<PathBuf>,
+    /// Verify the control plane over TLS (with the CA it was given); `None`: plain HTTP/2.
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for ControlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlSource")
+            .field("addr", &self.addr)
+            .field("identity", &self.identity)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A TLS client trusting only the certificates in `ca_pem` (the control plane's CA), speaking
+/// HTTP/2.
+pub fn tls_connector(ca_pem: &[u8]) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("the control plane's CA: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("the control plane's CA: {e}"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err("the control plane's CA holds no CERTIFICATE".into());
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+type FeedSender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+async fn handshake<S>(io: S) -> Result<FeedSender, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+    tokio::spawn(conn);
+    Ok(send)
 }
 
 struct Feed {
@@ -73,7 +127,11 @@ impl PolicySource for ControlSource {
     }
 
     fn describe(&self) -> String {
-        format!("control:{}", self.addr)
+        if self.tls.is_some() {
+            format!("control:{} (TLS)", self.addr)
+        } else {
+            format!("control:{}", self.addr)
+        }
     }
 }
 
@@ -97,13 +155,28 @@ impl ControlSource {
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("HTTP/2: {e}"))?;
-        tokio::spawn(conn);
+        let (mut send, scheme) = match &self.tls {
+            None => (handshake(stream).await?, "http"),
+            Some(connector) => {
+                let host = self
+                    .addr
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+                    .unwrap_or(&self.addr);
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| format!("{host}: {e}"))?;
+                let tls =
+                    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream))
+                        .await
+                        .map_err(|_| "TLS handshake timed out".to_string())?
+                        .map_err(|e| {
+                            format!("TLS: {e} (is this the control plane, with the CA given?)")
+                        })?;
+                (handshake(tls).await?, "https")
+            }
+        };
         let mut uri = format!(
-            "http://{}/v1/feed?namespace={}&pod={}",
+            "{scheme}://{}/v1/feed?namespace={}&pod={}",
             self.addr, self.identity.namespace, self.identity.name
         );
         if let Some((epoch, version)) = &feed.version {

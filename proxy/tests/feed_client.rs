@@ -106,6 +106,7 @@ async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resync
             name: "a".into(),
         },
         token_file: None,
+        tls: None,
     });
     tokio::spawn(source.run(tx, metrics.clone()));
     wait_until(&mut rx, "one").await;
@@ -133,4 +134,85 @@ async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resync
     wait_until(&mut rx, "three").await;
     assert_eq!(metrics.policy_stream_connected.get(), 1);
     assert!(metrics.policy_stream_reconnects.get() >= 1);
+}
+
+/// A CA and a certificate it signs for `localhost`: (CA PEM, cert PEM, key PEM).
+fn issue() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "podwall test control-plane CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    leaf.distinguished_name = DistinguishedName::new();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = leaf.signed_by(&key, &ca).expect("cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_sidecar_trusts_only_the_control_plane_its_ca_vouches_for() {
+    let (ca, cert, key) = issue();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.crt"), &cert).expect("cert");
+    std::fs::write(dir.path().join("tls.key"), &key).expect("key");
+    let reloading = podwall_control::webhook::tls::ReloadingCert::new(
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+    )
+    .expect("certificate");
+    let acceptor = podwall_control::webhook::tls::acceptor(Arc::new(reloading)).expect("tls");
+    let store = Arc::new(Store::new());
+    store.replace(objects("secure"));
+    let server = Arc::new(Server {
+        store: store.clone(),
+        views: Arc::new(podwall_control::views::Views::new(
+            store.clone(),
+            podwall_control::status::SidecarEvidence::Annotation,
+        )),
+        auth: Box::new(TrustClaimed),
+        metrics: ServerMetrics::new(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(server.serve_with(listener, Some(acceptor)));
+
+    let follow = |ca_pem: &str| {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = watch::channel(None);
+        let source = Box::new(ControlSource {
+            addr: format!("localhost:{port}"),
+            identity: Identity {
+                namespace: "t".into(),
+                name: "a".into(),
+            },
+            token_file: None,
+            tls: Some(podwall_proxy::feed_client::tls_connector(ca_pem.as_bytes()).expect("CA")),
+        });
+        tokio::spawn(source.run(tx, metrics.clone()));
+        (rx, metrics)
+    };
+    let (mut rx, metrics) = follow(&ca);
+    wait_until(&mut rx, "secure").await;
+    assert_eq!(metrics.policy_stream_connected.get(), 1);
+
+    // Another CA: the sidecar refuses the control plane and holds no policy (fail closed).
+    let (other_ca, _, _) = issue();
+    let (rx, metrics) = follow(&other_ca);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        rx.borrow().is_none(),
+        "no policy from an unverified control plane"
+    );
+    assert_eq!(metrics.policy_stream_connected.get(), 0);
+    assert!(podwall_proxy::feed_client::tls_connector(b"not a certificate").is_err());
 }

@@ -59,6 +59,16 @@ pub(crate) struct RunArgs {
     /// The webhook's private key (PEM).
     #[arg(long, value_name = "FILE")]
     webhook_key: Option<PathBuf>,
+    /// Serve the sidecars' feed over TLS with this certificate chain (PEM, re-read when it
+    /// changes); needs --feed-key. Without it the feed is plain HTTP/2 (local use).
+    #[arg(long, value_name = "FILE", requires = "feed_key")]
+    feed_cert: Option<PathBuf>,
+    /// The feed's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "feed_cert")]
+    feed_key: Option<PathBuf>,
+    /// The CA injected sidecars verify the feed with (PEM; e.g. cert-manager's ca.crt).
+    #[arg(long, value_name = "FILE")]
+    feed_ca: Option<PathBuf>,
     /// What the webhook injects (YAML; see `podwall inject --help`).
     #[arg(long, value_name = "FILE")]
     inject_config: Option<PathBuf>,
@@ -129,9 +139,35 @@ fn run_control(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let feed_tls = match (&args.feed_cert, &args.feed_key) {
+        (Some(cert), Some(key)) => match ReloadingCert::new(cert.clone(), key.clone()) {
+            Ok(c) => match tls::acceptor(Arc::new(c)) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    eprintln!("podwall: feed TLS: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("podwall: feed certificate: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let feed_ca = match &args.feed_ca {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("podwall: --feed-ca {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let webhook = match (&args.webhook_listen, &args.webhook_cert, &args.webhook_key) {
         (Some(listen), Some(cert), Some(key)) => {
-            let cfg = match &args.inject_config {
+            let mut cfg = match &args.inject_config {
                 Some(p) => match crate::cli::inject::read_config(p) {
                     Ok(c) => c,
                     Err(e) => {
@@ -141,6 +177,9 @@ fn run_control(args: RunArgs) -> ExitCode {
                 },
                 None => podwall_control::inject::InjectConfig::default(),
             };
+            if cfg.control_plane_ca.is_none() {
+                cfg.control_plane_ca = feed_ca.clone();
+            }
             match ReloadingCert::new(cert.clone(), key.clone()) {
                 Ok(c) => Some((*listen, Arc::new(c), Arc::new(cfg))),
                 Err(e) => {
@@ -255,8 +294,11 @@ fn run_control(args: RunArgs) -> ExitCode {
             auth,
             metrics,
         });
+        if feed_tls.is_some() {
+            tracing::info!("sidecar feeds over TLS");
+        }
         tokio::select! {
-            _ = server.serve(listener) => {}
+            _ = server.serve_with(listener, feed_tls) => {}
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
         }
         Ok(())

@@ -99,6 +99,10 @@ pub(crate) struct RunArgs {
     /// re-read at every connection.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Reach the control plane over TLS, trusting only this CA (PEM file). The injected sidecar
+    /// gets the CA in PODWALL_CONTROL_CA instead.
+    #[arg(long, value_name = "FILE")]
+    control_ca: Option<PathBuf>,
     /// This pod's namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pod_namespace: String,
@@ -292,11 +296,33 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
             path,
             poll: args.poll_interval,
         }),
-        (None, Some(addr)) => Box::new(podwall_proxy::feed_client::ControlSource {
-            addr,
-            identity: config.identity.clone(),
-            token_file: args.token_file.clone(),
-        }),
+        (None, Some(addr)) => {
+            let ca = match (&args.control_ca, std::env::var("PODWALL_CONTROL_CA")) {
+                (Some(path), _) => match std::fs::read(path) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        eprintln!("podwall: --control-ca {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, Ok(pem)) if !pem.trim().is_empty() => Some(pem.into_bytes()),
+                _ => None,
+            };
+            let tls = match ca.map(|pem| podwall_proxy::feed_client::tls_connector(&pem)) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    eprintln!("podwall: {e}");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
+            Box::new(podwall_proxy::feed_client::ControlSource {
+                addr,
+                identity: config.identity.clone(),
+                token_file: args.token_file.clone(),
+                tls,
+            })
+        }
         (None, None) => return ExitCode::from(2),
     };
     let result = runtime.block_on(async move {
