@@ -31,6 +31,10 @@ for d in lib lib64 bin sbin; do
 done
 
 install -m 0755 "$bin" "$out/usr/local/bin/podwall"
+# Debug information stays out of the image (symbols stay, so backtraces keep function names).
+if command -v strip >/dev/null; then
+    strip --strip-debug "$out/usr/local/bin/podwall"
+fi
 xt=$(readlink -f "$(command -v xtables-nft-multi)")
 install -m 0755 "$xt" "$out/usr/sbin/xtables-nft-multi"
 for t in iptables ip6tables iptables-restore ip6tables-restore iptables-save ip6tables-save; do
