@@ -1,8 +1,7 @@
 //! `podwall analyze` as operators and scripts use it: exit codes, the JSON contracts, the table,
 //! and messages for bad input.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod support;
 
 const THREE_TIER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/three-tier");
 
@@ -11,28 +10,7 @@ fn podwall(args: &[&str]) -> (i32, String, String) {
 }
 
 fn podwall_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_podwall"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run podwall");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::podwall(args, stdin)
 }
 
 #[test]

@@ -11,29 +11,16 @@ use std::time::{Duration, Instant};
 
 use podwall_sandbox::{Inject, Options, Sandbox, run_in};
 
+mod support;
+
 const PODWALL: &str = env!("CARGO_BIN_EXE_podwall");
 
 fn ready_for(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let tools = ["ip", "iptables", "setpriv"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if root && tools {
-        return true;
-    }
-    let why = if root {
-        "iproute2, iptables and setpriv"
-    } else {
-        "root"
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs {why}; with CI=true it must run, not skip");
-    }
-    eprintln!("skipping {test}: needs {why}");
-    false
+    support::ready(
+        test,
+        &["ip", "iptables", "setpriv"],
+        "iproute2, iptables and setpriv",
+    )
 }
 
 fn options(name: &str, inject: Inject) -> Options {

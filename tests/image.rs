@@ -5,32 +5,16 @@
 use std::path::Path;
 use std::process::Command;
 
+mod support;
+
 const PODWALL: &str = env!("CARGO_BIN_EXE_podwall");
 
 fn ready(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let tools = ["ldd", "xtables-nft-multi", "ip", "chroot", "unshare"]
-        .iter()
-        .all(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if root && tools {
-        return true;
-    }
-    let why = if root {
-        "ldd, xtables-nft-multi (iptables), ip, chroot and unshare"
-    } else {
-        "root (chroot)"
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {why}; with CI=true it must run, not skip"
-    );
-    eprintln!("skipping {test}: needs {why}");
-    false
+    support::ready(
+        test,
+        &["ldd", "xtables-nft-multi", "ip", "chroot", "unshare"],
+        "ldd, xtables-nft-multi (iptables), ip, chroot and unshare",
+    )
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {

@@ -169,7 +169,10 @@ impl Store {
             }
         }
         // An object deleted then re-added in one batch is an upsert, not both.
-        deletes.retain(|k| !upserts.iter().any(|u| ObjectKey::of(u).as_ref() == Some(k)));
+        if !deletes.is_empty() {
+            let upserted: BTreeSet<ObjectKey> = upserts.iter().filter_map(ObjectKey::of).collect();
+            deletes.retain(|k| !upserted.contains(k));
+        }
         self.record(inner, upserts, deletes, false)
     }
 

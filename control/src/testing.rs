@@ -214,20 +214,30 @@ impl FakeApiServer {
         rv
     }
 
+    /// Takes an object out; its path, the new resourceVersion and the object.
+    fn take(
+        st: &mut State,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> (String, u64, Value) {
+        let path = Self::path_of(st, &json!({"apiVersion": api_version, "kind": kind}));
+        st.rv += 1;
+        let object = st
+            .objects
+            .get_mut(&path)
+            .expect("served")
+            .remove(&(namespace.to_string(), name.to_string()))
+            .expect("the object exists");
+        (path, st.rv, object)
+    }
+
     /// Deletes an object.
     pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
         {
             let mut st = self.lock();
-            let probe = json!({"apiVersion": api_version, "kind": kind});
-            let path = Self::path_of(&st, &probe);
-            st.rv += 1;
-            let rv = st.rv;
-            let mut object = st
-                .objects
-                .get_mut(&path)
-                .expect("served")
-                .remove(&(namespace.to_string(), name.to_string()))
-                .expect("the object exists");
+            let (path, rv, mut object) = Self::take(&mut st, api_version, kind, namespace, name);
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
             st.events.push(StoredEvent {
                 rv,
@@ -244,25 +254,32 @@ impl FakeApiServer {
     pub fn delete_unseen(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
         {
             let mut st = self.lock();
-            let probe = json!({"apiVersion": api_version, "kind": kind});
-            let path = Self::path_of(&st, &probe);
-            st.rv += 1;
-            st.objects
-                .get_mut(&path)
-                .expect("served")
-                .remove(&(namespace.to_string(), name.to_string()))
-                .expect("the object exists");
-            st.compacted_below = st.rv + 1;
-            st.events.clear();
+            Self::take(&mut st, api_version, kind, namespace, name);
+            Self::forget_history(&mut st);
         }
         self.cut_watches();
     }
 
-    /// Forgets the change history: a watch resuming from before now gets `410 Gone`.
-    pub fn compact(&self) {
-        let mut st = self.lock();
+    fn forget_history(st: &mut State) {
         st.compacted_below = st.rv + 1;
         st.events.clear();
+    }
+
+    /// Forgets the change history: a watch resuming from before now gets `410 Gone`.
+    pub fn compact(&self) {
+        Self::forget_history(&mut self.lock());
+    }
+
+    /// The events of `path` after `rv`, and the current resourceVersion, read together.
+    fn events_after(&self, path: &str, rv: u64) -> (Vec<StoredEvent>, u64) {
+        let st = self.lock();
+        let events = st
+            .events
+            .iter()
+            .filter(|e| e.rv > rv && e.path == path)
+            .cloned()
+            .collect();
+        (events, st.rv)
     }
 
     /// Ends every open watch (as an API server restart or a watch timeout would).
@@ -450,15 +467,10 @@ impl FakeApiServer {
             let start = *ticks.borrow_and_update();
             let mut sent = from;
             let mut seen_bookmark = start.bookmark;
+            let mut bookmark_due = false;
             loop {
-                let pending: Vec<StoredEvent> = {
-                    let st = server.lock();
-                    st.events
-                        .iter()
-                        .filter(|e| e.rv > sent && e.path == path)
-                        .cloned()
-                        .collect()
-                };
+                // Events first, so that a bookmark never overtakes one.
+                let (pending, rv) = server.events_after(&path, sent);
                 for e in pending {
                     sent = e.rv;
                     if tx
@@ -469,6 +481,14 @@ impl FakeApiServer {
                         return;
                     }
                 }
+                if bookmark_due {
+                    bookmark_due = false;
+                    sent = sent.max(rv);
+                    let _ = tx
+                        .send(line(json!({"type": "BOOKMARK", "object": {"kind": kind,
+                            "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}})))
+                        .await;
+                }
                 if ticks.changed().await.is_err() {
                     return;
                 }
@@ -478,28 +498,7 @@ impl FakeApiServer {
                 }
                 if bookmarks && now.bookmark != seen_bookmark {
                     seen_bookmark = now.bookmark;
-                    let rv = server.resource_version();
-                    // Everything up to rv for this path is sent once pending is drained above;
-                    // drain again first so the bookmark never overtakes an event.
-                    let pending: Vec<StoredEvent> = {
-                        let st = server.lock();
-                        st.events
-                            .iter()
-                            .filter(|e| e.rv > sent && e.path == path)
-                            .cloned()
-                            .collect()
-                    };
-                    for e in pending {
-                        sent = e.rv;
-                        let _ = tx
-                            .send(line(json!({"type": e.kind, "object": e.object})))
-                            .await;
-                    }
-                    sent = sent.max(rv);
-                    let _ = tx
-                        .send(line(json!({"type": "BOOKMARK", "object": {"kind": kind,
-                            "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}})))
-                        .await;
+                    bookmark_due = true;
                 }
             }
         });

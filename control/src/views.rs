@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use podwall_policy::feed::ObjectKey;
 use podwall_policy::{
-    ClusterState, Direction, Engine, Loader, Origin, PodId, PolicyId, PortMatch, RuleRef,
+    ClusterState, Direction, Engine, Loader, Origin, PodId, Policy, PolicyId, PortMatch, RuleRef,
 };
 
 use crate::auth::PodRef;
@@ -355,17 +355,9 @@ impl ViewIndex {
                     }
                     // Named ports of rules without peers resolve on any pod declaring them.
                     if !state.pod(x).ports.is_empty()
-                        && self.selecting[me.0 as usize].iter().any(|p| {
-                            let policy = state.policy(*p);
-                            [&policy.ingress, &policy.egress].iter().any(|rs| {
-                                rs.iter().flatten().any(|r| {
-                                    r.peers.is_empty()
-                                        && r.ports
-                                            .iter()
-                                            .any(|p| matches!(p.port, PortMatch::Named(_)))
-                                })
-                            })
-                        })
+                        && self.selecting[me.0 as usize]
+                            .iter()
+                            .any(|p| peerless_named_ports(state.policy(*p)).next().is_some())
                     {
                         return true;
                     }
@@ -405,37 +397,29 @@ impl ViewIndex {
         let own = &self.selecting[me.0 as usize];
         let egress_isolated = own.iter().any(|p| state.policy(*p).egress.is_some());
         // Egress to anything beyond pods (ipBlock, entities, FQDN, all peers): every service.
-        let mut egress_wide = false;
+        let mut egress_wide = own.iter().any(|p| {
+            state
+                .policy(*p)
+                .egress
+                .iter()
+                .flatten()
+                .any(|r| r.peers.is_empty())
+        });
         for &policy_id in own {
             keys.insert(self.policy_keys[policy_id.0 as usize].clone());
-            let policy = state.policy(policy_id);
-            for (direction, rules) in [
-                (Direction::Ingress, &policy.ingress),
-                (Direction::Egress, &policy.egress),
-            ] {
-                for rule in rules.iter().flatten().filter(|r| r.peers.is_empty()) {
-                    if direction == Direction::Egress {
-                        egress_wide = true;
-                    }
-                    let named: Vec<&str> = rule
-                        .ports
-                        .iter()
-                        .filter_map(|p| match &p.port {
-                            PortMatch::Named(n) => Some(n.as_str()),
-                            _ => None,
-                        })
-                        .collect();
-                    if !named.is_empty() {
-                        peers.extend(state.pod_ids().filter(|id| {
-                            state
-                                .pod(*id)
-                                .ports
-                                .iter()
-                                .any(|p| p.name.as_deref().is_some_and(|n| named.contains(&n)))
-                        }));
-                    }
-                }
-            }
+        }
+        let named: Vec<&str> = own
+            .iter()
+            .flat_map(|p| peerless_named_ports(state.policy(*p)))
+            .collect();
+        if !named.is_empty() {
+            peers.extend(state.pod_ids().filter(|id| {
+                state
+                    .pod(*id)
+                    .ports
+                    .iter()
+                    .any(|p| p.name.as_deref().is_some_and(|n| named.contains(&n)))
+            }));
         }
         for (rule, peer, egress) in own_rules(&self.engine, own) {
             let pods = self.peer_pods(rule, peer);
@@ -479,6 +463,20 @@ impl ViewIndex {
         }
         keys
     }
+}
+
+/// The named ports of a policy's rules without peers: they resolve on whichever pod is at the
+/// other end, so the pods declaring them belong in the view.
+fn peerless_named_ports(policy: &Policy) -> impl Iterator<Item = &str> {
+    [&policy.ingress, &policy.egress]
+        .into_iter()
+        .flat_map(|rules| rules.iter().flatten())
+        .filter(|r| r.peers.is_empty())
+        .flat_map(|r| r.ports.iter())
+        .filter_map(|p| match &p.port {
+            PortMatch::Named(n) => Some(n.as_str()),
+            _ => None,
+        })
 }
 
 fn policy_key(engine: &Engine, id: PolicyId) -> ObjectKey {

@@ -49,11 +49,6 @@ impl ServiceTable {
             .map(|&i| &self.ports[i])
     }
 
-    /// Whether `ip` is any service's virtual IP (on any port).
-    pub fn is_virtual_ip(&self, ip: IpAddr) -> bool {
-        self.by_vip.keys().any(|(v, _, _)| *v == ip)
-    }
-
     /// Every service port.
     pub fn ports(&self) -> impl Iterator<Item = &ServicePort> {
         self.ports.iter()

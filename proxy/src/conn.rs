@@ -83,8 +83,8 @@ fn pick_backend(
     let start = shared.round_robin.fetch_add(1, Ordering::Relaxed);
     for i in 0..n {
         let (ip, port) = service.backends[(start + i) % n];
-        let verdict = policy.outbound(ip, Protocol::Tcp, port);
-        if policy.flow_verdict(&verdict) != FlowVerdict::Denied {
+        // The fast path; the chosen backend's explained verdict is worked out once, by the caller.
+        if policy.allows(Direction::Egress, ip, Protocol::Tcp, port, &[]) {
             return Ok(SocketAddr::new(ip, port));
         }
     }

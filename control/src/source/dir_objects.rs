@@ -52,6 +52,8 @@ pub fn read_objects(paths: &[PathBuf]) -> Result<ObjectSet, SourceError> {
 /// Feeds the store from `paths` until the process ends.
 pub async fn feed(paths: Vec<PathBuf>, interval: Duration, store: Arc<Store>) {
     let mut last: Option<u64> = None;
+    // An unreadable source is reported once, not at every poll.
+    let mut last_error: Option<String> = None;
     loop {
         let p = paths.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -64,7 +66,7 @@ pub async fn feed(paths: Vec<PathBuf>, interval: Duration, store: Arc<Store>) {
             Ok::<_, SourceError>((h.finish(), read_objects(&p)))
         })
         .await;
-        match read {
+        let error = match read {
             Ok(Ok((fingerprint, objects))) if last != Some(fingerprint) => {
                 last = Some(fingerprint);
                 match objects {
@@ -72,18 +74,22 @@ pub async fn feed(paths: Vec<PathBuf>, interval: Duration, store: Arc<Store>) {
                         let n = objects.len();
                         let version = store.replace(objects);
                         tracing::info!(objects = n, version, "source read");
+                        None
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "source unreadable; keeping the last good objects")
-                    }
+                    Err(e) => Some(e.to_string()),
                 }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "source unreadable; keeping the last good objects")
-            }
-            Err(e) => tracing::error!(error = %e, "source reader failed"),
+            Ok(Ok(_)) => last_error.clone(),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("source reader failed: {e}")),
+        };
+        if error.is_some() && error != last_error {
+            tracing::error!(
+                error = error.as_deref().unwrap_or_default(),
+                "source unreadable; keeping the last good objects"
+            );
         }
+        last_error = error;
         tokio::time::sleep(interval).await;
     }
 }
