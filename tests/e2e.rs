@@ -1776,3 +1776,156 @@ fn a_service_ip_leads_round_robin_to_the_backends_policy_allows_and_none_means_d
         "{refused:#?}"
     );
 }
+
+/// UDP: the server takes datagrams on 5300 from the client only; the client may send UDP only
+/// to the server's 5300; `plain` (no sidecar) listens on 5300 too.
+const UDP_TOPOLOGY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: u}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: u, labels: {app: client}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.79.0.1, hostIP: 192.168.79.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: u, labels: {app: other}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.79.0.2, hostIP: 192.168.79.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: u, labels: {app: server}, annotations: {podwall.io/inject: enabled}}
+spec: {containers: [{name: s, ports: [{containerPort: 5300, protocol: UDP}, {containerPort: 5301, protocol: UDP}]}]}
+status: {podIP: 10.79.0.3, hostIP: 192.168.79.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: u, labels: {app: plain}}
+spec: {containers: [{name: s, ports: [{containerPort: 5300, protocol: UDP}]}]}
+status: {podIP: 10.79.0.4, hostIP: 192.168.79.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-udp, namespace: u}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: UDP, port: 5300}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: u}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: server}}}]
+    ports: [{protocol: UDP, port: 5300}]
+"#;
+
+/// Sends one datagram from inside `ns` and returns the echo, if one comes within a second.
+fn udp_echo(ns: &str, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let payload = payload.to_vec();
+    run_in(ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.send_to(&payload, dst).ok()?;
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).ok()?;
+        (from == dst).then(|| buf[..n].to_vec())
+    })
+    .ok()
+    .flatten()
+}
+
+#[test]
+fn udp_flows_are_judged_by_policy_in_both_directions() {
+    if !ready_for("udp_flows_are_judged_by_policy_in_both_directions") {
+        return;
+    }
+    let dir = topology(UDP_TOPOLOGY);
+    let up = Up::new(dir.path(), "udp", Inject::Annotated);
+    let (client, other) = (up.ns("u/client"), up.ns("u/other"));
+    let server = up.ip("u/server");
+    let allowed = SocketAddr::new(server, 5300);
+    // Allowed both ways: the datagram and its echo arrive whole (the sandbox server echoes).
+    let mut echo = None;
+    for _ in 0..5 {
+        echo = udp_echo(&client, allowed, b"hello over udp");
+        if echo.is_some() {
+            break;
+        }
+    }
+    assert_eq!(echo.as_deref(), Some(&b"hello over udp"[..]));
+    // The server's ingress allows only port 5300, and only from the client.
+    assert_eq!(udp_echo(&other, SocketAddr::new(server, 5301), b"x"), None);
+    assert_eq!(udp_echo(&other, allowed, b"x"), None);
+    // The client's egress allows only the server's 5300.
+    assert_eq!(udp_echo(&client, SocketAddr::new(server, 5301), b"x"), None);
+    // The client's egress allows only the server: a pod without a sidecar is refused at the
+    // client's own side.
+    assert_eq!(
+        udp_echo(&client, SocketAddr::new(up.ip("u/plain"), 5300), b"x"),
+        None
+    );
+    // And the same client flow still works afterwards (the filter keeps judging).
+    assert!(udp_echo(&client, allowed, b"again").is_some());
+
+    std::thread::sleep(Duration::from_millis(300));
+    let other_ip = up.ip("u/other").to_string();
+    let plain_ip = up.ip("u/plain").to_string();
+    let flows = up.flows("u/server");
+    let udp = |e: &&serde_json::Value| e["protocol"] == "UDP";
+    let denied_other = flows
+        .iter()
+        .filter(udp)
+        .find(|e| {
+            e["verdict"] == "DENIED"
+                && e["source"]["ip"] == other_ip
+                && e["destination"]["port"] == 5300
+        })
+        .unwrap_or_else(|| panic!("no denial of other in {flows:#?}"));
+    assert_eq!(denied_other["direction"], "ingress");
+    assert_eq!(denied_other["destination"]["port"], 5300);
+    assert_eq!(
+        denied_other["ingress"]["isolated_by"][0],
+        "NetworkPolicy u/server-udp"
+    );
+    assert!(
+        flows.iter().filter(udp).any(|e| e["verdict"] == "ALLOWED"
+            && e["source"]["pod"] == "client"
+            && e["destination"]["port"] == 5300),
+        "{flows:#?}"
+    );
+    assert!(
+        flows
+            .iter()
+            .filter(udp)
+            .any(|e| e["verdict"] == "DENIED" && e["destination"]["port"] == 5301),
+        "{flows:#?}"
+    );
+    let client_flows = up.flows("u/client");
+    assert!(
+        client_flows
+            .iter()
+            .filter(udp)
+            .any(|e| e["verdict"] == "DENIED"
+                && e["direction"] == "egress"
+                && e["destination"]["port"] == 5301),
+        "{client_flows:#?}"
+    );
+    let denied_plain = client_flows
+        .iter()
+        .filter(udp)
+        .find(|e| e["verdict"] == "DENIED" && e["destination"]["ip"] == plain_ip)
+        .unwrap_or_else(|| panic!("no egress denial in {client_flows:#?}"));
+    assert_eq!(denied_plain["direction"], "egress");
+    assert_eq!(
+        denied_plain["egress"]["isolated_by"][0],
+        "NetworkPolicy u/client-egress"
+    );
+}

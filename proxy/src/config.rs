@@ -36,6 +36,8 @@ pub struct ProxyConfig {
     pub audit: bool,
     /// Keep established connections that a policy change no longer allows.
     pub keep_revoked: bool,
+    /// The NFQUEUE queue whose new UDP/SCTP flows the sidecar judges (`None`: no filter).
+    pub packet_queue: Option<u16>,
 }
 
 impl ProxyConfig {
@@ -54,6 +56,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             audit: false,
             keep_revoked: false,
+            packet_queue: Some(crate::init::DEFAULT_PACKET_QUEUE),
         }
     }
 }

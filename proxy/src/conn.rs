@@ -40,7 +40,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn metrics(&self, direction: Direction) -> &DirectionMetrics {
+    /// The counters of one direction.
+    pub(crate) fn metrics(&self, direction: Direction) -> &DirectionMetrics {
         match direction {
             Direction::Ingress => &self.metrics.inbound,
             Direction::Egress => &self.metrics.outbound,
@@ -465,7 +466,7 @@ async fn serve_http(
 }
 
 /// Fills in pod names and both sides' decisions.
-fn describe(
+pub(crate) fn describe(
     event: &mut FlowEvent,
     policy: &PodPolicy,
     verdict: &Verdict,

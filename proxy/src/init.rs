@@ -23,6 +23,15 @@
 //! `DnsCapture::Redirect` redirects UDP 53 in `nat` like TCP instead (no capability needed; the
 //! sidecar then assumes the pod asked its configured resolver).
 //!
+//! UDP and SCTP other than DNS cannot be proxied like TCP, so the sidecar judges their flows as
+//! packets instead, in the `filter` table:
+//!
+//! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`): the first packet
+//!   of each new UDP or SCTP flow (conntrack state `NEW`) goes to NFQUEUE queue `packet_queue`,
+//!   where the sidecar accepts or drops it; later packets of an accepted flow pass in the kernel.
+//!   The proxy's own packets, loopback, DNS (the DNS proxy judges it) and excluded CIDRs are
+//!   left alone. Without a sidecar bound to the queue the kernel drops the packets: fail closed.
+//!
 //! The rules go in with one `iptables-restore --noflush`, so they change atomically; declaring
 //! the chains flushes them, and the jumps are only added when missing, so running `init` again
 //! leaves exactly one set. The same rules are written for IPv6 with `ip6tables` when the pod has
@@ -47,6 +56,12 @@ pub const OUTPUT_CHAIN: &str = "PODWALL_OUTPUT";
 pub const DNS_OUTPUT_CHAIN: &str = "PODWALL_DNS_OUTPUT";
 /// Chain handing marked DNS datagrams to the sidecar.
 pub const DNS_PREROUTING_CHAIN: &str = "PODWALL_DNS_PREROUTING";
+/// Chain queueing new UDP/SCTP flows out of the pod.
+pub const FILTER_OUT_CHAIN: &str = "PODWALL_FILTER_OUT";
+/// Chain queueing new UDP/SCTP flows into the pod.
+pub const FILTER_IN_CHAIN: &str = "PODWALL_FILTER_IN";
+/// The table of the packet filter's chains.
+const FILTER: &str = "filter";
 /// The mark on captured DNS datagrams.
 pub const DNS_MARK: u32 = 0x539;
 /// The routing table that makes marked datagrams local.
@@ -113,6 +128,8 @@ pub struct InitConfig {
     pub exclude_outbound_ports: Vec<u16>,
     /// Outbound destinations left alone (e.g. the control plane).
     pub exclude_outbound_cidrs: Vec<IpNet>,
+    /// The NFQUEUE queue new UDP/SCTP flows go to; `None` leaves them alone (not enforced).
+    pub packet_queue: Option<u16>,
 }
 
 impl Default for InitConfig {
@@ -129,9 +146,13 @@ impl Default for InitConfig {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
+            packet_queue: Some(DEFAULT_PACKET_QUEUE),
         }
     }
 }
+
+/// The NFQUEUE queue the sidecar reads by default.
+pub const DEFAULT_PACKET_QUEUE: u16 = 1337;
 
 /// Setting up or removing the rules failed.
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +306,52 @@ impl InitConfig {
         r
     }
 
+    /// The packet filter's rules for one family (empty without a packet queue).
+    pub fn filter_rules(&self, family: Family) -> Vec<String> {
+        let Some(queue) = self.packet_queue else {
+            return Vec::new();
+        };
+        let mut r = vec![format!(
+            "-A {FILTER_OUT_CHAIN} -m owner --uid-owner {} -j RETURN",
+            self.proxy_uid
+        )];
+        if let Some(gid) = self.proxy_gid {
+            r.push(format!(
+                "-A {FILTER_OUT_CHAIN} -m owner --gid-owner {gid} -j RETURN"
+            ));
+        }
+        r.push(format!("-A {FILTER_OUT_CHAIN} -o lo -j RETURN"));
+        for net in self
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|n| family.matches(n))
+        {
+            r.push(format!(
+                "-A {FILTER_OUT_CHAIN} -d {} -j RETURN",
+                net.trunc()
+            ));
+        }
+        if self.capture_dns {
+            r.push(format!("-A {FILTER_OUT_CHAIN} -p udp --dport 53 -j RETURN"));
+        }
+        r.push(format!("-A {FILTER_IN_CHAIN} -i lo -j RETURN"));
+        for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN] {
+            for proto in ["udp", "sctp"] {
+                r.push(format!(
+                    "-A {chain} -p {proto} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+                ));
+            }
+        }
+        r
+    }
+
+    fn filter_jumps() -> [(&'static str, String); 2] {
+        [
+            ("OUTPUT", format!("-j {FILTER_OUT_CHAIN}")),
+            ("INPUT", format!("-j {FILTER_IN_CHAIN}")),
+        ]
+    }
+
     fn dns_jumps() -> [(&'static str, String); 2] {
         [
             ("OUTPUT", format!("-p udp -j {DNS_OUTPUT_CHAIN}")),
@@ -293,9 +360,10 @@ impl InitConfig {
     }
 
     /// The `iptables-restore --noflush` input that installs the rules, given what
-    /// `iptables-save` printed for `nat` and `mangle` (jumps already present are not added
-    /// again).
-    pub fn restore_input(&self, family: Family, saved_nat: &str, saved_mangle: &str) -> String {
+    /// `iptables-save` printed for `nat`, `mangle` and `filter` (jumps already present are not
+    /// added again).
+    pub fn restore_input(&self, family: Family, saved: &Saved) -> String {
+        let (saved_nat, saved_mangle) = (saved.nat.as_str(), saved.mangle.as_str());
         let mut s = format!("*{TABLE}\n:{INBOUND_CHAIN} - [0:0]\n:{OUTPUT_CHAIN} - [0:0]\n");
         for rule in self.chain_rules(family) {
             let _ = writeln!(s, "{rule}");
@@ -318,6 +386,22 @@ impl InitConfig {
             for (chain, jump) in Self::dns_jumps() {
                 let line = format!("-A {chain} {jump}");
                 if !saved_mangle.lines().any(|l| l.trim() == line) {
+                    let _ = writeln!(s, "{line}");
+                }
+            }
+            s.push_str("COMMIT\n");
+        }
+        if self.packet_queue.is_some() {
+            let _ = write!(
+                s,
+                "*{FILTER}\n:{FILTER_OUT_CHAIN} - [0:0]\n:{FILTER_IN_CHAIN} - [0:0]\n"
+            );
+            for rule in self.filter_rules(family) {
+                let _ = writeln!(s, "{rule}");
+            }
+            for (chain, jump) in Self::filter_jumps() {
+                let line = format!("-A {chain} {jump}");
+                if !saved.filter.lines().any(|l| l.trim() == line) {
                     let _ = writeln!(s, "{line}");
                 }
             }
@@ -359,11 +443,18 @@ impl InitConfig {
 
     /// Installs the rules for one family, idempotently.
     pub fn apply(&self, family: Family) -> Result<(), InitError> {
-        let saved_nat = run(&family.tool("-save"), &["-t", TABLE], None)?;
-        let saved_mangle = if self.tproxy() {
-            run(&family.tool("-save"), &["-t", MANGLE], None)?
-        } else {
-            String::new()
+        let saved = Saved {
+            nat: run(&family.tool("-save"), &["-t", TABLE], None)?,
+            mangle: if self.tproxy() {
+                run(&family.tool("-save"), &["-t", MANGLE], None)?
+            } else {
+                String::new()
+            },
+            filter: if self.packet_queue.is_some() {
+                run(&family.tool("-save"), &["-t", FILTER], None)?
+            } else {
+                String::new()
+            },
         };
         for cmd in self.route_commands(family) {
             // `rule add` is not idempotent: skip it when the rule is there.
@@ -376,10 +467,21 @@ impl InitConfig {
         run(
             &family.tool("-restore"),
             &["--noflush"],
-            Some(&self.restore_input(family, &saved_nat, &saved_mangle)),
+            Some(&self.restore_input(family, &saved)),
         )?;
         Ok(())
     }
+}
+
+/// What `iptables-save` printed for the tables the rules live in.
+#[derive(Clone, Debug, Default)]
+pub struct Saved {
+    /// `-t nat`.
+    pub nat: String,
+    /// `-t mangle`.
+    pub mangle: String,
+    /// `-t filter`.
+    pub filter: String,
 }
 
 /// Whether the routing rule for marked DNS datagrams is installed.
@@ -426,6 +528,24 @@ pub fn remove(family: Family) -> Result<(), InitError> {
         }
     }
     for chain in [DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN] {
+        if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
+            let _ = writeln!(s, "-F {chain}\n-X {chain}");
+        }
+    }
+    s.push_str("COMMIT\n");
+    run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
+    // The packet filter.
+    let saved = run(&family.tool("-save"), &["-t", FILTER], None)?;
+    let mut s = format!("*{FILTER}\n");
+    for line in saved.lines() {
+        let line = line.trim();
+        if line.starts_with("-A OUTPUT ") && line.ends_with(&format!("-j {FILTER_OUT_CHAIN}"))
+            || line.starts_with("-A INPUT ") && line.ends_with(&format!("-j {FILTER_IN_CHAIN}"))
+        {
+            let _ = writeln!(s, "-D{}", &line[2..]);
+        }
+    }
+    for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN] {
         if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
             let _ = writeln!(s, "-F {chain}\n-X {chain}");
         }
@@ -582,19 +702,28 @@ mod tests {
     #[test]
     fn jumps_are_only_added_when_missing() {
         let cfg = InitConfig::default();
-        let fresh = cfg.restore_input(Family::V4, "*nat\nCOMMIT\n", "*mangle\nCOMMIT\n");
+        let empty = Saved {
+            nat: "*nat\nCOMMIT\n".into(),
+            mangle: "*mangle\nCOMMIT\n".into(),
+            filter: "*filter\nCOMMIT\n".into(),
+        };
+        let fresh = cfg.restore_input(Family::V4, &empty);
         assert!(fresh.contains("-A PREROUTING -p tcp -j PODWALL_INBOUND\n"));
         assert!(fresh.contains("-A OUTPUT -j PODWALL_OUTPUT\n"));
         assert!(fresh.starts_with("*nat\n:PODWALL_INBOUND - [0:0]\n:PODWALL_OUTPUT - [0:0]\n"));
         assert!(fresh.contains("-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n"));
         assert!(fresh.contains("-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\n"));
-        let again = cfg.restore_input(
-            Family::V4,
-            "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\nCOMMIT\n",
-            "*mangle\n-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\nCOMMIT\n",
-        );
+        assert!(fresh.contains("-A OUTPUT -j PODWALL_FILTER_OUT\n"));
+        assert!(fresh.contains("-A INPUT -j PODWALL_FILTER_IN\n"));
+        let installed = Saved {
+            nat: "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\nCOMMIT\n".into(),
+            mangle: "*mangle\n-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\nCOMMIT\n".into(),
+            filter: "*filter\n-A INPUT -j PODWALL_FILTER_IN\n-A OUTPUT -j PODWALL_FILTER_OUT\nCOMMIT\n".into(),
+        };
+        let again = cfg.restore_input(Family::V4, &installed);
         assert!(!again.contains("-A PREROUTING"), "{again}");
         assert!(!again.contains("-A OUTPUT -"), "{again}");
+        assert!(!again.contains("-A INPUT -"), "{again}");
     }
 
     #[test]
@@ -634,8 +763,39 @@ mod tests {
         ));
         assert!(
             !redirect
-                .restore_input(Family::V4, "", "")
+                .restore_input(Family::V4, &Saved::default())
                 .contains("*mangle")
+        );
+    }
+
+    #[test]
+    fn new_udp_and_sctp_flows_are_queued_except_the_proxy_loopback_dns_and_excluded_cidrs() {
+        let cfg = InitConfig {
+            exclude_outbound_cidrs: vec!["10.96.0.1/32".parse().expect("net")],
+            ..InitConfig::default()
+        };
+        assert_eq!(
+            cfg.filter_rules(Family::V4),
+            [
+                "-A PODWALL_FILTER_OUT -m owner --uid-owner 1337 -j RETURN",
+                "-A PODWALL_FILTER_OUT -o lo -j RETURN",
+                "-A PODWALL_FILTER_OUT -d 10.96.0.1/32 -j RETURN",
+                "-A PODWALL_FILTER_OUT -p udp --dport 53 -j RETURN",
+                "-A PODWALL_FILTER_IN -i lo -j RETURN",
+                "-A PODWALL_FILTER_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+            ]
+        );
+        let off = InitConfig {
+            packet_queue: None,
+            ..InitConfig::default()
+        };
+        assert!(off.filter_rules(Family::V4).is_empty());
+        assert!(
+            !off.restore_input(Family::V4, &Saved::default())
+                .contains("*filter")
         );
     }
 

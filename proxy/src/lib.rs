@@ -18,6 +18,7 @@ pub mod flow;
 pub mod init;
 pub mod metrics;
 pub mod orig_dst;
+pub mod packet_filter;
 pub mod pod_policy;
 pub mod relay;
 pub mod server_name;
@@ -154,6 +155,16 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
                 names.expire();
             }
         });
+    }
+    if let Some(queue) = config.packet_queue {
+        // Without the filter, the init rules' queue has no reader and the kernel drops new
+        // UDP/SCTP flows: fail closed, and said loudly, but TCP keeps working.
+        match packet_filter::spawn(queue, shared.clone()) {
+            Ok(()) => tracing::info!(queue, "packet filter judging new UDP and SCTP flows"),
+            Err(e) => {
+                tracing::error!(error = %e, "no packet filter: new UDP and SCTP flows other than DNS are dropped")
+            }
+        }
     }
     tokio::spawn(admin::serve(admin, policy_rx, metrics.clone()));
     tokio::spawn(conn::serve(inbound, Direction::Ingress, shared.clone()));

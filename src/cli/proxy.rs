@@ -77,6 +77,13 @@ pub(crate) struct InitArgs {
     /// Outbound destinations left alone, e.g. the control plane (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_cidrs: Vec<ipnet::IpNet>,
+    /// The NFQUEUE queue that new UDP and SCTP flows (other than DNS) go to, for the sidecar
+    /// to judge; it must match `proxy run --packet-queue`.
+    #[arg(long, default_value_t = podwall_proxy::init::DEFAULT_PACKET_QUEUE)]
+    packet_queue: u16,
+    /// Leave UDP and SCTP other than DNS alone: their policies are then NOT enforced.
+    #[arg(long)]
+    no_packet_filter: bool,
     /// Write ip6tables rules too.
     #[arg(long, value_enum, default_value = "auto")]
     ipv6: Ipv6Mode,
@@ -159,6 +166,13 @@ pub(crate) struct RunArgs {
     /// Worker threads moving bytes.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The NFQUEUE queue the init rules send new UDP and SCTP flows to (`proxy init
+    /// --packet-queue`); the sidecar judges them there.
+    #[arg(long, default_value_t = podwall_proxy::init::DEFAULT_PACKET_QUEUE)]
+    packet_queue: u16,
+    /// Do not judge UDP and SCTP flows (for init rules written with --no-packet-filter).
+    #[arg(long)]
+    no_packet_filter: bool,
 }
 
 pub(crate) fn run(cmd: ProxyCommand) -> ExitCode {
@@ -184,6 +198,7 @@ fn init(args: InitArgs) -> ExitCode {
         exclude_inbound_ports: args.exclude_inbound_ports,
         exclude_outbound_ports: args.exclude_outbound_ports,
         exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+        packet_queue: (!args.no_packet_filter).then_some(args.packet_queue),
     };
     let mut families = vec![Family::V4];
     let v6 = match args.ipv6 {
@@ -205,7 +220,10 @@ fn init(args: InitArgs) -> ExitCode {
                 println!("{}", cmd.join(" "));
             }
             println!("# {tool}-restore --noflush");
-            print!("{}", config.restore_input(family, "", ""));
+            print!(
+                "{}",
+                config.restore_input(family, &podwall_proxy::init::Saved::default())
+            );
             continue;
         }
         let result = if args.remove {
@@ -271,6 +289,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         min_ttl: args.fqdn_min_ttl,
     };
     config.check_server_name = args.check_server_name;
+    config.packet_queue = (!args.no_packet_filter).then_some(args.packet_queue);
     config.connect_timeout = args.connect_timeout;
     config.audit = args.audit;
     config.keep_revoked = args.keep_revoked_connections;

@@ -1,0 +1,347 @@
+//! The packet filter: UDP and SCTP flows other than DNS.
+//!
+//! These cannot be proxied like TCP (no connection to accept, no `SO_ORIGINAL_DST`), so the
+//! init rules send the first packet of each new flow (conntrack state `NEW`, both directions)
+//! to an NFQUEUE queue, and this module judges it: the verdict is the same compiled policy the
+//! TCP listeners use (egress for packets the pod sends, ingress for packets it receives), and
+//! the packet is accepted or dropped. Later packets of an accepted flow, and its replies, match
+//! the conntrack entry and never leave the kernel, so the cost is one round trip to user space
+//! per flow, not per packet.
+//!
+//! Semantics worth knowing:
+//! - A denied flow's packets are dropped (what upstream NetworkPolicy implementations do for
+//!   UDP); each dropped first packet is a flow event, so a retrying client shows up repeatedly.
+//! - Before the first policy arrives every new flow is dropped (fail closed), and without a
+//!   sidecar bound to the queue the kernel drops them too.
+//! - A Service virtual IP: kube-proxy picks the backend after the packet leaves the pod, so the
+//!   flow is allowed only when policy allows *every* ready backend on its target port.
+//! - A flow already accepted lives as long as its conntrack entry: a policy change does not
+//!   cut it (UDP has no reset to send); it is judged again once the entry expires.
+//! - Flow events are written when the flow starts: `bytes_*` and `duration_ms` are 0.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use pnet_packet::ipv4::Ipv4Packet;
+use pnet_packet::ipv6::Ipv6Packet;
+use pnet_packet::udp::UdpPacket;
+use podwall_policy::{Direction, Protocol};
+
+use crate::conn::{Shared, describe};
+use crate::flow::{self, FlowEvent, FlowService, FlowVerdict};
+
+/// Netfilter's hook numbers, as NFQUEUE reports them.
+const HOOK_LOCAL_IN: u8 = 1;
+const HOOK_LOCAL_OUT: u8 = 3;
+/// IP protocol numbers.
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+/// Bytes of each packet copied to user space: the IP header, IPv6 extension headers and the
+/// ports are all the filter reads.
+const COPY_RANGE: u16 = 256;
+
+/// The first packet of a flow, as far as policy cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowStart {
+    /// UDP or SCTP.
+    pub protocol: Protocol,
+    /// The sender.
+    pub source: SocketAddr,
+    /// The receiver.
+    pub destination: SocketAddr,
+}
+
+/// Reads the addresses, protocol and ports of an IP packet (IPv4 or IPv6); `None` for anything
+/// that is not the first fragment of a UDP or SCTP packet, or is truncated.
+pub fn parse(packet: &[u8]) -> Option<FlowStart> {
+    let (src, dst, next, payload): (IpAddr, IpAddr, u8, &[u8]) = match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new(packet)?;
+            let header = usize::from(ip.get_header_length()) * 4;
+            // A later fragment carries no ports.
+            if header < 20 || packet.len() < header || ip.get_fragment_offset() != 0 {
+                return None;
+            }
+            (
+                ip.get_source().into(),
+                ip.get_destination().into(),
+                ip.get_next_level_protocol().0,
+                &packet[header..],
+            )
+        }
+        6 => {
+            let ip = Ipv6Packet::new(packet)?;
+            // The fixed header is 40 bytes; what follows is read from the packet itself.
+            let (next, rest) = skip_extensions(ip.get_next_header().0, packet.get(40..)?)?;
+            (
+                ip.get_source().into(),
+                ip.get_destination().into(),
+                next,
+                rest,
+            )
+        }
+        _ => return None,
+    };
+    let (protocol, sport, dport) = match next {
+        UDP => {
+            let udp = UdpPacket::new(payload)?;
+            (Protocol::Udp, udp.get_source(), udp.get_destination())
+        }
+        // SCTP's common header starts with the two ports, as UDP's does.
+        SCTP if payload.len() >= 12 => (
+            Protocol::Sctp,
+            u16::from_be_bytes([payload[0], payload[1]]),
+            u16::from_be_bytes([payload[2], payload[3]]),
+        ),
+        _ => return None,
+    };
+    Some(FlowStart {
+        protocol,
+        source: SocketAddr::new(src, sport),
+        destination: SocketAddr::new(dst, dport),
+    })
+}
+
+/// Skips IPv6 extension headers (hop-by-hop, routing, destination options, fragment) to the
+/// upper-layer protocol.
+fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                let len = (usize::from(*rest.get(1)?) + 1) * 8;
+                next = *rest.first()?;
+                rest = rest.get(len..)?;
+            }
+            44 => {
+                let offset = u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]) >> 3;
+                if offset != 0 {
+                    return None;
+                }
+                next = *rest.first()?;
+                rest = rest.get(8..)?;
+            }
+            _ => return Some((next, rest)),
+        }
+    }
+    None
+}
+
+/// Judges a new flow: whether its first packet may pass, and the flow event that says why.
+pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
+    let mut event = FlowEvent {
+        service: None,
+        time: flow::now(),
+        verdict: FlowVerdict::Denied,
+        direction,
+        protocol: start.protocol,
+        source: flow::peer(None, start.source),
+        destination: flow::peer(None, start.destination),
+        egress: None,
+        ingress: None,
+        reason: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration_ms: 0.0,
+        error: None,
+        l7: None,
+    };
+    let policy = shared.policies.borrow().clone();
+    let Some(policy) = policy else {
+        event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
+        return event;
+    };
+    let mut dst = start.destination;
+    if direction == Direction::Egress
+        && let Some(service) =
+            policy
+                .engine
+                .state()
+                .services
+                .lookup(dst.ip(), dst.port(), start.protocol)
+    {
+        event.service = Some(FlowService {
+            name: service.service.clone(),
+            address: dst.to_string(),
+            backends: service.backends.len(),
+        });
+        // kube-proxy picks the backend after the packet has left the pod: allowed only when
+        // every ready backend is; the verdict explained is a denied backend's, if any.
+        let denied = service
+            .backends
+            .iter()
+            .find(|(ip, port)| !policy.allows(Direction::Egress, *ip, start.protocol, *port, &[]));
+        match denied.or(service.backends.first()) {
+            Some(&(ip, port)) => dst = SocketAddr::new(ip, port),
+            None => {
+                event.reason = Some(format!(
+                    "service {} has no ready endpoint for port {}",
+                    service.service, service.port
+                ));
+                if policy.own_audit() {
+                    event.verdict = FlowVerdict::Audit;
+                }
+                return event;
+            }
+        }
+    }
+    let verdict = match direction {
+        Direction::Egress => {
+            let learned =
+                if !policy.own_fqdn.is_empty() && policy.engine.pod_by_ip(dst.ip()).is_none() {
+                    shared.names.names_for(dst.ip())
+                } else {
+                    Vec::new()
+                };
+            let names = policy.fqdn_ids(&learned);
+            policy.outbound_learned(dst.ip(), start.protocol, dst.port(), &names)
+        }
+        Direction::Ingress => policy.inbound(start.source.ip(), start.protocol, dst.port()),
+    };
+    describe(&mut event, &policy, &verdict, start.source, dst);
+    event.verdict = policy.flow_verdict(&verdict);
+    event
+}
+
+/// The packet filter could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read NFQUEUE queue {queue} (needs NET_ADMIN): {source}")]
+pub struct FilterError {
+    /// The queue.
+    pub queue: u16,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds queue `queue_num` and judges its packets on a thread of its own (a verdict is a few
+/// microseconds of work and a blocking netlink round trip; it never waits on the runtime).
+pub fn spawn(queue_num: u16, shared: Arc<Shared>) -> Result<(), FilterError> {
+    let err = |source| FilterError {
+        queue: queue_num,
+        source,
+    };
+    let mut queue = nfq::Queue::open().map_err(err)?;
+    queue.bind(queue_num).map_err(err)?;
+    queue.set_copy_range(queue_num, COPY_RANGE).map_err(err)?;
+    queue.set_fail_open(queue_num, false).map_err(err)?;
+    queue.set_queue_max_len(queue_num, 4096).map_err(err)?;
+    std::thread::Builder::new()
+        .name("packet-filter".into())
+        .spawn(move || run(queue, &shared))
+        .map_err(err)?;
+    Ok(())
+}
+
+fn run(mut queue: nfq::Queue, shared: &Shared) {
+    loop {
+        let mut msg = match queue.recv() {
+            Ok(msg) => msg,
+            Err(e) => {
+                // ENOBUFS: the kernel dropped packets it could not queue; the senders retry.
+                tracing::warn!(error = %e, "packet filter: receive failed");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        let direction = match msg.get_hook() {
+            HOOK_LOCAL_IN => Some(Direction::Ingress),
+            HOOK_LOCAL_OUT => Some(Direction::Egress),
+            _ => None,
+        };
+        let accept = match (direction, parse(msg.get_payload())) {
+            (Some(direction), Some(start)) => {
+                let event = judge(shared, direction, start);
+                let verdict = event.verdict;
+                shared.metrics(direction).verdict(verdict);
+                shared.flows.emit(event);
+                verdict != FlowVerdict::Denied
+            }
+            (direction, _) => {
+                tracing::debug!(
+                    hook = msg.get_hook(),
+                    ?direction,
+                    "packet filter: not a UDP/SCTP packet it can read; dropped"
+                );
+                false
+            }
+        };
+        msg.set_verdict(if accept {
+            nfq::Verdict::Accept
+        } else {
+            nfq::Verdict::Drop
+        });
+        if let Err(e) = queue.verdict(msg) {
+            tracing::warn!(error = %e, "packet filter: cannot give a verdict");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 36, 0, 0, 0x40, 0, 64, UDP, 0, 0];
+        p.extend(src);
+        p.extend(dst);
+        p.extend(sport.to_be_bytes());
+        p.extend(dport.to_be_bytes());
+        p.extend([0, 16, 0, 0]);
+        p.extend([1, 2, 3, 4, 5, 6, 7, 8]);
+        p
+    }
+
+    #[test]
+    fn ipv4_udp_gives_addresses_and_ports() {
+        let p = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 40000, 5353);
+        assert_eq!(
+            parse(&p),
+            Some(FlowStart {
+                protocol: Protocol::Udp,
+                source: "10.0.0.1:40000".parse().expect("addr"),
+                destination: "10.0.0.2:5353".parse().expect("addr"),
+            })
+        );
+    }
+
+    #[test]
+    fn later_ipv4_fragments_and_other_protocols_are_not_read() {
+        let mut fragment = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
+        fragment[7] = 8; // fragment offset 8 * 8 bytes
+        assert_eq!(parse(&fragment), None);
+        let mut icmp = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
+        icmp[9] = 1;
+        assert_eq!(parse(&icmp), None);
+        assert_eq!(parse(&[0x45, 0, 0]), None, "truncated");
+        assert_eq!(parse(&[]), None);
+    }
+
+    #[test]
+    fn ipv6_sctp_behind_an_extension_header_gives_its_ports() {
+        let mut p = vec![0x60, 0, 0, 0, 0, 20, 60, 64]; // next header: destination options
+        p.extend(
+            "fd00::1"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ip")
+                .octets(),
+        );
+        p.extend(
+            "fd00::2"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ip")
+                .octets(),
+        );
+        p.extend([SCTP, 0, 0, 0, 0, 0, 0, 0]); // 8-byte destination options header
+        p.extend(36412u16.to_be_bytes());
+        p.extend(38412u16.to_be_bytes());
+        p.extend([0; 8]);
+        assert_eq!(
+            parse(&p),
+            Some(FlowStart {
+                protocol: Protocol::Sctp,
+                source: "[fd00::1]:36412".parse().expect("addr"),
+                destination: "[fd00::2]:38412".parse().expect("addr"),
+            })
+        );
+    }
+}
