@@ -297,6 +297,9 @@ fn start_servers(sb: &Sandbox, dir: &Path) -> Result<Vec<Child>, String> {
     Ok(vec![nginx, iperf])
 }
 
+/// How long a proxy is left alone before its idle RSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+
 /// Holds 1000 idle connections through the proxy and reads its RSS meanwhile.
 fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<f64> {
     let conns = run_in(ns, move || {
@@ -350,6 +353,9 @@ fn measure(
     };
     let p = held.as_ref().or(proxy);
     if let Some(p) = p {
+        // Idle means settled: start-up is over (podwall gives back start-up-only code pages two
+        // seconds after a policy is applied; see proxy/src/resident.rs).
+        std::thread::sleep(IDLE_SETTLE);
         r.rss_idle_mb = p.status_mb("VmRSS:");
     }
     let cpu0 = p.map(Proxy::cpu);

@@ -216,7 +216,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
     {
         // Only a toFQDNs rule allows this: the name the client asks the server for must be one
         // of the rule's too, so a shared (CDN) address does not open every site behind it.
-        match crate::server_name::check(&client, &policy, dst, &names).await {
+        // Boxed, like the HTTP path below: rare paths must not grow every connection's task.
+        match Box::pin(crate::server_name::check(&client, &policy, dst, &names)).await {
             crate::server_name::Check::Allowed(name) => {
                 event.reason = Some(format!("server name {name} checked"));
             }
@@ -245,9 +246,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
         Direction::Ingress => verdict.ingress.http.clone(),
     };
     if let Some(rules) = own_http {
-        serve_http(
+        Box::pin(serve_http(
             client, dst, rules, &policy, event, direction, shared, started, learned,
-        )
+        ))
         .await;
         return;
     }

@@ -21,6 +21,7 @@ pub mod orig_dst;
 pub mod packet_filter;
 pub mod pod_policy;
 pub mod relay;
+pub mod resident;
 pub mod server_name;
 
 use std::sync::Arc;

@@ -277,6 +277,25 @@ pub async fn follow(
                     let _ = policies.send(Some(policy));
                     metrics.policy_applied.inc();
                     metrics.policy_ready.set(1);
+                    // Compiling was the last use of much of the binary's code for a while.
+                    // (After a pause, so that what runs right after an update is done too.)
+                    tokio::spawn(async {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                        let _ =
+                            tokio::task::spawn_blocking(
+                                || match crate::resident::release_cold_code() {
+                                    Ok(r) => tracing::debug!(
+                                        mappings = r.mappings,
+                                        kib = r.bytes / 1024,
+                                        "released resident code"
+                                    ),
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "cannot release resident code")
+                                    }
+                                },
+                            )
+                            .await;
+                    });
                 }
                 Ok(None) => {
                     metrics.policy_rejected.inc();

@@ -1,0 +1,184 @@
+//! Giving back the pages of code that only start-up and policy compiling needed.
+//!
+//! podwall is one binary (CLI, analyzer, control plane, sandbox and sidecar), and its machine
+//! code is mapped from the file. The kernel maps code in 64 KiB chunks around every page touched,
+//! so parsing flags, loading YAML and compiling a policy leave megabytes of code resident that
+//! the sidecar's steady state (accept, judge, relay) never runs again. Those pages are clean
+//! copies of the file, so dropping them from this process's page tables loses nothing: what is
+//! still used faults back in from the page cache (a minor fault, no I/O), and the page cache is
+//! shared by every sidecar on the node that runs the same image.
+//!
+//! The same holds for the shared libraries (libc, libm, the loader): their code is in the page
+//! cache once for every process on the node. Only file mappings that are read-only and hold no
+//! anonymous (copy-on-write) page are touched: dropping a written page of a private mapping would revert it to the file's
+//! bytes (relocations, for one), so those are left alone.
+
+use std::io;
+
+/// What [`release_cold_code`] gave back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Mappings advised.
+    pub mappings: usize,
+    /// Resident bytes they held before.
+    pub bytes: u64,
+}
+
+/// One mapping from `/proc/self/smaps` that may be dropped.
+#[derive(Debug, PartialEq, Eq)]
+struct Candidate {
+    start: usize,
+    end: usize,
+    rss_kb: u64,
+}
+
+/// The read-only file mappings that hold only clean file pages.
+fn candidates(smaps: &str) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    // (range, eligible, rss, anonymous) of the mapping being read.
+    let mut current: Option<(usize, usize, bool)> = None;
+    let mut rss = 0u64;
+    let mut anon = u64::MAX;
+    let mut finish =
+        |current: &mut Option<(usize, usize, bool)>, rss: u64, anon: u64| match current.take() {
+            Some((start, end, true)) if anon == 0 && rss > 0 => out.push(Candidate {
+                start,
+                end,
+                rss_kb: rss,
+            }),
+            _ => {}
+        };
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((lo, hi)) = first.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            // A new mapping: "start-end perms offset dev inode path".
+            finish(&mut current, rss, anon);
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            let eligible = !perms.contains('w') && perms.starts_with('r') && path.starts_with('/');
+            current = Some((lo, hi, eligible));
+            rss = 0;
+            anon = u64::MAX;
+            continue;
+        }
+        let kb = || fields.clone().next().and_then(|v| v.parse::<u64>().ok());
+        match first {
+            "Rss:" => rss = kb().unwrap_or(0),
+            "Anonymous:" => anon = kb().unwrap_or(u64::MAX),
+            _ => {}
+        }
+    }
+    finish(&mut current, rss, anon);
+    out
+}
+
+/// Drops this process's resident copies of clean, read-only file pages (code, constants); the ones
+/// still in use come back on their next use.
+// The one unsafe call in podwall: madvise on memory Rust does not own (see the SAFETY note).
+#[allow(unsafe_code)]
+pub fn release_cold_code() -> io::Result<Released> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut released = Released::default();
+    for c in candidates(&smaps) {
+        let Some(ptr) = std::ptr::NonNull::new(c.start as *mut std::ffi::c_void) else {
+            continue;
+        };
+        // SAFETY: the range is a whole file mapping that is read-only and holds
+        // no anonymous page, so every page is an unmodified copy of the file; MADV_DONTNEED on
+        // it only unmaps them, and the next access maps the same bytes again.
+        let advised = unsafe {
+            nix::sys::mman::madvise(
+                ptr,
+                c.end - c.start,
+                nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+            )
+        };
+        if advised.is_ok() {
+            released.mappings += 1;
+            released.bytes += c.rss_kb * 1024;
+        }
+    }
+    Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d0a0000000-55d0a0100000 r--p 00000000 fd:01 123 /usr/bin/podwall
+Size:               1024 kB
+Rss:                 512 kB
+Anonymous:             0 kB
+55d0a0100000-55d0a0900000 r-xp 00100000 fd:01 123 /usr/bin/podwall
+Size:               8192 kB
+Rss:                6000 kB
+Anonymous:             0 kB
+55d0a0900000-55d0a0a00000 r--p 00900000 fd:01 123 /usr/bin/podwall
+Size:               1024 kB
+Rss:                1024 kB
+Anonymous:           300 kB
+55d0a0a00000-55d0a0a10000 rw-p 00a00000 fd:01 123 /usr/bin/podwall
+Size:                 64 kB
+Rss:                  64 kB
+Anonymous:            64 kB
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+Size:               1024 kB
+Rss:                 900 kB
+Anonymous:             0 kB
+7f0000200000-7f0000300000 r-xp 00000000 00:00 0
+Size:               1024 kB
+Rss:                   0 kB
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_clean_read_only_file_mappings_are_candidates() {
+        let got = candidates(SMAPS);
+        assert_eq!(
+            got,
+            vec![
+                Candidate {
+                    start: 0x55d0a0000000,
+                    end: 0x55d0a0100000,
+                    rss_kb: 512
+                },
+                Candidate {
+                    start: 0x55d0a0100000,
+                    end: 0x55d0a0900000,
+                    rss_kb: 6000
+                },
+                Candidate {
+                    start: 0x7f0000000000,
+                    end: 0x7f0000100000,
+                    rss_kb: 900
+                },
+            ],
+            "the relocated read-only mapping (anonymous pages), the writable one and \
+             anonymous memory must be left alone"
+        );
+    }
+
+    #[test]
+    fn released_code_still_runs_and_resident_file_pages_drop() {
+        fn file_rss_kb() -> u64 {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+            candidates(&smaps).iter().map(|c| c.rss_kb).sum()
+        }
+        let before = file_rss_kb();
+        let released = release_cold_code().expect("release");
+        assert!(released.mappings > 0, "the test binary's code is mapped");
+        assert_eq!(released.bytes, before * 1024);
+        // Code and constants fault back in: formatting and parsing still work.
+        let text = format!("{:?}", candidates(SMAPS));
+        assert!(text.contains("rss_kb: 6000"));
+        let after = file_rss_kb();
+        assert!(
+            after < before,
+            "resident clean file pages went from {before} kB to {after} kB"
+        );
+    }
+}
