@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use podwall_sandbox::{Inject, Options, Sandbox, run_in};
@@ -1806,6 +1806,11 @@ metadata: {name: plain, namespace: u, labels: {app: plain}}
 spec: {containers: [{name: s, ports: [{containerPort: 5300, protocol: UDP}]}]}
 status: {podIP: 10.79.0.4, hostIP: 192.168.79.1}
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: pinger, namespace: u, labels: {app: pinger}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.79.0.5, hostIP: 192.168.79.1}
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: server-udp, namespace: u}
@@ -1815,6 +1820,7 @@ spec:
   ingress:
   - from: [{podSelector: {matchLabels: {app: client}}}]
     ports: [{protocol: UDP, port: 5300}]
+  - from: [{podSelector: {matchLabels: {app: pinger}}}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -1826,6 +1832,37 @@ spec:
   - to: [{podSelector: {matchLabels: {app: server}}}]
     ports: [{protocol: UDP, port: 5300}]
 "#;
+
+/// Whether one ping from inside `ns` to `dst` is answered within a second (iputils' ping).
+fn pings(ns: &str, dst: IpAddr) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1",
+        ])
+        .arg(dst.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A UDP socket opened inside `ns` (it stays there), one flow per socket.
+fn udp_socket(ns: &str) -> std::net::UdpSocket {
+    let s = run_in(ns, || std::net::UdpSocket::bind("0.0.0.0:0"))
+        .expect("netns")
+        .expect("bind");
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    s
+}
+
+/// One datagram on `s`'s flow to `dst`: whether its echo came back.
+fn echoes(s: &std::net::UdpSocket, dst: SocketAddr) -> bool {
+    let mut buf = [0u8; 64];
+    s.send_to(b"ping", dst).is_ok()
+        && s.recv_from(&mut buf)
+            .is_ok_and(|(n, from)| from == dst && &buf[..n] == b"ping")
+}
 
 /// Sends one datagram from inside `ns` and returns the echo, if one comes within a second.
 fn udp_echo(ns: &str, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
@@ -1843,8 +1880,12 @@ fn udp_echo(ns: &str, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[test]
-fn udp_flows_are_judged_by_policy_in_both_directions() {
-    if !ready_for("udp_flows_are_judged_by_policy_in_both_directions") {
+fn udp_flows_and_ping_are_judged_by_policy_in_both_directions() {
+    if !support::ready(
+        "udp_flows_and_ping_are_judged_by_policy_in_both_directions",
+        &["ip", "iptables", "setpriv", "ping"],
+        "iproute2, iptables, setpriv and ping",
+    ) {
         return;
     }
     let dir = topology(UDP_TOPOLOGY);
@@ -1927,5 +1968,83 @@ fn udp_flows_are_judged_by_policy_in_both_directions() {
     assert_eq!(
         denied_plain["egress"]["isolated_by"][0],
         "NetworkPolicy u/client-egress"
+    );
+
+    // Ping: only a rule without ports allows it, and both sides must.
+    let pinger = up.ns("u/pinger");
+    assert!(
+        (0..5).any(|_| pings(&pinger, server)),
+        "the server's rule for the pinger has no ports"
+    );
+    assert!(
+        pings(&up.ns("u/server"), up.ip("u/pinger")),
+        "neither the server's egress nor the pinger's ingress is isolated"
+    );
+    assert!(!pings(&other, server), "no ingress rule for other");
+    assert!(
+        !pings(&client, server),
+        "the client's rules name UDP 5300 only"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = up.flows("u/server");
+    let icmp = |e: &&serde_json::Value| e["protocol"] == "ICMP";
+    assert!(
+        flows.iter().filter(icmp).any(|e| e["verdict"] == "ALLOWED"
+            && e["direction"] == "ingress"
+            && e["source"]["pod"] == "pinger"),
+        "{flows:#?}"
+    );
+    assert!(
+        flows.iter().filter(icmp).any(|e| e["verdict"] == "DENIED"
+            && e["direction"] == "ingress"
+            && e["source"]["ip"] == other_ip),
+        "{flows:#?}"
+    );
+    assert!(
+        up.flows("u/client")
+            .iter()
+            .filter(icmp)
+            .any(|e| e["verdict"] == "DENIED" && e["direction"] == "egress"),
+        "the client's own sidecar drops its ping"
+    );
+
+    // A policy change ends the running flows it denies, and only those.
+    let (cut, kept) = (udp_socket(&client), udp_socket(&pinger));
+    let kept_dst = SocketAddr::new(server, 5301);
+    assert!((0..5).any(|_| echoes(&cut, allowed)), "client flow before");
+    assert!(
+        (0..5).any(|_| echoes(&kept, kept_dst)),
+        "pinger flow before"
+    );
+    let file = up.sb().policy_dir().join("policies.json");
+    let mut list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read policies"))
+            .expect("json");
+    let server_udp = list["items"]
+        .as_array_mut()
+        .expect("items")
+        .iter_mut()
+        .find(|p| p["metadata"]["name"] == "server-udp")
+        .expect("server-udp");
+    server_udp["spec"]["ingress"][0]["ports"][0]["port"] = 5399.into();
+    std::fs::write(&file, list.to_string()).expect("write policies");
+    wait_for(
+        "the client's running flow to be cut",
+        Duration::from_secs(10),
+        || !echoes(&cut, allowed),
+    );
+    assert!(
+        echoes(&kept, kept_dst),
+        "a flow the new policy allows keeps running"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = up.flows("u/server");
+    assert!(
+        flows.iter().filter(udp).any(|e| e["verdict"] == "DENIED"
+            && e["source"]["pod"] == "client"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("policy change"))),
+        "{flows:#?}"
     );
 }

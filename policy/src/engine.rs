@@ -206,6 +206,13 @@ impl Engine {
                             rule: rule_id,
                         });
                     }
+                    // Every protocol means ping too; ICMP has no port, and is asked as port 0.
+                    entries.push(PortEntry::Range {
+                        protocol: Protocol::Icmp,
+                        lo: 0,
+                        hi: 0,
+                        rule: rule_id,
+                    });
                 }
                 for spec in &rule.ports {
                     let protocol = spec.protocol;

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::model::{Direction, Entity, NamespaceScope, Peer, Policy, PortSpec, Protocol, Rule};
+use crate::model::{
+    Direction, Entity, NamespaceScope, Peer, Policy, PortSpec, Protocol, ProtocolPort, Rule,
+};
 use crate::verdict::{Decision, Endpoint, RuleRef, SideVerdict, Verdict};
 
 /// One end of the connection, as reported.
@@ -204,8 +206,9 @@ impl Engine {
         let dir = side.direction;
         let who = me.pod.clone().unwrap_or_else(|| me.to_string());
         let target = format!(
-            "{} on {}/{}",
-            peer, verdict.query.protocol, verdict.query.port
+            "{} on {}",
+            peer,
+            ProtocolPort(verdict.query.protocol, verdict.query.port)
         );
         let (reason, message, allowed_by) = match side.decision {
             Decision::NotAPod => (
@@ -374,12 +377,11 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}: {} -> {} on {}/{}",
+            "{}: {} -> {} on {}",
             if self.allowed { "ALLOWED" } else { "DENIED" },
             self.from,
             self.to,
-            self.protocol,
-            self.port
+            ProtocolPort(self.protocol, self.port)
         )?;
         for side in [&self.egress, &self.ingress] {
             writeln!(f)?;

@@ -46,7 +46,8 @@ pub use load::{Loader, documents, objects};
 pub use model::{
     ContainerPort, DefaultDeny, Direction, Entity, FqdnSelector, HeaderMatch, HeaderMismatch,
     HttpRule, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Origin, Peer, Pod,
-    Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol, Rule, UnknownProtocol,
+    Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol, ProtocolPort, Rule,
+    UnknownProtocol,
 };
 pub use selector::{LabelSelector, Operator, Requirement};
 pub use state::{ClusterState, LoadReport, PodId, PolicyId};

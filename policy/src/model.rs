@@ -20,7 +20,7 @@ pub type Labels = BTreeMap<String, String>;
 /// The label the API server puts on every namespace (immutable, equal to its name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// A transport protocol NetworkPolicy can name.
+/// A transport protocol NetworkPolicy can name, and ICMP echo, which it cannot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
@@ -30,11 +30,16 @@ pub enum Protocol {
     Udp,
     /// SCTP.
     Sctp,
+    /// ICMP or ICMPv6 echo (ping). No policy can name it (no port has it): only a rule
+    /// without `ports`, which allows every protocol, allows it. Never parsed from a policy.
+    Icmp,
 }
 
 impl Protocol {
-    /// Every protocol, in a fixed order (used to index per-protocol tables).
+    /// Every protocol a port can name, in a fixed order.
     pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+    /// How many values [`Protocol::index`] takes.
+    pub const COUNT: usize = 4;
 
     /// A dense index for per-protocol arrays.
     pub fn index(self) -> usize {
@@ -42,15 +47,30 @@ impl Protocol {
             Protocol::Tcp => 0,
             Protocol::Udp => 1,
             Protocol::Sctp => 2,
+            Protocol::Icmp => 3,
         }
     }
 
-    /// The API spelling: `TCP`, `UDP`, `SCTP`.
+    /// The API spelling: `TCP`, `UDP`, `SCTP` (and `ICMP`, podwall's own).
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Sctp => "SCTP",
+            Protocol::Icmp => "ICMP",
+        }
+    }
+}
+
+/// A protocol and port as messages show them: `TCP/8080`, and `ICMP (ping)`, which has no port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtocolPort(pub Protocol, pub u16);
+
+impl fmt::Display for ProtocolPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Protocol::Icmp => f.write_str("ICMP (ping)"),
+            p => write!(f, "{p}/{}", self.1),
         }
     }
 }
@@ -69,7 +89,7 @@ pub struct UnknownProtocol(pub String);
 impl FromStr for Protocol {
     type Err = UnknownProtocol;
 
-    /// Exactly as the API server: the values are case-sensitive.
+    /// Exactly as the API server: the values are case-sensitive, and `ICMP` is not one.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "TCP" => Ok(Protocol::Tcp),

@@ -430,3 +430,22 @@ fn podwall_policy_is_the_same_spec_under_its_own_group() {
     );
     assert_eq!(v.ingress.decision, Decision::NoRuleMatched);
 }
+
+#[test]
+fn ping_needs_a_rule_without_to_ports_and_any_does_not_include_it() {
+    let e = clean(&cnp(
+        "db",
+        "production",
+        "endpointSelector: {matchLabels: {app: db}}\ningress:\n- fromEndpoints: [{matchLabels: {app: api}}]\n- fromEndpoints: [{matchLabels: {app: frontend}}]\n  toPorts: [{ports: [{port: '0', protocol: ANY}]}]",
+    ));
+    let ping = |from| verdict(&e, from, "production/db", Protocol::Icmp, 0).allowed();
+    assert!(
+        ping("production/api"),
+        "an L3-only rule allows every protocol"
+    );
+    assert!(
+        tcp(&e, "production/frontend", "production/db", 5432),
+        "port 0 of ANY is every TCP, UDP and SCTP port"
+    );
+    assert!(!ping("production/frontend"), "but not ICMP");
+}

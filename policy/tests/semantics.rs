@@ -153,6 +153,52 @@ fn a_rule_without_ports_allows_every_port_of_every_protocol() {
     assert!(!tcp(&e, "production/frontend", "production/db", 5432));
 }
 
+fn ping(e: &podwall_policy::Engine, from: &str, to: &str) -> bool {
+    verdict(e, from, to, Protocol::Icmp, 0).allowed()
+}
+
+#[test]
+fn ping_is_allowed_only_by_rules_without_ports_in_both_directions() {
+    let e = cluster_with(&format!(
+        "{}---\n{}---\n{}",
+        np(
+            "db",
+            PROD,
+            "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{podSelector: {matchLabels: {app: api}}}]\n- from: [{podSelector: {matchLabels: {app: frontend}}}]\n  ports: [{port: 1, endPort: 65535}, {protocol: UDP}, {protocol: SCTP}]",
+        ),
+        np(
+            "api-out",
+            PROD,
+            "podSelector: {matchLabels: {app: api}}\npolicyTypes: [Egress]\negress:\n- to: [{podSelector: {matchLabels: {app: db}}}]",
+        ),
+        np(
+            "frontend-out",
+            PROD,
+            "podSelector: {matchLabels: {app: frontend}}\npolicyTypes: [Egress]\negress:\n- to: [{podSelector: {matchLabels: {app: db}}}]\n  ports: [{protocol: TCP}]",
+        ),
+    ));
+    assert!(
+        ping(&e, "production/api", "production/db"),
+        "no ports on either side"
+    );
+    assert!(
+        !ping(&e, "production/frontend", "production/db"),
+        "every port of every protocol named is still not ping"
+    );
+    assert!(
+        !ping(&e, "staging/api", "production/db"),
+        "no rule for the peer"
+    );
+    assert!(
+        ping(&e, "production/db", "staging/api"),
+        "neither side isolated in that direction"
+    );
+    assert!(
+        !ping(&e, "production/frontend", "staging/api"),
+        "egress isolated, its rule names a protocol"
+    );
+}
+
 #[test]
 fn a_pod_selector_peer_only_selects_pods_in_the_policy_namespace() {
     let e = cluster_with(&np(

@@ -23,12 +23,12 @@
 //! `DnsCapture::Redirect` redirects UDP 53 in `nat` like TCP instead (no capability needed; the
 //! sidecar then assumes the pod asked its configured resolver).
 //!
-//! UDP and SCTP other than DNS cannot be proxied like TCP, so the sidecar judges their flows as
-//! packets instead, in the `filter` table:
+//! UDP and SCTP other than DNS, and ping, cannot be proxied like TCP, so the sidecar judges
+//! their flows as packets instead, in the `filter` table:
 //!
 //! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`): the first packet
-//!   of each new UDP or SCTP flow (conntrack state `NEW`) goes to NFQUEUE queue `packet_queue`,
-//!   where the sidecar accepts or drops it; later packets of an accepted flow pass in the kernel.
+//!   of each new UDP or SCTP flow or ping (conntrack state `NEW`) goes to NFQUEUE queue
+//!   `packet_queue`, where the sidecar accepts or drops it; later packets of an accepted flow pass in the kernel.
 //!   The proxy's own packets, loopback, DNS (the DNS proxy judges it) and excluded CIDRs are
 //!   left alone. Without a sidecar bound to the queue the kernel drops the packets: fail closed.
 //!
@@ -336,7 +336,13 @@ impl InitConfig {
         }
         r.push(format!("-A {FILTER_IN_CHAIN} -i lo -j RETURN"));
         for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN] {
-            for proto in ["udp", "sctp"] {
+            // Ping too: echo requests start ICMP flows (replies and errors are conntrack's
+            // ESTABLISHED and RELATED, and neighbour discovery is never queued).
+            let echo = match family {
+                Family::V4 => "icmp --icmp-type echo-request",
+                Family::V6 => "ipv6-icmp --icmpv6-type echo-request",
+            };
+            for proto in ["udp", "sctp", echo] {
                 r.push(format!(
                     "-A {chain} -p {proto} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
                 ));
@@ -769,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn new_udp_and_sctp_flows_are_queued_except_the_proxy_loopback_dns_and_excluded_cidrs() {
+    fn new_udp_sctp_and_ping_flows_are_queued_except_the_proxy_loopback_dns_and_excluded_cidrs() {
         let cfg = InitConfig {
             exclude_outbound_cidrs: vec!["10.96.0.1/32".parse().expect("net")],
             ..InitConfig::default()
@@ -784,9 +790,16 @@ mod tests {
                 "-A PODWALL_FILTER_IN -i lo -j RETURN",
                 "-A PODWALL_FILTER_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_FILTER_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_OUT -p icmp --icmp-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_FILTER_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_FILTER_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_IN -p icmp --icmp-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
             ]
+        );
+        assert!(
+            cfg.filter_rules(Family::V6).contains(
+                &"-A PODWALL_FILTER_IN -p ipv6-icmp --icmpv6-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337".to_string()
+            )
         );
         let off = InitConfig {
             packet_queue: None,

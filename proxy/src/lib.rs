@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod conntrack;
 pub mod dns;
 pub mod feed_client;
 pub mod flow;
@@ -77,6 +78,28 @@ pub fn raise_fd_limit() {
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+    }
+}
+
+/// After each policy change, removes the conntrack entries of UDP, SCTP and ping flows the new
+/// policy denies (TCP connections are reset by their own tasks).
+async fn revoke_flows_on_change(
+    mut policies: watch::Receiver<Option<Arc<pod_policy::PodPolicy>>>,
+    shared: Arc<conn::Shared>,
+) {
+    while policies.changed().await.is_ok() {
+        let shared = shared.clone();
+        match tokio::task::spawn_blocking(move || packet_filter::revoke(&shared)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                flows = n,
+                "removed the UDP/SCTP/ping flows the new policy denies"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read or prune the conntrack table; flows the new policy denies run until they expire")
+            }
+            Err(e) => tracing::warn!(error = %e, "conntrack pruning failed"),
+        }
     }
 }
 
@@ -161,9 +184,14 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         // Without the filter, the init rules' queue has no reader and the kernel drops new
         // UDP/SCTP flows: fail closed, and said loudly, but TCP keeps working.
         match packet_filter::spawn(queue, shared.clone()) {
-            Ok(()) => tracing::info!(queue, "packet filter judging new UDP and SCTP flows"),
+            Ok(()) => {
+                tracing::info!(queue, "packet filter judging new UDP, SCTP and ping flows");
+                if !config.keep_revoked {
+                    tokio::spawn(revoke_flows_on_change(policy_rx.clone(), shared.clone()));
+                }
+            }
             Err(e) => {
-                tracing::error!(error = %e, "no packet filter: new UDP and SCTP flows other than DNS are dropped")
+                tracing::error!(error = %e, "no packet filter: new UDP and SCTP flows other than DNS, and pings, are dropped")
             }
         }
     }

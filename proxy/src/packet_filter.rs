@@ -1,4 +1,4 @@
-//! The packet filter: UDP and SCTP flows other than DNS.
+//! The packet filter: UDP and SCTP flows other than DNS, and ping.
 //!
 //! These cannot be proxied like TCP (no connection to accept, no `SO_ORIGINAL_DST`), so the
 //! init rules send the first packet of each new flow (conntrack state `NEW`, both directions)
@@ -15,12 +15,20 @@
 //!   sidecar bound to the queue the kernel drops them too.
 //! - A Service virtual IP: kube-proxy picks the backend after the packet leaves the pod, so the
 //!   flow is allowed only when policy allows *every* ready backend on its target port.
-//! - A flow already accepted lives as long as its conntrack entry: a policy change does not
-//!   cut it (UDP has no reset to send); it is judged again once the entry expires.
+//! - A flow already accepted lives as long as its conntrack entry. After a policy change,
+//!   [`revoke`] reads the pod's conntrack table and removes the entries of flows the new policy
+//!   denies (UDP has no reset to send): their next packet is a new flow, judged and dropped.
+//!   (`--keep-revoked-connections` keeps them, as for TCP.) Names learned for toFQDNs rules
+//!   count as they are at that moment, and egress UDP to port 53 is the DNS proxy's and left
+//!   alone.
 //! - Flow events are written when the flow starts: `bytes_*` and `duration_ms` are 0.
+//! - Ping (ICMP and ICMPv6 echo requests) is judged as protocol `ICMP`, port 0: no NetworkPolicy
+//!   port names it, so only a rule without `ports` (every protocol) allows it, on both sides.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use crate::conntrack::{Conntrack, Entry};
 
 use pnet_packet::ipv4::Ipv4Packet;
 use pnet_packet::ipv6::Ipv6Packet;
@@ -34,8 +42,13 @@ use crate::flow::{self, FlowEvent, FlowService, FlowVerdict};
 const HOOK_LOCAL_IN: u8 = 1;
 const HOOK_LOCAL_OUT: u8 = 3;
 /// IP protocol numbers.
+const ICMP: u8 = 1;
 const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
 const SCTP: u8 = 132;
+/// The echo request types of ICMP and ICMPv6.
+const ECHO_REQUEST: u8 = 8;
+const ECHO_REQUEST_V6: u8 = 128;
 /// Bytes of each packet copied to user space: the IP header, IPv6 extension headers and the
 /// ports are all the filter reads.
 const COPY_RANGE: u16 = 256;
@@ -43,16 +56,16 @@ const COPY_RANGE: u16 = 256;
 /// The first packet of a flow, as far as policy cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowStart {
-    /// UDP or SCTP.
+    /// UDP, SCTP, or ICMP for an echo request.
     pub protocol: Protocol,
-    /// The sender.
+    /// The sender (port 0 for ICMP).
     pub source: SocketAddr,
-    /// The receiver.
+    /// The receiver (port 0 for ICMP).
     pub destination: SocketAddr,
 }
 
 /// Reads the addresses, protocol and ports of an IP packet (IPv4 or IPv6); `None` for anything
-/// that is not the first fragment of a UDP or SCTP packet, or is truncated.
+/// that is not the first fragment of a UDP or SCTP packet or an echo request, or is truncated.
 pub fn parse(packet: &[u8]) -> Option<FlowStart> {
     let (src, dst, next, payload): (IpAddr, IpAddr, u8, &[u8]) = match packet.first()? >> 4 {
         4 => {
@@ -93,6 +106,8 @@ pub fn parse(packet: &[u8]) -> Option<FlowStart> {
             u16::from_be_bytes([payload[0], payload[1]]),
             u16::from_be_bytes([payload[2], payload[3]]),
         ),
+        ICMP if payload.first() == Some(&ECHO_REQUEST) => (Protocol::Icmp, 0, 0),
+        ICMPV6 if payload.first() == Some(&ECHO_REQUEST_V6) => (Protocol::Icmp, 0, 0),
         _ => return None,
     };
     Some(FlowStart {
@@ -202,6 +217,60 @@ pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEve
     event
 }
 
+/// The flow a conntrack entry of this pod stands for, if the filter judges such flows: UDP,
+/// SCTP and ping between one of `own` addresses and another address.
+fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
+    let protocol = match (entry.protocol, entry.icmp_type) {
+        (UDP, _) => Protocol::Udp,
+        (SCTP, _) => Protocol::Sctp,
+        (ICMP, Some(ECHO_REQUEST)) | (ICMPV6, Some(ECHO_REQUEST_V6)) => Protocol::Icmp,
+        _ => return None,
+    };
+    let direction = match (own.contains(&entry.src), own.contains(&entry.dst)) {
+        (true, false) => Direction::Egress,
+        (false, true) => Direction::Ingress,
+        // Loopback, or within the pod: never judged.
+        _ => return None,
+    };
+    if direction == Direction::Egress && protocol == Protocol::Udp && entry.dport == 53 {
+        return None;
+    }
+    Some((
+        direction,
+        FlowStart {
+            protocol,
+            source: SocketAddr::new(entry.src, entry.sport),
+            destination: SocketAddr::new(entry.dst, entry.dport),
+        },
+    ))
+}
+
+/// Removes the conntrack entries of the UDP, SCTP and ping flows the current policy denies, so
+/// that their next packet is judged again; each one is a flow event and a revoked flow in the
+/// metrics. Returns how many were removed.
+pub fn revoke(shared: &Shared) -> std::io::Result<usize> {
+    let Some(policy) = shared.policies.borrow().clone() else {
+        return Ok(0);
+    };
+    let own = policy.engine.state().pod(policy.me).ips.clone();
+    let mut table = Conntrack::open()?;
+    let mut removed = 0;
+    for entry in table.dump()? {
+        let Some((direction, start)) = flow_of(&entry, &own) else {
+            continue;
+        };
+        let mut event = judge(shared, direction, start);
+        if event.verdict != FlowVerdict::Denied || !table.delete(&entry)? {
+            continue;
+        }
+        removed += 1;
+        shared.metrics(direction).revoked.inc();
+        event.error = Some("removed: a policy change no longer allows this flow".into());
+        shared.flows.emit(event);
+    }
+    Ok(removed)
+}
+
 /// The packet filter could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read NFQUEUE queue {queue} (needs NET_ADMIN): {source}")]
@@ -260,7 +329,7 @@ fn run(mut queue: nfq::Queue, shared: &Shared) {
                 tracing::debug!(
                     hook = msg.get_hook(),
                     ?direction,
-                    "packet filter: not a UDP/SCTP packet it can read; dropped"
+                    "packet filter: not a UDP/SCTP packet or echo request it can read; dropped"
                 );
                 false
             }
@@ -309,11 +378,78 @@ mod tests {
         let mut fragment = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
         fragment[7] = 8; // fragment offset 8 * 8 bytes
         assert_eq!(parse(&fragment), None);
-        let mut icmp = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
-        icmp[9] = 1;
-        assert_eq!(parse(&icmp), None);
+        let mut echo_reply = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 0, 2);
+        echo_reply[9] = ICMP;
+        assert_eq!(parse(&echo_reply), None, "only requests start a flow");
+        let mut tcp = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
+        tcp[9] = 6;
+        assert_eq!(parse(&tcp), None);
         assert_eq!(parse(&[0x45, 0, 0]), None, "truncated");
         assert_eq!(parse(&[]), None);
+    }
+
+    #[test]
+    fn echo_requests_are_icmp_flows_without_ports() {
+        let mut v4 = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 0x0800, 0);
+        v4[9] = ICMP;
+        assert_eq!(
+            parse(&v4),
+            Some(FlowStart {
+                protocol: Protocol::Icmp,
+                source: "10.0.0.1:0".parse().expect("addr"),
+                destination: "10.0.0.2:0".parse().expect("addr"),
+            })
+        );
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 8, ICMPV6, 64];
+        v6.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        v6.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        v6.extend([ECHO_REQUEST_V6, 0, 0, 0, 0, 1, 0, 1]);
+        assert_eq!(
+            parse(&v6).map(|f| (f.protocol, f.destination)),
+            Some((Protocol::Icmp, "[fd00::2]:0".parse().expect("addr")))
+        );
+        v6[40] = 135; // neighbour solicitation
+        assert_eq!(parse(&v6), None);
+    }
+
+    #[test]
+    fn conntrack_entries_map_to_flows_by_which_end_is_the_pod() {
+        let own: Vec<IpAddr> = vec!["10.79.0.1".parse().expect("ip")];
+        let entry = |src: &str, dst: &str, protocol, dport, icmp_type| Entry {
+            family: 2,
+            protocol,
+            src: src.parse().expect("ip"),
+            dst: dst.parse().expect("ip"),
+            sport: 40000,
+            dport,
+            icmp_type,
+            key: Vec::new(),
+        };
+        let out = flow_of(&entry("10.79.0.1", "10.79.0.3", UDP, 5300, None), &own);
+        assert_eq!(
+            out.map(|(d, f)| (d, f.protocol)),
+            Some((Direction::Egress, Protocol::Udp))
+        );
+        let inbound = flow_of(&entry("10.79.0.5", "10.79.0.1", ICMP, 0, Some(8)), &own);
+        assert_eq!(
+            inbound.map(|(d, f)| (d, f.protocol)),
+            Some((Direction::Ingress, Protocol::Icmp))
+        );
+        assert_eq!(
+            flow_of(&entry("10.79.0.1", "10.96.0.10", UDP, 53, None), &own),
+            None,
+            "DNS is the DNS proxy's"
+        );
+        assert_eq!(
+            flow_of(&entry("10.79.0.1", "10.79.0.3", 6, 80, None), &own),
+            None,
+            "TCP"
+        );
+        assert_eq!(
+            flow_of(&entry("127.0.0.1", "127.0.0.1", UDP, 9, None), &own),
+            None,
+            "loopback"
+        );
     }
 
     #[test]

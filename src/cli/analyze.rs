@@ -76,6 +76,8 @@ pub(crate) enum ProtocolArg {
     Udp,
     /// SCTP.
     Sctp,
+    /// Ping (ICMP/ICMPv6 echo), which has no port: allowed only by rules without `ports`.
+    Icmp,
 }
 
 impl From<ProtocolArg> for Protocol {
@@ -84,7 +86,18 @@ impl From<ProtocolArg> for Protocol {
             ProtocolArg::Tcp => Protocol::Tcp,
             ProtocolArg::Udp => Protocol::Udp,
             ProtocolArg::Sctp => Protocol::Sctp,
+            ProtocolArg::Icmp => Protocol::Icmp,
         }
+    }
+}
+
+/// The port to ask about: ICMP has none (the engine asks it as port 0), the others need one.
+fn query_port(protocol: Protocol, port: Option<u16>) -> Result<u16, String> {
+    match (protocol, port) {
+        (Protocol::Icmp, None) => Ok(0),
+        (Protocol::Icmp, Some(_)) => Err("--protocol ICMP takes no --port".into()),
+        (_, Some(port)) => Ok(port),
+        (_, None) => Err("--port is required (except with --protocol ICMP)".into()),
     }
 }
 
@@ -117,10 +130,10 @@ pub(crate) struct CheckArgs {
     /// resolver (default: the cluster DNS, pods k8s-app=kube-dns).
     #[arg(long, value_name = "NS/POD|IP", required_unless_present_any = ["to_fqdn", "dns_query"])]
     to: Option<String>,
-    /// The destination port (53 with --dns-query).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), required_unless_present = "dns_query")]
+    /// The destination port (53 with --dns-query; none with --protocol ICMP).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
-    /// The protocol (TCP; UDP with --dns-query).
+    /// The protocol (TCP; UDP with --dns-query). ICMP asks about ping.
     #[arg(long, ignore_case = true)]
     protocol: Option<ProtocolArg>,
     /// A connection to an address outside the cluster that the source pod's DNS answer gave
@@ -192,12 +205,14 @@ fn print_load_report(report: &LoadReport) {
 fn matrix(args: MatrixArgs) -> Result<ExitCode, String> {
     let (state, report) = load(&args.input)?;
     print_load_report(&report);
-    let ports: Vec<(Protocol, u16)> = match args.port {
-        Some(port) => vec![(
-            args.protocol.map(Protocol::from).unwrap_or(Protocol::Tcp),
-            port,
-        )],
-        None => {
+    let ports: Vec<(Protocol, u16)> = match (args.port, args.protocol) {
+        (port, Some(ProtocolArg::Icmp)) => {
+            vec![(Protocol::Icmp, query_port(Protocol::Icmp, port)?)]
+        }
+        (Some(port), protocol) => {
+            vec![(protocol.map(Protocol::from).unwrap_or(Protocol::Tcp), port)]
+        }
+        (None, _) => {
             let wanted = args.protocol.map(Protocol::from);
             let declared: BTreeSet<(Protocol, u16)> = state
                 .pods
@@ -276,11 +291,12 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         (None, Some(_)) => "192.0.2.1".to_string(),
         (None, None) => return Err("--to is required".into()),
     };
+    let protocol = args.protocol.map(Protocol::from).unwrap_or(Protocol::Tcp);
     let query = Query {
         src: endpoint(&state, &args.from, "from")?,
         dst: endpoint(&state, &to, "to")?,
-        protocol: args.protocol.map(Protocol::from).unwrap_or(Protocol::Tcp),
-        port: args.port.ok_or("--port is required")?,
+        protocol,
+        port: query_port(protocol, args.port)?,
     };
     let engine = Engine::compile(state);
     let names = match (&args.to_fqdn, query.src) {

@@ -77,11 +77,11 @@ pub(crate) struct InitArgs {
     /// Outbound destinations left alone, e.g. the control plane (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_cidrs: Vec<ipnet::IpNet>,
-    /// The NFQUEUE queue that new UDP and SCTP flows (other than DNS) go to, for the sidecar
+    /// The NFQUEUE queue that new UDP and SCTP flows (other than DNS) and pings go to, for the sidecar
     /// to judge; it must match `proxy run --packet-queue`.
     #[arg(long, default_value_t = podwall_proxy::init::DEFAULT_PACKET_QUEUE)]
     packet_queue: u16,
-    /// Leave UDP and SCTP other than DNS alone: their policies are then NOT enforced.
+    /// Leave UDP and SCTP other than DNS, and ping, alone: their policies are then NOT enforced.
     #[arg(long)]
     no_packet_filter: bool,
     /// Write ip6tables rules too.
@@ -160,17 +160,18 @@ pub(crate) struct RunArgs {
     /// the annotation podwall.io/enforcement: audit).
     #[arg(long)]
     audit: bool,
-    /// Keep established connections that a policy change no longer allows (default: reset).
+    /// Keep established connections that a policy change no longer allows (default: TCP is
+    /// reset, and running UDP, SCTP and ping flows lose their conntrack entry).
     #[arg(long)]
     keep_revoked_connections: bool,
     /// Worker threads moving bytes.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// The NFQUEUE queue the init rules send new UDP and SCTP flows to (`proxy init
+    /// The NFQUEUE queue the init rules send new UDP, SCTP and ping flows to (`proxy init
     /// --packet-queue`); the sidecar judges them there.
     #[arg(long, default_value_t = podwall_proxy::init::DEFAULT_PACKET_QUEUE)]
     packet_queue: u16,
-    /// Do not judge UDP and SCTP flows (for init rules written with --no-packet-filter).
+    /// Do not judge UDP, SCTP and ping flows (for init rules written with --no-packet-filter).
     #[arg(long)]
     no_packet_filter: bool,
 }

@@ -110,9 +110,8 @@ impl Matrix {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{}/{}: {} of {} connections allowed (rows: from, columns: to; ✓ allowed, · denied)",
-            self.protocol,
-            self.port,
+            "{}: {} of {} connections allowed (rows: from, columns: to; ✓ allowed, · denied)",
+            crate::model::ProtocolPort(self.protocol, self.port),
             self.allowed_count(),
             n * n
         );

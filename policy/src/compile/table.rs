@@ -153,7 +153,7 @@ pub(crate) enum PortEntry {
 pub(crate) struct DirectionTable {
     /// The policies that isolate the pod in this direction.
     pub(crate) isolated_by: Vec<PolicyId>,
-    segments: [Vec<Segment>; 3],
+    segments: [Vec<Segment>; Protocol::COUNT],
     named: Vec<NamedPort>,
 }
 
@@ -164,7 +164,7 @@ impl DirectionTable {
         rules: &[CompiledRule],
         identities: usize,
     ) -> Self {
-        let mut ranges: [Vec<(u16, u16, RuleId)>; 3] = Default::default();
+        let mut ranges: [Vec<(u16, u16, RuleId)>; Protocol::COUNT] = Default::default();
         let mut named: Vec<(Protocol, String, Vec<RuleId>)> = Vec::new();
         for entry in entries {
             match entry {

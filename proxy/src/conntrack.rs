@@ -1,0 +1,424 @@
+//! The pod's connection-tracking table, read and pruned over ctnetlink.
+//!
+//! The packet filter judges only the first packet of a UDP, SCTP or ping flow; the rest match
+//! the flow's conntrack entry. When a policy change no longer allows a flow, removing its entry
+//! makes its next packet a new flow again, which the init rules queue and the filter judges
+//! (and drops). Only what that needs is here: a dump of the table and the removal of one entry,
+//! identified by the original tuple and the entry's id exactly as the kernel gave them.
+//!
+//! Message layout (`linux/netfilter/nfnetlink_conntrack.h`): a netlink header, the 4-byte
+//! `nfgenmsg` (address family, version, resource id), then attributes; the tuples are nested.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
+    socket,
+};
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HDRLEN: usize = 16;
+const NFGENMSG_LEN: usize = 4;
+/// The type bits of an attribute (the top two are the nested and byte-order flags).
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTO_ICMP_TYPE: u16 = 5;
+const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
+
+/// One conntrack entry: its original direction, and what it takes to remove exactly it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// The IP protocol number.
+    pub protocol: u8,
+    /// The original direction's source (who sent the first packet).
+    pub src: IpAddr,
+    /// And its destination.
+    pub dst: IpAddr,
+    /// Ports (0 for protocols without them).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// The ICMP or ICMPv6 type of the packet that started it.
+    pub icmp_type: Option<u8>,
+    /// The attributes the removal repeats, as the dump gave them.
+    pub(crate) key: Vec<u8>,
+}
+
+fn align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Iterates over the attributes in `buf`: (type without flags, payload, whole attribute).
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let whole = &buf[..len];
+        buf = buf.get(align(len)..).unwrap_or(&[]);
+        Some((kind, &whole[4..], whole))
+    })
+}
+
+fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
+    attributes(buf)
+        .find(|(k, _, _)| *k == kind)
+        .map(|(_, p, _)| p)
+}
+
+fn ip(payload: &[u8]) -> Option<IpAddr> {
+    match payload.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(payload).ok()?,
+        ))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(payload).ok()?,
+        ))),
+        _ => None,
+    }
+}
+
+fn port(payload: Option<&[u8]>) -> u16 {
+    payload
+        .and_then(|p| <[u8; 2]>::try_from(p).ok())
+        .map_or(0, u16::from_be_bytes)
+}
+
+/// Reads one conntrack message's body (after the netlink header).
+fn parse_entry(body: &[u8]) -> Option<Entry> {
+    let family = *body.first()?;
+    let attrs = body.get(NFGENMSG_LEN..)?;
+    let mut key = Vec::new();
+    let mut orig = None;
+    for (kind, payload, whole) in attributes(attrs) {
+        match kind {
+            CTA_TUPLE_ORIG => orig = Some(payload),
+            CTA_ID | CTA_ZONE => {}
+            _ => continue,
+        }
+        key.extend_from_slice(whole);
+        key.resize(align(key.len()), 0);
+    }
+    let orig = orig?;
+    let addrs = find(orig, CTA_TUPLE_IP)?;
+    let proto = find(orig, CTA_TUPLE_PROTO)?;
+    let (src, dst) = match family {
+        2 => (CTA_IP_V4_SRC, CTA_IP_V4_DST),
+        10 => (CTA_IP_V6_SRC, CTA_IP_V6_DST),
+        _ => return None,
+    };
+    let protocol = *find(proto, CTA_PROTO_NUM)?.first()?;
+    Some(Entry {
+        family,
+        protocol,
+        src: ip(find(addrs, src)?)?,
+        dst: ip(find(addrs, dst)?)?,
+        sport: port(find(proto, CTA_PROTO_SRC_PORT)),
+        dport: port(find(proto, CTA_PROTO_DST_PORT)),
+        icmp_type: find(proto, CTA_PROTO_ICMP_TYPE)
+            .or_else(|| find(proto, CTA_PROTO_ICMPV6_TYPE))
+            .and_then(|p| p.first().copied()),
+        key,
+    })
+}
+
+fn header(len: usize, kind: u16, flags: u16, seq: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m
+}
+
+fn dump_request(seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN;
+    let mut m = header(
+        len,
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    );
+    // AF_UNSPEC: every family.
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m
+}
+
+fn delete_request(entry: &Entry, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN + entry.key.len();
+    let mut m = header(
+        len,
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    );
+    m.extend_from_slice(&[entry.family, 0, 0, 0]);
+    m.extend_from_slice(&entry.key);
+    m
+}
+
+/// What one netlink message said.
+enum Reply<'a> {
+    Entry(&'a [u8]),
+    Done,
+    /// An acknowledgement (0) or an error (a negative errno).
+    Status(i32),
+    Other,
+}
+
+/// Splits a datagram into netlink messages.
+fn messages(mut buf: &[u8]) -> impl Iterator<Item = Reply<'_>> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let body = &buf[NLMSG_HDRLEN..len];
+        buf = buf.get(align(len)..).unwrap_or(&[]);
+        Some(match kind {
+            NLMSG_DONE => Reply::Done,
+            NLMSG_ERROR => Reply::Status(
+                body.get(..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(-libc_eio(), i32::from_ne_bytes),
+            ),
+            k if k >> 8 == NFNL_SUBSYS_CTNETLINK => Reply::Entry(body),
+            _ => Reply::Other,
+        })
+    })
+}
+
+fn libc_eio() -> i32 {
+    nix::errno::Errno::EIO as i32
+}
+
+/// A ctnetlink socket in the calling thread's network namespace (needs NET_ADMIN there).
+pub struct Conntrack {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Conntrack {
+    /// Opens the socket.
+    pub fn open() -> io::Result<Self> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        Ok(Conntrack { fd, seq: 0 })
+    }
+
+    fn send(&mut self, message: &[u8]) -> io::Result<()> {
+        sendto(
+            self.fd.as_raw_fd(),
+            message,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Every entry of the table (all families and protocols).
+    pub fn dump(&mut self) -> io::Result<Vec<Entry>> {
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&dump_request(self.seq))?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            for reply in messages(&buf[..n]) {
+                match reply {
+                    Reply::Entry(body) => out.extend(parse_entry(body)),
+                    Reply::Done => return Ok(out),
+                    Reply::Status(0) | Reply::Other => {}
+                    Reply::Status(e) => return Err(io::Error::from_raw_os_error(-e)),
+                }
+            }
+        }
+    }
+
+    /// Removes one entry; `Ok(false)` when it was already gone.
+    pub fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&delete_request(entry, self.seq))?;
+        let mut buf = vec![0u8; 8 * 1024];
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            for reply in messages(&buf[..n]) {
+                match reply {
+                    Reply::Status(0) => return Ok(true),
+                    Reply::Status(e) if e == -(nix::errno::Errno::ENOENT as i32) => {
+                        return Ok(false);
+                    }
+                    Reply::Status(e) => return Err(io::Error::from_raw_os_error(-e)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(payload);
+        a.resize(align(a.len()), 0);
+        a
+    }
+
+    fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+        attr(kind | 0x8000, &parts.concat())
+    }
+
+    /// A UDP entry as the kernel sends it: both tuples, status, id.
+    fn udp_entry_message() -> Vec<u8> {
+        let tuple = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16| {
+            vec![
+                nested(
+                    CTA_TUPLE_IP,
+                    &[attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)],
+                ),
+                nested(
+                    CTA_TUPLE_PROTO,
+                    &[
+                        attr(CTA_PROTO_NUM, &[17]),
+                        attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
+                        attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+                    ],
+                ),
+            ]
+        };
+        let body = [
+            vec![2, 0, 0, 0],
+            nested(
+                CTA_TUPLE_ORIG,
+                &tuple([10, 79, 0, 1], [10, 79, 0, 3], 40000, 5300),
+            ),
+            nested(2, &tuple([10, 79, 0, 3], [10, 79, 0, 1], 5300, 40000)),
+            attr(3, &8u32.to_be_bytes()),
+            attr(CTA_ID, &77u32.to_be_bytes()),
+        ]
+        .concat();
+        let mut m = header(
+            NLMSG_HDRLEN + body.len(),
+            (NFNL_SUBSYS_CTNETLINK << 8) | 0,
+            2,
+            1,
+        );
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn a_dumped_udp_entry_gives_its_original_tuple() {
+        let msg = udp_entry_message();
+        let entries: Vec<Entry> = messages(&msg)
+            .filter_map(|r| match r {
+                Reply::Entry(b) => parse_entry(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(entries.len(), 1);
+        let e = &entries[0];
+        assert_eq!(
+            (
+                e.family,
+                e.protocol,
+                e.src,
+                e.dst,
+                e.sport,
+                e.dport,
+                e.icmp_type
+            ),
+            (
+                2,
+                17,
+                "10.79.0.1".parse().expect("ip"),
+                "10.79.0.3".parse().expect("ip"),
+                40000,
+                5300,
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn a_removal_repeats_the_original_tuple_and_the_id_only() {
+        let msg = udp_entry_message();
+        let Some(Reply::Entry(body)) = messages(&msg).next() else {
+            panic!("no entry");
+        };
+        let entry = parse_entry(body).expect("entry");
+        let req = delete_request(&entry, 9);
+        assert_eq!(
+            u16::from_ne_bytes([req[4], req[5]]),
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+        );
+        let kinds: Vec<u16> = attributes(&req[NLMSG_HDRLEN + NFGENMSG_LEN..])
+            .map(|(k, _, _)| k)
+            .collect();
+        assert_eq!(kinds, [CTA_TUPLE_ORIG, CTA_ID]);
+        assert_eq!(
+            req.len(),
+            u32::from_ne_bytes([req[0], req[1], req[2], req[3]]) as usize
+        );
+        assert_eq!(req[NLMSG_HDRLEN], 2, "the entry's family");
+    }
+
+    #[test]
+    fn errors_and_the_end_of_a_dump_are_told_apart() {
+        let mut m = header(NLMSG_HDRLEN + 4, NLMSG_ERROR, 0, 1);
+        m.extend_from_slice(&(-2i32).to_ne_bytes());
+        m.extend(header(NLMSG_HDRLEN, NLMSG_DONE, 0, 1));
+        let replies: Vec<&str> = messages(&m)
+            .map(|r| match r {
+                Reply::Status(-2) => "enoent",
+                Reply::Done => "done",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(replies, ["enoent", "done"]);
+    }
+}
