@@ -174,7 +174,7 @@ fn many_names(ns: &str, count: u32) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
-fn metric(ns: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(ns: &str, name: &str) -> Option<f64> {
     let text = run_in(ns, || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", 15020)).ok()?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;

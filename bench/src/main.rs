@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 mod dns;
+mod udp;
 
 use podwall_sandbox::{Inject, Options, Sandbox, as_proxy_in, run_in, sidecar_in};
 use serde::Serialize;
@@ -40,8 +41,8 @@ struct Args {
     #[arg(long)]
     no_haproxy: bool,
     /// Which measurements: `l4` (bulk, keep-alive, new connections, RSS), `l7` (keep-alive
-    /// through HTTP rules), `dns` (queries through the DNS proxy, memory per learned name), or
-    /// all.
+    /// through HTTP rules), `dns` (queries through the DNS proxy, memory per learned name), `udp`
+    /// (new UDP flows through the packet filter, long-lived flows beside it), or all.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
 }
@@ -52,6 +53,7 @@ enum Only {
     L4,
     L7,
     Dns,
+    Udp,
 }
 
 const CLIENT: &str = "bench/client";
@@ -758,6 +760,7 @@ fn podwall_binary(args: &Args) -> Result<PathBuf, String> {
 struct Report {
     paths: Vec<PathResult>,
     dns: Option<dns::DnsResult>,
+    udp: Option<udp::UdpResult>,
 }
 
 fn main() -> ExitCode {
@@ -765,8 +768,9 @@ fn main() -> ExitCode {
     let mut report = Report {
         paths: Vec::new(),
         dns: None,
+        udp: None,
     };
-    if args.only != Only::Dns {
+    if matches!(args.only, Only::All | Only::L4 | Only::L7) {
         match run(&args) {
             Ok(results) => {
                 let l4: Vec<PathResult> = results
@@ -799,6 +803,21 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("podwall-bench: dns: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if matches!(args.only, Only::All | Only::Udp) {
+        let workers = args.connections.clamp(1, 64) as usize;
+        let result = podwall_binary(&args)
+            .and_then(|podwall| udp::run(&podwall, Duration::from_secs(args.duration), workers));
+        match result {
+            Ok(r) => {
+                print!("{}", udp::table(&r, workers));
+                report.udp = Some(r);
+            }
+            Err(e) => {
+                eprintln!("podwall-bench: udp: {e}");
                 return ExitCode::FAILURE;
             }
         }

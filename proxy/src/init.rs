@@ -28,8 +28,8 @@
 //!
 //! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`): the first packet
 //!   of each new UDP or SCTP flow or ping (conntrack state `NEW`) goes to NFQUEUE queue
-//!   `packet_queue`, where the sidecar accepts or drops it; later packets of an accepted flow pass in the kernel.
-//!   The proxy's own packets, loopback, DNS (the DNS proxy judges it) and excluded CIDRs are
+//!   `packet_queue`, where the sidecar accepts or drops it; later packets of an accepted flow
+//!   pass in the kernel. The proxy's own packets, loopback, DNS (the DNS proxy judges it) and excluded CIDRs are
 //!   left alone. Without a sidecar bound to the queue the kernel drops the packets: fail closed.
 //!
 //! The rules go in with one `iptables-restore --noflush`, so they change atomically; declaring
