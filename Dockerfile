@@ -15,7 +15,7 @@ RUN cargo build --release --locked --bin podwall \
 FROM scratch
 COPY --from=build /rootfs /
 # The control plane's user; the webhook runs the init container as root (NET_ADMIN, NET_RAW)
-# and the sidecar as 1337, the uid its own iptables rules exempt.
+# and the sidecar as root in group 1337, the group its own iptables rules exempt.
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/podwall"]
 CMD ["--help"]

@@ -2,7 +2,8 @@
 # Builds the podwall image's root filesystem in OUT from BINARY: the one podwall binary (init,
 # sidecar and control plane), the tools `podwall proxy init` runs (iptables and ip6tables as
 # xtables-nft-multi, iproute2's ip), every shared library they link and the loader, the xtables
-# extensions, and the users (root for init, 1337 for the sidecar, 65532 for the control plane).
+# extensions, and the users (root for init, root in group 1337 for the sidecar, 65532 for the
+# control plane).
 # Nothing else: no shell, no package manager.
 #
 # The Dockerfile runs this in its build stage and copies OUT into an empty image; CI runs it too

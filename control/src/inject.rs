@@ -6,14 +6,15 @@
 //! - the sidecar `podwall-proxy` (`podwall proxy run --policy-source control:ADDR`), as a native
 //!   sidecar (an init container with `restartPolicy: Always`, so it starts before the app and
 //!   stops after it) unless the configuration says the cluster is older than 1.29, else as a
-//!   regular container; it runs as the proxy uid, with its pod name and namespace from the
+//!   regular container; it runs as root in the proxy's group (which the init rules exempt) with
+//!   NET_ADMIN and NET_BIND_SERVICE only, with its pod name and namespace from the
 //!   downward API, a projected service-account token for audience `podwall`, probes on the admin
 //!   port, and resources from the configuration;
 //! - the annotation `podwall.io/status: injected`, which makes injection idempotent.
 //!
-//! It refuses pods that would defeat enforcement: an app container running as the proxy uid
-//! (its traffic would bypass the sidecar), or with NET_ADMIN or privileged (it could remove the
-//! rules). hostNetwork pods are skipped: they share the node's network and no sidecar can own
+//! It refuses pods that would defeat enforcement: an app container running as the proxy uid or
+//! in its group (its traffic would bypass the sidecar), or with NET_ADMIN or privileged (it
+//! could remove the rules). hostNetwork pods are skipped: they share the node's network and no sidecar can own
 //! their traffic.
 
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,17 @@ pub enum InjectError {
         /// The uid.
         uid: i64,
     },
+    /// An app container runs in the proxy's group: the rules exempt that group (the sidecar runs
+    /// as root in it), so its traffic would bypass the sidecar.
+    #[error(
+        "container {container:?} runs as gid {gid}, the podwall proxy's group: its traffic would bypass enforcement (run it in another group)"
+    )]
+    RunsAsProxyGid {
+        /// The container.
+        container: String,
+        /// The gid.
+        gid: i64,
+    },
     /// An app container could rewrite the pod's iptables rules.
     #[error(
         "container {container:?} has {what}: it could remove podwall's redirect rules (drop it, or do not inject this pod)"
@@ -146,6 +158,7 @@ pub fn asks_for_sidecar(metadata: &Value) -> bool {
 
 fn check_containers(spec: &Value, cfg: &InjectConfig) -> Result<(), InjectError> {
     let pod_uid = spec["securityContext"]["runAsUser"].as_i64();
+    let pod_gid = spec["securityContext"]["runAsGroup"].as_i64();
     for list in ["containers", "initContainers", "ephemeralContainers"] {
         let Some(containers) = spec.get(list).and_then(Value::as_array) else {
             continue;
@@ -162,6 +175,14 @@ fn check_containers(spec: &Value, cfg: &InjectConfig) -> Result<(), InjectError>
                 return Err(InjectError::RunsAsProxyUid {
                     container: name,
                     uid,
+                });
+            }
+            if let Some(gid) = sc["runAsGroup"].as_i64().or(pod_gid)
+                && gid == cfg.proxy_uid
+            {
+                return Err(InjectError::RunsAsProxyGid {
+                    container: name,
+                    gid,
                 });
             }
             if sc["privileged"].as_bool() == Some(true) {
@@ -276,9 +297,14 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
         "livenessProbe": probe("/live"),
         "resources": cfg.resources,
         "securityContext": {
-            "runAsUser": cfg.proxy_uid, "runAsGroup": cfg.proxy_uid, "runAsNonRoot": true,
+            // Root, because Kubernetes hands added capabilities to no non-root process (no
+            // ambient capabilities): as uid 1337 the sidecar would have none. Its group is the
+            // proxy's, which the init rules exempt (`--proxy-gid`); every other capability is
+            // dropped. Istio runs its TPROXY-mode sidecar the same way.
+            "runAsUser": 0, "runAsGroup": cfg.proxy_uid, "runAsNonRoot": false,
             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-            // NET_ADMIN: transparent DNS reply sockets; NET_BIND_SERVICE: answering from port 53.
+            // NET_ADMIN: the packet filter (NFQUEUE, conntrack) and transparent DNS reply
+            // sockets; NET_BIND_SERVICE: answering from port 53.
             "capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]},
         },
         "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
@@ -441,10 +467,24 @@ mod tests {
         );
         let sidecar = &p["spec"]["initContainers"][1];
         assert_eq!(sidecar["restartPolicy"], "Always");
-        assert_eq!(sidecar["securityContext"]["runAsUser"], 1337);
+        // Root in the proxy's group: the only way its capabilities take effect, and the group
+        // is what the init rules exempt.
+        assert_eq!(sidecar["securityContext"]["runAsUser"], 0);
+        assert_eq!(sidecar["securityContext"]["runAsGroup"], 1337);
         assert_eq!(
-            p["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"],
+            sidecar["securityContext"]["capabilities"],
+            json!({"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]})
+        );
+        let init = &p["spec"]["initContainers"][0];
+        assert_eq!(
+            init["securityContext"]["capabilities"]["add"],
             json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert!(
+            init["args"]
+                .as_array()
+                .expect("args")
+                .contains(&json!("--proxy-gid=1337"))
         );
         assert!(sidecar["args"].as_array().expect("args").contains(&json!(
             "--policy-source=control:podwall-control.podwall-system.svc:15010"
@@ -509,6 +549,16 @@ mod tests {
             inject_object(&mut as_proxy, &cfg),
             Err(InjectError::RunsAsProxyUid { uid: 1337, .. })
         ));
+        let mut in_proxy_group = pod(json!({"securityContext": {"runAsGroup": 1337}}));
+        assert!(matches!(
+            inject_object(&mut in_proxy_group, &cfg),
+            Err(InjectError::RunsAsProxyGid { gid: 1337, .. })
+        ));
+        let mut container_in_group = pod(json!({}));
+        container_in_group["spec"]["containers"][0]["securityContext"] =
+            json!({"runAsUser": 1000, "runAsGroup": 1337});
+        let err = inject_object(&mut container_in_group, &cfg).expect_err("refused");
+        assert!(err.to_string().contains("gid 1337"), "{err}");
         let mut net_admin = pod(json!({}));
         net_admin["spec"]["containers"][0]["securityContext"] =
             json!({"capabilities": {"add": ["NET_ADMIN"]}});

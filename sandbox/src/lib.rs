@@ -256,11 +256,15 @@ pub fn as_proxy_in(ns: &str, program: &str) -> Command {
     cmd
 }
 
-/// The sidecar in the namespace `ns`: as [`as_proxy_in`], keeping `CAP_NET_ADMIN` and
-/// `CAP_NET_BIND_SERVICE` (what a sidecar container is granted): the transparent DNS socket
-/// reads each query's original destination, and the reply leaves from the resolver's port 53.
+/// The sidecar in the namespace `ns`, with `CAP_NET_ADMIN` and `CAP_NET_BIND_SERVICE` (what a
+/// sidecar container is granted): the packet filter reads NFQUEUE and prunes conntrack, the
+/// transparent DNS socket reads each query's original destination, and the reply leaves from
+/// the resolver's port 53.
 pub fn sidecar_in(ns: &str, program: &str) -> Command {
-    let uid = PROXY_UID.to_string();
+    // As injection runs it: root in the proxy's group (the init rules exempt the group), with
+    // only NET_ADMIN and NET_BIND_SERVICE left in the bounding set, which is what a root
+    // process keeps across exec. (Kubernetes gives added capabilities to no non-root process.)
+    let gid = PROXY_UID.to_string();
     let mut cmd = Command::new("ip");
     cmd.args([
         "netns",
@@ -268,14 +272,14 @@ pub fn sidecar_in(ns: &str, program: &str) -> Command {
         ns,
         "setpriv",
         "--reuid",
-        &uid,
+        "0",
         "--regid",
-        &uid,
+        &gid,
         "--clear-groups",
         "--inh-caps",
-        "+net_admin,+net_bind_service",
-        "--ambient-caps",
-        "+net_admin,+net_bind_service",
+        "-all",
+        "--bounding-set",
+        "-all,+net_admin,+net_bind_service",
         program,
     ]);
     cmd

@@ -45,9 +45,11 @@ pub(crate) struct InitArgs {
     /// The uid the sidecar runs as; its own connections are never captured.
     #[arg(long, default_value_t = 1337)]
     proxy_uid: u32,
-    /// The gid the sidecar runs as, also excluded when given.
-    #[arg(long)]
-    proxy_gid: Option<u32>,
+    /// The gid the sidecar runs as, also excluded. The injected sidecar runs as root (it needs
+    /// NET_ADMIN, which Kubernetes grants no non-root process) in this group, so the group is
+    /// what exempts it.
+    #[arg(long, default_value_t = 1337)]
+    proxy_gid: u32,
     /// Where inbound TCP is redirected.
     #[arg(long, default_value_t = 15006)]
     inbound_port: u16,
@@ -186,7 +188,7 @@ pub(crate) fn run(cmd: ProxyCommand) -> ExitCode {
 fn init(args: InitArgs) -> ExitCode {
     let config = InitConfig {
         proxy_uid: args.proxy_uid,
-        proxy_gid: args.proxy_gid,
+        proxy_gid: Some(args.proxy_gid),
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         dns_port: args.dns_port,
