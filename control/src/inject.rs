@@ -51,6 +51,10 @@ pub struct InjectConfig {
     pub native_sidecar: Option<bool>,
     /// Audit mode for every injected pod: would-be denials pass, logged as AUDIT.
     pub audit: bool,
+    /// Judge UDP, SCTP and ping flows (NFQUEUE). Off only for nodes whose kernel lacks
+    /// `xt_NFQUEUE`/`nfnetlink_queue`: those flows then pass unjudged, their policies NOT
+    /// enforced.
+    pub packet_filter: bool,
     /// Outbound CIDRs the init rules leave alone.
     pub exclude_outbound_cidrs: Vec<String>,
     /// Outbound ports the init rules leave alone.
@@ -80,6 +84,7 @@ impl Default for InjectConfig {
             admin_port: 15020,
             native_sidecar: None,
             audit: false,
+            packet_filter: true,
             exclude_outbound_cidrs: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_inbound_ports: Vec::new(),
@@ -218,6 +223,9 @@ fn init_container(cfg: &InjectConfig) -> Value {
         format!("--proxy-gid={}", cfg.proxy_uid),
         format!("--admin-port={}", cfg.admin_port),
     ];
+    if !cfg.packet_filter {
+        args.push("--no-packet-filter".into());
+    }
     if !cfg.exclude_outbound_cidrs.is_empty() {
         args.push(format!(
             "--exclude-outbound-cidrs={}",
@@ -267,6 +275,9 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
     ];
     if cfg.audit {
         args.push("--audit".into());
+    }
+    if !cfg.packet_filter {
+        args.push("--no-packet-filter".into());
     }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": cfg.admin_port}, "periodSeconds": 5, "failureThreshold": 3});
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
@@ -539,6 +550,27 @@ mod tests {
         assert_eq!(p["spec"]["containers"][1]["name"], SIDECAR);
         assert!(p["spec"]["containers"][1].get("restartPolicy").is_none());
         assert_eq!(p["spec"]["initContainers"][0]["name"], INIT);
+    }
+
+    #[test]
+    fn the_packet_filter_is_turned_off_in_both_containers_together() {
+        let off = InjectConfig {
+            packet_filter: false,
+            ..InjectConfig::default()
+        };
+        let mut unfiltered = pod(json!({}));
+        assert_eq!(inject_object(&mut unfiltered, &off), Ok(Outcome::Injected));
+        for (i, c) in [(0, INIT), (1, SIDECAR)] {
+            let container = &unfiltered["spec"]["initContainers"][i];
+            assert_eq!(container["name"], c);
+            assert!(
+                container["args"]
+                    .as_array()
+                    .expect("args")
+                    .contains(&json!("--no-packet-filter")),
+                "{c} must know the packet filter is off"
+            );
+        }
     }
 
     #[test]
