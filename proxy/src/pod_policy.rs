@@ -281,20 +281,7 @@ pub async fn follow(
                     // (After a pause, so that what runs right after an update is done too.)
                     tokio::spawn(async {
                         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                        let _ =
-                            tokio::task::spawn_blocking(
-                                || match crate::resident::release_cold_code() {
-                                    Ok(r) => tracing::debug!(
-                                        mappings = r.mappings,
-                                        kib = r.bytes / 1024,
-                                        "released resident code"
-                                    ),
-                                    Err(e) => {
-                                        tracing::debug!(error = %e, "cannot release resident code")
-                                    }
-                                },
-                            )
-                            .await;
+                        let _ = tokio::task::spawn_blocking(crate::resident::settle).await;
                     });
                 }
                 Ok(None) => {

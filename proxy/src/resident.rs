@@ -15,6 +15,20 @@
 
 use std::io;
 
+/// Gives back the code pages start-up or a policy update used and no longer needs (see the
+/// module docs). Logged at debug level. (Trimming the heap as well was tried: what it holds
+/// then is live, so nothing came back.)
+pub fn settle() {
+    match release_cold_code() {
+        Ok(r) => tracing::debug!(
+            mappings = r.mappings,
+            kib = r.bytes / 1024,
+            "released resident code"
+        ),
+        Err(e) => tracing::debug!(error = %e, "cannot release resident code"),
+    }
+}
+
 /// What [`release_cold_code`] gave back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Released {
