@@ -320,25 +320,42 @@ pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
 /// blocking pool: a thread switch per event.)
 #[derive(Clone, Debug)]
 pub struct FlowLog {
-    // Boxed: a bounded std channel allocates every slot up front, and 8192 events inline would
-    // cost megabytes of memory on an idle sidecar.
-    tx: std::sync::mpsc::SyncSender<Line>,
+    // An unbounded (linked-blocks) channel with the bound kept by `queued`: a bounded std
+    // channel allocates and touches every slot up front, 200 KB resident on an idle sidecar for
+    // a queue that is empty almost always. Events are boxed so a block stays small.
+    tx: std::sync::mpsc::Sender<Line>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     dropped: prometheus_client::metrics::counter::Counter,
 }
+
+/// Events waiting for the writer beyond which new ones are dropped (and counted).
+const QUEUE_LIMIT: usize = 8192;
 
 impl FlowLog {
     /// Starts the writer thread, writing JSON lines to stdout.
     pub fn stdout(dropped: prometheus_client::metrics::counter::Counter) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Line>(8192);
+        Self::writing_to(
+            || std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
+            dropped,
+        )
+    }
+
+    /// Starts the writer thread, writing JSON lines to what `open` gives (on that thread).
+    fn writing_to<W: std::io::Write>(
+        open: impl FnOnce() -> W + Send + 'static,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Line>();
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let taken = queued.clone();
         let spawned = std::thread::Builder::new()
             .name("flow-log".into())
             .spawn(move || {
-                use std::io::Write;
-                let mut out =
-                    std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+                let mut out = open();
                 while let Ok(first) = rx.recv() {
                     let mut event = Some(first);
                     while let Some(e) = event {
+                        taken.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         let written = match &e {
                             Line::Flow(e) => serde_json::to_writer(&mut out, e),
                             Line::Request(r) => serde_json::to_writer(&mut out, r),
@@ -360,27 +377,71 @@ impl FlowLog {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the flow log writer; flow events are dropped");
         }
-        FlowLog { tx, dropped }
+        FlowLog {
+            tx,
+            queued,
+            dropped,
+        }
+    }
+
+    fn queue(&self, line: Line) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.queued.fetch_add(1, Relaxed) >= QUEUE_LIMIT {
+            self.queued.fetch_sub(1, Relaxed);
+            self.dropped.inc();
+            return;
+        }
+        if self.tx.send(line).is_err() {
+            // The writer is gone (stdout closed).
+            self.queued.fetch_sub(1, Relaxed);
+            self.dropped.inc();
+        }
     }
 
     /// Queues an event.
     pub fn emit(&self, event: FlowEvent) {
-        if self.tx.try_send(Line::Flow(Box::new(event))).is_err() {
-            self.dropped.inc();
-        }
+        self.queue(Line::Flow(Box::new(event)));
     }
 
     /// Queues an HTTP request's event.
     pub fn emit_request(&self, request: RequestFlow) {
-        if self.tx.try_send(Line::Request(Box::new(request))).is_err() {
-            self.dropped.inc();
-        }
+        self.queue(Line::Request(Box::new(request)));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that blocks until its test is over.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Err(std::io::Error::other("closed"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_costs_at_most_the_queue_limit_then_events_are_counted_as_dropped() {
+        let (release, stuck) = std::sync::mpsc::channel();
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        let log = FlowLog::writing_to(move || Stuck(stuck), dropped.clone());
+        for _ in 0..QUEUE_LIMIT + 100 {
+            log.emit(connection());
+        }
+        // The writer took at most one event before it stuck.
+        assert!(
+            (99..=100).contains(&dropped.get()),
+            "dropped {}",
+            dropped.get()
+        );
+        drop(release);
+    }
 
     fn connection() -> FlowEvent {
         FlowEvent {
