@@ -115,7 +115,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
     let (source, destination) = (peer, dst);
     let mut event = FlowEvent {
         service: None,
-        time: String::new(),
+        time: std::time::UNIX_EPOCH,
         verdict: FlowVerdict::Denied,
         direction,
         protocol: Protocol::Tcp,
@@ -424,7 +424,7 @@ async fn serve_http(
     changes.mark_unchanged();
     let peer_ip = match direction {
         Direction::Egress => dst.ip(),
-        Direction::Ingress => event.source.ip.parse().unwrap_or(dst.ip()),
+        Direction::Ingress => event.source.ip,
     };
     let served = podwall_l7::serve::serve(
         client,

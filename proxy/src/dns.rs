@@ -387,7 +387,7 @@ async fn answer(
     };
     let mut event = FlowEvent {
         service: None,
-        time: String::new(),
+        time: std::time::UNIX_EPOCH,
         verdict: FlowVerdict::Allowed,
         direction: Direction::Egress,
         protocol,

@@ -20,7 +20,7 @@ pub enum FlowVerdict {
 }
 
 /// One end of a flow.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FlowPeer {
     /// Namespace of the pod with this address, if it is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,8 +28,8 @@ pub struct FlowPeer {
     /// Name of that pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    /// The address.
-    pub ip: String,
+    /// The address (written as text).
+    pub ip: std::net::IpAddr,
     /// The port.
     pub port: u16,
 }
@@ -58,8 +58,10 @@ pub struct FlowSide {
 /// A finished flow.
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowEvent {
-    /// When it ended, RFC 3339 UTC with milliseconds.
-    pub time: String,
+    /// When it ended; written as RFC 3339 UTC with milliseconds (formatted on the writer
+    /// thread, not the connection's).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
     /// Allowed, denied or audit.
     pub verdict: FlowVerdict,
     /// `egress` (this pod opened it) or `ingress` (this pod received it).
@@ -256,9 +258,9 @@ enum Line {
     Request(Box<RequestFlow>),
 }
 
-/// The current time as RFC 3339 with milliseconds.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// The current time, for an event.
+pub fn now() -> SystemTime {
+    SystemTime::now()
 }
 
 /// An address, with the pod that has it.
@@ -267,7 +269,7 @@ pub fn peer(engine: Option<&Engine>, addr: SocketAddr) -> FlowPeer {
     FlowPeer {
         namespace: pod.map(|p| p.namespace.clone()),
         pod: pod.map(|p| p.name.clone()),
-        ip: addr.ip().to_string(),
+        ip: addr.ip(),
         port: addr.port(),
     }
 }
@@ -453,13 +455,13 @@ mod tests {
             source: FlowPeer {
                 namespace: Some("shop".into()),
                 pod: Some("frontend".into()),
-                ip: "10.0.0.1".into(),
+                ip: "10.0.0.1".parse().expect("ip"),
                 port: 40000,
             },
             destination: FlowPeer {
                 namespace: Some("shop".into()),
                 pod: Some("api".into()),
-                ip: "10.0.0.2".into(),
+                ip: "10.0.0.2".parse().expect("ip"),
                 port: 8080,
             },
             egress: None,
@@ -501,7 +503,7 @@ mod tests {
             http: http.clone(),
         };
         let mut whole = connection();
-        whole.time = humantime::format_rfc3339_millis(time).to_string();
+        whole.time = time;
         whole.verdict = FlowVerdict::Denied;
         whole.duration_ms = 1.5;
         whole.error = Some("upstream reset".into());
