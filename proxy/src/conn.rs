@@ -18,8 +18,10 @@ use crate::relay::{Transferred, relay, reset};
 /// What every connection handler shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// The current policy.
+    /// Policy changes, for connections that must be re-judged when one comes.
     pub policies: PolicyReceiver,
+    /// The current policy, as a new connection reads it: without a lock.
+    pub current: Arc<arc_swap::ArcSwapOption<PodPolicy>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Flow events.
@@ -40,6 +42,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The current policy (none before the first).
+    pub fn policy(&self) -> Option<Arc<PodPolicy>> {
+        self.current.load_full()
+    }
+
     /// The counters of one direction.
     pub(crate) fn metrics(&self, direction: Direction) -> &DirectionMetrics {
         match direction {
@@ -138,7 +145,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
         finish(shared, event, started);
         return;
     }
-    let policy = shared.policies.borrow().clone();
+    let policy = shared.policy();
     let Some(policy) = policy else {
         reset(&client);
         metrics.verdict(FlowVerdict::Denied);

@@ -414,7 +414,7 @@ async fn answer(
         rule: None,
         learned: 0,
     };
-    let policy = shared.policies.borrow().clone();
+    let policy = shared.policy();
     if let Some(p) = &policy {
         let trusted = ctx.resolvers.contains(&resolver.ip());
         let verdict = decide(

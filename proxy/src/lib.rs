@@ -138,8 +138,10 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     own_ports.extend(config.outbound.iter().map(|a| a.port()));
     own_ports.extend(config.dns.iter().map(|a| a.port()));
     let names = Arc::new(dns::Names::new(config.fqdn_cache, metrics.fqdn.clone()));
+    let current = Arc::new(arc_swap::ArcSwapOption::empty());
     let shared = Arc::new(conn::Shared {
         policies: policy_rx.clone(),
+        current: current.clone(),
         metrics: metrics.clone(),
         flows,
         connect_timeout: config.connect_timeout,
@@ -166,6 +168,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         config.audit,
         states,
         policy_tx,
+        current,
         metrics.clone(),
         names.clone(),
     ));

@@ -160,7 +160,7 @@ pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEve
         error: None,
         l7: None,
     };
-    let policy = shared.policies.borrow().clone();
+    let policy = shared.policy();
     let Some(policy) = policy else {
         event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
         return event;
@@ -249,7 +249,7 @@ fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
 /// that their next packet is judged again; each one is a flow event and a revoked flow in the
 /// metrics. Returns how many were removed.
 pub fn revoke(shared: &Shared) -> std::io::Result<usize> {
-    let Some(policy) = shared.policies.borrow().clone() else {
+    let Some(policy) = shared.policy() else {
         return Ok(0);
     };
     let own = policy.engine.state().pod(policy.me).ips.clone();

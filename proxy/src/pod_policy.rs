@@ -191,6 +191,7 @@ pub async fn follow(
     audit_flag: bool,
     mut states: StateReceiver,
     policies: watch::Sender<Option<Arc<PodPolicy>>>,
+    current: Arc<arc_swap::ArcSwapOption<PodPolicy>>,
     metrics: Arc<Metrics>,
     names: Arc<crate::dns::Names>,
 ) {
@@ -274,6 +275,8 @@ pub async fn follow(
                         own_fqdn,
                     });
                     names.reselect(&policy);
+                    // New connections read `current`; the channel then tells running ones.
+                    current.store(Some(policy.clone()));
                     let _ = policies.send(Some(policy));
                     metrics.policy_applied.inc();
                     metrics.policy_ready.set(1);
