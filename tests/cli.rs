@@ -312,6 +312,37 @@ fn bad_usage_exits_2_with_a_clear_message() {
     );
     let (code, _, _) = podwall(&["analyze", "matrix", "-f", THREE_TIER, "--port", "0"]);
     assert_eq!(code, 2);
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "analyze",
+            "check",
+            "-f",
+            THREE_TIER,
+            "--from",
+            "production/frontend",
+        ];
+        args.extend_from_slice(extra);
+        podwall(&args)
+    };
+    let (code, _, err) = check(&[
+        "--to",
+        "production/api",
+        "--protocol",
+        "ICMP",
+        "--port",
+        "3",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--protocol ICMP takes no --port"), "{err}");
+    let (code, _, err) = check(&["--to", "production/api"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--port is required"), "{err}");
+    let (code, _, err) = check(&["--dns-query", "example.com", "--protocol", "ICMP"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--dns-query asks over UDP or TCP"), "{err}");
+    let (code, out, err) = check(&["--to", "production/api", "--protocol", "icmp"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("on ICMP (ping)"), "{out}");
     let (code, _, _) = podwall(&["analyze", "matrix"]);
     assert_eq!(code, 2, "-f is required");
 }

@@ -423,6 +423,11 @@ fn dns_check(args: CheckArgs, state: ClusterState, name: &str) -> Result<ExitCod
         }
     };
     let protocol = args.protocol.map(Protocol::from).unwrap_or(Protocol::Udp);
+    if !matches!(protocol, Protocol::Udp | Protocol::Tcp) {
+        return Err(format!(
+            "--dns-query asks over UDP or TCP, not --protocol {protocol}"
+        ));
+    }
     let port = args.port.unwrap_or(53);
     let engine = Engine::compile(state);
     let matcher = podwall_fqdn::Matcher::new(engine.fqdn_selectors()).map_err(|e| e.to_string())?;
