@@ -5,13 +5,12 @@
 use std::io::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use podwall_sandbox::{Inject, Options, Sandbox, run_in, sidecar_in};
+use podwall_sandbox::{Inject, Options, Sandbox, run_in};
 use serde::Serialize;
 
-use crate::{Proxy, netns_cmd, output};
+use crate::{netns_cmd, output};
 
 const RESOLVER: &str = "10.67.0.53:53";
 const TOPOLOGY: &str = r#"
@@ -174,7 +173,7 @@ fn many_names(ns: &str, count: u32) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
-pub(crate) fn metric(ns: &str, name: &str) -> Option<f64> {
+fn metric(ns: &str, name: &str) -> Option<f64> {
     let text = run_in(ns, || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", 15020)).ok()?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
@@ -214,28 +213,7 @@ pub(crate) fn run(podwall: &Path, duration: Duration, workers: usize) -> Result<
             &ns,
             &[&podwall.display().to_string(), "proxy", "init"],
         ))?;
-        let child = sidecar_in(&ns, &podwall.display().to_string())
-            .args([
-                "proxy",
-                "run",
-                "--pod-namespace",
-                "bench",
-                "--pod-name",
-                "client",
-            ])
-            .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("sidecar: {e}"))?;
-        let sidecar = Proxy { child };
-        let start = Instant::now();
-        while metric(&ns, "podwall_policy_ready") != Some(1.0) {
-            if start.elapsed() > Duration::from_secs(10) {
-                return Err("the sidecar did not become ready".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let sidecar = crate::start_sidecar(&sb, podwall, 1)?;
         eprintln!("[dns] podwall: the same through the sidecar's DNS proxy");
         let c0 = sidecar.cpu();
         let (qps, p50, p99, answered) = load(&ns, workers, duration)?;

@@ -763,6 +763,22 @@ struct Report {
     udp: Option<udp::UdpResult>,
 }
 
+/// A phase with a sandbox of its own (`dns`, `udp`): runs it with `--connections` clients
+/// (at most 64) and prints its table.
+fn own_phase<R>(
+    args: &Args,
+    name: &str,
+    run: fn(&Path, Duration, usize) -> Result<R, String>,
+    table: fn(&R, usize) -> String,
+) -> Result<R, String> {
+    let workers = args.connections.clamp(1, 64) as usize;
+    let result = podwall_binary(args)
+        .and_then(|podwall| run(&podwall, Duration::from_secs(args.duration), workers))
+        .map_err(|e| format!("{name}: {e}"))?;
+    print!("{}", table(&result, workers));
+    Ok(result)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut report = Report {
@@ -792,35 +808,18 @@ fn main() -> ExitCode {
             }
         }
     }
-    if matches!(args.only, Only::All | Only::Dns) {
-        let workers = args.connections.clamp(1, 64) as usize;
-        let result = podwall_binary(&args)
-            .and_then(|podwall| dns::run(&podwall, Duration::from_secs(args.duration), workers));
-        match result {
-            Ok(r) => {
-                print!("{}", dns::table(&r, workers));
-                report.dns = Some(r);
-            }
-            Err(e) => {
-                eprintln!("podwall-bench: dns: {e}");
-                return ExitCode::FAILURE;
-            }
+    let phases = (|| -> Result<(), String> {
+        if matches!(args.only, Only::All | Only::Dns) {
+            report.dns = Some(own_phase(&args, "dns", dns::run, dns::table)?);
         }
-    }
-    if matches!(args.only, Only::All | Only::Udp) {
-        let workers = args.connections.clamp(1, 64) as usize;
-        let result = podwall_binary(&args)
-            .and_then(|podwall| udp::run(&podwall, Duration::from_secs(args.duration), workers));
-        match result {
-            Ok(r) => {
-                print!("{}", udp::table(&r, workers));
-                report.udp = Some(r);
-            }
-            Err(e) => {
-                eprintln!("podwall-bench: udp: {e}");
-                return ExitCode::FAILURE;
-            }
+        if matches!(args.only, Only::All | Only::Udp) {
+            report.udp = Some(own_phase(&args, "udp", udp::run, udp::table)?);
         }
+        Ok(())
+    })();
+    if let Err(e) = phases {
+        eprintln!("podwall-bench: {e}");
+        return ExitCode::FAILURE;
     }
     if let Some(path) = &args.json
         && let Err(e) = std::fs::write(

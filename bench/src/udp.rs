@@ -5,10 +5,9 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use podwall_sandbox::{Inject, Options, Sandbox, run_in, sidecar_in};
+use podwall_sandbox::{Inject, Options, Sandbox, run_in};
 use serde::Serialize;
 
 use crate::{Proxy, netns_cmd, output};
@@ -212,28 +211,7 @@ pub(crate) fn run(podwall: &Path, duration: Duration, workers: usize) -> Result<
         // (The direct runs leave no conntrack entries in the pod: nothing there tracks until
         // the init rules do.)
         output(netns_cmd(&ns, &[&exe, "proxy", "init"]))?;
-        let child = sidecar_in(&ns, &exe)
-            .args([
-                "proxy",
-                "run",
-                "--pod-namespace",
-                "bench",
-                "--pod-name",
-                "client",
-            ])
-            .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("sidecar: {e}"))?;
-        let sidecar = Proxy { child };
-        let start = Instant::now();
-        while crate::dns::metric(&ns, "podwall_policy_ready") != Some(1.0) {
-            if start.elapsed() > Duration::from_secs(10) {
-                return Err("the sidecar did not become ready".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let sidecar = crate::start_sidecar(&sb, podwall, 1)?;
         let podwall = measure("podwall", &ns, workers, duration, Some(&sidecar));
         drop(sidecar);
         let _ = output(netns_cmd(&ns, &[&exe, "proxy", "init", "--remove"]));

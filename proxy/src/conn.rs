@@ -489,7 +489,7 @@ pub(crate) fn describe(
 }
 
 fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {
-    event.time = flow::now();
+    event.time = std::time::SystemTime::now();
     event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     shared.flows.emit(event);
 }

@@ -486,7 +486,7 @@ async fn answer(
         http: None,
         dns: Some(dns),
     });
-    event.time = flow::now();
+    event.time = std::time::SystemTime::now();
     event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     shared.flows.emit(event);
     reply

@@ -258,11 +258,6 @@ enum Line {
     Request(Box<RequestFlow>),
 }
 
-/// The current time, for an event.
-pub fn now() -> SystemTime {
-    SystemTime::now()
-}
-
 /// An address, with the pod that has it.
 pub fn peer(engine: Option<&Engine>, addr: SocketAddr) -> FlowPeer {
     let pod = engine.and_then(|e| e.pod_by_ip(addr.ip()).map(|p| e.state().pod(p)));
@@ -448,7 +443,7 @@ mod tests {
     fn connection() -> FlowEvent {
         FlowEvent {
             service: None,
-            time: now(),
+            time: SystemTime::now(),
             verdict: FlowVerdict::Allowed,
             direction: Direction::Ingress,
             protocol: Protocol::Tcp,

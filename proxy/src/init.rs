@@ -29,8 +29,9 @@
 //! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`): the first packet
 //!   of each new UDP or SCTP flow or ping (conntrack state `NEW`) goes to NFQUEUE queue
 //!   `packet_queue`, where the sidecar accepts or drops it; later packets of an accepted flow
-//!   pass in the kernel. The proxy's own packets, loopback, DNS (the DNS proxy judges it) and excluded CIDRs are
-//!   left alone. Without a sidecar bound to the queue the kernel drops the packets: fail closed.
+//!   pass in the kernel. The proxy's own packets, loopback, DNS (the DNS proxy judges it) and
+//!   excluded CIDRs are left alone. Without a sidecar bound to the queue the kernel drops the
+//!   packets: fail closed.
 //!
 //! The rules go in with one `iptables-restore --noflush`, so they change atomically; declaring
 //! the chains flushes them, and the jumps are only added when missing, so running `init` again
@@ -335,13 +336,13 @@ impl InitConfig {
             r.push(format!("-A {FILTER_OUT_CHAIN} -p udp --dport 53 -j RETURN"));
         }
         r.push(format!("-A {FILTER_IN_CHAIN} -i lo -j RETURN"));
+        // Ping too: echo requests start ICMP flows (replies and errors are conntrack's
+        // ESTABLISHED and RELATED, and neighbour discovery is never queued).
+        let echo = match family {
+            Family::V4 => "icmp --icmp-type echo-request",
+            Family::V6 => "ipv6-icmp --icmpv6-type echo-request",
+        };
         for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN] {
-            // Ping too: echo requests start ICMP flows (replies and errors are conntrack's
-            // ESTABLISHED and RELATED, and neighbour discovery is never queued).
-            let echo = match family {
-                Family::V4 => "icmp --icmp-type echo-request",
-                Family::V6 => "ipv6-icmp --icmpv6-type echo-request",
-            };
             for proto in ["udp", "sctp", echo] {
                 r.push(format!(
                     "-A {chain} -p {proto} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"

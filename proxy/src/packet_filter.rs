@@ -95,19 +95,18 @@ pub fn parse(packet: &[u8]) -> Option<FlowStart> {
         }
         _ => return None,
     };
-    let (protocol, sport, dport) = match next {
-        UDP => {
+    let protocol = judged(next, payload.first().copied())?;
+    let (sport, dport) = match protocol {
+        Protocol::Udp => {
             let udp = UdpPacket::new(payload)?;
-            (Protocol::Udp, udp.get_source(), udp.get_destination())
+            (udp.get_source(), udp.get_destination())
         }
         // SCTP's common header starts with the two ports, as UDP's does.
-        SCTP if payload.len() >= 12 => (
-            Protocol::Sctp,
+        Protocol::Sctp if payload.len() >= 12 => (
             u16::from_be_bytes([payload[0], payload[1]]),
             u16::from_be_bytes([payload[2], payload[3]]),
         ),
-        ICMP if payload.first() == Some(&ECHO_REQUEST) => (Protocol::Icmp, 0, 0),
-        ICMPV6 if payload.first() == Some(&ECHO_REQUEST_V6) => (Protocol::Icmp, 0, 0),
+        Protocol::Icmp => (0, 0),
         _ => return None,
     };
     Some(FlowStart {
@@ -115,6 +114,17 @@ pub fn parse(packet: &[u8]) -> Option<FlowStart> {
         source: SocketAddr::new(src, sport),
         destination: SocketAddr::new(dst, dport),
     })
+}
+
+/// Which flows the filter judges, by IP protocol number (and for ICMP the type of the packet
+/// that starts the flow): UDP, SCTP, and echo requests (ping).
+fn judged(ip_protocol: u8, icmp_type: Option<u8>) -> Option<Protocol> {
+    match (ip_protocol, icmp_type) {
+        (UDP, _) => Some(Protocol::Udp),
+        (SCTP, _) => Some(Protocol::Sctp),
+        (ICMP, Some(ECHO_REQUEST)) | (ICMPV6, Some(ECHO_REQUEST_V6)) => Some(Protocol::Icmp),
+        _ => None,
+    }
 }
 
 /// Skips IPv6 extension headers (hop-by-hop, routing, destination options, fragment) to the
@@ -145,7 +155,7 @@ fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
 pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
     let mut event = FlowEvent {
         service: None,
-        time: flow::now(),
+        time: std::time::SystemTime::now(),
         verdict: FlowVerdict::Denied,
         direction,
         protocol: start.protocol,
@@ -220,12 +230,7 @@ pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEve
 /// The flow a conntrack entry of this pod stands for, if the filter judges such flows: UDP,
 /// SCTP and ping between one of `own` addresses and another address.
 fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
-    let protocol = match (entry.protocol, entry.icmp_type) {
-        (UDP, _) => Protocol::Udp,
-        (SCTP, _) => Protocol::Sctp,
-        (ICMP, Some(ECHO_REQUEST)) | (ICMPV6, Some(ECHO_REQUEST_V6)) => Protocol::Icmp,
-        _ => return None,
-    };
+    let protocol = judged(entry.protocol, entry.icmp_type)?;
     let direction = match (own.contains(&entry.src), own.contains(&entry.dst)) {
         (true, false) => Direction::Egress,
         (false, true) => Direction::Ingress,

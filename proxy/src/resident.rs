@@ -10,8 +10,8 @@
 //!
 //! The same holds for the shared libraries (libc, libm, the loader): their code is in the page
 //! cache once for every process on the node. Only file mappings that are read-only and hold no
-//! anonymous (copy-on-write) page are touched: dropping a written page of a private mapping would revert it to the file's
-//! bytes (relocations, for one), so those are left alone.
+//! anonymous (copy-on-write) page are touched: dropping a written page of a private mapping
+//! would revert it to the file's bytes (relocations, for one), so those are left alone.
 
 use std::io;
 
@@ -46,51 +46,65 @@ struct Candidate {
     rss_kb: u64,
 }
 
+/// A mapping as `/proc/self/smaps` describes it, with the fields that decide.
+struct Mapping {
+    start: usize,
+    end: usize,
+    /// Read-only and backed by a file.
+    read_only_file: bool,
+    rss_kb: u64,
+    anonymous_kb: Option<u64>,
+}
+
 /// The read-only file mappings that hold only clean file pages.
 fn candidates(smaps: &str) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    // (range, eligible, rss, anonymous) of the mapping being read.
-    let mut current: Option<(usize, usize, bool)> = None;
-    let mut rss = 0u64;
-    let mut anon = u64::MAX;
-    let mut finish =
-        |current: &mut Option<(usize, usize, bool)>, rss: u64, anon: u64| match current.take() {
-            Some((start, end, true)) if anon == 0 && rss > 0 => out.push(Candidate {
-                start,
-                end,
-                rss_kb: rss,
-            }),
-            _ => {}
-        };
+    let mut mappings: Vec<Mapping> = Vec::new();
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else { continue };
         if let Some((lo, hi)) = first.split_once('-')
-            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            && let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
         {
             // A new mapping: "start-end perms offset dev inode path".
-            finish(&mut current, rss, anon);
             let perms = fields.next().unwrap_or("");
             let path = fields.nth(3).unwrap_or("");
-            let eligible = !perms.contains('w') && perms.starts_with('r') && path.starts_with('/');
-            current = Some((lo, hi, eligible));
-            rss = 0;
-            anon = u64::MAX;
+            mappings.push(Mapping {
+                start,
+                end,
+                read_only_file: perms.starts_with('r')
+                    && !perms.contains('w')
+                    && path.starts_with('/'),
+                rss_kb: 0,
+                anonymous_kb: None,
+            });
             continue;
         }
-        let kb = || fields.clone().next().and_then(|v| v.parse::<u64>().ok());
+        let (Some(m), Some(kb)) = (
+            mappings.last_mut(),
+            fields.next().and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
         match first {
-            "Rss:" => rss = kb().unwrap_or(0),
-            "Anonymous:" => anon = kb().unwrap_or(u64::MAX),
+            "Rss:" => m.rss_kb = kb,
+            "Anonymous:" => m.anonymous_kb = Some(kb),
             _ => {}
         }
     }
-    finish(&mut current, rss, anon);
-    out
+    mappings
+        .into_iter()
+        .filter(|m| m.read_only_file && m.anonymous_kb == Some(0) && m.rss_kb > 0)
+        .map(|m| Candidate {
+            start: m.start,
+            end: m.end,
+            rss_kb: m.rss_kb,
+        })
+        .collect()
 }
 
-/// Drops this process's resident copies of clean, read-only file pages (code, constants); the ones
-/// still in use come back on their next use.
+/// Drops this process's resident copies of clean, read-only file pages (code, constants); the
+/// ones still in use come back on their next use.
 // The one unsafe call in podwall: madvise on memory Rust does not own (see the SAFETY note).
 #[allow(unsafe_code)]
 pub fn release_cold_code() -> io::Result<Released> {
