@@ -136,6 +136,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
         duration_ms: 0.0,
         error: None,
         l7: None,
+        snapshot: None,
     };
 
     if is_loop(dst, shared) {
@@ -210,7 +211,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
     if !learned.is_empty()
         && let Some(side) = event.egress.as_mut()
     {
-        side.names = learned.iter().map(|n| n.to_string()).collect();
+        side.names = learned.clone();
     }
     event.verdict = policy.flow_verdict(&verdict);
     if event.verdict == FlowVerdict::Allowed
@@ -476,7 +477,7 @@ async fn serve_http(
 /// Fills in pod names and both sides' decisions.
 pub(crate) fn describe(
     event: &mut FlowEvent,
-    policy: &PodPolicy,
+    policy: &Arc<PodPolicy>,
     verdict: &Verdict,
     source: SocketAddr,
     destination: SocketAddr,
@@ -484,8 +485,9 @@ pub(crate) fn describe(
     let engine = &policy.engine;
     event.source = flow::peer(Some(engine), source);
     event.destination = flow::peer(Some(engine), destination);
-    event.egress = Some(flow::side(engine, &verdict.egress));
-    event.ingress = Some(flow::side(engine, &verdict.ingress));
+    event.egress = Some(flow::side(&verdict.egress));
+    event.ingress = Some(flow::side(&verdict.ingress));
+    event.snapshot = Some(policy.clone());
 }
 
 fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {

@@ -343,7 +343,8 @@ mod tests {
         .concat();
         let mut m = header(
             NLMSG_HDRLEN + body.len(),
-            (NFNL_SUBSYS_CTNETLINK << 8) | 0,
+            // Message 0 of the subsystem: IPCTNL_MSG_CT_NEW, as in a dump's replies.
+            NFNL_SUBSYS_CTNETLINK << 8,
             2,
             1,
         );

@@ -401,6 +401,7 @@ async fn answer(
         duration_ms: 0.0,
         error: None,
         l7: None,
+        snapshot: None,
     };
     let mut dns = DnsEvent {
         query: query.question.name.clone(),
@@ -431,8 +432,9 @@ async fn answer(
         );
         event.source = flow::peer(Some(&p.engine), client);
         event.destination = flow::peer(Some(&p.engine), resolver);
-        event.egress = Some(flow::side(&p.engine, &verdict.connection.egress));
-        event.ingress = Some(flow::side(&p.engine, &verdict.connection.ingress));
+        event.egress = Some(flow::side(&verdict.connection.egress));
+        event.ingress = Some(flow::side(&verdict.connection.ingress));
+        event.snapshot = Some(p.clone());
         describe_reason(&mut dns, p, &verdict.reason);
         event.verdict = if verdict.allowed {
             FlowVerdict::Allowed
@@ -482,10 +484,10 @@ async fn answer(
             }
         }
     };
-    event.l7 = Some(L7Event {
+    event.l7 = Some(Box::new(L7Event {
         http: None,
         dns: Some(dns),
-    });
+    }));
     event.time = std::time::SystemTime::now();
     event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     shared.flows.emit(event);

@@ -1,11 +1,13 @@
 //! Flow events: one JSON line per connection (or DNS query) on stdout, Hubble-like.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use podwall_policy::{Decision, Direction, Engine, Protocol, SideVerdict};
+use podwall_policy::{Decision, Direction, Engine, PodId, PolicyName, Protocol, SideVerdict};
 use serde::Serialize;
+
+use crate::pod_policy::PodPolicy;
 
 /// What happened to the flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -20,47 +22,39 @@ pub enum FlowVerdict {
 }
 
 /// One end of a flow.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowPeer {
-    /// Namespace of the pod with this address, if it is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Name of that pod.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// The address (written as text).
-    pub ip: std::net::IpAddr,
+    /// The address.
+    pub ip: IpAddr,
     /// The port.
     pub port: u16,
+    /// The pod with this address in the event's policy snapshot, which names it when the line
+    /// is written.
+    pub pod: Option<PodId>,
 }
 
-/// One side's decision, summarised.
-#[derive(Clone, Debug, Serialize)]
+/// One side's decision as the engine gave it. The policy, the rule and the isolating policies
+/// are named from the event's policy snapshot when the line is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowSide {
-    /// Whether this side allowed the flow.
-    pub allowed: bool,
-    /// Why (see `podwall analyze check`): `rule`, `not-isolated`, `not-a-pod`, ...
-    pub reason: &'static str,
-    /// The policy whose rule allowed it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// That rule (`spec.egress[0]`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// For a denial: the policies that isolate the pod.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub isolated_by: Vec<String>,
+    /// Egress (the source's side) or ingress (the destination's).
+    pub direction: Direction,
+    /// The pod whose policies decided, if this end is one.
+    pub pod: Option<PodId>,
+    /// What decided.
+    pub decision: Decision,
     /// The DNS names the destination address was learned for (toFQDNs).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub names: Vec<String>,
+    pub names: Vec<Arc<str>>,
 }
 
 /// A finished flow.
-#[derive(Clone, Debug, Serialize)]
+///
+/// Building one allocates nothing on the connection's path: pods, policies and rules are ids
+/// into `snapshot` (the policy the verdict was made with, shared by reference), and the writer
+/// thread names them and formats the time when it writes the line.
+#[derive(Clone, Debug)]
 pub struct FlowEvent {
-    /// When it ended; written as RFC 3339 UTC with milliseconds (formatted on the writer
-    /// thread, not the connection's).
-    #[serde(serialize_with = "rfc3339")]
+    /// When it ended; written as RFC 3339 UTC with milliseconds.
     pub time: SystemTime,
     /// Allowed, denied or audit.
     pub verdict: FlowVerdict,
@@ -77,7 +71,6 @@ pub struct FlowEvent {
     /// The destination's ingress decision.
     pub ingress: Option<FlowSide>,
     /// A short reason when no policy decided (no policy loaded yet, loop, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Bytes from source to destination.
     pub bytes_sent: u64,
@@ -86,15 +79,15 @@ pub struct FlowEvent {
     /// How long the flow lasted, in milliseconds.
     pub duration_ms: f64,
     /// What went wrong after the verdict (connect refused, reset, revoked by a policy change).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Layer 7: an HTTP request on a connection whose peer and port carry HTTP rules.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l7: Option<L7Event>,
+    /// Layer 7: a DNS query (boxed: most events have none, and events travel unboxed).
+    pub l7: Option<Box<L7Event>>,
     /// The service whose virtual IP the client dialled (the destination is then the backend
     /// chosen for it).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<FlowService>,
+    /// The policy the verdict was made with, which names the pods, policies and rules above
+    /// (none before the first policy: nothing is named then).
+    pub snapshot: Option<Arc<PodPolicy>>,
 }
 
 /// A service the connection went through.
@@ -197,18 +190,20 @@ pub struct RequestFlow {
     pub http: HttpEvent,
 }
 
-/// The JSON line of a [`RequestFlow`]: the fields of [`FlowEvent`], in its order.
+/// The JSON line of a [`FlowEvent`] (or of a [`RequestFlow`]), with every id named from the
+/// event's policy snapshot: built on the writer thread, borrowing, so naming allocates nothing
+/// but a denial's list of isolating policies.
 #[derive(Serialize)]
-struct RequestLine<'a> {
+struct EventLine<'a> {
     #[serde(serialize_with = "rfc3339")]
     time: SystemTime,
     verdict: FlowVerdict,
     direction: Direction,
     protocol: Protocol,
-    source: &'a FlowPeer,
-    destination: &'a FlowPeer,
-    egress: &'a Option<FlowSide>,
-    ingress: &'a Option<FlowSide>,
+    source: PeerLine<'a>,
+    destination: PeerLine<'a>,
+    egress: Option<SideLine<'a>>,
+    ingress: Option<SideLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
     bytes_sent: u64,
@@ -216,95 +211,179 @@ struct RequestLine<'a> {
     duration_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
-    l7: L7Line<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l7: Option<L7Line<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a FlowService>,
 }
 
 #[derive(Serialize)]
-struct L7Line<'a> {
-    http: &'a HttpEvent,
+#[serde(untagged)]
+enum L7Line<'a> {
+    Event(&'a L7Event),
+    Request { http: &'a HttpEvent },
+}
+
+#[derive(Serialize)]
+struct PeerLine<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a str>,
+    ip: IpAddr,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct SideLine<'a> {
+    allowed: bool,
+    /// Why (see `podwall analyze check`): `rule`, `not-isolated`, `not-a-pod`, ...
+    reason: &'static str,
+    /// The policy whose rule allowed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<Named<'a>>,
+    /// That rule (`spec.egress[0]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    /// For a denial: the policies that isolate the pod.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    isolated_by: Vec<Named<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    names: &'a [Arc<str>],
+}
+
+/// A policy's name, written as its `Display` ("NetworkPolicy shop/api-allow").
+struct Named<'a>(&'a PolicyName);
+
+impl Serialize for Named<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+impl<'a> EventLine<'a> {
+    fn of(e: &'a FlowEvent) -> Self {
+        let engine = e.snapshot.as_deref().map(|p| &p.engine);
+        EventLine {
+            time: e.time,
+            verdict: e.verdict,
+            direction: e.direction,
+            protocol: e.protocol,
+            source: PeerLine::of(engine, &e.source),
+            destination: PeerLine::of(engine, &e.destination),
+            egress: e.egress.as_ref().map(|s| SideLine::of(engine, s)),
+            ingress: e.ingress.as_ref().map(|s| SideLine::of(engine, s)),
+            reason: e.reason.as_deref(),
+            bytes_sent: e.bytes_sent,
+            bytes_received: e.bytes_received,
+            duration_ms: e.duration_ms,
+            error: e.error.as_deref(),
+            l7: e.l7.as_deref().map(L7Line::Event),
+            service: e.service.as_ref(),
+        }
+    }
+}
+
+impl<'a> PeerLine<'a> {
+    fn of(engine: Option<&'a Engine>, p: &FlowPeer) -> Self {
+        let pod = engine.zip(p.pod).map(|(e, id)| e.state().pod(id));
+        PeerLine {
+            namespace: pod.map(|p| p.namespace.as_str()),
+            pod: pod.map(|p| p.name.as_str()),
+            ip: p.ip,
+            port: p.port,
+        }
+    }
+}
+
+impl<'a> SideLine<'a> {
+    fn of(engine: Option<&'a Engine>, side: &'a FlowSide) -> Self {
+        let (reason, rule) = match side.decision {
+            Decision::NotAPod => ("not-a-pod", None),
+            Decision::HostNetwork => ("host-network", None),
+            Decision::NotIsolated => ("not-isolated", None),
+            Decision::SamePod => ("same-pod", None),
+            Decision::OwnNode => ("own-node", None),
+            Decision::Rule(r) => ("rule", Some(r)),
+            Decision::NoRuleMatched => ("no-rule-matched", None),
+        };
+        let rule = engine
+            .zip(rule)
+            .map(|(e, r)| (e, e.state().policy(r.policy), r));
+        let isolated_by = match (engine, side.pod) {
+            (Some(e), Some(pod)) if side.decision == Decision::NoRuleMatched => e
+                .isolated_by(pod, side.direction)
+                .iter()
+                .map(|id| Named(&e.state().policy(*id).name))
+                .collect(),
+            _ => Vec::new(),
+        };
+        // Only the policy and the rule's place: `podwall analyze check` explains it in full.
+        SideLine {
+            allowed: side.decision.allows(),
+            reason,
+            policy: rule.map(|(_, p, _)| Named(&p.name)),
+            rule: rule.and_then(|(_, p, r)| {
+                p.rules(r.direction)
+                    .unwrap_or_default()
+                    .get(r.index as usize)
+                    .map(|rule| rule.field.as_str())
+            }),
+            isolated_by,
+            names: &side.names,
+        }
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
+impl Serialize for FlowEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        EventLine::of(self).serialize(s)
+    }
+}
+
 impl Serialize for RequestFlow {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let c = &*self.connection;
-        RequestLine {
+        EventLine {
             time: self.time,
             verdict: self.verdict,
-            direction: c.direction,
-            protocol: c.protocol,
-            source: &c.source,
-            destination: &c.destination,
-            egress: &c.egress,
-            ingress: &c.ingress,
-            reason: c.reason.as_deref(),
             bytes_sent: 0,
             bytes_received: 0,
             duration_ms: self.duration.as_secs_f64() * 1000.0,
             error: self.error.as_deref(),
-            l7: L7Line { http: &self.http },
+            l7: Some(L7Line::Request { http: &self.http }),
+            ..EventLine::of(&self.connection)
         }
         .serialize(s)
     }
 }
 
-/// What the writer thread writes.
+/// What the writer thread writes. Events travel unboxed: the channel allocates a block per 31
+/// events, not one per event.
 #[derive(Debug)]
 enum Line {
-    Flow(Box<FlowEvent>),
-    Request(Box<RequestFlow>),
+    Flow(FlowEvent),
+    Request(RequestFlow),
 }
 
 /// An address, with the pod that has it.
 pub fn peer(engine: Option<&Engine>, addr: SocketAddr) -> FlowPeer {
-    let pod = engine.and_then(|e| e.pod_by_ip(addr.ip()).map(|p| e.state().pod(p)));
     FlowPeer {
-        namespace: pod.map(|p| p.namespace.clone()),
-        pod: pod.map(|p| p.name.clone()),
         ip: addr.ip(),
         port: addr.port(),
+        pod: engine.and_then(|e| e.pod_by_ip(addr.ip())),
     }
 }
 
 /// One side of a verdict, for the event.
-pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
-    let (reason, rule) = match side.decision {
-        Decision::NotAPod => ("not-a-pod", None),
-        Decision::HostNetwork => ("host-network", None),
-        Decision::NotIsolated => ("not-isolated", None),
-        Decision::SamePod => ("same-pod", None),
-        Decision::OwnNode => ("own-node", None),
-        Decision::Rule(r) => ("rule", Some(r)),
-        Decision::NoRuleMatched => ("no-rule-matched", None),
-    };
-    let isolated_by = if side.decision == Decision::NoRuleMatched {
-        side.pod
-            .map(|p| engine.isolated_by(p, side.direction))
-            .unwrap_or_default()
-            .iter()
-            .map(|id| engine.state().policy(*id).name.to_string())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    // Only the policy and the rule's place: `podwall analyze check` explains it in full.
+pub fn side(side: &SideVerdict) -> FlowSide {
     FlowSide {
-        allowed: side.allowed(),
-        reason,
-        policy: rule.map(|r| engine.state().policy(r.policy).name.to_string()),
-        rule: rule.map(|r| {
-            engine
-                .state()
-                .policy(r.policy)
-                .rules(r.direction)
-                .unwrap_or_default()[r.index as usize]
-                .field
-                .clone()
-        }),
-        isolated_by,
+        direction: side.direction,
+        pod: side.pod,
+        decision: side.decision,
         names: Vec::new(),
     }
 }
@@ -319,7 +398,7 @@ pub fn side(engine: &Engine, side: &SideVerdict) -> FlowSide {
 pub struct FlowLog {
     // An unbounded (linked-blocks) channel with the bound kept by `queued`: a bounded std
     // channel allocates and touches every slot up front, 200 KB resident on an idle sidecar for
-    // a queue that is empty almost always. Events are boxed so a block stays small.
+    // a queue that is empty almost always. A block holds 31 events (10 KB).
     tx: std::sync::mpsc::Sender<Line>,
     queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     dropped: prometheus_client::metrics::counter::Counter,
@@ -397,12 +476,12 @@ impl FlowLog {
 
     /// Queues an event.
     pub fn emit(&self, event: FlowEvent) {
-        self.queue(Line::Flow(Box::new(event)));
+        self.queue(Line::Flow(event));
     }
 
     /// Queues an HTTP request's event.
     pub fn emit_request(&self, request: RequestFlow) {
-        self.queue(Line::Request(Box::new(request)));
+        self.queue(Line::Request(request));
     }
 }
 
@@ -440,41 +519,133 @@ mod tests {
         drop(release);
     }
 
-    fn connection() -> FlowEvent {
-        FlowEvent {
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: shop, labels: {app: frontend}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-from-frontend, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+    ports: [{port: 8080}]
+"#;
+
+    /// The api pod's policy, compiled from [`CLUSTER`].
+    fn api_policy() -> Arc<PodPolicy> {
+        let mut loader = podwall_policy::Loader::new();
+        loader.add_yaml("cluster.yaml", CLUSTER).expect("yaml");
+        let (state, report) = loader.finish();
+        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+        let engine = Engine::compile(state);
+        let me = engine.state().pod_by_name("shop", "api").expect("api pod");
+        Arc::new(PodPolicy {
+            engine,
+            me,
+            audit: false,
+            generation: 1,
+            http: None,
+            fqdn: None,
+            own_fqdn: Vec::new(),
+        })
+    }
+
+    /// An inbound connection's event, built as the sidecar builds it.
+    fn inbound(policy: &Arc<PodPolicy>, from: [u8; 4], port: u16) -> FlowEvent {
+        let source = SocketAddr::from((from, 40000));
+        let destination = SocketAddr::from(([10, 0, 0, 2], port));
+        let mut event = FlowEvent {
             service: None,
-            time: SystemTime::now(),
-            verdict: FlowVerdict::Allowed,
+            time: SystemTime::UNIX_EPOCH,
+            verdict: FlowVerdict::Denied,
             direction: Direction::Ingress,
             protocol: Protocol::Tcp,
-            source: FlowPeer {
-                namespace: Some("shop".into()),
-                pod: Some("frontend".into()),
-                ip: "10.0.0.1".parse().expect("ip"),
-                port: 40000,
-            },
-            destination: FlowPeer {
-                namespace: Some("shop".into()),
-                pod: Some("api".into()),
-                ip: "10.0.0.2".parse().expect("ip"),
-                port: 8080,
-            },
+            source: peer(None, source),
+            destination: peer(None, destination),
             egress: None,
-            ingress: Some(FlowSide {
-                allowed: true,
-                reason: "rule",
-                policy: Some("api-l7-policy".into()),
-                rule: Some("spec.ingress[0]".into()),
-                isolated_by: Vec::new(),
-                names: Vec::new(),
-            }),
+            ingress: None,
             reason: None,
             bytes_sent: 0,
             bytes_received: 0,
             duration_ms: 0.0,
             error: None,
             l7: None,
-        }
+            snapshot: None,
+        };
+        let verdict = policy.inbound(source.ip(), Protocol::Tcp, port);
+        crate::conn::describe(&mut event, policy, &verdict, source, destination);
+        event.verdict = policy.flow_verdict(&verdict);
+        event
+    }
+
+    fn connection() -> FlowEvent {
+        inbound(&api_policy(), [10, 0, 0, 1], 8080)
+    }
+
+    #[test]
+    fn an_event_names_pods_policies_and_rules_from_its_policy_snapshot() {
+        let policy = api_policy();
+        let allowed = serde_json::to_value(inbound(&policy, [10, 0, 0, 1], 8080)).expect("json");
+        assert_eq!(allowed["verdict"], "ALLOWED");
+        assert_eq!(allowed["source"]["namespace"], "shop");
+        assert_eq!(allowed["source"]["pod"], "frontend");
+        assert_eq!(allowed["destination"]["pod"], "api");
+        assert_eq!(allowed["destination"]["port"], 8080);
+        assert_eq!(allowed["ingress"]["reason"], "rule");
+        assert_eq!(
+            allowed["ingress"]["policy"],
+            "NetworkPolicy shop/api-from-frontend"
+        );
+        assert_eq!(allowed["ingress"]["rule"], "spec.ingress[0]");
+        assert_eq!(allowed["egress"]["reason"], "not-isolated");
+        assert!(allowed["ingress"].get("isolated_by").is_none());
+
+        // An address that is no pod has no names; a denial lists the isolating policies.
+        let denied = serde_json::to_value(inbound(&policy, [192, 0, 2, 7], 8080)).expect("json");
+        assert_eq!(denied["verdict"], "DENIED");
+        assert!(denied["source"].get("pod").is_none());
+        assert_eq!(denied["source"]["ip"], "192.0.2.7");
+        assert_eq!(denied["egress"]["reason"], "not-a-pod");
+        assert_eq!(denied["ingress"]["reason"], "no-rule-matched");
+        assert!(denied["ingress"].get("policy").is_none());
+        assert_eq!(
+            denied["ingress"]["isolated_by"],
+            serde_json::json!(["NetworkPolicy shop/api-from-frontend"])
+        );
+    }
+
+    #[test]
+    fn judging_and_queueing_a_connection_event_allocates_nothing_per_connection() {
+        let policy = api_policy();
+        let log = FlowLog::writing_to(std::io::sink, Default::default());
+        let connections = 310u64;
+        let measured = allocation_counter::measure(|| {
+            for i in 0..connections {
+                let mut event = inbound(&policy, [10, 0, 0, 1], 8080);
+                event.bytes_sent = i;
+                log.emit(event);
+            }
+        });
+        // Only the queue's blocks: one per 31 events (the writer thread names and formats
+        // them, on its own thread's count).
+        assert!(
+            measured.count_total <= connections / 31 + 1,
+            "{} allocations for {connections} connections",
+            measured.count_total
+        );
     }
 
     #[test]
@@ -502,10 +673,10 @@ mod tests {
         whole.verdict = FlowVerdict::Denied;
         whole.duration_ms = 1.5;
         whole.error = Some("upstream reset".into());
-        whole.l7 = Some(L7Event {
+        whole.l7 = Some(Box::new(L7Event {
             http: Some(http),
             dns: None,
-        });
+        }));
         assert_eq!(
             serde_json::to_string(&request).expect("serialises"),
             serde_json::to_string(&whole).expect("serialises"),

@@ -169,6 +169,7 @@ pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEve
         duration_ms: 0.0,
         error: None,
         l7: None,
+        snapshot: None,
     };
     let policy = shared.policy();
     let Some(policy) = policy else {
