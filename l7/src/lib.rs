@@ -115,7 +115,9 @@ pub fn explain_request(
     let path = normalize(&req.target);
     let mut out = HttpExplanation {
         method: req.method.clone(),
-        path: path.clone().unwrap_or_else(|_| req.target.clone()),
+        path: path
+            .as_deref()
+            .map_or_else(|_| req.target.clone(), str::to_string),
         host: req.host.clone(),
         allowed: false,
         status: None,

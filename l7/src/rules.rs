@@ -18,10 +18,13 @@
 //!   instead it is logged (`LOG`), added (`ADD`), removed (`DELETE`) or set (`REPLACE`).
 //! - Fields of one entry are ANDed; entries, and the entries of every rule that applies, are ORed.
 
+use std::cell::RefCell;
+
 use fixedbitset::FixedBitSet;
 use http::HeaderMap;
 use podwall_policy::{HeaderMismatch, HttpRule, RuleRef};
-use regex::RegexSet;
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::{Input, MatchKind, PatternSet, meta::Regex};
 
 /// What the rules see of a request.
 #[derive(Debug, Clone, Copy)]
@@ -67,10 +70,11 @@ struct Entry {
     headers: Vec<podwall_policy::HeaderMatch>,
 }
 
-/// One field's patterns as a single automaton.
+/// One field's patterns as a single automaton (`regex`'s `RegexSet` engine, used directly so
+/// that the matches go into reused space instead of a new allocation per request).
 #[derive(Debug)]
 struct Field {
-    set: RegexSet,
+    set: Regex,
     /// Pattern `i` belongs to entry `owners[i]`.
     owners: Vec<usize>,
     /// Entries without a pattern for this field: they match any value.
@@ -94,24 +98,68 @@ impl Field {
                 }
             }
         }
+        // `regex`'s own check first, for its error messages; the two share one engine.
+        regex::RegexSet::new(&anchored)?;
+        // Configured as `regex` configures a set: every pattern that matches is reported.
+        let set = Regex::builder()
+            .configure(
+                Regex::config()
+                    .match_kind(MatchKind::All)
+                    .utf8_empty(true)
+                    .which_captures(WhichCaptures::None),
+            )
+            .syntax(regex_automata::util::syntax::Config::new().utf8(true))
+            .build_many(&anchored)
+            .map_err(|e| match e.size_limit() {
+                Some(limit) => regex::Error::CompiledTooBig(limit),
+                None => regex::Error::Syntax(e.to_string()),
+            })?;
         Ok(Field {
-            set: RegexSet::new(anchored)?,
+            set,
             owners,
             always,
         })
     }
 
     /// The entries that accept this value (or that have no pattern).
-    fn accepts(&self, value: Option<&str>, into: &mut FixedBitSet) {
+    fn accepts(&self, value: Option<&str>, into: &mut FixedBitSet, matched: &mut PatternSet) {
         into.clone_from(&self.always);
         if let Some(v) = value
             && !self.owners.is_empty()
         {
-            for i in self.set.matches(v).iter() {
-                into.insert(self.owners[i]);
+            let patterns = self.set.pattern_len();
+            if matched.capacity() < patterns {
+                *matched = PatternSet::new(patterns);
+            }
+            matched.clear();
+            self.set.which_overlapping_matches(&Input::new(v), matched);
+            for p in matched.iter() {
+                into.insert(self.owners[p.as_usize()]);
             }
         }
     }
+}
+
+/// Working space of a check, kept per thread: requests are checked one at a time on a thread,
+/// so a check allocates nothing once the sets have grown to the largest policy's size.
+struct Scratch {
+    candidates: FixedBitSet,
+    field: FixedBitSet,
+    matched: PatternSet,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            candidates: FixedBitSet::new(),
+            field: FixedBitSet::new(),
+            matched: PatternSet::new(0),
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Every HTTP rule that can apply to one pod, compiled.
@@ -164,18 +212,33 @@ impl HttpPolicy {
 
     /// The first entry (in policy order) among `mask` that allows the request.
     pub fn check(&self, req: &RequestView<'_>, mask: &FixedBitSet) -> Option<HttpMatch> {
-        let n = self.entries.len();
-        let mut candidates = FixedBitSet::with_capacity(n);
-        let mut field = FixedBitSet::with_capacity(n);
-        self.methods.accepts(Some(req.method), &mut candidates);
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut s) => self.check_in(req, mask, &mut s),
+            // Not reached (a check never starts another), but never a panic either.
+            Err(_) => self.check_in(req, mask, &mut Scratch::default()),
+        })
+    }
+
+    fn check_in(
+        &self,
+        req: &RequestView<'_>,
+        mask: &FixedBitSet,
+        s: &mut Scratch,
+    ) -> Option<HttpMatch> {
+        let Scratch {
+            candidates,
+            field,
+            matched,
+        } = s;
+        self.methods.accepts(Some(req.method), candidates, matched);
         candidates.intersect_with(mask);
         if candidates.is_clear() {
             return None;
         }
-        self.paths.accepts(Some(req.path), &mut field);
-        candidates.intersect_with(&field);
-        self.hosts.accepts(req.host, &mut field);
-        candidates.intersect_with(&field);
+        self.paths.accepts(Some(req.path), field, matched);
+        candidates.intersect_with(field);
+        self.hosts.accepts(req.host, field, matched);
+        candidates.intersect_with(field);
         candidates.ones().find_map(|i| {
             let e = &self.entries[i];
             headers(req.headers, &e.headers).map(|actions| HttpMatch {
@@ -286,6 +349,33 @@ mod tests {
         assert!(check(&p, "DELETE", "/api/v1/users", None, &none).is_none());
         assert!(check(&p, "GET", "/api/v2/users", None, &none).is_none());
         assert!(check(&p, "GET", "/admin", None, &none).is_none());
+    }
+
+    #[test]
+    fn a_check_allocates_nothing_once_its_thread_has_seen_such_requests() {
+        let p = api_l7();
+        let none = HeaderMap::new();
+        let all: Vec<RuleRef> = p.entries.iter().map(|e| e.rule).collect();
+        let mask = p.mask(&all);
+        let view = |method, path| RequestView {
+            method,
+            path,
+            host: Some("api.local"),
+            headers: &none,
+        };
+        let requests = || {
+            assert!(p.check(&view("GET", "/api/v1/users"), &mask).is_some());
+            assert!(p.check(&view("POST", "/api/v1/orders"), &mask).is_some());
+            assert!(p.check(&view("DELETE", "/api/v1/users"), &mask).is_none());
+        };
+        // The first checks grow the scratch sets and the automata's lazily built states.
+        requests();
+        let measured = allocation_counter::measure(|| {
+            for _ in 0..100 {
+                requests();
+            }
+        });
+        assert_eq!(measured.count_total, 0);
     }
 
     #[test]

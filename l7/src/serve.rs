@@ -12,6 +12,7 @@
 //! only when the upgrade request itself is allowed; once the server switches protocols the
 //! bytes are copied both ways unchecked.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -130,8 +131,8 @@ pub enum RequestVerdict {
 pub struct RequestEvent {
     /// What the rules decided.
     pub verdict: RequestVerdict,
-    /// The method.
-    pub method: String,
+    /// The method (borrowed for the standard ones).
+    pub method: Cow<'static, str>,
     /// The host, when the request named one.
     pub host: Option<String>,
     /// The normalised path (or the target as received when it was refused).
@@ -285,10 +286,6 @@ impl Connection {
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let target = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string());
         let host = req.uri().host().map(str::to_string).or_else(|| {
             req.headers()
                 .get(http::header::HOST)
@@ -297,7 +294,7 @@ impl Connection {
         });
         let mut event = RequestEvent {
             verdict: RequestVerdict::Refused,
-            method: req.method().as_str().to_string(),
+            method: method_name(req.method()),
             host,
             path: String::new(),
             status: 400,
@@ -306,10 +303,20 @@ impl Connection {
             duration: Duration::ZERO,
             error: None,
         };
-        let path = match normalize(&target) {
-            Ok(p) => p,
+        let uri = req.uri();
+        let target = match uri.path_and_query() {
+            Some(p) => Cow::Borrowed(p.as_str()),
+            None => Cow::Owned(uri.to_string()),
+        };
+        // One copy of the path, for the event; the request keeps its own unless rewritten.
+        let (path, rewritten) = match normalize(&target) {
+            Ok(Cow::Borrowed(p)) => (p.to_string(), false),
+            Ok(Cow::Owned(p)) => {
+                let changed = p != *target;
+                (p, changed)
+            }
             Err(e) => {
-                event.path = target;
+                event.path = target.into_owned();
                 event.error = Some(e.to_string());
                 return Ok(self.finish(
                     event,
@@ -361,7 +368,7 @@ impl Connection {
             event.actions = m.actions;
         }
         // Forward what was checked: the normalised path.
-        if path != target {
+        if rewritten {
             let mut parts = req.uri().clone().into_parts();
             parts.path_and_query = path.parse().ok();
             if let Ok(uri) = http::Uri::from_parts(parts) {
@@ -443,6 +450,18 @@ fn apply(headers: &mut http::HeaderMap, action: &HeaderAction) {
                 headers.insert(n, v);
             }
         }
+    }
+}
+
+/// The method's name, without a copy for the standard methods.
+fn method_name(method: &http::Method) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    let name = method.as_str();
+    match STANDARD.iter().find(|m| **m == name) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(name.to_string()),
     }
 }
 

@@ -152,7 +152,7 @@ fn is_zero(n: &usize) -> bool {
 #[derive(Clone, Debug, Serialize)]
 pub struct HttpEvent {
     /// The method.
-    pub method: String,
+    pub method: std::borrow::Cow<'static, str>,
     /// The host, when named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
