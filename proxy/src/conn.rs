@@ -62,9 +62,7 @@ pub async fn serve(listener: TcpListener, direction: Direction, shared: Arc<Shar
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
-                tokio::spawn(async move {
-                    handle(stream, peer.map_v4_mapped(), direction, &shared).await
-                });
+                tokio::spawn(async move { handle(stream, peer, direction, &shared).await });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -108,10 +106,17 @@ enum Ending {
     Revoked,
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, shared: &Shared) {
+/// Judges and serves one accepted connection; `accepted_peer` is the address `accept` gave.
+async fn handle(
+    client: TcpStream,
+    accepted_peer: SocketAddr,
+    direction: Direction,
+    shared: &Shared,
+) {
     let started = Instant::now();
     let metrics = shared.metrics(direction);
-    let dst = match original_dst(&client) {
+    let peer = accepted_peer.map_v4_mapped();
+    let dst = match original_dst(&client, accepted_peer) {
         Ok(dst) => dst,
         Err(e) => {
             tracing::warn!(error = %e, %peer, "cannot read the original destination; resetting");
@@ -281,7 +286,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, direction: Direction, share
             return;
         }
     };
-    let _ = client.set_nodelay(true);
+    // The client's socket has TCP_NODELAY from its listener (see `bind_tcp`).
     let _ = server.set_nodelay(true);
     metrics.open.inc();
 

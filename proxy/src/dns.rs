@@ -321,9 +321,7 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<DnsContext>, shared: Arc<
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let (ctx, shared) = (ctx.clone(), shared.clone());
-                tokio::spawn(async move {
-                    tcp_client(stream, peer.map_v4_mapped(), &ctx, &shared).await
-                });
+                tokio::spawn(async move { tcp_client(stream, peer, &ctx, &shared).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "DNS accept failed");
@@ -333,8 +331,14 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<DnsContext>, shared: Arc<
     }
 }
 
-async fn tcp_client(mut stream: TcpStream, client: SocketAddr, ctx: &DnsContext, shared: &Shared) {
-    let resolver = match original_dst(&stream) {
+async fn tcp_client(
+    mut stream: TcpStream,
+    accepted_peer: SocketAddr,
+    ctx: &DnsContext,
+    shared: &Shared,
+) {
+    let client = accepted_peer.map_v4_mapped();
+    let resolver = match original_dst(&stream, accepted_peer) {
         Ok(dst) => dst,
         Err(e) => {
             tracing::warn!(error = %e, %client, "cannot read the DNS connection's original destination");

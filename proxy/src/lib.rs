@@ -61,6 +61,9 @@ async fn bind_tcp(
     };
     let bind = |s: tokio::net::TcpSocket| -> std::io::Result<TcpListener> {
         s.set_reuseaddr(true)?;
+        // Accepted sockets inherit it: no setsockopt per connection. Relayed messages go out
+        // as they come, as they would on a direct connection the app had made with it.
+        s.set_nodelay(true)?;
         s.bind(addr)?;
         s.listen(4096)
     };
@@ -227,4 +230,27 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     );
     std::future::pending::<()>().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_from_the_listener_and_their_original_destination() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = bind_tcp(addr.parse().expect("addr"), "test").await else {
+                // No IPv6 on this host's loopback.
+                assert!(addr.starts_with('['), "cannot bind {addr}");
+                continue;
+            };
+            let at = listener.local_addr().expect("local");
+            let client = tokio::net::TcpStream::connect(at).await.expect("connect");
+            let (accepted, peer) = listener.accept().await.expect("accept");
+            assert!(accepted.nodelay().expect("nodelay"), "{addr}");
+            // Not redirected: the original destination is the listener's own address.
+            assert_eq!(orig_dst::original_dst(&accepted, peer).expect("dst"), at);
+            drop(client);
+        }
+    }
 }

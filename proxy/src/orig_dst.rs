@@ -9,9 +9,12 @@ use tokio::net::TcpStream;
 
 /// The original destination of an accepted connection. A connection that was not redirected
 /// (no NAT entry) has its own local address as original destination.
-pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
-    let local = stream.local_addr()?;
-    let result = match local {
+///
+/// `peer` is the peer address as `accept` gave it, unmapped: its family is the socket's (an
+/// IPv6 socket reports IPv4 peers as `::ffff:a.b.c.d`), which picks the option to ask without
+/// a `getsockname` per connection.
+pub fn original_dst(stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
+    let result = match peer {
         SocketAddr::V4(_) => getsockopt(stream, sockopt::OriginalDst).map(|sa| {
             SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
@@ -30,7 +33,7 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     match result {
         Ok(addr) => Ok(addr.map_v4_mapped()),
         // No conntrack entry: the connection reached the listener directly.
-        Err(nix::errno::Errno::ENOENT) => Ok(local),
+        Err(nix::errno::Errno::ENOENT) => stream.local_addr(),
         Err(e) => Err(io::Error::from(e)),
     }
 }
