@@ -299,8 +299,10 @@ fn start_servers(sb: &Sandbox, dir: &Path) -> Result<Vec<Child>, String> {
     Ok(vec![nginx, iperf])
 }
 
-/// How long a proxy is left alone before its idle RSS is read.
-const IDLE_SETTLE: Duration = Duration::from_secs(3);
+/// How long a proxy is left alone before its idle RSS is read: past podwall's start-up (it
+/// gives back start-up-only code two seconds after a policy is applied) and the first seconds
+/// of its periodic work, so that the figure is the steady one, not a flattering early one.
+const IDLE_SETTLE: Duration = Duration::from_secs(10);
 
 /// Holds 1000 idle connections through the proxy and reads its RSS meanwhile.
 fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<f64> {
@@ -355,8 +357,7 @@ fn measure(
     };
     let p = held.as_ref().or(proxy);
     if let Some(p) = p {
-        // Idle means settled: start-up is over (podwall gives back start-up-only code pages two
-        // seconds after a policy is applied; see proxy/src/resident.rs).
+        // Idle means settled (see IDLE_SETTLE and proxy/src/resident.rs).
         std::thread::sleep(IDLE_SETTLE);
         r.rss_idle_mb = p.status_mb("VmRSS:");
     }

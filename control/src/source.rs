@@ -6,4 +6,6 @@ pub mod dir_watch;
 pub mod files;
 pub mod kube;
 
-pub use files::{SourceError, SourceFile, load_paths, read_paths};
+pub use files::{
+    Fingerprint, SETTLED_AFTER, SourceError, SourceFile, fingerprint_paths, load_paths, read_paths,
+};

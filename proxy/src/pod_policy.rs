@@ -282,9 +282,11 @@ pub async fn follow(
                     metrics.policy_ready.set(1);
                     // Compiling was the last use of much of the binary's code for a while.
                     // (After a pause, so that what runs right after an update is done too.)
+                    // On this thread: reading smaps and advising takes about a millisecond, and
+                    // a blocking-pool thread would touch its exit code afterwards.
                     tokio::spawn(async {
                         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                        let _ = tokio::task::spawn_blocking(crate::resident::settle).await;
+                        crate::resident::settle();
                     });
                 }
                 Ok(None) => {

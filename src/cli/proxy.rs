@@ -306,6 +306,9 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         b.worker_threads(args.threads);
         b
     };
+    // Blocking-pool threads (policy compiles, source reads) exit a second after their work,
+    // before the resident code is settled two seconds after a policy update.
+    builder.thread_keep_alive(std::time::Duration::from_secs(1));
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -2,7 +2,9 @@
 //! cluster state; a change that cannot be read is reported and the last good state stays.
 //!
 //! Polling, not inotify: it works the same on every file system, including the symlink swaps
-//! of a mounted ConfigMap, and a state read at most every `interval` is what policy needs.
+//! of a mounted ConfigMap, and a state read at most every `interval` is what policy needs. A
+//! poll first compares the files' metadata, and reads them only when that moved; then their
+//! contents decide whether a new state is published (a `touch` publishes nothing).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -13,7 +15,7 @@ use std::time::Duration;
 use podwall_policy::{ClusterState, Loader, Severity};
 use tokio::sync::watch;
 
-use super::files::{SourceError, read_paths};
+use super::files::{SourceError, fingerprint_paths, read_paths};
 
 /// Reads the paths now and whenever their contents change, publishing each state.
 pub async fn watch_paths(
@@ -22,9 +24,27 @@ pub async fn watch_paths(
     publish: watch::Sender<Option<Arc<ClusterState>>>,
 ) {
     let mut last: Option<u64> = None;
+    let mut stamp: Option<u64> = None;
     loop {
+        // Metadata first, here: a few `stat`s, and an unchanged, settled source is not read at
+        // all (nor is a thread woken for it; an idle sidecar's poll runs little code).
+        let now = fingerprint_paths(&paths).ok();
+        if let Some(f) = now
+            && Some(f.value) == stamp
+        {
+            tokio::time::sleep(interval).await;
+            continue;
+        }
         let paths2 = paths.clone();
         let read = tokio::task::spawn_blocking(move || load_if_changed(&paths2, last)).await;
+        let read = read.map(|loaded| {
+            // Only a settled fingerprint vouches for what was read; a failed read keeps none,
+            // so the files are read again next time.
+            stamp = now
+                .filter(|f| f.settled && !matches!(loaded, Err((0, _))))
+                .map(|f| f.value);
+            loaded
+        });
         match read {
             Ok(Ok(Some((fingerprint, state)))) => {
                 last = Some(fingerprint);

@@ -64,20 +64,80 @@ pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<SourceFile>, SourceError> {
             });
             continue;
         }
-        let meta = std::fs::metadata(path).map_err(io_error(path))?;
-        if meta.is_dir() {
-            let before = out.len();
-            read_dir(path, &mut out)?;
-            if out.len() == before {
-                return Err(SourceError::EmptyDirectory {
-                    path: path.display().to_string(),
-                });
-            }
-        } else {
-            out.push(read_file(path)?);
-        }
+        walk(path, &mut |file, _| {
+            out.push(read_file(file)?);
+            Ok(())
+        })?;
     }
     Ok(out)
+}
+
+/// A fingerprint of the files [`read_paths`] would read, from their metadata alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// A hash of each file's path, inode, size, and modification and change times. (The change
+    /// time moves on every write and cannot be set back; a mounted ConfigMap's update swaps in
+    /// new files, which changes the inodes.)
+    pub value: u64,
+    /// Every file was last changed at least [`SETTLED_AFTER`] before it was looked at. Time
+    /// stamps are coarse (a clock tick), so two same-size writes within one tick leave the same
+    /// fingerprint: only a settled one proves that the contents read with it are the latest.
+    pub settled: bool,
+}
+
+/// How long a file must have been left alone for its metadata to vouch for its contents.
+pub const SETTLED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The [`Fingerprint`] of the paths. A poller compares it before reading anything, so an
+/// unchanged source costs a few `stat`s, not reading and hashing every file. Standard input is
+/// not fingerprinted.
+pub fn fingerprint_paths(paths: &[PathBuf]) -> Result<Fingerprint, SourceError> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let now = std::time::SystemTime::now();
+    let settled_before = now
+        .checked_sub(SETTLED_AFTER)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    let mut settled = true;
+    for path in paths.iter().filter(|p| p.as_os_str() != "-") {
+        walk(path, &mut |file, meta| {
+            file.hash(&mut h);
+            (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec()).hash(&mut h);
+            (meta.ctime(), meta.ctime_nsec()).hash(&mut h);
+            let changed = std::time::Duration::new(
+                u64::try_from(meta.ctime()).unwrap_or(0),
+                u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+            );
+            settled &= changed < settled_before;
+            Ok(())
+        })?;
+    }
+    Ok(Fingerprint {
+        value: h.finish(),
+        settled,
+    })
+}
+
+/// Calls `file` for a path given as a file, or for each manifest under a directory given, in
+/// path order (hidden entries skipped). A directory without any is an error.
+fn walk(
+    path: &Path,
+    file: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    let meta = std::fs::metadata(path).map_err(io_error(path))?;
+    if !meta.is_dir() {
+        return file(path, &meta);
+    }
+    let mut found = 0;
+    walk_dir(path, &mut found, file)?;
+    if found == 0 {
+        return Err(SourceError::EmptyDirectory {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<SourceFile, SourceError> {
@@ -88,7 +148,11 @@ fn read_file(path: &Path) -> Result<SourceFile, SourceError> {
     })
 }
 
-fn read_dir(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), SourceError> {
+fn walk_dir(
+    dir: &Path,
+    found: &mut usize,
+    file: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_error(dir))?
         .map(|e| e.map(|e| e.path()))
@@ -105,9 +169,10 @@ fn read_dir(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), SourceError> {
         }
         let meta = std::fs::metadata(&path).map_err(io_error(&path))?;
         if meta.is_dir() {
-            read_dir(&path, out)?;
+            walk_dir(&path, found, file)?;
         } else if is_manifest(&path) {
-            out.push(read_file(&path)?);
+            *found += 1;
+            file(&path, &meta)?;
         }
     }
     Ok(())
@@ -139,6 +204,48 @@ mod tests {
             std::fs::create_dir_all(parent).expect("mkdir");
         }
         std::fs::write(path, text).expect("write");
+    }
+
+    #[test]
+    fn the_fingerprint_moves_when_a_read_file_changes_and_only_then() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "a.yaml",
+            "kind: Namespace\nmetadata: {name: a}\n",
+        );
+        write(dir.path(), "notes.txt", "one");
+        let paths = [dir.path().to_path_buf()];
+        let fp = || fingerprint_paths(&paths).expect("fingerprint").value;
+        let first = fp();
+        assert_eq!(fp(), first, "nothing changed");
+        // A file the source does not read.
+        write(dir.path(), "notes.txt", "two, longer");
+        assert_eq!(fp(), first);
+        // The same size, rewritten in place: the change time moves.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        write(
+            dir.path(),
+            "a.yaml",
+            "kind: Namespace\nmetadata: {name: b}\n",
+        );
+        let second = fp();
+        assert_ne!(second, first);
+        // A new manifest.
+        write(
+            dir.path(),
+            "c/d.yml",
+            "kind: Namespace\nmetadata: {name: d}\n",
+        );
+        assert_ne!(fp(), second);
+        // Just written: not settled, so a poller reads the files again until it is.
+        assert!(!fingerprint_paths(&paths).expect("fingerprint").settled);
+        // An empty directory is the same error as for reading.
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            fingerprint_paths(&[empty.path().to_path_buf()]),
+            Err(SourceError::EmptyDirectory { .. })
+        ));
     }
 
     #[test]
