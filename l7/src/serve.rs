@@ -133,8 +133,8 @@ pub struct RequestEvent {
     pub verdict: RequestVerdict,
     /// The method (borrowed for the standard ones).
     pub method: Cow<'static, str>,
-    /// The host, when the request named one.
-    pub host: Option<String>,
+    /// The host, when the request named one (shared with the connection's other requests).
+    pub host: Option<Arc<str>>,
     /// The normalised path (or the target as received when it was refused).
     pub path: String,
     /// The status the client got (0 when the upstream failed before answering).
@@ -176,6 +176,24 @@ struct Connection {
     upstream: Mutex<Upstream>,
     limits: Limits,
     observer: Observer,
+    /// The host the last request named: the requests of a connection nearly always name the
+    /// same one, and then share this copy.
+    last_host: std::sync::Mutex<Option<Arc<str>>>,
+}
+
+impl Connection {
+    /// `host` as a shared name, copied only when it differs from the previous request's.
+    fn host_name(&self, host: &str) -> Arc<str> {
+        let mut last = self.last_host.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some(h) if **h == *host => h.clone(),
+            _ => {
+                let h: Arc<str> = host.into();
+                *last = Some(h.clone());
+                h
+            }
+        }
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
@@ -286,12 +304,16 @@ impl Connection {
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let host = req.uri().host().map(str::to_string).or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(strip_port)
-        });
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(strip_port)
+            })
+            .map(|h| self.host_name(h));
         let mut event = RequestEvent {
             verdict: RequestVerdict::Refused,
             method: method_name(req.method()),
@@ -465,14 +487,14 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
     }
 }
 
-fn strip_port(host: &str) -> String {
+fn strip_port(host: &str) -> &str {
     // `[v6]:port`, `name:port`, or no port.
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest).to_string();
+        return rest.split(']').next().unwrap_or(rest);
     }
     match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
-        _ => host.to_string(),
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
     }
 }
 
@@ -488,6 +510,7 @@ pub async fn serve(
         gate,
         upstream_addr: upstream,
         upstream: Mutex::new(Upstream::None),
+        last_host: std::sync::Mutex::new(None),
         limits,
         observer,
     });
@@ -510,6 +533,29 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_requests_share_one_copy_of_their_host() {
+        let conn = Connection {
+            gate: Gate {
+                policy: Arc::new(HttpPolicy::compile(&[]).expect("compile")),
+                mask: FixedBitSet::new(),
+                audit: false,
+            },
+            upstream_addr: SocketAddr::from(([127, 0, 0, 1], 80)),
+            upstream: Mutex::new(Upstream::None),
+            limits: Limits::default(),
+            observer: Arc::new(|_| {}),
+            last_host: std::sync::Mutex::new(None),
+        };
+        let first = conn.host_name("api.local");
+        let again = conn.host_name("api.local");
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = conn.host_name("web.local");
+        assert_eq!(&*other, "web.local");
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(&*conn.host_name("api.local"), "api.local");
+    }
 
     #[test]
     fn ports_are_stripped_from_hosts() {

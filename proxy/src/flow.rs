@@ -155,7 +155,7 @@ pub struct HttpEvent {
     pub method: std::borrow::Cow<'static, str>,
     /// The host, when named.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// The normalised path (with query).
     pub path: String,
     /// The status the client got.
