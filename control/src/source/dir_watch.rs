@@ -25,10 +25,21 @@ pub async fn watch_paths(
 ) {
     let mut last: Option<u64> = None;
     let mut stamp: Option<u64> = None;
+    let mut inline = true;
     loop {
-        // Metadata first, here: a few `stat`s, and an unchanged, settled source is not read at
-        // all (nor is a thread woken for it; an idle sidecar's poll runs little code).
-        let now = fingerprint_paths(&paths).ok();
+        // Metadata first: an unchanged, settled source is not read at all. For a few files,
+        // a few `stat`s here, with no thread woken (an idle sidecar's poll runs little code);
+        // a large source is fingerprinted on a blocking thread.
+        let now = if inline {
+            fingerprint_paths(&paths).ok()
+        } else {
+            let paths2 = paths.clone();
+            tokio::task::spawn_blocking(move || fingerprint_paths(&paths2).ok())
+                .await
+                .ok()
+                .flatten()
+        };
+        inline = now.is_none_or(|f| f.files <= INLINE_FINGERPRINT_FILES);
         if let Some(f) = now
             && Some(f.value) == stamp
         {
@@ -65,6 +76,10 @@ pub async fn watch_paths(
         tokio::time::sleep(interval).await;
     }
 }
+
+/// Sources of up to this many files are fingerprinted on the runtime's thread (tens of
+/// microseconds); larger ones on a blocking thread.
+const INLINE_FINGERPRINT_FILES: usize = 64;
 
 type Loaded = Result<Option<(u64, ClusterState)>, (u64, SourceError)>;
 
@@ -104,6 +119,37 @@ fn load_if_changed(paths: &[PathBuf], last: Option<u64>) -> Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_large_source_is_watched_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = INLINE_FINGERPRINT_FILES + 6;
+        for i in 0..files {
+            let text = format!("kind: Namespace\nmetadata: {{name: ns-{i}}}\n");
+            std::fs::write(dir.path().join(format!("{i:03}.yaml")), text).expect("write");
+        }
+        let (tx, mut rx) = watch::channel(None);
+        tokio::spawn(watch_paths(
+            vec![dir.path().to_path_buf()],
+            Duration::from_millis(20),
+            tx,
+        ));
+        let count = |rx: &watch::Receiver<Option<Arc<ClusterState>>>| {
+            rx.borrow().as_ref().map_or(0, |s| s.namespaces.len())
+        };
+        rx.changed().await.expect("first state");
+        assert_eq!(count(&rx), files);
+        std::fs::write(
+            dir.path().join("999.yaml"),
+            "kind: Namespace\nmetadata: {name: new}\n",
+        )
+        .expect("write");
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("a change within 5 s")
+            .expect("second state");
+        assert_eq!(count(&rx), files + 1);
+    }
 
     #[tokio::test]
     async fn changes_are_published_and_broken_files_keep_the_last_state() {

@@ -83,6 +83,8 @@ pub struct Fingerprint {
     /// stamps are coarse (a clock tick), so two same-size writes within one tick leave the same
     /// fingerprint: only a settled one proves that the contents read with it are the latest.
     pub settled: bool,
+    /// How many files it covers.
+    pub files: usize,
 }
 
 /// How long a file must have been left alone for its metadata to vouch for its contents.
@@ -101,8 +103,10 @@ pub fn fingerprint_paths(paths: &[PathBuf]) -> Result<Fingerprint, SourceError> 
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .unwrap_or_default();
     let mut settled = true;
+    let mut files = 0;
     for path in paths.iter().filter(|p| p.as_os_str() != "-") {
         walk(path, &mut |file, meta| {
+            files += 1;
             file.hash(&mut h);
             (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec()).hash(&mut h);
             (meta.ctime(), meta.ctime_nsec()).hash(&mut h);
@@ -117,6 +121,7 @@ pub fn fingerprint_paths(paths: &[PathBuf]) -> Result<Fingerprint, SourceError> 
     Ok(Fingerprint {
         value: h.finish(),
         settled,
+        files,
     })
 }
 
