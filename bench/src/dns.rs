@@ -7,10 +7,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use podwall_sandbox::{Inject, Options, Sandbox, run_in};
+use podwall_sandbox::run_in;
 use serde::Serialize;
-
-use crate::{netns_cmd, output};
 
 const RESOLVER: &str = "10.67.0.53:53";
 const TOPOLOGY: &str = r#"
@@ -190,30 +188,14 @@ fn metric(ns: &str, name: &str) -> Option<f64> {
 
 /// Runs the DNS phase.
 pub(crate) fn run(podwall: &Path, duration: Duration, workers: usize) -> Result<DnsResult, String> {
-    let work = std::env::temp_dir().join(format!("podwall-bench-dns-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    std::fs::write(work.join("cluster.yaml"), TOPOLOGY).map_err(|e| e.to_string())?;
-    let sb = Sandbox::up(
-        &work,
-        &Options {
-            name: "benchdns".into(),
-            inject: Inject::None,
-            exe: podwall.to_path_buf(),
-            sidecar_args: Vec::new(),
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let result = (|| {
+    crate::in_sandbox(podwall, "benchdns", TOPOLOGY, |sb, _| {
         let ns = sb.pod("bench/client").ok_or("no client")?.netns.clone();
         let mut r = DnsResult::default();
         eprintln!("[dns] direct: {workers} clients asking dnsmasq");
         (r.direct_qps, r.direct_p50_ms, r.direct_p99_ms, _) = load(&ns, workers, duration)?;
 
-        output(netns_cmd(
-            &ns,
-            &[&podwall.display().to_string(), "proxy", "init"],
-        ))?;
-        let sidecar = crate::start_sidecar(&sb, podwall, 1)?;
+        crate::init_rules(sb, podwall, &[])?;
+        let sidecar = crate::start_sidecar(sb, podwall, 1)?;
         eprintln!("[dns] podwall: the same through the sidecar's DNS proxy");
         let c0 = sidecar.cpu();
         let (qps, p50, p99, answered) = load(&ns, workers, duration)?;
@@ -226,15 +208,9 @@ pub(crate) fn run(podwall: &Path, duration: Duration, workers: usize) -> Result<
         r.rss_growth_mb = sidecar.status_mb("VmRSS:").unwrap_or(0.0) - r.rss_before_mb;
         r.names_learned = metric(&ns, "podwall_fqdn_cache_names").unwrap_or(0.0) as u64;
         drop(sidecar);
-        let _ = output(netns_cmd(
-            &ns,
-            &[&podwall.display().to_string(), "proxy", "init", "--remove"],
-        ));
+        let _ = crate::init_rules(sb, podwall, &["--remove"]);
         Ok(r)
-    })();
-    let _ = sb.down();
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    })
 }
 
 /// The DNS table.

@@ -398,15 +398,39 @@ fn measure(
     Ok(r)
 }
 
-fn init_rules(sb: &Sandbox, podwall: &Path, remove: bool) -> Result<(), String> {
+/// `podwall proxy init` in the client pod, with `extra` flags.
+fn init_rules(sb: &Sandbox, podwall: &Path, extra: &[&str]) -> Result<(), String> {
     let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
-    let mut args = vec!["proxy", "init", "--capture-dns", "false"];
-    if remove {
-        args.push("--remove");
-    }
-    let mut cmd = netns_cmd(ns, &[&podwall.display().to_string()]);
-    cmd.args(&args);
+    let mut cmd = netns_cmd(ns, &[&podwall.display().to_string(), "proxy", "init"]);
+    cmd.args(extra);
     output(cmd).map(|_| ())
+}
+
+/// Builds a sandbox named `name` from `topology` (no sidecar injected), runs `body` in it with
+/// its work directory, then takes both down whatever happened.
+fn in_sandbox<T>(
+    podwall: &Path,
+    name: &str,
+    topology: &str,
+    body: impl FnOnce(&Sandbox, &Path) -> Result<T, String>,
+) -> Result<T, String> {
+    let work = std::env::temp_dir().join(format!("podwall-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("cluster.yaml"), topology).map_err(|e| e.to_string())?;
+    let sb = Sandbox::up(
+        &work,
+        &Options {
+            name: name.into(),
+            inject: Inject::None,
+            exe: podwall.to_path_buf(),
+            sidecar_args: Vec::new(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let result = body(&sb, &work);
+    let _ = sb.down();
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
 fn start_sidecar(sb: &Sandbox, podwall: &Path, threads: usize) -> Result<Proxy, String> {
@@ -518,35 +542,22 @@ fn wait_listening(ns: &str, port: u16) -> Result<(), String> {
 
 fn run(args: &Args) -> Result<Vec<PathResult>, String> {
     let podwall = podwall_binary(args)?;
-    let work = std::env::temp_dir().join(format!("podwall-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    std::fs::write(work.join("cluster.yaml"), TOPOLOGY).map_err(|e| e.to_string())?;
-    let sb = Sandbox::up(
-        &work,
-        &Options {
-            name: "bench".into(),
-            inject: Inject::None,
-            exe: podwall.clone(),
-            sidecar_args: Vec::new(),
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let result = (|| {
-        let _servers = start_servers(&sb, &work)?;
+    in_sandbox(&podwall, "bench", TOPOLOGY, |sb, work| {
+        let _servers = start_servers(sb, work)?;
         let client_ns = sb.pod(CLIENT).ok_or("no client")?.netns.clone();
         let server_ip = sb.pod(SERVER).ok_or("no server")?.ip;
         let l4 = args.only != Only::L7;
         let l7 = args.only != Only::L4;
         let mut results = vec![if l4 {
-            measure("direct", &sb, args, None, None)?
+            measure("direct", sb, args, None, None)?
         } else {
-            measure_keepalive("direct", &sb, args, None)?
+            measure_keepalive("direct", sb, args, None)?
         }];
 
-        init_rules(&sb, &podwall, false)?;
+        init_rules(sb, &podwall, &["--capture-dns", "false"])?;
         if l4 {
-            let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
-            results.push(measure("podwall", &sb, args, Some(&sidecar), None)?);
+            let sidecar = start_sidecar(sb, &podwall, args.threads)?;
+            results.push(measure("podwall", sb, args, Some(&sidecar), None)?);
             drop(sidecar);
         }
 
@@ -557,8 +568,8 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
             std::fs::remove_file(&policies).map_err(|e| e.to_string())?;
             std::fs::write(sb.policy_dir().join("l7.yaml"), L7_POLICY)
                 .map_err(|e| e.to_string())?;
-            let sidecar = start_sidecar(&sb, &podwall, args.threads)?;
-            results.push(measure_keepalive("podwall-l7", &sb, args, Some(&sidecar))?);
+            let sidecar = start_sidecar(sb, &podwall, args.threads)?;
+            results.push(measure_keepalive("podwall-l7", sb, args, Some(&sidecar))?);
             drop(sidecar);
             std::fs::remove_file(sb.policy_dir().join("l7.yaml")).map_err(|e| e.to_string())?;
             std::fs::write(&policies, l4).map_err(|e| e.to_string())?;
@@ -593,17 +604,16 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
                 .map_err(|e| format!("nginx: {e}"))?;
             let nginx = Proxy { child };
             wait_listening(&client_ns, 15001)?;
-            results.push(measure_keepalive("nginx-l7", &sb, args, Some(&nginx))?);
+            results.push(measure_keepalive("nginx-l7", sb, args, Some(&nginx))?);
             drop(nginx);
         }
 
         if l4 && !args.no_haproxy {
             // Same slot: the same redirect to 15001, haproxy as uid 1337, forwarding to the
             // server port under test (it cannot read the original destination).
-            let work2 = work.clone();
             let ns = client_ns.clone();
             let start_haproxy = move |port: u16| -> Result<Proxy, String> {
-                let cfg = work2.join(format!("haproxy-{port}.cfg"));
+                let cfg = work.join(format!("haproxy-{port}.cfg"));
                 std::fs::write(
                     &cfg,
                     format!(
@@ -626,14 +636,11 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
                 })?;
                 Ok(p)
             };
-            results.push(measure("haproxy", &sb, args, None, Some(&start_haproxy))?);
+            results.push(measure("haproxy", sb, args, None, Some(&start_haproxy))?);
         }
-        init_rules(&sb, &podwall, true)?;
+        init_rules(sb, &podwall, &["--remove"])?;
         Ok(results)
-    })();
-    let _ = sb.down();
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    })
 }
 
 fn table(results: &[PathResult]) -> String {

@@ -7,10 +7,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use podwall_sandbox::{Inject, Options, Sandbox, run_in};
+use podwall_sandbox::run_in;
 use serde::Serialize;
 
-use crate::{Proxy, netns_cmd, output};
+use crate::Proxy;
 
 const SERVER: &str = "10.68.0.2:5300";
 const TOPOLOGY: &str = r#"
@@ -191,38 +191,21 @@ fn measure(
 
 /// Runs the UDP phase.
 pub(crate) fn run(podwall: &Path, duration: Duration, workers: usize) -> Result<UdpResult, String> {
-    let work = std::env::temp_dir().join(format!("podwall-bench-udp-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    std::fs::write(work.join("cluster.yaml"), TOPOLOGY).map_err(|e| e.to_string())?;
-    let sb = Sandbox::up(
-        &work,
-        &Options {
-            name: "benchudp".into(),
-            inject: Inject::None,
-            exe: podwall.to_path_buf(),
-            sidecar_args: Vec::new(),
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let exe = podwall.display().to_string();
-    let result = (|| {
+    crate::in_sandbox(podwall, "benchudp", TOPOLOGY, |sb, _| {
         let ns = sb.pod("bench/client").ok_or("no client")?.netns.clone();
         let direct = measure("direct", &ns, workers, duration, None)?;
         // (The direct runs leave no conntrack entries in the pod: nothing there tracks until
         // the init rules do.)
-        output(netns_cmd(&ns, &[&exe, "proxy", "init"]))?;
-        let sidecar = crate::start_sidecar(&sb, podwall, 1)?;
-        let podwall = measure("podwall", &ns, workers, duration, Some(&sidecar));
+        crate::init_rules(sb, podwall, &[])?;
+        let sidecar = crate::start_sidecar(sb, podwall, 1)?;
+        let podwall_path = measure("podwall", &ns, workers, duration, Some(&sidecar));
         drop(sidecar);
-        let _ = output(netns_cmd(&ns, &[&exe, "proxy", "init", "--remove"]));
+        let _ = crate::init_rules(sb, podwall, &["--remove"]);
         Ok(UdpResult {
             direct,
-            podwall: podwall?,
+            podwall: podwall_path?,
         })
-    })();
-    let _ = sb.down();
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    })
 }
 
 /// The UDP table.

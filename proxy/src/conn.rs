@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use podwall_policy::{Direction, Protocol, Verdict};
+use podwall_policy::{Direction, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::flow::{self, FlowEvent, FlowLog, FlowService, FlowVerdict};
@@ -125,24 +125,7 @@ async fn handle(
         }
     };
     let (source, destination) = (peer, dst);
-    let mut event = FlowEvent {
-        service: None,
-        time: std::time::UNIX_EPOCH,
-        verdict: FlowVerdict::Denied,
-        direction,
-        protocol: Protocol::Tcp,
-        source: flow::peer(None, source),
-        destination: flow::peer(None, destination),
-        egress: None,
-        ingress: None,
-        reason: None,
-        bytes_sent: 0,
-        bytes_received: 0,
-        duration_ms: 0.0,
-        error: None,
-        l7: None,
-        snapshot: None,
-    };
+    let mut event = FlowEvent::new(direction, Protocol::Tcp, source, destination);
 
     if is_loop(dst, shared) {
         reset(&client);
@@ -168,29 +151,23 @@ async fn handle(
                 .services
                 .lookup(dst.ip(), dst.port(), Protocol::Tcp)
             {
-                Some(service) => match pick_backend(service, &policy, shared) {
-                    Ok(backend) => {
-                        event.service = Some(FlowService {
-                            name: service.service.clone(),
-                            address: dst.to_string(),
-                            backends: service.backends.len(),
-                        });
-                        event.destination = flow::peer(None, backend);
-                        backend
+                Some(service) => {
+                    event.service = Some(FlowService {
+                        name: service.service.clone(),
+                        address: dst,
+                        backends: service.backends.len(),
+                    });
+                    match pick_backend(service, &policy, shared) {
+                        Ok(backend) => backend,
+                        Err(why) => {
+                            reset(&client);
+                            metrics.verdict(FlowVerdict::Denied);
+                            event.reason = Some(why);
+                            finish(shared, event, started);
+                            return;
+                        }
                     }
-                    Err(why) => {
-                        reset(&client);
-                        metrics.verdict(FlowVerdict::Denied);
-                        event.service = Some(FlowService {
-                            name: service.service.clone(),
-                            address: dst.to_string(),
-                            backends: service.backends.len(),
-                        });
-                        event.reason = Some(why);
-                        finish(shared, event, started);
-                        return;
-                    }
-                },
+                }
                 None => dst,
             }
         }
@@ -212,7 +189,7 @@ async fn handle(
         Direction::Egress => policy.outbound_learned(dst.ip(), Protocol::Tcp, dst.port(), &names),
         Direction::Ingress => policy.inbound(peer.ip(), Protocol::Tcp, dst.port()),
     };
-    describe(&mut event, &policy, &verdict, source, destination);
+    event.describe(&policy, &verdict, source, destination);
     if !learned.is_empty()
         && let Some(side) = event.egress.as_mut()
     {
@@ -477,22 +454,6 @@ async fn serve_http(
     event.reason = Some("HTTP rules apply: each request is its own flow event".into());
     event.error = result.err();
     finish(shared, event, started);
-}
-
-/// Fills in pod names and both sides' decisions.
-pub(crate) fn describe(
-    event: &mut FlowEvent,
-    policy: &Arc<PodPolicy>,
-    verdict: &Verdict,
-    source: SocketAddr,
-    destination: SocketAddr,
-) {
-    let engine = &policy.engine;
-    event.source = flow::peer(Some(engine), source);
-    event.destination = flow::peer(Some(engine), destination);
-    event.egress = Some(flow::side(&verdict.egress));
-    event.ingress = Some(flow::side(&verdict.ingress));
-    event.snapshot = Some(policy.clone());
 }
 
 fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {

@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use crate::conn::Shared;
-use crate::flow::{self, DnsEvent, FlowEvent, FlowVerdict, L7Event};
+use crate::flow::{DnsEvent, FlowEvent, FlowVerdict, L7Event};
 use crate::metrics::FqdnMetrics;
 use crate::orig_dst::{MapV4Mapped, original_dst};
 use crate::pod_policy::PodPolicy;
@@ -389,24 +389,9 @@ async fn answer(
             return None;
         }
     };
-    let mut event = FlowEvent {
-        service: None,
-        time: std::time::UNIX_EPOCH,
-        verdict: FlowVerdict::Allowed,
-        direction: Direction::Egress,
-        protocol,
-        source: flow::peer(None, client),
-        destination: flow::peer(None, resolver),
-        egress: None,
-        ingress: None,
-        reason: None,
-        bytes_sent: bytes.len() as u64,
-        bytes_received: 0,
-        duration_ms: 0.0,
-        error: None,
-        l7: None,
-        snapshot: None,
-    };
+    let mut event = FlowEvent::new(Direction::Egress, protocol, client, resolver);
+    event.verdict = FlowVerdict::Allowed;
+    event.bytes_sent = bytes.len() as u64;
     let mut dns = DnsEvent {
         query: query.question.name.clone(),
         qtype: query.question.qtype.to_string(),
@@ -434,11 +419,7 @@ async fn answer(
             },
             trusted,
         );
-        event.source = flow::peer(Some(&p.engine), client);
-        event.destination = flow::peer(Some(&p.engine), resolver);
-        event.egress = Some(flow::side(&verdict.connection.egress));
-        event.ingress = Some(flow::side(&verdict.connection.ingress));
-        event.snapshot = Some(p.clone());
+        event.describe(p, &verdict.connection, client, resolver);
         describe_reason(&mut dns, p, &verdict.reason);
         event.verdict = if verdict.allowed {
             FlowVerdict::Allowed

@@ -4,7 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use podwall_policy::{Decision, Direction, Engine, PodId, PolicyName, Protocol, SideVerdict};
+use podwall_policy::{
+    Decision, Direction, Engine, PodId, PolicyName, Protocol, SideVerdict, Verdict,
+};
 use serde::Serialize;
 
 use crate::pod_policy::PodPolicy;
@@ -90,13 +92,60 @@ pub struct FlowEvent {
     pub snapshot: Option<Arc<PodPolicy>>,
 }
 
+impl FlowEvent {
+    /// A flow from `source` to `destination`, nothing decided yet: denied, unnamed, no bytes.
+    /// (The time is set when it ends.)
+    pub fn new(
+        direction: Direction,
+        protocol: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+    ) -> Self {
+        FlowEvent {
+            time: SystemTime::UNIX_EPOCH,
+            verdict: FlowVerdict::Denied,
+            direction,
+            protocol,
+            source: peer(None, source),
+            destination: peer(None, destination),
+            egress: None,
+            ingress: None,
+            reason: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: 0.0,
+            error: None,
+            l7: None,
+            service: None,
+            snapshot: None,
+        }
+    }
+
+    /// Records `verdict`, made by `policy`, for a flow between these addresses: the peers'
+    /// pods, both sides' decisions, and the snapshot that names them.
+    pub fn describe(
+        &mut self,
+        policy: &Arc<PodPolicy>,
+        verdict: &Verdict,
+        source: SocketAddr,
+        destination: SocketAddr,
+    ) {
+        let engine = Some(&policy.engine);
+        self.source = peer(engine, source);
+        self.destination = peer(engine, destination);
+        self.egress = Some(side(&verdict.egress));
+        self.ingress = Some(side(&verdict.ingress));
+        self.snapshot = Some(policy.clone());
+    }
+}
+
 /// A service the connection went through.
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowService {
     /// `namespace/name`.
     pub name: String,
-    /// The virtual IP and port dialled.
-    pub address: String,
+    /// The virtual IP and port dialled (written as `ip:port`).
+    pub address: SocketAddr,
     /// Ready backends it had.
     pub backends: usize,
 }
@@ -309,7 +358,7 @@ impl<'a> SideLine<'a> {
         };
         let rule = engine
             .zip(rule)
-            .map(|(e, r)| (e, e.state().policy(r.policy), r));
+            .map(|(e, r)| (e.state().policy(r.policy), r));
         let isolated_by = match (engine, side.pod) {
             (Some(e), Some(pod)) if side.decision == Decision::NoRuleMatched => e
                 .isolated_by(pod, side.direction)
@@ -322,8 +371,8 @@ impl<'a> SideLine<'a> {
         SideLine {
             allowed: side.decision.allows(),
             reason,
-            policy: rule.map(|(_, p, _)| Named(&p.name)),
-            rule: rule.and_then(|(_, p, r)| {
+            policy: rule.map(|(p, _)| Named(&p.name)),
+            rule: rule.and_then(|(p, r)| {
                 p.rules(r.direction)
                     .unwrap_or_default()
                     .get(r.index as usize)
@@ -567,26 +616,9 @@ spec:
     fn inbound(policy: &Arc<PodPolicy>, from: [u8; 4], port: u16) -> FlowEvent {
         let source = SocketAddr::from((from, 40000));
         let destination = SocketAddr::from(([10, 0, 0, 2], port));
-        let mut event = FlowEvent {
-            service: None,
-            time: SystemTime::UNIX_EPOCH,
-            verdict: FlowVerdict::Denied,
-            direction: Direction::Ingress,
-            protocol: Protocol::Tcp,
-            source: peer(None, source),
-            destination: peer(None, destination),
-            egress: None,
-            ingress: None,
-            reason: None,
-            bytes_sent: 0,
-            bytes_received: 0,
-            duration_ms: 0.0,
-            error: None,
-            l7: None,
-            snapshot: None,
-        };
+        let mut event = FlowEvent::new(Direction::Ingress, Protocol::Tcp, source, destination);
         let verdict = policy.inbound(source.ip(), Protocol::Tcp, port);
-        crate::conn::describe(&mut event, policy, &verdict, source, destination);
+        event.describe(policy, &verdict, source, destination);
         event.verdict = policy.flow_verdict(&verdict);
         event
     }

@@ -35,8 +35,8 @@ use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::udp::UdpPacket;
 use podwall_policy::{Direction, Protocol};
 
-use crate::conn::{Shared, describe};
-use crate::flow::{self, FlowEvent, FlowService, FlowVerdict};
+use crate::conn::Shared;
+use crate::flow::{FlowEvent, FlowService, FlowVerdict};
 
 /// Netfilter's hook numbers, as NFQUEUE reports them.
 const HOOK_LOCAL_IN: u8 = 1;
@@ -153,24 +153,8 @@ fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
 
 /// Judges a new flow: whether its first packet may pass, and the flow event that says why.
 pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
-    let mut event = FlowEvent {
-        service: None,
-        time: std::time::SystemTime::now(),
-        verdict: FlowVerdict::Denied,
-        direction,
-        protocol: start.protocol,
-        source: flow::peer(None, start.source),
-        destination: flow::peer(None, start.destination),
-        egress: None,
-        ingress: None,
-        reason: None,
-        bytes_sent: 0,
-        bytes_received: 0,
-        duration_ms: 0.0,
-        error: None,
-        l7: None,
-        snapshot: None,
-    };
+    let mut event = FlowEvent::new(direction, start.protocol, start.source, start.destination);
+    event.time = std::time::SystemTime::now();
     let policy = shared.policy();
     let Some(policy) = policy else {
         event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
@@ -187,7 +171,7 @@ pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEve
     {
         event.service = Some(FlowService {
             name: service.service.clone(),
-            address: dst.to_string(),
+            address: dst,
             backends: service.backends.len(),
         });
         // kube-proxy picks the backend after the packet has left the pod: allowed only when
@@ -223,7 +207,7 @@ pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEve
         }
         Direction::Ingress => policy.inbound(start.source.ip(), start.protocol, dst.port()),
     };
-    describe(&mut event, &policy, &verdict, start.source, dst);
+    event.describe(&policy, &verdict, start.source, dst);
     event.verdict = policy.flow_verdict(&verdict);
     event
 }
