@@ -26,7 +26,8 @@
 //! UDP and SCTP other than DNS, and ping, cannot be proxied like TCP, so the sidecar judges
 //! their flows as packets instead, in the `filter` table:
 //!
-//! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`): the first packet
+//! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`), jumped to only
+//!   for UDP, SCTP and ICMP (TCP never walks them, the proxy judges it): the first packet
 //!   of each new UDP or SCTP flow or ping (conntrack state `NEW`) goes to NFQUEUE queue
 //!   `packet_queue`, where the sidecar accepts or drops it; later packets of an accepted flow
 //!   pass in the kernel. The proxy's own packets, loopback, DNS (the DNS proxy judges it) and
@@ -352,11 +353,21 @@ impl InitConfig {
         r
     }
 
-    fn filter_jumps() -> [(&'static str, String); 2] {
-        [
-            ("OUTPUT", format!("-j {FILTER_OUT_CHAIN}")),
-            ("INPUT", format!("-j {FILTER_IN_CHAIN}")),
-        ]
+    /// One jump per protocol the packet filter judges, so a TCP packet (nearly all of a pod's
+    /// packets, and judged by the proxy instead) costs the hook three protocol compares rather
+    /// than a walk through the chain with its owner matches.
+    fn filter_jumps(family: Family) -> Vec<(&'static str, String)> {
+        let icmp = match family {
+            Family::V4 => "icmp",
+            Family::V6 => "ipv6-icmp",
+        };
+        let mut jumps = Vec::new();
+        for (builtin, chain) in [("OUTPUT", FILTER_OUT_CHAIN), ("INPUT", FILTER_IN_CHAIN)] {
+            for proto in ["udp", "sctp", icmp] {
+                jumps.push((builtin, format!("-p {proto} -j {chain}")));
+            }
+        }
+        jumps
     }
 
     fn dns_jumps() -> [(&'static str, String); 2] {
@@ -375,12 +386,12 @@ impl InitConfig {
         for rule in self.chain_rules(family) {
             let _ = writeln!(s, "{rule}");
         }
-        for (chain, jump) in Self::jumps() {
-            let line = format!("-A {chain} {jump}");
-            if !saved_nat.lines().any(|l| l.trim() == line) {
-                let _ = writeln!(s, "{line}");
-            }
-        }
+        reconcile_jumps(
+            &mut s,
+            saved_nat,
+            &Self::jumps(),
+            &[INBOUND_CHAIN, OUTPUT_CHAIN],
+        );
         s.push_str("COMMIT\n");
         if self.tproxy() {
             let _ = write!(
@@ -390,12 +401,12 @@ impl InitConfig {
             for rule in self.dns_rules(family) {
                 let _ = writeln!(s, "{rule}");
             }
-            for (chain, jump) in Self::dns_jumps() {
-                let line = format!("-A {chain} {jump}");
-                if !saved_mangle.lines().any(|l| l.trim() == line) {
-                    let _ = writeln!(s, "{line}");
-                }
-            }
+            reconcile_jumps(
+                &mut s,
+                saved_mangle,
+                &Self::dns_jumps(),
+                &[DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN],
+            );
             s.push_str("COMMIT\n");
         }
         if self.packet_queue.is_some() {
@@ -406,12 +417,12 @@ impl InitConfig {
             for rule in self.filter_rules(family) {
                 let _ = writeln!(s, "{rule}");
             }
-            for (chain, jump) in Self::filter_jumps() {
-                let line = format!("-A {chain} {jump}");
-                if !saved.filter.lines().any(|l| l.trim() == line) {
-                    let _ = writeln!(s, "{line}");
-                }
-            }
+            reconcile_jumps(
+                &mut s,
+                &saved.filter,
+                &Self::filter_jumps(family),
+                &[FILTER_OUT_CHAIN, FILTER_IN_CHAIN],
+            );
             s.push_str("COMMIT\n");
         }
         s
@@ -477,6 +488,30 @@ impl InitConfig {
             Some(&self.restore_input(family, &saved)),
         )?;
         Ok(())
+    }
+}
+
+/// Adds the wanted jumps that `saved` (one table's `iptables-save`) lacks, and deletes jumps into
+/// `ours` that are not wanted (left by an older version's rules), so `init` always leaves exactly
+/// the current set.
+fn reconcile_jumps(s: &mut String, saved: &str, wanted: &[(&str, String)], ours: &[&str]) {
+    let wanted: Vec<String> = wanted
+        .iter()
+        .map(|(chain, jump)| format!("-A {chain} {jump}"))
+        .collect();
+    for line in saved.lines().map(str::trim) {
+        let into_ours = line.starts_with("-A ")
+            && ours
+                .iter()
+                .any(|chain| line.ends_with(&format!(" -j {chain}")));
+        if into_ours && !wanted.iter().any(|w| w == line) {
+            let _ = writeln!(s, "-D{}", &line[2..]);
+        }
+    }
+    for line in &wanted {
+        if !saved.lines().any(|l| l.trim() == line) {
+            let _ = writeln!(s, "{line}");
+        }
     }
 }
 
@@ -720,17 +755,52 @@ mod tests {
         assert!(fresh.starts_with("*nat\n:PODWALL_INBOUND - [0:0]\n:PODWALL_OUTPUT - [0:0]\n"));
         assert!(fresh.contains("-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n"));
         assert!(fresh.contains("-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\n"));
-        assert!(fresh.contains("-A OUTPUT -j PODWALL_FILTER_OUT\n"));
-        assert!(fresh.contains("-A INPUT -j PODWALL_FILTER_IN\n"));
+        for proto in ["udp", "sctp", "icmp"] {
+            assert!(fresh.contains(&format!("-A OUTPUT -p {proto} -j PODWALL_FILTER_OUT\n")));
+            assert!(fresh.contains(&format!("-A INPUT -p {proto} -j PODWALL_FILTER_IN\n")));
+        }
+        // No unconditional jump: TCP never enters the packet filter's chains.
+        assert!(
+            !fresh.contains("-A OUTPUT -j PODWALL_FILTER_OUT"),
+            "{fresh}"
+        );
+        assert!(!fresh.contains("-A INPUT -j PODWALL_FILTER_IN"), "{fresh}");
         let installed = Saved {
             nat: "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\nCOMMIT\n".into(),
             mangle: "*mangle\n-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\nCOMMIT\n".into(),
-            filter: "*filter\n-A INPUT -j PODWALL_FILTER_IN\n-A OUTPUT -j PODWALL_FILTER_OUT\nCOMMIT\n".into(),
+            filter: "*filter\n-A INPUT -p udp -j PODWALL_FILTER_IN\n-A INPUT -p sctp -j PODWALL_FILTER_IN\n-A INPUT -p icmp -j PODWALL_FILTER_IN\n-A OUTPUT -p udp -j PODWALL_FILTER_OUT\n-A OUTPUT -p sctp -j PODWALL_FILTER_OUT\n-A OUTPUT -p icmp -j PODWALL_FILTER_OUT\nCOMMIT\n".into(),
         };
         let again = cfg.restore_input(Family::V4, &installed);
         assert!(!again.contains("-A PREROUTING"), "{again}");
         assert!(!again.contains("-A OUTPUT -"), "{again}");
         assert!(!again.contains("-A INPUT -"), "{again}");
+        assert!(!again.contains("-D "), "{again}");
+    }
+
+    #[test]
+    fn jumps_left_by_older_rules_are_replaced_by_the_current_ones() {
+        let cfg = InitConfig::default();
+        let older = Saved {
+            nat: "*nat\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\n-A OUTPUT -j KUBE-SERVICES\nCOMMIT\n".into(),
+            mangle: "*mangle\nCOMMIT\n".into(),
+            // Every packet used to walk the filter chains.
+            filter: "*filter\n-A INPUT -j PODWALL_FILTER_IN\n-A OUTPUT -j PODWALL_FILTER_OUT\n-A OUTPUT -j OTHER\nCOMMIT\n".into(),
+        };
+        let input = cfg.restore_input(Family::V4, &older);
+        assert!(input.contains("-D INPUT -j PODWALL_FILTER_IN\n"), "{input}");
+        assert!(
+            input.contains("-D OUTPUT -j PODWALL_FILTER_OUT\n"),
+            "{input}"
+        );
+        assert!(
+            input.contains("-A OUTPUT -p udp -j PODWALL_FILTER_OUT\n"),
+            "{input}"
+        );
+        // Nobody else's jumps are touched, and current jumps stay.
+        assert!(!input.contains("OTHER"), "{input}");
+        assert!(!input.contains("KUBE-SERVICES"), "{input}");
+        assert!(!input.contains("-D PREROUTING"), "{input}");
+        assert!(!input.contains("-D OUTPUT -j PODWALL_OUTPUT"), "{input}");
     }
 
     #[test]
