@@ -610,6 +610,88 @@ fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
     let _ = Command::new("ip").args(["netns", "del", ns]).status();
 }
 
+/// The packets that went through each jump from `chain` (filter table) into `target`, by the
+/// jump's rule, from `iptables-save -c`.
+fn jump_counts(ns: &str, chain: &str, target: &str) -> Vec<(String, u64)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-save", "-c", "-t", "filter"])
+        .output()
+        .expect("iptables-save");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .filter_map(|l| {
+            // "[packets:bytes] -A OUTPUT -p udp -j PODWALL_FILTER_OUT"
+            let (counters, rule) = l.strip_prefix('[')?.split_once("] ")?;
+            let rule = rule.strip_prefix(&format!("-A {chain} "))?;
+            rule.ends_with(&format!("-j {target}")).then(|| {
+                let packets = counters.split(':').next().unwrap_or("0");
+                (rule.to_owned(), packets.parse().unwrap_or(u64::MAX))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn tcp_packets_never_walk_the_packet_filter_chains_and_udp_ones_do() {
+    if !ready_for("tcp_packets_never_walk_the_packet_filter_chains_and_udp_ones_do") {
+        return;
+    }
+    let ns = "pw-e2e-filter";
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let sh = |script: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "bash", "-c", script])
+            .output()
+            .expect("bash")
+    };
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    // A link where nobody answers for 10.77.0.2: packets to it pass every OUTPUT hook and
+    // then wait for ARP in vain. The range is excluded from the redirect so TCP goes out as
+    // it is, not to the proxy's port.
+    let setup = sh(
+        "ip link set lo up && ip link add d0 type veth peer name d1 \
+         && ip link set d0 up && ip link set d1 up && ip addr add 10.77.0.1/24 dev d0",
+    );
+    assert!(setup.status.success(), "{setup:?}");
+    let init = sh(&format!(
+        "{PODWALL} proxy init --exclude-outbound-cidrs 10.77.0.0/24"
+    ));
+    assert!(init.status.success(), "{init:?}");
+    let out_jumps = jump_counts(ns, "OUTPUT", "PODWALL_FILTER_OUT");
+    let rules: Vec<&str> = out_jumps.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        rules,
+        [
+            "-p udp -j PODWALL_FILTER_OUT",
+            "-p sctp -j PODWALL_FILTER_OUT",
+            "-p icmp -j PODWALL_FILTER_OUT"
+        ]
+    );
+
+    // TCP: a connection attempt sends SYNs (nobody answers).
+    let _ = sh("timeout 2 bash -c 'exec 3<>/dev/tcp/10.77.0.2/80' 2>/dev/null");
+    let after_tcp = jump_counts(ns, "OUTPUT", "PODWALL_FILTER_OUT");
+    assert!(
+        after_tcp.iter().all(|(_, packets)| *packets == 0),
+        "TCP went into the packet filter: {after_tcp:?}"
+    );
+
+    // UDP: one datagram takes the UDP jump.
+    let _ = sh("echo x > /dev/udp/10.77.0.2/9999");
+    let after_udp = jump_counts(ns, "OUTPUT", "PODWALL_FILTER_OUT");
+    assert_eq!(after_udp[0].1, 1, "{after_udp:?}");
+    assert!(after_udp[1..].iter().all(|(_, packets)| *packets == 0));
+
+    let _ = sh(&format!("{PODWALL} proxy init --remove"));
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
 #[test]
 fn down_after_a_killed_up_removes_everything() {
     if !ready_for("down_after_a_killed_up_removes_everything") {
