@@ -463,6 +463,47 @@ fn a_policy_change_resets_established_connections_it_now_denies() {
 }
 
 #[test]
+fn a_connection_a_policy_change_still_allows_is_logged_with_the_rule_that_allows_it_now() {
+    if !ready_for(
+        "a_connection_a_policy_change_still_allows_is_logged_with_the_rule_that_allows_it_now",
+    ) {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::new(dir.path(), "keep", Inject::Annotated);
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let client = up.ns("t/client");
+    // Opened while nothing isolates the server.
+    let (r, _) = connect(&client, dst).expect("allowed before the change");
+    let allow = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-client, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: 8080}]\n";
+    std::fs::write(up.sb().policy_dir().join("allow.yaml"), allow).expect("write policy");
+    // The policy is in force once a new connection from a pod it does not name is refused.
+    let plain = up.ns("t/plain");
+    wait_for(
+        "the new policy to isolate the server",
+        Duration::from_secs(10),
+        || connect(&plain, dst).is_err(),
+    );
+    // The open connection still works, and when it ends its event names the new rule.
+    let mut s = r.into_inner();
+    s.write_all(b"ping\n").expect("still open after the change");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(500));
+    let flows = up.flows("t/server");
+    let ours = flows
+        .iter()
+        .find(|e| e["source"]["ip"] == up.ip("t/client").to_string())
+        .unwrap_or_else(|| panic!("no event for the connection: {flows:#?}"));
+    assert_eq!(ours["verdict"], "ALLOWED", "{ours:#}");
+    assert!(ours.get("error").is_none(), "{ours:#}");
+    assert_eq!(
+        ours["ingress"]["policy"], "NetworkPolicy t/from-client",
+        "{ours:#}"
+    );
+    assert_eq!(ours["ingress"]["rule"], "spec.ingress[0]", "{ours:#}");
+}
+
+#[test]
 fn audit_mode_lets_denied_connections_through_and_logs_them() {
     if !ready_for("audit_mode_lets_denied_connections_through_and_logs_them") {
         return;

@@ -100,6 +100,38 @@ fn pick_backend(
     ))
 }
 
+/// The verdict `policy` gives a TCP connection between `peer` and `dst` (`names`: the toFQDNs
+/// names `dst` is valid for).
+fn judge(
+    policy: &PodPolicy,
+    direction: Direction,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    names: &[podwall_policy::FqdnId],
+) -> podwall_policy::Verdict {
+    match direction {
+        Direction::Egress => policy.outbound_learned(dst.ip(), Protocol::Tcp, dst.port(), names),
+        Direction::Ingress => policy.inbound(peer.ip(), Protocol::Tcp, dst.port()),
+    }
+}
+
+/// Records in `event` the verdict `policy` gave, with the learned names it relied on.
+fn describe(
+    event: &mut FlowEvent,
+    policy: &Arc<PodPolicy>,
+    verdict: &podwall_policy::Verdict,
+    (source, destination): (SocketAddr, SocketAddr),
+    learned: &[Arc<str>],
+) {
+    event.describe(policy, verdict, source, destination);
+    if !learned.is_empty()
+        && let Some(side) = event.egress.as_mut()
+    {
+        side.names = learned.to_vec();
+    }
+    event.verdict = policy.flow_verdict(verdict);
+}
+
 /// How a connection's relay ended.
 enum Ending {
     Closed(std::io::Result<()>),
@@ -185,17 +217,14 @@ async fn handle(
         Vec::new()
     };
     let names = policy.fqdn_ids(&learned);
-    let verdict = match direction {
-        Direction::Egress => policy.outbound_learned(dst.ip(), Protocol::Tcp, dst.port(), &names),
-        Direction::Ingress => policy.inbound(peer.ip(), Protocol::Tcp, dst.port()),
-    };
-    event.describe(&policy, &verdict, source, destination);
-    if !learned.is_empty()
-        && let Some(side) = event.egress.as_mut()
-    {
-        side.names = learned.clone();
-    }
-    event.verdict = policy.flow_verdict(&verdict);
+    let verdict = judge(&policy, direction, peer, dst, &names);
+    describe(
+        &mut event,
+        &policy,
+        &verdict,
+        (source, destination),
+        &learned,
+    );
     if event.verdict == FlowVerdict::Allowed
         && shared.check_server_name
         && !names.is_empty()
@@ -229,6 +258,10 @@ async fn handle(
         finish(shared, event, started);
         return;
     }
+    // Passed in audit mode only because its server name was not the rule's: a later policy's
+    // verdict on the address does not change that.
+    let audited_by_name = event.verdict == FlowVerdict::Audit
+        && policy.flow_verdict(&verdict) == FlowVerdict::Allowed;
 
     // HTTP rules on this pod's side: serve the connection request by request.
     let own_http = match direction {
@@ -270,14 +303,13 @@ async fn handle(
     let mut transferred = Transferred::default();
     let mut changes = shared.policies.clone();
     changes.mark_unchanged();
-    let peer_ip = match direction {
-        Direction::Egress => dst.ip(),
-        Direction::Ingress => peer.ip(),
-    };
+    // From here the event holds the policy the connection lives under; this task lets go of
+    // its own reference so a later policy can replace it (see the loop).
+    drop(policy);
     let ending = {
         let relayed = relay(&client, &server, &mut transferred);
         tokio::pin!(relayed);
-        let mut watching = !shared.keep_revoked;
+        let mut watching = true;
         loop {
             tokio::select! {
                 result = &mut relayed => break Ending::Closed(result),
@@ -286,13 +318,25 @@ async fn handle(
                         watching = false;
                         continue;
                     }
-                    let now = changes.borrow_and_update().clone();
+                    let Some(now) = changes.borrow_and_update().clone() else {
+                        continue;
+                    };
                     // The names valid when the connection opened still count: expiry does not
                     // end open connections, only a policy that no longer allows them.
-                    if let Some(p) = now
-                        && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port(), &p.fqdn_ids(&learned))
-                    {
-                        break Ending::Revoked;
+                    let verdict = judge(&now, direction, peer, dst, &now.fqdn_ids(&learned));
+                    if now.flow_verdict(&verdict) == FlowVerdict::Denied {
+                        if !shared.keep_revoked {
+                            break Ending::Revoked;
+                        }
+                        // Kept open against policy: the event keeps naming what admitted it.
+                        continue;
+                    }
+                    // Still allowed: the event now names the policy and rule that allow it
+                    // now, and the superseded policy (its whole compiled engine) is freed once
+                    // no connection names it, instead of living as long as the longest one.
+                    describe(&mut event, &now, &verdict, (source, destination), &learned);
+                    if audited_by_name {
+                        event.verdict = FlowVerdict::Audit;
                     }
                 }
             }

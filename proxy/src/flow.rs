@@ -88,7 +88,9 @@ pub struct FlowEvent {
     /// chosen for it).
     pub service: Option<FlowService>,
     /// The policy the verdict was made with, which names the pods, policies and rules above
-    /// (none before the first policy: nothing is named then).
+    /// (none before the first policy: nothing is named then). A TCP connection that a policy
+    /// change still allows is described again under the new policy, so its event names what
+    /// allows it at the end and the old policy is not kept alive by it.
     pub snapshot: Option<Arc<PodPolicy>>,
 }
 
