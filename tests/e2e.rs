@@ -37,8 +37,11 @@ struct Up(Option<Sandbox>);
 
 impl Up {
     fn new(dir: &Path, name: &str, inject: Inject) -> Self {
-        let sb = Sandbox::up(dir, &options(name, inject))
-            .unwrap_or_else(|e| panic!("sandbox {name}: {e}"));
+        Self::with(dir, options(name, inject))
+    }
+    fn with(dir: &Path, options: Options) -> Self {
+        let sb =
+            Sandbox::up(dir, &options).unwrap_or_else(|e| panic!("sandbox {}: {e}", options.name));
         Up(Some(sb))
     }
     fn sb(&self) -> &Sandbox {
@@ -501,6 +504,49 @@ fn a_connection_a_policy_change_still_allows_is_logged_with_the_rule_that_allows
         "{ours:#}"
     );
     assert_eq!(ours["ingress"]["rule"], "spec.ingress[0]", "{ours:#}");
+}
+
+#[test]
+fn with_keep_revoked_connections_a_now_denied_connection_stays_open_and_new_ones_are_refused() {
+    if !ready_for(
+        "with_keep_revoked_connections_a_now_denied_connection_stays_open_and_new_ones_are_refused",
+    ) {
+        return;
+    }
+    let dir = topology(TWO_PODS);
+    let up = Up::with(
+        dir.path(),
+        Options {
+            sidecar_args: vec!["--keep-revoked-connections".into()],
+            ..options("kept", Inject::Annotated)
+        },
+    );
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let client = up.ns("t/client");
+    let (r, _) = connect(&client, dst).expect("allowed before the change");
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
+    std::fs::write(up.sb().policy_dir().join("deny.yaml"), deny).expect("write policy");
+    wait_for(
+        "new connections to be refused",
+        Duration::from_secs(10),
+        || connect(&client, dst).is_err(),
+    );
+    // The open one still carries data both ways: the test server echoes a line back.
+    let mut r = r;
+    r.get_mut().write_all(b"still here\n").expect("write");
+    let mut echoed = String::new();
+    r.read_line(&mut echoed).expect("read after the change");
+    assert!(echoed.contains("still here"), "{echoed:?}");
+    drop(r);
+    std::thread::sleep(Duration::from_millis(500));
+    let flows = up.flows("t/server");
+    let ours = flows
+        .iter()
+        .find(|e| e["source"]["ip"] == up.ip("t/client").to_string() && e["verdict"] == "ALLOWED")
+        .unwrap_or_else(|| panic!("no event for the kept connection: {flows:#?}"));
+    assert!(ours.get("error").is_none(), "{ours:#}");
+    // It is logged as what admitted it: nothing isolated the server then.
+    assert_eq!(ours["ingress"]["reason"], "not-isolated", "{ours:#}");
 }
 
 #[test]
