@@ -985,6 +985,95 @@ fn app_log(up: &Up, key: &str) -> String {
     std::fs::read_to_string(up.sb().logs_dir().join(format!("{i}-server.log"))).unwrap_or_default()
 }
 
+/// Sends one HTTP/1.1 request on a kept-alive connection and returns the response's status,
+/// having read its whole body.
+fn exchange(s: &mut BufReader<TcpStream>, method: &str, path: &str) -> u16 {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: api\r\n\r\n");
+    s.get_mut()
+        .write_all(request.as_bytes())
+        .expect("write request");
+    let mut status = String::new();
+    s.read_line(&mut status).expect("status line");
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status:?}"));
+    let mut length = None;
+    loop {
+        let mut header = String::new();
+        s.read_line(&mut header).expect("header");
+        if header == "\r\n" || header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0; length.expect("a response with Content-Length")];
+    s.read_exact(&mut body).expect("body");
+    code
+}
+
+#[test]
+fn a_keep_alive_connections_next_request_answers_to_changed_http_rules() {
+    if !ready_for("a_keep_alive_connections_next_request_answers_to_changed_http_rules") {
+        return;
+    }
+    let (up, fe, api) = l7_sandbox("l7chg");
+    let dst = SocketAddr::new(api, 8080);
+    let mut conn = run_in(&fe, move || {
+        let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut s = BufReader::new(s);
+        // Speak at once: the test server greets clients that stay silent.
+        assert_eq!(exchange(&mut s, "GET", "/api/v1/users"), 200);
+        assert_eq!(exchange(&mut s, "PUT", "/api/v1/users"), 403);
+        s
+    })
+    .expect("in the frontend");
+
+    // The rule that allowed GET now allows PUT instead.
+    let file = up.sb().policy_dir().join("policies.json");
+    let text = std::fs::read_to_string(&file).expect("policies");
+    assert!(text.contains("\"method\": \"GET\""), "{text}");
+    std::fs::write(
+        &file,
+        text.replace("\"method\": \"GET\"", "\"method\": \"PUT\""),
+    )
+    .expect("write policies");
+    let url = format!("http://{api}:8080/api/v1/users");
+    wait_for(
+        "new connections to answer to the new rules",
+        Duration::from_secs(10),
+        || curl(&fe, &["-w", "%{http_code}", "-o", "/dev/null", &url]) == "403",
+    );
+
+    // The connection opened before the change: same socket, new rules.
+    assert_eq!(exchange(&mut conn, "GET", "/api/v1/users"), 403);
+    assert_eq!(exchange(&mut conn, "PUT", "/api/v1/users"), 200);
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(500));
+    let flows = up.flows("production/api");
+    let requests: Vec<_> = flows
+        .iter()
+        .filter(|e| e["l7"]["http"]["method"] == "PUT")
+        .collect();
+    let allowed = requests
+        .iter()
+        .find(|e| e["verdict"] == "ALLOWED")
+        .unwrap_or_else(|| panic!("no allowed PUT: {requests:#?}"));
+    assert!(
+        allowed["l7"]["http"]["rule"].as_str().is_some(),
+        "{allowed:#}"
+    );
+    assert_eq!(
+        allowed["l7"]["http"]["policy"], "CiliumNetworkPolicy production/api-l7-policy",
+        "{allowed:#}"
+    );
+}
+
 #[test]
 fn http_rules_allow_get_deny_delete_and_traversal_and_the_connection_stays_usable() {
     if !ready_for("http_rules_allow_get_deny_delete_and_traversal_and_the_connection_stays_usable")

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use fixedbitset::FixedBitSet;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -149,19 +150,27 @@ pub struct RequestEvent {
     pub error: Option<String>,
 }
 
-/// The rules a connection answers to.
+/// The rules a connection answers to. Each request is checked against the gate in force when
+/// it arrives: a policy change replaces the gate whole (see [`Gates`]), so a keep-alive
+/// connection's next request already answers to the new rules.
 #[derive(Debug, Clone)]
-pub struct Gate {
-    /// The pod's compiled HTTP rules.
-    pub policy: Arc<HttpPolicy>,
-    /// The entries this connection's peer may use.
-    pub mask: FixedBitSet,
+pub struct Gate<C> {
+    /// The pod's compiled HTTP rules and the entries this connection's peer may use; `None`
+    /// when no HTTP rule applies to the connection any more (an L4-only allow for the peer and
+    /// port switched filtering off), so every request passes.
+    pub rules: Option<(Arc<HttpPolicy>, FixedBitSet)>,
     /// Forward would-be denials (logged as audit).
     pub audit: bool,
+    /// The caller's context for the rules (what names them in events); handed to the observer
+    /// with each request judged under this gate.
+    pub context: C,
 }
 
-/// Receives every request's event.
-pub type Observer = Arc<dyn Fn(RequestEvent) + Send + Sync>;
+/// A connection's gate, swapped whole when policy changes; requests read it without a lock.
+pub type Gates<C> = Arc<ArcSwap<Gate<C>>>;
+
+/// Receives every request's event, with the context of the gate that judged it.
+pub type Observer<C> = Arc<dyn Fn(RequestEvent, &C) + Send + Sync>;
 
 /// The upstream side of one client connection.
 enum Upstream {
@@ -170,18 +179,18 @@ enum Upstream {
     H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
 }
 
-struct Connection {
-    gate: Gate,
+struct Connection<C> {
+    gate: Gates<C>,
     upstream_addr: SocketAddr,
     upstream: Mutex<Upstream>,
     limits: Limits,
-    observer: Observer,
+    observer: Observer<C>,
     /// The host the last request named: the requests of a connection nearly always name the
     /// same one, and then share this copy.
     last_host: std::sync::Mutex<Option<Arc<str>>>,
 }
 
-impl Connection {
+impl<C> Connection<C> {
     /// `host` as a shared name, copied only when it differs from the previous request's.
     fn host_name(&self, host: &str) -> Arc<str> {
         let mut last = self.last_host.lock().unwrap_or_else(|e| e.into_inner());
@@ -244,7 +253,7 @@ impl Body for TimeoutBody {
     }
 }
 
-impl Connection {
+impl<C: Send + Sync + 'static> Connection<C> {
     async fn sender(&self, version: Version) -> Result<Upstream, String> {
         let stream = tokio::time::timeout(
             self.limits.connect_timeout,
@@ -307,6 +316,7 @@ impl Connection {
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
+        let gate = self.gate.load_full();
         let host = req
             .uri()
             .host()
@@ -344,6 +354,7 @@ impl Connection {
                 event.path = target.into_owned();
                 event.error = Some(e.to_string());
                 return Ok(self.finish(
+                    &gate,
                     event,
                     started,
                     text(StatusCode::BAD_REQUEST, "Bad Request\r\n"),
@@ -359,6 +370,7 @@ impl Connection {
             event.path = path;
             event.status = 413;
             return Ok(self.finish(
+                &gate,
                 event,
                 started,
                 text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\r\n"),
@@ -370,16 +382,23 @@ impl Connection {
             host: event.host.as_deref(),
             headers: req.headers(),
         };
-        let matched = self.gate.policy.check(&view, &self.gate.mask);
-        event.verdict = match (&matched, self.gate.audit) {
-            (Some(_), _) => RequestVerdict::Allowed,
-            (None, true) => RequestVerdict::Audit,
-            (None, false) => RequestVerdict::Denied,
+        let (allowed, matched) = match &gate.rules {
+            Some((policy, mask)) => {
+                let matched = policy.check(&view, mask);
+                (matched.is_some(), matched)
+            }
+            None => (true, None),
+        };
+        event.verdict = match (allowed, gate.audit) {
+            (true, _) => RequestVerdict::Allowed,
+            (false, true) => RequestVerdict::Audit,
+            (false, false) => RequestVerdict::Denied,
         };
         if event.verdict == RequestVerdict::Denied {
             event.path = path;
             event.status = 403;
             return Ok(self.finish(
+                &gate,
                 event,
                 started,
                 text(StatusCode::FORBIDDEN, "Access denied\r\n"),
@@ -430,12 +449,13 @@ impl Connection {
                     });
                 }
                 let resp = resp.map(ProxyBody::Upstream);
-                Ok(self.finish(event, started, resp))
+                Ok(self.finish(&gate, event, started, resp))
             }
             Err(e) => {
                 event.status = 502;
                 event.error = Some(e);
                 Ok(self.finish(
+                    &gate,
                     event,
                     started,
                     text(StatusCode::BAD_GATEWAY, "Bad Gateway\r\n"),
@@ -446,12 +466,13 @@ impl Connection {
 
     fn finish(
         &self,
+        gate: &Gate<C>,
         mut event: RequestEvent,
         started: Instant,
         response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         event.duration = started.elapsed();
-        (self.observer)(event);
+        (self.observer)(event, &gate.context);
         response
     }
 }
@@ -502,12 +523,12 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Serves one client connection until it closes. `upstream` is the original destination.
-pub async fn serve(
+pub async fn serve<C: Send + Sync + 'static>(
     client: TcpStream,
     upstream: SocketAddr,
-    gate: Gate,
+    gate: Gates<C>,
     limits: Limits,
-    observer: Observer,
+    observer: Observer<C>,
 ) -> Result<(), String> {
     let conn = Arc::new(Connection {
         gate,
@@ -543,15 +564,18 @@ mod tests {
     #[test]
     fn a_connections_requests_share_one_copy_of_their_host() {
         let conn = Connection {
-            gate: Gate {
-                policy: Arc::new(HttpPolicy::compile(&[]).expect("compile")),
-                mask: FixedBitSet::new(),
+            gate: Arc::new(ArcSwap::from_pointee(Gate {
+                rules: Some((
+                    Arc::new(HttpPolicy::compile(&[]).expect("compile")),
+                    FixedBitSet::new(),
+                )),
                 audit: false,
-            },
+                context: (),
+            })),
             upstream_addr: SocketAddr::from(([127, 0, 0, 1], 80)),
             upstream: Mutex::new(Upstream::None),
             limits: Limits::default(),
-            observer: Arc::new(|_| {}),
+            observer: Arc::new(|_, _: &()| {}),
             last_host: std::sync::Mutex::new(None),
         };
         let first = conn.host_name("api.local");

@@ -132,6 +132,13 @@ fn describe(
     event.verdict = policy.flow_verdict(verdict);
 }
 
+/// What names the requests of an HTTP-rule connection: the policy their rules came from and the
+/// connection's event under it.
+struct HttpContext {
+    policy: Arc<PodPolicy>,
+    connection: Arc<FlowEvent>,
+}
+
 /// How a connection's relay ended.
 enum Ending {
     Closed(std::io::Result<()>),
@@ -270,7 +277,16 @@ async fn handle(
     };
     if let Some(rules) = own_http {
         Box::pin(serve_http(
-            client, dst, rules, &policy, event, direction, shared, started, learned,
+            client,
+            dst,
+            rules,
+            policy,
+            event,
+            direction,
+            shared,
+            started,
+            learned,
+            audited_by_name,
         ))
         .await;
         return;
@@ -367,12 +383,13 @@ async fn serve_http(
     client: TcpStream,
     dst: SocketAddr,
     rules: Vec<podwall_policy::RuleRef>,
-    policy: &Arc<PodPolicy>,
+    policy: Arc<PodPolicy>,
     mut event: FlowEvent,
     direction: Direction,
     shared: &Shared,
     started: Instant,
     learned: Vec<Arc<str>>,
+    audited_by_name: bool,
 ) {
     let Some(http) = policy.http.clone() else {
         // The rules did not compile (already logged): refuse rather than forward unchecked.
@@ -381,20 +398,24 @@ async fn serve_http(
         finish(shared, event, started);
         return;
     };
-    let gate = podwall_l7::serve::Gate {
-        mask: http.mask(&rules),
-        policy: http,
-        audit: policy.own_audit(),
-    };
-    let base = Arc::new(event.clone());
-    let engine_policy = policy.clone();
+    let gates: podwall_l7::serve::Gates<HttpContext> =
+        Arc::new(arc_swap::ArcSwap::from_pointee(podwall_l7::serve::Gate {
+            rules: Some((http.clone(), http.mask(&rules))),
+            audit: policy.own_audit(),
+            context: HttpContext {
+                policy: policy.clone(),
+                connection: Arc::new(event.clone()),
+            },
+        }));
     let flows = shared.flows.clone();
     let counters = shared.metrics.http.clone();
-    // Rule names by (rule, entry), resolved once per connection rather than per request.
+    // Rule names by (rule, entry), resolved once per policy rather than per request; the
+    // policy they were resolved with is kept to tell when a change made them stale.
     type Names = Vec<((podwall_policy::RuleRef, usize), (Arc<str>, Arc<str>))>;
-    let names: std::sync::Mutex<Names> = std::sync::Mutex::new(Vec::new());
-    let observer: podwall_l7::serve::Observer =
-        Arc::new(move |r: podwall_l7::serve::RequestEvent| {
+    let names: std::sync::Mutex<(Option<Arc<PodPolicy>>, Names)> =
+        std::sync::Mutex::new((None, Vec::new()));
+    let observer: podwall_l7::serve::Observer<HttpContext> = Arc::new(
+        move |r: podwall_l7::serve::RequestEvent, ctx: &HttpContext| {
             use podwall_l7::serve::RequestVerdict;
             let verdict = match r.verdict {
                 RequestVerdict::Allowed => {
@@ -416,11 +437,19 @@ async fn serve_http(
             };
             let (policy_name, rule) = match r.rule {
                 Some(key) => {
-                    let mut names = names.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut cache = names.lock().unwrap_or_else(|e| e.into_inner());
+                    let (named_by, names) = &mut *cache;
+                    if !named_by
+                        .as_ref()
+                        .is_some_and(|p| Arc::ptr_eq(p, &ctx.policy))
+                    {
+                        *named_by = Some(ctx.policy.clone());
+                        names.clear();
+                    }
                     let (p, f) = match names.iter().find(|(k, _)| *k == key) {
                         Some((_, v)) => v.clone(),
                         None => {
-                            let info = engine_policy.engine.rule_info(key.0, None);
+                            let info = ctx.policy.engine.rule_info(key.0, None);
                             let v: (Arc<str>, Arc<str>) = (
                                 info.policy.into(),
                                 format!("{}.rules.http[{}]", info.field, key.1).into(),
@@ -434,7 +463,7 @@ async fn serve_http(
                 None => (None, None),
             };
             flows.emit_request(flow::RequestFlow {
-                connection: base.clone(),
+                connection: ctx.connection.clone(),
                 time: std::time::SystemTime::now(),
                 verdict,
                 duration: r.duration,
@@ -449,21 +478,22 @@ async fn serve_http(
                     header_actions: r.actions.iter().map(|a| format!("{a:?}")).collect(),
                 },
             });
-        });
+        },
+    );
     let metrics = shared.metrics(direction);
     metrics.open.inc();
     // A second handle on the socket, to reset it if a policy change revokes the connection.
     let handle = std::os::fd::AsFd::as_fd(&client).try_clone_to_owned().ok();
     let mut changes = shared.policies.clone();
     changes.mark_unchanged();
-    let peer_ip = match direction {
-        Direction::Egress => dst.ip(),
-        Direction::Ingress => event.source.ip,
-    };
+    // The gate holds what the requests need; after a change, nothing here keeps the old
+    // policy and its compiled rules alive.
+    drop(http);
+    drop(policy);
     let served = podwall_l7::serve::serve(
         client,
         dst,
-        gate,
+        gates.clone(),
         podwall_l7::serve::Limits {
             connect_timeout: shared.connect_timeout,
             ..Default::default()
@@ -471,7 +501,22 @@ async fn serve_http(
         observer,
     );
     tokio::pin!(served);
-    let mut watching = !shared.keep_revoked;
+    let revoke = |why: &str| -> Result<(), String> {
+        if let Some(fd) = &handle {
+            let linger = nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::Linger, &linger);
+        }
+        metrics.revoked.inc();
+        Err(why.into())
+    };
+    let (source, destination) = (
+        SocketAddr::new(event.source.ip, event.source.port),
+        SocketAddr::new(event.destination.ip, event.destination.port),
+    );
+    let mut watching = true;
     let result = loop {
         tokio::select! {
             r = &mut served => break r,
@@ -480,17 +525,44 @@ async fn serve_http(
                     watching = false;
                     continue;
                 }
-                let now = changes.borrow_and_update().clone();
-                if let Some(p) = now
-                    && !p.allows(direction, peer_ip, Protocol::Tcp, dst.port(), &p.fqdn_ids(&learned))
-                {
-                    if let Some(fd) = &handle {
-                        let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-                        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::Linger, &linger);
+                let Some(now) = changes.borrow_and_update().clone() else {
+                    continue;
+                };
+                let verdict = judge(&now, direction, source, dst, &now.fqdn_ids(&learned));
+                if now.flow_verdict(&verdict) == FlowVerdict::Denied {
+                    if !shared.keep_revoked {
+                        break revoke("reset: a policy change no longer allows this connection");
                     }
-                    metrics.revoked.inc();
-                    break Err("reset: a policy change no longer allows this connection".into());
+                    // Kept open against policy: its requests keep answering to the old rules.
+                    continue;
                 }
+                // Still allowed: the next request answers to the new policy's HTTP rules for
+                // this peer and port (none left: an L4 allow switched filtering off).
+                let own_http = match direction {
+                    Direction::Egress => verdict.egress.http.clone(),
+                    Direction::Ingress => verdict.ingress.http.clone(),
+                };
+                let rules = match (own_http, now.http.clone()) {
+                    (Some(rules), Some(http)) => Some((http.clone(), http.mask(&rules))),
+                    (None, _) => None,
+                    (Some(_), None) => {
+                        // The new rules did not compile (already logged): refuse, as for a
+                        // new connection, rather than check requests against stale ones.
+                        break revoke("reset: the new HTTP rules are unavailable");
+                    }
+                };
+                describe(&mut event, &now, &verdict, (source, destination), &learned);
+                if audited_by_name {
+                    event.verdict = FlowVerdict::Audit;
+                }
+                gates.store(Arc::new(podwall_l7::serve::Gate {
+                    rules,
+                    audit: now.own_audit(),
+                    context: HttpContext {
+                        policy: now,
+                        connection: Arc::new(event.clone()),
+                    },
+                }));
             }
         }
     };
