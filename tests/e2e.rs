@@ -1075,6 +1075,48 @@ fn a_keep_alive_connections_next_request_answers_to_changed_http_rules() {
 }
 
 #[test]
+fn an_l4_allow_added_later_switches_http_filtering_off_on_an_open_connection() {
+    if !ready_for("an_l4_allow_added_later_switches_http_filtering_off_on_an_open_connection") {
+        return;
+    }
+    let (up, fe, api) = l7_sandbox("l7off");
+    let dst = SocketAddr::new(api, 8080);
+    let mut conn = run_in(&fe, move || {
+        let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut s = BufReader::new(s);
+        assert_eq!(exchange(&mut s, "DELETE", "/api/v1/users/7"), 403);
+        s
+    })
+    .expect("in the frontend");
+    // An L4-only allow for the same peer and port: Cilium's rule is that it switches the
+    // port's HTTP filtering off for that peer.
+    let l4 = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: frontend-any, namespace: production}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: frontend}}}]\n    ports: [{port: 8080}]\n";
+    std::fs::write(up.sb().policy_dir().join("l4.yaml"), l4).expect("write policy");
+    let url = format!("http://{api}:8080/api/v1/users/7");
+    wait_for(
+        "new connections to pass unfiltered",
+        Duration::from_secs(10),
+        || {
+            curl(
+                &fe,
+                &[
+                    "-X",
+                    "DELETE",
+                    "-w",
+                    "%{http_code}",
+                    "-o",
+                    "/dev/null",
+                    &url,
+                ],
+            ) == "200"
+        },
+    );
+    assert_eq!(exchange(&mut conn, "DELETE", "/api/v1/users/7"), 200);
+}
+
+#[test]
 fn http_rules_allow_get_deny_delete_and_traversal_and_the_connection_stays_usable() {
     if !ready_for("http_rules_allow_get_deny_delete_and_traversal_and_the_connection_stays_usable")
     {
