@@ -1494,6 +1494,108 @@ fn grpc_methods_are_allowed_or_denied_by_their_path() {
     );
 }
 
+/// A gRPC client that keeps one channel across a policy change: two calls, then (after a line
+/// on stdin) calls `Forbidden` until it passes and `Allowed` once more.
+const GRPC_CLIENT_ACROSS_A_CHANGE: &str = r#"
+import grpc, sys, time
+channel = grpc.insecure_channel(sys.argv[1] + ":50051")
+grpc.channel_ready_future(channel).result(timeout=10)
+def call(method):
+    try:
+        channel.unary_unary("/demo.Echo/" + method)(b"hello", timeout=5)
+        return "OK"
+    except grpc.RpcError as e:
+        return e.code().name
+print("Allowed", call("Allowed"), flush=True)
+print("Forbidden", call("Forbidden"), flush=True)
+sys.stdin.readline()
+deadline = time.time() + 15
+while call("Forbidden") != "OK" and time.time() < deadline:
+    time.sleep(0.2)
+print("Forbidden", call("Forbidden"), flush=True)
+print("Allowed", call("Allowed"), flush=True)
+"#;
+
+#[test]
+fn an_http2_connections_next_stream_answers_to_changed_http_rules() {
+    if !ready_for("an_http2_connections_next_stream_answers_to_changed_http_rules") {
+        return;
+    }
+    let has_grpc = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_grpc {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("python3 with grpcio is needed (.ci/run installs it)");
+        }
+        eprintln!("skipping the gRPC test: python3 -m pip install grpcio");
+        return;
+    }
+    let dir = topology(GRPC_TOPOLOGY);
+    let up = Up::new(dir.path(), "grpc2", Inject::Annotated);
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &up.ns("g/server"),
+            "python3",
+            "-c",
+            GRPC_SERVER,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("grpc server");
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("server started");
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", &up.ns("g/client"), "python3", "-c"])
+        .arg(GRPC_CLIENT_ACROSS_A_CHANGE)
+        .arg(up.ip("g/server").to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("grpc client");
+    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next(), "Allowed OK");
+    assert_eq!(next(), "Forbidden PERMISSION_DENIED");
+
+    // The rule now allows the other method.
+    let file = up.sb().policy_dir().join("policies.json");
+    let text = std::fs::read_to_string(&file).expect("policies");
+    assert!(text.contains("/demo.Echo/Allowed"), "{text}");
+    std::fs::write(
+        &file,
+        text.replace("/demo.Echo/Allowed", "/demo.Echo/Forbidden"),
+    )
+    .expect("write policies");
+    client
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("signal the client");
+    assert_eq!(next(), "Forbidden OK");
+    assert_eq!(next(), "Allowed PERMISSION_DENIED");
+    let _ = client.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // All of it on one connection: the client's sidecar saw exactly one.
+    std::thread::sleep(Duration::from_millis(500));
+    let connections: Vec<_> = up
+        .flows("g/client")
+        .into_iter()
+        .filter(|e| e["destination"]["port"] == 50051 && e["l7"].is_null())
+        .collect();
+    assert_eq!(connections.len(), 1, "{connections:#?}");
+}
+
 #[test]
 fn the_l7_example_answers_http_as_the_analyzer_predicts() {
     if !ready_for("the_l7_example_answers_http_as_the_analyzer_predicts") {
