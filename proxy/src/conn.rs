@@ -139,6 +139,93 @@ struct HttpContext {
     connection: Arc<FlowEvent>,
 }
 
+/// The gate an HTTP-rule connection's requests answer to under `policy`, named by `policy` and
+/// the connection's `event` under it.
+fn http_gate(
+    policy: Arc<PodPolicy>,
+    rules: Option<(Arc<podwall_l7::HttpPolicy>, fixedbitset::FixedBitSet)>,
+    event: &FlowEvent,
+) -> podwall_l7::serve::Gate<HttpContext> {
+    podwall_l7::serve::Gate {
+        rules,
+        audit: policy.own_audit(),
+        context: HttpContext {
+            policy,
+            connection: Arc::new(event.clone()),
+        },
+    }
+}
+
+/// This pod's HTTP rules for the connection, if any apply on its side.
+fn own_http(
+    verdict: &podwall_policy::Verdict,
+    direction: Direction,
+) -> Option<Vec<podwall_policy::RuleRef>> {
+    match direction {
+        Direction::Egress => verdict.egress.http.clone(),
+        Direction::Ingress => verdict.ingress.http.clone(),
+    }
+}
+
+/// What an open TCP connection is judged on again when policy changes.
+struct OpenFlow {
+    direction: Direction,
+    source: SocketAddr,
+    /// Where it goes (a Service's chosen backend, not the virtual IP).
+    destination: SocketAddr,
+    /// The toFQDNs names the destination was valid for when it opened: expiry does not end open
+    /// connections, only a policy that no longer allows them.
+    learned: Vec<Arc<str>>,
+    /// It passed in audit mode only because its server name was not the rule's.
+    audited_by_name: bool,
+}
+
+/// A policy change's verdict on an open connection.
+// Returned once per policy change and matched at once, never stored: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Rejudged {
+    /// Nothing changes: no policy, or denied but kept (`--keep-revoked-connections`).
+    Unchanged,
+    /// No longer allowed: reset it.
+    Revoke,
+    /// Still allowed, by this policy's verdict.
+    Allowed(Arc<PodPolicy>, podwall_policy::Verdict),
+}
+
+impl OpenFlow {
+    fn rejudge(&self, now: Option<Arc<PodPolicy>>, keep_revoked: bool) -> Rejudged {
+        let Some(now) = now else {
+            return Rejudged::Unchanged;
+        };
+        let names = now.fqdn_ids(&self.learned);
+        let verdict = judge(&now, self.direction, self.source, self.destination, &names);
+        match now.flow_verdict(&verdict) {
+            FlowVerdict::Denied if keep_revoked => Rejudged::Unchanged,
+            FlowVerdict::Denied => Rejudged::Revoke,
+            _ => Rejudged::Allowed(now, verdict),
+        }
+    }
+
+    /// Records in `event` the verdict `policy` gave the open connection.
+    fn describe(
+        &self,
+        event: &mut FlowEvent,
+        policy: &Arc<PodPolicy>,
+        verdict: &podwall_policy::Verdict,
+    ) {
+        describe(
+            event,
+            policy,
+            verdict,
+            (self.source, self.destination),
+            &self.learned,
+        );
+        if self.audited_by_name {
+            event.verdict = FlowVerdict::Audit;
+        }
+    }
+}
+
 /// How a connection's relay ended.
 enum Ending {
     Closed(std::io::Result<()>),
@@ -265,28 +352,21 @@ async fn handle(
         finish(shared, event, started);
         return;
     }
-    // Passed in audit mode only because its server name was not the rule's: a later policy's
-    // verdict on the address does not change that.
-    let audited_by_name = event.verdict == FlowVerdict::Audit
-        && policy.flow_verdict(&verdict) == FlowVerdict::Allowed;
+    let open = OpenFlow {
+        direction,
+        source,
+        destination,
+        learned,
+        // Passed in audit mode only because its server name was not the rule's: a later
+        // policy's verdict on the address does not change that.
+        audited_by_name: event.verdict == FlowVerdict::Audit
+            && policy.flow_verdict(&verdict) == FlowVerdict::Allowed,
+    };
 
     // HTTP rules on this pod's side: serve the connection request by request.
-    let own_http = match direction {
-        Direction::Egress => verdict.egress.http.clone(),
-        Direction::Ingress => verdict.ingress.http.clone(),
-    };
-    if let Some(rules) = own_http {
+    if let Some(rules) = own_http(&verdict, direction) {
         Box::pin(serve_http(
-            client,
-            dst,
-            rules,
-            policy,
-            event,
-            direction,
-            shared,
-            started,
-            learned,
-            audited_by_name,
+            client, rules, policy, event, open, shared, started,
         ))
         .await;
         return;
@@ -334,25 +414,13 @@ async fn handle(
                         watching = false;
                         continue;
                     }
-                    let Some(now) = changes.borrow_and_update().clone() else {
-                        continue;
-                    };
-                    // The names valid when the connection opened still count: expiry does not
-                    // end open connections, only a policy that no longer allows them.
-                    let verdict = judge(&now, direction, peer, dst, &now.fqdn_ids(&learned));
-                    if now.flow_verdict(&verdict) == FlowVerdict::Denied {
-                        if !shared.keep_revoked {
-                            break Ending::Revoked;
-                        }
-                        // Kept open against policy: the event keeps naming what admitted it.
-                        continue;
-                    }
-                    // Still allowed: the event now names the policy and rule that allow it
-                    // now, and the superseded policy (its whole compiled engine) is freed once
-                    // no connection names it, instead of living as long as the longest one.
-                    describe(&mut event, &now, &verdict, (source, destination), &learned);
-                    if audited_by_name {
-                        event.verdict = FlowVerdict::Audit;
+                    match open.rejudge(changes.borrow_and_update().clone(), shared.keep_revoked) {
+                        Rejudged::Unchanged => {}
+                        Rejudged::Revoke => break Ending::Revoked,
+                        // The event now names the policy and rule that allow it now, and the
+                        // superseded policy (its whole compiled engine) is freed once no
+                        // connection names it, instead of living as long as the longest one.
+                        Rejudged::Allowed(now, verdict) => open.describe(&mut event, &now, &verdict),
                     }
                 }
             }
@@ -378,19 +446,16 @@ async fn handle(
 
 /// Serves a connection whose peer and port carry HTTP rules: each request is judged and is a
 /// flow event of its own; the connection's event closes the series.
-#[allow(clippy::too_many_arguments)]
 async fn serve_http(
     client: TcpStream,
-    dst: SocketAddr,
     rules: Vec<podwall_policy::RuleRef>,
     policy: Arc<PodPolicy>,
     mut event: FlowEvent,
-    direction: Direction,
+    open: OpenFlow,
     shared: &Shared,
     started: Instant,
-    learned: Vec<Arc<str>>,
-    audited_by_name: bool,
 ) {
+    let (direction, dst) = (open.direction, open.destination);
     let Some(http) = policy.http.clone() else {
         // The rules did not compile (already logged): refuse rather than forward unchecked.
         reset(&client);
@@ -399,14 +464,11 @@ async fn serve_http(
         return;
     };
     let gates: podwall_l7::serve::Gates<HttpContext> =
-        Arc::new(arc_swap::ArcSwap::from_pointee(podwall_l7::serve::Gate {
-            rules: Some((http.clone(), http.mask(&rules))),
-            audit: policy.own_audit(),
-            context: HttpContext {
-                policy: policy.clone(),
-                connection: Arc::new(event.clone()),
-            },
-        }));
+        Arc::new(arc_swap::ArcSwap::from_pointee(http_gate(
+            policy.clone(),
+            Some((http.clone(), http.mask(&rules))),
+            &event,
+        )));
     let flows = shared.flows.clone();
     let counters = shared.metrics.http.clone();
     // Rule names by (rule, entry), resolved once per policy rather than per request; the
@@ -512,10 +574,6 @@ async fn serve_http(
         metrics.revoked.inc();
         Err(why.into())
     };
-    let (source, destination) = (
-        SocketAddr::new(event.source.ip, event.source.port),
-        SocketAddr::new(event.destination.ip, event.destination.port),
-    );
     let mut watching = true;
     let result = loop {
         tokio::select! {
@@ -525,24 +583,18 @@ async fn serve_http(
                     watching = false;
                     continue;
                 }
-                let Some(now) = changes.borrow_and_update().clone() else {
-                    continue;
-                };
-                let verdict = judge(&now, direction, source, dst, &now.fqdn_ids(&learned));
-                if now.flow_verdict(&verdict) == FlowVerdict::Denied {
-                    if !shared.keep_revoked {
-                        break revoke("reset: a policy change no longer allows this connection");
-                    }
-                    // Kept open against policy: its requests keep answering to the old rules.
-                    continue;
-                }
+                let (now, verdict) =
+                    match open.rejudge(changes.borrow_and_update().clone(), shared.keep_revoked) {
+                        // Kept open against policy, its requests keep answering to the old rules.
+                        Rejudged::Unchanged => continue,
+                        Rejudged::Revoke => {
+                            break revoke("reset: a policy change no longer allows this connection");
+                        }
+                        Rejudged::Allowed(now, verdict) => (now, verdict),
+                    };
                 // Still allowed: the next request answers to the new policy's HTTP rules for
                 // this peer and port (none left: an L4 allow switched filtering off).
-                let own_http = match direction {
-                    Direction::Egress => verdict.egress.http.clone(),
-                    Direction::Ingress => verdict.ingress.http.clone(),
-                };
-                let rules = match (own_http, now.http.clone()) {
+                let rules = match (own_http(&verdict, direction), now.http.clone()) {
                     (Some(rules), Some(http)) => Some((http.clone(), http.mask(&rules))),
                     (None, _) => None,
                     (Some(_), None) => {
@@ -551,18 +603,8 @@ async fn serve_http(
                         break revoke("reset: the new HTTP rules are unavailable");
                     }
                 };
-                describe(&mut event, &now, &verdict, (source, destination), &learned);
-                if audited_by_name {
-                    event.verdict = FlowVerdict::Audit;
-                }
-                gates.store(Arc::new(podwall_l7::serve::Gate {
-                    rules,
-                    audit: now.own_audit(),
-                    context: HttpContext {
-                        policy: now,
-                        connection: Arc::new(event.clone()),
-                    },
-                }));
+                open.describe(&mut event, &now, &verdict);
+                gates.store(Arc::new(http_gate(now, rules, &event)));
             }
         }
     };
