@@ -1028,6 +1028,26 @@ fn exchange(s: &mut BufReader<TcpStream>, method: &str, path: &str) -> u16 {
     code
 }
 
+/// Opens an HTTP/1.1 connection from `ns` and sends `first` on it at once (the test server
+/// greets clients that stay silent), asserting each status; the connection stays open.
+fn keep_alive(
+    ns: &str,
+    dst: SocketAddr,
+    first: &'static [(&'static str, &'static str, u16)],
+) -> BufReader<TcpStream> {
+    run_in(ns, move || {
+        let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut s = BufReader::new(s);
+        for &(method, path, status) in first {
+            assert_eq!(exchange(&mut s, method, path), status, "{method} {path}");
+        }
+        s
+    })
+    .expect("in the namespace")
+}
+
 #[test]
 fn a_keep_alive_connections_next_request_answers_to_changed_http_rules() {
     if !ready_for("a_keep_alive_connections_next_request_answers_to_changed_http_rules") {
@@ -1035,17 +1055,11 @@ fn a_keep_alive_connections_next_request_answers_to_changed_http_rules() {
     }
     let (up, fe, api) = l7_sandbox("l7chg");
     let dst = SocketAddr::new(api, 8080);
-    let mut conn = run_in(&fe, move || {
-        let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut s = BufReader::new(s);
-        // Speak at once: the test server greets clients that stay silent.
-        assert_eq!(exchange(&mut s, "GET", "/api/v1/users"), 200);
-        assert_eq!(exchange(&mut s, "PUT", "/api/v1/users"), 403);
-        s
-    })
-    .expect("in the frontend");
+    let mut conn = keep_alive(
+        &fe,
+        dst,
+        &[("GET", "/api/v1/users", 200), ("PUT", "/api/v1/users", 403)],
+    );
 
     // The rule that allowed GET now allows PUT instead.
     let file = up.sb().policy_dir().join("policies.json");
@@ -1094,15 +1108,7 @@ fn an_l4_allow_added_later_switches_http_filtering_off_on_an_open_connection() {
     }
     let (up, fe, api) = l7_sandbox("l7off");
     let dst = SocketAddr::new(api, 8080);
-    let mut conn = run_in(&fe, move || {
-        let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut s = BufReader::new(s);
-        assert_eq!(exchange(&mut s, "DELETE", "/api/v1/users/7"), 403);
-        s
-    })
-    .expect("in the frontend");
+    let mut conn = keep_alive(&fe, dst, &[("DELETE", "/api/v1/users/7", 403)]);
     // An L4-only allow for the same peer and port: Cilium's rule is that it switches the
     // port's HTTP filtering off for that peer.
     let l4 = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: frontend-any, namespace: production}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: frontend}}}]\n    ports: [{port: 8080}]\n";
@@ -1449,24 +1455,23 @@ for method in ["Allowed", "Forbidden", "Allowed"]:
         print(method, e.code().name)
 "#;
 
-#[test]
-fn grpc_methods_are_allowed_or_denied_by_their_path() {
-    if !ready_for("grpc_methods_are_allowed_or_denied_by_their_path") {
-        return;
-    }
-    let has_grpc = Command::new("python3")
+/// Whether python3 has grpcio; in CI its absence is a failure, elsewhere a printed skip.
+fn has_grpc() -> bool {
+    let has = Command::new("python3")
         .args(["-c", "import grpc"])
         .status()
         .is_ok_and(|s| s.success());
-    if !has_grpc {
+    if !has {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("python3 with grpcio is needed (.ci/run installs it)");
         }
         eprintln!("skipping the gRPC test: python3 -m pip install grpcio");
-        return;
     }
-    let dir = topology(GRPC_TOPOLOGY);
-    let up = Up::new(dir.path(), "grpc", Inject::Annotated);
+    has
+}
+
+/// Starts `GRPC_SERVER` in the topology's server pod and waits until it listens.
+fn start_grpc_server(up: &Up) -> std::process::Child {
     let mut server = Command::new("ip")
         .args([
             "netns",
@@ -1476,14 +1481,28 @@ fn grpc_methods_are_allowed_or_denied_by_their_path() {
             "-c",
             GRPC_SERVER,
         ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("grpc server");
     let mut first = String::new();
     BufReader::new(server.stdout.take().expect("stdout"))
         .read_line(&mut first)
         .expect("server started");
+    server
+}
+
+#[test]
+fn grpc_methods_are_allowed_or_denied_by_their_path() {
+    if !ready_for("grpc_methods_are_allowed_or_denied_by_their_path") {
+        return;
+    }
+    if !has_grpc() {
+        return;
+    }
+    let dir = topology(GRPC_TOPOLOGY);
+    let up = Up::new(dir.path(), "grpc", Inject::Annotated);
+    let mut server = start_grpc_server(&up);
     let out = Command::new("ip")
         .args([
             "netns",
@@ -1534,36 +1553,12 @@ fn an_http2_connections_next_stream_answers_to_changed_http_rules() {
     if !ready_for("an_http2_connections_next_stream_answers_to_changed_http_rules") {
         return;
     }
-    let has_grpc = Command::new("python3")
-        .args(["-c", "import grpc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_grpc {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("python3 with grpcio is needed (.ci/run installs it)");
-        }
-        eprintln!("skipping the gRPC test: python3 -m pip install grpcio");
+    if !has_grpc() {
         return;
     }
     let dir = topology(GRPC_TOPOLOGY);
     let up = Up::new(dir.path(), "grpc2", Inject::Annotated);
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &up.ns("g/server"),
-            "python3",
-            "-c",
-            GRPC_SERVER,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("grpc server");
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("server started");
+    let mut server = start_grpc_server(&up);
     let mut client = Command::new("ip")
         .args(["netns", "exec", &up.ns("g/client"), "python3", "-c"])
         .arg(GRPC_CLIENT_ACROSS_A_CHANGE)
