@@ -219,8 +219,6 @@ fn init_container(cfg: &InjectConfig) -> Value {
     let mut args = vec![
         "proxy".to_string(),
         "init".into(),
-        format!("--proxy-uid={}", cfg.proxy_uid),
-        format!("--proxy-gid={}", cfg.proxy_uid),
         format!("--admin-port={}", cfg.admin_port),
     ];
     if !cfg.packet_filter {
@@ -309,9 +307,9 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
         "resources": cfg.resources,
         "securityContext": {
             // Root, because Kubernetes hands added capabilities to no non-root process (no
-            // ambient capabilities): as uid 1337 the sidecar would have none. Its group is the
-            // proxy's, which the init rules exempt (`--proxy-gid`); every other capability is
-            // dropped. Istio runs its TPROXY-mode sidecar the same way.
+            // ambient capabilities): as uid 1337 the sidecar would have none. The init rules
+            // exempt the mark on its sockets (which NET_ADMIN lets it set), not its ids; every
+            // other capability is dropped. Istio runs its TPROXY-mode sidecar the same way.
             "runAsUser": 0, "runAsGroup": cfg.proxy_uid, "runAsNonRoot": false,
             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
             // NET_ADMIN: the packet filter (NFQUEUE, conntrack) and transparent DNS reply
@@ -478,8 +476,8 @@ mod tests {
         );
         let sidecar = &p["spec"]["initContainers"][1];
         assert_eq!(sidecar["restartPolicy"], "Always");
-        // Root in the proxy's group: the only way its capabilities take effect, and the group
-        // is what the init rules exempt.
+        // Root: the only way its capabilities take effect. No id exempts anything: the mark on
+        // its sockets does.
         assert_eq!(sidecar["securityContext"]["runAsUser"], 0);
         assert_eq!(sidecar["securityContext"]["runAsGroup"], 1337);
         assert_eq!(
@@ -492,10 +490,11 @@ mod tests {
             json!(["NET_ADMIN", "NET_RAW"])
         );
         assert!(
-            init["args"]
+            !init["args"]
                 .as_array()
                 .expect("args")
-                .contains(&json!("--proxy-gid=1337"))
+                .iter()
+                .any(|a| a.as_str().is_some_and(|a| a.starts_with("--proxy-gid")))
         );
         assert!(sidecar["args"].as_array().expect("args").contains(&json!(
             "--policy-source=control:podwall-control.podwall-system.svc:15010"

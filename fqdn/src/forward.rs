@@ -3,7 +3,8 @@
 //! Each UDP query leaves from a fresh socket (a fresh random port) connected to the resolver, so
 //! the kernel drops datagrams from any other address or port; of what arrives, only a response
 //! with the query's ID and question is taken (a stray or forged one is counted and skipped). TCP
-//! uses one connection per query, with the two-byte length framing.
+//! uses one connection per query, with the two-byte length framing. The caller opens the
+//! sockets (the sidecar marks its own so that its capture lets them pass).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,20 +53,14 @@ pub struct Reply {
     pub ignored: usize,
 }
 
-/// Asks over UDP.
+/// Asks over UDP, on `sock`: a fresh socket connected to the resolver.
 pub async fn udp(
+    sock: UdpSocket,
     query: &[u8],
     question: &Question,
-    resolver: SocketAddr,
     timeout: Duration,
 ) -> Result<Reply, ForwardError> {
-    let bind: SocketAddr = if resolver.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(resolver).await?;
+    let resolver = sock.peer_addr()?;
     sock.send(query).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; MAX_UDP];
@@ -88,15 +83,15 @@ pub async fn udp(
     }
 }
 
-/// Asks over TCP.
+/// Asks over TCP, on a fresh connection to the resolver.
 pub async fn tcp(
+    mut stream: TcpStream,
     query: &[u8],
     question: &Question,
-    resolver: SocketAddr,
     timeout: Duration,
 ) -> Result<Reply, ForwardError> {
+    let resolver = stream.peer_addr()?;
     let work = async {
-        let mut stream = TcpStream::connect(resolver).await?;
         let len = u16::try_from(query.len())
             .map_err(|_| std::io::Error::other("query longer than 65535 bytes"))?;
         let mut framed = Vec::with_capacity(query.len() + 2);
@@ -136,6 +131,12 @@ mod tests {
     use crate::message::tests::{a, answer_bytes, query_bytes};
     use hickory_proto::rr::RecordType;
 
+    async fn connected(resolver: SocketAddr) -> UdpSocket {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        sock.connect(resolver).await.expect("connect");
+        sock
+    }
+
     /// A resolver on loopback that, for each query, first lets a forger answer from another
     /// port, then answers with a wrong ID itself, then answers properly.
     async fn resolver_with_forgery() -> SocketAddr {
@@ -165,9 +166,14 @@ mod tests {
         let resolver = resolver_with_forgery().await;
         let bytes = query_bytes(4242, "api.github.com.", RecordType::A);
         let q = Query::parse(&bytes).expect("query");
-        let reply = udp(&bytes, &q.question, resolver, Duration::from_secs(2))
-            .await
-            .expect("answer");
+        let reply = udp(
+            connected(resolver).await,
+            &bytes,
+            &q.question,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("answer");
         assert_eq!(
             reply.answer.addresses,
             [("192.0.2.10".parse().expect("ip"), 60)]
@@ -184,9 +190,14 @@ mod tests {
         let addr = silent.local_addr().expect("addr");
         let bytes = query_bytes(1, "a.com.", RecordType::A);
         let q = Query::parse(&bytes).expect("query");
-        let err = udp(&bytes, &q.question, addr, Duration::from_millis(100))
-            .await
-            .expect_err("times out");
+        let err = udp(
+            connected(addr).await,
+            &bytes,
+            &q.question,
+            Duration::from_millis(100),
+        )
+        .await
+        .expect_err("times out");
         assert!(matches!(err, ForwardError::Timeout { .. }));
     }
 
@@ -209,7 +220,8 @@ mod tests {
         });
         let bytes = query_bytes(77, "big.example.com.", RecordType::A);
         let q = Query::parse(&bytes).expect("query");
-        let reply = tcp(&bytes, &q.question, addr, Duration::from_secs(2))
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let reply = tcp(stream, &bytes, &q.question, Duration::from_secs(2))
             .await
             .expect("answer");
         assert_eq!(reply.answer.addresses.len(), 1);

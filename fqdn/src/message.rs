@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::pattern::canonical;
 
@@ -100,6 +100,31 @@ impl Query {
     }
 }
 
+/// A standard query for `name` (absolute or not; a trailing dot is added) of type `qtype`,
+/// recursion desired, with a random ID. Returns the bytes and the question an answer must
+/// repeat.
+pub fn encode_query(name: &str, qtype: RecordType) -> Result<(Vec<u8>, Question), MessageError> {
+    let fqdn = if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    };
+    let parsed = Name::from_ascii(&fqdn).map_err(|e| MessageError::Malformed(e.to_string()))?;
+    let id = rand::random::<u16>();
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(hickory_proto::op::Query::query(parsed, qtype));
+    let bytes = m
+        .to_vec()
+        .map_err(|e| MessageError::Malformed(e.to_string()))?;
+    let question = Question {
+        id,
+        name: canonical(&fqdn),
+        qtype,
+    };
+    Ok((bytes, question))
+}
+
 /// What an answer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -191,8 +216,8 @@ impl Answer {
 pub(crate) mod tests {
     use super::*;
     use hickory_proto::op::Query as Q;
+    use hickory_proto::rr::Record;
     use hickory_proto::rr::rdata::{A, AAAA, CNAME};
-    use hickory_proto::rr::{Name, Record};
     use std::str::FromStr;
 
     pub(crate) fn query_bytes(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
@@ -231,6 +256,23 @@ pub(crate) mod tests {
             ttl,
             RData::CNAME(CNAME(Name::from_str(target).expect("name"))),
         )
+    }
+
+    #[test]
+    fn an_encoded_query_reads_back_with_its_question_and_an_answer_to_it_is_recognised() {
+        let (bytes, question) =
+            encode_query("Podwall.podwall-system.svc", RecordType::A).expect("q");
+        let q = Query::parse(&bytes).expect("parses");
+        assert_eq!(q.question, question);
+        assert_eq!(question.name, "podwall.podwall-system.svc");
+        let answer = Answer::parse(&answer_bytes(
+            question.id,
+            "podwall.podwall-system.svc.",
+            vec![a("podwall.podwall-system.svc.", 30, "10.96.0.20")],
+        ))
+        .expect("answer");
+        assert!(answer.answers(&question));
+        assert!(encode_query("bad..name", RecordType::A).is_err());
     }
 
     #[test]

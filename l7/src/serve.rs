@@ -172,6 +172,23 @@ pub type Gates<C> = Arc<ArcSwap<Gate<C>>>;
 /// Receives every request's event, with the context of the gate that judged it.
 pub type Observer<C> = Arc<dyn Fn(RequestEvent, &C) + Send + Sync>;
 
+/// Opens the connection to the upstream: the sidecar's dialer marks its sockets so that its own
+/// capture lets them pass (`TcpStream::connect` would be captured again).
+pub type Dial = Arc<
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Where a connection's requests go, and how to get there.
+#[derive(Clone)]
+pub struct Target {
+    /// The original destination.
+    pub addr: SocketAddr,
+    /// How to connect to it.
+    pub dial: Dial,
+}
+
 /// The upstream side of one client connection.
 enum Upstream {
     None,
@@ -182,6 +199,7 @@ enum Upstream {
 struct Connection<C> {
     gate: Gates<C>,
     upstream_addr: SocketAddr,
+    dial: Dial,
     upstream: Mutex<Upstream>,
     limits: Limits,
     observer: Observer<C>,
@@ -255,13 +273,11 @@ impl Body for TimeoutBody {
 
 impl<C: Send + Sync + 'static> Connection<C> {
     async fn sender(&self, version: Version) -> Result<Upstream, String> {
-        let stream = tokio::time::timeout(
-            self.limits.connect_timeout,
-            TcpStream::connect(self.upstream_addr),
-        )
-        .await
-        .map_err(|_| format!("connect to {}: timed out", self.upstream_addr))?
-        .map_err(|e| format!("connect to {}: {e}", self.upstream_addr))?;
+        let stream =
+            tokio::time::timeout(self.limits.connect_timeout, (self.dial)(self.upstream_addr))
+                .await
+                .map_err(|_| format!("connect to {}: timed out", self.upstream_addr))?
+                .map_err(|e| format!("connect to {}: {e}", self.upstream_addr))?;
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(stream);
         if version == Version::HTTP_2 {
@@ -522,17 +538,18 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// Serves one client connection until it closes. `upstream` is the original destination.
+/// Serves one client connection until it closes; requests go to `upstream`.
 pub async fn serve<C: Send + Sync + 'static>(
     client: TcpStream,
-    upstream: SocketAddr,
+    upstream: Target,
     gate: Gates<C>,
     limits: Limits,
     observer: Observer<C>,
 ) -> Result<(), String> {
     let conn = Arc::new(Connection {
         gate,
-        upstream_addr: upstream,
+        upstream_addr: upstream.addr,
+        dial: upstream.dial,
         upstream: Mutex::new(Upstream::None),
         last_host: std::sync::Mutex::new(None),
         limits,
@@ -573,6 +590,7 @@ mod tests {
                 context: (),
             })),
             upstream_addr: SocketAddr::from(([127, 0, 0, 1], 80)),
+            dial: Arc::new(|addr| Box::pin(TcpStream::connect(addr))),
             upstream: Mutex::new(Upstream::None),
             limits: Limits::default(),
             observer: Arc::new(|_, _: &()| {}),

@@ -253,7 +253,7 @@ async fn handle(
     let (source, destination) = (peer, dst);
     let mut event = FlowEvent::new(direction, Protocol::Tcp, source, destination);
 
-    if is_loop(dst, shared) {
+    if shared.loops_back(dst) {
         reset(&client);
         metrics.verdict(FlowVerdict::Denied);
         event.reason = Some(format!("{dst} is the sidecar itself; refusing a loop"));
@@ -372,26 +372,27 @@ async fn handle(
         return;
     }
 
-    let server = match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            metrics.connect_errors.inc();
-            reset(&client);
-            event.error = Some(format!("connect to {dst}: {e}"));
-            finish(shared, event, started);
-            return;
-        }
-        Err(_) => {
-            metrics.connect_errors.inc();
-            reset(&client);
-            event.error = Some(format!(
-                "connect to {dst}: timed out after {:?}",
-                shared.connect_timeout
-            ));
-            finish(shared, event, started);
-            return;
-        }
-    };
+    let server =
+        match tokio::time::timeout(shared.connect_timeout, crate::exempt::connect(dst)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                metrics.connect_errors.inc();
+                reset(&client);
+                event.error = Some(format!("connect to {dst}: {e}"));
+                finish(shared, event, started);
+                return;
+            }
+            Err(_) => {
+                metrics.connect_errors.inc();
+                reset(&client);
+                event.error = Some(format!(
+                    "connect to {dst}: timed out after {:?}",
+                    shared.connect_timeout
+                ));
+                finish(shared, event, started);
+                return;
+            }
+        };
     // The client's socket has TCP_NODELAY from its listener (see `bind_tcp`).
     let _ = server.set_nodelay(true);
     metrics.open.inc();
@@ -554,7 +555,10 @@ async fn serve_http(
     drop(policy);
     let served = podwall_l7::serve::serve(
         client,
-        dst,
+        podwall_l7::serve::Target {
+            addr: dst,
+            dial: crate::exempt::dial(),
+        },
         gates.clone(),
         podwall_l7::serve::Limits {
             connect_timeout: shared.connect_timeout,
@@ -620,9 +624,13 @@ fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {
     shared.flows.emit(event);
 }
 
-/// A destination on this host at one of the sidecar's own ports: forwarding would loop.
-fn is_loop(dst: SocketAddr, shared: &Shared) -> bool {
-    shared.own_ports.contains(&dst.port()) && (dst.ip().is_loopback() || is_local(dst))
+impl Shared {
+    /// A destination on this host at one of the sidecar's own ports (what a connection or
+    /// datagram sent to a listener directly, not redirected, has as its original destination):
+    /// forwarding would loop.
+    pub(crate) fn loops_back(&self, dst: SocketAddr) -> bool {
+        self.own_ports.contains(&dst.port()) && (dst.ip().is_loopback() || is_local(dst))
+    }
 }
 
 fn is_local(dst: SocketAddr) -> bool {

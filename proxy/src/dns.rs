@@ -11,8 +11,13 @@
 //! destination is lost and the pod's configured resolver is assumed. TCP arrives by nat
 //! redirect and its original destination is read as for any connection.
 //!
-//! Before the first policy arrives, queries are forwarded unjudged (DNS is admitted while the
-//! sidecar starts, as the architecture promises) and nothing is learned.
+//! Before the first policy arrives every query is refused, as every connection is (fail closed):
+//! an unjudged query is a two-way channel to whatever answers on port 53. The sidecar's own
+//! lookups (the control plane's name) do not pass here: see [`crate::lookup`].
+//!
+//! The proxy asks the resolver from marked sockets ([`crate::exempt`]), which its capture lets
+//! pass. Nothing sent to its port directly is forwarded: the init rules drop it, and a query
+//! whose original destination is the sidecar itself is dropped here too (it would loop).
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
@@ -45,14 +50,6 @@ const MAX_IN_FLIGHT: usize = 512;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TCP DNS client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-
-/// Every `nameserver` of a resolv.conf, in order.
-pub fn resolvers_from_resolv_conf(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
-        .collect()
-}
 
 /// The pod's name cache, with its metrics.
 #[derive(Debug)]
@@ -154,6 +151,7 @@ pub fn udp_listener(
         }
     }
     let std = std::net::UdpSocket::bind(addr)?;
+    crate::exempt::mark(&std)?;
     std.set_nonblocking(true)?;
     Ok((UdpSocket::from_std(std)?, false))
 }
@@ -172,6 +170,7 @@ fn transparent_socket(addr: SocketAddr, recv_orig: bool) -> std::io::Result<std:
         sock::SockFlag::SOCK_NONBLOCK | sock::SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    crate::exempt::mark(&fd)?;
     sock::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     // IP_TRANSPARENT is an IP-level flag that IPv6 sockets honour too.
     sock::setsockopt(&fd, sockopt::IpTransparent, &true)?;
@@ -239,17 +238,29 @@ fn storage_to_std(s: &SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
 }
 
-/// Replies leave from the resolver's address: one transparent socket per resolver.
-#[derive(Default)]
-struct ReplySockets(Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>);
+/// Replies leave from the resolver's address: a transparent socket per resolver, kept for the
+/// pod's configured resolvers only (the app chooses every other address, and a socket kept
+/// for each would let it use up the sidecar's file descriptors).
+struct ReplySockets {
+    kept: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+    configured: Vec<IpAddr>,
+}
 
 impl ReplySockets {
     fn get(&self, from: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let open = || -> std::io::Result<Arc<UdpSocket>> {
+            Ok(Arc::new(UdpSocket::from_std(transparent_socket(
+                from, false,
+            )?)?))
+        };
+        if !self.configured.contains(&from.ip()) {
+            return open();
+        }
+        let mut map = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = map.get(&from) {
             return Ok(s.clone());
         }
-        let s = Arc::new(UdpSocket::from_std(transparent_socket(from, false)?)?);
+        let s = open()?;
         map.insert(from, s.clone());
         Ok(s)
     }
@@ -263,7 +274,10 @@ pub async fn serve_udp(
     shared: Arc<Shared>,
 ) {
     let socket = Arc::new(socket);
-    let replies = Arc::new(ReplySockets::default());
+    let replies = Arc::new(ReplySockets {
+        kept: Mutex::default(),
+        configured: ctx.resolvers.clone(),
+    });
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; MAX_UDP];
     loop {
@@ -285,6 +299,12 @@ pub async fn serve_udp(
             (true, Some(o)) => Some(o),
             _ => ctx.resolvers.first().map(|ip| SocketAddr::new(*ip, 53)),
         };
+        if resolver.is_some_and(|r| shared.loops_back(r)) {
+            // Sent to the DNS port directly (the init rules drop that; this is the second
+            // line): answering would send the query to ourselves, forever.
+            tracing::debug!(%client, "DNS datagram sent to the sidecar itself; dropped");
+            continue;
+        }
         let query = buf[..n].to_vec();
         let (socket, replies, ctx, shared) =
             (socket.clone(), replies.clone(), ctx.clone(), shared.clone());
@@ -339,6 +359,10 @@ async fn tcp_client(
 ) {
     let client = accepted_peer.map_v4_mapped();
     let resolver = match original_dst(&stream, accepted_peer) {
+        Ok(dst) if shared.loops_back(dst) => {
+            tracing::debug!(%client, "DNS connection made to the sidecar itself; closed");
+            return;
+        }
         Ok(dst) => dst,
         Err(e) => {
             tracing::warn!(error = %e, %client, "cannot read the DNS connection's original destination");
@@ -429,17 +453,15 @@ async fn answer(
             FlowVerdict::Denied
         };
     } else {
-        event.reason = Some("no policy loaded yet: DNS is forwarded unjudged".into());
+        event.verdict = FlowVerdict::Denied;
+        event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
     }
     metrics.verdict(event.verdict);
     let reply = if event.verdict == FlowVerdict::Denied {
         dns.rcode = rcode_name(ResponseCode::Refused);
         Some(query.reply_with(ResponseCode::Refused))
     } else {
-        let forwarded = match protocol {
-            Protocol::Tcp => forward::tcp(bytes, &query.question, resolver, UPSTREAM_TIMEOUT).await,
-            _ => forward::udp(bytes, &query.question, resolver, UPSTREAM_TIMEOUT).await,
-        };
+        let forwarded = ask(bytes, &query.question, resolver, protocol).await;
         match forwarded {
             Ok(Reply {
                 bytes,
@@ -479,6 +501,30 @@ async fn answer(
     reply
 }
 
+/// Forwards a query to the resolver from a marked socket.
+async fn ask(
+    bytes: &[u8],
+    question: &podwall_fqdn::message::Question,
+    resolver: SocketAddr,
+    protocol: Protocol,
+) -> Result<Reply, forward::ForwardError> {
+    match protocol {
+        Protocol::Tcp => {
+            let stream = tokio::time::timeout(UPSTREAM_TIMEOUT, crate::exempt::connect(resolver))
+                .await
+                .map_err(|_| forward::ForwardError::Timeout {
+                    resolver,
+                    timeout: UPSTREAM_TIMEOUT,
+                })??;
+            forward::tcp(stream, bytes, question, UPSTREAM_TIMEOUT).await
+        }
+        _ => {
+            let socket = crate::exempt::udp_connected(resolver).await?;
+            forward::udp(socket, bytes, question, UPSTREAM_TIMEOUT).await
+        }
+    }
+}
+
 static EMPTY: std::sync::LazyLock<podwall_fqdn::Matcher> =
     std::sync::LazyLock::new(podwall_fqdn::Matcher::empty);
 
@@ -500,23 +546,5 @@ fn describe_reason(dns: &mut DnsEvent, p: &PodPolicy, reason: &DnsReason) {
             dns.rule = Some(p.engine.fqdn_selectors()[selector.0 as usize].to_string());
         }
         DnsReason::ResolverDenied => dns.reason = "resolver-denied",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_nameserver_of_resolv_conf_is_a_resolver() {
-        let conf = "# generated\nsearch default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\n";
-        assert_eq!(
-            resolvers_from_resolv_conf(conf),
-            [
-                "10.96.0.10".parse::<IpAddr>().expect("ip"),
-                "fd00::a".parse().expect("ip")
-            ]
-        );
-        assert!(resolvers_from_resolv_conf("search x\n").is_empty());
     }
 }

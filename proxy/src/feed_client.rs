@@ -136,6 +136,28 @@ impl PolicySource for ControlSource {
 }
 
 impl ControlSource {
+    /// Resolves the control plane's name (from marked sockets, see [`crate::lookup`]) and
+    /// connects to the first address that answers, from a marked socket.
+    async fn connect(&self) -> Result<TcpStream, String> {
+        let (host, port) = self
+            .addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("{:?} is not HOST:PORT", self.addr))?;
+        let addrs = crate::lookup::resolve(host, port, &crate::lookup::ResolvConf::system())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut last = String::new();
+        for addr in addrs {
+            match tokio::time::timeout(Duration::from_secs(5), crate::exempt::connect(addr)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => last = format!("connect to {addr}: {e}"),
+                Err(_) => last = format!("connect to {addr}: timed out"),
+            }
+        }
+        Err(last)
+    }
+
     async fn follow(
         &self,
         feed: &mut Feed,
@@ -151,10 +173,7 @@ impl ControlSource {
             ),
             None => None,
         };
-        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
+        let stream = self.connect().await?;
         let (mut send, scheme) = match &self.tls {
             None => (handshake(stream).await?, "http"),
             Some(connector) => {

@@ -1,44 +1,63 @@
-//! `podwall proxy init`: the iptables rules that hand the pod's traffic to the sidecar.
+//! `podwall proxy init`: the iptables rules that hand the pod's traffic to the sidecar, and
+//! keep the app from walking around it.
 //!
-//! In the `nat` table of the pod's network namespace:
+//! The app is untrusted (ARCHITECTURE.md, threat model): root with the runtime's default
+//! capabilities except `NET_RAW`, which injection drops. The sidecar is exempt by the mark on
+//! its sockets ([`crate::exempt`]), which needs `NET_ADMIN` or `NET_RAW` to set; never by uid or
+//! group, which a root app can take.
 //!
-//! - `PODWALL_INBOUND` (jumped to from `PREROUTING` for TCP): every TCP connection into the pod
-//!   goes to the inbound listener, except the admin port (kubelet probes it) and excluded ports.
-//! - `PODWALL_OUTPUT` (jumped to from `OUTPUT`): connections the proxy itself opens (its uid, and
-//!   gid when set) and everything on loopback are left alone, so nothing loops and a pod still
-//!   talks to itself directly; then excluded CIDRs and ports; then DNS over TCP (53) to the DNS
-//!   port; then every other TCP connection to the outbound listener.
+//! In the `nat` table:
+//!
+//! - `PODWALL_INBOUND` (from `PREROUTING` for TCP): every TCP connection into the pod goes to
+//!   the inbound listener, except the admin port (kubelet probes it) and excluded ports.
+//! - `PODWALL_OUTPUT` (from `OUTPUT`): the sidecar's own (marked) connections and loopback are
+//!   left alone, so nothing loops and a pod still talks to itself directly; then excluded CIDRs
+//!   and ports; then DNS over TCP (53) to the DNS port; then every other TCP connection to the
+//!   outbound listener.
 //!
 //! DNS over UDP needs its original destination (the resolver the pod asked), which a `REDIRECT`ed
 //! datagram loses. So, by default (`DnsCapture::Tproxy`), in the `mangle` table:
 //!
-//! - `PODWALL_DNS_OUTPUT` (from `OUTPUT`): UDP to port 53, not from the proxy, not on loopback,
+//! - `PODWALL_DNS_OUTPUT` (from `OUTPUT`): UDP to port 53, not the sidecar's, not on loopback,
 //!   not to excluded CIDRs, gets the mark `0x539`;
 //! - a routing rule sends marked packets to table 133, where everything is local, so they come
 //!   back in through `lo`;
 //! - `PODWALL_DNS_PREROUTING` (from `PREROUTING`) hands them to the DNS port with `TPROXY`,
 //!   addresses untouched: the sidecar reads the original destination from the datagram and
-//!   answers from it (which needs `NET_ADMIN` in the sidecar for `IP_TRANSPARENT`).
+//!   answers from it. TPROXY delivers only to `IP_TRANSPARENT` sockets, which the app cannot
+//!   open.
 //!
-//! `DnsCapture::Redirect` redirects UDP 53 in `nat` like TCP instead (no capability needed; the
-//! sidecar then assumes the pod asked its configured resolver).
+//! `DnsCapture::Redirect` redirects UDP 53 in `nat` like TCP instead (the sidecar then assumes
+//! the pod asked its configured resolver).
 //!
-//! UDP and SCTP other than DNS, and ping, cannot be proxied like TCP, so the sidecar judges
-//! their flows as packets instead, in the `filter` table:
+//! Everything else is judged or dropped, in the `filter` table:
 //!
-//! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`), jumped to only
-//!   for UDP, SCTP and ICMP (TCP never walks them, the proxy judges it): the first packet
-//!   of each new UDP or SCTP flow or ping (conntrack state `NEW`) goes to NFQUEUE queue
-//!   `packet_queue`, where the sidecar accepts or drops it; later packets of an accepted flow
-//!   pass in the kernel. The proxy's own packets, loopback, DNS (the DNS proxy judges it) and
-//!   excluded CIDRs are left alone. Without a sidecar bound to the queue the kernel drops the
-//!   packets: fail closed.
+//! - `PODWALL_FILTER_OUT` (from `OUTPUT`) and `PODWALL_FILTER_IN` (from `INPUT`), for every
+//!   protocol but TCP (which the nat rules hand to the proxy): the sidecar's own packets,
+//!   loopback, excluded CIDRs and packets of accepted flows pass; the first packet of each new
+//!   flow (UDP, SCTP, ICMP, and every other IP protocol) goes to NFQUEUE queue `packet_queue`,
+//!   where the sidecar accepts or drops it; IPv6 neighbour discovery passes; anything else
+//!   (conntrack `INVALID`, untracked) is dropped. Without a sidecar bound to the queue the
+//!   kernel drops what is queued: fail closed. With `packet_queue: None`, UDP, SCTP and ICMP
+//!   pass unjudged (as configured) and every other protocol is dropped.
+//! - `PODWALL_GUARD` (from `INPUT`, new TCP connections and UDP to the DNS port): nothing
+//!   reaches a sidecar listener unless it was redirected there, and nothing redirected reaches
+//!   a socket without the sidecar's mark, so an app that binds a sidecar port while the sidecar
+//!   is down receives nothing (`-m socket --restore-skmark`).
+//! - `PODWALL_SPOOF` (from `INPUT`, loopback packets whose source is no address of the pod):
+//!   dropped when the socket they would reach is the sidecar's (a forged answer to its DNS
+//!   query, say). The sidecar's DNS replies to the app leave from the resolver's address and
+//!   reach the app's sockets, which are not marked.
 //!
-//! The rules go in with one `iptables-restore --noflush`, so they change atomically; declaring
-//! the chains flushes them, and the jumps are only added when missing, so running `init` again
-//! leaves exactly one set. The same rules are written for IPv6 with `ip6tables` when the pod has
-//! an IPv6 address. This follows what istio-iptables and linkerd2-proxy-init do, with one
-//! difference: the admin port is excluded here, not left to a flag.
+//! IPv6 gets the same rules (`ip6tables`) when the pod has a global IPv6 address, and a
+//! lockdown (everything but loopback dropped) when it has IPv6 without one: a link-local
+//! address is enough to reach the node.
+//!
+//! The rules go in with one `iptables-restore --noflush` per family, so they change atomically;
+//! declaring the chains flushes them, and the jumps are only added when missing, so running
+//! `init` again leaves exactly one set. `init` also reserves the sidecar's ports in the pod's
+//! namespace (`net.ipv4.ip_local_reserved_ports`), so that no outgoing connection takes one
+//! as its local port before the sidecar binds it.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -58,16 +77,32 @@ pub const OUTPUT_CHAIN: &str = "PODWALL_OUTPUT";
 pub const DNS_OUTPUT_CHAIN: &str = "PODWALL_DNS_OUTPUT";
 /// Chain handing marked DNS datagrams to the sidecar.
 pub const DNS_PREROUTING_CHAIN: &str = "PODWALL_DNS_PREROUTING";
-/// Chain queueing new UDP/SCTP flows out of the pod.
+/// Chain judging new non-TCP flows out of the pod.
 pub const FILTER_OUT_CHAIN: &str = "PODWALL_FILTER_OUT";
-/// Chain queueing new UDP/SCTP flows into the pod.
+/// Chain judging new non-TCP flows into the pod.
 pub const FILTER_IN_CHAIN: &str = "PODWALL_FILTER_IN";
+/// Chain keeping the sidecar's listeners to what was redirected to them.
+pub const GUARD_CHAIN: &str = "PODWALL_GUARD";
+/// Chain dropping forged loopback packets bound for the sidecar's sockets.
+pub const SPOOF_CHAIN: &str = "PODWALL_SPOOF";
 /// The table of the packet filter's chains.
 const FILTER: &str = "filter";
+/// Every chain of ours, by table (what `remove` takes away).
+const CHAINS: [(&str, &[&str]); 3] = [
+    (TABLE, &[INBOUND_CHAIN, OUTPUT_CHAIN]),
+    (MANGLE, &[DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN]),
+    (
+        FILTER,
+        &[FILTER_OUT_CHAIN, FILTER_IN_CHAIN, GUARD_CHAIN, SPOOF_CHAIN],
+    ),
+];
 /// The mark on captured DNS datagrams.
 pub const DNS_MARK: u32 = 0x539;
 /// The routing table that makes marked datagrams local.
 pub const DNS_TABLE: u32 = 133;
+/// IPv6 neighbour discovery (router and neighbour solicitation and advertisement, redirect):
+/// conntrack does not track it, and a pod with IPv6 needs it.
+const NEIGHBOUR_DISCOVERY: [u8; 5] = [133, 134, 135, 136, 137];
 
 /// How DNS over UDP reaches the sidecar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,13 +140,20 @@ impl Family {
     }
 }
 
+/// What the rules of one family do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Hand the traffic to the sidecar and judge the rest (the family has a routable address).
+    Capture,
+    /// Drop everything but loopback (IPv6 without a global address).
+    Lockdown,
+}
+
 /// What to capture and what to leave alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitConfig {
-    /// The uid the proxy runs as: its own connections are never captured.
-    pub proxy_uid: u32,
-    /// The gid the proxy runs as, also excluded when set.
-    pub proxy_gid: Option<u32>,
+    /// The mark on the sidecar's sockets ([`crate::exempt`]): its packets are never captured.
+    pub proxy_mark: u32,
     /// Where inbound TCP goes.
     pub inbound_port: u16,
     /// Where outbound TCP goes.
@@ -130,15 +172,15 @@ pub struct InitConfig {
     pub exclude_outbound_ports: Vec<u16>,
     /// Outbound destinations left alone (e.g. the control plane).
     pub exclude_outbound_cidrs: Vec<IpNet>,
-    /// The NFQUEUE queue new UDP/SCTP flows go to; `None` leaves them alone (not enforced).
+    /// The NFQUEUE queue new non-TCP flows go to; `None`: UDP, SCTP and ICMP pass unjudged
+    /// (not enforced), other protocols are dropped.
     pub packet_queue: Option<u16>,
 }
 
 impl Default for InitConfig {
     fn default() -> Self {
         InitConfig {
-            proxy_uid: 1337,
-            proxy_gid: None,
+            proxy_mark: crate::exempt::DEFAULT_MARK,
             inbound_port: 15006,
             outbound_port: 15001,
             dns_port: 15053,
@@ -201,7 +243,37 @@ fn ports_rules(out: &mut Vec<String>, chain: &str, proto: &str, ports: &[u16], t
 }
 
 impl InitConfig {
-    /// The rules of both chains for one family, in `iptables-restore` syntax.
+    /// `-m mark --mark M`: the sidecar's own packets.
+    fn own(&self) -> String {
+        format!("-m mark --mark {:#x}", self.proxy_mark)
+    }
+
+    /// `-A chain -d net -j RETURN` for each excluded CIDR of the family.
+    fn excluded_cidrs(&self, r: &mut Vec<String>, family: Family, chain: &str) {
+        for net in self
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|n| family.matches(n))
+        {
+            r.push(format!("-A {chain} -d {} -j RETURN", net.trunc()));
+        }
+    }
+
+    /// The sidecar's ports, sorted: where redirected traffic lands, and what
+    /// `ip_local_reserved_ports` keeps from outgoing connections.
+    pub fn listener_ports(&self) -> Vec<u16> {
+        let mut ports = vec![
+            self.inbound_port,
+            self.outbound_port,
+            self.dns_port,
+            self.admin_port,
+        ];
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The rules of both nat chains for one family, in `iptables-restore` syntax.
     pub fn chain_rules(&self, family: Family) -> Vec<String> {
         let mut r = Vec::new();
         // Inbound.
@@ -213,23 +285,9 @@ impl InitConfig {
             self.inbound_port
         ));
         // Outbound.
-        r.push(format!(
-            "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
-            self.proxy_uid
-        ));
-        if let Some(gid) = self.proxy_gid {
-            r.push(format!(
-                "-A {OUTPUT_CHAIN} -m owner --gid-owner {gid} -j RETURN"
-            ));
-        }
+        r.push(format!("-A {OUTPUT_CHAIN} {} -j RETURN", self.own()));
         r.push(format!("-A {OUTPUT_CHAIN} -o lo -j RETURN"));
-        for net in self
-            .exclude_outbound_cidrs
-            .iter()
-            .filter(|n| family.matches(n))
-        {
-            r.push(format!("-A {OUTPUT_CHAIN} -d {} -j RETURN", net.trunc()));
-        }
+        self.excluded_cidrs(&mut r, family, OUTPUT_CHAIN);
         ports_rules(
             &mut r,
             OUTPUT_CHAIN,
@@ -274,26 +332,11 @@ impl InitConfig {
         if !self.tproxy() {
             return Vec::new();
         }
-        let mut r = vec![format!(
-            "-A {DNS_OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
-            self.proxy_uid
-        )];
-        if let Some(gid) = self.proxy_gid {
-            r.push(format!(
-                "-A {DNS_OUTPUT_CHAIN} -m owner --gid-owner {gid} -j RETURN"
-            ));
-        }
-        r.push(format!("-A {DNS_OUTPUT_CHAIN} -o lo -j RETURN"));
-        for net in self
-            .exclude_outbound_cidrs
-            .iter()
-            .filter(|n| family.matches(n))
-        {
-            r.push(format!(
-                "-A {DNS_OUTPUT_CHAIN} -d {} -j RETURN",
-                net.trunc()
-            ));
-        }
+        let mut r = vec![
+            format!("-A {DNS_OUTPUT_CHAIN} {} -j RETURN", self.own()),
+            format!("-A {DNS_OUTPUT_CHAIN} -o lo -j RETURN"),
+        ];
+        self.excluded_cidrs(&mut r, family, DNS_OUTPUT_CHAIN);
         r.push(format!(
             "-A {DNS_OUTPUT_CHAIN} -p udp --dport 53 -j MARK --set-xmark {DNS_MARK:#x}/0xffffffff"
         ));
@@ -308,66 +351,94 @@ impl InitConfig {
         r
     }
 
-    /// The packet filter's rules for one family (empty without a packet queue).
+    /// The filter chains' rules for one family: the packet filter, the listener guard and the
+    /// loopback spoofing check.
     pub fn filter_rules(&self, family: Family) -> Vec<String> {
-        let Some(queue) = self.packet_queue else {
-            return Vec::new();
+        let (icmp, nd) = match family {
+            Family::V4 => ("icmp", None),
+            Family::V6 => ("ipv6-icmp", Some(NEIGHBOUR_DISCOVERY)),
         };
-        let mut r = vec![format!(
-            "-A {FILTER_OUT_CHAIN} -m owner --uid-owner {} -j RETURN",
-            self.proxy_uid
-        )];
-        if let Some(gid) = self.proxy_gid {
-            r.push(format!(
-                "-A {FILTER_OUT_CHAIN} -m owner --gid-owner {gid} -j RETURN"
-            ));
-        }
-        r.push(format!("-A {FILTER_OUT_CHAIN} -o lo -j RETURN"));
-        for net in self
-            .exclude_outbound_cidrs
-            .iter()
-            .filter(|n| family.matches(n))
-        {
-            r.push(format!(
-                "-A {FILTER_OUT_CHAIN} -d {} -j RETURN",
-                net.trunc()
-            ));
-        }
-        if self.capture_dns {
-            r.push(format!("-A {FILTER_OUT_CHAIN} -p udp --dport 53 -j RETURN"));
+        let mut r = vec![
+            format!("-A {FILTER_OUT_CHAIN} {} -j RETURN", self.own()),
+            format!("-A {FILTER_OUT_CHAIN} -o lo -j RETURN"),
+        ];
+        self.excluded_cidrs(&mut r, family, FILTER_OUT_CHAIN);
+        // Captured DNS is on its way to the DNS proxy. (The filter's `-o` still names the
+        // interface routed to before the mark or the redirect sent it to loopback.)
+        match (self.capture_dns, self.dns_capture) {
+            (true, DnsCapture::Tproxy) => r.push(format!(
+                "-A {FILTER_OUT_CHAIN} -m mark --mark {DNS_MARK:#x} -j RETURN"
+            )),
+            (true, DnsCapture::Redirect) => r.push(format!(
+                "-A {FILTER_OUT_CHAIN} -p udp --dport 53 -m conntrack --ctstate DNAT -j RETURN"
+            )),
+            (false, _) => {}
         }
         r.push(format!("-A {FILTER_IN_CHAIN} -i lo -j RETURN"));
-        // Ping too: echo requests start ICMP flows (replies and errors are conntrack's
-        // ESTABLISHED and RELATED, and neighbour discovery is never queued).
-        let echo = match family {
-            Family::V4 => "icmp --icmp-type echo-request",
-            Family::V6 => "ipv6-icmp --icmpv6-type echo-request",
-        };
         for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN] {
-            for proto in ["udp", "sctp", echo] {
+            r.push(format!(
+                "-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+            ));
+            for t in nd.iter().flatten() {
                 r.push(format!(
-                    "-A {chain} -p {proto} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+                    "-A {chain} -p ipv6-icmp --icmpv6-type {t} -j RETURN"
                 ));
             }
+            match self.packet_queue {
+                Some(queue) => r.push(format!(
+                    "-A {chain} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+                )),
+                None => {
+                    for proto in ["udp", "sctp", icmp] {
+                        r.push(format!(
+                            "-A {chain} -p {proto} -m conntrack --ctstate NEW -j RETURN"
+                        ));
+                    }
+                }
+            }
+            r.push(format!("-A {chain} -j DROP"));
         }
+        // Only what the nat rules redirected reaches a listener, and only a marked one.
+        let redirected = [self.inbound_port, self.outbound_port, self.dns_port]
+            .map(|p| p.to_string())
+            .join(",");
+        r.push(format!(
+            "-A {GUARD_CHAIN} -p tcp -m multiport --dports {redirected} -m conntrack ! --ctstate DNAT -j DROP"
+        ));
+        r.push(format!(
+            "-A {GUARD_CHAIN} -p udp --dport {} -m conntrack ! --ctstate DNAT -j DROP",
+            self.dns_port
+        ));
+        r.push(format!(
+            "-A {GUARD_CHAIN} -m conntrack --ctstate DNAT -m socket --nowildcard --restore-skmark -m mark ! --mark {:#x} -j DROP",
+            self.proxy_mark
+        ));
+        r.push(format!(
+            "-A {SPOOF_CHAIN} -m socket --nowildcard --restore-skmark {} -j DROP",
+            self.own()
+        ));
         r
     }
 
-    /// One jump per protocol the packet filter judges, so a TCP packet (nearly all of a pod's
-    /// packets, and judged by the proxy instead) costs the hook three protocol compares rather
-    /// than a walk through the chain with its owner matches.
-    fn filter_jumps(family: Family) -> Vec<(&'static str, String)> {
-        let icmp = match family {
-            Family::V4 => "icmp",
-            Family::V6 => "ipv6-icmp",
-        };
-        let mut jumps = Vec::new();
-        for (builtin, chain) in [("OUTPUT", FILTER_OUT_CHAIN), ("INPUT", FILTER_IN_CHAIN)] {
-            for proto in ["udp", "sctp", icmp] {
-                jumps.push((builtin, format!("-p {proto} -j {chain}")));
-            }
-        }
-        jumps
+    /// The jumps into the filter chains. TCP never walks the packet filter's (the proxy judges
+    /// it), and only new TCP connections and UDP for the DNS port walk the guard.
+    fn filter_jumps(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "INPUT",
+                format!("-i lo -m addrtype ! --src-type LOCAL -j {SPOOF_CHAIN}"),
+            ),
+            (
+                "INPUT",
+                format!("-p tcp -m conntrack --ctstate NEW -j {GUARD_CHAIN}"),
+            ),
+            (
+                "INPUT",
+                format!("-p udp -m udp --dport {} -j {GUARD_CHAIN}", self.dns_port),
+            ),
+            ("INPUT", format!("! -p tcp -j {FILTER_IN_CHAIN}")),
+            ("OUTPUT", format!("! -p tcp -j {FILTER_OUT_CHAIN}")),
+        ]
     }
 
     fn dns_jumps() -> [(&'static str, String); 2] {
@@ -377,18 +448,20 @@ impl InitConfig {
         ]
     }
 
-    /// The `iptables-restore --noflush` input that installs the rules, given what
-    /// `iptables-save` printed for `nat`, `mangle` and `filter` (jumps already present are not
-    /// added again).
-    pub fn restore_input(&self, family: Family, saved: &Saved) -> String {
-        let (saved_nat, saved_mangle) = (saved.nat.as_str(), saved.mangle.as_str());
+    /// The `iptables-restore --noflush` input that installs the rules of one family, given
+    /// what `iptables-save` printed for `nat`, `mangle` and `filter` (jumps already present are
+    /// not added again).
+    pub fn restore_input(&self, family: Family, coverage: Coverage, saved: &Saved) -> String {
+        if coverage == Coverage::Lockdown {
+            return lockdown_input(saved);
+        }
         let mut s = format!("*{TABLE}\n:{INBOUND_CHAIN} - [0:0]\n:{OUTPUT_CHAIN} - [0:0]\n");
         for rule in self.chain_rules(family) {
             let _ = writeln!(s, "{rule}");
         }
         reconcile_jumps(
             &mut s,
-            saved_nat,
+            &saved.nat,
             &Self::jumps(),
             &[INBOUND_CHAIN, OUTPUT_CHAIN],
         );
@@ -403,28 +476,26 @@ impl InitConfig {
             }
             reconcile_jumps(
                 &mut s,
-                saved_mangle,
+                &saved.mangle,
                 &Self::dns_jumps(),
                 &[DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN],
             );
             s.push_str("COMMIT\n");
         }
-        if self.packet_queue.is_some() {
-            let _ = write!(
-                s,
-                "*{FILTER}\n:{FILTER_OUT_CHAIN} - [0:0]\n:{FILTER_IN_CHAIN} - [0:0]\n"
-            );
-            for rule in self.filter_rules(family) {
-                let _ = writeln!(s, "{rule}");
-            }
-            reconcile_jumps(
-                &mut s,
-                &saved.filter,
-                &Self::filter_jumps(family),
-                &[FILTER_OUT_CHAIN, FILTER_IN_CHAIN],
-            );
-            s.push_str("COMMIT\n");
+        let _ = writeln!(s, "*{FILTER}");
+        for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN, GUARD_CHAIN, SPOOF_CHAIN] {
+            let _ = writeln!(s, ":{chain} - [0:0]");
         }
+        for rule in self.filter_rules(family) {
+            let _ = writeln!(s, "{rule}");
+        }
+        reconcile_jumps(
+            &mut s,
+            &saved.filter,
+            &self.filter_jumps(),
+            &[FILTER_OUT_CHAIN, FILTER_IN_CHAIN, GUARD_CHAIN, SPOOF_CHAIN],
+        );
+        s.push_str("COMMIT\n");
         s
     }
 
@@ -460,58 +531,90 @@ impl InitConfig {
     }
 
     /// Installs the rules for one family, idempotently.
-    pub fn apply(&self, family: Family) -> Result<(), InitError> {
-        let saved = Saved {
-            nat: run(&family.tool("-save"), &["-t", TABLE], None)?,
-            mangle: if self.tproxy() {
-                run(&family.tool("-save"), &["-t", MANGLE], None)?
-            } else {
-                String::new()
-            },
-            filter: if self.packet_queue.is_some() {
-                run(&family.tool("-save"), &["-t", FILTER], None)?
-            } else {
-                String::new()
-            },
-        };
-        for cmd in self.route_commands(family) {
-            // `rule add` is not idempotent: skip it when the rule is there.
-            if cmd[2] == "rule" && has_dns_rule(family)? {
-                continue;
+    pub fn apply(&self, family: Family, coverage: Coverage) -> Result<(), InitError> {
+        let save = |table: &str| run(&family.tool("-save"), &["-t", table], None);
+        let saved = if coverage == Coverage::Lockdown {
+            Saved {
+                filter: save(FILTER)?,
+                ..Saved::default()
             }
-            let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
-            run("ip", &args, None)?;
+        } else {
+            Saved {
+                nat: save(TABLE)?,
+                mangle: if self.tproxy() {
+                    save(MANGLE)?
+                } else {
+                    String::new()
+                },
+                filter: save(FILTER)?,
+            }
+        };
+        if coverage == Coverage::Capture {
+            for cmd in self.route_commands(family) {
+                // `rule add` is not idempotent: skip it when the rule is there.
+                if cmd[2] == "rule" && has_dns_rule(family)? {
+                    continue;
+                }
+                let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+                run("ip", &args, None)?;
+            }
         }
         run(
             &family.tool("-restore"),
             &["--noflush"],
-            Some(&self.restore_input(family, &saved)),
+            Some(&self.restore_input(family, coverage, &saved)),
         )?;
         Ok(())
     }
 }
 
-/// Adds the wanted jumps that `saved` (one table's `iptables-save`) lacks, and deletes jumps into
-/// `ours` that are not wanted (left by an older version's rules), so `init` always leaves exactly
-/// the current set.
+/// IPv6 without a global address: nothing but loopback, either way.
+fn lockdown_input(saved: &Saved) -> String {
+    let mut s = format!("*{FILTER}\n:{FILTER_OUT_CHAIN} - [0:0]\n:{FILTER_IN_CHAIN} - [0:0]\n");
+    let _ = writeln!(s, "-A {FILTER_OUT_CHAIN} -o lo -j RETURN");
+    let _ = writeln!(s, "-A {FILTER_OUT_CHAIN} -j DROP");
+    let _ = writeln!(s, "-A {FILTER_IN_CHAIN} -i lo -j RETURN");
+    let _ = writeln!(s, "-A {FILTER_IN_CHAIN} -j DROP");
+    reconcile_jumps(
+        &mut s,
+        &saved.filter,
+        &[
+            ("INPUT", format!("-j {FILTER_IN_CHAIN}")),
+            ("OUTPUT", format!("-j {FILTER_OUT_CHAIN}")),
+        ],
+        &[FILTER_OUT_CHAIN, FILTER_IN_CHAIN, GUARD_CHAIN, SPOOF_CHAIN],
+    );
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Deletes every jump into `ours` that `saved` (one table's `iptables-save`) holds and inserts
+/// the wanted ones at the top of their built-in chains, in order: within one restore this is
+/// atomic, leaves exactly the current set (also after an older version's rules), and puts
+/// nobody else's rule in front of ours.
 fn reconcile_jumps(s: &mut String, saved: &str, wanted: &[(&str, String)], ours: &[&str]) {
-    let wanted: Vec<String> = wanted
-        .iter()
-        .map(|(chain, jump)| format!("-A {chain} {jump}"))
-        .collect();
     for line in saved.lines().map(str::trim) {
         let into_ours = line.starts_with("-A ")
             && ours
                 .iter()
                 .any(|chain| line.ends_with(&format!(" -j {chain}")));
-        if into_ours && !wanted.iter().any(|w| w == line) {
+        if into_ours {
             let _ = writeln!(s, "-D{}", &line[2..]);
         }
     }
-    for line in &wanted {
-        if !saved.lines().any(|l| l.trim() == line) {
-            let _ = writeln!(s, "{line}");
-        }
+    let mut position: Vec<(&str, usize)> = Vec::new();
+    for (chain, jump) in wanted {
+        let n = match position.iter_mut().find(|(c, _)| c == chain) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                position.push((chain, 1));
+                1
+            }
+        };
+        let _ = writeln!(s, "-I {chain} {n} {jump}");
     }
 }
 
@@ -540,60 +643,27 @@ fn has_dns_rule(family: Family) -> Result<bool, InitError> {
 
 /// Removes the jumps and chains for one family; nothing happens where they are absent.
 pub fn remove(family: Family) -> Result<(), InitError> {
-    let saved = run(&family.tool("-save"), &["-t", TABLE], None)?;
-    let mut s = format!("*{TABLE}\n");
-    for line in saved.lines() {
-        let line = line.trim();
-        if line.starts_with("-A PREROUTING ") && line.ends_with(&format!("-j {INBOUND_CHAIN}"))
-            || line.starts_with("-A OUTPUT ") && line.ends_with(&format!("-j {OUTPUT_CHAIN}"))
-        {
-            let _ = writeln!(s, "-D{}", &line[2..]);
+    for (table, chains) in CHAINS {
+        let saved = run(&family.tool("-save"), &["-t", table], None)?;
+        let mut s = format!("*{table}\n");
+        for line in saved.lines().map(str::trim) {
+            if line.starts_with("-A ")
+                && chains
+                    .iter()
+                    .any(|chain| line.ends_with(&format!(" -j {chain}")))
+            {
+                let _ = writeln!(s, "-D{}", &line[2..]);
+            }
         }
-    }
-    for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
-        if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
-            let _ = writeln!(s, "-F {chain}\n-X {chain}");
+        for chain in chains {
+            if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
+                let _ = writeln!(s, "-F {chain}\n-X {chain}");
+            }
         }
+        s.push_str("COMMIT\n");
+        run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
     }
-    s.push_str("COMMIT\n");
-    run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
-    // The DNS capture: mangle chains, routing rule and table.
-    let saved = run(&family.tool("-save"), &["-t", MANGLE], None)?;
-    let mut s = format!("*{MANGLE}\n");
-    for line in saved.lines() {
-        let line = line.trim();
-        if line.starts_with("-A ")
-            && (line.ends_with(&format!("-j {DNS_OUTPUT_CHAIN}"))
-                || line.ends_with(&format!("-j {DNS_PREROUTING_CHAIN}")))
-        {
-            let _ = writeln!(s, "-D{}", &line[2..]);
-        }
-    }
-    for chain in [DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN] {
-        if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
-            let _ = writeln!(s, "-F {chain}\n-X {chain}");
-        }
-    }
-    s.push_str("COMMIT\n");
-    run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
-    // The packet filter.
-    let saved = run(&family.tool("-save"), &["-t", FILTER], None)?;
-    let mut s = format!("*{FILTER}\n");
-    for line in saved.lines() {
-        let line = line.trim();
-        if line.starts_with("-A OUTPUT ") && line.ends_with(&format!("-j {FILTER_OUT_CHAIN}"))
-            || line.starts_with("-A INPUT ") && line.ends_with(&format!("-j {FILTER_IN_CHAIN}"))
-        {
-            let _ = writeln!(s, "-D{}", &line[2..]);
-        }
-    }
-    for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN] {
-        if saved.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
-            let _ = writeln!(s, "-F {chain}\n-X {chain}");
-        }
-    }
-    s.push_str("COMMIT\n");
-    run(&family.tool("-restore"), &["--noflush"], Some(&s))?;
+    // The DNS capture's routing rule and table.
     let flag = match family {
         Family::V4 => "-4",
         Family::V6 => "-6",
@@ -619,6 +689,77 @@ pub fn remove(family: Family) -> Result<(), InitError> {
         None,
     );
     Ok(())
+}
+
+/// What the IPv6 rules must do in this namespace, from its IPv6 addresses: capture with a
+/// global address; lock down with only link-local ones (enough to reach the node); nothing
+/// when IPv6 is off (no address but loopback, or no IPv6 in the kernel).
+pub fn ipv6_coverage(addresses: &[IpAddr]) -> Option<Coverage> {
+    if has_ipv6(addresses) {
+        Some(Coverage::Capture)
+    } else if addresses.iter().any(|a| a.is_ipv6() && !a.is_loopback()) {
+        Some(Coverage::Lockdown)
+    } else {
+        None
+    }
+}
+
+/// Reserves the sidecar's ports in this namespace (`net.ipv4.ip_local_reserved_ports`, which
+/// covers IPv6 too), adding them to what is reserved already, so that no outgoing connection
+/// takes one as its local port before the sidecar binds it. Where `/proc/sys` is read-only (a
+/// container; injection sets the sysctl on the pod instead) it checks that they are reserved.
+pub fn reserve_ports(ports: &[u16]) -> Result<(), ReserveError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let current = std::fs::read_to_string(PATH).map_err(|e| ReserveError::Read(e.to_string()))?;
+    let reserved = parse_port_ranges(&current);
+    let missing: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|p| !reserved.iter().any(|(lo, hi)| (lo..=hi).contains(&p)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut all: Vec<String> = vec![current.trim().to_string()];
+    all.retain(|s| !s.is_empty());
+    all.extend(missing.iter().map(u16::to_string));
+    std::fs::write(PATH, all.join(",")).map_err(|e| ReserveError::NotReserved {
+        ports: missing,
+        why: e.to_string(),
+    })
+}
+
+/// The sidecar's ports could not be reserved.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// The sysctl cannot be read (no IPv4 in this kernel?).
+    #[error("cannot read net.ipv4.ip_local_reserved_ports: {0}")]
+    Read(String),
+    /// Some ports are not reserved and the sysctl cannot be written.
+    #[error(
+        "ports {ports:?} are not in net.ipv4.ip_local_reserved_ports and it cannot be written ({why}): \
+         an outgoing connection may take one before the sidecar binds it (set the pod sysctl, as injection does)"
+    )]
+    NotReserved {
+        /// What is not reserved.
+        ports: Vec<u16>,
+        /// Why writing failed.
+        why: String,
+    },
+}
+
+/// `1000,2000-2010` as ranges.
+fn parse_port_ranges(text: &str) -> Vec<(u16, u16)> {
+    text.trim()
+        .split(',')
+        .filter_map(|part| {
+            let part = part.trim();
+            match part.split_once('-') {
+                Some((lo, hi)) => Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)),
+                None => part.parse().ok().map(|p| (p, p)),
+            }
+        })
+        .collect()
 }
 
 /// Whether the namespace has an IPv6 address beyond loopback and link-local ones.
@@ -686,25 +827,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_rules_capture_inbound_outbound_and_dns_but_not_the_proxy_or_loopback() {
+    fn default_rules_capture_inbound_outbound_and_dns_but_not_the_marked_sidecar_or_loopback() {
         let rules = InitConfig::default().chain_rules(Family::V4);
         assert_eq!(
             rules,
             [
                 "-A PODWALL_INBOUND -p tcp --dport 15020 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp -j REDIRECT --to-ports 15006",
-                "-A PODWALL_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-A PODWALL_OUTPUT -m mark --mark 0x1337 -j RETURN",
                 "-A PODWALL_OUTPUT -o lo -j RETURN",
                 "-A PODWALL_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
                 "-A PODWALL_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
             ]
+        );
+        let all =
+            InitConfig::default().restore_input(Family::V4, Coverage::Capture, &Saved::default());
+        assert!(
+            !all.contains("owner"),
+            "no uid or gid exempts anything: {all}"
         );
     }
 
     #[test]
     fn exclusions_come_before_redirects_and_cidrs_go_to_their_family() {
         let cfg = InitConfig {
-            proxy_gid: Some(1337),
             exclude_inbound_ports: (1..=16).collect(),
             exclude_outbound_ports: vec![443, 6443, 443],
             exclude_outbound_cidrs: vec![
@@ -722,7 +868,6 @@ mod tests {
             ),
             "{v4:#?}"
         );
-        assert!(v4.contains(&"-A PODWALL_OUTPUT -m owner --gid-owner 1337 -j RETURN".to_string()));
         assert!(v4.contains(&"-A PODWALL_OUTPUT -d 10.96.0.0/12 -j RETURN".to_string()));
         assert!(!v4.iter().any(|r| r.contains("fd00::")));
         assert!(v4.contains(
@@ -742,65 +887,46 @@ mod tests {
     }
 
     #[test]
-    fn jumps_are_only_added_when_missing() {
+    fn every_jump_is_deleted_and_inserted_again_at_the_top_in_order() {
         let cfg = InitConfig::default();
-        let empty = Saved {
-            nat: "*nat\nCOMMIT\n".into(),
-            mangle: "*mangle\nCOMMIT\n".into(),
-            filter: "*filter\nCOMMIT\n".into(),
-        };
-        let fresh = cfg.restore_input(Family::V4, &empty);
-        assert!(fresh.contains("-A PREROUTING -p tcp -j PODWALL_INBOUND\n"));
-        assert!(fresh.contains("-A OUTPUT -j PODWALL_OUTPUT\n"));
+        let fresh = cfg.restore_input(Family::V4, Coverage::Capture, &Saved::default());
         assert!(fresh.starts_with("*nat\n:PODWALL_INBOUND - [0:0]\n:PODWALL_OUTPUT - [0:0]\n"));
-        assert!(fresh.contains("-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n"));
-        assert!(fresh.contains("-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\n"));
-        for proto in ["udp", "sctp", "icmp"] {
-            assert!(fresh.contains(&format!("-A OUTPUT -p {proto} -j PODWALL_FILTER_OUT\n")));
-            assert!(fresh.contains(&format!("-A INPUT -p {proto} -j PODWALL_FILTER_IN\n")));
+        for jump in [
+            "-I PREROUTING 1 -p tcp -j PODWALL_INBOUND\n",
+            "-I OUTPUT 1 -j PODWALL_OUTPUT\n",
+            "-I OUTPUT 1 -p udp -j PODWALL_DNS_OUTPUT\n",
+            "-I PREROUTING 1 -p udp -j PODWALL_DNS_PREROUTING\n",
+            "-I INPUT 1 -i lo -m addrtype ! --src-type LOCAL -j PODWALL_SPOOF\n",
+            "-I INPUT 2 -p tcp -m conntrack --ctstate NEW -j PODWALL_GUARD\n",
+            "-I INPUT 3 -p udp -m udp --dport 15053 -j PODWALL_GUARD\n",
+            "-I INPUT 4 ! -p tcp -j PODWALL_FILTER_IN\n",
+            "-I OUTPUT 1 ! -p tcp -j PODWALL_FILTER_OUT\n",
+        ] {
+            assert!(fresh.contains(jump), "{jump} in {fresh}");
         }
-        // No unconditional jump: TCP never enters the packet filter's chains.
-        assert!(
-            !fresh.contains("-A OUTPUT -j PODWALL_FILTER_OUT"),
-            "{fresh}"
-        );
-        assert!(!fresh.contains("-A INPUT -j PODWALL_FILTER_IN"), "{fresh}");
+        assert!(!fresh.contains("-D "), "{fresh}");
+        // As iptables-save prints an installed set, with an older version's jumps and somebody
+        // else's.
         let installed = Saved {
-            nat: "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\nCOMMIT\n".into(),
+            nat: "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\n-A OUTPUT -j KUBE-SERVICES\nCOMMIT\n".into(),
             mangle: "*mangle\n-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\nCOMMIT\n".into(),
-            filter: "*filter\n-A INPUT -p udp -j PODWALL_FILTER_IN\n-A INPUT -p sctp -j PODWALL_FILTER_IN\n-A INPUT -p icmp -j PODWALL_FILTER_IN\n-A OUTPUT -p udp -j PODWALL_FILTER_OUT\n-A OUTPUT -p sctp -j PODWALL_FILTER_OUT\n-A OUTPUT -p icmp -j PODWALL_FILTER_OUT\nCOMMIT\n".into(),
+            filter: "*filter\n-A INPUT -p udp -j PODWALL_FILTER_IN\n-A INPUT -p icmp -j PODWALL_FILTER_IN\n-A OUTPUT -p udp -j PODWALL_FILTER_OUT\n-A OUTPUT -j OTHER\nCOMMIT\n".into(),
         };
-        let again = cfg.restore_input(Family::V4, &installed);
-        assert!(!again.contains("-A PREROUTING"), "{again}");
-        assert!(!again.contains("-A OUTPUT -"), "{again}");
-        assert!(!again.contains("-A INPUT -"), "{again}");
-        assert!(!again.contains("-D "), "{again}");
-    }
-
-    #[test]
-    fn jumps_left_by_older_rules_are_replaced_by_the_current_ones() {
-        let cfg = InitConfig::default();
-        let older = Saved {
-            nat: "*nat\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\n-A OUTPUT -j KUBE-SERVICES\nCOMMIT\n".into(),
-            mangle: "*mangle\nCOMMIT\n".into(),
-            // Every packet used to walk the filter chains.
-            filter: "*filter\n-A INPUT -j PODWALL_FILTER_IN\n-A OUTPUT -j PODWALL_FILTER_OUT\n-A OUTPUT -j OTHER\nCOMMIT\n".into(),
-        };
-        let input = cfg.restore_input(Family::V4, &older);
-        assert!(input.contains("-D INPUT -j PODWALL_FILTER_IN\n"), "{input}");
-        assert!(
-            input.contains("-D OUTPUT -j PODWALL_FILTER_OUT\n"),
-            "{input}"
-        );
-        assert!(
-            input.contains("-A OUTPUT -p udp -j PODWALL_FILTER_OUT\n"),
-            "{input}"
-        );
-        // Nobody else's jumps are touched, and current jumps stay.
-        assert!(!input.contains("OTHER"), "{input}");
-        assert!(!input.contains("KUBE-SERVICES"), "{input}");
-        assert!(!input.contains("-D PREROUTING"), "{input}");
-        assert!(!input.contains("-D OUTPUT -j PODWALL_OUTPUT"), "{input}");
+        let again = cfg.restore_input(Family::V4, Coverage::Capture, &installed);
+        for gone in [
+            "-D PREROUTING -p tcp -j PODWALL_INBOUND\n",
+            "-D OUTPUT -j PODWALL_OUTPUT\n",
+            "-D OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n",
+            "-D INPUT -p udp -j PODWALL_FILTER_IN\n",
+            "-D INPUT -p icmp -j PODWALL_FILTER_IN\n",
+            "-D OUTPUT -p udp -j PODWALL_FILTER_OUT\n",
+        ] {
+            assert!(again.contains(gone), "{gone} in {again}");
+        }
+        assert!(again.contains("-I INPUT 4 ! -p tcp -j PODWALL_FILTER_IN\n"));
+        // Nobody else's jumps are touched.
+        assert!(!again.contains("OTHER"), "{again}");
+        assert!(!again.contains("KUBE-SERVICES"), "{again}");
     }
 
     #[test]
@@ -812,7 +938,7 @@ mod tests {
         assert_eq!(
             cfg.dns_rules(Family::V4),
             [
-                "-A PODWALL_DNS_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-A PODWALL_DNS_OUTPUT -m mark --mark 0x1337 -j RETURN",
                 "-A PODWALL_DNS_OUTPUT -o lo -j RETURN",
                 "-A PODWALL_DNS_OUTPUT -d 10.96.0.1/32 -j RETURN",
                 "-A PODWALL_DNS_OUTPUT -p udp --dport 53 -j MARK --set-xmark 0x539/0xffffffff",
@@ -840,46 +966,125 @@ mod tests {
         ));
         assert!(
             !redirect
-                .restore_input(Family::V4, &Saved::default())
+                .restore_input(Family::V4, Coverage::Capture, &Saved::default())
                 .contains("*mangle")
         );
     }
 
     #[test]
-    fn new_udp_sctp_and_ping_flows_are_queued_except_the_proxy_loopback_dns_and_excluded_cidrs() {
+    fn every_new_non_tcp_flow_is_queued_and_what_conntrack_does_not_track_is_dropped() {
         let cfg = InitConfig {
             exclude_outbound_cidrs: vec!["10.96.0.1/32".parse().expect("net")],
             ..InitConfig::default()
         };
+        let rules = cfg.filter_rules(Family::V4);
+        let chain = |name: &str| -> Vec<&str> {
+            rules
+                .iter()
+                .filter(|r| r.starts_with(&format!("-A {name} ")))
+                .map(String::as_str)
+                .collect()
+        };
         assert_eq!(
-            cfg.filter_rules(Family::V4),
+            chain(FILTER_OUT_CHAIN),
             [
-                "-A PODWALL_FILTER_OUT -m owner --uid-owner 1337 -j RETURN",
+                "-A PODWALL_FILTER_OUT -m mark --mark 0x1337 -j RETURN",
                 "-A PODWALL_FILTER_OUT -o lo -j RETURN",
                 "-A PODWALL_FILTER_OUT -d 10.96.0.1/32 -j RETURN",
-                "-A PODWALL_FILTER_OUT -p udp --dport 53 -j RETURN",
-                "-A PODWALL_FILTER_IN -i lo -j RETURN",
-                "-A PODWALL_FILTER_OUT -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
-                "-A PODWALL_FILTER_OUT -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
-                "-A PODWALL_FILTER_OUT -p icmp --icmp-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
-                "-A PODWALL_FILTER_IN -p udp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
-                "-A PODWALL_FILTER_IN -p sctp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
-                "-A PODWALL_FILTER_IN -p icmp --icmp-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_OUT -m mark --mark 0x539 -j RETURN",
+                "-A PODWALL_FILTER_OUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+                "-A PODWALL_FILTER_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_OUT -j DROP",
             ]
         );
+        assert_eq!(
+            chain(FILTER_IN_CHAIN),
+            [
+                "-A PODWALL_FILTER_IN -i lo -j RETURN",
+                "-A PODWALL_FILTER_IN -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+                "-A PODWALL_FILTER_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_FILTER_IN -j DROP",
+            ]
+        );
+        // DNS is not let through by port: captured, it carries the capture's mark; not
+        // captured, it is judged like any UDP.
         assert!(
-            cfg.filter_rules(Family::V6).contains(
-                &"-A PODWALL_FILTER_IN -p ipv6-icmp --icmpv6-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337".to_string()
+            !rules.iter().any(|r| r.contains("--dport 53")),
+            "{rules:#?}"
+        );
+        let redirect = InitConfig {
+            dns_capture: DnsCapture::Redirect,
+            ..InitConfig::default()
+        };
+        assert!(
+            redirect.filter_rules(Family::V4).contains(
+                &"-A PODWALL_FILTER_OUT -p udp --dport 53 -m conntrack --ctstate DNAT -j RETURN"
+                    .to_string()
             )
         );
+        let v6 = cfg.filter_rules(Family::V6);
+        assert!(v6.contains(
+            &"-A PODWALL_FILTER_IN -p ipv6-icmp --icmpv6-type 135 -j RETURN".to_string()
+        ));
         let off = InitConfig {
             packet_queue: None,
             ..InitConfig::default()
         };
-        assert!(off.filter_rules(Family::V4).is_empty());
-        assert!(
-            !off.restore_input(Family::V4, &Saved::default())
-                .contains("*filter")
+        let off_rules = off.filter_rules(Family::V4);
+        assert!(!off_rules.iter().any(|r| r.contains("NFQUEUE")));
+        assert!(off_rules.contains(
+            &"-A PODWALL_FILTER_OUT -p udp -m conntrack --ctstate NEW -j RETURN".to_string()
+        ));
+        assert!(off_rules.contains(&"-A PODWALL_FILTER_OUT -j DROP".to_string()));
+    }
+
+    #[test]
+    fn listeners_take_only_redirected_traffic_on_marked_sockets_and_forged_loopback_is_dropped() {
+        let rules = InitConfig::default().filter_rules(Family::V4);
+        for rule in [
+            "-A PODWALL_GUARD -p tcp -m multiport --dports 15006,15001,15053 -m conntrack ! --ctstate DNAT -j DROP",
+            "-A PODWALL_GUARD -p udp --dport 15053 -m conntrack ! --ctstate DNAT -j DROP",
+            "-A PODWALL_GUARD -m conntrack --ctstate DNAT -m socket --nowildcard --restore-skmark -m mark ! --mark 0x1337 -j DROP",
+            "-A PODWALL_SPOOF -m socket --nowildcard --restore-skmark -m mark --mark 0x1337 -j DROP",
+        ] {
+            assert!(rules.contains(&rule.to_string()), "{rule} in {rules:#?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_without_a_global_address_is_locked_down_to_loopback() {
+        let lockdown =
+            InitConfig::default().restore_input(Family::V6, Coverage::Lockdown, &Saved::default());
+        assert_eq!(
+            lockdown,
+            "*filter\n:PODWALL_FILTER_OUT - [0:0]\n:PODWALL_FILTER_IN - [0:0]\n\
+             -A PODWALL_FILTER_OUT -o lo -j RETURN\n-A PODWALL_FILTER_OUT -j DROP\n\
+             -A PODWALL_FILTER_IN -i lo -j RETURN\n-A PODWALL_FILTER_IN -j DROP\n\
+             -I INPUT 1 -j PODWALL_FILTER_IN\n-I OUTPUT 1 -j PODWALL_FILTER_OUT\nCOMMIT\n"
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            ipv6_coverage(&[ip("::1"), ip("fe80::1")]),
+            Some(Coverage::Lockdown)
+        );
+        assert_eq!(
+            ipv6_coverage(&[ip("fe80::1"), ip("fd00::5")]),
+            Some(Coverage::Capture)
+        );
+        assert_eq!(ipv6_coverage(&[ip("::1")]), None);
+        assert_eq!(ipv6_coverage(&[]), None);
+    }
+
+    #[test]
+    fn reserved_port_ranges_are_read_as_the_kernel_writes_them() {
+        assert_eq!(
+            parse_port_ranges("15001,15006-15010\n"),
+            [(15001, 15001), (15006, 15010)]
+        );
+        assert!(parse_port_ranges("\n").is_empty());
+        assert_eq!(
+            InitConfig::default().listener_ports(),
+            [15001, 15006, 15020, 15053]
         );
     }
 

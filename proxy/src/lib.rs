@@ -14,9 +14,11 @@ pub mod config;
 pub mod conn;
 pub mod conntrack;
 pub mod dns;
+pub mod exempt;
 pub mod feed_client;
 pub mod flow;
 pub mod init;
+pub mod lookup;
 pub mod metrics;
 pub mod orig_dst;
 pub mod packet_filter;
@@ -60,6 +62,10 @@ async fn bind_tcp(
         tokio::net::TcpSocket::new_v6()
     };
     let bind = |s: tokio::net::TcpSocket| -> std::io::Result<TcpListener> {
+        // Marked: the init rules hand redirected connections only to marked listeners (and
+        // accepted sockets inherit the mark). Never SO_REUSEPORT: another root process of the
+        // pod could then bind the same port and take a share of the connections.
+        exempt::mark(&s)?;
         s.set_reuseaddr(true)?;
         // Accepted sockets inherit it: no setsockopt per connection. Relayed messages go out
         // as they come, as they would on a direct connection the app had made with it.
@@ -155,11 +161,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         round_robin: Default::default(),
     });
     let mut resolvers: Vec<std::net::IpAddr> = config.dns_upstream.into_iter().collect();
-    resolvers.extend(
-        std::fs::read_to_string("/etc/resolv.conf")
-            .map(|t| dns::resolvers_from_resolv_conf(&t))
-            .unwrap_or_default(),
-    );
+    resolvers.extend(lookup::ResolvConf::system().nameservers);
     let transparent = dns_udp.iter().all(|(_, t)| *t);
     let dns_ctx = Arc::new(dns::DnsContext {
         resolvers: resolvers.clone(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use podwall_proxy::init::{DnsCapture, Family, InitConfig};
+use podwall_proxy::init::{Coverage, DnsCapture, Family, InitConfig};
 use podwall_proxy::{Identity, ProxyConfig};
 
 /// The sidecar's two jobs.
@@ -19,14 +19,18 @@ pub(crate) enum ProxyCommand {
     Run(RunArgs),
 }
 
-/// When to write IPv6 rules.
+/// What the IPv6 rules do.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ipv6Mode {
-    /// When the namespace has a global IPv6 address.
+    /// Capture as IPv4 when the namespace has a global IPv6 address; drop all IPv6 but
+    /// loopback when it has only link-local ones; nothing when it has no IPv6.
     Auto,
-    /// Always.
+    /// Capture as IPv4, whatever the addresses.
     On,
-    /// Never.
+    /// Drop all IPv6 but loopback.
+    Lockdown,
+    /// Write no IPv6 rules: IPv6 traffic is NOT enforced (a link-local address reaches the
+    /// node and the pods beside it).
     Off,
 }
 
@@ -42,14 +46,12 @@ pub(crate) enum DnsCaptureArg {
 /// `proxy init` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct InitArgs {
-    /// The uid the sidecar runs as; its own connections are never captured.
-    #[arg(long, default_value_t = 1337)]
-    proxy_uid: u32,
-    /// The gid the sidecar runs as, also excluded. The injected sidecar runs as root (it needs
-    /// NET_ADMIN, which Kubernetes grants no non-root process) in this group, so the group is
-    /// what exempts it.
-    #[arg(long, default_value_t = 1337)]
-    proxy_gid: u32,
+    /// The mark on the sidecar's sockets (`proxy run --proxy-mark`): its packets are never
+    /// captured. Setting a socket mark needs NET_ADMIN or NET_RAW, which app containers must
+    /// not have (injection drops NET_RAW); no uid or group is exempt, since a root app can
+    /// take any.
+    #[arg(long, default_value_t = podwall_proxy::exempt::DEFAULT_MARK, value_parser = parse_mark)]
+    proxy_mark: u32,
     /// Where inbound TCP is redirected.
     #[arg(long, default_value_t = 15006)]
     inbound_port: u16,
@@ -83,10 +85,11 @@ pub(crate) struct InitArgs {
     /// to judge; it must match `proxy run --packet-queue`.
     #[arg(long, default_value_t = podwall_proxy::init::DEFAULT_PACKET_QUEUE)]
     packet_queue: u16,
-    /// Leave UDP and SCTP other than DNS, and ping, alone: their policies are then NOT enforced.
+    /// Let new UDP, SCTP and ICMP flows pass unjudged: their policies are then NOT enforced
+    /// (other protocols are dropped).
     #[arg(long)]
     no_packet_filter: bool,
-    /// Write ip6tables rules too.
+    /// What the ip6tables rules do.
     #[arg(long, value_enum, default_value = "auto")]
     ipv6: Ipv6Mode,
     /// Print the rules instead of installing them.
@@ -166,6 +169,10 @@ pub(crate) struct RunArgs {
     /// reset, and running UDP, SCTP and ping flows lose their conntrack entry).
     #[arg(long)]
     keep_revoked_connections: bool,
+    /// The mark on every socket the sidecar opens (`proxy init --proxy-mark`), which the init
+    /// rules let pass; setting it needs NET_ADMIN.
+    #[arg(long, default_value_t = podwall_proxy::exempt::DEFAULT_MARK, value_parser = parse_mark)]
+    proxy_mark: u32,
     /// Worker threads moving bytes.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -185,10 +192,22 @@ pub(crate) fn run(cmd: ProxyCommand) -> ExitCode {
     }
 }
 
+/// A mark in decimal or `0x` hex, not zero (zero is no mark at all).
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let n = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a mark (decimal or 0x hex): {e}"))?;
+    if n == 0 {
+        return Err("the mark must not be 0 (that is every unmarked packet)".into());
+    }
+    Ok(n)
+}
+
 fn init(args: InitArgs) -> ExitCode {
     let config = InitConfig {
-        proxy_uid: args.proxy_uid,
-        proxy_gid: Some(args.proxy_gid),
+        proxy_mark: args.proxy_mark,
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         dns_port: args.dns_port,
@@ -203,46 +222,84 @@ fn init(args: InitArgs) -> ExitCode {
         exclude_outbound_cidrs: args.exclude_outbound_cidrs,
         packet_queue: (!args.no_packet_filter).then_some(args.packet_queue),
     };
-    let mut families = vec![Family::V4];
+    let mut families = vec![(Family::V4, Coverage::Capture)];
     let v6 = match args.ipv6 {
-        Ipv6Mode::On => true,
-        Ipv6Mode::Off => false,
-        Ipv6Mode::Auto => podwall_proxy::init::has_ipv6(&podwall_proxy::init::ipv6_addresses()),
+        Ipv6Mode::On => Some(Coverage::Capture),
+        Ipv6Mode::Lockdown => Some(Coverage::Lockdown),
+        Ipv6Mode::Off => None,
+        Ipv6Mode::Auto => {
+            podwall_proxy::init::ipv6_coverage(&podwall_proxy::init::ipv6_addresses())
+        }
     };
-    if v6 {
-        families.push(Family::V6);
+    if let Some(coverage) = v6 {
+        families.push((Family::V6, coverage));
+    } else if args.ipv6 == Ipv6Mode::Off && !args.remove {
+        eprintln!(
+            "podwall: warning: --ipv6 off: no IPv6 rules, so IPv6 traffic of this pod is NOT enforced"
+        );
     }
-    for family in families {
+    if args.remove {
+        // Whatever was installed, both families.
+        families = vec![
+            (Family::V4, Coverage::Capture),
+            (Family::V6, Coverage::Capture),
+        ];
+    }
+    for (family, coverage) in families {
         let tool = if family == Family::V4 {
             "iptables"
         } else {
             "ip6tables"
         };
         if args.dry_run {
-            for cmd in config.route_commands(family) {
-                println!("{}", cmd.join(" "));
+            if coverage == Coverage::Capture {
+                for cmd in config.route_commands(family) {
+                    println!("{}", cmd.join(" "));
+                }
             }
             println!("# {tool}-restore --noflush");
             print!(
                 "{}",
-                config.restore_input(family, &podwall_proxy::init::Saved::default())
+                config.restore_input(family, coverage, &podwall_proxy::init::Saved::default())
             );
             continue;
         }
         let result = if args.remove {
-            podwall_proxy::init::remove(family)
+            match podwall_proxy::init::remove(family) {
+                // A namespace without IPv6 has nothing to remove there.
+                Err(_)
+                    if family == Family::V6 && podwall_proxy::init::ipv6_addresses().is_empty() =>
+                {
+                    Ok(())
+                }
+                r => r,
+            }
         } else {
-            config.apply(family)
+            config.apply(family, coverage)
         };
         match result {
             Ok(()) => eprintln!(
                 "podwall: {tool} rules {}",
-                if args.remove { "removed" } else { "installed" }
+                match (args.remove, coverage) {
+                    (true, _) => "removed",
+                    (false, Coverage::Capture) => "installed",
+                    (false, Coverage::Lockdown) =>
+                        "installed (no global IPv6 address: all IPv6 but loopback is dropped)",
+                }
             ),
             Err(e) => {
                 eprintln!("podwall: {e}");
                 return ExitCode::FAILURE;
             }
+        }
+    }
+    if !args.dry_run && !args.remove {
+        match podwall_proxy::init::reserve_ports(&config.listener_ports()) {
+            Ok(()) => eprintln!(
+                "podwall: ports {:?} reserved from outgoing connections",
+                config.listener_ports()
+            ),
+            Err(e) => eprintln!("podwall: warning: {e}"),
         }
     }
     ExitCode::SUCCESS
@@ -268,6 +325,10 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         namespace: args.pod_namespace,
         name: args.pod_name,
     };
+    if let Err(e) = podwall_proxy::exempt::set_mark(args.proxy_mark) {
+        eprintln!("podwall: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut config = ProxyConfig::new(identity);
     config.inbound = SocketAddr::from(([0, 0, 0, 0], args.inbound_port));
     config.outbound = vec![SocketAddr::from(([127, 0, 0, 1], args.outbound_port))];
