@@ -9,84 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use podwall_sandbox::{Inject, Options, Sandbox, run_in};
+use podwall_sandbox::{Inject, Options, run_in};
 
 mod support;
-
-const PODWALL: &str = env!("CARGO_BIN_EXE_podwall");
-
-fn ready_for(test: &str) -> bool {
-    support::ready(
-        test,
-        &["ip", "iptables", "setpriv"],
-        "iproute2, iptables and setpriv",
-    )
-}
-
-fn options(name: &str, inject: Inject) -> Options {
-    Options {
-        name: name.to_string(),
-        inject,
-        exe: PathBuf::from(PODWALL),
-        sidecar_args: Vec::new(),
-    }
-}
-
-/// A sandbox that is removed when the test ends, however it ends.
-struct Up(Option<Sandbox>);
-
-impl Up {
-    fn new(dir: &Path, name: &str, inject: Inject) -> Self {
-        Self::with(dir, options(name, inject))
-    }
-    fn with(dir: &Path, options: Options) -> Self {
-        let sb =
-            Sandbox::up(dir, &options).unwrap_or_else(|e| panic!("sandbox {}: {e}", options.name));
-        Up(Some(sb))
-    }
-    fn sb(&self) -> &Sandbox {
-        self.0.as_ref().expect("sandbox")
-    }
-    fn ns(&self, key: &str) -> String {
-        self.sb()
-            .pod(key)
-            .unwrap_or_else(|| panic!("no pod {key}"))
-            .netns
-            .clone()
-    }
-    fn ip(&self, key: &str) -> IpAddr {
-        self.sb()
-            .pod(key)
-            .unwrap_or_else(|| panic!("no pod {key}"))
-            .ip
-    }
-    fn flows(&self, key: &str) -> Vec<serde_json::Value> {
-        let i = self
-            .sb()
-            .record
-            .pods
-            .iter()
-            .position(|p| p.key == key)
-            .expect("pod");
-        let text = std::fs::read_to_string(
-            self.sb()
-                .logs_dir()
-                .join(format!("{i}-sidecar.flows.jsonl")),
-        )
-        .unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(sb) = self.0.take() {
-            let _ = sb.down();
-        }
-    }
-}
+use support::sandbox::{PODWALL, Up, connect, options, ready_for, topology, wait_for};
 
 /// Two sidecar pods (client, server) and one without (plain), no policy: everything allowed.
 const TWO_PODS: &str = r#"
@@ -111,41 +37,6 @@ metadata: {name: plain, namespace: t, labels: {app: plain}}
 spec: {containers: [{name: s, ports: [{containerPort: 8080}]}]}
 status: {podIP: 10.77.0.3, hostIP: 192.168.77.1}
 "#;
-
-fn topology(yaml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("cluster.yaml"), yaml).expect("write");
-    dir
-}
-
-/// Connects from inside `ns` and returns the stream with the greeting line read.
-fn connect(ns: &str, dst: SocketAddr) -> Result<(BufReader<TcpStream>, String), String> {
-    run_in(ns, move || {
-        let s =
-            TcpStream::connect_timeout(&dst, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(|e| e.to_string())?;
-        if line.is_empty() {
-            return Err("closed without a greeting".into());
-        }
-        Ok((r, line))
-    })
-    .map_err(|e| e.to_string())?
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 #[test]
 fn every_example_behaves_in_the_sandbox_as_the_analyzer_predicts() {

@@ -406,6 +406,35 @@ fn init_rules(sb: &Sandbox, podwall: &Path, extra: &[&str]) -> Result<(), String
     output(cmd).map(|_| ())
 }
 
+/// Lets the peers (haproxy, nginx, run as uid 1337 by `as_proxy_in`) stand in the sidecar's
+/// slot: they cannot mark their sockets as podwall's sidecar does, so their uid is exempted and
+/// the listener guard opened, in the client pod only and only for their runs (podwall's own
+/// runs come first, on the rules `proxy init` writes). Never do this in a cluster: any root
+/// process can take a uid.
+fn exempt_peers(sb: &Sandbox) -> Result<(), String> {
+    let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
+    let uid = podwall_sandbox::PROXY_UID.to_string();
+    for (table, chain, rule) in [
+        (
+            "nat",
+            "PODWALL_OUTPUT",
+            vec!["-m", "owner", "--uid-owner", &uid],
+        ),
+        (
+            "filter",
+            "PODWALL_FILTER_OUT",
+            vec!["-m", "owner", "--uid-owner", &uid],
+        ),
+        ("filter", "PODWALL_GUARD", vec![]),
+    ] {
+        let mut args = vec!["iptables", "-t", table, "-I", chain, "1"];
+        args.extend(rule);
+        args.extend(["-j", "RETURN"]);
+        output(netns_cmd(ns, &args))?;
+    }
+    Ok(())
+}
+
 /// Builds a sandbox named `name` from `topology` (no sidecar injected), runs `body` in it with
 /// its work directory, then takes both down whatever happened.
 fn in_sandbox<T>(
@@ -575,6 +604,9 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
             std::fs::write(&policies, l4).map_err(|e| e.to_string())?;
         }
 
+        if !args.no_haproxy {
+            exempt_peers(sb)?;
+        }
         // nginx as an HTTP reverse proxy in the same slot.
         if l7 && !args.no_haproxy {
             let ngx = work.join("nginx-l7");

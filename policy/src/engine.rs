@@ -206,13 +206,16 @@ impl Engine {
                             rule: rule_id,
                         });
                     }
-                    // Every protocol means ping too; ICMP has no port, and is asked as port 0.
-                    entries.push(PortEntry::Range {
-                        protocol: Protocol::Icmp,
-                        lo: 0,
-                        hi: 0,
-                        rule: rule_id,
-                    });
+                    // Every protocol means ping and the protocols without ports too; they are
+                    // asked as port 0.
+                    for protocol in [Protocol::Icmp, Protocol::Other] {
+                        entries.push(PortEntry::Range {
+                            protocol,
+                            lo: 0,
+                            hi: 0,
+                            rule: rule_id,
+                        });
+                    }
                 }
                 for spec in &rule.ports {
                     let protocol = spec.protocol;

@@ -20,7 +20,7 @@ pub type Labels = BTreeMap<String, String>;
 /// The label the API server puts on every namespace (immutable, equal to its name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// A transport protocol NetworkPolicy can name, and ICMP echo, which it cannot.
+/// A transport protocol NetworkPolicy can name, and ICMP echo and the rest, which it cannot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
@@ -33,13 +33,16 @@ pub enum Protocol {
     /// ICMP or ICMPv6 echo (ping). No policy can name it (no port has it): only a rule
     /// without `ports`, which allows every protocol, allows it. Never parsed from a policy.
     Icmp,
+    /// Every other IP protocol (UDP-Lite, GRE, ESP, raw IP, ICMP other than echo): like ping,
+    /// allowed only by a rule without `ports`, and asked as port 0. Never parsed from a policy.
+    Other,
 }
 
 impl Protocol {
     /// Every protocol a port can name, in a fixed order.
     pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
     /// How many values [`Protocol::index`] takes.
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     /// A dense index for per-protocol arrays.
     pub fn index(self) -> usize {
@@ -48,21 +51,24 @@ impl Protocol {
             Protocol::Udp => 1,
             Protocol::Sctp => 2,
             Protocol::Icmp => 3,
+            Protocol::Other => 4,
         }
     }
 
-    /// The API spelling: `TCP`, `UDP`, `SCTP` (and `ICMP`, podwall's own).
+    /// The API spelling: `TCP`, `UDP`, `SCTP` (and `ICMP` and `OTHER`, podwall's own).
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Sctp => "SCTP",
             Protocol::Icmp => "ICMP",
+            Protocol::Other => "OTHER",
         }
     }
 }
 
-/// A protocol and port as messages show them: `TCP/8080`, and `ICMP (ping)`, which has no port.
+/// A protocol and port as messages show them: `TCP/8080`, and `ICMP (ping)` and `another IP
+/// protocol`, which have no port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProtocolPort(pub Protocol, pub u16);
 
@@ -70,6 +76,7 @@ impl fmt::Display for ProtocolPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Protocol::Icmp => f.write_str("ICMP (ping)"),
+            Protocol::Other => f.write_str("another IP protocol"),
             p => write!(f, "{p}/{}", self.1),
         }
     }

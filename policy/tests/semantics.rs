@@ -157,6 +157,38 @@ fn ping(e: &podwall_policy::Engine, from: &str, to: &str) -> bool {
     verdict(e, from, to, Protocol::Icmp, 0).allowed()
 }
 
+fn other_protocol(e: &podwall_policy::Engine, from: &str, to: &str) -> bool {
+    verdict(e, from, to, Protocol::Other, 0).allowed()
+}
+
+#[test]
+fn other_ip_protocols_are_allowed_only_by_rules_without_ports_as_ping_is() {
+    let e = cluster_with(&format!(
+        "{}---\n{}",
+        np(
+            "db",
+            PROD,
+            "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{podSelector: {matchLabels: {app: api}}}]\n- from: [{podSelector: {matchLabels: {app: frontend}}}]\n  ports: [{port: 1, endPort: 65535}, {protocol: UDP}, {protocol: SCTP}]",
+        ),
+        np(
+            "frontend-out",
+            PROD,
+            "podSelector: {matchLabels: {app: frontend}}\npolicyTypes: [Egress]\negress:\n- to: [{podSelector: {matchLabels: {app: db}}}]\n  ports: [{protocol: UDP}]",
+        ),
+    ));
+    assert!(other_protocol(&e, "production/api", "production/db"));
+    assert!(
+        !other_protocol(&e, "production/frontend", "production/db"),
+        "every port of every named protocol is still not, say, UDP-Lite"
+    );
+    assert!(!other_protocol(&e, "staging/api", "production/db"));
+    assert!(!other_protocol(&e, "production/frontend", "staging/api"));
+    assert_eq!(
+        podwall_policy::ProtocolPort(Protocol::Other, 0).to_string(),
+        "another IP protocol"
+    );
+}
+
 #[test]
 fn ping_is_allowed_only_by_rules_without_ports_in_both_directions() {
     let e = cluster_with(&format!(

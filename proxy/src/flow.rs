@@ -62,8 +62,10 @@ pub struct FlowEvent {
     pub verdict: FlowVerdict,
     /// `egress` (this pod opened it) or `ingress` (this pod received it).
     pub direction: Direction,
-    /// TCP or UDP.
+    /// TCP, UDP, SCTP, ICMP (ping) or OTHER.
     pub protocol: Protocol,
+    /// For `OTHER`: the IP protocol number.
+    pub ip_protocol: Option<u8>,
     /// Who opened it.
     pub source: FlowPeer,
     /// Where it was going (the original destination).
@@ -108,6 +110,7 @@ impl FlowEvent {
             verdict: FlowVerdict::Denied,
             direction,
             protocol,
+            ip_protocol: None,
             source: peer(None, source),
             destination: peer(None, destination),
             egress: None,
@@ -251,6 +254,8 @@ struct EventLine<'a> {
     verdict: FlowVerdict,
     direction: Direction,
     protocol: Protocol,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip_protocol: Option<u8>,
     source: PeerLine<'a>,
     destination: PeerLine<'a>,
     egress: Option<SideLine<'a>>,
@@ -320,6 +325,7 @@ impl<'a> EventLine<'a> {
             verdict: e.verdict,
             direction: e.direction,
             protocol: e.protocol,
+            ip_protocol: e.ip_protocol,
             source: PeerLine::of(engine, &e.source),
             destination: PeerLine::of(engine, &e.destination),
             egress: e.egress.as_ref().map(|s| SideLine::of(engine, s)),

@@ -1,4 +1,5 @@
-//! The packet filter: UDP and SCTP flows other than DNS, and ping.
+//! The packet filter: every flow but TCP and DNS (UDP, SCTP, ping, and every other IP
+//! protocol).
 //!
 //! These cannot be proxied like TCP (no connection to accept, no `SO_ORIGINAL_DST`), so the
 //! init rules send the first packet of each new flow (conntrack state `NEW`, both directions)
@@ -24,6 +25,10 @@
 //! - Flow events are written when the flow starts: `bytes_*` and `duration_ms` are 0.
 //! - Ping (ICMP and ICMPv6 echo requests) is judged as protocol `ICMP`, port 0: no NetworkPolicy
 //!   port names it, so only a rule without `ports` (every protocol) allows it, on both sides.
+//! - Every other protocol (UDP-Lite, GRE, ESP, raw IP from an app that kept `NET_RAW`, ICMP
+//!   requests other than echo) is judged the same way as `OTHER`, with its protocol number in
+//!   the flow event: a rule without `ports` allows it, nothing else does. Nothing the pod sends
+//!   or receives passes unjudged.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -43,6 +48,7 @@ const HOOK_LOCAL_IN: u8 = 1;
 const HOOK_LOCAL_OUT: u8 = 3;
 /// IP protocol numbers.
 const ICMP: u8 = 1;
+const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 const SCTP: u8 = 132;
@@ -56,16 +62,18 @@ const COPY_RANGE: u16 = 256;
 /// The first packet of a flow, as far as policy cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowStart {
-    /// UDP, SCTP, or ICMP for an echo request.
+    /// UDP, SCTP, ICMP for an echo request, or another protocol.
     pub protocol: Protocol,
+    /// The IP protocol number (IPv6: of the header after the extension headers).
+    pub ip_protocol: u8,
     /// The sender (port 0 for ICMP).
     pub source: SocketAddr,
     /// The receiver (port 0 for ICMP).
     pub destination: SocketAddr,
 }
 
-/// Reads the addresses, protocol and ports of an IP packet (IPv4 or IPv6); `None` for anything
-/// that is not the first fragment of a UDP or SCTP packet or an echo request, or is truncated.
+/// Reads the addresses, protocol and ports of an IP packet (IPv4 or IPv6); `None` for TCP
+/// (never queued: the proxy judges it), a later fragment, or a truncated packet.
 pub fn parse(packet: &[u8]) -> Option<FlowStart> {
     let (src, dst, next, payload): (IpAddr, IpAddr, u8, &[u8]) = match packet.first()? >> 4 {
         4 => {
@@ -106,24 +114,27 @@ pub fn parse(packet: &[u8]) -> Option<FlowStart> {
             u16::from_be_bytes([payload[0], payload[1]]),
             u16::from_be_bytes([payload[2], payload[3]]),
         ),
-        Protocol::Icmp => (0, 0),
+        Protocol::Icmp | Protocol::Other => (0, 0),
         _ => return None,
     };
     Some(FlowStart {
         protocol,
+        ip_protocol: next,
         source: SocketAddr::new(src, sport),
         destination: SocketAddr::new(dst, dport),
     })
 }
 
-/// Which flows the filter judges, by IP protocol number (and for ICMP the type of the packet
-/// that starts the flow): UDP, SCTP, and echo requests (ping).
+/// How the filter judges a flow, by IP protocol number (and for ICMP the type of the packet
+/// that starts the flow): UDP and SCTP by port, echo requests as ping, every other protocol
+/// as one without ports; TCP not at all (the proxy does).
 fn judged(ip_protocol: u8, icmp_type: Option<u8>) -> Option<Protocol> {
     match (ip_protocol, icmp_type) {
+        (TCP, _) => None,
         (UDP, _) => Some(Protocol::Udp),
         (SCTP, _) => Some(Protocol::Sctp),
         (ICMP, Some(ECHO_REQUEST)) | (ICMPV6, Some(ECHO_REQUEST_V6)) => Some(Protocol::Icmp),
-        _ => None,
+        _ => Some(Protocol::Other),
     }
 }
 
@@ -155,6 +166,9 @@ fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
 pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
     let mut event = FlowEvent::new(direction, start.protocol, start.source, start.destination);
     event.time = std::time::SystemTime::now();
+    if start.protocol == Protocol::Other {
+        event.ip_protocol = Some(start.ip_protocol);
+    }
     let policy = shared.policy();
     let Some(policy) = policy else {
         event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
@@ -212,8 +226,8 @@ pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEve
     event
 }
 
-/// The flow a conntrack entry of this pod stands for, if the filter judges such flows: UDP,
-/// SCTP and ping between one of `own` addresses and another address.
+/// The flow a conntrack entry of this pod stands for, if the filter judges such flows (all but
+/// TCP) between one of `own` addresses and another address.
 fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
     let protocol = judged(entry.protocol, entry.icmp_type)?;
     let direction = match (own.contains(&entry.src), own.contains(&entry.dst)) {
@@ -229,13 +243,14 @@ fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
         direction,
         FlowStart {
             protocol,
+            ip_protocol: entry.protocol,
             source: SocketAddr::new(entry.src, entry.sport),
             destination: SocketAddr::new(entry.dst, entry.dport),
         },
     ))
 }
 
-/// Removes the conntrack entries of the UDP, SCTP and ping flows the current policy denies, so
+/// Removes the conntrack entries of the non-TCP flows the current policy denies, so
 /// that their next packet is judged again; each one is a flow event and a revoked flow in the
 /// metrics. Returns how many were removed.
 pub fn revoke(shared: &Shared) -> std::io::Result<usize> {
@@ -319,7 +334,7 @@ fn run(mut queue: nfq::Queue, shared: &Shared) {
                 tracing::debug!(
                     hook = msg.get_hook(),
                     ?direction,
-                    "packet filter: not a UDP/SCTP packet or echo request it can read; dropped"
+                    "packet filter: a packet it cannot read (TCP, a later fragment, truncated); dropped"
                 );
                 false
             }
@@ -357,6 +372,7 @@ mod tests {
             parse(&p),
             Some(FlowStart {
                 protocol: Protocol::Udp,
+                ip_protocol: UDP,
                 source: "10.0.0.1:40000".parse().expect("addr"),
                 destination: "10.0.0.2:5353".parse().expect("addr"),
             })
@@ -364,16 +380,39 @@ mod tests {
     }
 
     #[test]
-    fn later_ipv4_fragments_and_other_protocols_are_not_read() {
+    fn later_ipv4_fragments_and_tcp_are_not_read_and_every_other_protocol_is_a_portless_flow() {
         let mut fragment = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
         fragment[7] = 8; // fragment offset 8 * 8 bytes
         assert_eq!(parse(&fragment), None);
-        let mut echo_reply = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 0, 2);
-        echo_reply[9] = ICMP;
-        assert_eq!(parse(&echo_reply), None, "only requests start a flow");
         let mut tcp = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
-        tcp[9] = 6;
-        assert_eq!(parse(&tcp), None);
+        tcp[9] = TCP;
+        assert_eq!(parse(&tcp), None, "the proxy judges TCP");
+        for (number, what) in [
+            (136, "UDP-Lite"),
+            (47, "GRE"),
+            (50, "ESP"),
+            (253, "experimental"),
+        ] {
+            let mut p = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
+            p[9] = number;
+            assert_eq!(
+                parse(&p),
+                Some(FlowStart {
+                    protocol: Protocol::Other,
+                    ip_protocol: number,
+                    source: "10.0.0.1:0".parse().expect("addr"),
+                    destination: "10.0.0.2:0".parse().expect("addr"),
+                }),
+                "{what}"
+            );
+        }
+        let mut timestamp = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 0x0d00, 0);
+        timestamp[9] = ICMP;
+        assert_eq!(
+            parse(&timestamp).map(|f| f.protocol),
+            Some(Protocol::Other),
+            "an ICMP request that is not ping"
+        );
         assert_eq!(parse(&[0x45, 0, 0]), None, "truncated");
         assert_eq!(parse(&[]), None);
     }
@@ -386,6 +425,7 @@ mod tests {
             parse(&v4),
             Some(FlowStart {
                 protocol: Protocol::Icmp,
+                ip_protocol: ICMP,
                 source: "10.0.0.1:0".parse().expect("addr"),
                 destination: "10.0.0.2:0".parse().expect("addr"),
             })
@@ -398,8 +438,8 @@ mod tests {
             parse(&v6).map(|f| (f.protocol, f.destination)),
             Some((Protocol::Icmp, "[fd00::2]:0".parse().expect("addr")))
         );
-        v6[40] = 135; // neighbour solicitation
-        assert_eq!(parse(&v6), None);
+        v6[40] = 139; // node information query: not ping
+        assert_eq!(parse(&v6).map(|f| f.protocol), Some(Protocol::Other));
     }
 
     #[test]
@@ -436,6 +476,15 @@ mod tests {
             "TCP"
         );
         assert_eq!(
+            flow_of(&entry("10.79.0.1", "10.79.0.3", 136, 0, None), &own).map(|(d, f)| (
+                d,
+                f.protocol,
+                f.ip_protocol
+            )),
+            Some((Direction::Egress, Protocol::Other, 136)),
+            "UDP-Lite"
+        );
+        assert_eq!(
             flow_of(&entry("127.0.0.1", "127.0.0.1", UDP, 9, None), &own),
             None,
             "loopback"
@@ -465,6 +514,7 @@ mod tests {
             parse(&p),
             Some(FlowStart {
                 protocol: Protocol::Sctp,
+                ip_protocol: SCTP,
                 source: "[fd00::1]:36412".parse().expect("addr"),
                 destination: "[fd00::2]:38412".parse().expect("addr"),
             })

@@ -256,6 +256,29 @@ pub fn as_proxy_in(ns: &str, program: &str) -> Command {
     cmd
 }
 
+/// The capabilities a container runtime (containerd, CRI-O, Docker) grants a container by
+/// default, without `NET_RAW`, which injection drops from every app container of a protected
+/// pod: what an app of an injected pod has, in `setpriv --bounding-set` spelling.
+pub const APP_CAPABILITIES: &str = "-all,+chown,+dac_override,+fsetid,+fowner,+mknod,+setgid,+setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write";
+
+/// `program` in the namespace `ns` as an app container of an injected pod runs: root, with the
+/// runtime's default capabilities less `NET_RAW` ([`APP_CAPABILITIES`]).
+pub fn app_in(ns: &str, program: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "setpriv",
+        "--inh-caps",
+        "-all",
+        "--bounding-set",
+        APP_CAPABILITIES,
+        program,
+    ]);
+    cmd
+}
+
 /// The sidecar in the namespace `ns`, with `CAP_NET_ADMIN` and `CAP_NET_BIND_SERVICE` (what a
 /// sidecar container is granted): the packet filter reads NFQUEUE and prunes conntrack, the
 /// transparent DNS socket reads each query's original destination, and the reply leaves from
@@ -512,6 +535,12 @@ impl Sandbox {
             netns::ip(&["-n", &node, "link", "set", &veth, "up"])?;
             netns::ip(&["-n", &node, "route", "add", &ip, "dev", &veth])?;
             netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // What container runtimes set in every pod (and injection asks for): ping
+            // without NET_RAW, through ICMP datagram sockets.
+            netns::exec(
+                ns,
+                "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range",
+            )?;
             netns::ip(&["-n", ns, "addr", "add", &ip, "dev", "eth0"])?;
             netns::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             netns::ip(&[
@@ -615,10 +644,15 @@ impl Sandbox {
                 continue;
             }
             let join = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-            let mut cmd = Command::new("ip");
-            cmd.args([
-                "netns", "exec", &pod.netns, &exe, "sandbox", "serve", "--pod", &pod.key,
-            ]);
+            // The app of an injected pod runs as injection leaves it (no NET_RAW).
+            let mut cmd = if pod.injected {
+                app_in(&pod.netns, &exe)
+            } else {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &pod.netns, &exe]);
+                c
+            };
+            cmd.args(["sandbox", "serve", "--pod", &pod.key]);
             if !pod.tcp.is_empty() {
                 cmd.args(["--tcp", &join(&pod.tcp)]);
             }

@@ -78,6 +78,9 @@ pub(crate) enum ProtocolArg {
     Sctp,
     /// Ping (ICMP/ICMPv6 echo), which has no port: allowed only by rules without `ports`.
     Icmp,
+    /// Any other IP protocol (UDP-Lite, GRE, ...), which has no port either: allowed only by
+    /// rules without `ports`.
+    Other,
 }
 
 impl From<ProtocolArg> for Protocol {
@@ -87,17 +90,21 @@ impl From<ProtocolArg> for Protocol {
             ProtocolArg::Udp => Protocol::Udp,
             ProtocolArg::Sctp => Protocol::Sctp,
             ProtocolArg::Icmp => Protocol::Icmp,
+            ProtocolArg::Other => Protocol::Other,
         }
     }
 }
 
-/// The port to ask about: ICMP has none (the engine asks it as port 0), the others need one.
+/// The port to ask about: ICMP and other protocols have none (the engine asks them as port
+/// 0), TCP, UDP and SCTP need one.
 fn query_port(protocol: Protocol, port: Option<u16>) -> Result<u16, String> {
     match (protocol, port) {
-        (Protocol::Icmp, None) => Ok(0),
-        (Protocol::Icmp, Some(_)) => Err("--protocol ICMP takes no --port".into()),
+        (Protocol::Icmp | Protocol::Other, None) => Ok(0),
+        (Protocol::Icmp | Protocol::Other, Some(_)) => {
+            Err(format!("--protocol {protocol} takes no --port"))
+        }
         (_, Some(port)) => Ok(port),
-        (_, None) => Err("--port is required (except with --protocol ICMP)".into()),
+        (_, None) => Err("--port is required (except with --protocol ICMP or OTHER)".into()),
     }
 }
 
@@ -130,10 +137,10 @@ pub(crate) struct CheckArgs {
     /// resolver (default: the cluster DNS, pods k8s-app=kube-dns).
     #[arg(long, value_name = "NS/POD|IP", required_unless_present_any = ["to_fqdn", "dns_query"])]
     to: Option<String>,
-    /// The destination port (53 with --dns-query; none with --protocol ICMP).
+    /// The destination port (53 with --dns-query; none with --protocol ICMP or OTHER).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
-    /// The protocol (TCP; UDP with --dns-query). ICMP asks about ping.
+    /// The protocol (TCP; UDP with --dns-query). ICMP asks about ping, OTHER about any other IP protocol.
     #[arg(long, ignore_case = true)]
     protocol: Option<ProtocolArg>,
     /// A connection to an address outside the cluster that the source pod's DNS answer gave
@@ -206,8 +213,9 @@ fn matrix(args: MatrixArgs) -> Result<ExitCode, String> {
     let (state, report) = load(&args.input)?;
     print_load_report(&report);
     let ports: Vec<(Protocol, u16)> = match (args.port, args.protocol) {
-        (port, Some(ProtocolArg::Icmp)) => {
-            vec![(Protocol::Icmp, query_port(Protocol::Icmp, port)?)]
+        (port, Some(p @ (ProtocolArg::Icmp | ProtocolArg::Other))) => {
+            let protocol = Protocol::from(p);
+            vec![(protocol, query_port(protocol, port)?)]
         }
         (Some(port), protocol) => {
             vec![(protocol.map(Protocol::from).unwrap_or(Protocol::Tcp), port)]

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+pub(crate) mod sandbox;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 

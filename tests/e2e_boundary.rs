@@ -1,0 +1,646 @@
+//! End-to-end: the interception boundary against the app it guards.
+//!
+//! Each test is one door a compromised app container tried (issue "The wall holds against the
+//! app it guards"), walked through again in the sandbox by `tests/fixtures/hostile_app.py`
+//! running as an app of an injected pod runs: root, with the runtime's default capabilities
+//! less NET_RAW (which injection drops), and NET_RAW only where a test says so. Beside every
+//! attack, the traffic policy allows still flows. `PODWALL_E2E_EXE=<older podwall>` runs the
+//! same tests against another build's rules and sidecar (they fail against the rules of
+//! before this boundary).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use podwall_sandbox::{APP_CAPABILITIES, Inject, run_in};
+
+mod support;
+use support::sandbox::{PODWALL, Up, connect, ready_for, topology, wait_for};
+
+/// An injected app beside a pod without a sidecar (its victim), the cluster DNS and a host
+/// outside. With `policy`, the app may reach the victim's TCP 8080 and the cluster DNS, and be
+/// reached on TCP 8080 from the victim; nothing else, in either direction. Without it, the
+/// app's traffic is all allowed (but still passes its sidecar).
+fn boundary(policy: bool) -> String {
+    let pods = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: b}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: b, labels: {app: app}, annotations: {podwall.io/inject: enabled}}
+spec: {containers: [{name: a, ports: [{containerPort: 8080}, {containerPort: 5300, protocol: UDP}]}]}
+status: {podIP: 10.76.0.1, hostIP: 192.168.76.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: victim, namespace: b, labels: {app: victim}}
+spec: {containers: [{name: v, ports: [{containerPort: 8080}, {containerPort: 9001}, {containerPort: 5300, protocol: UDP}]}]}
+status: {podIP: 10.76.0.2, hostIP: 192.168.76.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec: {containers: [{name: dns, ports: [{containerPort: 53, protocol: UDP}, {containerPort: 53, protocol: TCP}]}]}
+status: {podIP: 10.76.0.53, hostIP: 192.168.76.1}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: api}
+spec: {address: 203.0.113.10, names: [api.example.com], ports: [80]}
+"#;
+    let rules = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: app, namespace: b}
+spec:
+  podSelector: {matchLabels: {app: app}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: victim}}}]
+    ports: [{port: 8080}]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: victim}}}]
+    ports: [{port: 8080}]
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+    ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
+"#;
+    if policy {
+        format!("{pods}{rules}")
+    } else {
+        pods.to_string()
+    }
+}
+
+const APP: &str = "b/app";
+const VICTIM: &str = "b/victim";
+const VICTIM_IP: &str = "10.76.0.2";
+const DNS_IP: &str = "10.76.0.53";
+
+fn ready(test: &str) -> bool {
+    ready_for(test) && support::ready(test, &["python3"], "python3 (the hostile app is a script)")
+}
+
+/// The hostile app's source, passed with `-c`: an app that takes another uid may not read the
+/// checkout.
+fn script() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile_app.py"),
+    )
+    .expect("hostile_app.py")
+}
+
+/// Debian's Python: readable by any uid (a Python under /root is not).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The hostile app in `ns`: root, the runtime's default capabilities less NET_RAW plus
+/// `extra_caps` (`",+net_raw"`), after `ids` (setpriv's `--regid 1337`, ...).
+fn app_cmd(ns: &str, extra_caps: &str, ids: &[&str], args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "setpriv", "--inh-caps", "-all"])
+        .arg("--bounding-set")
+        .arg(format!("{APP_CAPABILITIES}{extra_caps}"))
+        .args(ids)
+        .args([PYTHON, "-c"])
+        .arg(script())
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs the hostile app once; what it printed.
+fn app(ns: &str, extra_caps: &str, ids: &[&str], args: &[&str]) -> String {
+    let out = app_cmd(ns, extra_caps, ids, args)
+        .output()
+        .expect("run the hostile app");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && !stdout.is_empty(),
+        "hostile app {args:?} in {ns}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Starts the hostile app in the background and waits for it to say "listening".
+fn app_listening(
+    ns: &str,
+    extra_caps: &str,
+    args: &[&str],
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = app_cmd(ns, extra_caps, &[], args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the hostile app");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "listening", "{args:?}");
+    (child, out)
+}
+
+fn last_line(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    let _ = child.wait();
+    line.trim().to_string()
+}
+
+/// The pids of processes in `ns` whose command line has all of `words`.
+fn pids_in(ns: &str, words: &[&str]) -> Vec<i32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            words.iter().all(|w| args.iter().any(|a| a == w))
+        })
+        .collect()
+}
+
+fn sidecar_pid(ns: &str) -> i32 {
+    let pids = pids_in(ns, &["proxy", "run"]);
+    assert_eq!(pids.len(), 1, "one sidecar in {ns}: {pids:?}");
+    pids[0]
+}
+
+fn open_files(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The flow events of the app's sidecar that match `f`, waiting a little for them.
+fn flows_matching(up: &Up, f: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    for _ in 0..40 {
+        found = up.flows(APP).into_iter().filter(|e| f(e)).collect();
+        if !found.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    found
+}
+
+#[test]
+fn a_root_app_that_takes_the_proxy_group_or_uid_is_captured_like_any_other_process() {
+    if !ready("a_root_app_that_takes_the_proxy_group_or_uid_is_captured_like_any_other_process") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bids", Inject::Annotated);
+    let ns = up.ns(APP);
+    // What the exemption rests on: the app cannot mark a socket, make one transparent, or
+    // write frames below netfilter.
+    assert_eq!(
+        app(&ns, "", &[], &["mark"]),
+        "mark denied, transparent denied, packet denied"
+    );
+    // Legitimate traffic flows.
+    assert!(
+        app(&ns, "", &[], &["tcp", VICTIM_IP, "8080"])
+            .starts_with("connected podwall-sandbox b/victim"),
+        "the allowed port"
+    );
+    assert_eq!(
+        app(&ns, "", &[], &["dns", DNS_IP, "api.example.com"]),
+        "rcode 0"
+    );
+    // The proxy's group (as a setgid binary of that group would give), its uid, and the group
+    // as a supplementary one: captured, judged, denied.
+    for ids in [
+        &["--regid", "1337", "--clear-groups"][..],
+        &["--reuid", "1337", "--regid", "1337", "--clear-groups"][..],
+        &["--groups", "1337"][..],
+        &["--regid", "1337", "--groups", "1337"][..],
+    ] {
+        let tcp = app(&ns, "", ids, &["tcp", VICTIM_IP, "9001"]);
+        assert!(
+            tcp.starts_with("failed"),
+            "{ids:?}: TCP to a denied port: {tcp}"
+        );
+        assert_eq!(
+            app(&ns, "", ids, &["udp", VICTIM_IP, "5300"]),
+            "no echo",
+            "{ids:?}: UDP to a denied port"
+        );
+        // DNS to a server no rule allows: the DNS proxy refuses it (it never left the pod).
+        assert_eq!(
+            app(&ns, "", ids, &["dns", VICTIM_IP, "api.example.com"]),
+            "rcode 5",
+            "{ids:?}: DNS to a resolver policy denies"
+        );
+        assert!(
+            app(&ns, "", ids, &["tcp", VICTIM_IP, "8080"]).starts_with("connected"),
+            "{ids:?}: the allowed port still works"
+        );
+    }
+    let denied = flows_matching(&up, |e| {
+        e["verdict"] == "DENIED" && e["destination"]["port"] == 9001
+    });
+    assert!(denied.len() >= 4, "one denial per attempt: {denied:?}");
+}
+
+#[test]
+fn every_other_ip_protocol_is_judged_both_ways_and_a_rule_without_ports_allows_it() {
+    if !ready("every_other_ip_protocol_is_judged_both_ways_and_a_rule_without_ports_allows_it") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bproto", Inject::Annotated);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    let victim_ip = VICTIM_IP;
+    // Egress UDP-Lite (no capability needed): denied, and said so.
+    let (listener, out) = app_listening(&victim, ",+net_raw", &["listen-udplite", "7000", "2"]);
+    assert_eq!(app(&ns, "", &[], &["udplite", victim_ip, "7000"]), "sent");
+    assert_eq!(
+        last_line(listener, out),
+        "nothing",
+        "UDP-Lite out of the pod"
+    );
+    let lite = flows_matching(&up, |e| e["ip_protocol"] == 136);
+    assert_eq!(lite[0]["protocol"], "OTHER", "{lite:?}");
+    assert_eq!(lite[0]["verdict"], "DENIED", "{lite:?}");
+    assert_eq!(lite[0]["direction"], "egress", "{lite:?}");
+
+    // Ingress UDP-Lite from the victim: the app's default-deny ingress holds. (The kernel's
+    // conntrack finds the checksum of UDP-Lite that crossed the veth wrong and calls the packet
+    // INVALID, which the rules drop without asking the sidecar: no flow event for it.)
+    let (listener, out) = app_listening(&ns, "", &["listen-udplite", "7001", "2"]);
+    assert_eq!(
+        app(&victim, ",+net_raw", &[], &["udplite", "10.76.0.1", "7001"]),
+        "sent"
+    );
+    assert_eq!(last_line(listener, out), "nothing", "UDP-Lite into the pod");
+    // Ingress of another protocol number: judged, denied, said so.
+    let (listener, out) = app_listening(&ns, ",+net_raw", &["listen-raw", "253", "2"]);
+    assert_eq!(
+        app(
+            &victim,
+            ",+net_raw",
+            &[],
+            &["raw", "253", victim_ip, "10.76.0.1"]
+        ),
+        "sent"
+    );
+    assert_eq!(
+        last_line(listener, out),
+        "nothing",
+        "IP protocol 253 into the pod"
+    );
+    let inbound = flows_matching(&up, |e| e["ip_protocol"] == 253);
+    assert_eq!(inbound[0]["direction"], "ingress", "{inbound:?}");
+    assert_eq!(inbound[0]["verdict"], "DENIED", "{inbound:?}");
+
+    // Any protocol number, raw, from an app granted NET_RAW (but no mark): judged and dropped.
+    let (listener, out) = app_listening(&victim, ",+net_raw", &["listen-raw", "253", "2"]);
+    assert_eq!(
+        app(
+            &ns,
+            ",+net_raw",
+            &[],
+            &["raw", "253", "10.76.0.1", victim_ip]
+        ),
+        "sent"
+    );
+    assert_eq!(
+        last_line(listener, out),
+        "nothing",
+        "IP protocol 253 out of the pod"
+    );
+    assert!(!flows_matching(&up, |e| e["ip_protocol"] == 253).is_empty());
+
+    // A rule without ports allows every protocol: UDP-Lite to the victim now arrives.
+    std::fs::write(
+        up.sb().policy_dir().join("any-protocol.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: any-protocol, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: victim}}}]\n",
+    )
+    .expect("policy");
+    let mut arrived = false;
+    for _ in 0..20 {
+        let (listener, out) =
+            app_listening(&victim, ",+net_raw", &["listen-udplite", "7002", "0.5"]);
+        app(&ns, "", &[], &["udplite", victim_ip, "7002"]);
+        if last_line(listener, out) == "received" {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "UDP-Lite under a rule without ports");
+    let allowed = flows_matching(&up, |e| {
+        e["ip_protocol"] == 136 && e["verdict"] == "ALLOWED"
+    });
+    assert_eq!(
+        allowed[0]["egress"]["policy"], "NetworkPolicy b/any-protocol",
+        "{allowed:?}"
+    );
+}
+
+/// The link-local address of `dev` in `ns`, once duplicate address detection let it be used.
+fn link_local(ns: &str, dev: &str) -> String {
+    let mut found = None;
+    wait_for(
+        &format!("a usable link-local address on {dev}"),
+        Duration::from_secs(10),
+        || {
+            let out = Command::new("ip")
+                .args([
+                    "-n", ns, "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+                ])
+                .output()
+                .expect("ip");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            found = text
+                .split_whitespace()
+                .skip_while(|w| *w != "inet6")
+                .nth(1)
+                .map(|a| a.split('/').next().unwrap_or_default().to_string());
+            found.is_some() && !text.contains("tentative")
+        },
+    );
+    found.expect("address")
+}
+
+#[test]
+fn ipv6_link_local_is_no_side_door_to_the_node() {
+    if !ready("ipv6_link_local_is_no_side_door_to_the_node") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bv6", Inject::Annotated);
+    let node = up.sb().record.node.clone();
+    let (app_i, victim_i) = (up.index(APP), up.index(VICTIM));
+    // The node listens on every IPv6 address and greets whoever connects.
+    let listener = run_in(&node, || std::net::TcpListener::bind("[::]:7777"))
+        .expect("netns")
+        .expect("listen");
+    let (reached, greeted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let _ = std::io::Write::write_all(&mut stream, b"podwall-node\n");
+            if reached.send(stream.peer_addr().ok()).is_err() {
+                break;
+            }
+        }
+    });
+    link_local(&up.ns(APP), "eth0");
+    link_local(&up.ns(VICTIM), "eth0");
+    // The node's side of each pod's link.
+    let to_app = link_local(&node, &format!("v{app_i}"));
+    let to_victim = link_local(&node, &format!("v{victim_i}"));
+    // A pod without a sidecar reaches the node over link-local: the path works.
+    let plain = app(
+        &up.ns(VICTIM),
+        "",
+        &[],
+        &["tcp", &format!("{to_victim}%eth0"), "7777"],
+    );
+    assert_eq!(plain, "connected podwall-node");
+    assert!(greeted.recv_timeout(Duration::from_secs(1)).is_ok());
+    // The injected app does not: IPv4 policy denies the node, and the pod has no global IPv6
+    // address.
+    let attempt = app(
+        &up.ns(APP),
+        "",
+        &[],
+        &["tcp", &format!("{to_app}%eth0"), "7777"],
+    );
+    assert!(attempt.starts_with("failed"), "{attempt}");
+    assert!(
+        greeted.recv_timeout(Duration::from_millis(200)).is_err(),
+        "nothing reached the node from the app"
+    );
+    let rules = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &up.ns(APP),
+            "ip6tables-save",
+            "-t",
+            "filter",
+        ])
+        .output()
+        .expect("ip6tables-save");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(rules.contains("-A PODWALL_FILTER_OUT -j DROP"), "{rules}");
+    // IPv4 still flows.
+    assert!(app(&up.ns(APP), "", &[], &["tcp", VICTIM_IP, "8080"]).starts_with("connected"));
+}
+
+#[test]
+fn a_sidecar_port_bound_by_the_app_while_the_sidecar_is_down_receives_nothing() {
+    if !ready("a_sidecar_port_bound_by_the_app_while_the_sidecar_is_down_receives_nothing") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "btake", Inject::Annotated);
+    let ns = up.ns(APP);
+    let app_addr = SocketAddr::new(up.ip(APP), 8080);
+    // The sidecar's ports are kept from outgoing connections.
+    let reserved = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "cat",
+            "/proc/sys/net/ipv4/ip_local_reserved_ports",
+        ])
+        .output()
+        .expect("cat");
+    let reserved = String::from_utf8_lossy(&reserved.stdout);
+    for port in ["15001", "15006", "15020", "15053"] {
+        assert!(
+            reserved.split(',').any(|p| p.trim() == port),
+            "{port} in {reserved}"
+        );
+    }
+    // Allowed inbound works while the sidecar runs.
+    assert!(connect(&up.ns(VICTIM), app_addr).is_ok());
+    // The sidecar dies (OOM kill, crash); the app takes its inbound port.
+    let pid = sidecar_pid(&ns);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_for("the sidecar to die", Duration::from_secs(5), || {
+        // Gone, or a zombie its parent (the sandbox) has not waited for yet.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    });
+    let (listener, out) = app_listening(&ns, "", &["listen-tcp", "15006", "3"]);
+    let attempt = connect(&up.ns(VICTIM), app_addr);
+    assert!(
+        attempt.is_err(),
+        "nothing answered for the pod: {attempt:?}"
+    );
+    assert_eq!(
+        last_line(listener, out),
+        "nothing",
+        "the app received no redirected connection"
+    );
+}
+
+#[test]
+fn nothing_sent_to_the_sidecars_ports_directly_reaches_or_wedges_them() {
+    if !ready("nothing_sent_to_the_sidecars_ports_directly_reaches_or_wedges_them") {
+        return;
+    }
+    // Open egress: the app may reach anything, so only the listeners' own guard stands.
+    let dir = topology(&boundary(false));
+    let up = Up::new(dir.path(), "bdirect", Inject::Annotated);
+    let ns = up.ns(APP);
+    let pid = sidecar_pid(&ns);
+    let files = open_files(pid);
+    let pod_ip = up.ip(APP).to_string();
+    // Datagrams straight to the DNS port, which would be forwarded to the sidecar itself.
+    assert_eq!(
+        app(&ns, "", &[], &["flood-udp", "127.0.0.1", "15053", "600"]),
+        "sent"
+    );
+    assert_eq!(
+        app(&ns, "", &[], &["flood-udp", &pod_ip, "15053", "600"]),
+        "sent"
+    );
+    // Connections straight to each listener.
+    for (host, port) in [
+        ("127.0.0.1", "15053"),
+        ("127.0.0.1", "15001"),
+        (pod_ip.as_str(), "15006"),
+        (pod_ip.as_str(), "15001"),
+    ] {
+        let r = app(&ns, "", &[], &["tcp", host, port]);
+        assert!(r.starts_with("failed"), "{host}:{port}: {r}");
+        let r = app(&ns, "", &[], &["dns-tcp", host, "loop.example.com", port]);
+        assert_eq!(r, "no answer", "{host}:{port}");
+    }
+    // DNS still answers, UDP and TCP, and the sidecar holds no more files than before.
+    assert_eq!(
+        app(&ns, "", &[], &["dns", DNS_IP, "api.example.com"]),
+        "rcode 0"
+    );
+    assert_eq!(
+        app(&ns, "", &[], &["dns-tcp", DNS_IP, "api.example.com"]),
+        "rcode 0"
+    );
+    assert!(app(&ns, "", &[], &["tcp", VICTIM_IP, "9001"]).starts_with("connected"));
+    assert!(
+        open_files(pid) <= files + 4,
+        "files before {files}, after {}",
+        open_files(pid)
+    );
+}
+
+#[test]
+fn a_forged_loopback_packet_never_reaches_a_sidecar_socket() {
+    if !ready("a_forged_loopback_packet_never_reaches_a_sidecar_socket") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bspoof", Inject::Annotated);
+    let ns = up.ns(APP);
+    let pod_ip = up.ip(APP);
+    // Two sockets in the pod: one marked as the sidecar marks its own (its DNS upstream
+    // socket, say), one of the app's.
+    let (marked, plain) = run_in(&ns, move || {
+        let marked = UdpSocket::bind(SocketAddr::new(pod_ip, 40123)).expect("bind");
+        nix::sys::socket::setsockopt(&marked, nix::sys::socket::sockopt::Mark, &0x1337)
+            .expect("mark");
+        let plain = UdpSocket::bind(SocketAddr::new(pod_ip, 40124)).expect("bind");
+        for s in [&marked, &plain] {
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+        }
+        (marked, plain)
+    })
+    .expect("netns");
+    // An app that kept NET_RAW forges the cluster resolver's answers on loopback.
+    let pod = pod_ip.to_string();
+    for port in ["40123", "40124"] {
+        assert_eq!(
+            app(
+                &ns,
+                ",+net_raw",
+                &[],
+                &["spoof-udp", DNS_IP, "53", &pod, port]
+            ),
+            "sent"
+        );
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        marked.recv_from(&mut buf).is_err(),
+        "the forged packet reached a sidecar socket"
+    );
+    let (n, from) = plain
+        .recv_from(&mut buf)
+        .expect("the app's own socket gets its packet");
+    assert_eq!(
+        (&buf[..n], from.to_string().as_str()),
+        (&b"forged"[..], "10.76.0.53:53")
+    );
+}
+
+#[test]
+fn dns_is_refused_before_the_first_policy_like_everything_else() {
+    if !ready("dns_is_refused_before_the_first_policy_like_everything_else") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bfirst", Inject::None);
+    let ns = up.ns(APP);
+    // Before the sidecar: the cluster DNS answers.
+    assert_eq!(
+        app(&ns, "", &[], &["dns", DNS_IP, "api.example.com"]),
+        "rcode 0"
+    );
+    // A sidecar whose control plane never answers (nothing listens there).
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns, PODWALL, "proxy", "init"])
+        .status()
+        .expect("init");
+    assert!(status.success());
+    let mut sidecar = podwall_sandbox::sidecar_in(&ns, PODWALL)
+        .args(["proxy", "run", "--policy-source=control:192.168.76.1:1"])
+        .args(["--pod-namespace", "b", "--pod-name", "app"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sidecar");
+    wait_for("the sidecar to listen", Duration::from_secs(10), || {
+        run_in(&ns, || {
+            std::net::TcpStream::connect(("127.0.0.1", 15020)).is_ok()
+        })
+        .unwrap_or(false)
+    });
+    let udp = app(&ns, "", &[], &["dns", DNS_IP, "api.example.com"]);
+    let tcp = app(&ns, "", &[], &["dns-tcp", DNS_IP, "api.example.com"]);
+    let elsewhere = app(&ns, "", &[], &["dns", VICTIM_IP, "api.example.com"]);
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    assert_eq!(udp, "rcode 5", "REFUSED, not forwarded");
+    assert_eq!(tcp, "rcode 5");
+    assert_eq!(elsewhere, "rcode 5");
+}

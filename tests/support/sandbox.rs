@@ -1,0 +1,133 @@
+//! The sandbox as the end-to-end tests use it: a cluster of network namespaces that is removed
+//! when the test ends, however it ends, and the small things every such test does in it.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use podwall_sandbox::{Inject, Options, Sandbox, run_in};
+
+/// The binary under test.
+pub(crate) const PODWALL: &str = env!("CARGO_BIN_EXE_podwall");
+
+/// Whether a sandbox test may run (root, iproute2, iptables, setpriv).
+pub(crate) fn ready_for(test: &str) -> bool {
+    super::ready(
+        test,
+        &["ip", "iptables", "setpriv"],
+        "iproute2, iptables and setpriv",
+    )
+}
+
+/// The binary the sandbox runs init and sidecars with: `PODWALL_E2E_EXE` when set (to show that
+/// a test fails against another build, e.g. an older one), else the one under test.
+fn exe() -> PathBuf {
+    std::env::var_os("PODWALL_E2E_EXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(PODWALL))
+}
+
+pub(crate) fn options(name: &str, inject: Inject) -> Options {
+    Options {
+        name: name.to_string(),
+        inject,
+        exe: exe(),
+        sidecar_args: Vec::new(),
+    }
+}
+
+/// A sandbox that is removed when the test ends, however it ends.
+pub(crate) struct Up(Option<Sandbox>);
+
+impl Up {
+    pub(crate) fn new(dir: &Path, name: &str, inject: Inject) -> Self {
+        Self::with(dir, options(name, inject))
+    }
+    pub(crate) fn with(dir: &Path, options: Options) -> Self {
+        let sb =
+            Sandbox::up(dir, &options).unwrap_or_else(|e| panic!("sandbox {}: {e}", options.name));
+        Up(Some(sb))
+    }
+    pub(crate) fn sb(&self) -> &Sandbox {
+        self.0.as_ref().expect("sandbox")
+    }
+    pub(crate) fn ns(&self, key: &str) -> String {
+        self.sb()
+            .pod(key)
+            .unwrap_or_else(|| panic!("no pod {key}"))
+            .netns
+            .clone()
+    }
+    pub(crate) fn ip(&self, key: &str) -> IpAddr {
+        self.sb()
+            .pod(key)
+            .unwrap_or_else(|| panic!("no pod {key}"))
+            .ip
+    }
+    /// The pod's position in the sandbox (its logs are named after it).
+    pub(crate) fn index(&self, key: &str) -> usize {
+        self.sb()
+            .record
+            .pods
+            .iter()
+            .position(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no pod {key}"))
+    }
+    pub(crate) fn flows(&self, key: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(
+            self.sb()
+                .logs_dir()
+                .join(format!("{}-sidecar.flows.jsonl", self.index(key))),
+        )
+        .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(sb) = self.0.take() {
+            let _ = sb.down();
+        }
+    }
+}
+
+/// A directory holding `yaml` as the sandbox's cluster.
+pub(crate) fn topology(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cluster.yaml"), yaml).expect("write");
+    dir
+}
+
+/// Connects from inside `ns` and returns the stream with the greeting line read.
+pub(crate) fn connect(ns: &str, dst: SocketAddr) -> Result<(BufReader<TcpStream>, String), String> {
+    run_in(ns, move || {
+        let s =
+            TcpStream::connect_timeout(&dst, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            return Err("closed without a greeting".into());
+        }
+        Ok((r, line))
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// Waits until `f` holds, or panics naming `what`.
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
