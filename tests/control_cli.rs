@@ -202,6 +202,69 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
         "a native sidecar"
     );
 
+    // The app loses NET_RAW; the pod gets the sysctls (1.31: the reserved ports too).
+    let containers = patch
+        .as_array()
+        .expect("ops")
+        .iter()
+        .find(|op| op["path"] == "/spec/containers")
+        .expect("containers");
+    assert_eq!(
+        containers["value"][0]["securityContext"]["capabilities"]["drop"],
+        json!(["NET_RAW"])
+    );
+    let security = patch
+        .as_array()
+        .expect("ops")
+        .iter()
+        .find(|op| op["path"] == "/spec/securityContext")
+        .expect("pod security context");
+    assert!(
+        security["value"]["sysctls"]
+            .to_string()
+            .contains("net.ipv4.ip_local_reserved_ports"),
+        "{security}"
+    );
+
+    // kubectl debug --profile=netadmin on the injected pod: refused, naming container and field.
+    let mut injected = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api", "namespace": "prod", "annotations": {"podwall.io/inject": "enabled"}},
+        "spec": {"containers": [{"name": "app"}]}});
+    for op in patch.as_array().expect("ops") {
+        let path = op["path"].as_str().expect("path");
+        let (parent, field) = path.rsplit_once('/').expect("member");
+        injected.pointer_mut(parent).expect("parent")[field] = op["value"].clone();
+    }
+    let before = injected.clone();
+    injected["spec"]["ephemeralContainers"] = json!([{"name": "debugger-k2x", "image": "busybox",
+        "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}}]);
+    let debug = json!({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+        "request": {"uid": "u-2", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": "ephemeralcontainers",
+            "namespace": "prod", "operation": "UPDATE", "userInfo": {"username": "admin"},
+            "object": injected, "oldObject": before}})
+    .to_string();
+    let (code, body) = curl(&[
+        "-k",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &debug,
+        &format!("https://127.0.0.1:{hook}/inject"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let resp: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(resp["response"]["allowed"], false, "{resp}");
+    let message = resp["response"]["status"]["message"]
+        .as_str()
+        .expect("message");
+    assert!(message.contains("\"debugger-k2x\""), "{message}");
+    assert!(
+        message.contains("spec.ephemeralContainers[0].securityContext.capabilities.add"),
+        "{message}"
+    );
+
     // Metrics say what was watched; logs are JSON lines.
     let (_, metrics) = curl(&[
         "--cacert",
@@ -213,6 +276,7 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
         "{metrics}"
     );
     assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"injected\"} 1"));
+    assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"refused\"} 1"));
     let logs = std::fs::read_to_string(&log).expect("log");
     assert!(
         logs.lines()

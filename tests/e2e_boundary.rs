@@ -17,7 +17,7 @@ use std::time::Duration;
 use podwall_sandbox::{APP_CAPABILITIES, Inject, run_in};
 
 mod support;
-use support::sandbox::{PODWALL, Up, connect, ready_for, topology, wait_for};
+use support::sandbox::{Up, connect, ready_for, topology, wait_for};
 
 /// An injected app beside a pod without a sidecar (its victim), the cluster DNS and a host
 /// outside. With `policy`, the app may reach the victim's TCP 8080 and the cluster DNS, and be
@@ -455,24 +455,6 @@ fn a_sidecar_port_bound_by_the_app_while_the_sidecar_is_down_receives_nothing() 
     let up = Up::new(dir.path(), "btake", Inject::Annotated);
     let ns = up.ns(APP);
     let app_addr = SocketAddr::new(up.ip(APP), 8080);
-    // The sidecar's ports are kept from outgoing connections.
-    let reserved = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "cat",
-            "/proc/sys/net/ipv4/ip_local_reserved_ports",
-        ])
-        .output()
-        .expect("cat");
-    let reserved = String::from_utf8_lossy(&reserved.stdout);
-    for port in ["15001", "15006", "15020", "15053"] {
-        assert!(
-            reserved.split(',').any(|p| p.trim() == port),
-            "{port} in {reserved}"
-        );
-    }
     // Allowed inbound works while the sidecar runs.
     assert!(connect(&up.ns(VICTIM), app_addr).is_ok());
     // The sidecar dies (OOM kill, crash); the app takes its inbound port.
@@ -501,6 +483,24 @@ fn a_sidecar_port_bound_by_the_app_while_the_sidecar_is_down_receives_nothing() 
         "nothing",
         "the app received no redirected connection"
     );
+    // And no outgoing connection can hold a sidecar port when the sidecar (re)starts.
+    let reserved = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "cat",
+            "/proc/sys/net/ipv4/ip_local_reserved_ports",
+        ])
+        .output()
+        .expect("cat");
+    let reserved = String::from_utf8_lossy(&reserved.stdout);
+    for port in ["15001", "15006", "15020", "15053"] {
+        assert!(
+            reserved.split(',').any(|p| p.trim() == port),
+            "{port} in {reserved}"
+        );
+    }
 }
 
 #[test]
@@ -617,12 +617,13 @@ fn dns_is_refused_before_the_first_policy_like_everything_else() {
         "rcode 0"
     );
     // A sidecar whose control plane never answers (nothing listens there).
+    let exe = support::sandbox::exe().display().to_string();
     let status = Command::new("ip")
-        .args(["netns", "exec", &ns, PODWALL, "proxy", "init"])
+        .args(["netns", "exec", &ns, &exe, "proxy", "init"])
         .status()
         .expect("init");
     assert!(status.success());
-    let mut sidecar = podwall_sandbox::sidecar_in(&ns, PODWALL)
+    let mut sidecar = podwall_sandbox::sidecar_in(&ns, &exe)
         .args(["proxy", "run", "--policy-source=control:192.168.76.1:1"])
         .args(["--pod-namespace", "b", "--pod-name", "app"])
         .stdout(Stdio::null())

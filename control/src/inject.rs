@@ -6,16 +6,23 @@
 //! - the sidecar `podwall-proxy` (`podwall proxy run --policy-source control:ADDR`), as a native
 //!   sidecar (an init container with `restartPolicy: Always`, so it starts before the app and
 //!   stops after it) unless the configuration says the cluster is older than 1.29, else as a
-//!   regular container; it runs as root in the proxy's group (which the init rules exempt) with
-//!   NET_ADMIN and NET_BIND_SERVICE only, with its pod name and namespace from the
-//!   downward API, a projected service-account token for audience `podwall`, probes on the admin
-//!   port, and resources from the configuration;
+//!   regular container; it runs as root with NET_ADMIN and NET_BIND_SERVICE only (NET_ADMIN lets
+//!   it mark its sockets, which is what the init rules exempt), with its pod name and namespace
+//!   from the downward API, a projected service-account token for audience `podwall`, probes on
+//!   the admin port, and resources from the configuration;
+//! - `NET_RAW` dropped from every app container: with it an app could mark its sockets as the
+//!   sidecar's, or write frames below every rule of the pod (`AF_PACKET`). A pod annotated
+//!   `podwall.io/allow-net-raw: "true"` keeps it, and is told it is not protected;
+//! - the pod sysctls `net.ipv4.ping_group_range` (ping without NET_RAW) and
+//!   `net.ipv4.ip_local_reserved_ports` (the sidecar's ports, from Kubernetes 1.27);
 //! - the annotation `podwall.io/status: injected`, which makes injection idempotent.
 //!
-//! It refuses pods that would defeat enforcement: an app container running as the proxy uid or
-//! in its group (its traffic would bypass the sidecar), or with NET_ADMIN or privileged (it
-//! could remove the rules). hostNetwork pods are skipped: they share the node's network and no sidecar can own
-//! their traffic.
+//! It refuses pods that would defeat enforcement: an app container (init and ephemeral ones
+//! too) with NET_ADMIN or ALL, privileged, adding NET_RAW without the annotation, or running as
+//! the proxy's uid or group (capability names compared as runtimes read them: any case, with or
+//! without `CAP_`); and a pod that brings containers named as podwall's, or the status
+//! annotation, that are not what injection adds. hostNetwork pods are skipped: they share the
+//! node's network and no sidecar can own their traffic.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -28,6 +35,9 @@ pub const STATUS_ANNOTATION: &str = "podwall.io/status";
 pub const SIDECAR: &str = crate::status::SIDECAR_CONTAINER;
 /// The init container's name.
 pub const INIT: &str = "podwall-init";
+/// The annotation with which a pod keeps NET_RAW in its app containers, and so runs without the
+/// protection podwall promises (docs/limits.md).
+pub const ALLOW_NET_RAW_ANNOTATION: &str = "podwall.io/allow-net-raw";
 const TOKEN_VOLUME: &str = "podwall-token";
 const TOKEN_DIR: &str = "/var/run/secrets/podwall";
 
@@ -49,6 +59,9 @@ pub struct InjectConfig {
     /// 1.29 and later) or as a regular container; unset: native, unless the control plane finds
     /// an older API server.
     pub native_sidecar: Option<bool>,
+    /// Set `net.ipv4.ip_local_reserved_ports` on injected pods (a safe sysctl from Kubernetes
+    /// 1.27); unset: yes, unless the control plane finds an older API server.
+    pub reserve_ports: Option<bool>,
     /// Audit mode for every injected pod: would-be denials pass, logged as AUDIT.
     pub audit: bool,
     /// Judge UDP, SCTP and ping flows (NFQUEUE). Off only for nodes whose kernel lacks
@@ -83,6 +96,7 @@ impl Default for InjectConfig {
             proxy_uid: 1337,
             admin_port: 15020,
             native_sidecar: None,
+            reserve_ports: None,
             audit: false,
             packet_filter: true,
             exclude_outbound_cidrs: Vec::new(),
@@ -100,37 +114,63 @@ impl Default for InjectConfig {
 /// Why a pod must not get the sidecar as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InjectError {
-    /// An app container runs as the proxy's uid: the rules exempt that uid, so its traffic
-    /// would bypass the sidecar.
+    /// An app container runs as the proxy's uid.
     #[error(
-        "container {container:?} runs as uid {uid}, the podwall proxy's uid: its traffic would bypass enforcement (run it as another uid)"
+        "container {container:?} ({field}) runs as uid {uid}, the podwall proxy's uid: run it as another uid"
     )]
     RunsAsProxyUid {
         /// The container.
         container: String,
+        /// Where it says so (`spec.containers[0].securityContext.runAsUser`).
+        field: String,
         /// The uid.
         uid: i64,
     },
-    /// An app container runs in the proxy's group: the rules exempt that group (the sidecar runs
-    /// as root in it), so its traffic would bypass the sidecar.
+    /// An app container runs in the proxy's group.
     #[error(
-        "container {container:?} runs as gid {gid}, the podwall proxy's group: its traffic would bypass enforcement (run it in another group)"
+        "container {container:?} ({field}) runs as gid {gid}, the podwall proxy's group: run it in another group"
     )]
     RunsAsProxyGid {
         /// The container.
         container: String,
+        /// Where it says so.
+        field: String,
         /// The gid.
         gid: i64,
     },
     /// An app container could rewrite the pod's iptables rules.
     #[error(
-        "container {container:?} has {what}: it could remove podwall's redirect rules (drop it, or do not inject this pod)"
+        "container {container:?} has {what} ({field}): it could remove podwall's redirect rules (drop it, or do not inject this pod)"
     )]
     CanRewriteRules {
         /// The container.
         container: String,
-        /// `NET_ADMIN` or `privileged: true`.
+        /// Where it says so.
+        field: String,
+        /// `the NET_ADMIN capability`, `privileged: true`, ...
         what: String,
+    },
+    /// An app container asks for NET_RAW, which lets it mark its sockets as the sidecar's and
+    /// send and receive frames below every rule of the pod.
+    #[error(
+        "container {container:?} adds the NET_RAW capability ({field}): with it an app can mark its sockets as the sidecar's and send frames below the pod's rules, so podwall cannot protect the pod; drop it (ping works without it), or annotate the pod {ALLOW_NET_RAW_ANNOTATION}: \"true\" to accept that"
+    )]
+    KeepsNetRaw {
+        /// The container.
+        container: String,
+        /// Where it says so.
+        field: String,
+    },
+    /// The pod brings a container named as podwall's own that is not what injection adds, or
+    /// says it was injected without being so.
+    #[error(
+        "{what} is not what podwall injects ({why}): a pod may not bring its own, or it would look protected without being so"
+    )]
+    NotTheSidecar {
+        /// The container or annotation.
+        what: String,
+        /// What differs.
+        why: String,
     },
     /// The object is not a pod template podwall knows how to find.
     #[error("{0}")]
@@ -148,71 +188,228 @@ pub enum Outcome {
     Skipped(String),
 }
 
-fn container_names(spec: &Value) -> impl Iterator<Item = &str> {
-    ["containers", "initContainers"]
-        .into_iter()
-        .filter_map(|l| spec.get(l).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|c| c.get("name").and_then(Value::as_str))
-}
-
 /// Whether the pod template's metadata asks for the sidecar.
 pub fn asks_for_sidecar(metadata: &Value) -> bool {
     metadata["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
 }
 
-fn check_containers(spec: &Value, cfg: &InjectConfig) -> Result<(), InjectError> {
-    let pod_uid = spec["securityContext"]["runAsUser"].as_i64();
-    let pod_gid = spec["securityContext"]["runAsGroup"].as_i64();
-    for list in ["containers", "initContainers", "ephemeralContainers"] {
-        let Some(containers) = spec.get(list).and_then(Value::as_array) else {
-            continue;
-        };
-        for c in containers {
-            let name = c["name"].as_str().unwrap_or("?").to_string();
-            if name == SIDECAR || name == INIT {
-                continue;
-            }
-            let sc = &c["securityContext"];
-            if let Some(uid) = sc["runAsUser"].as_i64().or(pod_uid)
-                && uid == cfg.proxy_uid
-            {
-                return Err(InjectError::RunsAsProxyUid {
-                    container: name,
-                    uid,
-                });
-            }
-            if let Some(gid) = sc["runAsGroup"].as_i64().or(pod_gid)
-                && gid == cfg.proxy_uid
-            {
-                return Err(InjectError::RunsAsProxyGid {
-                    container: name,
-                    gid,
-                });
-            }
-            if sc["privileged"].as_bool() == Some(true) {
-                return Err(InjectError::CanRewriteRules {
-                    container: name,
-                    what: "privileged: true".into(),
-                });
-            }
-            let adds = sc["capabilities"]["add"].as_array();
-            if adds.is_some_and(|a| {
-                a.iter().any(|c| {
-                    matches!(
-                        c.as_str().map(|s| s.trim_start_matches("CAP_")),
-                        Some("NET_ADMIN" | "ALL")
-                    )
-                })
-            }) {
-                return Err(InjectError::CanRewriteRules {
-                    container: name,
-                    what: "the NET_ADMIN capability".into(),
-                });
-            }
-        }
+/// A capability as container runtimes read it: upper case, with or without `CAP_`.
+fn capability(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    upper.strip_prefix("CAP_").unwrap_or(&upper).to_string()
+}
+
+/// Whether the pod accepts running with NET_RAW in its app containers (and so without the
+/// protection podwall promises).
+pub fn allows_net_raw(metadata: &Value) -> bool {
+    metadata["annotations"][ALLOW_NET_RAW_ANNOTATION].as_str() == Some("true")
+}
+
+/// The app containers of a pod spec (podwall's own left out), with their field path.
+fn app_containers(spec: &Value) -> impl Iterator<Item = (String, &Value)> {
+    ["containers", "initContainers", "ephemeralContainers"]
+        .into_iter()
+        .filter_map(move |list| Some((list, spec.get(list)?.as_array()?)))
+        .flat_map(|(list, cs)| {
+            cs.iter()
+                .enumerate()
+                .map(move |(i, c)| (format!("spec.{list}[{i}]"), c))
+        })
+        .filter(|(_, c)| !matches!(c["name"].as_str(), Some(SIDECAR | INIT)))
+}
+
+/// Refuses one app container that could defeat enforcement: the proxy's ids, privileged,
+/// NET_ADMIN or ALL, and NET_RAW unless the pod accepts it.
+pub fn check_app_container(
+    field: &str,
+    c: &Value,
+    pod_security: &Value,
+    cfg: &InjectConfig,
+    allow_net_raw: bool,
+) -> Result<(), InjectError> {
+    let container = c["name"].as_str().unwrap_or("?").to_string();
+    let sc = &c["securityContext"];
+    // The container's own setting wins over the pod's: name the one that applies.
+    let setting = |key: &str| match sc[key].as_i64() {
+        Some(v) => Some((format!("{field}.securityContext.{key}"), v)),
+        None => pod_security[key]
+            .as_i64()
+            .map(|v| (format!("spec.securityContext.{key}"), v)),
+    };
+    if let Some((field, uid)) = setting("runAsUser")
+        && uid == cfg.proxy_uid
+    {
+        return Err(InjectError::RunsAsProxyUid {
+            container,
+            field,
+            uid,
+        });
+    }
+    if let Some((field, gid)) = setting("runAsGroup")
+        && gid == cfg.proxy_uid
+    {
+        return Err(InjectError::RunsAsProxyGid {
+            container,
+            field,
+            gid,
+        });
+    }
+    if sc["privileged"].as_bool() == Some(true) {
+        return Err(InjectError::CanRewriteRules {
+            container,
+            field: format!("{field}.securityContext.privileged"),
+            what: "privileged: true".into(),
+        });
+    }
+    let adds: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(capability).collect())
+        .unwrap_or_default();
+    let add_field = format!("{field}.securityContext.capabilities.add");
+    if let Some(cap) = adds.iter().find(|c| *c == "NET_ADMIN" || *c == "ALL") {
+        return Err(InjectError::CanRewriteRules {
+            container,
+            field: add_field,
+            what: format!("the {cap} capability"),
+        });
+    }
+    if !allow_net_raw && adds.iter().any(|c| c == "NET_RAW") {
+        return Err(InjectError::KeepsNetRaw {
+            container,
+            field: add_field,
+        });
     }
     Ok(())
+}
+
+fn check_containers(
+    spec: &Value,
+    cfg: &InjectConfig,
+    allow_net_raw: bool,
+) -> Result<(), InjectError> {
+    let pod_security = &spec["securityContext"];
+    for (field, c) in app_containers(spec) {
+        check_app_container(&field, c, pod_security, cfg, allow_net_raw)?;
+    }
+    Ok(())
+}
+
+/// Drops NET_RAW from a container (unless it drops it, or everything, already): without it an
+/// app cannot mark its sockets as the sidecar's nor write frames below the pod's rules.
+pub fn drop_net_raw(container: &mut Value) {
+    let Some(c) = container.as_object_mut() else {
+        return;
+    };
+    let sc = c.entry("securityContext").or_insert_with(|| json!({}));
+    if !sc.is_object() {
+        *sc = json!({});
+    }
+    let caps = &mut sc["capabilities"];
+    if !caps.is_object() {
+        *caps = json!({});
+    }
+    let drop = &mut caps["drop"];
+    if !drop.is_array() {
+        *drop = json!([]);
+    }
+    if let Value::Array(list) = drop
+        && !list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(capability)
+            .any(|c| c == "NET_RAW" || c == "ALL")
+    {
+        list.push(json!("NET_RAW"));
+    }
+}
+
+/// Whether the spec holds podwall's containers, and whether they are what injection adds
+/// (the podwall image, `proxy init` with NET_ADMIN, `proxy run`): `Ok(false)` for neither,
+/// `Ok(true)` for both, an error naming what is off otherwise.
+pub fn genuine_injection(
+    metadata: &Value,
+    spec: &Value,
+    cfg: &InjectConfig,
+) -> Result<bool, InjectError> {
+    let find = |name: &str| {
+        ["initContainers", "containers", "ephemeralContainers"]
+            .iter()
+            .filter_map(|l| spec[*l].as_array())
+            .flatten()
+            .find(|c| c["name"] == name)
+    };
+    let status = metadata["annotations"][STATUS_ANNOTATION].as_str();
+    let (init, sidecar) = (find(INIT), find(SIDECAR));
+    if init.is_none() && sidecar.is_none() && status.is_none() {
+        return Ok(false);
+    }
+    let off = |what: &str, why: String| InjectError::NotTheSidecar {
+        what: what.to_string(),
+        why,
+    };
+    let args = |c: &Value| -> Vec<String> {
+        c["args"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if status != Some("injected") {
+        return Err(off(
+            &format!("annotation {STATUS_ANNOTATION}"),
+            format!("the pod has podwall's containers but {STATUS_ANNOTATION} is {status:?}"),
+        ));
+    }
+    for (name, container, command) in [(INIT, init, "init"), (SIDECAR, sidecar, "run")] {
+        let what = format!("container {name:?}");
+        let Some(c) = container else {
+            return Err(off(
+                &what,
+                format!("{STATUS_ANNOTATION}: injected, but it is missing"),
+            ));
+        };
+        if c["image"].as_str() != Some(cfg.image.as_str()) {
+            return Err(off(
+                &what,
+                format!(
+                    "image {:?}, not {:?}",
+                    c["image"].as_str().unwrap_or(""),
+                    cfg.image
+                ),
+            ));
+        }
+        let a = args(c);
+        if a.first().map(String::as_str) != Some("proxy")
+            || a.get(1).map(String::as_str) != Some(command)
+        {
+            return Err(off(
+                &what,
+                format!("args {a:?} do not run `podwall proxy {command}`"),
+            ));
+        }
+    }
+    let init_caps = init.map(|c| {
+        c["securityContext"]["capabilities"]["add"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(capability)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    });
+    if !init_caps.is_some_and(|caps| caps.iter().any(|c| c == "NET_ADMIN")) {
+        return Err(off(
+            &format!("container {INIT:?}"),
+            "without NET_ADMIN it cannot install the rules".into(),
+        ));
+    }
+    Ok(true)
 }
 
 fn init_container(cfg: &InjectConfig) -> Value {
@@ -320,6 +517,71 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
     })
 }
 
+/// The pod sysctls injection sets (both namespaced and "safe": kubelets allow them without
+/// configuration): ping through ICMP datagram sockets for every group, since the apps lose
+/// NET_RAW; and the sidecar's ports reserved from outgoing connections (from Kubernetes 1.27),
+/// added to what the pod reserves itself.
+fn add_sysctls(spec: &mut Value, cfg: &InjectConfig) {
+    let ports = [
+        SIDECAR_PORTS[0],
+        SIDECAR_PORTS[1],
+        SIDECAR_PORTS[2],
+        cfg.admin_port,
+    ];
+    let Some(spec_map) = spec.as_object_mut() else {
+        return;
+    };
+    let sc = spec_map
+        .entry("securityContext")
+        .or_insert_with(|| json!({}));
+    if !sc.is_object() {
+        *sc = json!({});
+    }
+    if !sc["sysctls"].is_array() {
+        sc["sysctls"] = json!([]);
+    }
+    let Some(sysctls) = sc["sysctls"].as_array_mut() else {
+        return;
+    };
+    let position =
+        |sysctls: &Vec<Value>, name: &str| sysctls.iter().position(|s| s["name"] == name);
+    if position(sysctls, PING_GROUP_RANGE).is_none() {
+        sysctls.push(json!({"name": PING_GROUP_RANGE, "value": "0 2147483647"}));
+    }
+    if cfg.reserve_ports.unwrap_or(true) {
+        match position(sysctls, RESERVED_PORTS) {
+            Some(i) => {
+                let current = sysctls[i]["value"].as_str().unwrap_or_default().to_string();
+                let mut parts: Vec<String> = current
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect();
+                for p in ports {
+                    if !parts.iter().any(|x| *x == p.to_string()) {
+                        parts.push(p.to_string());
+                    }
+                }
+                sysctls[i]["value"] = json!(parts.join(","));
+            }
+            None => {
+                let mut ports = ports.to_vec();
+                ports.sort_unstable();
+                ports.dedup();
+                let value: Vec<String> = ports.iter().map(u16::to_string).collect();
+                sysctls.push(json!({"name": RESERVED_PORTS, "value": value.join(",")}));
+            }
+        }
+    }
+}
+
+/// The sidecar's outbound, inbound and DNS ports (`proxy run`'s defaults, which injection
+/// keeps).
+const SIDECAR_PORTS: [u16; 3] = [15001, 15006, 15053];
+const PING_GROUP_RANGE: &str = "net.ipv4.ping_group_range";
+const RESERVED_PORTS: &str = "net.ipv4.ip_local_reserved_ports";
+
 fn push(spec: &mut Map<String, Value>, list: &str, item: Value, front: bool) {
     let entry = spec
         .entry(list.to_string())
@@ -342,9 +604,10 @@ pub fn inject_template(
     spec: &mut Value,
     cfg: &InjectConfig,
 ) -> Result<Outcome, InjectError> {
-    if metadata["annotations"][STATUS_ANNOTATION].as_str() == Some("injected")
-        || container_names(spec).any(|n| n == SIDECAR)
-    {
+    let allow_net_raw = allows_net_raw(metadata);
+    if genuine_injection(metadata, spec, cfg)? {
+        // Reinvoked, or injected offline: the app containers still answer to the checks.
+        check_containers(spec, cfg, allow_net_raw)?;
         return Ok(Outcome::AlreadyInjected);
     }
     if spec["hostNetwork"].as_bool() == Some(true) {
@@ -352,7 +615,15 @@ pub fn inject_template(
             "hostNetwork pods share the node's network: no sidecar can own their traffic, so podwall cannot protect them".into(),
         ));
     }
-    check_containers(spec, cfg)?;
+    check_containers(spec, cfg, allow_net_raw)?;
+    if !allow_net_raw {
+        for list in ["containers", "initContainers"] {
+            if let Some(Value::Array(cs)) = spec.get_mut(list) {
+                cs.iter_mut().for_each(drop_net_raw);
+            }
+        }
+    }
+    add_sysctls(spec, cfg);
     let Some(spec_map) = spec.as_object_mut() else {
         return Err(InjectError::NotAWorkload("spec is not an object".into()));
     };

@@ -20,7 +20,9 @@ pub const SIDECAR_CONTAINER: &str = "podwall-proxy";
 /// How the control plane tells a pod has its sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SidecarEvidence {
-    /// The pod runs the `podwall-proxy` container (a cluster: what was really injected).
+    /// The pod runs podwall's init and sidecar containers and carries the injection's status
+    /// annotation (a cluster: what was really injected; the webhook refuses pods that bring
+    /// containers of those names otherwise).
     Container,
     /// The pod asks for it with `podwall.io/inject: enabled` (the sandbox injects by it).
     Annotation,
@@ -41,11 +43,19 @@ pub fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
         SidecarEvidence::Annotation => {
             pod["metadata"]["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
         }
-        SidecarEvidence::Container => ["containers", "initContainers"].iter().any(|list| {
-            pod["spec"][list]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["name"] == SIDECAR_CONTAINER))
-        }),
+        SidecarEvidence::Container => {
+            let runs = |name: &str| {
+                ["containers", "initContainers"].iter().any(|list| {
+                    pod["spec"][list]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| c["name"] == name))
+                })
+            };
+            pod["metadata"]["annotations"][crate::inject::STATUS_ANNOTATION].as_str()
+                == Some("injected")
+                && runs(SIDECAR_CONTAINER)
+                && runs(crate::inject::INIT)
+        }
     }
 }
 
@@ -101,14 +111,15 @@ mod tests {
 
     fn pod(name: &str, app: &str, sidecar: bool, annotated: bool) -> Value {
         let mut containers = vec![json!({"name": "app"})];
+        let mut annotations = json!({});
         if sidecar {
             containers.push(json!({"name": SIDECAR_CONTAINER}));
+            containers.push(json!({"name": crate::inject::INIT}));
+            annotations[crate::inject::STATUS_ANNOTATION] = json!("injected");
         }
-        let annotations = if annotated {
-            json!({INJECT_ANNOTATION: "enabled"})
-        } else {
-            json!({})
-        };
+        if annotated {
+            annotations[INJECT_ANNOTATION] = json!("enabled");
+        }
         json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "prod", "labels": {"app": app}, "annotations": annotations},
             "spec": {"containers": containers},
@@ -139,5 +150,24 @@ mod tests {
         let by_annotation = protection(&objects, SidecarEvidence::Annotation);
         assert_eq!(by_annotation.protected, 2);
         assert!(by_annotation.unprotected.is_empty());
+    }
+
+    #[test]
+    fn a_container_named_as_the_sidecar_is_no_evidence_without_the_injection() {
+        let mut fake = pod("db", "db", false, true);
+        fake["spec"]["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .push(json!({"name": SIDECAR_CONTAINER, "image": "busybox"}));
+        assert!(!has_sidecar(&fake, SidecarEvidence::Container));
+        fake["metadata"]["annotations"][crate::inject::STATUS_ANNOTATION] = json!("injected");
+        assert!(
+            !has_sidecar(&fake, SidecarEvidence::Container),
+            "no init container: no rules"
+        );
+        assert!(has_sidecar(
+            &pod("db", "db", true, true),
+            SidecarEvidence::Container
+        ));
     }
 }

@@ -1,14 +1,24 @@
-//! The mutating admission webhook: `POST /inject` with an `admission.k8s.io/v1` AdmissionReview
-//! of a Pod CREATE, answered with a JSONPatch that injects the sidecar ([`crate::inject`]), a
-//! refusal naming the container and why, or an allowance with a warning (hostNetwork pods).
-//! Served over HTTPS ([`tls`]) as the API server requires.
+//! The mutating admission webhook: `POST /inject` with an `admission.k8s.io/v1` AdmissionReview,
+//! served over HTTPS ([`tls`]) as the API server requires.
+//!
+//! - A Pod CREATE that asks for the sidecar gets a JSONPatch that injects it
+//!   ([`crate::inject`]), a refusal naming the container, the field and why, or an allowance
+//!   with a warning (hostNetwork pods, or a pod that keeps NET_RAW by its annotation).
+//! - A Pod CREATE that does not ask, but brings containers named as podwall's (or its status
+//!   annotation) that are not what injection adds, is refused: it would look protected.
+//! - An UPDATE of `pods/ephemeralcontainers` (`kubectl debug`) on an injected pod: each new
+//!   ephemeral container answers to the same refusals as the app's (NET_ADMIN, ALL, privileged,
+//!   NET_RAW, the proxy's ids) and loses NET_RAW.
 
 pub mod tls;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::inject::{InjectConfig, Outcome, asks_for_sidecar, inject_template};
+use crate::inject::{
+    InjectConfig, InjectError, Outcome, allows_net_raw, asks_for_sidecar, check_app_container,
+    drop_net_raw, genuine_injection, inject_template,
+};
 
 /// The path the MutatingWebhookConfiguration calls.
 pub const INJECT_PATH: &str = "/inject";
@@ -34,6 +44,8 @@ pub enum Decision {
     Skipped(String),
     /// Refused.
     Refused(String),
+    /// New ephemeral containers of an injected pod, checked and patched.
+    EphemeralReviewed,
 }
 
 /// Answers one AdmissionReview; the response and what was decided.
@@ -56,12 +68,46 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
         r["uid"] = json!(uid);
         json!({"apiVersion": api_version, "kind": "AdmissionReview", "response": r})
     };
-    let is_pod_create = request["kind"]["kind"] == "Pod"
-        && request["operation"] == "CREATE"
-        && request.get("subResource").is_none_or(Value::is_null);
+    let is_pod = request["kind"]["kind"] == "Pod";
+    let sub_resource = request["subResource"].as_str().unwrap_or_default();
     let object = &request["object"];
-    if !is_pod_create || !asks_for_sidecar(&object["metadata"]) {
+    let refuse = |e: InjectError| {
+        let message = format!("podwall: {e}");
+        (
+            respond(
+                json!({"allowed": false, "status": {"code": 403, "reason": "Forbidden",
+                "message": message}}),
+            ),
+            Decision::Refused(e.to_string()),
+        )
+    };
+    let patched = |patch: Vec<Value>, warnings: Vec<String>, decision: Decision| {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(Value::Array(patch).to_string());
+        let mut r = json!({"allowed": true, "patchType": "JSONPatch", "patch": encoded});
+        if !warnings.is_empty() {
+            r["warnings"] = json!(warnings);
+        }
+        (respond(r), decision)
+    };
+    if is_pod && request["operation"] == "UPDATE" && sub_resource == "ephemeralcontainers" {
+        return Ok(match review_ephemeral(request, cfg) {
+            Ok(Some(patch)) => patched(patch, Vec::new(), Decision::EphemeralReviewed),
+            Ok(None) => (respond(json!({"allowed": true})), Decision::Ignored),
+            Err(e) => refuse(e),
+        });
+    }
+    if !is_pod || request["operation"] != "CREATE" || !sub_resource.is_empty() {
         return Ok((respond(json!({"allowed": true})), Decision::Ignored));
+    }
+    if !asks_for_sidecar(&object["metadata"]) {
+        // It does not ask; it may not pretend to have it either.
+        return Ok(
+            match genuine_injection(&object["metadata"], &object["spec"], cfg) {
+                Err(e) => refuse(e),
+                Ok(_) => (respond(json!({"allowed": true})), Decision::Ignored),
+            },
+        );
     }
     let mut metadata = object["metadata"].clone();
     let mut spec = object["spec"].clone();
@@ -69,7 +115,7 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
         Ok(Outcome::Injected) => {
             let mut patch = Vec::new();
             // `add` on an existing member replaces it (RFC 6902), so whole lists are safe.
-            for field in ["initContainers", "containers", "volumes"] {
+            for field in ["initContainers", "containers", "volumes", "securityContext"] {
                 if spec.get(field) != object["spec"].get(field)
                     && let Some(v) = spec.get(field)
                 {
@@ -78,12 +124,15 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
             }
             patch.push(json!({"op": "add", "path": "/metadata/annotations",
                 "value": metadata["annotations"]}));
-            let encoded =
-                base64::engine::general_purpose::STANDARD.encode(Value::Array(patch).to_string());
-            return Ok((
-                respond(json!({"allowed": true, "patchType": "JSONPatch", "patch": encoded})),
-                Decision::Injected,
-            ));
+            let warnings = if allows_net_raw(&metadata) {
+                vec![format!(
+                    "podwall: the pod keeps NET_RAW ({}: \"true\"): its apps can mark their sockets as the sidecar's and send frames below its rules, so its policies are NOT enforced against a compromised app",
+                    crate::inject::ALLOW_NET_RAW_ANNOTATION
+                )]
+            } else {
+                Vec::new()
+            };
+            return Ok(patched(patch, warnings, Decision::Injected));
         }
         Ok(Outcome::AlreadyInjected) => Decision::AlreadyInjected,
         Ok(Outcome::Skipped(why)) => {
@@ -108,6 +157,48 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
         }
     };
     Ok((respond(json!({"allowed": true})), decision))
+}
+
+/// The ephemeral containers an update adds to an injected pod: checked as app containers, and
+/// patched to lose NET_RAW. `None` when the pod is not podwall's or nothing needs a patch.
+fn review_ephemeral(
+    request: &Value,
+    cfg: &InjectConfig,
+) -> Result<Option<Vec<Value>>, InjectError> {
+    let (object, old) = (&request["object"], &request["oldObject"]);
+    if !genuine_injection(&object["metadata"], &object["spec"], cfg)? {
+        return Ok(None);
+    }
+    let allow_net_raw = allows_net_raw(&object["metadata"]);
+    let existing: Vec<&Value> = old["spec"]["ephemeralContainers"]
+        .as_array()
+        .map(|a| a.iter().map(|c| &c["name"]).collect())
+        .unwrap_or_default();
+    let Some(containers) = object["spec"]["ephemeralContainers"].as_array() else {
+        return Ok(None);
+    };
+    let mut changed = containers.clone();
+    for (i, c) in containers.iter().enumerate() {
+        if existing.contains(&&c["name"]) {
+            continue;
+        }
+        check_app_container(
+            &format!("spec.ephemeralContainers[{i}]"),
+            c,
+            &object["spec"]["securityContext"],
+            cfg,
+            allow_net_raw,
+        )?;
+        if !allow_net_raw {
+            drop_net_raw(&mut changed[i]);
+        }
+    }
+    if changed == *containers {
+        return Ok(None);
+    }
+    Ok(Some(vec![
+        json!({"op": "add", "path": "/spec/ephemeralContainers", "value": changed}),
+    ]))
 }
 
 #[cfg(test)]
@@ -226,5 +317,257 @@ mod tests {
                 .expect("warning")
                 .contains("hostNetwork")
         );
+    }
+
+    fn patch_of(resp: &Value) -> Vec<Value> {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(resp["response"]["patch"].as_str().expect("patch"))
+                .expect("base64"),
+        )
+        .expect("json patch")
+    }
+
+    fn refusal(resp: &Value) -> String {
+        assert_eq!(resp["response"]["allowed"], false, "{resp}");
+        assert_eq!(resp["response"]["status"]["code"], 403);
+        resp["response"]["status"]["message"]
+            .as_str()
+            .expect("message")
+            .to_string()
+    }
+
+    #[test]
+    fn capability_names_are_read_as_the_runtime_reads_them() {
+        let cfg = InjectConfig::default();
+        for spelling in [
+            "net_admin",
+            "CAP_NET_ADMIN",
+            "cap_net_admin",
+            "Net_Admin",
+            "all",
+            "CAP_ALL",
+        ] {
+            let p = pod(
+                json!({"podwall.io/inject": "enabled"}),
+                json!({"containers": [{"name": "app"}, {"name": "vpn", "securityContext": {"capabilities": {"add": [spelling]}}}]}),
+            );
+            let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
+            let msg = refusal(&resp);
+            assert!(msg.contains("\"vpn\""), "{spelling}: {msg}");
+            assert!(
+                msg.contains("spec.containers[1].securityContext.capabilities.add"),
+                "{spelling}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_containers_lose_net_raw_unless_the_pod_accepts_an_unprotected_pod() {
+        let cfg = InjectConfig::default();
+        let spec = json!({
+            "initContainers": [{"name": "migrate"}],
+            "containers": [{"name": "app"}, {"name": "strict", "securityContext": {"capabilities": {"drop": ["all"]}}}],
+        });
+        let p = pod(json!({"podwall.io/inject": "enabled"}), spec.clone());
+        let (resp, decision) = review(&admission_review(p.clone()), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Injected);
+        let patched = apply_patch(p, &patch_of(&resp));
+        let drops = |list: &str, name: &str| {
+            patched["spec"][list]
+                .as_array()
+                .expect("list")
+                .iter()
+                .find(|c| c["name"] == name)
+                .map(|c| c["securityContext"]["capabilities"]["drop"].clone())
+                .expect("container")
+        };
+        assert_eq!(drops("containers", "app"), json!(["NET_RAW"]));
+        assert_eq!(drops("initContainers", "migrate"), json!(["NET_RAW"]));
+        assert_eq!(
+            drops("containers", "strict"),
+            json!(["all"]),
+            "ALL covers it"
+        );
+        // Ping keeps working without NET_RAW, and the sidecar's ports are reserved.
+        let sysctls = &patched["spec"]["securityContext"]["sysctls"];
+        assert_eq!(
+            sysctls,
+            &json!([
+                {"name": "net.ipv4.ping_group_range", "value": "0 2147483647"},
+                {"name": "net.ipv4.ip_local_reserved_ports", "value": "15001,15006,15020,15053"}
+            ])
+        );
+
+        // Adding NET_RAW, in any spelling, is refused without the annotation...
+        let adds = pod(
+            json!({"podwall.io/inject": "enabled"}),
+            json!({"containers": [{"name": "pinger", "securityContext": {"capabilities": {"add": ["cap_net_raw"]}}}]}),
+        );
+        let (resp, _) = review(&admission_review(adds), &cfg).expect("answers");
+        let msg = refusal(&resp);
+        assert!(
+            msg.contains("\"pinger\" adds the NET_RAW capability"),
+            "{msg}"
+        );
+        assert!(msg.contains("podwall.io/allow-net-raw"), "{msg}");
+        // ... and kept, with a warning, with it.
+        let accepted = pod(
+            json!({"podwall.io/inject": "enabled", "podwall.io/allow-net-raw": "true"}),
+            json!({"containers": [{"name": "pinger", "securityContext": {"capabilities": {"add": ["NET_RAW"]}}}]}),
+        );
+        let (resp, decision) = review(&admission_review(accepted.clone()), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Injected);
+        assert!(
+            resp["response"]["warnings"][0]
+                .as_str()
+                .expect("warning")
+                .contains("NOT enforced"),
+            "{resp}"
+        );
+        let patched = apply_patch(accepted, &patch_of(&resp));
+        assert_eq!(
+            patched["spec"]["containers"][0]["securityContext"]["capabilities"],
+            json!({"add": ["NET_RAW"]})
+        );
+    }
+
+    #[test]
+    fn the_pods_own_sysctls_are_kept_and_reserved_ports_added_to() {
+        let cfg = InjectConfig::default();
+        let p = pod(
+            json!({"podwall.io/inject": "enabled"}),
+            json!({"securityContext": {"runAsNonRoot": true, "sysctls": [
+                {"name": "net.ipv4.ping_group_range", "value": "1000 1000"},
+                {"name": "net.ipv4.ip_local_reserved_ports", "value": "8080,15006"}]},
+                "containers": [{"name": "app"}]}),
+        );
+        let (resp, _) = review(&admission_review(p.clone()), &cfg).expect("answers");
+        let patched = apply_patch(p, &patch_of(&resp));
+        let sc = &patched["spec"]["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(
+            sc["sysctls"],
+            json!([
+                {"name": "net.ipv4.ping_group_range", "value": "1000 1000"},
+                {"name": "net.ipv4.ip_local_reserved_ports", "value": "8080,15006,15001,15053,15020"}
+            ])
+        );
+        // An API server older than 1.27 refuses the reserved-ports sysctl: left out.
+        let old = InjectConfig {
+            reserve_ports: Some(false),
+            ..InjectConfig::default()
+        };
+        let p = pod(
+            json!({"podwall.io/inject": "enabled"}),
+            json!({"containers": [{"name": "app"}]}),
+        );
+        let (resp, _) = review(&admission_review(p.clone()), &old).expect("answers");
+        let patched = apply_patch(p, &patch_of(&resp));
+        assert_eq!(
+            patched["spec"]["securityContext"]["sysctls"],
+            json!([{"name": "net.ipv4.ping_group_range", "value": "0 2147483647"}])
+        );
+    }
+
+    #[test]
+    fn a_pod_bringing_its_own_podwall_containers_is_refused_and_never_passes_as_protected() {
+        let cfg = InjectConfig::default();
+        let fake = json!({"name": "podwall-proxy", "image": "busybox", "args": ["sleep", "inf"]});
+        // Asking or not, a container named as the sidecar without the injection is refused.
+        for annotations in [json!({"podwall.io/inject": "enabled"}), json!({})] {
+            let p = pod(
+                annotations.clone(),
+                json!({"containers": [{"name": "app"}, fake.clone()]}),
+            );
+            let (resp, decision) = review(&admission_review(p), &cfg).expect("answers");
+            assert!(matches!(decision, Decision::Refused(_)), "{annotations}");
+            let msg = refusal(&resp);
+            assert!(msg.contains("podwall.io/status"), "{msg}");
+        }
+        // The status annotation with an impostor: refused, naming what differs.
+        let p = pod(
+            json!({"podwall.io/inject": "enabled", "podwall.io/status": "injected"}),
+            json!({"initContainers": [{"name": "podwall-init", "image": "busybox", "args": ["true"]}],
+                "containers": [{"name": "app"}, fake.clone()]}),
+        );
+        let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
+        let msg = refusal(&resp);
+        assert!(msg.contains("container \"podwall-init\""), "{msg}");
+        assert!(msg.contains("image \"busybox\""), "{msg}");
+        // The status annotation alone: refused.
+        let p = pod(
+            json!({"podwall.io/status": "injected"}),
+            json!({"containers": [{"name": "app"}]}),
+        );
+        let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("missing"));
+    }
+
+    fn ephemeral_review(pod: Value, old: Value) -> Vec<u8> {
+        let mut r: Value = serde_json::from_slice(&admission_review(pod)).expect("json");
+        r["request"]["operation"] = json!("UPDATE");
+        r["request"]["subResource"] = json!("ephemeralcontainers");
+        r["request"]["oldObject"] = old;
+        r.to_string().into_bytes()
+    }
+
+    /// An injected pod as the API server holds it, with `ephemeral` containers.
+    fn injected_with(ephemeral: Value) -> Value {
+        let cfg = InjectConfig::default();
+        let mut p = pod(
+            json!({"podwall.io/inject": "enabled"}),
+            json!({"containers": [{"name": "app"}]}),
+        );
+        crate::inject::inject_object(&mut p, &cfg).expect("injects");
+        p["spec"]["ephemeralContainers"] = ephemeral;
+        p
+    }
+
+    #[test]
+    fn ephemeral_containers_of_an_injected_pod_answer_to_the_same_refusals_and_lose_net_raw() {
+        let cfg = InjectConfig::default();
+        let before = injected_with(json!([]));
+        // kubectl debug --profile=netadmin
+        let netadmin = injected_with(json!([{"name": "debugger-x1", "image": "busybox",
+            "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}}]));
+        let (resp, decision) =
+            review(&ephemeral_review(netadmin, before.clone()), &cfg).expect("answers");
+        assert!(matches!(decision, Decision::Refused(_)));
+        let msg = refusal(&resp);
+        assert!(msg.contains("\"debugger-x1\""), "{msg}");
+        assert!(
+            msg.contains("spec.ephemeralContainers[0].securityContext.capabilities.add"),
+            "{msg}"
+        );
+        // kubectl debug --profile=sysadmin, and the proxy's uid.
+        for sc in [json!({"privileged": true}), json!({"runAsUser": 1337})] {
+            let p = injected_with(json!([{"name": "dbg", "securityContext": sc}]));
+            let (resp, _) = review(&ephemeral_review(p, before.clone()), &cfg).expect("answers");
+            assert!(refusal(&resp).contains("spec.ephemeralContainers[0].securityContext"));
+        }
+        // A plain debug container is let in without NET_RAW.
+        let plain = injected_with(json!([{"name": "dbg", "image": "busybox"}]));
+        let (resp, decision) =
+            review(&ephemeral_review(plain.clone(), before.clone()), &cfg).expect("answers");
+        assert_eq!(decision, Decision::EphemeralReviewed);
+        let patched = apply_patch(plain.clone(), &patch_of(&resp));
+        assert_eq!(
+            patched["spec"]["ephemeralContainers"][0]["securityContext"]["capabilities"]["drop"],
+            json!(["NET_RAW"])
+        );
+        // Only new ones are judged: the one already there is left as it is.
+        let second = injected_with(json!([patched["spec"]["ephemeralContainers"][0].clone(),
+            {"name": "dbg2", "securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}]));
+        let (resp, decision) = review(&ephemeral_review(second, patched), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Ignored, "{resp}");
+        // A pod without podwall is not podwall's business.
+        let other = pod(
+            json!({}),
+            json!({"containers": [{"name": "app"}],
+            "ephemeralContainers": [{"name": "dbg", "securityContext": {"privileged": true}}]}),
+        );
+        let (_, decision) = review(&ephemeral_review(other, json!({})), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Ignored);
     }
 }

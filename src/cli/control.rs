@@ -259,10 +259,11 @@ fn run_control(args: RunArgs) -> ExitCode {
         let views = Arc::new(Views::new(store.clone(), evidence));
         tokio::spawn(podwall_control::status::watch(views.clone(), metrics.clone()));
         if let Some((listen, cert, mut cfg)) = webhook {
-            if cfg.native_sidecar.is_none()
+            if (cfg.native_sidecar.is_none() || cfg.reserve_ports.is_none())
                 && let Some(client) = &client
             {
-                // Native sidecars (restartPolicy: Always on an init container) need 1.29.
+                // Native sidecars (restartPolicy: Always on an init container) need 1.29; the
+                // reserved-ports sysctl is safe (allowed by every kubelet) from 1.27.
                 match client.apiserver_version().await {
                     Ok(info) => {
                         let minor: u32 = info
@@ -270,15 +271,18 @@ fn run_control(args: RunArgs) -> ExitCode {
                             .trim_end_matches('+')
                             .parse()
                             .unwrap_or(u32::MAX);
-                        let native = info.major != "1" || minor >= 29;
+                        let at_least = |m: u32| info.major != "1" || minor >= m;
+                        let cfg = Arc::make_mut(&mut cfg);
+                        let native = *cfg.native_sidecar.get_or_insert(at_least(29));
+                        let reserve = *cfg.reserve_ports.get_or_insert(at_least(27));
                         tracing::info!(
                             version = %info.git_version,
                             native_sidecar = native,
+                            reserve_ports = reserve,
                             "injection mode from the API server's version"
                         );
-                        Arc::make_mut(&mut cfg).native_sidecar = Some(native);
                     }
-                    Err(e) => tracing::warn!(error = %e, "API server version unknown; injecting native sidecars"),
+                    Err(e) => tracing::warn!(error = %e, "API server version unknown; injecting native sidecars and the reserved-ports sysctl"),
                 }
             }
             let listener = tokio::net::TcpListener::bind(listen)

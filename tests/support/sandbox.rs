@@ -22,7 +22,7 @@ pub(crate) fn ready_for(test: &str) -> bool {
 
 /// The binary the sandbox runs init and sidecars with: `PODWALL_E2E_EXE` when set (to show that
 /// a test fails against another build, e.g. an older one), else the one under test.
-fn exe() -> PathBuf {
+pub(crate) fn exe() -> PathBuf {
     std::env::var_os("PODWALL_E2E_EXE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(PODWALL))

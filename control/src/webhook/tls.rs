@@ -140,7 +140,8 @@ pub struct WebhookMetrics {
 /// A decision, as a metric label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct DecisionLabel {
-    /// `injected`, `already_injected`, `ignored`, `skipped`, `refused`, `malformed`.
+    /// `injected`, `already_injected`, `ignored`, `skipped`, `refused`,
+    /// `ephemeral_reviewed`, `malformed`.
     pub decision: String,
 }
 
@@ -257,6 +258,10 @@ async fn handle(
                 Decision::Refused(why) => {
                     metrics.count("refused");
                     tracing::warn!(uid = %object, why, "pod refused")
+                }
+                Decision::EphemeralReviewed => {
+                    metrics.count("ephemeral_reviewed");
+                    tracing::info!(uid = %object, "ephemeral containers of an injected pod lose NET_RAW")
                 }
             }
             let mut r = Response::new(Full::new(Bytes::from(response.to_string())));
