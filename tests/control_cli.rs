@@ -161,9 +161,19 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     );
     let (code, _) = curl(&["--cacert", &ca, "-H", "Authorization: Bearer forged", &url]);
     assert_eq!(code, "403");
-    // Plain HTTP is not served: tokens never cross the network in the clear.
+    // Plain HTTP is not served: tokens never cross the network in the clear. A sidecar that
+    // sends one anyway (no CA given) is refused, logged and counted, so the operator knows the
+    // token leaked.
     let (code, _) = curl(&[&format!("http://127.0.0.1:{feed}/ready")]);
     assert_ne!(code, "200");
+    let (code, body) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Authorization: Bearer leaked-token",
+        &format!("http://127.0.0.1:{feed}/v1/feed?namespace=prod&pod=api"),
+    ]);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("--control-ca"), "{body}");
 
     // The webhook injects a native sidecar: the API server says 1.31.
     let review = json!({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
@@ -277,6 +287,7 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     );
     assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"injected\"} 1"));
     assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"refused\"} 1"));
+    assert!(metrics.contains("podwall_control_plaintext_tokens_refused_total 1"));
     let logs = std::fs::read_to_string(&log).expect("log");
     assert!(
         logs.lines()
@@ -285,4 +296,8 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
         "{logs}"
     );
     assert!(logs.contains("native_sidecar"), "{logs}");
+    assert!(
+        logs.contains("refused a plaintext feed request that carried a token"),
+        "{logs}"
+    );
 }

@@ -84,6 +84,9 @@ pub struct ServerMetrics {
     pub deltas: Counter,
     /// Feed requests refused (token).
     pub refused: Counter,
+    /// Plaintext feed requests refused because they carried a token while the control plane
+    /// serves TLS: that token crossed the network in the clear.
+    pub plaintext_tokens: Counter,
     /// The store's version.
     pub version: Gauge,
     /// Objects held.
@@ -118,6 +121,11 @@ impl ServerMetrics {
             "feeds_refused",
             "Feed requests refused because the token is not the pod's",
             m.refused.clone(),
+        );
+        m.registry.register(
+            "plaintext_tokens_refused",
+            "Plaintext feed requests refused because they carried a token while the control plane serves TLS (the token crossed the network in the clear)",
+            m.plaintext_tokens.clone(),
         );
         m.registry
             .register("version", "Version of the served state", m.version.clone());
@@ -238,7 +246,7 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 impl Server {
     /// Serves on `listener` until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        self.serve_with(listener, None).await
+        self.serve_on(listener, FeedTransport::Plain).await
     }
 
     /// Serves on `listener`, over TLS when `tls` is given (sidecars then verify the control
@@ -248,6 +256,16 @@ impl Server {
         listener: TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) {
+        let transport = match tls {
+            Some(acceptor) => FeedTransport::Tls(acceptor),
+            None => FeedTransport::Plain,
+        };
+        self.serve_on(listener, transport).await
+    }
+
+    /// Serves on `listener` as `transport` says, until the process ends.
+    pub async fn serve_on(self: Arc<Self>, listener: TcpListener, transport: FeedTransport) {
+        let transport = Arc::new(transport);
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -258,31 +276,64 @@ impl Server {
                 }
             };
             let server = self.clone();
-            let tls = tls.clone();
+            let transport = transport.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
-                });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let served = match tls {
-                    None => {
+                let plain = |tokens: Tokens| {
+                    let server = server.clone();
+                    hyper::service::service_fn(move |req| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(req, peer, tokens).await) }
+                    })
+                };
+                let served = match &*transport {
+                    FeedTransport::Plain => {
                         builder
-                            .serve_connection(TokioIo::new(stream), service)
+                            .serve_connection(TokioIo::new(stream), plain(Tokens::Accepted))
                             .await
                     }
-                    Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                    FeedTransport::PlainWithoutTokens => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), plain(Tokens::RefusedInClear))
                             .await
-                        {
-                            Ok(Ok(tls)) => {
-                                builder.serve_connection(TokioIo::new(tls), service).await
+                    }
+                    FeedTransport::Tls(acceptor) => {
+                        // A TLS connection opens with a handshake record (0x16); anything else
+                        // is plaintext, answered with a refusal so that a sidecar without the
+                        // CA is told, and its token, if it sent one, is reported.
+                        let mut first = [0u8; 1];
+                        let is_tls = matches!(
+                            tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await,
+                            Ok(Ok(1)) if first[0] == 0x16
+                        );
+                        if !is_tls {
+                            builder
+                                .serve_connection(
+                                    TokioIo::new(stream),
+                                    plain(Tokens::NotServedInClear),
+                                )
+                                .await
+                        } else {
+                            match tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(tls)) => {
+                                    builder
+                                        .serve_connection(
+                                            TokioIo::new(tls),
+                                            plain(Tokens::Accepted),
+                                        )
+                                        .await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
                             }
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
                         }
                     }
                 };
@@ -293,7 +344,17 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ControlBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tokens: Tokens,
+    ) -> Response<ControlBody> {
+        if tokens != Tokens::Accepted
+            && let Some(refusal) = self.refuse_in_clear(&req, peer, tokens)
+        {
+            return refusal;
+        }
         let (version, objects) = self.store.current();
         self.metrics.version.set(version as i64);
         self.metrics.objects.set(objects.len() as i64);
@@ -376,6 +437,66 @@ impl Server {
             http::HeaderValue::from_static("application/x-ndjson"),
         );
         r
+    }
+}
+
+/// How the feed port is served.
+pub enum FeedTransport {
+    /// Plain HTTP/2, tokens accepted (local use: the sandbox, a control plane without TLS).
+    Plain,
+    /// Plain HTTP/2, but a request that carries a token is refused: the control plane serves
+    /// TLS elsewhere (the webhook), so a sidecar sending one here was meant to use TLS.
+    PlainWithoutTokens,
+    /// TLS. A plaintext request on the port is answered with a refusal (and its token, if it
+    /// carried one, reported), never served.
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// What a connection may do with a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tokens {
+    /// Over TLS, or plain where plain is the configured transport.
+    Accepted,
+    /// Plain, where the control plane serves TLS elsewhere: requests with a token are refused.
+    RefusedInClear,
+    /// Plain on the TLS port: every request is refused.
+    NotServedInClear,
+}
+
+impl Server {
+    /// The refusal of a plaintext request the transport does not serve, logged and counted
+    /// when it carried a token; `None` when the request may go on.
+    fn refuse_in_clear(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        tokens: Tokens,
+    ) -> Option<Response<ControlBody>> {
+        let carries_token = req.headers().contains_key(http::header::AUTHORIZATION);
+        let query = req.uri().query().unwrap_or_default();
+        let pod = format!(
+            "{}/{}",
+            query_param(query, "namespace").unwrap_or("?"),
+            query_param(query, "pod").unwrap_or("?")
+        );
+        if carries_token {
+            self.metrics.plaintext_tokens.inc();
+            tracing::warn!(
+                %peer,
+                %pod,
+                "refused a plaintext feed request that carried a token: the token crossed the network in the clear; give the sidecar the control plane's CA (--control-ca, or controlPlaneCa in the injection config) and let that token expire"
+            );
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "this control plane takes tokens over TLS only: give the sidecar its CA (--control-ca)\n",
+            ));
+        }
+        (tokens == Tokens::NotServedInClear).then(|| {
+            text(
+                StatusCode::UPGRADE_REQUIRED,
+                "this port is served over TLS only (a sidecar needs the control plane's CA: --control-ca)\n",
+            )
+        })
     }
 }
 

@@ -245,3 +245,43 @@ async fn no_feed_is_served_before_the_first_state() {
     let (status, _) = open(addr, "a", "tok-a", None).await;
     assert_eq!(status, 200, "an empty state is still a state");
 }
+
+#[tokio::test]
+async fn where_the_control_plane_serves_tls_elsewhere_a_token_in_the_clear_is_refused_and_counted()
+{
+    let store = Arc::new(Store::new());
+    store.replace(set(&[ns("t", "x")]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let metrics = ServerMetrics::new();
+    let server = Arc::new(Server {
+        store: store.clone(),
+        views: Arc::new(podwall_control::views::Views::new(
+            store.clone(),
+            podwall_control::status::SidecarEvidence::Annotation,
+        )),
+        auth: Box::new(StaticTokens::parse("tok-a t/a\n").expect("tokens")),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(server.serve_on(
+        listener,
+        podwall_control::server::FeedTransport::PlainWithoutTokens,
+    ));
+    let (status, _) = open(addr, "a", "tok-a", None).await;
+    assert_eq!(status, http::StatusCode::FORBIDDEN);
+    assert_eq!(metrics.plaintext_tokens.get(), 1);
+    assert_eq!(
+        metrics.refused.get(),
+        0,
+        "not a wrong token: a token in the clear"
+    );
+    let exposed = get(addr, "/metrics").await;
+    assert!(
+        exposed.contains("podwall_control_plaintext_tokens_refused_total 1"),
+        "{exposed}"
+    );
+    // What carries no token is served as before.
+    assert_eq!(get(addr, "/ready").await, "ready\n");
+}

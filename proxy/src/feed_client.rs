@@ -111,12 +111,18 @@ impl PolicySource for ControlSource {
             loop {
                 let result = self.follow(&mut feed, &publish, &metrics).await;
                 metrics.policy_stream_connected.set(0);
+                // Until a first policy arrives nothing is enforced but refusal.
+                let meanwhile = if publish.borrow().is_some() {
+                    "enforcing the last policy while reconnecting"
+                } else {
+                    "no policy yet: refusing every connection, flow and DNS query while reconnecting"
+                };
                 match result {
                     Ok(()) => {
-                        tracing::warn!(control = %self.addr, "feed ended; enforcing the last policy while reconnecting")
+                        tracing::warn!(control = %self.addr, "feed ended; {meanwhile}")
                     }
                     Err(e) => {
-                        tracing::warn!(control = %self.addr, error = %e, "feed failed; enforcing the last policy while reconnecting")
+                        tracing::warn!(control = %self.addr, error = %e, "feed failed; {meanwhile}")
                     }
                 }
                 metrics.policy_stream_reconnects.inc();

@@ -732,6 +732,8 @@ impl Sandbox {
                 "--token-file={}",
                 token_dir.join(format!("{i}")).display()
             ))
+            // The sandbox's feed is plain HTTP/2 on the node's own namespace.
+            .arg("--insecure-plaintext-feed")
             .args(&opts.sidecar_args);
             let flows = logs.join(format!("{i}-sidecar.flows.jsonl"));
             let log = logs.join(format!("{i}-sidecar.log"));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use podwall_control::auth::token_review::TokenReviewer;
 use podwall_control::auth::{Authenticator, StaticTokens, TrustClaimed};
+use podwall_control::server::FeedTransport;
 use podwall_control::server::{Server, ServerMetrics};
 use podwall_control::status::SidecarEvidence;
 use podwall_control::store::Store;
@@ -258,6 +259,7 @@ fn run_control(args: RunArgs) -> ExitCode {
         };
         let views = Arc::new(Views::new(store.clone(), evidence));
         tokio::spawn(podwall_control::status::watch(views.clone(), metrics.clone()));
+        let webhook_tls = webhook.is_some();
         if let Some((listen, cert, mut cfg)) = webhook {
             if (cfg.native_sidecar.is_none() || cfg.reserve_ports.is_none())
                 && let Some(client) = &client
@@ -298,11 +300,21 @@ fn run_control(args: RunArgs) -> ExitCode {
             auth,
             metrics,
         });
-        if feed_tls.is_some() {
-            tracing::info!("sidecar feeds over TLS");
-        }
+        let transport = match feed_tls {
+            Some(acceptor) => {
+                tracing::info!("sidecar feeds over TLS");
+                FeedTransport::Tls(acceptor)
+            }
+            // With a certificate for the webhook, a sidecar that sends its token in the clear
+            // was meant to use TLS: refuse it (and say so) rather than take the token.
+            None if webhook_tls => {
+                tracing::warn!("sidecar feeds over plaintext HTTP/2 (no --feed-cert): feed requests that carry a token are refused, as the webhook serves TLS; give the feed a certificate");
+                FeedTransport::PlainWithoutTokens
+            }
+            None => FeedTransport::Plain,
+        };
         tokio::select! {
-            _ = server.serve_with(listener, feed_tls) => {}
+            _ = server.serve_on(listener, transport) => {}
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
         }
         Ok(())

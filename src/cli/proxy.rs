@@ -112,9 +112,14 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// Reach the control plane over TLS, trusting only this CA (PEM file). The injected sidecar
-    /// gets the CA in PODWALL_CONTROL_CA instead.
+    /// gets the CA in PODWALL_CONTROL_CA instead (`controlPlaneCa` in the injection config).
+    /// Required with --token-file: a token is sent only to a control plane TLS verified.
     #[arg(long, value_name = "FILE")]
     control_ca: Option<PathBuf>,
+    /// Send --token-file's token over plaintext HTTP/2 when no CA is given: anyone on the path
+    /// can read it. For the sandbox and local use only.
+    #[arg(long)]
+    insecure_plaintext_feed: bool,
     /// This pod's namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pod_namespace: String,
@@ -325,10 +330,6 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         namespace: args.pod_namespace,
         name: args.pod_name,
     };
-    if let Err(e) = podwall_proxy::exempt::set_mark(args.proxy_mark) {
-        eprintln!("podwall: {e}");
-        return ExitCode::FAILURE;
-    }
     let mut config = ProxyConfig::new(identity);
     config.inbound = SocketAddr::from(([0, 0, 0, 0], args.inbound_port));
     config.outbound = vec![SocketAddr::from(([127, 0, 0, 1], args.outbound_port))];
@@ -402,6 +403,21 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
                 }
                 None => None,
             };
+            if tls.is_none() && args.token_file.is_some() {
+                if !args.insecure_plaintext_feed {
+                    eprintln!(
+                        "podwall: --token-file: the pod's token would go to control:{addr} in the clear; \
+                         give the control plane's CA with --control-ca FILE (or PODWALL_CONTROL_CA, which \
+                         injection sets from controlPlaneCa in its config), or --insecure-plaintext-feed \
+                         to send it unprotected (local use only)"
+                    );
+                    return ExitCode::from(2);
+                }
+                tracing::warn!(
+                    control = %addr,
+                    "--insecure-plaintext-feed: the pod's token goes to the control plane over plaintext HTTP/2; anyone on the path can read it"
+                );
+            }
             Box::new(podwall_proxy::feed_client::ControlSource {
                 addr,
                 identity: config.identity.clone(),
@@ -411,6 +427,11 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         }
         (None, None) => return ExitCode::from(2),
     };
+    // After the arguments are checked: a usage error needs no privilege to be told.
+    if let Err(e) = podwall_proxy::exempt::set_mark(args.proxy_mark) {
+        eprintln!("podwall: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async move {
         tokio::select! {
             r = podwall_proxy::run(config, source) => r,
