@@ -483,6 +483,15 @@ fn a_sidecar_port_bound_by_the_app_while_the_sidecar_is_down_receives_nothing() 
         "nothing",
         "the app received no redirected connection"
     );
+    // The admin port (not redirected: the kubelet probes it) is the sidecar's alone too.
+    let (admin, admin_out) = app_listening(&ns, "", &["listen-tcp", "15020", "2"]);
+    let probe = app(&up.ns(VICTIM), "", &[], &["tcp", "10.76.0.1", "15020"]);
+    assert!(probe.starts_with("failed"), "{probe}");
+    assert_eq!(
+        last_line(admin, admin_out),
+        "nothing",
+        "the app answered on the admin port"
+    );
     // And no outgoing connection can hold a sidecar port when the sidecar (re)starts.
     let reserved = Command::new("ip")
         .args([
@@ -644,4 +653,110 @@ fn dns_is_refused_before_the_first_policy_like_everything_else() {
     assert_eq!(udp, "rcode 5", "REFUSED, not forwarded");
     assert_eq!(tcp, "rcode 5");
     assert_eq!(elsewhere, "rcode 5");
+}
+
+#[test]
+fn a_socket_bound_to_loopback_cannot_open_an_unredirected_flow() {
+    if !ready("a_socket_bound_to_loopback_cannot_open_an_unredirected_flow") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "blo", Inject::Annotated);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    // TCP: a SYN routed out of lo (SO_BINDTODEVICE needs no capability) used to leave a
+    // conntrack entry without the redirect, which a second connect from the same port then rode
+    // straight out of the pod.
+    let r = app(&ns, "", &[], &["lo-tcp", VICTIM_IP, "9001", "40555"]);
+    assert!(r.starts_with("failed"), "TCP to a denied port: {r}");
+    let r = app(&ns, "", &[], &["lo-tcp", VICTIM_IP, "8080", "40556"]);
+    assert!(
+        r.starts_with("connected podwall-sandbox b/victim"),
+        "the allowed port: {r}"
+    );
+    // UDP: a datagram out of lo used to open a flow that the peer's datagrams then answered.
+    let (peer, peer_out) = app_listening(
+        &victim,
+        ",+net_raw",
+        &["udp-peer", "6000", "10.76.0.1", "40600", "4"],
+    );
+    let r = app(&ns, "", &[], &["lo-udp", VICTIM_IP, "6000", "40600", "3"]);
+    assert_eq!(r, "nothing", "the peer reached the app");
+    assert_eq!(
+        last_line(peer, peer_out),
+        "peer nothing",
+        "the app reached the peer"
+    );
+}
+
+#[test]
+fn captured_dns_is_no_channel_to_the_address_the_app_names() {
+    if !ready("captured_dns_is_no_channel_to_the_address_the_app_names") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bdns53", Inject::Annotated);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    // A socket bound to eth0 escaped the capture's routing with the capture's mark.
+    let (listener, out) = app_listening(&victim, ",+net_raw", &["udp-listen", "53", "3"]);
+    assert_eq!(
+        app(&ns, "", &[], &["bound-udp", "eth0", VICTIM_IP, "53"]),
+        "no reply"
+    );
+    assert_eq!(
+        last_line(listener, out),
+        "nothing",
+        "UDP to port 53 left the pod"
+    );
+    // A "query" the sidecar refused used to open the flow back in from the address it named.
+    let (peer, peer_out) = app_listening(
+        &victim,
+        ",+net_raw",
+        &["udp-peer", "53", "10.76.0.1", "40700", "4"],
+    );
+    assert_eq!(
+        app(&ns, "", &[], &["dns-prime", VICTIM_IP, "40700", "3"]),
+        "nothing",
+        "the named address answered the app from port 53"
+    );
+    let _ = last_line(peer, peer_out);
+    // The cluster DNS still answers.
+    assert_eq!(
+        app(&ns, "", &[], &["dns", DNS_IP, "api.example.com"]),
+        "rcode 0"
+    );
+}
+
+#[test]
+fn tcp_the_sidecar_did_not_open_never_leaves_the_pod() {
+    if !ready("tcp_the_sidecar_did_not_open_never_leaves_the_pod") {
+        return;
+    }
+    // Open egress: the connection itself is allowed; what follows it must still pass the proxy.
+    let dir = topology(&boundary(false));
+    let up = Up::new(dir.path(), "bzombie", Inject::Annotated);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    // Conntrack forgets a half-closed connection after a while (a second here); the app's
+    // next segment then carries no redirect and conntrack calls it INVALID.
+    let set = Command::new("ip")
+        .args(["netns", "exec", &ns, "sh", "-c"])
+        .arg("echo 1 > /proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait")
+        .status()
+        .expect("sysctl");
+    assert!(set.success());
+    let (server, server_out) = app_listening(&victim, ",+net_raw", &["close-server", "7070"]);
+    let (sniffer, sniffed) = app_listening(
+        &victim,
+        ",+net_raw",
+        &["sniff", "eth0", "SECRET-EXFILTRATED", "8"],
+    );
+    assert_eq!(
+        app(&ns, "", &[], &["zombie", VICTIM_IP, "7070", "3"]),
+        "sent"
+    );
+    assert_eq!(last_line(server, server_out), "closed");
+    assert_eq!(
+        last_line(sniffer, sniffed),
+        "not seen",
+        "a segment the proxy never relayed reached the victim"
+    );
 }

@@ -85,12 +85,17 @@ pub const FILTER_IN_CHAIN: &str = "PODWALL_FILTER_IN";
 pub const GUARD_CHAIN: &str = "PODWALL_GUARD";
 /// Chain dropping forged loopback packets bound for the sidecar's sockets.
 pub const SPOOF_CHAIN: &str = "PODWALL_SPOOF";
+/// Chain checking what leaves the pod on an interface (not loopback), after routing.
+pub const EGRESS_CHAIN: &str = "PODWALL_EGRESS";
 /// The table of the packet filter's chains.
 const FILTER: &str = "filter";
 /// Every chain of ours, by table (what `remove` takes away).
 const CHAINS: [(&str, &[&str]); 3] = [
     (TABLE, &[INBOUND_CHAIN, OUTPUT_CHAIN]),
-    (MANGLE, &[DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN]),
+    (
+        MANGLE,
+        &[DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN, EGRESS_CHAIN],
+    ),
     (
         FILTER,
         &[FILTER_OUT_CHAIN, FILTER_IN_CHAIN, GUARD_CHAIN, SPOOF_CHAIN],
@@ -248,6 +253,13 @@ impl InitConfig {
         format!("-m mark --mark {:#x}", self.proxy_mark)
     }
 
+    /// `-A chain -o lo ... -j RETURN` for traffic that stays in the pod. Not `-o lo` alone: a
+    /// socket bound to `lo` (`SO_BINDTODEVICE` needs no capability) routes a remote address
+    /// out of `lo` too, and such a packet's conntrack entry would then carry no redirect.
+    fn stays_local(chain: &str) -> String {
+        format!("-A {chain} -o lo -m addrtype --dst-type LOCAL -j RETURN")
+    }
+
     /// `-A chain -d net -j RETURN` for each excluded CIDR of the family.
     fn excluded_cidrs(&self, r: &mut Vec<String>, family: Family, chain: &str) {
         for net in self
@@ -286,7 +298,7 @@ impl InitConfig {
         ));
         // Outbound.
         r.push(format!("-A {OUTPUT_CHAIN} {} -j RETURN", self.own()));
-        r.push(format!("-A {OUTPUT_CHAIN} -o lo -j RETURN"));
+        r.push(Self::stays_local(OUTPUT_CHAIN));
         self.excluded_cidrs(&mut r, family, OUTPUT_CHAIN);
         ports_rules(
             &mut r,
@@ -334,11 +346,17 @@ impl InitConfig {
         }
         let mut r = vec![
             format!("-A {DNS_OUTPUT_CHAIN} {} -j RETURN", self.own()),
-            format!("-A {DNS_OUTPUT_CHAIN} -o lo -j RETURN"),
+            Self::stays_local(DNS_OUTPUT_CHAIN),
         ];
         self.excluded_cidrs(&mut r, family, DNS_OUTPUT_CHAIN);
         r.push(format!(
             "-A {DNS_OUTPUT_CHAIN} -p udp --dport 53 -j MARK --set-xmark {DNS_MARK:#x}/0xffffffff"
+        ));
+        // The flow is the DNS proxy's: nothing from outside the pod may answer on it (the
+        // app's datagram went to the sidecar, but its conntrack entry would let the address
+        // it named send back in).
+        r.push(format!(
+            "-A {DNS_OUTPUT_CHAIN} -p udp --dport 53 -j CONNMARK --set-xmark {DNS_MARK:#x}/0xffffffff"
         ));
         let on_ip = match family {
             Family::V4 => "127.0.0.1",
@@ -360,7 +378,7 @@ impl InitConfig {
         };
         let mut r = vec![
             format!("-A {FILTER_OUT_CHAIN} {} -j RETURN", self.own()),
-            format!("-A {FILTER_OUT_CHAIN} -o lo -j RETURN"),
+            Self::stays_local(FILTER_OUT_CHAIN),
         ];
         self.excluded_cidrs(&mut r, family, FILTER_OUT_CHAIN);
         // Captured DNS is on its way to the DNS proxy. (The filter's `-o` still names the
@@ -375,6 +393,11 @@ impl InitConfig {
             (false, _) => {}
         }
         r.push(format!("-A {FILTER_IN_CHAIN} -i lo -j RETURN"));
+        if self.tproxy() {
+            r.push(format!(
+                "-A {FILTER_IN_CHAIN} -m connmark --mark {DNS_MARK:#x} -j DROP"
+            ));
+        }
         for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN] {
             r.push(format!(
                 "-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
@@ -398,12 +421,22 @@ impl InitConfig {
             }
             r.push(format!("-A {chain} -j DROP"));
         }
-        // Only what the nat rules redirected reaches a listener, and only a marked one.
+        // TCP that conntrack cannot place (a segment after its connection expired) is no
+        // connection the sidecar took: dropped, as it is on its way out (`EGRESS_CHAIN`).
+        r.push(format!(
+            "-A {GUARD_CHAIN} -p tcp -m conntrack --ctstate INVALID -j DROP"
+        ));
+        // Only what the nat rules redirected reaches a listener, and only a marked one; the
+        // admin port, which is not redirected, only a marked one too.
         let redirected = [self.inbound_port, self.outbound_port, self.dns_port]
             .map(|p| p.to_string())
             .join(",");
         r.push(format!(
             "-A {GUARD_CHAIN} -p tcp -m multiport --dports {redirected} -m conntrack ! --ctstate DNAT -j DROP"
+        ));
+        r.push(format!(
+            "-A {GUARD_CHAIN} -p tcp --dport {} -m socket --nowildcard --restore-skmark -m mark ! --mark {:#x} -j DROP",
+            self.admin_port, self.proxy_mark
         ));
         r.push(format!(
             "-A {GUARD_CHAIN} -p udp --dport {} -m conntrack ! --ctstate DNAT -j DROP",
@@ -430,7 +463,7 @@ impl InitConfig {
             ),
             (
                 "INPUT",
-                format!("-p tcp -m conntrack --ctstate NEW -j {GUARD_CHAIN}"),
+                format!("-p tcp -m conntrack --ctstate INVALID,NEW -j {GUARD_CHAIN}"),
             ),
             (
                 "INPUT",
@@ -441,11 +474,40 @@ impl InitConfig {
         ]
     }
 
-    fn dns_jumps() -> [(&'static str, String); 2] {
-        [
-            ("OUTPUT", format!("-p udp -j {DNS_OUTPUT_CHAIN}")),
-            ("PREROUTING", format!("-p udp -j {DNS_PREROUTING_CHAIN}")),
-        ]
+    /// The last check on what leaves the pod on an interface, after routing (where `-o` is
+    /// the real interface): the sidecar's own packets pass; a source that is no address of the
+    /// pod (IPv6 `IP_FREEBIND` needs no capability) and captured DNS that did not go to the
+    /// sidecar (a socket bound to an interface escapes the capture's routing) are dropped; TCP
+    /// leaves only as a reply on a connection into the pod or to what is excluded from the
+    /// redirect, so no TCP the proxy did not open leaves the pod, whatever conntrack thinks.
+    pub fn egress_rules(&self, family: Family) -> Vec<String> {
+        let mut r = vec![
+            format!("-A {EGRESS_CHAIN} {} -j RETURN", self.own()),
+            format!("-A {EGRESS_CHAIN} -m addrtype ! --src-type LOCAL -j DROP"),
+            format!("-A {EGRESS_CHAIN} -m mark --mark {DNS_MARK:#x} -j DROP"),
+            format!("-A {EGRESS_CHAIN} ! -p tcp -j RETURN"),
+            format!("-A {EGRESS_CHAIN} -m conntrack --ctdir REPLY -j RETURN"),
+        ];
+        self.excluded_cidrs(&mut r, family, EGRESS_CHAIN);
+        ports_rules(
+            &mut r,
+            EGRESS_CHAIN,
+            "tcp",
+            &self.exclude_outbound_ports,
+            "RETURN",
+        );
+        r.push(format!("-A {EGRESS_CHAIN} -j DROP"));
+        r
+    }
+
+    fn mangle_jumps(&self) -> Vec<(&'static str, String)> {
+        let mut jumps = Vec::new();
+        if self.tproxy() {
+            jumps.push(("OUTPUT", format!("-p udp -j {DNS_OUTPUT_CHAIN}")));
+            jumps.push(("PREROUTING", format!("-p udp -j {DNS_PREROUTING_CHAIN}")));
+        }
+        jumps.push(("POSTROUTING", format!("! -o lo -j {EGRESS_CHAIN}")));
+        jumps
     }
 
     /// The `iptables-restore --noflush` input that installs the rules of one family, given
@@ -466,22 +528,24 @@ impl InitConfig {
             &[INBOUND_CHAIN, OUTPUT_CHAIN],
         );
         s.push_str("COMMIT\n");
-        if self.tproxy() {
-            let _ = write!(
-                s,
-                "*{MANGLE}\n:{DNS_OUTPUT_CHAIN} - [0:0]\n:{DNS_PREROUTING_CHAIN} - [0:0]\n"
-            );
-            for rule in self.dns_rules(family) {
-                let _ = writeln!(s, "{rule}");
-            }
-            reconcile_jumps(
-                &mut s,
-                &saved.mangle,
-                &Self::dns_jumps(),
-                &[DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN],
-            );
-            s.push_str("COMMIT\n");
+        let _ = writeln!(s, "*{MANGLE}");
+        for chain in [DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN, EGRESS_CHAIN] {
+            let _ = writeln!(s, ":{chain} - [0:0]");
         }
+        for rule in self
+            .dns_rules(family)
+            .into_iter()
+            .chain(self.egress_rules(family))
+        {
+            let _ = writeln!(s, "{rule}");
+        }
+        reconcile_jumps(
+            &mut s,
+            &saved.mangle,
+            &self.mangle_jumps(),
+            &[DNS_OUTPUT_CHAIN, DNS_PREROUTING_CHAIN, EGRESS_CHAIN],
+        );
+        s.push_str("COMMIT\n");
         let _ = writeln!(s, "*{FILTER}");
         for chain in [FILTER_OUT_CHAIN, FILTER_IN_CHAIN, GUARD_CHAIN, SPOOF_CHAIN] {
             let _ = writeln!(s, ":{chain} - [0:0]");
@@ -541,11 +605,7 @@ impl InitConfig {
         } else {
             Saved {
                 nat: save(TABLE)?,
-                mangle: if self.tproxy() {
-                    save(MANGLE)?
-                } else {
-                    String::new()
-                },
+                mangle: save(MANGLE)?,
                 filter: save(FILTER)?,
             }
         };
@@ -835,7 +895,7 @@ mod tests {
                 "-A PODWALL_INBOUND -p tcp --dport 15020 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp -j REDIRECT --to-ports 15006",
                 "-A PODWALL_OUTPUT -m mark --mark 0x1337 -j RETURN",
-                "-A PODWALL_OUTPUT -o lo -j RETURN",
+                "-A PODWALL_OUTPUT -o lo -m addrtype --dst-type LOCAL -j RETURN",
                 "-A PODWALL_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
                 "-A PODWALL_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
             ]
@@ -897,7 +957,8 @@ mod tests {
             "-I OUTPUT 1 -p udp -j PODWALL_DNS_OUTPUT\n",
             "-I PREROUTING 1 -p udp -j PODWALL_DNS_PREROUTING\n",
             "-I INPUT 1 -i lo -m addrtype ! --src-type LOCAL -j PODWALL_SPOOF\n",
-            "-I INPUT 2 -p tcp -m conntrack --ctstate NEW -j PODWALL_GUARD\n",
+            "-I INPUT 2 -p tcp -m conntrack --ctstate INVALID,NEW -j PODWALL_GUARD\n",
+            "-I POSTROUTING 1 ! -o lo -j PODWALL_EGRESS\n",
             "-I INPUT 3 -p udp -m udp --dport 15053 -j PODWALL_GUARD\n",
             "-I INPUT 4 ! -p tcp -j PODWALL_FILTER_IN\n",
             "-I OUTPUT 1 ! -p tcp -j PODWALL_FILTER_OUT\n",
@@ -939,13 +1000,14 @@ mod tests {
             cfg.dns_rules(Family::V4),
             [
                 "-A PODWALL_DNS_OUTPUT -m mark --mark 0x1337 -j RETURN",
-                "-A PODWALL_DNS_OUTPUT -o lo -j RETURN",
+                "-A PODWALL_DNS_OUTPUT -o lo -m addrtype --dst-type LOCAL -j RETURN",
                 "-A PODWALL_DNS_OUTPUT -d 10.96.0.1/32 -j RETURN",
                 "-A PODWALL_DNS_OUTPUT -p udp --dport 53 -j MARK --set-xmark 0x539/0xffffffff",
+                "-A PODWALL_DNS_OUTPUT -p udp --dport 53 -j CONNMARK --set-xmark 0x539/0xffffffff",
                 "-A PODWALL_DNS_PREROUTING -p udp -m mark --mark 0x539 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x539/0xffffffff",
             ]
         );
-        assert!(cfg.dns_rules(Family::V6)[3].contains("--on-ip ::1"));
+        assert!(cfg.dns_rules(Family::V6)[4].contains("--on-ip ::1"));
         let routes = cfg.route_commands(Family::V4);
         assert_eq!(
             routes[0].join(" "),
@@ -964,11 +1026,9 @@ mod tests {
         assert!(redirect.chain_rules(Family::V4).contains(
             &"-A PODWALL_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053".to_string()
         ));
-        assert!(
-            !redirect
-                .restore_input(Family::V4, Coverage::Capture, &Saved::default())
-                .contains("*mangle")
-        );
+        let input = redirect.restore_input(Family::V4, Coverage::Capture, &Saved::default());
+        assert!(!input.contains("TPROXY"), "{input}");
+        assert!(!input.contains("PODWALL_DNS_OUTPUT\n"), "{input}");
     }
 
     #[test]
@@ -989,7 +1049,7 @@ mod tests {
             chain(FILTER_OUT_CHAIN),
             [
                 "-A PODWALL_FILTER_OUT -m mark --mark 0x1337 -j RETURN",
-                "-A PODWALL_FILTER_OUT -o lo -j RETURN",
+                "-A PODWALL_FILTER_OUT -o lo -m addrtype --dst-type LOCAL -j RETURN",
                 "-A PODWALL_FILTER_OUT -d 10.96.0.1/32 -j RETURN",
                 "-A PODWALL_FILTER_OUT -m mark --mark 0x539 -j RETURN",
                 "-A PODWALL_FILTER_OUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
@@ -1001,6 +1061,7 @@ mod tests {
             chain(FILTER_IN_CHAIN),
             [
                 "-A PODWALL_FILTER_IN -i lo -j RETURN",
+                "-A PODWALL_FILTER_IN -m connmark --mark 0x539 -j DROP",
                 "-A PODWALL_FILTER_IN -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
                 "-A PODWALL_FILTER_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_FILTER_IN -j DROP",
@@ -1042,6 +1103,8 @@ mod tests {
     fn listeners_take_only_redirected_traffic_on_marked_sockets_and_forged_loopback_is_dropped() {
         let rules = InitConfig::default().filter_rules(Family::V4);
         for rule in [
+            "-A PODWALL_GUARD -p tcp -m conntrack --ctstate INVALID -j DROP",
+            "-A PODWALL_GUARD -p tcp --dport 15020 -m socket --nowildcard --restore-skmark -m mark ! --mark 0x1337 -j DROP",
             "-A PODWALL_GUARD -p tcp -m multiport --dports 15006,15001,15053 -m conntrack ! --ctstate DNAT -j DROP",
             "-A PODWALL_GUARD -p udp --dport 15053 -m conntrack ! --ctstate DNAT -j DROP",
             "-A PODWALL_GUARD -m conntrack --ctstate DNAT -m socket --nowildcard --restore-skmark -m mark ! --mark 0x1337 -j DROP",
@@ -1049,6 +1112,39 @@ mod tests {
         ] {
             assert!(rules.contains(&rule.to_string()), "{rule} in {rules:#?}");
         }
+    }
+
+    #[test]
+    fn nothing_leaves_the_pod_that_the_sidecar_did_not_open_judge_or_exclude() {
+        let cfg = InitConfig {
+            exclude_outbound_cidrs: vec!["10.96.0.1/32".parse().expect("net")],
+            exclude_outbound_ports: vec![6443],
+            ..InitConfig::default()
+        };
+        assert_eq!(
+            cfg.egress_rules(Family::V4),
+            [
+                "-A PODWALL_EGRESS -m mark --mark 0x1337 -j RETURN",
+                "-A PODWALL_EGRESS -m addrtype ! --src-type LOCAL -j DROP",
+                "-A PODWALL_EGRESS -m mark --mark 0x539 -j DROP",
+                "-A PODWALL_EGRESS ! -p tcp -j RETURN",
+                "-A PODWALL_EGRESS -m conntrack --ctdir REPLY -j RETURN",
+                "-A PODWALL_EGRESS -d 10.96.0.1/32 -j RETURN",
+                "-A PODWALL_EGRESS -p tcp --dport 6443 -j RETURN",
+                "-A PODWALL_EGRESS -j DROP",
+            ]
+        );
+        // Without DNS capture too: the check is on every interface but loopback.
+        let plain = InitConfig {
+            capture_dns: false,
+            ..InitConfig::default()
+        };
+        let input = plain.restore_input(Family::V4, Coverage::Capture, &Saved::default());
+        assert!(
+            input.contains("-I POSTROUTING 1 ! -o lo -j PODWALL_EGRESS\n"),
+            "{input}"
+        );
+        assert!(!input.contains("-A PODWALL_DNS_OUTPUT"), "{input}");
     }
 
     #[test]
