@@ -198,6 +198,10 @@ fn the_rendered_chart_is_what_the_code_expects() {
     assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
     assert_eq!(hook["rules"][0]["resources"], serde_json::json!(["pods"]));
     assert_eq!(
+        hook["rules"][0]["operations"],
+        serde_json::json!(["CREATE", "UPDATE"])
+    );
+    assert_eq!(
         hook["rules"][1]["resources"],
         serde_json::json!(["pods/ephemeralcontainers"]),
         "kubectl debug is reviewed too"

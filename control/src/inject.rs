@@ -138,17 +138,27 @@ pub enum InjectError {
         /// The gid.
         gid: i64,
     },
-    /// An app container could rewrite the pod's iptables rules.
+    /// An app container could remove the pod's rules, or act as the sidecar.
     #[error(
-        "container {container:?} has {what} ({field}): it could remove podwall's redirect rules (drop it, or do not inject this pod)"
+        "container {container:?} has {what} ({field}): it could {why} (drop it, or do not inject this pod)"
     )]
-    CanRewriteRules {
+    CanDefeatSidecar {
         /// The container.
         container: String,
         /// Where it says so.
         field: String,
         /// `the NET_ADMIN capability`, `privileged: true`, ...
         what: String,
+        /// What it could do with it.
+        why: &'static str,
+    },
+    /// A pod-level setting that would let the app reach around the sidecar.
+    #[error("the pod sets {field}: {why} (remove it, or do not inject this pod)")]
+    PodSetting {
+        /// The field.
+        field: String,
+        /// What it allows.
+        why: &'static str,
     },
     /// An app container asks for NET_RAW, which lets it mark its sockets as the sidecar's and
     /// send and receive frames below every rule of the pod.
@@ -191,6 +201,29 @@ pub enum Outcome {
 /// Whether the pod template's metadata asks for the sidecar.
 pub fn asks_for_sidecar(metadata: &Value) -> bool {
     metadata["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
+}
+
+/// Capabilities no app container of a protected pod may add, and why.
+const FORBIDDEN_CAPABILITIES: [(&str, &str); 6] = [
+    ("ALL", "remove podwall's redirect rules"),
+    ("NET_ADMIN", "remove podwall's redirect rules"),
+    (
+        "SYS_ADMIN",
+        "enter other namespaces, mount and load programs below the pod's rules",
+    ),
+    ("BPF", "load programs below the pod's rules"),
+    ("SYS_MODULE", "load kernel modules"),
+    (
+        "SYS_PTRACE",
+        "take the sidecar's sockets (pidfd_getfd) where it can see its process",
+    ),
+];
+
+/// The capabilities a `capabilities.add` or `.drop` list names, as runtimes read them.
+fn capabilities(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(capability).collect())
+        .unwrap_or_default()
 }
 
 /// A capability as container runtimes read it: upper case, with or without `CAP_`.
@@ -255,22 +288,24 @@ pub fn check_app_container(
         });
     }
     if sc["privileged"].as_bool() == Some(true) {
-        return Err(InjectError::CanRewriteRules {
+        return Err(InjectError::CanDefeatSidecar {
             container,
             field: format!("{field}.securityContext.privileged"),
             what: "privileged: true".into(),
+            why: "remove podwall's redirect rules",
         });
     }
-    let adds: Vec<String> = sc["capabilities"]["add"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(capability).collect())
-        .unwrap_or_default();
+    let adds = capabilities(&sc["capabilities"]["add"]);
     let add_field = format!("{field}.securityContext.capabilities.add");
-    if let Some(cap) = adds.iter().find(|c| *c == "NET_ADMIN" || *c == "ALL") {
-        return Err(InjectError::CanRewriteRules {
+    if let Some((cap, why)) = adds
+        .iter()
+        .find_map(|c| FORBIDDEN_CAPABILITIES.iter().find(|(f, _)| f == c))
+    {
+        return Err(InjectError::CanDefeatSidecar {
             container,
             field: add_field,
             what: format!("the {cap} capability"),
+            why,
         });
     }
     if !allow_net_raw && adds.iter().any(|c| c == "NET_RAW") {
@@ -287,6 +322,12 @@ fn check_containers(
     cfg: &InjectConfig,
     allow_net_raw: bool,
 ) -> Result<(), InjectError> {
+    if spec["hostPID"].as_bool() == Some(true) {
+        return Err(InjectError::PodSetting {
+            field: "spec.hostPID: true".into(),
+            why: "its containers would see the node's processes, and with them other pods' sidecars and network namespaces",
+        });
+    }
     let pod_security = &spec["securityContext"];
     for (field, c) in app_containers(spec) {
         check_app_container(&field, c, pod_security, cfg, allow_net_raw)?;
@@ -323,9 +364,13 @@ pub fn drop_net_raw(container: &mut Value) {
     }
 }
 
-/// Whether the spec holds podwall's containers, and whether they are what injection adds
-/// (the podwall image, `proxy init` with NET_ADMIN, `proxy run`): `Ok(false)` for neither,
-/// `Ok(true)` for both, an error naming what is off otherwise.
+/// Whether the spec holds podwall's containers, and whether they are what injection with
+/// `cfg` adds: `Ok(false)` for neither (nor the status annotation), `Ok(true)` when both are
+/// there with the podwall image, no `command`, the very `args` and capabilities injection
+/// gives them, and the status annotation says so; an error naming what is off otherwise. (A
+/// container named as the sidecar that sleeps, or an init container that removes the rules,
+/// would make an unprotected pod look protected.) Other fields (what another webhook or the
+/// API server adds, e.g. a seccomp profile) are not compared.
 pub fn genuine_injection(
     metadata: &Value,
     spec: &Value,
@@ -347,67 +392,50 @@ pub fn genuine_injection(
         what: what.to_string(),
         why,
     };
-    let args = |c: &Value| -> Vec<String> {
-        c["args"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     if status != Some("injected") {
         return Err(off(
             &format!("annotation {STATUS_ANNOTATION}"),
             format!("the pod has podwall's containers but {STATUS_ANNOTATION} is {status:?}"),
         ));
     }
-    for (name, container, command) in [(INIT, init, "init"), (SIDECAR, sidecar, "run")] {
+    for (name, found, expected) in [
+        (INIT, init, init_container(cfg)),
+        (SIDECAR, sidecar, sidecar_container(cfg)),
+    ] {
         let what = format!("container {name:?}");
-        let Some(c) = container else {
+        let Some(c) = found else {
             return Err(off(
                 &what,
                 format!("{STATUS_ANNOTATION}: injected, but it is missing"),
             ));
         };
-        if c["image"].as_str() != Some(cfg.image.as_str()) {
+        if c["image"] != expected["image"] {
             return Err(off(
                 &what,
-                format!(
-                    "image {:?}, not {:?}",
-                    c["image"].as_str().unwrap_or(""),
-                    cfg.image
-                ),
+                format!("image {}, not {}", c["image"], expected["image"]),
             ));
         }
-        let a = args(c);
-        if a.first().map(String::as_str) != Some("proxy")
-            || a.get(1).map(String::as_str) != Some(command)
+        if !c["command"].is_null() {
+            return Err(off(&what, format!("it has a command, {}", c["command"])));
+        }
+        if c["args"] != expected["args"] {
+            return Err(off(
+                &what,
+                format!("args {}, not {}", c["args"], expected["args"]),
+            ));
+        }
+        let (sc, want) = (&c["securityContext"], &expected["securityContext"]);
+        if capabilities(&sc["capabilities"]["add"]) != capabilities(&want["capabilities"]["add"])
+            || sc["privileged"].as_bool().unwrap_or(false)
         {
             return Err(off(
                 &what,
-                format!("args {a:?} do not run `podwall proxy {command}`"),
+                format!(
+                    "security context {sc}, not one with capabilities {}",
+                    want["capabilities"]
+                ),
             ));
         }
-    }
-    let init_caps = init.map(|c| {
-        c["securityContext"]["capabilities"]["add"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(capability)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    });
-    if !init_caps.is_some_and(|caps| caps.iter().any(|c| c == "NET_ADMIN")) {
-        return Err(off(
-            &format!("container {INIT:?}"),
-            "without NET_ADMIN it cannot install the rules".into(),
-        ));
     }
     Ok(true)
 }
@@ -517,6 +545,21 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
     })
 }
 
+/// What injection changes in the app's part of the pod: NET_RAW dropped from every app
+/// container (unless the pod accepts keeping it), and the sysctls.
+fn harden(spec: &mut Value, cfg: &InjectConfig, allow_net_raw: bool) {
+    if !allow_net_raw {
+        for list in ["containers", "initContainers"] {
+            if let Some(Value::Array(cs)) = spec.get_mut(list) {
+                cs.iter_mut()
+                    .filter(|c| !matches!(c["name"].as_str(), Some(SIDECAR | INIT)))
+                    .for_each(drop_net_raw);
+            }
+        }
+    }
+    add_sysctls(spec, cfg);
+}
+
 /// The pod sysctls injection sets (both namespaced and "safe": kubelets allow them without
 /// configuration): ping through ICMP datagram sockets for every group, since the apps lose
 /// NET_RAW; and the sidecar's ports reserved from outgoing connections (from Kubernetes 1.27),
@@ -606,8 +649,11 @@ pub fn inject_template(
 ) -> Result<Outcome, InjectError> {
     let allow_net_raw = allows_net_raw(metadata);
     if genuine_injection(metadata, spec, cfg)? {
-        // Reinvoked, or injected offline: the app containers still answer to the checks.
+        // Reinvoked (a later webhook may have added containers), or injected offline: the app
+        // containers still answer to the checks and lose NET_RAW, and the pod keeps its
+        // sysctls.
         check_containers(spec, cfg, allow_net_raw)?;
+        harden(spec, cfg, allow_net_raw);
         return Ok(Outcome::AlreadyInjected);
     }
     if spec["hostNetwork"].as_bool() == Some(true) {
@@ -616,14 +662,7 @@ pub fn inject_template(
         ));
     }
     check_containers(spec, cfg, allow_net_raw)?;
-    if !allow_net_raw {
-        for list in ["containers", "initContainers"] {
-            if let Some(Value::Array(cs)) = spec.get_mut(list) {
-                cs.iter_mut().for_each(drop_net_raw);
-            }
-        }
-    }
-    add_sysctls(spec, cfg);
+    harden(spec, cfg, allow_net_raw);
     let Some(spec_map) = spec.as_object_mut() else {
         return Err(InjectError::NotAWorkload("spec is not an object".into()));
     };

@@ -6,6 +6,7 @@
 //!   with a warning (hostNetwork pods, or a pod that keeps NET_RAW by its annotation).
 //! - A Pod CREATE that does not ask, but brings containers named as podwall's (or its status
 //!   annotation) that are not what injection adds, is refused: it would look protected.
+//! - A Pod UPDATE may not change podwall's containers of an injected pod (images are mutable).
 //! - An UPDATE of `pods/ephemeralcontainers` (`kubectl debug`) on an injected pod: each new
 //!   ephemeral container answers to the same refusals as the app's (NET_ADMIN, ALL, privileged,
 //!   NET_RAW, the proxy's ids) and loses NET_RAW.
@@ -97,6 +98,25 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
             Err(e) => refuse(e),
         });
     }
+    if is_pod && request["operation"] == "UPDATE" && sub_resource.is_empty() {
+        // Container images may change on a running pod: podwall's may not.
+        let old = &request["oldObject"];
+        return Ok(
+            match (
+                genuine_injection(&old["metadata"], &old["spec"], cfg),
+                genuine_injection(&object["metadata"], &object["spec"], cfg),
+            ) {
+                (Ok(true), Ok(true)) | (Ok(false) | Err(_), _) => {
+                    (respond(json!({"allowed": true})), Decision::Ignored)
+                }
+                (Ok(true), Ok(false)) => refuse(InjectError::NotTheSidecar {
+                    what: "the update".into(),
+                    why: "it removes podwall from an injected pod".into(),
+                }),
+                (Ok(true), Err(e)) => refuse(e),
+            },
+        );
+    }
     if !is_pod || request["operation"] != "CREATE" || !sub_resource.is_empty() {
         return Ok((respond(json!({"allowed": true})), Decision::Ignored));
     }
@@ -111,37 +131,8 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
     }
     let mut metadata = object["metadata"].clone();
     let mut spec = object["spec"].clone();
-    let decision = match inject_template(&mut metadata, &mut spec, cfg) {
-        Ok(Outcome::Injected) => {
-            let mut patch = Vec::new();
-            // `add` on an existing member replaces it (RFC 6902), so whole lists are safe.
-            for field in ["initContainers", "containers", "volumes", "securityContext"] {
-                if spec.get(field) != object["spec"].get(field)
-                    && let Some(v) = spec.get(field)
-                {
-                    patch.push(json!({"op": "add", "path": format!("/spec/{field}"), "value": v}));
-                }
-            }
-            patch.push(json!({"op": "add", "path": "/metadata/annotations",
-                "value": metadata["annotations"]}));
-            let warnings = if allows_net_raw(&metadata) {
-                vec![format!(
-                    "podwall: the pod keeps NET_RAW ({}: \"true\"): its apps can mark their sockets as the sidecar's and send frames below its rules, so its policies are NOT enforced against a compromised app",
-                    crate::inject::ALLOW_NET_RAW_ANNOTATION
-                )]
-            } else {
-                Vec::new()
-            };
-            return Ok(patched(patch, warnings, Decision::Injected));
-        }
-        Ok(Outcome::AlreadyInjected) => Decision::AlreadyInjected,
-        Ok(Outcome::Skipped(why)) => {
-            let warning = format!("podwall: sidecar not injected: {why}");
-            return Ok((
-                respond(json!({"allowed": true, "warnings": [warning]})),
-                Decision::Skipped(why),
-            ));
-        }
+    let outcome = match inject_template(&mut metadata, &mut spec, cfg) {
+        Ok(outcome) => outcome,
         Err(e) => {
             let message = format!(
                 "podwall: this pod asks for the podwall sidecar ({}: enabled) but {e}",
@@ -156,7 +147,40 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
             ));
         }
     };
-    Ok((respond(json!({"allowed": true})), decision))
+    if let Outcome::Skipped(why) = outcome {
+        let warning = format!("podwall: sidecar not injected: {why}");
+        return Ok((
+            respond(json!({"allowed": true, "warnings": [warning]})),
+            Decision::Skipped(why),
+        ));
+    }
+    let mut patch = Vec::new();
+    // `add` on an existing member replaces it (RFC 6902), so whole lists are safe.
+    for field in ["initContainers", "containers", "volumes", "securityContext"] {
+        if spec.get(field) != object["spec"].get(field)
+            && let Some(v) = spec.get(field)
+        {
+            patch.push(json!({"op": "add", "path": format!("/spec/{field}"), "value": v}));
+        }
+    }
+    if outcome == Outcome::AlreadyInjected {
+        // Reinvoked: what a later webhook added (a container) got NET_RAW dropped.
+        if patch.is_empty() {
+            return Ok((respond(json!({"allowed": true})), Decision::AlreadyInjected));
+        }
+        return Ok(patched(patch, Vec::new(), Decision::AlreadyInjected));
+    }
+    patch.push(json!({"op": "add", "path": "/metadata/annotations",
+        "value": metadata["annotations"]}));
+    let warnings = if allows_net_raw(&metadata) {
+        vec![format!(
+            "podwall: the pod keeps NET_RAW ({}: \"true\"): its apps can mark their sockets as the sidecar's and send frames below its rules, so its policies are NOT enforced against a compromised app",
+            crate::inject::ALLOW_NET_RAW_ANNOTATION
+        )]
+    } else {
+        Vec::new()
+    };
+    Ok(patched(patch, warnings, Decision::Injected))
 }
 
 /// The ephemeral containers an update adds to an injected pod: checked as app containers, and
@@ -569,5 +593,97 @@ mod tests {
         );
         let (_, decision) = review(&ephemeral_review(other, json!({})), &cfg).expect("answers");
         assert_eq!(decision, Decision::Ignored);
+    }
+
+    #[test]
+    fn a_pod_that_pretends_to_be_injected_is_refused_and_a_genuine_one_keeps_its_hardening() {
+        let cfg = InjectConfig::default();
+        let injected = injected_with(json!([]));
+        // Genuine: podwall's containers as injection writes them.
+        assert_eq!(
+            crate::inject::genuine_injection(&injected["metadata"], &injected["spec"], &cfg),
+            Ok(true)
+        );
+        let mut disarmed = injected.clone();
+        let inits = disarmed["spec"]["initContainers"]
+            .as_array_mut()
+            .expect("inits");
+        inits[0]["args"]
+            .as_array_mut()
+            .expect("args")
+            .push(json!("--remove"));
+        let (resp, _) = review(&admission_review(disarmed), &cfg).expect("answers");
+        let msg = refusal(&resp);
+        assert!(msg.contains("container \"podwall-init\""), "{msg}");
+        assert!(msg.contains("--remove"), "{msg}");
+
+        let mut sleeping = injected.clone();
+        sleeping["spec"]["initContainers"][1]["command"] = json!(["sleep", "infinity"]);
+        let (resp, _) = review(&admission_review(sleeping), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("it has a command"));
+
+        // A pod injected offline whose app keeps NET_RAW, or a later webhook's container:
+        // patched on the way in.
+        let mut later = injected.clone();
+        later["spec"]["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .push(json!({"name": "mesh-agent"}));
+        let (resp, decision) = review(&admission_review(later.clone()), &cfg).expect("answers");
+        assert_eq!(decision, Decision::AlreadyInjected);
+        let patched = apply_patch(later, &patch_of(&resp));
+        assert_eq!(
+            patched["spec"]["containers"][1]["securityContext"]["capabilities"]["drop"],
+            json!(["NET_RAW"])
+        );
+        // Unchanged: no patch at all.
+        let (resp, decision) = review(&admission_review(injected), &cfg).expect("answers");
+        assert_eq!(decision, Decision::AlreadyInjected);
+        assert!(resp["response"].get("patch").is_none(), "{resp}");
+    }
+
+    #[test]
+    fn capabilities_and_pod_settings_that_reach_around_the_sidecar_are_refused() {
+        let cfg = InjectConfig::default();
+        for cap in ["SYS_PTRACE", "cap_sys_admin", "BPF", "sys_module"] {
+            let p = pod(
+                json!({"podwall.io/inject": "enabled"}),
+                json!({"containers": [{"name": "tool", "securityContext": {"capabilities": {"add": [cap]}}}]}),
+            );
+            let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
+            let msg = refusal(&resp);
+            assert!(
+                msg.contains("spec.containers[0].securityContext.capabilities.add"),
+                "{cap}: {msg}"
+            );
+        }
+        let p = pod(
+            json!({"podwall.io/inject": "enabled"}),
+            json!({"hostPID": true, "containers": [{"name": "app"}]}),
+        );
+        let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("spec.hostPID"));
+    }
+
+    #[test]
+    fn an_update_may_not_change_podwalls_containers_of_an_injected_pod() {
+        let cfg = InjectConfig::default();
+        let old = injected_with(json!([]));
+        let update = |new: Value| {
+            let mut r: Value = serde_json::from_slice(&admission_review(new)).expect("json");
+            r["request"]["operation"] = json!("UPDATE");
+            r["request"]["oldObject"] = old.clone();
+            r.to_string().into_bytes()
+        };
+        let mut swapped = old.clone();
+        swapped["spec"]["initContainers"][1]["image"] = json!("evil/sleeper:1");
+        let (resp, _) = review(&update(swapped), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("evil/sleeper"));
+        // The app's own image may change.
+        let mut rolled = old.clone();
+        rolled["spec"]["containers"][0]["image"] = json!("nginx:1.27");
+        let (resp, decision) = review(&update(rolled), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Ignored);
+        assert_eq!(resp["response"]["allowed"], true);
     }
 }

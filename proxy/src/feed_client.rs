@@ -108,8 +108,9 @@ impl PolicySource for ControlSource {
                 version: None,
             };
             let mut backoff = Duration::from_millis(200);
+            let names = crate::lookup::SystemNames::read();
             loop {
-                let result = self.follow(&mut feed, &publish, &metrics).await;
+                let result = self.follow(&mut feed, &publish, &metrics, &names).await;
                 metrics.policy_stream_connected.set(0);
                 // Until a first policy arrives nothing is enforced but refusal.
                 let meanwhile = if publish.borrow().is_some() {
@@ -144,13 +145,13 @@ impl PolicySource for ControlSource {
 impl ControlSource {
     /// Resolves the control plane's name (from marked sockets, see [`crate::lookup`]) and
     /// connects to the first address that answers, from a marked socket.
-    async fn connect(&self) -> Result<TcpStream, String> {
+    async fn connect(&self, names: &crate::lookup::SystemNames) -> Result<TcpStream, String> {
         let (host, port) = self
             .addr
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
             .ok_or_else(|| format!("{:?} is not HOST:PORT", self.addr))?;
-        let addrs = crate::lookup::resolve(host, port, &crate::lookup::ResolvConf::system())
+        let addrs = crate::lookup::resolve(host, port, names)
             .await
             .map_err(|e| e.to_string())?;
         let mut last = String::new();
@@ -169,6 +170,7 @@ impl ControlSource {
         feed: &mut Feed,
         publish: &watch::Sender<Option<Arc<ClusterState>>>,
         metrics: &Metrics,
+        names: &crate::lookup::SystemNames,
     ) -> Result<(), String> {
         let token = match &self.token_file {
             Some(p) => Some(
@@ -179,7 +181,7 @@ impl ControlSource {
             ),
             None => None,
         };
-        let stream = self.connect().await?;
+        let stream = self.connect(names).await?;
         let (mut send, scheme) = match &self.tls {
             None => (handshake(stream).await?, "http"),
             Some(connector) => {

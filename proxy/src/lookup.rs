@@ -5,6 +5,10 @@
 //! proxy for the control plane's address. So it reads `/etc/hosts`, then asks the pod's
 //! resolvers itself, from marked sockets ([`crate::exempt`]) that the capture lets pass, with
 //! the pod's search list and `ndots` as the C library would read them from `/etc/resolv.conf`.
+//!
+//! Both files are read once, when the sidecar starts (before the app does): the kubelet mounts
+//! the pod's hosts file writable into every container, and an app that rewrote it later could
+//! send the sidecar to another control plane.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -94,6 +98,26 @@ pub fn hosts_entries(text: &str, name: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// What the sidecar looks names up with: `/etc/hosts` and `/etc/resolv.conf` as they were
+/// when it started.
+#[derive(Clone, Debug, Default)]
+pub struct SystemNames {
+    /// `/etc/resolv.conf`.
+    pub conf: ResolvConf,
+    /// `/etc/hosts`.
+    pub hosts: String,
+}
+
+impl SystemNames {
+    /// Reads both files now.
+    pub fn read() -> Self {
+        SystemNames {
+            conf: ResolvConf::system(),
+            hosts: std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        }
+    }
+}
+
 /// A name could not be resolved.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot resolve {name:?} through {resolvers:?}: {why}")]
@@ -110,14 +134,14 @@ pub struct LookupError {
 pub async fn resolve(
     host: &str,
     port: u16,
-    conf: &ResolvConf,
+    names: &SystemNames,
 ) -> Result<Vec<SocketAddr>, LookupError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-    let listed = hosts_entries(&hosts, host);
+    let conf = &names.conf;
+    let listed = hosts_entries(&names.hosts, host);
     if !listed.is_empty() {
         return Ok(listed
             .into_iter()
@@ -237,12 +261,19 @@ mod tests {
 
     #[tokio::test]
     async fn an_address_needs_no_lookup_and_no_nameserver_is_an_error_naming_the_name() {
-        let conf = ResolvConf::parse("");
+        let names = SystemNames {
+            conf: ResolvConf::parse(""),
+            hosts: "10.0.0.9 control\n".into(),
+        };
         assert_eq!(
-            resolve("[fd00::1]", 15010, &conf).await.expect("literal"),
+            resolve("[fd00::1]", 15010, &names).await.expect("literal"),
             ["[fd00::1]:15010".parse::<SocketAddr>().expect("addr")]
         );
-        let err = resolve("podwall.podwall-system.svc", 15010, &conf)
+        assert_eq!(
+            resolve("control", 15010, &names).await.expect("hosts"),
+            ["10.0.0.9:15010".parse::<SocketAddr>().expect("addr")]
+        );
+        let err = resolve("podwall.podwall-system.svc", 15010, &names)
             .await
             .expect_err("nowhere to ask");
         assert!(
