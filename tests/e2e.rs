@@ -521,14 +521,16 @@ fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     assert!(ready.contains(" 503 "), "{ready}");
 }
 
-fn nat_rules(ns: &str) -> Vec<String> {
+/// Every rule and chain of every table in `ns`, as `iptables-save` prints them (table headers
+/// kept, so the same rule in two tables stays two lines).
+fn all_rules(ns: &str) -> Vec<String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "iptables-save", "-t", "nat"])
+        .args(["netns", "exec", ns, "iptables-save"])
         .output()
         .expect("iptables-save");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.starts_with("-A") || l.starts_with(':'))
+        .filter(|l| l.starts_with("-A") || l.starts_with(':') || l.starts_with('*'))
         .map(String::from)
         .collect()
 }
@@ -566,25 +568,28 @@ fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
         "{dry}"
     );
     assert!(
-        nat_rules(ns).iter().all(|l| !l.contains("PODWALL")),
+        all_rules(ns).iter().all(|l| !l.contains("PODWALL")),
         "dry run changes nothing"
     );
     init(&["--exclude-outbound-cidrs", "10.96.0.0/12"]);
-    let once = nat_rules(ns);
+    let once = all_rules(ns);
     init(&["--exclude-outbound-cidrs", "10.96.0.0/12"]);
-    let twice = nat_rules(ns);
+    let twice = all_rules(ns);
     assert_eq!(once, twice);
-    assert_eq!(
-        twice
-            .iter()
-            .filter(|l| l.starts_with("-A PREROUTING"))
-            .count(),
-        1
-    );
-    assert_eq!(
-        twice.iter().filter(|l| l.starts_with("-A OUTPUT")).count(),
-        1
-    );
+    // One jump of each kind: in nat OUTPUT, mangle PREROUTING (inbound, DNS), OUTPUT (DNS)
+    // and POSTROUTING (egress), filter INPUT (spoofing, guard twice, packet filter) and OUTPUT
+    // (forged sources, packet filter).
+    let jumps: Vec<&String> = twice
+        .iter()
+        .filter(|l| {
+            l.starts_with("-A ") && !l.starts_with("-A PODWALL") && l.contains("-j PODWALL_")
+        })
+        .collect();
+    assert_eq!(jumps.len(), 11, "{jumps:#?}");
+    let mut distinct = jumps.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), jumps.len(), "no jump twice: {jumps:#?}");
     assert!(
         twice
             .iter()
@@ -593,9 +598,9 @@ fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
     );
     init(&["--remove"]);
     assert!(
-        nat_rules(ns).iter().all(|l| !l.contains("PODWALL")),
+        all_rules(ns).iter().all(|l| !l.contains("PODWALL")),
         "{:#?}",
-        nat_rules(ns)
+        all_rules(ns)
     );
     init(&["--remove"]);
     let _ = Command::new("ip").args(["netns", "del", ns]).status();

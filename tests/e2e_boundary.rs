@@ -587,18 +587,32 @@ fn a_forged_loopback_packet_never_reaches_a_sidecar_socket() {
     .expect("netns");
     // An app that kept NET_RAW forges the cluster resolver's answers on loopback.
     let pod = pod_ip.to_string();
+    // Sent through the IP layer: refused on the way out (no unmarked loopback packet leaves
+    // with a source that is not the pod's).
+    for port in ["40123", "40124"] {
+        let r = app(
+            &ns,
+            ",+net_raw",
+            &[],
+            &["spoof-udp", DNS_IP, "53", &pod, port],
+        );
+        assert!(r.contains("Operation not permitted"), "{r}");
+    }
+    let mut buf = [0u8; 64];
+    assert!(marked.recv_from(&mut buf).is_err());
+    assert!(plain.recv_from(&mut buf).is_err());
+    // Written below it, on lo (AF_PACKET): dropped on the way in before a sidecar socket.
     for port in ["40123", "40124"] {
         assert_eq!(
             app(
                 &ns,
                 ",+net_raw",
                 &[],
-                &["spoof-udp", DNS_IP, "53", &pod, port]
+                &["spoof-udp-l2", DNS_IP, "53", &pod, port]
             ),
             "sent"
         );
     }
-    let mut buf = [0u8; 64];
     assert!(
         marked.recv_from(&mut buf).is_err(),
         "the forged packet reached a sidecar socket"
@@ -759,4 +773,119 @@ fn tcp_the_sidecar_did_not_open_never_leaves_the_pod() {
         "not seen",
         "a segment the proxy never relayed reached the victim"
     );
+}
+
+#[test]
+fn an_ipv6_packet_the_app_sends_itself_from_a_forged_source_opens_no_flow() {
+    if !ready("an_ipv6_packet_the_app_sends_itself_from_a_forged_source_opens_no_flow") {
+        return;
+    }
+    let (pod, host) = ("pw-e2e-v6p", "pw-e2e-v6h");
+    for ns in [pod, host] {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .expect("ip")
+                .success()
+        );
+    }
+    let ip = |args: &[&str]| {
+        assert!(
+            Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip")
+                .success(),
+            "ip {args:?}"
+        )
+    };
+    ip(&[
+        "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", host,
+    ]);
+    for (ns, addr) in [(pod, "fd78::1/64"), (host, "fd78::2/64")] {
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+    }
+    // A pod with a global IPv6 address, its rules in place, no policy yet: nothing may pass.
+    let init = Command::new("ip")
+        .args(["netns", "exec", pod])
+        .arg(support::sandbox::exe())
+        .args(["proxy", "init"])
+        .output()
+        .expect("init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let (echo, echo_out) = app_listening(host, ",+net_raw", &["udp6-echo", "6000", "3"]);
+    let r = app(
+        pod,
+        "",
+        &[],
+        &["v6-prime-udp", "fd78::1", "fd78::2", "6000"],
+    );
+    let host_saw = last_line(echo, echo_out);
+    for ns in [pod, host] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    assert_eq!(r, "no answer");
+    assert_eq!(host_saw, "nothing", "the app's datagram reached the host");
+}
+
+/// An HTTP GET with curl from inside `ns`: the status code (000 when nothing answered).
+fn http_status(ns: &str, url: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "3",
+        ])
+        .args(["-w", "%{http_code}", url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_admin_port_gives_metrics_only_to_peers_ingress_policy_allows() {
+    if !ready("the_admin_port_gives_metrics_only_to_peers_ingress_policy_allows") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "badmin", Inject::Annotated);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    // The counters move with what the app does: a denied peer could read them as a channel.
+    assert_eq!(
+        http_status(&victim, "http://10.76.0.1:15020/metrics"),
+        "403"
+    );
+    let denied = flows_matching(&up, |e| {
+        e["destination"]["port"] == 15020 && e["verdict"] == "DENIED"
+    });
+    assert_eq!(denied[0]["source"]["pod"], "victim", "{denied:?}");
+    // Probes answer anyone; the pod itself reads its metrics.
+    assert_eq!(http_status(&victim, "http://10.76.0.1:15020/ready"), "200");
+    assert_eq!(http_status(&ns, "http://127.0.0.1:15020/metrics"), "200");
+    // A policy that allows the peer on the admin port lets it scrape.
+    std::fs::write(
+        up.sb().policy_dir().join("scrape.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: scrape, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: victim}}}]\n    ports: [{port: 15020}]\n",
+    )
+    .expect("policy");
+    wait_for("the scrape policy", Duration::from_secs(10), || {
+        http_status(&victim, "http://10.76.0.1:15020/metrics") == "200"
+    });
 }

@@ -60,7 +60,8 @@ fn the_image_root_filesystem_starts_as_its_users_and_installs_the_pod_rules() {
     let script = format!(
         "mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev \
          && chroot {r} /usr/local/bin/podwall proxy init \
-         && chroot {r} /usr/sbin/iptables-save -t nat && chroot {r} /usr/sbin/ip rule"
+         && chroot {r} /usr/sbin/iptables-save -t nat && chroot {r} /usr/sbin/iptables-save -t mangle \
+         && chroot {r} /usr/sbin/ip rule"
     );
     let (ok, out) = run(Command::new("unshare").args([
         "-n",
@@ -75,7 +76,7 @@ fn the_image_root_filesystem_starts_as_its_users_and_installs_the_pod_rules() {
     assert!(out.contains("iptables rules installed"), "{out}");
     assert!(out.contains("-A OUTPUT -j PODWALL_OUTPUT"), "{out}");
     assert!(
-        out.contains("-j REDIRECT --to-ports 15006"),
+        out.contains("-j TPROXY --on-port 15006"),
         "inbound TCP goes to the sidecar: {out}"
     );
     assert!(

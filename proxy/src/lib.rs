@@ -52,9 +52,13 @@ pub enum ProxyError {
     },
 }
 
+/// A listener on `addr`, marked as the sidecar's; `transparent` (`IP_TRANSPARENT`, needs
+/// NET_ADMIN) for those TPROXY delivers to, the inbound and admin ports: TPROXY hands
+/// connections to transparent sockets only, which an app cannot open.
 async fn bind_tcp(
     addr: std::net::SocketAddr,
     what: &'static str,
+    transparent: bool,
 ) -> Result<TcpListener, ProxyError> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -66,6 +70,14 @@ async fn bind_tcp(
         // accepted sockets inherit the mark). Never SO_REUSEPORT: another root process of the
         // pod could then bind the same port and take a share of the connections.
         exempt::mark(&s)?;
+        if transparent {
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::IpTransparent, &true)
+                .map_err(|e| {
+                    std::io::Error::other(format!(
+                        "IP_TRANSPARENT (the sidecar needs NET_ADMIN): {e}"
+                    ))
+                })?;
+        }
         s.set_reuseaddr(true)?;
         // Accepted sockets inherit it: no setsockopt per connection. Relayed messages go out
         // as they come, as they would on a direct connection the app had made with it.
@@ -122,15 +134,15 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     let flows = flow::FlowLog::stdout(metrics.flow_events_dropped.clone());
     let (policy_tx, policy_rx) = watch::channel(None);
 
-    let inbound = bind_tcp(config.inbound, "inbound").await?;
+    let inbound = bind_tcp(config.inbound, "inbound", true).await?;
     let mut outbound = Vec::new();
     for addr in &config.outbound {
-        outbound.push(bind_tcp(*addr, "outbound").await?);
+        outbound.push(bind_tcp(*addr, "outbound", false).await?);
     }
     let mut dns_tcp = Vec::new();
     let mut dns_udp = Vec::new();
     for addr in &config.dns {
-        dns_tcp.push(bind_tcp(*addr, "dns").await?);
+        dns_tcp.push(bind_tcp(*addr, "dns", false).await?);
         dns_udp.push(
             dns::udp_listener(*addr, config.dns_transparent).map_err(|source| {
                 ProxyError::Bind {
@@ -141,7 +153,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
             })?,
         );
     }
-    let admin = bind_tcp(config.admin, "admin").await?;
+    let admin = bind_tcp(config.admin, "admin", true).await?;
 
     let mut own_ports = vec![config.inbound.port(), config.admin.port()];
     own_ports.extend(config.outbound.iter().map(|a| a.port()));
@@ -203,7 +215,12 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
             }
         }
     }
-    tokio::spawn(admin::serve(admin, policy_rx, metrics.clone()));
+    tokio::spawn(admin::serve(
+        admin,
+        policy_rx,
+        metrics.clone(),
+        shared.clone(),
+    ));
     tokio::spawn(conn::serve(inbound, Direction::Ingress, shared.clone()));
     for l in outbound {
         tokio::spawn(conn::serve(l, Direction::Egress, shared.clone()));
@@ -241,7 +258,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_connections_have_nodelay_from_the_listener_and_their_original_destination() {
         for addr in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(listener) = bind_tcp(addr.parse().expect("addr"), "test").await else {
+            let Ok(listener) = bind_tcp(addr.parse().expect("addr"), "test", false).await else {
                 // No IPv6 on this host's loopback.
                 assert!(addr.starts_with('['), "cannot bind {addr}");
                 continue;

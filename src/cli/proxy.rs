@@ -233,7 +233,7 @@ fn init(args: InitArgs) -> ExitCode {
         Ipv6Mode::Lockdown => Some(Coverage::Lockdown),
         Ipv6Mode::Off => None,
         Ipv6Mode::Auto => {
-            podwall_proxy::init::ipv6_coverage(&podwall_proxy::init::ipv6_addresses())
+            podwall_proxy::init::ipv6_coverage(podwall_proxy::init::ipv6_addresses().as_deref())
         }
     };
     if let Some(coverage) = v6 {
@@ -273,7 +273,7 @@ fn init(args: InitArgs) -> ExitCode {
             match podwall_proxy::init::remove(family) {
                 // A namespace without IPv6 has nothing to remove there.
                 Err(_)
-                    if family == Family::V6 && podwall_proxy::init::ipv6_addresses().is_empty() =>
+                    if family == Family::V6 && podwall_proxy::init::ipv6_addresses().is_none() =>
                 {
                     Ok(())
                 }
@@ -334,7 +334,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     config.inbound = SocketAddr::from(([0, 0, 0, 0], args.inbound_port));
     config.outbound = vec![SocketAddr::from(([127, 0, 0, 1], args.outbound_port))];
     config.dns = vec![SocketAddr::from(([127, 0, 0, 1], args.dns_port))];
-    if podwall_proxy::init::has_ipv6(&podwall_proxy::init::ipv6_addresses()) {
+    if podwall_proxy::init::has_ipv6(&podwall_proxy::init::ipv6_addresses().unwrap_or_default()) {
         // Dual-stack: one inbound listener for both families, loopback listeners for each.
         config.inbound = SocketAddr::from(([0u16; 8], args.inbound_port));
         config.outbound.push(SocketAddr::from((
