@@ -199,17 +199,21 @@ fn the_rendered_chart_is_what_the_code_expects() {
     assert_eq!(hook["rules"][0]["resources"], serde_json::json!(["pods"]));
     assert_eq!(
         hook["rules"][0]["operations"],
-        serde_json::json!(["CREATE", "UPDATE"])
+        serde_json::json!(["CREATE"])
+    );
+    // Running pods: updates and kubectl debug, with a failure policy of their own.
+    let guard = &webhook["webhooks"][1];
+    assert_eq!(guard["name"], "guard.podwall.io");
+    assert_eq!(
+        guard["rules"][0]["resources"],
+        serde_json::json!(["pods", "pods/ephemeralcontainers"])
     );
     assert_eq!(
-        hook["rules"][1]["resources"],
-        serde_json::json!(["pods/ephemeralcontainers"]),
-        "kubectl debug is reviewed too"
-    );
-    assert_eq!(
-        hook["rules"][1]["operations"],
+        guard["rules"][0]["operations"],
         serde_json::json!(["UPDATE"])
     );
+    assert_eq!(guard["failurePolicy"], "Fail");
+    assert_eq!(guard["namespaceSelector"], hook["namespaceSelector"]);
     assert_eq!(hook["failurePolicy"], "Fail");
     assert!(
         hook["namespaceSelector"]["matchExpressions"][0]["values"]

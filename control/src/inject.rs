@@ -198,6 +198,22 @@ pub enum Outcome {
     Skipped(String),
 }
 
+/// Whether the pod says it was injected (`podwall.io/status: injected`): whatever the
+/// injection config of its time, its app containers answer to podwall's checks.
+pub fn says_injected(metadata: &Value) -> bool {
+    metadata["annotations"][STATUS_ANNOTATION].as_str() == Some("injected")
+}
+
+/// Podwall's two containers of a pod spec, wherever they are, as they are.
+pub fn podwall_containers(spec: &Value) -> Vec<&Value> {
+    ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|l| spec[*l].as_array())
+        .flatten()
+        .filter(|c| matches!(c["name"].as_str(), Some(SIDECAR | INIT)))
+        .collect()
+}
+
 /// Whether the pod template's metadata asks for the sidecar.
 pub fn asks_for_sidecar(metadata: &Value) -> bool {
     metadata["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
@@ -365,27 +381,39 @@ pub fn drop_net_raw(container: &mut Value) {
 }
 
 /// Whether the spec holds podwall's containers, and whether they are what injection with
-/// `cfg` adds: `Ok(false)` for neither (nor the status annotation), `Ok(true)` when both are
-/// there with the podwall image, no `command`, the very `args` and capabilities injection
-/// gives them, and the status annotation says so; an error naming what is off otherwise. (A
-/// container named as the sidecar that sleeps, or an init container that removes the rules,
-/// would make an unprotected pod look protected.) Other fields (what another webhook or the
-/// API server adds, e.g. a seccomp profile) are not compared.
+/// `cfg` adds: `Ok(false)` for neither (nor the status annotation), `Ok(true)` when the
+/// status annotation says so and `podwall-init` is the first init container and the sidecar
+/// the second (a native sidecar) or a container, each as injection writes it; an error naming
+/// what is off otherwise. A container named as the sidecar that sleeps, runs a hook or an exec
+/// probe, mounts something over the binary, or an init container that removes the rules,
+/// would make an unprotected pod look protected.
+///
+/// What the API server and other webhooks may change is let through: fields the API server
+/// defaults (probe timeouts, `terminationMessage*`, the env's `fieldRef.apiVersion`), the
+/// image pinned by digest or tagged otherwise in the same repository, `resources`,
+/// `imagePullPolicy`, and seccomp, AppArmor and SELinux settings.
 pub fn genuine_injection(
     metadata: &Value,
     spec: &Value,
     cfg: &InjectConfig,
 ) -> Result<bool, InjectError> {
-    let find = |name: &str| {
+    let inits = spec["initContainers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let containers = spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let named = |name: &str| {
         ["initContainers", "containers", "ephemeralContainers"]
             .iter()
             .filter_map(|l| spec[*l].as_array())
             .flatten()
-            .find(|c| c["name"] == name)
+            .any(|c| c["name"] == name)
     };
     let status = metadata["annotations"][STATUS_ANNOTATION].as_str();
-    let (init, sidecar) = (find(INIT), find(SIDECAR));
-    if init.is_none() && sidecar.is_none() && status.is_none() {
+    if !named(INIT) && !named(SIDECAR) && status.is_none() {
         return Ok(false);
     }
     let off = |what: &str, why: String| InjectError::NotTheSidecar {
@@ -398,46 +426,121 @@ pub fn genuine_injection(
             format!("the pod has podwall's containers but {STATUS_ANNOTATION} is {status:?}"),
         ));
     }
-    for (name, found, expected) in [
-        (INIT, init, init_container(cfg)),
-        (SIDECAR, sidecar, sidecar_container(cfg)),
-    ] {
-        let what = format!("container {name:?}");
-        let Some(c) = found else {
+    let init_what = format!("container {INIT:?}");
+    let Some(init) = inits.first().filter(|c| c["name"] == INIT) else {
+        return Err(off(
+            &init_what,
+            "it must be the first init container (the rules before anything else runs)".into(),
+        ));
+    };
+    fits(&init_container(cfg), init, "").map_err(|why| off(&init_what, why))?;
+    let sidecar_what = format!("container {SIDECAR:?}");
+    let (found, mut expected) = match (
+        inits.get(1).filter(|c| c["name"] == SIDECAR),
+        containers.iter().find(|c| c["name"] == SIDECAR),
+    ) {
+        (Some(native), _) => {
+            let mut e = sidecar_container(cfg);
+            e["restartPolicy"] = json!("Always");
+            (native, e)
+        }
+        (None, Some(regular)) => (regular, sidecar_container(cfg)),
+        (None, None) => {
             return Err(off(
-                &what,
-                format!("{STATUS_ANNOTATION}: injected, but it is missing"),
-            ));
-        };
-        if c["image"] != expected["image"] {
-            return Err(off(
-                &what,
-                format!("image {}, not {}", c["image"], expected["image"]),
+                &sidecar_what,
+                "it must be the second init container (a native sidecar) or a container".into(),
             ));
         }
-        if !c["command"].is_null() {
-            return Err(off(&what, format!("it has a command, {}", c["command"])));
-        }
-        if c["args"] != expected["args"] {
-            return Err(off(
-                &what,
-                format!("args {}, not {}", c["args"], expected["args"]),
-            ));
-        }
-        let (sc, want) = (&c["securityContext"], &expected["securityContext"]);
-        if capabilities(&sc["capabilities"]["add"]) != capabilities(&want["capabilities"]["add"])
-            || sc["privileged"].as_bool().unwrap_or(false)
-        {
-            return Err(off(
-                &what,
-                format!(
-                    "security context {sc}, not one with capabilities {}",
-                    want["capabilities"]
-                ),
-            ));
+    };
+    // The sidecar's CA comes from the injection config of its time; its presence is checked.
+    if let (Some(e), Some(a)) = (expected["env"].as_array_mut(), found["env"].as_array()) {
+        for (want, have) in e.iter_mut().zip(a) {
+            if want["name"] == "PODWALL_CONTROL_CA" && have["name"] == "PODWALL_CONTROL_CA" {
+                *want = have.clone();
+            }
         }
     }
+    fits(&expected, found, "").map_err(|why| off(&sidecar_what, why))?;
     Ok(true)
+}
+
+/// Whether `actual` is `expected` up to what the API server and other webhooks may change
+/// harmlessly (see [`genuine_injection`]); the first difference, by path, otherwise.
+fn fits(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
+    // Fields another party may set or change without weakening the container.
+    const FREE: [&str; 8] = [
+        "resources",
+        "imagePullPolicy",
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+        "securityContext.seccompProfile",
+        "securityContext.appArmorProfile",
+        "securityContext.seLinuxOptions",
+        "securityContext.capabilities.drop",
+    ];
+    // Fields the API server fills in when absent.
+    const DEFAULTED: [&str; 4] = ["timeoutSeconds", "successThreshold", "scheme", "apiVersion"];
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            for (key, value) in a {
+                let here = at(key);
+                if FREE.contains(&here.as_str()) || (value.is_null() && !e.contains_key(key)) {
+                    continue;
+                }
+                match e.get(key) {
+                    Some(want) => fits(want, value, &here)?,
+                    None if DEFAULTED.contains(&key.as_str()) => {}
+                    None => return Err(format!("it sets {here}, which podwall does not")),
+                }
+            }
+            for key in e.keys() {
+                let here = at(key);
+                if !a.contains_key(key) && !FREE.contains(&here.as_str()) {
+                    return Err(format!("{here} is missing"));
+                }
+            }
+            if path == "securityContext"
+                && !capabilities(&actual["capabilities"]["drop"]).contains(&"ALL".to_string())
+            {
+                return Err("securityContext.capabilities.drop must hold ALL".into());
+            }
+            Ok(())
+        }
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => e
+            .iter()
+            .zip(a)
+            .enumerate()
+            .try_for_each(|(i, (e, a))| fits(e, a, &format!("{path}[{i}]"))),
+        (Value::String(e), Value::String(a)) if path == "image" => {
+            if same_repository(e, a) {
+                Ok(())
+            } else {
+                Err(format!("image {a:?} is not from {e:?}'s repository"))
+            }
+        }
+        (e, a) if e == a => Ok(()),
+        (e, a) => Err(format!("{path} is {a}, not {e}")),
+    }
+}
+
+/// Whether two image references name the same repository (any tag or digest).
+fn same_repository(a: &str, b: &str) -> bool {
+    fn repository(image: &str) -> &str {
+        let name = image.split('@').next().unwrap_or(image);
+        // A tag follows the last ':' after the last '/' (a registry port precedes it).
+        match name.rfind(':') {
+            Some(i) if !name[i..].contains('/') => &name[..i],
+            _ => name,
+        }
+    }
+    repository(a) == repository(b)
 }
 
 fn init_container(cfg: &InjectConfig) -> Value {
@@ -648,18 +751,25 @@ pub fn inject_template(
     cfg: &InjectConfig,
 ) -> Result<Outcome, InjectError> {
     let allow_net_raw = allows_net_raw(metadata);
-    if genuine_injection(metadata, spec, cfg)? {
+    let genuine = genuine_injection(metadata, spec, cfg)?;
+    if spec["hostNetwork"].as_bool() == Some(true) {
+        if genuine {
+            return Err(InjectError::PodSetting {
+                field: "spec.hostNetwork: true".into(),
+                why: "podwall's init container would install its rules in the node's network namespace",
+            });
+        }
+        return Ok(Outcome::Skipped(
+            "hostNetwork pods share the node's network: no sidecar can own their traffic, so podwall cannot protect them".into(),
+        ));
+    }
+    if genuine {
         // Reinvoked (a later webhook may have added containers), or injected offline: the app
         // containers still answer to the checks and lose NET_RAW, and the pod keeps its
         // sysctls.
         check_containers(spec, cfg, allow_net_raw)?;
         harden(spec, cfg, allow_net_raw);
         return Ok(Outcome::AlreadyInjected);
-    }
-    if spec["hostNetwork"].as_bool() == Some(true) {
-        return Ok(Outcome::Skipped(
-            "hostNetwork pods share the node's network: no sidecar can own their traffic, so podwall cannot protect them".into(),
-        ));
     }
     check_containers(spec, cfg, allow_net_raw)?;
     harden(spec, cfg, allow_net_raw);

@@ -17,8 +17,9 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::inject::{
-    InjectConfig, InjectError, Outcome, allows_net_raw, asks_for_sidecar, check_app_container,
-    drop_net_raw, genuine_injection, inject_template,
+    ALLOW_NET_RAW_ANNOTATION, InjectConfig, InjectError, Outcome, STATUS_ANNOTATION,
+    allows_net_raw, asks_for_sidecar, check_app_container, drop_net_raw, genuine_injection,
+    inject_template, podwall_containers, says_injected,
 };
 
 /// The path the MutatingWebhookConfiguration calls.
@@ -99,35 +100,22 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
         });
     }
     if is_pod && request["operation"] == "UPDATE" && sub_resource.is_empty() {
-        // Container images may change on a running pod: podwall's may not.
-        let old = &request["oldObject"];
-        return Ok(
-            match (
-                genuine_injection(&old["metadata"], &old["spec"], cfg),
-                genuine_injection(&object["metadata"], &object["spec"], cfg),
-            ) {
-                (Ok(true), Ok(true)) | (Ok(false) | Err(_), _) => {
-                    (respond(json!({"allowed": true})), Decision::Ignored)
-                }
-                (Ok(true), Ok(false)) => refuse(InjectError::NotTheSidecar {
-                    what: "the update".into(),
-                    why: "it removes podwall from an injected pod".into(),
-                }),
-                (Ok(true), Err(e)) => refuse(e),
-            },
-        );
+        return Ok(match review_update(request) {
+            Ok(()) => (respond(json!({"allowed": true})), Decision::Ignored),
+            Err(e) => refuse(e),
+        });
     }
     if !is_pod || request["operation"] != "CREATE" || !sub_resource.is_empty() {
         return Ok((respond(json!({"allowed": true})), Decision::Ignored));
     }
     if !asks_for_sidecar(&object["metadata"]) {
-        // It does not ask; it may not pretend to have it either.
-        return Ok(
-            match genuine_injection(&object["metadata"], &object["spec"], cfg) {
-                Err(e) => refuse(e),
-                Ok(_) => (respond(json!({"allowed": true})), Decision::Ignored),
-            },
-        );
+        // It does not ask: it may not pretend to have the sidecar either, and if it has it
+        // (injected offline), its containers answer to the checks all the same.
+        match genuine_injection(&object["metadata"], &object["spec"], cfg) {
+            Err(e) => return Ok(refuse(e)),
+            Ok(false) => return Ok((respond(json!({"allowed": true})), Decision::Ignored)),
+            Ok(true) => {}
+        }
     }
     let mut metadata = object["metadata"].clone();
     let mut spec = object["spec"].clone();
@@ -183,6 +171,30 @@ pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), Revi
     Ok(patched(patch, warnings, Decision::Injected))
 }
 
+/// An update of a pod that says it was injected may change neither podwall's containers (images
+/// are mutable on a running pod) nor what podwall reads from its annotations.
+fn review_update(request: &Value) -> Result<(), InjectError> {
+    let (object, old) = (&request["object"], &request["oldObject"]);
+    if !says_injected(&old["metadata"]) {
+        return Ok(());
+    }
+    let changed = |what: &str| InjectError::NotTheSidecar {
+        what: "the update".into(),
+        why: format!("it changes {what} of an injected pod"),
+    };
+    if podwall_containers(&old["spec"]) != podwall_containers(&object["spec"]) {
+        return Err(changed("podwall's containers"));
+    }
+    for annotation in [STATUS_ANNOTATION, ALLOW_NET_RAW_ANNOTATION] {
+        if old["metadata"]["annotations"][annotation]
+            != object["metadata"]["annotations"][annotation]
+        {
+            return Err(changed(&format!("the annotation {annotation}")));
+        }
+    }
+    Ok(())
+}
+
 /// The ephemeral containers an update adds to an injected pod: checked as app containers, and
 /// patched to lose NET_RAW. `None` when the pod is not podwall's or nothing needs a patch.
 fn review_ephemeral(
@@ -190,7 +202,7 @@ fn review_ephemeral(
     cfg: &InjectConfig,
 ) -> Result<Option<Vec<Value>>, InjectError> {
     let (object, old) = (&request["object"], &request["oldObject"]);
-    if !genuine_injection(&object["metadata"], &object["spec"], cfg)? {
+    if !says_injected(&old["metadata"]) && !says_injected(&object["metadata"]) {
         return Ok(None);
     }
     let allow_net_raw = allows_net_raw(&object["metadata"]);
@@ -518,14 +530,14 @@ mod tests {
         let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
         let msg = refusal(&resp);
         assert!(msg.contains("container \"podwall-init\""), "{msg}");
-        assert!(msg.contains("image \"busybox\""), "{msg}");
+        assert!(msg.contains("is not what podwall injects"), "{msg}");
         // The status annotation alone: refused.
         let p = pod(
             json!({"podwall.io/status": "injected"}),
             json!({"containers": [{"name": "app"}]}),
         );
         let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
-        assert!(refusal(&resp).contains("missing"));
+        assert!(refusal(&resp).contains("it must be the first init container"));
     }
 
     fn ephemeral_review(pod: Value, old: Value) -> Vec<u8> {
@@ -620,7 +632,7 @@ mod tests {
         let mut sleeping = injected.clone();
         sleeping["spec"]["initContainers"][1]["command"] = json!(["sleep", "infinity"]);
         let (resp, _) = review(&admission_review(sleeping), &cfg).expect("answers");
-        assert!(refusal(&resp).contains("it has a command"));
+        assert!(refusal(&resp).contains("it sets command"));
 
         // A pod injected offline whose app keeps NET_RAW, or a later webhook's container:
         // patched on the way in.
@@ -678,12 +690,185 @@ mod tests {
         let mut swapped = old.clone();
         swapped["spec"]["initContainers"][1]["image"] = json!("evil/sleeper:1");
         let (resp, _) = review(&update(swapped), &cfg).expect("answers");
-        assert!(refusal(&resp).contains("evil/sleeper"));
+        assert!(refusal(&resp).contains("podwall's containers"));
         // The app's own image may change.
         let mut rolled = old.clone();
         rolled["spec"]["containers"][0]["image"] = json!("nginx:1.27");
         let (resp, decision) = review(&update(rolled), &cfg).expect("answers");
         assert_eq!(decision, Decision::Ignored);
         assert_eq!(resp["response"]["allowed"], true);
+    }
+
+    /// `injected` as the API server holds it after defaulting: what it fills in on podwall's
+    /// containers, and another webhook's digest pinning and seccomp profile.
+    fn as_stored(mut injected: Value) -> Value {
+        for c in injected["spec"]["initContainers"]
+            .as_array_mut()
+            .expect("inits")
+            .iter_mut()
+            .take(2)
+        {
+            c["terminationMessagePath"] = json!("/dev/termination-log");
+            c["terminationMessagePolicy"] = json!("File");
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                if c[probe].is_object() {
+                    c[probe]["timeoutSeconds"] = json!(1);
+                    c[probe]["successThreshold"] = json!(1);
+                    c[probe]["httpGet"]["scheme"] = json!("HTTP");
+                }
+            }
+            if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+                for e in env.iter_mut().filter(|e| e["valueFrom"].is_object()) {
+                    e["valueFrom"]["fieldRef"]["apiVersion"] = json!("v1");
+                }
+            }
+            c["image"] = json!("ghcr.io/podwall/podwall@sha256:0123456789abcdef");
+            c["securityContext"]["seccompProfile"] = json!({"type": "RuntimeDefault"});
+        }
+        injected
+    }
+
+    #[test]
+    fn what_the_api_server_and_other_webhooks_change_harmlessly_still_counts_as_injected() {
+        let cfg = InjectConfig::default();
+        let stored = as_stored(injected_with(json!([])));
+        assert_eq!(
+            crate::inject::genuine_injection(&stored["metadata"], &stored["spec"], &cfg),
+            Ok(true)
+        );
+        let (_, decision) = review(&admission_review(stored), &cfg).expect("answers");
+        assert_eq!(decision, Decision::AlreadyInjected);
+    }
+
+    #[test]
+    fn a_sidecar_that_runs_anything_else_or_sits_elsewhere_is_not_podwalls() {
+        let cfg = InjectConfig::default();
+        let base = as_stored(injected_with(json!([])));
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "a postStart hook",
+                Box::new(|p: &mut Value| {
+                    p["spec"]["initContainers"][1]["lifecycle"] = json!({"postStart": {"exec": {"command": ["podwall", "proxy", "init", "--remove"]}}});
+                }),
+            ),
+            (
+                "an exec probe",
+                Box::new(|p: &mut Value| {
+                    p["spec"]["initContainers"][1]["livenessProbe"] =
+                        json!({"exec": {"command": ["podwall", "proxy", "init", "--remove"]}});
+                }),
+            ),
+            (
+                "a mount over the binary",
+                Box::new(|p: &mut Value| {
+                    p["spec"]["initContainers"][0]["volumeMounts"] = json!([{"name": "x", "mountPath": "/usr/local/bin/podwall", "subPath": "noop"}]);
+                }),
+            ),
+            (
+                "an extra env",
+                Box::new(|p: &mut Value| {
+                    p["spec"]["initContainers"][1]["env"]
+                        .as_array_mut()
+                        .expect("env")
+                        .push(json!({"name": "LD_PRELOAD", "value": "/tmp/x.so"}));
+                }),
+            ),
+            (
+                "another image",
+                Box::new(|p: &mut Value| {
+                    p["spec"]["initContainers"][1]["image"] = json!("evil/podwall:0.1.0");
+                }),
+            ),
+            (
+                "a capability dropped less",
+                Box::new(|p: &mut Value| {
+                    p["spec"]["initContainers"][1]["securityContext"]["capabilities"]["drop"] =
+                        json!([]);
+                }),
+            ),
+            (
+                "an app init container before the rules",
+                Box::new(|p: &mut Value| {
+                    p["spec"]["initContainers"]
+                        .as_array_mut()
+                        .expect("inits")
+                        .insert(0, json!({"name": "first"}));
+                }),
+            ),
+            (
+                "the init container among the app's",
+                Box::new(|p: &mut Value| {
+                    let init = p["spec"]["initContainers"]
+                        .as_array_mut()
+                        .expect("inits")
+                        .remove(0);
+                    p["spec"]["containers"]
+                        .as_array_mut()
+                        .expect("containers")
+                        .push(init);
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut p = base.clone();
+            change(&mut p);
+            let (resp, decision) = review(&admission_review(p), &cfg).expect("answers");
+            assert!(matches!(decision, Decision::Refused(_)), "{what}: {resp}");
+            assert!(
+                refusal(&resp).contains("is not what podwall injects"),
+                "{what}"
+            );
+        }
+        // hostNetwork on an injected pod: its init container would rewrite the node's rules.
+        let mut host = base.clone();
+        host["spec"]["hostNetwork"] = json!(true);
+        let (resp, _) = review(&admission_review(host), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("spec.hostNetwork"));
+    }
+
+    #[test]
+    fn an_injected_pod_that_no_longer_asks_is_still_checked() {
+        let cfg = InjectConfig::default();
+        for ask in [json!(null), json!("Enabled"), json!("disabled")] {
+            let mut p = injected_with(json!([]));
+            p["metadata"]["annotations"]["podwall.io/inject"] = ask.clone();
+            p["spec"]["containers"][0]["securityContext"] =
+                json!({"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}});
+            let (resp, _) = review(&admission_review(p), &cfg).expect("answers");
+            assert!(refusal(&resp).contains("NET_ADMIN"), "{ask}");
+        }
+    }
+
+    #[test]
+    fn an_update_may_change_neither_podwalls_containers_nor_its_annotations() {
+        let cfg = InjectConfig::default();
+        // Injected under another configuration (an older chart): still podwall's to guard.
+        let old = as_stored(injected_with(json!([])));
+        let update = |new: &Value| {
+            let mut r: Value =
+                serde_json::from_slice(&admission_review(new.clone())).expect("json");
+            r["request"]["operation"] = json!("UPDATE");
+            r["request"]["oldObject"] = old.clone();
+            r.to_string().into_bytes()
+        };
+        let mut raw = old.clone();
+        raw["metadata"]["annotations"]["podwall.io/allow-net-raw"] = json!("true");
+        let (resp, _) = review(&update(&raw), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("podwall.io/allow-net-raw"));
+        let other = InjectConfig {
+            image: "registry.example.com/podwall:0.2.0".into(),
+            ..InjectConfig::default()
+        };
+        let mut swapped = old.clone();
+        swapped["spec"]["initContainers"][1]["image"] = json!("ghcr.io/podwall/podwall:0.1.0");
+        let (resp, _) = review(&update(&swapped), &other).expect("answers");
+        assert!(refusal(&resp).contains("podwall's containers"));
+        // kubectl debug on that pod is reviewed all the same.
+        let mut debug = old.clone();
+        debug["spec"]["ephemeralContainers"] =
+            json!([{"name": "dbg", "securityContext": {"privileged": true}}]);
+        let (resp, _) = review(&ephemeral_review(debug, old.clone()), &other).expect("answers");
+        assert!(refusal(&resp).contains("privileged"));
     }
 }
