@@ -743,37 +743,7 @@ fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() 
         panic!("ip6tables is part of the iptables package and must be there");
     }
     let (c, s) = ("pw-e2e-v6c", "pw-e2e-v6s");
-    for ns in [c, s] {
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(std::process::Stdio::null())
-            .status();
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", ns])
-                .status()
-                .expect("ip")
-                .success()
-        );
-    }
-    let ip = |args: &[&str]| {
-        assert!(
-            Command::new("ip")
-                .args(args)
-                .status()
-                .expect("ip")
-                .success(),
-            "ip {args:?}"
-        )
-    };
-    ip(&[
-        "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", s,
-    ]);
-    for (ns, addr) in [(c, "fd77::1/64"), (s, "fd77::2/64")] {
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]);
-        ip(&["-n", ns, "link", "set", "eth0", "up"]);
-    }
+    let _pair = support::sandbox::V6Pair::new([c, s], ["fd77::1/64", "fd77::2/64"]);
     let policy = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         policy.path().join("state.yaml"),
@@ -844,9 +814,6 @@ fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() 
     let _ = server.kill();
     let _ = server.wait();
     let log = std::fs::read_to_string(&flows).unwrap_or_default();
-    for ns in [c, s] {
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
-    }
     let (_, greeting) = allowed.expect("allowed over IPv6");
     assert!(greeting.contains("port 8080 from [fd77::1]:"), "{greeting}");
     assert!(denied.is_err(), "{denied:?}");

@@ -781,37 +781,7 @@ fn an_ipv6_packet_the_app_sends_itself_from_a_forged_source_opens_no_flow() {
         return;
     }
     let (pod, host) = ("pw-e2e-v6p", "pw-e2e-v6h");
-    for ns in [pod, host] {
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", ns])
-                .status()
-                .expect("ip")
-                .success()
-        );
-    }
-    let ip = |args: &[&str]| {
-        assert!(
-            Command::new("ip")
-                .args(args)
-                .status()
-                .expect("ip")
-                .success(),
-            "ip {args:?}"
-        )
-    };
-    ip(&[
-        "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", host,
-    ]);
-    for (ns, addr) in [(pod, "fd78::1/64"), (host, "fd78::2/64")] {
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]);
-        ip(&["-n", ns, "link", "set", "eth0", "up"]);
-    }
+    let _pair = support::sandbox::V6Pair::new([pod, host], ["fd78::1/64", "fd78::2/64"]);
     // A pod with a global IPv6 address, its rules in place, no policy yet: nothing may pass.
     let init = Command::new("ip")
         .args(["netns", "exec", pod])
@@ -832,9 +802,6 @@ fn an_ipv6_packet_the_app_sends_itself_from_a_forged_source_opens_no_flow() {
         &["v6-prime-udp", "fd78::1", "fd78::2", "6000"],
     );
     let host_saw = last_line(echo, echo_out);
-    for ns in [pod, host] {
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
-    }
     assert_eq!(r, "no answer");
     assert_eq!(host_saw, "nothing", "the app's datagram reached the host");
 }

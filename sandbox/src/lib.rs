@@ -235,25 +235,25 @@ fn assign_addresses(state: &mut ClusterState) {
     }
 }
 
+/// `program` in the namespace `ns` under `setpriv` with `options` (ids, capabilities).
+fn setpriv_in(ns: &str, options: &[&str], program: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "setpriv"])
+        .args(options)
+        .arg(program);
+    cmd
+}
+
 /// `program` in the namespace `ns`, as the proxy's uid and gid, with no supplementary groups:
-/// how sidecars (and the peer proxies the bench compares) run, so that the init rules leave
-/// their own connections alone.
+/// how the peer proxies the bench compares run (the bench exempts that uid for them; podwall's
+/// own rules exempt no id).
 pub fn as_proxy_in(ns: &str, program: &str) -> Command {
     let uid = PROXY_UID.to_string();
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
+    setpriv_in(
         ns,
-        "setpriv",
-        "--reuid",
-        &uid,
-        "--regid",
-        &uid,
-        "--clear-groups",
+        &["--reuid", &uid, "--regid", &uid, "--clear-groups"],
         program,
-    ]);
-    cmd
+    )
 }
 
 /// The capabilities a container runtime (containerd, CRI-O, Docker) grants a container by
@@ -264,48 +264,37 @@ pub const APP_CAPABILITIES: &str = "-all,+chown,+dac_override,+fsetid,+fowner,+m
 /// `program` in the namespace `ns` as an app container of an injected pod runs: root, with the
 /// runtime's default capabilities less `NET_RAW` ([`APP_CAPABILITIES`]).
 pub fn app_in(ns: &str, program: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
+    setpriv_in(
         ns,
-        "setpriv",
-        "--inh-caps",
-        "-all",
-        "--bounding-set",
-        APP_CAPABILITIES,
+        &["--inh-caps", "-all", "--bounding-set", APP_CAPABILITIES],
         program,
-    ]);
-    cmd
+    )
 }
 
 /// The sidecar in the namespace `ns`, with `CAP_NET_ADMIN` and `CAP_NET_BIND_SERVICE` (what a
 /// sidecar container is granted): the packet filter reads NFQUEUE and prunes conntrack, the
-/// transparent DNS socket reads each query's original destination, and the reply leaves from
-/// the resolver's port 53.
+/// transparent sockets take TPROXY's connections and each DNS query's original destination,
+/// the DNS reply leaves from the resolver's port 53, and the mark on its sockets exempts them.
 pub fn sidecar_in(ns: &str, program: &str) -> Command {
-    // As injection runs it: root in the proxy's group (the init rules exempt the group), with
-    // only NET_ADMIN and NET_BIND_SERVICE left in the bounding set, which is what a root
-    // process keeps across exec. (Kubernetes gives added capabilities to no non-root process.)
+    // As injection runs it: root in the proxy's group, with only NET_ADMIN and
+    // NET_BIND_SERVICE left in the bounding set, which is what a root process keeps across
+    // exec. (Kubernetes gives added capabilities to no non-root process.)
     let gid = PROXY_UID.to_string();
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
+    setpriv_in(
         ns,
-        "setpriv",
-        "--reuid",
-        "0",
-        "--regid",
-        &gid,
-        "--clear-groups",
-        "--inh-caps",
-        "-all",
-        "--bounding-set",
-        "-all,+net_admin,+net_bind_service",
+        &[
+            "--reuid",
+            "0",
+            "--regid",
+            &gid,
+            "--clear-groups",
+            "--inh-caps",
+            "-all",
+            "--bounding-set",
+            "-all,+net_admin,+net_bind_service",
+        ],
         program,
-    ]);
-    cmd
+    )
 }
 
 /// Every policy object under `dir`, as written, in one `kind: List`.

@@ -131,3 +131,43 @@ pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> boo
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Two network namespaces joined by a veth pair (`eth0` on both sides) with an IPv6 address
+/// each (`fd../64`, no duplicate address detection), removed when dropped.
+pub(crate) struct V6Pair(pub(crate) [&'static str; 2]);
+
+impl V6Pair {
+    pub(crate) fn new(names: [&'static str; 2], addrs: [&str; 2]) -> Self {
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip").args(args).status();
+            assert!(ok.is_ok_and(|s| s.success()), "ip {args:?}");
+        };
+        for ns in names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+            ip(&["netns", "add", ns]);
+        }
+        let [a, b] = names;
+        ip(&[
+            "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b,
+        ]);
+        for (ns, addr) in names.iter().zip(addrs) {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        V6Pair(names)
+    }
+}
+
+impl Drop for V6Pair {
+    fn drop(&mut self) {
+        for ns in self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
