@@ -8,16 +8,15 @@
 //! same tests against another build's rules and sidecar (they fail against the rules of
 //! before this boundary).
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use podwall_sandbox::{APP_CAPABILITIES, Inject, run_in};
+use podwall_sandbox::{Inject, run_in};
 
 mod support;
-use support::sandbox::{Up, connect, ready_for, topology, wait_for};
+use support::hostile::{app, app_listening, last_line};
+use support::sandbox::{Up, connect, topology, wait_for};
 
 /// An injected app beside a pod without a sidecar (its victim), the cluster DNS and a host
 /// outside. With `policy`, the app may reach the victim's TCP 8080 and the cluster DNS, and be
@@ -86,73 +85,7 @@ const VICTIM_IP: &str = "10.76.0.2";
 const DNS_IP: &str = "10.76.0.53";
 
 fn ready(test: &str) -> bool {
-    ready_for(test) && support::ready(test, &["python3"], "python3 (the hostile app is a script)")
-}
-
-/// The hostile app's source, passed with `-c`: an app that takes another uid may not read the
-/// checkout.
-fn script() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile_app.py"),
-    )
-    .expect("hostile_app.py")
-}
-
-/// Debian's Python: readable by any uid (a Python under /root is not).
-const PYTHON: &str = "/usr/bin/python3";
-
-/// The hostile app in `ns`: root, the runtime's default capabilities less NET_RAW plus
-/// `extra_caps` (`",+net_raw"`), after `ids` (setpriv's `--regid 1337`, ...).
-fn app_cmd(ns: &str, extra_caps: &str, ids: &[&str], args: &[&str]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "setpriv", "--inh-caps", "-all"])
-        .arg("--bounding-set")
-        .arg(format!("{APP_CAPABILITIES}{extra_caps}"))
-        .args(ids)
-        .args([PYTHON, "-c"])
-        .arg(script())
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Runs the hostile app once; what it printed.
-fn app(ns: &str, extra_caps: &str, ids: &[&str], args: &[&str]) -> String {
-    let out = app_cmd(ns, extra_caps, ids, args)
-        .output()
-        .expect("run the hostile app");
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && !stdout.is_empty(),
-        "hostile app {args:?} in {ns}: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Starts the hostile app in the background and waits for it to say "listening".
-fn app_listening(
-    ns: &str,
-    extra_caps: &str,
-    args: &[&str],
-) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = app_cmd(ns, extra_caps, &[], args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the hostile app");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read");
-    assert_eq!(line.trim(), "listening", "{args:?}");
-    (child, out)
-}
-
-fn last_line(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> String {
-    let mut line = String::new();
-    let _ = out.read_line(&mut line);
-    let _ = child.wait();
-    line.trim().to_string()
+    support::hostile::ready(test)
 }
 
 /// The pids of processes in `ns` whose command line has all of `words`.

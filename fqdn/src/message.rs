@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
 use crate::pattern::canonical;
 
@@ -49,6 +49,31 @@ pub struct Question {
     pub name: String,
     /// The record type asked for (`A`, `AAAA`, ...).
     pub qtype: RecordType,
+    /// The class (`IN`).
+    pub qclass: DNSClass,
+}
+
+impl Question {
+    /// The same question under another message ID.
+    pub fn with_id(&self, id: u16) -> Question {
+        Question { id, ..self.clone() }
+    }
+}
+
+/// `message` (a query or a response) with its ID replaced by `id`: the sidecar asks resolvers
+/// under an ID of its own, which the app cannot know, and hands the answer back under the
+/// app's.
+pub fn with_id(message: &[u8], id: u16) -> Vec<u8> {
+    let mut out = message.to_vec();
+    if let Some(head) = out.get_mut(..2) {
+        head.copy_from_slice(&id.to_be_bytes());
+    }
+    out
+}
+
+/// A message ID the app cannot predict.
+pub fn random_id() -> u16 {
+    rand::random()
 }
 
 /// A parsed query.
@@ -78,6 +103,7 @@ impl Query {
             id: message.metadata.id,
             name: canonical(&q.name().to_ascii()),
             qtype: q.query_type(),
+            qclass: q.query_class(),
         };
         Ok(Query { message, question })
     }
@@ -110,7 +136,7 @@ pub fn encode_query(name: &str, qtype: RecordType) -> Result<(Vec<u8>, Question)
         format!("{name}.")
     };
     let parsed = Name::from_ascii(&fqdn).map_err(|e| MessageError::Malformed(e.to_string()))?;
-    let id = rand::random::<u16>();
+    let id = random_id();
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(hickory_proto::op::Query::query(parsed, qtype));
@@ -121,6 +147,7 @@ pub fn encode_query(name: &str, qtype: RecordType) -> Result<(Vec<u8>, Question)
         id,
         name: canonical(&fqdn),
         qtype,
+        qclass: DNSClass::IN,
     };
     Ok((bytes, question))
 }
@@ -130,8 +157,8 @@ pub fn encode_query(name: &str, qtype: RecordType) -> Result<(Vec<u8>, Question)
 pub struct Answer {
     /// The message ID.
     pub id: u16,
-    /// The question it answers, if it repeats one.
-    pub question: Option<(String, RecordType)>,
+    /// The question it answers (name, type, class), if it repeats exactly one.
+    pub question: Option<(String, RecordType, DNSClass)>,
     /// The response code.
     pub rcode: ResponseCode,
     /// The TC bit: the answer did not fit and the client should ask again over TCP.
@@ -151,11 +178,15 @@ impl Answer {
         if message.metadata.message_type != MessageType::Response {
             return Err(MessageError::WrongType);
         }
-        let question = message
-            .queries
-            .first()
-            .map(|q| (canonical(&q.name().to_ascii()), q.query_type()));
-        let mut names: Vec<String> = question.iter().map(|(n, _)| n.clone()).collect();
+        let question = match message.queries.as_slice() {
+            [q] => Some((
+                canonical(&q.name().to_ascii()),
+                q.query_type(),
+                q.query_class(),
+            )),
+            _ => None,
+        };
+        let mut names: Vec<String> = question.iter().map(|(n, _, _)| n.clone()).collect();
         // (name, smallest CNAME TTL to reach it)
         let mut reach: Vec<(String, u32)> = names.iter().map(|n| (n.clone(), u32::MAX)).collect();
         // Follow the chain whatever the order of the records; a loop cannot grow the set.
@@ -201,14 +232,31 @@ impl Answer {
         })
     }
 
-    /// Whether this answers `question` (same ID, name and type): only such answers are
+    /// Whether this answers `question` (same ID, and the one question repeated: name, which is
+    /// canonical so compared regardless of case, type and class): only such answers are
     /// forwarded and learned from.
     pub fn answers(&self, question: &Question) -> bool {
         self.id == question.id
-            && self
-                .question
-                .as_ref()
-                .is_some_and(|(n, t)| *n == question.name && *t == question.qtype)
+            && self.question.as_ref().is_some_and(|(n, t, c)| {
+                *n == question.name && *t == question.qtype && *c == question.qclass
+            })
+    }
+
+    /// The addresses an answer may teach: those of the type asked for (A: IPv4, AAAA: IPv6,
+    /// ANY: both), owned by the question's name or its CNAME chain. An address inside the
+    /// answer to any other question (TXT, MX, ...) teaches nothing.
+    pub fn learnable(&self) -> Vec<(IpAddr, u32)> {
+        let wanted = |ip: &IpAddr| match self.question.as_ref().map(|(_, t, _)| *t) {
+            Some(RecordType::A) => ip.is_ipv4(),
+            Some(RecordType::AAAA) => ip.is_ipv6(),
+            Some(RecordType::ANY) => true,
+            _ => false,
+        };
+        self.addresses
+            .iter()
+            .filter(|(ip, _)| wanted(ip))
+            .copied()
+            .collect()
     }
 }
 
@@ -283,7 +331,8 @@ pub(crate) mod tests {
             Question {
                 id: 7,
                 name: "api.github.com".into(),
-                qtype: RecordType::AAAA
+                qtype: RecordType::AAAA,
+                qclass: DNSClass::IN
             }
         );
     }
@@ -341,17 +390,20 @@ pub(crate) mod tests {
         assert!(ans.answers(&Question {
             id: 9,
             name: "www.example.com".into(),
-            qtype: RecordType::A
+            qtype: RecordType::A,
+            qclass: DNSClass::IN
         }));
         assert!(!ans.answers(&Question {
             id: 10,
             name: "www.example.com".into(),
-            qtype: RecordType::A
+            qtype: RecordType::A,
+            qclass: DNSClass::IN
         }));
         assert!(!ans.answers(&Question {
             id: 9,
             name: "other.example.com".into(),
-            qtype: RecordType::A
+            qtype: RecordType::A,
+            qclass: DNSClass::IN
         }));
     }
 
@@ -365,5 +417,84 @@ pub(crate) mod tests {
         let ans = Answer::parse(&bytes).expect("answer");
         assert_eq!(ans.names, ["a.com", "b.com"]);
         assert!(ans.addresses.is_empty());
+    }
+
+    fn answer_to(qtype: RecordType, records: Vec<Record>) -> Answer {
+        let mut m = Message::response(9, OpCode::Query);
+        m.add_query(Q::query(
+            Name::from_str("api.github.com.").expect("name"),
+            qtype,
+        ));
+        m.add_answers(records);
+        Answer::parse(&m.to_vec().expect("encodes")).expect("answer")
+    }
+
+    #[test]
+    fn only_addresses_of_the_type_asked_for_are_learnable() {
+        let records = || {
+            vec![
+                a("api.github.com.", 60, "192.0.2.1"),
+                aaaa("api.github.com.", 60, "2001:db8::1"),
+            ]
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            answer_to(RecordType::A, records()).learnable(),
+            [(ip("192.0.2.1"), 60)]
+        );
+        assert_eq!(
+            answer_to(RecordType::AAAA, records()).learnable(),
+            [(ip("2001:db8::1"), 60)]
+        );
+        assert_eq!(answer_to(RecordType::ANY, records()).learnable().len(), 2);
+        let txt = answer_to(RecordType::TXT, records());
+        assert_eq!(
+            txt.addresses.len(),
+            2,
+            "what the answer said is still reported"
+        );
+        assert!(
+            txt.learnable().is_empty(),
+            "an A record inside a TXT answer teaches nothing"
+        );
+    }
+
+    #[test]
+    fn an_answer_must_repeat_the_one_question_with_its_class() {
+        let q = Question {
+            id: 9,
+            name: "api.github.com".into(),
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+        };
+        assert!(answer_to(RecordType::A, vec![]).answers(&q));
+        let mut chaos = Message::response(9, OpCode::Query);
+        let mut cq = Q::query(
+            Name::from_str("api.github.com.").expect("name"),
+            RecordType::A,
+        );
+        cq.set_query_class(DNSClass::CH);
+        chaos.add_query(cq);
+        assert!(
+            !Answer::parse(&chaos.to_vec().expect("encodes"))
+                .expect("answer")
+                .answers(&q)
+        );
+        let mut two = Message::response(9, OpCode::Query);
+        two.add_query(Q::query(
+            Name::from_str("api.github.com.").expect("name"),
+            RecordType::A,
+        ));
+        two.add_query(Q::query(
+            Name::from_str("evil.example.").expect("name"),
+            RecordType::A,
+        ));
+        assert!(
+            !Answer::parse(&two.to_vec().expect("encodes"))
+                .expect("answer")
+                .answers(&q)
+        );
+        assert!(!answer_to(RecordType::A, vec![]).answers(&q.with_id(10)));
+        assert_eq!(&with_id(&[0, 9, 1, 2], 0xabcd), &[0xab, 0xcd, 1, 2]);
     }
 }

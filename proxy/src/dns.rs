@@ -80,7 +80,8 @@ impl Names {
     /// Learns from an answer to the pod: each name on the answer's CNAME chain that the pod's
     /// toFQDNs selectors match gets the answer's addresses. Returns how many were new.
     pub fn learn(&self, policy: &PodPolicy, answer: &podwall_fqdn::message::Answer) -> usize {
-        if policy.own_fqdn.is_empty() || answer.addresses.is_empty() {
+        let addresses = answer.learnable();
+        if policy.own_fqdn.is_empty() || addresses.is_empty() {
             return 0;
         }
         let now = Instant::now();
@@ -91,7 +92,7 @@ impl Names {
             if ids.is_empty() {
                 continue;
             }
-            let l = cache.learn(name, &ids, &answer.addresses, now);
+            let l = cache.learn(name, &ids, &addresses, now);
             added += l.added;
             self.metrics
                 .evicted
@@ -427,10 +428,16 @@ async fn answer(
         policy: None,
         rule: None,
         learned: 0,
+        not_learned: None,
     };
     let policy = shared.policy();
+    // Whether the resolver's answers are believed, i.e. teach toFQDNs addresses: the pod's
+    // configured resolvers, and those a `rules.dns` rule selects (as Cilium learns only from
+    // the DNS its proxy serves). An L4 rule for port 53 makes a resolver reachable, not
+    // believed: the app could run its own and name any address.
+    let mut believed = ctx.resolvers.contains(&resolver.ip());
     if let Some(p) = &policy {
-        let trusted = ctx.resolvers.contains(&resolver.ip());
+        let trusted = believed;
         let verdict = decide(
             &p.engine,
             p.fqdn.as_deref().unwrap_or(&EMPTY),
@@ -445,6 +452,7 @@ async fn answer(
         );
         event.describe(p, &verdict.connection, client, resolver);
         describe_reason(&mut dns, p, &verdict.reason);
+        believed |= matches!(verdict.reason, DnsReason::DnsRule(..));
         event.verdict = if verdict.allowed {
             FlowVerdict::Allowed
         } else if p.own_audit() {
@@ -461,13 +469,18 @@ async fn answer(
         dns.rcode = rcode_name(ResponseCode::Refused);
         Some(query.reply_with(ResponseCode::Refused))
     } else {
-        let forwarded = ask(bytes, &query.question, resolver, protocol).await;
+        // Asked under an ID of the sidecar's own: an app that knows its query's ID (and reads
+        // the upstream port from /proc/net/udp) still cannot forge the answer.
+        let id = podwall_fqdn::message::random_id();
+        let upstream = podwall_fqdn::message::with_id(bytes, id);
+        let forwarded = ask(&upstream, &query.question.with_id(id), resolver, protocol).await;
         match forwarded {
             Ok(Reply {
                 bytes,
                 answer,
                 ignored,
             }) => {
+                let bytes = podwall_fqdn::message::with_id(&bytes, query.question.id);
                 shared.metrics.fqdn.ignored_answers.inc_by(ignored as u64);
                 dns.rcode = rcode_name(answer.rcode);
                 dns.truncated = answer.truncated;
@@ -478,7 +491,11 @@ async fn answer(
                     .collect();
                 dns.ttl = answer.addresses.iter().map(|(_, t)| *t).min();
                 if let Some(p) = &policy {
-                    dns.learned = shared.names.learn(p, &answer);
+                    if believed {
+                        dns.learned = shared.names.learn(p, &answer);
+                    } else if !answer.learnable().is_empty() {
+                        dns.not_learned = Some("resolver-not-trusted");
+                    }
                 }
                 event.bytes_received = bytes.len() as u64;
                 Some(bytes)

@@ -196,6 +196,10 @@ pub struct DnsEvent {
     /// Addresses the answer taught for toFQDNs rules.
     #[serde(skip_serializing_if = "is_zero")]
     pub learned: usize,
+    /// Why an answer with addresses taught nothing: `resolver-not-trusted` (reachable by an L4
+    /// rule, but neither the pod's configured resolver nor one a `rules.dns` rule selects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_learned: Option<&'static str>,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+pub(crate) mod hostile;
 pub(crate) mod sandbox;
 
 use std::io::Write;

@@ -1,0 +1,257 @@
+//! End-to-end: what the sidecar's DNS proxy learns for toFQDNs rules, against an app that
+//! tries to choose it (issue "FQDN learning, name checks and HTTP rules that an attacker cannot
+//! talk around"). dnsmasq is the pod's configured resolver; `tests/fixtures/resolver.py` plays
+//! the resolvers a test needs to answer as it says; `tests/fixtures/hostile_app.py` is the app.
+
+use std::process::Child;
+use std::time::Duration;
+
+use podwall_sandbox::Inject;
+
+mod support;
+use support::hostile::{app, resolver};
+use support::sandbox::{Up, topology, wait_for};
+
+/// A runner allowed `api.example.com` on port 80, the cluster DNS (dnsmasq, its configured
+/// resolver), a resolver it may reach at L4 only (203.0.113.53, "allow DNS to anywhere"), one
+/// a `rules.dns` rule selects (203.0.113.54), and a host no rule allows (198.51.100.66).
+const TOPOLOGY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: runner, namespace: t, labels: {app: runner}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.75.0.1, hostIP: 192.168.75.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec: {containers: [{name: dns, ports: [{containerPort: 53, protocol: UDP}, {containerPort: 53, protocol: TCP}]}]}
+status: {podIP: 10.75.0.53, hostIP: 192.168.75.1}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: runner-egress, namespace: t}
+spec:
+  endpointSelector: {matchLabels: {app: runner}}
+  egress:
+  - toFQDNs: [{matchName: api.example.com}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+  - toCIDR: [203.0.113.53/32]
+    toPorts: [{ports: [{port: '53', protocol: UDP}]}]
+  - toCIDR: [203.0.113.54/32]
+    toPorts: [{ports: [{port: '53', protocol: UDP}], rules: {dns: [{matchPattern: '*'}]}}]
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: api}
+spec: {address: 203.0.113.10, names: [api.example.com], ports: [80]}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: evil}
+spec: {address: 198.51.100.66, ports: [80]}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: reachable-resolver}
+spec: {address: 203.0.113.53}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: selected-resolver}
+spec: {address: 203.0.113.54}
+"#;
+
+const RUNNER: &str = "t/runner";
+const EVIL: &str = "198.51.100.66";
+
+fn external_ns(up: &Up, name: &str) -> String {
+    up.sb()
+        .record
+        .externals
+        .iter()
+        .find(|e| e.host.name == name)
+        .unwrap_or_else(|| panic!("no external host {name}"))
+        .netns
+        .clone()
+}
+
+/// Kills the child when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The runner's DNS flow events for `name`, once one is there.
+fn dns_events(up: &Up, name: &str) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    wait_for(
+        &format!("a DNS event for {name}"),
+        Duration::from_secs(10),
+        || {
+            found = up
+                .flows(RUNNER)
+                .into_iter()
+                .filter(|e| e["l7"]["dns"]["query"] == name)
+                .collect();
+            !found.is_empty()
+        },
+    );
+    found
+}
+
+#[test]
+fn a_resolver_reachable_only_at_l4_is_not_believed() {
+    if !support::hostile::ready("a_resolver_reachable_only_at_l4_is_not_believed") {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = Up::new(dir.path(), "dl4", Inject::Annotated);
+    let ns = up.ns(RUNNER);
+    // The app's own resolver, reachable under "allow DNS to anywhere", names any address.
+    let (r, _out) = resolver(
+        &external_ns(&up, "reachable-resolver"),
+        &["203.0.113.53", &format!("api.example.com={EVIL}")],
+    );
+    let _r = Running(r);
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "203.0.113.53", "api.example.com"]),
+        "rcode 0",
+        "reachable: the query is answered"
+    );
+    let e = dns_events(&up, "api.example.com");
+    assert_eq!(e[0]["l7"]["dns"]["ips"], serde_json::json!([EVIL]));
+    assert_eq!(
+        e[0]["l7"]["dns"]["not_learned"], "resolver-not-trusted",
+        "{e:?}"
+    );
+    assert!(e[0]["l7"]["dns"].get("learned").is_none(), "{e:?}");
+    let r = app(&ns, "", &[], &["tcp", EVIL, "80"]);
+    assert!(r.starts_with("failed"), "not believed: {r}");
+    // The pod's configured resolver is believed: the real address opens.
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
+        "rcode 0"
+    );
+    let r = app(&ns, "", &[], &["tcp", "203.0.113.10", "80"]);
+    assert!(
+        r.starts_with("connected podwall-sandbox external/api"),
+        "{r}"
+    );
+}
+
+#[test]
+fn an_address_in_the_answer_to_a_txt_question_is_not_learned() {
+    if !support::hostile::ready("an_address_in_the_answer_to_a_txt_question_is_not_learned") {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = Up::new(dir.path(), "dtxt", Inject::Annotated);
+    let ns = up.ns(RUNNER);
+    // A resolver a rules.dns rule selects is believed, but only for what was asked.
+    let (r, _out) = resolver(
+        &external_ns(&up, "selected-resolver"),
+        &[
+            "203.0.113.54",
+            &format!("api.example.com={EVIL}"),
+            "--a-in-every-answer",
+        ],
+    );
+    let _r = Running(r);
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &["dns-type", "203.0.113.54", "api.example.com", "16"]
+        ),
+        "rcode 0"
+    );
+    let e = dns_events(&up, "api.example.com");
+    assert_eq!(e[0]["l7"]["dns"]["qtype"], "TXT");
+    assert!(e[0]["l7"]["dns"].get("learned").is_none(), "{e:?}");
+    let r = app(&ns, "", &[], &["tcp", EVIL, "80"]);
+    assert!(r.starts_with("failed"), "an A record in a TXT answer: {r}");
+    // The same resolver's answer to an A question is learned (it is believed).
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "203.0.113.54", "api.example.com"]),
+        "rcode 0"
+    );
+    let r = app(&ns, "", &[], &["tcp", EVIL, "80"]);
+    assert!(
+        r.starts_with("connected podwall-sandbox external/evil"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_forged_answer_under_the_apps_own_query_id_is_not_learned() {
+    if !support::hostile::ready("a_forged_answer_under_the_apps_own_query_id_is_not_learned") {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = Up::new(dir.path(), "dforge", Inject::Annotated);
+    let ns = up.ns(RUNNER);
+    // A believed resolver that takes its time: the forger's window.
+    let (r, _out) = resolver(
+        &external_ns(&up, "selected-resolver"),
+        &[
+            "203.0.113.54",
+            "api.example.com=203.0.113.10",
+            "--delay",
+            "2",
+        ],
+    );
+    let _r = Running(r);
+    // The app asks with a query ID it chose (0x4242) ...
+    let query = std::thread::spawn({
+        let ns = ns.clone();
+        move || app(&ns, "", &[], &["dns", "203.0.113.54", "api.example.com"])
+    });
+    // ... reads the sidecar's upstream port from /proc/net/udp (no capability needed) ...
+    let port = app(&ns, "", &[], &["upstream-port", "203.0.113.54"]);
+    let port = port.strip_prefix("port ").expect("port").to_string();
+    assert_ne!(port, "None", "the sidecar's upstream socket");
+    // ... and an accomplice outside (a pod without the sidecar keeps NET_RAW) forges the
+    // resolver's answer to that port under the app's ID, before the resolver answers.
+    let forger = up.sb().record.node.clone();
+    assert_eq!(
+        app(
+            &forger,
+            ",+net_raw",
+            &[],
+            &[
+                "forge-answer",
+                "203.0.113.54",
+                "10.75.0.1",
+                &port,
+                "0x4242",
+                "api.example.com",
+                EVIL,
+            ],
+        ),
+        "sent"
+    );
+    assert_eq!(query.join().expect("query"), "rcode 0");
+    let e = dns_events(&up, "api.example.com");
+    assert_eq!(
+        e[0]["l7"]["dns"]["ips"],
+        serde_json::json!(["203.0.113.10"]),
+        "the resolver's answer, not the forged one: {e:?}"
+    );
+    let r = app(&ns, "", &[], &["tcp", EVIL, "80"]);
+    assert!(r.starts_with("failed"), "the forged address: {r}");
+    let r = app(&ns, "", &[], &["tcp", "203.0.113.10", "80"]);
+    assert!(r.starts_with("connected"), "the real one: {r}");
+}
