@@ -865,7 +865,9 @@ fn peer_rule(
                 ));
             }
         }
-        let dns_specs = rules.and_then(|r| r.dns.as_ref());
+        // An empty list is no rules at all (Cilium's `L7Rules.IsEmpty`): plain L4, as for
+        // `http: []`.
+        let dns_specs = rules.and_then(|r| r.dns.as_ref()).filter(|d| !d.is_empty());
         let has_http = rules
             .and_then(|r| r.http.as_ref())
             .is_some_and(|h| !h.is_empty());

@@ -264,3 +264,26 @@ fn lint_warns_on_patterns_that_do_not_mean_what_they_look_like() {
             .is_some_and(|h| h.contains("**.cilium.io"))
     );
 }
+
+#[test]
+fn an_empty_list_of_dns_or_http_rules_is_no_l7_rule_at_all() {
+    // Cilium's L7Rules.IsEmpty: `dns: []` and `http: []` leave a plain L4 allow.
+    for rules in ["dns: []", "http: []"] {
+        let spec = format!(
+            "endpointSelector: {{matchLabels: {{app: api}}}}\negress:\n- toEndpoints: [{{matchLabels: {{'k8s:io.kubernetes.pod.namespace': kube-system, k8s-app: kube-dns}}}}]\n  toPorts:\n  - ports: [{{port: '53', protocol: ANY}}]\n    rules: {{{rules}}}"
+        );
+        let (e, d) = engine(&cnp("empty", &spec));
+        assert!(d.is_empty(), "{rules}: {d:#?}");
+        for protocol in [Protocol::Udp, Protocol::Tcp] {
+            let v = e.verdict(&Query {
+                src: endpoint(&e, "production/api"),
+                dst: endpoint(&e, "kube-system/coredns"),
+                protocol,
+                port: 53,
+            });
+            assert!(v.allowed(), "{rules}");
+            assert!(v.egress.dns.is_none(), "{rules}: every name passes");
+            assert!(v.egress.http.is_none(), "{rules}: every request passes");
+        }
+    }
+}

@@ -313,3 +313,20 @@ fn messages_name_file_object_and_field() {
         "error[invalid-policy]: test-0.yaml:1: NetworkPolicy production/bad: spec.ingress[0].ports[0].endPort: Invalid value: 79: must be greater than or equal to `port`; the policy is left out"
     );
 }
+
+#[test]
+fn a_policy_name_longer_than_a_dns_label_loads_as_the_api_server_accepts_it() {
+    // The upstream e2e suite names NetworkPolicies with more than 63 characters.
+    let name = "allow-ingress-access-from-updated-namespace-and-updated-pod-to-the-server";
+    assert!(name.len() > 63);
+    let text = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: production}}\nspec: {{podSelector: {{}}}}\n"
+    );
+    let (state, report) = load(&[CLUSTER, &text]);
+    assert!(!report.has_errors(), "{:#?}", report.diagnostics);
+    assert_eq!(state.policies.len(), 1);
+    let too_long = text.replace(name, &"a".repeat(254));
+    let (state, report) = load(&[CLUSTER, &too_long]);
+    assert!(report.has_errors());
+    assert!(state.policies.is_empty());
+}
