@@ -10,6 +10,7 @@
 pub use http;
 
 pub mod path;
+pub mod request;
 pub mod rules;
 pub mod serve;
 
@@ -112,13 +113,35 @@ pub fn explain_request(
     verdict: &podwall_policy::Verdict,
     req: &Request,
 ) -> Result<HttpExplanation, regex::Error> {
-    let path = normalize(&req.target);
+    // Admitted as the sidecar admits it: `host` is the request's Host header.
+    let mut headers = req.headers.clone();
+    if let Some(host) = &req.host
+        && let Ok(value) = http::HeaderValue::from_str(host)
+    {
+        headers.append(http::header::HOST, value);
+    }
+    let authority = req
+        .target
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.as_str().to_string()));
+    let admitted = request::admit(&req.target, authority.as_deref(), &headers);
+    let path = admitted
+        .as_ref()
+        .map(|a| a.path.clone())
+        .map_err(Clone::clone);
+    let host = admitted
+        .as_ref()
+        .ok()
+        .and_then(|a| a.host)
+        .map(str::to_string)
+        .or_else(|| req.host.clone());
     let mut out = HttpExplanation {
         method: req.method.clone(),
         path: path
             .as_deref()
             .map_or_else(|_| req.target.clone(), str::to_string),
-        host: req.host.clone(),
+        host: host.clone(),
         allowed: false,
         status: None,
         error: None,
@@ -141,8 +164,8 @@ pub fn explain_request(
         let view = RequestView {
             method: &req.method,
             path,
-            host: req.host.as_deref(),
-            headers: &req.headers,
+            host: host.as_deref(),
+            headers: &headers,
         };
         match policy.check(&view, &policy.mask(rules)) {
             Some(m) => {

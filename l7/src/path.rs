@@ -11,7 +11,11 @@
 //! 3. Percent-encoded unreserved characters (letters, digits, `-._~`) are decoded (`%2e` is
 //!    `.`, `%41` is `A`); other escapes are kept, with upper-case hex.
 //! 4. Dot-segments are removed as RFC 3986 §5.2.4 says (`/a/./b/../c` is `/a/c`), after step
-//!    3, so `/api/v1/%2e%2e/admin` is `/api/admin`.
+//!    3, so `/api/v1/%2e%2e/admin` is `/api/admin`. A segment that is a dot-segment once its
+//!    `;` parameters are stripped (`..;`, `.;x`) is refused (400): servlet containers (Tomcat,
+//!    Jetty) strip them and read `/api/v1/..;/admin` as `/api/admin`, where RFC 3986 keeps
+//!    `..;` as a name. Refusing is safer than guessing which reading the backend has; other
+//!    parameters (`/cart;jsessionid=...`) pass as they are.
 //! 5. Runs of `/` become one.
 //!
 //! The query string is kept unchanged after the path: like Cilium (which matches Envoy's
@@ -36,6 +40,9 @@ pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("malformed percent-encoding")]
     BadEscape,
+    /// A segment that servlet containers read as `.` or `..` (`..;`, `.;x`).
+    #[error("a path segment that is a dot-segment once its ;parameters are stripped")]
+    ParameterDotSegment,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -140,7 +147,7 @@ fn already_normal(target: &str) -> bool {
             && seg != ".."
             && !seg
                 .bytes()
-                .any(|b| b == b'%' || b == b'\\' || b.is_ascii_control())
+                .any(|b| b == b'%' || b == b';' || b == b'\\' || b.is_ascii_control())
     })
 }
 
@@ -163,7 +170,14 @@ fn rewrite(target: &str) -> Result<String, PathError> {
         Some((p, q)) => (p, Some(q)),
         None => (origin, None),
     };
-    let mut out = remove_dots(&decode(path)?);
+    let decoded = decode(path)?;
+    if decoded
+        .split('/')
+        .any(|seg| seg.contains(';') && matches!(seg.split(';').next(), Some("." | "..")))
+    {
+        return Err(PathError::ParameterDotSegment);
+    }
+    let mut out = remove_dots(&decoded);
     if let Some(q) = query {
         out.push('?');
         out.push_str(q);
@@ -264,5 +278,28 @@ mod tests {
         );
         assert_eq!(normalize("http://api.local").as_deref(), Ok("/"));
         assert_eq!(normalize("*").as_deref(), Ok("*"));
+    }
+
+    #[test]
+    fn segments_servlet_containers_read_as_dot_segments_are_refused() {
+        for target in [
+            "/api/v1/..;/..;/admin",
+            "/api/v1/..;x=1/admin",
+            "/api/.;/v1",
+            "/api/v1/%2e%2e;/admin",
+            "/api/v1/.%2E;jsessionid=1/admin",
+        ] {
+            assert_eq!(
+                normalize(target),
+                Err(PathError::ParameterDotSegment),
+                "{target}"
+            );
+        }
+        // Parameters elsewhere are the application's business, kept as sent.
+        assert_eq!(
+            normalize("/cart;jsessionid=AB12/items").as_deref(),
+            Ok("/cart;jsessionid=AB12/items")
+        );
+        assert_eq!(normalize("/;jsessionid=1").as_deref(), Ok("/;jsessionid=1"));
     }
 }

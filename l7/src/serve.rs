@@ -30,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::path::normalize;
+use crate::request::admit;
 use crate::rules::{HeaderAction, HttpPolicy, RequestView};
 use podwall_policy::RuleRef;
 
@@ -333,20 +333,10 @@ impl<C: Send + Sync + 'static> Connection<C> {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let gate = self.gate.load_full();
-        let host = req
-            .uri()
-            .host()
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(strip_port)
-            })
-            .map(|h| self.host_name(h));
         let mut event = RequestEvent {
             verdict: RequestVerdict::Refused,
             method: method_name(req.method()),
-            host,
+            host: None,
             path: String::new(),
             status: 400,
             rule: None,
@@ -359,12 +349,20 @@ impl<C: Send + Sync + 'static> Connection<C> {
             Some(p) => Cow::Borrowed(p.as_str()),
             None => Cow::Owned(uri.to_string()),
         };
+        // HTTP/1 names an authority in the URI only in absolute-form; HTTP/2 always does.
+        let authority = uri.authority().map(|a| a.as_str());
+        let absolute_form = authority.is_some() && req.version() < Version::HTTP_2;
         // One copy of the path, for the event; the request keeps its own unless rewritten.
-        let (path, rewritten) = match normalize(&target) {
-            Ok(Cow::Borrowed(p)) => (p.to_string(), false),
-            Ok(Cow::Owned(p)) => {
-                let changed = p != *target;
-                (p, changed)
+        let (path, rewritten) = match admit(&target, authority, req.headers()) {
+            Ok(admitted) => {
+                event.host = admitted.host.map(|h| self.host_name(h));
+                match admitted.path {
+                    Cow::Borrowed(p) => (p.to_string(), absolute_form),
+                    Cow::Owned(p) => {
+                        let changed = p != *target || absolute_form;
+                        (p, changed)
+                    }
+                }
             }
             Err(e) => {
                 event.path = target.into_owned();
@@ -427,10 +425,22 @@ impl<C: Send + Sync + 'static> Connection<C> {
             }
             event.actions = m.actions;
         }
-        // Forward what was checked: the normalised path.
+        // Forward what was checked: the normalised path, and for HTTP/1 in origin-form with the
+        // authority in Host (the backend reads no other).
         if rewritten {
+            if absolute_form
+                && !req.headers().contains_key(http::header::HOST)
+                && let Some(authority) = req.uri().authority().map(|a| a.as_str().to_string())
+                && let Ok(value) = HeaderValue::from_str(&authority)
+            {
+                req.headers_mut().insert(http::header::HOST, value);
+            }
             let mut parts = req.uri().clone().into_parts();
             parts.path_and_query = path.parse().ok();
+            if absolute_form {
+                parts.scheme = None;
+                parts.authority = None;
+            }
             if let Ok(uri) = http::Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
             }
@@ -527,17 +537,6 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    // `[v6]:port`, `name:port`, or no port.
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 /// Serves one client connection until it closes; requests go to `upstream`.
 pub async fn serve<C: Send + Sync + 'static>(
     client: TcpStream,
@@ -603,13 +602,5 @@ mod tests {
         assert_eq!(&*other, "web.local");
         assert!(!Arc::ptr_eq(&first, &other));
         assert_eq!(&*conn.host_name("api.local"), "api.local");
-    }
-
-    #[test]
-    fn ports_are_stripped_from_hosts() {
-        assert_eq!(strip_port("api.local:8080"), "api.local");
-        assert_eq!(strip_port("api.local"), "api.local");
-        assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
-        assert_eq!(strip_port("10.0.0.1:80"), "10.0.0.1");
     }
 }

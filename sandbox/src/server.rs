@@ -57,14 +57,26 @@ async fn serve_http(stream: tokio::net::TcpStream, pod: String, local: SocketAdd
                 );
                 return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
             }
+            let hosts: Vec<&str> = req
+                .headers()
+                .get_all(hyper::header::HOST)
+                .iter()
+                .filter_map(|h| h.to_str().ok())
+                .collect();
+            // The target as it arrived (origin-form, or absolute-form in full) and every Host:
+            // what this backend would act on.
             let line = format!(
-                "{GREETING} {pod} {} {} port {}",
+                "{GREETING} {pod} {} {} port {} host {}",
                 req.method(),
-                req.uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/"),
-                local.port()
+                if req.uri().authority().is_some() && req.version() < hyper::Version::HTTP_2 {
+                    req.uri().to_string()
+                } else {
+                    req.uri()
+                        .path_and_query()
+                        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
+                },
+                local.port(),
+                hosts.join(",")
             );
             println!("{line}");
             let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from(format!("{line}\n"))));
