@@ -1692,13 +1692,18 @@ fn an_address_never_resolved_or_asked_for_under_another_name_is_denied() {
         "http://evil.example.org/",
         &["--resolve", "evil.example.org:80:203.0.113.20"],
     );
-    assert_ne!(code, 0, "{out}");
+    // Every request's Host is checked: a 403 for this one, as HTTP rules answer.
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Access denied"), "{out}");
     let denied = wait_for_flow(&up, "t/runner", "the Host check", |e| {
-        e["verdict"] == "DENIED"
-            && e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("evil.example.org"))
+        e["verdict"] == "DENIED" && e["l7"]["http"]["host"] == "evil.example.org"
     });
+    assert!(
+        denied["error"]
+            .as_str()
+            .is_some_and(|r| r.contains("not a name the toFQDNs rules allow")),
+        "{denied}"
+    );
     assert_eq!(denied["egress"]["names"][0], "www.cdn.example.net");
     // TLS: the SNI of the ClientHello is read (nothing is terminated; the sandbox server does
     // not speak TLS, so curl fails either way, and the flow events tell the two apart).
@@ -1728,7 +1733,15 @@ fn ttl_expiry_stops_new_connections_but_not_open_ones() {
         return;
     }
     let dir = topology(FQDN_TOPOLOGY);
-    let up = Up::new(dir.path(), "ttl", Inject::Annotated);
+    // The sandbox's server greets a silent client: a server-first protocol, which a
+    // toFQDNs-only address admits with the flag.
+    let up = Up::with(
+        dir.path(),
+        Options {
+            sidecar_args: vec!["--allow-unnamed-fqdn-connections".into()],
+            ..options("ttl", Inject::Annotated)
+        },
+    );
     let ns = up.ns("t/runner");
     let (code, out) = in_pod(&ns, &["getent", "ahostsv4", "api.example.com"]);
     assert_eq!(code, 0, "{out}");
@@ -1777,7 +1790,15 @@ fn dns_over_tcp_is_judged_and_learned_from() {
         return;
     }
     let dir = topology(FQDN_TOPOLOGY);
-    let up = Up::new(dir.path(), "dtcp", Inject::Annotated);
+    // The sandbox's server greets a silent client: a server-first protocol, which a
+    // toFQDNs-only address admits with the flag.
+    let up = Up::with(
+        dir.path(),
+        Options {
+            sidecar_args: vec!["--allow-unnamed-fqdn-connections".into()],
+            ..options("dtcp", Inject::Annotated)
+        },
+    );
     let ns = up.ns("t/runner");
     let resolver = SocketAddr::new(up.ip("kube-system/coredns"), 53);
     let ask = |name: &'static str| {

@@ -9,8 +9,21 @@ use std::time::Duration;
 use podwall_sandbox::Inject;
 
 mod support;
-use support::hostile::{app, resolver};
-use support::sandbox::{Up, topology, wait_for};
+use support::hostile::{app, app_listening, last_line, resolver};
+use support::sandbox::{Up, options, topology, wait_for};
+
+/// The sandbox with the sidecars these tests want: the hosts outside greet a silent client (a
+/// server-first protocol), which a toFQDNs-only address admits with the flag; what these
+/// tests check is which addresses are learned.
+fn up(dir: &std::path::Path, name: &str) -> Up {
+    Up::with(
+        dir,
+        podwall_sandbox::Options {
+            sidecar_args: vec!["--allow-unnamed-fqdn-connections".into()],
+            ..options(name, Inject::Annotated)
+        },
+    )
+}
 
 /// A runner allowed `api.example.com` on port 80, the cluster DNS (dnsmasq, its configured
 /// resolver), a resolver it may reach at L4 only (203.0.113.53, "allow DNS to anywhere"), one
@@ -42,7 +55,7 @@ spec:
   endpointSelector: {matchLabels: {app: runner}}
   egress:
   - toFQDNs: [{matchName: api.example.com}]
-    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}, {port: '443', protocol: TCP}]}]
   - toCIDR: [203.0.113.53/32]
     toPorts: [{ports: [{port: '53', protocol: UDP}]}]
   - toCIDR: [203.0.113.54/32]
@@ -51,7 +64,7 @@ spec:
 apiVersion: sandbox.podwall.io/v1alpha1
 kind: ExternalHost
 metadata: {name: api}
-spec: {address: 203.0.113.10, names: [api.example.com], ports: [80]}
+spec: {address: 203.0.113.10, names: [api.example.com, other.example.com], ports: [80]}
 ---
 apiVersion: sandbox.podwall.io/v1alpha1
 kind: ExternalHost
@@ -117,7 +130,7 @@ fn a_resolver_reachable_only_at_l4_is_not_believed() {
         return;
     }
     let dir = topology(TOPOLOGY);
-    let up = Up::new(dir.path(), "dl4", Inject::Annotated);
+    let up = up(dir.path(), "dl4");
     let ns = up.ns(RUNNER);
     // The app's own resolver, reachable under "allow DNS to anywhere", names any address.
     let (r, _out) = resolver(
@@ -157,7 +170,7 @@ fn an_address_in_the_answer_to_a_txt_question_is_not_learned() {
         return;
     }
     let dir = topology(TOPOLOGY);
-    let up = Up::new(dir.path(), "dtxt", Inject::Annotated);
+    let up = up(dir.path(), "dtxt");
     let ns = up.ns(RUNNER);
     // A resolver a rules.dns rule selects is believed, but only for what was asked.
     let (r, _out) = resolver(
@@ -201,7 +214,7 @@ fn a_forged_answer_under_the_apps_own_query_id_is_not_learned() {
         return;
     }
     let dir = topology(TOPOLOGY);
-    let up = Up::new(dir.path(), "dforge", Inject::Annotated);
+    let up = up(dir.path(), "dforge");
     let ns = up.ns(RUNNER);
     // A believed resolver that takes its time: the forger's window.
     let (r, _out) = resolver(
@@ -254,4 +267,80 @@ fn a_forged_answer_under_the_apps_own_query_id_is_not_learned() {
     assert!(r.starts_with("failed"), "the forged address: {r}");
     let r = app(&ns, "", &[], &["tcp", "203.0.113.10", "80"]);
     assert!(r.starts_with("connected"), "the real one: {r}");
+}
+
+#[test]
+fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
+    if !support::hostile::ready(
+        "the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request",
+    ) {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    // The sidecar as injected: no server-first protocols on toFQDNs-only addresses.
+    let up = Up::new(dir.path(), "dname", Inject::Annotated);
+    let ns = up.ns(RUNNER);
+    let api_ns = external_ns(&up, "api");
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
+        "rcode 0"
+    );
+    // TLS to a server that waits for the client: the ClientHello is judged by its SNI however
+    // long the client stayed silent first.
+    for (sni, delay, expected) in [
+        ("other.example.com", "1.2", "reset"),
+        ("api.example.com", "1.2", "open"),
+        ("other.example.com", "0", "reset"),
+    ] {
+        let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5"]);
+        let r = app(
+            &ns,
+            "",
+            &[],
+            &["tls-hello", "203.0.113.10", "443", sni, delay],
+        );
+        assert_eq!(r, expected, "SNI {sni} after {delay} s");
+        let _ = last_line(listener, out);
+    }
+    // HTTP: every request's Host, also after empty lines and on a kept-alive connection.
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &[
+                "http-raw",
+                "203.0.113.10",
+                "80",
+                "\\r\\nGET / HTTP/1.1\\r\\nHost: other.example.com\\r\\n\\r\\n",
+            ],
+        ),
+        "403"
+    );
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &[
+                "http-two",
+                "203.0.113.10",
+                "80",
+                "api.example.com",
+                "other.example.com"
+            ],
+        ),
+        "200 403"
+    );
+    // A protocol where the server speaks first (the sandbox's server greets a silent
+    // client): no name to check, refused.
+    let r = app(&ns, "", &[], &["tcp", "203.0.113.10", "80"]);
+    assert!(r.starts_with("failed"), "{r}");
+    let refused = up.flows(RUNNER).into_iter().any(|e| {
+        e["verdict"] == "DENIED"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("spoke first"))
+    });
+    assert!(refused, "the server-first refusal is a flow event");
 }

@@ -150,11 +150,24 @@ pub struct RequestEvent {
     pub error: Option<String>,
 }
 
+/// Which hosts a connection's requests may name (the names a `toFQDNs` rule allows for the
+/// address): a request naming another, or none, is denied (403) before any rule.
+#[derive(Clone)]
+pub struct HostFilter(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for HostFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostFilter")
+    }
+}
+
 /// The rules a connection answers to. Each request is checked against the gate in force when
 /// it arrives: a policy change replaces the gate whole (see [`Gates`]), so a keep-alive
 /// connection's next request already answers to the new rules.
 #[derive(Debug, Clone)]
 pub struct Gate<C> {
+    /// The hosts requests may name, when the connection is allowed for some names only.
+    pub hosts: Option<HostFilter>,
     /// The pod's compiled HTTP rules and the entries this connection's peer may use; `None`
     /// when no HTTP rule applies to the connection any more (an L4-only allow for the peer and
     /// port switched filtering off), so every request passes.
@@ -396,12 +409,22 @@ impl<C: Send + Sync + 'static> Connection<C> {
             host: event.host.as_deref(),
             headers: req.headers(),
         };
+        let host_ok = match &gate.hosts {
+            Some(filter) => event.host.as_deref().is_some_and(|h| (filter.0)(h)),
+            None => true,
+        };
+        if !host_ok {
+            event.error = Some(match event.host.as_deref() {
+                Some(h) => format!("host {h} is not a name the toFQDNs rules allow here"),
+                None => "no host: the name cannot be checked against the toFQDNs rules".into(),
+            });
+        }
         let (allowed, matched) = match &gate.rules {
             Some((policy, mask)) => {
                 let matched = policy.check(&view, mask);
-                (matched.is_some(), matched)
+                (host_ok && matched.is_some(), matched)
             }
-            None => (true, None),
+            None => (host_ok, None),
         };
         event.verdict = match (allowed, gate.audit) {
             (true, _) => RequestVerdict::Allowed,
@@ -581,6 +604,7 @@ mod tests {
     fn a_connections_requests_share_one_copy_of_their_host() {
         let conn = Connection {
             gate: Arc::new(ArcSwap::from_pointee(Gate {
+                hosts: None,
                 rules: Some((
                     Arc::new(HttpPolicy::compile(&[]).expect("compile")),
                     FixedBitSet::new(),

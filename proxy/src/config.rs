@@ -30,6 +30,9 @@ pub struct ProxyConfig {
     /// Check the TLS SNI or HTTP Host of connections that only a toFQDNs rule allows against
     /// the rule's names.
     pub check_server_name: bool,
+    /// Let connections that only a toFQDNs rule allows pass when they carry no name to check
+    /// (the server speaks first, or neither TLS nor HTTP).
+    pub allow_unnamed_fqdn: bool,
     /// How long to wait for a destination to accept.
     pub connect_timeout: Duration,
     /// Pass would-be denials, logged as AUDIT.
@@ -53,6 +56,7 @@ impl ProxyConfig {
             dns_transparent: true,
             fqdn_cache: podwall_fqdn::cache::CacheConfig::default(),
             check_server_name: true,
+            allow_unnamed_fqdn: false,
             connect_timeout: Duration::from_secs(5),
             audit: false,
             keep_revoked: false,

@@ -14,6 +14,7 @@ use crate::metrics::{DirectionMetrics, Metrics};
 use crate::orig_dst::{MapV4Mapped, original_dst};
 use crate::pod_policy::{PodPolicy, PolicyReceiver};
 use crate::relay::{Transferred, relay, reset};
+use crate::server_name::{First, FirstBytes};
 
 /// What every connection handler shares.
 #[derive(Debug)]
@@ -37,6 +38,9 @@ pub struct Shared {
     pub names: Arc<crate::dns::Names>,
     /// Check the TLS SNI or HTTP Host of connections that only a toFQDNs rule allows.
     pub check_server_name: bool,
+    /// Let such connections pass when they carry no name to check (the server speaks first,
+    /// or the protocol is neither TLS nor HTTP).
+    pub allow_unnamed_fqdn: bool,
     /// Where the next service connection starts looking for a backend.
     pub round_robin: AtomicUsize,
 }
@@ -144,9 +148,11 @@ struct HttpContext {
 fn http_gate(
     policy: Arc<PodPolicy>,
     rules: Option<(Arc<podwall_l7::HttpPolicy>, fixedbitset::FixedBitSet)>,
+    hosts: Option<podwall_l7::serve::HostFilter>,
     event: &FlowEvent,
 ) -> podwall_l7::serve::Gate<HttpContext> {
     podwall_l7::serve::Gate {
+        hosts,
         rules,
         audit: policy.own_audit(),
         context: HttpContext {
@@ -319,6 +325,12 @@ async fn handle(
         (source, destination),
         &learned,
     );
+    // Only a toFQDNs rule allows this: the name the client asks the server for must be one of
+    // the rule's too, so a shared (CDN) address does not open every site behind it. The server
+    // is connected first, to tell who speaks first; boxed, like the HTTP path below: rare paths
+    // must not grow every connection's task.
+    let mut upstream = None;
+    let mut name_gated = false;
     if event.verdict == FlowVerdict::Allowed
         && shared.check_server_name
         && !names.is_empty()
@@ -327,24 +339,66 @@ async fn handle(
             .egress
             .allowed()
     {
-        // Only a toFQDNs rule allows this: the name the client asks the server for must be one
-        // of the rule's too, so a shared (CDN) address does not open every site behind it.
-        // Boxed, like the HTTP path below: rare paths must not grow every connection's task.
-        match Box::pin(crate::server_name::check(&client, &policy, dst, &names)).await {
-            crate::server_name::Check::Allowed(name) => {
-                event.reason = Some(format!("server name {name} checked"));
+        let server = match connect_upstream(dst, shared).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.connect_errors.inc();
+                reset(&client);
+                event.error = Some(e);
+                finish(shared, event, started);
+                return;
             }
-            crate::server_name::Check::NotApplicable => {}
-            crate::server_name::Check::Denied(why) => {
-                shared.metrics.fqdn.server_name_denied.inc();
-                event.verdict = if policy.own_audit() {
-                    FlowVerdict::Audit
+        };
+        let denial = match Box::pin(crate::server_name::first_message(&client, &server)).await {
+            First::Client(FirstBytes::Tls(Some(name))) => {
+                if crate::server_name::name_allowed(&policy, dst, &names, &name) {
+                    event.reason = Some(format!("server name {name} checked"));
+                    None
                 } else {
-                    FlowVerdict::Denied
-                };
-                event.reason = Some(why);
+                    Some(format!(
+                        "TLS SNI {name} is not a name the toFQDNs rules allow for {dst}"
+                    ))
+                }
             }
+            First::Client(FirstBytes::Tls(None)) => Some(format!(
+                "TLS without SNI to {dst}: the server name cannot be checked against the toFQDNs names"
+            )),
+            First::Client(FirstBytes::Http(_) | FirstBytes::Http2) => {
+                // Every request's Host, not the first one's.
+                name_gated = true;
+                None
+            }
+            First::Client(FirstBytes::Incomplete) => Some(format!(
+                "the TLS ClientHello or HTTP request head to {dst} did not arrive in full"
+            )),
+            First::Client(FirstBytes::Other) | First::Server if shared.allow_unnamed_fqdn => {
+                event.reason = Some(
+                    "no server name to check (allowed by --allow-unnamed-fqdn-connections)".into(),
+                );
+                None
+            }
+            First::Client(FirstBytes::Other) => Some(format!(
+                "neither TLS nor HTTP to {dst}: no server name to check against the toFQDNs names (--allow-unnamed-fqdn-connections lets such protocols pass)"
+            )),
+            First::Server => Some(format!(
+                "{dst} spoke first: no server name to check against the toFQDNs names (--allow-unnamed-fqdn-connections lets such protocols pass)"
+            )),
+            First::Closed => {
+                event.error = Some("closed before a word".into());
+                finish(shared, event, started);
+                return;
+            }
+        };
+        if let Some(why) = denial {
+            shared.metrics.fqdn.server_name_denied.inc();
+            event.verdict = if policy.own_audit() {
+                FlowVerdict::Audit
+            } else {
+                FlowVerdict::Denied
+            };
+            event.reason = Some(why);
         }
+        upstream = Some(server);
     }
     metrics.verdict(event.verdict);
     if event.verdict == FlowVerdict::Denied {
@@ -363,36 +417,30 @@ async fn handle(
             && policy.flow_verdict(&verdict) == FlowVerdict::Allowed,
     };
 
-    // HTTP rules on this pod's side: serve the connection request by request.
-    if let Some(rules) = own_http(&verdict, direction) {
+    // HTTP rules on this pod's side, or names to check on every request: serve the connection
+    // request by request.
+    let rules = own_http(&verdict, direction);
+    if rules.is_some() || name_gated {
         Box::pin(serve_http(
-            client, rules, policy, event, open, shared, started,
+            client, rules, name_gated, upstream, policy, event, open, shared, started,
         ))
         .await;
         return;
     }
 
-    let server =
-        match tokio::time::timeout(shared.connect_timeout, crate::exempt::connect(dst)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+    let server = match upstream {
+        Some(s) => s,
+        None => match connect_upstream(dst, shared).await {
+            Ok(s) => s,
+            Err(e) => {
                 metrics.connect_errors.inc();
                 reset(&client);
-                event.error = Some(format!("connect to {dst}: {e}"));
+                event.error = Some(e);
                 finish(shared, event, started);
                 return;
             }
-            Err(_) => {
-                metrics.connect_errors.inc();
-                reset(&client);
-                event.error = Some(format!(
-                    "connect to {dst}: timed out after {:?}",
-                    shared.connect_timeout
-                ));
-                finish(shared, event, started);
-                return;
-            }
-        };
+        },
+    };
     // The client's socket has TCP_NODELAY from its listener (see `bind_tcp`).
     let _ = server.set_nodelay(true);
     metrics.open.inc();
@@ -445,11 +493,42 @@ async fn handle(
     finish(shared, event, started);
 }
 
-/// Serves a connection whose peer and port carry HTTP rules: each request is judged and is a
-/// flow event of its own; the connection's event closes the series.
+/// Connects to `dst` from a marked socket, within the connect timeout; what went wrong, for
+/// the flow event, otherwise.
+async fn connect_upstream(dst: SocketAddr, shared: &Shared) -> Result<TcpStream, String> {
+    match tokio::time::timeout(shared.connect_timeout, crate::exempt::connect(dst)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("connect to {dst}: {e}")),
+        Err(_) => Err(format!(
+            "connect to {dst}: timed out after {:?}",
+            shared.connect_timeout
+        )),
+    }
+}
+
+/// The hosts the requests of a connection that only toFQDNs rules allow may name: those of
+/// the names `dst` was learned for that a rule allows to it.
+fn name_filter(
+    policy: Arc<PodPolicy>,
+    dst: SocketAddr,
+    learned: &[Arc<str>],
+) -> podwall_l7::serve::HostFilter {
+    let names = policy.fqdn_ids(learned);
+    podwall_l7::serve::HostFilter(Arc::new(move |host: &str| {
+        crate::server_name::name_allowed(&policy, dst, &names, &host.to_ascii_lowercase())
+    }))
+}
+
+/// Serves a connection request by request, each judged and a flow event of its own, the
+/// connection's event closing the series: when the pod's HTTP rules apply to its peer and
+/// port, and when it is allowed only for some names (`name_gated`: every request's host must
+/// be one). `upstream`: the server, when it was connected already.
+#[allow(clippy::too_many_arguments)]
 async fn serve_http(
     client: TcpStream,
-    rules: Vec<podwall_policy::RuleRef>,
+    rules: Option<Vec<podwall_policy::RuleRef>>,
+    name_gated: bool,
+    upstream: Option<TcpStream>,
     policy: Arc<PodPolicy>,
     mut event: FlowEvent,
     open: OpenFlow,
@@ -457,19 +536,21 @@ async fn serve_http(
     started: Instant,
 ) {
     let (direction, dst) = (open.direction, open.destination);
-    let Some(http) = policy.http.clone() else {
-        // The rules did not compile (already logged): refuse rather than forward unchecked.
-        reset(&client);
-        event.error = Some("HTTP rules unavailable: refused".into());
-        finish(shared, event, started);
-        return;
+    let compiled = match (&rules, policy.http.clone()) {
+        (Some(rules), Some(http)) => Some((http.clone(), http.mask(rules))),
+        (None, _) => None,
+        (Some(_), None) => {
+            // The rules did not compile (already logged): refuse rather than forward unchecked.
+            reset(&client);
+            event.error = Some("HTTP rules unavailable: refused".into());
+            finish(shared, event, started);
+            return;
+        }
     };
-    let gates: podwall_l7::serve::Gates<HttpContext> =
-        Arc::new(arc_swap::ArcSwap::from_pointee(http_gate(
-            policy.clone(),
-            Some((http.clone(), http.mask(&rules))),
-            &event,
-        )));
+    let hosts = name_gated.then(|| name_filter(policy.clone(), dst, &open.learned));
+    let gates: podwall_l7::serve::Gates<HttpContext> = Arc::new(arc_swap::ArcSwap::from_pointee(
+        http_gate(policy.clone(), compiled, hosts, &event),
+    ));
     let flows = shared.flows.clone();
     let counters = shared.metrics.http.clone();
     // Rule names by (rule, entry), resolved once per policy rather than per request; the
@@ -551,14 +632,27 @@ async fn serve_http(
     changes.mark_unchanged();
     // The gate holds what the requests need; after a change, nothing here keeps the old
     // policy and its compiled rules alive.
-    drop(http);
     drop(policy);
+    // The first request goes to the server connected already, if there is one.
+    let dial = match upstream {
+        None => crate::exempt::dial(),
+        Some(stream) => {
+            let first = Arc::new(std::sync::Mutex::new(Some(stream)));
+            Arc::new(move |addr: SocketAddr| {
+                let ready = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let fut: std::pin::Pin<
+                    Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>,
+                > = match ready {
+                    Some(s) => Box::pin(std::future::ready(Ok(s))),
+                    None => Box::pin(crate::exempt::connect(addr)),
+                };
+                fut
+            }) as podwall_l7::serve::Dial
+        }
+    };
     let served = podwall_l7::serve::serve(
         client,
-        podwall_l7::serve::Target {
-            addr: dst,
-            dial: crate::exempt::dial(),
-        },
+        podwall_l7::serve::Target { addr: dst, dial },
         gates.clone(),
         podwall_l7::serve::Limits {
             connect_timeout: shared.connect_timeout,
@@ -607,13 +701,19 @@ async fn serve_http(
                         break revoke("reset: the new HTTP rules are unavailable");
                     }
                 };
+                let hosts = name_gated.then(|| name_filter(now.clone(), dst, &open.learned));
                 open.describe(&mut event, &now, &verdict);
-                gates.store(Arc::new(http_gate(now, rules, &event)));
+                gates.store(Arc::new(http_gate(now, rules, hosts, &event)));
             }
         }
     };
     metrics.open.dec();
-    event.reason = Some("HTTP rules apply: each request is its own flow event".into());
+    event.reason = Some(if name_gated && rules.is_none() {
+        "allowed for some names only: each request's host is checked, and is its own flow event"
+            .into()
+    } else {
+        "HTTP rules apply: each request is its own flow event".into()
+    });
     event.error = result.err();
     finish(shared, event, started);
 }

@@ -170,6 +170,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         own_ports,
         names: names.clone(),
         check_server_name: config.check_server_name,
+        allow_unnamed_fqdn: config.allow_unnamed_fqdn,
         round_robin: Default::default(),
     });
     let mut resolvers: Vec<std::net::IpAddr> = config.dns_upstream.into_iter().collect();

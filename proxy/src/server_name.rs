@@ -1,12 +1,21 @@
-//! The server name a client asks for on a connection that only a `toFQDNs` rule allows: the TLS
-//! SNI of its ClientHello, or the `Host` of its first HTTP request, read with `peek` (nothing is
-//! consumed, nothing terminated). The name must be one the rule allows, and one the address was
-//! learned for: a CDN address learned for `api.github.com` does not carry `evil.example`.
+//! The server name a client asks for on a connection that only a `toFQDNs` rule allows. The
+//! name must be one the rule allows, and one the address was learned for: a CDN address learned
+//! for `api.github.com` does not carry `evil.example`.
 //!
-//! Protocols where the server speaks first (SMTP, SSH) or that are neither TLS nor HTTP pass
-//! unchecked: there is no name to check. A TLS ClientHello without SNI, or an HTTP request
-//! without `Host`, is refused: the name cannot be checked and a client that resolved a name
-//! sends it.
+//! The sidecar connects to the server first, then waits for whoever speaks first, with no
+//! timer deciding (a client that stays silent for a while and then sends another name is
+//! judged all the same):
+//!
+//! - the client, with a TLS ClientHello (read in full, also when split over segments or
+//!   records): its SNI is checked; without SNI the connection is refused;
+//! - the client, with HTTP/1 (empty lines before the request line are tolerated, as RFC 9112
+//!   lets servers do) or HTTP/2 (the prior-knowledge preface): the connection is served request
+//!   by request and the `Host` (`:authority`) of *every* request is checked;
+//! - the server (SMTP, SSH), or the client with anything else: there is no name to check, and
+//!   the connection is refused unless `--allow-unnamed-fqdn-connections` says such protocols
+//!   may pass on a name's address.
+//!
+//! Nothing is consumed or terminated: the first bytes are read with `peek`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,12 +25,12 @@ use tokio::net::TcpStream;
 
 use crate::pod_policy::PodPolicy;
 
-/// How long the client may stay silent before the connection is taken to be server-first.
-const FIRST_BYTES: Duration = Duration::from_secs(1);
-/// How long a ClientHello or request head may take to arrive in full.
+/// How long a ClientHello or request head may take to arrive in full once it has begun.
 const WHOLE_HEAD: Duration = Duration::from_secs(5);
 /// Largest head read.
 const MAX_HEAD: usize = 16 * 1024;
+/// Empty lines tolerated before an HTTP/1 request line.
+const EMPTY_LINES: usize = 8;
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,97 +39,140 @@ pub enum FirstBytes {
     Tls(Option<String>),
     /// An HTTP/1.x request, with its Host (without port) if it has one.
     Http(Option<String>),
+    /// The HTTP/2 connection preface (prior knowledge).
+    Http2,
     /// Something else.
     Other,
     /// Not enough bytes yet.
     Incomplete,
 }
 
-/// The verdict on the server name.
+/// Who spoke first on a connection, and what the client said if it did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    /// The name (checked) is allowed.
-    Allowed(String),
-    /// No name to check.
-    NotApplicable,
-    /// Refused, and why.
-    Denied(String),
+pub enum First {
+    /// The client, with this.
+    Client(FirstBytes),
+    /// The server, before the client said anything.
+    Server,
+    /// The client closed (or failed) before saying anything.
+    Closed,
 }
 
-/// Reads the client's first bytes and checks the name they carry against the policy.
-pub async fn check(
-    client: &TcpStream,
-    policy: &PodPolicy,
-    dst: SocketAddr,
-    names: &[FqdnId],
-) -> Check {
-    let mut buf = vec![0u8; MAX_HEAD];
-    match tokio::time::timeout(FIRST_BYTES, client.peek(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return Check::NotApplicable,
+/// Waits for the first message on a connection: the client's, read in full, or the server's,
+/// whichever comes first.
+pub async fn first_message(client: &TcpStream, server: &TcpStream) -> First {
+    // Readiness may be reported without data: each side is peeked to be sure, and a peek that
+    // finds nothing clears the readiness so that the next wait is a real one.
+    loop {
+        tokio::select! {
+            biased;
+            r = client.readable() => {
+                if r.is_err() {
+                    return First::Closed;
+                }
+                match peek_now(client) {
+                    Ok(0) | Err(Waiting::Failed) => return First::Closed,
+                    Ok(_) => break,
+                    Err(Waiting::Nothing) => {}
+                }
+            }
+            r = server.readable() => {
+                if r.is_err() {
+                    return First::Closed;
+                }
+                match peek_now(server) {
+                    Ok(0) | Err(Waiting::Failed) => return First::Closed,
+                    // A client whose bytes arrived in the same instant still counts as first.
+                    Ok(_) if !matches!(peek_now(client), Ok(n) if n > 0) => return First::Server,
+                    Ok(_) => break,
+                    Err(Waiting::Nothing) => {}
+                }
+            }
+        }
     }
+    let mut buf = vec![0u8; MAX_HEAD];
     let started = Instant::now();
-    let first = loop {
+    loop {
         let n = match client.peek(&mut buf).await {
+            Ok(0) | Err(_) => return First::Closed,
             Ok(n) => n,
-            Err(e) => return Check::Denied(format!("cannot read the first bytes: {e}")),
         };
         match classify(&buf[..n]) {
             FirstBytes::Incomplete if n < buf.len() && started.elapsed() < WHOLE_HEAD => {
                 // peek returns what is there without waiting for more: poll gently.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            other => break other,
+            other => return First::Client(other),
         }
-    };
-    let (kind, name) = match first {
-        FirstBytes::Tls(Some(n)) => ("TLS SNI", n),
-        FirstBytes::Http(Some(n)) => ("HTTP Host", n),
-        FirstBytes::Tls(None) => {
-            return Check::Denied(format!(
-                "TLS without SNI to {dst}: the server name cannot be checked against the toFQDNs names"
-            ));
-        }
-        FirstBytes::Http(None) => {
-            return Check::Denied(format!(
-                "HTTP request without Host to {dst}: the server name cannot be checked against the toFQDNs names"
-            ));
-        }
-        FirstBytes::Incomplete => {
-            return Check::Denied(format!(
-                "the TLS ClientHello or HTTP request head to {dst} did not arrive in full"
-            ));
-        }
-        FirstBytes::Other => return Check::NotApplicable,
-    };
+    }
+}
+
+/// Why a non-blocking peek found no bytes.
+enum Waiting {
+    /// None yet (the stream's readiness is cleared).
+    Nothing,
+    /// The stream failed.
+    Failed,
+}
+
+/// How many bytes wait to be read on `stream` (0: it was closed), without consuming them or
+/// waiting.
+fn peek_now(stream: &TcpStream) -> Result<usize, Waiting> {
+    use std::os::fd::AsRawFd;
+    let mut probe = [0u8; 1];
+    let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+    match stream.try_io(tokio::io::Interest::READABLE, || {
+        nix::sys::socket::recv(stream.as_raw_fd(), &mut probe, flags).map_err(std::io::Error::from)
+    }) {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Waiting::Nothing),
+        Err(_) => Err(Waiting::Failed),
+    }
+}
+
+/// Whether `name` is one of the pod's toFQDNs names that `names` (those `dst` was learned for)
+/// hold and that a rule allows to `dst`.
+pub fn name_allowed(policy: &PodPolicy, dst: SocketAddr, names: &[FqdnId], name: &str) -> bool {
     let ids: Vec<FqdnId> = policy
         .fqdn
         .as_ref()
-        .map(|m| m.matching(&name))
+        .map(|m| m.matching(name))
         .unwrap_or_default()
         .into_iter()
         .filter(|id| names.binary_search(id).is_ok())
         .collect();
-    if !ids.is_empty()
+    !ids.is_empty()
         && policy
             .outbound_learned(dst.ip(), Protocol::Tcp, dst.port(), &ids)
             .egress
             .allowed()
-    {
-        Check::Allowed(name)
-    } else {
-        Check::Denied(format!(
-            "{kind} {name} is not a name the toFQDNs rules allow for {dst}"
-        ))
-    }
 }
 
 /// Classifies a connection's first bytes.
 pub fn classify(buf: &[u8]) -> FirstBytes {
-    match buf.first() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    if buf.first() == Some(&0x16) {
+        return tls(buf);
+    }
+    if buf.starts_with(PREFACE) {
+        return FirstBytes::Http2;
+    }
+    if PREFACE.starts_with(buf) {
+        return FirstBytes::Incomplete;
+    }
+    // Empty lines before the request line: RFC 9112 lets a server ignore them, so a client
+    // may send them first.
+    let mut rest = buf;
+    for _ in 0..EMPTY_LINES {
+        match rest {
+            [b'\r', b'\n', tail @ ..] | [b'\n', tail @ ..] => rest = tail,
+            [b'\r'] => return FirstBytes::Incomplete,
+            _ => break,
+        }
+    }
+    match rest.first() {
         None => FirstBytes::Incomplete,
-        Some(0x16) => tls(buf),
-        Some(b) if b.is_ascii_uppercase() => http(buf),
+        Some(b) if b.is_ascii_uppercase() => http(rest),
         Some(_) => FirstBytes::Other,
     }
 }
@@ -132,27 +184,43 @@ fn u16_at(b: &[u8], at: usize) -> Option<usize> {
     ])))
 }
 
-/// A TLS record carrying a ClientHello: its `server_name` extension (RFC 6066).
+/// TLS records carrying a ClientHello: its `server_name` extension (RFC 6066). The handshake
+/// message may be split over several records (and they over segments): the fragments are
+/// joined until the ClientHello is whole.
 fn tls(buf: &[u8]) -> FirstBytes {
-    if buf.len() < 5 {
-        return FirstBytes::Incomplete;
-    }
-    if buf[1] != 0x03 {
-        return FirstBytes::Other;
-    }
-    let record_len = u16_at(buf, 3).unwrap_or(0);
-    let record = &buf[5..buf.len().min(5 + record_len)];
-    if record.len() < 4 {
-        return FirstBytes::Incomplete;
-    }
-    if record[0] != 0x01 {
-        return FirstBytes::Tls(None); // a handshake, but not a ClientHello
-    }
-    let complete = buf.len() >= 5 + record_len;
-    match client_hello_sni(&record[4..]) {
-        Some(sni) => FirstBytes::Tls(sni),
-        None if complete => FirstBytes::Tls(None),
-        None => FirstBytes::Incomplete,
+    let mut handshake = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(header) = buf.get(at..at + 5) else {
+            return FirstBytes::Incomplete;
+        };
+        if header[0] != 0x16 || header[1] != 0x03 {
+            // A record of another kind before the ClientHello was whole.
+            return if handshake.is_empty() {
+                FirstBytes::Other
+            } else {
+                FirstBytes::Tls(None)
+            };
+        }
+        let len = u16_at(header, 3).unwrap_or(0);
+        let fragment = &buf[at + 5..buf.len().min(at + 5 + len)];
+        handshake.extend_from_slice(fragment);
+        if handshake.len() >= 4 {
+            if handshake[0] != 0x01 {
+                return FirstBytes::Tls(None); // a handshake, but not a ClientHello
+            }
+            let hello_len = usize::from(handshake[1]) << 16 | u16_at(&handshake, 2).unwrap_or(0);
+            if handshake.len() >= 4 + hello_len {
+                return match client_hello_sni(&handshake[4..4 + hello_len]) {
+                    Some(sni) => FirstBytes::Tls(sni),
+                    None => FirstBytes::Tls(None),
+                };
+            }
+        }
+        if fragment.len() < len {
+            return FirstBytes::Incomplete;
+        }
+        at += 5 + len;
     }
 }
 
@@ -305,5 +373,37 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH_9.6\r\n"), FirstBytes::Other);
         assert_eq!(classify(&[0x00, 0x01, 0x02]), FirstBytes::Other);
         assert_eq!(classify(b"hello\n"), FirstBytes::Other);
+    }
+
+    #[test]
+    fn a_client_hello_split_over_records_is_read_whole() {
+        let whole = client_hello(&sni_ext("api.github.com"));
+        // The same handshake message in two records of 40 bytes and the rest.
+        let hs = &whole[5..];
+        let mut split = Vec::new();
+        for part in [&hs[..40], &hs[40..]] {
+            split.extend([0x16, 0x03, 0x01]);
+            split.extend((part.len() as u16).to_be_bytes());
+            split.extend(part);
+        }
+        assert_eq!(
+            classify(&split),
+            FirstBytes::Tls(Some("api.github.com".into()))
+        );
+        assert_eq!(classify(&split[..50]), FirstBytes::Incomplete);
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_and_the_http2_preface_are_http() {
+        assert_eq!(
+            classify(b"\r\n\r\nGET / HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+            FirstBytes::Http(Some("evil.example".into()))
+        );
+        assert_eq!(classify(b"\r"), FirstBytes::Incomplete);
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"),
+            FirstBytes::Http2
+        );
+        assert_eq!(classify(b"PRI * HT"), FirstBytes::Incomplete);
     }
 }

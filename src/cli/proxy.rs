@@ -160,6 +160,12 @@ pub(crate) struct RunArgs {
     /// rule's names (so one shared CDN address does not open every site on it).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     check_server_name: bool,
+    /// Let connections that only a toFQDNs rule allows pass when they carry no server name to
+    /// check: protocols where the server speaks first (SMTP, SSH) or that are neither TLS nor
+    /// HTTP. Off (the default), they are refused: on an address shared by many names (a CDN),
+    /// any of them could be reached.
+    #[arg(long)]
+    allow_unnamed_fqdn_connections: bool,
     /// How long to wait for a destination to accept.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -354,6 +360,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         min_ttl: args.fqdn_min_ttl,
     };
     config.check_server_name = args.check_server_name;
+    config.allow_unnamed_fqdn = args.allow_unnamed_fqdn_connections;
     config.packet_queue = (!args.no_packet_filter).then_some(args.packet_queue);
     config.connect_timeout = args.connect_timeout;
     config.audit = args.audit;
