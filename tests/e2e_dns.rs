@@ -343,4 +343,22 @@ fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
                 .is_some_and(|r| r.contains("spoke first"))
     });
     assert!(refused, "the server-first refusal is a flow event");
+    // Two ClientHellos, two requests and the server-first connection.
+    assert_eq!(
+        metric(&ns, "podwall_fqdn_server_name_denied_total"),
+        Some(5.0)
+    );
+}
+
+/// A counter from the pod's own sidecar (`/metrics` on the admin port, read from the pod).
+fn metric(ns: &str, name: &str) -> Option<f64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "-m", "3"])
+        .arg("http://127.0.0.1:15020/metrics")
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
 }

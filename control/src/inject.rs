@@ -68,6 +68,10 @@ pub struct InjectConfig {
     /// `xt_NFQUEUE`/`nfnetlink_queue`: those flows then pass unjudged, their policies NOT
     /// enforced.
     pub packet_filter: bool,
+    /// Let connections only a toFQDNs rule allows pass when they carry no server name to check
+    /// (SSH, SMTP, any protocol that is neither TLS nor HTTP). Off: refused, since on an
+    /// address many names share any of them could be reached that way.
+    pub allow_unnamed_fqdn_connections: bool,
     /// Outbound CIDRs the init rules leave alone.
     pub exclude_outbound_cidrs: Vec<String>,
     /// Outbound ports the init rules leave alone.
@@ -99,6 +103,7 @@ impl Default for InjectConfig {
             reserve_ports: None,
             audit: false,
             packet_filter: true,
+            allow_unnamed_fqdn_connections: false,
             exclude_outbound_cidrs: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_inbound_ports: Vec::new(),
@@ -602,6 +607,9 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
     if cfg.audit {
         args.push("--audit".into());
     }
+    if cfg.allow_unnamed_fqdn_connections {
+        args.push("--allow-unnamed-fqdn-connections".into());
+    }
     if !cfg.packet_filter {
         args.push("--no-packet-filter".into());
     }
@@ -969,6 +977,22 @@ mod tests {
         assert_eq!(p["spec"]["containers"][1]["name"], SIDECAR);
         assert!(p["spec"]["containers"][1].get("restartPolicy").is_none());
         assert_eq!(p["spec"]["initContainers"][0]["name"], INIT);
+    }
+
+    #[test]
+    fn unnamed_fqdn_connections_are_allowed_only_when_the_config_says_so() {
+        let sidecar_args = |cfg: &InjectConfig| {
+            let mut p = pod(json!({}));
+            assert_eq!(inject_object(&mut p, cfg), Ok(Outcome::Injected));
+            let sidecar = &p["spec"]["initContainers"][1];
+            assert_eq!(sidecar["name"], SIDECAR);
+            sidecar["args"].as_array().expect("args").clone()
+        };
+        let flag = json!("--allow-unnamed-fqdn-connections");
+        assert!(!sidecar_args(&InjectConfig::default()).contains(&flag));
+        let cfg: InjectConfig =
+            serde_json::from_value(json!({"allowUnnamedFqdnConnections": true})).expect("config");
+        assert!(sidecar_args(&cfg).contains(&flag));
     }
 
     #[test]

@@ -507,15 +507,23 @@ async fn connect_upstream(dst: SocketAddr, shared: &Shared) -> Result<TcpStream,
 }
 
 /// The hosts the requests of a connection that only toFQDNs rules allow may name: those of
-/// the names `dst` was learned for that a rule allows to it.
+/// the names `dst` was learned for that a rule allows to it. A request naming another host
+/// counts as a server-name denial, like a connection refused for its SNI.
 fn name_filter(
     policy: Arc<PodPolicy>,
     dst: SocketAddr,
     learned: &[Arc<str>],
+    shared: &Shared,
 ) -> podwall_l7::serve::HostFilter {
     let names = policy.fqdn_ids(learned);
+    let denied = shared.metrics.fqdn.server_name_denied.clone();
     podwall_l7::serve::HostFilter(Arc::new(move |host: &str| {
-        crate::server_name::name_allowed(&policy, dst, &names, &host.to_ascii_lowercase())
+        let allowed =
+            crate::server_name::name_allowed(&policy, dst, &names, &host.to_ascii_lowercase());
+        if !allowed {
+            denied.inc();
+        }
+        allowed
     }))
 }
 
@@ -547,7 +555,7 @@ async fn serve_http(
             return;
         }
     };
-    let hosts = name_gated.then(|| name_filter(policy.clone(), dst, &open.learned));
+    let hosts = name_gated.then(|| name_filter(policy.clone(), dst, &open.learned, shared));
     let gates: podwall_l7::serve::Gates<HttpContext> = Arc::new(arc_swap::ArcSwap::from_pointee(
         http_gate(policy.clone(), compiled, hosts, &event),
     ));
@@ -701,7 +709,7 @@ async fn serve_http(
                         break revoke("reset: the new HTTP rules are unavailable");
                     }
                 };
-                let hosts = name_gated.then(|| name_filter(now.clone(), dst, &open.learned));
+                let hosts = name_gated.then(|| name_filter(now.clone(), dst, &open.learned, shared));
                 open.describe(&mut event, &now, &verdict);
                 gates.store(Arc::new(http_gate(now, rules, hosts, &event)));
             }

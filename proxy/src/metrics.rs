@@ -308,7 +308,7 @@ impl Metrics {
         );
         registry.register(
             "fqdn_server_name_denied",
-            "Connections refused because their TLS SNI or HTTP Host is not a name the policy allows",
+            "Connections (and HTTP requests) only toFQDNs rules allow that were refused because their TLS SNI or HTTP Host is not one of the rules' names, or because they carry no name",
             fqdn.server_name_denied.clone(),
         );
         let policy_stream_connected = Gauge::default();
