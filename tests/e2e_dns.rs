@@ -270,6 +270,72 @@ fn a_forged_answer_under_the_apps_own_query_id_is_not_learned() {
 }
 
 #[test]
+fn the_sidecar_asks_upstream_from_a_port_the_app_used_for_dns_before() {
+    if !support::hostile::ready("the_sidecar_asks_upstream_from_a_port_the_app_used_for_dns_before")
+    {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = up(dir.path(), "dport");
+    let ns = up.ns(RUNNER);
+    // Two ephemeral ports only, both first used by the app to ask the resolver: their
+    // conntrack entries are the app's captured DNS flows. The sidecar's next upstream socket
+    // gets one of them, and the resolver's answer arrives on that entry. (Apps' resolvers
+    // pick random source ports, so in a busy pod this happens by chance, often.)
+    let sysctl = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "sysctl", "-qw"])
+        .arg("net.ipv4.ip_local_port_range=40000 40001")
+        .status()
+        .expect("sysctl");
+    assert!(sysctl.success());
+    for port in ["40000", "40001"] {
+        assert_eq!(
+            app(
+                &ns,
+                "",
+                &[],
+                &["dns-from", "10.75.0.53", "api.example.com", port]
+            ),
+            "rcode 0",
+            "from port {port}"
+        );
+    }
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &["dns-from", "10.75.0.53", "api.example.com", "40100"]
+        ),
+        "rcode 0",
+        "the sidecar's own query on a port the app used is answered"
+    );
+    // The app's flows stay the DNS proxy's: the resolver cannot answer the app directly on
+    // them, also after the sidecar used the port.
+    let entries = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "conntrack",
+            "-L",
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+        ])
+        .output()
+        .expect("conntrack");
+    let entries = String::from_utf8_lossy(&entries.stdout);
+    assert!(
+        entries
+            .lines()
+            .any(|l| l.contains("sport=40100 dport=53") && l.contains("mark=1337")),
+        "the app's last query is still marked as captured: {entries}"
+    );
+}
+
+#[test]
 fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
     if !support::hostile::ready(
         "the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request",

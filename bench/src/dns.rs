@@ -155,9 +155,10 @@ fn many_names(ns: &str, count: u32) -> Result<(), String> {
                         .map_err(|e| e.to_string())?;
                     let mut buf = [0u8; 512];
                     for i in (w..count).step_by(4) {
-                        let q = query(&format!("n{i}.bench.example."));
-                        s.send(&q).map_err(|e| e.to_string())?;
-                        s.recv(&mut buf).map_err(|e| e.to_string())?;
+                        let name = format!("n{i}.bench.example.");
+                        s.send(&query(&name)).map_err(|e| e.to_string())?;
+                        s.recv(&mut buf)
+                            .map_err(|e| format!("no answer for {name}: {e}"))?;
                     }
                     Ok(())
                 })

@@ -462,6 +462,12 @@ fn in_sandbox<T>(
     result
 }
 
+/// Where the sidecar's log goes (the last run's), so that a failed phase can be explained.
+fn sidecar_log() -> Result<std::fs::File, String> {
+    let path = std::env::temp_dir().join("podwall-bench-sidecar.log");
+    std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn start_sidecar(sb: &Sandbox, podwall: &Path, threads: usize) -> Result<Proxy, String> {
     let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
     let child = sidecar_in(ns, &podwall.display().to_string())
@@ -477,7 +483,7 @@ fn start_sidecar(sb: &Sandbox, podwall: &Path, threads: usize) -> Result<Proxy, 
         ])
         .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(sidecar_log()?)
         .spawn()
         .map_err(|e| format!("sidecar: {e}"))?;
     let p = Proxy { child };

@@ -378,6 +378,15 @@ impl InitConfig {
             return Vec::new();
         }
         let mut r = vec![
+            // A query the sidecar sends upstream can reuse the 5-tuple (and so the conntrack
+            // entry) of an app query captured earlier: both take their source port from the
+            // same ephemeral range. The flow is then the sidecar's, and its answer must come
+            // in. Only the original direction: the sidecar's replies to the app travel on
+            // the app's entry the other way, and leave it the DNS proxy's.
+            format!(
+                "-A {DNS_OUTPUT_CHAIN} {} -p udp --dport 53 -m conntrack --ctdir ORIGINAL -m connmark --mark {DNS_MARK:#x} -j CONNMARK --set-xmark 0x0/0xffffffff",
+                self.own()
+            ),
             format!("-A {DNS_OUTPUT_CHAIN} {} -j RETURN", self.own()),
             Self::stays_local(DNS_OUTPUT_CHAIN),
         ];
@@ -1085,6 +1094,7 @@ mod tests {
         assert_eq!(
             cfg.dns_rules(Family::V4),
             [
+                "-A PODWALL_DNS_OUTPUT -m mark --mark 0x1337 -p udp --dport 53 -m conntrack --ctdir ORIGINAL -m connmark --mark 0x539 -j CONNMARK --set-xmark 0x0/0xffffffff",
                 "-A PODWALL_DNS_OUTPUT -m mark --mark 0x1337 -j RETURN",
                 "-A PODWALL_DNS_OUTPUT -o lo -m addrtype --dst-type LOCAL -j RETURN",
                 "-A PODWALL_DNS_OUTPUT -d 10.96.0.1/32 -j RETURN",
@@ -1093,7 +1103,7 @@ mod tests {
                 "-A PODWALL_DNS_PREROUTING -p udp -m mark --mark 0x539 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x539/0xffffffff",
             ]
         );
-        assert!(cfg.dns_rules(Family::V6)[4].contains("--on-ip ::1"));
+        assert!(cfg.dns_rules(Family::V6)[5].contains("--on-ip ::1"));
         let routes = cfg.route_commands(Family::V4);
         assert_eq!(
             routes[0].join(" "),
