@@ -426,7 +426,16 @@ fn exempt_peers(sb: &Sandbox) -> Result<(), String> {
             vec!["-m", "owner", "--uid-owner", &uid],
         ),
         ("filter", "PODWALL_GUARD", vec![]),
+        (
+            "mangle",
+            "PODWALL_EGRESS",
+            vec!["-m", "owner", "--uid-owner", &uid],
+        ),
     ] {
+        // A chain an older podwall (`--podwall`) does not write has nothing to exempt.
+        if output(netns_cmd(ns, &["iptables", "-t", table, "-S", chain])).is_err() {
+            continue;
+        }
         let mut args = vec!["iptables", "-t", table, "-I", chain, "1"];
         args.extend(rule);
         args.extend(["-j", "RETURN"]);
