@@ -25,7 +25,8 @@ fn up(dir: &std::path::Path, name: &str) -> Up {
     )
 }
 
-/// A runner allowed `api.example.com` on port 80, the cluster DNS (dnsmasq, its configured
+/// A runner allowed `api.example.com` and `www.shop.example` (a CNAME chain to
+/// `edge.cdn.example`) on port 80, the cluster DNS (dnsmasq, its configured
 /// resolver), a resolver it may reach at L4 only (203.0.113.53, "allow DNS to anywhere"), one
 /// a `rules.dns` rule selects (203.0.113.54), and a host no rule allows (198.51.100.66).
 const TOPOLOGY: &str = r#"
@@ -54,7 +55,7 @@ metadata: {name: runner-egress, namespace: t}
 spec:
   endpointSelector: {matchLabels: {app: runner}}
   egress:
-  - toFQDNs: [{matchName: api.example.com}]
+  - toFQDNs: [{matchName: api.example.com}, {matchName: www.shop.example}]
     toPorts: [{ports: [{port: '80', protocol: TCP}, {port: '443', protocol: TCP}]}]
   - toCIDR: [203.0.113.53/32]
     toPorts: [{ports: [{port: '53', protocol: UDP}]}]
@@ -65,6 +66,11 @@ apiVersion: sandbox.podwall.io/v1alpha1
 kind: ExternalHost
 metadata: {name: api}
 spec: {address: 203.0.113.10, names: [api.example.com, other.example.com], ports: [80]}
+---
+apiVersion: sandbox.podwall.io/v1alpha1
+kind: ExternalHost
+metadata: {name: shop}
+spec: {address: 203.0.113.20, names: [edge.cdn.example], aliases: [www.shop.example, shop.cdn.example], ports: [80]}
 ---
 apiVersion: sandbox.podwall.io/v1alpha1
 kind: ExternalHost
@@ -332,6 +338,97 @@ fn the_sidecar_asks_upstream_from_a_port_the_app_used_for_dns_before() {
             .lines()
             .any(|l| l.contains("sport=40100 dport=53") && l.contains("mark=1337")),
         "the app's last query is still marked as captured: {entries}"
+    );
+}
+
+#[test]
+fn legitimate_traffic_still_works_cname_chains_keep_alive_and_pipelining() {
+    if !support::hostile::ready(
+        "legitimate_traffic_still_works_cname_chains_keep_alive_and_pipelining",
+    ) {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    // As injected: no flag, every request's Host is checked.
+    let up = Up::new(dir.path(), "dlegit", Inject::Annotated);
+    let ns = up.ns(RUNNER);
+    // The allowed name is a CNAME, through another, to the CDN's name: the chain's address is
+    // learned for the name asked.
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "10.75.0.53", "www.shop.example"]),
+        "rcode 0"
+    );
+    let e = dns_events(&up, "www.shop.example");
+    assert_eq!(
+        e[0]["l7"]["dns"]["ips"],
+        serde_json::json!(["203.0.113.20"])
+    );
+    assert_eq!(e[0]["l7"]["dns"]["learned"], 1, "{e:?}");
+    // curl as a real client, by name (resolv.conf names the cluster DNS).
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+        ])
+        .args(["-w", "%{http_code}", "http://www.shop.example/"])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // Keep-alive and pipelined requests for allowed names all pass; a pipelined request for
+    // another name on the same address is refused on its own, the ones before it answered.
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &[
+                "http-two",
+                "203.0.113.20",
+                "80",
+                "www.shop.example",
+                "www.shop.example"
+            ],
+        ),
+        "200 200"
+    );
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &[
+                "http-pipelined",
+                "203.0.113.20",
+                "80",
+                "www.shop.example",
+                "www.shop.example",
+                "www.shop.example"
+            ],
+        ),
+        "200 200 200"
+    );
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &[
+                "http-pipelined",
+                "203.0.113.20",
+                "80",
+                "www.shop.example",
+                "edge.cdn.example",
+                "www.shop.example"
+            ],
+        ),
+        "200 403 200"
     );
 }
 

@@ -12,6 +12,7 @@
 //!   ttl: 60                      # TTL of its DNS records (default 60)
 //!   extraAddresses: []           # more A records for the names, with no host behind them
 //!   domains: []                  # every name under these domains resolves to `address`
+//!   aliases: []                  # a CNAME chain: aliases[0] -> aliases[1] -> ... -> names[0]
 //! ```
 //!
 //! The policy loader skips these documents (they are not cluster objects), so the analyzer sees
@@ -47,6 +48,10 @@ pub struct ExternalHost {
     /// Domains every name under which resolves to its address (TTL 60).
     #[serde(default)]
     pub domains: Vec<String>,
+    /// A CNAME chain to its first name: `aliases[0]` is a CNAME for `aliases[1]`, ..., the
+    /// last for `names[0]` (TTL 60).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +67,8 @@ struct Spec {
     extra_addresses: Vec<IpAddr>,
     #[serde(default)]
     domains: Vec<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
 }
 
 /// The `ExternalHost` documents under `dir`.
@@ -95,6 +102,12 @@ pub fn read(dir: &Path) -> Result<Vec<ExternalHost>, SandboxError> {
                     file.name
                 )));
             }
+            if !spec.aliases.is_empty() && spec.names.is_empty() {
+                return Err(SandboxError::Invalid(format!(
+                    "{}: ExternalHost {name:?}: spec.aliases needs a name in spec.names to point to",
+                    file.name
+                )));
+            }
             out.push(ExternalHost {
                 name,
                 address: spec.address,
@@ -103,6 +116,7 @@ pub fn read(dir: &Path) -> Result<Vec<ExternalHost>, SandboxError> {
                 ttl: spec.ttl.unwrap_or(60),
                 extra_addresses: spec.extra_addresses,
                 domains: spec.domains,
+                aliases: spec.aliases,
             });
         }
     }
@@ -136,6 +150,11 @@ pub fn dnsmasq_args(hosts: &[ExternalHost], listen: IpAddr, log: &Path) -> Vec<S
                 args.push(format!("--host-record={name},{ip},{}", h.ttl));
             }
         }
+        // dnsmasq answers an alias with the whole chain and the target's A records.
+        let chain = h.aliases.iter().chain(h.names.first());
+        for (alias, target) in h.aliases.iter().zip(chain.skip(1)) {
+            args.push(format!("--cname={alias},{target}"));
+        }
     }
     args
 }
@@ -159,6 +178,7 @@ mod tests {
             ttl: 5,
             extra_addresses: vec!["203.0.113.11".parse().expect("ip")],
             domains: vec!["bench.example".into()],
+            aliases: vec!["www.github.example".into(), "gh.cdn.example".into()],
         }];
         let args = dnsmasq_args(
             &hosts,
@@ -172,6 +192,8 @@ mod tests {
             "--host-record=api.github.com,203.0.113.11,5",
             "--host-record=github.com,203.0.113.10,5",
             "--address=/bench.example/203.0.113.10",
+            "--cname=www.github.example,gh.cdn.example",
+            "--cname=gh.cdn.example,api.github.com",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
         }
