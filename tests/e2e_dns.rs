@@ -433,6 +433,80 @@ fn legitimate_traffic_still_works_cname_chains_keep_alive_and_pipelining() {
 }
 
 #[test]
+fn a_client_hello_opens_only_tls_and_never_with_its_name_encrypted() {
+    if !support::hostile::ready("a_client_hello_opens_only_tls_and_never_with_its_name_encrypted") {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = Up::new(dir.path(), "dhello", Inject::Annotated);
+    let ns = up.ns(RUNNER);
+    let api_ns = external_ns(&up, "api");
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
+        "rcode 0"
+    );
+    // An allowed ClientHello with SMTP behind it, to a server that answers junk with an error
+    // line and reads on: the server gets the ClientHello, never the SMTP.
+    let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "text"]);
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &["tls-then", "203.0.113.10", "443", "api.example.com"]
+        ),
+        "reset"
+    );
+    assert_eq!(
+        last_line(listener, out),
+        "accepted",
+        "the SMTP words arrived"
+    );
+    // The same words behind a ClientHello to a TLS server pass: it is TLS's business.
+    let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &["tls-then", "203.0.113.10", "443", "api.example.com"]
+        ),
+        "open"
+    );
+    assert_eq!(last_line(listener, out), "smuggled");
+    // An encrypted ClientHello names the allowed site outside and any site inside.
+    let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
+    assert_eq!(
+        app(
+            &ns,
+            "",
+            &[],
+            &[
+                "tls-hello",
+                "203.0.113.10",
+                "443",
+                "api.example.com",
+                "0",
+                "ech"
+            ]
+        ),
+        "reset"
+    );
+    let _ = last_line(listener, out);
+    let flows = up.flows(RUNNER);
+    for why in [
+        "did not answer the ClientHello with TLS",
+        "encrypted ClientHello",
+    ] {
+        assert!(
+            flows.iter().any(|e| e["verdict"] == "DENIED"
+                && e["reason"].as_str().is_some_and(|r| r.contains(why))),
+            "a flow event says {why:?}"
+        );
+    }
+}
+
+#[test]
 fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
     if !support::hostile::ready(
         "the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request",
@@ -455,7 +529,7 @@ fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
         ("api.example.com", "1.2", "open"),
         ("other.example.com", "0", "reset"),
     ] {
-        let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5"]);
+        let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
         let r = app(
             &ns,
             "",

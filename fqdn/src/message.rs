@@ -192,7 +192,11 @@ impl Answer {
         // Follow the chain whatever the order of the records; a loop cannot grow the set.
         loop {
             let mut grew = false;
-            for r in &message.answers {
+            for r in message
+                .answers
+                .iter()
+                .filter(|r| r.dns_class == DNSClass::IN)
+            {
                 if let RData::CNAME(target) = &r.data {
                     let owner = canonical(&r.name.to_ascii());
                     let Some(&(_, ttl)) = reach.iter().find(|(n, _)| *n == owner) else {
@@ -211,7 +215,12 @@ impl Answer {
             }
         }
         let mut addresses = Vec::new();
-        for r in &message.answers {
+        // Internet-class records only: an address in a CHAOS record names nothing here.
+        for r in message
+            .answers
+            .iter()
+            .filter(|r| r.dns_class == DNSClass::IN)
+        {
             let ip = match &r.data {
                 RData::A(a) => IpAddr::V4(a.0),
                 RData::AAAA(a) => IpAddr::V6(a.0),
@@ -246,10 +255,10 @@ impl Answer {
     /// ANY: both), owned by the question's name or its CNAME chain. An address inside the
     /// answer to any other question (TXT, MX, ...) teaches nothing.
     pub fn learnable(&self) -> Vec<(IpAddr, u32)> {
-        let wanted = |ip: &IpAddr| match self.question.as_ref().map(|(_, t, _)| *t) {
-            Some(RecordType::A) => ip.is_ipv4(),
-            Some(RecordType::AAAA) => ip.is_ipv6(),
-            Some(RecordType::ANY) => true,
+        let wanted = |ip: &IpAddr| match self.question.as_ref() {
+            Some((_, RecordType::A, DNSClass::IN)) => ip.is_ipv4(),
+            Some((_, RecordType::AAAA, DNSClass::IN)) => ip.is_ipv6(),
+            Some((_, RecordType::ANY, DNSClass::IN)) => true,
             _ => false,
         };
         self.addresses
@@ -456,6 +465,17 @@ pub(crate) mod tests {
         assert!(
             txt.learnable().is_empty(),
             "an A record inside a TXT answer teaches nothing"
+        );
+        // Only the Internet class: an A record of class CHAOS names no address.
+        let mut chaos = a("api.github.com.", 60, "192.0.2.9");
+        chaos.dns_class = DNSClass::CH;
+        assert_eq!(
+            answer_to(
+                RecordType::A,
+                vec![chaos, a("api.github.com.", 60, "192.0.2.1")]
+            )
+            .learnable(),
+            [(ip("192.0.2.1"), 60)]
         );
     }
 

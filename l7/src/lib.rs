@@ -116,7 +116,7 @@ pub fn explain_request(
     // Admitted as the sidecar admits it: `host` is the request's Host header.
     let mut headers = req.headers.clone();
     if let Some(host) = &req.host
-        && let Ok(value) = http::HeaderValue::from_str(host)
+        && let Ok(value) = http::HeaderValue::from_bytes(host.as_bytes())
     {
         headers.append(http::header::HOST, value);
     }

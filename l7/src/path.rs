@@ -6,7 +6,7 @@
 //! 1. The request target must be origin-form (`/...`); `*` (for `OPTIONS`) is kept as is.
 //!    Absolute-form (`http://host/path`) is reduced to its path and query.
 //! 2. The path may not contain a percent-encoded `/` (`%2F`), `\` (`%5C`) or NUL (`%00`), nor a
-//!    raw `\` or control character: applications disagree on what those mean, so the request
+//!    raw `\`, control or non-ASCII character: applications disagree on what those mean, so the request
 //!    is refused (400) rather than guessed at.
 //! 3. Percent-encoded unreserved characters (letters, digits, `-._~`) are decoded (`%2e` is
 //!    `.`, `%41` is `A`); other escapes are kept, with upper-case hex.
@@ -34,8 +34,8 @@ pub enum PathError {
     /// `%2F`, `%5C` or `%00` in the path.
     #[error("percent-encoded '/', '\\' or NUL in the path")]
     EncodedSeparator,
-    /// A raw backslash or control character.
-    #[error("backslash or control character in the path")]
+    /// A raw backslash, control or non-ASCII character.
+    #[error("backslash, control or non-ASCII character in the path")]
     BadCharacter,
     /// A `%` not followed by two hex digits.
     #[error("malformed percent-encoding")]
@@ -86,11 +86,12 @@ fn decode(path: &str) -> Result<String, PathError> {
             i += 3;
             continue;
         }
-        if b == b'\\' || b.is_ascii_control() {
+        // Non-ASCII bytes are not valid in a request target (RFC 3986), though parsers let
+        // them through; a backend could decode them as anything.
+        if b == b'\\' || b.is_ascii_control() || !b.is_ascii() {
             return Err(PathError::BadCharacter);
         }
-        // Non-ASCII bytes cannot appear in a valid request target; hyper refuses them first.
-        out.push(b as char);
+        out.push(char::from(b));
         i += 1;
     }
     Ok(out)
@@ -131,7 +132,7 @@ pub fn normalize(target: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// Whether [`rewrite`] would return `target` unchanged: origin-form, and a path with no escape,
-/// backslash or control character, no empty segment but a trailing one, and no dot-segment.
+/// backslash, control, space or non-ASCII character, no empty segment but a trailing one, and no dot-segment.
 fn already_normal(target: &str) -> bool {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let Some(rest) = path.strip_prefix('/') else {
@@ -147,7 +148,7 @@ fn already_normal(target: &str) -> bool {
             && seg != ".."
             && !seg
                 .bytes()
-                .any(|b| b == b'%' || b == b';' || b == b'\\' || b.is_ascii_control())
+                .any(|b| b == b'%' || b == b';' || b == b'\\' || !b.is_ascii_graphic())
     })
 }
 
@@ -228,6 +229,13 @@ mod tests {
         assert_eq!(normalize("/api%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/api%4"), Err(PathError::BadEscape));
         assert_eq!(normalize("api"), Err(PathError::NotOriginForm));
+        // Raw non-ASCII, whether the path needs rewriting or not: a backend may decode it as
+        // anything, and a rewrite must never widen it.
+        assert_eq!(normalize("/public/é"), Err(PathError::BadCharacter));
+        assert_eq!(
+            normalize("/admin/%2e%2e/public/é"),
+            Err(PathError::BadCharacter)
+        );
     }
 
     #[test]

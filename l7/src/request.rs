@@ -41,6 +41,13 @@ pub enum Refused {
     /// `Upgrade: h2c`.
     #[error("Upgrade: h2c would carry requests no rule sees")]
     H2c,
+    /// An `Upgrade` header that is not plain ASCII (a backend could read `h2c` in it).
+    #[error("an Upgrade header that is not plain ASCII")]
+    UnreadableUpgrade,
+    /// A host that is not a name, an IPv4 address or a bracketed IPv6 address, with an
+    /// optional port (`[allowed.example]:80` would be read as `allowed.example`).
+    #[error("the host {0:?} is not a name or an address")]
+    BadHost(String),
     /// A path that cannot be normalised safely.
     #[error(transparent)]
     Path(#[from] PathError),
@@ -75,19 +82,58 @@ pub fn admit<'a>(
             host: h.to_string(),
         });
     }
-    if headers
-        .get_all(http::header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("h2c"))
-    {
+    for host in authority.iter().chain(header.iter()) {
+        if !valid_host(host) {
+            return Err(Refused::BadHost(host.to_string()));
+        }
+    }
+    let mut upgrades = Vec::new();
+    for value in headers.get_all(http::header::UPGRADE) {
+        upgrades.push(value.to_str().map_err(|_| Refused::UnreadableUpgrade)?);
+    }
+    if upgrades.iter().flat_map(|v| v.split(',')).any(is_h2c) {
         return Err(Refused::H2c);
     }
     Ok(Admitted {
         path: normalize(target)?,
         host: authority.or(header).map(strip_port),
     })
+}
+
+/// Whether an `Upgrade` token names h2c (`h2c`, `h2c/...`, any case, any spaces).
+fn is_h2c(token: &str) -> bool {
+    let name = token.split('/').next().unwrap_or("").trim();
+    name.eq_ignore_ascii_case("h2c")
+}
+
+/// A URI host (RFC 3986 reg-name as names are written, IPv4, or `[IPv6]`) with an optional
+/// numeric port; empty is allowed (HTTP/1.1 sends an empty Host when there is no authority).
+fn valid_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("", port),
+                None => return false,
+            },
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (host, "0"),
+        }
+    };
+    !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// `host` without its port: `[v6]:port`, `name:port`, or no port.
@@ -104,6 +150,61 @@ pub fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_must_be_names_or_addresses_with_a_port_at_most() {
+        for ok in [
+            "api.example",
+            "API.example:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "my_service.ns.svc",
+            "",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "[allowed.example]:80",
+            "[allowed.example]x",
+            "[::1]x",
+            "a.example:",
+            "a.example:8o",
+            "a b.example",
+            "a.example@evil.example",
+            "évil.example",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+            let h = headers(&[("host", "allowed.example")]);
+            if bad.is_ascii() && !bad.contains(' ') {
+                let h2 = headers(&[("host", bad)]);
+                assert!(
+                    matches!(admit("/", None, &h2), Err(Refused::BadHost(_))),
+                    "{bad}"
+                );
+            }
+            assert!(matches!(
+                admit("/", Some(bad), &h),
+                Err(Refused::BadHost(_) | Refused::HostMismatch { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn h2c_upgrades_are_refused_however_spelt_and_websocket_ones_go_on_to_the_rules() {
+        for v in ["h2c", "H2C", "websocket, h2c", " h2c/1 "] {
+            let h = headers(&[("host", "a"), ("upgrade", v)]);
+            assert_eq!(admit("/", None, &h), Err(Refused::H2c), "{v}");
+        }
+        let mut h = headers(&[("host", "a")]);
+        h.append(
+            http::header::UPGRADE,
+            http::HeaderValue::from_bytes(b"h2c,\xff").expect("value"),
+        );
+        assert_eq!(admit("/", None, &h), Err(Refused::UnreadableUpgrade));
+        let ws = headers(&[("host", "a"), ("upgrade", "websocket")]);
+        assert!(admit("/chat", None, &ws).is_ok());
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -148,16 +249,6 @@ mod tests {
                 .host,
             Some("allowed.example")
         );
-    }
-
-    #[test]
-    fn h2c_upgrades_are_refused_and_websocket_ones_go_on_to_the_rules() {
-        for v in ["h2c", "H2C", "websocket, h2c"] {
-            let h = headers(&[("host", "a"), ("upgrade", v)]);
-            assert_eq!(admit("/", None, &h), Err(Refused::H2c), "{v}");
-        }
-        let ws = headers(&[("host", "a"), ("upgrade", "websocket")]);
-        assert!(admit("/chat", None, &ws).is_ok());
     }
 
     #[test]

@@ -464,13 +464,27 @@ impl<C: Send + Sync + 'static> Connection<C> {
                 parts.scheme = None;
                 parts.authority = None;
             }
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
+            match http::Uri::from_parts(parts) {
+                Ok(uri) if uri.path_and_query().map(|p| p.as_str()) == Some(path.as_str()) => {
+                    *req.uri_mut() = uri;
+                }
+                // What was checked cannot be forwarded (too long a path, say): never forward
+                // the original instead.
+                _ => {
+                    event.path = path;
+                    event.error = Some("the normalised path cannot be forwarded".into());
+                    return Ok(self.finish(
+                        &gate,
+                        event,
+                        started,
+                        text(StatusCode::BAD_REQUEST, "Bad Request\r\n"),
+                    ));
+                }
             }
         }
         event.path = path;
-        let wants_upgrade = req.headers().contains_key(http::header::UPGRADE);
-        let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let asked = upgrade_protocols(req.headers());
+        let client_upgrade = (!asked.is_empty()).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         // Most requests carry no body: no body timer for them.
         let body = if body.is_end_stream() {
@@ -489,6 +503,21 @@ impl<C: Send + Sync + 'static> Connection<C> {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = client_upgrade
                 {
+                    // The tunnel carries what the client asked for and the admission let
+                    // through, nothing the backend picks on its own (h2c least of all).
+                    let switched = upgrade_protocols(resp.headers());
+                    if switched.is_empty() || !switched.iter().all(|p| asked.contains(p)) {
+                        event.status = 502;
+                        event.error = Some(format!(
+                            "the backend switched to {switched:?}, not to what was asked ({asked:?})"
+                        ));
+                        return Ok(self.finish(
+                            &gate,
+                            event,
+                            started,
+                            text(StatusCode::BAD_GATEWAY, "Bad Gateway\r\n"),
+                        ));
+                    }
                     let server_upgrade = hyper::upgrade::on(&mut resp);
                     tokio::spawn(async move {
                         if let (Ok(c), Ok(s)) = (client_upgrade.await, server_upgrade.await) {
@@ -596,9 +625,48 @@ pub async fn serve<C: Send + Sync + 'static>(
         .map_err(|e| e.to_string())
 }
 
+/// The protocol names an `Upgrade` header lists, lower case, without versions; a value that
+/// is not ASCII names none (the admission refuses such requests).
+fn upgrade_protocols(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            t.split('/')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_protocols_are_compared_by_name_whatever_the_case_or_version() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::UPGRADE,
+            "WebSocket, spdy/3.1".parse().expect("value"),
+        );
+        assert_eq!(upgrade_protocols(&h), ["websocket", "spdy"]);
+        h.append(
+            http::header::UPGRADE,
+            http::HeaderValue::from_bytes(b"h2c\xff").expect("value"),
+        );
+        assert_eq!(
+            upgrade_protocols(&h),
+            ["websocket", "spdy"],
+            "unreadable: none"
+        );
+        assert!(upgrade_protocols(&http::HeaderMap::new()).is_empty());
+    }
 
     #[test]
     fn a_connections_requests_share_one_copy_of_their_host() {

@@ -243,6 +243,41 @@ fn policies_selecting_host_network_pods_are_reported() {
 }
 
 #[test]
+fn a_dns_rule_toward_any_resolver_is_reported_and_one_toward_the_cluster_dns_is_not() {
+    let cnp = |name: &str, peer: &str| {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: production}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  egress:\n  - {peer}toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n"
+        )
+    };
+    for (peer, why) in [
+        ("toEntities: [world]\n    ", "world"),
+        ("toCIDR: [0.0.0.0/0]\n    ", "0.0.0.0/0"),
+        ("", "no peer"),
+    ] {
+        let all = findings(&cnp("dns", peer));
+        let f = with_code(&all, "dns-rule-believes-any-resolver");
+        assert_eq!(f.len(), 1, "{peer}: {all:#?}");
+        assert!(f[0].message.contains(why), "{}", f[0]);
+        assert_eq!(
+            f[0].field.as_deref(),
+            Some("spec.egress[0].toPorts[0].rules.dns"),
+            "{}",
+            f[0]
+        );
+    }
+    for peer in [
+        "toCIDR: [10.96.0.10/32]\n    ",
+        "toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}}]\n    ",
+    ] {
+        let all = findings(&cnp("dns", peer));
+        assert!(
+            with_code(&all, "dns-rule-believes-any-resolver").is_empty(),
+            "{peer}: {all:#?}"
+        );
+    }
+}
+
+#[test]
 fn well_formed_policies_produce_no_findings() {
     let policies = np(
         "deny",

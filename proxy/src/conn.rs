@@ -14,7 +14,7 @@ use crate::metrics::{DirectionMetrics, Metrics};
 use crate::orig_dst::{MapV4Mapped, original_dst};
 use crate::pod_policy::{PodPolicy, PolicyReceiver};
 use crate::relay::{Transferred, relay, reset};
-use crate::server_name::{First, FirstBytes};
+use crate::server_name::{ClientHello, First, FirstBytes};
 
 /// What every connection handler shares.
 #[derive(Debug)]
@@ -331,6 +331,8 @@ async fn handle(
     // must not grow every connection's task.
     let mut upstream = None;
     let mut name_gated = false;
+    // Bytes of the client's already sent to the server (an allowed ClientHello).
+    let mut handed_over = 0u64;
     if event.verdict == FlowVerdict::Allowed
         && shared.check_server_name
         && !names.is_empty()
@@ -350,17 +352,32 @@ async fn handle(
             }
         };
         let denial = match Box::pin(crate::server_name::first_message(&client, &server)).await {
-            First::Client(FirstBytes::Tls(Some(name))) => {
-                if crate::server_name::name_allowed(&policy, dst, &names, &name) {
-                    event.reason = Some(format!("server name {name} checked"));
-                    None
-                } else {
+            First::Client(FirstBytes::Tls(Some(hello))) if hello.encrypted => Some(format!(
+                "TLS with an encrypted ClientHello (ECH) to {dst}: the server name it acts on is hidden"
+            )),
+            First::Client(FirstBytes::Tls(Some(ClientHello {
+                sni: Some(name),
+                len,
+                ..
+            }))) => {
+                if !crate::server_name::name_allowed(&policy, dst, &names, &name) {
                     Some(format!(
                         "TLS SNI {name} is not a name the toFQDNs rules allow for {dst}"
                     ))
+                } else {
+                    // The server must answer it with TLS before anything else of the
+                    // client's passes.
+                    match crate::server_name::hand_over_client_hello(&client, &server, len).await {
+                        Ok(()) => {
+                            handed_over = len as u64;
+                            event.reason = Some(format!("server name {name} checked"));
+                            None
+                        }
+                        Err(why) => Some(format!("TLS SNI {name} to {dst}: {why}")),
+                    }
                 }
             }
-            First::Client(FirstBytes::Tls(None)) => Some(format!(
+            First::Client(FirstBytes::Tls(_)) => Some(format!(
                 "TLS without SNI to {dst}: the server name cannot be checked against the toFQDNs names"
             )),
             First::Client(FirstBytes::Http(_) | FirstBytes::Http2) => {
@@ -486,6 +503,7 @@ async fn handle(
         }
     }
     metrics.open.dec();
+    transferred.client_to_server += handed_over;
     metrics.bytes_sent.inc_by(transferred.client_to_server);
     metrics.bytes_received.inc_by(transferred.server_to_client);
     event.bytes_sent = transferred.client_to_server;

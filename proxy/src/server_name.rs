@@ -7,7 +7,11 @@
 //! judged all the same):
 //!
 //! - the client, with a TLS ClientHello (read in full, also when split over segments or
-//!   records): its SNI is checked; without SNI the connection is refused;
+//!   records): its SNI is checked; without SNI, or with an encrypted ClientHello (ECH, whose
+//!   inner name the server acts on and nobody else reads), the connection is refused. An
+//!   allowed ClientHello is handed to the server alone, and nothing more of the client's
+//!   passes until the server has answered with TLS: a ClientHello put before another protocol
+//!   (SMTP, Redis, anything that answers junk and reads on) opens nothing;
 //! - the client, with HTTP/1 (empty lines before the request line are tolerated, as RFC 9112
 //!   lets servers do) or HTTP/2 (the prior-knowledge preface): the connection is served request
 //!   by request and the `Host` (`:authority`) of *every* request is checked;
@@ -32,11 +36,26 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Empty lines tolerated before an HTTP/1 request line.
 const EMPTY_LINES: usize = 8;
 
+/// How long the server may take to answer an allowed ClientHello.
+const SERVER_ANSWER: Duration = Duration::from_secs(10);
+
+/// A TLS ClientHello, as far as the name check reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHello {
+    /// Its `server_name` (lower case), if it has one.
+    pub sni: Option<String>,
+    /// Whether it carries an encrypted ClientHello (`encrypted_client_hello`, or the draft
+    /// `encrypted_server_name`): the name the server acts on is then hidden.
+    pub encrypted: bool,
+    /// How many bytes the records holding it take on the wire.
+    pub len: usize,
+}
+
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirstBytes {
-    /// A TLS ClientHello, with its SNI if it has one.
-    Tls(Option<String>),
+    /// A TLS ClientHello; `None` when the first handshake message is not one.
+    Tls(Option<ClientHello>),
     /// An HTTP/1.x request, with its Host (without port) if it has one.
     Http(Option<String>),
     /// The HTTP/2 connection preface (prior knowledge).
@@ -202,6 +221,7 @@ fn tls(buf: &[u8]) -> FirstBytes {
                 FirstBytes::Tls(None)
             };
         }
+        let end = at + 5 + u16_at(header, 3).unwrap_or(0);
         let len = u16_at(header, 3).unwrap_or(0);
         let fragment = &buf[at + 5..buf.len().min(at + 5 + len)];
         handshake.extend_from_slice(fragment);
@@ -211,8 +231,12 @@ fn tls(buf: &[u8]) -> FirstBytes {
             }
             let hello_len = usize::from(handshake[1]) << 16 | u16_at(&handshake, 2).unwrap_or(0);
             if handshake.len() >= 4 + hello_len {
-                return match client_hello_sni(&handshake[4..4 + hello_len]) {
-                    Some(sni) => FirstBytes::Tls(sni),
+                return match read_client_hello(&handshake[4..4 + hello_len]) {
+                    Some((sni, encrypted)) => FirstBytes::Tls(Some(ClientHello {
+                        sni,
+                        encrypted,
+                        len: end,
+                    })),
                     None => FirstBytes::Tls(None),
                 };
             }
@@ -224,9 +248,9 @@ fn tls(buf: &[u8]) -> FirstBytes {
     }
 }
 
-/// The SNI of a ClientHello body: `Some(None)` when it has none, `None` when the bytes end
-/// before the answer.
-fn client_hello_sni(hello: &[u8]) -> Option<Option<String>> {
+/// The SNI of a whole ClientHello body, and whether it is encrypted (ECH); `None` when the
+/// body is malformed. Every extension is read: the ECH one may come after the SNI.
+fn read_client_hello(hello: &[u8]) -> Option<(Option<String>, bool)> {
     // version (2), random (32)
     let mut at = 34;
     let session = usize::from(*hello.get(at)?);
@@ -236,35 +260,100 @@ fn client_hello_sni(hello: &[u8]) -> Option<Option<String>> {
     let compression = usize::from(*hello.get(at)?);
     at += 1 + compression;
     let Some(ext_len) = u16_at(hello, at) else {
-        return if at >= hello.len() { Some(None) } else { None };
+        return (at >= hello.len()).then_some((None, false));
     };
     at += 2;
     let end = at + ext_len;
+    if end > hello.len() {
+        return None;
+    }
+    let (mut sni, mut encrypted) = (None, false);
     while at + 4 <= end {
         let kind = u16_at(hello, at)?;
         let len = u16_at(hello, at + 2)?;
         at += 4;
-        if kind == 0 {
-            let data = hello.get(at..at + len)?;
-            // server_name_list: length, then (type, length, name) entries.
-            let mut p = 2;
-            while p + 3 <= data.len() {
-                let name_type = data[p];
-                let n = u16_at(data, p + 1)?;
-                let name = data.get(p + 3..p + 3 + n)?;
-                if name_type == 0 {
-                    return Some(std::str::from_utf8(name).ok().map(str::to_ascii_lowercase));
+        let data = hello.get(at..at + len)?;
+        match kind {
+            0 if sni.is_none() => {
+                // server_name_list: length, then (type, length, name) entries.
+                let mut p = 2;
+                while p + 3 <= data.len() {
+                    let name_type = data[p];
+                    let n = u16_at(data, p + 1)?;
+                    let name = data.get(p + 3..p + 3 + n)?;
+                    if name_type == 0 {
+                        sni = std::str::from_utf8(name).ok().map(str::to_ascii_lowercase);
+                        break;
+                    }
+                    p += 3 + n;
                 }
-                p += 3 + n;
             }
-            return Some(None);
+            ECH | ESNI => encrypted = true,
+            _ => {}
         }
         at += len;
     }
-    if end <= hello.len() { Some(None) } else { None }
+    Some((sni, encrypted))
 }
 
-/// An HTTP/1.x request head: its Host without the port.
+/// `encrypted_client_hello` (RFC 9849) and the draft `encrypted_server_name`.
+const ECH: usize = 0xfe0d;
+const ESNI: usize = 0xffce;
+
+/// Hands an allowed ClientHello (its first `len` bytes, already peeked) to the server, then
+/// waits for the server's answer to be TLS (a handshake or alert record) before anything
+/// more of the client's may pass. Why not, otherwise.
+pub async fn hand_over_client_hello(
+    client: &TcpStream,
+    server: &TcpStream,
+    len: usize,
+) -> Result<(), String> {
+    let mut hello = vec![0u8; len];
+    let mut read = 0;
+    while read < len {
+        client.readable().await.map_err(|e| e.to_string())?;
+        match client.try_read(&mut hello[read..]) {
+            Ok(0) => return Err("the client closed during its ClientHello".into()),
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let mut written = 0;
+    while written < len {
+        server.writable().await.map_err(|e| e.to_string())?;
+        match server.try_write(&hello[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let answer = async {
+        let mut head = [0u8; 2];
+        loop {
+            match server.peek(&mut head).await {
+                Ok(0) | Err(_) => return Err("the server closed without answering TLS".into()),
+                Ok(1) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Ok(_) if matches!(head, [0x15 | 0x16, 0x03]) => return Ok(()),
+                Ok(_) => {
+                    return Err(
+                        "the server did not answer the ClientHello with TLS: another protocol behind a ClientHello"
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    };
+    tokio::time::timeout(SERVER_ANSWER, answer)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the server did not answer the ClientHello within {SERVER_ANSWER:?}"
+            ))
+        })
+}
+
+/// An HTTP/1.x request head: its Host without the port, when the head is whole.
 fn http(buf: &[u8]) -> FirstBytes {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
@@ -278,7 +367,12 @@ fn http(buf: &[u8]) -> FirstBytes {
                 .map(|h| strip_port(h.trim()).to_ascii_lowercase());
             FirstBytes::Http(host.filter(|h| !h.is_empty()))
         }
+        // The request line is what makes it HTTP; the HTTP path (hyper, with its own limits)
+        // reads the rest and checks every request's Host, so a long head is no reason to wait
+        // or refuse here.
+        Ok(httparse::Status::Partial) if req.version.is_some() => FirstBytes::Http(None),
         Ok(httparse::Status::Partial) => FirstBytes::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => FirstBytes::Http(None),
         Err(_) => FirstBytes::Other,
     }
 }
@@ -332,16 +426,42 @@ mod tests {
         let mut exts = vec![0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]; // ec_point_formats
         exts.extend(sni_ext("API.GitHub.com"));
         exts.extend([0x00, 0x10, 0x00, 0x00]); // empty ALPN-like extension
+        let hello = client_hello(&exts);
         assert_eq!(
-            classify(&client_hello(&exts)),
-            FirstBytes::Tls(Some("api.github.com".into()))
+            classify(&hello),
+            FirstBytes::Tls(Some(ClientHello {
+                sni: Some("api.github.com".into()),
+                encrypted: false,
+                len: hello.len(),
+            }))
         );
+    }
+
+    #[test]
+    fn an_encrypted_client_hello_is_seen_wherever_its_extension_is() {
+        for ext in [ECH, ESNI] {
+            let ech = [(ext >> 8) as u8, ext as u8, 0x00, 0x02, 0xaa, 0xbb];
+            let mut after = sni_ext("allowed.example");
+            after.extend(ech);
+            let mut before = ech.to_vec();
+            before.extend(sni_ext("allowed.example"));
+            for exts in [after, before] {
+                let FirstBytes::Tls(Some(hello)) = classify(&client_hello(&exts)) else {
+                    panic!("a ClientHello");
+                };
+                assert!(hello.encrypted, "{ext:#x}");
+                assert_eq!(hello.sni.as_deref(), Some("allowed.example"));
+            }
+        }
     }
 
     #[test]
     fn a_client_hello_without_sni_has_none_and_a_partial_one_asks_for_more() {
         let hello = client_hello(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
-        assert_eq!(classify(&hello), FirstBytes::Tls(None));
+        assert!(matches!(
+            classify(&hello),
+            FirstBytes::Tls(Some(ClientHello { sni: None, .. }))
+        ));
         let with_sni = client_hello(&sni_ext("example.com"));
         for cut in [1, 4, 20, with_sni.len() - 3] {
             assert_eq!(
@@ -362,10 +482,19 @@ mod tests {
             classify(b"GET / HTTP/1.0\r\nAccept: */*\r\n\r\n"),
             FirstBytes::Http(None)
         );
+        assert_eq!(classify(b"GET / HTT"), FirstBytes::Incomplete);
+        // The request line is enough to know it is HTTP: a head with many or long headers
+        // goes to the HTTP path, which checks its Host.
         assert_eq!(
             classify(b"GET / HTTP/1.1\r\nHost: a"),
-            FirstBytes::Incomplete
+            FirstBytes::Http(None)
         );
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..100 {
+            many.extend(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend(b"Host: a\r\n\r\n");
+        assert_eq!(classify(&many), FirstBytes::Http(None));
     }
 
     #[test]
@@ -386,9 +515,16 @@ mod tests {
             split.extend((part.len() as u16).to_be_bytes());
             split.extend(part);
         }
+        // What follows the ClientHello (early data) is not part of it.
+        let hello_len = split.len();
+        split.extend([0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
         assert_eq!(
             classify(&split),
-            FirstBytes::Tls(Some("api.github.com".into()))
+            FirstBytes::Tls(Some(ClientHello {
+                sni: Some("api.github.com".into()),
+                encrypted: false,
+                len: hello_len,
+            }))
         );
         assert_eq!(classify(&split[..50]), FirstBytes::Incomplete);
     }

@@ -541,7 +541,9 @@ fn http_request(args: &CheckArgs) -> Result<podwall_l7::Request, String> {
         };
         let name = podwall_l7::http::HeaderName::try_from(name.trim())
             .map_err(|e| format!("--http-header {h:?}: {e}"))?;
-        let value = podwall_l7::http::HeaderValue::try_from(value.trim())
+        // As a request carries it: bytes beyond ASCII are allowed in values (obs-text), and
+        // the admission decides what they mean.
+        let value = podwall_l7::http::HeaderValue::from_bytes(value.trim().as_bytes())
             .map_err(|e| format!("--http-header {h:?}: {e}"))?;
         headers.append(name, value);
     }

@@ -190,6 +190,22 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
                 }
             }
 
+            if direction == Direction::Egress
+                && rule.dns.as_ref().is_some_and(|d| !d.is_empty())
+                && let Some(why) = believes_any_resolver(&rule.peers)
+            {
+                out.push(
+                    finding(Diagnostic::warning(
+                        "dns-rule-believes-any-resolver",
+                        format!(
+                            "the DNS rule's answers teach toFQDNs addresses, and its peers take in any resolver ({why}): an app that runs one there, or reaches one, names the addresses its toFQDNs names get"
+                        ),
+                    ))
+                    .field(format!("{rule_field}.rules.dns"))
+                    .hint("name the resolvers: the cluster DNS pods (toEndpoints), or their /32 addresses"),
+                );
+            }
+
             // Named ingress ports resolve against the selected pods themselves.
             if direction == Direction::Ingress && !selected.is_empty() {
                 let mut unresolved = 0;
@@ -424,6 +440,25 @@ fn partial_isolation(engine: &Engine, direction: Direction, out: &mut Vec<Diagno
             )),
         );
     }
+}
+
+/// Why a DNS rule's peers include resolvers nobody chose (the DNS proxy believes every
+/// resolver a `rules.dns` rule selects), if they do.
+fn believes_any_resolver(peers: &[Peer]) -> Option<String> {
+    if peers.is_empty() {
+        return Some("the rule names no peer: every address".into());
+    }
+    peers.iter().find_map(|peer| match peer {
+        Peer::Entity(e @ (Entity::World | Entity::All | Entity::Cluster)) => {
+            Some(format!("the {e} entity"))
+        }
+        Peer::IpBlock(b) | Peer::ExternalCidr(b)
+            if b.cidr.prefix_len() < b.cidr.max_prefix_len() =>
+        {
+            Some(format!("{}", b.cidr))
+        }
+        _ => None,
+    })
 }
 
 /// Pods isolated for egress that cannot reach DNS on UDP/53: name resolution breaks.
