@@ -288,6 +288,31 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"injected\"} 1"));
     assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"refused\"} 1"));
     assert!(metrics.contains("podwall_control_plaintext_tokens_refused_total 1"));
+    // Prometheus 3 needs the Content-Type of what it is given (OpenMetrics: it ends in # EOF).
+    let (content_type, _) = curl(&[
+        "--cacert",
+        &ca,
+        "-o",
+        "/dev/null",
+        // In the slot where the helper reads the status code.
+        "-w",
+        "\n%{content_type}",
+        &format!("https://localhost:{feed}/metrics"),
+    ]);
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type:?}"
+    );
+    // The kubelet probes the TLS port as the chart says (HTTPS, HTTP/1.1, no verification).
+    for path in ["/ready", "/live"] {
+        let (code, body) = curl(&[
+            "-k",
+            "--http1.1",
+            &format!("https://localhost:{feed}{path}"),
+        ]);
+        assert_eq!(code, "200", "{path}: {body}");
+    }
     let logs = std::fs::read_to_string(&log).expect("log");
     assert!(
         logs.lines()

@@ -195,6 +195,27 @@ fn the_rendered_chart_is_what_the_code_expects() {
     ] {
         assert!(args.contains(&arg), "{arg}: {args:?}");
     }
+    // Each probe speaks what its port serves: the feed port is TLS when --feed-cert is given,
+    // the webhook port always.
+    let feed_tls = args.iter().any(|a| a.starts_with("--feed-cert="));
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        let Some(get) = container[probe].get("httpGet") else {
+            continue;
+        };
+        let port = get["port"].as_str().expect("a named port");
+        let tls = match port {
+            "feed" => feed_tls,
+            "webhook" => true,
+            other => panic!("{probe} on port {other}, which nothing here serves"),
+        };
+        let scheme = get["scheme"].as_str().unwrap_or("HTTP");
+        assert_eq!(
+            scheme,
+            if tls { "HTTPS" } else { "HTTP" },
+            "{probe} on {port}"
+        );
+    }
+    assert!(container["readinessProbe"]["httpGet"].is_object());
     assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
     assert_eq!(hook["rules"][0]["resources"], serde_json::json!(["pods"]));
     assert_eq!(

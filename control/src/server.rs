@@ -224,10 +224,26 @@ impl Body for ControlBody {
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<ControlBody> {
+    typed(status, "text/plain; charset=utf-8", body)
+}
+
+/// A response with its Content-Type (Prometheus 3 refuses a scrape without one).
+fn typed(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<String>,
+) -> Response<ControlBody> {
     let mut r = Response::new(ControlBody::Full(Some(Bytes::from(body.into()))));
     *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
+
+/// What prometheus-client's text encoder writes (OpenMetrics, ending in `# EOF`).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn line(msg: &FeedMessage) -> Bytes {
     let mut v = serde_json::to_vec(msg).unwrap_or_default();
@@ -374,7 +390,7 @@ impl Server {
             "/live" => text(StatusCode::OK, "ok\n"),
             "/ready" if self.store.loaded() => text(StatusCode::OK, "ready\n"),
             "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "no state loaded yet\n"),
-            "/metrics" => text(StatusCode::OK, self.metrics.encode()),
+            "/metrics" => typed(StatusCode::OK, OPENMETRICS, self.metrics.encode()),
             "/v1/feed" => self.feed(req, peer).await,
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
