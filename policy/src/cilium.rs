@@ -281,7 +281,7 @@ pub(crate) struct Findings {
 }
 
 /// serde_ignored's `spec.?.ingress.?.0.x` as the API server spells it: `spec.ingress[0].x`.
-fn field_path(raw: &str) -> String {
+pub(crate) fn field_path(raw: &str) -> String {
     let mut out = String::new();
     for part in raw.split('.').filter(|p| *p != "?") {
         if part.bytes().all(|b| b.is_ascii_digit()) && !out.is_empty() {
@@ -296,22 +296,37 @@ fn field_path(raw: &str) -> String {
     out
 }
 
-/// Reads the object into one policy per spec. Returns the field errors that make the object
-/// invalid (left out, as Cilium would not import it); softer findings go to `findings`.
+/// An object with invalid fields: the errors, and what stands in for it.
+#[derive(Debug)]
+pub(crate) struct Invalid {
+    /// Every field error found.
+    pub errors: FieldErrors,
+    /// One policy per spec whose endpoint selector could be read: it selects the same pods and
+    /// isolates them in each direction the spec has rules for, allowing nothing. Leaving the
+    /// object out instead would open the pods it meant to close.
+    pub isolating: Vec<Policy>,
+}
+
+/// Reads the object into one policy per spec. An object with invalid fields is [`Invalid`];
+/// softer findings go to `findings`.
 pub(crate) fn convert(
     kind: PolicyKind,
     value: Value,
     origin: &Origin,
     findings: &mut Findings,
-) -> Result<Vec<Policy>, FieldErrors> {
+) -> Result<Vec<Policy>, Invalid> {
     let mut ignored = Vec::new();
     let obj: CiliumObject = {
         let mut record = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
         let de = serde_ignored::Deserializer::new(value, &mut record);
         serde_path_to_error::deserialize(de).map_err(|e| {
-            let mut errs = FieldErrors::default();
-            errs.invalid(e.path().to_string(), "", &e.inner().to_string());
-            errs
+            let mut errors = FieldErrors::default();
+            errors.invalid(e.path().to_string(), "", &e.inner().to_string());
+            // The object could not be read at all: nothing to select pods with.
+            Invalid {
+                errors,
+                isolating: Vec::new(),
+            }
         })?
     };
     for path in ignored {
@@ -351,7 +366,9 @@ pub(crate) fn convert(
     };
     let several = specs.len() > 1;
     let mut policies = Vec::new();
+    let mut isolating = Vec::new();
     for (path, spec) in specs {
+        let before = errs.0.len();
         let mut policy = spec_policy(spec, &path, &namespace, &mut errs, findings);
         policy.name = PolicyName {
             kind,
@@ -363,12 +380,36 @@ pub(crate) fn convert(
             },
         };
         policy.origin = origin.clone();
+        let selector_field = format!("{path}.endpointSelector");
+        let selector_read = spec.endpoint_selector.is_some()
+            && !errs.0[before..]
+                .iter()
+                .any(|e| e.field.starts_with(&selector_field));
+        if selector_read {
+            isolating.push(isolating_only(&policy, spec));
+        }
         policies.push(policy);
     }
     if errs.is_empty() {
         Ok(policies)
     } else {
-        Err(errs)
+        Err(Invalid {
+            errors: errs,
+            isolating,
+        })
+    }
+}
+
+/// `policy` reduced to isolation: the same pods, each direction the spec has rules for
+/// isolated, nothing allowed.
+fn isolating_only(policy: &Policy, spec: &Spec) -> Policy {
+    let ingress = spec.ingress.is_some() || spec.ingress_deny.is_some();
+    let egress = spec.egress.is_some() || spec.egress_deny.is_some();
+    Policy {
+        ingress: ingress.then(Vec::new),
+        egress: egress.then(Vec::new),
+        default_deny: DefaultDeny { ingress, egress },
+        ..policy.clone()
     }
 }
 

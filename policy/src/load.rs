@@ -125,7 +125,25 @@ impl Loader {
                 .at(&origin)
                 .object(object_name(&kind, &value)),
             ),
-            _ => *self.report.skipped_kinds.entry(kind).or_default() += 1,
+            _ => match KINDS_READ
+                .iter()
+                .find(|known| known.eq_ignore_ascii_case(&kind) && **known != kind)
+            {
+                // A kind podwall reads, mis-cased: the API server knows no such kind either.
+                Some(known) => self.report.diagnostics.push(
+                    Diagnostic::error(
+                        "unknown-kind",
+                        format!(
+                            "kind {kind:?} is not a kind (did you mean {known:?}? podwall reads {})",
+                            KINDS_READ.join(", ")
+                        ),
+                    )
+                    .at(&origin)
+                    .object(object_name(&kind, &value))
+                    .field("kind"),
+                ),
+                None => *self.report.skipped_kinds.entry(kind).or_default() += 1,
+            },
         }
     }
 
@@ -303,9 +321,55 @@ impl Loader {
             );
             return;
         }
-        let Some(np) = self.typed::<net::NetworkPolicy>(&origin, "NetworkPolicy", value) else {
-            return;
+        // kubectl apply validates fields strictly: an unknown one (`ingres:`) is refused, not
+        // dropped, which would turn the rules it meant into none.
+        let object = object_name("NetworkPolicy", &value);
+        let mut unknown = Vec::new();
+        let mut record = |path: serde_ignored::Path<'_>| {
+            unknown.push(crate::cilium::field_path(&path.to_string()));
         };
+        let strict = serde_ignored::Deserializer::new(value, &mut record);
+        let np = match serde_path_to_error::deserialize::<_, net::NetworkPolicy>(strict) {
+            Ok(np) => np,
+            Err(e) => {
+                self.report.diagnostics.push(
+                    Diagnostic::error(
+                        "invalid-object",
+                        format!("{}; the object is left out", e.inner()),
+                    )
+                    .at(&origin)
+                    .object(object)
+                    .field(e.path().to_string()),
+                );
+                return;
+            }
+        };
+        // From text (what an operator would apply): refused. From a store the API server fed
+        // (line 0), an unknown field is one of an API newer than podwall's: kept, with a
+        // warning, since leaving the policy out would open what it isolates.
+        let from_text = origin.line > 0;
+        for field in &unknown {
+            let name = field.rsplit('.').next().unwrap_or(field);
+            let d = if from_text {
+                Diagnostic::error(
+                    "unknown-field",
+                    format!(
+                        "unknown field {name:?} (the API server refuses it under kubectl's strict field validation); the policy is left out"
+                    ),
+                )
+            } else {
+                Diagnostic::warning(
+                    "unknown-field",
+                    format!("unknown field {name:?}, ignored (an API newer than podwall's?)"),
+                )
+            };
+            self.report
+                .diagnostics
+                .push(d.at(&origin).object(&object).field(field.clone()));
+        }
+        if from_text && !unknown.is_empty() {
+            return;
+        }
         let namespace = np
             .metadata
             .namespace
@@ -340,27 +404,28 @@ impl Loader {
     fn add_cilium_policy(&mut self, origin: Origin, kind: PolicyKind, value: Value) {
         let object = object_name(&kind.to_string(), &value);
         let mut findings = crate::cilium::Findings::default();
-        match crate::cilium::convert(kind, value, &origin, &mut findings) {
-            Ok(policies) => {
-                for policy in policies {
-                    let object = policy.name.to_string();
-                    if let Some(earlier) = self.policies.insert(policy.name.clone(), policy) {
-                        self.duplicate(&origin, &object, &earlier.origin);
-                    }
-                }
-            }
-            Err(errs) => {
-                for e in errs.0 {
-                    self.report.diagnostics.push(
-                        Diagnostic::error(
-                            "invalid-policy",
-                            format!("{}; the policy is left out", e.message),
-                        )
-                        .at(&origin)
-                        .object(&object)
-                        .field(e.field),
-                    );
-                }
+        let (policies, errors) = match crate::cilium::convert(kind, value, &origin, &mut findings) {
+            Ok(policies) => (policies, Vec::new()),
+            Err(invalid) => (invalid.isolating, invalid.errors.0),
+        };
+        let isolates = !policies.is_empty();
+        for e in errors {
+            let consequence = if isolates {
+                "the policy allows nothing until it is fixed: the pods it selects stay isolated in the directions it has rules for"
+            } else {
+                "the policy is left out (no pods could be selected from it)"
+            };
+            self.report.diagnostics.push(
+                Diagnostic::error("invalid-policy", format!("{}; {consequence}", e.message))
+                    .at(&origin)
+                    .object(&object)
+                    .field(e.field),
+            );
+        }
+        for policy in policies {
+            let object = policy.name.to_string();
+            if let Some(earlier) = self.policies.insert(policy.name.clone(), policy) {
+                self.duplicate(&origin, &object, &earlier.origin);
             }
         }
         for (field, message) in findings.errors {
@@ -572,6 +637,17 @@ pub fn documents(source: &str, text: &str) -> Result<Vec<(Origin, Value)>, Error
     }
     Ok(parsed)
 }
+
+/// The kinds read from cluster state and policy files.
+const KINDS_READ: &[&str] = &[
+    "Namespace",
+    "Pod",
+    "Service",
+    "EndpointSlice",
+    "NetworkPolicy",
+    "CiliumNetworkPolicy",
+    "PodwallPolicy",
+];
 
 /// Every object of a text, `kind: List` and `*List` objects expanded into their items.
 pub fn objects(source: &str, text: &str) -> Result<Vec<(Origin, Value)>, Error> {

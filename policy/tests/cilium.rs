@@ -312,13 +312,37 @@ fn http_rules_on_an_any_protocol_port_leave_udp_at_l4() {
 }
 
 #[test]
-fn invalid_values_leave_the_policy_out_with_the_field_named() {
+fn invalid_values_isolate_the_selected_pods_with_the_field_named() {
     let (e, d) = engine(&cnp(
         "bad",
         "production",
         "endpointSelector: {matchLabels: {app: api}}\ningress:\n- fromCIDR: [not-a-cidr]\n  toPorts:\n  - ports: [{port: '8080', protocol: ICMP}]\n    rules: {http: [{path: '/api/(v1'}]}",
     ));
-    assert!(e.state().policies.is_empty());
+    // Left out, the policy would leave the API open to everyone; it stands for isolation of
+    // the pods it selects, in the direction it has rules for, and allows nothing.
+    assert_eq!(e.state().policies.len(), 1);
+    let v = verdict(
+        &e,
+        "production/frontend",
+        "production/api",
+        Protocol::Tcp,
+        8080,
+    );
+    assert!(!v.allowed(), "{v:?}");
+    let out = verdict(
+        &e,
+        "production/api",
+        "production/frontend",
+        Protocol::Tcp,
+        8080,
+    );
+    assert!(out.allowed(), "egress is not isolated: {out:?}");
+    assert!(
+        d.iter()
+            .filter(|d| d.code == "invalid-policy")
+            .all(|d| d.message.contains("allows nothing until it is fixed")),
+        "{d:#?}"
+    );
     let fields: Vec<&str> = d.iter().filter_map(|d| d.field.as_deref()).collect();
     assert!(fields.contains(&"spec.ingress[0].fromCIDR[0]"), "{d:#?}");
     assert!(

@@ -201,7 +201,7 @@ fn mixing_fqdn_and_other_peers_in_one_rule_allows_nothing() {
 }
 
 #[test]
-fn malformed_selectors_leave_the_policy_out_with_the_field_named() {
+fn malformed_selectors_isolate_the_pods_with_the_field_named() {
     for (spec, field) in [
         (
             "- toFQDNs: [{matchName: 'api github.com'}]",
@@ -225,7 +225,15 @@ fn malformed_selectors_leave_the_policy_out_with_the_field_named() {
             "bad",
             &format!("endpointSelector: {{matchLabels: {{app: api}}}}\negress:\n{spec}"),
         ));
-        assert!(e.state().policies.is_empty(), "{spec}");
+        // The policy stands for egress isolation of its pods, allowing nothing.
+        let policies: Vec<_> = e.state().policies.iter().collect();
+        assert_eq!(policies.len(), 1, "{spec}");
+        assert_eq!(
+            policies[0].egress.as_deref().map(<[_]>::len),
+            Some(0),
+            "{spec}"
+        );
+        assert!(policies[0].ingress.is_none(), "{spec}");
         assert!(
             d.iter().any(|d| d.field.as_deref() == Some(field)),
             "{spec}: {d:#?}"

@@ -99,6 +99,60 @@ fn other_kinds_are_skipped_and_counted_never_an_error() {
 }
 
 #[test]
+fn a_mis_cased_kind_podwall_reads_is_an_error_naming_the_kinds() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: Networkpolicy\nmetadata: {name: deny, namespace: a}\nspec: {podSelector: {}}\n";
+    let (state, report) = load(&[text]);
+    assert!(state.policies.is_empty());
+    assert!(
+        report.skipped_kinds.is_empty(),
+        "{:?}",
+        report.skipped_kinds
+    );
+    let e = &report.diagnostics[0];
+    assert!(report.has_errors());
+    assert_eq!(e.code, "unknown-kind");
+    assert_eq!(e.field.as_deref(), Some("kind"));
+    assert!(
+        e.message.contains("\"NetworkPolicy\"") && e.message.contains("PodwallPolicy"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unknown_networkpolicy_field_in_a_file_is_refused_as_kubectl_would() {
+    // `ingres` for `ingress`: read leniently, the policy would isolate with no rule (deny all).
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: a}\nspec:\n  podSelector: {}\n  ingres:\n  - from: [{podSelector: {}}]\n";
+    let (state, report) = load(&[text]);
+    assert!(
+        state.policies.is_empty(),
+        "left out, as the API server refuses it"
+    );
+    let e = &report.diagnostics[0];
+    assert_eq!(e.code, "unknown-field");
+    assert_eq!(e.field.as_deref(), Some("spec.ingres"));
+    assert!(report.has_errors());
+    // From a store the API server fed (no line), a field of a newer API is a warning.
+    let mut loader = Loader::new();
+    let value: serde_json::Value = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "web", "namespace": "a"},
+        "spec": {"podSelector": {}, "futureField": true}
+    });
+    loader.add_object(
+        podwall_policy::Origin {
+            source: "store".into(),
+            line: 0,
+            item: None,
+        },
+        value,
+    );
+    let (state, report) = loader.finish();
+    assert_eq!(state.policies.len(), 1);
+    assert!(!report.has_errors(), "{:#?}", report.diagnostics);
+    assert_eq!(report.diagnostics[0].code, "unknown-field");
+}
+
+#[test]
 fn every_namespace_carries_its_name_label_even_when_only_referenced() {
     let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {env: prod}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: other}\n";
     let (state, _) = load(&[text]);

@@ -31,7 +31,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "kube|dir:PATH")]
     source: String,
     /// Where sidecars connect.
-    #[arg(long, default_value = "0.0.0.0:15010")]
+    #[arg(long, default_value = "0.0.0.0:15010", value_parser = super::listen_addr)]
     listen: SocketAddr,
     /// Tokens sidecars present: one `TOKEN NAMESPACE/POD` per line.
     #[arg(
@@ -52,7 +52,7 @@ pub(crate) struct RunArgs {
     insecure_trust_claimed_pod: bool,
     /// Serve the sidecar-injection webhook (HTTPS, `POST /inject`) here; needs --webhook-cert
     /// and --webhook-key.
-    #[arg(long, requires_all = ["webhook_cert", "webhook_key"])]
+    #[arg(long, requires_all = ["webhook_cert", "webhook_key"], value_parser = super::listen_addr)]
     webhook_listen: Option<SocketAddr>,
     /// The webhook's certificate chain (PEM); re-read when the file changes (rotation).
     #[arg(long, value_name = "FILE")]
