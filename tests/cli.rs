@@ -348,6 +348,33 @@ fn bad_usage_exits_2_with_a_clear_message() {
 }
 
 #[test]
+fn a_dns_query_check_states_one_verdict_and_exits_by_it() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/allow-github-api");
+    let ask = |name: &str| {
+        podwall(&[
+            "analyze",
+            "check",
+            "-f",
+            dir,
+            "--from",
+            "production/ci-runner",
+            "--dns-query",
+            name,
+        ])
+    };
+    // Allowed for a toFQDNs name though no rule allows the resolver: no DENIED beside it.
+    let (code, out, err) = ask("api.github.com");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ALLOWED"), "{out}");
+    assert!(!out.contains("DENIED"), "{out}");
+    // Refused: the verdict, then why the resolver is out of reach.
+    let (code, out, _) = ask("example.com");
+    assert_eq!(code, 1);
+    assert!(out.contains(": REFUSED"), "{out}");
+    assert!(out.contains("no egress rule"), "{out}");
+}
+
+#[test]
 fn help_explains_the_contracts() {
     let (code, out, _) = podwall(&["analyze", "matrix", "--help"]);
     assert_eq!(code, 0);

@@ -504,7 +504,11 @@ fn dns_check(args: CheckArgs, state: ClusterState, name: &str) -> Result<ExitCod
                 if v.allowed { "ALLOWED" } else { "REFUSED" }
             );
             println!("  {detail}");
-            if !v.connection.allowed() {
+            // Why the resolver cannot be reached, when that is why the query is refused. (A
+            // query podwall lets through for a toFQDNs name is allowed, whatever the L4 rules
+            // alone would say: printing their DENIED would contradict the verdict.)
+            if !v.allowed && !v.connection.allowed() {
+                println!();
                 print!("{}", engine.explain(&v.connection));
             }
         }
