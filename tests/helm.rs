@@ -287,6 +287,11 @@ fn the_rendered_chart_is_what_the_code_expects() {
         format!("{service_name}.{ns}.svc:{}", feed["port"])
     );
     assert_eq!(inject.proxy_uid, 1337);
+    // `podwall inject` without --config injects what the chart's webhook does, installed as
+    // the docs say.
+    let offline = podwall_control::inject::InjectConfig::default();
+    assert_eq!(offline.control_plane, inject.control_plane);
+    assert_eq!(offline.image, inject.image);
 
     // Hardening promised by the chart.
     let pod = &deployment["spec"]["template"]["spec"];

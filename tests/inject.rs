@@ -6,6 +6,8 @@ use support::podwall;
 mod support;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/inject");
+/// A CA certificate (its key was thrown away): what the chart's Secret holds.
+const CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/inject/ca.crt");
 
 fn docs(yaml: &str) -> Vec<Value> {
     podwall_policy::documents("out", yaml)
@@ -39,7 +41,7 @@ fn container_names(spec: &Value, list: &str) -> Vec<String> {
 #[test]
 fn every_workload_kind_gets_the_sidecar_and_the_output_is_stable_under_reinjection() {
     let file = format!("{FIXTURES}/workloads.yaml");
-    let (code, out, err) = podwall(&["inject", "-f", &file], None);
+    let (code, out, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", &file], None);
     assert_eq!(code, 0, "{err}");
     let out_docs = docs(&out);
     let in_docs = docs(&std::fs::read_to_string(&file).expect("fixture"));
@@ -93,7 +95,7 @@ fn every_workload_kind_gets_the_sidecar_and_the_output_is_stable_under_reinjecti
         ]
     );
     // Injecting the output again changes nothing.
-    let (code, again, err) = podwall(&["inject", "-f", "-"], Some(&out));
+    let (code, again, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", "-"], Some(&out));
     assert_eq!(code, 0, "{err}");
     assert_eq!(docs(&again), out_docs);
 }
@@ -101,7 +103,7 @@ fn every_workload_kind_gets_the_sidecar_and_the_output_is_stable_under_reinjecti
 #[test]
 fn a_workload_that_would_defeat_enforcement_fails_the_whole_run_with_the_reason() {
     let file = format!("{FIXTURES}/refused.yaml");
-    let (code, out, err) = podwall(&["inject", "-f", &file], None);
+    let (code, out, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", &file], None);
     assert_eq!(code, 1);
     assert!(out.is_empty(), "nothing half-applied: {out}");
     assert!(
@@ -116,6 +118,8 @@ fn without_native_sidecars_the_proxy_joins_the_containers_with_the_configured_im
     let (code, out, err) = podwall(
         &[
             "inject",
+            "--control-plane-ca",
+            CA,
             "-f",
             &file,
             "--no-native-sidecar",
@@ -146,4 +150,63 @@ fn without_native_sidecars_the_proxy_joins_the_containers_with_the_configured_im
                 "--policy-source=control:podwall.example:15010"
             ))
     );
+}
+
+#[test]
+fn without_the_feeds_ca_nothing_is_injected_and_the_error_says_where_to_get_it() {
+    let file = format!("{FIXTURES}/workloads.yaml");
+    let (code, out, err) = podwall(&["inject", "-f", &file], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("--control-plane-ca"), "{err}");
+    assert!(err.contains("podwall-webhook-tls"), "{err}");
+    // The CA reaches the sidecar.
+    let (code, out, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", &file], None);
+    assert_eq!(code, 0, "{err}");
+    let ca = std::fs::read_to_string(CA).expect("ca");
+    let web = docs(&out)
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "web" && d["kind"] == "Deployment")
+        .expect("web");
+    let sidecar = &template(&web)["spec"]["initContainers"][1];
+    assert!(
+        sidecar["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "PODWALL_CONTROL_CA" && e["value"] == ca.as_str()),
+        "{sidecar}"
+    );
+    assert_eq!(
+        template(&web)["metadata"]["annotations"]["podwall.io/inject"],
+        "enabled"
+    );
+}
+
+#[test]
+fn a_pod_spec_of_the_wrong_shape_is_refused_and_jobs_without_native_sidecars_are_warned_about() {
+    let bad = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: nginx\n";
+    let (code, out, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", "-"], Some(bad));
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("spec.containers must be a list"), "{err}");
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: once}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: app, image: busybox}]\n";
+    let (code, _, err) = podwall(
+        &[
+            "inject",
+            "--control-plane-ca",
+            CA,
+            "--no-native-sidecar",
+            "-f",
+            "-",
+        ],
+        Some(job),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("Job once: with --no-native-sidecar its pods never complete"),
+        "{err}"
+    );
+    let (_, _, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", "-"], Some(job));
+    assert!(!err.contains("never complete"), "{err}");
 }

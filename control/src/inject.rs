@@ -96,7 +96,8 @@ impl Default for InjectConfig {
         InjectConfig {
             image: "ghcr.io/podwall/podwall:0.1.0".into(),
             image_pull_policy: "IfNotPresent".into(),
-            control_plane: "podwall-control.podwall-system.svc:15010".into(),
+            // The chart's Service, installed as the docs do (release podwall, podwall-system).
+            control_plane: "podwall.podwall-system.svc:15010".into(),
             proxy_uid: 1337,
             admin_port: 15020,
             native_sidecar: None,
@@ -190,6 +191,50 @@ pub enum InjectError {
     /// The object is not a pod template podwall knows how to find.
     #[error("{0}")]
     NotAWorkload(String),
+    /// A pod spec field of the wrong shape (the API server would refuse the pod).
+    #[error("{field} must be {expected}")]
+    Malformed {
+        /// Where (`spec.containers`).
+        field: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+}
+
+/// The shape injection relies on, as the API server checks it: an object spec whose
+/// `containers` is a non-empty list of named containers, and whose other lists are lists.
+fn check_shape(metadata: &Value, spec: &Value) -> Result<(), InjectError> {
+    let malformed = |field: &str, expected| {
+        Err(InjectError::Malformed {
+            field: field.into(),
+            expected,
+        })
+    };
+    if !metadata.is_object() && !metadata.is_null() {
+        return malformed("metadata", "an object");
+    }
+    if !spec.is_object() {
+        return malformed("spec", "an object");
+    }
+    match spec.get("containers") {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            for (i, c) in list.iter().enumerate() {
+                if !c.get("name").is_some_and(Value::is_string) {
+                    return malformed(&format!("spec.containers[{i}]"), "a container with a name");
+                }
+            }
+        }
+        _ => return malformed("spec.containers", "a list of at least one container"),
+    }
+    for list in ["initContainers", "ephemeralContainers", "volumes"] {
+        if spec
+            .get(list)
+            .is_some_and(|v| !v.is_array() && !v.is_null())
+        {
+            return malformed(&format!("spec.{list}"), "a list");
+        }
+    }
+    Ok(())
 }
 
 /// What injection did to one pod template.
@@ -758,6 +803,7 @@ pub fn inject_template(
     spec: &mut Value,
     cfg: &InjectConfig,
 ) -> Result<Outcome, InjectError> {
+    check_shape(metadata, spec)?;
     let allow_net_raw = allows_net_raw(metadata);
     let genuine = genuine_injection(metadata, spec, cfg)?;
     if spec["hostNetwork"].as_bool() == Some(true) {
@@ -925,7 +971,7 @@ mod tests {
                 .any(|a| a.as_str().is_some_and(|a| a.starts_with("--proxy-gid")))
         );
         assert!(sidecar["args"].as_array().expect("args").contains(&json!(
-            "--policy-source=control:podwall-control.podwall-system.svc:15010"
+            "--policy-source=control:podwall.podwall-system.svc:15010"
         )));
         assert_eq!(
             sidecar["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
@@ -977,6 +1023,29 @@ mod tests {
         assert_eq!(p["spec"]["containers"][1]["name"], SIDECAR);
         assert!(p["spec"]["containers"][1].get("restartPolicy").is_none());
         assert_eq!(p["spec"]["initContainers"][0]["name"], INIT);
+    }
+
+    #[test]
+    fn a_pod_spec_of_the_wrong_shape_is_refused_naming_the_field() {
+        for (spec, field) in [
+            (json!({"containers": "nginx"}), "spec.containers"),
+            (json!({"containers": []}), "spec.containers"),
+            (
+                json!({"containers": [{"image": "nginx"}]}),
+                "spec.containers[0]",
+            ),
+            (
+                json!({"containers": [{"name": "app"}], "initContainers": "x"}),
+                "spec.initContainers",
+            ),
+        ] {
+            let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web", "namespace": "prod"}, "spec": spec});
+            match inject_object(&mut p, &InjectConfig::default()) {
+                Err(InjectError::Malformed { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 
     #[test]

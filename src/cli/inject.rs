@@ -1,5 +1,6 @@
 //! `podwall inject`: the webhook's injection, offline, for `podwall inject -f d.yaml | kubectl
-//! apply -f -`.
+//! apply -f -`. The same injection needs the same settings: the chart's injection config and
+//! the feed's CA, read from the cluster (see `--help`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,17 +16,26 @@ pub(crate) struct InjectArgs {
     /// says `podwall.io/inject: disabled`; other objects pass through unchanged.
     #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// Injection settings (YAML, the webhook's `--inject-config`): image, controlPlane,
-    /// proxyUid, nativeSidecar, audit, exclusions, resources, logFormat.
+    /// Injection settings (YAML, the webhook's `--inject-config`; the chart's is the
+    /// `podwall-inject` ConfigMap): image, imagePullPolicy, controlPlane, controlPlaneCa (PEM),
+    /// proxyUid, adminPort, nativeSidecar, reservePorts, audit, packetFilter,
+    /// allowUnnamedFqdnConnections, excludeOutboundCidrs, excludeOutboundPorts,
+    /// excludeInboundPorts, resources, logFormat, tokenAudience, tokenExpirationSeconds.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The CA (PEM) that signed the control plane's feed certificate (overrides
+    /// controlPlaneCa); with the chart: the `ca.crt` of the `podwall-webhook-tls` Secret.
+    /// Sidecars refuse to send their token without it, so injection refuses to run without it.
+    #[arg(long, value_name = "FILE")]
+    control_plane_ca: Option<PathBuf>,
     /// The podwall image (overrides the config).
     #[arg(long)]
     image: Option<String>,
     /// Where sidecars reach the control plane, HOST:PORT (overrides the config).
     #[arg(long)]
     control_plane: Option<String>,
-    /// Inject the sidecar as a regular container (clusters older than Kubernetes 1.29).
+    /// Inject the sidecar as a regular container (clusters older than Kubernetes 1.29). A Job's
+    /// pods then never complete (the sidecar keeps running): a warning names them.
     #[arg(long)]
     no_native_sidecar: bool,
     /// Inject in audit mode: would-be denials pass, logged as AUDIT.
@@ -60,6 +70,36 @@ pub(crate) fn run(args: InjectArgs) -> ExitCode {
         cfg.native_sidecar = Some(false);
     }
     cfg.audit |= args.audit;
+    if let Some(path) = &args.control_plane_ca {
+        match std::fs::read_to_string(path) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {
+                cfg.control_plane_ca = Some(pem);
+            }
+            Ok(_) => {
+                eprintln!(
+                    "podwall: --control-plane-ca {}: no PEM certificate in it",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("podwall: --control-plane-ca {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if cfg.control_plane_ca.is_none() {
+        // The sidecar would exit at start rather than send its token in clear.
+        eprintln!(
+            "podwall: no CA for the control plane's feed: the sidecars would refuse to start. Pass \
+             --control-plane-ca FILE (with the chart: kubectl -n podwall-system get secret \
+             podwall-webhook-tls -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > podwall-ca.crt) \
+             or controlPlaneCa in --config"
+        );
+        return ExitCode::from(2);
+    }
+    let never_ending =
+        |kind: &str| matches!(kind, "Job" | "CronJob") && cfg.native_sidecar == Some(false);
     let files = match podwall_control::source::read_paths(&args.files) {
         Ok(f) => f,
         Err(e) => {
@@ -87,7 +127,16 @@ pub(crate) fn run(args: InjectArgs) -> ExitCode {
                 doc["metadata"]["name"].as_str().unwrap_or("?")
             );
             match inject_object(&mut doc, &cfg) {
-                Ok(Outcome::Injected) => eprintln!("{origin}: {what}: sidecar injected"),
+                Ok(Outcome::Injected) => {
+                    eprintln!("{origin}: {what}: sidecar injected");
+                    if never_ending(doc["kind"].as_str().unwrap_or_default()) {
+                        eprintln!(
+                            "{origin}: warning: {what}: with --no-native-sidecar its pods never \
+                             complete (the sidecar container keeps running after the job's); use \
+                             native sidecars (Kubernetes 1.29+) for Jobs and CronJobs"
+                        );
+                    }
+                }
                 Ok(Outcome::AlreadyInjected) => {
                     eprintln!("{origin}: {what}: already injected, unchanged")
                 }
