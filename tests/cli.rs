@@ -258,6 +258,46 @@ fn lint_reports_invalid_policies_and_the_rest_is_still_analyzed() {
 }
 
 #[test]
+fn lint_points_at_the_line_of_the_field_not_of_the_object() {
+    // Line 7 misspells ingress (a load error); line 15's selector matches no pod (a lint
+    // warning about a policy that loaded).
+    let yaml = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: typo, namespace: x}
+spec:
+  podSelector: {}
+  ingres: []
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: x}
+spec:
+  podSelector:
+    matchLabels: {app: api}
+  policyTypes: [Ingress]
+";
+    let (code, out, _) = podwall_stdin(&["analyze", "lint", "-f", "-", "-o", "json"], Some(yaml));
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let line_of = |field: &str| {
+        v["diagnostics"]
+            .as_array()
+            .expect("diagnostics")
+            .iter()
+            .find(|d| d["field"] == field)
+            .map(|d| d["origin"]["line"].clone())
+            .unwrap_or_else(|| panic!("no finding about {field}: {out}"))
+    };
+    assert_eq!(line_of("spec.ingres"), 10, "{out}");
+    assert_eq!(line_of("spec.podSelector"), 16, "{out}");
+}
+
+#[test]
 fn unreadable_input_exits_2_naming_it() {
     let (code, _, err) = podwall(&[
         "analyze",

@@ -54,6 +54,54 @@ pub enum Decision {
 pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), ReviewError> {
     let review: Value =
         serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    review_value(&review, cfg)
+}
+
+/// Which pod a review is about, for the log: `namespace/name` (a CREATE through a controller
+/// has only `generateName`, shown as `prefix*`), the operation and who asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// `namespace/name`, or `namespace/generateName*`.
+    pub pod: String,
+    /// CREATE, UPDATE, or UPDATE of a sub-resource (`UPDATE pods/ephemeralcontainers`).
+    pub operation: String,
+    /// The user the API server names (a ReplicaSet's pods: its controller's service account).
+    pub user: String,
+}
+
+/// The subject of a parsed AdmissionReview; what is absent stays empty.
+pub fn subject(review: &Value) -> Subject {
+    let request = &review["request"];
+    let meta = &request["object"]["metadata"];
+    let namespace = request["namespace"]
+        .as_str()
+        .or_else(|| meta["namespace"].as_str())
+        .unwrap_or_default();
+    let name = match (
+        meta["name"].as_str().or_else(|| request["name"].as_str()),
+        meta["generateName"].as_str(),
+    ) {
+        (Some(name), _) if !name.is_empty() => name.to_string(),
+        (_, Some(prefix)) => format!("{prefix}*"),
+        _ => String::new(),
+    };
+    let operation = request["operation"].as_str().unwrap_or_default();
+    let operation = match request["subResource"].as_str() {
+        Some(sub) if !sub.is_empty() => format!("{operation} pods/{sub}"),
+        _ => operation.to_string(),
+    };
+    Subject {
+        pod: format!("{namespace}/{name}"),
+        operation,
+        user: request["userInfo"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// [`review`] of an AdmissionReview already parsed.
+pub fn review_value(review: &Value, cfg: &InjectConfig) -> Result<(Value, Decision), ReviewError> {
     let request = review
         .get("request")
         .ok_or_else(|| ReviewError::Malformed("no request".into()))?;
@@ -260,6 +308,35 @@ mod tests {
         })
         .to_string()
         .into_bytes()
+    }
+
+    #[test]
+    fn a_review_names_the_pod_the_operation_and_who_asked_for_the_log() {
+        let from_controller =
+            json!({"metadata": {"generateName": "web-7d9c-", "namespace": "prod"}});
+        let parsed: Value =
+            serde_json::from_slice(&admission_review(from_controller)).expect("json");
+        assert_eq!(
+            subject(&parsed),
+            Subject {
+                pod: "prod/web-7d9c-*".into(),
+                operation: "CREATE".into(),
+                user: "system:serviceaccount:kube-system:replicaset-controller".into(),
+            }
+        );
+        let mut debug = parsed.clone();
+        debug["request"]["operation"] = json!("UPDATE");
+        debug["request"]["subResource"] = json!("ephemeralcontainers");
+        debug["request"]["name"] = json!("web-7d9c-x2p4q");
+        debug["request"]["userInfo"]["username"] = json!("alice@example.com");
+        assert_eq!(
+            subject(&debug),
+            Subject {
+                pod: "prod/web-7d9c-x2p4q".into(),
+                operation: "UPDATE pods/ephemeralcontainers".into(),
+                user: "alice@example.com".into(),
+            }
+        );
     }
 
     fn pod(annotations: Value, spec: Value) -> Value {

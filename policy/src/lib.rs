@@ -23,6 +23,7 @@ mod error;
 mod explain;
 pub mod feed;
 mod load;
+pub mod locate;
 mod model;
 mod names;
 mod netpol;

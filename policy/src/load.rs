@@ -45,9 +45,11 @@ impl Loader {
     /// Reads every document of a YAML (or JSON) text. Fails only when the text is not YAML at
     /// all; objects in it that are invalid become diagnostics.
     pub fn add_yaml(&mut self, source: &str, text: &str) -> Result<(), Error> {
+        let before = self.report.diagnostics.len();
         for (origin, value) in documents(source, text)? {
             self.add_object(origin, value);
         }
+        crate::locate::point_at_fields(&mut self.report.diagnostics[before..], source, text);
         Ok(())
     }
 
@@ -681,10 +683,16 @@ fn expand(origin: Origin, value: Value, out: &mut Vec<(Origin, Value)>) {
 }
 
 /// One YAML document of a multi-document text.
-struct Document {
+pub(crate) struct DocumentText {
     /// The 1-based line of the text where it starts.
-    line: usize,
-    text: String,
+    pub(crate) line: usize,
+    /// Its text, lines counted from `line`.
+    pub(crate) text: String,
+}
+
+/// The documents of a text with the lines they start at, as [`documents`] counts them.
+pub(crate) fn document_texts(text: &str) -> Vec<DocumentText> {
+    split_documents(text)
 }
 
 /// Splits a text at its `---` document markers, keeping each document's first line number.
@@ -692,9 +700,9 @@ struct Document {
 /// YAML forbids `---` and `...` at the start of a line inside any scalar, so a line-based split
 /// is exact; unlike the parser's own multi-document mode it keeps empty documents in the count
 /// and tells where each starts. Content after `--- ` on the marker line stays in its document.
-fn split_documents(text: &str) -> Vec<Document> {
+fn split_documents(text: &str) -> Vec<DocumentText> {
     let mut docs = Vec::new();
-    let mut current = Document {
+    let mut current = DocumentText {
         line: 1,
         text: String::new(),
     };
@@ -707,7 +715,7 @@ fn split_documents(text: &str) -> Vec<Document> {
         if is_marker(line, "---") {
             docs.push(std::mem::replace(
                 &mut current,
-                Document {
+                DocumentText {
                     line: i + 1,
                     text: String::new(),
                 },

@@ -112,7 +112,8 @@ impl FromStr for Protocol {
 pub struct Origin {
     /// A file path, or another name for the source (`api-server`, `<stdin>`).
     pub source: String,
-    /// The 1-based line where the object's YAML document starts (0: not from text).
+    /// The 1-based line where the object's YAML document starts (0: not from text); in a
+    /// finding that names a field, the line of that field (see [`crate::locate`]).
     pub line: usize,
     /// The 0-based item when the document is a `kind: List`.
     pub item: Option<usize>,

@@ -306,11 +306,11 @@ fn an_old_api_version_is_reported_not_guessed() {
 }
 
 #[test]
-fn messages_name_file_object_and_field() {
+fn messages_name_file_object_and_the_field_with_its_line() {
     let errs = errors("ingress:\n- ports: [{port: 80, endPort: 79}]");
     assert_eq!(
         errs[0].to_string(),
-        "error[invalid-policy]: test-0.yaml:1: NetworkPolicy production/bad: spec.ingress[0].ports[0].endPort: Invalid value: 79: must be greater than or equal to `port`; the policy is left out"
+        "error[invalid-policy]: test-0.yaml:6: NetworkPolicy production/bad: spec.ingress[0].ports[0].endPort: Invalid value: 79: must be greater than or equal to `port`; the policy is left out"
     );
 }
 

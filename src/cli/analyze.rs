@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use podwall_control::source::load_paths;
+use podwall_control::source::{load_paths, read_paths};
+use podwall_policy::Loader;
 use podwall_policy::analyze::lint::lint;
 use podwall_policy::analyze::matrix::Matrix;
+use podwall_policy::locate::point_at_fields;
 use podwall_policy::{
     ClusterState, Diagnostic, Endpoint, Engine, LoadReport, Protocol, Query, Severity,
 };
@@ -560,10 +562,23 @@ fn http_request(args: &CheckArgs) -> Result<podwall_l7::Request, String> {
 }
 
 fn lint_cmd(args: LintArgs) -> Result<ExitCode, String> {
-    let (state, report) = load(&args.input)?;
+    // Read once and keep the texts: findings about policies point at their fields' lines, and
+    // standard input cannot be read twice.
+    let files = read_paths(&args.input.paths).map_err(|e| e.to_string())?;
+    let mut loader = Loader::new();
+    for file in &files {
+        loader
+            .add_yaml(&file.name, &file.text)
+            .map_err(|e| e.to_string())?;
+    }
+    let (state, report) = loader.finish();
     let engine = Engine::compile(state);
     let mut findings: Vec<Diagnostic> = report.diagnostics;
-    findings.extend(lint(&engine));
+    let mut about_policies = lint(&engine);
+    for file in &files {
+        point_at_fields(&mut about_policies, &file.name, &file.text);
+    }
+    findings.extend(about_policies);
     let errors = findings
         .iter()
         .filter(|d| d.severity == Severity::Error)

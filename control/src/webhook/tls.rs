@@ -20,7 +20,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
-use super::{Decision, INJECT_PATH, review};
+use serde_json::Value;
+
+use super::{Decision, INJECT_PATH, ReviewError, Subject, review_value, subject};
 use crate::inject::InjectConfig;
 
 /// Why the certificate cannot be served.
@@ -241,27 +243,43 @@ async fn handle(
             return text(StatusCode::BAD_REQUEST, format!("unreadable body: {e}\n"));
         }
     };
-    match review(&body, cfg) {
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            metrics.count("malformed");
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("{}\n", ReviewError::Malformed(e.to_string())),
+            );
+        }
+    };
+    match review_value(&parsed, cfg) {
         Ok((response, decision)) => {
-            let object = &response["response"]["uid"];
+            let uid = &response["response"]["uid"];
+            // The uid alone finds nothing in `kubectl get`: name the pod, the operation and who.
+            let Subject {
+                pod,
+                operation,
+                user,
+            } = subject(&parsed);
             match &decision {
                 Decision::Injected => {
                     metrics.count("injected");
-                    tracing::info!(uid = %object, "sidecar injected")
+                    tracing::info!(%pod, %uid, "sidecar injected")
                 }
                 Decision::AlreadyInjected => metrics.count("already_injected"),
                 Decision::Ignored => metrics.count("ignored"),
                 Decision::Skipped(why) => {
                     metrics.count("skipped");
-                    tracing::warn!(uid = %object, why, "pod asks for the sidecar but is not injected")
+                    tracing::warn!(%pod, %operation, %user, %uid, why, "pod asks for the sidecar but is not injected")
                 }
                 Decision::Refused(why) => {
                     metrics.count("refused");
-                    tracing::warn!(uid = %object, why, "pod refused")
+                    tracing::warn!(%pod, %operation, %user, %uid, why, "pod refused")
                 }
                 Decision::EphemeralReviewed => {
                     metrics.count("ephemeral_reviewed");
-                    tracing::info!(uid = %object, "ephemeral containers of an injected pod lose NET_RAW")
+                    tracing::info!(%pod, %user, %uid, "ephemeral containers of an injected pod lose NET_RAW")
                 }
             }
             let mut r = Response::new(Full::new(Bytes::from(response.to_string())));
