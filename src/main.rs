@@ -32,6 +32,9 @@ enum Command {
     /// Add the podwall sidecar to workloads offline, as the webhook would
     /// (`podwall inject -f deploy.yaml | kubectl apply -f -`).
     Inject(cli::inject::InjectArgs),
+    /// Take podwall out of workloads injected offline
+    /// (`podwall uninject -f injected.yaml | kubectl apply -f -`).
+    Uninject(cli::inject::UninjectArgs),
     /// Print the PodwallPolicy CustomResourceDefinition (`podwall crd | kubectl apply -f -`).
     Crd,
 }
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Control(cmd) => cli::control::run(cmd),
         Command::Proxy(cmd) => cli::proxy::run(cmd),
         Command::Inject(args) => cli::inject::run(args),
+        Command::Uninject(args) => cli::inject::run_uninject(args),
         Command::Sandbox(cmd) => cli::sandbox::run(cmd),
         Command::Crd => {
             print!("{}", podwall_policy::crd::podwall_policy_crd_yaml());

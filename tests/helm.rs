@@ -84,13 +84,18 @@ fn the_chart_lints_clean_and_a_broken_copy_does_not() {
 
 /// The chart as `helm install` sends it to an API server (helm/render.py), by kind and name.
 fn rendered() -> Option<Vec<Value>> {
+    rendered_with(None)
+}
+
+/// The chart as installed with `--set-json VALUES`.
+fn rendered_with(values: Option<Value>) -> Option<Vec<Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/render.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(CHART)
-        .arg("podwall-system")
-        .output()
-        .expect("python3");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(CHART).arg("podwall-system");
+    if let Some(v) = values {
+        cmd.arg("--set-json").arg(v.to_string());
+    }
+    let out = cmd.output().expect("python3");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     match out.status.code() {
         Some(0) => {}
@@ -105,6 +110,27 @@ fn rendered() -> Option<Vec<Value>> {
         _ => panic!("helm install against the fake API server failed: {err}"),
     }
     Some(serde_json::from_slice(&out.stdout).expect("a JSON list of objects"))
+}
+
+/// One entry of the MutatingWebhookConfiguration, by name.
+fn entry<'a>(webhook: &'a Value, name: &str) -> &'a Value {
+    webhook["webhooks"]
+        .as_array()
+        .expect("webhooks")
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no webhook entry {name}: {webhook}"))
+}
+
+/// What a webhook entry asks of the namespace label podwall.io/inject.
+fn label_expression(hook: &Value) -> Value {
+    hook["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .expect("matchExpressions")
+        .iter()
+        .find(|e| e["key"] == "podwall.io/inject")
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
@@ -153,7 +179,7 @@ fn the_rendered_chart_is_what_the_code_expects() {
 
     // The webhook calls the control plane's Service on the path it serves, and the Service's
     // port leads to the container port the control plane listens on for it.
-    let hook = &webhook["webhooks"][0];
+    let hook = entry(webhook, "inject.podwall.io");
     let target = &hook["clientConfig"]["service"];
     assert_eq!(target["name"], service_name);
     assert_eq!(target["namespace"], ns);
@@ -223,8 +249,7 @@ fn the_rendered_chart_is_what_the_code_expects() {
         serde_json::json!(["CREATE"])
     );
     // Running pods: updates and kubectl debug, with a failure policy of their own.
-    let guard = &webhook["webhooks"][1];
-    assert_eq!(guard["name"], "guard.podwall.io");
+    let guard = entry(webhook, "guard.podwall.io");
     assert_eq!(
         guard["rules"][0]["resources"],
         serde_json::json!(["pods", "pods/ephemeralcontainers"])
@@ -234,14 +259,38 @@ fn the_rendered_chart_is_what_the_code_expects() {
         serde_json::json!(["UPDATE"])
     );
     assert_eq!(guard["failurePolicy"], "Fail");
-    assert_eq!(guard["namespaceSelector"], hook["namespaceSelector"]);
     assert_eq!(hook["failurePolicy"], "Fail");
-    assert!(
-        hook["namespaceSelector"]["matchExpressions"][0]["values"]
-            .as_array()
-            .expect("values")
-            .contains(&Value::from(ns)),
-        "the control plane's own namespace is never covered"
+    for name in [
+        "inject.podwall.io",
+        "namespace.inject.podwall.io",
+        "guard.podwall.io",
+    ] {
+        assert!(
+            entry(webhook, name)["namespaceSelector"]["matchExpressions"][0]["values"]
+                .as_array()
+                .expect("values")
+                .contains(&Value::from(ns)),
+            "{name}: the control plane's own namespace is never covered"
+        );
+    }
+    // Namespaces labelled podwall.io/inject=enabled go to the path that injects every pod;
+    // the others only by annotation; the guard sees both, and neither sees `disabled` ones.
+    let namespace_hook = entry(webhook, "namespace.inject.podwall.io");
+    assert_eq!(
+        namespace_hook["clientConfig"]["service"]["path"],
+        podwall_control::webhook::NAMESPACE_INJECT_PATH
+    );
+    assert_eq!(
+        label_expression(namespace_hook),
+        serde_json::json!({"key": "podwall.io/inject", "operator": "In", "values": ["enabled"]})
+    );
+    assert_eq!(
+        label_expression(hook),
+        serde_json::json!({"key": "podwall.io/inject", "operator": "DoesNotExist"})
+    );
+    assert_eq!(
+        label_expression(guard),
+        serde_json::json!({"key": "podwall.io/inject", "operator": "NotIn", "values": ["disabled"]})
     );
     // TLS: the webhook's CA comes from the Certificate whose Secret the Deployment mounts, for
     // the Service's DNS name.
@@ -350,4 +399,62 @@ fn the_rendered_chart_is_what_the_code_expects() {
         binding["subjects"][0]["name"], pod["serviceAccountName"],
         "the role is bound to the control plane's service account"
     );
+}
+
+#[test]
+fn scoped_to_labelled_namespaces_the_webhook_sees_no_other_pod() {
+    let Some(objects) = rendered_with(Some(serde_json::json!({
+        "webhook": {"scope": "labeledNamespaces"},
+        "proxy": {"threads": 2, "fqdnMinTTL": "30s", "allowPodExclusions": false},
+        "controlPlane": {
+            "imagePullSecrets": [{"name": "regcred"}],
+            "affinity": {"nodeAffinity": {}},
+            "podAnnotations": {"example.com/team": "platform"},
+            "podLabels": {"team": "platform"},
+        },
+    }))) else {
+        return;
+    };
+    let webhook = find(&objects, "MutatingWebhookConfiguration");
+    let names: Vec<&str> = webhook["webhooks"]
+        .as_array()
+        .expect("webhooks")
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["namespace.inject.podwall.io", "guard.podwall.io"],
+        "no entry covers unlabelled namespaces"
+    );
+    for name in names {
+        assert_eq!(
+            label_expression(entry(webhook, name)),
+            serde_json::json!({"key": "podwall.io/inject", "operator": "In", "values": ["enabled"]}),
+            "{name}"
+        );
+    }
+    let inject: podwall_control::inject::InjectConfig = serde_saphyr::from_str(
+        find(&objects, "ConfigMap")["data"]["inject.yaml"]
+            .as_str()
+            .expect("inject.yaml"),
+    )
+    .expect("the control plane reads the injection config");
+    assert_eq!(inject.threads, Some(2));
+    assert_eq!(inject.fqdn_min_ttl.as_deref(), Some("30s"));
+    assert!(!inject.allow_pod_exclusions);
+    let template = &find(&objects, "Deployment")["spec"]["template"];
+    assert_eq!(
+        template["spec"]["imagePullSecrets"],
+        serde_json::json!([{"name": "regcred"}])
+    );
+    assert_eq!(
+        template["spec"]["affinity"],
+        serde_json::json!({"nodeAffinity": {}})
+    );
+    assert_eq!(
+        template["metadata"]["annotations"]["example.com/team"],
+        "platform"
+    );
+    assert_eq!(template["metadata"]["labels"]["team"], "platform");
 }

@@ -210,3 +210,53 @@ fn a_pod_spec_of_the_wrong_shape_is_refused_and_jobs_without_native_sidecars_are
     let (_, _, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", "-"], Some(job));
     assert!(!err.contains("never complete"), "{err}");
 }
+
+/// A document with NET_RAW taken out of every `drop` list and empty objects and lists pruned:
+/// what uninjection cannot give back (injection's drop is not told from the app's).
+fn without_net_raw_drops(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("drop", Value::Array(a)) => {
+                            Value::Array(a.iter().filter(|c| *c != "NET_RAW").cloned().collect())
+                        }
+                        _ => v.clone(),
+                    };
+                    (k.clone(), without_net_raw_drops(&v))
+                })
+                .filter(|(_, v)| {
+                    !(v.as_object().is_some_and(|o| o.is_empty())
+                        || v.as_array().is_some_and(|a| a.is_empty()))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_net_raw_drops).collect()),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn uninject_gives_back_the_workloads_as_they_were_before_injection() {
+    let file = format!("{FIXTURES}/workloads.yaml");
+    let (code, injected, err) = podwall(&["inject", "--control-plane-ca", CA, "-f", &file], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = podwall(&["uninject", "-f", "-"], Some(&injected));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Deployment web: podwall removed"), "{err}");
+    let original = docs(&std::fs::read_to_string(&file).expect("fixture"));
+    let back = docs(&out);
+    assert_eq!(back.len(), original.len());
+    for (b, o) in back.iter().zip(&original) {
+        assert_eq!(without_net_raw_drops(b), without_net_raw_drops(o));
+    }
+    assert!(
+        !out.contains("podwall-proxy") && !out.contains("podwall.io/status"),
+        "{out}"
+    );
+    // Twice is once.
+    let (code, again, _) = podwall(&["uninject", "-f", "-"], Some(&out));
+    assert_eq!(code, 0);
+    assert_eq!(docs(&again), back);
+}

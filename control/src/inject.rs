@@ -24,6 +24,9 @@
 //! annotation, that are not what injection adds. hostNetwork pods are skipped: they share the
 //! node's network and no sidecar can own their traffic.
 
+pub mod pod_settings;
+pub mod uninject;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -89,6 +92,15 @@ pub struct InjectConfig {
     pub control_plane_ca: Option<String>,
     /// Lifetime of the sidecar's token (the kubelet renews it).
     pub token_expiration_seconds: i64,
+    /// The sidecar's `--fqdn-min-ttl` (a duration, `30s`); unset: the sidecar's default.
+    #[serde(rename = "fqdnMinTTL", skip_serializing_if = "Option::is_none")]
+    pub fqdn_min_ttl: Option<String>,
+    /// The sidecar's `--threads`; unset: the sidecar's default (one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u16>,
+    /// Whether a pod may add exclusions of its own by annotation
+    /// (`podwall.io/exclude-outbound-cidrs` and the port lists, see [`pod_settings`]).
+    pub allow_pod_exclusions: bool,
 }
 
 impl Default for InjectConfig {
@@ -113,6 +125,9 @@ impl Default for InjectConfig {
             token_audience: crate::auth::token_review::AUDIENCE.into(),
             token_expiration_seconds: 3600,
             control_plane_ca: None,
+            fqdn_min_ttl: None,
+            threads: None,
+            allow_pod_exclusions: true,
         }
     }
 }
@@ -191,6 +206,16 @@ pub enum InjectError {
     /// The object is not a pod template podwall knows how to find.
     #[error("{0}")]
     NotAWorkload(String),
+    /// A per-pod setting's annotation whose value does not parse (see [`pod_settings`]).
+    #[error("annotation {annotation} is {value:?}: it must be {expected}")]
+    Annotation {
+        /// The annotation.
+        annotation: String,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
     /// A pod spec field of the wrong shape (the API server would refuse the pod).
     #[error("{field} must be {expected}")]
     Malformed {
@@ -447,6 +472,7 @@ pub fn genuine_injection(
     spec: &Value,
     cfg: &InjectConfig,
 ) -> Result<bool, InjectError> {
+    let cfg = &pod_settings::for_pod(cfg, metadata)?;
     let inits = spec["initContainers"]
         .as_array()
         .map(Vec::as_slice)
@@ -658,6 +684,12 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
     if !cfg.packet_filter {
         args.push("--no-packet-filter".into());
     }
+    if let Some(ttl) = &cfg.fqdn_min_ttl {
+        args.push(format!("--fqdn-min-ttl={ttl}"));
+    }
+    if let Some(threads) = cfg.threads {
+        args.push(format!("--threads={threads}"));
+    }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": cfg.admin_port}, "periodSeconds": 5, "failureThreshold": 3});
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let mut env = vec![];
@@ -806,6 +838,7 @@ pub fn inject_template(
     check_shape(metadata, spec)?;
     let allow_net_raw = allows_net_raw(metadata);
     let genuine = genuine_injection(metadata, spec, cfg)?;
+    let cfg = &pod_settings::for_pod(cfg, metadata)?;
     if spec["hostNetwork"].as_bool() == Some(true) {
         if genuine {
             return Err(InjectError::PodSetting {

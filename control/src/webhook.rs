@@ -22,8 +22,43 @@ use crate::inject::{
     inject_template, podwall_containers, says_injected,
 };
 
-/// The path the MutatingWebhookConfiguration calls.
+/// The path the MutatingWebhookConfiguration calls for pods that ask by annotation.
 pub const INJECT_PATH: &str = "/inject";
+/// The path it calls for pods of namespaces labelled `podwall.io/inject: enabled`, where every
+/// pod gets the sidecar unless it says `podwall.io/inject: disabled`. (An AdmissionReview does
+/// not carry the namespace's labels: the webhook entry that selects those namespaces says so by
+/// its path, so no lookup can race a namespace just labelled.)
+pub const NAMESPACE_INJECT_PATH: &str = "/inject/namespace";
+
+/// How the pods a webhook entry sends ask for the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asking {
+    /// By the pod's annotation `podwall.io/inject: enabled`.
+    ByAnnotation,
+    /// By their namespace's label: every pod unless its annotation says `disabled`.
+    ByNamespace,
+}
+
+impl Asking {
+    /// What a request to `path` means; `None` for other paths.
+    pub fn of_path(path: &str) -> Option<Asking> {
+        match path {
+            INJECT_PATH => Some(Asking::ByAnnotation),
+            NAMESPACE_INJECT_PATH => Some(Asking::ByNamespace),
+            _ => None,
+        }
+    }
+
+    fn asks(self, metadata: &Value) -> bool {
+        match self {
+            Asking::ByAnnotation => asks_for_sidecar(metadata),
+            Asking::ByNamespace => {
+                metadata["annotations"][crate::inject::INJECT_ANNOTATION].as_str()
+                    != Some("disabled")
+            }
+        }
+    }
+}
 
 /// Why a request is not an AdmissionReview podwall can answer.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +89,7 @@ pub enum Decision {
 pub fn review(body: &[u8], cfg: &InjectConfig) -> Result<(Value, Decision), ReviewError> {
     let review: Value =
         serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
-    review_value(&review, cfg)
+    review_value(&review, cfg, Asking::ByAnnotation)
 }
 
 /// Which pod a review is about, for the log: `namespace/name` (a CREATE through a controller
@@ -100,8 +135,12 @@ pub fn subject(review: &Value) -> Subject {
     }
 }
 
-/// [`review`] of an AdmissionReview already parsed.
-pub fn review_value(review: &Value, cfg: &InjectConfig) -> Result<(Value, Decision), ReviewError> {
+/// [`review`] of an AdmissionReview already parsed, for pods that ask as `asking` says.
+pub fn review_value(
+    review: &Value,
+    cfg: &InjectConfig,
+    asking: Asking,
+) -> Result<(Value, Decision), ReviewError> {
     let request = review
         .get("request")
         .ok_or_else(|| ReviewError::Malformed("no request".into()))?;
@@ -156,7 +195,7 @@ pub fn review_value(review: &Value, cfg: &InjectConfig) -> Result<(Value, Decisi
     if !is_pod || request["operation"] != "CREATE" || !sub_resource.is_empty() {
         return Ok((respond(json!({"allowed": true})), Decision::Ignored));
     }
-    if !asks_for_sidecar(&object["metadata"]) {
+    if !asking.asks(&object["metadata"]) {
         // It does not ask: it may not pretend to have the sidecar either, and if it has it
         // (injected offline), its containers answer to the checks all the same.
         match genuine_injection(&object["metadata"], &object["spec"], cfg) {
@@ -170,10 +209,16 @@ pub fn review_value(review: &Value, cfg: &InjectConfig) -> Result<(Value, Decisi
     let outcome = match inject_template(&mut metadata, &mut spec, cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            let message = format!(
-                "podwall: this pod asks for the podwall sidecar ({}: enabled) but {e}",
-                crate::inject::INJECT_ANNOTATION
-            );
+            let how = match asking {
+                Asking::ByAnnotation => {
+                    format!("{}: enabled", crate::inject::INJECT_ANNOTATION)
+                }
+                Asking::ByNamespace => format!(
+                    "its namespace is labelled {}=enabled",
+                    crate::inject::INJECT_ANNOTATION
+                ),
+            };
+            let message = format!("podwall: this pod asks for the podwall sidecar ({how}) but {e}");
             return Ok((
                 respond(
                     json!({"allowed": false, "status": {"code": 403, "reason": "Forbidden",
@@ -233,7 +278,8 @@ fn review_update(request: &Value) -> Result<(), InjectError> {
     if podwall_containers(&old["spec"]) != podwall_containers(&object["spec"]) {
         return Err(changed("podwall's containers"));
     }
-    for annotation in [STATUS_ANNOTATION, ALLOW_NET_RAW_ANNOTATION] {
+    let read = [STATUS_ANNOTATION, ALLOW_NET_RAW_ANNOTATION];
+    for annotation in read.iter().chain(&crate::inject::pod_settings::ALL) {
         if old["metadata"]["annotations"][annotation]
             != object["metadata"]["annotations"][annotation]
         {
@@ -947,5 +993,87 @@ mod tests {
             json!([{"name": "dbg", "securityContext": {"privileged": true}}]);
         let (resp, _) = review(&ephemeral_review(debug, old.clone()), &other).expect("answers");
         assert!(refusal(&resp).contains("privileged"));
+    }
+
+    #[test]
+    fn in_a_namespace_that_opted_in_every_pod_is_injected_unless_it_says_disabled() {
+        let cfg = InjectConfig::default();
+        let by_namespace = |p: Value| {
+            let r: Value = serde_json::from_slice(&admission_review(p)).expect("json");
+            review_value(&r, &cfg, Asking::ByNamespace).expect("answers")
+        };
+        let plain = pod(
+            json!({}),
+            json!({"containers": [{"name": "app", "image": "nginx"}]}),
+        );
+        let (_, decision) = by_namespace(plain.clone());
+        assert_eq!(decision, Decision::Injected);
+        let (_, decision) = review(&admission_review(plain.clone()), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Ignored, "by annotation it did not ask");
+        let mut out = plain.clone();
+        out["metadata"]["annotations"]["podwall.io/inject"] = json!("disabled");
+        let (_, decision) = by_namespace(out);
+        assert_eq!(decision, Decision::Ignored);
+        let mut bad = plain;
+        bad["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+        let (resp, _) = by_namespace(bad);
+        assert!(
+            refusal(&resp).contains("its namespace is labelled podwall.io/inject=enabled"),
+            "{resp}"
+        );
+        assert_eq!(Asking::of_path(INJECT_PATH), Some(Asking::ByAnnotation));
+        assert_eq!(
+            Asking::of_path(NAMESPACE_INJECT_PATH),
+            Some(Asking::ByNamespace)
+        );
+        assert_eq!(Asking::of_path("/inject/other"), None);
+    }
+
+    #[test]
+    fn a_pods_own_settings_reach_its_sidecar_and_may_not_change_later() {
+        let cfg = InjectConfig::default();
+        let p = pod(
+            json!({"podwall.io/inject": "enabled", "podwall.io/threads": "2",
+                "podwall.io/exclude-outbound-ports": "5432",
+                "podwall.io/proxy-memory-limit": "256Mi"}),
+            json!({"containers": [{"name": "app", "image": "nginx"}]}),
+        );
+        let (resp, decision) = review(&admission_review(p.clone()), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Injected);
+        let injected = apply_patch(p, &patch_of(&resp));
+        let inits = &injected["spec"]["initContainers"];
+        assert!(
+            inits[0]["args"]
+                .as_array()
+                .expect("args")
+                .contains(&json!("--exclude-outbound-ports=5432"))
+        );
+        assert!(
+            inits[1]["args"]
+                .as_array()
+                .expect("args")
+                .contains(&json!("--threads=2"))
+        );
+        assert_eq!(inits[1]["resources"]["limits"]["memory"], "256Mi");
+        // What it got is what its annotations say: reinvoked, it is podwall's own.
+        let (_, decision) = review(&admission_review(injected.clone()), &cfg).expect("answers");
+        assert_eq!(decision, Decision::AlreadyInjected);
+        let mut update: Value =
+            serde_json::from_slice(&admission_review(injected.clone())).expect("json");
+        update["request"]["operation"] = json!("UPDATE");
+        update["request"]["oldObject"] = injected.clone();
+        update["request"]["object"]["metadata"]["annotations"]["podwall.io/threads"] = json!("4");
+        let (resp, _) = review(update.to_string().as_bytes(), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("podwall.io/threads"), "{resp}");
+        // A value that does not parse refuses the pod, naming the annotation.
+        let bad = pod(
+            json!({"podwall.io/inject": "enabled", "podwall.io/threads": "lots"}),
+            json!({"containers": [{"name": "app", "image": "nginx"}]}),
+        );
+        let (resp, _) = review(&admission_review(bad), &cfg).expect("answers");
+        assert!(
+            refusal(&resp).contains("annotation podwall.io/threads is \"lots\""),
+            "{resp}"
+        );
     }
 }

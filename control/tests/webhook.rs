@@ -59,6 +59,11 @@ fn curl_available() -> bool {
 
 /// POSTs `body` with curl, trusting only `ca`; the status and the body, or curl's error.
 fn post(port: u16, ca: &Path, body: &str) -> Result<(u16, String), String> {
+    post_to(port, ca, "/inject", body)
+}
+
+/// [`post`] to another path.
+fn post_to(port: u16, ca: &Path, path: &str, body: &str) -> Result<(u16, String), String> {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert"])
         .arg(ca)
@@ -71,7 +76,7 @@ fn post(port: u16, ca: &Path, body: &str) -> Result<(u16, String), String> {
             body,
             "-w",
             "\n%{http_code}",
-            &format!("https://{HOST}:{port}/inject"),
+            &format!("https://{HOST}:{port}{path}"),
         ])
         .output()
         .map_err(|e| e.to_string())?;
@@ -155,6 +160,33 @@ async fn the_webhook_answers_admission_reviews_over_https_and_follows_a_certific
     .expect("post");
     let resp: Value = serde_json::from_str(&body).expect("json");
     assert!(resp["response"].get("patch").is_none());
+    // The same pod from a namespace labelled podwall.io/inject=enabled (the entry selecting
+    // those calls another path) gets the sidecar; other paths are not served.
+    let (code, body) = tokio::task::spawn_blocking({
+        let ca1 = ca1.clone();
+        move || {
+            post_to(
+                port,
+                &ca1,
+                "/inject/namespace",
+                &admission_review(json!({})),
+            )
+        }
+    })
+    .await
+    .expect("join")
+    .expect("post");
+    assert_eq!(code, 200);
+    let resp: Value = serde_json::from_str(&body).expect("json");
+    assert!(resp["response"]["patch"].is_string(), "{resp}");
+    let (code, _) = tokio::task::spawn_blocking({
+        let ca1 = ca1.clone();
+        move || post_to(port, &ca1, "/inject/other", &admission_review(json!({})))
+    })
+    .await
+    .expect("join")
+    .expect("post");
+    assert_eq!(code, 404);
     // Garbage is a 400, not a crash.
     let (code, _) = tokio::task::spawn_blocking({
         let ca1 = ca1.clone();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+use podwall_control::inject::uninject::{Uninjected, uninject_object};
 use podwall_control::inject::{InjectConfig, Outcome, inject_object};
 
 /// `inject` arguments.
@@ -20,7 +21,9 @@ pub(crate) struct InjectArgs {
     /// `podwall-inject` ConfigMap): image, imagePullPolicy, controlPlane, controlPlaneCa (PEM),
     /// proxyUid, adminPort, nativeSidecar, reservePorts, audit, packetFilter,
     /// allowUnnamedFqdnConnections, excludeOutboundCidrs, excludeOutboundPorts,
-    /// excludeInboundPorts, resources, logFormat, tokenAudience, tokenExpirationSeconds.
+    /// excludeInboundPorts, allowPodExclusions, threads, fqdnMinTTL, resources, logFormat,
+    /// tokenAudience, tokenExpirationSeconds. Per pod, annotations change some of them
+    /// (docs/annotate.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The CA (PEM) that signed the control plane's feed certificate (overrides
@@ -162,8 +165,13 @@ pub(crate) fn run(args: InjectArgs) -> ExitCode {
         eprintln!("podwall: {refused} object(s) refused; nothing written");
         return ExitCode::from(1);
     }
+    write_documents(out)
+}
+
+/// Prints documents as one multi-document YAML stream.
+fn write_documents(docs: Vec<serde_json::Value>) -> ExitCode {
     let mut text = String::new();
-    for doc in out {
+    for doc in docs {
         match serde_saphyr::to_string(&doc) {
             Ok(y) => {
                 text.push_str("---\n");
@@ -185,4 +193,78 @@ pub(crate) fn run(args: InjectArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `uninject` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct UninjectArgs {
+    /// Workloads injected by `podwall inject` (files, directories, or `-` for stdin). Their
+    /// pod templates lose podwall's containers, token volume, sysctl values and the annotations
+    /// podwall.io/status and podwall.io/inject: enabled; NET_RAW stays dropped from the app
+    /// containers (harmless, and not told apart from the app's own drop). Other objects pass
+    /// through unchanged.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// The injection config the workloads were injected with (only its adminPort matters:
+    /// that port is taken out of the reserved ports).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub(crate) fn run_uninject(args: UninjectArgs) -> ExitCode {
+    let cfg = match &args.config {
+        Some(p) => match read_config(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("podwall: --config {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => InjectConfig::default(),
+    };
+    let files = match podwall_control::source::read_paths(&args.files) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("podwall: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = Vec::new();
+    let mut failed = 0;
+    for file in files {
+        let docs = match podwall_policy::documents(&file.name, &file.text) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("podwall: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        for (origin, mut doc) in docs {
+            if doc.is_null() {
+                continue;
+            }
+            let what = format!(
+                "{} {}",
+                doc["kind"].as_str().unwrap_or("object"),
+                doc["metadata"]["name"].as_str().unwrap_or("?")
+            );
+            match uninject_object(&mut doc, &cfg) {
+                Ok(Uninjected::Removed) => eprintln!("{origin}: {what}: podwall removed"),
+                Ok(Uninjected::NotInjected) => {
+                    eprintln!("{origin}: {what}: not injected, unchanged")
+                }
+                Ok(Uninjected::NoTemplate) => {}
+                Err(e) => {
+                    eprintln!("{origin}: error: {what}: {e}");
+                    failed += 1;
+                }
+            }
+            out.push(doc);
+        }
+    }
+    if failed > 0 {
+        eprintln!("podwall: {failed} object(s) not understood; nothing written");
+        return ExitCode::from(1);
+    }
+    write_documents(out)
 }

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use serde_json::Value;
 
-use super::{Decision, INJECT_PATH, ReviewError, Subject, review_value, subject};
+use super::{Asking, Decision, ReviewError, Subject, review_value, subject};
 use crate::inject::InjectConfig;
 
 /// Why the certificate cannot be served.
@@ -231,11 +231,14 @@ async fn handle(
     cfg: &InjectConfig,
     metrics: &WebhookMetrics,
 ) -> Response<Full<Bytes>> {
-    match (req.method().as_str(), req.uri().path()) {
+    let asking = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/live" | "/ready") => return text(StatusCode::OK, "ok\n".into()),
-        ("POST", INJECT_PATH) => {}
+        ("POST", path) => match Asking::of_path(path) {
+            Some(asking) => asking,
+            None => return text(StatusCode::NOT_FOUND, "not found\n".into()),
+        },
         _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
-    }
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -253,7 +256,7 @@ async fn handle(
             );
         }
     };
-    match review_value(&parsed, cfg) {
+    match review_value(&parsed, cfg, asking) {
         Ok((response, decision)) => {
             let uid = &response["response"]["uid"];
             // The uid alone finds nothing in `kubectl get`: name the pod, the operation and who.
