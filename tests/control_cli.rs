@@ -288,6 +288,28 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"injected\"} 1"));
     assert!(metrics.contains("podwall_control_webhook_reviews_total{decision=\"refused\"} 1"));
     assert!(metrics.contains("podwall_control_plaintext_tokens_refused_total 1"));
+    // A policy selects web, which runs without the sidecar: a gauge names it for alerts.
+    api.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "web-ingress", "namespace": "prod"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}}),
+    );
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = curl(&[
+            "--cacert",
+            &ca,
+            &format!("https://localhost:{feed}/metrics"),
+        ]);
+        if metrics.contains("podwall_control_unprotected_pod{namespace=\"prod\",pod=\"web\"} 1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the unprotected pod is never named: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Prometheus 3 needs the Content-Type of what it is given (OpenMetrics: it ends in # EOF).
     let (content_type, _) = curl(&[
         "--cacert",
@@ -323,6 +345,12 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     assert!(logs.contains("native_sidecar"), "{logs}");
     assert!(
         logs.contains("refused a plaintext feed request that carried a token"),
+        "{logs}"
+    );
+    // A refusal's log line names the pod, not only the review's uid.
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("pod refused") && l.contains("prod/api")),
         "{logs}"
     );
 }

@@ -458,3 +458,204 @@ fn scoped_to_labelled_namespaces_the_webhook_sees_no_other_pod() {
     );
     assert_eq!(template["metadata"]["labels"]["team"], "platform");
 }
+
+/// Every series name the registries can produce: gauges as named, counters with `_total`,
+/// histograms with `_bucket`, `_sum` and `_count`.
+fn series_names(encoded: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in encoded.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The metric names a PromQL expression reads (identifiers followed by `{`, `[`, `)` or an
+/// operator; label names and functions excluded).
+fn metrics_in(expr: &str) -> Vec<String> {
+    let re = regex::Regex::new(r"\b(podwall_[a-z_]+|container_[a-z_]+|up)\b").expect("regex");
+    re.find_iter(expr).map(|m| m.as_str().to_string()).collect()
+}
+
+#[test]
+fn monitoring_is_off_by_default_and_on_scrapes_what_podwall_serves() {
+    let Some(default) = rendered() else {
+        return;
+    };
+    for kind in ["PodMonitor", "ServiceMonitor", "PrometheusRule"] {
+        assert!(
+            !default.iter().any(|o| o["kind"] == kind),
+            "{kind} without the Prometheus Operator's kinds would fail the install"
+        );
+    }
+    let Some(objects) = rendered_with(Some(serde_json::json!({"monitoring": {
+        "podMonitor": {"enabled": true, "labels": {"release": "kps"}},
+        "serviceMonitor": {"enabled": true},
+        "prometheusRule": {"enabled": true},
+        "grafanaDashboard": {"enabled": true},
+    }}))) else {
+        return;
+    };
+    // The PodMonitor scrapes the port injection gives the sidecar.
+    let mut pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+    podwall_control::inject::inject_object(&mut pod, &Default::default()).expect("injects");
+    let sidecar_port = &pod["spec"]["initContainers"][1]["ports"][0];
+    let pod_monitor = find(&objects, "PodMonitor");
+    assert_eq!(pod_monitor["metadata"]["labels"]["release"], "kps");
+    assert_eq!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        sidecar_port["name"]
+    );
+    assert_eq!(pod_monitor["spec"]["namespaceSelector"]["any"], true);
+    // The ServiceMonitor selects the control plane's Service and speaks TLS to its feed port,
+    // verifying the name the certificate is for.
+    let service = find(&objects, "Service");
+    let service_monitor = find(&objects, "ServiceMonitor");
+    for (k, v) in service_monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        assert_eq!(&service["metadata"]["labels"][k], v, "{k}");
+    }
+    let endpoint = &service_monitor["spec"]["endpoints"][0];
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == endpoint["port"])
+    );
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["honorLabels"], true);
+    let certificate = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Certificate"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-webhook"))
+        })
+        .expect("the serving certificate");
+    assert!(
+        certificate["spec"]["dnsNames"]
+            .as_array()
+            .expect("dnsNames")
+            .contains(&endpoint["tlsConfig"]["serverName"])
+    );
+    assert_eq!(
+        endpoint["tlsConfig"]["ca"]["secret"]["name"],
+        certificate["spec"]["secretName"]
+    );
+
+    // Every series the alerts and the dashboard read is one podwall exports (or the kubelet's
+    // and Prometheus' own).
+    // Families print nothing until they have a member: give each one.
+    let sidecar = podwall_proxy::metrics::Metrics::new();
+    sidecar.denials.count(
+        podwall_policy::Direction::Ingress,
+        &podwall_policy::PolicyName {
+            kind: podwall_policy::PolicyKind::NetworkPolicy,
+            namespace: "prod".into(),
+            name: "db".into(),
+        },
+    );
+    let control = podwall_control::server::ServerMetrics::new();
+    let kind = podwall_control::server::KindLabel { kind: "Pod".into() };
+    control.watch_failures.get_or_create(&kind).inc();
+    control.lists.get_or_create(&kind).inc();
+    control.objects_by_kind.get_or_create(&kind).set(1);
+    control
+        .unprotected_pod
+        .get_or_create(&podwall_control::server::PodLabels {
+            namespace: "prod".into(),
+            pod: "web".into(),
+        })
+        .set(1);
+    control
+        .webhook
+        .reviews
+        .get_or_create(&podwall_control::webhook::tls::DecisionLabel {
+            decision: "malformed".into(),
+        })
+        .inc();
+    let mut known = series_names(&sidecar.encode());
+    known.extend(series_names(&control.encode()));
+    let external = [
+        "up",
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+    ];
+    let mut exprs: Vec<String> = Vec::new();
+    let rules = find(&objects, "PrometheusRule");
+    for rule in rules["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+    {
+        exprs.push(rule["expr"].as_str().expect("expr").to_string());
+    }
+    let dashboard = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["data"]["podwall.json"].is_string())
+        .expect("the dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value = serde_json::from_str(
+        dashboard["data"]["podwall.json"]
+            .as_str()
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let panels = json["panels"].as_array().expect("panels");
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    let mut read = 0;
+    for expr in &exprs {
+        for metric in metrics_in(expr) {
+            assert!(
+                known.contains(&metric) || external.contains(&metric.as_str()),
+                "{metric} (in {expr}) is not exported: {known:?}"
+            );
+            read += 1;
+        }
+    }
+    assert!(
+        read > 20,
+        "{read} metrics read by {} expressions",
+        exprs.len()
+    );
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in [
+        "Flows by verdict",
+        "Denied by policy",
+        "Unprotected pods",
+        "Sidecar CPU",
+        "Sidecar memory (working set)",
+    ] {
+        assert!(titles.iter().any(|t| t.starts_with(wanted)), "{titles:?}");
+    }
+    assert!(
+        titles.iter().any(|t| t.starts_with("Feed lag")),
+        "{titles:?}"
+    );
+}

@@ -60,6 +60,15 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// A pod, as metric labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub pod: String,
+}
+
 /// The server's counters.
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
@@ -71,6 +80,9 @@ pub struct ServerMetrics {
     pub objects_by_kind: Family<KindLabel, Gauge>,
     /// Pods selected by a policy but without a sidecar: the policy is not enforced for them.
     pub unprotected_pods: Gauge,
+    /// Each pod counted in `unprotected_pods`, by namespace and name (1 while it is), so an
+    /// alert can name it.
+    pub unprotected_pod: Family<PodLabels, Gauge>,
     /// Pods with a sidecar.
     pub protected_pods: Gauge,
     /// The injection webhook's counters.
@@ -161,6 +173,11 @@ impl ServerMetrics {
             "Pods selected by a policy but running without the podwall sidecar (not enforced)",
             m.unprotected_pods.clone(),
         );
+        m.registry.register(
+            "unprotected_pod",
+            "1 for each pod selected by a policy but running without the podwall sidecar, by namespace and pod",
+            m.unprotected_pod.clone(),
+        );
         m.webhook.register(&mut m.registry);
         m.registry.register(
             "protected_pods",
@@ -170,7 +187,8 @@ impl ServerMetrics {
         m
     }
 
-    fn encode(&self) -> String {
+    /// Everything, in the OpenMetrics text format `/metrics` serves.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

@@ -78,6 +78,19 @@ pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
             metrics
                 .unprotected_pods
                 .set(report.unprotected.len() as i64);
+            // Pods that became protected (or went away) leave the family.
+            metrics.unprotected_pod.clear();
+            for pod in report.unprotected.keys() {
+                if let Some((namespace, name)) = pod.split_once('/') {
+                    metrics
+                        .unprotected_pod
+                        .get_or_create(&crate::server::PodLabels {
+                            namespace: namespace.to_string(),
+                            pod: name.to_string(),
+                        })
+                        .set(1);
+                }
+            }
             for (pod, policies) in &report.unprotected {
                 if warned.get(pod) != Some(policies) {
                     tracing::warn!(

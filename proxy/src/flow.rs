@@ -449,6 +449,26 @@ pub fn side(side: &SideVerdict) -> FlowSide {
     }
 }
 
+/// Counts a denied or audited flow for each policy isolating a side that refused it.
+fn count_denial(denials: &crate::metrics::Denials, e: &FlowEvent) {
+    if e.verdict == FlowVerdict::Allowed {
+        return;
+    }
+    let Some(engine) = e.snapshot.as_deref().map(|p| &p.engine) else {
+        return;
+    };
+    for side in [&e.egress, &e.ingress].into_iter().flatten() {
+        if side.decision != Decision::NoRuleMatched {
+            continue;
+        }
+        if let Some(pod) = side.pod {
+            for id in engine.isolated_by(pod, side.direction) {
+                denials.count(side.direction, &engine.state().policy(*id).name);
+            }
+        }
+    }
+}
+
 /// Sends events to the writer thread without waiting; if the writer falls behind by more than
 /// the queue, events are dropped and counted rather than slowing connections down.
 ///
@@ -470,10 +490,14 @@ const QUEUE_LIMIT: usize = 8192;
 
 impl FlowLog {
     /// Starts the writer thread, writing JSON lines to stdout.
-    pub fn stdout(dropped: prometheus_client::metrics::counter::Counter) -> Self {
+    pub fn stdout(
+        dropped: prometheus_client::metrics::counter::Counter,
+        denials: crate::metrics::Denials,
+    ) -> Self {
         Self::writing_to(
             || std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
             dropped,
+            denials,
         )
     }
 
@@ -481,6 +505,7 @@ impl FlowLog {
     fn writing_to<W: std::io::Write>(
         open: impl FnOnce() -> W + Send + 'static,
         dropped: prometheus_client::metrics::counter::Counter,
+        denials: crate::metrics::Denials,
     ) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Line>();
         let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -494,7 +519,10 @@ impl FlowLog {
                     while let Some(e) = event {
                         taken.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         let written = match &e {
-                            Line::Flow(e) => serde_json::to_writer(&mut out, e),
+                            Line::Flow(e) => {
+                                count_denial(&denials, e);
+                                serde_json::to_writer(&mut out, e)
+                            }
                             Line::Request(r) => serde_json::to_writer(&mut out, r),
                         };
                         if written.is_err() || out.write_all(b"\n").is_err() {
@@ -567,7 +595,7 @@ mod tests {
     fn a_stuck_writer_costs_at_most_the_queue_limit_then_events_are_counted_as_dropped() {
         let (release, stuck) = std::sync::mpsc::channel();
         let dropped = prometheus_client::metrics::counter::Counter::default();
-        let log = FlowLog::writing_to(move || Stuck(stuck), dropped.clone());
+        let log = FlowLog::writing_to(move || Stuck(stuck), dropped.clone(), Default::default());
         for _ in 0..QUEUE_LIMIT + 100 {
             log.emit(connection());
         }
@@ -672,9 +700,26 @@ spec:
     }
 
     #[test]
+    fn a_denial_counts_for_the_policy_isolating_the_side_that_refused_it() {
+        let policy = api_policy();
+        let metrics = crate::metrics::Metrics::new();
+        count_denial(&metrics.denials, &inbound(&policy, [192, 0, 2, 7], 8080));
+        count_denial(&metrics.denials, &inbound(&policy, [192, 0, 2, 7], 8080));
+        count_denial(&metrics.denials, &inbound(&policy, [10, 0, 0, 1], 8080));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encodes");
+        assert!(
+            text.contains(
+                "podwall_denials_total{direction=\"ingress\",policy_kind=\"NetworkPolicy\",policy_namespace=\"shop\",policy=\"api-from-frontend\"} 2"
+            ),
+            "two denials, the allowed flow not counted: {text}"
+        );
+    }
+
+    #[test]
     fn judging_and_queueing_a_connection_event_allocates_nothing_per_connection() {
         let policy = api_policy();
-        let log = FlowLog::writing_to(std::io::sink, Default::default());
+        let log = FlowLog::writing_to(std::io::sink, Default::default(), Default::default());
         let connections = 310u64;
         let measured = allocation_counter::measure(|| {
             for i in 0..connections {

@@ -40,6 +40,36 @@ struct DirLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenialLabels {
+    direction: DirectionLabel,
+    policy_kind: String,
+    policy_namespace: String,
+    policy: String,
+}
+
+/// Denied (and audited) flows by the policy that isolates the denying side, for "denied by
+/// policy" on a dashboard. Counted on the flow log's writer thread, off the data path: flows
+/// dropped from a full log queue are not counted here either.
+#[derive(Clone, Debug, Default)]
+pub struct Denials(Family<DenialLabels, Counter>);
+
+impl Denials {
+    /// Counts one denial that `policy` stands behind in `direction`.
+    pub fn count(&self, direction: podwall_policy::Direction, policy: &podwall_policy::PolicyName) {
+        let labels = DenialLabels {
+            direction: match direction {
+                podwall_policy::Direction::Ingress => DirectionLabel::ingress,
+                podwall_policy::Direction::Egress => DirectionLabel::egress,
+            },
+            policy_kind: policy.kind.to_string(),
+            policy_namespace: policy.namespace.clone(),
+            policy: policy.name.clone(),
+        };
+        self.0.get_or_create(&labels).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     verdict: &'static str,
 }
@@ -99,6 +129,8 @@ pub struct Metrics {
     pub policies_selecting: Gauge,
     /// Flow events dropped because the writer fell behind.
     pub flow_events_dropped: Counter,
+    /// Denied and audited flows by isolating policy.
+    pub denials: Denials,
     /// HTTP requests on connections with HTTP rules, by verdict.
     pub http: HttpMetrics,
     /// The DNS name cache and what it learned.
@@ -206,6 +238,12 @@ impl Metrics {
             "flow_events_dropped",
             "Flow events dropped because stdout fell behind",
             flow_events_dropped.clone(),
+        );
+        let denials = Denials::default();
+        registry.register(
+            "denials",
+            "Denied and audited flows by the policy isolating the side that denied them (a flow denied where several policies isolate counts for each)",
+            denials.0.clone(),
         );
 
         // One statement per lookup: `get_or_create` hands out a read guard, and a second lookup
@@ -334,6 +372,7 @@ impl Metrics {
             policy_ready,
             policies_selecting,
             flow_events_dropped,
+            denials,
             http,
             fqdn,
             policy_stream_connected,
