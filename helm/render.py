@@ -30,6 +30,7 @@ RESOURCES = {
     "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
     "cert-manager.io/v1": [("issuers", "Issuer", True), ("certificates", "Certificate", True)],
     "podwall.io/v1alpha1": [("podwallpolicies", "PodwallPolicy", True)],
+    "coordination.k8s.io/v1": [("leases", "Lease", True)],
     "monitoring.coreos.com/v1": [("podmonitors", "PodMonitor", True),
                                  ("servicemonitors", "ServiceMonitor", True),
                                  ("prometheusrules", "PrometheusRule", True)],

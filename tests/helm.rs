@@ -386,14 +386,42 @@ fn the_rendered_chart_is_what_the_code_expects() {
             .any(|r| r["resources"] == serde_json::json!(["tokenreviews"])
                 && r["verbs"] == serde_json::json!(["create"]))
     );
-    assert!(
-        rules.iter().all(|r| r["verbs"]
+    // Cluster-wide it writes only feedback: TokenReviews, Events, PodwallPolicy status.
+    for r in rules {
+        let verbs: Vec<&str> = r["verbs"]
             .as_array()
             .expect("verbs")
             .iter()
-            .all(|v| ["list", "watch", "create"].contains(&v.as_str().unwrap_or_default()))),
-        "it writes nothing but TokenReviews: {rules:?}"
+            .filter_map(Value::as_str)
+            .collect();
+        let resources: Vec<&str> = r["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let allowed = verbs == ["list", "watch"]
+            || (verbs == ["create"] && (resources == ["tokenreviews"] || resources == ["events"]))
+            || (verbs == ["patch"] && resources == ["podwallpolicies/status"]);
+        assert!(allowed, "{r}");
+    }
+    // In its namespace: its replicas' status and the leader Lease, which the code writes.
+    let role = find(&objects, "Role");
+    assert_eq!(role["metadata"]["namespace"], ns);
+    let role_rules = role["rules"].to_string();
+    assert!(
+        role_rules.contains("configmaps") && role_rules.contains("leases"),
+        "{role_rules}"
     );
+    let role_binding = find(&objects, "RoleBinding");
+    assert_eq!(
+        role_binding["subjects"][0]["name"],
+        pod["serviceAccountName"]
+    );
+    let env = container["env"].to_string();
+    for name in ["POD_NAME", "POD_UID", "POD_NAMESPACE"] {
+        assert!(env.contains(name), "{name}: {env}");
+    }
     let binding = find(&objects, "ClusterRoleBinding");
     assert_eq!(
         binding["subjects"][0]["name"], pod["serviceAccountName"],

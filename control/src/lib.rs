@@ -1,12 +1,16 @@
 //! podwall's control plane.
 //!
-//! It owns where cluster state comes from (a directory of YAML today; the API server's watch in
-//! the control-plane issue), and later the per-pod policy computation, the stream to sidecars and
-//! the injection webhook. Everything after the source is the same code whatever the source is.
-//! It must never touch packets.
+//! It owns where cluster state comes from (the API server's watch, or a directory of YAML), the
+//! per-pod policy views and the feed that streams them to sidecars, the injection webhook, and
+//! what operators read of its state: metrics, each replica's status and the policies' status.
+//! Everything after the source is the same code whatever the source is. It never touches
+//! packets.
 
 pub mod auth;
 pub mod inject;
+pub mod leader;
+pub mod policy_status;
+pub mod replica;
 pub mod server;
 pub mod source;
 pub mod status;

@@ -85,6 +85,9 @@ pub struct ServerMetrics {
     pub unprotected_pod: Family<PodLabels, Gauge>,
     /// Pods with a sidecar.
     pub protected_pods: Gauge,
+    /// PodwallPolicies and CiliumNetworkPolicies with an invalid field, by kind (they isolate
+    /// the pods they select and allow nothing).
+    pub invalid_policies: Family<KindLabel, Gauge>,
     /// The injection webhook's counters.
     pub webhook: Arc<crate::webhook::tls::WebhookMetrics>,
     registry: Registry,
@@ -177,6 +180,11 @@ impl ServerMetrics {
             "unprotected_pod",
             "1 for each pod selected by a policy but running without the podwall sidecar, by namespace and pod",
             m.unprotected_pod.clone(),
+        );
+        m.registry.register(
+            "invalid_policies",
+            "PodwallPolicies and CiliumNetworkPolicies with an invalid field, by kind: they isolate the pods they select and allow nothing",
+            m.invalid_policies.clone(),
         );
         m.webhook.register(&mut m.registry);
         m.registry.register(
@@ -659,6 +667,7 @@ async fn stream(
         }
     }
     let mut sent = Sent { version, keys };
+    let listed = views.feed_opened(&pod, version);
     // The newest version whose view was checked to be what the sidecar holds: heartbeats carry
     // it, so a sidecar's version keeps up even while its view does not change.
     let mut checked = index.version;
@@ -698,6 +707,7 @@ async fn stream(
                 }
                 sent = Sent { version: index.version, keys };
                 checked = index.version;
+                listed.at(checked);
             }
             _ = tx.closed() => break true,
             _ = tokio::time::sleep(HEARTBEAT) => {
@@ -706,6 +716,7 @@ async fn stream(
                     break true;
                 }
                 sent.version = checked;
+                listed.at(checked);
             }
         }
     };

@@ -85,6 +85,72 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// Where a request below a collection goes.
+struct Route {
+    collection: String,
+    resource: Resource,
+    /// Empty for cluster-scoped kinds.
+    namespace: String,
+    name: Option<String>,
+    status: bool,
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// `%XX` decoded (label selectors arrive encoded).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether an object's labels satisfy a selector of `key=value`, `key!=value` and `key`
+/// terms (all the fake needs).
+fn matches_labels(object: &Value, selector: &str) -> bool {
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim()].as_str() == Some(v.trim().trim_start_matches('='))
+        } else {
+            labels.get(term.trim()).is_some()
+        }
+    })
+}
+
 fn json_response(code: u16, v: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
@@ -372,6 +438,9 @@ impl FakeApiServer {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if let Some(route) = self.route(&path) {
+            return self.object_request(req, route, &query).await;
+        }
         let st = self.lock();
         let Some(resource) = st.resources.get(&path).cloned() else {
             drop(st);
@@ -391,6 +460,204 @@ impl FakeApiServer {
         } else {
             self.list(path, &resource, &query)
         }
+    }
+
+    /// A path below a served collection: a namespace's collection, an object, or its status.
+    fn route(&self, path: &str) -> Option<Route> {
+        let st = self.lock();
+        // `/api/v1/namespaces/NS/PLURAL[/NAME[/status]]` first: the Namespace collection's own
+        // object paths (`/api/v1/namespaces/NAME`) would also match below.
+        for (collection, resource) in &st.resources {
+            let (prefix, plural) = collection.rsplit_once('/')?;
+            if let Some(rest) = path.strip_prefix(&format!("{prefix}/namespaces/")) {
+                let parts: Vec<&str> = rest.split('/').collect();
+                if parts.len() >= 2 && parts[1] == plural && parts.len() <= 4 {
+                    return Some(Route {
+                        collection: collection.clone(),
+                        resource: resource.clone(),
+                        namespace: parts[0].to_string(),
+                        name: parts.get(2).map(|n| n.to_string()),
+                        status: parts.get(3) == Some(&"status"),
+                    });
+                }
+            }
+        }
+        for (collection, resource) in &st.resources {
+            if let Some(rest) = path.strip_prefix(&format!("{collection}/")) {
+                let parts: Vec<&str> = rest.split('/').collect();
+                if parts.len() <= 2 {
+                    return Some(Route {
+                        collection: collection.clone(),
+                        resource: resource.clone(),
+                        namespace: String::new(),
+                        name: Some(parts[0].to_string()),
+                        status: parts.get(1) == Some(&"status"),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// GET, POST (create), PUT (replace, with optimistic concurrency), PATCH (merge patch, of
+    /// the object or its status) and DELETE, as the API server answers them.
+    async fn object_request(
+        &self,
+        req: Request<Incoming>,
+        route: Route,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
+        let method = req.method().clone();
+        let is_put = method == hyper::Method::PUT;
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return json_response(400, &status(400, "BadRequest", "unreadable body")),
+        };
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let verb = method.as_str().to_lowercase();
+        let what = match &route.name {
+            Some(n) => format!("{} {}/{n}", route.resource.kind, route.namespace),
+            None => format!("{} {}", route.resource.kind, route.namespace),
+        };
+        self.lock().log.push(format!(
+            "{verb} {what}{}",
+            if route.status { " status" } else { "" }
+        ));
+        let not_found =
+            || json_response(404, &status(404, "NotFound", &format!("{what} not found")));
+        match (method, route.name.clone()) {
+            (hyper::Method::GET, None) => {
+                let selector = query.get("labelSelector").map(|s| percent_decode(s));
+                let st = self.lock();
+                let items: Vec<Value> = st.objects[&route.collection]
+                    .iter()
+                    .filter(|((ns, _), _)| *ns == route.namespace)
+                    .map(|(_, o)| o.clone())
+                    .filter(|o| selector.as_deref().is_none_or(|s| matches_labels(o, s)))
+                    .collect();
+                json_response(
+                    200,
+                    &json!({"kind": format!("{}List", route.resource.kind),
+                        "apiVersion": route.resource.api_version,
+                        "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+                )
+            }
+            (hyper::Method::GET, Some(name)) => {
+                let st = self.lock();
+                match st.objects[&route.collection].get(&(route.namespace.clone(), name)) {
+                    Some(o) => json_response(200, o),
+                    None => not_found(),
+                }
+            }
+            (hyper::Method::POST, None) => {
+                let Some(mut object) = parsed else {
+                    return json_response(400, &status(400, "BadRequest", "not JSON"));
+                };
+                let name = match object["metadata"]["name"].as_str() {
+                    Some(n) => n.to_string(),
+                    None => match object["metadata"]["generateName"].as_str() {
+                        Some(prefix) => format!("{prefix}{}", self.resource_version() + 1),
+                        None => {
+                            return json_response(
+                                422,
+                                &status(422, "Invalid", "metadata.name: Required value"),
+                            );
+                        }
+                    },
+                };
+                object["metadata"]["name"] = json!(name);
+                if !route.namespace.is_empty() {
+                    object["metadata"]["namespace"] = json!(route.namespace);
+                }
+                object["apiVersion"] = json!(route.resource.api_version);
+                object["kind"] = json!(route.resource.kind);
+                let exists = self.lock().objects[&route.collection]
+                    .contains_key(&(route.namespace.clone(), name.clone()));
+                if exists {
+                    return json_response(
+                        409,
+                        &status(
+                            409,
+                            "AlreadyExists",
+                            &format!("{what} {name} already exists"),
+                        ),
+                    );
+                }
+                object["metadata"]["uid"] = json!(format!("uid-{name}"));
+                object["metadata"]["creationTimestamp"] = json!("2026-12-01T00:00:00Z");
+                let rv = self.apply(object.clone());
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                json_response(201, &object)
+            }
+            (hyper::Method::PUT | hyper::Method::PATCH, Some(name)) => {
+                let Some(sent) = parsed else {
+                    return json_response(400, &status(400, "BadRequest", "not JSON"));
+                };
+                let Some(current) = self.lock().objects[&route.collection]
+                    .get(&(route.namespace.clone(), name.clone()))
+                    .cloned()
+                else {
+                    return not_found();
+                };
+                let mut object = current.clone();
+                if is_put {
+                    if let Some(rv) = sent["metadata"]["resourceVersion"].as_str()
+                        && Some(rv) != current["metadata"]["resourceVersion"].as_str()
+                    {
+                        return json_response(
+                            409,
+                            &status(
+                                409,
+                                "Conflict",
+                                &format!(
+                                    "Operation cannot be fulfilled on {what}: the object has been modified; please apply your changes to the latest version and try again"
+                                ),
+                            ),
+                        );
+                    }
+                    if route.status {
+                        object["status"] = sent["status"].clone();
+                    } else {
+                        object = sent;
+                        object["status"] = current["status"].clone();
+                    }
+                } else if route.status {
+                    merge(&mut object["status"], &sent["status"]);
+                } else {
+                    merge(&mut object, &sent);
+                    object["status"] = current["status"].clone();
+                }
+                object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+                let rv = self.apply(object.clone());
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                json_response(200, &object)
+            }
+            (hyper::Method::DELETE, Some(name)) => {
+                let exists = self.lock().objects[&route.collection]
+                    .contains_key(&(route.namespace.clone(), name.clone()));
+                if !exists {
+                    return not_found();
+                }
+                self.delete(
+                    &route.resource.api_version,
+                    &route.resource.kind,
+                    &route.namespace,
+                    &name,
+                );
+                json_response(
+                    200,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                )
+            }
+            _ => json_response(405, &status(405, "MethodNotAllowed", "not served")),
+        }
+    }
+
+    /// Objects of a kind, for assertions.
+    pub fn objects(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        let st = self.lock();
+        let path = Self::path_of(&st, &json!({"apiVersion": api_version, "kind": kind}));
+        st.objects[&path].values().cloned().collect()
     }
 
     fn list(

@@ -18,7 +18,7 @@
 //! The index behind views is built once per store version and shared by every feed; a feed
 //! sends only what changed in its own view.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -295,6 +295,40 @@ impl ViewIndex {
         }
     }
 
+    /// Every pod a policy selects or that runs the sidecar: `(namespace, name, selected,
+    /// injected)`.
+    pub fn pod_coverage(&self) -> Vec<(&str, &str, bool, bool)> {
+        let state = self.engine.state();
+        state
+            .pod_ids()
+            .filter_map(|id| {
+                let i = id.0 as usize;
+                let selected = !self.selecting[i].is_empty();
+                let injected = self.protected[i];
+                let pod = state.pod(id);
+                (selected || injected).then_some((
+                    pod.namespace.as_str(),
+                    pod.name.as_str(),
+                    selected,
+                    injected,
+                ))
+            })
+            .collect()
+    }
+
+    /// For each policy: its object key, how many pods it selects, and how many of those run
+    /// the sidecar (and so enforce it).
+    pub fn policy_reach(&self) -> Vec<(&ObjectKey, usize, usize)> {
+        self.policy_keys
+            .iter()
+            .zip(&self.selected)
+            .map(|(key, pods)| {
+                let enforcing = pods.iter().filter(|p| self.protected[p.0 as usize]).count();
+                (key, pods.len(), enforcing)
+            })
+            .collect()
+    }
+
     fn peer_pods(&self, rule: RuleRef, peer: usize) -> PodList {
         if let Some(p) = self
             .peers
@@ -544,6 +578,42 @@ pub struct Views {
     current: Mutex<Option<Arc<ViewIndex>>>,
     building: tokio::sync::Mutex<()>,
     left: Mutex<HashMap<PodRef, LeftView>>,
+    /// The feeds open now, by a number of their own (a pod may hold two while reconnecting).
+    feeds: Mutex<(u64, BTreeMap<u64, FeedInfo>)>,
+}
+
+/// A sidecar's open feed, for `podwall status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedInfo {
+    /// Its pod.
+    pub pod: PodRef,
+    /// The version of the view it holds (moved on by heartbeats too).
+    pub version: u64,
+    /// When it opened.
+    pub since: std::time::SystemTime,
+}
+
+/// Keeps a feed listed in [`Views::feeds`] while it lives.
+pub struct FeedGuard {
+    views: Arc<Views>,
+    id: u64,
+}
+
+impl FeedGuard {
+    /// The sidecar now holds `version`.
+    pub fn at(&self, version: u64) {
+        let mut feeds = self.views.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = feeds.1.get_mut(&self.id) {
+            f.version = version;
+        }
+    }
+}
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        let mut feeds = self.views.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds.1.remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Views {
@@ -564,7 +634,33 @@ impl Views {
             current: Mutex::new(None),
             building: tokio::sync::Mutex::new(()),
             left: Mutex::new(HashMap::new()),
+            feeds: Mutex::new((0, BTreeMap::new())),
         }
+    }
+
+    /// Lists a feed for `pod` until the guard is dropped.
+    pub fn feed_opened(self: &Arc<Self>, pod: &PodRef, version: u64) -> FeedGuard {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds.0 += 1;
+        let id = feeds.0;
+        feeds.1.insert(
+            id,
+            FeedInfo {
+                pod: pod.clone(),
+                version,
+                since: std::time::SystemTime::now(),
+            },
+        );
+        FeedGuard {
+            views: self.clone(),
+            id,
+        }
+    }
+
+    /// The feeds open now.
+    pub fn feeds(&self) -> Vec<FeedInfo> {
+        let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds.1.values().cloned().collect()
     }
 
     fn cached(&self, version: u64) -> Option<Arc<ViewIndex>> {

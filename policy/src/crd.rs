@@ -61,6 +61,37 @@ fn structural(v: &mut Value) {
     }
 }
 
+/// What the control plane writes in `status`: whether the policy is valid (and if not, the
+/// field and why), how many pods it selects and how many of those enforce it.
+fn status_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "Written by podwall's control plane.",
+        "properties": {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "selectedPods": {"type": "integer", "description": "Pods the policy selects."},
+            "enforcingPods": {"type": "integer", "description": "Selected pods that run the podwall sidecar (the policy is enforced for them)."},
+            "conditions": {
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {
+                    "type": "object",
+                    "required": ["type", "status"],
+                    "properties": {
+                        "type": {"type": "string", "description": "Valid or Enforced."},
+                        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                        "reason": {"type": "string"},
+                        "message": {"type": "string"},
+                        "lastTransitionTime": {"type": "string", "format": "date-time"},
+                        "observedGeneration": {"type": "integer", "format": "int64"}
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// The CustomResourceDefinition of `podwall.io/v1alpha1` PodwallPolicy.
 pub fn podwall_policy_crd() -> Value {
     let spec = spec_schema();
@@ -70,6 +101,7 @@ pub fn podwall_policy_crd() -> Value {
         "specs".into(),
         json!({"type": "array", "description": "Several specs in one object, each applied on its own.", "items": spec}),
     );
+    properties.insert("status".into(), status_schema());
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -91,6 +123,15 @@ pub fn podwall_policy_crd() -> Value {
                 "name": "v1alpha1",
                 "served": true,
                 "storage": true,
+                // The control plane writes status (one writer among its replicas).
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Valid", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Valid\")].status"},
+                    {"name": "Selected", "type": "integer", "jsonPath": ".status.selectedPods", "description": "Pods the policy selects"},
+                    {"name": "Enforcing", "type": "integer", "jsonPath": ".status.enforcingPods", "description": "Selected pods that run the podwall sidecar"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Reason", "type": "string", "priority": 1, "jsonPath": ".status.conditions[?(@.type==\"Valid\")].message"}
+                ],
                 "schema": {"openAPIV3Schema": {
                     "description": "PodwallPolicy: CiliumNetworkPolicy's shape, enforced by podwall's sidecar. Its allows join the NetworkPolicy union.",
                     "type": "object",

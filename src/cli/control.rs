@@ -73,6 +73,21 @@ pub(crate) struct RunArgs {
     /// What the webhook injects (YAML; see `podwall inject --help`).
     #[arg(long, value_name = "FILE")]
     inject_config: Option<PathBuf>,
+    /// This replica's pod (the chart sets it from the downward API): its status ConfigMap
+    /// `<pod>-status` and its identity in the leader election. With `--source kube` and no
+    /// name, neither is written (podwall status then sees no replica).
+    #[arg(long, env = "POD_NAME", value_name = "POD")]
+    replica_name: Option<String>,
+    /// This replica's pod uid: its status ConfigMap is owned by (and deleted with) the pod.
+    #[arg(long, env = "POD_UID", value_name = "UID")]
+    replica_uid: Option<String>,
+    /// The control plane's namespace, where the replicas' status ConfigMaps and the leader
+    /// Lease live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "podwall-system")]
+    namespace: String,
+    /// The Lease the replicas elect the one that writes PodwallPolicy status and Events with.
+    #[arg(long, default_value = "podwall-control-leader")]
+    leader_lease: String,
     /// How often a `dir:` source is checked for changes.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -259,6 +274,47 @@ fn run_control(args: RunArgs) -> ExitCode {
         };
         let views = Arc::new(Views::new(store.clone(), evidence));
         tokio::spawn(podwall_control::status::watch(views.clone(), metrics.clone()));
+        if let (Source::Kube, Some(client)) = (&source, &client) {
+            // What operators read back: policy status and events (one writer, elected), and
+            // each replica's own report.
+            let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+            match &args.replica_name {
+                Some(name) => {
+                    tokio::spawn(podwall_control::leader::run(
+                        client.clone(),
+                        podwall_control::leader::Election {
+                            namespace: args.namespace.clone(),
+                            name: args.leader_lease.clone(),
+                            identity: name.clone(),
+                        },
+                        leader_tx,
+                    ));
+                    let reporter = podwall_control::replica::Reporter {
+                        namespace: args.namespace.clone(),
+                        pod: name.clone(),
+                        pod_uid: args.replica_uid.clone(),
+                        views: views.clone(),
+                        metrics: metrics.clone(),
+                        kinds: podwall_control::source::kube::watched_kinds()
+                            .into_iter()
+                            .map(|k| k.resource.kind)
+                            .collect(),
+                        webhook_cert: args.webhook_cert.clone(),
+                        leader: leader_rx.clone(),
+                    };
+                    tokio::spawn(reporter.publish(client.clone()));
+                }
+                None => tracing::warn!(
+                    "no --replica-name (POD_NAME): this replica writes no status for podwall status, and no PodwallPolicy status"
+                ),
+            }
+            tokio::spawn(podwall_control::policy_status::run(
+                client.clone(),
+                views.clone(),
+                metrics.clone(),
+                leader_rx,
+            ));
+        }
         let webhook_tls = webhook.is_some();
         if let Some((listen, cert, mut cfg)) = webhook {
             if (cfg.native_sidecar.is_none() || cfg.reserve_ports.is_none())

@@ -287,6 +287,17 @@ pub fn trim(kind: &str, map: &mut Map<String, Value>) {
             annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
     }
+    if matches!(
+        kind,
+        "NetworkPolicy" | "PodwallPolicy" | "CiliumNetworkPolicy"
+    ) {
+        // podwall writes PodwallPolicy status itself: a status write (and the resourceVersion
+        // it moves) must not be a change that goes out to every sidecar the policy reaches.
+        map.remove("status");
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            meta.remove("resourceVersion");
+        }
+    }
     if kind != "Pod" {
         return;
     }

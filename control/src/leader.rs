@@ -1,0 +1,138 @@
+//! One writer among replicas: a `coordination.k8s.io/v1` Lease, as kube-controller-manager and
+//! client-go's leader election use it. The holder renews it every [`RENEW`]; another replica
+//! takes it only once it has gone unrenewed for [`LEASE_DURATION`], with the Lease's
+//! resourceVersion, so two replicas never both win (the API server refuses the second write).
+//!
+//! What only the leader does (policy status, Events) is idempotent and written from the current
+//! state, so a leader that loses the lease mid-write leaves nothing the next one does not fix.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+/// How long an unrenewed lease stays its holder's.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the holder renews (and others look).
+pub const RENEW: Duration = Duration::from_secs(5);
+
+/// Who the replicas are and where the Lease lives.
+#[derive(Debug, Clone)]
+pub struct Election {
+    /// The Lease's namespace (the control plane's own).
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica (its pod name).
+    pub identity: String,
+}
+
+/// What one look at the Lease decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Holding,
+    HeldByOther,
+}
+
+/// Runs the election until the process ends; `leader` says whether this replica holds it.
+pub async fn run(client: kube::Client, election: Election, leader: watch::Sender<bool>) {
+    let api: Api<Lease> = Api::namespaced(client, &election.namespace);
+    let mut last_renewed: Option<tokio::time::Instant> = None;
+    loop {
+        match try_hold(&api, &election).await {
+            Ok(Outcome::Holding) => {
+                if !*leader.borrow() {
+                    tracing::info!(lease = %election.name, identity = %election.identity, "leading: this replica writes policy status and events");
+                }
+                last_renewed = Some(tokio::time::Instant::now());
+                leader.send_replace(true);
+            }
+            Ok(Outcome::HeldByOther) => {
+                if *leader.borrow() {
+                    tracing::info!(lease = %election.name, "another replica holds the lease now");
+                }
+                last_renewed = None;
+                leader.send_replace(false);
+            }
+            Err(e) => {
+                // Unreachable API server: keep leading only while the lease would still be
+                // ours for others.
+                let lapsed = last_renewed.is_none_or(|t| t.elapsed() >= LEASE_DURATION - RENEW);
+                if lapsed && *leader.borrow() {
+                    tracing::warn!(error = %e, "cannot renew the lease; stepping down");
+                    leader.send_replace(false);
+                } else {
+                    tracing::debug!(error = %e, "lease check failed");
+                }
+            }
+        }
+        tokio::time::sleep(RENEW).await;
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+async fn try_hold(api: &Api<Lease>, election: &Election) -> Result<Outcome, kube::Error> {
+    let duration_secs = LEASE_DURATION.as_secs() as i32;
+    let Some(current) = api.get_opt(&election.name).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(election.name.clone()),
+                namespace: Some(election.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(election.identity.clone()),
+                lease_duration_seconds: Some(duration_secs),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(Outcome::Holding),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::HeldByOther),
+            Err(e) => Err(e),
+        };
+    };
+    let spec = current.spec.clone().unwrap_or_default();
+    let ours = spec.holder_identity.as_deref() == Some(election.identity.as_str());
+    let held_for = spec
+        .lease_duration_seconds
+        .map_or(LEASE_DURATION, |s| Duration::from_secs(s.max(1) as u64));
+    let expired = match &spec.renew_time {
+        Some(MicroTime(at)) => {
+            let age = Timestamp::now().duration_since(*at);
+            age >= SignedDuration::try_from(held_for).unwrap_or(SignedDuration::MAX)
+        }
+        None => true,
+    };
+    if !ours && !expired && spec.holder_identity.is_some() {
+        return Ok(Outcome::HeldByOther);
+    }
+    let mut next = current.clone();
+    let next_spec = next.spec.get_or_insert_with(LeaseSpec::default);
+    if !ours {
+        next_spec.holder_identity = Some(election.identity.clone());
+        next_spec.acquire_time = Some(now());
+        next_spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        tracing::info!(previous = ?spec.holder_identity, "taking over the lapsed lease");
+    }
+    next_spec.lease_duration_seconds = Some(duration_secs);
+    next_spec.renew_time = Some(now());
+    // The resourceVersion read above: a replica that wrote in between wins, we lose.
+    match api
+        .replace(&election.name, &PostParams::default(), &next)
+        .await
+    {
+        Ok(_) => Ok(Outcome::Holding),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::HeldByOther),
+        Err(e) => Err(e),
+    }
+}
