@@ -233,18 +233,20 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let asking = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/live" | "/ready") => return text(StatusCode::OK, "ok\n".into()),
-        ("POST", path) => match Asking::of_path(path) {
-            Some(asking) => asking,
-            None => return text(StatusCode::NOT_FOUND, "not found\n".into()),
-        },
-        _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
+        ("POST", path) => Asking::of_path(path),
+        _ => None,
     };
+    // The body is read before any answer, a 404 too: an HTTP/2 stream answered while its
+    // client still sends is reset, and the client sees a framing error instead of the 404.
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             metrics.count("malformed");
             return text(StatusCode::BAD_REQUEST, format!("unreadable body: {e}\n"));
         }
+    };
+    let Some(asking) = asking else {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
