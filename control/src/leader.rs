@@ -28,6 +28,23 @@ pub struct Election {
     pub name: String,
     /// This replica (its pod name).
     pub identity: String,
+    /// How long an unrenewed lease stays its holder's ([`LEASE_DURATION`]).
+    pub lease_duration: Duration,
+    /// How often it is renewed and looked at ([`RENEW`]).
+    pub renew: Duration,
+}
+
+impl Election {
+    /// An election with the default timings.
+    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+        Election {
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration: LEASE_DURATION,
+            renew: RENEW,
+        }
+    }
 }
 
 /// What one look at the Lease decided.
@@ -60,7 +77,9 @@ pub async fn run(client: kube::Client, election: Election, leader: watch::Sender
             Err(e) => {
                 // Unreachable API server: keep leading only while the lease would still be
                 // ours for others.
-                let lapsed = last_renewed.is_none_or(|t| t.elapsed() >= LEASE_DURATION - RENEW);
+                let lapsed = last_renewed.is_none_or(|t| {
+                    t.elapsed() >= election.lease_duration.saturating_sub(election.renew)
+                });
                 if lapsed && *leader.borrow() {
                     tracing::warn!(error = %e, "cannot renew the lease; stepping down");
                     leader.send_replace(false);
@@ -69,7 +88,7 @@ pub async fn run(client: kube::Client, election: Election, leader: watch::Sender
                 }
             }
         }
-        tokio::time::sleep(RENEW).await;
+        tokio::time::sleep(election.renew).await;
     }
 }
 
@@ -78,7 +97,7 @@ fn now() -> MicroTime {
 }
 
 async fn try_hold(api: &Api<Lease>, election: &Election) -> Result<Outcome, kube::Error> {
-    let duration_secs = LEASE_DURATION.as_secs() as i32;
+    let duration_secs = election.lease_duration.as_secs().max(1) as i32;
     let Some(current) = api.get_opt(&election.name).await? else {
         let lease = Lease {
             metadata: ObjectMeta {

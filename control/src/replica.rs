@@ -113,6 +113,8 @@ pub struct Reporter {
     pub webhook_cert: Option<PathBuf>,
     /// Whether this replica leads.
     pub leader: watch::Receiver<bool>,
+    /// How often the report is rewritten ([`PUBLISH_EVERY`]).
+    pub every: Duration,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -259,7 +261,7 @@ impl Reporter {
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(PUBLISH_EVERY).await;
+            tokio::time::sleep(self.every).await;
         }
     }
 }

@@ -282,11 +282,11 @@ fn run_control(args: RunArgs) -> ExitCode {
                 Some(name) => {
                     tokio::spawn(podwall_control::leader::run(
                         client.clone(),
-                        podwall_control::leader::Election {
-                            namespace: args.namespace.clone(),
-                            name: args.leader_lease.clone(),
-                            identity: name.clone(),
-                        },
+                        podwall_control::leader::Election::new(
+                            &args.namespace,
+                            &args.leader_lease,
+                            name,
+                        ),
                         leader_tx,
                     ));
                     let reporter = podwall_control::replica::Reporter {
@@ -301,6 +301,7 @@ fn run_control(args: RunArgs) -> ExitCode {
                             .collect(),
                         webhook_cert: args.webhook_cert.clone(),
                         leader: leader_rx.clone(),
+                        every: podwall_control::replica::PUBLISH_EVERY,
                     };
                     tokio::spawn(reporter.publish(client.clone()));
                 }
