@@ -6,6 +6,7 @@ pub(crate) mod inject;
 pub(crate) mod logging;
 pub(crate) mod proxy;
 pub(crate) mod sandbox;
+pub(crate) mod status;
 
 /// A listen address as operators write it: `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every IPv4
 /// address (as Go servers take it).

@@ -35,6 +35,12 @@ enum Command {
     /// Take podwall out of workloads injected offline
     /// (`podwall uninject -f injected.yaml | kubectl apply -f -`).
     Uninject(cli::inject::UninjectArgs),
+    /// What podwall is doing on the cluster: control-plane replicas, the webhook, and per
+    /// namespace the pods selected, injected, connected and unprotected (your kubeconfig).
+    Status(cli::status::StatusArgs),
+    /// PASS / WARN / FAIL, each with what to do: before installing (--pre-install), on a node's
+    /// kernel (--node), or everything once installed.
+    Check(cli::status::CheckArgs),
     /// Print the PodwallPolicy CustomResourceDefinition (`podwall crd | kubectl apply -f -`).
     Crd,
 }
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
         Command::Proxy(cmd) => cli::proxy::run(cmd),
         Command::Inject(args) => cli::inject::run(args),
         Command::Uninject(args) => cli::inject::run_uninject(args),
+        Command::Status(args) => cli::status::status(args),
+        Command::Check(args) => cli::status::check(args),
         Command::Sandbox(cmd) => cli::sandbox::run(cmd),
         Command::Crd => {
             print!("{}", podwall_policy::crd::podwall_policy_crd_yaml());

@@ -439,3 +439,43 @@ fn the_crd_in_helm_is_the_one_generated_from_the_rust_types() {
     assert!(out.contains("name: podwallpolicies.podwall.io"));
     assert!(out.contains("name: v1alpha1"));
 }
+
+#[test]
+fn check_node_probes_the_kernel_in_a_namespace_of_its_own_and_leaves_the_nodes_rules_alone() {
+    if !support::ready(
+        "check_node_probes_the_kernel_in_a_namespace_of_its_own_and_leaves_the_nodes_rules_alone",
+        &["iptables", "iptables-save"],
+        "iptables",
+    ) {
+        return;
+    }
+    let rules = || {
+        let out = std::process::Command::new("iptables-save")
+            .output()
+            .expect("iptables-save");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let before = rules();
+    let (code, out, err) = podwall(&["check", "--node", "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let names: Vec<&str> = lines
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter(|l| l["level"] == "PASS")
+        .filter_map(|l| l["check"].as_str())
+        .collect();
+    for feature in ["TPROXY (IPv4)", "NFQUEUE (IPv4)", "NAT REDIRECT (IPv4)"] {
+        assert!(names.contains(&feature), "{feature}: {out}");
+    }
+    assert_eq!(
+        rules(),
+        before,
+        "the probe's rules never reach the node's tables"
+    );
+}

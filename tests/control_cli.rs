@@ -60,6 +60,33 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
     }
     let api = FakeApiServer::start().await;
     api.serve_builtins();
+    // What the control plane writes back and `podwall status` / `check` read.
+    api.serve("v1", "ConfigMap", "configmaps");
+    api.serve("v1", "Event", "events");
+    api.serve("coordination.k8s.io/v1", "Lease", "leases");
+    api.serve("apps/v1", "Deployment", "deployments");
+    api.serve(
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+    );
+    api.serve(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+    );
+    api.serve("cert-manager.io/v1", "Certificate", "certificates");
+    api.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "podwall", "namespace": "podwall-system",
+            "labels": {"app.kubernetes.io/name": "podwall"}},
+        "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}));
+    api.apply(json!({"apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "podwall-inject", "labels": {"app.kubernetes.io/name": "podwall"}},
+        "webhooks": [{"name": "inject.podwall.io", "clientConfig": {"caBundle": "LS0tLS1CRUdJTg=="}}]}));
+    let mut crd = podwall_policy::crd::podwall_policy_crd();
+    crd["metadata"]["name"] = json!("podwallpolicies.podwall.io");
+    api.apply(crd);
     api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}));
     api.apply(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "web", "namespace": "prod", "labels": {"app": "web"}},
@@ -111,6 +138,10 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
             .arg(&cert_file)
             .env("KUBECONFIG", &kubeconfig)
             .env("PODWALL_LOG_FORMAT", "json")
+            .env("POD_NAME", "podwall-0")
+            .env("POD_UID", "uid-podwall-0")
+            .env("POD_NAMESPACE", "podwall-system")
+            .arg("--status-interval=1s")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
@@ -310,6 +341,75 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The operator's view, through their kubeconfig: the replica's report names web as
+    // selected without the sidecar; check says so as a WARN, and passes what is healthy.
+    let status = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_podwall"))
+            .args(["status", "-o", "json"])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .expect("podwall status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        if v["namespaces"].as_array().is_some_and(|n| !n.is_empty()) {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no replica report: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(status["replicas"][0]["name"], "podwall-0", "{status}");
+    assert_eq!(status["replicas"][0]["ready"], true);
+    assert_eq!(status["deployment"], json!(["podwall", 1, 1]));
+    assert_eq!(
+        status["namespaces"][0],
+        json!({"namespace": "prod", "selected": 1, "injected": 0, "connected": 0, "unprotected": 1})
+    );
+    assert!(
+        status["webhook_certificate_expires"].is_string(),
+        "the certificate's expiry is read: {status}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_podwall"))
+        .args(["status", "--namespace", "prod"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("podwall status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Replica podwall-0: ready"), "{text}");
+    assert!(text.contains("prod/web"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_podwall"))
+        .args(["check", "-o", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("podwall check");
+    let lines: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let level = |what: &str| {
+        lines
+            .as_array()
+            .expect("lines")
+            .iter()
+            .find(|l| l["check"] == what)
+            .map(|l| l["level"].clone())
+            .unwrap_or_else(|| panic!("no {what}: {lines}"))
+    };
+    assert_eq!(level("cert-manager"), "PASS");
+    assert_eq!(level("control plane"), "PASS");
+    assert_eq!(level("PodwallPolicy CRD"), "PASS");
+    assert_eq!(level("injection webhook"), "PASS");
+    assert_eq!(level("replica podwall-0"), "PASS");
+    assert_eq!(level("unprotected pods"), "WARN");
+    assert_eq!(out.status.code(), Some(0), "no FAIL: {lines}");
+    // The leader election ran: this replica holds the lease.
+    assert_eq!(
+        api.objects("coordination.k8s.io/v1", "Lease")[0]["spec"]["holderIdentity"],
+        "podwall-0"
+    );
     // Prometheus 3 needs the Content-Type of what it is given (OpenMetrics: it ends in # EOF).
     let (content_type, _) = curl(&[
         "--cacert",

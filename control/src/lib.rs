@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod inject;
+pub mod inspect;
 pub mod leader;
 pub mod policy_status;
 pub mod replica;

@@ -38,6 +38,10 @@ pub struct ReplicaStatus {
     pub updated: String,
     /// Whether a first complete state is loaded (the replica serves feeds).
     pub ready: bool,
+    /// How often the replica rewrites this (0: the default, [`PUBLISH_EVERY`]); a report older
+    /// than three periods is stale.
+    #[serde(default)]
+    pub interval_seconds: u64,
     /// Whether this replica holds the lease (writes policy status and events).
     pub leader: bool,
     /// The store's version.
@@ -188,6 +192,7 @@ impl Reporter {
             replica: self.pod.clone(),
             updated: rfc3339(SystemTime::now()),
             ready: store.loaded(),
+            interval_seconds: self.every.as_secs().max(1),
             leader: *self.leader.borrow(),
             version: index.map_or(0, |i| i.version),
             watches,
@@ -236,6 +241,14 @@ impl Reporter {
     pub async fn publish(self, client: kube::Client) {
         let api: Api<ConfigMap> = Api::namespaced(client, &self.namespace);
         let mut failing = false;
+        // The first report once the state is loaded (or after one period), not a "not ready"
+        // one that stands for a whole period.
+        let store = self.views.store().clone();
+        let mut changes = store.subscribe();
+        let first = tokio::time::Instant::now() + self.every;
+        while !store.loaded() && tokio::time::Instant::now() < first {
+            let _ = tokio::time::timeout_at(first, changes.changed()).await;
+        }
         loop {
             let status = self.report().await;
             let cm = self.config_map(&status);

@@ -430,6 +430,33 @@ impl FakeApiServer {
         if path == "/version" {
             return json_response(200, &serde_json::from_str(VERSION).unwrap_or_default());
         }
+        if path == "/apis" {
+            // Discovery: the groups of the served kinds.
+            let st = self.lock();
+            let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for r in st.resources.values() {
+                if let Some((group, version)) = r.api_version.split_once('/') {
+                    let versions = groups.entry(group.to_string()).or_default();
+                    if !versions.contains(&version.to_string()) {
+                        versions.push(version.to_string());
+                    }
+                }
+            }
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|(name, versions)| {
+                    let vs: Vec<Value> = versions
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+                        .collect();
+                    json!({"name": name, "versions": vs, "preferredVersion": vs[0]})
+                })
+                .collect();
+            return json_response(
+                200,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            );
+        }
         let query: BTreeMap<String, String> = req
             .uri()
             .query()

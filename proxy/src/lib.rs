@@ -18,6 +18,7 @@ pub mod exempt;
 pub mod feed_client;
 pub mod flow;
 pub mod init;
+pub mod kernel_check;
 pub mod lookup;
 pub mod metrics;
 pub mod orig_dst;

@@ -85,6 +85,10 @@ pub(crate) struct RunArgs {
     /// Lease live.
     #[arg(long, env = "POD_NAMESPACE", default_value = "podwall-system")]
     namespace: String,
+    /// How often this replica rewrites its status ConfigMap (`podwall status` calls a report
+    /// older than three periods stale).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
     /// The Lease the replicas elect the one that writes PodwallPolicy status and Events with.
     #[arg(long, default_value = "podwall-control-leader")]
     leader_lease: String,
@@ -301,7 +305,7 @@ fn run_control(args: RunArgs) -> ExitCode {
                             .collect(),
                         webhook_cert: args.webhook_cert.clone(),
                         leader: leader_rx.clone(),
-                        every: podwall_control::replica::PUBLISH_EVERY,
+                        every: args.status_interval,
                     };
                     tokio::spawn(reporter.publish(client.clone()));
                 }

@@ -1,0 +1,163 @@
+//! Whether this node's kernel can hold the rules the init container installs: `podwall check
+//! --node`, run on a node (as root, e.g. from `kubectl debug node/NAME --profile=sysadmin`).
+//!
+//! Each feature is tried for real, by installing one rule that needs it in a network namespace
+//! of its own (made for the probe and gone with it), so the node's own rules are never touched
+//! and a missing module (xt_NFQUEUE, xt_TPROXY) fails exactly as the init container would.
+
+use std::process::Command;
+
+/// One probed feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    /// What was tried (`NFQUEUE (IPv4)`).
+    pub name: String,
+    /// Whether the kernel took the rule.
+    pub ok: bool,
+    /// iptables' complaint when it did not.
+    pub detail: String,
+    /// Whether podwall needs it (IPv6 features only matter where pods have IPv6).
+    pub required: bool,
+}
+
+/// The rules the init container relies on beyond plain redirects, one per feature.
+const PROBES: [(&str, &str, &[&str], bool); 6] = [
+    (
+        "NAT REDIRECT (IPv4)",
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+        true,
+    ),
+    (
+        "TPROXY (IPv4)",
+        "iptables",
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-j",
+            "TPROXY",
+            "--on-port",
+            "15006",
+            "--tproxy-mark",
+            "0x1/0x1",
+        ],
+        true,
+    ),
+    (
+        "NFQUEUE (IPv4)",
+        "iptables",
+        &[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "1337",
+        ],
+        true,
+    ),
+    (
+        "connmark and socket marks (IPv4)",
+        "iptables",
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "OUTPUT",
+            "-m",
+            "mark",
+            "--mark",
+            "0x1337",
+            "-j",
+            "CONNMARK",
+            "--save-mark",
+        ],
+        true,
+    ),
+    (
+        "TPROXY (IPv6)",
+        "ip6tables",
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-j",
+            "TPROXY",
+            "--on-port",
+            "15006",
+            "--tproxy-mark",
+            "0x1/0x1",
+        ],
+        false,
+    ),
+    (
+        "NFQUEUE (IPv6)",
+        "ip6tables",
+        &[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "1337",
+        ],
+        false,
+    ),
+];
+
+/// Tries every feature in a fresh network namespace; an error when no namespace can be made
+/// (not root, or no CAP_SYS_ADMIN).
+pub fn probe() -> Result<Vec<Feature>, String> {
+    // Namespaces belong to threads: a thread of its own takes the new one and spawns iptables
+    // from it; the process's other threads stay where they are.
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+            format!(
+                "cannot make a network namespace to probe in ({e}): run as root with CAP_SYS_ADMIN"
+            )
+        })?;
+        Ok(PROBES
+            .iter()
+            .map(|(name, tool, args, required)| {
+                let (ok, detail) = match Command::new(tool).args(*args).output() {
+                    Ok(out) if out.status.success() => (true, String::new()),
+                    Ok(out) => (
+                        false,
+                        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    ),
+                    Err(e) => (false, format!("{tool}: {e}")),
+                };
+                Feature {
+                    name: (*name).to_string(),
+                    ok,
+                    detail,
+                    required: *required,
+                }
+            })
+            .collect())
+    })
+    .join()
+    .map_err(|_| "the probe thread panicked".to_string())?
+}
