@@ -62,7 +62,7 @@ pub struct ViewIndex {
     pod_keys: Vec<ObjectKey>,
     /// Each policy's object key, and back.
     policy_keys: Vec<ObjectKey>,
-    policy_ids: HashMap<ObjectKey, PolicyId>,
+    policy_ids: HashMap<ObjectKey, Vec<PolicyId>>,
     /// The policies selecting each pod.
     selecting: Vec<Vec<PolicyId>>,
     /// The pods each policy selects (sorted).
@@ -164,10 +164,13 @@ impl ViewIndex {
             .policy_ids()
             .map(|id| policy_key(&engine, id))
             .collect();
-        let policy_ids = state
-            .policy_ids()
-            .map(|id| (policy_keys[id.0 as usize].clone(), id))
-            .collect();
+        let mut policy_ids: HashMap<ObjectKey, Vec<PolicyId>> = HashMap::new();
+        for id in state.policy_ids() {
+            policy_ids
+                .entry(policy_keys[id.0 as usize].clone())
+                .or_default()
+                .push(id);
+        }
         // Who selects whom, looking only at each policy's own namespace (pods are sorted by
         // namespace): as Engine::policies_selecting decides, without scanning every pod.
         let mut ranges: HashMap<&str, (usize, usize)> = HashMap::new();
@@ -316,17 +319,25 @@ impl ViewIndex {
             .collect()
     }
 
-    /// For each policy: its object key, how many pods it selects, and how many of those run
-    /// the sidecar (and so enforce it).
+    /// For each policy object: its key, how many pods it selects (any of its specs), and how
+    /// many of those run the sidecar (and so enforce it).
     pub fn policy_reach(&self) -> Vec<(&ObjectKey, usize, usize)> {
-        self.policy_keys
+        let mut out: Vec<(&ObjectKey, usize, usize)> = self
+            .policy_ids
             .iter()
-            .zip(&self.selected)
-            .map(|(key, pods)| {
+            .map(|(key, ids)| {
+                let mut pods: Vec<PodId> = ids
+                    .iter()
+                    .flat_map(|id| self.selected[id.0 as usize].iter().copied())
+                    .collect();
+                pods.sort_unstable();
+                pods.dedup();
                 let enforcing = pods.iter().filter(|p| self.protected[p.0 as usize]).count();
                 (key, pods.len(), enforcing)
             })
-            .collect()
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(b.0));
+        out
     }
 
     fn peer_pods(&self, rule: RuleRef, peer: usize) -> PodList {
@@ -398,10 +409,9 @@ impl ViewIndex {
                 }
                 _ => {
                     // A policy: in the view if it selects the pod or a pod of the view.
-                    let Some(policy_id) = self.policy_ids.get(key) else {
+                    let Some(ids) = self.policy_ids.get(key) else {
                         continue; // gone, and was not in the view
                     };
-                    let selected = &self.selected[policy_id.0 as usize];
                     let view_pods = view_pods.get_or_insert_with(|| {
                         sent.iter()
                             .filter(|k| k.kind == "Pod")
@@ -409,7 +419,10 @@ impl ViewIndex {
                             .chain(me)
                             .collect()
                     });
-                    if view_pods.iter().any(|p| selected.binary_search(p).is_ok()) {
+                    if ids.iter().any(|id| {
+                        let selected = &self.selected[id.0 as usize];
+                        view_pods.iter().any(|p| selected.binary_search(p).is_ok())
+                    }) {
                         return true;
                     }
                 }
@@ -513,12 +526,15 @@ fn peerless_named_ports(policy: &Policy) -> impl Iterator<Item = &str> {
         })
 }
 
+/// The object a policy was read from: each spec of a PodwallPolicy or CiliumNetworkPolicy with
+/// `specs:` is a policy of its own named `NAME#specs[i]`, but the store (and a sidecar's view)
+/// holds the one object `NAME`. (`#` is in no object name.)
 fn policy_key(engine: &Engine, id: PolicyId) -> ObjectKey {
     let name = &engine.state().policy(id).name;
     ObjectKey {
         kind: name.kind.to_string(),
         namespace: name.namespace.clone(),
-        name: name.name.clone(),
+        name: name.name.split('#').next().unwrap_or_default().to_string(),
     }
 }
 
@@ -895,5 +911,47 @@ mod tests {
         let mut objs = base.clone();
         objs[4] = edited.clone();
         assert!(changed_to(objs, &[&edited]));
+    }
+
+    #[test]
+    fn a_policy_object_with_several_specs_is_sent_and_counted_as_one_object() {
+        let multi = json!({"apiVersion": "podwall.io/v1alpha1", "kind": "PodwallPolicy",
+        "metadata": {"name": "two", "namespace": "prod"},
+        "specs": [
+            {"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"fromEndpoints": [{}]}]},
+            {"endpointSelector": {"matchLabels": {"app": "api"}}, "ingress": [{"fromEndpoints": [{}]}]},
+        ]});
+        let objs = vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
+            pod("web", "web", "10.0.0.1", true),
+            pod("api", "api", "10.0.0.2", false),
+            multi.clone(),
+        ];
+        let index = ViewIndex::build(1, set(&objs), SidecarEvidence::Annotation);
+        let web = PodRef {
+            namespace: "prod".into(),
+            name: "web".into(),
+        };
+        let keys = index.keys_for(&web);
+        assert!(
+            keys.contains(&ObjectKey::of(&multi).expect("key")),
+            "the object the store holds, not one per spec: {:?}",
+            names(&keys)
+        );
+        assert!(
+            keys.iter().all(|k| !k.name.contains('#')),
+            "{:?}",
+            names(&keys)
+        );
+        let reach = index.policy_reach();
+        assert_eq!(reach.len(), 1, "one object");
+        assert_eq!(
+            (reach[0].1, reach[0].2),
+            (2, 1),
+            "web and api selected, web enforcing"
+        );
+        // Editing the object reaches the sidecars its specs select.
+        let changed = BTreeSet::from([ObjectKey::of(&multi).expect("key")]);
+        assert!(index.may_change(&web, &BTreeSet::new(), &changed));
     }
 }
