@@ -263,6 +263,7 @@ fn the_rendered_chart_is_what_the_code_expects() {
     for name in [
         "inject.podwall.io",
         "namespace.inject.podwall.io",
+        "required.inject.podwall.io",
         "guard.podwall.io",
     ] {
         assert!(
@@ -286,7 +287,17 @@ fn the_rendered_chart_is_what_the_code_expects() {
     );
     assert_eq!(
         label_expression(hook),
-        serde_json::json!({"key": "podwall.io/inject", "operator": "DoesNotExist"})
+        serde_json::json!({"key": "podwall.io/inject", "operator": "NotIn", "values": ["enabled", "required", "disabled"]}),
+        "a namespace labelled anything else (true, Enabled) is covered by annotation, not left out"
+    );
+    let required = entry(webhook, "required.inject.podwall.io");
+    assert_eq!(
+        required["clientConfig"]["service"]["path"],
+        podwall_control::webhook::REQUIRED_INJECT_PATH
+    );
+    assert_eq!(
+        label_expression(required),
+        serde_json::json!({"key": "podwall.io/inject", "operator": "In", "values": ["required"]})
     );
     assert_eq!(
         label_expression(guard),
@@ -433,7 +444,7 @@ fn the_rendered_chart_is_what_the_code_expects() {
 fn scoped_to_labelled_namespaces_the_webhook_sees_no_other_pod() {
     let Some(objects) = rendered_with(Some(serde_json::json!({
         "webhook": {"scope": "labeledNamespaces"},
-        "proxy": {"threads": 2, "fqdnMinTTL": "30s", "allowPodExclusions": false},
+        "proxy": {"threads": 2, "fqdnMinTTL": "30s", "allowPodExclusions": false, "allowPodAudit": false},
         "controlPlane": {
             "imagePullSecrets": [{"name": "regcred"}],
             "affinity": {"nodeAffinity": {}},
@@ -452,16 +463,17 @@ fn scoped_to_labelled_namespaces_the_webhook_sees_no_other_pod() {
         .collect();
     assert_eq!(
         names,
-        ["namespace.inject.podwall.io", "guard.podwall.io"],
+        [
+            "namespace.inject.podwall.io",
+            "required.inject.podwall.io",
+            "guard.podwall.io"
+        ],
         "no entry covers unlabelled namespaces"
     );
-    for name in names {
-        assert_eq!(
-            label_expression(entry(webhook, name)),
-            serde_json::json!({"key": "podwall.io/inject", "operator": "In", "values": ["enabled"]}),
-            "{name}"
-        );
-    }
+    assert_eq!(
+        label_expression(entry(webhook, "guard.podwall.io")),
+        serde_json::json!({"key": "podwall.io/inject", "operator": "In", "values": ["enabled", "required"]})
+    );
     let inject: podwall_control::inject::InjectConfig = serde_saphyr::from_str(
         find(&objects, "ConfigMap")["data"]["inject.yaml"]
             .as_str()
@@ -471,6 +483,7 @@ fn scoped_to_labelled_namespaces_the_webhook_sees_no_other_pod() {
     assert_eq!(inject.threads, Some(2));
     assert_eq!(inject.fqdn_min_ttl.as_deref(), Some("30s"));
     assert!(!inject.allow_pod_exclusions);
+    assert!(!inject.allow_pod_audit);
     let template = &find(&objects, "Deployment")["spec"]["template"];
     assert_eq!(
         template["spec"]["imagePullSecrets"],
@@ -655,6 +668,17 @@ fn monitoring_is_off_by_default_and_on_scrapes_what_podwall_serves() {
     for panel in panels {
         for target in panel["targets"].as_array().expect("targets") {
             exprs.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    // Control-plane series only from the control plane's job: any pod could export the names.
+    let unscoped = regex::Regex::new(r"podwall_control_[a-z_]+(\{[^}]*\})?").expect("regex");
+    for expr in &exprs {
+        for m in unscoped.find_iter(expr) {
+            assert!(
+                m.as_str().contains("job="),
+                "{} in {expr} is not scoped to the control plane's job",
+                m.as_str()
+            );
         }
     }
     let mut read = 0;

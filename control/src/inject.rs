@@ -101,6 +101,8 @@ pub struct InjectConfig {
     /// Whether a pod may add exclusions of its own by annotation
     /// (`podwall.io/exclude-outbound-cidrs` and the port lists, see [`pod_settings`]).
     pub allow_pod_exclusions: bool,
+    /// Whether a pod may put itself in audit mode (`podwall.io/enforcement: audit`).
+    pub allow_pod_audit: bool,
 }
 
 impl Default for InjectConfig {
@@ -128,6 +130,7 @@ impl Default for InjectConfig {
             fqdn_min_ttl: None,
             threads: None,
             allow_pod_exclusions: true,
+            allow_pod_audit: true,
         }
     }
 }
@@ -206,6 +209,11 @@ pub enum InjectError {
     /// The object is not a pod template podwall knows how to find.
     #[error("{0}")]
     NotAWorkload(String),
+    /// A pod of a namespace that requires the sidecar asks not to have it.
+    #[error(
+        "its namespace is labelled podwall.io/inject=required: every pod there gets the podwall sidecar, and podwall.io/inject: disabled is refused"
+    )]
+    OptOutRefused,
     /// A per-pod setting's annotation whose value does not parse (see [`pod_settings`]).
     #[error("annotation {annotation} is {value:?}: it must be {expected}")]
     Annotation {
@@ -472,7 +480,6 @@ pub fn genuine_injection(
     spec: &Value,
     cfg: &InjectConfig,
 ) -> Result<bool, InjectError> {
-    let cfg = &pod_settings::for_pod(cfg, metadata)?;
     let inits = spec["initContainers"]
         .as_array()
         .map(Vec::as_slice)
@@ -492,6 +499,9 @@ pub fn genuine_injection(
     if !named(INIT) && !named(SIDECAR) && status.is_none() {
         return Ok(false);
     }
+    // What was injected followed the pod's own settings (read only now: a pod that neither
+    // asks nor has podwall's containers answers to none of podwall's annotations).
+    let cfg = &pod_settings::for_pod(cfg, metadata)?;
     let off = |what: &str, why: String| InjectError::NotTheSidecar {
         what: what.to_string(),
         why,

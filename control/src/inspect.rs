@@ -260,6 +260,9 @@ pub struct Status {
     pub namespaces: Vec<NamespaceSummary>,
     /// Per pod (selected or injected).
     pub pods: Vec<PodSummary>,
+    /// What the reports leave unknown: no fresh ready replica, a stale replica (its sidecars
+    /// cannot be told from disconnected ones), or reports too big for their lists.
+    pub unknown: Vec<String>,
 }
 
 fn parse_time(t: &str) -> Option<SystemTime> {
@@ -309,25 +312,42 @@ pub fn summarize(o: &Observed, now: SystemTime) -> Status {
         .iter()
         .filter(|r| age(r) <= stale_after(r))
         .collect();
-    // Coverage from the freshest ready replica (they all watch the same state); feeds from all.
+    // Coverage from the most recently written ready report (every replica watches the same
+    // state; their version counters are their own and not comparable); feeds from all, a pod
+    // seen on two replicas (reconnecting) on the one it connected to last.
     let newest = fresh
         .iter()
         .filter(|r| r.ready)
-        .max_by_key(|r| (r.version, r.updated.clone()));
-    let mut feeds: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
+        .max_by_key(|r| parse_time(&r.updated));
+    let mut feeds: BTreeMap<(String, String), (u64, String, String)> = BTreeMap::new();
     for r in &fresh {
         for f in &r.feeds {
             let entry = feeds
                 .entry((f.namespace.clone(), f.pod.clone()))
-                .or_insert((f.version, r.replica.clone()));
-            if f.version > entry.0 {
-                *entry = (f.version, r.replica.clone());
+                .or_insert((f.version, r.replica.clone(), f.since.clone()));
+            if parse_time(&f.since) > parse_time(&entry.2) {
+                *entry = (f.version, r.replica.clone(), f.since.clone());
             }
         }
     }
     let mut pods = Vec::new();
     let mut namespaces: BTreeMap<String, NamespaceSummary> = BTreeMap::new();
-    if let Some(r) = newest {
+    if let Some(r) = newest.filter(|r| r.truncated) {
+        // Counts only: the lists did not fit in the report.
+        for (ns, c) in &r.counts {
+            namespaces.insert(
+                ns.clone(),
+                NamespaceSummary {
+                    namespace: ns.clone(),
+                    selected: c.selected,
+                    injected: c.injected,
+                    connected: 0,
+                    unprotected: c.unprotected,
+                },
+            );
+        }
+    }
+    if let Some(r) = newest.filter(|r| !r.truncated) {
         for (ns, list) in &r.namespaces {
             let summary = namespaces
                 .entry(ns.clone())
@@ -377,8 +397,22 @@ pub fn summarize(o: &Observed, now: SystemTime) -> Status {
             ca,
         )
     });
+    let mut unknown = Vec::new();
+    if newest.is_none() {
+        unknown.push("no fresh report of a ready replica: pods and feeds are unknown".to_string());
+    }
+    if newest.is_some_and(|r| r.truncated) {
+        unknown.push("the reports were too big for their pod lists: per-pod state and connected sidecars are unknown, namespace counts are right".to_string());
+    }
+    for r in replicas.iter().filter(|r| r.stale) {
+        unknown.push(format!(
+            "replica {}'s report is stale: sidecars connected to it look disconnected",
+            r.name
+        ));
+    }
     Status {
         namespace: o.namespace.clone(),
+        unknown,
         deployment,
         replicas,
         webhook,
@@ -722,7 +756,22 @@ pub fn checks(o: &Observed, status: &Status, now: SystemTime) -> Vec<Check> {
         .filter(|p| p.selected && !p.injected)
         .map(|p| format!("{}/{}", p.namespace, p.pod))
         .collect();
-    if unprotected.is_empty() {
+    let unprotected_count: usize = status.namespaces.iter().map(|n| n.unprotected).sum();
+    if status.version.is_none() {
+        out.push(check(
+            Level::Warn,
+            "unprotected pods",
+            "unknown: no fresh report of a ready replica".into(),
+            Some("see the replica lines above"),
+        ));
+    } else if unprotected_count > unprotected.len() {
+        out.push(check(
+            Level::Warn,
+            "unprotected pods",
+            format!("{unprotected_count} pod(s) a policy selects run without the sidecar (the reports are too big to name them)"),
+            Some("podwall status; the control plane's log names each"),
+        ));
+    } else if unprotected.is_empty() {
         out.push(check(
             Level::Pass,
             "unprotected pods",
@@ -747,7 +796,26 @@ pub fn checks(o: &Observed, status: &Status, now: SystemTime) -> Vec<Check> {
         .filter(|p| p.injected && !p.connected)
         .map(|p| format!("{}/{}", p.namespace, p.pod))
         .collect();
-    if !disconnected.is_empty() && !status.replicas.iter().any(|r| r.stale) {
+    let feeds_unknown: Vec<&String> = status
+        .unknown
+        .iter()
+        .filter(|u| u.contains("stale") || u.contains("too big") || u.contains("no fresh"))
+        .collect();
+    if !feeds_unknown.is_empty() {
+        out.push(check(
+            Level::Warn,
+            "sidecar feeds",
+            format!(
+                "unknown: {}",
+                feeds_unknown
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Some("kubectl -n podwall-system get pods; podwall status --namespace NS"),
+        ));
+    } else if !disconnected.is_empty() {
         out.push(check(
             Level::Warn,
             "sidecar feeds",
@@ -818,6 +886,8 @@ mod tests {
                     since: updated.into(),
                 })
                 .collect(),
+            counts: BTreeMap::new(),
+            feeds_open: feeds.len(),
             namespaces: BTreeMap::from([(
                 "prod".to_string(),
                 vec![
@@ -945,5 +1015,47 @@ mod tests {
         let level = |what: &str| c.iter().find(|c| c.check == what).map(|c| c.level);
         assert_eq!(level("Kubernetes version"), Some(Level::Warn));
         assert_eq!(level("webhook certificate"), Some(Level::Warn));
+    }
+
+    #[test]
+    fn what_the_reports_cannot_tell_is_a_warning_never_a_pass() {
+        let now = at("2026-12-05T12:00:20Z");
+        // Nothing fresh: nothing about pods can be said.
+        let o = observed(vec![replica("podwall-a", "2026-12-05T11:00:00Z", &[])]);
+        let s = summarize(&o, now);
+        let c = checks(&o, &s, now);
+        for what in ["unprotected pods", "sidecar feeds"] {
+            let line = c.iter().find(|c| c.check == what).expect(what);
+            assert_eq!(line.level, Level::Warn, "{line:?}");
+            assert!(line.detail.starts_with("unknown"), "{line:?}");
+        }
+        // A report too big for its lists keeps its counts.
+        let mut big = replica("podwall-a", "2026-12-05T12:00:15Z", &[]);
+        big.namespaces.clear();
+        big.truncated = true;
+        big.counts = BTreeMap::from([(
+            "prod".to_string(),
+            crate::replica::NamespaceCounts {
+                selected: 900,
+                injected: 899,
+                unprotected: 1,
+            },
+        )]);
+        let o = observed(vec![big]);
+        let s = summarize(&o, now);
+        assert_eq!(s.namespaces[0].selected, 900);
+        assert_eq!(s.namespaces[0].unprotected, 1);
+        let c = checks(&o, &s, now);
+        let unprotected = c
+            .iter()
+            .find(|c| c.check == "unprotected pods")
+            .expect("line");
+        assert_eq!(unprotected.level, Level::Warn);
+        assert!(
+            unprotected.detail.starts_with("1 pod(s)"),
+            "{unprotected:?}"
+        );
+        let feeds = c.iter().find(|c| c.check == "sidecar feeds").expect("line");
+        assert!(feeds.detail.starts_with("unknown"), "{feeds:?}");
     }
 }

@@ -1,7 +1,9 @@
 //! One writer among replicas: a `coordination.k8s.io/v1` Lease, as kube-controller-manager and
 //! client-go's leader election use it. The holder renews it every [`RENEW`]; another replica
-//! takes it only once it has gone unrenewed for [`LEASE_DURATION`], with the Lease's
+//! takes it only once it has seen it unchanged for [`LEASE_DURATION`] by its own clock (as
+//! client-go does: the holder's `renewTime` is written by another clock), with the Lease's
 //! resourceVersion, so two replicas never both win (the API server refuses the second write).
+//! A holder that cannot renew within its lease steps down before another may take over.
 //!
 //! What only the leader does (policy status, Events) is idempotent and written from the current
 //! state, so a leader that loses the lease mid-write leaves nothing the next one does not fix.
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
@@ -58,8 +60,13 @@ enum Outcome {
 pub async fn run(client: kube::Client, election: Election, leader: watch::Sender<bool>) {
     let api: Api<Lease> = Api::namespaced(client, &election.namespace);
     let mut last_renewed: Option<tokio::time::Instant> = None;
+    let mut seen: Option<(String, tokio::time::Instant)> = None;
     loop {
-        match try_hold(&api, &election).await {
+        // A request that hangs must not keep this replica leading past its lease.
+        let attempt = tokio::time::timeout(election.renew, try_hold(&api, &election, &mut seen))
+            .await
+            .unwrap_or_else(|_| Err(TryError::TimedOut));
+        match attempt {
             Ok(Outcome::Holding) => {
                 if !*leader.borrow() {
                     tracing::info!(lease = %election.name, identity = %election.identity, "leading: this replica writes policy status and events");
@@ -96,7 +103,20 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-async fn try_hold(api: &Api<Lease>, election: &Election) -> Result<Outcome, kube::Error> {
+/// Why a look at the Lease decided nothing.
+#[derive(Debug, thiserror::Error)]
+enum TryError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer within the renew period")]
+    TimedOut,
+}
+
+async fn try_hold(
+    api: &Api<Lease>,
+    election: &Election,
+    seen: &mut Option<(String, tokio::time::Instant)>,
+) -> Result<Outcome, TryError> {
     let duration_secs = election.lease_duration.as_secs().max(1) as i32;
     let Some(current) = api.get_opt(&election.name).await? else {
         let lease = Lease {
@@ -117,7 +137,7 @@ async fn try_hold(api: &Api<Lease>, election: &Election) -> Result<Outcome, kube
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(Outcome::Holding),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::HeldByOther),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     };
     let spec = current.spec.clone().unwrap_or_default();
@@ -125,13 +145,21 @@ async fn try_hold(api: &Api<Lease>, election: &Election) -> Result<Outcome, kube
     let held_for = spec
         .lease_duration_seconds
         .map_or(LEASE_DURATION, |s| Duration::from_secs(s.max(1) as u64));
-    let expired = match &spec.renew_time {
-        Some(MicroTime(at)) => {
-            let age = Timestamp::now().duration_since(*at);
-            age >= SignedDuration::try_from(held_for).unwrap_or(SignedDuration::MAX)
+    // Expired once this replica has seen the same holder and renewal for a whole lease.
+    let record = format!(
+        "{:?} {:?}",
+        spec.holder_identity,
+        spec.renew_time.as_ref().map(|t| t.0.to_string())
+    );
+    let looked = tokio::time::Instant::now();
+    let since = match seen {
+        Some((r, at)) if *r == record => *at,
+        _ => {
+            *seen = Some((record, looked));
+            looked
         }
-        None => true,
     };
+    let expired = spec.renew_time.is_none() || looked.duration_since(since) >= held_for;
     if !ours && !expired && spec.holder_identity.is_some() {
         return Ok(Outcome::HeldByOther);
     }
@@ -152,6 +180,6 @@ async fn try_hold(api: &Api<Lease>, election: &Election) -> Result<Outcome, kube
     {
         Ok(_) => Ok(Outcome::Holding),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::HeldByOther),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }

@@ -188,11 +188,12 @@ pub fn invalid_policy_event(object: &Value, errors: &[Diagnostic], now: &str) ->
     }
 }
 
-/// What the leader wrote, so it writes only changes.
+/// What the leader wrote, so it writes only changes: by object and uid (a policy deleted and
+/// created again is another object, whose status and Event are written anew).
 #[derive(Default)]
 struct Written {
-    statuses: HashMap<ObjectKey, Value>,
-    events: HashMap<ObjectKey, String>,
+    statuses: HashMap<(ObjectKey, String), Value>,
+    events: HashMap<(ObjectKey, String), String>,
 }
 
 fn podwall_policy_resource() -> ApiResource {
@@ -205,12 +206,18 @@ fn podwall_policy_resource() -> ApiResource {
     }
 }
 
-/// Runs until the process ends: every replica counts invalid policies; the leader writes.
+/// How often the statuses are worked out again without a change (enforcing pods move with
+/// pods and their sidecars).
+pub const RECHECK: Duration = Duration::from_secs(30);
+
+/// Runs until the process ends: every replica counts invalid policies; the leader writes. The
+/// state is looked at on every change and every `recheck`.
 pub async fn run(
     client: kube::Client,
     views: Arc<Views>,
     metrics: Arc<ServerMetrics>,
     mut leader: watch::Receiver<bool>,
+    recheck: Duration,
 ) {
     let mut changes = views.store().subscribe();
     let mut written = Written::default();
@@ -218,7 +225,8 @@ pub async fn run(
         if views.store().loaded()
             && let Some(index) = views.index().await
         {
-            let leading = *leader.borrow_and_update();
+            // No election any more (its task gone): not leading, whatever it said last.
+            let leading = *leader.borrow_and_update() && leader.has_changed().is_ok();
             if !leading {
                 written = Written::default();
             }
@@ -229,11 +237,20 @@ pub async fn run(
                 .collect();
             let mut invalid: HashMap<&str, i64> = HashMap::new();
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            let mut seen = std::collections::HashSet::new();
             for (key, object) in index.objects.iter() {
                 let kind = key.kind.as_str();
                 if !matches!(kind, "PodwallPolicy" | "CiliumNetworkPolicy") {
                     continue;
                 }
+                let id = (
+                    key.clone(),
+                    object["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                seen.insert(id.clone());
                 let errors = errors_of(object);
                 if !errors.is_empty() {
                     *invalid.entry(kind).or_default() += 1;
@@ -243,7 +260,7 @@ pub async fn run(
                 }
                 if kind == "PodwallPolicy" {
                     let (selected, enforcing) = reach.get(key).copied().unwrap_or_default();
-                    let previous = written.statuses.get(key);
+                    let previous = written.statuses.get(&id);
                     let status =
                         podwall_policy_status(object, &errors, selected, enforcing, previous, &now);
                     if previous == Some(&status) {
@@ -263,7 +280,7 @@ pub async fn run(
                         .await
                     {
                         Ok(_) => {
-                            written.statuses.insert(key.clone(), status);
+                            written.statuses.insert(id, status);
                         }
                         Err(e) => {
                             tracing::warn!(policy = %format!("{}/{}", key.namespace, key.name), error = %e, "cannot write PodwallPolicy status");
@@ -272,22 +289,25 @@ pub async fn run(
                 } else if !errors.is_empty() {
                     let event = invalid_policy_event(object, &errors, &now);
                     let message = event.message.clone().unwrap_or_default();
-                    if written.events.get(key) == Some(&message) {
+                    if written.events.get(&id) == Some(&message) {
                         continue;
                     }
                     let api: Api<Event> = Api::namespaced(client.clone(), &key.namespace);
                     match api.create(&PostParams::default(), &event).await {
                         Ok(_) => {
-                            written.events.insert(key.clone(), message);
+                            written.events.insert(id, message);
                         }
                         Err(e) => {
                             tracing::warn!(policy = %format!("{}/{}", key.namespace, key.name), error = %e, "cannot record an Event on an invalid CiliumNetworkPolicy");
                         }
                     }
                 } else {
-                    written.events.remove(key);
+                    written.events.remove(&id);
                 }
             }
+            // Objects gone (or replaced by another uid) are forgotten.
+            written.statuses.retain(|k, _| seen.contains(k));
+            written.events.retain(|k, _| seen.contains(k));
             for kind in ["PodwallPolicy", "CiliumNetworkPolicy"] {
                 metrics
                     .invalid_policies
@@ -310,8 +330,7 @@ pub async fn run(
                     std::future::pending::<()>().await;
                 }
             } => {}
-            // Enforcing pods move with feeds and pods: look again now and then.
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(recheck) => {}
         }
     }
 }

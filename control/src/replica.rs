@@ -55,9 +55,29 @@ pub struct ReplicaStatus {
     pub feeds: Vec<FeedStatus>,
     /// Per namespace, the pods a policy selects or that run the sidecar.
     pub namespaces: BTreeMap<String, Vec<PodCoverage>>,
-    /// Pod lists were left out to stay within a ConfigMap's size; counts are still right.
+    /// Per namespace, how many pods are selected, injected, and selected without the sidecar
+    /// (kept when the lists are left out).
+    #[serde(default)]
+    pub counts: BTreeMap<String, NamespaceCounts>,
+    /// How many sidecars are connected (kept when the feed list is left out).
+    #[serde(default)]
+    pub feeds_open: usize,
+    /// The pod and feed lists were left out to stay within a ConfigMap's size; `counts` and
+    /// `feeds_open` are still right.
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// One namespace's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceCounts {
+    /// Pods a policy selects.
+    pub selected: usize,
+    /// Pods running the sidecar.
+    pub injected: usize,
+    /// Selected pods without the sidecar.
+    pub unprotected: usize,
 }
 
 /// One kind's watch.
@@ -146,8 +166,13 @@ impl Reporter {
             None
         };
         let mut namespaces: BTreeMap<String, Vec<PodCoverage>> = BTreeMap::new();
+        let mut counts: BTreeMap<String, NamespaceCounts> = BTreeMap::new();
         if let Some(index) = &index {
             for (ns, pod, selected, injected) in index.pod_coverage() {
+                let c = counts.entry(ns.to_string()).or_default();
+                c.selected += usize::from(selected);
+                c.injected += usize::from(injected);
+                c.unprotected += usize::from(selected && !injected);
                 namespaces
                     .entry(ns.to_string())
                     .or_default()
@@ -197,8 +222,10 @@ impl Reporter {
             version: index.map_or(0, |i| i.version),
             watches,
             webhook_certificate_expires,
+            feeds_open: feeds.len(),
             feeds,
             namespaces,
+            counts,
             truncated: false,
         }
     }

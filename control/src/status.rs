@@ -78,17 +78,26 @@ pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
             metrics
                 .unprotected_pods
                 .set(report.unprotected.len() as i64);
-            // Pods that became protected (or went away) leave the family.
-            metrics.unprotected_pod.clear();
+            // Pods that became protected (or went away) leave the family; the others stay
+            // (a series that blinks would restart an alert's `for:`).
+            let labels = |pod: &str| {
+                pod.split_once('/')
+                    .map(|(namespace, name)| crate::server::PodLabels {
+                        namespace: namespace.to_string(),
+                        pod: name.to_string(),
+                    })
+            };
+            for gone in warned
+                .keys()
+                .filter(|p| !report.unprotected.contains_key(*p))
+            {
+                if let Some(l) = labels(gone) {
+                    metrics.unprotected_pod.remove(&l);
+                }
+            }
             for pod in report.unprotected.keys() {
-                if let Some((namespace, name)) = pod.split_once('/') {
-                    metrics
-                        .unprotected_pod
-                        .get_or_create(&crate::server::PodLabels {
-                            namespace: namespace.to_string(),
-                            pod: name.to_string(),
-                        })
-                        .set(1);
+                if let Some(l) = labels(pod) {
+                    metrics.unprotected_pod.get_or_create(&l).set(1);
                 }
             }
             for (pod, policies) in &report.unprotected {

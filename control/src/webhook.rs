@@ -29,6 +29,9 @@ pub const INJECT_PATH: &str = "/inject";
 /// not carry the namespace's labels: the webhook entry that selects those namespaces says so by
 /// its path, so no lookup can race a namespace just labelled.)
 pub const NAMESPACE_INJECT_PATH: &str = "/inject/namespace";
+/// The path for pods of namespaces labelled `podwall.io/inject: required`: every pod gets the
+/// sidecar and none may opt out (a pod's author cannot take it off).
+pub const REQUIRED_INJECT_PATH: &str = "/inject/namespace-required";
 
 /// How the pods a webhook entry sends ask for the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub enum Asking {
     ByAnnotation,
     /// By their namespace's label: every pod unless its annotation says `disabled`.
     ByNamespace,
+    /// By their namespace's label `required`: every pod, and `disabled` is refused.
+    RequiredByNamespace,
 }
 
 impl Asking {
@@ -45,6 +50,7 @@ impl Asking {
         match path {
             INJECT_PATH => Some(Asking::ByAnnotation),
             NAMESPACE_INJECT_PATH => Some(Asking::ByNamespace),
+            REQUIRED_INJECT_PATH => Some(Asking::RequiredByNamespace),
             _ => None,
         }
     }
@@ -56,6 +62,7 @@ impl Asking {
                 metadata["annotations"][crate::inject::INJECT_ANNOTATION].as_str()
                     != Some("disabled")
             }
+            Asking::RequiredByNamespace => true,
         }
     }
 }
@@ -195,6 +202,12 @@ pub fn review_value(
     if !is_pod || request["operation"] != "CREATE" || !sub_resource.is_empty() {
         return Ok((respond(json!({"allowed": true})), Decision::Ignored));
     }
+    if asking == Asking::RequiredByNamespace
+        && object["metadata"]["annotations"][crate::inject::INJECT_ANNOTATION].as_str()
+            == Some("disabled")
+    {
+        return Ok(refuse(InjectError::OptOutRefused));
+    }
     if !asking.asks(&object["metadata"]) {
         // It does not ask: it may not pretend to have the sidecar either, and if it has it
         // (injected offline), its containers answer to the checks all the same.
@@ -215,6 +228,10 @@ pub fn review_value(
                 }
                 Asking::ByNamespace => format!(
                     "its namespace is labelled {}=enabled",
+                    crate::inject::INJECT_ANNOTATION
+                ),
+                Asking::RequiredByNamespace => format!(
+                    "its namespace is labelled {}=required",
                     crate::inject::INJECT_ANNOTATION
                 ),
             };
@@ -1027,6 +1044,26 @@ mod tests {
             Some(Asking::ByNamespace)
         );
         assert_eq!(Asking::of_path("/inject/other"), None);
+        // Required: the same pods, and opting out is refused.
+        let required = |p: Value| {
+            let r: Value = serde_json::from_slice(&admission_review(p)).expect("json");
+            review_value(&r, &cfg, Asking::RequiredByNamespace).expect("answers")
+        };
+        let mut out = pod(
+            json!({"podwall.io/inject": "disabled"}),
+            json!({"containers": [{"name": "app", "image": "nginx"}]}),
+        );
+        let (resp, _) = required(out.clone());
+        assert!(
+            refusal(&resp).contains("podwall.io/inject=required"),
+            "{resp}"
+        );
+        out["metadata"]["annotations"] = json!({});
+        assert_eq!(required(out).1, Decision::Injected);
+        assert_eq!(
+            Asking::of_path(REQUIRED_INJECT_PATH),
+            Some(Asking::RequiredByNamespace)
+        );
     }
 
     #[test]
@@ -1075,5 +1112,19 @@ mod tests {
             refusal(&resp).contains("annotation podwall.io/threads is \"lots\""),
             "{resp}"
         );
+    }
+
+    #[test]
+    fn a_pod_that_does_not_ask_is_not_judged_by_podwalls_annotations() {
+        let cfg = InjectConfig {
+            allow_pod_audit: false,
+            ..InjectConfig::default()
+        };
+        let p = pod(
+            json!({"podwall.io/threads": "lots", "podwall.io/enforcement": "audit"}),
+            json!({"containers": [{"name": "app", "image": "nginx"}]}),
+        );
+        let (resp, decision) = review(&admission_review(p), &cfg).expect("answers");
+        assert_eq!(decision, Decision::Ignored, "{resp}");
     }
 }

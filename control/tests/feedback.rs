@@ -117,6 +117,7 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
             views.clone(),
             metrics.clone(),
             rx,
+            Duration::from_millis(200),
         ));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -158,7 +159,7 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
         metrics_text.contains("podwall_control_invalid_policies{kind=\"CiliumNetworkPolicy\"} 1"),
         "{metrics_text}"
     );
-    // Nothing changes: nothing is written again.
+    // Nothing changes: nothing is written again (over several rechecks).
     let writes = |log: &[String]| {
         log.iter()
             .filter(|l| l.starts_with("patch PodwallPolicy") || l.starts_with("post Event"))
@@ -167,6 +168,16 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
     let before = writes(&api.log());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(writes(&api.log()), before, "{:?}", api.log());
+
+    // Deleted and created again (another object, another uid, the same status): written anew.
+    api.delete("podwall.io/v1alpha1", "PodwallPolicy", "prod", "broken");
+    let again = json!({"apiVersion": "podwall.io/v1alpha1", "kind": "PodwallPolicy",
+        "metadata": {"name": "broken", "namespace": "prod", "generation": 1, "uid": "u-broken-2"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"toPorts": [{"ports": [{"port": "80"}],
+                "rules": {"http": [{"path": "/(unclosed"}]}}]}]}});
+    api.apply(again.clone());
+    eventually("the new broken gets its status", || status_of("broken")).await;
 
     // The sidecar of web-2 appears: Enforced turns True, written by the leader.
     api.apply(pod("web-2", true));

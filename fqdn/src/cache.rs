@@ -134,7 +134,10 @@ impl Cache {
             keep
         });
         for &(ip, ttl) in addresses {
-            let until = now + Duration::from_secs(u64::from(ttl)).max(min_ttl);
+            // A min TTL near Duration::MAX must not overflow the clock (a year is forever here).
+            let until = now
+                .checked_add(Duration::from_secs(u64::from(ttl)).max(min_ttl))
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
             match entry.ips.iter_mut().find(|(i, _)| *i == ip) {
                 Some((_, u)) => *u = (*u).max(until),
                 None => {

@@ -318,6 +318,7 @@ fn run_control(args: RunArgs) -> ExitCode {
                 views.clone(),
                 metrics.clone(),
                 leader_rx,
+                podwall_control::policy_status::RECHECK,
             ));
         }
         let webhook_tls = webhook.is_some();

@@ -209,6 +209,10 @@ pub(crate) struct UninjectArgs {
     /// that port is taken out of the reserved ports).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Keep `podwall.io/inject: enabled` on the pod templates, so the webhook injects their
+    /// pods instead (moving from offline injection to the webhook).
+    #[arg(long)]
+    keep_annotation: bool,
 }
 
 pub(crate) fn run_uninject(args: UninjectArgs) -> ExitCode {
@@ -248,7 +252,7 @@ pub(crate) fn run_uninject(args: UninjectArgs) -> ExitCode {
                 doc["kind"].as_str().unwrap_or("object"),
                 doc["metadata"]["name"].as_str().unwrap_or("?")
             );
-            match uninject_object(&mut doc, &cfg) {
+            match uninject_object(&mut doc, &cfg, args.keep_annotation) {
                 Ok(Uninjected::Removed) => eprintln!("{origin}: {what}: podwall removed"),
                 Ok(Uninjected::NotInjected) => {
                     eprintln!("{origin}: {what}: not injected, unchanged")

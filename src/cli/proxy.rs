@@ -148,7 +148,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum, default_value = "tproxy")]
     dns_capture: DnsCaptureArg,
     /// Lowest TTL for addresses learned for toFQDNs rules (Cilium's --tofqdns-min-ttl).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = min_ttl)]
     fqdn_min_ttl: Duration,
     /// Most names the toFQDNs cache holds; the least recently answered make room.
     #[arg(long, default_value_t = 10_000)]
@@ -194,6 +194,16 @@ pub(crate) struct RunArgs {
     /// Do not judge UDP, SCTP and ping flows (for init rules written with --no-packet-filter).
     #[arg(long)]
     no_packet_filter: bool,
+}
+
+/// `--fqdn-min-ttl`: a duration of at most a day (an address outliving its name's answers
+/// longer than that is no cache any more).
+fn min_ttl(value: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("{value}: at most 24h"));
+    }
+    Ok(d)
 }
 
 pub(crate) fn run(cmd: ProxyCommand) -> ExitCode {

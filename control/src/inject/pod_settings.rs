@@ -3,16 +3,23 @@
 //! change. A value that does not parse refuses the pod naming the annotation; injection never
 //! guesses.
 //!
-//! The exclusions let traffic of the pod pass unjudged. Whoever may create pods in a namespace
-//! may already write that namespace's NetworkPolicies, so they open nothing its owner could not;
-//! a cluster that wants no exclusions by pod turns them off (`allowPodExclusions: false`).
+//! The exclusions let traffic of the pod pass unjudged, and audit mode lets would-be denials
+//! pass. Whoever may create pods in a namespace may already write that namespace's
+//! NetworkPolicies, so they open nothing its owner could not; a cluster where that is not so
+//! turns them off (`allowPodExclusions: false`, `allowPodAudit: false`).
 
 use serde_json::{Value, json};
 
 use super::{InjectConfig, InjectError};
 
-/// `--fqdn-min-ttl` of the sidecar (a duration: `30s`, `5m`).
+/// `--fqdn-min-ttl` of the sidecar (a duration: `30s`, `5m`; at most [`MAX_FQDN_MIN_TTL`]).
 pub const FQDN_MIN_TTL: &str = "podwall.io/fqdn-min-ttl";
+/// The longest min TTL a pod may ask for: an address keeps being allowed for at least this long
+/// after the name stopped answering with it.
+pub const MAX_FQDN_MIN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Audit mode for the pod (`audit`): read by the sidecar, frozen by the webhook like the rest,
+/// and allowed only while the cluster allows it (`allowPodAudit`).
+pub const ENFORCEMENT: &str = "podwall.io/enforcement";
 /// `--threads` of the sidecar (1 to 64).
 pub const THREADS: &str = "podwall.io/threads";
 /// Outbound CIDRs the init rules leave alone, added to the config's (`10.0.0.0/8,fd00::/8`).
@@ -30,8 +37,10 @@ pub const MEMORY_REQUEST: &str = "podwall.io/proxy-memory-request";
 /// The sidecar's memory limit.
 pub const MEMORY_LIMIT: &str = "podwall.io/proxy-memory-limit";
 
-/// Every per-pod setting; none may change on a running injected pod (the containers do not).
-pub const ALL: [&str; 9] = [
+/// Every per-pod setting; none may change on a running injected pod (the containers do not,
+/// and audit mode is a pod's to choose when it is created).
+pub const ALL: [&str; 10] = [
+    ENFORCEMENT,
     FQDN_MIN_TTL,
     THREADS,
     EXCLUDE_OUTBOUND_CIDRS,
@@ -55,9 +64,28 @@ pub fn for_pod(cfg: &InjectConfig, metadata: &Value) -> Result<InjectConfig, Inj
         }
     };
     if let Some(v) = get(FQDN_MIN_TTL)? {
-        humantime::parse_duration(v)
-            .map_err(|_| bad(FQDN_MIN_TTL, v, "a duration such as 30s or 5m"))?;
-        out.fqdn_min_ttl = Some(v.to_string());
+        match humantime::parse_duration(v) {
+            Ok(d) if d <= MAX_FQDN_MIN_TTL => out.fqdn_min_ttl = Some(v.to_string()),
+            _ => {
+                return Err(bad(
+                    FQDN_MIN_TTL,
+                    v,
+                    "a duration of at most 1h, such as 30s or 5m",
+                ));
+            }
+        }
+    }
+    match get(ENFORCEMENT)? {
+        None | Some("enforce") => {}
+        Some("audit") if cfg.allow_pod_audit => {}
+        Some(v @ "audit") => {
+            return Err(InjectError::Annotation {
+                annotation: ENFORCEMENT.into(),
+                value: v.into(),
+                expected: "absent: audit mode by pod annotation is turned off in this cluster (allowPodAudit)",
+            });
+        }
+        Some(v) => return Err(bad(ENFORCEMENT, v, "audit (or enforce, the default)")),
     }
     if let Some(v) = get(THREADS)? {
         match v.parse::<u16>() {
@@ -223,6 +251,8 @@ mod tests {
             (THREADS, "0"),
             (THREADS, "many"),
             (FQDN_MIN_TTL, "30"),
+            (FQDN_MIN_TTL, "1000years"),
+            (ENFORCEMENT, "off"),
             (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/33"),
             (EXCLUDE_OUTBOUND_PORTS, "0"),
             (EXCLUDE_INBOUND_PORTS, "80,http"),
@@ -238,11 +268,21 @@ mod tests {
     }
 
     #[test]
-    fn exclusions_by_pod_can_be_turned_off_for_the_cluster() {
+    fn exclusions_and_audit_by_pod_can_be_turned_off_for_the_cluster() {
         let cfg = InjectConfig {
             allow_pod_exclusions: false,
+            allow_pod_audit: false,
             ..InjectConfig::default()
         };
+        let err = for_pod(&cfg, &meta(json!({ENFORCEMENT: "audit"}))).expect_err("turned off");
+        assert!(err.to_string().contains("allowPodAudit"), "{err}");
+        assert!(
+            for_pod(
+                &InjectConfig::default(),
+                &meta(json!({ENFORCEMENT: "audit"}))
+            )
+            .is_ok()
+        );
         let err =
             for_pod(&cfg, &meta(json!({EXCLUDE_OUTBOUND_PORTS: "5432"}))).expect_err("turned off");
         assert!(err.to_string().contains("allowPodExclusions"), "{err}");

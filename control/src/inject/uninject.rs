@@ -1,10 +1,11 @@
 //! `podwall uninject`: takes out of a workload what injection put in, for manifests injected
-//! offline that should run without podwall (or be injected by the webhook instead).
+//! offline that should run without podwall, or (keeping the request) be injected by the
+//! webhook instead.
 //!
 //! Removed: podwall's init container and sidecar (wherever they are), the token volume, the
-//! annotations `podwall.io/status` and `podwall.io/inject: enabled` (which `podwall inject`
-//! adds), the ping sysctl when it has injection's value, and the sidecar's ports from
-//! `net.ipv4.ip_local_reserved_ports`. Kept: `NET_RAW` dropped from the app containers
+//! annotation `podwall.io/status`, `podwall.io/inject: enabled` (which `podwall inject` adds)
+//! unless the request is kept, the ping sysctl when it has injection's value, and the sidecar's
+//! ports from `net.ipv4.ip_local_reserved_ports`. Kept: `NET_RAW` dropped from the app containers
 //! (injection cannot tell it from the app's own drop, and apps run without it), and the
 //! per-pod settings annotations (the pod's author wrote them).
 
@@ -26,8 +27,13 @@ pub enum Uninjected {
     NoTemplate,
 }
 
-/// Takes podwall out of a workload object; `cfg` names the admin port that was reserved.
-pub fn uninject_object(object: &mut Value, cfg: &InjectConfig) -> Result<Uninjected, InjectError> {
+/// Takes podwall out of a workload object; `cfg` names the admin port that was reserved. With
+/// `keep_request`, `podwall.io/inject: enabled` stays, so the webhook injects its pods.
+pub fn uninject_object(
+    object: &mut Value,
+    cfg: &InjectConfig,
+    keep_request: bool,
+) -> Result<Uninjected, InjectError> {
     let kind = object["kind"].as_str().unwrap_or_default().to_string();
     let Some(pointer) = template_pointer(&kind) else {
         return Ok(Uninjected::NoTemplate);
@@ -44,7 +50,9 @@ pub fn uninject_object(object: &mut Value, cfg: &InjectConfig) -> Result<Uninjec
     }
     if let Some(annotations) = template["metadata"]["annotations"].as_object_mut() {
         annotations.remove(STATUS_ANNOTATION);
-        if annotations.get(INJECT_ANNOTATION).and_then(Value::as_str) == Some("enabled") {
+        if !keep_request
+            && annotations.get(INJECT_ANNOTATION).and_then(Value::as_str) == Some("enabled")
+        {
             annotations.remove(INJECT_ANNOTATION);
         }
     }
@@ -142,11 +150,26 @@ mod tests {
             Ok(crate::inject::Outcome::Injected)
         );
         assert_ne!(doc, original);
-        assert_eq!(uninject_object(&mut doc, &cfg), Ok(Uninjected::Removed));
+        let mut kept = doc.clone();
+        assert_eq!(
+            uninject_object(&mut doc, &cfg, false),
+            Ok(Uninjected::Removed)
+        );
         assert_eq!(doc, original);
-        assert_eq!(uninject_object(&mut doc, &cfg), Ok(Uninjected::NotInjected));
+        assert_eq!(
+            uninject_object(&mut doc, &cfg, false),
+            Ok(Uninjected::NotInjected)
+        );
         let mut cm = json!({"kind": "ConfigMap", "metadata": {"name": "x"}});
-        assert_eq!(uninject_object(&mut cm, &cfg), Ok(Uninjected::NoTemplate));
+        assert_eq!(
+            uninject_object(&mut cm, &cfg, false),
+            Ok(Uninjected::NoTemplate)
+        );
+        // Kept for the webhook: the request stays, the rest goes.
+        uninject_object(&mut kept, &cfg, true).expect("uninjects");
+        let annotations = &kept["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(annotations["podwall.io/inject"], "enabled");
+        assert!(annotations.get("podwall.io/status").is_none());
     }
 
     #[test]
@@ -155,7 +178,7 @@ mod tests {
         let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
         inject_object(&mut pod, &cfg).expect("injects");
-        uninject_object(&mut pod, &cfg).expect("uninjects");
+        uninject_object(&mut pod, &cfg, false).expect("uninjects");
         assert_eq!(
             pod,
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
