@@ -4,6 +4,7 @@ pub(crate) mod analyze;
 pub(crate) mod control;
 pub(crate) mod inject;
 pub(crate) mod logging;
+pub(crate) mod observe;
 pub(crate) mod proxy;
 pub(crate) mod sandbox;
 pub(crate) mod status;

@@ -35,6 +35,9 @@ enum Command {
     /// Take podwall out of workloads injected offline
     /// (`podwall uninject -f injected.yaml | kubectl apply -f -`).
     Uninject(cli::inject::UninjectArgs),
+    /// The flows of many sidecars as one stream, filtered (a cluster's podwall-proxy logs, a
+    /// sandbox, or a file), like `hubble observe`.
+    Observe(cli::observe::ObserveArgs),
     /// What podwall is doing on the cluster: control-plane replicas, the webhook, and per
     /// namespace the pods selected, injected, connected and unprotected (your kubeconfig).
     Status(cli::status::StatusArgs),
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Proxy(cmd) => cli::proxy::run(cmd),
         Command::Inject(args) => cli::inject::run(args),
         Command::Uninject(args) => cli::inject::run_uninject(args),
+        Command::Observe(args) => cli::observe::run(args),
         Command::Status(args) => cli::status::status(args),
         Command::Check(args) => cli::status::check(args),
         Command::Sandbox(cmd) => cli::sandbox::run(cmd),

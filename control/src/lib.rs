@@ -10,6 +10,7 @@ pub mod auth;
 pub mod inject;
 pub mod inspect;
 pub mod leader;
+pub mod observe;
 pub mod policy_status;
 pub mod replica;
 pub mod server;

@@ -51,6 +51,8 @@ struct State {
     log: Vec<String>,
     /// TokenReview answers: token -> (username, bound pod name, audiences).
     tokens: BTreeMap<String, (String, Option<String>, Vec<String>)>,
+    /// Pods' container logs: (namespace, pod, container) -> lines.
+    logs: BTreeMap<(String, String, String), Vec<String>>,
 }
 
 /// The server; cheap to clone.
@@ -93,6 +95,8 @@ struct Route {
     namespace: String,
     name: Option<String>,
     status: bool,
+    /// `log` for a pod's log.
+    log: bool,
 }
 
 /// JSON merge patch (RFC 7386).
@@ -505,6 +509,7 @@ impl FakeApiServer {
                         namespace: parts[0].to_string(),
                         name: parts.get(2).map(|n| n.to_string()),
                         status: parts.get(3) == Some(&"status"),
+                        log: parts.get(3) == Some(&"log"),
                     });
                 }
             }
@@ -519,6 +524,7 @@ impl FakeApiServer {
                         namespace: String::new(),
                         name: Some(parts[0].to_string()),
                         status: parts.get(1) == Some(&"status"),
+                        log: false,
                     });
                 }
             }
@@ -553,6 +559,9 @@ impl FakeApiServer {
         let not_found =
             || json_response(404, &status(404, "NotFound", &format!("{what} not found")));
         match (method, route.name.clone()) {
+            (hyper::Method::GET, Some(name)) if route.log => {
+                self.log_response(&route.namespace, &name, query)
+            }
             (hyper::Method::GET, None) => {
                 let selector = query.get("labelSelector").map(|s| percent_decode(s));
                 let st = self.lock();
@@ -680,6 +689,83 @@ impl FakeApiServer {
         }
     }
 
+    /// Appends a line to a pod container's log (what `GET .../pods/NAME/log` serves, and
+    /// streams to followers).
+    pub fn container_log(&self, namespace: &str, pod: &str, container: &str, line: &str) {
+        self.lock()
+            .logs
+            .entry((namespace.into(), pod.into(), container.into()))
+            .or_default()
+            .push(line.to_string());
+        self.bump(|_| {});
+    }
+
+    /// A pod's log: the lines so far, and with `follow=true` the lines appended later, until
+    /// the watches are cut.
+    fn log_response(
+        &self,
+        namespace: &str,
+        pod: &str,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
+        let exists = {
+            let st = self.lock();
+            st.objects
+                .get("/api/v1/pods")
+                .is_some_and(|o| o.contains_key(&(namespace.to_string(), pod.to_string())))
+        };
+        if !exists {
+            return json_response(
+                404,
+                &status(404, "NotFound", &format!("pods \"{pod}\" not found")),
+            );
+        }
+        let container = query.get("container").cloned().unwrap_or_default();
+        let key = (namespace.to_string(), pod.to_string(), container);
+        let follow = query.get("follow").map(String::as_str) == Some("true");
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = server.tick.subscribe();
+            let start = *ticks.borrow_and_update();
+            let mut sent = 0;
+            loop {
+                let lines: Vec<String> = server
+                    .lock()
+                    .logs
+                    .get(&key)
+                    .map(|l| l[sent.min(l.len())..].to_vec())
+                    .unwrap_or_default();
+                for line in lines {
+                    sent += 1;
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from(format!("{line}\n")))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if !follow || ticks.changed().await.is_err() {
+                    return;
+                }
+                if ticks.borrow_and_update().cut != start.cut {
+                    return;
+                }
+            }
+        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .expect("response")
+    }
+
     /// Objects of a kind, for assertions.
     pub fn objects(&self, api_version: &str, kind: &str) -> Vec<Value> {
         let st = self.lock();
@@ -695,7 +781,12 @@ impl FakeApiServer {
     ) -> Response<Body> {
         let mut st = self.lock();
         st.log.push(format!("list {path}"));
-        let all: Vec<Value> = st.objects[&path].values().cloned().collect();
+        let selector = query.get("labelSelector").map(|s| percent_decode(s));
+        let all: Vec<Value> = st.objects[&path]
+            .values()
+            .filter(|o| selector.as_deref().is_none_or(|s| matches_labels(o, s)))
+            .cloned()
+            .collect();
         let start: usize = query
             .get("continue")
             .and_then(|c| c.parse().ok())

@@ -1,0 +1,293 @@
+//! Where `podwall observe` reads flow events: a file, the sandbox's sidecars, or a cluster's
+//! `podwall-proxy` containers through the API server's log streams.
+//!
+//! Every source sends parsed flow events down one channel; with `follow` it keeps reading what
+//! is appended (files, new sidecar files, new pods) until the channel is closed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use futures_util::{AsyncBufReadExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, LogParams};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::parse;
+
+/// How often followed files are looked at again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Why a source cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The API server.
+    #[error("the API server: {0}")]
+    Kube(#[from] kube::Error),
+    /// A sandbox that is not there.
+    #[error("{0}: no sandbox there (podwall sandbox up starts one)")]
+    NoSandbox(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+    move |source| SourceError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Reads a file's lines, and with `follow` what is appended to it later.
+pub async fn file(path: PathBuf, follow: bool, tx: mpsc::Sender<Value>) -> Result<(), SourceError> {
+    if path.as_os_str() == "-" {
+        let lines = tokio::task::spawn_blocking(move || {
+            std::io::stdin()
+                .lock()
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for line in lines {
+            if let Some(v) = parse(&line)
+                && tx.send(v).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
+    let mut tail = Tail::open(&path)?;
+    loop {
+        for v in tail.read()? {
+            if tx.send(v).await.is_err() {
+                return Ok(());
+            }
+        }
+        if !follow || tx.is_closed() {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A file read from where it was left, whole lines only.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+impl Tail {
+    fn open(path: &Path) -> Result<Tail, SourceError> {
+        std::fs::metadata(path).map_err(io(path))?;
+        Ok(Tail {
+            path: path.to_path_buf(),
+            offset: 0,
+            partial: String::new(),
+        })
+    }
+
+    /// The flow events of the lines completed since the last read.
+    fn read(&mut self) -> Result<Vec<Value>, SourceError> {
+        let mut f = std::fs::File::open(&self.path).map_err(io(&self.path))?;
+        let len = f.metadata().map_err(io(&self.path))?.len();
+        if len < self.offset {
+            // Truncated (a restarted sidecar's new file): from the start.
+            self.offset = 0;
+            self.partial.clear();
+        }
+        f.seek(SeekFrom::Start(self.offset))
+            .map_err(io(&self.path))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(io(&self.path))?;
+        self.offset += buf.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&buf));
+        let mut out = Vec::new();
+        while let Some(i) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=i).collect();
+            out.extend(parse(&line));
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the flow files of a sandbox's sidecars (`<dir>/logs/*-sidecar.flows.jsonl`), and with
+/// `follow` what they write later, including sidecars that start later.
+pub async fn sandbox(
+    dir: PathBuf,
+    follow: bool,
+    tx: mpsc::Sender<Value>,
+) -> Result<(), SourceError> {
+    let logs = dir.join("logs");
+    if !logs.is_dir() {
+        return Err(SourceError::NoSandbox(dir.display().to_string()));
+    }
+    let mut tails: BTreeMap<PathBuf, Tail> = BTreeMap::new();
+    loop {
+        for entry in std::fs::read_dir(&logs).map_err(io(&logs))?.flatten() {
+            let p = entry.path();
+            let is_flows = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with("-sidecar.flows.jsonl"));
+            if is_flows && !tails.contains_key(&p) {
+                tails.insert(p.clone(), Tail::open(&p)?);
+            }
+        }
+        let mut batch = Vec::new();
+        for tail in tails.values_mut() {
+            batch.extend(tail.read()?);
+        }
+        batch.sort_by_key(super::time);
+        for v in batch {
+            if tx.send(v).await.is_err() {
+                return Ok(());
+            }
+        }
+        if !follow || tx.is_closed() {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Which pods' sidecars to read in a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct PodScope {
+    /// Only these namespaces (none: all).
+    pub namespaces: Vec<String>,
+    /// Only pods with these labels (`app=web,tier=front`).
+    pub selector: Option<String>,
+    /// Only logs written since.
+    pub since: Option<SystemTime>,
+}
+
+fn runs_sidecar(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == crate::inject::SIDECAR)
+    })
+}
+
+/// Streams the logs of every `podwall-proxy` container in scope; with `follow`, keeps them open,
+/// reopens one that ends while its pod lives, and picks up pods that start later.
+pub async fn cluster(
+    client: kube::Client,
+    scope: PodScope,
+    follow: bool,
+    tx: mpsc::Sender<Value>,
+) -> Result<(), SourceError> {
+    let apis: Vec<Api<Pod>> = if scope.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        scope
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let mut params = ListParams::default();
+    if let Some(s) = &scope.selector {
+        params = params.labels(s);
+    }
+    let mut started: HashSet<(String, String)> = HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        for api in &apis {
+            let pods = api.list(&params).await?;
+            for pod in pods.items.into_iter().filter(runs_sidecar) {
+                let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
+                    continue;
+                };
+                if !started.insert((ns.clone(), name.clone())) {
+                    continue;
+                }
+                tasks.spawn(pod_logs(
+                    Api::namespaced(client.clone(), &ns),
+                    name,
+                    scope.since,
+                    follow,
+                    tx.clone(),
+                ));
+            }
+        }
+        if !follow {
+            break;
+        }
+        // New pods: looked for every few seconds (a watch would need list rights the same way,
+        // and a pod's first flows wait in its log meanwhile, nothing is lost).
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            _ = tx.closed() => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn pod_logs(
+    api: Api<Pod>,
+    name: String,
+    since: Option<SystemTime>,
+    follow: bool,
+    tx: mpsc::Sender<Value>,
+) {
+    let mut from = since;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let params = LogParams {
+            container: Some(crate::inject::SIDECAR.into()),
+            follow,
+            since_seconds: from.map(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .map_or(1, |d| d.as_secs() as i64 + 1)
+            }),
+            ..LogParams::default()
+        };
+        match api.log_stream(&name, &params).await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(500);
+                let mut lines = stream.lines();
+                while let Ok(Some(line)) = lines.try_next().await {
+                    if let Some(v) = parse(&line) {
+                        // A reopened stream starts again a second early: skip what was sent.
+                        if let (Some(f), Some(t)) = (from, super::time(&v))
+                            && t < f
+                        {
+                            continue;
+                        }
+                        from = super::time(&v).or(from);
+                        if tx.send(v).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return, // the pod is gone
+            Err(e) => tracing::debug!(pod = %name, error = %e, "log stream failed"),
+        }
+        if !follow || tx.is_closed() {
+            return;
+        }
+        // Ended while following: the container restarted, or the API server closed it.
+        if let Ok(None) = api.get_opt(&name).await {
+            return; // the pod is gone
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
