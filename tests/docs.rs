@@ -596,6 +596,7 @@ impl World {
         {
             return (0, Vec::new());
         }
+        let follows = args.contains(&"--follow") || args.contains(&"-F");
         let mut child = Command::new(env!("CARGO_BIN_EXE_podwall"))
             .args(args)
             .current_dir(self.dir.path())
@@ -606,6 +607,19 @@ impl World {
             .spawn()
             .expect("podwall");
         let _ = child.stdin.take().expect("stdin").write_all(input);
+        if follows {
+            // Runs until stopped: it must still be running after a while, not have failed.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            if let Ok(Some(status)) = child.try_wait() {
+                let out = child.wait_with_output().expect("podwall");
+                let mut text = out.stdout;
+                text.extend_from_slice(&out.stderr);
+                return (status.code().unwrap_or(-1).max(1), text);
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("podwall");
+            return (0, out.stdout);
+        }
         let out = child.wait_with_output().expect("podwall");
         let mut text = out.stdout;
         if !out.status.success() {

@@ -476,6 +476,58 @@ fn audit_mode_lets_denied_connections_through_and_logs_them() {
 }
 
 #[test]
+fn observe_follows_the_sandboxs_sidecars_and_prints_a_denial_as_it_happens() {
+    if !ready_for("observe_follows_the_sandboxs_sidecars_and_prints_a_denial_as_it_happens") {
+        return;
+    }
+    let yaml = TWO_PODS.to_string()
+        + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
+    let dir = topology(&yaml);
+    let up = Up::new(dir.path(), "observe", Inject::Annotated);
+    let mut child = Command::new(PODWALL)
+        .args([
+            "observe",
+            "--sandbox",
+            "observe",
+            "--follow",
+            "--verdict",
+            "DENIED",
+            "--to",
+            "t/server",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("podwall observe");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send((line, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    // Allowed traffic elsewhere is not shown; the denial is, as it happens.
+    std::thread::sleep(Duration::from_millis(300));
+    let attempted = Instant::now();
+    assert!(connect(&up.ns("t/client"), SocketAddr::new(up.ip("t/server"), 8080)).is_err());
+    let (line, at) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the denial is printed");
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "observe printed the denial {:?} after the connection was attempted",
+        at.duration_since(attempted)
+    );
+    assert!(
+        line.contains("t/client") && line.contains("-> t/server:8080 TCP DENIED"),
+        "{line}"
+    );
+    assert!(line.contains("NetworkPolicy t/deny"), "{line}");
+}
+
+#[test]
 fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     if !ready_for("without_a_policy_for_its_pod_the_sidecar_refuses_everything") {
         return;

@@ -103,6 +103,38 @@ fn flows_from_a_file_are_filtered_and_shown_as_asked() {
     let (code, _, err) = podwall(&["observe", "-f", f, "--to", "nowhere"], &[]);
     assert_eq!(code, 2, "{err}");
 
+    // An end the sidecar gave only by address is named from the pods of --state.
+    let mut unnamed = flow(
+        "2026-12-05T10:00:04.000Z",
+        "DENIED",
+        ("x", "x"),
+        ("shop", "db"),
+        5432,
+    );
+    unnamed["source"] = json!({"ip": "10.1.0.77", "port": 40001});
+    let by_ip = dir.path().join("by-ip.jsonl");
+    std::fs::write(&by_ip, format!("{unnamed}\n")).expect("write");
+    let state = dir.path().join("pods.yaml");
+    std::fs::write(
+        &state,
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: web-2, namespace: shop}\n  status: {podIP: 10.1.0.77}\n",
+    )
+    .expect("write");
+    let (code, out, err) = podwall(
+        &[
+            "observe",
+            "-f",
+            by_ip.to_str().expect("path"),
+            "--state",
+            state.to_str().expect("path"),
+            "--from",
+            "shop/web-2",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("shop/web-2:40001 -> shop/db:5432"), "{out}");
+
     // Following a file: a line appended is printed as it comes.
     let mut child = Command::new(env!("CARGO_BIN_EXE_podwall"))
         .args(["observe", "-f", f, "--follow", "--verdict", "AUDIT"])

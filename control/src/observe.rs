@@ -12,7 +12,7 @@
 
 pub mod source;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -455,6 +455,59 @@ impl Last {
     }
 }
 
+/// Pod names by address, to name the ends a sidecar could only give by address (a peer that
+/// is not in its policy view).
+#[derive(Debug, Clone, Default)]
+pub struct PodNames(HashMap<IpAddr, (String, String)>);
+
+impl PodNames {
+    /// From Pod objects (`status.podIP`, `status.podIPs`); host-network pods are left out (their
+    /// address is the node's).
+    pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a Value>) -> Self {
+        let mut map = HashMap::new();
+        for p in pods {
+            if p["kind"].as_str().is_some_and(|k| k != "Pod")
+                || p["spec"]["hostNetwork"].as_bool() == Some(true)
+            {
+                continue;
+            }
+            let (Some(ns), Some(name)) = (
+                p["metadata"]["namespace"].as_str(),
+                p["metadata"]["name"].as_str(),
+            ) else {
+                continue;
+            };
+            let ips = p["status"]["podIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str())
+                .chain(p["status"]["podIP"].as_str());
+            for ip in ips.filter_map(|i| i.parse::<IpAddr>().ok()) {
+                map.insert(ip, (ns.to_string(), name.to_string()));
+            }
+        }
+        PodNames(map)
+    }
+
+    /// Names the ends of `flow` given only by address.
+    pub fn fill(&self, flow: &mut Value) {
+        for end in ["source", "destination"] {
+            let e = &mut flow[end];
+            if e["pod"].is_string() {
+                continue;
+            }
+            let Some(ip) = e["ip"].as_str().and_then(|i| i.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if let Some((ns, pod)) = self.0.get(&ip) {
+                e["namespace"] = Value::from(ns.as_str());
+                e["pod"] = Value::from(pod.as_str());
+            }
+        }
+    }
+}
+
 /// Parses one log line: a flow event, or `None` (other log lines, such as the sidecar's own
 /// messages when its logs are mixed in).
 pub fn parse(line: &str) -> Option<Value> {
@@ -566,6 +619,25 @@ mod tests {
         };
         assert_eq!(pass(&since), [2]);
         assert!("nothing".parse::<Peer>().is_err());
+    }
+
+    #[test]
+    fn an_end_given_by_address_is_named_from_the_pods() {
+        let names = PodNames::from_pods(&[
+            json!({"kind": "Pod", "metadata": {"namespace": "t", "name": "client"},
+                "status": {"podIP": "10.200.0.1"}}),
+            json!({"kind": "Pod", "metadata": {"namespace": "kube-system", "name": "node-agent"},
+                "spec": {"hostNetwork": true}, "status": {"podIP": "10.200.0.2"}}),
+        ]);
+        let mut f = denied();
+        f["source"] = json!({"ip": "10.200.0.1", "port": 1234});
+        f["destination"] = json!({"ip": "10.200.0.2", "port": 80});
+        names.fill(&mut f);
+        assert_eq!(f["source"]["pod"], "client");
+        assert!(
+            f["destination"].get("pod").is_none(),
+            "a host-network address is the node's"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
 use podwall_control::observe::source::{self, PodScope};
-use podwall_control::observe::{self, Filter, FlowType, Last, Peer, Verdict};
+use podwall_control::observe::{self, Filter, FlowType, Last, Peer, PodNames, Verdict};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -39,6 +39,10 @@ pub(crate) struct ObserveArgs {
     /// Read the flows of a sandbox's sidecars (`podwall sandbox up --name NAME`).
     #[arg(long, value_name = "NAME")]
     sandbox: Option<String>,
+    /// With -f: pods (`kubectl get pods -A -o yaml`) to name the ends a sidecar gave only by
+    /// address. From a cluster or a sandbox the pods are read there.
+    #[arg(long, value_name = "FILE", requires = "file")]
+    state: Option<PathBuf>,
     /// Flows with either end in this namespace (repeatable). On a cluster, only this
     /// namespace's sidecars are read.
     #[arg(short = 'n', long = "namespace", value_name = "NS")]
@@ -141,17 +145,28 @@ pub(crate) fn run(args: ObserveArgs) -> ExitCode {
     let follow = args.follow;
     let result: Result<(), String> = runtime.block_on(async move {
         let (tx, mut rx) = mpsc::channel::<Value>(4096);
+        let (names_tx, names) = tokio::sync::watch::channel(PodNames::default());
         let reader = match (&args.file, &args.sandbox) {
-            (Some(path), _) => tokio::spawn(source::file(path.clone(), follow, tx)),
-            (None, Some(name)) => tokio::spawn(source::sandbox(
-                PathBuf::from(podwall_sandbox::RUN_DIR).join(name),
-                follow,
-                tx,
-            )),
+            (Some(path), _) => {
+                if let Some(state) = &args.state {
+                    let text = std::fs::read_to_string(state)
+                        .map_err(|e| format!("--state {}: {e}", state.display()))?;
+                    let objects = podwall_policy::objects(&state.display().to_string(), &text)
+                        .map_err(|e| format!("--state {e}"))?;
+                    names_tx.send_replace(PodNames::from_pods(objects.iter().map(|(_, v)| v)));
+                }
+                tokio::spawn(source::file(path.clone(), follow, tx))
+            }
+            (None, Some(name)) => {
+                let dir = PathBuf::from(podwall_sandbox::RUN_DIR).join(name);
+                tokio::spawn(source::sandbox_names(dir.clone(), follow, names_tx));
+                tokio::spawn(source::sandbox(dir, follow, tx))
+            }
             (None, None) => {
                 let client = kube::Client::try_default().await.map_err(|e| {
                     format!("no cluster to read (KUBECONFIG, ~/.kube/config or in-cluster; or -f FILE, --sandbox NAME): {e}")
                 })?;
+                tokio::spawn(source::cluster_names(client.clone(), follow, names_tx));
                 let scope = PodScope {
                     namespaces: args.namespaces.clone(),
                     selector: (!selectors.is_empty()).then(|| selectors.join(",")),
@@ -160,6 +175,11 @@ pub(crate) fn run(args: ObserveArgs) -> ExitCode {
                 tokio::spawn(source::cluster(client, scope, follow, tx))
             }
         };
+        // The first names before the first lines (a cluster's pods, a sandbox's state).
+        let mut names = names;
+        if args.file.is_none() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), names.changed()).await;
+        }
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let written = |e: std::io::Error| {
@@ -175,7 +195,8 @@ pub(crate) fn run(args: ObserveArgs) -> ExitCode {
         match (args.last, follow) {
             (Some(n), false) => {
                 let mut last = Last::new(n);
-                while let Some(flow) = rx.recv().await {
+                while let Some(mut flow) = rx.recv().await {
+                    names.borrow().fill(&mut flow);
                     if filter.matches(&flow) {
                         last.push(flow);
                     }
@@ -202,7 +223,8 @@ pub(crate) fn run(args: ObserveArgs) -> ExitCode {
                         },
                         None => rx.recv().await,
                     };
-                    let Some(flow) = flow else { break };
+                    let Some(mut flow) = flow else { break };
+                    names.borrow().fill(&mut flow);
                     if !filter.matches(&flow) {
                         continue;
                     }

@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams, LogParams};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::parse;
+use super::{PodNames, parse};
 
 /// How often followed files are looked at again.
 const POLL: Duration = Duration::from_millis(100);
@@ -289,5 +289,53 @@ async fn pod_logs(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Keeps `names` up to date with the sandbox's pods (its state file), every second while
+/// following.
+pub async fn sandbox_names(
+    dir: PathBuf,
+    follow: bool,
+    names: tokio::sync::watch::Sender<PodNames>,
+) {
+    let state = dir.join("policy").join("cluster.json");
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&state)
+            && let Ok(objects) = podwall_policy::objects("sandbox", &text)
+        {
+            names.send_replace(PodNames::from_pods(objects.iter().map(|(_, v)| v)));
+        }
+        if !follow || names.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Keeps `names` up to date with the cluster's pods, every few seconds while following (no
+/// names when pods cannot be listed: the ends stay addresses).
+pub async fn cluster_names(
+    client: kube::Client,
+    follow: bool,
+    names: tokio::sync::watch::Sender<PodNames>,
+) {
+    let api: Api<Pod> = Api::all(client);
+    loop {
+        match api.list(&ListParams::default()).await {
+            Ok(pods) => {
+                let values: Vec<Value> = pods
+                    .items
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect();
+                names.send_replace(PodNames::from_pods(values.iter()));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list pods to name flow ends"),
+        }
+        if !follow || names.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
 }
