@@ -321,11 +321,15 @@ pub fn why(flow: &Value) -> String {
                 } else {
                     "the destination's ingress"
                 };
-                if by.is_empty() {
+                let mut text = if by.is_empty() {
                     format!("{what}: {}", side(s)["reason"].as_str().unwrap_or("denied"))
                 } else {
                     format!("no rule of {} allows {what}", by.join(", "))
+                };
+                if let Some(n) = side(s)["nearest"].as_str() {
+                    text.push_str(&format!("; closest: {n}"));
                 }
+                text
             })
             .collect::<Vec<_>>()
             .join("; ");

@@ -11,6 +11,7 @@ use crate::engine::Engine;
 use crate::model::{
     Direction, Entity, NamespaceScope, Peer, Policy, PortSpec, Protocol, ProtocolPort, Rule,
 };
+use crate::selector::{Operator, Requirement};
 use crate::verdict::{Decision, Endpoint, RuleRef, SideVerdict, Verdict};
 
 /// One end of the connection, as reported.
@@ -69,8 +70,11 @@ pub struct RuleInfo {
 pub struct NearMiss {
     /// The rule.
     pub rule: RuleInfo,
-    /// What did not match: `port` or `peer`.
+    /// What did not match: `port`, `peer`, or `peer and port`.
     pub mismatch: &'static str,
+    /// What differed, in words: "the source, pod prod/web-2, has app=frontend-v2, the rule wants
+    /// app=frontend", "port TCP/8080 is not among TCP/80 or TCP/443".
+    pub differs: String,
 }
 
 /// One side of the verdict, explained.
@@ -281,38 +285,205 @@ impl Engine {
         }
     }
 
+    /// For a side that no rule allowed: the rule closest to allowing it and what differed
+    /// (what a flow event says beside the isolating policies).
+    pub fn nearest_miss(&self, verdict: &Verdict, direction: Direction) -> Option<NearMiss> {
+        let side = match direction {
+            Direction::Egress => &verdict.egress,
+            Direction::Ingress => &verdict.ingress,
+        };
+        if side.decision != Decision::NoRuleMatched {
+            return None;
+        }
+        self.near_misses(verdict, side).into_iter().next()
+    }
+
+    /// The isolating policies' rules closest to allowing the connection, closest first: rules
+    /// that match the peer or the port before rules that match neither, then by how many
+    /// labels, names or addresses differ.
     fn near_misses(&self, verdict: &Verdict, side: &SideVerdict) -> Vec<NearMiss> {
-        let mut out = Vec::new();
+        let mut found: Vec<(usize, NearMiss)> = Vec::new();
         let isolating = side
             .pod
             .map(|p| self.isolated_by(p, side.direction))
             .unwrap_or_default();
         for &pid in isolating {
             let policy = self.state().policy(pid);
-            let n = policy.rules(side.direction).unwrap_or_default().len();
-            for index in 0..n as u32 {
+            let rules = policy.rules(side.direction).unwrap_or_default();
+            for (index, spec) in rules.iter().enumerate() {
                 let rule = RuleRef {
                     policy: pid,
                     direction: side.direction,
-                    index,
+                    index: index as u32,
                 };
                 let peer_ok = self.matching_peer(rule, verdict).is_some();
                 let port_ok = self.matching_port(rule, verdict).is_some();
                 let mismatch = match (peer_ok, port_ok) {
+                    (true, true) => continue, // matched: not a miss (an L7 rule decides)
                     (true, false) => "port",
                     (false, true) => "peer",
-                    _ => continue,
+                    (false, false) => "peer and port",
                 };
-                out.push(NearMiss {
-                    rule: self.rule_info(rule, None),
-                    mismatch,
-                });
-                if out.len() == MAX_NEAR_MISSES {
-                    return out;
+                let mut distance = 0;
+                let mut differs = Vec::new();
+                if !peer_ok {
+                    let (d, text) = self.closest_peer(spec, side, verdict);
+                    distance += d;
+                    differs.push(text);
                 }
+                if !port_ok {
+                    distance += 1;
+                    differs.push(format!(
+                        "port {} is not among {}",
+                        ProtocolPort(verdict.query.protocol, verdict.query.port),
+                        describe_ports(&spec.ports)
+                    ));
+                }
+                if !peer_ok && !port_ok {
+                    distance += 1000; // matches nothing: after every rule that matches something
+                }
+                found.push((
+                    distance,
+                    NearMiss {
+                        rule: self.rule_info(rule, None),
+                        mismatch,
+                        differs: differs.join("; "),
+                    },
+                ));
             }
         }
-        out
+        found.sort_by_key(|(d, _)| *d);
+        found
+            .into_iter()
+            .take(MAX_NEAR_MISSES)
+            .map(|(_, m)| m)
+            .collect()
+    }
+
+    /// The peer of a rule closest to the other end, and what differs.
+    fn closest_peer(&self, rule: &Rule, side: &SideVerdict, verdict: &Verdict) -> (usize, String) {
+        let (other, ip, which) = match side.direction {
+            Direction::Egress => (verdict.query.dst, verdict.dst_ip, "the destination"),
+            Direction::Ingress => (verdict.query.src, verdict.src_ip, "the source"),
+        };
+        rule.peers
+            .iter()
+            .map(|peer| self.peer_difference(peer, other, ip, which))
+            .min_by_key(|(d, _)| *d)
+            .unwrap_or((0, String::new()))
+    }
+
+    fn peer_difference(
+        &self,
+        peer: &Peer,
+        other: Endpoint,
+        ip: Option<IpAddr>,
+        which: &str,
+    ) -> (usize, String) {
+        let address = ip
+            .or(match other {
+                Endpoint::Ip(a) => Some(a),
+                Endpoint::Pod(_) => None,
+            })
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "?".into());
+        match (peer, other) {
+            (Peer::Pods { namespaces, pods }, Endpoint::Pod(id)) => {
+                let pod = self.state().pod(id);
+                let mut differs = Vec::new();
+                let empty = crate::model::Labels::default();
+                let ns_labels = self
+                    .state()
+                    .namespace(&pod.namespace)
+                    .map(|n| &n.labels)
+                    .unwrap_or(&empty);
+                match namespaces {
+                    NamespaceScope::Named(ns) if *ns != pod.namespace => differs.push(format!(
+                        "{which} is in namespace {}, the rule's pods are in {ns}",
+                        pod.namespace
+                    )),
+                    NamespaceScope::Named(_) => {}
+                    NamespaceScope::Selected(sel) => {
+                        let what = format!("{which}'s namespace {}", pod.namespace);
+                        differs.extend(
+                            sel.requirements
+                                .iter()
+                                .filter(|r| !r.matches(ns_labels))
+                                .map(|r| requirement_difference(r, ns_labels, &what)),
+                        );
+                    }
+                }
+                let what = format!("{which}, pod {}/{},", pod.namespace, pod.name);
+                differs.extend(
+                    pods.requirements
+                        .iter()
+                        .filter(|r| !r.matches(&pod.labels))
+                        .map(|r| requirement_difference(r, &pod.labels, &what)),
+                );
+                (differs.len(), differs.join(", and "))
+            }
+            (Peer::Pods { .. }, Endpoint::Ip(a)) => (
+                100,
+                format!(
+                    "{which} {a} is no pod of the cluster; the rule allows {}",
+                    describe_peer(peer)
+                ),
+            ),
+            (Peer::IpBlock(block) | Peer::ExternalCidr(block), _) => {
+                let Some(a) = ip.or(match other {
+                    Endpoint::Ip(a) => Some(a),
+                    Endpoint::Pod(_) => None,
+                }) else {
+                    return (
+                        50,
+                        format!("{which}'s address is unknown; the rule allows {block}"),
+                    );
+                };
+                if !block.cidr.trunc().contains(&a) {
+                    (20, format!("{which} {a} is not in {}", block.cidr))
+                } else if let Some(e) = block.except.iter().find(|e| e.trunc().contains(&a)) {
+                    (
+                        5,
+                        format!("{which} {a} is in {} but excepted by {e}", block.cidr),
+                    )
+                } else {
+                    (
+                        10,
+                        format!(
+                            "{which} {a} is a pod's or a node's address; the rule allows addresses outside the cluster in {}",
+                            block.cidr
+                        ),
+                    )
+                }
+            }
+            (Peer::Entity(e), _) => (30, format!("{which} {address} is not {e}")),
+            (Peer::Fqdn(sel), _) => (
+                15,
+                format!("{which} {address} was not learned from the pod's DNS answers for {sel}"),
+            ),
+        }
+    }
+}
+
+/// What one unmet requirement wants that `labels` does not have.
+fn requirement_difference(r: &Requirement, labels: &crate::model::Labels, what: &str) -> String {
+    let has = labels.get(&r.key);
+    match (r.operator, has) {
+        (Operator::In, Some(v)) => format!("{what} has {}={v}, the rule wants {r}", r.key),
+        (Operator::In, None) | (Operator::Exists, None) => {
+            format!("{what} lacks the label {r}")
+        }
+        (Operator::NotIn, Some(v)) => {
+            format!("{what} has {}={v}, which the rule excludes ({r})", r.key)
+        }
+        (Operator::DoesNotExist, Some(v)) => {
+            format!(
+                "{what} has {}={v}, the rule wants no {} label",
+                r.key, r.key
+            )
+        }
+        // Met requirements are not asked about.
+        _ => format!("{what} does not match {r}"),
     }
 }
 
@@ -414,14 +585,10 @@ impl fmt::Display for Explanation {
             if !side.near_misses.is_empty() {
                 writeln!(f, "  closest rules:")?;
                 for m in &side.near_misses {
-                    let what = match m.mismatch {
-                        "port" => "matches the peer but not the port",
-                        _ => "matches the port but not the peer",
-                    };
                     writeln!(
                         f,
-                        "    {} {} {what}: {}",
-                        m.rule.policy, m.rule.field, m.rule.summary
+                        "    {} {} ({}): {}",
+                        m.rule.policy, m.rule.field, m.rule.summary, m.differs
                     )?;
                 }
             }

@@ -694,6 +694,55 @@ fn a_denial_names_the_isolating_policies_and_the_closest_rules() {
         .collect();
     assert_eq!(misses, [(0, "peer"), (1, "port")]);
     assert!(ex.to_string().contains("DENIED"), "{ex}");
+    // What differs, in words.
+    assert_eq!(
+        ex.ingress.near_misses[0].differs,
+        "the source, pod production/frontend, has app=frontend, the rule wants app=api"
+    );
+    assert_eq!(
+        ex.ingress.near_misses[1].differs,
+        "port TCP/5432 is not among TCP/9187"
+    );
+    assert!(
+        ex.to_string()
+            .contains("has app=frontend, the rule wants app=api"),
+        "{ex}"
+    );
+}
+
+#[test]
+fn the_nearest_miss_names_the_namespace_label_and_the_address_that_differ() {
+    let e = cluster_with(&np(
+        "db-ingress",
+        PROD,
+        "podSelector: {matchLabels: {app: db}}\ningress:\n- from: [{namespaceSelector: {matchLabels: {team: web}}, podSelector: {matchLabels: {app: frontend}}}]\n- from: [{ipBlock: {cidr: 10.9.0.0/16, except: [10.9.9.0/24]}}]\n  ports: [{port: 5432}]",
+    ));
+    let v = verdict(
+        &e,
+        "production/frontend",
+        "production/db",
+        Protocol::Tcp,
+        5432,
+    );
+    let ex = e.explain(&v);
+    let first = &ex.ingress.near_misses[0];
+    assert_eq!(first.rule.rule, 0, "{:?}", ex.ingress.near_misses);
+    assert_eq!(
+        first.differs,
+        "the source's namespace production has team=shop, the rule wants team=web"
+    );
+    let v = verdict(&e, "10.9.9.9", "production/db", Protocol::Tcp, 5432);
+    let ex = e.explain(&v);
+    let by_address = ex
+        .ingress
+        .near_misses
+        .iter()
+        .find(|m| m.rule.rule == 1)
+        .expect("the ipBlock rule");
+    assert_eq!(
+        by_address.differs,
+        "the source 10.9.9.9 is in 10.9.0.0/16 but excepted by 10.9.9.0/24"
+    );
 }
 
 #[test]

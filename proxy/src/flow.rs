@@ -310,6 +310,9 @@ struct SideLine<'a> {
     isolated_by: Vec<Named<'a>>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     names: &'a [Arc<str>],
+    /// For a denial: the rule closest to allowing it, and what differed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nearest: Option<String>,
 }
 
 /// A policy's name, written as its `Display` ("NetworkPolicy shop/api-allow").
@@ -321,9 +324,40 @@ impl Serialize for Named<'_> {
     }
 }
 
+/// The rule closest to allowing a refused side, in words: judged again here, on the writer
+/// thread, and only for denials.
+fn nearest(engine: Option<&Engine>, e: &FlowEvent, side: &FlowSide) -> Option<String> {
+    let engine = engine?;
+    if side.decision != Decision::NoRuleMatched {
+        return None;
+    }
+    let end = |p: &FlowPeer| match p.pod {
+        Some(id) => podwall_policy::Endpoint::Pod(id),
+        None => podwall_policy::Endpoint::Ip(p.ip),
+    };
+    let verdict = engine.verdict(&podwall_policy::Query {
+        src: end(&e.source),
+        dst: end(&e.destination),
+        protocol: e.protocol,
+        port: e.destination.port,
+    });
+    let miss = engine.nearest_miss(&verdict, side.direction)?;
+    Some(format!(
+        "{} {}: {}",
+        miss.rule.policy, miss.rule.field, miss.differs
+    ))
+}
+
 impl<'a> EventLine<'a> {
     fn of(e: &'a FlowEvent) -> Self {
         let engine = e.snapshot.as_deref().map(|p| &p.engine);
+        let side = |s: &'a FlowSide| {
+            let mut line = SideLine::of(engine, s);
+            if e.verdict != FlowVerdict::Allowed {
+                line.nearest = nearest(engine, e, s);
+            }
+            line
+        };
         EventLine {
             time: e.time,
             verdict: e.verdict,
@@ -332,8 +366,8 @@ impl<'a> EventLine<'a> {
             ip_protocol: e.ip_protocol,
             source: PeerLine::of(engine, &e.source),
             destination: PeerLine::of(engine, &e.destination),
-            egress: e.egress.as_ref().map(|s| SideLine::of(engine, s)),
-            ingress: e.ingress.as_ref().map(|s| SideLine::of(engine, s)),
+            egress: e.egress.as_ref().map(side),
+            ingress: e.ingress.as_ref().map(side),
             reason: e.reason.as_deref(),
             bytes_sent: e.bytes_sent,
             bytes_received: e.bytes_received,
@@ -392,6 +426,7 @@ impl<'a> SideLine<'a> {
             }),
             isolated_by,
             names: &side.names,
+            nearest: None,
         }
     }
 }
@@ -697,6 +732,13 @@ spec:
             denied["ingress"]["isolated_by"],
             serde_json::json!(["NetworkPolicy shop/api-from-frontend"])
         );
+        // ... and the rule closest to allowing it, with what differed.
+        let nearest = denied["ingress"]["nearest"].as_str().expect("nearest");
+        assert!(
+            nearest.starts_with("NetworkPolicy shop/api-from-frontend spec.ingress[0]: the source 192.0.2.7 is no pod"),
+            "{nearest}"
+        );
+        assert!(allowed["ingress"].get("nearest").is_none());
     }
 
     #[test]
