@@ -619,6 +619,15 @@ fn monitoring_is_off_by_default_and_on_scrapes_what_podwall_serves() {
             name: "db".into(),
         },
     );
+    sidecar.rule_hits.count(
+        podwall_policy::Direction::Ingress,
+        &podwall_policy::PolicyName {
+            kind: podwall_policy::PolicyKind::NetworkPolicy,
+            namespace: "prod".into(),
+            name: "db".into(),
+        },
+        "spec.ingress[0]",
+    );
     let control = podwall_control::server::ServerMetrics::new();
     let kind = podwall_control::server::KindLabel { kind: "Pod".into() };
     control.watch_failures.get_or_create(&kind).inc();

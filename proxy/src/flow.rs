@@ -484,22 +484,34 @@ pub fn side(side: &SideVerdict) -> FlowSide {
     }
 }
 
-/// Counts a denied or audited flow for each policy isolating a side that refused it.
-fn count_denial(denials: &crate::metrics::Denials, e: &FlowEvent) {
-    if e.verdict == FlowVerdict::Allowed {
-        return;
-    }
+/// Counts a flow for the rule that allowed each side, and a denied or audited one for each
+/// policy isolating a side that refused it.
+fn count_decisions(counters: &crate::metrics::FlowCounters, e: &FlowEvent) {
     let Some(engine) = e.snapshot.as_deref().map(|p| &p.engine) else {
         return;
     };
     for side in [&e.egress, &e.ingress].into_iter().flatten() {
-        if side.decision != Decision::NoRuleMatched {
-            continue;
-        }
-        if let Some(pod) = side.pod {
-            for id in engine.isolated_by(pod, side.direction) {
-                denials.count(side.direction, &engine.state().policy(*id).name);
+        match side.decision {
+            Decision::Rule(r) => {
+                let policy = engine.state().policy(r.policy);
+                if let Some(rule) = policy
+                    .rules(r.direction)
+                    .unwrap_or_default()
+                    .get(r.index as usize)
+                {
+                    counters.rules.count(r.direction, &policy.name, &rule.field);
+                }
             }
+            Decision::NoRuleMatched if e.verdict != FlowVerdict::Allowed => {
+                if let Some(pod) = side.pod {
+                    for id in engine.isolated_by(pod, side.direction) {
+                        counters
+                            .denials
+                            .count(side.direction, &engine.state().policy(*id).name);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -525,23 +537,19 @@ const QUEUE_LIMIT: usize = 8192;
 
 impl FlowLog {
     /// Starts the writer thread, writing JSON lines to stdout.
-    pub fn stdout(
-        dropped: prometheus_client::metrics::counter::Counter,
-        denials: crate::metrics::Denials,
-    ) -> Self {
+    pub fn stdout(counters: crate::metrics::FlowCounters) -> Self {
         Self::writing_to(
             || std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
-            dropped,
-            denials,
+            counters,
         )
     }
 
     /// Starts the writer thread, writing JSON lines to what `open` gives (on that thread).
     fn writing_to<W: std::io::Write>(
         open: impl FnOnce() -> W + Send + 'static,
-        dropped: prometheus_client::metrics::counter::Counter,
-        denials: crate::metrics::Denials,
+        counters: crate::metrics::FlowCounters,
     ) -> Self {
+        let dropped = counters.dropped.clone();
         let (tx, rx) = std::sync::mpsc::channel::<Line>();
         let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let taken = queued.clone();
@@ -555,7 +563,7 @@ impl FlowLog {
                         taken.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         let written = match &e {
                             Line::Flow(e) => {
-                                count_denial(&denials, e);
+                                count_decisions(&counters, e);
                                 serde_json::to_writer(&mut out, e)
                             }
                             Line::Request(r) => serde_json::to_writer(&mut out, r),
@@ -630,7 +638,13 @@ mod tests {
     fn a_stuck_writer_costs_at_most_the_queue_limit_then_events_are_counted_as_dropped() {
         let (release, stuck) = std::sync::mpsc::channel();
         let dropped = prometheus_client::metrics::counter::Counter::default();
-        let log = FlowLog::writing_to(move || Stuck(stuck), dropped.clone(), Default::default());
+        let log = FlowLog::writing_to(
+            move || Stuck(stuck),
+            crate::metrics::FlowCounters {
+                dropped: dropped.clone(),
+                ..Default::default()
+            },
+        );
         for _ in 0..QUEUE_LIMIT + 100 {
             log.emit(connection());
         }
@@ -745,9 +759,10 @@ spec:
     fn a_denial_counts_for_the_policy_isolating_the_side_that_refused_it() {
         let policy = api_policy();
         let metrics = crate::metrics::Metrics::new();
-        count_denial(&metrics.denials, &inbound(&policy, [192, 0, 2, 7], 8080));
-        count_denial(&metrics.denials, &inbound(&policy, [192, 0, 2, 7], 8080));
-        count_denial(&metrics.denials, &inbound(&policy, [10, 0, 0, 1], 8080));
+        let counters = metrics.flow_counters();
+        count_decisions(&counters, &inbound(&policy, [192, 0, 2, 7], 8080));
+        count_decisions(&counters, &inbound(&policy, [192, 0, 2, 7], 8080));
+        count_decisions(&counters, &inbound(&policy, [10, 0, 0, 1], 8080));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encodes");
         assert!(
@@ -756,12 +771,18 @@ spec:
             ),
             "two denials, the allowed flow not counted: {text}"
         );
+        assert!(
+            text.contains(
+                "podwall_rule_flows_total{direction=\"ingress\",policy_kind=\"NetworkPolicy\",policy_namespace=\"shop\",policy=\"api-from-frontend\",rule=\"spec.ingress[0]\"} 1"
+            ),
+            "the allowed flow counts for its rule: {text}"
+        );
     }
 
     #[test]
     fn judging_and_queueing_a_connection_event_allocates_nothing_per_connection() {
         let policy = api_policy();
-        let log = FlowLog::writing_to(std::io::sink, Default::default(), Default::default());
+        let log = FlowLog::writing_to(std::io::sink, Default::default());
         let connections = 310u64;
         let measured = allocation_counter::measure(|| {
             for i in 0..connections {

@@ -132,7 +132,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     let metrics = Arc::new(metrics::Metrics::new());
     tokio::spawn(source.run(publish, metrics.clone()));
     raise_fd_limit();
-    let flows = flow::FlowLog::stdout(metrics.flow_events_dropped.clone(), metrics.denials.clone());
+    let flows = flow::FlowLog::stdout(metrics.flow_counters());
     let (policy_tx, policy_rx) = watch::channel(None);
 
     let inbound = bind_tcp(config.inbound, "inbound", true).await?;

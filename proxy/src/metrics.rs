@@ -70,6 +70,53 @@ impl Denials {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    direction: DirectionLabel,
+    policy_kind: String,
+    policy_namespace: String,
+    policy: String,
+    rule: String,
+}
+
+/// Flows each rule allowed (the deciding side's), so "which rules are never hit?" has an
+/// answer. Counted on the flow log's writer thread, like [`Denials`].
+#[derive(Clone, Debug, Default)]
+pub struct RuleHits(Family<RuleLabels, Counter>);
+
+impl RuleHits {
+    /// Counts one flow allowed by `rule` (`spec.ingress[0]`) of `policy`.
+    pub fn count(
+        &self,
+        direction: podwall_policy::Direction,
+        policy: &podwall_policy::PolicyName,
+        rule: &str,
+    ) {
+        let labels = RuleLabels {
+            direction: match direction {
+                podwall_policy::Direction::Ingress => DirectionLabel::ingress,
+                podwall_policy::Direction::Egress => DirectionLabel::egress,
+            },
+            policy_kind: policy.kind.to_string(),
+            policy_namespace: policy.namespace.clone(),
+            policy: policy.name.clone(),
+            rule: rule.to_string(),
+        };
+        self.0.get_or_create(&labels).inc();
+    }
+}
+
+/// What the flow log's writer counts as it writes.
+#[derive(Clone, Debug, Default)]
+pub struct FlowCounters {
+    /// Events dropped because the writer fell behind.
+    pub dropped: Counter,
+    /// Denials by isolating policy.
+    pub denials: Denials,
+    /// Allowed flows by rule.
+    pub rules: RuleHits,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     verdict: &'static str,
 }
@@ -131,6 +178,8 @@ pub struct Metrics {
     pub flow_events_dropped: Counter,
     /// Denied and audited flows by isolating policy.
     pub denials: Denials,
+    /// Allowed flows by deciding rule.
+    pub rule_hits: RuleHits,
     /// HTTP requests on connections with HTTP rules, by verdict.
     pub http: HttpMetrics,
     /// The DNS name cache and what it learned.
@@ -180,6 +229,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The counters the flow log's writer keeps.
+    pub fn flow_counters(&self) -> FlowCounters {
+        FlowCounters {
+            dropped: self.flow_events_dropped.clone(),
+            denials: self.denials.clone(),
+            rules: self.rule_hits.clone(),
+        }
+    }
+
     /// Registers everything.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("podwall");
@@ -238,6 +296,12 @@ impl Metrics {
             "flow_events_dropped",
             "Flow events dropped because stdout fell behind",
             flow_events_dropped.clone(),
+        );
+        let rule_hits = RuleHits::default();
+        registry.register(
+            "rule_flows",
+            "Flows each policy rule allowed (the deciding side's rule; flows the flow log dropped are not counted)",
+            rule_hits.0.clone(),
         );
         let denials = Denials::default();
         registry.register(
@@ -373,6 +437,7 @@ impl Metrics {
             policies_selecting,
             flow_events_dropped,
             denials,
+            rule_hits,
             http,
             fqdn,
             policy_stream_connected,
