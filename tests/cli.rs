@@ -479,3 +479,84 @@ fn check_node_probes_the_kernel_in_a_namespace_of_its_own_and_leaves_the_nodes_r
         "the probe's rules never reach the node's tables"
     );
 }
+
+#[test]
+fn graph_draws_allowed_pairs_and_overlays_observed_flows() {
+    let (code, out, err) = podwall(&["analyze", "graph", "-f", THREE_TIER, "--port", "8080"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("flowchart LR"), "{out}");
+    assert!(
+        out.contains("subgraph ns_production[\"production\"]"),
+        "{out}"
+    );
+    // frontend may reach api on 8080; nothing reaches postgres on 8080.
+    let id = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_end().ends_with(&format!("[\"{name}\"]")))
+            .and_then(|l| l.split('[').next())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("no node {name}: {out}"))
+    };
+    let (frontend, api, postgres) = (id("frontend"), id("api"), id("postgres"));
+    assert!(
+        out.contains(&format!("{frontend} -->|\"TCP/8080\"| {api}")),
+        "{out}"
+    );
+    assert!(!out.contains(&format!("| {postgres}")), "{out}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flows = dir.path().join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        r#"{"time":"2026-12-05T10:00:00.000Z","verdict":"DENIED","direction":"egress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"postgres","ip":"10.244.1.40","port":5432},"bytes_sent":0,"bytes_received":0,"duration_ms":0.1}
+"#,
+    )
+    .expect("write");
+    let (code, out, err) = podwall(&[
+        "analyze",
+        "graph",
+        "-f",
+        THREE_TIER,
+        "--port",
+        "8080",
+        "--flows",
+        flows.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{frontend} -.->|\"TCP/5432 DENIED\"| {postgres}")),
+        "{out}"
+    );
+    assert!(out.contains("stroke:#d00"), "{out}");
+    let (_, dot, _) = podwall(&["analyze", "graph", "-f", THREE_TIER, "-o", "dot"]);
+    assert!(
+        dot.starts_with("digraph podwall {") && dot.contains("subgraph cluster_production"),
+        "{dot}"
+    );
+}
+
+#[test]
+fn the_svg_in_the_docs_is_the_one_graph_draws_now() {
+    let (code, svg, err) = podwall(&["analyze", "graph", "-f", THREE_TIER, "-o", "svg"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("<svg"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
+    for pod in [
+        "production/frontend",
+        "production/api",
+        "production/postgres",
+    ] {
+        assert!(svg.contains(pod), "{pod} drawn");
+    }
+    let checked_in =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/three-tier.svg"))
+            .expect("docs/three-tier.svg");
+    assert!(
+        svg == checked_in,
+        "docs/three-tier.svg is stale: podwall analyze graph -f examples/three-tier -o svg > docs/three-tier.svg"
+    );
+    let (_, again, _) = podwall(&["analyze", "graph", "-f", THREE_TIER, "-o", "svg"]);
+    assert!(again == svg, "the same graph draws the same file");
+}

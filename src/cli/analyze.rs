@@ -39,6 +39,41 @@ pub(crate) enum AnalyzeCommand {
     ///
     /// Exit code 1 when there is any finding.
     Lint(LintArgs),
+    /// Draw who may talk to whom: pods as nodes grouped by namespace, an edge for each pair the
+    /// policies allow (labelled with the ports), and with --flows what was observed on top
+    /// (denied in red, audited in amber, allowed and seen in bold). Mermaid, Graphviz DOT, or
+    /// an SVG drawn here (no Graphviz needed).
+    Graph(GraphArgs),
+}
+
+/// Output format of `graph`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GraphFormat {
+    /// A Mermaid flowchart (GitHub and most Markdown renderers draw it).
+    Mermaid,
+    /// Graphviz DOT (`dot -Tsvg`), namespaces as clusters.
+    Dot,
+    /// An SVG image.
+    Svg,
+}
+
+/// `analyze graph` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct GraphArgs {
+    #[command(flatten)]
+    input: Input,
+    /// One destination port (default: every port a container declares).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// The protocol (default TCP; without --port, every protocol containers declare).
+    #[arg(long, ignore_case = true)]
+    protocol: Option<ProtocolArg>,
+    /// Flow events (`podwall observe -o json`, or a sidecar's log) to draw over the policies.
+    #[arg(long, value_name = "FILE")]
+    flows: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "mermaid")]
+    output: GraphFormat,
 }
 
 /// Where the cluster state is.
@@ -190,6 +225,7 @@ pub(crate) fn run(cmd: AnalyzeCommand) -> ExitCode {
         AnalyzeCommand::Matrix(args) => matrix(args),
         AnalyzeCommand::Check(args) => check(args),
         AnalyzeCommand::Lint(args) => lint_cmd(args),
+        AnalyzeCommand::Graph(args) => graph(args),
     };
     match result {
         Ok(code) => code,
@@ -214,29 +250,7 @@ fn print_load_report(report: &LoadReport) {
 fn matrix(args: MatrixArgs) -> Result<ExitCode, String> {
     let (state, report) = load(&args.input)?;
     print_load_report(&report);
-    let ports: Vec<(Protocol, u16)> = match (args.port, args.protocol) {
-        (port, Some(p @ (ProtocolArg::Icmp | ProtocolArg::Other))) => {
-            let protocol = Protocol::from(p);
-            vec![(protocol, query_port(protocol, port)?)]
-        }
-        (Some(port), protocol) => {
-            vec![(protocol.map(Protocol::from).unwrap_or(Protocol::Tcp), port)]
-        }
-        (None, _) => {
-            let wanted = args.protocol.map(Protocol::from);
-            let declared: BTreeSet<(Protocol, u16)> = state
-                .pods
-                .iter()
-                .flat_map(|p| p.ports.iter())
-                .filter(|p| wanted.is_none_or(|w| w == p.protocol))
-                .map(|p| (p.protocol, p.port))
-                .collect();
-            if declared.is_empty() {
-                return Err("no --port given and no container declares a port; pass --port".into());
-            }
-            declared.into_iter().collect()
-        }
-    };
+    let ports = ports_asked(&state, args.port, args.protocol)?;
     let engine = Engine::compile(state);
     let matrices: Vec<Matrix> = ports
         .iter()
@@ -257,6 +271,121 @@ fn matrix(args: MatrixArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The (protocol, port) pairs a matrix or graph covers: the one asked for, or every one a
+/// container declares.
+fn ports_asked(
+    state: &ClusterState,
+    port: Option<u16>,
+    protocol: Option<ProtocolArg>,
+) -> Result<Vec<(Protocol, u16)>, String> {
+    Ok(match (port, protocol) {
+        (port, Some(p @ (ProtocolArg::Icmp | ProtocolArg::Other))) => {
+            let protocol = Protocol::from(p);
+            vec![(protocol, query_port(protocol, port)?)]
+        }
+        (Some(port), protocol) => {
+            vec![(protocol.map(Protocol::from).unwrap_or(Protocol::Tcp), port)]
+        }
+        (None, _) => {
+            let wanted = protocol.map(Protocol::from);
+            let declared: BTreeSet<(Protocol, u16)> = state
+                .pods
+                .iter()
+                .flat_map(|p| p.ports.iter())
+                .filter(|p| wanted.is_none_or(|w| w == p.protocol))
+                .map(|p| (p.protocol, p.port))
+                .collect();
+            if declared.is_empty() {
+                return Err("no --port given and no container declares a port; pass --port".into());
+            }
+            declared.into_iter().collect()
+        }
+    })
+}
+
+fn graph(args: GraphArgs) -> Result<ExitCode, String> {
+    use podwall_policy::analyze::graph::{Graph, Observation, Seen};
+    let (state, report) = load(&args.input)?;
+    print_load_report(&report);
+    let ports = ports_asked(&state, args.port, args.protocol)?;
+    let engine = Engine::compile(state);
+    let matrices: Vec<Matrix> = ports
+        .iter()
+        .map(|(protocol, port)| Matrix::compute(&engine, *protocol, *port))
+        .collect();
+    let mut observed = Vec::new();
+    if let Some(path) = &args.flows {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--flows {}: {e}", path.display()))?;
+        for flow in text.lines().filter_map(podwall_control::observe::parse) {
+            let end = |w: &str| match (flow[w]["namespace"].as_str(), flow[w]["pod"].as_str()) {
+                (Some(ns), Some(p)) => Some(format!("{ns}/{p}")),
+                _ => flow[w]["ip"].as_str().map(str::to_string),
+            };
+            let (Some(from), Some(to)) = (end("source"), end("destination")) else {
+                continue;
+            };
+            let seen = match flow["verdict"].as_str() {
+                Some("DENIED") => Seen::Denied,
+                Some("AUDIT") => Seen::Audit,
+                _ => Seen::Allowed,
+            };
+            observed.push(Observation {
+                from,
+                to,
+                port: format!(
+                    "{}/{}",
+                    flow["protocol"].as_str().unwrap_or("?"),
+                    flow["destination"]["port"]
+                ),
+                seen,
+            });
+        }
+    }
+    let g = Graph::build(&matrices, &observed);
+    match args.output {
+        GraphFormat::Mermaid => print!("{}", g.mermaid()),
+        GraphFormat::Dot => print!("{}", g.dot(true)),
+        GraphFormat::Svg => print!("{}", svg(&g.dot(false))?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// DOT drawn as SVG by layout-rs (pure Rust; it draws no clusters, so nodes carry their
+/// namespace). A panic in the renderer is an error, not a crash.
+fn svg(dot: &str) -> Result<String, String> {
+    let dot = dot.to_string();
+    std::panic::catch_unwind(move || {
+        let mut parser = layout::gv::DotParser::new(&dot);
+        let ast = parser.process()?;
+        let mut builder = layout::gv::GraphBuilder::new();
+        builder.visit_graph(&ast);
+        let mut graph = builder.get();
+        let mut writer = layout::backends::svg::SVGWriter::new();
+        graph.do_it(false, false, false, &mut writer);
+        Ok::<String, String>(stable_styles(&writer.finalize()))
+    })
+    .map_err(|_| "the SVG renderer failed on this graph; use -o dot with Graphviz".to_string())?
+    .map_err(|e| format!("the graph's DOT did not parse: {e}"))
+}
+
+/// The renderer writes its font classes in hash order: sorted, the same graph gives the same
+/// file (the docs' SVG is compared with a fresh one).
+fn stable_styles(svg: &str) -> String {
+    let (Some(start), Some(end)) = (svg.find("<style>\n"), svg.find("</style>")) else {
+        return svg.to_string();
+    };
+    let body = &svg[start + "<style>\n".len()..end];
+    let mut lines: Vec<&str> = body.lines().collect();
+    lines.sort_unstable();
+    format!(
+        "{}<style>\n{}\n{}",
+        &svg[..start],
+        lines.join("\n"),
+        &svg[end..]
+    )
 }
 
 fn endpoint(state: &ClusterState, spec: &str, flag: &str) -> Result<Endpoint, String> {
