@@ -1,5 +1,6 @@
 //! Subcommand glue: turn parsed arguments into calls on the crates, print, pick the exit code.
 
+pub(crate) mod advise;
 pub(crate) mod analyze;
 pub(crate) mod control;
 pub(crate) mod inject;

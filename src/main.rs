@@ -38,6 +38,9 @@ enum Command {
     /// The flows of many sidecars as one stream, filtered (a cluster's podwall-proxy logs, a
     /// sandbox, or a file), like `hubble observe`.
     Observe(cli::observe::ObserveArgs),
+    /// Propose the NetworkPolicies (and PodwallPolicy name rules) that allow exactly the
+    /// observed flows, checked with the analyzer before they are printed.
+    Advise(cli::advise::AdviseArgs),
     /// What podwall is doing on the cluster: control-plane replicas, the webhook, and per
     /// namespace the pods selected, injected, connected and unprotected (your kubeconfig).
     Status(cli::status::StatusArgs),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => cli::inject::run(args),
         Command::Uninject(args) => cli::inject::run_uninject(args),
         Command::Observe(args) => cli::observe::run(args),
+        Command::Advise(args) => cli::advise::run(args),
         Command::Status(args) => cli::status::status(args),
         Command::Check(args) => cli::status::check(args),
         Command::Sandbox(cmd) => cli::sandbox::run(cmd),

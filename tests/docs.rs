@@ -1067,6 +1067,18 @@ async fn every_command_in_the_docs_runs_as_written() {
             api.apply(o);
         }
     }
+    // The docs' pods run the sidecar, whose log holds the docs' flows (podwall observe reads
+    // them through the API server).
+    for (_, mut o) in podwall_policy::objects("state", &state).expect("yaml") {
+        if o["kind"] == "Pod" {
+            o["spec"]["initContainers"] = json!([{"name": "podwall-init"}, {"name": "podwall-proxy", "restartPolicy": "Always"}]);
+            api.apply(o);
+        }
+    }
+    let flows = std::fs::read_to_string(dir.path().join("flows.jsonl")).expect("flows");
+    for line in flows.lines() {
+        api.container_log("shop", "web", "podwall-proxy", line);
+    }
     let deploy = std::fs::read_to_string(dir.path().join("deploy.yaml")).expect("deploy");
     objects.extend(
         podwall_policy::objects("deploy", &deploy)

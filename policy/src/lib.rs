@@ -34,6 +34,7 @@ mod state;
 mod validate;
 mod verdict;
 
+pub mod advise;
 pub mod analyze;
 
 pub use diagnostic::{Diagnostic, Severity};

@@ -1,0 +1,583 @@
+//! `podwall advise`: the policies that allow what was observed, and not much more.
+//!
+//! From observed flows (allowed or audited) and the cluster's objects it proposes, per
+//! workload, one NetworkPolicy for its ingress and one for its egress, naming peers by workload
+//! labels and `kubernetes.io/metadata.name` (never pod names or pod addresses), DNS to the
+//! cluster's resolver where the workload resolved names, and destinations outside the cluster as
+//! a PodwallPolicy `toFQDNs` rule where a DNS answer named them, else as an `ipBlock` of the one
+//! address. Every proposal is checked with the engine before it is given: each observed flow must
+//! be allowed by the cluster's policies plus the proposals, and the report lists what else each
+//! rule opens (pods its selectors match beyond those observed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+
+use crate::engine::Engine;
+use crate::load::Loader;
+use crate::model::{Labels, Origin, Protocol};
+use crate::state::{ClusterState, PodId};
+use crate::verdict::{Endpoint, Query};
+
+/// One end of an observed flow.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowEnd {
+    /// A pod, `namespace` and `name`.
+    Pod(String, String),
+    /// An address (outside the cluster, or a pod unknown to the state).
+    Ip(IpAddr),
+}
+
+/// A flow that was seen and should stay allowed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObservedFlow {
+    /// Who opened it.
+    pub src: FlowEnd,
+    /// Who it went to.
+    pub dst: FlowEnd,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its destination port.
+    pub port: u16,
+    /// DNS names the destination address was learned for (from the source's DNS answers).
+    pub names: Vec<String>,
+}
+
+/// A proposed policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proposal {
+    /// Its namespace.
+    pub namespace: String,
+    /// The object.
+    pub object: Value,
+    /// The object as YAML, with a comment per rule naming the flows behind it.
+    pub yaml: String,
+}
+
+/// What `advise` found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Advice {
+    /// The policies to apply, by namespace then name.
+    pub proposals: Vec<Proposal>,
+    /// Flows no policy can express (a pod without labels, an end unknown), and why.
+    pub skipped: Vec<String>,
+    /// Observed flows the cluster's policies plus the proposals still deny (a bug if any).
+    pub not_allowed: Vec<String>,
+    /// What else the proposals open: "also opens ...".
+    pub also_opens: Vec<String>,
+}
+
+/// Labels that name one pod or one rollout, never a workload.
+const VOLATILE: [&str; 7] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/controller-uid",
+    "controller-uid",
+    "pod-template-generation",
+];
+
+/// The labels that select a pod's workload: the well-known name labels when it has them,
+/// else every label but the volatile ones. Empty: it cannot be selected without its name.
+pub fn workload_selector(labels: &Labels) -> BTreeMap<String, String> {
+    for keys in [
+        &["app.kubernetes.io/name", "app.kubernetes.io/instance"][..],
+        &["app"][..],
+        &["k8s-app"][..],
+    ] {
+        if labels.contains_key(keys[0]) {
+            return keys
+                .iter()
+                .filter_map(|k| labels.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+        }
+    }
+    labels
+        .iter()
+        .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A DNS-1123 name part from a selector: its first value.
+fn workload_name(selector: &BTreeMap<String, String>) -> String {
+    let raw = selector
+        .values()
+        .next()
+        .map(String::as_str)
+        .unwrap_or("pods");
+    let mut name: String = raw
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name.truncate(40);
+    name.trim_matches('-').to_string()
+}
+
+/// A peer as the proposal names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Peer {
+    /// Pods of a workload in a namespace.
+    Workload(String, BTreeMap<String, String>),
+    /// One address outside the cluster.
+    Address(IpAddr),
+    /// A DNS name (egress only, a PodwallPolicy toFQDNs rule).
+    Name(String),
+}
+
+impl Peer {
+    fn describe(&self) -> String {
+        match self {
+            Peer::Workload(ns, sel) => format!("{ns}/{}", selector_text(sel)),
+            Peer::Address(ip) => ip.to_string(),
+            Peer::Name(n) => n.clone(),
+        }
+    }
+}
+
+fn selector_text(sel: &BTreeMap<String, String>) -> String {
+    sel.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `{kubernetes.io/metadata.name: ns}` + the workload's labels, as a NetworkPolicy peer seen
+/// from a policy in `home`.
+fn peer_json(peer: &Peer, home: &str) -> Value {
+    match peer {
+        Peer::Workload(ns, sel) if ns == home => json!({"podSelector": {"matchLabels": sel}}),
+        Peer::Workload(ns, sel) => json!({
+            "namespaceSelector": {"matchLabels": {crate::model::NAMESPACE_NAME_LABEL: ns}},
+            "podSelector": {"matchLabels": sel}}),
+        Peer::Address(ip) => {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            json!({"ipBlock": {"cidr": format!("{ip}/{bits}")}})
+        }
+        Peer::Name(_) => Value::Null,
+    }
+}
+
+/// Rules by (namespace, workload selector), then by peer.
+type Rules = BTreeMap<(String, BTreeMap<String, String>), BTreeMap<Peer, RuleFlows>>;
+
+/// Ports and the flows behind a rule.
+#[derive(Default)]
+struct RuleFlows {
+    ports: BTreeSet<(Protocol, u16)>,
+    flows: BTreeSet<String>,
+}
+
+/// Builds the proposals and checks them. `objects` are the cluster's (pods, namespaces, the
+/// policies it has).
+pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
+    let state = load(objects, &[]);
+    let engine = Engine::compile(state);
+    let state = engine.state();
+    let mut advice = Advice::default();
+    let pod_of = |end: &FlowEnd| -> Option<PodId> {
+        match end {
+            FlowEnd::Pod(ns, name) => state.pod_by_name(ns, name),
+            FlowEnd::Ip(ip) => engine.pod_by_ip(*ip),
+        }
+    };
+    // ingress[(ns, workload)][peer] and egress likewise.
+    let mut ingress: Rules = BTreeMap::new();
+    let mut egress: Rules = BTreeMap::new();
+    let mut resolved: BTreeSet<(String, BTreeMap<String, String>)> = BTreeSet::new();
+    let workload = |id: PodId| -> Option<(String, BTreeMap<String, String>)> {
+        let pod = state.pod(id);
+        let sel = workload_selector(&pod.labels);
+        (!sel.is_empty()).then(|| (pod.namespace.clone(), sel))
+    };
+    for f in flows {
+        let label = format!(
+            "{} -> {} {}/{}",
+            end_text(&f.src, state, &engine),
+            end_text(&f.dst, state, &engine),
+            f.protocol,
+            f.port
+        );
+        let (src, dst) = (pod_of(&f.src), pod_of(&f.dst));
+        let src_w = src.and_then(workload);
+        let dst_w = dst.and_then(workload);
+        for (id, w) in [(src, &src_w), (dst, &dst_w)] {
+            if let (Some(id), None) = (id, w) {
+                advice.skipped.push(format!(
+                    "{label}: pod {} has no labels to select it by (name it in a policy yourself, or label it)",
+                    state.pod(id).key()
+                ));
+            }
+        }
+        if src.is_some() && src_w.is_none() || dst.is_some() && dst_w.is_none() {
+            continue;
+        }
+        // The destination's ingress.
+        if let Some(w) = &dst_w {
+            let peer = match (&src_w, &f.src) {
+                (Some((ns, sel)), _) => Peer::Workload(ns.clone(), sel.clone()),
+                (None, FlowEnd::Ip(ip)) => Peer::Address(*ip),
+                (None, FlowEnd::Pod(ns, name)) => {
+                    advice
+                        .skipped
+                        .push(format!("{label}: pod {ns}/{name} is not in the state"));
+                    continue;
+                }
+            };
+            let r = ingress
+                .entry(w.clone())
+                .or_default()
+                .entry(peer)
+                .or_default();
+            r.ports.insert((f.protocol, f.port));
+            r.flows.insert(label.clone());
+        }
+        // The source's egress.
+        if let Some(w) = &src_w {
+            let is_dns = f.port == 53 && matches!(f.protocol, Protocol::Udp | Protocol::Tcp);
+            if is_dns {
+                resolved.insert(w.clone());
+            }
+            let peer = match (&dst_w, &f.dst) {
+                (Some((ns, sel)), _) => Peer::Workload(ns.clone(), sel.clone()),
+                (None, FlowEnd::Ip(_)) if !f.names.is_empty() && !is_dns => {
+                    Peer::Name(f.names[0].trim_end_matches('.').to_lowercase())
+                }
+                (None, FlowEnd::Ip(ip)) => Peer::Address(*ip),
+                (None, FlowEnd::Pod(ns, name)) => {
+                    advice
+                        .skipped
+                        .push(format!("{label}: pod {ns}/{name} is not in the state"));
+                    continue;
+                }
+            };
+            let r = egress
+                .entry(w.clone())
+                .or_default()
+                .entry(peer)
+                .or_default();
+            r.ports.insert((f.protocol, f.port));
+            r.flows.insert(label);
+        }
+    }
+    // Workloads that resolved names may reach the cluster's resolver on 53.
+    let resolver = state
+        .pod_ids()
+        .map(|id| state.pod(id))
+        .find(|p| p.labels.get("k8s-app").map(String::as_str) == Some("kube-dns"))
+        .map(|p| Peer::Workload(p.namespace.clone(), workload_selector(&p.labels)));
+    for w in &resolved {
+        if let Some(dns) = &resolver {
+            let r = egress
+                .entry(w.clone())
+                .or_default()
+                .entry(dns.clone())
+                .or_default();
+            r.ports.insert((Protocol::Udp, 53));
+            r.ports.insert((Protocol::Tcp, 53));
+            r.flows.insert("DNS to the cluster's resolver".into());
+        }
+    }
+    for ((ns, sel), peers) in &ingress {
+        advice
+            .proposals
+            .push(network_policy(ns, sel, "ingress", peers));
+    }
+    for ((ns, sel), peers) in &egress {
+        let (names, others): (BTreeMap<&Peer, &RuleFlows>, BTreeMap<&Peer, &RuleFlows>) =
+            peers.iter().partition(|(p, _)| matches!(p, Peer::Name(_)));
+        if !others.is_empty() {
+            let others: BTreeMap<Peer, &RuleFlows> =
+                others.into_iter().map(|(p, r)| (p.clone(), r)).collect();
+            advice
+                .proposals
+                .push(network_policy_refs(ns, sel, "egress", &others));
+        }
+        if !names.is_empty() {
+            advice.proposals.push(fqdn_policy(ns, sel, &names));
+        }
+    }
+    advice.proposals.sort_by(|a, b| {
+        (&a.namespace, &a.object["metadata"]["name"].to_string())
+            .cmp(&(&b.namespace, &b.object["metadata"]["name"].to_string()))
+    });
+    check(objects, flows, &mut advice);
+    also_opens(&engine, &ingress, flows, &mut advice);
+    advice
+}
+
+fn end_text(end: &FlowEnd, state: &ClusterState, engine: &Engine) -> String {
+    match end {
+        FlowEnd::Pod(ns, name) => format!("{ns}/{name}"),
+        FlowEnd::Ip(ip) => engine
+            .pod_by_ip(*ip)
+            .map(|id| state.pod(id).key())
+            .unwrap_or_else(|| ip.to_string()),
+    }
+}
+
+fn ports_json(ports: &BTreeSet<(Protocol, u16)>) -> Value {
+    Value::Array(
+        ports
+            .iter()
+            .map(|(p, n)| json!({"protocol": p.to_string(), "port": n}))
+            .collect(),
+    )
+}
+
+fn network_policy(
+    ns: &str,
+    sel: &BTreeMap<String, String>,
+    direction: &str,
+    peers: &BTreeMap<Peer, RuleFlows>,
+) -> Proposal {
+    let refs: BTreeMap<Peer, &RuleFlows> = peers.iter().map(|(p, r)| (p.clone(), r)).collect();
+    network_policy_refs(ns, sel, direction, &refs)
+}
+
+fn network_policy_refs(
+    ns: &str,
+    sel: &BTreeMap<String, String>,
+    direction: &str,
+    peers: &BTreeMap<Peer, &RuleFlows>,
+) -> Proposal {
+    let name = format!("advised-{}-{direction}", workload_name(sel));
+    let (list, field, types) = if direction == "ingress" {
+        ("ingress", "from", "Ingress")
+    } else {
+        ("egress", "to", "Egress")
+    };
+    let rules: Vec<Value> = peers
+        .iter()
+        .map(|(peer, r)| json!({field: [peer_json(peer, ns)], "ports": ports_json(&r.ports)}))
+        .collect();
+    let object = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podSelector": {"matchLabels": sel}, "policyTypes": [types], list: rules}});
+    let mut yaml = format!(
+        "# {direction} of {ns}/{}: what was observed, nothing else\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  podSelector:\n    matchLabels:\n",
+        selector_text(sel)
+    );
+    for (k, v) in sel {
+        let _ = writeln!(yaml, "      {}: {}", quote(k), quote(v));
+    }
+    let _ = writeln!(yaml, "  policyTypes: [{types}]\n  {list}:");
+    for (peer, r) in peers {
+        for flow in r.flows.iter().take(5) {
+            let _ = writeln!(yaml, "  # {flow}");
+        }
+        if r.flows.len() > 5 {
+            let _ = writeln!(yaml, "  # ... and {} more flows", r.flows.len() - 5);
+        }
+        let _ = writeln!(yaml, "  - {field}:");
+        match peer {
+            Peer::Workload(pns, psel) => {
+                if pns != ns {
+                    let _ = writeln!(
+                        yaml,
+                        "    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: {}\n      podSelector:\n        matchLabels:",
+                        quote(pns)
+                    );
+                } else {
+                    let _ = writeln!(yaml, "    - podSelector:\n        matchLabels:");
+                }
+                for (k, v) in psel {
+                    let _ = writeln!(yaml, "          {}: {}", quote(k), quote(v));
+                }
+            }
+            Peer::Address(ip) => {
+                let bits = if ip.is_ipv4() { 32 } else { 128 };
+                let _ = writeln!(yaml, "    - ipBlock:\n        cidr: {ip}/{bits}");
+            }
+            Peer::Name(_) => {}
+        }
+        let _ = writeln!(yaml, "    ports:");
+        for (p, n) in &r.ports {
+            let _ = writeln!(yaml, "    - protocol: {p}\n      port: {n}");
+        }
+    }
+    Proposal {
+        namespace: ns.to_string(),
+        object,
+        yaml,
+    }
+}
+
+fn fqdn_policy(
+    ns: &str,
+    sel: &BTreeMap<String, String>,
+    names: &BTreeMap<&Peer, &RuleFlows>,
+) -> Proposal {
+    let name = format!("advised-{}-egress-names", workload_name(sel));
+    let mut rules = Vec::new();
+    let mut yaml = format!(
+        "# egress of {ns}/{} to names its DNS answers gave\napiVersion: podwall.io/v1alpha1\nkind: PodwallPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  endpointSelector:\n    matchLabels:\n",
+        selector_text(sel)
+    );
+    for (k, v) in sel {
+        let _ = writeln!(yaml, "      {}: {}", quote(k), quote(v));
+    }
+    yaml.push_str("  egress:\n");
+    for (peer, r) in names {
+        let Peer::Name(n) = peer else { continue };
+        let ports: Vec<Value> = r
+            .ports
+            .iter()
+            .map(|(p, port)| json!({"port": port.to_string(), "protocol": p.to_string()}))
+            .collect();
+        rules.push(json!({"toFQDNs": [{"matchName": n}], "toPorts": [{"ports": ports}]}));
+        for flow in r.flows.iter().take(5) {
+            let _ = writeln!(yaml, "  # {flow}");
+        }
+        let _ = writeln!(
+            yaml,
+            "  - toFQDNs:\n    - matchName: {}\n    toPorts:\n    - ports:",
+            quote(n)
+        );
+        for (p, port) in &r.ports {
+            let _ = writeln!(yaml, "      - port: \"{port}\"\n        protocol: {p}");
+        }
+    }
+    let object = json!({"apiVersion": "podwall.io/v1alpha1", "kind": "PodwallPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"endpointSelector": {"matchLabels": sel}, "egress": rules}});
+    Proposal {
+        namespace: ns.to_string(),
+        object,
+        yaml,
+    }
+}
+
+/// A YAML scalar, quoted when it would not read back as the same string.
+fn quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && !matches!(
+            s.to_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "~"
+        )
+        && s.parse::<f64>().is_err();
+    if plain {
+        s.to_string()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+fn load(objects: &[Value], more: &[Value]) -> ClusterState {
+    let mut loader = Loader::new();
+    let origin = Origin {
+        source: "advise".into(),
+        line: 0,
+        item: None,
+    };
+    for o in objects.iter().chain(more) {
+        loader.add_object(origin.clone(), o.clone());
+    }
+    loader.finish().0
+}
+
+/// Every observed flow must be allowed once the proposals are applied.
+fn check(objects: &[Value], flows: &[ObservedFlow], advice: &mut Advice) {
+    let proposed: Vec<Value> = advice.proposals.iter().map(|p| p.object.clone()).collect();
+    let engine = Engine::compile(load(objects, &proposed));
+    let state = engine.state();
+    let end = |e: &FlowEnd| match e {
+        FlowEnd::Pod(ns, name) => state.pod_by_name(ns, name).map(Endpoint::Pod),
+        FlowEnd::Ip(ip) => Some(
+            engine
+                .pod_by_ip(*ip)
+                .map(Endpoint::Pod)
+                .unwrap_or(Endpoint::Ip(*ip)),
+        ),
+    };
+    for f in flows {
+        let (Some(src), Some(dst)) = (end(&f.src), end(&f.dst)) else {
+            continue;
+        };
+        let query = Query {
+            src,
+            dst,
+            protocol: f.protocol,
+            port: f.port,
+        };
+        // A destination learned for a name: the names' matchName selectors.
+        let names: Vec<crate::verdict::FqdnId> = engine
+            .fqdn_selectors()
+            .iter()
+            .enumerate()
+            .filter(|(_, sel)| {
+                f.names.iter().any(|n| {
+                    let n = n.trim_end_matches('.').to_lowercase();
+                    matches!(sel, crate::model::FqdnSelector::MatchName(m) if *m == n)
+                })
+            })
+            .map(|(i, _)| crate::verdict::FqdnId(i as u32))
+            .collect();
+        if !engine.allowed_learned(&query, &names) {
+            advice.not_allowed.push(format!(
+                "{} -> {} {}/{}",
+                end_text(&f.src, state, &engine),
+                end_text(&f.dst, state, &engine),
+                f.protocol,
+                f.port
+            ));
+        }
+    }
+}
+
+/// For each proposed ingress rule, the pods its peer selects that were not seen using it.
+fn also_opens(engine: &Engine, ingress: &Rules, flows: &[ObservedFlow], advice: &mut Advice) {
+    let state = engine.state();
+    let key = |e: &FlowEnd| match e {
+        FlowEnd::Pod(ns, name) => Some(format!("{ns}/{name}")),
+        FlowEnd::Ip(ip) => engine.pod_by_ip(*ip).map(|id| state.pod(id).key()),
+    };
+    let seen: BTreeSet<(Option<String>, Option<String>)> =
+        flows.iter().map(|f| (key(&f.src), key(&f.dst))).collect();
+    let matches = |ns: &str, sel: &BTreeMap<String, String>| -> Vec<String> {
+        state
+            .pod_ids()
+            .map(|id| state.pod(id))
+            .filter(|p| {
+                p.namespace == ns
+                    && !p.host_network
+                    && sel.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+            })
+            .map(|p| p.key())
+            .collect()
+    };
+    for ((ns, sel), peers) in ingress {
+        let dsts = matches(ns, sel);
+        for (peer, r) in peers {
+            let Peer::Workload(pns, psel) = peer else {
+                continue;
+            };
+            let srcs = matches(pns, psel);
+            let mut extra = 0;
+            for s in &srcs {
+                for d in &dsts {
+                    if !seen.contains(&(Some(s.clone()), Some(d.clone()))) {
+                        extra += 1;
+                    }
+                }
+            }
+            if extra > 0 {
+                let ports: Vec<String> = r.ports.iter().map(|(p, n)| format!("{p}/{n}")).collect();
+                advice.also_opens.push(format!(
+                    "{} -> {ns}/{} on {}: also opens {extra} pair(s) of pods not seen talking ({} source pod(s), {} destination pod(s) match)",
+                    peer.describe(),
+                    selector_text(sel),
+                    ports.join(", "),
+                    srcs.len(),
+                    dsts.len()
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `podwall advise`: policies proposed from observed flows (see `podwall_policy::advise`).
+//!
+//! Exit codes: 0; 1 when a proposal would still deny an observed flow (a bug: say so); 2 for
+//! bad usage or unreadable input.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use podwall_policy::Protocol;
+use podwall_policy::advise::{FlowEnd, ObservedFlow, advise};
+use serde_json::Value;
+
+/// `advise` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct AdviseArgs {
+    /// The cluster's state: pods and namespaces (for their labels) and the policies it has
+    /// (files or directories; `kubectl get ns,pods,netpol -A -o yaml`).
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    state: Vec<PathBuf>,
+    /// Observed flows (`podwall observe -o json`, a sidecar's log, `-` for stdin). Allowed and
+    /// audited flows are kept; denied ones are not wanted.
+    #[arg(long, required = true, value_name = "FILE")]
+    flows: PathBuf,
+    /// Write one file per namespace (`DIR/NAMESPACE.yaml`) instead of standard output.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+}
+
+fn end(flow: &Value, which: &str) -> Option<FlowEnd> {
+    let e = &flow[which];
+    match (e["namespace"].as_str(), e["pod"].as_str()) {
+        (Some(ns), Some(pod)) => Some(FlowEnd::Pod(ns.into(), pod.into())),
+        _ => e["ip"].as_str()?.parse().ok().map(FlowEnd::Ip),
+    }
+}
+
+/// The flows to keep allowed, from flow events.
+fn observed(text: &str) -> Vec<ObservedFlow> {
+    let mut out = BTreeSet::new();
+    for flow in text.lines().filter_map(podwall_control::observe::parse) {
+        if !matches!(flow["verdict"].as_str(), Some("ALLOWED" | "AUDIT")) {
+            continue;
+        }
+        // An HTTP request repeats its connection's event.
+        if flow["l7"]["http"].is_object() {
+            continue;
+        }
+        let protocol = match flow["protocol"].as_str() {
+            Some("TCP") => Protocol::Tcp,
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            _ => continue, // ping and other protocols have no port to allow by
+        };
+        let (Some(src), Some(dst)) = (end(&flow, "source"), end(&flow, "destination")) else {
+            continue;
+        };
+        let Some(port) = flow["destination"]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        let names: Vec<String> = ["egress", "ingress"]
+            .iter()
+            .filter_map(|s| flow[s]["names"].as_array())
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        out.insert(ObservedFlow {
+            src,
+            dst,
+            protocol,
+            port,
+            names,
+        });
+    }
+    out.into_iter().collect()
+}
+
+pub(crate) fn run(args: AdviseArgs) -> ExitCode {
+    let files = match podwall_control::source::read_paths(&args.state) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("podwall: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut objects = Vec::new();
+    for file in &files {
+        match podwall_policy::objects(&file.name, &file.text) {
+            Ok(o) => objects.extend(o.into_iter().map(|(_, v)| v)),
+            Err(e) => {
+                eprintln!("podwall: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let text = if args.flows.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(&args.flows)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("podwall: --flows {}: {e}", args.flows.display());
+            return ExitCode::from(2);
+        }
+    };
+    let flows = observed(&text);
+    if flows.is_empty() {
+        eprintln!(
+            "podwall: --flows {}: no allowed or audited flow events in it",
+            args.flows.display()
+        );
+        return ExitCode::from(2);
+    }
+    let advice = advise(&objects, &flows);
+    let mut by_namespace: std::collections::BTreeMap<&str, String> = Default::default();
+    for p in &advice.proposals {
+        let text = by_namespace.entry(&p.namespace).or_default();
+        text.push_str("---\n");
+        text.push_str(&p.yaml);
+    }
+    match &args.out_dir {
+        Some(dir) => {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("podwall: {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+            for (ns, text) in &by_namespace {
+                let path = dir.join(format!("{ns}.yaml"));
+                if let Err(e) = std::fs::write(&path, text) {
+                    eprintln!("podwall: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+                eprintln!(
+                    "{}: {} policies",
+                    path.display(),
+                    text.matches("\n---").count() + 1
+                );
+            }
+        }
+        None => {
+            for (ns, text) in &by_namespace {
+                println!("# namespace {ns}");
+                print!("{text}");
+            }
+        }
+    }
+    eprintln!(
+        "podwall: {} flows observed, {} policies proposed, each observed flow checked: {}",
+        flows.len(),
+        advice.proposals.len(),
+        if advice.not_allowed.is_empty() {
+            "all allowed"
+        } else {
+            "SOME STILL DENIED"
+        }
+    );
+    for s in &advice.skipped {
+        eprintln!("skipped: {s}");
+    }
+    for a in &advice.also_opens {
+        eprintln!("note: {a}");
+    }
+    if !advice.not_allowed.is_empty() {
+        for n in &advice.not_allowed {
+            eprintln!("error: still denied with the proposals: {n}");
+        }
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
