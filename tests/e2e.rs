@@ -528,6 +528,107 @@ fn observe_follows_the_sandboxs_sidecars_and_prints_a_denial_as_it_happens() {
 }
 
 #[test]
+fn the_rollout_observe_then_advise_then_enforce_keeps_what_was_seen_and_denies_the_rest() {
+    if !ready_for(
+        "the_rollout_observe_then_advise_then_enforce_keeps_what_was_seen_and_denies_the_rest",
+    ) {
+        return;
+    }
+    // The three-tier example's pods with no policy at all: everything passes, and is logged.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/three-tier/cluster.yaml"),
+        dir.path().join("cluster.yaml"),
+    )
+    .expect("copy");
+    let up = Up::new(dir.path(), "rollout", Inject::All);
+    let intended = [
+        ("ingress-nginx/controller", "production/frontend", 80),
+        ("production/frontend", "production/api", 8080),
+        ("production/api", "production/postgres", 5432),
+    ];
+    let dial = |from: &str, to: &str, port: u16| {
+        connect(&up.ns(from), SocketAddr::new(up.ip(to), port)).is_ok()
+    };
+    for (from, to, port) in intended {
+        assert!(
+            dial(from, to, port),
+            "{from} -> {to}:{port} before any policy"
+        );
+    }
+    // Phase one: observe what ran, and let podwall write the policies.
+    let flows = dir.path().join("flows.jsonl");
+    wait_for(
+        "the three flows are logged",
+        Duration::from_secs(10),
+        || {
+            let out = Command::new(PODWALL)
+                .args(["observe", "--sandbox", "rollout", "-o", "json"])
+                .output()
+                .expect("observe");
+            std::fs::write(&flows, &out.stdout).expect("write");
+            String::from_utf8_lossy(&out.stdout).lines().count() >= 3
+        },
+    );
+    let advised = dir.path().join("advised");
+    let out = Command::new(PODWALL)
+        .arg("advise")
+        .arg("-f")
+        .arg(up.sb().policy_dir())
+        .arg("--flows")
+        .arg(&flows)
+        .arg("--out-dir")
+        .arg(&advised)
+        .output()
+        .expect("advise");
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("all allowed"), "{report}");
+    // Enforce: the advised policies join the sandbox's state live.
+    for entry in std::fs::read_dir(&advised).expect("advised") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            up.sb().policy_dir().join(format!(
+                "advised-{}",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            )),
+        )
+        .expect("copy");
+    }
+    // What was never seen is refused once the sidecars have the new policy ...
+    wait_for(
+        "frontend -> postgres is refused",
+        Duration::from_secs(10),
+        || !dial("production/frontend", "production/postgres", 5432),
+    );
+    // ... what was seen still passes ...
+    for (from, to, port) in intended {
+        assert!(
+            dial(from, to, port),
+            "{from} -> {to}:{port} after enforcing"
+        );
+    }
+    // ... and every pair of pods on every declared port behaves as the analyzer says.
+    let report = up.sb().probe().expect("probe");
+    let mismatches: Vec<String> = report
+        .mismatches()
+        .into_iter()
+        .map(|a| {
+            format!(
+                "{} -> {} {}: observed {} predicted {}",
+                a.from, a.to, a.port, a.observed, a.predicted
+            )
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert!(
+        report.attempts.iter().any(|a| !a.predicted),
+        "the advice denies something"
+    );
+}
+
+#[test]
 fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     if !ready_for("without_a_policy_for_its_pod_the_sidecar_refuses_everything") {
         return;

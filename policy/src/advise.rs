@@ -43,6 +43,11 @@ pub struct ObservedFlow {
     pub port: u16,
     /// DNS names the destination address was learned for (from the source's DNS answers).
     pub names: Vec<String>,
+    /// Which side's sidecar reported it: `Egress` (the source's), `Ingress` (the
+    /// destination's), or `None` when unknown (both). A side that did not see a flow gets no
+    /// policy from it: a destination observed only from some of its clients (a shared
+    /// resolver, a service of another team) would be cut off from the rest.
+    pub seen_by: Option<crate::model::Direction>,
 }
 
 /// A proposed policy.
@@ -63,10 +68,16 @@ pub struct Advice {
     pub proposals: Vec<Proposal>,
     /// Flows no policy can express (a pod without labels, an end unknown), and why.
     pub skipped: Vec<String>,
+    /// Skipped flows whose source or destination workload still gets a policy from other
+    /// flows: applying the advice would deny them. The advice must not be applied as is.
+    pub would_deny: Vec<String>,
     /// Observed flows the cluster's policies plus the proposals still deny (a bug if any).
     pub not_allowed: Vec<String>,
     /// What else the proposals open: "also opens ...".
     pub also_opens: Vec<String>,
+    /// Those pairs one by one: (source pod, destination pod, protocol, port) a proposed
+    /// ingress rule allows that no observed flow used.
+    pub extra: BTreeSet<(String, String, Protocol, u16)>,
 }
 
 /// Labels that name one pod or one rollout, never a workload.
@@ -84,8 +95,12 @@ const VOLATILE: [&str; 7] = [
 /// else every label but the volatile ones. Empty: it cannot be selected without its name.
 pub fn workload_selector(labels: &Labels) -> BTreeMap<String, String> {
     for keys in [
-        &["app.kubernetes.io/name", "app.kubernetes.io/instance"][..],
-        &["app"][..],
+        &[
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/component",
+        ][..],
+        &["app", "component", "tier"][..],
         &["k8s-app"][..],
     ] {
         if labels.contains_key(keys[0]) {
@@ -95,11 +110,30 @@ pub fn workload_selector(labels: &Labels) -> BTreeMap<String, String> {
                 .collect();
         }
     }
+    stable_labels(labels)
+}
+
+fn stable_labels(labels: &Labels) -> BTreeMap<String, String> {
     labels
         .iter()
         .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// A pod's workload selector that matches its workload only: the well-known labels, widened to
+/// every stable label when those also match pods of the namespace with other stable labels
+/// (another component, a replica set of another role).
+fn exact_selector(state: &ClusterState, id: PodId) -> BTreeMap<String, String> {
+    let pod = state.pod(id);
+    let sel = workload_selector(&pod.labels);
+    let mine = stable_labels(&pod.labels);
+    let wider = state.pod_ids().map(|o| state.pod(o)).any(|o| {
+        o.namespace == pod.namespace
+            && sel.iter().all(|(k, v)| o.labels.get(k) == Some(v))
+            && stable_labels(&o.labels) != mine
+    });
+    if wider { mine } else { sel }
 }
 
 /// A DNS-1123 name part from a selector: its first value.
@@ -162,6 +196,9 @@ fn peer_json(peer: &Peer, home: &str) -> Value {
     }
 }
 
+/// A workload: its namespace and the labels that select it.
+type Workload = (String, BTreeMap<String, String>);
+
 /// Rules by (namespace, workload selector), then by peer.
 type Rules = BTreeMap<(String, BTreeMap<String, String>), BTreeMap<Peer, RuleFlows>>;
 
@@ -189,9 +226,10 @@ pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
     let mut ingress: Rules = BTreeMap::new();
     let mut egress: Rules = BTreeMap::new();
     let mut resolved: BTreeSet<(String, BTreeMap<String, String>)> = BTreeSet::new();
+    let mut unplaced: Vec<(String, Vec<Workload>)> = Vec::new();
     let workload = |id: PodId| -> Option<(String, BTreeMap<String, String>)> {
         let pod = state.pod(id);
-        let sel = workload_selector(&pod.labels);
+        let sel = exact_selector(state, id);
         (!sel.is_empty()).then(|| (pod.namespace.clone(), sel))
     };
     for f in flows {
@@ -214,10 +252,18 @@ pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
             }
         }
         if src.is_some() && src_w.is_none() || dst.is_some() && dst_w.is_none() {
+            unplaced.push((
+                label.clone(),
+                src_w.iter().chain(dst_w.iter()).cloned().collect(),
+            ));
             continue;
         }
+        let seen = |d: crate::model::Direction| f.seen_by.is_none_or(|s| s == d);
         // The destination's ingress.
-        if let Some(w) = &dst_w {
+        if let Some(w) = dst_w
+            .as_ref()
+            .filter(|_| seen(crate::model::Direction::Ingress))
+        {
             let peer = match (&src_w, &f.src) {
                 (Some((ns, sel)), _) => Peer::Workload(ns.clone(), sel.clone()),
                 (None, FlowEnd::Ip(ip)) => Peer::Address(*ip),
@@ -225,6 +271,7 @@ pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
                     advice
                         .skipped
                         .push(format!("{label}: pod {ns}/{name} is not in the state"));
+                    unplaced.push((label.clone(), vec![w.clone()]));
                     continue;
                 }
             };
@@ -237,7 +284,10 @@ pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
             r.flows.insert(label.clone());
         }
         // The source's egress.
-        if let Some(w) = &src_w {
+        if let Some(w) = src_w
+            .as_ref()
+            .filter(|_| seen(crate::model::Direction::Egress))
+        {
             let is_dns = f.port == 53 && matches!(f.protocol, Protocol::Udp | Protocol::Tcp);
             if is_dns {
                 resolved.insert(w.clone());
@@ -252,6 +302,7 @@ pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
                     advice
                         .skipped
                         .push(format!("{label}: pod {ns}/{name} is not in the state"));
+                    unplaced.push((label.clone(), vec![w.clone()]));
                     continue;
                 }
             };
@@ -305,6 +356,16 @@ pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
         (&a.namespace, &a.object["metadata"]["name"].to_string())
             .cmp(&(&b.namespace, &b.object["metadata"]["name"].to_string()))
     });
+    unique_names(&mut advice.proposals);
+    // A flow that could not be placed, from or to a workload that gets a policy anyway, would
+    // be denied by it.
+    let isolated: BTreeSet<(String, BTreeMap<String, String>)> =
+        ingress.keys().chain(egress.keys()).cloned().collect();
+    for (text, ends) in &unplaced {
+        if ends.iter().any(|w| isolated.contains(w)) {
+            advice.would_deny.push(text.clone());
+        }
+    }
     check(objects, flows, &mut advice);
     also_opens(&engine, &ingress, flows, &mut advice);
     advice
@@ -359,8 +420,10 @@ fn network_policy_refs(
         "metadata": {"name": name, "namespace": ns},
         "spec": {"podSelector": {"matchLabels": sel}, "policyTypes": [types], list: rules}});
     let mut yaml = format!(
-        "# {direction} of {ns}/{}: what was observed, nothing else\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  podSelector:\n    matchLabels:\n",
-        selector_text(sel)
+        "# {direction} of {ns}/{}: what was observed, nothing else\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  podSelector:\n    matchLabels:\n",
+        selector_text(sel),
+        quote(&name),
+        quote(ns)
     );
     for (k, v) in sel {
         let _ = writeln!(yaml, "      {}: {}", quote(k), quote(v));
@@ -391,7 +454,7 @@ fn network_policy_refs(
             }
             Peer::Address(ip) => {
                 let bits = if ip.is_ipv4() { 32 } else { 128 };
-                let _ = writeln!(yaml, "    - ipBlock:\n        cidr: {ip}/{bits}");
+                let _ = writeln!(yaml, "    - ipBlock:\n        cidr: \"{ip}/{bits}\"");
             }
             Peer::Name(_) => {}
         }
@@ -415,8 +478,10 @@ fn fqdn_policy(
     let name = format!("advised-{}-egress-names", workload_name(sel));
     let mut rules = Vec::new();
     let mut yaml = format!(
-        "# egress of {ns}/{} to names its DNS answers gave\napiVersion: podwall.io/v1alpha1\nkind: PodwallPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  endpointSelector:\n    matchLabels:\n",
-        selector_text(sel)
+        "# egress of {ns}/{} to names its DNS answers gave\napiVersion: podwall.io/v1alpha1\nkind: PodwallPolicy\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  endpointSelector:\n    matchLabels:\n",
+        selector_text(sel),
+        quote(&name),
+        quote(ns)
     );
     for (k, v) in sel {
         let _ = writeln!(yaml, "      {}: {}", quote(k), quote(v));
@@ -452,20 +517,48 @@ fn fqdn_policy(
     }
 }
 
-/// A YAML scalar, quoted when it would not read back as the same string.
+/// A YAML scalar, always double-quoted: YAML 1.1 readers (kubectl's) take `y`, `no`, `0x1F` or
+/// `1_000` for booleans and numbers. Label keys and values, names and DNS names hold no
+/// character JSON and YAML escape differently.
 fn quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-        && !matches!(
-            s.to_lowercase().as_str(),
-            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "~"
-        )
-        && s.parse::<f64>().is_err();
-    if plain {
-        s.to_string()
-    } else {
-        format!("{s:?}")
+    serde_json::Value::from(s).to_string()
+}
+
+/// Two workloads whose names agree (the same `app` in two components) get their policies
+/// named apart by a short hash of their selector, in the object and in its YAML.
+fn unique_names(proposals: &mut [Proposal]) {
+    let mut count: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for p in proposals.iter() {
+        let name = p.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *count.entry((p.namespace.clone(), name)).or_default() += 1;
+    }
+    for p in proposals.iter_mut() {
+        let name = p.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if count[&(p.namespace.clone(), name.clone())] < 2 {
+            continue;
+        }
+        let selector = p.object["spec"]["podSelector"]
+            .get("matchLabels")
+            .or_else(|| p.object["spec"]["endpointSelector"].get("matchLabels"))
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        // FNV-1a: stable across runs and builds.
+        let hash = selector.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let unique = format!("{name}-{:06x}", hash & 0xff_ffff);
+        p.object["metadata"]["name"] = Value::from(unique.as_str());
+        p.yaml = p.yaml.replacen(
+            &format!("  name: {}\n", quote(&name)),
+            &format!("  name: {}\n", quote(&unique)),
+            1,
+        );
     }
 }
 
@@ -538,8 +631,10 @@ fn also_opens(engine: &Engine, ingress: &Rules, flows: &[ObservedFlow], advice: 
         FlowEnd::Pod(ns, name) => Some(format!("{ns}/{name}")),
         FlowEnd::Ip(ip) => engine.pod_by_ip(*ip).map(|id| state.pod(id).key()),
     };
-    let seen: BTreeSet<(Option<String>, Option<String>)> =
-        flows.iter().map(|f| (key(&f.src), key(&f.dst))).collect();
+    let seen: BTreeSet<(Option<String>, Option<String>, Protocol, u16)> = flows
+        .iter()
+        .map(|f| (key(&f.src), key(&f.dst), f.protocol, f.port))
+        .collect();
     let matches = |ns: &str, sel: &BTreeMap<String, String>| -> Vec<String> {
         state
             .pod_ids()
@@ -562,9 +657,16 @@ fn also_opens(engine: &Engine, ingress: &Rules, flows: &[ObservedFlow], advice: 
             let mut extra = 0;
             for s in &srcs {
                 for d in &dsts {
-                    if !seen.contains(&(Some(s.clone()), Some(d.clone()))) {
-                        extra += 1;
+                    let mut any = false;
+                    for (proto, port) in &r.ports {
+                        if s != d
+                            && !seen.contains(&(Some(s.clone()), Some(d.clone()), *proto, *port))
+                        {
+                            advice.extra.insert((s.clone(), d.clone(), *proto, *port));
+                            any = true;
+                        }
                     }
+                    extra += usize::from(any);
                 }
             }
             if extra > 0 {

@@ -28,6 +28,7 @@ fn flow(src: FlowEnd, dst: FlowEnd, protocol: Protocol, port: u16, names: &[&str
         protocol,
         port,
         names: names.iter().map(|n| n.to_string()).collect(),
+        seen_by: None,
     }
 }
 
@@ -212,6 +213,127 @@ fn a_pod_without_labels_is_reported_not_named() {
     assert!(workload_selector(&Default::default()).is_empty());
 }
 
+#[test]
+fn a_side_that_did_not_see_a_flow_gets_no_policy_from_it() {
+    let objects = vec![
+        ns("shop"),
+        pod("shop", "web-1", "web", "10.1.0.1"),
+        pod("shop", "db-0", "db", "10.1.0.4"),
+    ];
+    let mut f = flow(
+        p("shop", "web-1"),
+        p("shop", "db-0"),
+        Protocol::Tcp,
+        5432,
+        &[],
+    );
+    f.seen_by = Some(podwall_policy::Direction::Egress);
+    let advice = advise(&objects, &[f]);
+    let names: Vec<&str> = advice
+        .proposals
+        .iter()
+        .filter_map(|p| p.object["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["advised-web-egress"],
+        "db's sidecar did not report it"
+    );
+}
+
+#[test]
+fn a_flow_that_cannot_be_placed_but_would_be_denied_is_an_error() {
+    let objects = vec![
+        ns("shop"),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "loner", "namespace": "shop"},
+            "status": {"phase": "Running", "podIP": "10.1.0.9"}}),
+        pod("shop", "api-1", "api", "10.1.0.3"),
+        pod("shop", "db-0", "db", "10.1.0.4"),
+    ];
+    let advice = advise(
+        &objects,
+        &[
+            flow(
+                p("shop", "api-1"),
+                p("shop", "db-0"),
+                Protocol::Tcp,
+                5432,
+                &[],
+            ),
+            flow(
+                p("shop", "api-1"),
+                p("shop", "loner"),
+                Protocol::Tcp,
+                80,
+                &[],
+            ),
+        ],
+    );
+    assert_eq!(
+        advice.would_deny,
+        ["shop/api-1 -> shop/loner TCP/80"],
+        "api's egress policy would deny its call to the unlabelled pod"
+    );
+}
+
+#[test]
+fn workloads_that_share_a_name_label_are_told_apart_and_named_apart() {
+    let labelled = |name: &str, role: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web", "role": role, "flag": "y"}},
+            "status": {"phase": "Running", "podIP": ip}})
+    };
+    let objects = vec![
+        ns("shop"),
+        labelled("web-a", "a", "10.1.0.1"),
+        labelled("web-b", "b", "10.1.0.2"),
+        pod("shop", "db-0", "db", "10.1.0.4"),
+    ];
+    let advice = advise(
+        &objects,
+        &[
+            flow(
+                p("shop", "db-0"),
+                p("shop", "web-a"),
+                Protocol::Tcp,
+                80,
+                &[],
+            ),
+            flow(
+                p("shop", "db-0"),
+                p("shop", "web-b"),
+                Protocol::Tcp,
+                81,
+                &[],
+            ),
+        ],
+    );
+    let ingress: Vec<&Value> = advice
+        .proposals
+        .iter()
+        .map(|p| &p.object)
+        .filter(|o| o["spec"]["policyTypes"] == json!(["Ingress"]))
+        .collect();
+    assert_eq!(ingress.len(), 2);
+    assert_ne!(
+        ingress[0]["metadata"]["name"], ingress[1]["metadata"]["name"],
+        "names apart"
+    );
+    for o in &ingress {
+        assert!(
+            o["spec"]["podSelector"]["matchLabels"]["role"].is_string(),
+            "app=web alone would select both: {o}"
+        );
+    }
+    assert!(advice.not_allowed.is_empty(), "{:?}", advice.not_allowed);
+    // Every value quoted for YAML 1.1 readers (kubectl would read y as true).
+    for p in &advice.proposals {
+        assert!(!p.yaml.contains(": y\n"), "{}", p.yaml);
+        let back: Value = serde_saphyr::from_str(&p.yaml).expect("yaml");
+        assert_eq!(back, p.object, "{}", p.yaml);
+    }
+}
+
 const APPS: [&str; 3] = ["a", "b", "c"];
 const PORTS: [u16; 3] = [80, 443, 5432];
 
@@ -219,19 +341,24 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// On random clusters and flow sets: every observed flow is allowed once the advice is
-    /// applied, and between two pods whose destination the advice isolates, a connection is
-    /// allowed only on a (source workload, destination workload, port) that was observed.
+    /// applied, and to a pod the advice isolates, a connection is allowed only where it was
+    /// observed or the report lists it as something else the rules open.
     #[test]
     fn the_advice_allows_what_was_seen_and_between_workloads_nothing_else(
-        pods in prop::collection::vec((0usize..2, 0usize..3), 2..7),
+        pods in prop::collection::vec((0usize..2, 0usize..3, any::<bool>()), 2..7),
         flows in prop::collection::vec((0usize..7, 0usize..7, 0usize..3), 1..8),
     ) {
         let namespaces = ["n0", "n1"];
         let mut objects = vec![ns("n0"), ns("n1")];
         let mut names = Vec::new();
-        for (i, (n, app)) in pods.iter().enumerate() {
+        for (i, (n, app, replica)) in pods.iter().enumerate() {
             let name = format!("p{i}");
-            objects.push(pod(namespaces[*n], &name, APPS[*app], &format!("10.9.0.{}", i + 1)));
+            let mut o = pod(namespaces[*n], &name, APPS[*app], &format!("10.9.0.{}", i + 1));
+            // Some pods of a workload carry one more label: selectors must tell them apart.
+            if *replica {
+                o["metadata"]["labels"]["role"] = json!("replica");
+            }
+            objects.push(o);
             names.push((namespaces[*n].to_string(), name, APPS[*app]));
         }
         let observed: Vec<ObservedFlow> = flows
@@ -250,16 +377,36 @@ proptest! {
         let mut all = objects.clone();
         all.extend(advice.proposals.iter().map(|p| p.object.clone()));
         let e = engine(&all);
-        let workload = |i: usize| (names[i].0.clone(), names[i].2);
-        let seen: BTreeSet<_> = flows
+        let observed_pairs: BTreeSet<(String, String, u16)> = flows
             .iter()
             .filter(|(s, d, _)| *s < names.len() && *d < names.len() && s != d)
-            .map(|(s, d, port)| (workload(*s), workload(*d), PORTS[*port]))
+            .map(|(s, d, port)| (format!("{}/{}", names[*s].0, names[*s].1), format!("{}/{}", names[*d].0, names[*d].1), PORTS[*port]))
             .collect();
-        let isolated: BTreeSet<_> = seen.iter().map(|(_, d, _)| d.clone()).collect();
+        // Destinations the advice isolates for ingress.
+        let isolated: BTreeSet<String> = advice
+            .proposals
+            .iter()
+            .filter(|p| p.object["spec"]["policyTypes"] == json!(["Ingress"]))
+            .flat_map(|p| {
+                let sel = p.object["spec"]["podSelector"]["matchLabels"].clone();
+                let ns = p.namespace.clone();
+                objects
+                    .iter()
+                    .filter(move |o| {
+                        o["kind"] == "Pod"
+                            && o["metadata"]["namespace"] == ns.as_str()
+                            && sel.as_object().is_some_and(|m| {
+                                m.iter().all(|(k, v)| &o["metadata"]["labels"][k] == v)
+                            })
+                    })
+                    .map(|o| format!("{}/{}", o["metadata"]["namespace"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         for s in 0..names.len() {
             for d in 0..names.len() {
-                if s == d || !isolated.contains(&workload(d)) {
+                let (src, dst) = (format!("{}/{}", names[s].0, names[s].1), format!("{}/{}", names[d].0, names[d].1));
+                if s == d || !isolated.contains(&dst) {
                     continue;
                 }
                 for port in PORTS {
@@ -272,9 +419,9 @@ proptest! {
                     };
                     if e.allowed(&q) {
                         prop_assert!(
-                            seen.contains(&(workload(s), workload(d), port)),
-                            "{}/{} -> {}/{} on {port} allowed but never seen between those workloads",
-                            names[s].0, names[s].1, names[d].0, names[d].1
+                            observed_pairs.contains(&(src.clone(), dst.clone(), port))
+                                || advice.extra.contains(&(src.clone(), dst.clone(), Protocol::Tcp, port)),
+                            "{src} -> {dst} on {port} allowed, never seen, and not reported"
                         );
                     }
                 }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use podwall_policy::Protocol;
 use podwall_policy::advise::{FlowEnd, ObservedFlow, advise};
+use podwall_policy::{Direction, Protocol};
 use serde_json::Value;
 
 /// `advise` arguments.
@@ -36,10 +36,35 @@ fn end(flow: &Value, which: &str) -> Option<FlowEnd> {
     }
 }
 
-/// The flows to keep allowed, from flow events.
+/// The flows to keep allowed, from flow events. A destination outside the cluster is named by
+/// the flow's learned names, or else by the DNS answers the source got for its address (DNS
+/// events carry the answer's addresses: a workload with no FQDN policy yet learns no names).
 fn observed(text: &str) -> Vec<ObservedFlow> {
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(podwall_control::observe::parse)
+        .collect();
+    let mut answered: std::collections::BTreeMap<(FlowEnd, String), BTreeSet<String>> =
+        Default::default();
+    for e in &events {
+        let dns = &e["l7"]["dns"];
+        let (Some(src), Some(query)) = (end(e, "source"), dns["query"].as_str()) else {
+            continue;
+        };
+        for ip in dns["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            answered
+                .entry((src.clone(), ip.to_string()))
+                .or_default()
+                .insert(query.trim_end_matches('.').to_lowercase());
+        }
+    }
     let mut out = BTreeSet::new();
-    for flow in text.lines().filter_map(podwall_control::observe::parse) {
+    for flow in &events {
         if !matches!(flow["verdict"].as_str(), Some("ALLOWED" | "AUDIT")) {
             continue;
         }
@@ -53,7 +78,7 @@ fn observed(text: &str) -> Vec<ObservedFlow> {
             Some("SCTP") => Protocol::Sctp,
             _ => continue, // ping and other protocols have no port to allow by
         };
-        let (Some(src), Some(dst)) = (end(&flow, "source"), end(&flow, "destination")) else {
+        let (Some(src), Some(dst)) = (end(flow, "source"), end(flow, "destination")) else {
             continue;
         };
         let Some(port) = flow["destination"]["port"]
@@ -62,18 +87,30 @@ fn observed(text: &str) -> Vec<ObservedFlow> {
         else {
             continue;
         };
-        let names: Vec<String> = ["egress", "ingress"]
+        let mut names: Vec<String> = ["egress", "ingress"]
             .iter()
             .filter_map(|s| flow[s]["names"].as_array())
             .flatten()
             .filter_map(|n| n.as_str().map(str::to_string))
             .collect();
+        if names.is_empty()
+            && let Some(ip) = flow["destination"]["ip"].as_str()
+            && let Some(n) = answered.get(&(src.clone(), ip.to_string()))
+        {
+            names.extend(n.iter().cloned());
+        }
+        let seen_by = match flow["direction"].as_str() {
+            Some("egress") => Some(Direction::Egress),
+            Some("ingress") => Some(Direction::Ingress),
+            _ => None,
+        };
         out.insert(ObservedFlow {
             src,
             dst,
             protocol,
             port,
             names,
+            seen_by,
         });
     }
     out.into_iter().collect()
@@ -154,7 +191,7 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
         "podwall: {} flows observed, {} policies proposed, each observed flow checked: {}",
         flows.len(),
         advice.proposals.len(),
-        if advice.not_allowed.is_empty() {
+        if advice.not_allowed.is_empty() && advice.would_deny.is_empty() {
             "all allowed"
         } else {
             "SOME STILL DENIED"
@@ -166,10 +203,15 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
     for a in &advice.also_opens {
         eprintln!("note: {a}");
     }
-    if !advice.not_allowed.is_empty() {
-        for n in &advice.not_allowed {
-            eprintln!("error: still denied with the proposals: {n}");
-        }
+    for w in &advice.would_deny {
+        eprintln!(
+            "error: {w}: this flow could not be turned into a rule, but its workload gets a policy from other flows that would deny it; fix the reason above (label the pod, give the state with it) before applying"
+        );
+    }
+    for n in &advice.not_allowed {
+        eprintln!("error: still denied with the proposals: {n}");
+    }
+    if !advice.not_allowed.is_empty() || !advice.would_deny.is_empty() {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
