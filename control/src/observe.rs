@@ -470,8 +470,11 @@ impl PodNames {
     pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a Value>) -> Self {
         let mut map = HashMap::new();
         for p in pods {
+            // Finished pods keep their address in status, which a running pod may have now.
+            let finished = matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
             if p["kind"].as_str().is_some_and(|k| k != "Pod")
                 || p["spec"]["hostNetwork"].as_bool() == Some(true)
+                || finished
             {
                 continue;
             }

@@ -388,6 +388,16 @@ impl Engine {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "?".into());
         match (peer, other) {
+            (Peer::Pods { .. }, Endpoint::Pod(id)) if self.state().pod(id).host_network => {
+                let pod = self.state().pod(id);
+                (
+                    100,
+                    format!(
+                        "{which}, pod {}/{}, uses the host network: pod selectors never select it (policies see its node's address)",
+                        pod.namespace, pod.name
+                    ),
+                )
+            }
             (Peer::Pods { namespaces, pods }, Endpoint::Pod(id)) => {
                 let pod = self.state().pod(id);
                 let mut differs = Vec::new();
@@ -429,7 +439,18 @@ impl Engine {
                     describe_peer(peer)
                 ),
             ),
+            (Peer::Fqdn(sel), Endpoint::Pod(id)) => {
+                let pod = self.state().pod(id);
+                (
+                    40,
+                    format!(
+                        "{which} is pod {}/{}: toFQDNs ({sel}) matches only addresses outside the cluster",
+                        pod.namespace, pod.name
+                    ),
+                )
+            }
             (Peer::IpBlock(block) | Peer::ExternalCidr(block), _) => {
+                let outside_only = matches!(peer, Peer::ExternalCidr(_));
                 let Some(a) = ip.or(match other {
                     Endpoint::Ip(a) => Some(a),
                     Endpoint::Pod(_) => None,
@@ -446,14 +467,16 @@ impl Engine {
                         5,
                         format!("{which} {a} is in {} but excepted by {e}", block.cidr),
                     )
-                } else {
+                } else if outside_only {
                     (
                         10,
                         format!(
-                            "{which} {a} is a pod's or a node's address; the rule allows addresses outside the cluster in {}",
+                            "{which} {a} is a pod's or a node's address; the rule allows only addresses outside the cluster in {}",
                             block.cidr
                         ),
                     )
+                } else {
+                    (0, format!("{which} {a} is in {block}"))
                 }
             }
             (Peer::Entity(e), _) => (30, format!("{which} {address} is not {e}")),

@@ -335,17 +335,48 @@ fn nearest(engine: Option<&Engine>, e: &FlowEvent, side: &FlowSide) -> Option<St
         Some(id) => podwall_policy::Endpoint::Pod(id),
         None => podwall_policy::Endpoint::Ip(p.ip),
     };
-    let verdict = engine.verdict(&podwall_policy::Query {
+    let query = podwall_policy::Query {
         src: end(&e.source),
         dst: end(&e.destination),
         protocol: e.protocol,
         port: e.destination.port,
-    });
-    let miss = engine.nearest_miss(&verdict, side.direction)?;
-    Some(format!(
-        "{} {}: {}",
-        miss.rule.policy, miss.rule.field, miss.differs
-    ))
+    };
+    // An app repeating one denied connection costs one explanation per policy, not one per
+    // connection: remembered per snapshot (by address) and query, a bounded number of them.
+    let key = (
+        e.snapshot.as_ref().map_or(0, |s| s.generation as usize),
+        format!("{query:?}"),
+        side.direction,
+    );
+    NEAREST.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(hit) = cache.get(&key) {
+            return hit.clone();
+        }
+        let verdict = engine.verdict(&query);
+        let text = engine
+            .nearest_miss(&verdict, side.direction)
+            .map(|miss| format!("{} {}: {}", miss.rule.policy, miss.rule.field, miss.differs));
+        if cache.len() >= NEAREST_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, text.clone());
+        text
+    })
+}
+
+/// Explanations kept by the writer thread.
+const NEAREST_CACHED: usize = 1024;
+
+type NearestKey = (usize, String, podwall_policy::Direction);
+
+thread_local! {
+    /// The writer thread's explanations of recent denials.
+    static NEAREST: std::cell::RefCell<std::collections::HashMap<NearestKey, Option<String>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    /// The writer thread's rule counters, by snapshot and rule (labels built once each).
+    static RULE_COUNTERS: std::cell::RefCell<std::collections::HashMap<(usize, podwall_policy::RuleRef), prometheus_client::metrics::counter::Counter>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 impl<'a> EventLine<'a> {
@@ -490,17 +521,33 @@ fn count_decisions(counters: &crate::metrics::FlowCounters, e: &FlowEvent) {
     let Some(engine) = e.snapshot.as_deref().map(|p| &p.engine) else {
         return;
     };
+    let snapshot = e.snapshot.as_ref().map_or(0, |s| s.generation as usize);
     for side in [&e.egress, &e.ingress].into_iter().flatten() {
         match side.decision {
-            Decision::Rule(r) => {
-                let policy = engine.state().policy(r.policy);
-                if let Some(rule) = policy
-                    .rules(r.direction)
-                    .unwrap_or_default()
-                    .get(r.index as usize)
-                {
-                    counters.rules.count(r.direction, &policy.name, &rule.field);
-                }
+            // A rule counts the flows it let through (not those the other side denied).
+            Decision::Rule(r) if e.verdict != FlowVerdict::Denied => {
+                RULE_COUNTERS.with(|cache| {
+                    let mut cache = cache.borrow_mut();
+                    if let Some(c) = cache.get(&(snapshot, r)) {
+                        c.inc();
+                        return;
+                    }
+                    let policy = engine.state().policy(r.policy);
+                    if let Some(rule) = policy
+                        .rules(r.direction)
+                        .unwrap_or_default()
+                        .get(r.index as usize)
+                    {
+                        let c = counters
+                            .rules
+                            .counter(r.direction, &policy.name, &rule.field);
+                        c.inc();
+                        if cache.len() >= 4096 {
+                            cache.clear();
+                        }
+                        cache.insert((snapshot, r), c);
+                    }
+                });
             }
             Decision::NoRuleMatched if e.verdict != FlowVerdict::Allowed => {
                 if let Some(pod) = side.pod {

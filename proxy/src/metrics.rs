@@ -91,6 +91,16 @@ impl RuleHits {
         policy: &podwall_policy::PolicyName,
         rule: &str,
     ) {
+        self.counter(direction, policy, rule).inc();
+    }
+
+    /// The counter of a rule, to keep and count with.
+    pub fn counter(
+        &self,
+        direction: podwall_policy::Direction,
+        policy: &podwall_policy::PolicyName,
+        rule: &str,
+    ) -> Counter {
         let labels = RuleLabels {
             direction: match direction {
                 podwall_policy::Direction::Ingress => DirectionLabel::ingress,
@@ -101,7 +111,7 @@ impl RuleHits {
             policy: policy.name.clone(),
             rule: rule.to_string(),
         };
-        self.0.get_or_create(&labels).inc();
+        self.0.get_or_create(&labels).clone()
     }
 }
 

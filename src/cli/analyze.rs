@@ -320,6 +320,11 @@ fn graph(args: GraphArgs) -> Result<ExitCode, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("--flows {}: {e}", path.display()))?;
         for flow in text.lines().filter_map(podwall_control::observe::parse) {
+            // An HTTP request's 403 is not its connection's verdict: the connection has its own
+            // event.
+            if flow["l7"]["http"].is_object() {
+                continue;
+            }
             let end = |w: &str| match (flow[w]["namespace"].as_str(), flow[w]["pod"].as_str()) {
                 (Some(ns), Some(p)) => Some(format!("{ns}/{p}")),
                 _ => flow[w]["ip"].as_str().map(str::to_string),

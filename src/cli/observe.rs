@@ -171,6 +171,11 @@ pub(crate) fn run(args: ObserveArgs) -> ExitCode {
                     namespaces: args.namespaces.clone(),
                     selector: (!selectors.is_empty()).then(|| selectors.join(",")),
                     since: args.since,
+                    // Each sidecar's last N, at most (the filters pick among them).
+                    tail: args
+                        .last
+                        .filter(|_| follow)
+                        .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
                 };
                 tokio::spawn(source::cluster(client, scope, follow, tx))
             }

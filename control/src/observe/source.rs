@@ -49,16 +49,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
 /// Reads a file's lines, and with `follow` what is appended to it later.
 pub async fn file(path: PathBuf, follow: bool, tx: mpsc::Sender<Value>) -> Result<(), SourceError> {
     if path.as_os_str() == "-" {
-        let lines = tokio::task::spawn_blocking(move || {
-            std::io::stdin()
-                .lock()
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for line in lines {
+        // Line by line as they come (a pipe may never end: `... | podwall observe -f - -F`).
+        let (lines_tx, mut lines) = mpsc::channel::<String>(1024);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if lines_tx.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(line) = lines.recv().await {
             if let Some(v) = parse(&line)
                 && tx.send(v).await.is_err()
             {
@@ -85,7 +85,8 @@ pub async fn file(path: PathBuf, follow: bool, tx: mpsc::Sender<Value>) -> Resul
 struct Tail {
     path: PathBuf,
     offset: u64,
-    partial: String,
+    /// The bytes of a line not yet ended (a character may be split across reads).
+    partial: Vec<u8>,
 }
 
 impl Tail {
@@ -94,7 +95,7 @@ impl Tail {
         Ok(Tail {
             path: path.to_path_buf(),
             offset: 0,
-            partial: String::new(),
+            partial: Vec::new(),
         })
     }
 
@@ -112,11 +113,11 @@ impl Tail {
         let mut buf = Vec::new();
         f.read_to_end(&mut buf).map_err(io(&self.path))?;
         self.offset += buf.len() as u64;
-        self.partial.push_str(&String::from_utf8_lossy(&buf));
+        self.partial.extend_from_slice(&buf);
         let mut out = Vec::new();
-        while let Some(i) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=i).collect();
-            out.extend(parse(&line));
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            out.extend(parse(&String::from_utf8_lossy(&line)));
         }
         Ok(out)
     }
@@ -171,6 +172,8 @@ pub struct PodScope {
     pub selector: Option<String>,
     /// Only logs written since.
     pub since: Option<SystemTime>,
+    /// Only each sidecar's last lines (`--last N` while following).
+    pub tail: Option<i64>,
 }
 
 fn runs_sidecar(pod: &Pod) -> bool {
@@ -204,10 +207,26 @@ pub async fn cluster(
         params = params.labels(s);
     }
     let mut started: HashSet<(String, String)> = HashSet::new();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<(String, String)> = tokio::task::JoinSet::new();
+    let mut first = true;
     loop {
+        // A pod whose stream ended (gone, finished) may come back under the same name (a
+        // StatefulSet's): it is followed again when it is listed again.
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok(key) = done {
+                started.remove(&key);
+            }
+        }
         for api in &apis {
-            let pods = api.list(&params).await?;
+            let pods = match api.list(&params).await {
+                Ok(p) => p,
+                // The first list must work; later, one failure is retried.
+                Err(e) if first => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list pods; trying again");
+                    continue;
+                }
+            };
             for pod in pods.items.into_iter().filter(runs_sidecar) {
                 let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
                     continue;
@@ -215,20 +234,20 @@ pub async fn cluster(
                 if !started.insert((ns.clone(), name.clone())) {
                     continue;
                 }
-                tasks.spawn(pod_logs(
-                    Api::namespaced(client.clone(), &ns),
-                    name,
-                    scope.since,
-                    follow,
-                    tx.clone(),
-                ));
+                let api = Api::namespaced(client.clone(), &ns);
+                let (since, tail, tx) = (scope.since, scope.tail, tx.clone());
+                tasks.spawn(async move {
+                    pod_logs(api, &name, since, tail, follow, tx).await;
+                    (ns, name)
+                });
             }
         }
+        first = false;
         if !follow {
             break;
         }
-        // New pods: looked for every few seconds (a watch would need list rights the same way,
-        // and a pod's first flows wait in its log meanwhile, nothing is lost).
+        // New pods: looked for every few seconds (a pod's first flows wait in its log
+        // meanwhile: nothing is lost).
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3)) => {}
             _ = tx.closed() => break,
@@ -238,16 +257,48 @@ pub async fn cluster(
     Ok(())
 }
 
+/// Where a pod's log was read up to: the last event's time and the lines seen at that time (a
+/// reopened stream starts a second early; lines of the same time are told apart by content).
+#[derive(Default)]
+struct ReadUpTo {
+    time: Option<SystemTime>,
+    at_time: HashSet<u64>,
+}
+
+impl ReadUpTo {
+    /// Whether the line is new, remembering it.
+    fn fresh(&mut self, line: &str, time: Option<SystemTime>) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        line.hash(&mut h);
+        let hash = h.finish();
+        match (self.time, time) {
+            (Some(last), Some(t)) if t < last => false,
+            (Some(last), Some(t)) if t == last => self.at_time.insert(hash),
+            (_, Some(t)) => {
+                self.time = Some(t);
+                self.at_time.clear();
+                self.at_time.insert(hash);
+                true
+            }
+            (_, None) => true,
+        }
+    }
+}
+
 async fn pod_logs(
     api: Api<Pod>,
-    name: String,
+    name: &str,
     since: Option<SystemTime>,
+    tail: Option<i64>,
     follow: bool,
     tx: mpsc::Sender<Value>,
 ) {
-    let mut from = since;
+    let mut read = ReadUpTo::default();
     let mut backoff = Duration::from_millis(500);
+    let mut reopened = false;
     loop {
+        let from = read.time.or(since);
         let params = LogParams {
             container: Some(crate::inject::SIDECAR.into()),
             follow,
@@ -256,21 +307,19 @@ async fn pod_logs(
                     .duration_since(t)
                     .map_or(1, |d| d.as_secs() as i64 + 1)
             }),
+            tail_lines: if reopened { None } else { tail },
             ..LogParams::default()
         };
-        match api.log_stream(&name, &params).await {
+        reopened = true;
+        match api.log_stream(name, &params).await {
             Ok(stream) => {
                 backoff = Duration::from_millis(500);
                 let mut lines = stream.lines();
                 while let Ok(Some(line)) = lines.try_next().await {
                     if let Some(v) = parse(&line) {
-                        // A reopened stream starts again a second early: skip what was sent.
-                        if let (Some(f), Some(t)) = (from, super::time(&v))
-                            && t < f
-                        {
+                        if !read.fresh(&line, super::time(&v)) {
                             continue;
                         }
-                        from = super::time(&v).or(from);
                         if tx.send(v).await.is_err() {
                             return;
                         }
@@ -278,14 +327,30 @@ async fn pod_logs(
                 }
             }
             Err(kube::Error::Api(s)) if s.code == 404 => return, // the pod is gone
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                // Said once, to the operator: their credentials cannot read logs.
+                eprintln!("podwall: cannot read the logs of pod {name}: {}", s.message);
+                return;
+            }
             Err(e) => tracing::debug!(pod = %name, error = %e, "log stream failed"),
         }
         if !follow || tx.is_closed() {
             return;
         }
-        // Ended while following: the container restarted, or the API server closed it.
-        if let Ok(None) = api.get_opt(&name).await {
-            return; // the pod is gone
+        // Ended while following: the container restarted, the API server closed it, or the
+        // pod finished (then there is nothing more to read).
+        match api.get_opt(name).await {
+            Ok(None) => return,
+            Ok(Some(pod))
+                if pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|p| p == "Succeeded" || p == "Failed") =>
+            {
+                return;
+            }
+            _ => {}
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -337,5 +402,47 @@ pub async fn cluster_names(
             return;
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reopened_stream_gives_each_line_once_even_lines_of_the_same_time() {
+        let t = |s: &str| humantime::parse_rfc3339(s).ok();
+        let mut read = ReadUpTo::default();
+        assert!(read.fresh("a", t("2026-12-05T10:00:00Z")));
+        assert!(
+            read.fresh("b", t("2026-12-05T10:00:00Z")),
+            "another line, same time"
+        );
+        assert!(read.fresh("c", t("2026-12-05T10:00:01Z")));
+        // Reopened a second early: what was read comes again.
+        assert!(!read.fresh("a", t("2026-12-05T10:00:00Z")));
+        assert!(!read.fresh("c", t("2026-12-05T10:00:01Z")));
+        assert!(
+            read.fresh("d", t("2026-12-05T10:00:01Z")),
+            "new at the last time"
+        );
+        assert!(read.fresh("e", t("2026-12-05T10:00:02Z")));
+    }
+
+    #[test]
+    fn a_line_split_across_reads_keeps_its_characters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.jsonl");
+        let line = r#"{"time":"2026-12-05T10:00:00Z","verdict":"DENIED","source":{"pod":"café"},"destination":{"ip":"10.0.0.1","port":1}}"#;
+        let bytes = line.as_bytes();
+        let cut = line.find('é').expect("é") + 1; // inside the two bytes of é
+        std::fs::write(&path, &bytes[..cut]).expect("write");
+        let mut tail = Tail::open(&path).expect("open");
+        assert!(tail.read().expect("read").is_empty(), "no whole line yet");
+        let mut all = bytes.to_vec();
+        all.push(b'\n');
+        std::fs::write(&path, &all).expect("write");
+        let flows = tail.read().expect("read");
+        assert_eq!(flows[0]["source"]["pod"], "café");
     }
 }
