@@ -528,9 +528,9 @@ fn observe_follows_the_sandboxs_sidecars_and_prints_a_denial_as_it_happens() {
 }
 
 #[test]
-fn the_rollout_observe_then_advise_then_enforce_keeps_what_was_seen_and_denies_the_rest() {
+fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_rest() {
     if !ready_for(
-        "the_rollout_observe_then_advise_then_enforce_keeps_what_was_seen_and_denies_the_rest",
+        "the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_rest",
     ) {
         return;
     }
@@ -584,7 +584,22 @@ fn the_rollout_observe_then_advise_then_enforce_keeps_what_was_seen_and_denies_t
     let report = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{report}");
     assert!(report.contains("all allowed"), "{report}");
-    // Enforce: the advised policies join the sandbox's state live.
+    // Phase two: the advised policies join the state live, every pod in audit mode first.
+    let cluster_file = up.sb().policy_dir().join("cluster.json");
+    let enforced = std::fs::read_to_string(&cluster_file).expect("cluster.json");
+    let mut audited: serde_json::Value = serde_json::from_str(&enforced).expect("json");
+    for item in audited["items"].as_array_mut().expect("items") {
+        if item["kind"] == "Pod" {
+            item["metadata"]["annotations"]["podwall.io/enforcement"] = "audit".into();
+        }
+    }
+    // Written whole, then renamed: the control plane never reads half a file.
+    let write_state = |text: &str| {
+        let tmp = up.sb().policy_dir().join(".cluster.json.tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &cluster_file).expect("rename");
+    };
+    write_state(&audited.to_string());
     for entry in std::fs::read_dir(&advised).expect("advised") {
         let path = entry.expect("entry").path();
         std::fs::copy(
@@ -596,6 +611,34 @@ fn the_rollout_observe_then_advise_then_enforce_keeps_what_was_seen_and_denies_t
         )
         .expect("copy");
     }
+    // In audit mode what was never seen passes, and is logged as AUDIT; what was seen is not.
+    let audit_lines = || {
+        let out = Command::new(PODWALL)
+            .args(["observe", "--sandbox", "rollout", "--verdict", "AUDIT"])
+            .output()
+            .expect("observe");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for(
+        "frontend -> postgres passes as AUDIT",
+        Duration::from_secs(10),
+        || {
+            dial("production/frontend", "production/postgres", 5432)
+                && audit_lines().contains("production/frontend")
+        },
+    );
+    for (from, to, port) in intended {
+        assert!(dial(from, to, port), "{from} -> {to}:{port} in audit mode");
+    }
+    let audits = audit_lines();
+    for line in audits.lines() {
+        assert!(
+            line.contains("-> production/postgres:5432") && line.contains("production/frontend"),
+            "only the unseen flow is audited: {line}"
+        );
+    }
+    // Enforce: the pods leave audit mode.
+    write_state(&enforced);
     // What was never seen is refused once the sidecars have the new policy ...
     wait_for(
         "frontend -> postgres is refused",
