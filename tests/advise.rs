@@ -82,3 +82,56 @@ fn advised_policies_allow_the_observed_flows_and_the_analyzer_agrees() {
     assert_eq!(code, 2);
     assert!(err.contains("no allowed or audited flow events"), "{err}");
 }
+
+#[test]
+fn http_requests_seen_become_http_rules_that_the_l7_engine_allows() {
+    let state = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/l7-api/cluster.yaml");
+    let flows = r#"{"time":"2026-12-05T10:00:00.000Z","verdict":"ALLOWED","direction":"ingress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080},"bytes_sent":10,"bytes_received":10,"duration_ms":1.0}
+{"time":"2026-12-05T10:00:00.100Z","verdict":"ALLOWED","direction":"ingress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080},"l7":{"http":{"method":"GET","path":"/api/v1/users?page=2","status":200}},"bytes_sent":0,"bytes_received":0,"duration_ms":1.0}
+{"time":"2026-12-05T10:00:00.200Z","verdict":"ALLOWED","direction":"ingress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080},"l7":{"http":{"method":"POST","path":"/api/v1/orders","status":201}},"bytes_sent":0,"bytes_received":0,"duration_ms":1.0}
+"#;
+    let (code, out, err) = podwall(&["advise", "-f", state, "--flows", "-"], Some(flows));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("all allowed"), "{err}");
+    assert!(out.contains("kind: PodwallPolicy"), "{out}");
+    assert!(
+        out.contains(r#"path: "/api/v1/users(\\?.*)?""#),
+        "the path exactly, any query: {out}"
+    );
+    assert!(out.contains("method: \"POST\""), "{out}");
+    // Applied, the analyzer's HTTP check agrees: what was seen passes, another path does not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let advised = dir.path().join("advised.yaml");
+    std::fs::write(&advised, out.replace("# namespace production\n", "")).expect("write");
+    let check = |method: &str, path: &str| {
+        let (code, _, _) = podwall(
+            &[
+                "analyze",
+                "check",
+                "-f",
+                state,
+                "-f",
+                advised.to_str().expect("path"),
+                "--from",
+                "production/frontend",
+                "--to",
+                "production/api",
+                "--port",
+                "8080",
+                "--http-method",
+                method,
+                "--http-path",
+                path,
+            ],
+            None,
+        );
+        code
+    };
+    assert_eq!(check("GET", "/api/v1/users"), 0);
+    assert_eq!(check("GET", "/api/v1/users?page=3"), 0);
+    assert_eq!(check("GET", "/api/v1/users/7"), 1, "another path");
+    assert_eq!(check("GET", "/api/v1/users?page=3"), 0);
+    assert_eq!(check("GET", "/api/v1/users/7"), 1, "another path");
+    assert_eq!(check("DELETE", "/api/v1/users"), 1);
+    assert_eq!(check("GET", "/admin"), 1);
+}

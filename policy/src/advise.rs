@@ -50,6 +50,22 @@ pub struct ObservedFlow {
     pub seen_by: Option<crate::model::Direction>,
 }
 
+/// An HTTP request that was seen and should stay allowed (from a destination whose sidecar
+/// parses its HTTP: one that already has HTTP rules).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObservedRequest {
+    /// Who sent it.
+    pub src: FlowEnd,
+    /// The server.
+    pub dst: FlowEnd,
+    /// The server's port.
+    pub port: u16,
+    /// The method.
+    pub method: String,
+    /// The path (a query is left out).
+    pub path: String,
+}
+
 /// A proposed policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Proposal {
@@ -196,6 +212,9 @@ fn peer_json(peer: &Peer, home: &str) -> Value {
     }
 }
 
+/// The (method, path) pairs seen from each (source workload, port).
+type HttpSeen = BTreeMap<(Workload, u16), BTreeSet<(String, String)>>;
+
 /// A workload: its namespace and the labels that select it.
 type Workload = (String, BTreeMap<String, String>);
 
@@ -209,9 +228,141 @@ struct RuleFlows {
     flows: BTreeSet<String>,
 }
 
+/// Adds PodwallPolicies with HTTP rules for the requests seen: per destination workload and
+/// port, each source workload may send the methods and paths it was seen sending (each path
+/// exactly: a regular expression of the path, escaped). Judging them needs the HTTP rules'
+/// engine (`podwall_l7`), which the caller runs on the result.
+fn advise_http(
+    objects: &[Value],
+    requests: &[ObservedRequest],
+    advice: &mut Advice,
+) -> BTreeSet<(Workload, Workload, u16)> {
+    let mut covered = BTreeSet::new();
+    let state = load(objects, &[]);
+    let engine = Engine::compile(state);
+    let state = engine.state();
+    let pod_of = |end: &FlowEnd| -> Option<PodId> {
+        match end {
+            FlowEnd::Pod(ns, name) => state.pod_by_name(ns, name),
+            FlowEnd::Ip(ip) => engine.pod_by_ip(*ip),
+        }
+    };
+    // (dst workload) -> (src workload, port) -> {(method, path)}
+    let mut by_dst: BTreeMap<Workload, HttpSeen> = BTreeMap::new();
+    for r in requests {
+        let (Some(src), Some(dst)) = (pod_of(&r.src), pod_of(&r.dst)) else {
+            advice.skipped.push(format!(
+                "HTTP {} {} to port {}: an end is not a pod of the state",
+                r.method, r.path, r.port
+            ));
+            continue;
+        };
+        let (s, d) = (exact_selector(state, src), exact_selector(state, dst));
+        if s.is_empty() || d.is_empty() {
+            advice.skipped.push(format!(
+                "HTTP {} {}: a pod without labels to select it by",
+                r.method, r.path
+            ));
+            continue;
+        }
+        let path = r.path.split('?').next().unwrap_or(&r.path).to_string();
+        let (sw, dw) = (
+            (state.pod(src).namespace.clone(), s),
+            (state.pod(dst).namespace.clone(), d),
+        );
+        covered.insert((dw.clone(), sw.clone(), r.port));
+        by_dst
+            .entry(dw)
+            .or_default()
+            .entry((sw, r.port))
+            .or_default()
+            .insert((r.method.to_uppercase(), path));
+    }
+    for ((ns, sel), sources) in by_dst {
+        let name = format!("advised-{}-http", workload_name(&sel));
+        let mut rules = Vec::new();
+        let mut yaml = format!(
+            "# HTTP into {ns}/{}: the methods and paths seen, each path exactly\napiVersion: podwall.io/v1alpha1\nkind: PodwallPolicy\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  endpointSelector:\n    matchLabels:\n",
+            selector_text(&sel),
+            quote(&name),
+            quote(&ns)
+        );
+        for (k, v) in &sel {
+            let _ = writeln!(yaml, "      {}: {}", quote(k), quote(v));
+        }
+        yaml.push_str("  ingress:\n");
+        for (((sns, ssel), port), seen) in &sources {
+            let mut from = ssel.clone();
+            if *sns != ns {
+                from.insert(format!("k8s:{NAMESPACE_KEY}"), sns.clone());
+            }
+            let http: Vec<Value> = seen
+                .iter()
+                .map(|(m, p)| json!({"method": m, "path": escape_regex(p)}))
+                .collect();
+            rules.push(json!({"fromEndpoints": [{"matchLabels": from}],
+                "toPorts": [{"ports": [{"port": port.to_string(), "protocol": "TCP"}],
+                    "rules": {"http": http}}]}));
+            let _ = writeln!(
+                yaml,
+                "  # {} request(s) from {sns}/{} on TCP/{port}",
+                seen.len(),
+                selector_text(ssel)
+            );
+            yaml.push_str("  - fromEndpoints:\n    - matchLabels:\n");
+            for (k, v) in &from {
+                let _ = writeln!(yaml, "        {}: {}", quote(k), quote(v));
+            }
+            let _ = writeln!(
+                yaml,
+                "    toPorts:\n    - ports:\n      - port: \"{port}\"\n        protocol: TCP\n      rules:\n        http:"
+            );
+            for (m, p) in seen {
+                let _ = writeln!(
+                    yaml,
+                    "        - method: {}\n          path: {}",
+                    quote(m),
+                    quote(&escape_regex(p))
+                );
+            }
+        }
+        let object = json!({"apiVersion": "podwall.io/v1alpha1", "kind": "PodwallPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"endpointSelector": {"matchLabels": sel}, "ingress": rules}});
+        advice.proposals.push(Proposal {
+            namespace: ns,
+            object,
+            yaml,
+        });
+    }
+    covered
+}
+
+/// `io.kubernetes.pod.namespace`, the label Cilium's endpoint selectors name a namespace by.
+const NAMESPACE_KEY: &str = "io.kubernetes.pod.namespace";
+
+/// A regular expression matching exactly the path `s`, with any query (the HTTP rules are
+/// anchored, and a request's path carries its query).
+fn escape_regex(s: &str) -> String {
+    format!("{}(\\?.*)?", regex::escape(s))
+}
+
 /// Builds the proposals and checks them. `objects` are the cluster's (pods, namespaces, the
 /// policies it has).
 pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
+    advise_with_http(objects, flows, &[])
+}
+
+/// [`advise`], and PodwallPolicies with HTTP rules for the requests seen: per destination
+/// workload and port, each source workload may send the methods and paths it was seen sending
+/// (each path exactly, with any query). Those ports leave
+/// the NetworkPolicy's rule for that source: an L4 allow of the port would let every request
+/// through. HTTP rules are judged by `podwall_l7`, which the caller runs on the result.
+pub fn advise_with_http(
+    objects: &[Value],
+    flows: &[ObservedFlow],
+    requests: &[ObservedRequest],
+) -> Advice {
     let state = load(objects, &[]);
     let engine = Engine::compile(state);
     let state = engine.state();
@@ -333,6 +484,18 @@ pub fn advise(objects: &[Value], flows: &[ObservedFlow]) -> Advice {
             r.flows.insert("DNS to the cluster's resolver".into());
         }
     }
+    let covered = advise_http(objects, requests, &mut advice);
+    for (dst, src, port) in &covered {
+        let Some(peers) = ingress.get_mut(dst) else {
+            continue;
+        };
+        if let Some(r) = peers.get_mut(&Peer::Workload(src.0.clone(), src.1.clone())) {
+            r.ports
+                .retain(|(proto, p)| !(*proto == Protocol::Tcp && p == port));
+        }
+        peers.retain(|_, r| !r.ports.is_empty());
+    }
+    ingress.retain(|_, peers| !peers.is_empty());
     for ((ns, sel), peers) in &ingress {
         advice
             .proposals

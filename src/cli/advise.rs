@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use podwall_policy::advise::{FlowEnd, ObservedFlow, advise};
+use podwall_policy::advise::{FlowEnd, ObservedFlow, ObservedRequest, advise_with_http};
 use podwall_policy::{Direction, Protocol};
 use serde_json::Value;
 
@@ -116,6 +116,111 @@ fn observed(text: &str) -> Vec<ObservedFlow> {
     out.into_iter().collect()
 }
 
+/// The HTTP requests to keep allowed (seen by sidecars that parse HTTP: their pods have HTTP
+/// rules already).
+fn requests(text: &str) -> Vec<ObservedRequest> {
+    let mut out = BTreeSet::new();
+    for e in text.lines().filter_map(podwall_control::observe::parse) {
+        let http = &e["l7"]["http"];
+        if !http.is_object() || !matches!(e["verdict"].as_str(), Some("ALLOWED" | "AUDIT")) {
+            continue;
+        }
+        let (Some(src), Some(dst), Some(method), Some(path)) = (
+            end(&e, "source"),
+            end(&e, "destination"),
+            http["method"].as_str(),
+            http["path"].as_str(),
+        ) else {
+            continue;
+        };
+        let Some(port) = e["destination"]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        out.insert(ObservedRequest {
+            src,
+            dst,
+            port,
+            method: method.to_string(),
+            path: path.to_string(),
+        });
+    }
+    out.into_iter().collect()
+}
+
+/// Whether each request is allowed by the state plus the proposals, judged as the sidecar
+/// judges it (L4, then the HTTP rules); the ones that are not.
+fn check_requests(
+    objects: &[Value],
+    proposals: &[Value],
+    requests: &[ObservedRequest],
+) -> Vec<String> {
+    let mut loader = podwall_policy::Loader::new();
+    for o in objects.iter().chain(proposals) {
+        loader.add_object(
+            podwall_policy::Origin {
+                source: "advise".into(),
+                line: 0,
+                item: None,
+            },
+            o.clone(),
+        );
+    }
+    let engine = podwall_policy::Engine::compile(loader.finish().0);
+    let state = engine.state();
+    let endpoint = |e: &FlowEnd| match e {
+        FlowEnd::Pod(ns, name) => state
+            .pod_by_name(ns, name)
+            .map(podwall_policy::Endpoint::Pod),
+        FlowEnd::Ip(ip) => Some(podwall_policy::Endpoint::Ip(*ip)),
+    };
+    let mut out = Vec::new();
+    for r in requests {
+        let (Some(src), Some(dst)) = (endpoint(&r.src), endpoint(&r.dst)) else {
+            continue;
+        };
+        let verdict = engine.verdict(&podwall_policy::Query {
+            src,
+            dst,
+            protocol: Protocol::Tcp,
+            port: r.port,
+        });
+        let status = if verdict.allowed() {
+            podwall_l7::explain_request(
+                &engine,
+                &verdict,
+                &podwall_l7::Request {
+                    method: r.method.clone(),
+                    target: r.path.clone(),
+                    host: None,
+                    headers: Default::default(),
+                },
+            )
+            .map(|h| h.status)
+            .unwrap_or(Some(403))
+        } else {
+            Some(0)
+        };
+        if let Some(code) = status.filter(|c| *c != 200) {
+            out.push(format!(
+                "{:?} -> {:?} {} {} (would get {})",
+                r.src,
+                r.dst,
+                r.method,
+                r.path,
+                if code == 0 {
+                    "refused".to_string()
+                } else {
+                    code.to_string()
+                }
+            ));
+        }
+    }
+    out
+}
+
 pub(crate) fn run(args: AdviseArgs) -> ExitCode {
     let files = match podwall_control::source::read_paths(&args.state) {
         Ok(f) => f,
@@ -147,6 +252,7 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
         }
     };
     let flows = observed(&text);
+    let requests = requests(&text);
     if flows.is_empty() {
         eprintln!(
             "podwall: --flows {}: no allowed or audited flow events in it",
@@ -154,7 +260,11 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let advice = advise(&objects, &flows);
+    let mut advice = advise_with_http(&objects, &flows, &requests);
+    let proposed: Vec<Value> = advice.proposals.iter().map(|p| p.object.clone()).collect();
+    advice
+        .not_allowed
+        .extend(check_requests(&objects, &proposed, &requests));
     let mut by_namespace: std::collections::BTreeMap<&str, String> = Default::default();
     for p in &advice.proposals {
         let text = by_namespace.entry(&p.namespace).or_default();
