@@ -426,13 +426,7 @@ pub fn advise_with_http(
                     continue;
                 }
             };
-            let r = ingress
-                .entry(w.clone())
-                .or_default()
-                .entry(peer)
-                .or_default();
-            r.ports.insert((f.protocol, f.port));
-            r.flows.insert(label.clone());
+            add_rule(&mut ingress, w, peer, f, &label);
         }
         // The source's egress.
         if let Some(w) = src_w
@@ -457,13 +451,7 @@ pub fn advise_with_http(
                     continue;
                 }
             };
-            let r = egress
-                .entry(w.clone())
-                .or_default()
-                .entry(peer)
-                .or_default();
-            r.ports.insert((f.protocol, f.port));
-            r.flows.insert(label);
+            add_rule(&mut egress, w, peer, f, &label);
         }
     }
     // Workloads that resolved names may reach the cluster's resolver on 53.
@@ -532,6 +520,13 @@ pub fn advise_with_http(
     check(objects, flows, &mut advice);
     also_opens(&engine, &ingress, flows, &mut advice);
     advice
+}
+
+/// A flow's port under `w`'s rule for `peer`, and the flow in its comment.
+fn add_rule(rules: &mut Rules, w: &Workload, peer: Peer, f: &ObservedFlow, label: &str) {
+    let r = rules.entry(w.clone()).or_default().entry(peer).or_default();
+    r.ports.insert((f.protocol, f.port));
+    r.flows.insert(label.to_string());
 }
 
 fn end_text(end: &FlowEnd, state: &ClusterState, engine: &Engine) -> String {

@@ -20,11 +20,11 @@ pub struct Feature {
     pub required: bool,
 }
 
-/// The rules the init container relies on beyond plain redirects, one per feature.
-const PROBES: [(&str, &str, &[&str], bool); 6] = [
+/// The rules the init container relies on beyond plain redirects, one per feature, and
+/// whether it is probed for IPv6 too (where pods have IPv6 only: not required).
+const PROBES: [(&str, &[&str], bool); 4] = [
     (
-        "NAT REDIRECT (IPv4)",
-        "iptables",
+        "NAT REDIRECT",
         &[
             "-t",
             "nat",
@@ -37,11 +37,10 @@ const PROBES: [(&str, &str, &[&str], bool); 6] = [
             "--to-ports",
             "15001",
         ],
-        true,
+        false,
     ),
     (
-        "TPROXY (IPv4)",
-        "iptables",
+        "TPROXY",
         &[
             "-t",
             "mangle",
@@ -59,8 +58,7 @@ const PROBES: [(&str, &str, &[&str], bool); 6] = [
         true,
     ),
     (
-        "NFQUEUE (IPv4)",
-        "iptables",
+        "NFQUEUE",
         &[
             "-A",
             "OUTPUT",
@@ -74,8 +72,7 @@ const PROBES: [(&str, &str, &[&str], bool); 6] = [
         true,
     ),
     (
-        "connmark and socket marks (IPv4)",
-        "iptables",
+        "connmark and socket marks",
         &[
             "-t",
             "mangle",
@@ -88,40 +85,6 @@ const PROBES: [(&str, &str, &[&str], bool); 6] = [
             "-j",
             "CONNMARK",
             "--save-mark",
-        ],
-        true,
-    ),
-    (
-        "TPROXY (IPv6)",
-        "ip6tables",
-        &[
-            "-t",
-            "mangle",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-j",
-            "TPROXY",
-            "--on-port",
-            "15006",
-            "--tproxy-mark",
-            "0x1/0x1",
-        ],
-        false,
-    ),
-    (
-        "NFQUEUE (IPv6)",
-        "ip6tables",
-        &[
-            "-A",
-            "OUTPUT",
-            "-p",
-            "udp",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            "1337",
         ],
         false,
     ),
@@ -138,10 +101,17 @@ pub fn probe() -> Result<Vec<Feature>, String> {
                 "cannot make a network namespace to probe in ({e}): run as root with CAP_SYS_ADMIN"
             )
         })?;
-        Ok(PROBES
+        let v4 = PROBES
             .iter()
+            .map(|(name, args, _)| (format!("{name} (IPv4)"), "iptables", *args, true));
+        let v6 = PROBES
+            .iter()
+            .filter(|(_, _, v6)| *v6)
+            .map(|(name, args, _)| (format!("{name} (IPv6)"), "ip6tables", *args, false));
+        Ok(v4
+            .chain(v6)
             .map(|(name, tool, args, required)| {
-                let (ok, detail) = match Command::new(tool).args(*args).output() {
+                let (ok, detail) = match Command::new(tool).args(args).output() {
                     Ok(out) if out.status.success() => (true, String::new()),
                     Ok(out) => (
                         false,
@@ -150,10 +120,10 @@ pub fn probe() -> Result<Vec<Feature>, String> {
                     Err(e) => (false, format!("{tool}: {e}")),
                 };
                 Feature {
-                    name: (*name).to_string(),
+                    name,
                     ok,
                     detail,
-                    required: *required,
+                    required,
                 }
             })
             .collect())

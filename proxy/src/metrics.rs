@@ -19,6 +19,15 @@ enum DirectionLabel {
     egress,
 }
 
+impl DirectionLabel {
+    fn of(d: podwall_policy::Direction) -> Self {
+        match d {
+            podwall_policy::Direction::Ingress => DirectionLabel::ingress,
+            podwall_policy::Direction::Egress => DirectionLabel::egress,
+        }
+    }
+}
+
 /// `allowed`, `denied`, `audit`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -57,10 +66,7 @@ impl Denials {
     /// Counts one denial that `policy` stands behind in `direction`.
     pub fn count(&self, direction: podwall_policy::Direction, policy: &podwall_policy::PolicyName) {
         let labels = DenialLabels {
-            direction: match direction {
-                podwall_policy::Direction::Ingress => DirectionLabel::ingress,
-                podwall_policy::Direction::Egress => DirectionLabel::egress,
-            },
+            direction: DirectionLabel::of(direction),
             policy_kind: policy.kind.to_string(),
             policy_namespace: policy.namespace.clone(),
             policy: policy.name.clone(),
@@ -102,10 +108,7 @@ impl RuleHits {
         rule: &str,
     ) -> Counter {
         let labels = RuleLabels {
-            direction: match direction {
-                podwall_policy::Direction::Ingress => DirectionLabel::ingress,
-                podwall_policy::Direction::Egress => DirectionLabel::egress,
-            },
+            direction: DirectionLabel::of(direction),
             policy_kind: policy.kind.to_string(),
             policy_namespace: policy.namespace.clone(),
             policy: policy.name.clone(),

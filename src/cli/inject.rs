@@ -46,6 +46,27 @@ pub(crate) struct InjectArgs {
     audit: bool,
 }
 
+/// Every document of the paths (files, directories, `-`), empty ones left out; on error, said,
+/// with the exit code.
+fn read_documents(
+    paths: &[PathBuf],
+) -> Result<Vec<(podwall_policy::Origin, serde_json::Value)>, ExitCode> {
+    let files = podwall_control::source::read_paths(paths).map_err(|e| {
+        eprintln!("podwall: {e}");
+        ExitCode::from(2)
+    })?;
+    let mut out = Vec::new();
+    for file in files {
+        let docs = podwall_policy::documents(&file.name, &file.text).map_err(|e| {
+            eprintln!("podwall: {e}");
+            ExitCode::from(2)
+        })?;
+        // An empty document (`---` at the top) is nothing.
+        out.extend(docs.into_iter().filter(|(_, d)| !d.is_null()));
+    }
+    Ok(out)
+}
+
 /// Reads an injection config file.
 pub(crate) fn read_config(path: &Path) -> Result<InjectConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -103,62 +124,47 @@ pub(crate) fn run(args: InjectArgs) -> ExitCode {
     }
     let never_ending =
         |kind: &str| matches!(kind, "Job" | "CronJob") && cfg.native_sidecar == Some(false);
-    let files = match podwall_control::source::read_paths(&args.files) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("podwall: {e}");
-            return ExitCode::from(2);
-        }
+    let docs = match read_documents(&args.files) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let mut out = Vec::new();
     let mut refused = 0;
-    for file in files {
-        let docs = match podwall_policy::documents(&file.name, &file.text) {
-            Ok(d) => d,
+    for (origin, mut doc) in docs {
+        let what = format!(
+            "{} {}",
+            doc["kind"].as_str().unwrap_or("object"),
+            doc["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        match inject_object(&mut doc, &cfg) {
+            Ok(Outcome::Injected) => {
+                eprintln!("{origin}: {what}: sidecar injected");
+                if never_ending(doc["kind"].as_str().unwrap_or_default()) {
+                    eprintln!(
+                        "{origin}: warning: {what}: with --no-native-sidecar its pods never \
+                         complete (the sidecar container keeps running after the job's); use \
+                         native sidecars (Kubernetes 1.29+) for Jobs and CronJobs"
+                    );
+                }
+            }
+            Ok(Outcome::AlreadyInjected) => {
+                eprintln!("{origin}: {what}: already injected, unchanged")
+            }
+            Ok(Outcome::Skipped(why)) => {
+                if podwall_control::inject::template_pointer(
+                    doc["kind"].as_str().unwrap_or_default(),
+                )
+                .is_some()
+                {
+                    eprintln!("{origin}: warning: {what}: not injected: {why}");
+                }
+            }
             Err(e) => {
-                eprintln!("podwall: {e}");
-                return ExitCode::from(2);
+                eprintln!("{origin}: error: {what}: {e}");
+                refused += 1;
             }
-        };
-        for (origin, mut doc) in docs {
-            if doc.is_null() {
-                continue; // an empty document (`---` at the top)
-            }
-            let what = format!(
-                "{} {}",
-                doc["kind"].as_str().unwrap_or("object"),
-                doc["metadata"]["name"].as_str().unwrap_or("?")
-            );
-            match inject_object(&mut doc, &cfg) {
-                Ok(Outcome::Injected) => {
-                    eprintln!("{origin}: {what}: sidecar injected");
-                    if never_ending(doc["kind"].as_str().unwrap_or_default()) {
-                        eprintln!(
-                            "{origin}: warning: {what}: with --no-native-sidecar its pods never \
-                             complete (the sidecar container keeps running after the job's); use \
-                             native sidecars (Kubernetes 1.29+) for Jobs and CronJobs"
-                        );
-                    }
-                }
-                Ok(Outcome::AlreadyInjected) => {
-                    eprintln!("{origin}: {what}: already injected, unchanged")
-                }
-                Ok(Outcome::Skipped(why)) => {
-                    if podwall_control::inject::template_pointer(
-                        doc["kind"].as_str().unwrap_or_default(),
-                    )
-                    .is_some()
-                    {
-                        eprintln!("{origin}: warning: {what}: not injected: {why}");
-                    }
-                }
-                Err(e) => {
-                    eprintln!("{origin}: error: {what}: {e}");
-                    refused += 1;
-                }
-            }
-            out.push(doc);
         }
+        out.push(doc);
     }
     if refused > 0 {
         // Nothing is printed: half a set of workloads applied is worse than none.
@@ -226,45 +232,30 @@ pub(crate) fn run_uninject(args: UninjectArgs) -> ExitCode {
         },
         None => InjectConfig::default(),
     };
-    let files = match podwall_control::source::read_paths(&args.files) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("podwall: {e}");
-            return ExitCode::from(2);
-        }
+    let docs = match read_documents(&args.files) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let mut out = Vec::new();
     let mut failed = 0;
-    for file in files {
-        let docs = match podwall_policy::documents(&file.name, &file.text) {
-            Ok(d) => d,
+    for (origin, mut doc) in docs {
+        let what = format!(
+            "{} {}",
+            doc["kind"].as_str().unwrap_or("object"),
+            doc["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        match uninject_object(&mut doc, &cfg, args.keep_annotation) {
+            Ok(Uninjected::Removed) => eprintln!("{origin}: {what}: podwall removed"),
+            Ok(Uninjected::NotInjected) => {
+                eprintln!("{origin}: {what}: not injected, unchanged")
+            }
+            Ok(Uninjected::NoTemplate) => {}
             Err(e) => {
-                eprintln!("podwall: {e}");
-                return ExitCode::from(2);
+                eprintln!("{origin}: error: {what}: {e}");
+                failed += 1;
             }
-        };
-        for (origin, mut doc) in docs {
-            if doc.is_null() {
-                continue;
-            }
-            let what = format!(
-                "{} {}",
-                doc["kind"].as_str().unwrap_or("object"),
-                doc["metadata"]["name"].as_str().unwrap_or("?")
-            );
-            match uninject_object(&mut doc, &cfg, args.keep_annotation) {
-                Ok(Uninjected::Removed) => eprintln!("{origin}: {what}: podwall removed"),
-                Ok(Uninjected::NotInjected) => {
-                    eprintln!("{origin}: {what}: not injected, unchanged")
-                }
-                Ok(Uninjected::NoTemplate) => {}
-                Err(e) => {
-                    eprintln!("{origin}: error: {what}: {e}");
-                    failed += 1;
-                }
-            }
-            out.push(doc);
         }
+        out.push(doc);
     }
     if failed > 0 {
         eprintln!("podwall: {failed} object(s) not understood; nothing written");
