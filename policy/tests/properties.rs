@@ -295,7 +295,7 @@ fn explanations(engine: &Engine) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn adding_a_policy_only_removes_connections_of_pods_it_newly_isolates(
