@@ -135,3 +135,18 @@ fn http_requests_seen_become_http_rules_that_the_l7_engine_allows() {
     assert_eq!(check("DELETE", "/api/v1/users"), 1);
     assert_eq!(check("GET", "/admin"), 1);
 }
+
+#[test]
+fn a_request_only_the_client_saw_gives_the_server_no_http_policy() {
+    let state = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/l7-api/cluster.yaml");
+    let flows = r#"{"time":"2026-12-05T10:00:00.000Z","verdict":"ALLOWED","direction":"egress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080},"bytes_sent":10,"bytes_received":10,"duration_ms":1.0}
+{"time":"2026-12-05T10:00:00.100Z","verdict":"ALLOWED","direction":"egress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080},"l7":{"http":{"method":"GET","path":"/api/v1/users","status":200}},"bytes_sent":0,"bytes_received":0,"duration_ms":1.0}
+"#;
+    let (code, out, err) = podwall(&["advise", "-f", state, "--flows", "-"], Some(flows));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains("PodwallPolicy"),
+        "api's sidecar did not see it: {out}"
+    );
+    assert!(out.contains("advised-frontend-egress"), "{out}");
+}

@@ -64,6 +64,9 @@ pub struct ObservedRequest {
     pub method: String,
     /// The path (a query is left out).
     pub path: String,
+    /// Which side's sidecar reported it (see [`ObservedFlow::seen_by`]); HTTP rules are
+    /// proposed only for a destination that saw the request itself.
+    pub seen_by: Option<crate::model::Direction>,
 }
 
 /// A proposed policy.
@@ -249,7 +252,10 @@ fn advise_http(
     };
     // (dst workload) -> (src workload, port) -> {(method, path)}
     let mut by_dst: BTreeMap<Workload, HttpSeen> = BTreeMap::new();
-    for r in requests {
+    for r in requests.iter().filter(|r| {
+        r.seen_by
+            .is_none_or(|d| d == crate::model::Direction::Ingress)
+    }) {
         let (Some(src), Some(dst)) = (pod_of(&r.src), pod_of(&r.dst)) else {
             advice.skipped.push(format!(
                 "HTTP {} {} to port {}: an end is not a pod of the state",
@@ -276,7 +282,7 @@ fn advise_http(
             .or_default()
             .entry((sw, r.port))
             .or_default()
-            .insert((r.method.to_uppercase(), path));
+            .insert((r.method.clone(), path));
     }
     for ((ns, sel), sources) in by_dst {
         let name = format!("advised-{}-http", workload_name(&sel));
@@ -298,7 +304,7 @@ fn advise_http(
             }
             let http: Vec<Value> = seen
                 .iter()
-                .map(|(m, p)| json!({"method": m, "path": escape_regex(p)}))
+                .map(|(m, p)| json!({"method": regex::escape(m), "path": escape_regex(p)}))
                 .collect();
             rules.push(json!({"fromEndpoints": [{"matchLabels": from}],
                 "toPorts": [{"ports": [{"port": port.to_string(), "protocol": "TCP"}],
@@ -321,7 +327,7 @@ fn advise_http(
                 let _ = writeln!(
                     yaml,
                     "        - method: {}\n          path: {}",
-                    quote(m),
+                    quote(&regex::escape(m)),
                     quote(&escape_regex(p))
                 );
             }
@@ -510,8 +516,12 @@ pub fn advise_with_http(
     unique_names(&mut advice.proposals);
     // A flow that could not be placed, from or to a workload that gets a policy anyway, would
     // be denied by it.
-    let isolated: BTreeSet<(String, BTreeMap<String, String>)> =
-        ingress.keys().chain(egress.keys()).cloned().collect();
+    let isolated: BTreeSet<Workload> = ingress
+        .keys()
+        .chain(egress.keys())
+        .chain(covered.iter().map(|(d, _, _)| d))
+        .cloned()
+        .collect();
     for (text, ends) in &unplaced {
         if ends.iter().any(|w| isolated.contains(w)) {
             advice.would_deny.push(text.clone());

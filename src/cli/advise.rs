@@ -139,24 +139,31 @@ fn requests(text: &str) -> Vec<ObservedRequest> {
         else {
             continue;
         };
+        let seen_by = match e["direction"].as_str() {
+            Some("egress") => Some(Direction::Egress),
+            Some("ingress") => Some(Direction::Ingress),
+            _ => None,
+        };
         out.insert(ObservedRequest {
             src,
             dst,
             port,
             method: method.to_string(),
             path: path.to_string(),
+            seen_by,
         });
     }
     out.into_iter().collect()
 }
 
-/// Whether each request is allowed by the state plus the proposals, judged as the sidecar
-/// judges it (L4, then the HTTP rules); the ones that are not.
+/// Whether each request the advice covers (a pod destination that saw it itself) is allowed
+/// by the state plus the proposals, judged as the sidecar judges it (L4, then the HTTP rules):
+/// the ones that are not, and the ones whose HTTP rules another L4 allow switches off.
 fn check_requests(
     objects: &[Value],
     proposals: &[Value],
     requests: &[ObservedRequest],
-) -> Vec<String> {
+) -> (Vec<String>, Vec<String>) {
     let mut loader = podwall_policy::Loader::new();
     for o in objects.iter().chain(proposals) {
         loader.add_object(
@@ -174,10 +181,15 @@ fn check_requests(
         FlowEnd::Pod(ns, name) => state
             .pod_by_name(ns, name)
             .map(podwall_policy::Endpoint::Pod),
-        FlowEnd::Ip(ip) => Some(podwall_policy::Endpoint::Ip(*ip)),
+        FlowEnd::Ip(ip) => engine.pod_by_ip(*ip).map(podwall_policy::Endpoint::Pod),
     };
-    let mut out = Vec::new();
-    for r in requests {
+    let (mut denied, mut bypassed) = (Vec::new(), Vec::new());
+    for r in requests
+        .iter()
+        .filter(|r| r.seen_by.is_none_or(|d| d == Direction::Ingress))
+    {
+        // Only requests between pods: a destination outside the cluster has no sidecar of its
+        // own, and its egress side depends on names learned at run time.
         let (Some(src), Some(dst)) = (endpoint(&r.src), endpoint(&r.dst)) else {
             continue;
         };
@@ -187,38 +199,35 @@ fn check_requests(
             protocol: Protocol::Tcp,
             port: r.port,
         });
-        let status = if verdict.allowed() {
-            podwall_l7::explain_request(
-                &engine,
-                &verdict,
-                &podwall_l7::Request {
-                    method: r.method.clone(),
-                    target: r.path.clone(),
-                    host: None,
-                    headers: Default::default(),
-                },
-            )
-            .map(|h| h.status)
-            .unwrap_or(Some(403))
-        } else {
-            Some(0)
-        };
-        if let Some(code) = status.filter(|c| *c != 200) {
-            out.push(format!(
-                "{:?} -> {:?} {} {} (would get {})",
-                r.src,
-                r.dst,
-                r.method,
-                r.path,
-                if code == 0 {
-                    "refused".to_string()
-                } else {
-                    code.to_string()
-                }
+        let what = format!("{:?} -> {:?} {} {}", r.src, r.dst, r.method, r.path);
+        if !verdict.allowed() {
+            denied.push(format!("{what} (refused)"));
+            continue;
+        }
+        if verdict.ingress.http.is_none() {
+            bypassed.push(format!(
+                "{what}: an L4 allow of port {} (a policy of the cluster, or an advised peer that also selects the source) lets every request through; the HTTP rules do not apply",
+                r.port
             ));
+            continue;
+        }
+        let status = podwall_l7::explain_request(
+            &engine,
+            &verdict,
+            &podwall_l7::Request {
+                method: r.method.clone(),
+                target: r.path.clone(),
+                host: None,
+                headers: Default::default(),
+            },
+        )
+        .map(|h| h.status)
+        .unwrap_or(Some(403));
+        if let Some(code) = status.filter(|c| *c != 200) {
+            denied.push(format!("{what} (would get {code})"));
         }
     }
-    out
+    (denied, bypassed)
 }
 
 pub(crate) fn run(args: AdviseArgs) -> ExitCode {
@@ -262,9 +271,9 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
     }
     let mut advice = advise_with_http(&objects, &flows, &requests);
     let proposed: Vec<Value> = advice.proposals.iter().map(|p| p.object.clone()).collect();
-    advice
-        .not_allowed
-        .extend(check_requests(&objects, &proposed, &requests));
+    let (denied, bypassed) = check_requests(&objects, &proposed, &requests);
+    advice.not_allowed.extend(denied);
+    advice.also_opens.extend(bypassed);
     let mut by_namespace: std::collections::BTreeMap<&str, String> = Default::default();
     for p in &advice.proposals {
         let text = by_namespace.entry(&p.namespace).or_default();
