@@ -213,9 +213,11 @@ fn a_gibibyte_arrives_intact_through_two_sidecars() {
     reader.read_to_end(&mut rest).expect("end");
     assert!(rest.is_empty(), "{} extra bytes", rest.len());
     sender.join().expect("sender");
-    std::thread::sleep(Duration::from_millis(300));
-    let f = up.flows("t/client");
-    assert_eq!(f[0]["bytes_sent"], 1u64 << 30);
+    // The flow event comes when the connection has ended: waited for, not slept on.
+    let f = wait_for_flow(&up, "t/client", "with the bytes sent", |e| {
+        e["bytes_sent"].is_u64()
+    });
+    assert_eq!(f["bytes_sent"], 1u64 << 30);
 }
 
 #[test]
@@ -351,14 +353,12 @@ fn a_policy_change_resets_established_connections_it_now_denies() {
         Duration::from_secs(5),
         || connect(&client, dst).is_err(),
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let revoked = up.flows("t/server");
-    assert!(
-        revoked.iter().any(|e| e["error"]
+    // The revoked connection's event says why (waited for, not slept on).
+    wait_for_flow(&up, "t/server", "revoked by the policy change", |e| {
+        e["error"]
             .as_str()
-            .is_some_and(|m| m.contains("policy change"))),
-        "{revoked:#?}"
-    );
+            .is_some_and(|m| m.contains("policy change"))
+    });
 }
 
 /// Half-closes and reads to the end before closing, so nothing unread turns the close into a
@@ -471,13 +471,11 @@ fn audit_mode_lets_denied_connections_through_and_logs_them() {
     let up = Up::new(dir.path(), "audit", Inject::Annotated);
     connect(&up.ns("t/client"), SocketAddr::new(up.ip("t/server"), 8080))
         .expect("audit mode lets it through");
-    std::thread::sleep(Duration::from_millis(300));
-    let flows = up.flows("t/server");
-    assert_eq!(flows[0]["verdict"], "AUDIT", "{flows:#?}");
-    assert_eq!(
-        flows[0]["ingress"]["isolated_by"][0],
-        "NetworkPolicy t/deny"
-    );
+    let flow = wait_for_flow(&up, "t/server", "of the audited connection", |e| {
+        e["direction"] == "ingress"
+    });
+    assert_eq!(flow["verdict"], "AUDIT", "{flow:#?}");
+    assert_eq!(flow["ingress"]["isolated_by"][0], "NetworkPolicy t/deny");
 }
 
 #[test]
