@@ -241,15 +241,9 @@ fn advise_http(
     advice: &mut Advice,
 ) -> BTreeSet<(Workload, Workload, u16)> {
     let mut covered = BTreeSet::new();
-    let state = load(objects, &[]);
-    let engine = Engine::compile(state);
+    let engine = engine_with(objects, &[]);
     let state = engine.state();
-    let pod_of = |end: &FlowEnd| -> Option<PodId> {
-        match end {
-            FlowEnd::Pod(ns, name) => state.pod_by_name(ns, name),
-            FlowEnd::Ip(ip) => engine.pod_by_ip(*ip),
-        }
-    };
+    let pod_of = |end: &FlowEnd| pod_of(&engine, end);
     // (dst workload) -> (src workload, port) -> {(method, path)}
     let mut by_dst: BTreeMap<Workload, HttpSeen> = BTreeMap::new();
     for r in requests.iter().filter(|r| {
@@ -369,16 +363,10 @@ pub fn advise_with_http(
     flows: &[ObservedFlow],
     requests: &[ObservedRequest],
 ) -> Advice {
-    let state = load(objects, &[]);
-    let engine = Engine::compile(state);
+    let engine = engine_with(objects, &[]);
     let state = engine.state();
     let mut advice = Advice::default();
-    let pod_of = |end: &FlowEnd| -> Option<PodId> {
-        match end {
-            FlowEnd::Pod(ns, name) => state.pod_by_name(ns, name),
-            FlowEnd::Ip(ip) => engine.pod_by_ip(*ip),
-        }
-    };
+    let pod_of = |end: &FlowEnd| pod_of(&engine, end);
     // ingress[(ns, workload)][peer] and egress likewise.
     let mut ingress: Rules = BTreeMap::new();
     let mut egress: Rules = BTreeMap::new();
@@ -730,6 +718,19 @@ fn unique_names(proposals: &mut [Proposal]) {
     }
 }
 
+/// The pod an end of a flow is, if the engine's state has it (by name, or by address).
+pub fn pod_of(engine: &Engine, end: &FlowEnd) -> Option<PodId> {
+    match end {
+        FlowEnd::Pod(ns, name) => engine.state().pod_by_name(ns, name),
+        FlowEnd::Ip(ip) => engine.pod_by_ip(*ip),
+    }
+}
+
+/// The engine of the cluster's objects and `more` (the proposals, to judge them).
+pub fn engine_with(objects: &[Value], more: &[Value]) -> Engine {
+    Engine::compile(load(objects, more))
+}
+
 fn load(objects: &[Value], more: &[Value]) -> ClusterState {
     let mut loader = Loader::new();
     let origin = Origin {
@@ -746,16 +747,13 @@ fn load(objects: &[Value], more: &[Value]) -> ClusterState {
 /// Every observed flow must be allowed once the proposals are applied.
 fn check(objects: &[Value], flows: &[ObservedFlow], advice: &mut Advice) {
     let proposed: Vec<Value> = advice.proposals.iter().map(|p| p.object.clone()).collect();
-    let engine = Engine::compile(load(objects, &proposed));
+    let engine = engine_with(objects, &proposed);
     let state = engine.state();
-    let end = |e: &FlowEnd| match e {
-        FlowEnd::Pod(ns, name) => state.pod_by_name(ns, name).map(Endpoint::Pod),
-        FlowEnd::Ip(ip) => Some(
-            engine
-                .pod_by_ip(*ip)
-                .map(Endpoint::Pod)
-                .unwrap_or(Endpoint::Ip(*ip)),
-        ),
+    // An address that is no pod is judged as an address outside the cluster.
+    let end = |e: &FlowEnd| match (pod_of(&engine, e), e) {
+        (Some(id), _) => Some(Endpoint::Pod(id)),
+        (None, FlowEnd::Ip(ip)) => Some(Endpoint::Ip(*ip)),
+        (None, FlowEnd::Pod(..)) => None,
     };
     for f in flows {
         let (Some(src), Some(dst)) = (end(&f.src), end(&f.dst)) else {

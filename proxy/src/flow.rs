@@ -345,7 +345,7 @@ fn nearest(engine: Option<&Engine>, e: &FlowEvent, side: &FlowSide) -> Option<St
     // connection: remembered per snapshot (by address) and query, a bounded number of them.
     let key = (
         e.snapshot.as_ref().map_or(0, |s| s.generation as usize),
-        format!("{query:?}"),
+        query,
         side.direction,
     );
     NEAREST.with(|cache| {
@@ -368,7 +368,7 @@ fn nearest(engine: Option<&Engine>, e: &FlowEvent, side: &FlowSide) -> Option<St
 /// Explanations kept by the writer thread.
 const NEAREST_CACHED: usize = 1024;
 
-type NearestKey = (usize, String, podwall_policy::Direction);
+type NearestKey = (usize, podwall_policy::Query, podwall_policy::Direction);
 
 thread_local! {
     /// The writer thread's explanations of recent denials.

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use podwall_policy::advise::{FlowEnd, ObservedFlow, ObservedRequest, advise_with_http};
+use podwall_policy::advise::{
+    FlowEnd, ObservedFlow, ObservedRequest, advise_with_http, engine_with, pod_of,
+};
 use podwall_policy::{Direction, Protocol};
 use serde_json::Value;
 
@@ -33,6 +35,15 @@ fn end(flow: &Value, which: &str) -> Option<FlowEnd> {
     match (e["namespace"].as_str(), e["pod"].as_str()) {
         (Some(ns), Some(pod)) => Some(FlowEnd::Pod(ns.into(), pod.into())),
         _ => e["ip"].as_str()?.parse().ok().map(FlowEnd::Ip),
+    }
+}
+
+/// Which side's sidecar wrote an event (`direction`), if it says.
+fn seen_by(event: &Value) -> Option<Direction> {
+    match event["direction"].as_str() {
+        Some("egress") => Some(Direction::Egress),
+        Some("ingress") => Some(Direction::Ingress),
+        _ => None,
     }
 }
 
@@ -99,11 +110,7 @@ fn observed(text: &str) -> Vec<ObservedFlow> {
         {
             names.extend(n.iter().cloned());
         }
-        let seen_by = match flow["direction"].as_str() {
-            Some("egress") => Some(Direction::Egress),
-            Some("ingress") => Some(Direction::Ingress),
-            _ => None,
-        };
+        let seen_by = seen_by(flow);
         out.insert(ObservedFlow {
             src,
             dst,
@@ -139,11 +146,7 @@ fn requests(text: &str) -> Vec<ObservedRequest> {
         else {
             continue;
         };
-        let seen_by = match e["direction"].as_str() {
-            Some("egress") => Some(Direction::Egress),
-            Some("ingress") => Some(Direction::Ingress),
-            _ => None,
-        };
+        let seen_by = seen_by(&e);
         out.insert(ObservedRequest {
             src,
             dst,
@@ -164,25 +167,8 @@ fn check_requests(
     proposals: &[Value],
     requests: &[ObservedRequest],
 ) -> (Vec<String>, Vec<String>) {
-    let mut loader = podwall_policy::Loader::new();
-    for o in objects.iter().chain(proposals) {
-        loader.add_object(
-            podwall_policy::Origin {
-                source: "advise".into(),
-                line: 0,
-                item: None,
-            },
-            o.clone(),
-        );
-    }
-    let engine = podwall_policy::Engine::compile(loader.finish().0);
-    let state = engine.state();
-    let endpoint = |e: &FlowEnd| match e {
-        FlowEnd::Pod(ns, name) => state
-            .pod_by_name(ns, name)
-            .map(podwall_policy::Endpoint::Pod),
-        FlowEnd::Ip(ip) => engine.pod_by_ip(*ip).map(podwall_policy::Endpoint::Pod),
-    };
+    let engine = engine_with(objects, proposals);
+    let endpoint = |e: &FlowEnd| pod_of(&engine, e).map(podwall_policy::Endpoint::Pod);
     let (mut denied, mut bypassed) = (Vec::new(), Vec::new());
     for r in requests
         .iter()

@@ -67,6 +67,26 @@ fn read_documents(
     Ok(out)
 }
 
+/// `Kind name` of a document, for messages.
+fn describe(doc: &serde_json::Value) -> String {
+    format!(
+        "{} {}",
+        doc["kind"].as_str().unwrap_or("object"),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// `--config`'s injection config, or the default; on error, said, with the exit code.
+fn config_or_default(path: Option<&Path>) -> Result<InjectConfig, ExitCode> {
+    match path {
+        Some(p) => read_config(p).map_err(|e| {
+            eprintln!("podwall: --config {e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(InjectConfig::default()),
+    }
+}
+
 /// Reads an injection config file.
 pub(crate) fn read_config(path: &Path) -> Result<InjectConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -74,15 +94,9 @@ pub(crate) fn read_config(path: &Path) -> Result<InjectConfig, String> {
 }
 
 pub(crate) fn run(args: InjectArgs) -> ExitCode {
-    let mut cfg = match &args.config {
-        Some(p) => match read_config(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("podwall: --config {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => InjectConfig::default(),
+    let mut cfg = match config_or_default(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     if let Some(i) = args.image {
         cfg.image = i;
@@ -131,11 +145,7 @@ pub(crate) fn run(args: InjectArgs) -> ExitCode {
     let mut out = Vec::new();
     let mut refused = 0;
     for (origin, mut doc) in docs {
-        let what = format!(
-            "{} {}",
-            doc["kind"].as_str().unwrap_or("object"),
-            doc["metadata"]["name"].as_str().unwrap_or("?")
-        );
+        let what = describe(&doc);
         match inject_object(&mut doc, &cfg) {
             Ok(Outcome::Injected) => {
                 eprintln!("{origin}: {what}: sidecar injected");
@@ -222,15 +232,9 @@ pub(crate) struct UninjectArgs {
 }
 
 pub(crate) fn run_uninject(args: UninjectArgs) -> ExitCode {
-    let cfg = match &args.config {
-        Some(p) => match read_config(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("podwall: --config {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => InjectConfig::default(),
+    let cfg = match config_or_default(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let docs = match read_documents(&args.files) {
         Ok(d) => d,
@@ -239,11 +243,7 @@ pub(crate) fn run_uninject(args: UninjectArgs) -> ExitCode {
     let mut out = Vec::new();
     let mut failed = 0;
     for (origin, mut doc) in docs {
-        let what = format!(
-            "{} {}",
-            doc["kind"].as_str().unwrap_or("object"),
-            doc["metadata"]["name"].as_str().unwrap_or("?")
-        );
+        let what = describe(&doc);
         match uninject_object(&mut doc, &cfg, args.keep_annotation) {
             Ok(Uninjected::Removed) => eprintln!("{origin}: {what}: podwall removed"),
             Ok(Uninjected::NotInjected) => {
