@@ -398,7 +398,23 @@ pub fn compact(flow: &Value) -> String {
     if let Some(d) = flow["direction"].as_str() {
         line.push_str(&format!(" [{d}]"));
     }
-    line
+    printable(&line)
+}
+
+/// A line safe for a terminal: an app chooses what its requests and DNS queries carry (paths,
+/// names), and a control character in them (an escape sequence) must not reach the operator's
+/// terminal as one.
+fn printable(line: &str) -> String {
+    line.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// The header of `-o table`.
@@ -411,7 +427,7 @@ pub fn table_row(flow: &Value) -> String {
         FlowType::Http => "http",
         FlowType::Dns => "dns",
     };
-    format!(
+    printable(&format!(
         "{:<25} {:<36} {:<36} {:<6} {:<8} {:<6} {:<8} {}",
         flow["time"].as_str().unwrap_or("?"),
         endpoint(flow, "source"),
@@ -423,7 +439,7 @@ pub fn table_row(flow: &Value) -> String {
         l7(flow)
             .map(|l| format!("{l}; {}", why(flow)))
             .unwrap_or_else(|| why(flow))
-    )
+    ))
 }
 
 /// Keeps the last `n` lines that passed (for `--last N`).
@@ -626,6 +642,16 @@ mod tests {
         };
         assert_eq!(pass(&since), [2]);
         assert!("nothing".parse::<Peer>().is_err());
+    }
+
+    #[test]
+    fn what_an_app_put_in_a_path_or_name_cannot_drive_the_operators_terminal() {
+        let mut f = http();
+        f["l7"]["http"]["path"] = json!("/x\u{1b}[2J\u{1b}]0;owned\u{7}");
+        for line in [compact(&f), table_row(&f)] {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+            assert!(line.contains("\\u{1b}[2J"), "shown, escaped: {line}");
+        }
     }
 
     #[test]
