@@ -861,6 +861,71 @@ impl World {
                 }
                 Ok((0, Vec::new()))
             }
+            Some("annotate") => {
+                // Pods, by name or selector: each update must be one the webhook admits.
+                let (kind, name) = match &selector {
+                    Some(_) => (
+                        kind_of(positional.get(1).ok_or("annotate what")?, &self.chart)?,
+                        None,
+                    ),
+                    None => target(&positional, 1)?,
+                };
+                if kind != "Pod" {
+                    return Err(format!("kubectl annotate {kind} not played"));
+                }
+                let first = if name.is_some() { 3 } else { 2 };
+                let pairs: Vec<(&str, &str)> = positional[first.min(positional.len())..]
+                    .iter()
+                    .map(|a| {
+                        a.split_once('=')
+                            .ok_or(format!("annotation {a:?} is not k=v"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                if pairs.is_empty() {
+                    return Err("which annotation".into());
+                }
+                let n = ns.clone().unwrap_or_else(|| "default".into());
+                let mut pods = Vec::new();
+                for d in self.objects.iter().filter(|o| o["kind"] == "Deployment") {
+                    pods.extend(self.pods_of(d)?);
+                }
+                pods.retain(|p| p["metadata"]["namespace"] == n.as_str());
+                if let Some(sel) = &selector {
+                    for term in sel.split(',') {
+                        let (k, v) = term.split_once('=').ok_or("selector k=v")?;
+                        pods.retain(|o| o["metadata"]["labels"][k] == v);
+                    }
+                }
+                if let Some(name) = &name {
+                    pods.retain(|o| o["metadata"]["name"] == name.as_str());
+                }
+                if pods.is_empty() {
+                    return Err(format!("no pod matches {args:?}"));
+                }
+                let cfg = self.inject_config();
+                for old in pods {
+                    let mut new = old.clone();
+                    for (k, v) in &pairs {
+                        new["metadata"]["annotations"][*k] = json!(v);
+                    }
+                    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                        "request": {"uid": "1", "operation": "UPDATE",
+                            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "resource": {"group": "", "version": "v1", "resource": "pods"},
+                            "namespace": n, "name": new["metadata"]["name"],
+                            "object": new, "oldObject": old}});
+                    let (resp, _) =
+                        podwall_control::webhook::review(review.to_string().as_bytes(), &cfg)
+                            .map_err(|e| e.to_string())?;
+                    if resp["response"]["allowed"] != true {
+                        return Err(format!(
+                            "the webhook refuses the annotation: {}",
+                            resp["response"]["status"]["message"]
+                        ));
+                    }
+                }
+                Ok((0, Vec::new()))
+            }
             Some("label") => {
                 let (kind, name) = target(&positional, 1)?;
                 let name = name.ok_or("label what")?;

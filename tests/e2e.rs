@@ -537,13 +537,20 @@ fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_r
     ) {
         return;
     }
-    // The three-tier example's pods with no policy at all: everything passes, and is logged.
+    // The three-tier example's pods with no policy at all: everything passes, and is logged;
+    // the api asks its sidecar to log its HTTP requests (by the container port's name).
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
+    let cluster = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/three-tier/cluster.yaml"),
-        dir.path().join("cluster.yaml"),
     )
-    .expect("copy");
+    .expect("read");
+    let api = "labels: {app: api}\n    annotations: {podwall.io/inject: enabled";
+    assert!(cluster.contains(api), "the example's api pod changed");
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        cluster.replace(api, &format!("{api}, podwall.io/observe-http: http")),
+    )
+    .expect("write");
     let up = Up::new(dir.path(), "rollout", Inject::All);
     let intended = [
         ("ingress-nginx/controller", "production/frontend", 80),
@@ -553,16 +560,33 @@ fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_r
     let dial = |from: &str, to: &str, port: u16| {
         connect(&up.ns(from), SocketAddr::new(up.ip(to), port)).is_ok()
     };
+    let api_url = |path: &str| format!("http://{}:8080{path}", up.ip("production/api"));
+    let status = |path: &str| {
+        curl(
+            &up.ns("production/frontend"),
+            &["-w", "%{http_code}", "-o", "/dev/null", &api_url(path)],
+        )
+    };
+    // Once HTTP rules guard the api's port its sidecar waits for a request (the application's
+    // greeting to a silent client no longer passes): the request seen is what must still pass.
+    let reach = |from: &str, to: &str, port: u16| {
+        if (from, to, port) == ("production/frontend", "production/api", 8080) {
+            status("/api/v1/orders") == "200"
+        } else {
+            dial(from, to, port)
+        }
+    };
     for (from, to, port) in intended {
         assert!(
             dial(from, to, port),
             "{from} -> {to}:{port} before any policy"
         );
     }
+    assert_eq!(status("/api/v1/orders"), "200", "before any policy");
     // Phase one: observe what ran, and let podwall write the policies.
     let flows = dir.path().join("flows.jsonl");
     wait_for(
-        "the three flows are logged",
+        "the three flows and the api's request are logged",
         Duration::from_secs(10),
         || {
             let out = Command::new(PODWALL)
@@ -570,7 +594,8 @@ fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_r
                 .output()
                 .expect("observe");
             std::fs::write(&flows, &out.stdout).expect("write");
-            String::from_utf8_lossy(&out.stdout).lines().count() >= 3
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines().count() >= 4 && text.contains("\"/api/v1/orders\"")
         },
     );
     let advised = dir.path().join("advised");
@@ -587,6 +612,14 @@ fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_r
     let report = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{report}");
     assert!(report.contains("all allowed"), "{report}");
+    let proposals: String = std::fs::read_dir(&advised)
+        .expect("advised")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+        .collect();
+    assert!(
+        proposals.contains("PodwallPolicy") && proposals.contains("/api/v1/orders"),
+        "the observed request becomes an HTTP rule: {proposals}"
+    );
     // Phase two: the advised policies join the state live, every pod in audit mode first.
     let cluster_file = up.sb().policy_dir().join("cluster.json");
     let enforced = std::fs::read_to_string(&cluster_file).expect("cluster.json");
@@ -631,7 +664,7 @@ fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_r
         },
     );
     for (from, to, port) in intended {
-        assert!(dial(from, to, port), "{from} -> {to}:{port} in audit mode");
+        assert!(reach(from, to, port), "{from} -> {to}:{port} in audit mode");
     }
     let audits = audit_lines();
     for line in audits.lines() {
@@ -651,10 +684,13 @@ fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_r
     // ... what was seen still passes ...
     for (from, to, port) in intended {
         assert!(
-            dial(from, to, port),
+            reach(from, to, port),
             "{from} -> {to}:{port} after enforcing"
         );
     }
+    // ... the request seen passes, and another path to the same port does not ...
+    assert_eq!(status("/api/v1/orders"), "200", "the request seen");
+    assert_eq!(status("/admin"), "403", "a path never seen");
     // ... and every pair of pods on every declared port behaves as the analyzer says.
     let report = up.sb().probe().expect("probe");
     let mismatches: Vec<String> = report

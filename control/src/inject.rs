@@ -849,6 +849,7 @@ pub fn inject_template(
     let allow_net_raw = allows_net_raw(metadata);
     let genuine = genuine_injection(metadata, spec, cfg)?;
     let cfg = &pod_settings::for_pod(cfg, metadata)?;
+    pod_settings::check_observe_http(metadata, spec)?;
     if spec["hostNetwork"].as_bool() == Some(true) {
         if genuine {
             return Err(InjectError::PodSetting {

@@ -303,7 +303,9 @@ fn review_update(request: &Value) -> Result<(), InjectError> {
             return Err(changed(&format!("the annotation {annotation}")));
         }
     }
-    Ok(())
+    // Logging HTTP requests may be switched on and off on a running pod (the sidecar reads it
+    // from the policy state); only its value is checked.
+    crate::inject::pod_settings::check_observe_http(&object["metadata"], &object["spec"])
 }
 
 /// The ephemeral containers an update adds to an injected pod: checked as app containers, and
@@ -996,6 +998,14 @@ mod tests {
         raw["metadata"]["annotations"]["podwall.io/allow-net-raw"] = json!("true");
         let (resp, _) = review(&update(&raw), &cfg).expect("answers");
         assert!(refusal(&resp).contains("podwall.io/allow-net-raw"));
+        // HTTP logging may be switched on for a running pod, with a value that names ports.
+        let mut observed = old.clone();
+        observed["metadata"]["annotations"]["podwall.io/observe-http"] = json!("8080");
+        let (resp, _) = review(&update(&observed), &cfg).expect("answers");
+        assert_eq!(resp["response"]["allowed"], true, "{resp}");
+        observed["metadata"]["annotations"]["podwall.io/observe-http"] = json!("web");
+        let (resp, _) = review(&update(&observed), &cfg).expect("answers");
+        assert!(refusal(&resp).contains("podwall.io/observe-http"), "{resp}");
         let other = InjectConfig {
             image: "registry.example.com/podwall:0.2.0".into(),
             ..InjectConfig::default()

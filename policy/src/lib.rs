@@ -27,6 +27,7 @@ pub mod locate;
 mod model;
 mod names;
 mod netpol;
+mod observe_http;
 pub mod render;
 mod selector;
 pub mod services;
@@ -51,6 +52,7 @@ pub use model::{
     Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol, ProtocolPort, Rule,
     UnknownProtocol,
 };
+pub use observe_http::{BadObserveHttp, OBSERVE_HTTP_ANNOTATION, parse_observe_http};
 pub use selector::{LabelSelector, Operator, Requirement};
 pub use state::{ClusterState, LoadReport, PodId, PolicyId};
 pub use verdict::{Decision, Endpoint, FqdnId, Query, RuleRef, SideVerdict, Verdict};

@@ -444,6 +444,42 @@ async fn handle(
         .await;
         return;
     }
+    // A port the pod asked to observe (`podwall.io/observe-http`): a connection that opens
+    // with HTTP is served request by request so each request is logged, with no rule to
+    // answer to; anything else (TLS, a server that speaks first) is relayed as usual.
+    if direction == Direction::Ingress && policy.observe_http.binary_search(&dst.port()).is_ok() {
+        let server = match upstream.take() {
+            Some(s) => s,
+            None => match connect_upstream(dst, shared).await {
+                Ok(s) => s,
+                Err(e) => {
+                    metrics.connect_errors.inc();
+                    reset(&client);
+                    event.error = Some(e);
+                    finish(shared, event, started);
+                    return;
+                }
+            },
+        };
+        if let First::Client(FirstBytes::Http(_) | FirstBytes::Http2) =
+            Box::pin(crate::server_name::first_message(&client, &server)).await
+        {
+            Box::pin(serve_http(
+                client,
+                None,
+                false,
+                Some(server),
+                policy,
+                event,
+                open,
+                shared,
+                started,
+            ))
+            .await;
+            return;
+        }
+        upstream = Some(server);
+    }
 
     let server = match upstream {
         Some(s) => s,
@@ -737,6 +773,8 @@ async fn serve_http(
     event.reason = Some(if name_gated && rules.is_none() {
         "allowed for some names only: each request's host is checked, and is its own flow event"
             .into()
+    } else if rules.is_none() {
+        "HTTP observed (podwall.io/observe-http): each request is its own flow event".into()
     } else {
         "HTTP rules apply: each request is its own flow event".into()
     });

@@ -745,6 +745,7 @@ spec:
             http: None,
             fqdn: None,
             own_fqdn: Vec::new(),
+            observe_http: Vec::new(),
         })
     }
 

@@ -72,6 +72,9 @@ pub struct PodPolicy {
     pub fqdn: Option<Arc<podwall_fqdn::Matcher>>,
     /// The toFQDNs selectors of this pod's egress rules (sorted): the names it learns.
     pub own_fqdn: Vec<FqdnId>,
+    /// Inbound ports whose HTTP requests are logged one by one although no HTTP rule applies
+    /// (the pod's `podwall.io/observe-http` annotation; sorted).
+    pub observe_http: Vec<u16>,
 }
 
 impl PodPolicy {
@@ -265,6 +268,17 @@ pub async fn follow(
                         "policy applied"
                     );
                     drop(selecting);
+                    let observe_http = match pod.observe_http() {
+                        Ok(ports) => ports,
+                        Err(e) => {
+                            // Only observation is lost: enforcement does not depend on it.
+                            tracing::warn!(pod = %identity, error = %e, "HTTP requests are not logged without rules");
+                            Vec::new()
+                        }
+                    };
+                    if !observe_http.is_empty() {
+                        tracing::info!(pod = %identity, ports = ?observe_http, "logging every HTTP request on these inbound ports (podwall.io/observe-http)");
+                    }
                     let policy = Arc::new(PodPolicy {
                         engine,
                         me,
@@ -273,6 +287,7 @@ pub async fn follow(
                         http,
                         fqdn,
                         own_fqdn,
+                        observe_http,
                     });
                     names.reselect(&policy);
                     // New connections read `current`; the channel then tells running ones.

@@ -124,7 +124,7 @@ fn observed(text: &str) -> Vec<ObservedFlow> {
 }
 
 /// The HTTP requests to keep allowed (seen by sidecars that parse HTTP: their pods have HTTP
-/// rules already).
+/// rules already, or ask for it with `podwall.io/observe-http`).
 fn requests(text: &str) -> Vec<ObservedRequest> {
     let mut out = BTreeSet::new();
     for e in text.lines().filter_map(podwall_control::observe::parse) {

@@ -160,6 +160,41 @@ pub fn for_pod(cfg: &InjectConfig, metadata: &Value) -> Result<InjectConfig, Inj
     Ok(out)
 }
 
+/// Checks the pod's `podwall.io/observe-http` (read by the sidecar, not by injection): port
+/// numbers, or names of the pod's TCP container ports in `spec`. A mistake refuses the pod
+/// when it is created rather than leaving its requests unobserved with a line in a log.
+pub fn check_observe_http(metadata: &Value, spec: &Value) -> Result<(), InjectError> {
+    let name = podwall_policy::OBSERVE_HTTP_ANNOTATION;
+    let value = match metadata["annotations"].get(name) {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(bad(name, &other.to_string(), "a string")),
+    };
+    let named = |port_name: &str| {
+        ["initContainers", "containers"]
+            .iter()
+            .filter_map(|list| spec[*list].as_array())
+            .flatten()
+            .filter_map(|c| c["ports"].as_array())
+            .flatten()
+            .find(|p| {
+                p["name"].as_str() == Some(port_name)
+                    && p["protocol"].as_str().unwrap_or("TCP") == "TCP"
+            })
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+    };
+    podwall_policy::parse_observe_http(value, named)
+        .map(|_| ())
+        .map_err(|_| {
+            bad(
+                name,
+                value,
+                "comma-separated port numbers (1-65535) or names of the pod's TCP container ports",
+            )
+        })
+}
+
 fn bad(annotation: &str, value: &str, expected: &'static str) -> InjectError {
     InjectError::Annotation {
         annotation: annotation.into(),
@@ -211,6 +246,30 @@ mod tests {
 
     fn meta(annotations: Value) -> Value {
         json!({"annotations": annotations})
+    }
+
+    #[test]
+    fn observe_http_names_ports_by_number_or_container_port_name_and_refuses_others() {
+        let spec = json!({"containers": [{"name": "app", "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]});
+        let with = |v: Value| meta(json!({podwall_policy::OBSERVE_HTTP_ANNOTATION: v}));
+        check_observe_http(&with(json!("80, http")), &spec).expect("valid");
+        check_observe_http(&meta(json!({})), &spec).expect("absent");
+        for bad in [
+            json!("dns"),
+            json!("metrics"),
+            json!("0"),
+            json!("80;81"),
+            json!(80),
+        ] {
+            let err = check_observe_http(&with(bad.clone()), &spec).expect_err("refused");
+            assert!(
+                err.to_string()
+                    .contains(podwall_policy::OBSERVE_HTTP_ANNOTATION),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
