@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 mod dns;
+mod observe;
 mod udp;
 
 use podwall_sandbox::{Inject, Options, Sandbox, as_proxy_in, run_in, sidecar_in};
@@ -42,7 +43,9 @@ struct Args {
     no_haproxy: bool,
     /// Which measurements: `l4` (bulk, keep-alive, new connections, RSS), `l7` (keep-alive
     /// through HTTP rules), `dns` (queries through the DNS proxy, memory per learned name), `udp`
-    /// (new UDP flows through the packet filter, long-lived flows beside it), or all.
+    /// (new UDP flows through the packet filter, long-lived flows beside it), `observe` (the
+    /// sidecar's cost per flow with and without `podwall observe --follow` reading its log),
+    /// or all.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
 }
@@ -54,6 +57,7 @@ enum Only {
     L7,
     Dns,
     Udp,
+    Observe,
 }
 
 const CLIENT: &str = "bench/client";
@@ -478,6 +482,16 @@ fn sidecar_log() -> Result<std::fs::File, String> {
 }
 
 fn start_sidecar(sb: &Sandbox, podwall: &Path, threads: usize) -> Result<Proxy, String> {
+    start_sidecar_logging(sb, podwall, threads, Stdio::null())
+}
+
+/// The client's sidecar with its flow events (stdout) sent to `flows`.
+fn start_sidecar_logging(
+    sb: &Sandbox,
+    podwall: &Path,
+    threads: usize,
+    flows: Stdio,
+) -> Result<Proxy, String> {
     let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
     let child = sidecar_in(ns, &podwall.display().to_string())
         .args([
@@ -491,7 +505,7 @@ fn start_sidecar(sb: &Sandbox, podwall: &Path, threads: usize) -> Result<Proxy, 
             &threads.to_string(),
         ])
         .arg(format!("--policy-source=dir:{}", sb.policy_dir().display()))
-        .stdout(Stdio::null())
+        .stdout(flows)
         .stderr(sidecar_log()?)
         .spawn()
         .map_err(|e| format!("sidecar: {e}"))?;
@@ -816,6 +830,7 @@ struct Report {
     paths: Vec<PathResult>,
     dns: Option<dns::DnsResult>,
     udp: Option<udp::UdpResult>,
+    observe: Option<observe::ObserveResult>,
 }
 
 /// A phase with a sandbox of its own (`dns`, `udp`): runs it with `--connections` clients
@@ -840,6 +855,7 @@ fn main() -> ExitCode {
         paths: Vec::new(),
         dns: None,
         udp: None,
+        observe: None,
     };
     if matches!(args.only, Only::All | Only::L4 | Only::L7) {
         match run(&args) {
@@ -869,6 +885,9 @@ fn main() -> ExitCode {
         }
         if matches!(args.only, Only::All | Only::Udp) {
             report.udp = Some(own_phase(&args, "udp", udp::run, udp::table)?);
+        }
+        if matches!(args.only, Only::All | Only::Observe) {
+            report.observe = Some(own_phase(&args, "observe", observe::run, observe::table)?);
         }
         Ok(())
     })();
