@@ -97,6 +97,8 @@ pub struct Advice {
     /// Those pairs one by one: (source pod, destination pod, protocol, port) a proposed
     /// ingress rule allows that no observed flow used.
     pub extra: BTreeSet<(String, String, Protocol, u16)>,
+    /// Pods of the flows that are gone, and the pod of the same workload taken in their place.
+    pub replaced: Vec<String>,
 }
 
 /// Labels that name one pod or one rollout, never a workload.
@@ -377,7 +379,19 @@ pub fn advise_with_http(
         let sel = exact_selector(state, id);
         (!sel.is_empty()).then(|| (pod.namespace.clone(), sel))
     };
+    let mut replaced = BTreeSet::new();
     for f in flows {
+        for end in [&f.src, &f.dst] {
+            if let FlowEnd::Pod(ns, name) = end
+                && state.pod_by_name(ns, name).is_none()
+                && let Some(now) = replacement(state, ns, name)
+            {
+                replaced.insert(format!(
+                    "pod {ns}/{name} is gone: its flows count as {}'s (the same workload)",
+                    state.pod(now).key()
+                ));
+            }
+        }
         let label = format!(
             "{} -> {} {}/{}",
             end_text(&f.src, state, &engine),
@@ -466,6 +480,7 @@ pub fn advise_with_http(
             r.flows.insert("DNS to the cluster's resolver".into());
         }
     }
+    advice.replaced = replaced.into_iter().collect();
     let covered = advise_http(objects, requests, &mut advice);
     for (dst, src, port) in &covered {
         let Some(peers) = ingress.get_mut(dst) else {
@@ -718,12 +733,70 @@ fn unique_names(proposals: &mut [Proposal]) {
     }
 }
 
-/// The pod an end of a flow is, if the engine's state has it (by name, or by address).
+/// The pod an end of a flow is, if the engine's state has it (by name, or by address), or
+/// the pod that replaced it since the flow was recorded (see [`replacement`]).
 pub fn pod_of(engine: &Engine, end: &FlowEnd) -> Option<PodId> {
     match end {
-        FlowEnd::Pod(ns, name) => engine.state().pod_by_name(ns, name),
+        FlowEnd::Pod(ns, name) => engine
+            .state()
+            .pod_by_name(ns, name)
+            .or_else(|| replacement(engine.state(), ns, name)),
         FlowEnd::Ip(ip) => engine.pod_by_ip(*ip),
     }
+}
+
+/// A segment of a name Kubernetes generated: a ReplicaSet's pod-template hash or a pod's random
+/// suffix, drawn from the alphabet without vowels (`SafeEncodeString`), so a word such as
+/// `proxy` in `kube-proxy-x7k2p` is never one.
+fn generated(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment.len() <= 10
+        && segment
+            .chars()
+            .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c))
+}
+
+/// `name` without its last `k` generated segments (`api-7d9c5b-x2kqp`, 2: `api`).
+fn generated_base(name: &str, k: usize) -> Option<&str> {
+    let mut base = name;
+    for _ in 0..k {
+        let (rest, segment) = base.rsplit_once('-')?;
+        if !generated(segment) {
+            return None;
+        }
+        base = rest;
+    }
+    (!base.is_empty()).then_some(base)
+}
+
+/// The pod that took the place of `ns/name`, which the state no longer has: flows recorded
+/// over a day outlive a rollout. A pod of the same ReplicaSet (`<deployment>-<hash>-<suffix>`,
+/// same hash), else of the same Deployment or DaemonSet (same name before the generated
+/// segments), taken only when every such pod is the same workload (the same selector advise
+/// would write); otherwise none, and the flow is reported as unplaceable.
+pub fn replacement(state: &ClusterState, ns: &str, name: &str) -> Option<PodId> {
+    for k in [1, 2] {
+        let Some(base) = generated_base(name, k) else {
+            continue;
+        };
+        let candidates: Vec<PodId> = state
+            .pod_ids()
+            .filter(|&id| {
+                let p = state.pod(id);
+                p.namespace == ns && generated_base(&p.name, k) == Some(base)
+            })
+            .collect();
+        let Some(&first) = candidates.first() else {
+            continue;
+        };
+        let selector = exact_selector(state, first);
+        return (!selector.is_empty()
+            && candidates
+                .iter()
+                .all(|&c| exact_selector(state, c) == selector))
+        .then_some(first);
+    }
+    None
 }
 
 /// The engine of the cluster's objects and `more` (the proposals, to judge them).

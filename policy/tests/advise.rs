@@ -214,6 +214,65 @@ fn a_pod_without_labels_is_reported_not_named() {
 }
 
 #[test]
+fn a_pod_replaced_since_its_flows_were_recorded_counts_as_its_workloads_replacement() {
+    let objects = vec![
+        ns("shop"),
+        pod("shop", "web-7d9c5b-qwrtz", "web", "10.1.0.1"),
+        pod("shop", "api-5f6b8c-x2kqp", "api", "10.1.0.2"),
+        pod("shop", "api-v2-5f6b8c-zz9kk", "api-v2", "10.1.0.3"),
+        pod("shop", "kube-router-b7x9z", "router", "10.1.0.4"),
+    ];
+    let advice = advise(
+        &objects,
+        &[
+            // The same ReplicaSet's pod gone, and a pod of the Deployment's previous ReplicaSet.
+            flow(
+                p("shop", "web-7d9c5b-m4n8p"),
+                p("shop", "api-64f7d8-bnm2k"),
+                Protocol::Tcp,
+                8080,
+                &[],
+            ),
+            // A name whose last word is no generated segment: not taken for another workload.
+            flow(
+                p("shop", "kube-proxy-b7x9z"),
+                p("shop", "api-5f6b8c-x2kqp"),
+                Protocol::Tcp,
+                9090,
+                &[],
+            ),
+        ],
+    );
+    assert!(advice.not_allowed.is_empty(), "{:?}", advice.not_allowed);
+    assert_eq!(
+        advice.replaced,
+        [
+            "pod shop/api-64f7d8-bnm2k is gone: its flows count as shop/api-5f6b8c-x2kqp's (the same workload)",
+            "pod shop/web-7d9c5b-m4n8p is gone: its flows count as shop/web-7d9c5b-qwrtz's (the same workload)",
+        ]
+    );
+    let api_ingress = advice
+        .proposals
+        .iter()
+        .find(|p| p.object["metadata"]["name"] == "advised-api-ingress")
+        .expect("api's ingress");
+    let text = api_ingress.object.to_string();
+    assert!(text.contains(r#"{"app":"web"}"#), "{text}");
+    assert!(
+        !text.contains("api-v2") && !text.contains("router"),
+        "{text}"
+    );
+    assert!(
+        advice
+            .skipped
+            .iter()
+            .any(|s| s.contains("pod shop/kube-proxy-b7x9z is not in the state")),
+        "{:?}",
+        advice.skipped
+    );
+}
+
+#[test]
 fn a_side_that_did_not_see_a_flow_gets_no_policy_from_it() {
     let objects = vec![
         ns("shop"),

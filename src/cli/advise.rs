@@ -302,6 +302,9 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
             "SOME STILL DENIED"
         }
     );
+    for r in &advice.replaced {
+        eprintln!("note: {r}");
+    }
     for s in &advice.skipped {
         eprintln!("skipped: {s}");
     }
