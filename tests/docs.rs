@@ -221,6 +221,10 @@ struct World {
     chart: Vec<Value>,
     /// Ports forwarded with `kubectl port-forward` (local port -> the object's container).
     forwarded: BTreeMap<u16, Value>,
+    /// The flow events in shop/web's sidecar log.
+    log: Vec<String>,
+    /// How many times a following command had them written again (an hour later each time).
+    relogged: std::cell::Cell<u32>,
 }
 
 fn render(values: &Value) -> Result<Vec<Value>, String> {
@@ -597,6 +601,9 @@ impl World {
             return (0, Vec::new());
         }
         let follows = args.contains(&"--follow") || args.contains(&"-F");
+        if follows {
+            return self.podwall_following(args);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_podwall"))
             .args(args)
             .current_dir(self.dir.path())
@@ -607,25 +614,114 @@ impl World {
             .spawn()
             .expect("podwall");
         let _ = child.stdin.take().expect("stdin").write_all(input);
-        if follows {
-            // Runs until stopped: it must still be running after a while, not have failed.
-            std::thread::sleep(std::time::Duration::from_secs(2));
-            if let Ok(Some(status)) = child.try_wait() {
-                let out = child.wait_with_output().expect("podwall");
-                let mut text = out.stdout;
-                text.extend_from_slice(&out.stderr);
-                return (status.code().unwrap_or(-1).max(1), text);
-            }
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("podwall");
-            return (0, out.stdout);
-        }
         let out = child.wait_with_output().expect("podwall");
         let mut text = out.stdout;
         if !out.status.success() {
             text.extend_from_slice(&out.stderr);
         }
         (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// A command that follows (`--follow`) runs until stopped: it must print what the same
+    /// command without `--follow` prints, keep running, and print the events the sidecar's log
+    /// gets while it runs (the docs' events written again, an hour later) as the command
+    /// without `--follow` and `--last` prints them.
+    fn podwall_following(&self, args: &[&str]) -> (i32, Vec<u8>) {
+        let without = |drop_last: bool| -> Vec<&str> {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < args.len() {
+                match args[i] {
+                    "--follow" | "-F" => {}
+                    "--last" if drop_last => i += 1,
+                    a => out.push(a),
+                }
+                i += 1;
+            }
+            out
+        };
+        let (code, backlog) = self.podwall(&without(false), &[]);
+        if code != 0 {
+            return (code, backlog);
+        }
+        let (_, all) = self.podwall(&without(true), &[]);
+        if all.is_empty() {
+            return (
+                1,
+                b"the command prints nothing for the docs' flows: what it follows cannot be checked"
+                    .to_vec(),
+            );
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podwall"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("podwall");
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let printed = printed.clone();
+            let mut stdout = child.stdout.take().expect("stdout");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                    printed.lock().expect("lock").extend_from_slice(&buf[..n]);
+                }
+            })
+        };
+        let seen = || printed.lock().expect("lock").clone();
+        let wait = |want: &dyn Fn(&[u8]) -> bool| {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(5) {
+                if want(&seen()) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            false
+        };
+        let mut failure = None;
+        if !wait(&|out| out.len() >= backlog.len()) || seen()[..backlog.len()] != backlog[..] {
+            failure = Some("with --follow it did not first print what it prints without");
+        } else {
+            let n = self.relogged.get() + 1;
+            self.relogged.set(n);
+            for line in &self.log {
+                let later = line.replace("T10:", &format!("T{:02}:", 10 + n));
+                self.api
+                    .container_log("shop", "web", "podwall-proxy", &later);
+            }
+            let (_, now) = self.podwall(&without(true), &[]);
+            let fresh = now.strip_prefix(&all[..]).unwrap_or_default();
+            let want = [&backlog[..], fresh].concat();
+            if fresh.is_empty() {
+                failure = Some("the events written while it followed match nothing");
+            } else if !wait(&|out| out.len() >= want.len()) || seen() != want {
+                failure = Some(
+                    "events the sidecar's log got while it followed were not printed as the command prints them",
+                );
+            }
+        }
+        let exited = child.try_wait().ok().flatten();
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("podwall");
+        let _ = reader.join();
+        let mut text = seen();
+        match (failure, exited) {
+            (_, Some(status)) => {
+                text.extend_from_slice(&out.stderr);
+                (status.code().unwrap_or(-1).max(1), text)
+            }
+            (Some(why), None) => {
+                text.extend_from_slice(format!("\n{why}\n").as_bytes());
+                text.extend_from_slice(&out.stderr);
+                (1, text)
+            }
+            (None, None) => (0, text),
+        }
     }
 
     fn helm(&mut self, args: &[&str]) -> Result<(), String> {
@@ -1158,6 +1254,8 @@ async fn every_command_in_the_docs_runs_as_written() {
         objects,
         chart: Vec::new(),
         forwarded: BTreeMap::new(),
+        log: flows.lines().map(String::from).collect(),
+        relogged: std::cell::Cell::new(0),
     };
     // Installed as docs/install.md says, before the other pages' commands run.
     world.install(&json!({})).expect("the chart renders");
