@@ -137,6 +137,36 @@ fn http_requests_seen_become_http_rules_that_the_l7_engine_allows() {
 }
 
 #[test]
+fn an_http_rule_reports_the_other_pods_of_the_source_workload_it_opens_the_port_to() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/l7-api/cluster.yaml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &state,
+        std::fs::read_to_string(example).expect("example")
+            + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: frontend-2, namespace: production, labels: {app: frontend}}\nstatus: {phase: Running, podIP: 10.244.1.21}\n",
+    )
+    .expect("write");
+    let flows = r#"{"time":"2026-12-05T10:00:00.100Z","verdict":"ALLOWED","direction":"ingress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080},"l7":{"http":{"method":"GET","path":"/api/v1/users","status":200}},"bytes_sent":0,"bytes_received":0,"duration_ms":1.0}
+"#;
+    let (code, out, err) = podwall(
+        &[
+            "advise",
+            "-f",
+            state.to_str().expect("path"),
+            "--flows",
+            "-",
+        ],
+        Some(flows),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("also opens 1 pair(s) of pods not seen talking (2 source pod(s), 1 destination pod(s) match) (HTTP rule: for the methods and paths seen only)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_request_only_the_client_saw_gives_the_server_no_http_policy() {
     let state = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/l7-api/cluster.yaml");
     let flows = r#"{"time":"2026-12-05T10:00:00.000Z","verdict":"ALLOWED","direction":"egress","protocol":"TCP","source":{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000},"destination":{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080},"bytes_sent":10,"bytes_received":10,"duration_ms":1.0}

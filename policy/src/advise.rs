@@ -531,7 +531,25 @@ pub fn advise_with_http(
         }
     }
     check(objects, flows, &mut advice);
-    also_opens(&engine, &ingress, flows, &mut advice);
+    also_opens(&engine, &ingress, flows, &mut advice, "");
+    // An HTTP rule opens its port to every pod of the source workload too, for the methods
+    // and paths it lists.
+    let mut http: Rules = BTreeMap::new();
+    for (dst, (sns, ssel), port) in &covered {
+        http.entry(dst.clone())
+            .or_default()
+            .entry(Peer::Workload(sns.clone(), ssel.clone()))
+            .or_default()
+            .ports
+            .insert((Protocol::Tcp, *port));
+    }
+    also_opens(
+        &engine,
+        &http,
+        flows,
+        &mut advice,
+        " (HTTP rule: for the methods and paths seen only)",
+    );
     advice
 }
 
@@ -864,7 +882,13 @@ fn check(objects: &[Value], flows: &[ObservedFlow], advice: &mut Advice) {
 }
 
 /// For each proposed ingress rule, the pods its peer selects that were not seen using it.
-fn also_opens(engine: &Engine, ingress: &Rules, flows: &[ObservedFlow], advice: &mut Advice) {
+fn also_opens(
+    engine: &Engine,
+    ingress: &Rules,
+    flows: &[ObservedFlow],
+    advice: &mut Advice,
+    what: &str,
+) {
     let state = engine.state();
     let key = |e: &FlowEnd| match e {
         FlowEnd::Pod(ns, name) => Some(format!("{ns}/{name}")),
@@ -911,7 +935,7 @@ fn also_opens(engine: &Engine, ingress: &Rules, flows: &[ObservedFlow], advice: 
             if extra > 0 {
                 let ports: Vec<String> = r.ports.iter().map(|(p, n)| format!("{p}/{n}")).collect();
                 advice.also_opens.push(format!(
-                    "{} -> {ns}/{} on {}: also opens {extra} pair(s) of pods not seen talking ({} source pod(s), {} destination pod(s) match)",
+                    "{} -> {ns}/{} on {}: also opens {extra} pair(s) of pods not seen talking ({} source pod(s), {} destination pod(s) match){what}",
                     peer.describe(),
                     selector_text(sel),
                     ports.join(", "),

@@ -79,10 +79,9 @@ fn observed(text: &str) -> Vec<ObservedFlow> {
         if !matches!(flow["verdict"].as_str(), Some("ALLOWED" | "AUDIT")) {
             continue;
         }
-        // An HTTP request repeats its connection's event.
-        if flow["l7"]["http"].is_object() {
-            continue;
-        }
+        // An HTTP request carries its connection's ends: it counts as the connection too,
+        // whose own event is written only when it closes (a keep-alive connection still open
+        // when the flows were exported has none yet).
         let protocol = match flow["protocol"].as_str() {
             Some("TCP") => Protocol::Tcp,
             Some("UDP") => Protocol::Udp,
