@@ -37,7 +37,30 @@ pub(crate) struct ObservePath {
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct ObserveResult {
     pub(crate) paths: Vec<ObservePath>,
+    /// `observe --sandbox --follow` over many sidecars.
+    pub(crate) many: Option<ManySidecars>,
 }
+
+/// `podwall observe --sandbox NAME --follow --verdict DENIED --to m/p0` over a sandbox of
+/// [`MANY`] pods, each with its sidecar: from the start of a denied connection to its line.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct ManySidecars {
+    /// Sidecars in the sandbox (all followed).
+    pub(crate) sidecars: usize,
+    /// Denied connections made (one from each of that many pods).
+    pub(crate) attempts: usize,
+    /// Their lines printed.
+    pub(crate) printed: usize,
+    /// From the connection's start to its line, ms: min, median, max.
+    pub(crate) latency_ms: [f64; 3],
+    /// The observer's peak resident memory, MB.
+    pub(crate) observer_rss_peak_mb: Option<f64>,
+}
+
+/// Pods (and sidecars) in the many-sidecars run.
+const MANY: usize = 50;
+/// Denied connections timed in it.
+const ATTEMPTS: usize = 10;
 
 /// Where the sidecar's flow events go in one run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,7 +79,7 @@ pub(crate) fn run(
     let topology = crate::TOPOLOGY
         .replace("10.66.", "10.69.")
         .replace("192.168.66.", "192.168.69.");
-    crate::in_sandbox(podwall, "bench-observe", &topology, |sb, work| {
+    let paths = crate::in_sandbox(podwall, "bench-observe", &topology, |sb, work| {
         let _servers = crate::start_servers(sb, work)?;
         crate::init_rules(sb, podwall, &["--capture-dns", "false"])?;
         let client = sb.pod(CLIENT).ok_or("no client")?.netns.clone();
@@ -140,8 +163,116 @@ pub(crate) fn run(
             paths.push(path);
         }
         crate::init_rules(sb, podwall, &["--remove"])?;
-        Ok(ObserveResult { paths })
+        Ok(paths)
+    })?;
+    Ok(ObserveResult {
+        paths,
+        many: Some(many(podwall)?),
     })
+}
+
+/// A sandbox of [`MANY`] injected pods, p0 isolated for ingress (nothing may reach it); the
+/// observer follows every sidecar, filtered to denials towards p0, and each of [`ATTEMPTS`]
+/// pods tries p0 once.
+fn many(podwall: &Path) -> Result<ManySidecars, String> {
+    use std::io::BufRead as _;
+    let mut topology = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: m}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p0-closed, namespace: m}\nspec:\n  podSelector: {matchLabels: {app: p0}}\n  policyTypes: [Ingress]\n",
+    );
+    for i in 0..MANY {
+        topology.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: m, labels: {{app: p{i}}}}}\nspec: {{containers: [{{name: app, ports: [{{containerPort: 8080}}]}}]}}\nstatus: {{podIP: 10.70.0.{}, hostIP: 192.168.70.1}}\n",
+            i + 1
+        ));
+    }
+    let work = std::env::temp_dir().join(format!("podwall-obs50-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("cluster.yaml"), topology).map_err(|e| e.to_string())?;
+    eprintln!("[observe] a sandbox of {MANY} pods with sidecars");
+    let sb = podwall_sandbox::Sandbox::up(
+        &work,
+        &podwall_sandbox::Options {
+            name: "obs50".into(),
+            inject: podwall_sandbox::Inject::All,
+            exe: podwall.to_path_buf(),
+            sidecar_args: Vec::new(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let result = (|| -> Result<ManySidecars, String> {
+        let target = sb.pod("m/p0").ok_or("no p0")?.ip;
+        let mut child = std::process::Command::new(podwall)
+            .args([
+                "observe",
+                "--sandbox",
+                "obs50",
+                "--follow",
+                "--verdict",
+                "DENIED",
+                "--to",
+                "m/p0",
+                "-o",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("podwall observe: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let observer = Proxy { child };
+        // Every sidecar has its policy and the observer has opened every log.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut latencies = Vec::new();
+        for i in 1..=ATTEMPTS {
+            let pod = format!("m/p{i}");
+            let ns = sb.pod(&pod).ok_or("no pod")?.netns.clone();
+            let started = Instant::now();
+            let _ = podwall_sandbox::run_in(&ns, move || {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::new(target, 8080),
+                    Duration::from_secs(2),
+                )
+                .is_ok()
+            });
+            let deadline = started + Duration::from_secs(5);
+            while let Ok((at, line)) =
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["source"]["pod"] == format!("p{i}").as_str() {
+                    latencies.push(at.duration_since(started).as_secs_f64() * 1000.0);
+                    break;
+                }
+            }
+        }
+        let printed = latencies.len();
+        latencies.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            latencies
+                .get(((latencies.len().saturating_sub(1)) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Ok(ManySidecars {
+            sidecars: MANY,
+            attempts: ATTEMPTS,
+            printed,
+            latency_ms: [pick(0.0), pick(0.5), pick(1.0)],
+            observer_rss_peak_mb: observer.status_mb("VmHWM:"),
+        })
+    })();
+    let _ = sb.down();
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
 pub(crate) fn table(r: &ObserveResult, workers: usize) -> String {
@@ -178,6 +309,19 @@ pub(crate) fn table(r: &ObserveResult, workers: usize) -> String {
             int(p.observer_lines),
             opt(p.observer_cpu_us_per_flow),
             opt(p.observer_rss_peak_mb),
+        );
+    }
+    if let Some(m) = &r.many {
+        let _ = writeln!(
+            out,
+            "\nobserve --sandbox --follow over {} sidecars: {} of {} denials printed, {:.0}/{:.0}/{:.0} ms (min/median/max) from the connection's start to its line; observer peak {} MB",
+            m.sidecars,
+            m.printed,
+            m.attempts,
+            m.latency_ms[0],
+            m.latency_ms[1],
+            m.latency_ms[2],
+            opt(m.observer_rss_peak_mb),
         );
     }
     out
