@@ -710,6 +710,88 @@ fn the_rollout_observe_advise_audit_enforce_keeps_what_was_seen_and_denies_the_r
     );
 }
 
+/// The server logs HTTP on 8080 (the sandbox's server) and 7000 (a listener that never speaks).
+const OBSERVED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/inject: enabled}}
+status: {podIP: 10.78.0.1, hostIP: 192.168.78.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: t, labels: {app: server}, annotations: {podwall.io/inject: enabled, podwall.io/observe-http: "8080,7000"}}
+spec: {containers: [{name: s, ports: [{containerPort: 8080}]}]}
+status: {podIP: 10.78.0.2, hostIP: 192.168.78.1}
+"#;
+
+#[test]
+fn an_observed_port_logs_requests_as_sent_and_a_silent_connection_still_answers_to_policy() {
+    if !ready_for(
+        "an_observed_port_logs_requests_as_sent_and_a_silent_connection_still_answers_to_policy",
+    ) {
+        return;
+    }
+    let dir = topology(OBSERVED);
+    let up = Up::new(dir.path(), "obsh", Inject::Annotated);
+    let client = up.ns("t/client");
+    let server = up.ip("t/server");
+    // Requests reach the application as sent: no normalising, no refusal for what HTTP rules
+    // would refuse (an encoded slash, dot segments), since no rule applies.
+    // The event names the path as an HTTP rule would see it (normalised where it can be).
+    for (path, logged) in [
+        ("/api/v4/projects/grp%2Fproj", "/api/v4/projects/grp%2Fproj"),
+        ("//a/./b/../c", "/a/c"),
+    ] {
+        let body = curl(
+            &client,
+            &["--path-as-is", &format!("http://{server}:8080{path}")],
+        );
+        assert!(body.contains(&format!("GET {path}")), "{path}: {body}");
+        wait_for_flow(&up, "t/server", "the request logged", |e| {
+            e["l7"]["http"]["path"] == logged && e["verdict"] == "ALLOWED"
+        });
+    }
+    // What does not open with HTTP is relayed: the application's greeting to a silent client.
+    let (_, greeting) = connect(&client, SocketAddr::new(server, 8080)).expect("relayed");
+    assert!(greeting.starts_with("podwall-sandbox"), "{greeting}");
+    // A peer that connects to an observed port and says nothing is still judged again when
+    // policy changes: denied, it is reset at once, not kept until it speaks.
+    let listener = run_in(&up.ns("t/server"), || {
+        std::net::TcpListener::bind(("0.0.0.0", 7000)).expect("bind 7000")
+    })
+    .expect("netns");
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let mut silent = run_in(&client, move || {
+        TcpStream::connect_timeout(&SocketAddr::new(server, 7000), Duration::from_secs(3))
+    })
+    .expect("netns")
+    .expect("connect 7000");
+    let _accepted = held.join().expect("accept");
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
+    std::fs::write(up.sb().policy_dir().join("deny.yaml"), deny).expect("write policy");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let read = silent.read(&mut [0u8; 16]);
+    assert!(matches!(read, Ok(0) | Err(_)), "still open: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_for_flow(&up, "t/server", "the silent connection revoked", |e| {
+        e["destination"]["port"] == 7000
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("policy change"))
+    });
+}
+
 #[test]
 fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     if !ready_for("without_a_policy_for_its_pod_the_sidecar_refuses_everything") {

@@ -304,8 +304,13 @@ fn review_update(request: &Value) -> Result<(), InjectError> {
         }
     }
     // Logging HTTP requests may be switched on and off on a running pod (the sidecar reads it
-    // from the policy state); only its value is checked.
-    crate::inject::pod_settings::check_observe_http(&object["metadata"], &object["spec"])
+    // from the policy state); only a new value is checked (an old one must not block every
+    // later update of the pod).
+    let observe = podwall_policy::OBSERVE_HTTP_ANNOTATION;
+    if old["metadata"]["annotations"][observe] != object["metadata"]["annotations"][observe] {
+        crate::inject::pod_settings::check_observe_http(&object["metadata"], &object["spec"])?;
+    }
+    Ok(())
 }
 
 /// The ephemeral containers an update adds to an injected pod: checked as app containers, and
@@ -1006,6 +1011,16 @@ mod tests {
         observed["metadata"]["annotations"]["podwall.io/observe-http"] = json!("web");
         let (resp, _) = review(&update(&observed), &cfg).expect("answers");
         assert!(refusal(&resp).contains("podwall.io/observe-http"), "{resp}");
+        // A value already there (however it got there) does not block other updates.
+        let mut stored = old.clone();
+        stored["metadata"]["annotations"]["podwall.io/observe-http"] = json!("web");
+        let mut relabelled = stored.clone();
+        relabelled["metadata"]["labels"]["tier"] = json!("x");
+        let mut r: Value = serde_json::from_slice(&admission_review(relabelled)).expect("json");
+        r["request"]["operation"] = json!("UPDATE");
+        r["request"]["oldObject"] = stored;
+        let (resp, _) = review(r.to_string().as_bytes(), &cfg).expect("answers");
+        assert_eq!(resp["response"]["allowed"], true, "{resp}");
         let other = InjectConfig {
             image: "registry.example.com/podwall:0.2.0".into(),
             ..InjectConfig::default()

@@ -346,6 +346,10 @@ impl<C: Send + Sync + 'static> Connection<C> {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let gate = self.gate.load_full();
+        // A gate with nothing to check only observes (`podwall.io/observe-http`, or HTTP rules
+        // an L4 allow switched off): the request goes on as the client sent it, as a plain
+        // relay would carry it, not normalised, refused or limited.
+        let checks = gate.rules.is_some() || gate.hosts.is_some();
         let mut event = RequestEvent {
             verdict: RequestVerdict::Refused,
             method: method_name(req.method()),
@@ -377,6 +381,10 @@ impl<C: Send + Sync + 'static> Connection<C> {
                     }
                 }
             }
+            Err(e) if !checks => {
+                event.error = Some(format!("{e} (forwarded as sent: no HTTP rule applies)"));
+                (target.into_owned(), false)
+            }
             Err(e) => {
                 event.path = target.into_owned();
                 event.error = Some(e.to_string());
@@ -393,7 +401,8 @@ impl<C: Send + Sync + 'static> Connection<C> {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
+        let rewritten = rewritten && checks;
+        if checks && declared.is_some_and(|n| n > self.limits.max_body_bytes) {
             event.path = path;
             event.status = 413;
             return Ok(self.finish(
@@ -489,6 +498,9 @@ impl<C: Send + Sync + 'static> Connection<C> {
         // Most requests carry no body: no body timer for them.
         let body = if body.is_end_stream() {
             ProxyBody::Empty
+        } else if !checks {
+            // Observed only: no stall timer either.
+            ProxyBody::Upstream(body)
         } else {
             ProxyBody::Client(TimeoutBody {
                 inner: body,

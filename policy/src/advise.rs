@@ -763,35 +763,43 @@ pub fn pod_of(engine: &Engine, end: &FlowEnd) -> Option<PodId> {
     }
 }
 
-/// A segment of a name Kubernetes generated: a ReplicaSet's pod-template hash or a pod's random
-/// suffix, drawn from the alphabet without vowels (`SafeEncodeString`), so a word such as
-/// `proxy` in `kube-proxy-x7k2p` is never one.
-fn generated(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment.len() <= 10
-        && segment
-            .chars()
-            .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c))
+/// Whether `segment` is drawn from the alphabet Kubernetes generates names from (no vowels:
+/// `SafeEncodeString`), so a word such as `proxy` in `kube-proxy-x7k2p` is never one.
+fn safe_encoded(segment: &str) -> bool {
+    segment
+        .chars()
+        .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c))
 }
 
-/// `name` without its last `k` generated segments (`api-7d9c5b-x2kqp`, 2: `api`).
+/// `name` without its last `k` generated segments: a pod's random suffix (5 characters), and
+/// for `k` = 2 a ReplicaSet's pod-template hash before it (6 to 10 characters, not all
+/// digits, so a CronJob's scheduled time or a StatefulSet ordinal is never taken for one):
+/// `api-7d9c5b8f4-x2kqp`, 2: `api`.
 fn generated_base(name: &str, k: usize) -> Option<&str> {
-    let mut base = name;
-    for _ in 0..k {
-        let (rest, segment) = base.rsplit_once('-')?;
-        if !generated(segment) {
-            return None;
-        }
-        base = rest;
+    let (rest, suffix) = name.rsplit_once('-')?;
+    if suffix.len() != 5 || !safe_encoded(suffix) {
+        return None;
     }
+    let base = match k {
+        1 => rest,
+        _ => {
+            let (rest, hash) = rest.rsplit_once('-')?;
+            let digits = hash.chars().all(|c| c.is_ascii_digit());
+            if !(6..=10).contains(&hash.len()) || digits || !safe_encoded(hash) {
+                return None;
+            }
+            rest
+        }
+    };
     (!base.is_empty()).then_some(base)
 }
 
 /// The pod that took the place of `ns/name`, which the state no longer has: flows recorded
-/// over a day outlive a rollout. A pod of the same ReplicaSet (`<deployment>-<hash>-<suffix>`,
-/// same hash), else of the same Deployment or DaemonSet (same name before the generated
-/// segments), taken only when every such pod is the same workload (the same selector advise
-/// would write); otherwise none, and the flow is reported as unplaceable.
+/// over a day outlive a rollout. A pod of the same ReplicaSet or DaemonSet (same name before
+/// the random suffix), else of the same Deployment (`<deployment>-<hash>-<suffix>`, another
+/// hash), taken only when every such pod is one workload (the same selector advise would
+/// write); otherwise none, and the flow is reported as unplaceable. The gone pod's own labels
+/// are unknown: the name is all there is to go by.
 pub fn replacement(state: &ClusterState, ns: &str, name: &str) -> Option<PodId> {
     for k in [1, 2] {
         let Some(base) = generated_base(name, k) else {

@@ -221,6 +221,8 @@ fn a_pod_replaced_since_its_flows_were_recorded_counts_as_its_workloads_replacem
         pod("shop", "api-5f6b8c-x2kqp", "api", "10.1.0.2"),
         pod("shop", "api-v2-5f6b8c-zz9kk", "api-v2", "10.1.0.3"),
         pod("shop", "kube-router-b7x9z", "router", "10.1.0.4"),
+        pod("shop", "db-pg-2", "db", "10.1.0.5"),
+        pod("shop", "backup", "backup", "10.1.0.6"),
     ];
     let advice = advise(
         &objects,
@@ -239,6 +241,22 @@ fn a_pod_replaced_since_its_flows_were_recorded_counts_as_its_workloads_replacem
                 p("shop", "api-5f6b8c-x2kqp"),
                 Protocol::Tcp,
                 9090,
+                &[],
+            ),
+            // Neither a scaled-down Deployment's pod for a StatefulSet's (`db-pg-2`), nor a
+            // CronJob's (a scheduled time, not a hash) or a Job's pod for a Deployment's.
+            flow(
+                p("shop", "db-6f7d9c8b5-x2kqp"),
+                p("shop", "api-5f6b8c-x2kqp"),
+                Protocol::Tcp,
+                9091,
+                &[],
+            ),
+            flow(
+                p("shop", "backup-29245768-xk2zq"),
+                p("shop", "api-5f6b8c-x2kqp"),
+                Protocol::Tcp,
+                9092,
                 &[],
             ),
         ],
@@ -262,14 +280,20 @@ fn a_pod_replaced_since_its_flows_were_recorded_counts_as_its_workloads_replacem
         !text.contains("api-v2") && !text.contains("router"),
         "{text}"
     );
-    assert!(
-        advice
-            .skipped
-            .iter()
-            .any(|s| s.contains("pod shop/kube-proxy-b7x9z is not in the state")),
-        "{:?}",
-        advice.skipped
-    );
+    for gone in [
+        "kube-proxy-b7x9z",
+        "db-6f7d9c8b5-x2kqp",
+        "backup-29245768-xk2zq",
+    ] {
+        assert!(
+            advice
+                .skipped
+                .iter()
+                .any(|s| s.contains(&format!("pod shop/{gone} is not in the state"))),
+            "{gone}: {:?}",
+            advice.skipped
+        );
+    }
 }
 
 #[test]

@@ -238,6 +238,10 @@ enum Ending {
     Revoked,
 }
 
+/// The reason of a connection to an observed port (`podwall.io/observe-http`) that did not
+/// open with HTTP and was relayed without parsing (`podwall advise` looks for it).
+pub const UNPARSED_OBSERVED: &str = "observed port (podwall.io/observe-http), but the connection did not open with HTTP: relayed unparsed";
+
 /// Judges and serves one accepted connection; `accepted_peer` is the address `accept` gave.
 async fn handle(
     client: TcpStream,
@@ -266,8 +270,13 @@ async fn handle(
         finish(shared, event, started);
         return;
     }
+    // Taken before the policy is read: a change from here on, while the connection waits for
+    // its first bytes (the name check, an observed port) included, is judged again later
+    // rather than lost.
+    let mut changes = shared.policies.clone();
+    changes.mark_unchanged();
     let policy = shared.policy();
-    let Some(policy) = policy else {
+    let Some(mut policy) = policy else {
         reset(&client);
         metrics.verdict(FlowVerdict::Denied);
         event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
@@ -439,7 +448,7 @@ async fn handle(
     let rules = own_http(&verdict, direction);
     if rules.is_some() || name_gated {
         Box::pin(serve_http(
-            client, rules, name_gated, upstream, policy, event, open, shared, started,
+            client, rules, name_gated, upstream, policy, event, open, changes, shared, started,
         ))
         .await;
         return;
@@ -461,23 +470,63 @@ async fn handle(
                 }
             },
         };
-        if let First::Client(FirstBytes::Http(_) | FirstBytes::Http2) =
-            Box::pin(crate::server_name::first_message(&client, &server)).await
-        {
+        // Waiting for the client's first bytes, the connection still answers to policy
+        // changes: revoked at once, served under HTTP rules that now apply, and not holding a
+        // superseded policy (a probe receiver, so the relay's own loop still sees the change).
+        let mut probe = changes.clone();
+        let mut rules = None;
+        let http = loop {
+            tokio::select! {
+                first = crate::server_name::first_message(&client, &server) => {
+                    break matches!(first, First::Client(FirstBytes::Http(_) | FirstBytes::Http2));
+                }
+                changed = probe.changed() => {
+                    if changed.is_err() {
+                        // No more changes: wait for the bytes alone.
+                        let first = Box::pin(crate::server_name::first_message(&client, &server)).await;
+                        break matches!(first, First::Client(FirstBytes::Http(_) | FirstBytes::Http2));
+                    }
+                    match open.rejudge(probe.borrow_and_update().clone(), shared.keep_revoked) {
+                        Rejudged::Unchanged => {}
+                        Rejudged::Revoke => {
+                            reset(&client);
+                            reset(&server);
+                            metrics.revoked.inc();
+                            event.error = Some("reset: a policy change no longer allows this connection".into());
+                            finish(shared, event, started);
+                            return;
+                        }
+                        Rejudged::Allowed(now, verdict) => {
+                            open.describe(&mut event, &now, &verdict);
+                            rules = own_http(&verdict, direction);
+                            policy = now;
+                            if rules.is_some() {
+                                break true;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if http {
             Box::pin(serve_http(
                 client,
-                None,
+                rules,
                 false,
                 Some(server),
                 policy,
                 event,
                 open,
+                changes,
                 shared,
                 started,
             ))
             .await;
             return;
         }
+        // Said in the event: advise must not mistake a connection it never saw requests of
+        // for one that made none.
+        event.reason = Some(UNPARSED_OBSERVED.into());
         upstream = Some(server);
     }
 
@@ -499,8 +548,6 @@ async fn handle(
     metrics.open.inc();
 
     let mut transferred = Transferred::default();
-    let mut changes = shared.policies.clone();
-    changes.mark_unchanged();
     // From here the event holds the policy the connection lives under; this task lets go of
     // its own reference so a later policy can replace it (see the loop).
     drop(policy);
@@ -594,6 +641,7 @@ async fn serve_http(
     policy: Arc<PodPolicy>,
     mut event: FlowEvent,
     open: OpenFlow,
+    mut changes: crate::pod_policy::PolicyReceiver,
     shared: &Shared,
     started: Instant,
 ) {
@@ -623,7 +671,14 @@ async fn serve_http(
     let observer: podwall_l7::serve::Observer<HttpContext> = Arc::new(
         move |r: podwall_l7::serve::RequestEvent, ctx: &HttpContext| {
             use podwall_l7::serve::RequestVerdict;
+            // A request the rules allow on a connection that passed only in audit mode would
+            // have been refused with it: it is an audited request too.
+            let audited = ctx.connection.verdict == FlowVerdict::Audit;
             let verdict = match r.verdict {
+                RequestVerdict::Allowed if audited => {
+                    counters.audit.inc();
+                    FlowVerdict::Audit
+                }
                 RequestVerdict::Allowed => {
                     counters.allowed.inc();
                     FlowVerdict::Allowed
@@ -690,8 +745,6 @@ async fn serve_http(
     metrics.open.inc();
     // A second handle on the socket, to reset it if a policy change revokes the connection.
     let handle = std::os::fd::AsFd::as_fd(&client).try_clone_to_owned().ok();
-    let mut changes = shared.policies.clone();
-    changes.mark_unchanged();
     // The gate holds what the requests need; after a change, nothing here keeps the old
     // policy and its compiled rules alive.
     drop(policy);

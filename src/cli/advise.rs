@@ -38,6 +38,14 @@ fn end(flow: &Value, which: &str) -> Option<FlowEnd> {
     }
 }
 
+/// An end as people write it: `namespace/pod`, or the address.
+fn end_name(e: &FlowEnd) -> String {
+    match e {
+        FlowEnd::Pod(ns, name) => format!("{ns}/{name}"),
+        FlowEnd::Ip(ip) => ip.to_string(),
+    }
+}
+
 /// Which side's sidecar wrote an event (`direction`), if it says.
 fn seen_by(event: &Value) -> Option<Direction> {
     match event["direction"].as_str() {
@@ -158,6 +166,46 @@ fn requests(text: &str) -> Vec<ObservedRequest> {
     out.into_iter().collect()
 }
 
+/// Connections to an observed port that were relayed without parsing, from a source to a
+/// destination the proposals give HTTP rules for on that port: nothing says what they would
+/// send, and the rules would refuse whatever is not a request they list.
+fn unparsed_under_http_rules(objects: &[Value], proposals: &[Value], text: &str) -> Vec<String> {
+    let engine = engine_with(objects, proposals);
+    let endpoint = |e: &FlowEnd| pod_of(&engine, e).map(podwall_policy::Endpoint::Pod);
+    let mut out = BTreeSet::new();
+    for e in text.lines().filter_map(podwall_control::observe::parse) {
+        if e["reason"].as_str() != Some(podwall_proxy::conn::UNPARSED_OBSERVED) {
+            continue;
+        }
+        let (Some(src), Some(dst)) = (end(&e, "source"), end(&e, "destination")) else {
+            continue;
+        };
+        let Some(port) = e["destination"]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        let (Some(s), Some(d)) = (endpoint(&src), endpoint(&dst)) else {
+            continue;
+        };
+        let verdict = engine.verdict(&podwall_policy::Query {
+            src: s,
+            dst: d,
+            protocol: Protocol::Tcp,
+            port,
+        });
+        if verdict.ingress.http.is_some() {
+            out.insert(format!(
+                "{} -> {} TCP/{port}",
+                end_name(&src),
+                end_name(&dst)
+            ));
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Whether each request the advice covers (a pod destination that saw it itself) is allowed
 /// by the state plus the proposals, judged as the sidecar judges it (L4, then the HTTP rules):
 /// the ones that are not, and the ones whose HTTP rules another L4 allow switches off.
@@ -184,7 +232,13 @@ fn check_requests(
             protocol: Protocol::Tcp,
             port: r.port,
         });
-        let what = format!("{:?} -> {:?} {} {}", r.src, r.dst, r.method, r.path);
+        let what = format!(
+            "{} -> {} {} {}",
+            end_name(&r.src),
+            end_name(&r.dst),
+            r.method,
+            r.path
+        );
         if !verdict.allowed() {
             denied.push(format!("{what} (refused)"));
             continue;
@@ -259,6 +313,7 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
     let (denied, bypassed) = check_requests(&objects, &proposed, &requests);
     advice.not_allowed.extend(denied);
     advice.also_opens.extend(bypassed);
+    let unparsed = unparsed_under_http_rules(&objects, &proposed, &text);
     let mut by_namespace: std::collections::BTreeMap<&str, String> = Default::default();
     for p in &advice.proposals {
         let text = by_namespace.entry(&p.namespace).or_default();
@@ -303,6 +358,11 @@ pub(crate) fn run(args: AdviseArgs) -> ExitCode {
     );
     for r in &advice.replaced {
         eprintln!("note: {r}");
+    }
+    for u in &unparsed {
+        eprintln!(
+            "warning: {u}: it was relayed without parsing (TLS, not HTTP, or opened before podwall.io/observe-http was set), and the proposed HTTP rules would parse it: a connection like it would be refused; keep an L4 rule for it if it is wanted"
+        );
     }
     for s in &advice.skipped {
         eprintln!("skipped: {s}");

@@ -170,11 +170,19 @@ pub fn check_observe_http(metadata: &Value, spec: &Value) -> Result<(), InjectEr
         Some(Value::String(s)) => s.as_str(),
         Some(other) => return Err(bad(name, &other.to_string(), "a string")),
     };
+    // The ports the sidecar resolves names against: the app containers' and those of init
+    // containers that keep running (native sidecars).
     let named = |port_name: &str| {
-        ["initContainers", "containers"]
-            .iter()
-            .filter_map(|list| spec[*list].as_array())
+        let init = spec["initContainers"]
+            .as_array()
+            .into_iter()
             .flatten()
+            .filter(|c| c["restartPolicy"].as_str() == Some("Always"));
+        spec["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(init)
             .filter_map(|c| c["ports"].as_array())
             .flatten()
             .find(|p| {
@@ -255,6 +263,12 @@ mod tests {
             {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]});
         let with = |v: Value| meta(json!({podwall_policy::OBSERVE_HTTP_ANNOTATION: v}));
         check_observe_http(&with(json!("80, http")), &spec).expect("valid");
+        // A run-once init container's port is no port of the running pod.
+        let init = json!({"containers": [], "initContainers": [
+            {"name": "setup", "ports": [{"name": "setup", "containerPort": 9000}]},
+            {"name": "side", "restartPolicy": "Always", "ports": [{"name": "side", "containerPort": 9001}]}]});
+        check_observe_http(&with(json!("side")), &init).expect("a native sidecar's port");
+        check_observe_http(&with(json!("setup")), &init).expect_err("a run-once init container's");
         check_observe_http(&meta(json!({})), &spec).expect("absent");
         for bad in [
             json!("dns"),
