@@ -182,6 +182,19 @@ impl ViewIndex {
         let mut selected: Vec<Vec<PodId>> = Vec::with_capacity(state.policies.len());
         for policy_id in state.policy_ids() {
             let policy = state.policy(policy_id);
+            if policy.name.kind.cluster_scoped() {
+                // Pods of every namespace its subject picks.
+                let mut pods = Vec::new();
+                for (i, pod) in state.pods.iter().enumerate() {
+                    let ns_labels = state.namespace(&pod.namespace).map(|n| &n.labels);
+                    if policy.selects(pod, ns_labels) {
+                        pods.push(PodId(i as u32));
+                        selecting[i].push(policy_id);
+                    }
+                }
+                selected.push(pods);
+                continue;
+            }
             let ns_ok = policy.namespace_selector.as_ref().is_none_or(|s| {
                 state
                     .namespace(&policy.name.namespace)
@@ -207,9 +220,17 @@ impl ViewIndex {
                     .is_some_and(|o| has_sidecar(o, evidence))
             })
             .collect();
+        // Nodes only when a policy has a `nodes` peer (their addresses are what it matches).
+        let node_peers = state.policies.iter().any(|p| {
+            [&p.ingress, &p.egress]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|r| r.peers.iter().any(|peer| matches!(peer, podwall_policy::Peer::Nodes(_))))
+        });
         let mut common: BTreeSet<ObjectKey> = objects
             .keys()
-            .filter(|k| k.kind == "Namespace")
+            .filter(|k| k.kind == "Namespace" || (node_peers && k.kind == "Node"))
             .cloned()
             .collect();
         let mut protection = Protection::default();

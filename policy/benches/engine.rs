@@ -120,12 +120,9 @@ fn cluster(pods: usize, policies: usize) -> ClusterState {
                     }),
                 ],
             };
-            let rule = Rule {
-                http: None,
-                dns: None,
-                field: String::new(),
+            let rule = Rule::new(
                 peers,
-                ports: vec![
+                vec![
                     PortSpec {
                         protocol: Protocol::Tcp,
                         port: PortMatch::Range(8080, 8080),
@@ -135,7 +132,8 @@ fn cluster(pods: usize, policies: usize) -> ClusterState {
                         port: PortMatch::Named("metrics".into()),
                     },
                 ],
-            };
+                "",
+            );
             Policy {
                 name: PolicyName {
                     kind: PolicyKind::NetworkPolicy,
@@ -152,6 +150,7 @@ fn cluster(pods: usize, policies: usize) -> ClusterState {
                     ingress: true,
                     egress: i % 2 == 0,
                 },
+                cluster: None,
             }
         })
         .collect();

@@ -502,6 +502,7 @@ fn spec_policy(
         egress,
         policy_types_explicit: true,
         default_deny,
+        cluster: None,
     }
 }
 
@@ -935,11 +936,8 @@ fn peer_rule(
         let ports = ports(pr.ports.as_deref().unwrap_or_default(), &field, errs);
         if let Some(dns) = dns {
             out.push(Rule {
-                peers: peers.clone(),
-                ports,
-                http: None,
                 dns: Some(dns),
-                field: field.clone(),
+                ..Rule::new(peers.clone(), ports, &field)
             });
             continue;
         }
@@ -962,11 +960,8 @@ fn peer_rule(
                     ports.into_iter().partition(|p| p.protocol == Protocol::Tcp);
                 if !tcp.is_empty() {
                     out.push(Rule {
-                        peers: peers.clone(),
-                        ports: tcp,
                         http: Some(http),
-                        dns: None,
-                        field: field.clone(),
+                        ..Rule::new(peers.clone(), tcp, &field)
                     });
                 }
                 if !other.is_empty() {

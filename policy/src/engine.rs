@@ -8,7 +8,9 @@ use std::sync::Arc;
 use crate::compile::identity::Identities;
 use crate::compile::rule::{CompiledRule, FqdnTable, PeerView};
 use crate::compile::table::{DirectionTable, PeerMatcher, PortEntry, RuleId};
-use crate::model::{ContainerPort, Direction, FqdnSelector, Pod, PortMatch, PortSpec, Protocol};
+use crate::model::{
+    Action, ContainerPort, Direction, FqdnSelector, Pod, PortMatch, PortSpec, Protocol, Tier,
+};
 use crate::state::{ClusterState, PodId, PolicyId};
 use crate::verdict::{Decision, Endpoint, FqdnId, Query, RuleRef, SideVerdict, Verdict};
 
@@ -26,12 +28,24 @@ pub struct Engine {
     policy_rules: Vec<[Range<RuleId>; 2]>,
     /// Per pod, the ingress and egress tables (`None`: not isolated in that direction).
     tables: Vec<[Option<Arc<DirectionTable>>; 2]>,
+    /// Per pod, per tier (Admin, Baseline), the ingress and egress tables of the
+    /// ClusterNetworkPolicies whose subject it is (`None`: none with rules that way). Their rule
+    /// ids follow precedence (priority, then name, then rule order), so the first rule a
+    /// connection matches is the lowest id.
+    cluster_tables: Vec<[[Option<Arc<DirectionTable>>; 2]; 2]>,
     by_ip: HashMap<IpAddr, PodId>,
     /// Every node address (pods' host addresses): what Cilium's `host`, `remote-node` and
     /// `cluster` entities mean.
     nodes: HashSet<IpAddr>,
     /// Every DNS name selector (toFQDNs and DNS rules), each once.
     fqdn: FqdnTable,
+}
+
+fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::Admin => 0,
+        Tier::Baseline => 1,
+    }
 }
 
 fn dir_index(direction: Direction) -> usize {
@@ -59,8 +73,15 @@ impl Engine {
 
         let mut fqdn = FqdnTable::default();
         let mut rules = Vec::new();
-        let mut policy_rules = Vec::with_capacity(state.policies.len());
-        for id in state.policy_ids() {
+        let mut policy_rules: Vec<[Range<RuleId>; 2]> = vec![[0..0, 0..0]; state.policies.len()];
+        // Namespaced policies in the state's order, then cluster policies by precedence: rule
+        // ids then say which cluster rule comes first.
+        let mut order: Vec<PolicyId> = state.policy_ids().collect();
+        order.sort_by_key(|&id| {
+            let p = state.policy(id);
+            (p.cluster, p.name.name.clone(), id)
+        });
+        for id in order {
             let policy = state.policy(id);
             let mut ranges: [Range<RuleId>; 2] = [0..0, 0..0];
             for direction in [Direction::Ingress, Direction::Egress] {
@@ -83,7 +104,7 @@ impl Engine {
                 }
                 ranges[dir_index(direction)] = start..rules.len() as RuleId;
             }
-            policy_rules.push(ranges);
+            policy_rules[id.0 as usize] = ranges;
         }
 
         // Which policies select each identity, per direction.
@@ -125,16 +146,54 @@ impl Engine {
             })
             .collect();
 
+        // Which cluster policies select each identity, per tier and direction, by precedence.
+        let mut cluster: Vec<PolicyId> = state
+            .policy_ids()
+            .filter(|&id| state.policy(id).cluster.is_some())
+            .collect();
+        cluster.sort_by_key(|&id| {
+            let p = state.policy(id);
+            (p.cluster, p.name.name.clone())
+        });
+        let cluster_selecting: Vec<[[Vec<PolicyId>; 2]; 2]> = identities
+            .list
+            .iter()
+            .map(|ident| {
+                let ns_labels = &state.namespaces[ident.namespace].labels;
+                let mut sel: [[Vec<PolicyId>; 2]; 2] = Default::default();
+                for &pid in &cluster {
+                    let policy = state.policy(pid);
+                    let Some(scope) = policy.cluster else { continue };
+                    if !policy.pod_selector.matches(&ident.labels)
+                        || policy
+                            .namespace_selector
+                            .as_ref()
+                            .is_some_and(|s| !s.matches(ns_labels))
+                    {
+                        continue;
+                    }
+                    for direction in [Direction::Ingress, Direction::Egress] {
+                        if policy.rules(direction).is_some() {
+                            sel[tier_index(scope.tier)][dir_index(direction)].push(pid);
+                        }
+                    }
+                }
+                sel
+            })
+            .collect();
+
         let mut engine = Engine {
             identities,
             rules,
             policy_rules,
             tables: Vec::with_capacity(state.pods.len()),
+            cluster_tables: Vec::with_capacity(state.pods.len()),
             by_ip: HashMap::new(),
             nodes: state
                 .pods
                 .iter()
                 .flat_map(|p| p.host_ips.iter().copied())
+                .chain(state.nodes.iter().flat_map(|n| n.addresses.iter().copied()))
                 .collect(),
             fqdn,
             state,
@@ -172,6 +231,35 @@ impl Engine {
                 }
             }
             engine.tables.push(tables);
+            let mut cluster_tables: [[Option<Arc<DirectionTable>>; 2]; 2] = Default::default();
+            if let Some(ident) = engine.identities.of_pod[pod_id.0 as usize] {
+                for tier in [Tier::Admin, Tier::Baseline] {
+                    for direction in [Direction::Ingress, Direction::Egress] {
+                        let policies =
+                            &cluster_selecting[ident as usize][tier_index(tier)][dir_index(direction)];
+                        if policies.is_empty() {
+                            continue;
+                        }
+                        let pod = engine.state.pod(pod_id);
+                        let ports = if direction == Direction::Ingress {
+                            pod.ports.clone()
+                        } else {
+                            Vec::new()
+                        };
+                        let key = (direction, policies.clone(), ports);
+                        let table = match interned.get(&key) {
+                            Some(t) => t.clone(),
+                            None => {
+                                let t = Arc::new(engine.build_table(pod, direction, policies));
+                                interned.insert(key, t.clone());
+                                t
+                            }
+                        };
+                        cluster_tables[tier_index(tier)][dir_index(direction)] = Some(table);
+                    }
+                }
+            }
+            engine.cluster_tables.push(cluster_tables);
         }
         for pod_id in engine.state.pod_ids() {
             let pod = engine.state.pod(pod_id);
@@ -299,36 +387,21 @@ impl Engine {
         let ns_labels = self.state.namespace(&p.namespace).map(|n| &n.labels);
         self.state
             .policy_ids()
-            .filter(|&id| {
-                let policy = self.state.policy(id);
-                policy.name.namespace == p.namespace
-                    && policy.pod_selector.matches(&p.labels)
-                    && policy
-                        .namespace_selector
-                        .as_ref()
-                        .is_none_or(|s| ns_labels.is_some_and(|l| s.matches(l)))
-            })
+            .filter(|&id| self.state.policy(id).selects(p, ns_labels))
             .collect()
     }
 
     /// The pods a policy applies to.
     pub fn selected_pods(&self, policy: PolicyId) -> Vec<PodId> {
         let p = self.state.policy(policy);
-        let ns_ok = p.namespace_selector.as_ref().is_none_or(|s| {
-            self.state
-                .namespace(&p.name.namespace)
-                .is_some_and(|n| s.matches(&n.labels))
-        });
-        if !ns_ok {
-            return Vec::new();
-        }
         self.state
             .pod_ids()
             .filter(|&id| {
                 let pod = self.state.pod(id);
-                !pod.host_network
-                    && pod.namespace == p.name.namespace
-                    && p.pod_selector.matches(&pod.labels)
+                p.selects(
+                    pod,
+                    self.state.namespace(&pod.namespace).map(|n| &n.labels),
+                )
             })
             .collect()
     }
@@ -422,13 +495,20 @@ impl Engine {
             .collect()
     }
 
-    /// The toFQDNs selectors a pod's egress rules use (sorted): the names whose answers the
-    /// pod's sidecar learns. Empty when the pod is not isolated for egress.
+    /// The toFQDNs and `domainNames` selectors a pod's egress rules use (sorted): the names
+    /// whose answers the pod's sidecar learns. Empty when no such rule applies to it.
     pub fn egress_fqdn(&self, pod: PodId) -> Vec<FqdnId> {
-        let Some(table) = &self.tables[pod.0 as usize][dir_index(Direction::Egress)] else {
-            return Vec::new();
-        };
-        let mut ids = table.fqdn();
+        let egress = dir_index(Direction::Egress);
+        let cluster = &self.cluster_tables[pod.0 as usize];
+        let mut ids: Vec<FqdnId> = [
+            &self.tables[pod.0 as usize][egress],
+            &cluster[tier_index(Tier::Admin)][egress],
+            &cluster[tier_index(Tier::Baseline)][egress],
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.fqdn())
+        .collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -578,7 +658,31 @@ impl Engine {
             pod.is_some_and(|p| self.tables[p.0 as usize][dir_index(direction)].is_some());
         let mut http = None;
         let mut dns = None;
+        if let Some(decision) =
+            self.cluster_tier(Tier::Admin, direction, subject, peer, peer_ip, query, same_pod, names)
+        {
+            return SideVerdict {
+                direction,
+                pod,
+                isolated,
+                decision,
+                http,
+                dns,
+            };
+        }
         let decision = match self.gate(direction, subject, peer, peer_ip, same_pod, names) {
+            Err(Decision::NotIsolated) => self
+                .cluster_tier(
+                    Tier::Baseline,
+                    direction,
+                    subject,
+                    peer,
+                    peer_ip,
+                    query,
+                    same_pod,
+                    names,
+                )
+                .unwrap_or(Decision::NotIsolated),
             Err(decision) => decision,
             Ok((table, view)) => {
                 let first = self
@@ -642,11 +746,72 @@ impl Engine {
         same_pod: bool,
         names: &[FqdnId],
     ) -> bool {
+        if let Some(decision) =
+            self.cluster_tier(Tier::Admin, direction, subject, peer, peer_ip, query, same_pod, names)
+        {
+            return decision.allows();
+        }
         match self.gate(direction, subject, peer, peer_ip, same_pod, names) {
+            Err(Decision::NotIsolated) => self
+                .cluster_tier(
+                    Tier::Baseline,
+                    direction,
+                    subject,
+                    peer,
+                    peer_ip,
+                    query,
+                    same_pod,
+                    names,
+                )
+                .is_none_or(Decision::allows),
             Err(decision) => decision.allows(),
             Ok((table, view)) => self
                 .matchers(table, direction, peer, query)
                 .any(|m| m.admits(&view)),
+        }
+    }
+
+    /// What a tier of ClusterNetworkPolicies decides for one side: the first rule (by
+    /// precedence) that matches the peer and port, when its action is Accept or Deny; `None`
+    /// when no rule matches or the first is a Pass (the next tier decides), and for what no
+    /// policy judges (not a pod, host network, a pod to itself, its own node's probes).
+    #[allow(clippy::too_many_arguments)]
+    fn cluster_tier(
+        &self,
+        tier: Tier,
+        direction: Direction,
+        subject: Endpoint,
+        peer: Endpoint,
+        peer_ip: Option<IpAddr>,
+        query: &Query,
+        same_pod: bool,
+        names: &[FqdnId],
+    ) -> Option<Decision> {
+        let Endpoint::Pod(pod_id) = subject else {
+            return None;
+        };
+        let table = self.cluster_tables[pod_id.0 as usize][tier_index(tier)][dir_index(direction)]
+            .as_ref()?;
+        let pod = self.state.pod(pod_id);
+        if pod.host_network || same_pod {
+            return None;
+        }
+        if direction == Direction::Ingress && peer_ip.is_some_and(|ip| pod.host_ips.contains(&ip)) {
+            return Some(Decision::OwnNode);
+        }
+        let view = self.peer_view(peer, peer_ip, subject, names);
+        let first = self
+            .matchers(table, direction, peer, query)
+            .filter_map(|m| m.first_allowing(&view, &self.rules))
+            .min()?;
+        let rule = self.rule_ref(first);
+        let policy = self.state.policy(rule.policy);
+        let action = policy.rules(direction).unwrap_or_default()[rule.index as usize].action;
+        match action {
+            Some(Action::Accept) => Some(Decision::ClusterAccept(rule)),
+            Some(Action::Pass) => None,
+            // Deny, and a rule without an action (never made by the loader): denied.
+            _ => Some(Decision::ClusterDeny(rule)),
         }
     }
 

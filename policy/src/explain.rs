@@ -63,6 +63,38 @@ pub struct RuleInfo {
     pub summary: String,
     /// Where the policy was read from.
     pub source: String,
+    /// A ClusterNetworkPolicy's tier (`Admin`, `Baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// A ClusterNetworkPolicy's priority.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// A ClusterNetworkPolicy rule's action (`Accept`, `Deny`, `Pass`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// A ClusterNetworkPolicy rule's `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+}
+
+impl RuleInfo {
+    /// How messages name the rule: `NetworkPolicy shop/db spec.ingress[0]`, or for a cluster
+    /// policy `ClusterNetworkPolicy deny-metadata (Admin tier, priority 10) rule "no-imds"
+    /// spec.egress[0]`.
+    pub fn title(&self) -> String {
+        match (&self.tier, self.priority) {
+            (Some(tier), Some(priority)) => format!(
+                "{} ({tier} tier, priority {priority}) {}{}",
+                self.policy,
+                self.rule_name
+                    .as_ref()
+                    .map(|n| format!("rule {n:?} "))
+                    .unwrap_or_default(),
+                self.field
+            ),
+            _ => format!("{} {}", self.policy, self.field),
+        }
+    }
 }
 
 /// A rule of an isolating policy that matched the peer but not the port, or the other way round.
@@ -189,6 +221,10 @@ impl Engine {
             field: spec.field.clone(),
             summary: describe_rule(policy, rule.direction, spec),
             source: policy.origin.to_string(),
+            tier: policy.cluster.map(|c| c.tier.to_string()),
+            priority: policy.cluster.map(|c| c.priority),
+            action: spec.action.map(|a| a.to_string()),
+            rule_name: spec.name.clone(),
         }
     }
 
@@ -253,6 +289,22 @@ impl Engine {
                         "allowed by {} {}: {}",
                         info.policy, info.field, info.summary
                     ),
+                    Some(info),
+                )
+            }
+            Decision::ClusterAccept(rule) => {
+                let info = self.rule_info(rule, Some(verdict));
+                (
+                    "cluster-accept",
+                    format!("accepted by {}: {}", info.title(), info.summary),
+                    Some(info),
+                )
+            }
+            Decision::ClusterDeny(rule) => {
+                let info = self.rule_info(rule, Some(verdict));
+                (
+                    "cluster-deny",
+                    format!("denied by {}: {}", info.title(), info.summary),
                     Some(info),
                 )
             }
@@ -480,6 +532,10 @@ impl Engine {
                 }
             }
             (Peer::Entity(e), _) => (30, format!("{which} {address} is not {e}")),
+            (Peer::Nodes(sel), _) => (
+                30,
+                format!("{which} {address} is no address of a node with labels {sel}"),
+            ),
             (Peer::Fqdn(sel), _) => (
                 15,
                 format!("{which} {address} was not learned from the pod's DNS answers for {sel}"),
@@ -540,6 +596,8 @@ pub fn describe_peer(peer: &Peer) -> String {
         Peer::Fqdn(selector) => {
             format!("addresses outside the cluster that the pod's DNS answers gave for {selector}")
         }
+        Peer::Nodes(sel) if sel.is_everything() => "every node's addresses".to_string(),
+        Peer::Nodes(sel) => format!("the addresses of nodes {sel}"),
     }
 }
 
@@ -554,6 +612,10 @@ pub fn describe_ports(ports: &[PortSpec]) -> String {
 
 /// A rule in words: "from pods app=frontend in namespace production, on TCP/8080".
 pub fn describe_rule(_policy: &Policy, direction: Direction, rule: &Rule) -> String {
+    if rule.inert {
+        return "matches nothing (it failed closed: podwall cannot read a peer of it)".into();
+    }
+    let action = rule.action.map(|a| format!("{a} ")).unwrap_or_default();
     let peers = if rule.peers.is_empty() {
         "anywhere (every pod and address)".to_string()
     } else {
@@ -561,7 +623,7 @@ pub fn describe_rule(_policy: &Policy, direction: Direction, rule: &Rule) -> Str
         parts.join(" or ")
     };
     format!(
-        "{} {peers}, on {}",
+        "{action}{} {peers}, on {}",
         direction.peers_field(),
         describe_ports(&rule.ports)
     )

@@ -15,6 +15,7 @@
 //! pod addresses, host-network pods), the choice is documented on the item that makes it.
 
 mod cilium;
+mod cnp;
 mod compile;
 pub mod crd;
 mod diagnostic;
@@ -47,7 +48,7 @@ pub use explain::{
 };
 pub use load::{Loader, documents, objects};
 pub use model::{
-    ContainerPort, DefaultDeny, Direction, Entity, FqdnSelector, HeaderMatch, HeaderMismatch,
+    Action, ClusterScope, Node, Tier, ContainerPort, DefaultDeny, Direction, Entity, FqdnSelector, HeaderMatch, HeaderMismatch,
     HttpRule, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope, Origin, Peer, Pod,
     Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol, ProtocolPort, Rule,
     UnknownProtocol,

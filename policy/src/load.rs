@@ -33,6 +33,7 @@ pub struct Loader {
     policies: BTreeMap<PolicyName, Policy>,
     services: BTreeMap<(String, String), crate::services::ServiceObject>,
     slices: BTreeMap<(String, String), crate::services::SliceObject>,
+    nodes: BTreeMap<String, crate::model::Node>,
     report: LoadReport,
 }
 
@@ -118,6 +119,21 @@ impl Loader {
                     return;
                 }
                 self.add_cilium_policy(origin, PolicyKind::PodwallPolicy, value)
+            }
+            ("", "Node") => self.add_node(origin, value),
+            ("policy.networking.k8s.io", "ClusterNetworkPolicy") => {
+                self.add_cluster_policy(origin, &api_version, value)
+            }
+            ("policy.networking.k8s.io", "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy") => {
+                self.report.diagnostics.push(
+                    Diagnostic::error(
+                        "unsupported-kind",
+                        format!("{kind} (v1alpha1) is not enforced by podwall: network-policy-api v0.2.0 replaced it with ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, tier Admin or Baseline)"),
+                    )
+                    .at(&origin)
+                    .object(object_name(&kind, &value))
+                    .field("kind"),
+                )
             }
             ("cilium.io", "CiliumClusterwideNetworkPolicy") => self.report.diagnostics.push(
                 Diagnostic::error(
@@ -403,6 +419,82 @@ impl Loader {
         }
     }
 
+    fn add_node(&mut self, origin: Origin, value: Value) {
+        let Some(node) = self.typed::<core::Node>(&origin, "Node", value) else {
+            return;
+        };
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .collect();
+        let labels: Labels = node.metadata.labels.clone().unwrap_or_default();
+        self.nodes.insert(
+            name.clone(),
+            crate::model::Node {
+                name,
+                labels,
+                addresses,
+                origin,
+            },
+        );
+    }
+
+    fn add_cluster_policy(&mut self, origin: Origin, api_version: &str, value: Value) {
+        let object = format!(
+            "ClusterNetworkPolicy {}",
+            value["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        if api_version != "policy.networking.k8s.io/v1alpha2" {
+            self.report.diagnostics.push(
+                Diagnostic::error(
+                    "unsupported-version",
+                    format!("apiVersion {api_version:?} is not read; ClusterNetworkPolicy is policy.networking.k8s.io/v1alpha2 (network-policy-api v0.2.0)"),
+                )
+                .at(&origin)
+                .object(&object)
+                .field("apiVersion"),
+            );
+            return;
+        }
+        match crate::cnp::convert(&value, &origin) {
+            Ok(converted) => {
+                for e in converted.rule_errors.0 {
+                    self.report.diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-rule",
+                            format!("{}; the rule fails closed (an Accept rule matches nothing, a Deny or Pass rule denies all traffic)", e.message),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                    );
+                }
+                let policy = converted.policy;
+                if let Some(earlier) = self.policies.insert(policy.name.clone(), policy) {
+                    self.duplicate(&origin, &object, &earlier.origin);
+                }
+            }
+            Err(errs) => {
+                for e in errs.0 {
+                    self.report.diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-policy",
+                            format!("{}; the policy is left out", e.message),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                    );
+                }
+            }
+        }
+    }
+
     fn add_cilium_policy(&mut self, origin: Origin, kind: PolicyKind, value: Value) {
         let object = object_name(&kind.to_string(), &value);
         let mut findings = crate::cilium::Findings::default();
@@ -565,13 +657,18 @@ impl Loader {
             "EndpointSlice" => {
                 self.slices.remove(&key);
             }
+            "Node" => {
+                self.nodes.remove(name);
+            }
             _ => {
                 let kind = match kind {
                     "NetworkPolicy" => PolicyKind::NetworkPolicy,
                     "PodwallPolicy" => PolicyKind::PodwallPolicy,
                     "CiliumNetworkPolicy" => PolicyKind::CiliumNetworkPolicy,
+                    "ClusterNetworkPolicy" => PolicyKind::ClusterNetworkPolicy,
                     _ => return,
                 };
+                let namespace = if kind.cluster_scoped() { "" } else { namespace };
                 self.policies.remove(&PolicyName {
                     kind,
                     namespace: namespace.to_string(),
@@ -593,6 +690,7 @@ impl Loader {
         let services: Vec<_> = self.services.values().cloned().collect();
         let slices: Vec<_> = self.slices.values().cloned().collect();
         state.services = crate::services::build(&services, &slices, &state.pods);
+        state.nodes = self.nodes.values().cloned().collect();
         (state, std::mem::take(&mut self.report))
     }
 
@@ -607,6 +705,7 @@ impl Loader {
         let services: Vec<_> = self.services.into_values().collect();
         let slices: Vec<_> = self.slices.into_values().collect();
         state.services = crate::services::build(&services, &slices, &state.pods);
+        state.nodes = self.nodes.into_values().collect();
         (state, self.report)
     }
 }
@@ -649,6 +748,8 @@ const KINDS_READ: &[&str] = &[
     "NetworkPolicy",
     "CiliumNetworkPolicy",
     "PodwallPolicy",
+    "ClusterNetworkPolicy",
+    "Node",
 ];
 
 /// Every object of a text, `kind: List` and `*List` objects expanded into their items.

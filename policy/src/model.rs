@@ -144,6 +144,20 @@ pub struct Namespace {
     pub implicit: bool,
 }
 
+/// A node: what ClusterNetworkPolicy's `nodes` peers select (by label) and reach (its
+/// addresses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// The node's name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Every address of `status.addresses` that is an IP address.
+    pub addresses: Vec<IpAddr>,
+    /// Where it was read from.
+    pub origin: Origin,
+}
+
 /// A port a container declares; named ports in policies resolve against these.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ContainerPort {
@@ -215,6 +229,16 @@ pub enum PolicyKind {
     PodwallPolicy,
     /// `cilium.io/v2` CiliumNetworkPolicy, read as is.
     CiliumNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy: cluster-scoped, in the Admin
+    /// or Baseline tier (see [`ClusterScope`]).
+    ClusterNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// Whether objects of this kind are cluster-scoped (no namespace).
+    pub fn cluster_scoped(self) -> bool {
+        matches!(self, PolicyKind::ClusterNetworkPolicy)
+    }
 }
 
 impl fmt::Display for PolicyKind {
@@ -223,6 +247,7 @@ impl fmt::Display for PolicyKind {
             PolicyKind::NetworkPolicy => f.write_str("NetworkPolicy"),
             PolicyKind::PodwallPolicy => f.write_str("PodwallPolicy"),
             PolicyKind::CiliumNetworkPolicy => f.write_str("CiliumNetworkPolicy"),
+            PolicyKind::ClusterNetworkPolicy => f.write_str("ClusterNetworkPolicy"),
         }
     }
 }
@@ -240,8 +265,61 @@ pub struct PolicyName {
 
 impl fmt::Display for PolicyName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.kind.cluster_scoped() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
     }
+}
+
+/// The tier of a cluster-scoped policy: Admin before NetworkPolicy, Baseline after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Tier {
+    /// Evaluated first; its Accept and Deny are final.
+    Admin,
+    /// Evaluated for what neither the Admin tier nor a NetworkPolicy decided.
+    Baseline,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Admin => "Admin",
+            Tier::Baseline => "Baseline",
+        })
+    }
+}
+
+/// What a ClusterNetworkPolicy rule does with the traffic it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Action {
+    /// Allowed: no later rule of this direction applies (the other side still judges).
+    Accept,
+    /// Denied.
+    Deny,
+    /// The rest of this tier is skipped: the next tier decides.
+    Pass,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Accept => "Accept",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        })
+    }
+}
+
+/// Where a cluster-scoped policy stands: its tier and its priority in it (lower first; equal
+/// priorities by name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ClusterScope {
+    /// Admin or Baseline.
+    pub tier: Tier,
+    /// 0 to 1000.
+    pub priority: u32,
 }
 
 /// Ingress (traffic into the selected pods) or egress (traffic out of them).
@@ -301,6 +379,10 @@ pub struct Policy {
     /// the directions it has; a Cilium-shaped policy those it has rules for, unless its
     /// `enableDefaultDeny` says otherwise (its allows still count where others isolate).
     pub default_deny: DefaultDeny,
+    /// For a ClusterNetworkPolicy: its tier and priority. Such a policy isolates nothing: its
+    /// rules' actions decide, in its tier, what they match; `pod_selector` and
+    /// `namespace_selector` are its subject, in every namespace.
+    pub cluster: Option<ClusterScope>,
 }
 
 /// Which directions a policy isolates.
@@ -323,6 +405,19 @@ impl DefaultDeny {
 }
 
 impl Policy {
+    /// Whether the policy applies to `pod` (in a namespace labelled `ns_labels`): its own
+    /// namespace's pods its selectors pick, or for a cluster-scoped policy any namespace's.
+    /// Host-network pods are never selected.
+    pub fn selects(&self, pod: &Pod, ns_labels: Option<&Labels>) -> bool {
+        !pod.host_network
+            && (self.name.kind.cluster_scoped() || self.name.namespace == pod.namespace)
+            && self.pod_selector.matches(&pod.labels)
+            && self
+                .namespace_selector
+                .as_ref()
+                .is_none_or(|s| ns_labels.is_some_and(|l| s.matches(l)))
+    }
+
     /// The rules for one direction, if the policy isolates that direction.
     pub fn rules(&self, direction: Direction) -> Option<&[Rule]> {
         match direction {
@@ -349,6 +444,13 @@ pub struct Rule {
     pub dns: Option<Vec<FqdnSelector>>,
     /// Where the rule sits in its object (`spec.ingress[0]`, `spec.egress[1].toPorts[0]`).
     pub field: String,
+    /// A ClusterNetworkPolicy rule's action (`None`: an allow rule of a namespaced policy).
+    pub action: Option<Action>,
+    /// A ClusterNetworkPolicy rule's `name`, if it has one.
+    pub name: Option<String>,
+    /// The rule matches no traffic at all: an Accept rule with a peer podwall cannot read
+    /// (the API says such a rule fails closed by matching nothing).
+    pub inert: bool,
 }
 
 impl Rule {
@@ -360,6 +462,9 @@ impl Rule {
             http: None,
             dns: None,
             field: field.into(),
+            action: None,
+            name: None,
+            inert: false,
         }
     }
 }
@@ -461,6 +566,8 @@ pub enum Peer {
     /// Cilium's `toFQDNs`: addresses outside the cluster that the pod's own DNS answers gave
     /// for a matching name (learned at run time; see the `fqdn` crate).
     Fqdn(FqdnSelector),
+    /// ClusterNetworkPolicy's `nodes`: the addresses of the Node objects the selector matches.
+    Nodes(LabelSelector),
 }
 
 /// A DNS name selector (Cilium's `matchName` / `matchPattern`), validated and in canonical

@@ -92,6 +92,7 @@ pub(crate) fn convert(
         egress: egress.then_some(egress_rules),
         policy_types_explicit: explicit,
         default_deny: DefaultDeny { ingress, egress },
+        cluster: None,
     })
 }
 

@@ -62,7 +62,7 @@ fn rule(r: &Rule, peers_field: &str, own_namespace: &str) -> Option<Value> {
                 "except": b.except.iter().map(ToString::to_string).collect::<Vec<_>>(),
             }})),
             // Cilium's peers have no NetworkPolicy form.
-            Peer::ExternalCidr(_) | Peer::Entity(_) | Peer::Fqdn(_) => None,
+            Peer::ExternalCidr(_) | Peer::Entity(_) | Peer::Fqdn(_) | Peer::Nodes(_) => None,
         })
         .collect::<Option<Vec<Value>>>()?;
     let ports: Vec<Value> = r

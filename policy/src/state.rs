@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::model::{Namespace, Pod, Policy};
+use crate::model::{Namespace, Node, Pod, Policy};
 
 /// A pod's index in [`ClusterState::pods`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -30,6 +30,8 @@ pub struct ClusterState {
     pub policies: Vec<Policy>,
     /// Service virtual IPs and their ready backends.
     pub services: crate::services::ServiceTable,
+    /// Every node (sorted by name): ClusterNetworkPolicy's `nodes` peers.
+    pub nodes: Vec<Node>,
 }
 
 impl ClusterState {
@@ -43,7 +45,12 @@ impl ClusterState {
         let referenced = pods
             .iter()
             .map(|p| &p.namespace)
-            .chain(policies.iter().map(|p| &p.name.namespace));
+            .chain(
+                policies
+                    .iter()
+                    .filter(|p| !p.name.kind.cluster_scoped())
+                    .map(|p| &p.name.namespace),
+            );
         for name in referenced {
             by_name
                 .entry(name.clone())
@@ -58,6 +65,7 @@ impl ClusterState {
             pods,
             policies,
             services: Default::default(),
+            nodes: Vec::new(),
         }
     }
 

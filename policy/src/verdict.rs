@@ -63,12 +63,25 @@ pub enum Decision {
     Rule(RuleRef),
     /// Denied: the pod is isolated and no rule of the isolating policies allows the connection.
     NoRuleMatched,
+    /// Allowed by a ClusterNetworkPolicy rule whose action is Accept (its tier decided).
+    ClusterAccept(RuleRef),
+    /// Denied by a ClusterNetworkPolicy rule whose action is Deny (or a rule that failed
+    /// closed).
+    ClusterDeny(RuleRef),
 }
 
 impl Decision {
     /// Whether this side lets the connection through.
     pub fn allows(self) -> bool {
-        !matches!(self, Decision::NoRuleMatched)
+        !matches!(self, Decision::NoRuleMatched | Decision::ClusterDeny(_))
+    }
+
+    /// The rule that decided, if a rule did.
+    pub fn rule(self) -> Option<RuleRef> {
+        match self {
+            Decision::Rule(r) | Decision::ClusterAccept(r) | Decision::ClusterDeny(r) => Some(r),
+            _ => None,
+        }
     }
 }
 

@@ -158,6 +158,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                     ingress: ingress.is_some(),
                     egress: egress.is_some(),
                 },
+                cluster: None,
                 ingress,
                 egress,
                 policy_types_explicit: true,
@@ -334,6 +335,7 @@ proptest! {
                 egress: Some(vec![]),
                 policy_types_explicit: true,
                 default_deny: podwall_policy::DefaultDeny { ingress: true, egress: true },
+                cluster: None,
             });
         }
         let mut after = base.clone();

@@ -305,6 +305,15 @@ struct SideLine<'a> {
     /// That rule (`spec.egress[0]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
+    /// A ClusterNetworkPolicy's tier, priority, and the rule's action and `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier: Option<podwall_policy::Tier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<podwall_policy::Action>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule_name: Option<&'a str>,
     /// For a denial: the policies that isolate the pod.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     isolated_by: Vec<Named<'a>>,
@@ -432,6 +441,8 @@ impl<'a> SideLine<'a> {
             Decision::OwnNode => ("own-node", None),
             Decision::Rule(r) => ("rule", Some(r)),
             Decision::NoRuleMatched => ("no-rule-matched", None),
+            Decision::ClusterAccept(r) => ("cluster-accept", Some(r)),
+            Decision::ClusterDeny(r) => ("cluster-deny", Some(r)),
         };
         let rule = engine
             .zip(rule)
@@ -444,17 +455,21 @@ impl<'a> SideLine<'a> {
                 .collect(),
             _ => Vec::new(),
         };
+        let spec = rule.and_then(|(p, r)| {
+            p.rules(r.direction)
+                .unwrap_or_default()
+                .get(r.index as usize)
+        });
         // Only the policy and the rule's place: `podwall analyze check` explains it in full.
         SideLine {
             allowed: side.decision.allows(),
             reason,
             policy: rule.map(|(p, _)| Named(&p.name)),
-            rule: rule.and_then(|(p, r)| {
-                p.rules(r.direction)
-                    .unwrap_or_default()
-                    .get(r.index as usize)
-                    .map(|rule| rule.field.as_str())
-            }),
+            rule: spec.map(|rule| rule.field.as_str()),
+            tier: rule.and_then(|(p, _)| p.cluster).map(|c| c.tier),
+            priority: rule.and_then(|(p, _)| p.cluster).map(|c| c.priority),
+            action: spec.and_then(|rule| rule.action),
+            rule_name: spec.and_then(|rule| rule.name.as_deref()),
             isolated_by,
             names: &side.names,
             nearest: None,

@@ -82,6 +82,17 @@ pub fn watched_kinds() -> Vec<WatchedKind> {
             "ciliumnetworkpolicies",
             true,
         ),
+        // network-policy-api's CRD, installed by the cluster's administrator (not the chart).
+        kind(
+            "policy.networking.k8s.io",
+            "v1alpha2",
+            "ClusterNetworkPolicy",
+            "clusternetworkpolicies",
+            true,
+        ),
+        // ClusterNetworkPolicy `nodes` peers match node addresses. (Optional only so that a
+        // server without the resource counts as none; an API server always serves it.)
+        kind("", "v1", "Node", "nodes", true),
     ]
 }
 
@@ -287,9 +298,21 @@ pub fn trim(kind: &str, map: &mut Map<String, Value>) {
             annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
     }
+    if kind == "Node" {
+        // Its name, labels and addresses: the rest (images, conditions, capacity) changes
+        // often and is never read.
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            meta.retain(|k, _| matches!(k.as_str(), "name" | "labels" | "uid"));
+        }
+        map.remove("spec");
+        if let Some(Value::Object(status)) = map.get_mut("status") {
+            status.retain(|k, _| k == "addresses");
+        }
+        return;
+    }
     if matches!(
         kind,
-        "NetworkPolicy" | "PodwallPolicy" | "CiliumNetworkPolicy"
+        "NetworkPolicy" | "PodwallPolicy" | "CiliumNetworkPolicy" | "ClusterNetworkPolicy"
     ) {
         // podwall writes PodwallPolicy status itself: a status write (and the resourceVersion
         // it moves) must not be a change that goes out to every sidecar the policy reaches.

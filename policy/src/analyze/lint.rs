@@ -34,7 +34,49 @@ pub fn lint(engine: &Engine) -> Vec<Diagnostic> {
         partial_isolation(engine, direction, &mut out);
     }
     egress_without_dns(engine, &mut out);
+    same_priority(engine, &mut out);
     out
+}
+
+/// ClusterNetworkPolicies of one tier at one priority whose subjects share a pod: the API
+/// leaves their order to the implementation (podwall takes them by name), so a connection both
+/// match may be judged differently by another implementation.
+fn same_priority(engine: &Engine, out: &mut Vec<Diagnostic>) {
+    let state = engine.state();
+    let mut by_place: BTreeMap<crate::model::ClusterScope, Vec<PolicyId>> = BTreeMap::new();
+    for pid in state.policy_ids() {
+        if let Some(scope) = state.policy(pid).cluster {
+            by_place.entry(scope).or_default().push(pid);
+        }
+    }
+    for (scope, ids) in by_place {
+        for (i, &a) in ids.iter().enumerate() {
+            let pods_a = engine.selected_pods(a);
+            for &b in &ids[i + 1..] {
+                let shared = engine
+                    .selected_pods(b)
+                    .into_iter()
+                    .filter(|p| pods_a.contains(p))
+                    .count();
+                if shared == 0 {
+                    continue;
+                }
+                let (pa, pb) = (state.policy(a), state.policy(b));
+                out.push(
+                    Diagnostic::warning(
+                        "same-priority",
+                        format!(
+                            "{} and {} are both in the {} tier at priority {} and both apply to {shared} pod(s): the API leaves their order to each implementation (podwall evaluates {} first, by name); give them different priorities",
+                            pa.name, pb.name, scope.tier, scope.priority, pa.name.name
+                        ),
+                    )
+                    .at(&pb.origin)
+                    .object(&pb.name)
+                    .field("spec.priority"),
+                );
+            }
+        }
+    }
 }
 
 fn listed(names: &[String]) -> String {
@@ -160,6 +202,17 @@ fn policy_findings(engine: &Engine, pid: PolicyId, out: &mut Vec<Diagnostic>) {
                     Peer::Entity(_) => {}
                     Peer::Fqdn(selector) => {
                         fqdn_findings(selector, &peer_field, out, &finding);
+                    }
+                    Peer::Nodes(sel) => {
+                        if !state.nodes.iter().any(|n| sel.matches(&n.labels)) {
+                            out.push(
+                                finding(Diagnostic::warning(
+                                    "peer-matches-nothing",
+                                    format!("nodes {sel} selects no Node of this cluster state (give the Node objects with the state)"),
+                                ))
+                                .field(format!("{peer_field}.nodes")),
+                            );
+                        }
                     }
                 }
             }
@@ -564,7 +617,7 @@ fn any_rule_allows_udp_53(engine: &Engine, isolating: &[PolicyId]) -> bool {
                 || rule.peers.iter().any(|peer| match peer {
                     Peer::IpBlock(_) | Peer::ExternalCidr(_) => true,
                     Peer::Entity(e) => matches!(e, Entity::All | Entity::Cluster),
-                    Peer::Fqdn(_) => false,
+                    Peer::Fqdn(_) | Peer::Nodes(_) => false,
                     Peer::Pods { namespaces, pods } => {
                         let ns_ok = match namespaces {
                             NamespaceScope::Named(n) => n == DNS_NAMESPACE,

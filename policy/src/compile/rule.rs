@@ -153,6 +153,18 @@ impl CompiledRule {
                 }
                 Peer::Entity(e) => CompiledPeer::Entity(*e),
                 Peer::Fqdn(selector) => CompiledPeer::Fqdn(fqdn.intern(selector)),
+                Peer::Nodes(selector) => {
+                    let mut set = IpSet::default();
+                    for node in state.nodes.iter().filter(|n| selector.matches(&n.labels)) {
+                        for ip in &node.addresses {
+                            set.add_block(&crate::model::IpBlock {
+                                cidr: ipnet::IpNet::from(*ip),
+                                except: Vec::new(),
+                            });
+                        }
+                    }
+                    CompiledPeer::Addresses(set)
+                }
             })
             .collect();
         let dns = rule
@@ -163,7 +175,8 @@ impl CompiledRule {
             policy,
             direction,
             index,
-            all_peers: rule.peers.is_empty(),
+            // An inert rule (it fails closed by matching nothing) has no peer to match.
+            all_peers: rule.peers.is_empty() && !rule.inert,
             http: rule.http.is_some(),
             dns,
             peers,
