@@ -226,7 +226,11 @@ impl ViewIndex {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .any(|r| r.peers.iter().any(|peer| matches!(peer, podwall_policy::Peer::Nodes(_))))
+                .any(|r| {
+                    r.peers
+                        .iter()
+                        .any(|peer| matches!(peer, podwall_policy::Peer::Nodes(_)))
+                })
         });
         let mut common: BTreeSet<ObjectKey> = objects
             .keys()

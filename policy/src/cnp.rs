@@ -112,7 +112,11 @@ fn selector(value: &Value, field: &str, errs: &mut FieldErrors) -> Option<LabelS
     match serde_json::from_value::<meta::LabelSelector>(value.clone()) {
         Ok(s) => Some(label_selector(&s, field, errs)),
         Err(e) => {
-            errs.invalid(field, value.to_string(), &format!("not a label selector: {e}"));
+            errs.invalid(
+                field,
+                value.to_string(),
+                &format!("not a label selector: {e}"),
+            );
             None
         }
     }
@@ -170,14 +174,22 @@ fn rule(value: &Value, direction: Direction, field: &str, errs: &mut FieldErrors
     let mut mine = FieldErrors::default();
     let name = value["name"].as_str().map(str::to_string);
     if name.as_ref().is_some_and(|n| n.len() > 100) {
-        mine.invalid(format!("{field}.name"), &name, "must be at most 100 characters");
+        mine.invalid(
+            format!("{field}.name"),
+            &name,
+            "must be at most 100 characters",
+        );
     }
     let action = match value["action"].as_str() {
         Some("Accept") => Some(Action::Accept),
         Some("Deny") => Some(Action::Deny),
         Some("Pass") => Some(Action::Pass),
         Some(other) => {
-            mine.unsupported(format!("{field}.action"), other, &["Accept", "Deny", "Pass"]);
+            mine.unsupported(
+                format!("{field}.action"),
+                other,
+                &["Accept", "Deny", "Pass"],
+            );
             None
         }
         None => {
@@ -266,7 +278,10 @@ fn peer(
         [] => {
             errs.required(
                 field,
-                &format!("exactly one of {} (the rule fails closed)", known.join(", ")),
+                &format!(
+                    "exactly one of {} (the rule fails closed)",
+                    known.join(", ")
+                ),
             );
             return None;
         }
@@ -308,7 +323,10 @@ fn peer(
             }
             let mut out = Vec::new();
             for (i, c) in list.iter().enumerate() {
-                match c.as_str().and_then(|s| s.trim().parse::<ipnet::IpNet>().ok()) {
+                match c
+                    .as_str()
+                    .and_then(|s| s.trim().parse::<ipnet::IpNet>().ok())
+                {
                     // Pods' addresses too: the API says cluster traffic is checked as well.
                     Some(cidr) => out.push(Peer::IpBlock(IpBlock {
                         cidr,
@@ -411,7 +429,11 @@ fn protocols(value: &Value, field: &str, only_pods: bool, errs: &mut FieldErrors
             "sctp" => Protocol::Sctp,
             "destinationNamedPort" => {
                 let Some(name) = p[*key].as_str().filter(|n| !n.is_empty()) else {
-                    errs.invalid(format!("{f}.destinationNamedPort"), p[*key].to_string(), "a port name");
+                    errs.invalid(
+                        format!("{f}.destinationNamedPort"),
+                        p[*key].to_string(),
+                        "a port name",
+                    );
                     continue;
                 };
                 if !only_pods {
@@ -436,14 +458,22 @@ fn protocols(value: &Value, field: &str, only_pods: bool, errs: &mut FieldErrors
         };
         let port = &p[*key]["destinationPort"];
         let pf = format!("{f}.{key}.destinationPort");
-        let number = |v: &Value| v.as_u64().filter(|n| (1..=65535).contains(n)).map(|n| n as u16);
+        let number = |v: &Value| {
+            v.as_u64()
+                .filter(|n| (1..=65535).contains(n))
+                .map(|n| n as u16)
+        };
         match (port.get("number"), port.get("range")) {
             (Some(n), None) => match number(n) {
                 Some(n) => out.push(PortSpec {
                     protocol,
                     port: PortMatch::Range(n, n),
                 }),
-                None => errs.invalid(format!("{pf}.number"), n.to_string(), "must be between 1 and 65535"),
+                None => errs.invalid(
+                    format!("{pf}.number"),
+                    n.to_string(),
+                    "must be between 1 and 65535",
+                ),
             },
             (None, Some(r)) => match (number(&r["start"]), number(&r["end"])) {
                 (Some(lo), Some(hi)) if lo < hi => out.push(PortSpec {

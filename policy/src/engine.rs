@@ -163,7 +163,9 @@ impl Engine {
                 let mut sel: [[Vec<PolicyId>; 2]; 2] = Default::default();
                 for &pid in &cluster {
                     let policy = state.policy(pid);
-                    let Some(scope) = policy.cluster else { continue };
+                    let Some(scope) = policy.cluster else {
+                        continue;
+                    };
                     if !policy.pod_selector.matches(&ident.labels)
                         || policy
                             .namespace_selector
@@ -235,8 +237,8 @@ impl Engine {
             if let Some(ident) = engine.identities.of_pod[pod_id.0 as usize] {
                 for tier in [Tier::Admin, Tier::Baseline] {
                     for direction in [Direction::Ingress, Direction::Egress] {
-                        let policies =
-                            &cluster_selecting[ident as usize][tier_index(tier)][dir_index(direction)];
+                        let policies = &cluster_selecting[ident as usize][tier_index(tier)]
+                            [dir_index(direction)];
                         if policies.is_empty() {
                             continue;
                         }
@@ -398,10 +400,7 @@ impl Engine {
             .pod_ids()
             .filter(|&id| {
                 let pod = self.state.pod(id);
-                p.selects(
-                    pod,
-                    self.state.namespace(&pod.namespace).map(|n| &n.labels),
-                )
+                p.selects(pod, self.state.namespace(&pod.namespace).map(|n| &n.labels))
             })
             .collect()
     }
@@ -659,7 +658,7 @@ impl Engine {
         let mut http = None;
         let mut dns = None;
         if let Some(decision) =
-            self.cluster_tier(Tier::Admin, direction, subject, peer, peer_ip, query, same_pod, names)
+            self.cluster_tier(Tier::Admin, direction, subject, peer, peer_ip, query, names)
         {
             return SideVerdict {
                 direction,
@@ -671,6 +670,17 @@ impl Engine {
             };
         }
         let decision = match self.gate(direction, subject, peer, peer_ip, same_pod, names) {
+            Err(Decision::SamePod) if !isolated => self
+                .cluster_tier(
+                    Tier::Baseline,
+                    direction,
+                    subject,
+                    peer,
+                    peer_ip,
+                    query,
+                    names,
+                )
+                .unwrap_or(Decision::SamePod),
             Err(Decision::NotIsolated) => self
                 .cluster_tier(
                     Tier::Baseline,
@@ -679,7 +689,6 @@ impl Engine {
                     peer,
                     peer_ip,
                     query,
-                    same_pod,
                     names,
                 )
                 .unwrap_or(Decision::NotIsolated),
@@ -747,12 +756,16 @@ impl Engine {
         names: &[FqdnId],
     ) -> bool {
         if let Some(decision) =
-            self.cluster_tier(Tier::Admin, direction, subject, peer, peer_ip, query, same_pod, names)
+            self.cluster_tier(Tier::Admin, direction, subject, peer, peer_ip, query, names)
         {
             return decision.allows();
         }
+        let isolated = match subject {
+            Endpoint::Pod(p) => self.tables[p.0 as usize][dir_index(direction)].is_some(),
+            Endpoint::Ip(_) => false,
+        };
         match self.gate(direction, subject, peer, peer_ip, same_pod, names) {
-            Err(Decision::NotIsolated) => self
+            Err(Decision::NotIsolated) | Err(Decision::SamePod) if !isolated => self
                 .cluster_tier(
                     Tier::Baseline,
                     direction,
@@ -760,7 +773,6 @@ impl Engine {
                     peer,
                     peer_ip,
                     query,
-                    same_pod,
                     names,
                 )
                 .is_none_or(Decision::allows),
@@ -774,7 +786,7 @@ impl Engine {
     /// What a tier of ClusterNetworkPolicies decides for one side: the first rule (by
     /// precedence) that matches the peer and port, when its action is Accept or Deny; `None`
     /// when no rule matches or the first is a Pass (the next tier decides), and for what no
-    /// policy judges (not a pod, host network, a pod to itself, its own node's probes).
+    /// policy judges (not a pod, host network, its own node's probes).
     #[allow(clippy::too_many_arguments)]
     fn cluster_tier(
         &self,
@@ -784,7 +796,6 @@ impl Engine {
         peer: Endpoint,
         peer_ip: Option<IpAddr>,
         query: &Query,
-        same_pod: bool,
         names: &[FqdnId],
     ) -> Option<Decision> {
         let Endpoint::Pod(pod_id) = subject else {
@@ -793,9 +804,12 @@ impl Engine {
         let table = self.cluster_tables[pod_id.0 as usize][tier_index(tier)][dir_index(direction)]
             .as_ref()?;
         let pod = self.state.pod(pod_id);
-        if pod.host_network || same_pod {
+        if pod.host_network {
             return None;
         }
+        // A pod reaching itself (through a Service: hairpin) is judged like any other pod:
+        // upstream's hairpin conformance test expects a Deny to hold for it. Only
+        // NetworkPolicy always allows it.
         if direction == Direction::Ingress && peer_ip.is_some_and(|ip| pod.host_ips.contains(&ip)) {
             return Some(Decision::OwnNode);
         }

@@ -42,15 +42,12 @@ impl ClusterState {
             .into_iter()
             .map(|ns| (ns.name.clone(), ns))
             .collect();
-        let referenced = pods
-            .iter()
-            .map(|p| &p.namespace)
-            .chain(
-                policies
-                    .iter()
-                    .filter(|p| !p.name.kind.cluster_scoped())
-                    .map(|p| &p.name.namespace),
-            );
+        let referenced = pods.iter().map(|p| &p.namespace).chain(
+            policies
+                .iter()
+                .filter(|p| !p.name.kind.cluster_scoped())
+                .map(|p| &p.name.namespace),
+        );
         for name in referenced {
             by_name
                 .entry(name.clone())

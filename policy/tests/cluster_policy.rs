@@ -145,7 +145,10 @@ fn an_admin_deny_overrides_a_networkpolicy_allow_and_names_tier_priority_and_rul
         "ClusterNetworkPolicy no-blue (Admin tier, priority 10) rule \"blue-out\" spec.ingress[0]"
     );
     let text = e.explain(&v).to_string();
-    assert!(text.contains("denied by ClusterNetworkPolicy no-blue"), "{text}");
+    assert!(
+        text.contains("denied by ClusterNetworkPolicy no-blue"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -158,8 +161,14 @@ fn an_admin_accept_overrides_networkpolicy_isolation_on_its_side_only() {
             "  subject: {namespaces: {}}\n  ingress:\n  - action: Accept\n    from: [{pods: {namespaceSelector: {matchLabels: {team: blue}}, podSelector: {matchLabels: {app: client}}}}]\n",
         );
     let e = engine(&policies);
-    assert!(allowed(&e, "b/client", "a/server", 8080), "accepted by the admin tier");
-    assert!(!allowed(&e, "a/client", "a/server", 8080), "the NetworkPolicy still isolates");
+    assert!(
+        allowed(&e, "b/client", "a/server", 8080),
+        "accepted by the admin tier"
+    );
+    assert!(
+        !allowed(&e, "a/client", "a/server", 8080),
+        "the NetworkPolicy still isolates"
+    );
     // An egress Accept still needs the destination's ingress.
     let egress = DENY_ALL_NP_INGRESS_A.to_string()
         + &cnp(
@@ -189,13 +198,28 @@ fn pass_hands_the_decision_to_networkpolicy_and_then_to_the_baseline_tier() {
     );
     // No NetworkPolicy: the baseline's Deny decides what the admin tier passed.
     let e = engine(&policies);
-    assert!(!allowed(&e, "a/client", "a/server", 8080), "passed, then the baseline denies");
-    assert!(!allowed(&e, "b/client", "a/server", 8080), "denied by the admin tier");
+    assert!(
+        !allowed(&e, "a/client", "a/server", 8080),
+        "passed, then the baseline denies"
+    );
+    assert!(
+        !allowed(&e, "b/client", "a/server", 8080),
+        "denied by the admin tier"
+    );
     // A NetworkPolicy that allows overrides the baseline for the pods it selects.
     let e = engine(&(policies.clone() + ALLOW_CLIENTS_NP_A));
-    assert!(allowed(&e, "a/client", "a/server", 8080), "passed, then allowed by the NetworkPolicy");
-    assert!(!allowed(&e, "b/client", "a/server", 8080), "the admin Deny comes first");
-    assert!(!allowed(&e, "a/server", "a/client", 80), "client: no NetworkPolicy, baseline denies");
+    assert!(
+        allowed(&e, "a/client", "a/server", 8080),
+        "passed, then allowed by the NetworkPolicy"
+    );
+    assert!(
+        !allowed(&e, "b/client", "a/server", 8080),
+        "the admin Deny comes first"
+    );
+    assert!(
+        !allowed(&e, "a/server", "a/client", 80),
+        "client: no NetworkPolicy, baseline denies"
+    );
 }
 
 #[test]
@@ -239,10 +263,22 @@ fn protocols_match_their_own_protocol_ports_ranges_and_named_ports() {
         "  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: server}}}}\n  ingress:\n  - action: Deny\n    from: [{namespaces: {}}]\n    protocols:\n    - tcp: {destinationPort: {range: {start: 8000, end: 8100}}}\n    - destinationNamedPort: dns\n",
     ));
     assert!(!allowed(&e, "b/client", "a/server", 8080), "TCP range");
-    assert!(allowed_on(&e, "b/client", "a/server", Protocol::Udp, 8080), "UDP: not the tcp entry");
-    assert!(!allowed_on(&e, "b/client", "a/server", Protocol::Udp, 53), "the named port, UDP");
-    assert!(allowed_on(&e, "b/client", "a/server", Protocol::Tcp, 53), "no TCP port named dns");
-    assert!(allowed(&e, "b/client", "b/server", 9090), "9090 is outside the range");
+    assert!(
+        allowed_on(&e, "b/client", "a/server", Protocol::Udp, 8080),
+        "UDP: not the tcp entry"
+    );
+    assert!(
+        !allowed_on(&e, "b/client", "a/server", Protocol::Udp, 53),
+        "the named port, UDP"
+    );
+    assert!(
+        allowed_on(&e, "b/client", "a/server", Protocol::Tcp, 53),
+        "no TCP port named dns"
+    );
+    assert!(
+        allowed(&e, "b/client", "b/server", 9090),
+        "9090 is outside the range"
+    );
 }
 
 #[test]
@@ -253,11 +289,23 @@ fn networks_match_pod_addresses_too_and_nodes_match_node_addresses() {
         1,
         "  subject: {namespaces: {matchLabels: {team: red}}}\n  egress:\n  - action: Deny\n    to: [{networks: [10.0.2.0/24, 203.0.113.0/24]}]\n  - action: Deny\n    to: [{nodes: {matchLabels: {role: control}}}]\n",
     ));
-    assert!(!allowed(&e, "a/client", "b/server", 9090), "a pod in the network");
-    assert!(!allowed(&e, "a/client", "203.0.113.9", 443), "an outside address in it");
+    assert!(
+        !allowed(&e, "a/client", "b/server", 9090),
+        "a pod in the network"
+    );
+    assert!(
+        !allowed(&e, "a/client", "203.0.113.9", 443),
+        "an outside address in it"
+    );
     assert!(allowed(&e, "a/client", "198.51.100.1", 443));
-    assert!(!allowed(&e, "a/client", "192.168.0.2", 10250), "the control node");
-    assert!(allowed(&e, "a/client", "192.168.0.1", 10250), "the worker node");
+    assert!(
+        !allowed(&e, "a/client", "192.168.0.2", 10250),
+        "the control node"
+    );
+    assert!(
+        allowed(&e, "a/client", "192.168.0.1", 10250),
+        "the worker node"
+    );
     assert!(allowed(&e, "a/client", "a/server", 8080));
 }
 
@@ -269,31 +317,53 @@ fn host_network_pods_are_never_subjects_nor_pod_peers() {
         1,
         "  subject: {namespaces: {}}\n  egress:\n  - action: Deny\n    to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: agent}}}}]\n  ingress:\n  - action: Deny\n    from: [{namespaces: {matchLabels: {team: blue}}}]\n",
     ));
-    assert!(allowed(&e, "b/agent", "a/server", 8080), "not a subject, not a pod peer");
-    assert!(allowed(&e, "a/client", "b/agent", 8080), "the agent is no pod peer");
+    assert!(
+        allowed(&e, "b/agent", "a/server", 8080),
+        "not a subject, not a pod peer"
+    );
+    assert!(
+        allowed(&e, "a/client", "b/agent", 8080),
+        "the agent is no pod peer"
+    );
     assert!(!allowed(&e, "b/client", "a/server", 8080));
 }
 
 #[test]
 fn an_unreadable_peer_fails_closed_accept_matches_nothing_deny_and_pass_deny_all() {
-    let (e, errors) = engine_with_errors(&(cnp(
-        "future-accept",
-        "Admin",
-        1,
-        "  subject: {namespaces: {}}\n  ingress:\n  - action: Accept\n    from: [{serviceAccounts: {name: x}}]\n",
-    ) + DENY_ALL_NP_INGRESS_A));
-    assert!(errors.iter().any(|e| e.contains("fails closed")), "{errors:?}");
-    assert!(!allowed(&e, "b/client", "a/server", 8080), "the Accept matches nothing");
+    let (e, errors) = engine_with_errors(
+        &(cnp(
+            "future-accept",
+            "Admin",
+            1,
+            "  subject: {namespaces: {}}\n  ingress:\n  - action: Accept\n    from: [{serviceAccounts: {name: x}}]\n",
+        ) + DENY_ALL_NP_INGRESS_A),
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("fails closed")),
+        "{errors:?}"
+    );
+    assert!(
+        !allowed(&e, "b/client", "a/server", 8080),
+        "the Accept matches nothing"
+    );
     for action in ["Deny", "Pass"] {
         let (e, errors) = engine_with_errors(&cnp(
             "future",
             "Admin",
             1,
-            &format!("  subject: {{namespaces: {{matchLabels: {{team: red}}}}}}\n  ingress:\n  - action: {action}\n    from: [{{}}]\n"),
+            &format!(
+                "  subject: {{namespaces: {{matchLabels: {{team: red}}}}}}\n  ingress:\n  - action: {action}\n    from: [{{}}]\n"
+            ),
         ));
         assert!(!errors.is_empty());
-        assert!(!allowed(&e, "b/client", "a/server", 8080), "{action}: denies all");
-        assert!(allowed(&e, "a/client", "b/server", 9090), "{action}: only its subjects");
+        assert!(
+            !allowed(&e, "b/client", "a/server", 8080),
+            "{action}: denies all"
+        );
+        assert!(
+            allowed(&e, "a/client", "b/server", 9090),
+            "{action}: only its subjects"
+        );
     }
 }
 
@@ -306,7 +376,10 @@ fn domain_names_accept_learned_outside_addresses_wildcards_cover_one_or_more_lab
         "  subject: {namespaces: {}}\n  egress:\n  - action: Accept\n    to: [{domainNames: [\"Example.COM.\", \"*.kubernetes.io\"]}]\n  - action: Deny\n    to: [{networks: [0.0.0.0/0]}]\n",
     ));
     let selectors: Vec<String> = e.fqdn_selectors().iter().map(|s| s.to_string()).collect();
-    assert_eq!(selectors, ["matchName example.com", "matchPattern **.kubernetes.io"]);
+    assert_eq!(
+        selectors,
+        ["matchName example.com", "matchPattern **.kubernetes.io"]
+    );
     let with = |ip: &str, names: &[FqdnId]| {
         e.verdict_learned(&q(&e, "a/client", ip, Protocol::Tcp, 443), names)
             .allowed()
@@ -326,7 +399,12 @@ fn domain_names_accept_learned_outside_addresses_wildcards_cover_one_or_more_lab
         1,
         "  subject: {namespaces: {}}\n  egress:\n  - action: Deny\n    to: [{domainNames: [example.com]}]\n",
     ));
-    assert!(errors.iter().any(|e| e.contains("only supported in Accept rules")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("only supported in Accept rules")),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -341,4 +419,21 @@ fn kubelet_probes_from_the_own_node_pass_even_an_admin_deny_all() {
     let v = e.verdict(&q(&e, "192.168.0.1", "a/server", Protocol::Tcp, 8080));
     assert_eq!(v.ingress.decision, Decision::OwnNode);
     assert_eq!(v.ingress.direction, Direction::Ingress);
+}
+
+#[test]
+fn a_pod_reaching_itself_is_judged_by_the_cluster_tiers_but_always_allowed_by_networkpolicy() {
+    let deny_own = cnp(
+        "no-red-to-red",
+        "Admin",
+        1,
+        "  subject: {namespaces: {matchLabels: {team: red}}}\n  ingress:\n  - action: Deny\n    from: [{namespaces: {matchLabels: {team: red}}}]\n",
+    );
+    let e = engine(&deny_own);
+    assert!(!allowed(&e, "a/server", "a/server", 8080), "hairpin: the Deny holds");
+    let baseline = deny_own.replace("Admin", "Baseline");
+    let e = engine(&baseline);
+    assert!(!allowed(&e, "a/server", "a/server", 8080), "no NetworkPolicy: the Baseline judges");
+    let e = engine(&(baseline + DENY_ALL_NP_INGRESS_A));
+    assert!(allowed(&e, "a/server", "a/server", 8080), "a NetworkPolicy always allows it");
 }

@@ -1,0 +1,197 @@
+//! The upstream ClusterNetworkPolicy conformance suite's expectations
+//! (kubernetes-sigs/network-policy-api `conformance/tests/*.go`), transcribed into
+//! `tests/fixtures/cnp-conformance/cases.yaml` (see its header for how), held by the analyzer:
+//! every probe of every step, after the step's policy edits, as the engine judges it.
+//!
+//! A probe of a Service's virtual IP must hold for every backend (upstream does not say which
+//! one answers). Checks marked `suspect` contradict upstream's own policies (the case says why)
+//! and are counted, not asserted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use podwall_policy::{Endpoint, Engine, Loader, Origin, Protocol, Query};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+struct Cases {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    id: String,
+    #[serde(default)]
+    manifests: Vec<String>,
+    steps: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+struct Step {
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    replace: BTreeMap<String, Value>,
+    #[serde(default)]
+    delete: Vec<String>,
+    #[serde(default)]
+    checks: Vec<Check>,
+}
+
+#[derive(Deserialize)]
+struct Check {
+    from: String,
+    to: String,
+    protocol: String,
+    port: u16,
+    allowed: bool,
+    #[serde(default)]
+    suspect: bool,
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cnp-conformance")
+}
+
+/// `Kind/name` or `Kind/namespace/name` of an object.
+fn key_of(v: &Value) -> String {
+    let kind = v["kind"].as_str().unwrap_or_default();
+    let name = v["metadata"]["name"].as_str().unwrap_or_default();
+    match v["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{kind}/{ns}/{name}"),
+        None => format!("{kind}/{name}"),
+    }
+}
+
+fn read_objects(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    podwall_policy::objects(&path.display().to_string(), &text)
+        .expect("yaml")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+fn engine(objects: &BTreeMap<String, Value>, case: &str) -> Engine {
+    let mut loader = Loader::new();
+    for v in objects.values() {
+        loader.add_object(Origin::default(), v.clone());
+    }
+    let (state, report) = loader.finish();
+    let errors: Vec<String> = report
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == podwall_policy::Severity::Error)
+        .map(|d| d.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{case}: {errors:#?}");
+    Engine::compile(state)
+}
+
+/// The pods a probe's destination stands for: a pod, or a Service's backends (by selector).
+fn destinations(e: &Engine, objects: &BTreeMap<String, Value>, to: &str) -> Vec<Endpoint> {
+    let pod = |key: &str| {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        Endpoint::Pod(
+            e.state()
+                .pod_by_name(ns, name)
+                .unwrap_or_else(|| panic!("no pod {key}")),
+        )
+    };
+    let Some(service) = to.strip_prefix("service:") else {
+        return vec![pod(to)];
+    };
+    let (ns, name) = service.split_once('/').expect("ns/name");
+    let svc = &objects[&format!("Service/{ns}/{name}")];
+    let selector = svc["spec"]["selector"].as_object().expect("selector");
+    let backends: Vec<Endpoint> = e
+        .state()
+        .pod_ids()
+        .filter(|&id| {
+            let p = e.state().pod(id);
+            p.namespace == ns
+                && selector
+                    .iter()
+                    .all(|(k, v)| p.labels.get(k).map(String::as_str) == v.as_str())
+        })
+        .map(Endpoint::Pod)
+        .collect();
+    assert!(!backends.is_empty(), "service {service} has no backends");
+    backends
+}
+
+#[test]
+fn every_upstream_conformance_probe_holds_in_the_analyzer() {
+    let cases: Cases = serde_saphyr::from_str(
+        &std::fs::read_to_string(dir().join("cases.yaml")).expect("cases.yaml"),
+    )
+    .expect("cases.yaml parses");
+    let topology = read_objects(&dir().join("topology.yaml"));
+    let (mut checked, mut suspect) = (0, 0);
+    let mut failures = Vec::new();
+    for case in &cases.cases {
+        let mut objects: BTreeMap<String, Value> =
+            topology.iter().map(|v| (key_of(v), v.clone())).collect();
+        for m in &case.manifests {
+            for v in read_objects(&dir().join(m)) {
+                objects.insert(key_of(&v), v);
+            }
+        }
+        for (i, step) in case.steps.iter().enumerate() {
+            for v in step.replace.values() {
+                objects.insert(key_of(v), v.clone());
+            }
+            for k in &step.delete {
+                assert!(
+                    objects.remove(k).is_some(),
+                    "{}: nothing to delete at {k}",
+                    case.id
+                );
+            }
+            if step.checks.is_empty() {
+                continue;
+            }
+            let e = engine(&objects, &case.id);
+            for c in &step.checks {
+                if c.suspect {
+                    suspect += 1;
+                    continue;
+                }
+                checked += 1;
+                let (ns, name) = c.from.split_once('/').expect("ns/name");
+                let src = Endpoint::Pod(e.state().pod_by_name(ns, name).expect("client pod"));
+                let protocol: Protocol = c.protocol.parse().expect("protocol");
+                for dst in destinations(&e, &objects, &c.to) {
+                    let query = Query {
+                        src,
+                        dst,
+                        protocol,
+                        port: c.port,
+                    };
+                    let verdict = e.verdict(&query);
+                    assert_eq!(verdict.allowed(), e.allowed(&query), "fast path agrees");
+                    if verdict.allowed() != c.allowed {
+                        failures.push(format!(
+                            "{} step {i} ({}): {} -> {} {}/{}: expected {}, got:\n{}",
+                            case.id,
+                            step.note,
+                            c.from,
+                            c.to,
+                            c.protocol,
+                            c.port,
+                            if c.allowed { "allowed" } else { "denied" },
+                            e.explain(&verdict)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    println!("{checked} conformance probes checked, {suspect} suspect ones skipped");
+    assert!(
+        checked > 350,
+        "the transcription holds {checked} probes only"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
