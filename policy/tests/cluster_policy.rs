@@ -430,10 +430,19 @@ fn a_pod_reaching_itself_is_judged_by_the_cluster_tiers_but_always_allowed_by_ne
         "  subject: {namespaces: {matchLabels: {team: red}}}\n  ingress:\n  - action: Deny\n    from: [{namespaces: {matchLabels: {team: red}}}]\n",
     );
     let e = engine(&deny_own);
-    assert!(!allowed(&e, "a/server", "a/server", 8080), "hairpin: the Deny holds");
+    assert!(
+        !allowed(&e, "a/server", "a/server", 8080),
+        "hairpin: the Deny holds"
+    );
     let baseline = deny_own.replace("Admin", "Baseline");
     let e = engine(&baseline);
-    assert!(!allowed(&e, "a/server", "a/server", 8080), "no NetworkPolicy: the Baseline judges");
+    assert!(
+        !allowed(&e, "a/server", "a/server", 8080),
+        "no NetworkPolicy: the Baseline judges"
+    );
     let e = engine(&(baseline + DENY_ALL_NP_INGRESS_A));
-    assert!(allowed(&e, "a/server", "a/server", 8080), "a NetworkPolicy always allows it");
+    assert!(
+        allowed(&e, "a/server", "a/server", 8080),
+        "a NetworkPolicy always allows it"
+    );
 }

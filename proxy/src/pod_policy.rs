@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use podwall_policy::{
-    ClusterState, Direction, Endpoint, Engine, FqdnId, PodId, Protocol, Query, Verdict,
+    ClusterState, Decision, Direction, Endpoint, Engine, FqdnId, PodId, Protocol, Query, Verdict,
 };
 use tokio::sync::watch;
 
@@ -155,15 +155,28 @@ impl PodPolicy {
 
     /// Allowed; denied; or audit, when every side that denies belongs to a pod in audit mode
     /// (or this sidecar runs with `--audit`). Each pod's audit annotation covers its own
-    /// policies, whichever sidecar sees the connection.
+    /// policies, whichever sidecar sees the connection, but never an Admin-tier
+    /// ClusterNetworkPolicy's Deny: a guardrail the namespace's owner cannot override is not
+    /// theirs to switch to audit either (only `--audit`, the operator's, covers it).
     pub fn flow_verdict(&self, verdict: &Verdict) -> FlowVerdict {
         if verdict.allowed() {
             return FlowVerdict::Allowed;
         }
+        let admin_deny = |d: Decision| match d {
+            Decision::ClusterDeny(rule) => self
+                .engine
+                .state()
+                .policy(rule.policy)
+                .cluster
+                .is_some_and(|c| c.tier == podwall_policy::Tier::Admin),
+            _ => false,
+        };
         let enforced = [&verdict.egress, &verdict.ingress]
             .into_iter()
             .filter(|side| !side.allowed())
-            .any(|side| !side.pod.is_some_and(|p| self.pod_in_audit(p)));
+            .any(|side| {
+                admin_deny(side.decision) || !side.pod.is_some_and(|p| self.pod_in_audit(p))
+            });
         if enforced && !self.audit {
             FlowVerdict::Denied
         } else {
@@ -319,5 +332,62 @@ pub async fn follow(
             tracing::warn!("policy source ended; keeping the last policy");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}, annotations: {podwall.io/enforcement: audit}}
+status: {podIP: 10.0.0.2, hostIP: 192.168.0.1}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guardrail}
+spec:
+  tier: TIER
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - {action: Deny, to: [{networks: [169.254.169.254/32]}]}
+"#;
+
+    fn policy(tier: &str, audit_flag: bool) -> PodPolicy {
+        let mut loader = podwall_policy::Loader::new();
+        loader
+            .add_yaml("state", &STATE.replace("TIER", tier))
+            .expect("yaml");
+        let (state, report) = loader.finish();
+        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+        let engine = Engine::compile(state);
+        let me = engine.state().pod_by_name("shop", "api").expect("api");
+        PodPolicy {
+            engine,
+            me,
+            audit: audit_flag,
+            generation: 1,
+            http: None,
+            fqdn: None,
+            own_fqdn: Vec::new(),
+            observe_http: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pods_audit_annotation_never_covers_an_admin_tier_deny_but_the_operators_flag_does() {
+        let verdict = |p: &PodPolicy| {
+            p.flow_verdict(&p.outbound("169.254.169.254".parse().expect("ip"), Protocol::Tcp, 80))
+        };
+        assert_eq!(verdict(&policy("Admin", false)), FlowVerdict::Denied);
+        assert_eq!(verdict(&policy("Baseline", false)), FlowVerdict::Audit);
+        assert_eq!(verdict(&policy("Admin", true)), FlowVerdict::Audit);
     }
 }
