@@ -7,71 +7,13 @@
 //! one answers). Checks marked `suspect` contradict upstream's own policies (the case says why)
 //! and are counted, not asserted.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use podwall_policy::{Endpoint, Engine, Loader, Origin, Protocol, Query};
-use serde::Deserialize;
 use serde_json::Value;
-
-#[derive(Deserialize)]
-struct Cases {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    id: String,
-    #[serde(default)]
-    manifests: Vec<String>,
-    steps: Vec<Step>,
-}
-
-#[derive(Deserialize)]
-struct Step {
-    #[serde(default)]
-    note: String,
-    #[serde(default)]
-    replace: BTreeMap<String, Value>,
-    #[serde(default)]
-    delete: Vec<String>,
-    #[serde(default)]
-    checks: Vec<Check>,
-}
-
-#[derive(Deserialize)]
-struct Check {
-    from: String,
-    to: String,
-    protocol: String,
-    port: u16,
-    allowed: bool,
-    #[serde(default)]
-    suspect: bool,
-}
-
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cnp-conformance")
-}
-
-/// `Kind/name` or `Kind/namespace/name` of an object.
-fn key_of(v: &Value) -> String {
-    let kind = v["kind"].as_str().unwrap_or_default();
-    let name = v["metadata"]["name"].as_str().unwrap_or_default();
-    match v["metadata"]["namespace"].as_str() {
-        Some(ns) => format!("{kind}/{ns}/{name}"),
-        None => format!("{kind}/{name}"),
-    }
-}
-
-fn read_objects(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    podwall_policy::objects(&path.display().to_string(), &text)
-        .expect("yaml")
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect()
-}
+use support::cnp_conformance::{cases, initial};
 
 fn engine(objects: &BTreeMap<String, Value>, case: &str) -> Engine {
     let mut loader = Loader::new();
@@ -123,32 +65,12 @@ fn destinations(e: &Engine, objects: &BTreeMap<String, Value>, to: &str) -> Vec<
 
 #[test]
 fn every_upstream_conformance_probe_holds_in_the_analyzer() {
-    let cases: Cases = serde_saphyr::from_str(
-        &std::fs::read_to_string(dir().join("cases.yaml")).expect("cases.yaml"),
-    )
-    .expect("cases.yaml parses");
-    let topology = read_objects(&dir().join("topology.yaml"));
     let (mut checked, mut suspect) = (0, 0);
     let mut failures = Vec::new();
-    for case in &cases.cases {
-        let mut objects: BTreeMap<String, Value> =
-            topology.iter().map(|v| (key_of(v), v.clone())).collect();
-        for m in &case.manifests {
-            for v in read_objects(&dir().join(m)) {
-                objects.insert(key_of(&v), v);
-            }
-        }
+    for case in &cases() {
+        let mut objects = initial(case);
         for (i, step) in case.steps.iter().enumerate() {
-            for v in step.replace.values() {
-                objects.insert(key_of(v), v.clone());
-            }
-            for k in &step.delete {
-                assert!(
-                    objects.remove(k).is_some(),
-                    "{}: nothing to delete at {k}",
-                    case.id
-                );
-            }
+            step.apply(&mut objects, &case.id);
             if step.checks.is_empty() {
                 continue;
             }

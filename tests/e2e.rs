@@ -792,6 +792,141 @@ fn an_observed_port_logs_requests_as_sent_and_a_silent_connection_still_answers_
     });
 }
 
+/// Upstream conformance cases run in the sandbox with real sidecars (TCP probes between pods;
+/// the analyzer's test holds every probe).
+const CONFORMANCE_IN_SANDBOX: [&str; 8] = [
+    "admin-egress-tcp",
+    "admin-ingress-tcp",
+    "admin-gress",
+    "admin-priority-field",
+    "admin-integration",
+    "admin-pod-selector",
+    "baseline-ingress-tcp",
+    "baseline-gress",
+];
+
+#[test]
+fn upstream_cluster_network_policy_conformance_cases_hold_with_real_sidecars() {
+    if !ready_for("upstream_cluster_network_policy_conformance_cases_hold_with_real_sidecars") {
+        return;
+    }
+    use support::cnp_conformance::{cases, initial, read_objects};
+    // The topology without its host-network pods (no TCP probe here reaches them); each pod
+    // also listens on the undeclared TCP ports upstream's servers listen on (an extra container
+    // with unnamed ports: named-port rules see no difference).
+    let topology: Vec<serde_json::Value> =
+        read_objects(&support::cnp_conformance::dir().join("topology.yaml"))
+            .into_iter()
+            .filter(|v| v["spec"]["hostNetwork"] != true)
+            .map(|mut v| {
+                let listening = v["metadata"]["annotations"]["cnp-conformance/listening"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let ports: Vec<serde_json::Value> = listening
+                    .split(',')
+                    .filter_map(|p| p.strip_suffix("/TCP"))
+                    .filter_map(|p| p.parse::<u16>().ok())
+                    .map(|p| serde_json::json!({"containerPort": p}))
+                    .collect();
+                if let Some(containers) = v["spec"]["containers"].as_array_mut()
+                    && !ports.is_empty()
+                {
+                    containers.push(serde_json::json!({"name": "listener", "ports": ports}));
+                }
+                v
+            })
+            .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("cluster.json"),
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": topology}).to_string(),
+    )
+    .expect("write");
+    let up = Up::new(dir.path(), "cnpc", Inject::All);
+    let policy_dir = up.sb().policy_dir();
+    let pods: Vec<serde_json::Value> = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(policy_dir.join("cluster.json")).expect("cluster.json"),
+    )
+    .expect("json")["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|v| v["kind"] == "Pod")
+        .cloned()
+        .collect();
+    // Written whole, then renamed: the control plane never reads half a file.
+    let write = |name: &str, items: Vec<serde_json::Value>| {
+        let tmp = policy_dir.join(format!(".{name}.tmp"));
+        std::fs::write(
+            &tmp,
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+        )
+        .expect("write");
+        std::fs::rename(&tmp, policy_dir.join(name)).expect("rename");
+    };
+    let mut failures = Vec::new();
+    let mut probed = 0;
+    for case in cases()
+        .iter()
+        .filter(|c| CONFORMANCE_IN_SANDBOX.contains(&c.id.as_str()))
+    {
+        let mut objects = initial(case);
+        for (i, step) in case.steps.iter().enumerate() {
+            step.apply(&mut objects, &case.id);
+            let of = |kinds: &[&str]| -> Vec<serde_json::Value> {
+                objects
+                    .values()
+                    .filter(|v| kinds.iter().any(|k| v["kind"] == *k))
+                    .cloned()
+                    .collect()
+            };
+            let mut state = of(&["Namespace", "Node"]);
+            state.extend(pods.iter().cloned());
+            write("cluster.json", state);
+            write(
+                "policies.json",
+                of(&["ClusterNetworkPolicy", "NetworkPolicy"]),
+            );
+            for c in step
+                .checks
+                .iter()
+                .filter(|c| c.protocol == "TCP" && !c.suspect && !c.to.starts_with("service:"))
+            {
+                if up.sb().pod(&c.to).is_none() || up.sb().pod(&c.from).is_none() {
+                    continue;
+                }
+                probed += 1;
+                let dst = SocketAddr::new(up.ip(&c.to), c.port);
+                // As upstream: polled until it holds (the sidecars take the new policy).
+                let start = Instant::now();
+                let mut got = !c.allowed;
+                while start.elapsed() < Duration::from_secs(10) {
+                    got = connect(&up.ns(&c.from), dst).is_ok();
+                    if got == c.allowed {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if got != c.allowed {
+                    failures.push(format!(
+                        "{} step {i} ({}): {} -> {} TCP/{}: expected {}",
+                        case.id,
+                        step.note,
+                        c.from,
+                        c.to,
+                        c.port,
+                        if c.allowed { "allowed" } else { "denied" }
+                    ));
+                }
+            }
+        }
+    }
+    println!("{probed} conformance probes through real sidecars");
+    assert!(probed >= 60, "only {probed} probes ran");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     if !ready_for("without_a_policy_for_its_pod_the_sidecar_refuses_everything") {

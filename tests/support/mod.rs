@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+pub(crate) mod cnp_conformance;
 pub(crate) mod hostile;
 pub(crate) mod sandbox;
 

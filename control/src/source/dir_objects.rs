@@ -14,15 +14,20 @@ use super::files::{SourceError, read_paths};
 use crate::store::Store;
 
 /// The kinds a sidecar's policy can depend on; others are not served.
-pub const SERVED_KINDS: [&str; 7] = [
+pub const SERVED_KINDS: [&str; 9] = [
     "Namespace",
     "Pod",
     "NetworkPolicy",
     "PodwallPolicy",
     "CiliumNetworkPolicy",
+    "ClusterNetworkPolicy",
+    "Node",
     "Service",
     "EndpointSlice",
 ];
+
+/// Served kinds that have no namespace.
+const CLUSTER_SCOPED: [&str; 3] = ["Namespace", "Node", "ClusterNetworkPolicy"];
 
 /// Reads the objects of `paths`.
 pub fn read_objects(paths: &[PathBuf]) -> Result<ObjectSet, SourceError> {
@@ -30,7 +35,9 @@ pub fn read_objects(paths: &[PathBuf]) -> Result<ObjectSet, SourceError> {
     for file in read_paths(paths)? {
         for (_, mut object) in podwall_policy::objects(&file.name, &file.text)? {
             // As `kubectl apply` does: a namespaced object without a namespace is in `default`.
-            if object["kind"].as_str().is_some_and(|k| k != "Namespace")
+            if object["kind"]
+                .as_str()
+                .is_some_and(|k| !CLUSTER_SCOPED.contains(&k))
                 && object["metadata"].is_object()
                 && object["metadata"]["namespace"]
                     .as_str()
