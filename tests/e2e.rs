@@ -72,6 +72,41 @@ fn every_example_behaves_in_the_sandbox_as_the_analyzer_predicts() {
                 a.detail
             ));
         }
+        // And as written by hand in expected.yaml, an oracle that is not the engine: every
+        // probed TCP port its matrices cover.
+        let expected: serde_json::Value = serde_saphyr::from_str(
+            &std::fs::read_to_string(dir.join("expected.yaml")).expect("expected.yaml"),
+        )
+        .expect("expected.yaml parses");
+        for m in expected["matrices"].as_array().into_iter().flatten() {
+            if m["protocol"] != "TCP" {
+                continue;
+            }
+            let allowed: Vec<&str> = m["allowed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str())
+                .collect();
+            for a in report
+                .attempts
+                .iter()
+                .filter(|a| m["port"] == a.port && a.from != a.to)
+            {
+                let want = allowed.contains(&format!("{} -> {}", a.from, a.to).as_str());
+                if a.observed != want {
+                    failures.push(format!(
+                        "{}: {} -> {} TCP/{}: observed {}, expected.yaml says {want} ({})",
+                        dir.display(),
+                        a.from,
+                        a.to,
+                        a.port,
+                        a.observed,
+                        a.detail
+                    ));
+                }
+            }
+        }
         // The application saw the port the client dialled.
         for a in report
             .attempts
