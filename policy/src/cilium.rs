@@ -340,11 +340,15 @@ pub(crate) fn convert(
     if name.is_empty() {
         errs.required("metadata.name", "name or generateName is required");
     }
-    let namespace = obj
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    // A clusterwide policy has no namespace: its selectors span every namespace.
+    let namespace = if kind.cluster_scoped() {
+        String::new()
+    } else {
+        obj.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    };
     let specs: Vec<(String, &Spec)> = match (&obj.spec, &obj.specs) {
         (Some(s), None) => vec![("spec".into(), s)],
         (None, Some(list)) => list
@@ -530,10 +534,15 @@ impl EndpointSelector {
         (!reqs.is_empty()).then_some(LabelSelector { requirements: reqs })
     }
 
-    /// The namespaces a peer selector looks in.
+    /// The namespaces a peer selector looks in (`own` empty: a clusterwide policy's, every
+    /// namespace unless the selector says).
     fn scope(&self, own: &str) -> NamespaceScope {
         if self.namespace_names.is_empty() && self.namespace_labels.is_empty() {
-            return NamespaceScope::Named(own.to_string());
+            return if own.is_empty() {
+                NamespaceScope::Selected(LabelSelector::everything())
+            } else {
+                NamespaceScope::Named(own.to_string())
+            };
         }
         if self.namespace_labels.is_empty()
             && let [req] = self.namespace_names.as_slice()
@@ -542,7 +551,8 @@ impl EndpointSelector {
         {
             return NamespaceScope::Named(req.values[0].clone());
         }
-        NamespaceScope::Selected(self.namespace_requirements(Some(own)).unwrap_or_default())
+        let own = Some(own).filter(|o| !o.is_empty());
+        NamespaceScope::Selected(self.namespace_requirements(own).unwrap_or_default())
     }
 }
 

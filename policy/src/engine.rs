@@ -109,9 +109,19 @@ impl Engine {
 
         // Which policies select each identity, per direction.
         let mut policies_by_ns: HashMap<&str, Vec<PolicyId>> = HashMap::new();
+        // Clusterwide policies of the NetworkPolicy tier (CiliumClusterwideNetworkPolicy) may
+        // select pods of any namespace; ClusterNetworkPolicies have tiers of their own.
+        let mut clusterwide: Vec<PolicyId> = Vec::new();
         for id in state.policy_ids() {
+            let p = state.policy(id);
+            if p.name.kind.cluster_scoped() {
+                if p.cluster.is_none() {
+                    clusterwide.push(id);
+                }
+                continue;
+            }
             policies_by_ns
-                .entry(state.policy(id).name.namespace.as_str())
+                .entry(p.name.namespace.as_str())
                 .or_default()
                 .push(id);
         }
@@ -125,6 +135,8 @@ impl Engine {
                     .get(ns)
                     .map(Vec::as_slice)
                     .unwrap_or_default()
+                    .iter()
+                    .chain(&clusterwide)
                 {
                     let policy = state.policy(pid);
                     let ns_labels = &state.namespaces[ident.namespace].labels;

@@ -135,14 +135,9 @@ impl Loader {
                     .field("kind"),
                 )
             }
-            ("cilium.io", "CiliumClusterwideNetworkPolicy") => self.report.diagnostics.push(
-                Diagnostic::error(
-                    "unsupported-kind",
-                    "cluster-wide Cilium policies are not enforced by podwall yet; write one CiliumNetworkPolicy or PodwallPolicy per namespace",
-                )
-                .at(&origin)
-                .object(object_name(&kind, &value)),
-            ),
+            ("cilium.io", "CiliumClusterwideNetworkPolicy") => {
+                self.add_cilium_policy(origin, PolicyKind::CiliumClusterwideNetworkPolicy, value)
+            }
             _ => match KINDS_READ
                 .iter()
                 .find(|known| known.eq_ignore_ascii_case(&kind) && **known != kind)
@@ -666,6 +661,7 @@ impl Loader {
                     "PodwallPolicy" => PolicyKind::PodwallPolicy,
                     "CiliumNetworkPolicy" => PolicyKind::CiliumNetworkPolicy,
                     "ClusterNetworkPolicy" => PolicyKind::ClusterNetworkPolicy,
+                    "CiliumClusterwideNetworkPolicy" => PolicyKind::CiliumClusterwideNetworkPolicy,
                     _ => return,
                 };
                 let namespace = if kind.cluster_scoped() { "" } else { namespace };
@@ -749,6 +745,7 @@ const KINDS_READ: &[&str] = &[
     "CiliumNetworkPolicy",
     "PodwallPolicy",
     "ClusterNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
     "Node",
 ];
 

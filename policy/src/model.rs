@@ -232,12 +232,18 @@ pub enum PolicyKind {
     /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy: cluster-scoped, in the Admin
     /// or Baseline tier (see [`ClusterScope`]).
     ClusterNetworkPolicy,
+    /// `cilium.io/v2` CiliumClusterwideNetworkPolicy: a CiliumNetworkPolicy for pods of every
+    /// namespace (its peers too, unless a selector names their namespace).
+    CiliumClusterwideNetworkPolicy,
 }
 
 impl PolicyKind {
     /// Whether objects of this kind are cluster-scoped (no namespace).
     pub fn cluster_scoped(self) -> bool {
-        matches!(self, PolicyKind::ClusterNetworkPolicy)
+        matches!(
+            self,
+            PolicyKind::ClusterNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy
+        )
     }
 }
 
@@ -248,6 +254,9 @@ impl fmt::Display for PolicyKind {
             PolicyKind::PodwallPolicy => f.write_str("PodwallPolicy"),
             PolicyKind::CiliumNetworkPolicy => f.write_str("CiliumNetworkPolicy"),
             PolicyKind::ClusterNetworkPolicy => f.write_str("ClusterNetworkPolicy"),
+            PolicyKind::CiliumClusterwideNetworkPolicy => {
+                f.write_str("CiliumClusterwideNetworkPolicy")
+            }
         }
     }
 }

@@ -446,3 +446,26 @@ fn a_pod_reaching_itself_is_judged_by_the_cluster_tiers_but_always_allowed_by_ne
         "a NetworkPolicy always allows it"
     );
 }
+
+#[test]
+fn a_clusterwide_cilium_policy_selects_and_allows_pods_of_every_namespace_unless_it_names_one() {
+    let ccnp = "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: servers}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n  - fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: b, app: agent}}]\n";
+    let e = engine(ccnp);
+    // Servers of both namespaces are isolated; clients of either namespace reach them on 8080.
+    for server in ["a/server", "b/server"] {
+        assert!(allowed(&e, "a/client", server, 8080), "{server}");
+        assert!(allowed(&e, "b/client", server, 8080), "{server}");
+        assert!(
+            !allowed(&e, "a/client", server, 9090),
+            "{server}: another port"
+        );
+    }
+    let v = e.verdict(&q(&e, "b/client", "a/server", Protocol::Tcp, 8080));
+    let text = e.explain(&v).to_string();
+    assert!(
+        text.contains("CiliumClusterwideNetworkPolicy servers"),
+        "{text}"
+    );
+    // Only pods it selects: clients are not isolated.
+    assert!(allowed(&e, "a/server", "b/client", 9090));
+}

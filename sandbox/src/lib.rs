@@ -300,9 +300,10 @@ pub fn sidecar_in(ns: &str, program: &str) -> Command {
 /// Every policy object under `dir`, as written, in one `kind: List`.
 fn policy_documents(dir: &Path) -> Result<serde_json::Value, SandboxError> {
     // Services and EndpointSlices too: sidecars resolve service IPs with them.
-    const KINDS: [&str; 7] = [
+    const KINDS: [&str; 8] = [
         "NetworkPolicy",
         "CiliumNetworkPolicy",
+        "CiliumClusterwideNetworkPolicy",
         "PodwallPolicy",
         "ClusterNetworkPolicy",
         // ClusterNetworkPolicy `nodes` peers match their addresses.

@@ -14,20 +14,26 @@ use super::files::{SourceError, read_paths};
 use crate::store::Store;
 
 /// The kinds a sidecar's policy can depend on; others are not served.
-pub const SERVED_KINDS: [&str; 9] = [
+pub const SERVED_KINDS: [&str; 10] = [
     "Namespace",
     "Pod",
     "NetworkPolicy",
     "PodwallPolicy",
     "CiliumNetworkPolicy",
     "ClusterNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
     "Node",
     "Service",
     "EndpointSlice",
 ];
 
 /// Served kinds that have no namespace.
-const CLUSTER_SCOPED: [&str; 3] = ["Namespace", "Node", "ClusterNetworkPolicy"];
+const CLUSTER_SCOPED: [&str; 4] = [
+    "Namespace",
+    "Node",
+    "ClusterNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
+];
 
 /// Reads the objects of `paths`.
 pub fn read_objects(paths: &[PathBuf]) -> Result<ObjectSet, SourceError> {

@@ -82,6 +82,13 @@ pub fn watched_kinds() -> Vec<WatchedKind> {
             "ciliumnetworkpolicies",
             true,
         ),
+        kind(
+            "cilium.io",
+            "v2",
+            "CiliumClusterwideNetworkPolicy",
+            "ciliumclusterwidenetworkpolicies",
+            true,
+        ),
         // network-policy-api's CRD, installed by the cluster's administrator (not the chart).
         kind(
             "policy.networking.k8s.io",
@@ -312,7 +319,11 @@ pub fn trim(kind: &str, map: &mut Map<String, Value>) {
     }
     if matches!(
         kind,
-        "NetworkPolicy" | "PodwallPolicy" | "CiliumNetworkPolicy" | "ClusterNetworkPolicy"
+        "NetworkPolicy"
+            | "PodwallPolicy"
+            | "CiliumNetworkPolicy"
+            | "CiliumClusterwideNetworkPolicy"
+            | "ClusterNetworkPolicy"
     ) {
         // podwall writes PodwallPolicy status itself: a status write (and the resourceVersion
         // it moves) must not be a change that goes out to every sidecar the policy reaches.
