@@ -27,6 +27,18 @@ use tokio::sync::watch;
 use crate::server::{KindLabel, ServerMetrics};
 use crate::views::Views;
 
+/// Every policy kind `podwall_control_invalid_policies` counts: the enforced ones, and the
+/// network-policy-api v0.1 kinds, which are never enforced (each one counts as invalid).
+pub const POLICY_KINDS: [&str; 7] = [
+    "NetworkPolicy",
+    "PodwallPolicy",
+    "CiliumNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
+    "ClusterNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+];
+
 /// The errors that make a policy object invalid, found by reading it alone.
 pub fn errors_of(object: &Value) -> Vec<Diagnostic> {
     let mut loader = Loader::new();
@@ -240,6 +252,16 @@ pub async fn run(
             let mut seen = std::collections::HashSet::new();
             for (key, object) in index.objects.iter() {
                 let kind = key.kind.as_str();
+                if POLICY_KINDS.contains(&kind)
+                    && !matches!(kind, "PodwallPolicy" | "CiliumNetworkPolicy")
+                {
+                    // Counted (the log says why, each time the state is read); no status or
+                    // Event of podwall's on these.
+                    if !errors_of(object).is_empty() {
+                        *invalid.entry(kind).or_default() += 1;
+                    }
+                    continue;
+                }
                 if !matches!(kind, "PodwallPolicy" | "CiliumNetworkPolicy") {
                     continue;
                 }
@@ -308,7 +330,7 @@ pub async fn run(
             // Objects gone (or replaced by another uid) are forgotten.
             written.statuses.retain(|k, _| seen.contains(k));
             written.events.retain(|k, _| seen.contains(k));
-            for kind in ["PodwallPolicy", "CiliumNetworkPolicy"] {
+            for kind in POLICY_KINDS {
                 metrics
                     .invalid_policies
                     .get_or_create(&KindLabel { kind: kind.into() })

@@ -53,6 +53,16 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
         "CiliumNetworkPolicy",
         "ciliumnetworkpolicies",
     );
+    api.serve(
+        "policy.networking.k8s.io/v1alpha2",
+        "ClusterNetworkPolicy",
+        "clusternetworkpolicies",
+    );
+    api.serve(
+        "policy.networking.k8s.io/v1alpha1",
+        "AdminNetworkPolicy",
+        "adminnetworkpolicies",
+    );
     api.serve("v1", "ConfigMap", "configmaps");
     api.serve("v1", "Event", "events");
     api.serve("coordination.k8s.io/v1", "Lease", "leases");
@@ -79,6 +89,17 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
         "spec": {"endpointSelector": {}, "egress": [{"toCIDR": ["10.0.0.0/99"]}]}}),
     );
 
+    // A cluster policy out of range, and a kind podwall never enforces: neither in silence.
+    api.apply(
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "too-high", "uid": "u-cnp2"},
+        "spec": {"tier": "Admin", "priority": 2000, "subject": {"namespaces": {}}}}),
+    );
+    api.apply(
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": {"name": "old-api", "uid": "u-anp"},
+        "spec": {"priority": 10, "subject": {"namespaces": {}}}}),
+    );
     let client =
         kube::Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client");
     let store = Arc::new(Store::new());
@@ -159,6 +180,14 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
         metrics_text.contains("podwall_control_invalid_policies{kind=\"CiliumNetworkPolicy\"} 1"),
         "{metrics_text}"
     );
+    for kind in ["ClusterNetworkPolicy", "AdminNetworkPolicy"] {
+        assert!(
+            metrics_text.contains(&format!(
+                "podwall_control_invalid_policies{{kind=\"{kind}\"}} 1"
+            )),
+            "{kind}: {metrics_text}"
+        );
+    }
     // Nothing changes: nothing is written again (over several rechecks).
     let writes = |log: &[String]| {
         log.iter()

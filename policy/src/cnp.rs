@@ -26,6 +26,8 @@ pub(crate) struct Converted {
     pub(crate) policy: Policy,
     /// Errors of rules kept as fail-closed rules (the policy is enforced without them).
     pub(crate) rule_errors: FieldErrors,
+    /// Fields of the spec podwall does not know, hence does not enforce (the rest is).
+    pub(crate) unknown_fields: FieldErrors,
 }
 
 /// Converts one object; `Err`: the object cannot be a policy at all (no name, tier, priority or
@@ -61,6 +63,16 @@ pub(crate) fn convert(value: &Value, origin: &Origin) -> Result<Converted, Field
         }
     };
     let subject = subject(&spec["subject"], &mut errs);
+    let mut unknown_fields = FieldErrors::default();
+    for key in spec.as_object().into_iter().flatten().map(|(k, _)| k) {
+        if !["tier", "priority", "subject", "ingress", "egress"].contains(&key.as_str()) {
+            unknown_fields.invalid(
+                format!("spec.{key}"),
+                key,
+                "unknown field: podwall does not enforce it (an API newer than podwall's?)",
+            );
+        }
+    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -104,6 +116,7 @@ pub(crate) fn convert(value: &Value, origin: &Origin) -> Result<Converted, Field
             cluster: Some(ClusterScope { tier, priority }),
         },
         rule_errors,
+        unknown_fields,
     })
 }
 
@@ -172,6 +185,17 @@ fn namespaced_pod(
 /// One rule. A rule podwall cannot enforce as written fails closed, with its errors reported.
 fn rule(value: &Value, direction: Direction, field: &str, errs: &mut FieldErrors) -> Rule {
     let mut mine = FieldErrors::default();
+    // A field podwall cannot read may narrow what the rule matches: the rule fails closed.
+    let known = ["name", "action", direction.peers_field(), "protocols"];
+    for key in value.as_object().into_iter().flatten().map(|(k, _)| k) {
+        if !known.contains(&key.as_str()) {
+            mine.invalid(
+                format!("{field}.{key}"),
+                key,
+                "unknown field: podwall cannot tell what it narrows",
+            );
+        }
+    }
     let name = value["name"].as_str().map(str::to_string);
     if name.as_ref().is_some_and(|n| n.len() > 100) {
         mine.invalid(

@@ -469,6 +469,17 @@ impl Loader {
                         .field(e.field),
                     );
                 }
+                for e in converted.unknown_fields.0 {
+                    self.report.diagnostics.push(
+                        Diagnostic::error(
+                            "unknown-field",
+                            format!("{}; the rest of the policy is enforced", e.message),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                    );
+                }
                 let policy = converted.policy;
                 if let Some(earlier) = self.policies.insert(policy.name.clone(), policy) {
                     self.duplicate(&origin, &object, &earlier.origin);

@@ -469,3 +469,31 @@ fn a_clusterwide_cilium_policy_selects_and_allows_pods_of_every_namespace_unless
     // Only pods it selects: clients are not isolated.
     assert!(allowed(&e, "a/server", "b/client", 9090));
 }
+
+#[test]
+fn fields_podwall_does_not_know_are_errors_and_a_rule_with_one_fails_closed() {
+    let (e, errors) = engine_with_errors(&cnp(
+        "future-fields",
+        "Admin",
+        1,
+        "  subject: {namespaces: {matchLabels: {team: red}}}\n  logging: true\n  ingress:\n  - action: Accept\n    from: [{namespaces: {}}]\n    onlyOnWeekdays: true\n",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("spec.logging") && e.contains("does not enforce")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("onlyOnWeekdays") && e.contains("fails closed")),
+        "{errors:?}"
+    );
+    let v = e.verdict(&q(&e, "b/client", "a/server", Protocol::Tcp, 8080));
+    assert!(
+        v.allowed(),
+        "not isolated: the inert Accept decides nothing"
+    );
+    assert_eq!(v.ingress.decision, Decision::NotIsolated);
+}

@@ -14,7 +14,7 @@ use super::files::{SourceError, read_paths};
 use crate::store::Store;
 
 /// The kinds a sidecar's policy can depend on; others are not served.
-pub const SERVED_KINDS: [&str; 10] = [
+pub const SERVED_KINDS: [&str; 12] = [
     "Namespace",
     "Pod",
     "NetworkPolicy",
@@ -22,17 +22,22 @@ pub const SERVED_KINDS: [&str; 10] = [
     "CiliumNetworkPolicy",
     "ClusterNetworkPolicy",
     "CiliumClusterwideNetworkPolicy",
+    // Not enforced (network-policy-api v0.1): read so that the log and the metric say so.
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
     "Node",
     "Service",
     "EndpointSlice",
 ];
 
 /// Served kinds that have no namespace.
-const CLUSTER_SCOPED: [&str; 4] = [
+const CLUSTER_SCOPED: [&str; 6] = [
     "Namespace",
     "Node",
     "ClusterNetworkPolicy",
     "CiliumClusterwideNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
 ];
 
 /// Reads the objects of `paths`.

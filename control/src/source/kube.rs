@@ -97,6 +97,22 @@ pub fn watched_kinds() -> Vec<WatchedKind> {
             "clusternetworkpolicies",
             true,
         ),
+        // network-policy-api v0.1's kinds: not enforced (v0.2.0 replaced them), watched so that
+        // one applied is said (log, metric) rather than believed enforced.
+        kind(
+            "policy.networking.k8s.io",
+            "v1alpha1",
+            "AdminNetworkPolicy",
+            "adminnetworkpolicies",
+            true,
+        ),
+        kind(
+            "policy.networking.k8s.io",
+            "v1alpha1",
+            "BaselineAdminNetworkPolicy",
+            "baselineadminnetworkpolicies",
+            true,
+        ),
         // ClusterNetworkPolicy `nodes` peers match node addresses. (Optional only so that a
         // server without the resource counts as none; an API server always serves it.)
         kind("", "v1", "Node", "nodes", true),
