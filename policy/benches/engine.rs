@@ -289,5 +289,78 @@ fn pods_len(p: &Pod) -> u32 {
         + 1
 }
 
-criterion_group!(benches, compile, verdict, unrelated_policies);
+/// The same 1 000 pods, 100 NetworkPolicies and queries under 1, 100 or 1 000 Admin-tier
+/// ClusterNetworkPolicies that select every pod (each a Deny on every port from pods no query
+/// comes from, and a Deny to an outside network on a port of its own): every query passes the
+/// Admin tier first, and its cost must stay flat in the number of cluster policies.
+fn cluster_policies(c: &mut Criterion) {
+    let mut group = c.benchmark_group("verdict-cluster-policies");
+    let base = cluster(1000, 100);
+    for n in [1usize, 100, 1000] {
+        let mut loader = podwall_policy::Loader::new();
+        for i in 0..n {
+            loader.add_object(
+                Origin::default(),
+                serde_json::json!({
+                    "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                    "kind": "ClusterNetworkPolicy",
+                    "metadata": {"name": format!("guardrail-{i}")},
+                    "spec": {
+                        "tier": "Admin",
+                        "priority": i % 1001,
+                        "subject": {"namespaces": {}},
+                        "ingress": [{"action": "Deny", "from": [{"pods": {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {"app": format!("nobody-{i}")}}}}]}],
+                        "egress": [{"action": "Deny",
+                            "to": [{"networks": [format!("203.0.{}.0/24", i % 256)]}],
+                            "protocols": [{"tcp": {"destinationPort": {"number": 10_000 + i}}}]}]
+                    }
+                }),
+            );
+        }
+        let (extra, report) = loader.finish();
+        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+        let mut policies = base.policies.clone();
+        policies.extend(extra.policies);
+        let state = ClusterState::new(base.namespaces.clone(), base.pods.clone(), policies);
+        let engine = Engine::compile(state);
+        let mut rng = Rng(11);
+        let queries: Vec<Query> = (0..4096)
+            .map(|i| Query {
+                src: Endpoint::Pod(PodId(rng.below(1000) as u32)),
+                dst: if i % 8 == 0 {
+                    Endpoint::Ip(IpAddr::V4(Ipv4Addr::new(203, 0, 3, 4)))
+                } else {
+                    Endpoint::Pod(PodId(rng.below(1000) as u32))
+                },
+                protocol: Protocol::Tcp,
+                port: if i % 2 == 0 { 8080 } else { 10_003 },
+            })
+            .collect();
+        let id = format!("{n}cluster-policies");
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("explained", &id), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                black_box(engine.verdict(black_box(&queries[i])))
+            })
+        });
+        group.bench_function(BenchmarkId::new("allowed", &id), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                black_box(engine.allowed(black_box(&queries[i])))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    compile,
+    verdict,
+    unrelated_policies,
+    cluster_policies
+);
 criterion_main!(benches);
