@@ -539,8 +539,14 @@ fn count_decisions(counters: &crate::metrics::FlowCounters, e: &FlowEvent) {
     let snapshot = e.snapshot.as_ref().map_or(0, |s| s.generation as usize);
     for side in [&e.egress, &e.ingress].into_iter().flatten() {
         match side.decision {
+            // A cluster policy's Deny is a denial of that policy's (and its rule's flow).
+            Decision::ClusterDeny(r) if e.verdict != FlowVerdict::Allowed => {
+                counters
+                    .denials
+                    .count(side.direction, &engine.state().policy(r.policy).name);
+            }
             // A rule counts the flows it let through (not those the other side denied).
-            Decision::Rule(r) if e.verdict != FlowVerdict::Denied => {
+            Decision::Rule(r) | Decision::ClusterAccept(r) if e.verdict != FlowVerdict::Denied => {
                 RULE_COUNTERS.with(|cache| {
                     let mut cache = cache.borrow_mut();
                     if let Some(c) = cache.get(&(snapshot, r)) {
@@ -816,6 +822,58 @@ spec:
             "{nearest}"
         );
         assert!(allowed["ingress"].get("nearest").is_none());
+    }
+
+    #[test]
+    fn a_cluster_policy_decision_names_its_tier_priority_action_and_rule_name() {
+        let mut loader = podwall_policy::Loader::new();
+        loader.add_yaml("cluster.yaml", CLUSTER).expect("yaml");
+        loader
+            .add_yaml(
+                "cnp.yaml",
+                "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec:\n  tier: Admin\n  priority: 7\n  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: api}}}}\n  ingress:\n  - name: no-frontend-debug\n    action: Deny\n    from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: frontend}}}}]\n    protocols: [{tcp: {destinationPort: {number: 9090}}}]\n",
+            )
+            .expect("yaml");
+        let (state, report) = loader.finish();
+        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+        let engine = Engine::compile(state);
+        let me = engine.state().pod_by_name("shop", "api").expect("api pod");
+        let policy = Arc::new(PodPolicy {
+            engine,
+            me,
+            audit: false,
+            generation: 1,
+            http: None,
+            fqdn: None,
+            own_fqdn: Vec::new(),
+            observe_http: Vec::new(),
+        });
+        let denied = serde_json::to_value(inbound(&policy, [10, 0, 0, 1], 9090)).expect("json");
+        assert_eq!(denied["verdict"], "DENIED");
+        let side = &denied["ingress"];
+        assert_eq!(side["reason"], "cluster-deny", "{side}");
+        assert_eq!(side["policy"], "ClusterNetworkPolicy guard");
+        assert_eq!(side["rule"], "spec.ingress[0]");
+        assert_eq!(side["tier"], "Admin");
+        assert_eq!(side["priority"], 7);
+        assert_eq!(side["action"], "Deny");
+        assert_eq!(side["rule_name"], "no-frontend-debug");
+        // Counted as the cluster policy's denial.
+        let metrics = crate::metrics::Metrics::new();
+        count_decisions(
+            &metrics.flow_counters(),
+            &inbound(&policy, [10, 0, 0, 1], 9090),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encodes");
+        assert!(
+            text.contains("podwall_denials_total{direction=\"ingress\",policy_kind=\"ClusterNetworkPolicy\",policy_namespace=\"\",policy=\"guard\"} 1"),
+            "{text}"
+        );
+        // The NetworkPolicy still decides what the Admin tier does not.
+        let allowed = serde_json::to_value(inbound(&policy, [10, 0, 0, 1], 8080)).expect("json");
+        assert_eq!(allowed["ingress"]["reason"], "rule");
+        assert!(allowed["ingress"].get("tier").is_none());
     }
 
     #[test]
