@@ -117,3 +117,80 @@ fn every_upstream_conformance_probe_holds_in_the_analyzer() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// `domainNames` (upstream has no conformance test of its own): what a name matches as the
+/// sidecar's DNS proxy matches it, and what is refused.
+#[test]
+fn domain_names_match_exactly_or_one_or_more_labels_below_whatever_the_case_or_trailing_dot() {
+    let policy = |names: &str, action: &str| {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: names}}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {{namespaces: {{}}}}\n  egress:\n  - action: {action}\n    to: [{{domainNames: {names}}}]\n"
+        )
+    };
+    let mut loader = Loader::new();
+    loader
+        .add_yaml(
+            "p",
+            &policy(
+                "[\"Kubernetes.IO.\", \"*.Example.com\", api.github.com]",
+                "Accept",
+            ),
+        )
+        .expect("yaml");
+    let (state, report) = loader.finish();
+    assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+    let engine = Engine::compile(state);
+    let matcher = podwall_fqdn::Matcher::new(engine.fqdn_selectors()).expect("compiles");
+    let hits = |name: &str| matcher.matching(name).len();
+    // Exact names: any case, with or without the root's dot; nothing above or below them.
+    for name in ["kubernetes.io", "KUBERNETES.io.", "api.github.com"] {
+        assert_eq!(hits(name), 1, "{name}");
+    }
+    for name in ["www.kubernetes.io", "my-kubernetes.io", "io", "github.com"] {
+        assert_eq!(hits(name), 0, "{name}");
+    }
+    // `*.` covers one or more whole labels, never the name itself nor a partial label.
+    for name in ["www.example.com", "a.b.c.example.com", "WWW.Example.COM."] {
+        assert_eq!(hits(name), 1, "{name}");
+    }
+    for name in ["example.com", "wwwexample.com", "example.com.evil.net"] {
+        assert_eq!(hits(name), 0, "{name}");
+    }
+    // Refused as the API's schema refuses them, and in Deny or Pass rules at all.
+    for bad in [
+        "\"*example.com\"",
+        "\"a.*.com\"",
+        "\"*.*.com\"",
+        "\"com\"",
+        "\"exa mple.com\"",
+    ] {
+        let mut loader = Loader::new();
+        loader
+            .add_yaml("p", &policy(&format!("[{bad}]"), "Accept"))
+            .expect("yaml");
+        let (_, report) = loader.finish();
+        assert!(
+            report
+                .diagnostics
+                .iter()
+                .any(|d| d.message.contains("domain name")),
+            "{bad}: {:?}",
+            report.diagnostics
+        );
+    }
+    for action in ["Deny", "Pass"] {
+        let mut loader = Loader::new();
+        loader
+            .add_yaml("p", &policy("[example.com]", action))
+            .expect("yaml");
+        let (_, report) = loader.finish();
+        assert!(
+            report
+                .diagnostics
+                .iter()
+                .any(|d| d.message.contains("only supported in Accept rules")),
+            "{action}: {:?}",
+            report.diagnostics
+        );
+    }
+}

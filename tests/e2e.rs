@@ -2156,6 +2156,100 @@ fn the_github_example_resolves_and_reaches_its_names_and_refuses_the_rest() {
     );
 }
 
+/// FQDN_TOPOLOGY's runner and hosts, judged by ClusterNetworkPolicies instead of its
+/// CiliumNetworkPolicy: `domainNames` through the DNS proxy and the learned names.
+fn domain_names_topology() -> String {
+    let without_cnp = FQDN_TOPOLOGY
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("kind: CiliumNetworkPolicy"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    without_cnp
+        + r#"
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: allowed-names}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: t}}}
+  egress:
+  - name: cdn
+    action: Accept
+    to: [{domainNames: ["*.EXAMPLE.net."]}]
+    protocols: [{tcp: {destinationPort: {number: 80}}}]
+  - name: resolver
+    action: Accept
+    to: [{networks: [203.0.113.53/32]}]
+    protocols: [{udp: {destinationPort: {number: 53}}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: nothing-else-out}
+spec:
+  tier: Admin
+  priority: 20
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: t}}}
+  egress:
+  - {name: deny-all, action: Deny, to: [{networks: [0.0.0.0/0]}]}
+"#
+}
+
+#[test]
+fn cluster_policy_domain_names_allow_resolved_names_only_with_the_to_fqdns_trust_rules() {
+    if !ready_for_dns(
+        "cluster_policy_domain_names_allow_resolved_names_only_with_the_to_fqdns_trust_rules",
+    ) {
+        return;
+    }
+    let dir = topology(&domain_names_topology());
+    let up = Up::new(dir.path(), "cnpdn", Inject::Annotated);
+    let ns = up.ns("t/runner");
+    // A name the wildcard covers (two labels below it), resolved by the pod: allowed.
+    let (code, out) = curl_in(&ns, "http://www.cdn.example.net/", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("external/cdn GET /"), "{out}");
+    let allowed = wait_for_flow(&up, "t/runner", "the allowed connection", |e| {
+        e["destination"]["ip"] == "203.0.113.20" && e["verdict"] == "ALLOWED"
+    });
+    assert_eq!(allowed["egress"]["reason"], "cluster-accept", "{allowed}");
+    assert_eq!(allowed["egress"]["rule_name"], "cdn");
+    assert_eq!(allowed["egress"]["names"][0], "www.cdn.example.net");
+    // A name no domainNames entry covers: the pod may not reach the resolver for it (only
+    // names the policies select pass implicitly), so the DNS proxy refuses it ...
+    let (code, out) = curl_in(&ns, "http://api.example.com/", &[]);
+    assert_eq!(code, 6, "could not resolve: {out}");
+    let refused = wait_for_flow(&up, "t/runner", "refusing api.example.com", |e| {
+        e["l7"]["dns"]["query"] == "api.example.com"
+    });
+    assert_eq!(refused["l7"]["dns"]["rcode"], "REFUSED", "{refused}");
+    // ... and its address, known otherwise, meets the Deny.
+    let (code, out) = curl_in(
+        &ns,
+        "http://api.example.com/",
+        &["--resolve", "api.example.com:80:203.0.113.10"],
+    );
+    assert_ne!(code, 0, "{out}");
+    let denied = wait_for_flow(&up, "t/runner", "the denied connection", |e| {
+        e["destination"]["ip"] == "203.0.113.10" && e["verdict"] == "DENIED"
+    });
+    assert_eq!(denied["egress"]["reason"], "cluster-deny", "{denied}");
+    assert_eq!(denied["egress"]["rule_name"], "deny-all");
+    // The CDN's address asked for under another name: the Host check refuses it, as for
+    // toFQDNs.
+    let (code, out) = curl_in(
+        &ns,
+        "http://evil.example.org/",
+        &["--resolve", "evil.example.org:80:203.0.113.20"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Access denied"), "{out}");
+    // Never resolved: denied.
+    let (code, out) = curl_in(&ns, "http://198.51.100.20/", &[]);
+    assert_ne!(code, 0, "{out}");
+}
+
 #[test]
 fn an_address_never_resolved_or_asked_for_under_another_name_is_denied() {
     if !ready_for_dns("an_address_never_resolved_or_asked_for_under_another_name_is_denied") {
