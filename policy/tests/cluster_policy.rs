@@ -497,3 +497,32 @@ fn fields_podwall_does_not_know_are_errors_and_a_rule_with_one_fails_closed() {
     );
     assert_eq!(v.ingress.decision, Decision::NotIsolated);
 }
+
+#[test]
+fn lint_warns_when_two_policies_of_a_tier_share_a_priority_and_a_pod() {
+    let policy = |name: &str, ns: &str| {
+        cnp(
+            name,
+            "Admin",
+            5,
+            &format!(
+                "  subject: {{namespaces: {{matchLabels: {{team: {ns}}}}}}}\n  ingress:\n  - action: Deny\n    from: [{{namespaces: {{}}}}]\n"
+            ),
+        )
+    };
+    let codes = |policies: &str| -> Vec<String> {
+        podwall_policy::analyze::lint::lint(&engine(policies))
+            .iter()
+            .filter(|d| d.code == "same-priority")
+            .map(|d| d.to_string())
+            .collect()
+    };
+    let found = codes(&(policy("one", "red") + &policy("two", "red")));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("podwall evaluates one first"),
+        "{found:?}"
+    );
+    // Disjoint subjects: the order cannot matter.
+    assert!(codes(&(policy("one", "red") + &policy("two", "blue"))).is_empty());
+}
