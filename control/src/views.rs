@@ -220,21 +220,12 @@ impl ViewIndex {
                     .is_some_and(|o| has_sidecar(o, evidence))
             })
             .collect();
-        // Nodes only when a policy has a `nodes` peer (their addresses are what it matches).
-        let node_peers = state.policies.iter().any(|p| {
-            [&p.ingress, &p.egress]
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|r| {
-                    r.peers
-                        .iter()
-                        .any(|peer| matches!(peer, podwall_policy::Peer::Nodes(_)))
-                })
-        });
+        // Nodes in every view (trimmed to name, labels and addresses by the source): their
+        // addresses are the cluster's, not the world's, for every rule that tells the two
+        // apart (entities, CIDR, toFQDNs, domainNames), as the analyzer judges them.
         let mut common: BTreeSet<ObjectKey> = objects
             .keys()
-            .filter(|k| k.kind == "Namespace" || (node_peers && k.kind == "Node"))
+            .filter(|k| k.kind == "Namespace" || k.kind == "Node")
             .cloned()
             .collect();
         let mut protection = Protection::default();

@@ -92,7 +92,7 @@ pub fn decide(
             }
         }
     } else if trusted_resolver && !connection.egress.allowed() && connection.ingress.allowed() {
-        let own = engine.egress_fqdn(query.pod);
+        let own = engine.implicit_dns_names(query.pod, connection.egress.decision);
         let hits = matcher.matching(query.name);
         match own.iter().find(|s| hits.binary_search(s).is_ok()) {
             Some(s) => (true, DnsReason::ImplicitForFqdn(*s)),
@@ -188,6 +188,44 @@ status: {phase: Running, podIP: 10.0.0.53, hostIP: 192.168.1.1}
         let v = ask(&e, &m, pod, "github.com", true);
         assert!(!v.allowed);
         assert!(matches!(v.reason, DnsReason::NoDnsRuleMatched(ref r) if r.len() == 1));
+    }
+
+    /// An Admin-tier guardrail denying all egress (the resolver too), a namespace's own
+    /// toFQDNs matching everything, and an Admin `domainNames` Accept before the Deny.
+    const GUARDRAIL: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: ci}}}
+  egress:
+  - {action: Accept, to: [{domainNames: [api.github.com]}]}
+  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: everything, namespace: ci}
+spec:
+  endpointSelector: {}
+  egress:
+  - toFQDNs: [{matchPattern: "*"}]
+"#;
+
+    #[test]
+    fn an_admin_deny_of_the_resolver_lets_through_only_names_the_admin_tier_accepts_before_it() {
+        let (e, m, pod) = setup(GUARDRAIL);
+        let v = ask(&e, &m, pod, "api.github.com", true);
+        assert!(v.allowed, "{:?}", v.reason);
+        assert!(matches!(v.reason, DnsReason::ImplicitForFqdn(_)));
+        // The namespace's own toFQDNs "*" does not open a tunnel through the guardrail.
+        let v = ask(&e, &m, pod, "tunnel.attacker.example", true);
+        assert!(!v.allowed, "{:?}", v.reason);
+        assert_eq!(v.reason, DnsReason::ResolverDenied);
+        // Without the guardrail, that toFQDNs rule lets the name through (as before).
+        let (e, m, pod) = setup(GUARDRAIL.split("---").nth(1).expect("cnp"));
+        assert!(ask(&e, &m, pod, "tunnel.attacker.example", true).allowed);
     }
 
     #[test]

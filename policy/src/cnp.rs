@@ -28,16 +28,28 @@ pub(crate) struct Converted {
     pub(crate) rule_errors: FieldErrors,
     /// Fields of the spec podwall does not know, hence does not enforce (the rest is).
     pub(crate) unknown_fields: FieldErrors,
+    /// What made the whole policy unreadable (its tier, priority or subject): it is kept,
+    /// failing closed (see [`convert`]).
+    pub(crate) failed_closed: FieldErrors,
+    /// Label syntax the API server would refuse in a selector the CRD does not check: the
+    /// selector is evaluated as written.
+    pub(crate) as_written: FieldErrors,
 }
 
-/// Converts one object; `Err`: the object cannot be a policy at all (no name, tier, priority or
-/// subject), and is left out.
+/// Converts one object; `Err` only without a name (nothing to know it by).
+///
+/// A policy whose tier, priority or subject cannot be read is not left out (that would lift
+/// an Admin-tier Deny in silence): it fails closed, in the Admin tier at priority 0 when its
+/// own cannot be read, for every pod when its subject cannot be read, its Deny and Pass rules
+/// denying and its Accept rules matching nothing.
 pub(crate) fn convert(value: &Value, origin: &Origin) -> Result<Converted, FieldErrors> {
-    let mut errs = FieldErrors::default();
     let name = value["metadata"]["name"].as_str().unwrap_or_default();
     if name.is_empty() {
+        let mut errs = FieldErrors::default();
         errs.required("metadata.name", "");
+        return Err(errs);
     }
+    let mut errs = FieldErrors::default();
     let spec = &value["spec"];
     let tier = match spec["tier"].as_str() {
         Some("Admin") => Some(Tier::Admin),
@@ -62,7 +74,23 @@ pub(crate) fn convert(value: &Value, origin: &Origin) -> Result<Converted, Field
             None
         }
     };
-    let subject = subject(&spec["subject"], &mut errs);
+    // Label syntax errors alone leave the selector as written (well defined, if not what the
+    // API server would admit); anything else in the subject makes it unreadable.
+    let mut subject_errs = FieldErrors::default();
+    let subject = subject(&spec["subject"], &mut subject_errs);
+    let syntax_only = !subject_errs.is_empty()
+        && subject_errs.0.iter().all(|e| {
+            e.message.starts_with("Invalid value")
+                && (e.field.ends_with(".matchLabels")
+                    || e.field.ends_with(".key")
+                    || e.field.contains(".values["))
+        });
+    let mut as_written = FieldErrors::default();
+    if syntax_only {
+        as_written = subject_errs;
+    } else {
+        errs.0.extend(subject_errs.0);
+    }
     let mut unknown_fields = FieldErrors::default();
     for key in spec.as_object().into_iter().flatten().map(|(k, _)| k) {
         if !["tier", "priority", "subject", "ingress", "egress"].contains(&key.as_str()) {
@@ -73,16 +101,27 @@ pub(crate) fn convert(value: &Value, origin: &Origin) -> Result<Converted, Field
             );
         }
     }
-    if !errs.is_empty() {
-        return Err(errs);
-    }
-    let (Some(tier), Some(priority), Some((namespaces, pods))) = (tier, priority, subject) else {
-        return Err(errs);
-    };
+    let failed = !errs.is_empty();
+    let tier = tier.filter(|_| !failed).unwrap_or(Tier::Admin);
+    let priority = priority.filter(|_| !failed).unwrap_or(0);
+    let (namespaces, pods) = subject
+        .filter(|_| !failed)
+        .unwrap_or_else(|| (LabelSelector::everything(), LabelSelector::everything()));
     let mut rule_errors = FieldErrors::default();
     let mut rules_of = |direction: Direction| -> Option<Vec<Rule>> {
-        let list = spec[direction.as_str()].as_array()?;
         let field = format!("spec.{direction}");
+        let list = match &spec[direction.as_str()] {
+            Value::Null => return None,
+            Value::Array(list) => list,
+            other => {
+                // Unreadable rules fail closed: one rule that denies this direction.
+                rule_errors.invalid(&field, other.to_string(), "a list of rules");
+                return Some(vec![Rule {
+                    action: Some(Action::Deny),
+                    ..Rule::new(Vec::new(), Vec::new(), field)
+                }]);
+            }
+        };
         if list.len() > MAX_ITEMS {
             rule_errors.invalid(
                 &field,
@@ -97,8 +136,16 @@ pub(crate) fn convert(value: &Value, origin: &Origin) -> Result<Converted, Field
             .collect();
         (!rules.is_empty()).then_some(rules)
     };
-    let ingress = rules_of(Direction::Ingress);
-    let egress = rules_of(Direction::Egress);
+    let mut ingress = rules_of(Direction::Ingress);
+    let mut egress = rules_of(Direction::Egress);
+    if failed {
+        for rule in ingress.iter_mut().chain(egress.iter_mut()).flatten() {
+            match rule.action {
+                Some(Action::Accept) => rule.inert = true,
+                _ => rule.action = Some(Action::Deny),
+            }
+        }
+    }
     Ok(Converted {
         policy: Policy {
             name: PolicyName {
@@ -117,6 +164,8 @@ pub(crate) fn convert(value: &Value, origin: &Origin) -> Result<Converted, Field
         },
         rule_errors,
         unknown_fields,
+        failed_closed: errs,
+        as_written,
     })
 }
 
@@ -168,6 +217,9 @@ fn namespaced_pod(
     field: &str,
     errs: &mut FieldErrors,
 ) -> Option<(LabelSelector, LabelSelector)> {
+    if !known_keys(value, &["namespaceSelector", "podSelector"], field, errs) {
+        return None;
+    }
     let ns = match value.get("namespaceSelector") {
         None | Some(Value::Null) => LabelSelector::everything(),
         Some(v) => selector(v, &format!("{field}.namespaceSelector"), errs)?,
@@ -180,6 +232,23 @@ fn namespaced_pod(
         Some(v) => selector(v, &format!("{field}.podSelector"), errs)?,
     };
     Some((ns, pods))
+}
+
+/// Whether every key of `value` (an object) is one of `known`; the others are reported (a
+/// field podwall cannot read may narrow what it is part of).
+fn known_keys(value: &Value, known: &[&str], field: &str, errs: &mut FieldErrors) -> bool {
+    let mut ok = true;
+    for key in value.as_object().into_iter().flatten().map(|(k, _)| k) {
+        if !known.contains(&key.as_str()) {
+            ok = false;
+            errs.invalid(
+                format!("{field}.{key}"),
+                key,
+                "unknown field: podwall cannot tell what it narrows",
+            );
+        }
+    }
+    ok
 }
 
 /// One rule. A rule podwall cannot enforce as written fails closed, with its errors reported.
@@ -482,6 +551,17 @@ fn protocols(value: &Value, field: &str, only_pods: bool, errs: &mut FieldErrors
         };
         let port = &p[*key]["destinationPort"];
         let pf = format!("{f}.{key}.destinationPort");
+        if !known_keys(&p[*key], &["destinationPort"], &format!("{f}.{key}"), errs)
+            || !known_keys(port, &["number", "range"], &pf, errs)
+            || !known_keys(
+                &port["range"],
+                &["start", "end"],
+                &format!("{pf}.range"),
+                errs,
+            )
+        {
+            continue;
+        }
         let number = |v: &Value| {
             v.as_u64()
                 .filter(|n| (1..=65535).contains(n))

@@ -525,6 +525,70 @@ impl Engine {
         ids
     }
 
+    /// The name selectors whose queries a pod may send to its configured resolver although its
+    /// egress to the resolver is refused (`denied_by`): the names the tier that refused it
+    /// would still let the pod reach. For a NetworkPolicy's refusal, the pod's toFQDNs names
+    /// and the Admin tier's `domainNames` (it passed or did not match); for a ClusterNetworkPolicy
+    /// Deny, only the `domainNames` of Accept rules that come before that Deny (and, for a
+    /// Baseline Deny, the Admin tier's): a guardrail that denies the resolver is not walked
+    /// around by a namespace's own toFQDNs rules.
+    pub fn implicit_dns_names(&self, pod: PodId, denied_by: Decision) -> Vec<FqdnId> {
+        let egress = dir_index(Direction::Egress);
+        let cluster = &self.cluster_tables[pod.0 as usize];
+        let accepted_names = |table: &Option<Arc<DirectionTable>>, before: RuleId| {
+            table
+                .as_ref()
+                .map(|t| t.rule_ids())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&id| id < before)
+                .filter(|&id| {
+                    let r = self.rule_ref(id);
+                    self.state
+                        .policy(r.policy)
+                        .rules(r.direction)
+                        .unwrap_or_default()[r.index as usize]
+                        .action
+                        == Some(Action::Accept)
+                })
+                .flat_map(|id| {
+                    self.rules[id as usize]
+                        .peers
+                        .iter()
+                        .filter_map(|p| match p {
+                            crate::compile::rule::CompiledPeer::Fqdn(f) => Some(*f),
+                            _ => None,
+                        })
+                })
+                .collect::<Vec<_>>()
+        };
+        let admin = &cluster[tier_index(Tier::Admin)][egress];
+        let baseline = &cluster[tier_index(Tier::Baseline)][egress];
+        let mut ids = match denied_by {
+            Decision::ClusterDeny(rule) => {
+                let before = self.rule_id(rule);
+                match self.state.policy(rule.policy).cluster.map(|c| c.tier) {
+                    Some(Tier::Baseline) => {
+                        let mut ids = accepted_names(admin, RuleId::MAX);
+                        ids.extend(accepted_names(baseline, before));
+                        ids
+                    }
+                    _ => accepted_names(admin, before),
+                }
+            }
+            _ => {
+                let mut ids = accepted_names(admin, RuleId::MAX);
+                if let Some(t) = &self.tables[pod.0 as usize][egress] {
+                    ids.extend(t.fqdn());
+                }
+                ids
+            }
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Resolves a query's ends: addresses that are pods' become those pods, and each end gets
     /// the address the connection uses. An address given by the caller is kept even when it
     /// belongs to a pod; for a pod given by name, its address in the other end's family is used.

@@ -469,6 +469,28 @@ impl Loader {
                         .field(e.field),
                     );
                 }
+                for e in converted.failed_closed.0 {
+                    self.report.diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-policy",
+                            format!("{}; the policy fails closed: for every pod it could select (all of them when its subject cannot be read; Admin tier, priority 0 when its own cannot be read) its Deny and Pass rules deny and its Accept rules match nothing", e.message),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                    );
+                }
+                for e in converted.as_written.0 {
+                    self.report.diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-policy",
+                            format!("{}; the selector is evaluated as written", e.message),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                    );
+                }
                 for e in converted.unknown_fields.0 {
                     self.report.diagnostics.push(
                         Diagnostic::error(

@@ -526,3 +526,78 @@ fn lint_warns_when_two_policies_of_a_tier_share_a_priority_and_a_pod() {
     // Disjoint subjects: the order cannot matter.
     assert!(codes(&(policy("one", "red") + &policy("two", "blue"))).is_empty());
 }
+
+#[test]
+fn an_unreadable_tier_priority_or_subject_fails_closed_instead_of_lifting_the_policy() {
+    // An operator podwall cannot read in the subject: every pod, Deny rules deny, Accepts none.
+    let (e, errors) = engine_with_errors(
+        &(cnp(
+            "typo",
+            "Admin",
+            50,
+            "  subject: {namespaces: {matchExpressions: [{key: team, operator: Notin, values: [blue]}]}}\n  egress:\n  - action: Accept\n    to: [{namespaces: {}}]\n    protocols: [{tcp: {destinationPort: {number: 8080}}}]\n  - action: Deny\n    to: [{networks: [169.254.169.254/32]}]\n",
+        ) + DENY_ALL_NP_INGRESS_A),
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("fails closed")),
+        "{errors:?}"
+    );
+    for pod in ["a/client", "b/client"] {
+        assert!(
+            !allowed(&e, pod, "169.254.169.254", 80),
+            "{pod}: the Deny holds for every pod"
+        );
+    }
+    assert!(
+        !allowed(&e, "b/client", "a/server", 8080),
+        "the Accept matches nothing"
+    );
+    // A priority out of range: kept, at the Admin tier's top.
+    let (e, errors) = engine_with_errors(&cnp(
+        "too-high",
+        "Admin",
+        2000,
+        "  subject: {namespaces: {}}\n  egress:\n  - action: Deny\n    to: [{networks: [169.254.169.254/32]}]\n",
+    ));
+    assert!(
+        errors.iter().any(|e| e.contains("spec.priority")),
+        "{errors:?}"
+    );
+    assert!(!allowed(&e, "a/client", "169.254.169.254", 80));
+    // A label value the API server would refuse (the CRD does not check it): as written.
+    let (e, errors) = engine_with_errors(&cnp(
+        "odd-label",
+        "Admin",
+        5,
+        "  subject: {namespaces: {matchExpressions: [{key: team, operator: NotIn, values: [\"blue/eu\"]}]}}\n  egress:\n  - action: Deny\n    to: [{networks: [169.254.169.254/32]}]\n",
+    ));
+    assert!(
+        errors.iter().any(|e| e.contains("evaluated as written")),
+        "{errors:?}"
+    );
+    assert!(
+        !allowed(&e, "b/client", "169.254.169.254", 80),
+        "team=blue is not blue/eu"
+    );
+}
+
+#[test]
+fn fields_podwall_does_not_know_below_a_rule_make_it_fail_closed_too() {
+    let (e, errors) = engine_with_errors(&cnp(
+        "deep",
+        "Admin",
+        1,
+        "  subject: {namespaces: {}}\n  ingress:\n  - action: Accept\n    from: [{pods: {namespaceSelector: {}, podSelector: {}, serviceAccount: x}}]\n  - action: Accept\n    from: [{namespaces: {}}]\n    protocols: [{tcp: {destinationPort: {number: 80}, sourcePort: {number: 5}}}]\n",
+    ));
+    assert_eq!(
+        errors.iter().filter(|e| e.contains("fails closed")).count(),
+        2,
+        "{errors:?}"
+    );
+    let v = e.verdict(&q(&e, "b/client", "a/server", Protocol::Tcp, 80));
+    assert_eq!(
+        v.ingress.decision,
+        Decision::NotIsolated,
+        "neither Accept matches"
+    );
+}

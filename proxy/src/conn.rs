@@ -151,10 +151,21 @@ fn http_gate(
     hosts: Option<podwall_l7::serve::HostFilter>,
     event: &FlowEvent,
 ) -> podwall_l7::serve::Gate<HttpContext> {
+    // A Host check stands for the address judged without names: an Admin-tier Deny of it is
+    // not the pod's to audit.
+    let audit = match &hosts {
+        Some(_) => policy.audit_covers(
+            policy
+                .outbound(event.destination.ip, Protocol::Tcp, event.destination.port)
+                .egress
+                .decision,
+        ),
+        None => policy.own_audit(),
+    };
     podwall_l7::serve::Gate {
         hosts,
         rules,
-        audit: policy.own_audit(),
+        audit,
         context: HttpContext {
             policy,
             connection: Arc::new(event.clone()),
@@ -417,7 +428,10 @@ async fn handle(
         };
         if let Some(why) = denial {
             shared.metrics.fqdn.server_name_denied.inc();
-            event.verdict = if policy.own_audit() {
+            // As the address is judged without the names: an Admin-tier Deny there is not the
+            // pod's to audit.
+            let unnamed = policy.outbound(dst.ip(), Protocol::Tcp, dst.port());
+            event.verdict = if policy.audit_covers(unnamed.egress.decision) {
                 FlowVerdict::Audit
             } else {
                 FlowVerdict::Denied

@@ -455,7 +455,7 @@ async fn answer(
         believed |= matches!(verdict.reason, DnsReason::DnsRule(..));
         event.verdict = if verdict.allowed {
             FlowVerdict::Allowed
-        } else if p.own_audit() {
+        } else if p.audit_covers(verdict.connection.egress.decision) {
             FlowVerdict::Audit
         } else {
             FlowVerdict::Denied

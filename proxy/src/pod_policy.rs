@@ -162,7 +162,29 @@ impl PodPolicy {
         if verdict.allowed() {
             return FlowVerdict::Allowed;
         }
-        let admin_deny = |d: Decision| match d {
+        let enforced = [&verdict.egress, &verdict.ingress]
+            .into_iter()
+            .filter(|side| !side.allowed())
+            .any(|side| {
+                self.admin_deny(side.decision) || !side.pod.is_some_and(|p| self.pod_in_audit(p))
+            });
+        if enforced && !self.audit {
+            FlowVerdict::Denied
+        } else {
+            FlowVerdict::Audit
+        }
+    }
+
+    /// Whether a denial of this pod's own side, decided by `decision`, passes in audit mode:
+    /// the flag always, the pod's annotation unless an Admin-tier ClusterNetworkPolicy denied
+    /// (the DNS proxy, the server-name and Host checks ask this).
+    pub fn audit_covers(&self, decision: Decision) -> bool {
+        self.audit || (self.pod_in_audit(self.me) && !self.admin_deny(decision))
+    }
+
+    /// An Admin-tier ClusterNetworkPolicy's Deny.
+    fn admin_deny(&self, decision: Decision) -> bool {
+        match decision {
             Decision::ClusterDeny(rule) => self
                 .engine
                 .state()
@@ -170,17 +192,6 @@ impl PodPolicy {
                 .cluster
                 .is_some_and(|c| c.tier == podwall_policy::Tier::Admin),
             _ => false,
-        };
-        let enforced = [&verdict.egress, &verdict.ingress]
-            .into_iter()
-            .filter(|side| !side.allowed())
-            .any(|side| {
-                admin_deny(side.decision) || !side.pod.is_some_and(|p| self.pod_in_audit(p))
-            });
-        if enforced && !self.audit {
-            FlowVerdict::Denied
-        } else {
-            FlowVerdict::Audit
         }
     }
 
@@ -389,5 +400,17 @@ spec:
         assert_eq!(verdict(&policy("Admin", false)), FlowVerdict::Denied);
         assert_eq!(verdict(&policy("Baseline", false)), FlowVerdict::Audit);
         assert_eq!(verdict(&policy("Admin", true)), FlowVerdict::Audit);
+        // The same for the pod's own checks (DNS proxy, server name, Host).
+        let decision = |p: &PodPolicy| {
+            p.outbound("169.254.169.254".parse().expect("ip"), Protocol::Tcp, 80)
+                .egress
+                .decision
+        };
+        let admin = policy("Admin", false);
+        assert!(!admin.audit_covers(decision(&admin)));
+        let baseline = policy("Baseline", false);
+        assert!(baseline.audit_covers(decision(&baseline)));
+        let flagged = policy("Admin", true);
+        assert!(flagged.audit_covers(decision(&flagged)));
     }
 }

@@ -235,6 +235,21 @@ impl DirectionTable {
             .collect()
     }
 
+    /// Every rule of the table (sorted, once each).
+    pub(crate) fn rule_ids(&self) -> Vec<RuleId> {
+        let mut ids: Vec<RuleId> = self
+            .segments
+            .iter()
+            .flatten()
+            .map(|s| &s.matcher)
+            .chain(self.named.iter().map(|n| &n.matcher))
+            .flat_map(|m| m.rules.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Whether any named-port rule is present (egress only).
     pub(crate) fn has_named(&self) -> bool {
         !self.named.is_empty()
