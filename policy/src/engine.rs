@@ -225,22 +225,7 @@ impl Engine {
                     {
                         continue;
                     }
-                    let pod = engine.state.pod(pod_id);
-                    // Only ingress resolves named ports against the pod itself.
-                    let ports = if direction == Direction::Ingress {
-                        pod.ports.clone()
-                    } else {
-                        Vec::new()
-                    };
-                    let key = (direction, policies.clone(), ports);
-                    let table = match interned.get(&key) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t = Arc::new(engine.build_table(pod, direction, policies));
-                            interned.insert(key, t.clone());
-                            t
-                        }
-                    };
+                    let table = engine.table(&mut interned, pod_id, direction, policies);
                     tables[dir_index(direction)] = Some(table);
                 }
             }
@@ -254,21 +239,7 @@ impl Engine {
                         if policies.is_empty() {
                             continue;
                         }
-                        let pod = engine.state.pod(pod_id);
-                        let ports = if direction == Direction::Ingress {
-                            pod.ports.clone()
-                        } else {
-                            Vec::new()
-                        };
-                        let key = (direction, policies.clone(), ports);
-                        let table = match interned.get(&key) {
-                            Some(t) => t.clone(),
-                            None => {
-                                let t = Arc::new(engine.build_table(pod, direction, policies));
-                                interned.insert(key, t.clone());
-                                t
-                            }
-                        };
+                        let table = engine.table(&mut interned, pod_id, direction, policies);
                         cluster_tables[tier_index(tier)][dir_index(direction)] = Some(table);
                     }
                 }
@@ -285,6 +256,27 @@ impl Engine {
             }
         }
         engine
+    }
+
+    /// A pod's table for `policies` in `direction`, shared with every pod that has the same
+    /// key (only ingress resolves named ports against the pod itself).
+    fn table(
+        &self,
+        interned: &mut HashMap<TableKey, Arc<DirectionTable>>,
+        pod_id: PodId,
+        direction: Direction,
+        policies: &[PolicyId],
+    ) -> Arc<DirectionTable> {
+        let pod = self.state.pod(pod_id);
+        let ports = if direction == Direction::Ingress {
+            pod.ports.clone()
+        } else {
+            Vec::new()
+        };
+        interned
+            .entry((direction, policies.to_vec(), ports))
+            .or_insert_with(|| Arc::new(self.build_table(pod, direction, policies)))
+            .clone()
     }
 
     fn build_table(

@@ -456,71 +456,48 @@ impl Loader {
             );
             return;
         }
+        // Each kind of finding, and what it means for the policy.
+        let mut found = Vec::new();
+        let mut report = |errors: crate::validate::FieldErrors, code: &'static str, then: &str| {
+            for e in errors.0 {
+                found.push(
+                    Diagnostic::error(code, format!("{}; {then}", e.message))
+                        .at(&origin)
+                        .object(&object)
+                        .field(e.field),
+                );
+            }
+        };
         match crate::cnp::convert(&value, &origin) {
             Ok(converted) => {
-                for e in converted.rule_errors.0 {
-                    self.report.diagnostics.push(
-                        Diagnostic::error(
-                            "invalid-rule",
-                            format!("{}; the rule fails closed (an Accept rule matches nothing, a Deny or Pass rule denies all traffic)", e.message),
-                        )
-                        .at(&origin)
-                        .object(&object)
-                        .field(e.field),
-                    );
-                }
-                for e in converted.failed_closed.0 {
-                    self.report.diagnostics.push(
-                        Diagnostic::error(
-                            "invalid-policy",
-                            format!("{}; the policy fails closed: for every pod it could select (all of them when its subject cannot be read; Admin tier, priority 0 when its own cannot be read) its Deny and Pass rules deny and its Accept rules match nothing", e.message),
-                        )
-                        .at(&origin)
-                        .object(&object)
-                        .field(e.field),
-                    );
-                }
-                for e in converted.as_written.0 {
-                    self.report.diagnostics.push(
-                        Diagnostic::error(
-                            "invalid-policy",
-                            format!("{}; the selector is evaluated as written", e.message),
-                        )
-                        .at(&origin)
-                        .object(&object)
-                        .field(e.field),
-                    );
-                }
-                for e in converted.unknown_fields.0 {
-                    self.report.diagnostics.push(
-                        Diagnostic::error(
-                            "unknown-field",
-                            format!("{}; the rest of the policy is enforced", e.message),
-                        )
-                        .at(&origin)
-                        .object(&object)
-                        .field(e.field),
-                    );
-                }
+                report(
+                    converted.rule_errors,
+                    "invalid-rule",
+                    "the rule fails closed (an Accept rule matches nothing, a Deny or Pass rule denies all traffic)",
+                );
+                report(
+                    converted.failed_closed,
+                    "invalid-policy",
+                    "the policy fails closed: for every pod it could select (all of them when its subject cannot be read; Admin tier, priority 0 when its own cannot be read) its Deny and Pass rules deny and its Accept rules match nothing",
+                );
+                report(
+                    converted.as_written,
+                    "invalid-policy",
+                    "the selector is evaluated as written",
+                );
+                report(
+                    converted.unknown_fields,
+                    "unknown-field",
+                    "the rest of the policy is enforced",
+                );
                 let policy = converted.policy;
                 if let Some(earlier) = self.policies.insert(policy.name.clone(), policy) {
                     self.duplicate(&origin, &object, &earlier.origin);
                 }
             }
-            Err(errs) => {
-                for e in errs.0 {
-                    self.report.diagnostics.push(
-                        Diagnostic::error(
-                            "invalid-policy",
-                            format!("{}; the policy is left out", e.message),
-                        )
-                        .at(&origin)
-                        .object(&object)
-                        .field(e.field),
-                    );
-                }
-            }
+            Err(errs) => report(errs, "invalid-policy", "the policy is left out"),
         }
+        self.report.diagnostics.extend(found);
     }
 
     fn add_cilium_policy(&mut self, origin: Origin, kind: PolicyKind, value: Value) {
