@@ -41,6 +41,25 @@ pub struct Engine {
     fqdn: FqdnTable,
 }
 
+/// The directions in which policy `pid` has rules for pods of identity `ident` (none when it
+/// does not select them).
+fn selected_directions<'a>(
+    state: &'a ClusterState,
+    pid: PolicyId,
+    ident: &crate::compile::identity::Identity,
+) -> impl Iterator<Item = Direction> + 'a {
+    let policy = state.policy(pid);
+    let ns_labels = &state.namespaces[ident.namespace].labels;
+    let selects = policy.pod_selector.matches(&ident.labels)
+        && policy
+            .namespace_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(ns_labels));
+    [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .filter(move |d| selects && policy.rules(*d).is_some())
+}
+
 fn tier_index(tier: Tier) -> usize {
     match tier {
         Tier::Admin => 0,
@@ -138,20 +157,8 @@ impl Engine {
                     .iter()
                     .chain(&clusterwide)
                 {
-                    let policy = state.policy(pid);
-                    let ns_labels = &state.namespaces[ident.namespace].labels;
-                    if !policy.pod_selector.matches(&ident.labels)
-                        || policy
-                            .namespace_selector
-                            .as_ref()
-                            .is_some_and(|s| !s.matches(ns_labels))
-                    {
-                        continue;
-                    }
-                    for direction in [Direction::Ingress, Direction::Egress] {
-                        if policy.rules(direction).is_some() {
-                            sel[dir_index(direction)].push(pid);
-                        }
+                    for direction in selected_directions(&state, pid, ident) {
+                        sel[dir_index(direction)].push(pid);
                     }
                 }
                 sel
@@ -171,25 +178,13 @@ impl Engine {
             .list
             .iter()
             .map(|ident| {
-                let ns_labels = &state.namespaces[ident.namespace].labels;
                 let mut sel: [[Vec<PolicyId>; 2]; 2] = Default::default();
                 for &pid in &cluster {
-                    let policy = state.policy(pid);
-                    let Some(scope) = policy.cluster else {
+                    let Some(scope) = state.policy(pid).cluster else {
                         continue;
                     };
-                    if !policy.pod_selector.matches(&ident.labels)
-                        || policy
-                            .namespace_selector
-                            .as_ref()
-                            .is_some_and(|s| !s.matches(ns_labels))
-                    {
-                        continue;
-                    }
-                    for direction in [Direction::Ingress, Direction::Egress] {
-                        if policy.rules(direction).is_some() {
-                            sel[tier_index(scope.tier)][dir_index(direction)].push(pid);
-                        }
+                    for direction in selected_directions(&state, pid, ident) {
+                        sel[tier_index(scope.tier)][dir_index(direction)].push(pid);
                     }
                 }
                 sel
