@@ -107,6 +107,19 @@ fn every_example_behaves_in_the_sandbox_as_the_analyzer_predicts() {
                 }
             }
         }
+        // A denial is a reset at once (the README's promise), never a timeout that would
+        // look the same to this probe.
+        for a in report.attempts.iter().filter(|a| !a.observed) {
+            assert!(
+                a.detail.contains("reset") || a.detail.contains("refused"),
+                "{}: {} -> {} TCP/{} was denied by something other than a reset: {}",
+                dir.display(),
+                a.from,
+                a.to,
+                a.port,
+                a.detail
+            );
+        }
         // The application saw the port the client dialled.
         for a in report
             .attempts
