@@ -78,6 +78,27 @@ fn every_example_behaves_in_the_sandbox_as_the_analyzer_predicts() {
             &std::fs::read_to_string(dir.join("expected.yaml")).expect("expected.yaml"),
         )
         .expect("expected.yaml parses");
+        let covered: Vec<u64> = expected["matrices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["protocol"] == "TCP")
+            .filter_map(|m| m["port"].as_u64())
+            .collect();
+        let mut missing: Vec<u16> = report
+            .attempts
+            .iter()
+            .map(|a| a.port)
+            .filter(|p| !covered.contains(&u64::from(*p)))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            failures.push(format!(
+                "{}: expected.yaml has no matrix for the probed TCP ports {missing:?}",
+                dir.display()
+            ));
+        }
         for m in expected["matrices"].as_array().into_iter().flatten() {
             if m["protocol"] != "TCP" {
                 continue;
