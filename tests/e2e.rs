@@ -213,9 +213,11 @@ fn connections_keep_their_original_destination_and_are_not_captured_twice() {
         greeting.contains(&format!("from {}:", up.ip("t/client"))),
         "{greeting}"
     );
-    std::thread::sleep(Duration::from_millis(300));
     // One flow per connection in each sidecar: the sidecar's own upstream connections are not
     // captured again (that would loop and multiply events).
+    wait_for("both sidecars' events", Duration::from_secs(5), || {
+        up.flows("t/client").len() >= 2 && !up.flows("t/server").is_empty()
+    });
     let egress = up.flows("t/client");
     assert_eq!(egress.len(), 2, "{egress:#?}");
     assert!(
@@ -469,12 +471,10 @@ fn a_connection_a_policy_change_still_allows_is_logged_with_the_rule_that_allows
     r.read_line(&mut echoed).expect("echo after the change");
     assert!(echoed.contains("ping"), "{echoed:?}");
     close_cleanly(r);
-    std::thread::sleep(Duration::from_millis(500));
-    let flows = up.flows("t/server");
-    let ours = flows
-        .iter()
-        .find(|e| e["source"]["ip"] == up.ip("t/client").to_string())
-        .unwrap_or_else(|| panic!("no event for the connection: {flows:#?}"));
+    let client_ip = up.ip("t/client").to_string();
+    let ours = &wait_for_flow(&up, "t/server", "the connection's event", |e| {
+        e["source"]["ip"] == client_ip.as_str()
+    });
     assert_eq!(ours["verdict"], "ALLOWED", "{ours:#}");
     assert!(ours.get("error").is_none(), "{ours:#}");
     assert_eq!(
@@ -516,12 +516,10 @@ fn with_keep_revoked_connections_a_now_denied_connection_stays_open_and_new_ones
     r.read_line(&mut echoed).expect("read after the change");
     assert!(echoed.contains("still here"), "{echoed:?}");
     close_cleanly(r);
-    std::thread::sleep(Duration::from_millis(500));
-    let flows = up.flows("t/server");
-    let ours = flows
-        .iter()
-        .find(|e| e["source"]["ip"] == up.ip("t/client").to_string() && e["verdict"] == "ALLOWED")
-        .unwrap_or_else(|| panic!("no event for the kept connection: {flows:#?}"));
+    let client_ip = up.ip("t/client").to_string();
+    let ours = &wait_for_flow(&up, "t/server", "the kept connection's event", |e| {
+        e["source"]["ip"] == client_ip.as_str() && e["verdict"] == "ALLOWED"
+    });
     assert!(ours.get("error").is_none(), "{ours:#}");
     // It is logged as what admitted it: nothing isolated the server then.
     assert_eq!(ours["ingress"]["reason"], "not-isolated", "{ours:#}");
@@ -1457,7 +1455,9 @@ fn a_keep_alive_connections_next_request_answers_to_changed_http_rules() {
     assert_eq!(exchange(&mut conn, "GET", "/api/v1/users"), 403);
     assert_eq!(exchange(&mut conn, "PUT", "/api/v1/users"), 200);
     drop(conn);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_flow(&up, "production/api", "the allowed PUT", |e| {
+        e["l7"]["http"]["method"] == "PUT" && e["verdict"] == "ALLOWED"
+    });
     let flows = up.flows("production/api");
     let requests: Vec<_> = flows
         .iter()
@@ -1621,7 +1621,9 @@ fn http_rules_allow_get_deny_delete_and_traversal_and_the_connection_stays_usabl
         !log.contains("DELETE") && !log.contains("admin") && !log.contains("x%2F"),
         "{log}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_flow(&up, "production/api", "the denied DELETE", |e| {
+        e["l7"]["http"]["method"] == "DELETE"
+    });
     let events = up.flows("production/api");
     let denied = events
         .iter()
@@ -1971,7 +1973,9 @@ fn an_http2_connections_next_stream_answers_to_changed_http_rules() {
     let _ = server.wait();
 
     // All of it on one connection: the client's sidecar saw exactly one.
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_flow(&up, "g/client", "the connection's event", |e| {
+        e["destination"]["port"] == 50051 && e["l7"].is_null()
+    });
     let connections: Vec<_> = up
         .flows("g/client")
         .into_iter()
