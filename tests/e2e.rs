@@ -2656,7 +2656,16 @@ fn a_service_ip_leads_round_robin_to_the_backends_policy_allows_and_none_means_d
     wait_for("the narrowed policy", Duration::from_secs(10), || {
         (0..4).all(|_| connect(&client, vip).is_ok_and(|(_, g)| g.contains("api-a")))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_flow(
+        &up,
+        "t/client",
+        "an allowed connection through the service",
+        |e| {
+            e["service"]["name"] == "t/api"
+                && e["verdict"] == "ALLOWED"
+                && e["destination"]["pod"] == "api-a"
+        },
+    );
     let flows = up.flows("t/client");
     let via_service: Vec<_> = flows
         .iter()
@@ -2826,9 +2835,14 @@ fn udp_flows_and_ping_are_judged_by_policy_in_both_directions() {
     // And the same client flow still works afterwards (the filter keeps judging).
     assert!(udp_echo(&client, allowed, b"again").is_some());
 
-    std::thread::sleep(Duration::from_millis(300));
     let other_ip = up.ip("u/other").to_string();
     let plain_ip = up.ip("u/plain").to_string();
+    wait_for_flow(&up, "u/server", "the denial of other", |e| {
+        e["protocol"] == "UDP"
+            && e["verdict"] == "DENIED"
+            && e["source"]["ip"] == other_ip.as_str()
+            && e["destination"]["port"] == 5300
+    });
     let flows = up.flows("u/server");
     let udp = |e: &&serde_json::Value| e["protocol"] == "UDP";
     let denied_other = flows
@@ -2895,7 +2909,11 @@ fn udp_flows_and_ping_are_judged_by_policy_in_both_directions() {
         !pings(&client, server),
         "the client's rules name UDP 5300 only"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    for verdict in ["ALLOWED", "DENIED"] {
+        wait_for_flow(&up, "u/server", "both pings' events", |e| {
+            e["protocol"] == "ICMP" && e["verdict"] == verdict && e["direction"] == "ingress"
+        });
+    }
     let flows = up.flows("u/server");
     let icmp = |e: &&serde_json::Value| e["protocol"] == "ICMP";
     assert!(
@@ -2947,14 +2965,12 @@ fn udp_flows_and_ping_are_judged_by_policy_in_both_directions() {
         echoes(&kept, kept_dst),
         "a flow the new policy allows keeps running"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let flows = up.flows("u/server");
-    assert!(
-        flows.iter().filter(udp).any(|e| e["verdict"] == "DENIED"
+    wait_for_flow(&up, "u/server", "the revoked flow", |e| {
+        e["protocol"] == "UDP"
+            && e["verdict"] == "DENIED"
             && e["source"]["pod"] == "client"
             && e["error"]
                 .as_str()
-                .is_some_and(|m| m.contains("policy change"))),
-        "{flows:#?}"
-    );
+                .is_some_and(|m| m.contains("policy change"))
+    });
 }
