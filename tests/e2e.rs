@@ -2289,6 +2289,52 @@ fn cluster_policy_domain_names_allow_resolved_names_only_with_the_to_fqdns_trust
 }
 
 #[test]
+fn with_the_audit_flag_dns_refusals_name_checks_and_connections_pass_as_audit() {
+    if !ready_for_dns("with_the_audit_flag_dns_refusals_name_checks_and_connections_pass_as_audit")
+    {
+        return;
+    }
+    let dir = topology(FQDN_TOPOLOGY);
+    let up = Up::with(
+        dir.path(),
+        Options {
+            sidecar_args: vec!["--audit".into()],
+            ..options("fqaud", Inject::Annotated)
+        },
+    );
+    let ns = up.ns("t/runner");
+    // A name no rule covers: enforced, the DNS proxy refuses it; audited, it is answered and the
+    // connection to its address passes, each logged as AUDIT.
+    let (code, out) = curl_in(&ns, "http://other.example.org/", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("external/other GET /"), "{out}");
+    let query = wait_for_flow(&up, "t/runner", "the audited query", |e| {
+        e["l7"]["dns"]["query"] == "other.example.org"
+    });
+    assert_eq!(query["verdict"], "AUDIT", "{query}");
+    assert_ne!(query["l7"]["dns"]["rcode"], "REFUSED", "{query}");
+    let conn = wait_for_flow(&up, "t/runner", "the audited connection", |e| {
+        e["destination"]["ip"] == "198.51.100.20" && e["l7"].is_null()
+    });
+    assert_eq!(conn["verdict"], "AUDIT", "{conn}");
+    // The CDN's address under another name: the Host check would answer 403; audited, the
+    // request reaches the server and is logged as AUDIT.
+    let (code, out) = curl_in(&ns, "http://www.cdn.example.net/", &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = curl_in(
+        &ns,
+        "http://evil.example.org/",
+        &["--resolve", "evil.example.org:80:203.0.113.20"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("external/cdn GET /"), "not refused: {out}");
+    let request = wait_for_flow(&up, "t/runner", "the audited request", |e| {
+        e["l7"]["http"]["host"] == "evil.example.org"
+    });
+    assert_eq!(request["verdict"], "AUDIT", "{request}");
+}
+
+#[test]
 fn an_address_never_resolved_or_asked_for_under_another_name_is_denied() {
     if !ready_for_dns("an_address_never_resolved_or_asked_for_under_another_name_is_denied") {
         return;
