@@ -1040,6 +1040,81 @@ fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     assert!(ready.contains(" 503 "), "{ready}");
 }
 
+const FAIL_CLOSED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: guarded, namespace: t, labels: {app: guarded}}
+spec: {containers: [{name: s, ports: [{containerPort: 8080}, {containerPort: 5300, protocol: UDP}]}]}
+status: {podIP: 10.79.0.1, hostIP: 192.168.79.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: peer, namespace: t, labels: {app: peer}}
+spec: {containers: [{name: s, ports: [{containerPort: 8080}, {containerPort: 5300, protocol: UDP}]}]}
+status: {podIP: 10.79.0.2, hostIP: 192.168.79.1}
+"#;
+
+#[test]
+fn before_its_first_policy_the_sidecar_refuses_inbound_tcp_and_drops_udp_and_ping_both_ways() {
+    if !ready_for(
+        "before_its_first_policy_the_sidecar_refuses_inbound_tcp_and_drops_udp_and_ping_both_ways",
+    ) {
+        return;
+    }
+    let dir = topology(FAIL_CLOSED);
+    let up = Up::new(dir.path(), "fc2", Inject::None);
+    let (guarded, peer) = (up.ns("t/guarded"), up.ns("t/peer"));
+    let (g_ip, p_ip) = (up.ip("t/guarded"), up.ip("t/peer"));
+    // Without podwall everything passes (so what follows cannot pass by accident).
+    assert!(connect(&peer, SocketAddr::new(g_ip, 8080)).is_ok());
+    assert!(udp_echo(&guarded, SocketAddr::new(p_ip, 5300), b"x").is_some());
+    assert!(pings(&peer, g_ip) && pings(&guarded, p_ip));
+    // A sidecar whose pod the policy source does not know: no policy, ever.
+    let empty = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        empty.path().join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+    )
+    .expect("write");
+    let init = Command::new("ip")
+        .args(["netns", "exec", &guarded, PODWALL, "proxy", "init"])
+        .status()
+        .expect("init");
+    assert!(init.success());
+    let mut sidecar = podwall_sandbox::sidecar_in(&guarded, PODWALL)
+        .args(["proxy", "run"])
+        .arg(format!("--policy-source=dir:{}", empty.path().display()))
+        .args(["--pod-namespace", "t", "--pod-name", "guarded"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sidecar");
+    wait_for("the sidecar to listen", Duration::from_secs(10), || {
+        run_in(&guarded, || {
+            TcpStream::connect(("127.0.0.1", 15020)).is_ok()
+        })
+        .unwrap_or(false)
+    });
+    let inbound_tcp = connect(&peer, SocketAddr::new(g_ip, 8080));
+    let inbound_udp = udp_echo(&peer, SocketAddr::new(g_ip, 5300), b"x");
+    let outbound_udp = udp_echo(&guarded, SocketAddr::new(p_ip, 5300), b"x");
+    let (ping_in, ping_out) = (pings(&peer, g_ip), pings(&guarded, p_ip));
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    let inbound_err = inbound_tcp.err().unwrap_or_default();
+    assert!(
+        inbound_err.contains("reset") || inbound_err.contains("refused"),
+        "inbound TCP refused at once: {inbound_err:?}"
+    );
+    assert!(inbound_udp.is_none(), "inbound UDP dropped");
+    assert!(outbound_udp.is_none(), "outbound UDP dropped");
+    assert!(!ping_in && !ping_out, "ping dropped both ways");
+}
+
 /// Every rule and chain of every table in `ns`, as `iptables-save` prints them (table headers
 /// kept, so the same rule in two tables stays two lines).
 fn all_rules(ns: &str) -> Vec<String> {
