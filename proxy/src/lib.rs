@@ -261,8 +261,14 @@ mod tests {
     async fn accepted_connections_have_nodelay_from_the_listener_and_their_original_destination() {
         for addr in ["127.0.0.1:0", "[::1]:0"] {
             let Ok(listener) = bind_tcp(addr.parse().expect("addr"), "test", false).await else {
-                // No IPv6 on this host's loopback.
+                // No IPv6 on this host's loopback: said, and in CI a failure (CI machines
+                // have it; a skip there would hide the IPv6 half).
                 assert!(addr.starts_with('['), "cannot bind {addr}");
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "cannot bind {addr}: the IPv6 half must run in CI"
+                );
+                eprintln!("skipping {addr}: no IPv6 on this host's loopback");
                 continue;
             };
             let at = listener.local_addr().expect("local");
