@@ -1003,28 +1003,8 @@ fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     let up = Up::new(dir.path(), "fc", Inject::None);
     let ns = up.ns("t/client");
     // A sidecar for a pod the policy source does not know: not ready, and fails closed.
-    let empty = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        empty.path().join("ns.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
-    )
-    .expect("write");
-    Command::new("ip")
-        .args(["netns", "exec", &ns, PODWALL, "proxy", "init"])
-        .status()
-        .expect("init");
-    let mut sidecar = podwall_sandbox::sidecar_in(&ns, PODWALL)
-        .args(["proxy", "run"])
-        .arg(format!("--policy-source=dir:{}", empty.path().display()))
-        .args(["--pod-namespace", "t", "--pod-name", "client"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("sidecar");
+    let (mut sidecar, _empty) = sidecar_without_policy(&ns, "t", "client");
     let dst = SocketAddr::new(up.ip("t/plain"), 8080);
-    wait_for("the sidecar to listen", Duration::from_secs(10), || {
-        run_in(&ns, || TcpStream::connect(("127.0.0.1", 15020)).is_ok()).unwrap_or(false)
-    });
     let refused = connect(&ns, dst);
     let ready = run_in(&ns, || {
         let mut s = TcpStream::connect(("127.0.0.1", 15020)).expect("admin");
@@ -1038,6 +1018,38 @@ fn without_a_policy_for_its_pod_the_sidecar_refuses_everything() {
     let _ = sidecar.wait();
     assert!(refused.is_err(), "fail closed: {refused:?}");
     assert!(ready.contains(" 503 "), "{ready}");
+}
+
+/// The init rules and a listening sidecar in `ns` for pod `namespace/name`, which its policy
+/// source (an empty directory, kept alive by the returned guard) does not know.
+fn sidecar_without_policy(
+    ns: &str,
+    namespace: &str,
+    name: &str,
+) -> (std::process::Child, tempfile::TempDir) {
+    let empty = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        empty.path().join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+    )
+    .expect("write");
+    let init = Command::new("ip")
+        .args(["netns", "exec", ns, PODWALL, "proxy", "init"])
+        .status()
+        .expect("init");
+    assert!(init.success());
+    let sidecar = podwall_sandbox::sidecar_in(ns, PODWALL)
+        .args(["proxy", "run"])
+        .arg(format!("--policy-source=dir:{}", empty.path().display()))
+        .args(["--pod-namespace", namespace, "--pod-name", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sidecar");
+    wait_for("the sidecar to listen", Duration::from_secs(10), || {
+        run_in(ns, || TcpStream::connect(("127.0.0.1", 15020)).is_ok()).unwrap_or(false)
+    });
+    (sidecar, empty)
 }
 
 const FAIL_CLOSED: &str = r#"
@@ -1074,31 +1086,7 @@ fn before_its_first_policy_the_sidecar_refuses_inbound_tcp_and_drops_udp_and_pin
     assert!(udp_echo(&guarded, SocketAddr::new(p_ip, 5300), b"x").is_some());
     assert!(pings(&peer, g_ip) && pings(&guarded, p_ip));
     // A sidecar whose pod the policy source does not know: no policy, ever.
-    let empty = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        empty.path().join("ns.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
-    )
-    .expect("write");
-    let init = Command::new("ip")
-        .args(["netns", "exec", &guarded, PODWALL, "proxy", "init"])
-        .status()
-        .expect("init");
-    assert!(init.success());
-    let mut sidecar = podwall_sandbox::sidecar_in(&guarded, PODWALL)
-        .args(["proxy", "run"])
-        .arg(format!("--policy-source=dir:{}", empty.path().display()))
-        .args(["--pod-namespace", "t", "--pod-name", "guarded"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("sidecar");
-    wait_for("the sidecar to listen", Duration::from_secs(10), || {
-        run_in(&guarded, || {
-            TcpStream::connect(("127.0.0.1", 15020)).is_ok()
-        })
-        .unwrap_or(false)
-    });
+    let (mut sidecar, _empty) = sidecar_without_policy(&guarded, "t", "guarded");
     let inbound_tcp = connect(&peer, SocketAddr::new(g_ip, 8080));
     let inbound_udp = udp_echo(&peer, SocketAddr::new(g_ip, 5300), b"x");
     let outbound_udp = udp_echo(&guarded, SocketAddr::new(p_ip, 5300), b"x");
