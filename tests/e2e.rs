@@ -1415,6 +1415,48 @@ fn l7_sandbox(name: &str) -> (Up, String, IpAddr) {
     (up, ns, api)
 }
 
+#[test]
+fn with_the_audit_flag_a_request_http_rules_deny_reaches_the_app_and_is_logged_as_audit() {
+    if !ready_for(
+        "with_the_audit_flag_a_request_http_rules_deny_reaches_the_app_and_is_logged_as_audit",
+    ) {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/l7-api");
+    let up = Up::with(
+        &dir,
+        Options {
+            sidecar_args: vec!["--audit".into()],
+            ..options("l7aud", Inject::Annotated)
+        },
+    );
+    let fe = up.ns("production/frontend");
+    let url = format!("http://{}:8080/api/v1/users/7", up.ip("production/api"));
+    // Enforced, DELETE gets 403 (http_rules_allow_get_deny_delete_...); audited, it passes.
+    let code = curl(
+        &fe,
+        &[
+            "-X",
+            "DELETE",
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            &url,
+        ],
+    );
+    assert_eq!(code, "200");
+    assert!(
+        app_log(&up, "production/api").contains("DELETE /api/v1/users/7"),
+        "the application saw it"
+    );
+    let event = wait_for_flow(&up, "production/api", "the audited DELETE", |e| {
+        e["l7"]["http"]["method"] == "DELETE"
+    });
+    assert_eq!(event["verdict"], "AUDIT", "{event}");
+    assert_eq!(event["l7"]["http"]["status"], 200, "{event}");
+}
+
 fn curl(ns: &str, args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "curl", "-s", "--max-time", "5"])
