@@ -96,11 +96,11 @@ impl Engine {
         // Namespaced policies in the state's order, then cluster policies by precedence: rule
         // ids then say which cluster rule comes first.
         let mut order: Vec<PolicyId> = state.policy_ids().collect();
-        order.sort_by_key(|&id| {
-            let p = state.policy(id);
-            (p.cluster, p.name.name.clone(), id)
+        order.sort_by(|&a, &b| {
+            let (pa, pb) = (state.policy(a), state.policy(b));
+            (pa.cluster, &pa.name.name, a).cmp(&(pb.cluster, &pb.name.name, b))
         });
-        for id in order {
+        for &id in &order {
             let policy = state.policy(id);
             let mut ranges: [Range<RuleId>; 2] = [0..0, 0..0];
             for direction in [Direction::Ingress, Direction::Egress] {
@@ -166,14 +166,12 @@ impl Engine {
             .collect();
 
         // Which cluster policies select each identity, per tier and direction, by precedence.
-        let mut cluster: Vec<PolicyId> = state
-            .policy_ids()
+        // (The cluster policies of `order`, already by precedence.)
+        let cluster: Vec<PolicyId> = order
+            .iter()
+            .copied()
             .filter(|&id| state.policy(id).cluster.is_some())
             .collect();
-        cluster.sort_by_key(|&id| {
-            let p = state.policy(id);
-            (p.cluster, p.name.name.clone())
-        });
         let cluster_selecting: Vec<[[Vec<PolicyId>; 2]; 2]> = identities
             .list
             .iter()
@@ -733,7 +731,8 @@ impl Engine {
             };
         }
         let decision = match self.gate(direction, subject, peer, peer_ip, same_pod, names) {
-            Err(Decision::SamePod) if !isolated => self
+            // Nothing of the NetworkPolicy tier decided: the Baseline tier may.
+            Err(undecided @ (Decision::SamePod | Decision::NotIsolated)) if !isolated => self
                 .cluster_tier(
                     Tier::Baseline,
                     direction,
@@ -743,18 +742,7 @@ impl Engine {
                     query,
                     names,
                 )
-                .unwrap_or(Decision::SamePod),
-            Err(Decision::NotIsolated) => self
-                .cluster_tier(
-                    Tier::Baseline,
-                    direction,
-                    subject,
-                    peer,
-                    peer_ip,
-                    query,
-                    names,
-                )
-                .unwrap_or(Decision::NotIsolated),
+                .unwrap_or(undecided),
             Err(decision) => decision,
             Ok((table, view)) => {
                 let first = self

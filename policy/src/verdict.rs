@@ -75,14 +75,6 @@ impl Decision {
     pub fn allows(self) -> bool {
         !matches!(self, Decision::NoRuleMatched | Decision::ClusterDeny(_))
     }
-
-    /// The rule that decided, if a rule did.
-    pub fn rule(self) -> Option<RuleRef> {
-        match self {
-            Decision::Rule(r) | Decision::ClusterAccept(r) | Decision::ClusterDeny(r) => Some(r),
-            _ => None,
-        }
-    }
 }
 
 /// The verdict of one side.

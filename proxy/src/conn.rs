@@ -353,14 +353,12 @@ async fn handle(
     let mut name_gated = false;
     // Bytes of the client's already sent to the server (an allowed ClientHello).
     let mut handed_over = 0u64;
-    if event.verdict == FlowVerdict::Allowed
-        && shared.check_server_name
-        && !names.is_empty()
-        && !policy
-            .outbound(dst.ip(), Protocol::Tcp, dst.port())
-            .egress
-            .allowed()
-    {
+    // The address judged without the names (when names are what might allow it).
+    let unnamed =
+        (event.verdict == FlowVerdict::Allowed && shared.check_server_name && !names.is_empty())
+            .then(|| policy.outbound(dst.ip(), Protocol::Tcp, dst.port()))
+            .filter(|v| !v.egress.allowed());
+    if let Some(unnamed) = unnamed {
         let server = match connect_upstream(dst, shared).await {
             Ok(s) => s,
             Err(e) => {
@@ -430,7 +428,6 @@ async fn handle(
             shared.metrics.fqdn.server_name_denied.inc();
             // As the address is judged without the names: an Admin-tier Deny there is not the
             // pod's to audit.
-            let unnamed = policy.outbound(dst.ip(), Protocol::Tcp, dst.port());
             event.verdict = if policy.audit_covers(unnamed.egress.decision) {
                 FlowVerdict::Audit
             } else {
@@ -470,20 +467,20 @@ async fn handle(
     // A port the pod asked to observe (`podwall.io/observe-http`): a connection that opens
     // with HTTP is served request by request so each request is logged, with no rule to
     // answer to; anything else (TLS, a server that speaks first) is relayed as usual.
+    let server = match upstream {
+        Some(s) => s,
+        None => match connect_upstream(dst, shared).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.connect_errors.inc();
+                reset(&client);
+                event.error = Some(e);
+                finish(shared, event, started);
+                return;
+            }
+        },
+    };
     if direction == Direction::Ingress && policy.observe_http.binary_search(&dst.port()).is_ok() {
-        let server = match upstream.take() {
-            Some(s) => s,
-            None => match connect_upstream(dst, shared).await {
-                Ok(s) => s,
-                Err(e) => {
-                    metrics.connect_errors.inc();
-                    reset(&client);
-                    event.error = Some(e);
-                    finish(shared, event, started);
-                    return;
-                }
-            },
-        };
         // Waiting for the client's first bytes, the connection still answers to policy
         // changes: revoked at once, served under HTTP rules that now apply, and not holding a
         // superseded policy (a probe receiver, so the relay's own loop still sees the change).
@@ -541,22 +538,8 @@ async fn handle(
         // Said in the event: advise must not mistake a connection it never saw requests of
         // for one that made none.
         event.reason = Some(UNPARSED_OBSERVED.into());
-        upstream = Some(server);
     }
 
-    let server = match upstream {
-        Some(s) => s,
-        None => match connect_upstream(dst, shared).await {
-            Ok(s) => s,
-            Err(e) => {
-                metrics.connect_errors.inc();
-                reset(&client);
-                event.error = Some(e);
-                finish(shared, event, started);
-                return;
-            }
-        },
-    };
     // The client's socket has TCP_NODELAY from its listener (see `bind_tcp`).
     let _ = server.set_nodelay(true);
     metrics.open.inc();
