@@ -142,30 +142,40 @@ fn flows_from_a_file_are_filtered_and_shown_as_asked() {
         .spawn()
         .expect("observe");
     let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    std::thread::sleep(Duration::from_millis(300));
     let mut appended = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
         .expect("open");
-    let written = Instant::now();
-    writeln!(
-        appended,
-        "{}",
-        flow(
-            "2026-12-05T10:00:03.000Z",
-            "AUDIT",
-            ("shop", "web"),
-            ("shop", "db"),
-            5432
+    // The first line may be read with the file's start; once it is printed, observe has read
+    // the file, and the second can only come by following it.
+    let mut printed = Vec::new();
+    let mut took = Duration::ZERO;
+    for port in [5432, 5433] {
+        let written = Instant::now();
+        writeln!(
+            appended,
+            "{}",
+            flow(
+                "2026-12-05T10:00:03.000Z",
+                "AUDIT",
+                ("shop", "web"),
+                ("shop", "db"),
+                port
+            )
         )
-    )
-    .expect("append");
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("a line");
-    let took = written.elapsed();
+        .expect("append");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a line");
+        took = written.elapsed();
+        printed.push(line);
+    }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(line.contains("AUDIT"), "{line}");
+    assert!(printed[0].contains("shop/db:5432"), "{printed:?}");
+    assert!(
+        printed[1].contains("AUDIT") && printed[1].contains("shop/db:5433"),
+        "{printed:?}"
+    );
     eprintln!("an appended flow was printed after {took:?}");
 }
 

@@ -853,6 +853,7 @@ impl FakeApiServer {
             let mut sent = from;
             let mut seen_bookmark = start.bookmark;
             let mut bookmark_due = false;
+            let mut cut = false;
             loop {
                 // Events first, so that a bookmark never overtakes one.
                 let (pending, rv) = server.events_after(&path, sent);
@@ -874,17 +875,17 @@ impl FakeApiServer {
                             "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}})))
                         .await;
                 }
-                if ticks.changed().await.is_err() {
+                if cut || ticks.changed().await.is_err() {
                     return;
                 }
                 let now = *ticks.borrow_and_update();
-                if now.cut != start.cut {
-                    return;
-                }
                 if bookmarks && now.bookmark != seen_bookmark {
                     seen_bookmark = now.bookmark;
                     bookmark_due = true;
                 }
+                // A cut ends the stream after what was asked for before it (events, a
+                // bookmark), as a server closes a stream it has written.
+                cut = now.cut != start.cut;
             }
         });
         let stream =

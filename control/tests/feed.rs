@@ -191,7 +191,6 @@ async fn a_reconnecting_sidecar_gets_only_what_changed_in_its_view_or_a_snapshot
         other => panic!("{other:?}"),
     }
     drop(body);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // While a is away: its namespace changes, then a pod outside its view.
     store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "y")]));
     store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "z")]));

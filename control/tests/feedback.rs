@@ -127,6 +127,7 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
     ));
     // b starts once a holds the lease.
     eventually("replica-a leads", || (*a_rx.borrow()).then_some(())).await;
+    let mut b_looks = b_rx.clone();
     tokio::spawn(podwall_control::leader::run(
         client.clone(),
         election("replica-b"),
@@ -141,7 +142,13 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
             Duration::from_millis(200),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Each look at the Lease publishes its outcome: after two of b's, a still leads alone.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(10), b_looks.changed())
+            .await
+            .expect("replica-b looks at the Lease")
+            .expect("replica-b runs");
+    }
     assert!(*a_rx.borrow() && !*b_rx.borrow(), "exactly one leader");
 
     // PodwallPolicy status, written once by the leader.
@@ -188,15 +195,28 @@ async fn the_leader_writes_policy_status_and_events_and_each_replica_its_report(
             "{kind}: {metrics_text}"
         );
     }
-    // Nothing changes: nothing is written again (over several rechecks).
+    // Nothing changes: nothing is written again (over several rechecks). A pass looks at
+    // every policy in turn, so once a second new policy has its status, the pass that wrote
+    // the first one's has looked at all the others.
     let writes = |log: &[String]| {
         log.iter()
             .filter(|l| l.starts_with("patch PodwallPolicy") || l.starts_with("post Event"))
+            .filter(|l| !l.contains("/marker-"))
             .count()
     };
     let before = writes(&api.log());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for marker in ["marker-1", "marker-2", "marker-3"] {
+        api.apply(
+            json!({"apiVersion": "podwall.io/v1alpha1", "kind": "PodwallPolicy",
+            "metadata": {"name": marker, "namespace": "prod", "generation": 1, "uid": marker},
+            "spec": {"endpointSelector": {"matchLabels": {"app": "none"}}}}),
+        );
+        eventually("a new policy gets its status", || status_of(marker)).await;
+    }
     assert_eq!(writes(&api.log()), before, "{:?}", api.log());
+    for marker in ["marker-1", "marker-2", "marker-3"] {
+        api.delete("podwall.io/v1alpha1", "PodwallPolicy", "prod", marker);
+    }
 
     // Deleted and created again (another object, another uid, the same status): written anew.
     api.delete("podwall.io/v1alpha1", "PodwallPolicy", "prod", "broken");

@@ -37,6 +37,17 @@ fn issue(dir: &Path, generation: u32) -> std::path::PathBuf {
     // Written beside and renamed, as a Secret volume update is atomic.
     std::fs::write(dir.join("tls.crt.new"), cert.pem()).expect("write cert");
     std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).expect("write key");
+    // Each generation its own modification time (the server looks for a changed one), however
+    // fast the next is written.
+    let mtime =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * u64::from(generation));
+    for f in ["tls.crt.new", "tls.key.new"] {
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(f))
+            .and_then(|f| f.set_modified(mtime))
+            .expect("set mtime");
+    }
     std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).expect("rename");
     std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).expect("rename");
     ca_path
@@ -198,7 +209,6 @@ async fn the_webhook_answers_admission_reviews_over_https_and_follows_a_certific
     assert_eq!(code, 400);
 
     // Rotation: new CA and certificate on disk; the server picks them up without a restart.
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct mtime
     let ca2 = issue(dir.path(), 2);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {

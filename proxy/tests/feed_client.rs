@@ -208,7 +208,15 @@ async fn over_tls_the_sidecar_trusts_only_the_control_plane_its_ca_vouches_for()
     // Another CA: the sidecar refuses the control plane and holds no policy (fail closed).
     let (other_ca, _, _) = issue();
     let (rx, metrics) = follow(&other_ca);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Refused twice (each failed handshake is a reconnect), and still nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.policy_stream_reconnects.get() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sidecar never retries"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         rx.borrow().is_none(),
         "no policy from an unverified control plane"
