@@ -3152,3 +3152,54 @@ fn udp_flows_and_ping_are_judged_by_policy_in_both_directions() {
                 .is_some_and(|m| m.contains("policy change"))
     });
 }
+
+#[test]
+fn with_the_audit_flag_udp_the_policy_denies_passes_both_ways_and_is_logged_as_audit() {
+    if !support::ready(
+        "with_the_audit_flag_udp_the_policy_denies_passes_both_ways_and_is_logged_as_audit",
+        &["ip", "iptables", "setpriv"],
+        "iproute2, iptables and setpriv",
+    ) {
+        return;
+    }
+    let dir = topology(UDP_TOPOLOGY);
+    let up = Up::with(
+        dir.path(),
+        Options {
+            sidecar_args: vec!["--audit".into()],
+            ..options("udpaud", Inject::Annotated)
+        },
+    );
+    let (client, other) = (up.ns("u/client"), up.ns("u/other"));
+    let server = up.ip("u/server");
+    // Enforced, both are dropped (the test above): the client's egress allows only 5300, the
+    // server's ingress only the client. Audited, each echo comes back, answered by the server.
+    let echo = |ns: &str, dst: SocketAddr, payload: &[u8]| {
+        (0..5).find_map(|_| udp_echo(ns, dst, payload))
+    };
+    assert_eq!(
+        echo(&client, SocketAddr::new(server, 5301), b"audited egress").as_deref(),
+        Some(&b"audited egress"[..])
+    );
+    assert_eq!(
+        echo(&other, SocketAddr::new(server, 5300), b"audited ingress").as_deref(),
+        Some(&b"audited ingress"[..])
+    );
+    let egress = wait_for_flow(&up, "u/client", "the audited egress", |e| {
+        e["protocol"] == "UDP" && e["destination"]["port"] == 5301
+    });
+    assert_eq!(egress["verdict"], "AUDIT", "{egress}");
+    assert_eq!(egress["egress"]["allowed"], false, "{egress}");
+    let other_ip = up.ip("u/other").to_string();
+    let ingress = wait_for_flow(&up, "u/server", "the audited ingress", |e| {
+        e["protocol"] == "UDP" && e["source"]["ip"] == other_ip.as_str()
+    });
+    assert_eq!(ingress["verdict"], "AUDIT", "{ingress}");
+    assert_eq!(ingress["ingress"]["allowed"], false, "{ingress}");
+    // What the policy allows stays ALLOWED.
+    assert!(echo(&client, SocketAddr::new(server, 5300), b"allowed").is_some());
+    let allowed = wait_for_flow(&up, "u/client", "the allowed flow", |e| {
+        e["protocol"] == "UDP" && e["destination"]["port"] == 5300
+    });
+    assert_eq!(allowed["verdict"], "ALLOWED", "{allowed}");
+}
