@@ -50,7 +50,8 @@ struct State {
     /// Requests served, as `list PATH` / `watch PATH rv=N`.
     log: Vec<String>,
     /// TokenReview answers: token -> (username, bound pod name, audiences).
-    tokens: BTreeMap<String, (String, Option<String>, Vec<String>)>,
+    /// Token → (username, bound pod, audiences, authenticated whatever audience is asked).
+    tokens: BTreeMap<String, (String, Option<String>, Vec<String>, bool)>,
     /// Pods' container logs: (namespace, pod, container) -> lines.
     logs: BTreeMap<(String, String, String), Vec<String>>,
 }
@@ -374,12 +375,37 @@ impl FakeApiServer {
 
     /// Makes TokenReview accept `token` as `username` (bound to `pod`) for `audiences`.
     pub fn token(&self, token: &str, username: &str, pod: Option<&str>, audiences: &[&str]) {
+        self.insert_token(token, username, pod, audiences, false);
+    }
+
+    /// Makes TokenReview accept `token` whatever audience is asked, answering with the token's
+    /// own `audiences`, as an authenticator that ignores audiences does: the reviewer must
+    /// check them itself.
+    pub fn token_for_any_audience(
+        &self,
+        token: &str,
+        username: &str,
+        pod: Option<&str>,
+        audiences: &[&str],
+    ) {
+        self.insert_token(token, username, pod, audiences, true);
+    }
+
+    fn insert_token(
+        &self,
+        token: &str,
+        username: &str,
+        pod: Option<&str>,
+        audiences: &[&str],
+        any_audience: bool,
+    ) {
         self.lock().tokens.insert(
             token.into(),
             (
                 username.into(),
                 pod.map(str::to_string),
                 audiences.iter().map(|a| a.to_string()).collect(),
+                any_audience,
             ),
         );
     }
@@ -406,12 +432,15 @@ impl FakeApiServer {
         let mut st = self.lock();
         st.log.push("create tokenreviews".into());
         let status = match st.tokens.get(token) {
-            Some((user, pod, audiences)) if asked.iter().any(|a| audiences.contains(a)) => {
+            Some((user, pod, audiences, any))
+                if *any || asked.iter().any(|a| audiences.contains(a)) =>
+            {
                 let mut extra = json!({});
                 if let Some(p) = pod {
                     extra["authentication.kubernetes.io/pod-name"] = json!([p]);
                 }
-                json!({"authenticated": true, "audiences": asked,
+                let granted = if *any { audiences } else { &asked };
+                json!({"authenticated": true, "audiences": granted,
                     "user": {"username": user, "uid": "u-1", "groups": ["system:serviceaccounts"], "extra": extra}})
             }
             Some(_) => {

@@ -407,16 +407,40 @@ async fn a_sidecar_proves_its_pod_with_a_projected_token_checked_by_token_review
         Some("db"),
         &["podwall"],
     );
+    // Authenticated by the API server whatever the audience: podwall's own check refuses it.
+    api.token_for_any_audience(
+        "web-unchecked-audience-token",
+        "system:serviceaccount:prod:web-sa",
+        Some("web"),
+        &["https://kubernetes.default.svc"],
+    );
     let (_store, addr) = control_plane_with(&api, |client, store| {
         Box::new(TokenReviewer::new(client, store, "podwall"))
     })
     .await;
 
+    let reviews = || {
+        api.log()
+            .iter()
+            .filter(|l| *l == "create tokenreviews")
+            .count()
+    };
     let mut sidecar = Sidecar::connect(addr, "web", "web-token").await;
     sidecar.until("the snapshot", |s| s.has("Pod", "web")).await;
+    assert_eq!(reviews(), 1);
+    // A token reviewed a moment ago is not reviewed again (a restarting fleet of sidecars
+    // would otherwise be a storm of TokenReviews).
+    let (status, _) = Sidecar::open(addr, "web", "web-token").await;
+    assert_eq!(status, 200);
+    assert_eq!(reviews(), 1, "the second connection is answered from the cache");
     for (pod, token, why) in [
         ("db", "web-token", "another pod's feed"),
         ("web", "web-api-token", "a token for another audience"),
+        (
+            "web",
+            "web-unchecked-audience-token",
+            "a token for another audience the API server did not check",
+        ),
         ("web", "legacy-token", "a token bound to no pod"),
         (
             "db",
