@@ -442,7 +442,7 @@ async fn the_control_plane_binary_watches_the_api_server_serves_feeds_and_inject
             .all(|l| serde_json::from_str::<Value>(l).is_ok()),
         "{logs}"
     );
-    assert!(logs.contains("native_sidecar"), "{logs}");
+    assert!(logs.contains("\"native_sidecar\":true"), "1.31: {logs}");
     assert!(
         logs.contains("refused a plaintext feed request that carried a token"),
         "{logs}"

@@ -3174,9 +3174,8 @@ fn with_the_audit_flag_udp_the_policy_denies_passes_both_ways_and_is_logged_as_a
     let server = up.ip("u/server");
     // Enforced, both are dropped (the test above): the client's egress allows only 5300, the
     // server's ingress only the client. Audited, each echo comes back, answered by the server.
-    let echo = |ns: &str, dst: SocketAddr, payload: &[u8]| {
-        (0..5).find_map(|_| udp_echo(ns, dst, payload))
-    };
+    let echo =
+        |ns: &str, dst: SocketAddr, payload: &[u8]| (0..5).find_map(|_| udp_echo(ns, dst, payload));
     assert_eq!(
         echo(&client, SocketAddr::new(server, 5301), b"audited egress").as_deref(),
         Some(&b"audited egress"[..])

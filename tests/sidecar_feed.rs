@@ -159,14 +159,24 @@ fn control_plane(ns: &str, dir: &Path, tls: bool) -> Running {
 }
 
 fn sidecar(ns: &str, dir: &Path, extra: &[String]) -> Running {
+    sidecar_with_ca_env(ns, dir, extra, None)
+}
+
+/// The sidecar, with `PODWALL_CONTROL_CA` set to `ca` (as injection sets it) or unset.
+fn sidecar_with_ca_env(ns: &str, dir: &Path, extra: &[String], ca: Option<&str>) -> Running {
     std::fs::write(dir.join("token"), "secret-token").expect("token");
     let log = std::fs::File::create(dir.join("sidecar.log")).expect("log");
-    let child = podwall_sandbox::sidecar_in(ns, PODWALL)
+    let mut command = podwall_sandbox::sidecar_in(ns, PODWALL);
+    command
         .args(["proxy", "run", "--pod-namespace", "t", "--pod-name", "a"])
         .args(["--no-packet-filter", "--poll-interval", "200ms"])
         .arg(format!("--token-file={}", dir.join("token").display()))
-        .args(extra)
-        .env_remove("PODWALL_CONTROL_CA")
+        .args(extra);
+    match ca {
+        Some(pem) => command.env("PODWALL_CONTROL_CA", pem),
+        None => command.env_remove("PODWALL_CONTROL_CA"),
+    };
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -209,6 +219,58 @@ fn with_the_ca_the_token_goes_over_tls_and_the_sidecar_becomes_ready() {
 }
 
 #[test]
+fn the_ca_in_podwall_control_ca_as_injection_sets_it_verifies_the_control_plane() {
+    if !support::ready(
+        "the_ca_in_podwall_control_ca_as_injection_sets_it_verifies_the_control_plane",
+        &["ip", "setpriv"],
+        "iproute2 and setpriv",
+    ) {
+        return;
+    }
+    let ns = Netns::new("pw-feed-env");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = issue();
+    std::fs::write(dir.path().join("tls.crt"), cert).expect("cert");
+    std::fs::write(dir.path().join("tls.key"), key).expect("key");
+    let _control = control_plane(&ns.0, dir.path(), true);
+    let _sidecar = sidecar_with_ca_env(
+        &ns.0,
+        dir.path(),
+        &["--policy-source=control:localhost:15010".into()],
+        Some(&ca),
+    );
+    wait_ready(&ns.0, 15020, &dir.path().join("sidecar.log"));
+    let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
+    assert!(log.contains("control:localhost:15010 (TLS)"), "{log}");
+    assert!(log.contains("feed connected"), "{log}");
+}
+
+#[test]
+fn a_podwall_control_ca_that_holds_no_certificate_stops_the_sidecar_before_it_connects() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-projected-service-account-token").expect("token");
+    let out = Command::new(PODWALL)
+        .args(["proxy", "run", "--pod-namespace", "t", "--pod-name", "a"])
+        .arg(format!("--policy-source=control:127.0.0.1:{port}"))
+        .arg(format!("--token-file={}", token.display()))
+        .env("PODWALL_CONTROL_CA", "not a certificate")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("CERTIFICATE"), "{err}");
+    assert!(!err.contains("in the clear"), "the CA was read: {err}");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the sidecar connected: {other:?}"),
+    }
+}
+
+#[test]
 fn with_insecure_plaintext_feed_the_token_goes_in_the_clear_and_it_is_said_once() {
     if !support::ready(
         "with_insecure_plaintext_feed_the_token_goes_in_the_clear_and_it_is_said_once",
@@ -234,6 +296,10 @@ fn with_insecure_plaintext_feed_the_token_goes_in_the_clear_and_it_is_said_once(
         log.matches("--insecure-plaintext-feed").count(),
         1,
         "warned once: {log}"
+    );
+    assert!(
+        log.contains("control:127.0.0.1:15010 (plain HTTP/2: no CA given"),
+        "the source says it is not verified: {log}"
     );
 }
 

@@ -105,6 +105,20 @@ pub struct InjectConfig {
     pub allow_pod_audit: bool,
 }
 
+impl InjectConfig {
+    /// Fills what configuration left unset from the API server's version: native sidecars
+    /// (`restartPolicy: Always` on an init container) need 1.29; the reserved-ports sysctl is
+    /// safe (allowed by every kubelet) from 1.27. A minor that does not read as a number
+    /// (`"28+"` does) counts as new. Returns the two choices.
+    pub fn fill_from_version(&mut self, major: &str, minor: &str) -> (bool, bool) {
+        let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(u32::MAX);
+        let at_least = |m: u32| major != "1" || minor >= m;
+        let native = *self.native_sidecar.get_or_insert(at_least(29));
+        let reserve = *self.reserve_ports.get_or_insert(at_least(27));
+        (native, reserve)
+    }
+}
+
 impl Default for InjectConfig {
     fn default() -> Self {
         InjectConfig {
@@ -963,6 +977,31 @@ pub fn inject_object(object: &mut Value, cfg: &InjectConfig) -> Result<Outcome, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_sidecars_from_1_29_and_reserved_ports_from_1_27_unless_configured() {
+        let fill =
+            |major: &str, minor: &str| InjectConfig::default().fill_from_version(major, minor);
+        assert_eq!(fill("1", "31"), (true, true));
+        assert_eq!(fill("1", "29"), (true, true));
+        assert_eq!(
+            fill("1", "28+"),
+            (false, true),
+            "a managed 1.28 (EKS writes 28+)"
+        );
+        assert_eq!(fill("1", "28"), (false, true));
+        assert_eq!(fill("1", "27"), (false, true));
+        assert_eq!(fill("1", "26"), (false, false));
+        assert_eq!(fill("2", "0"), (true, true));
+        assert_eq!(fill("1", "unknown"), (true, true));
+        // What the operator configured stays.
+        let mut configured = InjectConfig {
+            native_sidecar: Some(true),
+            reserve_ports: Some(false),
+            ..InjectConfig::default()
+        };
+        assert_eq!(configured.fill_from_version("1", "26"), (true, false));
+    }
 
     fn pod(extra_spec: Value) -> Value {
         let mut spec = json!({"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 80}]}]});

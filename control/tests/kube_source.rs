@@ -432,7 +432,11 @@ async fn a_sidecar_proves_its_pod_with_a_projected_token_checked_by_token_review
     // would otherwise be a storm of TokenReviews).
     let (status, _) = Sidecar::open(addr, "web", "web-token").await;
     assert_eq!(status, 200);
-    assert_eq!(reviews(), 1, "the second connection is answered from the cache");
+    assert_eq!(
+        reviews(),
+        1,
+        "the second connection is answered from the cache"
+    );
     for (pod, token, why) in [
         ("db", "web-token", "another pod's feed"),
         ("web", "web-api-token", "a token for another audience"),

@@ -137,7 +137,11 @@ impl PolicySource for ControlSource {
         if self.tls.is_some() {
             format!("control:{} (TLS)", self.addr)
         } else {
-            format!("control:{}", self.addr)
+            // Said where the source is named: nothing verifies who serves this policy.
+            format!(
+                "control:{} (plain HTTP/2: no CA given, the control plane is not verified)",
+                self.addr
+            )
         }
     }
 }

@@ -326,19 +326,10 @@ fn run_control(args: RunArgs) -> ExitCode {
             if (cfg.native_sidecar.is_none() || cfg.reserve_ports.is_none())
                 && let Some(client) = &client
             {
-                // Native sidecars (restartPolicy: Always on an init container) need 1.29; the
-                // reserved-ports sysctl is safe (allowed by every kubelet) from 1.27.
                 match client.apiserver_version().await {
                     Ok(info) => {
-                        let minor: u32 = info
-                            .minor
-                            .trim_end_matches('+')
-                            .parse()
-                            .unwrap_or(u32::MAX);
-                        let at_least = |m: u32| info.major != "1" || minor >= m;
-                        let cfg = Arc::make_mut(&mut cfg);
-                        let native = *cfg.native_sidecar.get_or_insert(at_least(29));
-                        let reserve = *cfg.reserve_ports.get_or_insert(at_least(27));
+                        let (native, reserve) =
+                            Arc::make_mut(&mut cfg).fill_from_version(&info.major, &info.minor);
                         tracing::info!(
                             version = %info.git_version,
                             native_sidecar = native,
