@@ -2565,6 +2565,66 @@ fn ttl_expiry_stops_new_connections_but_not_open_ones() {
 }
 
 /// A DNS query for `name` (type A, ID 0x4242) without EDNS, as a stub resolver sends it.
+#[test]
+fn the_fqdn_ttl_floor_and_per_name_cap_flags_reach_the_sidecars_cache() {
+    if !ready_for_dns("the_fqdn_ttl_floor_and_per_name_cap_flags_reach_the_sidecars_cache") {
+        return;
+    }
+    let dir = topology(FQDN_TOPOLOGY);
+    let up = Up::with(
+        dir.path(),
+        Options {
+            sidecar_args: vec![
+                "--allow-unnamed-fqdn-connections".into(),
+                "--fqdn-min-ttl=6s".into(),
+                "--fqdn-max-ips-per-name=4".into(),
+                // Most of big.example.com's addresses have no host behind them.
+                "--connect-timeout=300ms".into(),
+            ],
+            ..options("ttlcap", Inject::Annotated)
+        },
+    );
+    let ns = up.ns("t/runner");
+    // api.example.com answers with a TTL of 2 s; the floor keeps its address for 6.
+    let (code, out) = in_pod(&ns, &["getent", "ahostsv4", "api.example.com"]);
+    assert_eq!(code, 0, "{out}");
+    let resolved = Instant::now();
+    let dst: SocketAddr = "203.0.113.10:80".parse().expect("addr");
+    while connect(&ns, dst).is_ok() {
+        assert!(
+            resolved.elapsed() < Duration::from_secs(15),
+            "still allowed long after the floor"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let kept = resolved.elapsed();
+    assert!(
+        kept >= Duration::from_secs(5),
+        "refused after {kept:?}: the 6 s floor did not hold the 2 s answer"
+    );
+    // big.example.com has 36 addresses; 4 are kept, so connections to 4 of them are allowed
+    // (most have no host behind them: the verdict is read from each one's flow event).
+    let (code, out) = in_pod(&ns, &["getent", "ahostsv4", "big.example.com"]);
+    assert_eq!(code, 0, "{out}");
+    let addresses: std::collections::BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(addresses.len(), 36, "{out}");
+    let mut allowed = Vec::new();
+    for a in &addresses {
+        let ip: IpAddr = a.parse().expect("an address");
+        let _ = connect(&ns, SocketAddr::new(ip, 80));
+        let event = wait_for_flow(&up, "t/runner", "the connection's event", |e| {
+            e["destination"]["ip"] == a.as_str() && e["l7"].is_null()
+        });
+        if event["verdict"] == "ALLOWED" {
+            allowed.push(a.clone());
+        }
+    }
+    assert_eq!(allowed.len(), 4, "the per-name cap: {allowed:?}");
+}
+
 fn dns_query(name: &str) -> Vec<u8> {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
     use hickory_proto::rr::{Name, RecordType};

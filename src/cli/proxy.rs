@@ -326,6 +326,15 @@ fn init(args: InitArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The toFQDNs cache's bounds as the flags give them.
+fn fqdn_cache(args: &RunArgs) -> podwall_fqdn::cache::CacheConfig {
+    podwall_fqdn::cache::CacheConfig {
+        max_names: args.fqdn_max_names,
+        max_ips_per_name: args.fqdn_max_ips_per_name,
+        min_ttl: args.fqdn_min_ttl,
+    }
+}
+
 fn run_sidecar(args: RunArgs) -> ExitCode {
     crate::cli::logging::init();
     let (dir, control) = match (
@@ -343,8 +352,8 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         }
     };
     let identity = Identity {
-        namespace: args.pod_namespace,
-        name: args.pod_name,
+        namespace: args.pod_namespace.clone(),
+        name: args.pod_name.clone(),
     };
     let mut config = ProxyConfig::new(identity);
     config.inbound = SocketAddr::from(([0, 0, 0, 0], args.inbound_port));
@@ -364,11 +373,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     config.admin = SocketAddr::from(([0, 0, 0, 0], args.admin_port));
     config.dns_upstream = args.dns_upstream;
     config.dns_transparent = args.dns_capture == DnsCaptureArg::Tproxy;
-    config.fqdn_cache = podwall_fqdn::cache::CacheConfig {
-        max_names: args.fqdn_max_names,
-        max_ips_per_name: args.fqdn_max_ips_per_name,
-        min_ttl: args.fqdn_min_ttl,
-    };
+    config.fqdn_cache = fqdn_cache(&args);
     config.check_server_name = args.check_server_name;
     config.allow_unnamed_fqdn = args.allow_unnamed_fqdn_connections;
     config.packet_queue = (!args.no_packet_filter).then_some(args.packet_queue);
@@ -503,5 +508,53 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn parse(flags: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "run",
+            "--pod-namespace",
+            "t",
+            "--pod-name",
+            "a",
+            "--policy-source=dir:/p",
+        ];
+        argv.extend_from_slice(flags);
+        Run::try_parse_from(argv).expect("parses").args
+    }
+
+    #[test]
+    fn the_fqdn_cache_keeps_10000_names_and_50_addresses_each_with_no_ttl_floor_unless_told() {
+        let defaults = fqdn_cache(&parse(&[]));
+        assert_eq!(defaults, podwall_fqdn::cache::CacheConfig::default());
+        assert_eq!(
+            (
+                defaults.max_names,
+                defaults.max_ips_per_name,
+                defaults.min_ttl
+            ),
+            (10_000, 50, Duration::ZERO)
+        );
+        let set = fqdn_cache(&parse(&[
+            "--fqdn-max-names=7",
+            "--fqdn-max-ips-per-name=3",
+            "--fqdn-min-ttl=30s",
+        ]));
+        assert_eq!(
+            (set.max_names, set.max_ips_per_name, set.min_ttl),
+            (7, 3, Duration::from_secs(30))
+        );
     }
 }
