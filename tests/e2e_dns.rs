@@ -573,18 +573,131 @@ fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
     // client): no name to check, refused.
     let r = app(&ns, "", &[], &["tcp", "203.0.113.10", "80"]);
     assert!(r.starts_with("failed"), "{r}");
-    let refused = up.flows(RUNNER).into_iter().any(|e| {
-        e["verdict"] == "DENIED"
-            && e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("spoke first"))
-    });
-    assert!(refused, "the server-first refusal is a flow event");
+    denial_with_reason(&up, "spoke first");
     // Two ClientHellos, two requests and the server-first connection.
     assert_eq!(
         metric(&ns, "podwall_fqdn_server_name_denied_total"),
         Some(5.0)
     );
+}
+
+/// Waits for the runner's denial whose reason says `why`.
+fn denial_with_reason(up: &Up, why: &str) -> serde_json::Value {
+    let mut found = None;
+    wait_for(
+        &format!("a denial because {why}"),
+        Duration::from_secs(10),
+        || {
+            found = up.flows(RUNNER).into_iter().find(|e| {
+                e["verdict"] == "DENIED" && e["reason"].as_str().is_some_and(|r| r.contains(why))
+            });
+            found.is_some()
+        },
+    );
+    found.expect("found")
+}
+
+#[test]
+fn what_names_no_server_is_refused_and_without_the_check_any_name_passes() {
+    if !support::hostile::ready(
+        "what_names_no_server_is_refused_and_without_the_check_any_name_passes",
+    ) {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = Up::new(dir.path(), "noname", Inject::Annotated);
+    let ns = up.ns(RUNNER);
+    let api_ns = external_ns(&up, "api");
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
+        "rcode 0"
+    );
+    // A ClientHello without SNI: nothing to check, refused.
+    let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
+    let r = app(&ns, "", &[], &["tls-hello", "203.0.113.10", "443", "", "0"]);
+    assert_eq!(r, "reset", "TLS without SNI");
+    let _ = last_line(listener, out);
+    denial_with_reason(&up, "TLS without SNI");
+    // An HTTP/1.0 request without Host: 403, the server never asked.
+    let r = app(
+        &ns,
+        "",
+        &[],
+        &[
+            "http-raw",
+            "203.0.113.10",
+            "80",
+            "GET / HTTP/1.0\\r\\n\\r\\n",
+        ],
+    );
+    assert_eq!(r, "403", "HTTP without Host");
+    // A head that never completes: refused once it had its time (5 s), or at once when the
+    // client ends its side.
+    // (A server listens: the sidecar connects to it while it waits for the client.)
+    let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5"]);
+    let r = app(
+        &ns,
+        "",
+        &[],
+        &["tls-partial", "203.0.113.10", "443", "close"],
+    );
+    assert!(
+        r.starts_with("reset"),
+        "a half ClientHello, then the end: {r}"
+    );
+    let _ = last_line(listener, out);
+    let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5"]);
+    let r = app(
+        &ns,
+        "",
+        &[],
+        &["tls-partial", "203.0.113.10", "443", "stall"],
+    );
+    let _ = last_line(listener, out);
+    let waited: f64 = r
+        .strip_prefix("reset after ")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a half ClientHello, then silence: {r}"));
+    assert!((4.0..9.0).contains(&waited), "refused after {waited} s");
+    denial_with_reason(&up, "did not arrive in full");
+    drop(up);
+
+    // With the check off, the address's other name passes, over TLS and HTTP.
+    let dir = topology(TOPOLOGY);
+    let up = Up::with(
+        dir.path(),
+        podwall_sandbox::Options {
+            sidecar_args: vec!["--check-server-name=false".into()],
+            ..options("nocheck", Inject::Annotated)
+        },
+    );
+    let ns = up.ns(RUNNER);
+    let api_ns = external_ns(&up, "api");
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
+        "rcode 0"
+    );
+    let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
+    let r = app(
+        &ns,
+        "",
+        &[],
+        &["tls-hello", "203.0.113.10", "443", "other.example.com", "0"],
+    );
+    assert_eq!(r, "open", "another SNI without the check");
+    assert_eq!(last_line(listener, out), "accepted");
+    let r = app(
+        &ns,
+        "",
+        &[],
+        &[
+            "http-raw",
+            "203.0.113.10",
+            "80",
+            "GET / HTTP/1.1\\r\\nHost: other.example.com\\r\\n\\r\\n",
+        ],
+    );
+    assert_eq!(r, "200", "another Host without the check");
 }
 
 /// A counter from the pod's own sidecar (`/metrics` on the admin port, read from the pod).
