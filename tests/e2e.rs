@@ -1854,6 +1854,100 @@ fn malformed_requests_get_400_and_never_reach_the_application() {
     assert!(!app_log(&up, "production/api").contains("/api/v1/x"));
 }
 
+/// Writes `bytes` on a new connection from `ns` to `dst` and returns the status codes of the
+/// responses read until the server closes (or 3 s of silence).
+fn raw_statuses(ns: &str, dst: SocketAddr, bytes: &'static [u8]) -> Vec<String> {
+    let answer = run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s.write_all(bytes).expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .expect("netns");
+    answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| answer[i + 9..].chars().take(3).collect())
+        .collect()
+}
+
+#[test]
+fn pipelined_and_smuggled_requests_are_each_judged_and_the_forbidden_never_reach_the_app() {
+    if !ready_for(
+        "pipelined_and_smuggled_requests_are_each_judged_and_the_forbidden_never_reach_the_app",
+    ) {
+        return;
+    }
+    // GET /api/v1/.* and POST /api/v1/orders are allowed; DELETE is not.
+    let (up, fe, api) = l7_sandbox("l7s");
+    let dst = SocketAddr::new(api, 8080);
+    // Pipelined in one write: each request is judged on its own, in order.
+    assert_eq!(
+        raw_statuses(
+            &fe,
+            dst,
+            b"GET /api/v1/pipe-1 HTTP/1.1\r\nHost: api\r\n\r\n\
+              DELETE /api/v1/users/1 HTTP/1.1\r\nHost: api\r\n\r\n\
+              GET /api/v1/pipe-2 HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
+        ),
+        ["200", "403", "200"]
+    );
+    // A DELETE hidden where a front end and a back end could disagree on where a body ends
+    // (Content-Length and Transfer-Encoding both, in either order): whatever the sidecar
+    // makes of the bytes, the DELETE is judged as a request or not passed at all.
+    for payload in [
+        &b"POST /api/v1/orders HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\n\
+           Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+           DELETE /api/v1/users/2 HTTP/1.1\r\nHost: api\r\n\r\n"[..],
+        &b"POST /api/v1/orders HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\
+           Content-Length: 48\r\n\r\n0\r\n\r\n\
+           DELETE /api/v1/users/3 HTTP/1.1\r\nHost: api\r\n\r\n"[..],
+        &b"POST /api/v1/orders HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n\
+           2e\r\nDELETE /api/v1/users/4 HTTP/1.1\r\nHost: api\r\n\r\n\r\n0\r\n\r\n"[..],
+    ] {
+        let statuses = raw_statuses(&fe, dst, payload);
+        eprintln!("{:?}: {statuses:?}", String::from_utf8_lossy(payload));
+        assert!(
+            !statuses.is_empty() && statuses[1..].iter().all(|s| s != "200"),
+            "{}: {statuses:?}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+    // Framing no server should guess at: 400, and nothing reaches the application.
+    for payload in [
+        // Two different lengths.
+        &b"POST /api/v1/orders?dup-length HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\n\
+           Content-Length: 40\r\n\r\nabcd"[..],
+        // A header folded onto the next line (obs-fold).
+        &b"GET /api/v1/folded HTTP/1.1\r\nHost: api\r\nX-Note: a\r\n b\r\n\r\n"[..],
+        // A transfer coding that does not end in chunked.
+        &b"POST /api/v1/orders?gzip HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: gzip\r\n\r\nabcd"[..],
+        // Whitespace between a header's name and its colon.
+        &b"POST /api/v1/orders?space HTTP/1.1\r\nHost: api\r\nTransfer-Encoding : chunked\r\n\r\n\
+           0\r\n\r\n"[..],
+    ] {
+        let statuses = raw_statuses(&fe, dst, payload);
+        assert_eq!(statuses, ["400"], "{}", String::from_utf8_lossy(payload));
+    }
+    // The allowed requests reached the application; no DELETE and none of the refused did.
+    let log = app_log(&up, "production/api");
+    for seen in [
+        "GET /api/v1/pipe-1 ",
+        "GET /api/v1/pipe-2 ",
+        "POST /api/v1/orders ",
+    ] {
+        assert!(log.contains(seen), "{seen}: {log}");
+    }
+    for never in ["DELETE", "dup-length", "folded", "gzip", "space"] {
+        assert!(
+            !log.contains(never),
+            "{never} reached the application: {log}"
+        );
+    }
+}
+
 #[test]
 fn an_upgrade_passes_only_when_the_upgrade_request_is_allowed() {
     if !ready_for("an_upgrade_passes_only_when_the_upgrade_request_is_allowed") {
