@@ -597,8 +597,9 @@ fn read(
     state
 }
 
-/// What a sidecar held when its feed closed: version, keys, when.
-type LeftView = (u64, Arc<BTreeSet<ObjectKey>>, Instant);
+/// What a sidecar held when its feed closed: version, keys, when (tokio's clock, which tests
+/// can move).
+type LeftView = (u64, Arc<BTreeSet<ObjectKey>>, tokio::time::Instant);
 
 /// The latest index, built once per version, and the last views of recently disconnected
 /// sidecars (for their resume).
@@ -752,7 +753,7 @@ impl Views {
     pub fn left(&self, pod: PodRef, version: u64, keys: Arc<BTreeSet<ObjectKey>>) {
         let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
         left.retain(|_, (_, _, at)| at.elapsed() < KEEP_DISCONNECTED);
-        left.insert(pod, (version, keys, Instant::now()));
+        left.insert(pod, (version, keys, tokio::time::Instant::now()));
     }
 
     /// What a reconnecting sidecar held at `version`, if remembered.
@@ -773,6 +774,28 @@ impl Views {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnected_sidecars_view_is_kept_five_minutes_at_the_version_it_left_at() {
+        let views = Views::new(Arc::new(Store::new()), SidecarEvidence::Annotation);
+        let pod = PodRef {
+            namespace: "prod".into(),
+            name: "web".into(),
+        };
+        let keys = Arc::new(BTreeSet::from([pod_key("prod", "web")]));
+        views.left(pod.clone(), 7, keys.clone());
+        assert_eq!(views.held(&pod, 7), Some(keys.clone()));
+        assert_eq!(views.held(&pod, 6), None, "another version: a snapshot");
+        let other = PodRef {
+            namespace: "prod".into(),
+            name: "db".into(),
+        };
+        assert_eq!(views.held(&other, 7), None, "another pod's view");
+        tokio::time::advance(KEEP_DISCONNECTED - Duration::from_secs(1)).await;
+        assert_eq!(views.held(&pod, 7), Some(keys), "within five minutes");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(views.held(&pod, 7), None, "forgotten after five minutes");
+    }
 
     fn set(objs: &[Value]) -> Arc<SharedObjects> {
         Arc::new(

@@ -218,6 +218,72 @@ async fn a_reconnecting_sidecar_gets_only_what_changed_in_its_view_or_a_snapshot
     ));
 }
 
+/// The next feed message, heartbeats included.
+async fn next_line(body: &mut Incoming, buf: &mut Vec<u8>) -> FeedMessage {
+    loop {
+        if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            return serde_json::from_slice(&line).expect("a feed line");
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a line in time")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(d) = frame.into_data() {
+            buf.extend_from_slice(&d);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_feed_sends_heartbeats_at_the_version_its_view_is_current_at_and_resumes_there() {
+    let store = Arc::new(Store::new());
+    store.replace(set(&[ns("t", "1"), pod("a", "x"), pod("bb", "y")]));
+    let addr = start(store.clone()).await;
+    let epoch = store.epoch().to_string();
+    let (_, mut body) = open(addr, "a", "tok-a", None).await;
+    let mut buf = Vec::new();
+    assert!(matches!(
+        next_line(&mut body, &mut buf).await,
+        FeedMessage::Snapshot { version: 1, .. }
+    ));
+    // A change outside a's view: no delta for a, but its view is current at version 2.
+    store.replace(set(&[ns("t", "1"), pod("a", "x"), pod("bb", "z")]));
+    let started = tokio::time::Instant::now();
+    match next_line(&mut body, &mut buf).await {
+        FeedMessage::Heartbeat { epoch: e, version } => {
+            assert_eq!((e.as_str(), version), (epoch.as_str(), 2));
+        }
+        other => panic!("a heartbeat, not {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= podwall_control::server::HEARTBEAT - Duration::from_millis(500),
+        "a heartbeat after {waited:?} of quiet"
+    );
+    // Resuming at the heartbeat's version: no snapshot; the next change comes as a delta
+    // from there.
+    drop(body);
+    let (_, mut body) = open(addr, "a", "tok-a", Some((&epoch, 2))).await;
+    store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "z")]));
+    let mut buf = Vec::new();
+    match next_line(&mut body, &mut buf).await {
+        FeedMessage::Delta {
+            from,
+            version,
+            upserts,
+            deletes,
+            ..
+        } => {
+            assert_eq!((from, version), (Some(2), 3));
+            assert_eq!(upserts, [ns("t", "2")]);
+            assert!(deletes.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_sidecar_asking_for_another_pods_feed_is_refused() {
     let store = Arc::new(Store::new());

@@ -23,8 +23,9 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::pod_policy::{Identity, PolicySource};
 
-/// How long without a line before the stream is taken for dead.
-const SILENCE: Duration = Duration::from_secs(16);
+/// How long without a line before the stream is taken for dead: three of the control plane's
+/// 5 s heartbeats, and a second.
+pub const SILENCE: Duration = Duration::from_secs(16);
 
 /// The control plane as the policy source.
 #[derive(Clone)]
@@ -37,6 +38,9 @@ pub struct ControlSource {
     pub token_file: Option<PathBuf>,
     /// Verify the control plane over TLS (with the CA it was given); `None`: plain HTTP/2.
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// How long without a line (a change or a heartbeat) before the stream is taken for dead
+    /// and opened again: [`SILENCE`].
+    pub silence: Duration,
 }
 
 impl std::fmt::Debug for ControlSource {
@@ -236,7 +240,7 @@ impl ControlSource {
         tracing::info!(control = %self.addr, resume = ?feed.version, "feed connected");
         let mut buf: Vec<u8> = Vec::new();
         loop {
-            let frame = match tokio::time::timeout(SILENCE, body.frame()).await {
+            let frame = match tokio::time::timeout(self.silence, body.frame()).await {
                 Err(_) => return Err("no heartbeat: the stream is dead".into()),
                 Ok(None) => return Ok(()),
                 Ok(Some(Err(e))) => return Err(format!("stream: {e}")),

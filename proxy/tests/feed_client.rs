@@ -107,6 +107,7 @@ async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resync
         },
         token_file: None,
         tls: None,
+        silence: podwall_proxy::feed_client::SILENCE,
     });
     tokio::spawn(source.run(tx, metrics.clone()));
     wait_until(&mut rx, "one").await;
@@ -134,6 +135,38 @@ async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resync
     wait_until(&mut rx, "three").await;
     assert_eq!(metrics.policy_stream_connected.get(), 1);
     assert!(metrics.policy_stream_reconnects.get() >= 1);
+}
+
+#[tokio::test]
+async fn a_stream_silent_for_longer_than_its_heartbeats_is_opened_again_keeping_the_policy() {
+    // The control plane's heartbeats come every 5 s; a sidecar told to expect a line every
+    // 300 ms takes its quiet feed for dead, again and again, and keeps what it holds.
+    let (cp, addr) = ControlPlane::start("127.0.0.1:0".parse().expect("addr"), "one");
+    let metrics = Arc::new(Metrics::new());
+    let (tx, mut rx) = watch::channel(None);
+    let source = Box::new(ControlSource {
+        addr: addr.to_string(),
+        identity: Identity {
+            namespace: "t".into(),
+            name: "a".into(),
+        },
+        token_file: None,
+        tls: None,
+        silence: Duration::from_millis(300),
+    });
+    tokio::spawn(source.run(tx, metrics.clone()));
+    wait_until(&mut rx, "one").await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while metrics.policy_stream_reconnects.get() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a silent stream is given up");
+    assert_eq!(app_label(&rx.borrow()).as_deref(), Some("one"));
+    // Each new stream resumes where the last one left: a change still arrives.
+    cp.store.replace(objects("two"));
+    wait_until(&mut rx, "two").await;
 }
 
 /// A CA and a certificate it signs for `localhost`: (CA PEM, cert PEM, key PEM).
@@ -197,6 +230,7 @@ async fn over_tls_the_sidecar_trusts_only_the_control_plane_its_ca_vouches_for()
             },
             token_file: None,
             tls: Some(podwall_proxy::feed_client::tls_connector(ca_pem.as_bytes()).expect("CA")),
+            silence: podwall_proxy::feed_client::SILENCE,
         });
         tokio::spawn(source.run(tx, metrics.clone()));
         (rx, metrics)

@@ -445,6 +445,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
                 identity: config.identity.clone(),
                 token_file: args.token_file.clone(),
                 tls,
+                silence: podwall_proxy::feed_client::SILENCE,
             })
         }
         (None, None) => return ExitCode::from(2),
