@@ -17,6 +17,8 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod test_log;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;

@@ -174,6 +174,63 @@ mod tests {
         assert!(by_annotation.unprotected.is_empty());
     }
 
+    #[tokio::test]
+    async fn an_unprotected_pod_is_named_in_the_metrics_and_the_log_until_it_gets_the_sidecar() {
+        let log = crate::test_log::Log::default();
+        let _guard = log.install();
+        let objects = |cache_has_sidecar: bool| {
+            set(&[
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
+                pod("db", "db", true, true),
+                pod("cache", "db", cache_has_sidecar, true),
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "db-ingress", "namespace": "prod"},
+                    "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}}),
+            ])
+        };
+        let store = Arc::new(crate::store::Store::new());
+        store.replace(objects(false));
+        let views = Arc::new(Views::new(store.clone(), SidecarEvidence::Container));
+        let metrics = ServerMetrics::new();
+        tokio::spawn(watch(views, metrics.clone()));
+        let series = "podwall_control_unprotected_pod{namespace=\"prod\",pod=\"cache\"} 1";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !metrics.encode().contains(series) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics.encode()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.unprotected_pods.get(), 1);
+        assert_eq!(metrics.protected_pods.get(), 1);
+        let text = log.text();
+        assert!(
+            text.contains("pod is selected by policies but runs without the podwall sidecar")
+                && text.contains("prod/cache")
+                && text.contains("NetworkPolicy prod/db-ingress"),
+            "{text}"
+        );
+        // Injected and restarted: the series goes, the count follows.
+        store.replace(objects(true));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.unprotected_pods.get() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics.encode()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.protected_pods.get(), 2);
+        assert!(
+            !metrics.encode().contains("pod=\"cache\""),
+            "{}",
+            metrics.encode()
+        );
+    }
+
     #[test]
     fn a_container_named_as_the_sidecar_is_no_evidence_without_the_injection() {
         let mut fake = pod("db", "db", false, true);

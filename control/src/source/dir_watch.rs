@@ -174,13 +174,8 @@ mod tests {
         rx.changed().await.expect("second state");
         assert_eq!(names(&rx), ["two"]);
         // The watcher runs on this test's thread: its log is read here.
-        let log = Log::default();
-        let _guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(log.clone())
-                .with_ansi(false)
-                .finish(),
-        );
+        let log = crate::test_log::Log::default();
+        let _guard = log.install();
         std::fs::write(&file, "kind: [broken\n").expect("write");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !log
@@ -199,35 +194,5 @@ mod tests {
             "a broken file publishes nothing"
         );
         assert_eq!(names(&rx), ["two"]);
-    }
-
-    /// A log written to memory.
-    #[derive(Clone, Default)]
-    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Log {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-        }
-    }
-
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
-        type Writer = Log;
-        fn make_writer(&'a self) -> Log {
-            self.clone()
-        }
     }
 }
