@@ -457,3 +457,74 @@ async fn a_sidecar_proves_its_pod_with_a_projected_token_checked_by_token_review
         assert_eq!(status, 403, "{why} is refused");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_feed_is_served_until_every_required_kind_has_listed() {
+    // NetworkPolicy is not served yet (its API group missing, or RBAC refusing it): the other
+    // kinds list, but a state without the policies would open every pod, so none is served.
+    let api = FakeApiServer::start().await;
+    api.serve("v1", "Namespace", "namespaces");
+    api.serve("v1", "Pod", "pods");
+    api.serve("v1", "Service", "services");
+    api.serve("discovery.k8s.io/v1", "EndpointSlice", "endpointslices");
+    api.apply(namespace("prod", "production"));
+    api.apply(pod("web", "web", "10.0.0.1", 8080));
+    let config = kube::Config::new(api.url().parse().expect("url"));
+    let client = kube::Client::try_from(config).expect("client");
+    let store = Arc::new(Store::new());
+    tokio::spawn(feed(
+        client,
+        watched_kinds(),
+        store.clone(),
+        Arc::new(NoObserver),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        Arc::new(Server {
+            store: store.clone(),
+            views: Arc::new(podwall_control::views::Views::new(
+                store.clone(),
+                podwall_control::status::SidecarEvidence::Annotation,
+            )),
+            auth: Box::new(StaticTokens::parse("web-token prod/web\n").expect("tokens")),
+            metrics: ServerMetrics::new(),
+        })
+        .serve(listener),
+    );
+    // The pods are listed and the NetworkPolicy list refused, twice: still nothing served.
+    wait_for_log(&api, "the pod list and two refused policy lists", |l| {
+        l.iter().any(|r| r == "list /api/v1/pods")
+            && l.iter()
+                .filter(|r| r.starts_with("404 /apis/networking.k8s.io/v1/networkpolicies"))
+                .count()
+                >= 2
+    })
+    .await;
+    assert!(!store.loaded(), "no state without the policies");
+    let (status, _) = Sidecar::open(addr, "web", "web-token").await;
+    assert_eq!(status, 503, "no feed before every kind has listed");
+    // The kind appears: the state is whole, and served.
+    api.serve("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies");
+    api.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "web-ingress", "namespace": "prod"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}}),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !store.loaded() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the state is never whole"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sidecar = Sidecar::connect(addr, "web", "web-token").await;
+    sidecar
+        .until("the snapshot with the policy", |s| {
+            s.has("Pod", "web") && s.has("NetworkPolicy", "web-ingress")
+        })
+        .await;
+}
