@@ -2363,6 +2363,74 @@ fn wait_for_flow(
 }
 
 #[test]
+fn with_dns_captured_by_redirect_names_still_resolve_and_are_judged() {
+    if !ready_for_dns("with_dns_captured_by_redirect_names_still_resolve_and_are_judged") {
+        return;
+    }
+    // NAT REDIRECT instead of TPROXY (a sidecar without NET_ADMIN): the query's original
+    // resolver is lost, and the sidecar asks the pod's configured one.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/allow-github-api");
+    let up = Up::with(
+        &dir,
+        Options {
+            init_args: vec!["--dns-capture=redirect".into()],
+            sidecar_args: vec!["--dns-capture=redirect".into()],
+            ..options("ghredir", Inject::Annotated)
+        },
+    );
+    let ns = up.ns("production/ci-runner");
+    let (code, body) = curl_in(&ns, "http://api.github.com:443/repos", &[]);
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("external/github-api GET /repos"), "{body}");
+    let (code, out) = curl_in(&ns, "http://example.com:443/", &[]);
+    assert_eq!(code, 6, "could not resolve: {out}");
+    let refused = wait_for_flow(&up, "production/ci-runner", "refusing example.com", |e| {
+        e["l7"]["dns"]["query"] == "example.com"
+    });
+    assert_eq!(refused["l7"]["dns"]["rcode"], "REFUSED");
+    // Every rule is still in place (the same rule set but for the capture of UDP DNS).
+    let rules = Command::new("ip")
+        .args(["netns", "exec", &ns, "iptables-save", "-t", "nat"])
+        .output()
+        .expect("iptables-save");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("-p udp") && rules.contains("--dport 53") && rules.contains("REDIRECT"),
+        "{rules}"
+    );
+}
+
+#[test]
+fn excluded_ports_bypass_the_sidecar_in_both_directions() {
+    if !ready_for("excluded_ports_bypass_the_sidecar_in_both_directions") {
+        return;
+    }
+    // Every pod denies everything, both ways; port 9001 is excluded from capture in and out.
+    let yaml = TWO_PODS.to_string()
+        + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: t}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n";
+    let dir = topology(&yaml);
+    let up = Up::with(
+        dir.path(),
+        Options {
+            init_args: vec![
+                "--exclude-outbound-ports=9001".into(),
+                "--exclude-inbound-ports=9001".into(),
+            ],
+            ..options("excl", Inject::Annotated)
+        },
+    );
+    let client = up.ns("t/client");
+    let server = up.ip("t/server");
+    assert!(
+        connect(&client, SocketAddr::new(server, 8080)).is_err(),
+        "judged: denied"
+    );
+    let (_, greeting) = connect(&client, SocketAddr::new(server, 9001))
+        .expect("excluded: neither sidecar judges it");
+    assert!(greeting.contains("t/server port 9001"), "{greeting}");
+}
+
+#[test]
 fn the_github_example_resolves_and_reaches_its_names_and_refuses_the_rest() {
     if !ready_for_dns("the_github_example_resolves_and_reaches_its_names_and_refuses_the_rest") {
         return;

@@ -466,6 +466,7 @@ fn in_sandbox<T>(
             inject: Inject::None,
             exe: podwall.to_path_buf(),
             sidecar_args: Vec::new(),
+            init_args: Vec::new(),
         },
     )
     .map_err(|e| e.to_string())?;

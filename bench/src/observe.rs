@@ -196,6 +196,7 @@ fn many(podwall: &Path) -> Result<ManySidecars, String> {
             inject: podwall_sandbox::Inject::All,
             exe: podwall.to_path_buf(),
             sidecar_args: Vec::new(),
+            init_args: Vec::new(),
         },
     )
     .map_err(|e| e.to_string())?;

@@ -424,13 +424,16 @@ impl InitConfig {
         ];
         self.excluded_cidrs(&mut r, family, FILTER_OUT_CHAIN);
         // Captured DNS is on its way to the DNS proxy. (The filter's `-o` still names the
-        // interface routed to before the mark or the redirect sent it to loopback.)
+        // interface routed to before the mark or the redirect sent it to loopback.) A
+        // redirected query's header already names the proxy's port here: conntrack holds the
+        // port it was sent to, and the one our redirect gave it.
         match (self.capture_dns, self.dns_capture) {
             (true, DnsCapture::Tproxy) => r.push(format!(
                 "-A {FILTER_OUT_CHAIN} -m mark --mark {DNS_MARK:#x} -j RETURN"
             )),
             (true, DnsCapture::Redirect) => r.push(format!(
-                "-A {FILTER_OUT_CHAIN} -p udp --dport 53 -m conntrack --ctstate DNAT -j RETURN"
+                "-A {FILTER_OUT_CHAIN} -p udp -m conntrack --ctstate DNAT --ctorigdstport 53 --ctreplsrcport {} -j RETURN",
+                self.dns_port
             )),
             (false, _) => {}
         }
@@ -1176,7 +1179,7 @@ mod tests {
         };
         assert!(
             redirect.filter_rules(Family::V4).contains(
-                &"-A PODWALL_FILTER_OUT -p udp --dport 53 -m conntrack --ctstate DNAT -j RETURN"
+                &"-A PODWALL_FILTER_OUT -p udp -m conntrack --ctstate DNAT --ctorigdstport 53 --ctreplsrcport 15053 -j RETURN"
                     .to_string()
             )
         );

@@ -126,6 +126,8 @@ pub struct Options {
     pub exe: PathBuf,
     /// Extra arguments for every `podwall proxy run`.
     pub sidecar_args: Vec<String>,
+    /// Extra arguments for every `podwall proxy init` (exclusions, the DNS capture).
+    pub init_args: Vec<String>,
 }
 
 /// One pod of a sandbox.
@@ -694,7 +696,8 @@ impl Sandbox {
         for (i, pod) in injected {
             let log = logs.join(format!("{i}-init.log"));
             let mut init = Command::new("ip");
-            init.args(["netns", "exec", &pod.netns, &exe, "proxy", "init"]);
+            init.args(["netns", "exec", &pod.netns, &exe, "proxy", "init"])
+                .args(&opts.init_args);
             let status = spawn_logged(&mut init, &log)?
                 .wait()
                 .map_err(file_error(&log))?;

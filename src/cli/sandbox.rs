@@ -145,6 +145,7 @@ fn options(args: &UpArgs) -> Result<Options, SandboxError> {
         },
         exe,
         sidecar_args: Vec::new(),
+        init_args: Vec::new(),
     })
 }
 

@@ -34,6 +34,7 @@ pub(crate) fn options(name: &str, inject: Inject) -> Options {
         inject,
         exe: exe(),
         sidecar_args: Vec::new(),
+        init_args: Vec::new(),
     }
 }
 
