@@ -789,3 +789,64 @@ fn the_admin_port_gives_metrics_only_to_peers_ingress_policy_allows() {
         http_status(&victim, "http://10.76.0.1:15020/metrics") == "200"
     });
 }
+
+#[test]
+fn sctp_is_judged_by_port_both_ways() {
+    if !ready("sctp_is_judged_by_port_both_ways") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bsctp", Inject::Annotated);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    // The app may send SCTP to the victim's port 5000 and no other.
+    std::fs::write(
+        up.sb().policy_dir().join("sctp.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: sctp, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: victim}}}]\n    ports: [{port: 5000, protocol: SCTP}]\n",
+    )
+    .expect("policy");
+    let init = |from: &str, src: &str, dst: &str, port: &str| {
+        let (listener, out) = app_listening(
+            if from == ns.as_str() { &victim } else { &ns },
+            ",+net_raw",
+            &["listen-raw", "132", "1"],
+        );
+        assert_eq!(
+            app(from, ",+net_raw", &[], &["sctp-init", src, dst, port]),
+            "sent"
+        );
+        last_line(listener, out)
+    };
+    let mut arrived = false;
+    for _ in 0..20 {
+        if init(&ns, "10.76.0.1", VICTIM_IP, "5000") == "received" {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "SCTP to the allowed port");
+    assert_eq!(
+        init(&ns, "10.76.0.1", VICTIM_IP, "5001"),
+        "nothing",
+        "SCTP to another port"
+    );
+    assert_eq!(
+        init(&victim, VICTIM_IP, "10.76.0.1", "5000"),
+        "nothing",
+        "SCTP into the pod, which allows only TCP 8080 in"
+    );
+    let sctp = |direction: &str, port: u16, verdict: &str| {
+        flows_matching(&up, |e| {
+            e["protocol"] == "SCTP"
+                && e["direction"] == direction
+                && e["destination"]["port"] == port
+                && e["verdict"] == verdict
+        })
+    };
+    let allowed = sctp("egress", 5000, "ALLOWED");
+    assert_eq!(
+        allowed[0]["egress"]["policy"], "NetworkPolicy b/sctp",
+        "{allowed:?}"
+    );
+    assert!(!sctp("egress", 5001, "DENIED").is_empty(), "{:?}", up.flows(APP));
+    assert!(!sctp("ingress", 5000, "DENIED").is_empty(), "{:?}", up.flows(APP));
+}
