@@ -1318,11 +1318,36 @@ fn down_after_a_killed_up_removes_everything() {
     assert!(survivors.is_empty(), "{survivors:#?}");
 }
 
-#[test]
-fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() {
-    if !ready_for("ipv6_connections_are_redirected_judged_and_keep_their_original_destination") {
-        return;
+/// Kills a child process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// The sandbox's server in `ns` for `pod` on `tcp` and `udp` ports (comma-separated).
+fn serve_in(ns: &str, pod: &str, tcp: &str, udp: &str) -> Killed {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", ns, PODWALL, "sandbox", "serve", "--pod", pod,
+    ])
+    .args(["--tcp", tcp]);
+    if !udp.is_empty() {
+        cmd.args(["--udp", udp]);
+    }
+    Killed(
+        cmd.stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("server"),
+    )
+}
+
+/// Installs the capture in `ns` (IPv6 too) and runs pod `v6/NAME`'s sidecar there with the
+/// policy in `dir/state.yaml`, its flow events in `dir/flows.jsonl`; returns once it is ready.
+fn v6_sidecar(ns: &str, name: &str, dir: &Path) -> Killed {
     if !Command::new("sh")
         .args(["-c", "command -v ip6tables"])
         .output()
@@ -1330,32 +1355,8 @@ fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() 
     {
         panic!("ip6tables is part of the iptables package and must be there");
     }
-    let (c, s) = ("pw-e2e-v6c", "pw-e2e-v6s");
-    let _pair = support::sandbox::V6Pair::new([c, s], ["fd77::1/64", "fd77::2/64"]);
-    let policy = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        policy.path().join("state.yaml"),
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: v6, labels: {app: client}}\nstatus: {podIP: 'fd77::1'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: v6, labels: {app: server}}\nstatus: {podIP: 'fd77::2'}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: v6}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 'fd77::2/128'}}]\n    ports: [{port: 8080}]\n",
-    )
-    .expect("write");
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            s,
-            PODWALL,
-            "sandbox",
-            "serve",
-            "--pod",
-            "v6/server",
-            "--tcp",
-            "8080,9090",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("server");
     let init = Command::new("ip")
-        .args(["netns", "exec", c, PODWALL, "proxy", "init"])
+        .args(["netns", "exec", ns, PODWALL, "proxy", "init"])
         .output()
         .expect("init");
     assert!(
@@ -1363,26 +1364,19 @@ fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() 
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let flows = policy.path().join("flows.jsonl");
-    let mut sidecar = podwall_sandbox::sidecar_in(c, PODWALL)
-        .args([
-            "proxy",
-            "run",
-            "--pod-namespace",
-            "v6",
-            "--pod-name",
-            "client",
-        ])
+    let sidecar = podwall_sandbox::sidecar_in(ns, PODWALL)
+        .args(["proxy", "run", "--pod-namespace", "v6", "--pod-name", name])
         .arg(format!(
             "--policy-source=dir:{}",
-            policy.path().join("state.yaml").display()
+            dir.join("state.yaml").display()
         ))
-        .stdout(std::fs::File::create(&flows).expect("flows"))
+        .stdout(std::fs::File::create(dir.join("flows.jsonl")).expect("flows"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("sidecar");
+    let sidecar = Killed(sidecar);
     wait_for("the sidecar to be ready", Duration::from_secs(10), || {
-        run_in(c, || {
+        run_in(ns, || {
             let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
                 return false;
             };
@@ -1393,28 +1387,180 @@ fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() 
         })
         .unwrap_or(false)
     });
-    let server_addr: IpAddr = "fd77::2".parse().expect("ip");
-    let allowed = connect(c, SocketAddr::new(server_addr, 8080));
-    let denied = connect(c, SocketAddr::new(server_addr, 9090));
-    let denial_logged = |log: &str| {
-        log.contains("\"verdict\":\"DENIED\"") && log.contains("\"ip\":\"fd77::2\",\"port\":9090")
-    };
+    sidecar
+}
+
+/// The first flow event in `dir/flows.jsonl` that matches `f`, waiting for it.
+fn v6_flow(dir: &Path, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let started = Instant::now();
-    let log = loop {
-        let log = std::fs::read_to_string(&flows).unwrap_or_default();
-        if denial_logged(&log) || started.elapsed() > Duration::from_secs(5) {
-            break log;
+    loop {
+        let log = std::fs::read_to_string(dir.join("flows.jsonl")).unwrap_or_default();
+        if let Some(e) = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| f(e))
+        {
+            return e;
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no flow event {what} in {log}"
+        );
         std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = sidecar.kill();
-    let _ = sidecar.wait();
-    let _ = server.kill();
-    let _ = server.wait();
-    let (_, greeting) = allowed.expect("allowed over IPv6");
+    }
+}
+
+const V6_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: v6, labels: {app: client}}\nstatus: {podIP: 'fd77::1'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: v6, labels: {app: server}}\nstatus: {podIP: 'fd77::2'}\n";
+
+#[test]
+fn ipv6_connections_are_redirected_judged_and_keep_their_original_destination() {
+    if !ready_for("ipv6_connections_are_redirected_judged_and_keep_their_original_destination") {
+        return;
+    }
+    let (c, s) = ("pw-e2e-v6c", "pw-e2e-v6s");
+    let _pair = support::sandbox::V6Pair::new([c, s], ["fd77::1/64", "fd77::2/64"]);
+    let policy = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        policy.path().join("state.yaml"),
+        V6_PODS.to_string() + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: v6}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 'fd77::2/128'}}]\n    ports: [{port: 8080}]\n",
+    )
+    .expect("write");
+    let _server = serve_in(s, "v6/server", "8080,9090", "");
+    let _sidecar = v6_sidecar(c, "client", policy.path());
+    let server_addr: IpAddr = "fd77::2".parse().expect("ip");
+    let (_, greeting) = connect(c, SocketAddr::new(server_addr, 8080)).expect("allowed over IPv6");
     assert!(greeting.contains("port 8080 from [fd77::1]:"), "{greeting}");
+    let denied = connect(c, SocketAddr::new(server_addr, 9090));
     assert!(denied.is_err(), "{denied:?}");
-    assert!(denial_logged(&log), "{log}");
+    v6_flow(policy.path(), "denying 9090", |e| {
+        e["verdict"] == "DENIED"
+            && e["destination"]["ip"] == "fd77::2"
+            && e["destination"]["port"] == 9090
+    });
+}
+
+/// Sends `payload` from `ns` to `dst` over UDP (IPv6) and returns the echo, if one comes.
+fn udp6_echo(ns: &str, dst: SocketAddr, payload: &'static [u8]) -> Option<Vec<u8>> {
+    run_in(ns, move || {
+        let s = std::net::UdpSocket::bind("[::]:0").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.send_to(payload, dst).ok()?;
+        let mut buf = [0u8; 512];
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    })
+    .ok()
+    .flatten()
+}
+
+#[test]
+fn over_ipv6_inbound_tcp_udp_ping_and_dns_are_judged_like_over_ipv4() {
+    if !ready_for("over_ipv6_inbound_tcp_udp_ping_and_dns_are_judged_like_over_ipv4")
+        || !support::ready(
+            "over_ipv6_inbound_tcp_udp_ping_and_dns_are_judged_like_over_ipv4",
+            &["dnsmasq", "ping"],
+            "dnsmasq and ping",
+        )
+    {
+        return;
+    }
+    let (c, s) = ("pw-e2e-v6c2", "pw-e2e-v6s2");
+    let _pair = support::sandbox::V6Pair::new([c, s], ["fd78::1/64", "fd78::2/64"]);
+    let server_ip: IpAddr = "fd78::2".parse().expect("ip");
+    let client_ip: IpAddr = "fd78::1".parse().expect("ip");
+    // The client takes TCP 7070 from the server, and may send UDP 5300 and DNS to it.
+    let policy = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        policy.path().join("state.yaml"),
+        V6_PODS.replace("fd77", "fd78") + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: v6}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd78::2/128'}}]\n    ports: [{port: 7070}]\n  egress:\n  - to: [{ipBlock: {cidr: 'fd78::2/128'}}]\n    ports: [{port: 5300, protocol: UDP}, {port: 53, protocol: UDP}]\n",
+    )
+    .expect("write");
+    let _server = serve_in(s, "v6/server", "8080", "5300,5301");
+    let _client_server = serve_in(c, "v6/client", "7070,7071", "");
+    let _dns = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                s,
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+            ])
+            .args(["--listen-address=fd78::2", "--bind-interfaces", "--port=53"])
+            .args(["--address=/api.example.com/192.0.2.10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    // Without podwall, all of it passes (so the denials below are podwall's).
+    wait_for("the server's UDP echo", Duration::from_secs(10), || {
+        udp6_echo(c, SocketAddr::new(server_ip, 5301), b"x").is_some()
+    });
+    assert!(
+        pings(c, server_ip) && pings(s, client_ip),
+        "ICMPv6 echo without podwall"
+    );
+    assert!(connect(s, SocketAddr::new(client_ip, 7071)).is_ok());
+    let ask = move || {
+        run_in(c, move || {
+            let s = std::net::UdpSocket::bind("[::]:0").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.send_to(&dns_query("api.example.com."), "[fd78::2]:53")
+                .ok()?;
+            let mut buf = [0u8; 512];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Some(dns_answer(&buf[..n]))
+        })
+        .ok()
+        .flatten()
+    };
+    wait_for("dnsmasq to answer", Duration::from_secs(10), || {
+        ask().is_some_and(|a| a.answers.len() == 1)
+    });
+
+    let _sidecar = v6_sidecar(c, "client", policy.path());
+    let dir = policy.path();
+    // Inbound TCP: the allowed port reaches the client's server; another is reset.
+    let (_, greeting) =
+        connect(s, SocketAddr::new(client_ip, 7070)).expect("inbound 7070 over IPv6");
+    // (From the pod's own address: the sidecar connects to the application locally.)
+    assert!(
+        greeting.contains("v6/client port 7070 from [fd78::1]:"),
+        "{greeting}"
+    );
+    assert!(connect(s, SocketAddr::new(client_ip, 7071)).is_err());
+    v6_flow(dir, "denying inbound 7071", |e| {
+        e["verdict"] == "DENIED" && e["direction"] == "ingress" && e["destination"]["port"] == 7071
+    });
+    // UDP: 5300 echoes, 5301 is dropped, said so.
+    assert_eq!(
+        udp6_echo(c, SocketAddr::new(server_ip, 5300), b"udp over v6").as_deref(),
+        Some(&b"udp over v6"[..])
+    );
+    assert_eq!(udp6_echo(c, SocketAddr::new(server_ip, 5301), b"x"), None);
+    v6_flow(dir, "denying UDP 5301", |e| {
+        e["verdict"] == "DENIED" && e["protocol"] == "UDP" && e["destination"]["port"] == 5301
+    });
+    // ICMPv6 echo: no rule without ports, so not either way.
+    assert!(!pings(c, server_ip), "ping out of the pod");
+    assert!(!pings(s, client_ip), "ping into the pod");
+    v6_flow(dir, "denying the ping out", |e| {
+        e["verdict"] == "DENIED" && e["protocol"] == "ICMP" && e["direction"] == "egress"
+    });
+    v6_flow(dir, "denying the ping in", |e| {
+        e["verdict"] == "DENIED" && e["protocol"] == "ICMP" && e["direction"] == "ingress"
+    });
+    // DNS to an IPv6 resolver: captured, answered through the DNS proxy, logged with its name.
+    let answer = ask().expect("an answer over IPv6");
+    assert_eq!(answer.answers.len(), 1, "{answer:?}");
+    let query = v6_flow(dir, "the DNS query", |e| {
+        e["l7"]["dns"]["query"] == "api.example.com"
+    });
+    assert_eq!(query["destination"]["ip"], "fd78::2", "{query}");
+    assert_eq!(query["verdict"], "ALLOWED", "{query}");
 }
 
 /// The guides' L7 example in the sandbox; returns it with the frontend's namespace and the API's

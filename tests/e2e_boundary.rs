@@ -847,6 +847,14 @@ fn sctp_is_judged_by_port_both_ways() {
         allowed[0]["egress"]["policy"], "NetworkPolicy b/sctp",
         "{allowed:?}"
     );
-    assert!(!sctp("egress", 5001, "DENIED").is_empty(), "{:?}", up.flows(APP));
-    assert!(!sctp("ingress", 5000, "DENIED").is_empty(), "{:?}", up.flows(APP));
+    assert!(
+        !sctp("egress", 5001, "DENIED").is_empty(),
+        "{:?}",
+        up.flows(APP)
+    );
+    assert!(
+        !sctp("ingress", 5000, "DENIED").is_empty(),
+        "{:?}",
+        up.flows(APP)
+    );
 }
