@@ -506,6 +506,26 @@ fn a_client_hello_opens_only_tls_and_never_with_its_name_encrypted() {
     }
 }
 
+/// The sandbox with `sidecar_args`, once the runner resolved api.example.com: its directory,
+/// itself, the runner's namespace and the api host's.
+fn api_resolved(name: &str, sidecar_args: Vec<String>) -> (tempfile::TempDir, Up, String, String) {
+    let dir = topology(TOPOLOGY);
+    let up = Up::with(
+        dir.path(),
+        podwall_sandbox::Options {
+            sidecar_args,
+            ..options(name, Inject::Annotated)
+        },
+    );
+    let ns = up.ns(RUNNER);
+    let api_ns = external_ns(&up, "api");
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
+        "rcode 0"
+    );
+    (dir, up, ns, api_ns)
+}
+
 #[test]
 fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
     if !support::hostile::ready(
@@ -513,15 +533,8 @@ fn the_server_name_is_judged_whenever_the_client_speaks_and_on_every_request() {
     ) {
         return;
     }
-    let dir = topology(TOPOLOGY);
     // The sidecar as injected: no server-first protocols on toFQDNs-only addresses.
-    let up = Up::new(dir.path(), "dname", Inject::Annotated);
-    let ns = up.ns(RUNNER);
-    let api_ns = external_ns(&up, "api");
-    assert_eq!(
-        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
-        "rcode 0"
-    );
+    let (_dir, up, ns, api_ns) = api_resolved("dname", vec![]);
     // TLS to a server that waits for the client: the ClientHello is judged by its SNI however
     // long the client stayed silent first.
     for (sni, delay, expected) in [
@@ -604,14 +617,7 @@ fn what_names_no_server_is_refused_and_without_the_check_any_name_passes() {
     ) {
         return;
     }
-    let dir = topology(TOPOLOGY);
-    let up = Up::new(dir.path(), "noname", Inject::Annotated);
-    let ns = up.ns(RUNNER);
-    let api_ns = external_ns(&up, "api");
-    assert_eq!(
-        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
-        "rcode 0"
-    );
+    let (_dir, up, ns, api_ns) = api_resolved("noname", vec![]);
     // A ClientHello without SNI: nothing to check, refused.
     let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
     let r = app(&ns, "", &[], &["tls-hello", "203.0.113.10", "443", "", "0"]);
@@ -663,20 +669,7 @@ fn what_names_no_server_is_refused_and_without_the_check_any_name_passes() {
     drop(up);
 
     // With the check off, the address's other name passes, over TLS and HTTP.
-    let dir = topology(TOPOLOGY);
-    let up = Up::with(
-        dir.path(),
-        podwall_sandbox::Options {
-            sidecar_args: vec!["--check-server-name=false".into()],
-            ..options("nocheck", Inject::Annotated)
-        },
-    );
-    let ns = up.ns(RUNNER);
-    let api_ns = external_ns(&up, "api");
-    assert_eq!(
-        app(&ns, "", &[], &["dns", "10.75.0.53", "api.example.com"]),
-        "rcode 0"
-    );
+    let (_dir, up, ns, api_ns) = api_resolved("nocheck", vec!["--check-server-name=false".into()]);
     let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
     let r = app(
         &ns,

@@ -16,32 +16,44 @@ const PODWALL: &str = env!("CARGO_BIN_EXE_podwall");
 /// A pod and nothing else: what the control plane serves the sidecar.
 const CLUSTER: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: t}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: t, labels: {app: a}}\nstatus: {podIP: 127.0.0.1}\n";
 
-#[test]
-fn a_token_without_a_ca_is_never_sent_and_the_sidecar_says_how_to_fix_it() {
-    // Stands in for the control plane: it must see no connection at all.
+/// Runs a sidecar with a token file against a listener that stands in for the control plane,
+/// with `PODWALL_CONTROL_CA` set to `ca` or unset; returns its exit code and standard error,
+/// having checked that it never connected.
+fn refused_start(ca: Option<&str>) -> (Option<i32>, String) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let port = listener.local_addr().expect("addr").port();
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, "a-projected-service-account-token").expect("token");
-    let out = Command::new(PODWALL)
+    let mut command = Command::new(PODWALL);
+    command
         .args(["proxy", "run", "--pod-namespace", "t", "--pod-name", "a"])
         .arg(format!("--policy-source=control:127.0.0.1:{port}"))
-        .arg(format!("--token-file={}", token.display()))
-        .env_remove("PODWALL_CONTROL_CA")
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("in the clear"), "{err}");
-    assert!(err.contains("--control-ca"), "{err}");
-    assert!(err.contains("controlPlaneCa"), "{err}");
-    assert!(err.contains("--insecure-plaintext-feed"), "{err}");
+        .arg(format!("--token-file={}", token.display()));
+    match ca {
+        Some(pem) => command.env("PODWALL_CONTROL_CA", pem),
+        None => command.env_remove("PODWALL_CONTROL_CA"),
+    };
+    let out = command.output().expect("run");
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the sidecar connected: {other:?}"),
     }
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_token_without_a_ca_is_never_sent_and_the_sidecar_says_how_to_fix_it() {
+    let (code, err) = refused_start(None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("in the clear"), "{err}");
+    assert!(err.contains("--control-ca"), "{err}");
+    assert!(err.contains("controlPlaneCa"), "{err}");
+    assert!(err.contains("--insecure-plaintext-feed"), "{err}");
 }
 
 /// A fresh network namespace (the sidecar binds its fixed ports there), removed on drop.
@@ -195,12 +207,7 @@ fn with_the_ca_the_token_goes_over_tls_and_the_sidecar_becomes_ready() {
         return;
     }
     let ns = Netns::new("pw-feed-tls");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = issue();
-    std::fs::write(dir.path().join("ca.pem"), ca).expect("ca");
-    std::fs::write(dir.path().join("tls.crt"), cert).expect("cert");
-    std::fs::write(dir.path().join("tls.key"), key).expect("key");
-    let _control = control_plane(&ns.0, dir.path(), true);
+    let (dir, _control, _) = tls_control_plane(&ns.0);
     let _sidecar = sidecar(
         &ns.0,
         dir.path(),
@@ -209,13 +216,32 @@ fn with_the_ca_the_token_goes_over_tls_and_the_sidecar_becomes_ready() {
             format!("--control-ca={}", dir.path().join("ca.pem").display()),
         ],
     );
-    wait_ready(&ns.0, 15020, &dir.path().join("sidecar.log"));
-    let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
-    assert!(log.contains("control:localhost:15010 (TLS)"), "{log}");
-    assert!(log.contains("feed connected"), "{log}");
+    let log = tls_feed_connects(&ns.0, dir.path());
     assert!(!log.contains("insecure"), "{log}");
     let control = std::fs::read_to_string(dir.path().join("control.log")).unwrap_or_default();
     assert!(control.contains("feed opened"), "{control}");
+}
+
+/// A control plane serving its feed over TLS in `ns`; its directory (with `ca.pem`), the
+/// process and the CA.
+fn tls_control_plane(ns: &str) -> (tempfile::TempDir, Running, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = issue();
+    std::fs::write(dir.path().join("ca.pem"), &ca).expect("ca");
+    std::fs::write(dir.path().join("tls.crt"), cert).expect("cert");
+    std::fs::write(dir.path().join("tls.key"), key).expect("key");
+    let control = control_plane(ns, dir.path(), true);
+    (dir, control, ca)
+}
+
+/// Waits for the sidecar in `ns` to be ready and checks that it took its policy over TLS;
+/// returns its log.
+fn tls_feed_connects(ns: &str, dir: &Path) -> String {
+    wait_ready(ns, 15020, &dir.join("sidecar.log"));
+    let log = std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
+    assert!(log.contains("control:localhost:15010 (TLS)"), "{log}");
+    assert!(log.contains("feed connected"), "{log}");
+    log
 }
 
 #[test]
@@ -228,46 +254,22 @@ fn the_ca_in_podwall_control_ca_as_injection_sets_it_verifies_the_control_plane(
         return;
     }
     let ns = Netns::new("pw-feed-env");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = issue();
-    std::fs::write(dir.path().join("tls.crt"), cert).expect("cert");
-    std::fs::write(dir.path().join("tls.key"), key).expect("key");
-    let _control = control_plane(&ns.0, dir.path(), true);
+    let (dir, _control, ca) = tls_control_plane(&ns.0);
     let _sidecar = sidecar_with_ca_env(
         &ns.0,
         dir.path(),
         &["--policy-source=control:localhost:15010".into()],
         Some(&ca),
     );
-    wait_ready(&ns.0, 15020, &dir.path().join("sidecar.log"));
-    let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
-    assert!(log.contains("control:localhost:15010 (TLS)"), "{log}");
-    assert!(log.contains("feed connected"), "{log}");
+    tls_feed_connects(&ns.0, dir.path());
 }
 
 #[test]
 fn a_podwall_control_ca_that_holds_no_certificate_stops_the_sidecar_before_it_connects() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("addr").port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = dir.path().join("token");
-    std::fs::write(&token, "a-projected-service-account-token").expect("token");
-    let out = Command::new(PODWALL)
-        .args(["proxy", "run", "--pod-namespace", "t", "--pod-name", "a"])
-        .arg(format!("--policy-source=control:127.0.0.1:{port}"))
-        .arg(format!("--token-file={}", token.display()))
-        .env("PODWALL_CONTROL_CA", "not a certificate")
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = refused_start(Some("not a certificate"));
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("CERTIFICATE"), "{err}");
     assert!(!err.contains("in the clear"), "the CA was read: {err}");
-    match listener.accept() {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the sidecar connected: {other:?}"),
-    }
 }
 
 #[test]

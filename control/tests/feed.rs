@@ -91,13 +91,19 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
 /// The next feed message that is not a heartbeat.
 async fn next(body: &mut Incoming, buf: &mut Vec<u8>) -> FeedMessage {
     loop {
+        let msg = next_line(body, buf).await;
+        if !matches!(msg, FeedMessage::Heartbeat { .. }) {
+            return msg;
+        }
+    }
+}
+
+/// The next feed message, heartbeats included.
+async fn next_line(body: &mut Incoming, buf: &mut Vec<u8>) -> FeedMessage {
+    loop {
         if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            let msg: FeedMessage = serde_json::from_slice(&line).expect("a feed line");
-            if !matches!(msg, FeedMessage::Heartbeat { .. }) {
-                return msg;
-            }
-            continue;
+            return serde_json::from_slice(&line).expect("a feed line");
         }
         let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
             .await
@@ -216,24 +222,6 @@ async fn a_reconnecting_sidecar_gets_only_what_changed_in_its_view_or_a_snapshot
         next(&mut body, &mut buf).await,
         FeedMessage::Snapshot { version: 3, .. }
     ));
-}
-
-/// The next feed message, heartbeats included.
-async fn next_line(body: &mut Incoming, buf: &mut Vec<u8>) -> FeedMessage {
-    loop {
-        if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            return serde_json::from_slice(&line).expect("a feed line");
-        }
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .expect("a line in time")
-            .expect("stream open")
-            .expect("frame");
-        if let Ok(d) = frame.into_data() {
-            buf.extend_from_slice(&d);
-        }
-    }
 }
 
 #[tokio::test]

@@ -162,6 +162,28 @@ async fn control_plane_with(
     api: &FakeApiServer,
     auth: impl FnOnce(kube::Client, Arc<Store>) -> Box<dyn Authenticator>,
 ) -> (Arc<Store>, SocketAddr) {
+    let (store, addr) = control_plane_starting(api, auth).await;
+    loaded(&store).await;
+    (store, addr)
+}
+
+/// Waits for the store's first whole state.
+async fn loaded(store: &Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !store.loaded() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first lists complete"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The control plane's source and feed server, started (the first lists may not be done).
+async fn control_plane_starting(
+    api: &FakeApiServer,
+    auth: impl FnOnce(kube::Client, Arc<Store>) -> Box<dyn Authenticator>,
+) -> (Arc<Store>, SocketAddr) {
     let config = kube::Config::new(api.url().parse().expect("url"));
     let client = kube::Client::try_from(config).expect("client");
     let store = Arc::new(Store::new());
@@ -185,14 +207,6 @@ async fn control_plane_with(
         metrics: ServerMetrics::new(),
     });
     tokio::spawn(server.serve(listener));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !store.loaded() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first lists complete"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     (store, addr)
 }
 
@@ -469,31 +483,10 @@ async fn no_feed_is_served_until_every_required_kind_has_listed() {
     api.serve("discovery.k8s.io/v1", "EndpointSlice", "endpointslices");
     api.apply(namespace("prod", "production"));
     api.apply(pod("web", "web", "10.0.0.1", 8080));
-    let config = kube::Config::new(api.url().parse().expect("url"));
-    let client = kube::Client::try_from(config).expect("client");
-    let store = Arc::new(Store::new());
-    tokio::spawn(feed(
-        client,
-        watched_kinds(),
-        store.clone(),
-        Arc::new(NoObserver),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        Arc::new(Server {
-            store: store.clone(),
-            views: Arc::new(podwall_control::views::Views::new(
-                store.clone(),
-                podwall_control::status::SidecarEvidence::Annotation,
-            )),
-            auth: Box::new(StaticTokens::parse("web-token prod/web\n").expect("tokens")),
-            metrics: ServerMetrics::new(),
-        })
-        .serve(listener),
-    );
+    let (store, addr) = control_plane_starting(&api, |_, _| {
+        Box::new(StaticTokens::parse("web-token prod/web\n").expect("tokens"))
+    })
+    .await;
     // The pods are listed and the NetworkPolicy list refused, twice: still nothing served.
     wait_for_log(&api, "the pod list and two refused policy lists", |l| {
         l.iter().any(|r| r == "list /api/v1/pods")
@@ -513,14 +506,7 @@ async fn no_feed_is_served_until_every_required_kind_has_listed() {
         "metadata": {"name": "web-ingress", "namespace": "prod"},
         "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}}),
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !store.loaded() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the state is never whole"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    loaded(&store).await;
     let mut sidecar = Sidecar::connect(addr, "web", "web-token").await;
     sidecar
         .until("the snapshot with the policy", |s| {

@@ -94,12 +94,9 @@ async fn wait_until(rx: &mut watch::Receiver<Option<Arc<ClusterState>>>, want: &
     .unwrap_or_else(|_| panic!("no state with app={want}"));
 }
 
-#[tokio::test]
-async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resyncs() {
-    let (cp, addr) = ControlPlane::start("127.0.0.1:0".parse().expect("addr"), "one");
-    let metrics = Arc::new(Metrics::new());
-    let (tx, mut rx) = watch::channel(None);
-    let source = Box::new(ControlSource {
+/// Pod t/a's feed from the control plane at `addr`, over plain HTTP/2.
+fn plain_source(addr: SocketAddr, silence: Duration) -> Box<ControlSource> {
+    Box::new(ControlSource {
         addr: addr.to_string(),
         identity: Identity {
             namespace: "t".into(),
@@ -107,9 +104,16 @@ async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resync
         },
         token_file: None,
         tls: None,
-        silence: podwall_proxy::feed_client::SILENCE,
-    });
-    tokio::spawn(source.run(tx, metrics.clone()));
+        silence,
+    })
+}
+
+#[tokio::test]
+async fn the_sidecar_follows_the_feed_keeps_the_last_state_without_it_and_resyncs() {
+    let (cp, addr) = ControlPlane::start("127.0.0.1:0".parse().expect("addr"), "one");
+    let metrics = Arc::new(Metrics::new());
+    let (tx, mut rx) = watch::channel(None);
+    tokio::spawn(plain_source(addr, podwall_proxy::feed_client::SILENCE).run(tx, metrics.clone()));
     wait_until(&mut rx, "one").await;
     assert_eq!(metrics.policy_stream_connected.get(), 1);
 
@@ -144,17 +148,7 @@ async fn a_stream_silent_for_longer_than_its_heartbeats_is_opened_again_keeping_
     let (cp, addr) = ControlPlane::start("127.0.0.1:0".parse().expect("addr"), "one");
     let metrics = Arc::new(Metrics::new());
     let (tx, mut rx) = watch::channel(None);
-    let source = Box::new(ControlSource {
-        addr: addr.to_string(),
-        identity: Identity {
-            namespace: "t".into(),
-            name: "a".into(),
-        },
-        token_file: None,
-        tls: None,
-        silence: Duration::from_millis(300),
-    });
-    tokio::spawn(source.run(tx, metrics.clone()));
+    tokio::spawn(plain_source(addr, Duration::from_millis(300)).run(tx, metrics.clone()));
     wait_until(&mut rx, "one").await;
     tokio::time::timeout(Duration::from_secs(10), async {
         while metrics.policy_stream_reconnects.get() < 2 {
