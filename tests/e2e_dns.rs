@@ -669,7 +669,7 @@ fn what_names_no_server_is_refused_and_without_the_check_any_name_passes() {
     drop(up);
 
     // With the check off, the address's other name passes, over TLS and HTTP.
-    let (_dir, up, ns, api_ns) = api_resolved("nocheck", vec!["--check-server-name=false".into()]);
+    let (_dir, _up, ns, api_ns) = api_resolved("nocheck", vec!["--check-server-name=false".into()]);
     let (listener, out) = app_listening(&api_ns, "", &["listen-tcp", "443", "5", "tls"]);
     let r = app(
         &ns,
