@@ -32,4 +32,4 @@ for f in sorted(glob.glob('**/tests/*.rs', recursive=True)):
             e2e += 1; denial += bool(DENIAL.search(body))
         else:
             integ += 1
-print(f"unit {unit}, property {prop}, integration {integ - 0}, e2e {e2e} (of which assert a denial: {denial})")
+print(f"unit {unit}, property {prop}, other integration {integ - prop}, e2e {e2e} (of which assert a denial: {denial}); total {unit + integ + e2e}")
