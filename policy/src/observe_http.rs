@@ -82,7 +82,7 @@ mod tests {
     fn zero_out_of_range_and_unknown_names_are_refused_naming_the_item() {
         let none = |_: &str| None;
         for bad in ["0", "65536", "metrics", "-1", "80/TCP"] {
-            let err = parse_observe_http(&format!("80,{bad}"), none).unwrap_err();
+            let err = parse_observe_http(&format!("80,{bad}"), none).expect_err("refused");
             assert_eq!(err.item, bad);
             assert!(err.to_string().contains(OBSERVE_HTTP_ANNOTATION), "{err}");
         }

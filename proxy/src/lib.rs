@@ -272,7 +272,7 @@ mod tests {
                 continue;
             };
             let at = listener.local_addr().expect("local");
-            let client = tokio::net::TcpStream::connect(at).await.expect("connect");
+            let client = crate::exempt::connect(at).await.expect("connect");
             let (accepted, peer) = listener.accept().await.expect("accept");
             assert!(accepted.nodelay().expect("nodelay"), "{addr}");
             // Not redirected: the original destination is the listener's own address.
