@@ -1,5 +1,7 @@
-//! `podwall`: one binary for the analyzer today, and the sidecar, control plane and sandbox as
-//! they land. This file parses arguments and dispatches; the work is in the crates.
+//! `podwall`: one binary for every role: the sidecar's init and proxy (`proxy`), the control plane
+//! (`control`), the injection helper (`inject`), the analyzer (`analyze`, `advise`, `observe`,
+//! `status`) and the one-machine sandbox (`sandbox`). This file parses arguments and dispatches;
+//! `src/cli/` turns arguments into calls on the crates, where the work is.
 
 use std::process::ExitCode;
 

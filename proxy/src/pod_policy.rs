@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 /// The annotation that puts a pod in audit mode.
 pub const ENFORCEMENT_ANNOTATION: &str = "podwall.io/enforcement";
 
-/// Cluster states from a source (a directory today, the control plane later).
+/// Cluster states from a source (the control plane's feed, or a directory of YAML).
 pub type StateReceiver = watch::Receiver<Option<Arc<ClusterState>>>;
 
 /// Where the sidecar's cluster states come from. The sidecar never knows which: a directory of
