@@ -803,10 +803,10 @@ impl World {
                 "{url}: its certificate is the chart's CA's; curl needs -k or --cacert"
             ));
         }
-        let metrics = podwall_control::server::ServerMetrics::new();
+        let metrics = podwall_control::metrics::ServerMetrics::new();
         metrics
             .lists
-            .get_or_create(&podwall_control::server::KindLabel { kind: "Pod".into() })
+            .get_or_create(&podwall_control::metrics::KindLabel { kind: "Pod".into() })
             .inc();
         Ok((0, metrics.encode().into_bytes()))
     }

@@ -628,14 +628,14 @@ fn monitoring_is_off_by_default_and_on_scrapes_what_podwall_serves() {
         },
         "spec.ingress[0]",
     );
-    let control = podwall_control::server::ServerMetrics::new();
-    let kind = podwall_control::server::KindLabel { kind: "Pod".into() };
+    let control = podwall_control::metrics::ServerMetrics::new();
+    let kind = podwall_control::metrics::KindLabel { kind: "Pod".into() };
     control.watch_failures.get_or_create(&kind).inc();
     control.lists.get_or_create(&kind).inc();
     control.objects_by_kind.get_or_create(&kind).set(1);
     control
         .unprotected_pod
-        .get_or_create(&podwall_control::server::PodLabels {
+        .get_or_create(&podwall_control::metrics::PodLabels {
             namespace: "prod".into(),
             pod: "web".into(),
         })

@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// The annotation that asks for the sidecar.
-pub const INJECT_ANNOTATION: &str = crate::status::INJECT_ANNOTATION;
+pub const INJECT_ANNOTATION: &str = "podwall.io/inject";
 /// Set on injected pods.
 pub const STATUS_ANNOTATION: &str = "podwall.io/status";
-/// The sidecar container's name.
-pub const SIDECAR: &str = crate::status::SIDECAR_CONTAINER;
+/// The sidecar container's name (a native sidecar in `initContainers`, or a container).
+pub const SIDECAR: &str = "podwall-proxy";
 /// The init container's name.
 pub const INIT: &str = "podwall-init";
 /// The annotation with which a pod keeps NET_RAW in its app containers, and so runs without the

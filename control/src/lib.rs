@@ -10,16 +10,18 @@ pub mod auth;
 pub mod inject;
 pub mod inspect;
 pub mod leader;
+pub mod metrics;
 pub mod observe;
 pub mod policy_status;
+pub mod protection;
 pub mod replica;
 pub mod server;
 pub mod source;
-pub mod status;
 pub mod store;
 #[cfg(test)]
 mod test_log;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod unprotected;
 pub mod views;
 pub mod webhook;

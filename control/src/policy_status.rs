@@ -24,7 +24,7 @@ use podwall_policy::{Diagnostic, Loader, Origin, Severity};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::server::{KindLabel, ServerMetrics};
+use crate::metrics::{KindLabel, ServerMetrics};
 use crate::views::Views;
 
 /// Every policy kind `podwall_control_invalid_policies` counts: the enforced ones, and the

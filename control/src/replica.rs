@@ -18,7 +18,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::server::{KindLabel, ServerMetrics};
+use crate::metrics::{KindLabel, ServerMetrics};
 use crate::views::Views;
 
 /// The label (with value `replica`) on every replica's status ConfigMap.

@@ -28,7 +28,7 @@ use podwall_policy::{
 };
 
 use crate::auth::PodRef;
-use crate::status::{Protection, SidecarEvidence, has_sidecar};
+use crate::protection::{Protection, SidecarEvidence, has_sidecar};
 use crate::store::{SharedObjects, Store};
 
 /// How long a disconnected sidecar's last view is kept for its resume.

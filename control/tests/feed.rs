@@ -8,7 +8,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use podwall_control::auth::StaticTokens;
-use podwall_control::server::{Server, ServerMetrics};
+use podwall_control::metrics::ServerMetrics;
+use podwall_control::server::Server;
 use podwall_control::store::Store;
 use podwall_policy::feed::{FeedMessage, ObjectKey, ObjectSet};
 use serde_json::{Value, json};
@@ -32,7 +33,7 @@ async fn start(store: Arc<Store>) -> std::net::SocketAddr {
         store: store.clone(),
         views: Arc::new(podwall_control::views::Views::new(
             store.clone(),
-            podwall_control::status::SidecarEvidence::Annotation,
+            podwall_control::protection::SidecarEvidence::Annotation,
         )),
         auth: Box::new(StaticTokens::parse("tok-a t/a\ntok-b t/b\n").expect("tokens")),
         metrics: ServerMetrics::new(),
@@ -86,6 +87,19 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         .expect("body")
         .to_bytes();
     String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Waits until the server has seen every feed close (and remembered what each held, for its
+/// resume): a sidecar back sooner gets a snapshot.
+async fn feeds_closed(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !get(addr, "/metrics")
+        .await
+        .contains("podwall_control_feeds_open 0")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "a feed stays open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The next feed message that is not a heartbeat.
@@ -197,6 +211,7 @@ async fn a_reconnecting_sidecar_gets_only_what_changed_in_its_view_or_a_snapshot
         other => panic!("{other:?}"),
     }
     drop(body);
+    feeds_closed(addr).await;
     // While a is away: its namespace changes, then a pod outside its view.
     store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "y")]));
     store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "z")]));
@@ -253,6 +268,7 @@ async fn a_quiet_feed_sends_heartbeats_at_the_version_its_view_is_current_at_and
     // Resuming at the heartbeat's version: no snapshot; the next change comes as a delta
     // from there.
     drop(body);
+    feeds_closed(addr).await;
     let (_, mut body) = open(addr, "a", "tok-a", Some((&epoch, 2))).await;
     store.replace(set(&[ns("t", "2"), pod("a", "x"), pod("bb", "z")]));
     let mut buf = Vec::new();
@@ -313,7 +329,7 @@ async fn where_the_control_plane_serves_tls_elsewhere_a_token_in_the_clear_is_re
         store: store.clone(),
         views: Arc::new(podwall_control::views::Views::new(
             store.clone(),
-            podwall_control::status::SidecarEvidence::Annotation,
+            podwall_control::protection::SidecarEvidence::Annotation,
         )),
         auth: Box::new(StaticTokens::parse("tok-a t/a\n").expect("tokens")),
         metrics: metrics.clone(),

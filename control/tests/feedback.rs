@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use podwall_control::leader::Election;
+use podwall_control::metrics::ServerMetrics;
+use podwall_control::protection::SidecarEvidence;
 use podwall_control::replica::{ReplicaStatus, Reporter, STATUS_KEY};
-use podwall_control::server::ServerMetrics;
 use podwall_control::source::kube::{NoObserver, feed, watched_kinds};
-use podwall_control::status::SidecarEvidence;
 use podwall_control::store::Store;
 use podwall_control::testing::FakeApiServer;
 use podwall_control::views::Views;

@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use podwall_control::auth::token_review::TokenReviewer;
 use podwall_control::auth::{Authenticator, StaticTokens};
-use podwall_control::server::{Server, ServerMetrics};
+use podwall_control::metrics::ServerMetrics;
+use podwall_control::server::Server;
 use podwall_control::source::kube::{NoObserver, feed, watched_kinds};
 use podwall_control::store::Store;
 use podwall_control::testing::FakeApiServer;
@@ -201,7 +202,7 @@ async fn control_plane_starting(
         store: store.clone(),
         views: Arc::new(podwall_control::views::Views::new(
             store.clone(),
-            podwall_control::status::SidecarEvidence::Annotation,
+            podwall_control::protection::SidecarEvidence::Annotation,
         )),
         auth: auth(client, store.clone()),
         metrics: ServerMetrics::new(),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use podwall_control::auth::TrustClaimed;
-use podwall_control::server::{Server, ServerMetrics};
+use podwall_control::metrics::ServerMetrics;
+use podwall_control::server::Server;
 use podwall_control::store::Store;
 use podwall_policy::ClusterState;
 use podwall_policy::feed::{ObjectKey, ObjectSet};
@@ -50,7 +51,7 @@ impl ControlPlane {
             store: store.clone(),
             views: Arc::new(podwall_control::views::Views::new(
                 store.clone(),
-                podwall_control::status::SidecarEvidence::Annotation,
+                podwall_control::protection::SidecarEvidence::Annotation,
             )),
             auth: Box::new(TrustClaimed),
             metrics: ServerMetrics::new(),
@@ -202,7 +203,7 @@ async fn over_tls_the_sidecar_trusts_only_the_control_plane_its_ca_vouches_for()
         store: store.clone(),
         views: Arc::new(podwall_control::views::Views::new(
             store.clone(),
-            podwall_control::status::SidecarEvidence::Annotation,
+            podwall_control::protection::SidecarEvidence::Annotation,
         )),
         auth: Box::new(TrustClaimed),
         metrics: ServerMetrics::new(),

@@ -9,9 +9,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use podwall_control::auth::token_review::TokenReviewer;
 use podwall_control::auth::{Authenticator, StaticTokens, TrustClaimed};
+use podwall_control::metrics::ServerMetrics;
+use podwall_control::protection::SidecarEvidence;
 use podwall_control::server::FeedTransport;
-use podwall_control::server::{Server, ServerMetrics};
-use podwall_control::status::SidecarEvidence;
+use podwall_control::server::Server;
 use podwall_control::store::Store;
 use podwall_control::views::Views;
 use podwall_control::webhook::tls::{self, ReloadingCert};
@@ -277,7 +278,7 @@ fn run_control(args: RunArgs) -> ExitCode {
             (Source::Kube, None) => return Err("no API-server client".into()),
         };
         let views = Arc::new(Views::new(store.clone(), evidence));
-        tokio::spawn(podwall_control::status::watch(views.clone(), metrics.clone()));
+        tokio::spawn(podwall_control::unprotected::watch(views.clone(), metrics.clone()));
         if let (Source::Kube, Some(client)) = (&source, &client) {
             // What operators read back: policy status and events (one writer, elected), and
             // each replica's own report.

@@ -6,64 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use podwall_policy::feed::ObjectSet;
-use serde_json::Value;
-
-use crate::server::ServerMetrics;
+use crate::metrics::ServerMetrics;
 use crate::views::Views;
-
-/// The annotation that asks for the sidecar.
-pub const INJECT_ANNOTATION: &str = "podwall.io/inject";
-/// The sidecar container's name (a native sidecar in `initContainers`, or a container).
-pub const SIDECAR_CONTAINER: &str = "podwall-proxy";
-
-/// How the control plane tells a pod has its sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SidecarEvidence {
-    /// The pod runs podwall's init and sidecar containers and carries the injection's status
-    /// annotation (a cluster: what was really injected; the webhook refuses pods that bring
-    /// containers of those names otherwise).
-    Container,
-    /// The pod asks for it with `podwall.io/inject: enabled` (the sandbox injects by it).
-    Annotation,
-}
-
-/// Pods a policy selects that run without the sidecar, with the policies that select them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Protection {
-    /// Pods running the sidecar.
-    pub protected: usize,
-    /// `namespace/name` -> the policies (`Kind namespace/name`) selecting it.
-    pub unprotected: BTreeMap<String, Vec<String>>,
-}
-
-/// Whether a pod object shows its sidecar.
-pub fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
-    match evidence {
-        SidecarEvidence::Annotation => {
-            pod["metadata"]["annotations"][INJECT_ANNOTATION].as_str() == Some("enabled")
-        }
-        SidecarEvidence::Container => {
-            let runs = |name: &str| {
-                ["containers", "initContainers"].iter().any(|list| {
-                    pod["spec"][list]
-                        .as_array()
-                        .is_some_and(|cs| cs.iter().any(|c| c["name"] == name))
-                })
-            };
-            pod["metadata"]["annotations"][crate::inject::STATUS_ANNOTATION].as_str()
-                == Some("injected")
-                && runs(SIDECAR_CONTAINER)
-                && runs(crate::inject::INIT)
-        }
-    }
-}
-
-/// Works out which selected pods are unprotected.
-pub fn protection(objects: &ObjectSet, evidence: SidecarEvidence) -> Protection {
-    crate::views::ViewIndex::build(0, Arc::new(crate::store::shared(objects.clone())), evidence)
-        .protection
-}
 
 /// Reports after every change (at most once a second) until the process ends.
 pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
@@ -82,7 +26,7 @@ pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
             // (a series that blinks would restart an alert's `for:`).
             let labels = |pod: &str| {
                 pod.split_once('/')
-                    .map(|(namespace, name)| crate::server::PodLabels {
+                    .map(|(namespace, name)| crate::metrics::PodLabels {
                         namespace: namespace.to_string(),
                         pod: name.to_string(),
                     })
@@ -105,7 +49,8 @@ pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
                     tracing::warn!(
                         pod,
                         policies = policies.join(", "),
-                        "pod is selected by policies but runs without the podwall sidecar: they are NOT enforced for it (annotate it {INJECT_ANNOTATION}: enabled and restart it)"
+                        "pod is selected by policies but runs without the podwall sidecar: they are NOT enforced for it (annotate it {}: enabled and restart it)",
+                        crate::inject::INJECT_ANNOTATION
                     );
                 }
             }
@@ -122,8 +67,9 @@ pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podwall_policy::feed::ObjectKey;
-    use serde_json::json;
+    use crate::protection::SidecarEvidence;
+    use podwall_policy::feed::{ObjectKey, ObjectSet};
+    use serde_json::{Value, json};
 
     fn set(objs: &[Value]) -> ObjectSet {
         objs.iter()
@@ -135,43 +81,17 @@ mod tests {
         let mut containers = vec![json!({"name": "app"})];
         let mut annotations = json!({});
         if sidecar {
-            containers.push(json!({"name": SIDECAR_CONTAINER}));
+            containers.push(json!({"name": crate::inject::SIDECAR}));
             containers.push(json!({"name": crate::inject::INIT}));
             annotations[crate::inject::STATUS_ANNOTATION] = json!("injected");
         }
         if annotated {
-            annotations[INJECT_ANNOTATION] = json!("enabled");
+            annotations[crate::inject::INJECT_ANNOTATION] = json!("enabled");
         }
         json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "prod", "labels": {"app": app}, "annotations": annotations},
             "spec": {"containers": containers},
             "status": {"phase": "Running", "podIP": format!("10.0.0.{}", name.len())}})
-    }
-
-    #[test]
-    fn pods_selected_by_a_policy_without_the_sidecar_are_reported_with_the_policies() {
-        let objects = set(&[
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
-            pod("db", "db", true, true),
-            pod("cache", "db", false, true),
-            pod("web", "web", false, false),
-            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                "metadata": {"name": "db-ingress", "namespace": "prod"},
-                "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}}),
-        ]);
-        let by_container = protection(&objects, SidecarEvidence::Container);
-        assert_eq!(by_container.protected, 1);
-        assert_eq!(
-            by_container.unprotected,
-            BTreeMap::from([(
-                "prod/cache".to_string(),
-                vec!["NetworkPolicy prod/db-ingress".to_string()]
-            )]),
-            "web is selected by nothing, so it is not reported"
-        );
-        let by_annotation = protection(&objects, SidecarEvidence::Annotation);
-        assert_eq!(by_annotation.protected, 2);
-        assert!(by_annotation.unprotected.is_empty());
     }
 
     #[tokio::test]
@@ -229,24 +149,5 @@ mod tests {
             "{}",
             metrics.encode()
         );
-    }
-
-    #[test]
-    fn a_container_named_as_the_sidecar_is_no_evidence_without_the_injection() {
-        let mut fake = pod("db", "db", false, true);
-        fake["spec"]["containers"]
-            .as_array_mut()
-            .expect("containers")
-            .push(json!({"name": SIDECAR_CONTAINER, "image": "busybox"}));
-        assert!(!has_sidecar(&fake, SidecarEvidence::Container));
-        fake["metadata"]["annotations"][crate::inject::STATUS_ANNOTATION] = json!("injected");
-        assert!(
-            !has_sidecar(&fake, SidecarEvidence::Container),
-            "no init container: no rules"
-        );
-        assert!(has_sidecar(
-            &pod("db", "db", true, true),
-            SidecarEvidence::Container
-        ));
     }
 }
