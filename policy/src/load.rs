@@ -720,7 +720,7 @@ impl Loader {
 /// YAML at all. Lists are not expanded (see [`objects`]).
 pub fn documents(source: &str, text: &str) -> Result<Vec<(Origin, Value)>, Error> {
     let mut parsed = Vec::new();
-    for doc in split_documents(text) {
+    for doc in crate::locate::split_documents(text) {
         let value: Value = serde_saphyr::from_str(&doc.text).map_err(|e| {
             let (line, column) = e
                 .location()
@@ -788,57 +788,6 @@ fn expand(origin: Origin, value: Value, out: &mut Vec<(Origin, Value)>) {
             expand(item_origin, item.clone(), out);
         }
     }
-}
-
-/// One YAML document of a multi-document text.
-pub(crate) struct DocumentText {
-    /// The 1-based line of the text where it starts.
-    pub(crate) line: usize,
-    /// Its text, lines counted from `line`.
-    pub(crate) text: String,
-}
-
-/// The documents of a text with the lines they start at, as [`documents`] counts them.
-pub(crate) fn document_texts(text: &str) -> Vec<DocumentText> {
-    split_documents(text)
-}
-
-/// Splits a text at its `---` document markers, keeping each document's first line number.
-///
-/// YAML forbids `---` and `...` at the start of a line inside any scalar, so a line-based split
-/// is exact; unlike the parser's own multi-document mode it keeps empty documents in the count
-/// and tells where each starts. Content after `--- ` on the marker line stays in its document.
-fn split_documents(text: &str) -> Vec<DocumentText> {
-    let mut docs = Vec::new();
-    let mut current = DocumentText {
-        line: 1,
-        text: String::new(),
-    };
-    let is_marker = |l: &str, m: &str| {
-        l.strip_prefix(m)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
-    };
-    for (i, raw) in text.split_inclusive('\n').enumerate() {
-        let line = raw.trim_end_matches(['\n', '\r']);
-        if is_marker(line, "---") {
-            docs.push(std::mem::replace(
-                &mut current,
-                DocumentText {
-                    line: i + 1,
-                    text: String::new(),
-                },
-            ));
-            // Keep columns of content on the marker line: blank the marker out.
-            current.text.push_str("   ");
-            current.text.push_str(&raw[3..]);
-        } else if is_marker(line, "...") {
-            current.text.push('\n');
-        } else {
-            current.text.push_str(raw);
-        }
-    }
-    docs.push(current);
-    docs
 }
 
 /// The API group of an `apiVersion` (`""` for the core group's `v1`).

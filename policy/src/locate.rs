@@ -171,7 +171,7 @@ pub fn field_line(document: &str, path: &str) -> Option<usize> {
 /// whole file the findings' origins count lines in; findings about other sources, without a
 /// field, or not from text (line 0) are left as they are.
 pub fn point_at_fields(findings: &mut [Diagnostic], source: &str, text: &str) {
-    let mut documents: Option<Vec<crate::load::DocumentText>> = None;
+    let mut documents: Option<Vec<DocumentText>> = None;
     for finding in findings.iter_mut() {
         let (Some(origin), Some(field)) = (finding.origin.as_mut(), finding.field.as_deref())
         else {
@@ -180,7 +180,7 @@ pub fn point_at_fields(findings: &mut [Diagnostic], source: &str, text: &str) {
         if origin.source != source || origin.line == 0 {
             continue;
         }
-        let docs = documents.get_or_insert_with(|| crate::load::document_texts(text));
+        let docs = documents.get_or_insert_with(|| split_documents(text));
         let Some(doc) = docs.iter().find(|d| d.line == origin.line) else {
             continue;
         };
@@ -192,6 +192,52 @@ pub fn point_at_fields(findings: &mut [Diagnostic], source: &str, text: &str) {
             origin.line = doc.line + line - 1;
         }
     }
+}
+
+/// One YAML document of a multi-document text.
+pub(crate) struct DocumentText {
+    /// The 1-based line of the text where it starts.
+    pub(crate) line: usize,
+    /// Its text, lines counted from `line`.
+    pub(crate) text: String,
+}
+
+/// Splits a text at its `---` document markers, keeping each document's first line number.
+///
+/// YAML forbids `---` and `...` at the start of a line inside any scalar, so a line-based split
+/// is exact; unlike the parser's own multi-document mode it keeps empty documents in the count
+/// and tells where each starts. Content after `--- ` on the marker line stays in its document.
+pub(crate) fn split_documents(text: &str) -> Vec<DocumentText> {
+    let mut docs = Vec::new();
+    let mut current = DocumentText {
+        line: 1,
+        text: String::new(),
+    };
+    let is_marker = |l: &str, m: &str| {
+        l.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+    };
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let line = raw.trim_end_matches(['\n', '\r']);
+        if is_marker(line, "---") {
+            docs.push(std::mem::replace(
+                &mut current,
+                DocumentText {
+                    line: i + 1,
+                    text: String::new(),
+                },
+            ));
+            // Keep columns of content on the marker line: blank the marker out.
+            current.text.push_str("   ");
+            current.text.push_str(&raw[3..]);
+        } else if is_marker(line, "...") {
+            current.text.push('\n');
+        } else {
+            current.text.push_str(raw);
+        }
+    }
+    docs.push(current);
+    docs
 }
 
 #[cfg(test)]

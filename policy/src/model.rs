@@ -4,7 +4,6 @@
 //! defaulted (namespace filled in, `policyTypes` defaulted, `protocol` defaulted to TCP), so the
 //! compiler and the verdict code never meet an invalid or ambiguous value.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -13,9 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::selector::LabelSelector;
-
-/// Labels or annotations: ordered so that output and identities are deterministic.
-pub type Labels = BTreeMap<String, String>;
+pub use crate::selector::Labels;
 
 /// The label the API server puts on every namespace (immutable, equal to its name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

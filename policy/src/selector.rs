@@ -1,8 +1,10 @@
 //! Label selectors: `matchLabels` and `matchExpressions`, matched as the API server does.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::model::Labels;
+/// Labels or annotations: ordered so that output and identities are deterministic.
+pub type Labels = BTreeMap<String, String>;
 
 /// A set-based requirement operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
