@@ -173,7 +173,7 @@ fn a_connection_relayed_unparsed_on_an_observed_port_is_warned_about_under_propo
         r#"{{"time":"2026-12-05T10:00:00.100Z","verdict":"ALLOWED","direction":"ingress","protocol":"TCP","source":{{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40000}},"destination":{{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080}},"l7":{{"http":{{"method":"GET","path":"/api/v1/users","status":200}}}},"bytes_sent":0,"bytes_received":0,"duration_ms":1.0}}
 {{"time":"2026-12-05T10:00:00.200Z","verdict":"ALLOWED","direction":"ingress","protocol":"TCP","source":{{"namespace":"production","pod":"frontend","ip":"10.244.1.20","port":40001}},"destination":{{"namespace":"production","pod":"api","ip":"10.244.2.21","port":8080}},"reason":"{}","bytes_sent":10,"bytes_received":10,"duration_ms":1.0}}
 "#,
-        podwall_proxy::conn::UNPARSED_OBSERVED
+        podwall_proxy::flow::UNPARSED_OBSERVED
     );
     let (code, out, err) = podwall(&["advise", "-f", state, "--flows", "-"], Some(&flows));
     assert_eq!(code, 0, "{out}{err}");

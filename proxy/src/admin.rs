@@ -20,10 +20,11 @@ use std::net::SocketAddr;
 
 use podwall_policy::{Direction, Protocol};
 
-use crate::conn::Shared;
-use crate::flow::{FlowEvent, FlowVerdict};
+use crate::flow::FlowEvent;
 use crate::metrics::Metrics;
+use crate::pod_policy::FlowVerdict;
 use crate::pod_policy::PolicyReceiver;
+use crate::shared::Shared;
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -104,7 +105,7 @@ fn route(
 }
 
 /// Serves the admin endpoints until the process ends.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     policies: PolicyReceiver,
     metrics: Arc<Metrics>,

@@ -3,65 +3,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use podwall_policy::{Direction, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::flow::{self, FlowEvent, FlowLog, FlowService, FlowVerdict};
-use crate::metrics::{DirectionMetrics, Metrics};
+use crate::flow::{self, FlowEvent, FlowService};
 use crate::orig_dst::{MapV4Mapped, original_dst};
-use crate::pod_policy::{PodPolicy, PolicyReceiver};
+use crate::pod_policy::FlowVerdict;
+use crate::pod_policy::PodPolicy;
 use crate::relay::{Transferred, relay, reset};
 use crate::server_name::{ClientHello, First, FirstBytes};
-
-/// What every connection handler shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// Policy changes, for connections that must be re-judged when one comes.
-    pub policies: PolicyReceiver,
-    /// The current policy, as a new connection reads it: without a lock.
-    pub current: Arc<arc_swap::ArcSwapOption<PodPolicy>>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Flow events.
-    pub flows: FlowLog,
-    /// How long to wait for the destination to accept.
-    pub connect_timeout: Duration,
-    /// Keep established connections that a policy change denies (default: reset them).
-    pub keep_revoked: bool,
-    /// The sidecar's own listening ports: a connection whose original destination is one of
-    /// them on this host would loop.
-    pub own_ports: Vec<u16>,
-    /// What the pod's DNS answers taught (toFQDNs).
-    pub names: Arc<crate::dns::Names>,
-    /// Check the TLS SNI or HTTP Host of connections that only a toFQDNs rule allows.
-    pub check_server_name: bool,
-    /// Let such connections pass when they carry no name to check (the server speaks first,
-    /// or the protocol is neither TLS nor HTTP).
-    pub allow_unnamed_fqdn: bool,
-    /// Where the next service connection starts looking for a backend.
-    pub round_robin: AtomicUsize,
-}
-
-impl Shared {
-    /// The current policy (none before the first).
-    pub fn policy(&self) -> Option<Arc<PodPolicy>> {
-        self.current.load_full()
-    }
-
-    /// The counters of one direction.
-    pub(crate) fn metrics(&self, direction: Direction) -> &DirectionMetrics {
-        match direction {
-            Direction::Ingress => &self.metrics.inbound,
-            Direction::Egress => &self.metrics.outbound,
-        }
-    }
-}
+use crate::shared::Shared;
 
 /// Accepts connections forever, one task each.
-pub async fn serve(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -248,10 +205,6 @@ enum Ending {
     Closed(std::io::Result<()>),
     Revoked,
 }
-
-/// The reason of a connection to an observed port (`podwall.io/observe-http`) that did not
-/// open with HTTP and was relayed without parsing (`podwall advise` looks for it).
-pub const UNPARSED_OBSERVED: &str = "observed port (podwall.io/observe-http), but the connection did not open with HTTP: relayed unparsed";
 
 /// Judges and serves one accepted connection; `accepted_peer` is the address `accept` gave.
 async fn handle(
@@ -537,7 +490,7 @@ async fn handle(
         }
         // Said in the event: advise must not mistake a connection it never saw requests of
         // for one that made none.
-        event.reason = Some(UNPARSED_OBSERVED.into());
+        event.reason = Some(crate::flow::UNPARSED_OBSERVED.into());
     }
 
     // The client's socket has TCP_NODELAY from its listener (see `bind_tcp`).
@@ -836,18 +789,4 @@ fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {
     event.time = std::time::SystemTime::now();
     event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     shared.flows.emit(event);
-}
-
-impl Shared {
-    /// A destination on this host at one of the sidecar's own ports (what a connection or
-    /// datagram sent to a listener directly, not redirected, has as its original destination):
-    /// forwarding would loop.
-    pub(crate) fn loops_back(&self, dst: SocketAddr) -> bool {
-        self.own_ports.contains(&dst.port()) && (dst.ip().is_loopback() || is_local(dst))
-    }
-}
-
-fn is_local(dst: SocketAddr) -> bool {
-    // Binding succeeds only for an address of this network namespace.
-    std::net::TcpListener::bind(SocketAddr::new(dst.ip(), 0)).is_ok()
 }

@@ -49,7 +49,7 @@ const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
 
 /// One conntrack entry: its original direction, and what it takes to remove exactly it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// `AF_INET` or `AF_INET6`.
     pub family: u8,
     /// The IP protocol number.
@@ -227,14 +227,14 @@ fn libc_eio() -> i32 {
 }
 
 /// A ctnetlink socket in the calling thread's network namespace (needs NET_ADMIN there).
-pub struct Conntrack {
+pub(crate) struct Conntrack {
     fd: OwnedFd,
     seq: u32,
 }
 
 impl Conntrack {
     /// Opens the socket.
-    pub fn open() -> io::Result<Self> {
+    pub(crate) fn open() -> io::Result<Self> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
@@ -256,7 +256,7 @@ impl Conntrack {
     }
 
     /// Every entry of the table (all families and protocols).
-    pub fn dump(&mut self) -> io::Result<Vec<Entry>> {
+    pub(crate) fn dump(&mut self) -> io::Result<Vec<Entry>> {
         self.seq = self.seq.wrapping_add(1);
         self.send(&dump_request(self.seq))?;
         let mut out = Vec::new();
@@ -275,7 +275,7 @@ impl Conntrack {
     }
 
     /// Removes one entry; `Ok(false)` when it was already gone.
-    pub fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
+    pub(crate) fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
         self.seq = self.seq.wrapping_add(1);
         self.send(&delete_request(entry, self.seq))?;
         let mut buf = vec![0u8; 8 * 1024];

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use nix::sys::socket::{self as sock, ControlMessageOwned, MsgFlags, SockaddrStorage, sockopt};
-use podwall_fqdn::cache::{Cache, CacheConfig};
 use podwall_fqdn::decide::{DnsQuery, DnsReason, decide};
 use podwall_fqdn::forward::{self, MAX_UDP, Reply};
 use podwall_fqdn::message::{Query, rcode_name};
@@ -38,11 +37,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
-use crate::conn::Shared;
-use crate::flow::{DnsEvent, FlowEvent, FlowVerdict, L7Event};
-use crate::metrics::FqdnMetrics;
+use crate::flow::{DnsEvent, FlowEvent, L7Event};
 use crate::orig_dst::{MapV4Mapped, original_dst};
+use crate::pod_policy::FlowVerdict;
 use crate::pod_policy::PodPolicy;
+use crate::shared::Shared;
 
 /// Queries in flight at once; more are dropped (the client retries).
 const MAX_IN_FLIGHT: usize = 512;
@@ -51,93 +50,17 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TCP DNS client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// The pod's name cache, with its metrics.
-#[derive(Debug)]
-pub struct Names {
-    cache: Mutex<Cache>,
-    metrics: FqdnMetrics,
-}
-
-impl Names {
-    /// An empty cache.
-    pub fn new(config: CacheConfig, metrics: FqdnMetrics) -> Self {
-        Names {
-            cache: Mutex::new(Cache::new(config)),
-            metrics,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
-        // A panic while holding the lock leaves plain data; keep using it.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The names `ip` is valid for now.
-    pub fn names_for(&self, ip: IpAddr) -> Vec<Arc<str>> {
-        self.lock().names_for(ip, Instant::now())
-    }
-
-    /// Learns from an answer to the pod: each name on the answer's CNAME chain that the pod's
-    /// toFQDNs selectors match gets the answer's addresses. Returns how many were new.
-    pub fn learn(&self, policy: &PodPolicy, answer: &podwall_fqdn::message::Answer) -> usize {
-        let addresses = answer.learnable();
-        if policy.own_fqdn.is_empty() || addresses.is_empty() {
-            return 0;
-        }
-        let now = Instant::now();
-        let mut cache = self.lock();
-        let mut added = 0;
-        for name in &answer.names {
-            let ids = policy.fqdn_ids(std::slice::from_ref(name));
-            if ids.is_empty() {
-                continue;
-            }
-            let l = cache.learn(name, &ids, &addresses, now);
-            added += l.added;
-            self.metrics
-                .evicted
-                .inc_by((l.evicted_names + l.evicted_ips) as u64);
-        }
-        // Expired entries go in the periodic sweep ([`Names::expire`]), not on every answer:
-        // a sweep walks every name.
-        self.metrics.learned.inc_by(added as u64);
-        self.gauges(&cache);
-        added
-    }
-
-    /// After a policy change: names are matched against the new selectors.
-    pub fn reselect(&self, policy: &PodPolicy) {
-        let mut cache = self.lock();
-        cache.reselect(|name| policy.fqdn_ids(&[name]));
-        self.gauges(&cache);
-    }
-
-    /// Drops what expired (run now and then, so the gauges stay true).
-    pub fn expire(&self) {
-        let mut cache = self.lock();
-        cache.expire(Instant::now());
-        self.gauges(&cache);
-    }
-
-    fn gauges(&self, cache: &Cache) {
-        self.metrics.names.set(cache.len() as i64);
-        self.metrics.addresses.set(cache.addresses() as i64);
-    }
-}
-
 /// What the DNS proxy needs besides the connection handlers' shared state.
 #[derive(Debug)]
-pub struct DnsContext {
+pub(crate) struct DnsContext {
     /// The resolvers the pod is configured with (`/etc/resolv.conf`, `--dns-upstream`): the
     /// trusted ones, and the one assumed when the original destination is unknown.
     pub resolvers: Vec<IpAddr>,
-    /// Whether UDP arrives by TPROXY (original destination known).
-    pub transparent: bool,
 }
 
 /// A UDP socket for the DNS port: transparent with the original destination reported when the
 /// capability allows, a plain one otherwise.
-pub fn udp_listener(
+pub(crate) fn udp_listener(
     addr: SocketAddr,
     want_transparent: bool,
 ) -> std::io::Result<(UdpSocket, bool)> {
@@ -268,7 +191,7 @@ impl ReplySockets {
 }
 
 /// Serves DNS over UDP on `socket` until the process ends.
-pub async fn serve_udp(
+pub(crate) async fn serve_udp(
     socket: UdpSocket,
     transparent: bool,
     ctx: Arc<DnsContext>,
@@ -337,7 +260,7 @@ pub async fn serve_udp(
 }
 
 /// Serves DNS over TCP (nat-redirected; the original destination is the resolver).
-pub async fn serve_tcp(listener: TcpListener, ctx: Arc<DnsContext>, shared: Arc<Shared>) {
+pub(crate) async fn serve_tcp(listener: TcpListener, ctx: Arc<DnsContext>, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::pod_policy::{Identity, PolicySource};
+use crate::pod_policy::Identity;
+use crate::policy_follow::PolicySource;
 
 /// How long without a line before the stream is taken for dead: three of the control plane's
 /// 5 s heartbeats, and a second.

@@ -9,19 +9,11 @@ use podwall_policy::{
 };
 use serde::Serialize;
 
-use crate::pod_policy::PodPolicy;
+use crate::pod_policy::{FlowVerdict, PodPolicy};
 
-/// What happened to the flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum FlowVerdict {
-    /// Policy allowed it and it was forwarded.
-    Allowed,
-    /// Policy denied it: reset, nothing forwarded.
-    Denied,
-    /// Policy would have denied it; audit mode let it through.
-    Audit,
-}
+/// The reason of a connection to an observed port (`podwall.io/observe-http`) that did not
+/// open with HTTP and was relayed without parsing (`podwall advise` looks for it).
+pub const UNPARSED_OBSERVED: &str = "observed port (podwall.io/observe-http), but the connection did not open with HTTP: relayed unparsed";
 
 /// One end of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,24 +9,27 @@
 //! It must never know about the API server: its policy arrives as cluster states from a
 //! [`PolicySource`] that the binary wires in.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod conn;
-pub mod conntrack;
-pub mod dns;
+mod conn;
+mod conntrack;
+mod dns;
 pub mod exempt;
 pub mod feed_client;
 pub mod flow;
 pub mod init;
 pub mod kernel_check;
-pub mod lookup;
+mod lookup;
 pub mod metrics;
-pub mod orig_dst;
-pub mod packet_filter;
-pub mod pod_policy;
-pub mod relay;
-pub mod resident;
-pub mod server_name;
+mod names;
+mod orig_dst;
+mod packet_filter;
+mod pod_policy;
+mod policy_follow;
+mod relay;
+mod resident;
+mod server_name;
+mod shared;
 
 use std::sync::Arc;
 
@@ -35,7 +38,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::ProxyConfig;
-pub use pod_policy::{Identity, PolicySource, StateReceiver};
+pub use pod_policy::Identity;
+pub use policy_follow::{PolicySource, StateReceiver};
 
 /// The sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +111,7 @@ pub fn raise_fd_limit() {
 /// policy denies (TCP connections are reset by their own tasks).
 async fn revoke_flows_on_change(
     mut policies: watch::Receiver<Option<Arc<pod_policy::PodPolicy>>>,
-    shared: Arc<conn::Shared>,
+    shared: Arc<shared::Shared>,
 ) {
     while policies.changed().await.is_ok() {
         let shared = shared.clone();
@@ -159,9 +163,9 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     let mut own_ports = vec![config.inbound.port(), config.admin.port()];
     own_ports.extend(config.outbound.iter().map(|a| a.port()));
     own_ports.extend(config.dns.iter().map(|a| a.port()));
-    let names = Arc::new(dns::Names::new(config.fqdn_cache, metrics.fqdn.clone()));
+    let names = Arc::new(names::Names::new(config.fqdn_cache, metrics.fqdn.clone()));
     let current = Arc::new(arc_swap::ArcSwapOption::empty());
-    let shared = Arc::new(conn::Shared {
+    let shared = Arc::new(shared::Shared {
         policies: policy_rx.clone(),
         current: current.clone(),
         metrics: metrics.clone(),
@@ -179,10 +183,9 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     let transparent = dns_udp.iter().all(|(_, t)| *t);
     let dns_ctx = Arc::new(dns::DnsContext {
         resolvers: resolvers.clone(),
-        transparent,
     });
 
-    tokio::spawn(pod_policy::follow(
+    tokio::spawn(policy_follow::follow(
         config.identity.clone(),
         config.audit,
         states,

@@ -23,7 +23,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What `/etc/resolv.conf` says about where and how to look names up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResolvConf {
+pub(crate) struct ResolvConf {
     /// `nameserver` lines, in order.
     pub nameservers: Vec<IpAddr>,
     /// The `search` list (the last `search` or `domain` line wins, as in glibc).
@@ -34,7 +34,7 @@ pub struct ResolvConf {
 
 impl ResolvConf {
     /// Reads resolv.conf text; unknown lines are ignored, as the C library does.
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut conf = ResolvConf {
             ndots: 1,
             ..Default::default()
@@ -64,7 +64,7 @@ impl ResolvConf {
     }
 
     /// `/etc/resolv.conf` of this process (empty when unreadable).
-    pub fn system() -> Self {
+    pub(crate) fn system() -> Self {
         std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| Self::parse(&t))
             .unwrap_or_else(|_| Self::parse(""))
@@ -72,7 +72,7 @@ impl ResolvConf {
 
     /// The names to ask, in order: an absolute name as it is; a name with at least `ndots`
     /// dots first as it is, then with each search domain; a shorter one the other way round.
-    pub fn candidates(&self, name: &str) -> Vec<String> {
+    pub(crate) fn candidates(&self, name: &str) -> Vec<String> {
         if let Some(absolute) = name.strip_suffix('.') {
             return vec![absolute.to_string()];
         }
@@ -86,7 +86,7 @@ impl ResolvConf {
 }
 
 /// The addresses `/etc/hosts`-formatted `text` gives `name` (case-insensitive), in order.
-pub fn hosts_entries(text: &str, name: &str) -> Vec<IpAddr> {
+pub(crate) fn hosts_entries(text: &str, name: &str) -> Vec<IpAddr> {
     let name = name.trim_end_matches('.');
     text.lines()
         .map(|l| l.split('#').next().unwrap_or_default())
@@ -101,7 +101,7 @@ pub fn hosts_entries(text: &str, name: &str) -> Vec<IpAddr> {
 /// What the sidecar looks names up with: `/etc/hosts` and `/etc/resolv.conf` as they were
 /// when it started.
 #[derive(Clone, Debug, Default)]
-pub struct SystemNames {
+pub(crate) struct SystemNames {
     /// `/etc/resolv.conf`.
     pub conf: ResolvConf,
     /// `/etc/hosts`.
@@ -110,7 +110,7 @@ pub struct SystemNames {
 
 impl SystemNames {
     /// Reads both files now.
-    pub fn read() -> Self {
+    pub(crate) fn read() -> Self {
         SystemNames {
             conf: ResolvConf::system(),
             hosts: std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
@@ -121,7 +121,7 @@ impl SystemNames {
 /// A name could not be resolved.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot resolve {name:?} through {resolvers:?}: {why}")]
-pub struct LookupError {
+pub(crate) struct LookupError {
     /// The name.
     pub name: String,
     /// The resolvers asked.
@@ -131,7 +131,7 @@ pub struct LookupError {
 }
 
 /// The addresses of `host` (an IP address is its own answer), each with `port`.
-pub async fn resolve(
+pub(crate) async fn resolve(
     host: &str,
     port: u16,
     names: &SystemNames,

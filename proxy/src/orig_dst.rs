@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 /// `peer` is the peer address as `accept` gave it, unmapped: its family is the socket's (an
 /// IPv6 socket reports IPv4 peers as `::ffff:a.b.c.d`), which picks the option to ask without
 /// a `getsockname` per connection.
-pub fn original_dst(stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
+pub(crate) fn original_dst(stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
     let result = match peer {
         SocketAddr::V4(_) => getsockopt(stream, sockopt::OriginalDst).map(|sa| {
             SocketAddr::V4(SocketAddrV4::new(
@@ -39,7 +39,7 @@ pub fn original_dst(stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAd
 }
 
 /// `::ffff:a.b.c.d` as `a.b.c.d`: dual-stack listeners report IPv4 peers that way.
-pub trait MapV4Mapped {
+pub(crate) trait MapV4Mapped {
     /// The address with an IPv4-mapped IPv6 address turned into IPv4.
     fn map_v4_mapped(self) -> Self;
 }

@@ -40,8 +40,9 @@ use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::udp::UdpPacket;
 use podwall_policy::{Direction, Protocol};
 
-use crate::conn::Shared;
-use crate::flow::{FlowEvent, FlowService, FlowVerdict};
+use crate::flow::{FlowEvent, FlowService};
+use crate::pod_policy::FlowVerdict;
+use crate::shared::Shared;
 
 /// Netfilter's hook numbers, as NFQUEUE reports them.
 const HOOK_LOCAL_IN: u8 = 1;
@@ -61,7 +62,7 @@ const COPY_RANGE: u16 = 256;
 
 /// The first packet of a flow, as far as policy cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowStart {
+pub(crate) struct FlowStart {
     /// UDP, SCTP, ICMP for an echo request, or another protocol.
     pub protocol: Protocol,
     /// The IP protocol number (IPv6: of the header after the extension headers).
@@ -74,7 +75,7 @@ pub struct FlowStart {
 
 /// Reads the addresses, protocol and ports of an IP packet (IPv4 or IPv6); `None` for TCP
 /// (never queued: the proxy judges it), a later fragment, or a truncated packet.
-pub fn parse(packet: &[u8]) -> Option<FlowStart> {
+pub(crate) fn parse(packet: &[u8]) -> Option<FlowStart> {
     let (src, dst, next, payload): (IpAddr, IpAddr, u8, &[u8]) = match packet.first()? >> 4 {
         4 => {
             let ip = Ipv4Packet::new(packet)?;
@@ -163,7 +164,7 @@ fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
 }
 
 /// Judges a new flow: whether its first packet may pass, and the flow event that says why.
-pub fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
+pub(crate) fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
     let mut event = FlowEvent::new(direction, start.protocol, start.source, start.destination);
     event.time = std::time::SystemTime::now();
     if start.protocol == Protocol::Other {
@@ -253,7 +254,7 @@ fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
 /// Removes the conntrack entries of the non-TCP flows the current policy denies, so
 /// that their next packet is judged again; each one is a flow event and a revoked flow in the
 /// metrics. Returns how many were removed.
-pub fn revoke(shared: &Shared) -> std::io::Result<usize> {
+pub(crate) fn revoke(shared: &Shared) -> std::io::Result<usize> {
     let Some(policy) = shared.policy() else {
         return Ok(0);
     };
@@ -279,7 +280,7 @@ pub fn revoke(shared: &Shared) -> std::io::Result<usize> {
 /// The packet filter could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read NFQUEUE queue {queue} (needs NET_ADMIN): {source}")]
-pub struct FilterError {
+pub(crate) struct FilterError {
     /// The queue.
     pub queue: u16,
     /// Why.
@@ -289,7 +290,7 @@ pub struct FilterError {
 
 /// Binds queue `queue_num` and judges its packets on a thread of its own (a verdict is a few
 /// microseconds of work and a blocking netlink round trip; it never waits on the runtime).
-pub fn spawn(queue_num: u16, shared: Arc<Shared>) -> Result<(), FilterError> {
+pub(crate) fn spawn(queue_num: u16, shared: Arc<Shared>) -> Result<(), FilterError> {
     let err = |source| FilterError {
         queue: queue_num,
         source,

@@ -1,44 +1,34 @@
-//! The policy this sidecar enforces: the cluster state compiled, and which pod it is in it.
-//!
-//! Sources publish cluster states; [`follow`] compiles each one and publishes the result for
-//! the connection handlers. Until the first state that contains this pod arrives, nothing is
-//! published and every connection is refused (fail closed). A later state without this pod is
-//! ignored: the last policy stays enforced.
+//! The policy this sidecar enforces: the cluster state compiled, which pod it is in it, and
+//! what a verdict means for a flow ([`FlowVerdict`]: allowed, denied, or passed in audit).
+//! [`crate::policy_follow`] compiles each state a source publishes into one.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use podwall_policy::{
-    ClusterState, Decision, Direction, Endpoint, Engine, FqdnId, PodId, Protocol, Query, Verdict,
+    Decision, Direction, Endpoint, Engine, FqdnId, PodId, Protocol, Query, Verdict,
 };
 use tokio::sync::watch;
 
-use crate::flow::FlowVerdict;
-use crate::metrics::Metrics;
+use serde::Serialize;
 
 /// The annotation that puts a pod in audit mode.
-pub const ENFORCEMENT_ANNOTATION: &str = "podwall.io/enforcement";
+pub(crate) const ENFORCEMENT_ANNOTATION: &str = "podwall.io/enforcement";
 
-/// Cluster states from a source (the control plane's feed, or a directory of YAML).
-pub type StateReceiver = watch::Receiver<Option<Arc<ClusterState>>>;
-
-/// Where the sidecar's cluster states come from. The sidecar never knows which: a directory of
-/// YAML, the control plane's stream, a test.
-pub trait PolicySource: Send + 'static {
-    /// Publishes the first state and every change after it until the source ends; a state
-    /// that cannot be read is reported by the source and not published.
-    fn run(
-        self: Box<Self>,
-        publish: watch::Sender<Option<Arc<ClusterState>>>,
-        metrics: Arc<Metrics>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-    /// What the source is, for logs (`dir:/etc/podwall`).
-    fn describe(&self) -> String;
+/// What happened to the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FlowVerdict {
+    /// Policy allowed it and it was forwarded.
+    Allowed,
+    /// Policy denied it: reset, nothing forwarded.
+    Denied,
+    /// Policy would have denied it; audit mode let it through.
+    Audit,
 }
 
 /// The compiled policies, as connection handlers see them.
-pub type PolicyReceiver = watch::Receiver<Option<Arc<PodPolicy>>>;
+pub(crate) type PolicyReceiver = watch::Receiver<Option<Arc<PodPolicy>>>;
 
 /// Which pod the sidecar belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,141 +198,6 @@ impl PodPolicy {
             .get(ENFORCEMENT_ANNOTATION)
             .map(String::as_str)
             == Some("audit")
-    }
-}
-
-/// Compiles every state the source publishes and publishes this pod's policy; names learned
-/// under the previous policy are matched again against the new one.
-pub async fn follow(
-    identity: Identity,
-    audit_flag: bool,
-    mut states: StateReceiver,
-    policies: watch::Sender<Option<Arc<PodPolicy>>>,
-    current: Arc<arc_swap::ArcSwapOption<PodPolicy>>,
-    metrics: Arc<Metrics>,
-    names: Arc<crate::dns::Names>,
-) {
-    let mut generation = 0u64;
-    loop {
-        let state = states.borrow_and_update().clone();
-        if let Some(state) = state {
-            let id = identity.clone();
-            // Compiling is CPU work: keep it off the threads that move bytes.
-            let compiled = tokio::task::spawn_blocking(move || {
-                let me = state.pod_by_name(&id.namespace, &id.name);
-                me.map(|me| {
-                    let engine = Engine::compile((*state).clone());
-                    let rules = podwall_l7::pod_http_rules(&engine, me);
-                    let http = if rules.is_empty() {
-                        None
-                    } else {
-                        match podwall_l7::HttpPolicy::compile(&rules) {
-                            Ok(p) => Some(Arc::new(p)),
-                            Err(e) => {
-                                // Validated at load; should it still fail, deny rather than open.
-                                tracing::error!(error = %e, "HTTP rules do not compile; connections that need them are refused");
-                                None
-                            }
-                        }
-                    };
-                    let fqdn = if engine.fqdn_selectors().is_empty() {
-                        None
-                    } else {
-                        match podwall_fqdn::Matcher::new(engine.fqdn_selectors()) {
-                            Ok(m) => Some(Arc::new(m)),
-                            Err(e) => {
-                                // Validated at load; without a matcher no name is learned and
-                                // toFQDNs rules allow nothing (fail closed).
-                                tracing::error!(error = %e, "DNS name selectors do not compile; toFQDNs rules allow nothing");
-                                None
-                            }
-                        }
-                    };
-                    let own_fqdn = engine.egress_fqdn(me);
-                    (engine, me, http, fqdn, own_fqdn)
-                })
-            })
-            .await;
-            match compiled {
-                Ok(Some((engine, me, http, fqdn, own_fqdn))) => {
-                    generation += 1;
-                    let pod = engine.state().pod(me);
-                    // The pod's own annotation is read per connection (it covers its own side);
-                    // this is for the log.
-                    let audit = audit_flag
-                        || pod
-                            .annotations
-                            .get(ENFORCEMENT_ANNOTATION)
-                            .map(String::as_str)
-                            == Some("audit");
-                    let selecting: std::collections::BTreeSet<_> = engine
-                        .isolated_by(me, Direction::Ingress)
-                        .iter()
-                        .chain(engine.isolated_by(me, Direction::Egress))
-                        .collect();
-                    metrics.policies_selecting.set(selecting.len() as i64);
-                    tracing::info!(
-                        pod = %identity,
-                        generation,
-                        policies = engine.state().policies.len(),
-                        selecting = selecting.len(),
-                        ingress_isolated = !engine.isolated_by(me, Direction::Ingress).is_empty(),
-                        egress_isolated = !engine.isolated_by(me, Direction::Egress).is_empty(),
-                        audit,
-                        "policy applied"
-                    );
-                    drop(selecting);
-                    let observe_http = match pod.observe_http() {
-                        Ok(ports) => ports,
-                        Err(e) => {
-                            // Only observation is lost: enforcement does not depend on it.
-                            tracing::warn!(pod = %identity, error = %e, "HTTP requests are not logged without rules");
-                            Vec::new()
-                        }
-                    };
-                    if !observe_http.is_empty() {
-                        tracing::info!(pod = %identity, ports = ?observe_http, "logging every HTTP request on these inbound ports (podwall.io/observe-http)");
-                    }
-                    let policy = Arc::new(PodPolicy {
-                        engine,
-                        me,
-                        audit: audit_flag,
-                        generation,
-                        http,
-                        fqdn,
-                        own_fqdn,
-                        observe_http,
-                    });
-                    names.reselect(&policy);
-                    // New connections read `current`; the channel then tells running ones.
-                    current.store(Some(policy.clone()));
-                    let _ = policies.send(Some(policy));
-                    metrics.policy_applied.inc();
-                    metrics.policy_ready.set(1);
-                    // Compiling was the last use of much of the binary's code for a while.
-                    // (After a pause, so that what runs right after an update is done too.)
-                    // On this thread: reading smaps and advising takes about a millisecond, and
-                    // a blocking-pool thread would touch its exit code afterwards.
-                    tokio::spawn(async {
-                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                        crate::resident::settle();
-                    });
-                }
-                Ok(None) => {
-                    metrics.policy_rejected.inc();
-                    tracing::error!(
-                        pod = %identity,
-                        "this pod is not in the policy source; {}",
-                        if policies.borrow().is_some() { "keeping the last policy" } else { "refusing all connections until it is" }
-                    );
-                }
-                Err(e) => tracing::error!(error = %e, "policy compilation failed"),
-            }
-        }
-        if states.changed().await.is_err() {
-            tracing::warn!("policy source ended; keeping the last policy");
-            return;
-        }
     }
 }
 

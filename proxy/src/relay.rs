@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 
 /// Bytes moved in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Transferred {
+pub(crate) struct Transferred {
     /// From the side that opened the connection to the side it reached.
     pub client_to_server: u64,
     /// Back.
@@ -210,7 +210,11 @@ async fn pump(src: &TcpStream, dst: &TcpStream, bytes: &mut u64) -> io::Result<(
 
 /// Copies both ways until both directions have ended. On an error in either direction both
 /// connections are reset (zero linger) so neither peer mistakes it for a clean end.
-pub async fn relay(client: &TcpStream, server: &TcpStream, t: &mut Transferred) -> io::Result<()> {
+pub(crate) async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    t: &mut Transferred,
+) -> io::Result<()> {
     // An error in one direction ends both at once (the other may be idle forever).
     let result = tokio::try_join!(
         pump(client, server, &mut t.client_to_server),
@@ -225,6 +229,6 @@ pub async fn relay(client: &TcpStream, server: &TcpStream, t: &mut Transferred) 
 }
 
 /// Makes the coming close send RST instead of FIN.
-pub fn reset(stream: &TcpStream) {
+pub(crate) fn reset(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }

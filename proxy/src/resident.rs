@@ -18,7 +18,7 @@ use std::io;
 /// Gives back the code pages start-up or a policy update used and no longer needs (see the
 /// module docs). Logged at debug level. (Trimming the heap as well was tried: what it holds
 /// then is live, so nothing came back.)
-pub fn settle() {
+pub(crate) fn settle() {
     match release_cold_code() {
         Ok(r) => tracing::debug!(
             mappings = r.mappings,
@@ -31,7 +31,7 @@ pub fn settle() {
 
 /// What [`release_cold_code`] gave back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Released {
+pub(crate) struct Released {
     /// Mappings advised.
     pub mappings: usize,
     /// Resident bytes they held before.
@@ -107,7 +107,7 @@ fn candidates(smaps: &str) -> Vec<Candidate> {
 /// ones still in use come back on their next use.
 // The one unsafe call in podwall: madvise on memory Rust does not own (see the SAFETY note).
 #[allow(unsafe_code)]
-pub fn release_cold_code() -> io::Result<Released> {
+pub(crate) fn release_cold_code() -> io::Result<Released> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = Released::default();
     for c in candidates(&smaps) {

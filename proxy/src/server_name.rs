@@ -41,7 +41,7 @@ const SERVER_ANSWER: Duration = Duration::from_secs(10);
 
 /// A TLS ClientHello, as far as the name check reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientHello {
+pub(crate) struct ClientHello {
     /// Its `server_name` (lower case), if it has one.
     pub sni: Option<String>,
     /// Whether it carries an encrypted ClientHello (`encrypted_client_hello`, or the draft
@@ -53,7 +53,7 @@ pub struct ClientHello {
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FirstBytes {
+pub(crate) enum FirstBytes {
     /// A TLS ClientHello; `None` when the first handshake message is not one.
     Tls(Option<ClientHello>),
     /// An HTTP/1.x request, with its Host (without port) if it has one.
@@ -68,7 +68,7 @@ pub enum FirstBytes {
 
 /// Who spoke first on a connection, and what the client said if it did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum First {
+pub(crate) enum First {
     /// The client, with this.
     Client(FirstBytes),
     /// The server, before the client said anything.
@@ -79,7 +79,7 @@ pub enum First {
 
 /// Waits for the first message on a connection: the client's, read in full, or the server's,
 /// whichever comes first.
-pub async fn first_message(client: &TcpStream, server: &TcpStream) -> First {
+pub(crate) async fn first_message(client: &TcpStream, server: &TcpStream) -> First {
     // Readiness may be reported without data: each side is peeked to be sure, and a peek that
     // finds nothing clears the readiness so that the next wait is a real one.
     loop {
@@ -151,7 +151,12 @@ fn peek_now(stream: &TcpStream) -> Result<usize, Waiting> {
 
 /// Whether `name` is one of the pod's toFQDNs names that `names` (those `dst` was learned for)
 /// hold and that a rule allows to `dst`.
-pub fn name_allowed(policy: &PodPolicy, dst: SocketAddr, names: &[FqdnId], name: &str) -> bool {
+pub(crate) fn name_allowed(
+    policy: &PodPolicy,
+    dst: SocketAddr,
+    names: &[FqdnId],
+    name: &str,
+) -> bool {
     let ids: Vec<FqdnId> = policy
         .fqdn
         .as_ref()
@@ -168,7 +173,7 @@ pub fn name_allowed(policy: &PodPolicy, dst: SocketAddr, names: &[FqdnId], name:
 }
 
 /// Classifies a connection's first bytes.
-pub fn classify(buf: &[u8]) -> FirstBytes {
+pub(crate) fn classify(buf: &[u8]) -> FirstBytes {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     if buf.first() == Some(&0x16) {
         return tls(buf);
@@ -303,7 +308,7 @@ const ESNI: usize = 0xffce;
 /// Hands an allowed ClientHello (its first `len` bytes, already peeked) to the server, then
 /// waits for the server's answer to be TLS (a handshake or alert record) before anything
 /// more of the client's may pass. Why not, otherwise.
-pub async fn hand_over_client_hello(
+pub(crate) async fn hand_over_client_hello(
     client: &TcpStream,
     server: &TcpStream,
     len: usize,

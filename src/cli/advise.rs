@@ -174,7 +174,7 @@ fn unparsed_under_http_rules(objects: &[Value], proposals: &[Value], text: &str)
     let endpoint = |e: &FlowEnd| pod_of(&engine, e).map(podwall_policy::Endpoint::Pod);
     let mut out = BTreeSet::new();
     for e in text.lines().filter_map(podwall_control::observe::parse) {
-        if e["reason"].as_str() != Some(podwall_proxy::conn::UNPARSED_OBSERVED) {
+        if e["reason"].as_str() != Some(podwall_proxy::flow::UNPARSED_OBSERVED) {
             continue;
         }
         let (Some(src), Some(dst)) = (end(&e, "source"), end(&e, "destination")) else {
