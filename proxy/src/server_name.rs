@@ -236,6 +236,16 @@ fn tls(buf: &[u8]) -> FirstBytes {
             }
             let hello_len = usize::from(handshake[1]) << 16 | u16_at(&handshake, 2).unwrap_or(0);
             if handshake.len() >= 4 + hello_len {
+                // The records holding it must end where it ends: what is handed over once the
+                // name is checked is those records, and bytes after the ClientHello inside
+                // them would reach the server unchecked (no client sends anything else in
+                // its first flight's handshake records).
+                if fragment.len() < len {
+                    return FirstBytes::Incomplete;
+                }
+                if handshake.len() != 4 + hello_len {
+                    return FirstBytes::Tls(None);
+                }
                 return match read_client_hello(&handshake[4..4 + hello_len]) {
                     Some((sni, encrypted)) => FirstBytes::Tls(Some(ClientHello {
                         sni,
@@ -424,6 +434,68 @@ mod tests {
         ext.extend((list.len() as u16).to_be_bytes());
         ext.extend(list);
         ext
+    }
+
+    #[test]
+    fn any_first_bytes_classify_without_panic_and_a_name_found_is_one_sent() {
+        // Seeds: what the end-to-end tests' clients send first (see podwall-fuzz for the
+        // long-running mode).
+        let mut exts = vec![0x00, 0x0b, 0x00, 0x02, 0x01, 0x00];
+        exts.extend(sni_ext("api.example.com"));
+        let mut ech = sni_ext("public.example");
+        ech.extend([0xfe, 0x0d, 0x00, 0x04, 0, 1, 2, 3]);
+        let seeds: Vec<Vec<u8>> = vec![
+            client_hello(&exts),
+            client_hello(&ech),
+            client_hello(&[]),
+            // Two records holding one ClientHello.
+            {
+                let whole = client_hello(&sni_ext("www.shop.example"));
+                let hs = &whole[5..];
+                let (a, b) = hs.split_at(hs.len() / 2);
+                let mut out = Vec::new();
+                for part in [a, b] {
+                    out.extend([0x16, 0x03, 0x01]);
+                    out.extend((part.len() as u16).to_be_bytes());
+                    out.extend(part);
+                }
+                out
+            },
+            b"GET / HTTP/1.1\r\nHost: API.example.com:8080\r\nAccept: */*\r\n\r\n".to_vec(),
+            b"\r\nPOST /api/v1/orders HTTP/1.0\r\nhost: [::1]:80\r\nContent-Length: 2\r\n\r\nhi"
+                .to_vec(),
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+        ];
+        let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+        let lower = |input: &[u8]| String::from_utf8_lossy(input).to_ascii_lowercase();
+        podwall_fuzz::run("first-bytes", &seeds, 2048, |input| match classify(input) {
+            FirstBytes::Tls(Some(hello)) => {
+                assert!(hello.len <= input.len(), "{hello:?}");
+                if let Some(sni) = hello.sni {
+                    assert_eq!(sni, sni.to_ascii_lowercase());
+                    assert!(lower(input).contains(&sni), "{sni:?} was not sent");
+                }
+            }
+            FirstBytes::Http(Some(host)) => {
+                assert!(lower(input).contains(&host), "{host:?} was not sent");
+            }
+            _ => {}
+        });
+    }
+
+    #[test]
+    fn bytes_after_the_client_hello_inside_its_record_make_it_no_client_hello() {
+        // Found by fuzzing: a record longer than the ClientHello in it was taken whole, and
+        // what followed the ClientHello inside it would have been handed over unchecked.
+        let mut hello = client_hello(&sni_ext("api.example.com"));
+        let smuggled = b"GET /admin HTTP/1.1\r\nHost: other.example.com\r\n\r\n";
+        let record_len = u16::from_be_bytes([hello[3], hello[4]]) as usize + smuggled.len();
+        hello[3..5].copy_from_slice(&(record_len as u16).to_be_bytes());
+        hello.extend_from_slice(smuggled);
+        assert_eq!(classify(&hello), FirstBytes::Tls(None));
+        // A record that claims more than has arrived is waited for, not judged.
+        assert_eq!(classify(&hello[..hello.len() - 4]), FirstBytes::Incomplete);
     }
 
     #[test]
