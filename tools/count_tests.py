@@ -23,9 +23,9 @@ def proptests(path):
 NETNS = re.compile(r'ready_for|ready_for_dns|support::ready\(|hostile::ready\(|\bready\("')
 DENIAL = re.compile(r'is_err\(\)|"DENIED"|"403"|403\b|REFUSED|Refused|"reset"|"nothing"|, None\)|!pings|rcode 5|starts_with\("failed"\)|"400"|HTTP/1\.1 40[03]|PERMISSION_DENIED|while connect\(|case\.status|conformance::run|probe_denied')
 unit = sum(len(fns(f)) for f in glob.glob('**/src/**/*.rs', recursive=True) if '/target/' not in f and not f.startswith('target'))
-prop = sum(proptests(f) for f in glob.glob('**/tests/*.rs', recursive=True) if not f.startswith('target'))
+prop = sum(proptests(f) for f in glob.glob('**/tests/**/*.rs', recursive=True) if not f.startswith('target'))
 integ = e2e = denial = 0
-for f in sorted(glob.glob('**/tests/*.rs', recursive=True)):
+for f in sorted(glob.glob('**/tests/**/*.rs', recursive=True)):
     if f.startswith('target'): continue
     for name, body in fns(f):
         if NETNS.search(body):

@@ -72,6 +72,16 @@ impl Authenticator for TrustClaimed {
     }
 }
 
+/// A line of a tokens file that is not `TOKEN NAMESPACE/POD`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {what}")]
+pub struct TokensError {
+    /// Its 1-based line.
+    pub line: usize,
+    /// What is wrong with it.
+    pub what: String,
+}
+
 /// Tokens from a file: one `TOKEN NAMESPACE/POD` per line (`#` comments).
 #[derive(Debug, Default)]
 pub struct StaticTokens {
@@ -80,7 +90,7 @@ pub struct StaticTokens {
 
 impl StaticTokens {
     /// Parses the file's text.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TokensError> {
         let mut tokens = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -89,10 +99,16 @@ impl StaticTokens {
             }
             let mut parts = line.split_whitespace();
             let (Some(token), Some(pod), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(format!("line {}: expected `TOKEN NAMESPACE/POD`", i + 1));
+                return Err(TokensError {
+                    line: i + 1,
+                    what: "expected `TOKEN NAMESPACE/POD`".into(),
+                });
             };
             let Some((namespace, name)) = pod.split_once('/') else {
-                return Err(format!("line {}: {pod:?} is not NAMESPACE/POD", i + 1));
+                return Err(TokensError {
+                    line: i + 1,
+                    what: format!("{pod:?} is not NAMESPACE/POD"),
+                });
             };
             tokens.insert(
                 token.to_string(),

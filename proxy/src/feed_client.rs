@@ -54,28 +54,41 @@ impl std::fmt::Debug for ControlSource {
     }
 }
 
+/// Why the control plane's CA cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// It holds no PEM certificate.
+    #[error("the control plane's CA holds no CERTIFICATE")]
+    NoCertificate,
+    /// A certificate in it does not read, or is refused as a root.
+    #[error("the control plane's CA: {0}")]
+    Certificate(String),
+    /// rustls refuses the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
 /// A TLS client trusting only the certificates in `ca_pem` (the control plane's CA), speaking
 /// HTTP/2.
-pub fn tls_connector(ca_pem: &[u8]) -> Result<tokio_rustls::TlsConnector, String> {
+pub fn tls_connector(ca_pem: &[u8]) -> Result<tokio_rustls::TlsConnector, CaError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let mut n = 0;
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| format!("the control plane's CA: {e}"))?;
+        let cert = cert.map_err(|e| CaError::Certificate(e.to_string()))?;
         roots
             .add(cert)
-            .map_err(|e| format!("the control plane's CA: {e}"))?;
+            .map_err(|e| CaError::Certificate(e.to_string()))?;
         n += 1;
     }
     if n == 0 {
-        return Err("the control plane's CA holds no CERTIFICATE".into());
+        return Err(CaError::NoCertificate);
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
