@@ -51,7 +51,7 @@ pub fn has_sidecar(pod: &Value, evidence: SidecarEvidence) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use podwall_policy::feed::{ObjectKey, ObjectSet};
     use serde_json::json;
@@ -63,13 +63,15 @@ mod tests {
             .protection
     }
 
-    fn set(objs: &[Value]) -> ObjectSet {
+    /// An object set of `objs` (for this module's tests and `unprotected`'s).
+    pub(crate) fn set(objs: &[Value]) -> ObjectSet {
         objs.iter()
             .map(|o| (ObjectKey::of(o).expect("key"), o.clone()))
             .collect()
     }
 
-    fn pod(name: &str, app: &str, sidecar: bool, annotated: bool) -> Value {
+    /// A running pod in `prod`, injected (`sidecar`) and/or asking for it (`annotated`).
+    pub(crate) fn pod(name: &str, app: &str, sidecar: bool, annotated: bool) -> Value {
         let mut containers = vec![json!({"name": "app"})];
         let mut annotations = json!({});
         if sidecar {

@@ -68,31 +68,8 @@ pub async fn watch(views: Arc<Views>, metrics: Arc<ServerMetrics>) {
 mod tests {
     use super::*;
     use crate::protection::SidecarEvidence;
-    use podwall_policy::feed::{ObjectKey, ObjectSet};
-    use serde_json::{Value, json};
-
-    fn set(objs: &[Value]) -> ObjectSet {
-        objs.iter()
-            .map(|o| (ObjectKey::of(o).expect("key"), o.clone()))
-            .collect()
-    }
-
-    fn pod(name: &str, app: &str, sidecar: bool, annotated: bool) -> Value {
-        let mut containers = vec![json!({"name": "app"})];
-        let mut annotations = json!({});
-        if sidecar {
-            containers.push(json!({"name": crate::inject::SIDECAR}));
-            containers.push(json!({"name": crate::inject::INIT}));
-            annotations[crate::inject::STATUS_ANNOTATION] = json!("injected");
-        }
-        if annotated {
-            annotations[crate::inject::INJECT_ANNOTATION] = json!("enabled");
-        }
-        json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "prod", "labels": {"app": app}, "annotations": annotations},
-            "spec": {"containers": containers},
-            "status": {"phase": "Running", "podIP": format!("10.0.0.{}", name.len())}})
-    }
+    use crate::protection::tests::{pod, set};
+    use serde_json::json;
 
     #[tokio::test]
     async fn an_unprotected_pod_is_named_in_the_metrics_and_the_log_until_it_gets_the_sidecar() {
