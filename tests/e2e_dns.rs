@@ -3,12 +3,12 @@
 //! talk around"). dnsmasq is the pod's configured resolver; `tests/fixtures/resolver.py` plays
 //! the resolvers a test needs to answer as it says; `tests/fixtures/hostile_app.py` is the app.
 
-use std::process::Child;
 use std::time::Duration;
 
 use podwall_sandbox::Inject;
 
 mod support;
+use support::Running;
 use support::hostile::{app, app_listening, last_line, resolver};
 use support::sandbox::{Up, options, topology, wait_for};
 
@@ -100,16 +100,6 @@ fn external_ns(up: &Up, name: &str) -> String {
         .unwrap_or_else(|| panic!("no external host {name}"))
         .netns
         .clone()
-}
-
-/// Kills the child when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The runner's DNS flow events for `name`, once one is there.

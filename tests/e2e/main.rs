@@ -21,6 +21,7 @@ mod observe;
 mod sandbox;
 mod tcp;
 mod udp;
+use support::Running;
 use support::sandbox::{PODWALL, Up, connect, options, ready_for, topology, wait_for};
 
 /// Two sidecar pods (client, server) and one without (plain), no policy: everything allowed.
@@ -171,18 +172,8 @@ fn jump_counts(ns: &str, chain: &str, target: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Kills a child process when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The sandbox's server in `ns` for `pod` on `tcp` and `udp` ports (comma-separated).
-fn serve_in(ns: &str, pod: &str, tcp: &str, udp: &str) -> Killed {
+fn serve_in(ns: &str, pod: &str, tcp: &str, udp: &str) -> Running {
     let mut cmd = Command::new("ip");
     cmd.args([
         "netns", "exec", ns, PODWALL, "sandbox", "serve", "--pod", pod,
@@ -191,7 +182,7 @@ fn serve_in(ns: &str, pod: &str, tcp: &str, udp: &str) -> Killed {
     if !udp.is_empty() {
         cmd.args(["--udp", udp]);
     }
-    Killed(
+    Running(
         cmd.stdout(std::process::Stdio::null())
             .spawn()
             .expect("server"),
@@ -200,7 +191,7 @@ fn serve_in(ns: &str, pod: &str, tcp: &str, udp: &str) -> Killed {
 
 /// Installs the capture in `ns` (IPv6 too) and runs pod `v6/NAME`'s sidecar there with the
 /// policy in `dir/state.yaml`, its flow events in `dir/flows.jsonl`; returns once it is ready.
-fn v6_sidecar(ns: &str, name: &str, dir: &Path) -> Killed {
+fn v6_sidecar(ns: &str, name: &str, dir: &Path) -> Running {
     if !Command::new("sh")
         .args(["-c", "command -v ip6tables"])
         .output()
@@ -227,7 +218,7 @@ fn v6_sidecar(ns: &str, name: &str, dir: &Path) -> Killed {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("sidecar");
-    let sidecar = Killed(sidecar);
+    let sidecar = Running(sidecar);
     wait_for("the sidecar to be ready", Duration::from_secs(10), || {
         run_in(ns, || {
             let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
@@ -265,18 +256,17 @@ fn v6_flow(dir: &Path, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> se
 
 const V6_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: v6, labels: {app: client}}\nstatus: {podIP: 'fd77::1'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: v6, labels: {app: server}}\nstatus: {podIP: 'fd77::2'}\n";
 
-/// Sends `payload` from `ns` to `dst` over UDP (IPv6) and returns the echo, if one comes.
-fn udp6_echo(ns: &str, dst: SocketAddr, payload: &'static [u8]) -> Option<Vec<u8>> {
-    run_in(ns, move || {
-        let s = std::net::UdpSocket::bind("[::]:0").ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        s.send_to(payload, dst).ok()?;
-        let mut buf = [0u8; 512];
-        let (n, _) = s.recv_from(&mut buf).ok()?;
-        Some(buf[..n].to_vec())
-    })
-    .ok()
-    .flatten()
+/// How long after `resolved` new connections from `ns` to `dst` stay allowed (polled until one
+/// is refused, at most `limit`).
+fn allowed_for(ns: &str, dst: SocketAddr, resolved: Instant, limit: Duration) -> Duration {
+    while connect(ns, dst).is_ok() {
+        assert!(
+            resolved.elapsed() < limit,
+            "new connections to {dst} are still allowed after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    resolved.elapsed()
 }
 
 /// The guides' L7 example in the sandbox; returns it with the frontend's namespace and the API's
@@ -826,7 +816,12 @@ fn echoes(s: &std::net::UdpSocket, dst: SocketAddr) -> bool {
 fn udp_echo(ns: &str, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
     let payload = payload.to_vec();
     run_in(ns, move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        let any: SocketAddr = if dst.is_ipv6() {
+            "[::]:0".parse().ok()?
+        } else {
+            "0.0.0.0:0".parse().ok()?
+        };
+        let s = std::net::UdpSocket::bind(any).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
         s.send_to(&payload, dst).ok()?;
         let mut buf = [0u8; 1500];

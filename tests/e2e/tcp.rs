@@ -331,7 +331,7 @@ fn over_ipv6_inbound_tcp_udp_ping_and_dns_are_judged_like_over_ipv4() {
     .expect("write");
     let _server = serve_in(s, "v6/server", "8080", "5300,5301");
     let _client_server = serve_in(c, "v6/client", "7070,7071", "");
-    let _dns = Killed(
+    let _dns = Running(
         Command::new("ip")
             .args([
                 "netns",
@@ -351,7 +351,7 @@ fn over_ipv6_inbound_tcp_udp_ping_and_dns_are_judged_like_over_ipv4() {
     );
     // Without podwall, all of it passes (so the denials below are podwall's).
     wait_for("the server's UDP echo", Duration::from_secs(10), || {
-        udp6_echo(c, SocketAddr::new(server_ip, 5301), b"x").is_some()
+        udp_echo(c, SocketAddr::new(server_ip, 5301), b"x").is_some()
     });
     assert!(
         pings(c, server_ip) && pings(s, client_ip),
@@ -391,10 +391,10 @@ fn over_ipv6_inbound_tcp_udp_ping_and_dns_are_judged_like_over_ipv4() {
     });
     // UDP: 5300 echoes, 5301 is dropped, said so.
     assert_eq!(
-        udp6_echo(c, SocketAddr::new(server_ip, 5300), b"udp over v6").as_deref(),
+        udp_echo(c, SocketAddr::new(server_ip, 5300), b"udp over v6").as_deref(),
         Some(&b"udp over v6"[..])
     );
-    assert_eq!(udp6_echo(c, SocketAddr::new(server_ip, 5301), b"x"), None);
+    assert_eq!(udp_echo(c, SocketAddr::new(server_ip, 5301), b"x"), None);
     v6_flow(dir, "denying UDP 5301", |e| {
         e["verdict"] == "DENIED" && e["protocol"] == "UDP" && e["destination"]["port"] == 5301
     });

@@ -9,7 +9,17 @@ pub(crate) mod hostile;
 pub(crate) mod sandbox;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+
+/// A child process, killed and reaped when dropped (however the test ends).
+pub(crate) struct Running(pub(crate) Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Runs `podwall ARGS` with `stdin`; exit code, stdout, stderr.
 pub(crate) fn podwall(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
