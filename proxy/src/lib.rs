@@ -10,6 +10,7 @@
 //! [`PolicySource`] that the binary wires in.
 
 mod admin;
+mod admit;
 pub mod config;
 mod conn;
 mod conntrack;

@@ -40,7 +40,8 @@ use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::udp::UdpPacket;
 use podwall_policy::{Direction, Protocol};
 
-use crate::flow::{FlowEvent, FlowService};
+use crate::admit::{Admission, Backends, NewFlow, admit};
+use crate::flow::FlowEvent;
 use crate::pod_policy::FlowVerdict;
 use crate::shared::Shared;
 
@@ -163,68 +164,27 @@ fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
     None
 }
 
+impl FlowStart {
+    /// The flow this packet starts, sent (egress) or received (ingress) by the pod.
+    fn flow(self, direction: Direction) -> NewFlow {
+        NewFlow {
+            direction,
+            protocol: self.protocol,
+            ip_protocol: self.ip_protocol,
+            source: self.source,
+            destination: self.destination,
+        }
+    }
+}
+
 /// Judges a new flow: whether its first packet may pass, and the flow event that says why.
-pub(crate) fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
-    let mut event = FlowEvent::new(direction, start.protocol, start.source, start.destination);
-    event.time = std::time::SystemTime::now();
-    if start.protocol == Protocol::Other {
-        event.ip_protocol = Some(start.ip_protocol);
+/// kube-proxy picks a Service's backend after the packet leaves the pod, so every ready one
+/// must be allowed.
+fn judge(shared: &Shared, direction: Direction, start: FlowStart) -> FlowEvent {
+    match admit(shared, start.flow(direction), Backends::Every) {
+        Admission::Admitted(admitted) => admitted.event,
+        Admission::Refused(refused) => refused.event,
     }
-    let policy = shared.policy();
-    let Some(policy) = policy else {
-        event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());
-        return event;
-    };
-    let mut dst = start.destination;
-    if direction == Direction::Egress
-        && let Some(service) =
-            policy
-                .engine
-                .state()
-                .services
-                .lookup(dst.ip(), dst.port(), start.protocol)
-    {
-        event.service = Some(FlowService {
-            name: service.service.clone(),
-            address: dst,
-            backends: service.backends.len(),
-        });
-        // kube-proxy picks the backend after the packet has left the pod: allowed only when
-        // every ready backend is; the verdict explained is a denied backend's, if any.
-        let denied = service
-            .backends
-            .iter()
-            .find(|(ip, port)| !policy.allows(Direction::Egress, *ip, start.protocol, *port, &[]));
-        match denied.or(service.backends.first()) {
-            Some(&(ip, port)) => dst = SocketAddr::new(ip, port),
-            None => {
-                event.reason = Some(format!(
-                    "service {} has no ready endpoint for port {}",
-                    service.service, service.port
-                ));
-                if policy.own_audit() {
-                    event.verdict = FlowVerdict::Audit;
-                }
-                return event;
-            }
-        }
-    }
-    let verdict = match direction {
-        Direction::Egress => {
-            let learned =
-                if !policy.own_fqdn.is_empty() && policy.engine.pod_by_ip(dst.ip()).is_none() {
-                    shared.names.names_for(dst.ip())
-                } else {
-                    Vec::new()
-                };
-            let names = policy.fqdn_ids(&learned);
-            policy.outbound_learned(dst.ip(), start.protocol, dst.port(), &names)
-        }
-        Direction::Ingress => policy.inbound(start.source.ip(), start.protocol, dst.port()),
-    };
-    event.describe(&policy, &verdict, start.source, dst);
-    event.verdict = policy.flow_verdict(&verdict);
-    event
 }
 
 /// The flow a conntrack entry of this pod stands for, if the filter judges such flows (all but

@@ -77,6 +77,79 @@ pub(crate) enum First {
     Closed,
 }
 
+/// What the name check decided about a connection that only toFQDNs rules allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NameCheck {
+    /// TLS to an allowed server name; its ClientHello (`handed_over` bytes) is with the
+    /// server, which answered with TLS.
+    Checked {
+        /// The SNI.
+        name: String,
+        /// Bytes of the client's the server has already.
+        handed_over: u64,
+    },
+    /// HTTP: every request's Host is checked as it is served.
+    PerRequest,
+    /// No name to check, and `--allow-unnamed-fqdn-connections` lets it pass.
+    Unnamed,
+    /// Refused, and why.
+    Denied(String),
+    /// The client closed before saying anything.
+    Closed,
+}
+
+/// Checks the server name the client asks `server` (connected to `dst`) for against the
+/// toFQDNs selectors `names` the address was learned for (see the module header).
+pub(crate) async fn check(
+    client: &TcpStream,
+    server: &TcpStream,
+    policy: &PodPolicy,
+    dst: SocketAddr,
+    names: &[FqdnId],
+    allow_unnamed: bool,
+) -> NameCheck {
+    const UNNAMED: &str = "no server name to check against the toFQDNs names (--allow-unnamed-fqdn-connections lets such protocols pass)";
+    match Box::pin(first_message(client, server)).await {
+        First::Client(FirstBytes::Tls(Some(hello))) if hello.encrypted => {
+            NameCheck::Denied(format!(
+                "TLS with an encrypted ClientHello (ECH) to {dst}: the server name it acts on is hidden"
+            ))
+        }
+        First::Client(FirstBytes::Tls(Some(ClientHello {
+            sni: Some(name),
+            len,
+            ..
+        }))) => {
+            if !name_allowed(policy, dst, names, &name) {
+                return NameCheck::Denied(format!(
+                    "TLS SNI {name} is not a name the toFQDNs rules allow for {dst}"
+                ));
+            }
+            // The server must answer it with TLS before anything else of the client's passes.
+            match hand_over_client_hello(client, server, len).await {
+                Ok(()) => NameCheck::Checked {
+                    name,
+                    handed_over: len as u64,
+                },
+                Err(why) => NameCheck::Denied(format!("TLS SNI {name} to {dst}: {why}")),
+            }
+        }
+        First::Client(FirstBytes::Tls(_)) => NameCheck::Denied(format!(
+            "TLS without SNI to {dst}: the server name cannot be checked against the toFQDNs names"
+        )),
+        First::Client(FirstBytes::Http(_) | FirstBytes::Http2) => NameCheck::PerRequest,
+        First::Client(FirstBytes::Incomplete) => NameCheck::Denied(format!(
+            "the TLS ClientHello or HTTP request head to {dst} did not arrive in full"
+        )),
+        First::Client(FirstBytes::Other) | First::Server if allow_unnamed => NameCheck::Unnamed,
+        First::Client(FirstBytes::Other) => {
+            NameCheck::Denied(format!("neither TLS nor HTTP to {dst}: {UNNAMED}"))
+        }
+        First::Server => NameCheck::Denied(format!("{dst} spoke first: {UNNAMED}")),
+        First::Closed => NameCheck::Closed,
+    }
+}
+
 /// Waits for the first message on a connection: the client's, read in full, or the server's,
 /// whichever comes first.
 pub(crate) async fn first_message(client: &TcpStream, server: &TcpStream) -> First {

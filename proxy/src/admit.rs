@@ -1,0 +1,259 @@
+//! Admission: the one place a new flow is judged, whichever path carries it (a TCP
+//! connection the proxy accepted, or the first packet of any other flow the packet filter
+//! read).
+//!
+//! In order: fail closed without a policy; a Service's virtual IP becomes one of its backends
+//! (see [`Backends`]); an address outside the cluster gets the toFQDNs names the pod's DNS
+//! answers taught for it; and the compiled policy gives the verdict, explained in the flow
+//! event. The result is [`Admitted`] (allowed, or passing in audit mode) or [`Refused`],
+//! whose event says why. What a path does beyond that (the server-name check, HTTP rules,
+//! relaying, accepting the packet) is the path's own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use podwall_policy::services::ServicePort;
+use podwall_policy::{Direction, FqdnId, Protocol, Verdict};
+
+use crate::flow::{FlowEvent, FlowService};
+use crate::pod_policy::{FlowVerdict, PodPolicy};
+use crate::shared::Shared;
+
+/// A flow about to start, as its first packet or accepted connection shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NewFlow {
+    /// Egress (the pod opens it) or ingress.
+    pub direction: Direction,
+    /// TCP, UDP, SCTP, ICMP (ping) or OTHER.
+    pub protocol: Protocol,
+    /// The IP protocol number (IPv6: of the header after the extension headers).
+    pub ip_protocol: u8,
+    /// The sender (port 0 without ports).
+    pub source: SocketAddr,
+    /// Where it is going, as the pod addressed it (port 0 without ports).
+    pub destination: SocketAddr,
+}
+
+/// How a Service virtual IP's backend is chosen, which decides what policy must allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backends {
+    /// The proxy connects to the backend itself: it picks one policy allows (round robin).
+    Pick,
+    /// kube-proxy picks after the packet has left the pod: every ready backend must be
+    /// allowed, and the verdict explained is a denied one's, if any.
+    Every,
+}
+
+/// A flow policy lets start (allowed, or denied only where audit mode covers it).
+pub(crate) struct Admitted {
+    /// The policy that judged it.
+    pub policy: Arc<PodPolicy>,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// Where it goes: a Service's backend rather than the virtual IP.
+    pub destination: SocketAddr,
+    /// The toFQDNs names the destination was learned for when it was judged.
+    pub learned: Vec<Arc<str>>,
+    /// The pod's toFQDNs selectors those names match (what the verdict used).
+    pub names: Vec<FqdnId>,
+    /// The flow event, explained: `Allowed` or `Audit`.
+    pub event: FlowEvent,
+}
+
+/// A flow that must not start; its event says why.
+pub(crate) struct Refused {
+    /// Denied, with the reason or the decisions that refused it.
+    pub event: FlowEvent,
+}
+
+impl Refused {
+    fn because(mut event: FlowEvent, reason: String) -> Self {
+        event.verdict = FlowVerdict::Denied;
+        event.reason = Some(reason);
+        Refused { event }
+    }
+
+    /// A flow refused before policy is asked (the sidecar's own port, ...).
+    pub(crate) fn outright(flow: &NewFlow, reason: String) -> Self {
+        Self::because(event_of(flow), reason)
+    }
+
+    /// Counts the refusal and writes its event, timed from `started` (the caller has already
+    /// reset or dropped what it refused).
+    pub(crate) fn finish(self, shared: &Shared, started: Instant) {
+        shared
+            .metrics(self.event.direction)
+            .verdict(FlowVerdict::Denied);
+        finish(shared, self.event, started);
+    }
+}
+
+/// Writes a flow's event as it ends, `started` being when it began.
+pub(crate) fn finish(shared: &Shared, mut event: FlowEvent, started: Instant) {
+    event.time = SystemTime::now();
+    event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    shared.flows.emit(event);
+}
+
+fn event_of(flow: &NewFlow) -> FlowEvent {
+    let mut event = FlowEvent::new(flow.direction, flow.protocol, flow.source, flow.destination);
+    event.time = SystemTime::now();
+    if flow.protocol == Protocol::Other {
+        event.ip_protocol = Some(flow.ip_protocol);
+    }
+    event
+}
+
+/// What admission decided.
+// Both outcomes carry the flow event and are matched at once: nothing to box.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Admission {
+    /// The flow may start.
+    Admitted(Admitted),
+    /// It may not.
+    Refused(Refused),
+}
+
+/// Judges `flow` under the current policy.
+pub(crate) fn admit(shared: &Shared, flow: NewFlow, backends: Backends) -> Admission {
+    let mut event = event_of(&flow);
+    let Some(policy) = shared.policy() else {
+        return Admission::Refused(Refused::because(
+            event,
+            "no policy loaded yet: refusing everything (fail closed)".into(),
+        ));
+    };
+    let mut destination = flow.destination;
+    if flow.direction == Direction::Egress
+        && let Some(service) = policy.engine.state().services.lookup(
+            destination.ip(),
+            destination.port(),
+            flow.protocol,
+        )
+    {
+        event.service = Some(FlowService {
+            name: service.service.clone(),
+            address: destination,
+            backends: service.backends.len(),
+        });
+        destination = match backend(service, &policy, flow.protocol, backends, shared) {
+            Ok(backend) => backend,
+            Err(why) => return Admission::Refused(Refused::because(event, why)),
+        };
+    }
+    // An address outside the cluster may be one the pod's DNS answers gave for a toFQDNs
+    // name: the names it is valid for now are what the verdict (and later re-checks) may use.
+    let learned = if flow.direction == Direction::Egress
+        && !policy.own_fqdn.is_empty()
+        && policy.engine.pod_by_ip(destination.ip()).is_none()
+    {
+        shared.names.names_for(destination.ip())
+    } else {
+        Vec::new()
+    };
+    let names = policy.fqdn_ids(&learned);
+    let verdict = judge(
+        &policy,
+        flow.direction,
+        flow.source,
+        destination,
+        flow.protocol,
+        &names,
+    );
+    describe(
+        &mut event,
+        &policy,
+        &verdict,
+        (flow.source, destination),
+        &learned,
+    );
+    if event.verdict == FlowVerdict::Denied {
+        return Admission::Refused(Refused { event });
+    }
+    Admission::Admitted(Admitted {
+        policy,
+        verdict,
+        destination,
+        learned,
+        names,
+        event,
+    })
+}
+
+/// The backend of `service` the flow goes to, or why none may.
+fn backend(
+    service: &ServicePort,
+    policy: &PodPolicy,
+    protocol: Protocol,
+    backends: Backends,
+    shared: &Shared,
+) -> Result<SocketAddr, String> {
+    let n = service.backends.len();
+    if n == 0 {
+        return Err(format!(
+            "service {} has no ready endpoint for port {}",
+            service.service, service.port
+        ));
+    }
+    let allowed = |&(ip, port): &(std::net::IpAddr, u16)| {
+        // The fast path; the chosen backend's explained verdict is worked out by the caller.
+        policy.allows(Direction::Egress, ip, protocol, port, &[])
+    };
+    let chosen = match backends {
+        Backends::Pick => {
+            let start = shared.round_robin.fetch_add(1, Ordering::Relaxed);
+            (0..n)
+                .map(|i| service.backends[(start + i) % n])
+                .find(allowed)
+                .ok_or_else(|| {
+                    format!(
+                        "service {}: policy allows none of its {n} ready endpoints",
+                        service.service
+                    )
+                })?
+        }
+        Backends::Every => *service
+            .backends
+            .iter()
+            .find(|b| !allowed(b))
+            .unwrap_or(&service.backends[0]),
+    };
+    Ok(SocketAddr::new(chosen.0, chosen.1))
+}
+
+/// The verdict `policy` gives a flow between `source` and `destination` (`names`: the
+/// toFQDNs selectors the destination was learned for).
+pub(crate) fn judge(
+    policy: &PodPolicy,
+    direction: Direction,
+    source: SocketAddr,
+    destination: SocketAddr,
+    protocol: Protocol,
+    names: &[FqdnId],
+) -> Verdict {
+    match direction {
+        Direction::Egress => {
+            policy.outbound_learned(destination.ip(), protocol, destination.port(), names)
+        }
+        Direction::Ingress => policy.inbound(source.ip(), protocol, destination.port()),
+    }
+}
+
+/// Records in `event` the verdict `policy` gave, with the learned names it relied on.
+pub(crate) fn describe(
+    event: &mut FlowEvent,
+    policy: &Arc<PodPolicy>,
+    verdict: &Verdict,
+    (source, destination): (SocketAddr, SocketAddr),
+    learned: &[Arc<str>],
+) {
+    event.describe(policy, verdict, source, destination);
+    if !learned.is_empty()
+        && let Some(side) = event.egress.as_mut()
+    {
+        side.names = learned.to_vec();
+    }
+    event.verdict = policy.flow_verdict(verdict);
+}
