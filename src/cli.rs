@@ -21,6 +21,22 @@ pub(crate) fn listen_addr(value: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|_| format!("{value:?} is not HOST:PORT, [V6]:PORT or :PORT"))
 }
 
+/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

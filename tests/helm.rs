@@ -643,7 +643,7 @@ fn monitoring_is_off_by_default_and_on_scrapes_what_podwall_serves() {
     control
         .webhook
         .reviews
-        .get_or_create(&podwall_control::webhook::tls::DecisionLabel {
+        .get_or_create(&podwall_control::webhook::server::DecisionLabel {
             decision: "malformed".into(),
         })
         .inc();

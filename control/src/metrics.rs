@@ -59,7 +59,7 @@ pub struct ServerMetrics {
     /// the pods they select and allow nothing).
     pub invalid_policies: Family<KindLabel, Gauge>,
     /// The injection webhook's counters.
-    pub webhook: Arc<crate::webhook::tls::WebhookMetrics>,
+    pub webhook: Arc<crate::webhook::server::WebhookMetrics>,
     registry: Registry,
     /// Feeds open now.
     pub feeds_open: Gauge,

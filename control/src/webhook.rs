@@ -1,5 +1,5 @@
 //! The mutating admission webhook: `POST /inject` with an `admission.k8s.io/v1` AdmissionReview,
-//! served over HTTPS ([`tls`]) as the API server requires.
+//! served over HTTPS ([`server`], with [`crate::certs`]) as the API server requires.
 //!
 //! - A Pod CREATE that asks for the sidecar gets a JSONPatch that injects it
 //!   ([`crate::inject`]), a refusal naming the container, the field and why, or an allowance
@@ -11,7 +11,7 @@
 //!   ephemeral container answers to the same refusals as the app's (NET_ADMIN, ALL, privileged,
 //!   NET_RAW, the proxy's ids) and loses NET_RAW.
 
-pub mod tls;
+pub mod server;
 
 use base64::Engine as _;
 use serde_json::{Value, json};

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use podwall_control::certs::{ReloadingCert, acceptor};
 use podwall_control::inject::InjectConfig;
-use podwall_control::webhook::tls::{ReloadingCert, WebhookMetrics, acceptor, serve};
+use podwall_control::webhook::server::{WebhookMetrics, serve};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
 };

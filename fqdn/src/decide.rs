@@ -48,6 +48,19 @@ pub enum DnsReason {
     ResolverDenied,
 }
 
+impl DnsReason {
+    /// The short code flow events and `podwall check --dns-query` give it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DnsReason::Resolver => "resolver",
+            DnsReason::DnsRule(..) => "dns-rule",
+            DnsReason::NoDnsRuleMatched(_) => "no-dns-rule-matched",
+            DnsReason::ImplicitForFqdn(_) => "implicit-for-toFQDNs",
+            DnsReason::ResolverDenied => "resolver-denied",
+        }
+    }
+}
+
 /// The verdict on a DNS query.
 #[derive(Debug, Clone)]
 pub struct DnsVerdict {

@@ -464,9 +464,9 @@ pub fn advise_with_http(
     }
     // Workloads that resolved names may reach the cluster's resolver on 53.
     let resolver = state
-        .pod_ids()
+        .cluster_dns_pods()
+        .next()
         .map(|id| state.pod(id))
-        .find(|p| p.labels.get("k8s-app").map(String::as_str) == Some("kube-dns"))
         .map(|p| Peer::Workload(p.namespace.clone(), workload_selector(&p.labels)));
     for w in &resolved {
         if let Some(dns) = &resolver {

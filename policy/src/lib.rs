@@ -55,5 +55,5 @@ pub use model::{
 };
 pub use observe_http::{BadObserveHttp, OBSERVE_HTTP_ANNOTATION, parse_observe_http};
 pub use selector::{LabelSelector, Operator, Requirement};
-pub use state::{ClusterState, LoadReport, PodId, PolicyId};
+pub use state::{CLUSTER_DNS_LABEL, ClusterState, LoadReport, PodId, PolicyId};
 pub use verdict::{Decision, Endpoint, FqdnId, Query, RuleRef, SideVerdict, Verdict};

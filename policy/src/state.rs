@@ -34,6 +34,9 @@ pub struct ClusterState {
     pub nodes: Vec<Node>,
 }
 
+/// The label kube-dns and CoreDNS pods carry.
+pub const CLUSTER_DNS_LABEL: (&str, &str) = ("k8s-app", "kube-dns");
+
 impl ClusterState {
     /// Builds a state from parts, sorting them and adding the namespaces that are only
     /// referenced (with just their name label), as [`Loader`](crate::Loader) does.
@@ -95,6 +98,18 @@ impl ClusterState {
     /// Every pod id, in order.
     pub fn pod_ids(&self) -> impl Iterator<Item = PodId> + '_ {
         (0..self.pods.len() as u32).map(PodId)
+    }
+
+    /// The cluster's DNS pods, as kube-dns and CoreDNS label them (`k8s-app=kube-dns`): the
+    /// resolver pods' names resolve through.
+    pub fn cluster_dns_pods(&self) -> impl Iterator<Item = PodId> + '_ {
+        self.pod_ids().filter(|id| {
+            self.pod(*id)
+                .labels
+                .get(CLUSTER_DNS_LABEL.0)
+                .map(String::as_str)
+                == Some(CLUSTER_DNS_LABEL.1)
+        })
     }
 
     /// Every policy id, in order.

@@ -340,18 +340,15 @@ fn describe_reason(dns: &mut DnsEvent, p: &PodPolicy, reason: &DnsReason) {
         let info = p.engine.rule_info(rule, None);
         (Some(info.policy), Some(format!("{}{extra}", info.field)))
     };
+    dns.reason = reason.code();
     match reason {
-        DnsReason::Resolver => dns.reason = "resolver",
         DnsReason::DnsRule(rule, selector) => {
-            dns.reason = "dns-rule";
             let sel = p.engine.fqdn_selectors()[selector.0 as usize].to_string();
             (dns.policy, dns.rule) = name_of(*rule, format!(".rules.dns ({sel})"));
         }
-        DnsReason::NoDnsRuleMatched(_) => dns.reason = "no-dns-rule-matched",
         DnsReason::ImplicitForFqdn(selector) => {
-            dns.reason = "implicit-for-toFQDNs";
             dns.rule = Some(p.engine.fqdn_selectors()[selector.0 as usize].to_string());
         }
-        DnsReason::ResolverDenied => dns.reason = "resolver-denied",
+        DnsReason::Resolver | DnsReason::NoDnsRuleMatched(_) | DnsReason::ResolverDenied => {}
     }
 }

@@ -97,14 +97,62 @@ pub fn tls_connector(ca_pem: &[u8]) -> Result<tokio_rustls::TlsConnector, CaErro
 
 type FeedSender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 
-async fn handshake<S>(io: S) -> Result<FeedSender, String>
+/// Why a feed connection failed or ended (logged; the sidecar reconnects).
+#[derive(Debug, thiserror::Error)]
+enum FeedError {
+    #[error("token {}: {source}", path.display())]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0:?} is not HOST:PORT")]
+    Address(String),
+    #[error(transparent)]
+    Resolve(#[from] crate::lookup::LookupError),
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: not a TLS server name")]
+    ServerName(String),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("TLS: {0} (is this the control plane, with the CA given?)")]
+    Tls(#[source] std::io::Error),
+    #[error("HTTP/2: {0}")]
+    Http2(#[source] hyper::Error),
+    #[error("the feed request cannot be made: {0}")]
+    BadRequest(#[source] http::Error),
+    #[error("request: {0}")]
+    Request(#[source] hyper::Error),
+    #[error("{status}: {text}")]
+    Refused {
+        status: http::StatusCode,
+        text: String,
+    },
+    #[error("no heartbeat: the stream is dead")]
+    Silent,
+    #[error("stream: {0}")]
+    Stream(#[source] hyper::Error),
+    #[error("bad feed line: {0}")]
+    BadLine(#[source] serde_json::Error),
+    #[error("the feed skipped a version; asking for a snapshot")]
+    Gap,
+    #[error("loading the feed's objects: {0}")]
+    Load(#[source] tokio::task::JoinError),
+}
+
+async fn handshake<S>(io: S) -> Result<FeedSender, FeedError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
-            .map_err(|e| format!("HTTP/2: {e}"))?;
+            .map_err(FeedError::Http2)?;
     tokio::spawn(conn);
     Ok(send)
 }
@@ -167,24 +215,27 @@ impl PolicySource for ControlSource {
 impl ControlSource {
     /// Resolves the control plane's name (from marked sockets, see [`crate::lookup`]) and
     /// connects to the first address that answers, from a marked socket.
-    async fn connect(&self, names: &crate::lookup::SystemNames) -> Result<TcpStream, String> {
+    async fn connect(&self, names: &crate::lookup::SystemNames) -> Result<TcpStream, FeedError> {
         let (host, port) = self
             .addr
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .ok_or_else(|| format!("{:?} is not HOST:PORT", self.addr))?;
-        let addrs = crate::lookup::resolve(host, port, names)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut last = String::new();
+            .ok_or_else(|| FeedError::Address(self.addr.clone()))?;
+        let addrs = crate::lookup::resolve(host, port, names).await?;
+        let mut last = None;
         for addr in addrs {
-            match tokio::time::timeout(Duration::from_secs(5), crate::exempt::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(e)) => last = format!("connect to {addr}: {e}"),
-                Err(_) => last = format!("connect to {addr}: timed out"),
-            }
+            let source =
+                match tokio::time::timeout(Duration::from_secs(5), crate::exempt::connect(addr))
+                    .await
+                {
+                    Ok(Ok(stream)) => return Ok(stream),
+                    Ok(Err(e)) => e,
+                    Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                };
+            last = Some(FeedError::Connect { addr, source });
         }
-        Err(last)
+        // `resolve` gives at least one address or an error.
+        Err(last.unwrap_or_else(|| FeedError::Address(self.addr.clone())))
     }
 
     async fn follow(
@@ -193,11 +244,14 @@ impl ControlSource {
         publish: &watch::Sender<Option<Arc<ClusterState>>>,
         metrics: &Metrics,
         names: &crate::lookup::SystemNames,
-    ) -> Result<(), String> {
+    ) -> Result<(), FeedError> {
         let token = match &self.token_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
-                    .map_err(|e| format!("token {}: {e}", p.display()))?
+                    .map_err(|source| FeedError::Token {
+                        path: p.clone(),
+                        source,
+                    })?
                     .trim()
                     .to_string(),
             ),
@@ -213,14 +267,12 @@ impl ControlSource {
                     .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
                     .unwrap_or(&self.addr);
                 let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                    .map_err(|e| format!("{host}: {e}"))?;
+                    .map_err(|_| FeedError::ServerName(host.to_string()))?;
                 let tls =
                     tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream))
                         .await
-                        .map_err(|_| "TLS handshake timed out".to_string())?
-                        .map_err(|e| {
-                            format!("TLS: {e} (is this the control plane, with the CA given?)")
-                        })?;
+                        .map_err(|_| FeedError::TlsTimeout)?
+                        .map_err(FeedError::Tls)?;
                 (handshake(tls).await?, "https")
             }
         };
@@ -235,11 +287,10 @@ impl ControlSource {
         if let Some(t) = &token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(FeedError::BadRequest)?;
+        let resp = send.send_request(req).await.map_err(FeedError::Request)?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -248,16 +299,16 @@ impl ControlSource {
                 .await
                 .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
                 .unwrap_or_default();
-            return Err(format!("{status}: {text}"));
+            return Err(FeedError::Refused { status, text });
         }
         metrics.policy_stream_connected.set(1);
         tracing::info!(control = %self.addr, resume = ?feed.version, "feed connected");
         let mut buf: Vec<u8> = Vec::new();
         loop {
             let frame = match tokio::time::timeout(self.silence, body.frame()).await {
-                Err(_) => return Err("no heartbeat: the stream is dead".into()),
+                Err(_) => return Err(FeedError::Silent),
                 Ok(None) => return Ok(()),
-                Ok(Some(Err(e))) => return Err(format!("stream: {e}")),
+                Ok(Some(Err(e))) => return Err(FeedError::Stream(e)),
                 Ok(Some(Ok(f))) => f,
             };
             let Ok(data) = frame.into_data() else {
@@ -266,13 +317,12 @@ impl ControlSource {
             buf.extend_from_slice(&data);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                let msg: FeedMessage =
-                    serde_json::from_slice(&line).map_err(|e| format!("bad feed line: {e}"))?;
+                let msg: FeedMessage = serde_json::from_slice(&line).map_err(FeedError::BadLine)?;
                 let changes = !matches!(msg, FeedMessage::Heartbeat { .. });
                 if !apply(&mut feed.held, &mut feed.version, msg) {
                     // A gap: ask again from scratch.
                     feed.version = None;
-                    return Err("the feed skipped a version; asking for a snapshot".into());
+                    return Err(FeedError::Gap);
                 }
                 if changes {
                     let objects: Vec<_> = feed.held.values().cloned().collect();
@@ -289,7 +339,7 @@ impl ControlSource {
                         loader.finish()
                     })
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(FeedError::Load)?;
                     let (state, report) = state;
                     for d in &report.diagnostics {
                         tracing::warn!("{d}");

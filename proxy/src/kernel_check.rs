@@ -90,17 +90,24 @@ const PROBES: [(&str, &[&str], bool); 4] = [
     ),
 ];
 
+/// The probe could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No network namespace to probe in.
+    #[error("cannot make a network namespace to probe in ({0}): run as root with CAP_SYS_ADMIN")]
+    Namespace(#[source] nix::Error),
+    /// The probing thread died.
+    #[error("the probe thread panicked")]
+    Panicked,
+}
+
 /// Tries every feature in a fresh network namespace; an error when no namespace can be made
 /// (not root, or no CAP_SYS_ADMIN).
-pub fn probe() -> Result<Vec<Feature>, String> {
+pub fn probe() -> Result<Vec<Feature>, ProbeError> {
     // Namespaces belong to threads: a thread of its own takes the new one and spawns iptables
     // from it; the process's other threads stay where they are.
     std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-            format!(
-                "cannot make a network namespace to probe in ({e}): run as root with CAP_SYS_ADMIN"
-            )
-        })?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(ProbeError::Namespace)?;
         let v4 = PROBES
             .iter()
             .map(|(name, args, _)| (format!("{name} (IPv4)"), "iptables", *args, true));
@@ -129,5 +136,5 @@ pub fn probe() -> Result<Vec<Feature>, String> {
             .collect())
     })
     .join()
-    .map_err(|_| "the probe thread panicked".to_string())?
+    .map_err(|_| ProbeError::Panicked)?
 }

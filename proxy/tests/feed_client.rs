@@ -191,12 +191,12 @@ async fn over_tls_the_sidecar_trusts_only_the_control_plane_its_ca_vouches_for()
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("tls.crt"), &cert).expect("cert");
     std::fs::write(dir.path().join("tls.key"), &key).expect("key");
-    let reloading = podwall_control::webhook::tls::ReloadingCert::new(
+    let reloading = podwall_control::certs::ReloadingCert::new(
         dir.path().join("tls.crt"),
         dir.path().join("tls.key"),
     )
     .expect("certificate");
-    let acceptor = podwall_control::webhook::tls::acceptor(Arc::new(reloading)).expect("tls");
+    let acceptor = podwall_control::certs::acceptor(Arc::new(reloading)).expect("tls");
     let store = Arc::new(Store::new());
     store.replace(objects("secure"));
     let server = Arc::new(Server {

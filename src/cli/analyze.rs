@@ -536,10 +536,7 @@ fn dns_check(args: CheckArgs, state: ClusterState, name: &str) -> Result<ExitCod
     };
     // The resolver: the one given, else the cluster DNS. Queries for the pod's toFQDNs names
     // may reach the cluster DNS (the pod's configured resolver) without a rule.
-    let dns_pods: Vec<_> = state
-        .pod_ids()
-        .filter(|id| state.pod(*id).labels.get("k8s-app").map(String::as_str) == Some("kube-dns"))
-        .collect();
+    let dns_pods: Vec<_> = state.cluster_dns_pods().collect();
     let (resolver, trusted) = match &args.to {
         Some(to) => match endpoint(&state, to, "to")? {
             Endpoint::Pod(p) => (
@@ -593,43 +590,31 @@ fn dns_check(args: CheckArgs, state: ClusterState, name: &str) -> Result<ExitCod
         let info = engine.rule_info(r, None);
         format!("{} {}", info.policy, info.field)
     };
-    let (reason, detail) = match &v.reason {
-        DnsReason::Resolver => (
-            "resolver",
-            format!(
-                "the resolver {resolver} is allowed on {protocol}/{port} and no DNS rule applies"
-            ),
+    let reason = v.reason.code();
+    let detail = match &v.reason {
+        DnsReason::Resolver => format!(
+            "the resolver {resolver} is allowed on {protocol}/{port} and no DNS rule applies"
         ),
-        DnsReason::DnsRule(r, s) => (
-            "dns-rule",
-            format!(
-                "allowed by the DNS rule {} of {}",
-                selector(*s),
-                rule_name(*r)
-            ),
+        DnsReason::DnsRule(r, s) => format!(
+            "allowed by the DNS rule {} of {}",
+            selector(*s),
+            rule_name(*r)
         ),
-        DnsReason::NoDnsRuleMatched(rules) => (
-            "no-dns-rule-matched",
-            format!(
-                "no DNS rule of {} matches {canonical}",
-                rules
-                    .iter()
-                    .map(|r| rule_name(*r))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        DnsReason::NoDnsRuleMatched(rules) => format!(
+            "no DNS rule of {} matches {canonical}",
+            rules
+                .iter()
+                .map(|r| rule_name(*r))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-        DnsReason::ImplicitForFqdn(s) => (
-            "implicit-for-toFQDNs",
-            format!(
-                "no rule allows the resolver, but {canonical} is a toFQDNs name of the pod ({}) and {resolver} is its cluster resolver: podwall lets the query through",
-                selector(*s)
-            ),
+        DnsReason::ImplicitForFqdn(s) => format!(
+            "no rule allows the resolver, but {canonical} is a toFQDNs name of the pod ({}) and {resolver} is its cluster resolver: podwall lets the query through",
+            selector(*s)
         ),
-        DnsReason::ResolverDenied => (
-            "resolver-denied",
-            format!("the pod may not reach the resolver {resolver} on {protocol}/{port}"),
-        ),
+        DnsReason::ResolverDenied => {
+            format!("the pod may not reach the resolver {resolver} on {protocol}/{port}")
+        }
     };
     let rcode = if v.allowed { None } else { Some("REFUSED") };
     match args.output {

@@ -458,7 +458,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     let result = runtime.block_on(async move {
         tokio::select! {
             r = podwall_proxy::run(config, source) => r,
-            _ = shutdown_signal() => {
+            _ = crate::cli::shutdown_signal() => {
                 tracing::info!("stopping");
                 Ok(())
             }
@@ -494,21 +494,6 @@ impl podwall_proxy::PolicySource for DirSource {
 
     fn describe(&self) -> String {
         format!("dir:{} (every {:?})", self.path.display(), self.poll)
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 

@@ -1,11 +1,9 @@
-//! The webhook's HTTPS server. The certificate and key are PEM files (a mounted Secret); they
-//! are read again when their modification time changes, checked at most every few seconds, so
-//! a rotated Secret is served without a restart and a bad new pair keeps the last good one.
+//! The injection webhook's HTTPS server: `POST /inject` (and the other review paths) answered
+//! with [`super::review_value`], `GET /live` and `/ready`, each decision counted.
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -14,123 +12,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use tokio::net::TcpListener;
-
 use serde_json::Value;
+use tokio::net::TcpListener;
 
 use super::{Asking, Decision, ReviewError, Subject, review_value, subject};
 use crate::inject::InjectConfig;
 
-/// Why the certificate cannot be served.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file is unreadable or holds no usable PEM.
-    #[error("{path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-}
-
-const RECHECK: Duration = Duration::from_secs(2);
 /// AdmissionReviews of big pods are tens of KiB; the API server caps requests at 3 MiB.
 const MAX_BODY: usize = 4 << 20;
-
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    mtimes: (Option<SystemTime>, Option<SystemTime>),
-    checked: Instant,
-}
-
-/// Serves the certificate in `cert`/`key`, reloading it when the files change.
-pub struct ReloadingCert {
-    cert: PathBuf,
-    key: PathBuf,
-    loaded: Mutex<Loaded>,
-}
-
-impl std::fmt::Debug for ReloadingCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReloadingCert")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .finish()
-    }
-}
-
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let err = |path: &Path, reason: String| TlsError::File {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| err(cert, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(err(cert, "no CERTIFICATE in it".into()));
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
-        .map_err(|e| err(key, e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
-}
-
-impl ReloadingCert {
-    /// Reads the pair now; fails if it is not usable.
-    pub fn new(cert: PathBuf, key: PathBuf) -> Result<Self, TlsError> {
-        let certified = load(&cert, &key)?;
-        let mtimes = (mtime(&cert), mtime(&key));
-        Ok(ReloadingCert {
-            loaded: Mutex::new(Loaded {
-                key: certified,
-                mtimes,
-                checked: Instant::now(),
-            }),
-            cert,
-            key,
-        })
-    }
-
-    fn current(&self) -> Arc<CertifiedKey> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if loaded.checked.elapsed() >= RECHECK {
-            loaded.checked = Instant::now();
-            let mtimes = (mtime(&self.cert), mtime(&self.key));
-            if mtimes != loaded.mtimes {
-                match load(&self.cert, &self.key) {
-                    Ok(k) => {
-                        loaded.key = k;
-                        loaded.mtimes = mtimes;
-                        tracing::info!(cert = %self.cert.display(), "webhook certificate reloaded");
-                    }
-                    // Mid-rotation the two files may not match yet: keep the last good pair
-                    // and try again at the next check.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "new webhook certificate not usable yet; serving the previous one")
-                    }
-                }
-            }
-        }
-        loaded.key.clone()
-    }
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-}
 
 /// Webhook counters: decisions by outcome.
 #[derive(Debug, Default)]
@@ -164,18 +53,6 @@ impl WebhookMetrics {
             })
             .inc();
     }
-}
-
-/// The TLS side: TLS 1.2 and 1.3 with ring, HTTP/2 or HTTP/1.1, the reloading certificate.
-pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves the webhook on `listener` until the process ends.
