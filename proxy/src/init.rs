@@ -89,22 +89,25 @@ pub const SPOOF_CHAIN: &str = "PODWALL_SPOOF";
 pub const EGRESS_CHAIN: &str = "PODWALL_EGRESS";
 /// Chain dropping loopback packets the app sends with a source that is no address of the pod.
 pub const FORGED_CHAIN: &str = "PODWALL_FORGED";
+/// Chain sending the first packet of each new outbound TCP connection to the judge (the
+/// kernel path).
+pub const TCP_OUT_CHAIN: &str = "PODWALL_TCP_OUT";
 /// The table of the packet filter's chains.
 const FILTER: &str = "filter";
 /// Every chain of ours, by table (what `remove` takes away).
 const CHAINS: [(&str, &[&str]); 3] = [
     // nat's PODWALL_INBOUND is an older version's (inbound was a REDIRECT there).
     (TABLE, &[INBOUND_CHAIN, OUTPUT_CHAIN]),
-    (
-        MANGLE,
-        &[
-            INBOUND_CHAIN,
-            DNS_OUTPUT_CHAIN,
-            DNS_PREROUTING_CHAIN,
-            EGRESS_CHAIN,
-        ],
-    ),
+    (MANGLE, MANGLE_CHAINS),
     (FILTER, FILTER_CHAINS),
+];
+/// Our chains in `mangle`.
+const MANGLE_CHAINS: &[&str] = &[
+    INBOUND_CHAIN,
+    DNS_OUTPUT_CHAIN,
+    DNS_PREROUTING_CHAIN,
+    EGRESS_CHAIN,
+    TCP_OUT_CHAIN,
 ];
 /// Our chains in `filter`.
 const FILTER_CHAINS: &[&str] = &[
@@ -118,6 +121,13 @@ const FILTER_CHAINS: &[&str] = &[
 pub const DNS_MARK: u32 = 0x539;
 /// The routing table that makes marked datagrams local.
 pub const DNS_TABLE: u32 = 133;
+/// The judge's verdicts on a new TCP connection (the kernel path), as the packet mark it sets
+/// before the packet walks the chain again: the kernel carries it (also the connection's mark
+/// from then on). Whole values (compared with the full mask), which no app can set: marking a
+/// socket takes NET_ADMIN or NET_RAW, which the app does not have.
+pub const KERNEL_MARK: u32 = 0x7077_0001;
+/// The proxy takes it (and resets it, when it is refused).
+pub const PROXY_MARK: u32 = 0x7077_0002;
 /// IPv6 neighbour discovery a pod needs (router solicitation, neighbour solicitation and
 /// advertisement): conntrack does not track it. Router advertisements and redirects are
 /// dropped: they would let a neighbour reroute the pod's allowed flows.
@@ -132,6 +142,18 @@ pub enum DnsCapture {
     Redirect,
 }
 /// `multiport` takes at most 15 ports per rule.
+/// Which TCP connections the proxy relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Path {
+    /// Every one: the nat and TPROXY rules send each new connection to the proxy's listeners,
+    /// which judge it.
+    Proxy,
+    /// Only those that need it: the first packet of each new connection goes to the judge
+    /// (the packet filter's queue), which refuses it (reset), lets the kernel carry it, or
+    /// hands it to the proxy (HTTP rules, names to check, a Service only partly allowed).
+    Kernel,
+}
+
 const MULTIPORT_MAX: usize = 15;
 
 /// IPv4 (`iptables`) or IPv6 (`ip6tables`).
@@ -194,6 +216,8 @@ pub struct InitConfig {
     /// The NFQUEUE queue new non-TCP flows go to; `None`: UDP, SCTP and ICMP pass unjudged
     /// (not enforced), other protocols are dropped.
     pub packet_queue: Option<u16>,
+    /// Which TCP connections go through the proxy (the kernel path needs `packet_queue`).
+    pub l4_path: L4Path,
 }
 
 impl Default for InitConfig {
@@ -210,6 +234,7 @@ impl Default for InitConfig {
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
             packet_queue: Some(DEFAULT_PACKET_QUEUE),
+            l4_path: L4Path::Proxy,
         }
     }
 }
@@ -290,6 +315,62 @@ impl InitConfig {
         }
     }
 
+    /// The queue new TCP connections are judged in, on the kernel path.
+    pub fn tcp_queue(&self) -> Option<u16> {
+        match self.l4_path {
+            L4Path::Kernel => self.packet_queue,
+            L4Path::Proxy => None,
+        }
+    }
+
+    /// The rules that act on the judge's verdict on a new TCP connection, then queue it if it
+    /// has none yet (the judge marks it and has it walk the chain again): kernel-carried ones
+    /// get the connection mark and pass, those for the proxy go to `proxy` (none: they pass on
+    /// to the nat table's redirect).
+    fn verdict_rules(&self, r: &mut Vec<String>, chain: &str, queue: u16, proxy: Option<&str>) {
+        r.push(format!(
+            "-A {chain} -m mark --mark {KERNEL_MARK:#x} -j CONNMARK --set-xmark {KERNEL_MARK:#x}/0xffffffff"
+        ));
+        r.push(format!(
+            "-A {chain} -m mark --mark {KERNEL_MARK:#x} -j RETURN"
+        ));
+        // (TPROXY takes only a rule that names the protocol.)
+        r.push(format!(
+            "-A {chain} -p tcp -m mark --mark {PROXY_MARK:#x} -j {}",
+            proxy.unwrap_or("RETURN")
+        ));
+        r.push(format!(
+            "-A {chain} -p tcp --syn -j NFQUEUE --queue-num {queue}"
+        ));
+    }
+
+    /// The kernel path's outbound chain (mangle, from `OUTPUT` for new TCP connections):
+    /// what the nat chain leaves alone is left alone here too; every other new connection is
+    /// judged before nat decides whether to redirect it.
+    pub fn tcp_out_rules(&self, family: Family) -> Vec<String> {
+        let Some(queue) = self.tcp_queue() else {
+            return Vec::new();
+        };
+        let mut r = vec![
+            format!("-A {TCP_OUT_CHAIN} {} -j RETURN", self.own()),
+            Self::stays_local(TCP_OUT_CHAIN),
+        ];
+        self.excluded_cidrs(&mut r, family, TCP_OUT_CHAIN);
+        ports_rules(
+            &mut r,
+            TCP_OUT_CHAIN,
+            "tcp",
+            &self.exclude_outbound_ports,
+            "RETURN",
+        );
+        if self.capture_dns {
+            // DNS over TCP is the DNS proxy's, redirected in nat.
+            r.push(format!("-A {TCP_OUT_CHAIN} -p tcp --dport 53 -j RETURN"));
+        }
+        self.verdict_rules(&mut r, TCP_OUT_CHAIN, queue, None);
+        r
+    }
+
     /// The sidecar's ports, sorted: where redirected traffic lands, and what
     /// `ip_local_reserved_ports` keeps from outgoing connections.
     pub fn listener_ports(&self) -> Vec<u16> {
@@ -323,10 +404,13 @@ impl InitConfig {
             &self.exclude_inbound_ports,
             "RETURN",
         );
-        r.push(format!(
-            "-A {INBOUND_CHAIN} -p tcp -j TPROXY --on-port {}",
-            self.inbound_port
-        ));
+        let to_proxy = format!("TPROXY --on-port {}", self.inbound_port);
+        if let Some(queue) = self.tcp_queue() {
+            self.verdict_rules(&mut r, INBOUND_CHAIN, queue, Some(&to_proxy));
+        }
+        // (On the kernel path: a new connection that does not start with a SYN, which the
+        // proxy resets.)
+        r.push(format!("-A {INBOUND_CHAIN} -p tcp -j {to_proxy}"));
         r
     }
 
@@ -354,6 +438,12 @@ impl InitConfig {
                     self.dns_port
                 ));
             }
+        }
+        if self.tcp_queue().is_some() {
+            // Judged in mangle: the kernel carries it.
+            r.push(format!(
+                "-A {OUTPUT_CHAIN} -m mark --mark {KERNEL_MARK:#x} -j RETURN"
+            ));
         }
         r.push(format!(
             "-A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
@@ -564,6 +654,12 @@ impl InitConfig {
             // The kernel's resets for connections whose socket is gone (it sends them unmarked).
             format!("-A {EGRESS_CHAIN} -p tcp --tcp-flags RST RST -j RETURN"),
         ]);
+        if self.tcp_queue().is_some() {
+            // A connection the judge gave the kernel (a mark no app can set).
+            r.push(format!(
+                "-A {EGRESS_CHAIN} -m connmark --mark {KERNEL_MARK:#x} -j RETURN"
+            ));
+        }
         self.excluded_cidrs(&mut r, family, EGRESS_CHAIN);
         ports_rules(
             &mut r,
@@ -584,6 +680,12 @@ impl InitConfig {
         if self.tproxy() {
             jumps.push(("OUTPUT", format!("-p udp -j {DNS_OUTPUT_CHAIN}")));
             jumps.push(("PREROUTING", format!("-p udp -j {DNS_PREROUTING_CHAIN}")));
+        }
+        if self.tcp_queue().is_some() {
+            jumps.push((
+                "OUTPUT",
+                format!("-p tcp --syn -m conntrack --ctstate NEW -j {TCP_OUT_CHAIN}"),
+            ));
         }
         jumps.push(("POSTROUTING", format!("! -o lo -j {EGRESS_CHAIN}")));
         jumps
@@ -616,24 +718,19 @@ impl InitConfig {
         }
         s.push_str("COMMIT\n");
         let _ = writeln!(s, "*{MANGLE}");
-        let mangle_chains = [
-            INBOUND_CHAIN,
-            DNS_OUTPUT_CHAIN,
-            DNS_PREROUTING_CHAIN,
-            EGRESS_CHAIN,
-        ];
-        for chain in mangle_chains {
+        for chain in MANGLE_CHAINS {
             let _ = writeln!(s, ":{chain} - [0:0]");
         }
         for rule in self
             .inbound_rules()
             .into_iter()
             .chain(self.dns_rules(family))
+            .chain(self.tcp_out_rules(family))
             .chain(self.egress_rules(family))
         {
             let _ = writeln!(s, "{rule}");
         }
-        reconcile_jumps(&mut s, &saved.mangle, &self.mangle_jumps(), &mangle_chains);
+        reconcile_jumps(&mut s, &saved.mangle, &self.mangle_jumps(), MANGLE_CHAINS);
         s.push_str("COMMIT\n");
         let _ = writeln!(s, "*{FILTER}");
         for chain in FILTER_CHAINS {
@@ -1229,6 +1326,67 @@ mod tests {
                 .iter()
                 .all(|r| r.contains("-i lo") || r.contains("TPROXY")),
         );
+    }
+
+    #[test]
+    fn on_the_kernel_path_each_new_tcp_connection_is_queued_once_and_its_mark_decides_the_path() {
+        let kernel = InitConfig {
+            l4_path: L4Path::Kernel,
+            exclude_outbound_ports: vec![6443],
+            ..InitConfig::default()
+        };
+        assert_eq!(
+            kernel.tcp_out_rules(Family::V4),
+            [
+                "-A PODWALL_TCP_OUT -m mark --mark 0x1337 -j RETURN",
+                "-A PODWALL_TCP_OUT -o lo -m addrtype --dst-type LOCAL -j RETURN",
+                "-A PODWALL_TCP_OUT -p tcp --dport 6443 -j RETURN",
+                "-A PODWALL_TCP_OUT -p tcp --dport 53 -j RETURN",
+                "-A PODWALL_TCP_OUT -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
+                "-A PODWALL_TCP_OUT -m mark --mark 0x70770001 -j RETURN",
+                "-A PODWALL_TCP_OUT -p tcp -m mark --mark 0x70770002 -j RETURN",
+                "-A PODWALL_TCP_OUT -p tcp --syn -j NFQUEUE --queue-num 1337",
+            ]
+        );
+        let inbound = kernel.inbound_rules();
+        assert_eq!(
+            inbound[inbound.len() - 5..],
+            [
+                "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
+                "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j RETURN",
+                "-A PODWALL_INBOUND -p tcp -m mark --mark 0x70770002 -j TPROXY --on-port 15006",
+                "-A PODWALL_INBOUND -p tcp --syn -j NFQUEUE --queue-num 1337",
+                "-A PODWALL_INBOUND -p tcp -j TPROXY --on-port 15006",
+            ]
+        );
+        assert!(
+            kernel
+                .chain_rules(Family::V4)
+                .contains(&"-A PODWALL_OUTPUT -m mark --mark 0x70770001 -j RETURN".to_string())
+        );
+        assert!(
+            kernel
+                .egress_rules(Family::V4)
+                .contains(&"-A PODWALL_EGRESS -m connmark --mark 0x70770001 -j RETURN".to_string())
+        );
+        // Without a queue there is no judge: every connection goes to the proxy.
+        let unjudged = InitConfig {
+            packet_queue: None,
+            ..kernel.clone()
+        };
+        assert_eq!(unjudged.tcp_queue(), None);
+        assert!(unjudged.tcp_out_rules(Family::V4).is_empty());
+        // The proxy path is as it was: nothing queued, nothing marked.
+        let proxy = InitConfig::default();
+        assert!(proxy.tcp_out_rules(Family::V4).is_empty());
+        for rule in proxy
+            .inbound_rules()
+            .iter()
+            .chain(&proxy.chain_rules(Family::V4))
+            .chain(&proxy.egress_rules(Family::V4))
+        {
+            assert!(!rule.contains("0x7077"), "{rule}");
+        }
     }
 
     #[test]

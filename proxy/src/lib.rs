@@ -31,6 +31,7 @@ mod relay;
 mod resident;
 mod server_name;
 mod shared;
+mod tcp_route;
 
 use std::sync::Arc;
 

@@ -46,6 +46,7 @@ use crate::pod_policy::FlowVerdict;
 use crate::shared::Shared;
 
 /// Netfilter's hook numbers, as NFQUEUE reports them.
+const HOOK_PRE_ROUTING: u8 = 0;
 const HOOK_LOCAL_IN: u8 = 1;
 const HOOK_LOCAL_OUT: u8 = 3;
 /// IP protocol numbers.
@@ -54,6 +55,9 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 const SCTP: u8 = 132;
+/// The TCP flags that make a connection's first segment.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 /// The echo request types of ICMP and ICMPv6.
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REQUEST_V6: u8 = 128;
@@ -75,7 +79,7 @@ pub(crate) struct FlowStart {
 }
 
 /// Reads the addresses, protocol and ports of an IP packet (IPv4 or IPv6); `None` for TCP
-/// (never queued: the proxy judges it), a later fragment, or a truncated packet.
+/// other than a SYN, a later fragment, or a truncated packet.
 pub(crate) fn parse(packet: &[u8]) -> Option<FlowStart> {
     let (src, dst, next, payload): (IpAddr, IpAddr, u8, &[u8]) = match packet.first()? >> 4 {
         4 => {
@@ -105,8 +109,16 @@ pub(crate) fn parse(packet: &[u8]) -> Option<FlowStart> {
         }
         _ => return None,
     };
-    let protocol = judged(next, payload.first().copied())?;
+    // TCP is queued only on the kernel path, and only its SYN (see `crate::tcp_route`).
+    let protocol = match next {
+        TCP => Protocol::Tcp,
+        _ => judged(next, payload.first().copied())?,
+    };
     let (sport, dport) = match protocol {
+        Protocol::Tcp if payload.len() >= 20 && payload[13] & (TCP_SYN | TCP_ACK) == TCP_SYN => (
+            u16::from_be_bytes([payload[0], payload[1]]),
+            u16::from_be_bytes([payload[2], payload[3]]),
+        ),
         Protocol::Udp => {
             let udp = UdpPacket::new(payload)?;
             (udp.get_source(), udp.get_destination())
@@ -278,33 +290,40 @@ fn run(mut queue: nfq::Queue, shared: &Shared) {
                 continue;
             }
         };
+        // Inbound TCP is queued in PREROUTING (before TPROXY), everything else inbound in INPUT.
         let direction = match msg.get_hook() {
-            HOOK_LOCAL_IN => Some(Direction::Ingress),
+            HOOK_PRE_ROUTING | HOOK_LOCAL_IN => Some(Direction::Ingress),
             HOOK_LOCAL_OUT => Some(Direction::Egress),
             _ => None,
         };
-        let accept = match (direction, parse(msg.get_payload())) {
+        let verdict = match (direction, parse(msg.get_payload())) {
+            (Some(direction), Some(start)) if start.protocol == Protocol::Tcp => {
+                let route = crate::tcp_route::route(shared, start.flow(direction));
+                msg.set_nfmark(route.mark());
+                // The SYN walks its chain again, where the mark decides its path.
+                nfq::Verdict::Repeat
+            }
             (Some(direction), Some(start)) => {
                 let event = judge(shared, direction, start);
                 let verdict = event.verdict;
                 shared.metrics(direction).verdict(verdict);
                 shared.flows.emit(event);
-                verdict != FlowVerdict::Denied
+                if verdict == FlowVerdict::Denied {
+                    nfq::Verdict::Drop
+                } else {
+                    nfq::Verdict::Accept
+                }
             }
             (direction, _) => {
                 tracing::debug!(
                     hook = msg.get_hook(),
                     ?direction,
-                    "packet filter: a packet it cannot read (TCP, a later fragment, truncated); dropped"
+                    "packet filter: a packet it cannot read (TCP but a SYN, a later fragment, truncated); dropped"
                 );
-                false
+                nfq::Verdict::Drop
             }
         };
-        msg.set_verdict(if accept {
-            nfq::Verdict::Accept
-        } else {
-            nfq::Verdict::Drop
-        });
+        msg.set_verdict(verdict);
         if let Err(e) = queue.verdict(msg) {
             tracing::warn!(error = %e, "packet filter: cannot give a verdict");
         }
@@ -340,14 +359,49 @@ mod tests {
         );
     }
 
+    /// An IPv4 TCP segment with `flags`, header only.
+    fn ipv4_tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, TCP, 0, 0];
+        p.extend([10, 0, 0, 1]);
+        p.extend([10, 0, 0, 2]);
+        p.extend(sport.to_be_bytes());
+        p.extend(dport.to_be_bytes());
+        p.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p
+    }
+
     #[test]
-    fn later_ipv4_fragments_and_tcp_are_not_read_and_every_other_protocol_is_a_portless_flow() {
+    fn a_tcp_syn_is_a_flow_start_and_no_other_tcp_segment_is() {
+        assert_eq!(
+            parse(&ipv4_tcp(40000, 443, TCP_SYN)),
+            Some(FlowStart {
+                protocol: Protocol::Tcp,
+                ip_protocol: TCP,
+                source: "10.0.0.1:40000".parse().expect("addr"),
+                destination: "10.0.0.2:443".parse().expect("addr"),
+            })
+        );
+        for (flags, what) in [
+            (TCP_SYN | TCP_ACK, "SYN-ACK"),
+            (TCP_ACK, "ACK"),
+            (0x04, "RST"),
+            (0x01 | TCP_ACK, "FIN"),
+        ] {
+            assert_eq!(parse(&ipv4_tcp(1, 2, flags)), None, "{what}");
+        }
+        let truncated = &ipv4_tcp(1, 2, TCP_SYN)[..30];
+        assert_eq!(parse(truncated), None);
+    }
+
+    #[test]
+    fn later_ipv4_fragments_and_short_tcp_are_not_read_and_every_other_protocol_is_a_portless_flow()
+    {
         let mut fragment = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
         fragment[7] = 8; // fragment offset 8 * 8 bytes
         assert_eq!(parse(&fragment), None);
         let mut tcp = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
         tcp[9] = TCP;
-        assert_eq!(parse(&tcp), None, "the proxy judges TCP");
+        assert_eq!(parse(&tcp), None, "16 bytes: no whole TCP header");
         for (number, what) in [
             (136, "UDP-Lite"),
             (47, "GRE"),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use podwall_proxy::init::{Coverage, DnsCapture, Family, InitConfig};
+use podwall_proxy::init::{Coverage, DnsCapture, Family, InitConfig, L4Path};
 use podwall_proxy::{Identity, ProxyConfig};
 
 /// The sidecar's two jobs.
@@ -41,6 +41,16 @@ pub(crate) enum DnsCaptureArg {
     Tproxy,
     /// nat REDIRECT.
     Redirect,
+}
+
+/// Which TCP connections the proxy relays (`proxy init --l4-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum L4PathArg {
+    /// Every one.
+    Proxy,
+    /// Only those that need it (HTTP rules, toFQDNs names to check, a Service whose backends
+    /// policy allows in part); the kernel carries the rest after the first packet is judged.
+    Kernel,
 }
 
 /// `proxy init` arguments.
@@ -87,8 +97,15 @@ pub(crate) struct InitArgs {
     packet_queue: u16,
     /// Let new UDP, SCTP and ICMP flows pass unjudged: their policies are then NOT enforced
     /// (other protocols are dropped).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "l4_path")]
     no_packet_filter: bool,
+    /// Which TCP connections go through the proxy: `proxy` (every one, judged by the proxy
+    /// when it accepts them), or `kernel` (the first packet of every new connection is judged
+    /// in --packet-queue; the proxy relays only connections under HTTP rules, allowed only by
+    /// toFQDNs names, or to a Service whose backends policy allows in part, and the kernel
+    /// carries the rest).
+    #[arg(long, value_enum, default_value = "proxy", env = "PODWALL_L4_PATH")]
+    l4_path: L4PathArg,
     /// What the ip6tables rules do.
     #[arg(long, value_enum, default_value = "auto")]
     ipv6: Ipv6Mode,
@@ -223,6 +240,10 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     if n == 0 {
         return Err("the mark must not be 0 (that is every unmarked packet)".into());
     }
+    use podwall_proxy::init::{DNS_MARK, KERNEL_MARK, PROXY_MARK};
+    if [DNS_MARK, KERNEL_MARK, PROXY_MARK].contains(&n) {
+        return Err(format!("{n:#x} is one of podwall's own marks"));
+    }
     Ok(n)
 }
 
@@ -242,6 +263,10 @@ fn init(args: InitArgs) -> ExitCode {
         exclude_outbound_ports: args.exclude_outbound_ports,
         exclude_outbound_cidrs: args.exclude_outbound_cidrs,
         packet_queue: (!args.no_packet_filter).then_some(args.packet_queue),
+        l4_path: match args.l4_path {
+            L4PathArg::Proxy => L4Path::Proxy,
+            L4PathArg::Kernel => L4Path::Kernel,
+        },
     };
     let mut families = vec![(Family::V4, Coverage::Capture)];
     let v6 = match args.ipv6 {

@@ -17,6 +17,7 @@ mod support;
 mod changes;
 mod dns;
 mod http;
+mod kernel;
 mod observe;
 mod sandbox;
 mod tcp;

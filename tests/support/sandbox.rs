@@ -28,6 +28,12 @@ pub(crate) fn exe() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(PODWALL))
 }
 
+/// Whether the suite runs on the kernel path (`PODWALL_L4_PATH=kernel`, which every `proxy
+/// init` it runs reads): the kernel carries allowed TCP connections the proxy need not see.
+pub(crate) fn kernel_path() -> bool {
+    std::env::var("PODWALL_L4_PATH").is_ok_and(|p| p == "kernel")
+}
+
 pub(crate) fn options(name: &str, inject: Inject) -> Options {
     Options {
         name: name.to_string(),
