@@ -54,6 +54,17 @@ impl ServiceTable {
         self.ports.iter()
     }
 
+    /// Every virtual address (IP, port, protocol) with its service port, sorted.
+    pub fn by_address(&self) -> Vec<((IpAddr, u16, Protocol), &ServicePort)> {
+        let mut all: Vec<_> = self
+            .by_vip
+            .iter()
+            .map(|(k, &i)| (*k, &self.ports[i]))
+            .collect();
+        all.sort_by_key(|((ip, port, protocol), _)| (*ip, *port, *protocol as u8));
+        all
+    }
+
     /// How many service ports there are.
     pub fn len(&self) -> usize {
         self.ports.len()

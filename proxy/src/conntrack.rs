@@ -33,6 +33,20 @@ const NFGENMSG_LEN: usize = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_MARK: u16 = 8;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
+const CTA_COUNTERS_BYTES: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+/// The multicast groups of changed (`NFNLGRP_CONNTRACK_UPDATE`) and destroyed entries.
+const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// TCP conntrack states in which a connection has ended: both sides closed, or reset.
+pub(crate) const TCP_TIME_WAIT: u8 = 7;
+pub(crate) const TCP_CLOSE: u8 = 8;
 const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
@@ -64,6 +78,13 @@ pub(crate) struct Entry {
     pub dport: u16,
     /// The ICMP or ICMPv6 type of the packet that started it.
     pub icmp_type: Option<u8>,
+    /// The connection mark.
+    pub mark: u32,
+    /// Bytes in the original and the reply direction, when the namespace counts them
+    /// (`net.netfilter.nf_conntrack_acct`).
+    pub bytes: Option<(u64, u64)>,
+    /// A TCP entry's state (`TCP_CONNTRACK_*`), when the message carries it.
+    pub tcp_state: Option<u8>,
     /// The attributes the removal repeats, as the dump gave them.
     pub(crate) key: Vec<u8>,
 }
@@ -137,6 +158,12 @@ fn parse_entry(body: &[u8]) -> Option<Entry> {
         _ => return None,
     };
     let protocol = *find(proto, CTA_PROTO_NUM)?.first()?;
+    let bytes_of = |kind| {
+        find(attrs, kind)
+            .and_then(|c| find(c, CTA_COUNTERS_BYTES))
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
     Some(Entry {
         family,
         protocol,
@@ -147,6 +174,14 @@ fn parse_entry(body: &[u8]) -> Option<Entry> {
         icmp_type: find(proto, CTA_PROTO_ICMP_TYPE)
             .or_else(|| find(proto, CTA_PROTO_ICMPV6_TYPE))
             .and_then(|p| p.first().copied()),
+        mark: find(attrs, CTA_MARK)
+            .and_then(|m| <[u8; 4]>::try_from(m).ok())
+            .map_or(0, u32::from_be_bytes),
+        bytes: bytes_of(CTA_COUNTERS_ORIG).zip(bytes_of(CTA_COUNTERS_REPLY)),
+        tcp_state: find(attrs, CTA_PROTOINFO)
+            .and_then(|p| find(p, CTA_PROTOINFO_TCP))
+            .and_then(|t| find(t, CTA_PROTOINFO_TCP_STATE))
+            .and_then(|s| s.first().copied()),
         key,
     })
 }
@@ -184,6 +219,13 @@ fn delete_request(entry: &Entry, seq: u32) -> Vec<u8> {
     );
     m.extend_from_slice(&[entry.family, 0, 0, 0]);
     m.extend_from_slice(&entry.key);
+    m
+}
+
+fn get_request(entry: &Entry, seq: u32) -> Vec<u8> {
+    let mut m = delete_request(entry, seq);
+    let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+    m[4..6].copy_from_slice(&kind.to_ne_bytes());
     m
 }
 
@@ -274,6 +316,28 @@ impl Conntrack {
         }
     }
 
+    /// The entry as the table holds it now (with its counters); `None` when it is gone.
+    pub(crate) fn get(&mut self, entry: &Entry) -> io::Result<Option<Entry>> {
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&get_request(entry, self.seq))?;
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut found = None;
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            for reply in messages(&buf[..n]) {
+                match reply {
+                    Reply::Entry(body) => found = parse_entry(body),
+                    Reply::Status(0) | Reply::Done => return Ok(found),
+                    Reply::Status(e) if e == -(nix::errno::Errno::ENOENT as i32) => {
+                        return Ok(None);
+                    }
+                    Reply::Status(e) => return Err(io::Error::from_raw_os_error(-e)),
+                    Reply::Other => {}
+                }
+            }
+        }
+    }
+
     /// Removes one entry; `Ok(false)` when it was already gone.
     pub(crate) fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
         self.seq = self.seq.wrapping_add(1);
@@ -292,6 +356,69 @@ impl Conntrack {
                 }
             }
         }
+    }
+}
+
+/// A change conntrack announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// An entry's state changed (for TCP: `tcp_state` says to what).
+    Updated,
+    /// An entry was removed (the flow ended, timed out or was deleted).
+    Destroyed,
+}
+
+/// A ctnetlink socket that hears of every entry that changes state or is removed in the calling
+/// thread's network namespace.
+pub(crate) struct Events {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    /// Subscribes (needs NET_ADMIN in the namespace).
+    pub(crate) fn subscribe() -> io::Result<Self> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )?;
+        // A burst of changes must not be lost to a small buffer (ENOBUFS says when it was).
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
+        let groups = (1 << (NFNLGRP_CONNTRACK_UPDATE - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1));
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
+        Ok(Events {
+            fd,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Waits for the next changes and gives each to `each`.
+    pub(crate) fn next(&mut self, mut each: impl FnMut(Change, Entry)) -> io::Result<()> {
+        let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
+        let mut rest = &self.buf[..n];
+        while rest.len() >= NLMSG_HDRLEN {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < NLMSG_HDRLEN || len > rest.len() {
+                break;
+            }
+            let change = match kind {
+                k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => Some(Change::Updated),
+                k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE => {
+                    Some(Change::Destroyed)
+                }
+                _ => None,
+            };
+            if let Some(change) = change
+                && let Some(entry) = parse_entry(&rest[NLMSG_HDRLEN..len])
+            {
+                each(change, entry);
+            }
+            rest = rest.get(align(len)..).unwrap_or(&[]);
+        }
+        Ok(())
     }
 }
 

@@ -89,6 +89,10 @@ pub struct FlowEvent {
     /// The service whose virtual IP the client dialled (the destination is then the backend
     /// chosen for it).
     pub service: Option<FlowService>,
+    /// For a TCP connection the kernel carries (`proxy init --l4-path kernel`), which of its
+    /// two events this is: `start` (its verdict, no bytes yet) or `end` (its bytes and
+    /// duration). Every other flow has one event and no phase.
+    pub phase: Option<FlowPhase>,
     /// The policy the verdict was made with, which names the pods, policies and rules above
     /// (none before the first policy: nothing is named then). A TCP connection that a policy
     /// change still allows is described again under the new policy, so its event names what
@@ -123,6 +127,7 @@ impl FlowEvent {
             l7: None,
             service: None,
             snapshot: None,
+            phase: None,
         }
     }
 
@@ -142,6 +147,16 @@ impl FlowEvent {
         self.ingress = Some(side(&verdict.ingress));
         self.snapshot = Some(policy.clone());
     }
+}
+
+/// Which event of a kernel-carried connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowPhase {
+    /// As it starts.
+    Start,
+    /// As it ends.
+    End,
 }
 
 /// A service the connection went through.

@@ -969,6 +969,21 @@ pub fn reserve_ports(ports: &[u16]) -> Result<(), ReserveError> {
     })
 }
 
+/// Turns on conntrack's byte counters in this namespace (`net.netfilter.nf_conntrack_acct`),
+/// which the end events of kernel-carried connections read. Where `/proc/sys` is read-only it
+/// checks that they are on (the pod's sysctl can set it, where the kubelet allows it).
+pub fn count_conntrack_bytes() -> Result<(), String> {
+    const PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(PATH, "1").map_err(|e| {
+        format!(
+            "net.netfilter.nf_conntrack_acct is off and cannot be turned on ({e}): the end events of kernel-carried connections will say 0 bytes (set the pod sysctl where the kubelet allows it)"
+        )
+    })
+}
+
 /// The sidecar's ports could not be reserved.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {

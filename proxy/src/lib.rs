@@ -20,6 +20,7 @@ pub mod feed_client;
 pub mod flow;
 pub mod init;
 pub mod kernel_check;
+mod kernel_flows;
 mod lookup;
 pub mod metrics;
 mod names;
@@ -31,6 +32,7 @@ mod relay;
 mod resident;
 mod server_name;
 mod shared;
+mod sock_destroy;
 mod tcp_route;
 
 use std::sync::Arc;
@@ -116,6 +118,21 @@ async fn revoke_flows_on_change(
     shared: Arc<shared::Shared>,
 ) {
     while policies.changed().await.is_ok() {
+        let judged = shared.clone();
+        match tokio::task::spawn_blocking(move || tcp_route::revoke(&judged)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                connections = n,
+                "reset the kernel-carried TCP connections the new policy denies"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read or prune the conntrack table; kernel-carried connections the new policy denies keep running")
+            }
+            Err(e) => tracing::warn!(error = %e, "judging kernel-carried connections failed"),
+        }
+        if shared.keep_revoked {
+            continue;
+        }
         let shared = shared.clone();
         match tokio::task::spawn_blocking(move || packet_filter::revoke(&shared)).await {
             Ok(Ok(0)) => {}
@@ -179,6 +196,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         check_server_name: config.check_server_name,
         allow_unnamed_fqdn: config.allow_unnamed_fqdn,
         round_robin: Default::default(),
+        kernel_flows: Default::default(),
     });
     let mut resolvers: Vec<std::net::IpAddr> = config.dns_upstream.into_iter().collect();
     resolvers.extend(lookup::ResolvConf::system().nameservers);
@@ -212,10 +230,12 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         // UDP/SCTP flows: fail closed, and said loudly, but TCP keeps working.
         match packet_filter::spawn(queue, shared.clone()) {
             Ok(()) => {
-                tracing::info!(queue, "packet filter judging new UDP, SCTP and ping flows");
-                if !config.keep_revoked {
-                    tokio::spawn(revoke_flows_on_change(policy_rx.clone(), shared.clone()));
-                }
+                tracing::info!(
+                    queue,
+                    "packet filter judging new UDP, SCTP and ping flows (and, on the kernel path, new TCP connections)"
+                );
+                tcp_route::watch_ends(shared.clone());
+                tokio::spawn(revoke_flows_on_change(policy_rx.clone(), shared.clone()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "no packet filter: new UDP and SCTP flows other than DNS, and pings, are dropped")

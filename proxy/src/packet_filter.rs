@@ -468,6 +468,9 @@ mod tests {
             sport: 40000,
             dport,
             icmp_type,
+            mark: 0,
+            bytes: None,
+            tcp_state: None,
             key: Vec::new(),
         };
         let out = flow_of(&entry("10.79.0.1", "10.79.0.3", UDP, 5300, None), &own);

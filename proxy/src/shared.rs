@@ -10,6 +10,7 @@ use std::time::Duration;
 use podwall_policy::Direction;
 
 use crate::flow::FlowLog;
+use crate::kernel_flows::KernelFlows;
 use crate::metrics::{DirectionMetrics, Metrics};
 use crate::names::Names;
 use crate::pod_policy::{PodPolicy, PolicyReceiver};
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub allow_unnamed_fqdn: bool,
     /// Where the next service connection starts looking for a backend.
     pub round_robin: AtomicUsize,
+    /// The TCP connections the kernel carries (the kernel path).
+    pub kernel_flows: KernelFlows,
 }
 
 impl Shared {

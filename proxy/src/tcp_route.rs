@@ -17,11 +17,24 @@
 //!   proxy picks an allowed backend, or refuses when there is none; kube-proxy would pick
 //!   any).
 
-use podwall_policy::Direction;
+use std::collections::hash_map::Entry as Slot;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
-use crate::admit::{Admission, Admitted, Backends, NewFlow, admit};
-use crate::pod_policy::FlowVerdict;
+use podwall_policy::{Direction, Protocol};
+
+use crate::admit::{Admission, Admitted, Backends, NewFlow, admit, describe, judge};
+use crate::conntrack::{Change, Conntrack, Entry, Events, TCP_CLOSE, TCP_TIME_WAIT};
+use crate::flow::{FlowEvent, FlowPhase};
+use crate::kernel_flows::{FlowKey, KernelFlow};
+use crate::pod_policy::{FlowVerdict, PodPolicy};
 use crate::shared::Shared;
+
+/// The IP protocol number of TCP.
+const TCP: u8 = 6;
+/// The error of a connection a policy change ended.
+const REVOKED: &str = "reset: a policy change no longer allows this connection";
 
 /// The path a new TCP connection takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,10 +62,20 @@ pub(crate) fn route(shared: &Shared, flow: NewFlow) -> Route {
         // Refused, or a Service virtual IP not every backend of which policy allows.
         Admission::Refused(_) => Route::Proxy,
         Admission::Admitted(admitted) if needs_proxy(&admitted, shared) => Route::Proxy,
-        Admission::Admitted(admitted) => {
+        Admission::Admitted(mut admitted) => {
             shared
                 .metrics(admitted.event.direction)
                 .verdict(admitted.event.verdict);
+            admitted.event.phase = Some(FlowPhase::Start);
+            // Its end, and every policy change, find it by the addresses conntrack keeps.
+            shared.kernel_flows.lock().insert(
+                (flow.source, flow.destination),
+                KernelFlow {
+                    started: Instant::now(),
+                    event: admitted.event.clone(),
+                    revoked: false,
+                },
+            );
             shared.flows.emit(admitted.event);
             Route::Kernel
         }
@@ -86,4 +109,234 @@ fn needs_proxy(a: &Admitted, shared: &Shared) -> bool {
             .binary_search(&a.destination.port())
             .is_ok();
     http_rules || names_to_check || observed
+}
+
+/// The verdict `policy` gives an open kernel-carried connection: its event described anew, or
+/// `None` when it denies it. A Service's is judged for every ready backend again; any other
+/// with the toFQDNs names it was allowed for (their expiry does not end it, as on the proxy
+/// path).
+fn rejudge(
+    shared: &Shared,
+    policy: &Arc<PodPolicy>,
+    (source, destination): FlowKey,
+    open: &FlowEvent,
+) -> Option<FlowEvent> {
+    let direction = open.direction;
+    if open.service.is_some() {
+        let flow = NewFlow {
+            direction,
+            protocol: Protocol::Tcp,
+            ip_protocol: TCP,
+            source,
+            destination,
+        };
+        return match admit(shared, flow, Backends::Every) {
+            Admission::Admitted(a) => Some(a.event),
+            Admission::Refused(_) => None,
+        };
+    }
+    let learned = open
+        .egress
+        .as_ref()
+        .map(|side| side.names.clone())
+        .unwrap_or_default();
+    let names = policy.fqdn_ids(&learned);
+    let verdict = judge(
+        policy,
+        direction,
+        source,
+        destination,
+        Protocol::Tcp,
+        &names,
+    );
+    let mut event = FlowEvent::new(direction, Protocol::Tcp, source, destination);
+    describe(
+        &mut event,
+        policy,
+        &verdict,
+        (source, destination),
+        &learned,
+    );
+    (event.verdict != FlowVerdict::Denied).then_some(event)
+}
+
+/// After a policy change: every open kernel-carried connection is judged again. One still
+/// allowed is described under the new policy (which frees the old one); one denied is ended
+/// (unless `--keep-revoked-connections`): its conntrack entry removed, so nothing more of it
+/// passes, and its local socket destroyed, which resets the peer at once. A kernel-carried
+/// connection the sidecar does not know (it restarted) is taken in, or ended, the same way.
+/// Returns how many were ended.
+pub(crate) fn revoke(shared: &Shared) -> std::io::Result<usize> {
+    let Some(policy) = shared.policy() else {
+        return Ok(0);
+    };
+    let mut table = Conntrack::open()?;
+    let entries = table.dump()?;
+    let mut ended = 0;
+    let mut open = shared.kernel_flows.lock();
+    for entry in entries
+        .iter()
+        .filter(|e| e.protocol == TCP && e.mark == crate::init::KERNEL_MARK)
+    {
+        let key = key_of(entry);
+        let flow = match open.entry(key) {
+            Slot::Occupied(known) => known.into_mut(),
+            // Closed already: its end is heard when the entry goes.
+            Slot::Vacant(_) if matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) => {
+                continue;
+            }
+            // Opened before this sidecar started: judged below from what it is now.
+            Slot::Vacant(unknown) => unknown.insert(adopted(&policy, key, entry)),
+        };
+        match rejudge(shared, &policy, key, &flow.event) {
+            Some(mut event) => {
+                event.phase = Some(FlowPhase::Start);
+                event.service = flow.event.service.take();
+                flow.event = event;
+            }
+            None if shared.keep_revoked => {}
+            None => {
+                flow.revoked = true;
+                table.delete(entry)?;
+                // The pod's own end of it: the source for egress, the destination for ingress.
+                let (local, remote) = match flow.event.direction {
+                    Direction::Egress => (key.0, key.1),
+                    Direction::Ingress => (key.1, key.0),
+                };
+                if let Err(e) = crate::sock_destroy::destroy(local, remote) {
+                    // Without it, each end is reset when it next sends (the next segment is
+                    // no connection the kernel carries).
+                    tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
+                }
+                shared.metrics(flow.event.direction).revoked.inc();
+                ended += 1;
+            }
+        }
+    }
+    Ok(ended)
+}
+
+/// A kernel-carried connection found in conntrack that this sidecar did not admit: an egress
+/// one when its source is the pod's. It is judged again at once, without learned names (a
+/// restarted sidecar has none).
+fn adopted(policy: &PodPolicy, key: FlowKey, entry: &Entry) -> KernelFlow {
+    let state = policy.engine.state();
+    let direction = if state.pod(policy.me).ips.contains(&entry.src) {
+        Direction::Egress
+    } else {
+        Direction::Ingress
+    };
+    let mut event = FlowEvent::new(direction, Protocol::Tcp, key.0, key.1);
+    event.service = state
+        .services
+        .lookup(key.1.ip(), key.1.port(), Protocol::Tcp)
+        .map(|s| crate::flow::FlowService {
+            name: s.service.clone(),
+            address: key.1,
+            backends: s.backends.len(),
+        });
+    KernelFlow {
+        started: Instant::now(),
+        event,
+        revoked: false,
+    }
+}
+
+fn key_of(entry: &Entry) -> FlowKey {
+    (
+        SocketAddr::new(entry.src, entry.sport),
+        SocketAddr::new(entry.dst, entry.dport),
+    )
+}
+
+/// Writes the end of a kernel-carried connection: its event with the bytes conntrack counted
+/// (when the namespace counts them) and how long it lasted.
+fn ended(shared: &Shared, key: FlowKey, bytes: Option<(u64, u64)>) {
+    let Some(flow) = shared.kernel_flows.lock().remove(&key) else {
+        return;
+    };
+    let mut event = flow.event;
+    event.phase = Some(FlowPhase::End);
+    event.time = SystemTime::now();
+    event.duration_ms = flow.started.elapsed().as_secs_f64() * 1000.0;
+    if let Some((sent, received)) = bytes {
+        event.bytes_sent = sent;
+        event.bytes_received = received;
+        let metrics = shared.metrics(event.direction);
+        metrics.bytes_sent.inc_by(sent);
+        metrics.bytes_received.inc_by(received);
+    }
+    if flow.revoked {
+        event.error = Some(REVOKED.into());
+    }
+    shared.flows.emit(event);
+}
+
+/// Hears of every conntrack change in the pod's namespace, on a thread of its own, and writes
+/// the end of each kernel-carried connection: when conntrack sees it closed (TIME_WAIT, or a
+/// reset), with the counters read then; or, if that was missed (it timed out, or was deleted),
+/// when its entry is destroyed.
+pub(crate) fn watch_ends(shared: Arc<Shared>) {
+    let (mut events, mut table) = match Events::subscribe()
+        .and_then(|e| Ok((e, Conntrack::open()?)))
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hear of ended connections: kernel-carried connections get no end event");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("conntrack-ends".into())
+        .spawn(move || {
+            loop {
+                let heard = events.next(|change, entry| {
+                    if entry.protocol != TCP || entry.mark != crate::init::KERNEL_MARK {
+                        return;
+                    }
+                    match change {
+                        Change::Destroyed => ended(&shared, key_of(&entry), entry.bytes),
+                        Change::Updated
+                            if matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) =>
+                        {
+                            // Events carry no counters but a destroyed entry's: read them now,
+                            // rather than when TIME_WAIT ends minutes later.
+                            let bytes = table.get(&entry).ok().flatten().and_then(|e| e.bytes);
+                            ended(&shared, key_of(&entry), bytes);
+                        }
+                        Change::Updated => {}
+                    }
+                });
+                if let Err(e) = heard {
+                    // ENOBUFS: some changes were lost; those connections are found by the sweep.
+                    tracing::warn!(error = %e, "conntrack events: receive failed");
+                    sweep(&shared);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the conntrack watcher");
+    }
+}
+
+/// Ends every tracked connection conntrack no longer has (after lost events).
+fn sweep(shared: &Shared) {
+    let Ok(entries) = Conntrack::open().and_then(|mut t| t.dump()) else {
+        return;
+    };
+    let live: std::collections::HashSet<FlowKey> = entries
+        .iter()
+        .filter(|e| e.protocol == TCP && e.mark == crate::init::KERNEL_MARK)
+        .map(key_of)
+        .collect();
+    let gone: Vec<FlowKey> = shared
+        .kernel_flows
+        .lock()
+        .keys()
+        .filter(|k| !live.contains(k))
+        .copied()
+        .collect();
+    for key in gone {
+        ended(shared, key, None);
+    }
 }

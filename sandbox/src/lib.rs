@@ -626,6 +626,20 @@ impl Sandbox {
                 || server_ready(&dns_pod.netns, dns_pod.ip, &[53]),
             )?;
         }
+        // kube-proxy's part, in the node's namespace as on a cluster node: a Service's virtual
+        // IP leads to one of its ready backends, in turn (a sidecar on the proxy path
+        // picks its own before the node sees the connection; on the kernel path it is the node
+        // that picks).
+        let state = podwall_control::source::load_paths(&[policy_dir.to_path_buf()])?.0;
+        let services = service_rules(&state.services);
+        if !services.is_empty() {
+            let file = logs.join("node-services.rules");
+            fs::write(&file, &services).map_err(file_error(&file))?;
+            netns::exec(
+                &node,
+                &format!("iptables-restore --noflush < '{}'", file.display()),
+            )?;
+        }
         // Node addresses of host-network pods.
         for pod in self.record.pods.iter().filter(|p| p.host_network) {
             let addr = format!("{}/32", pod.ip);
@@ -888,6 +902,49 @@ pub fn down(name: &str) -> Result<(), SandboxError> {
         fs::remove_dir_all(&dir).map_err(file_error(&dir))?;
     }
     Ok(())
+}
+
+/// The node's nat rules standing in for kube-proxy (IPv4 Services with ready backends), in
+/// `iptables-restore` syntax; empty when there are none.
+fn service_rules(services: &podwall_policy::services::ServiceTable) -> String {
+    use std::fmt::Write as _;
+    let mut rules = String::new();
+    for ((vip, port, protocol), service) in services.by_address() {
+        if !vip.is_ipv4() {
+            continue;
+        }
+        let proto = match protocol {
+            podwall_policy::Protocol::Tcp => "tcp",
+            podwall_policy::Protocol::Udp => "udp",
+            podwall_policy::Protocol::Sctp => "sctp",
+            _ => continue,
+        };
+        let backends: Vec<_> = service
+            .backends
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv4())
+            .collect();
+        let n = backends.len();
+        for (i, (ip, target)) in backends.iter().enumerate() {
+            // Each rule takes every (backends left)-th connection that reaches it: round robin
+            // (kube-proxy picks at random; tests want to see every backend in a few tries).
+            let pick = if i + 1 < n {
+                format!("-m statistic --mode nth --every {} --packet 0 ", n - i)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                rules,
+                "-A PODWALL_SANDBOX_SERVICES -d {vip}/32 -p {proto} --dport {port} {pick}-j DNAT --to-destination {ip}:{target}"
+            );
+        }
+    }
+    if rules.is_empty() {
+        return rules;
+    }
+    format!(
+        "*nat\n:PODWALL_SANDBOX_SERVICES - [0:0]\n-A PREROUTING -j PODWALL_SANDBOX_SERVICES\n{rules}COMMIT\n"
+    )
 }
 
 #[cfg(test)]

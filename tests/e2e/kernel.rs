@@ -58,10 +58,31 @@ fn on_the_kernel_path_an_allowed_connection_keeps_its_addresses_end_to_end_and_a
     let local = r.get_ref().local_addr().expect("local address");
     assert_eq!(greeted_from(&greeting), local, "{greeting}");
     close_cleanly(r);
-    let event = wait_for_flow(&up, "t/client", "the allowed egress", |e| {
-        e["destination"]["port"] == 8080 && e["verdict"] == "ALLOWED"
-    });
+    // Its start, written as it was admitted.
+    let event = up
+        .flows_with_starts("t/client")
+        .into_iter()
+        .find(|e| e["destination"]["port"] == 8080 && e["phase"] == "start")
+        .unwrap_or_else(|| panic!("no start event: {:#?}", up.flows_with_starts("t/client")));
+    assert_eq!(event["verdict"], "ALLOWED", "{event:#}");
     assert_eq!(event["direction"], "egress", "{event:#}");
+    // Its end, heard from conntrack: the bytes both ways (the greeting came back) and how
+    // long it lasted, under the same verdict.
+    let end = wait_for_flow(&up, "t/client", "the allowed egress's end", |e| {
+        e["destination"]["port"] == 8080 && e["phase"] == "end"
+    });
+    assert_eq!(end["verdict"], "ALLOWED", "{end:#}");
+    assert_eq!(end["source"]["port"], local.port(), "{end:#}");
+    assert!(
+        end["bytes_received"]
+            .as_u64()
+            .is_some_and(|b| b as usize >= greeting.len()),
+        "{end:#}"
+    );
+    assert!(
+        end["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "{end:#}"
+    );
     assert_eq!(
         event["egress"]["policy"], "NetworkPolicy t/client-out",
         "{event:#}"
@@ -81,4 +102,55 @@ fn on_the_kernel_path_an_allowed_connection_keeps_its_addresses_end_to_end_and_a
         e["destination"]["port"] == 9001 && e["verdict"] == "DENIED"
     });
     assert_eq!(denied["direction"], "egress", "{denied:#}");
+}
+
+#[test]
+fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spares_the_listener() {
+    if !ready_for(
+        "on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spares_the_listener",
+    ) {
+        return;
+    }
+    let (_dir, up) = kernel_two_pods("krev");
+    let client = up.ns("t/client");
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let (mut r, greeting) = connect(&client, dst).expect("allowed before the change");
+    let local = r.get_ref().local_addr().expect("local address");
+    assert_eq!(
+        greeted_from(&greeting),
+        local,
+        "carried by the kernel: {greeting}"
+    );
+    // The server now takes nothing in: its sidecar ends the connection it carries.
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
+    let deny_file = up.sb().policy_dir().join("deny.yaml");
+    std::fs::write(&deny_file, deny).expect("write policy");
+    r.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = r.read(&mut buf);
+    assert!(matches!(read, Ok(0) | Err(_)), "still open: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let end = wait_for_flow(&up, "t/server", "the revoked connection's end", |e| {
+        e["phase"] == "end" && e["source"]["port"] == local.port()
+    });
+    assert!(
+        end["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy change")),
+        "{end:#}"
+    );
+    // The app's server still listens: allowed again, a new connection is served.
+    std::fs::remove_file(&deny_file).expect("remove policy");
+    wait_for(
+        "the server to take connections again",
+        Duration::from_secs(10),
+        || connect(&client, dst).is_ok(),
+    );
 }

@@ -96,7 +96,16 @@ fn a_gibibyte_arrives_intact_through_two_sidecars() {
     let f = wait_for_flow(&up, "t/client", "with the bytes sent", |e| {
         e["bytes_sent"].is_u64()
     });
-    assert_eq!(f["bytes_sent"], 1u64 << 30);
+    if support::sandbox::kernel_path() {
+        // Counted by conntrack: IP packets, headers included.
+        let sent = f["bytes_sent"].as_u64().unwrap_or(0);
+        assert!(
+            (1u64 << 30..(1u64 << 30) * 11 / 10).contains(&sent),
+            "{f:#}"
+        );
+    } else {
+        assert_eq!(f["bytes_sent"], 1u64 << 30);
+    }
 }
 
 #[test]

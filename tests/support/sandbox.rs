@@ -81,7 +81,17 @@ impl Up {
             .position(|p| p.key == key)
             .unwrap_or_else(|| panic!("no pod {key}"))
     }
+    /// The pod's flow events, one per connection as on the proxy path: a kernel-carried
+    /// connection's start event (`"phase": "start"`) is left out, its end event stays.
     pub(crate) fn flows(&self, key: &str) -> Vec<serde_json::Value> {
+        self.flows_with_starts(key)
+            .into_iter()
+            .filter(|e| e["phase"] != "start")
+            .collect()
+    }
+
+    /// Every flow event of the pod, kernel-carried connections' start events too.
+    pub(crate) fn flows_with_starts(&self, key: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(
             self.sb()
                 .logs_dir()

@@ -20,6 +20,10 @@ enum Line {
 /// Counts a flow for the rule that allowed each side, and a denied or audited one for each
 /// policy isolating a side that refused it.
 pub(super) fn count_decisions(counters: &crate::metrics::FlowCounters, e: &FlowEvent) {
+    // A kernel-carried connection counts once, at its start.
+    if e.phase == Some(super::FlowPhase::End) {
+        return;
+    }
     let Some(engine) = e.snapshot.as_deref().map(|p| &p.engine) else {
         return;
     };

@@ -30,6 +30,8 @@ struct EventLine<'a> {
     l7: Option<L7Line<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'a FlowService>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phase: Option<FlowPhase>,
 }
 
 #[derive(Serialize)]
@@ -167,6 +169,7 @@ impl<'a> EventLine<'a> {
             error: e.error.as_deref(),
             l7: e.l7.as_deref().map(L7Line::Event),
             service: e.service.as_ref(),
+            phase: e.phase,
         }
     }
 }

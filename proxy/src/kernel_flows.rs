@@ -1,0 +1,38 @@
+//! The TCP connections the kernel carries (the kernel path), by their original direction's
+//! addresses: each one's flow event as last judged, so that its end (a conntrack entry
+//! destroyed) and every policy change find what allowed it, and which toFQDNs names it was
+//! allowed for. The packet filter adds a connection as it admits it; the conntrack watcher
+//! takes it away as it ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::flow::FlowEvent;
+
+/// A connection's original source and destination.
+pub(crate) type FlowKey = (SocketAddr, SocketAddr);
+
+/// One kernel-carried connection.
+#[derive(Debug)]
+pub(crate) struct KernelFlow {
+    /// When it was admitted.
+    pub started: Instant,
+    /// Its event, described under the policy that allows it now (no bytes).
+    pub event: FlowEvent,
+    /// A policy change no longer allowed it, and it was ended for that.
+    pub revoked: bool,
+}
+
+/// The open ones.
+#[derive(Debug, Default)]
+pub(crate) struct KernelFlows(Mutex<HashMap<FlowKey, KernelFlow>>);
+
+impl KernelFlows {
+    /// The table, for as long as the guard lives (one lock per admitted or ended connection,
+    /// and one per policy change).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<FlowKey, KernelFlow>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
