@@ -41,6 +41,9 @@ pub struct ProxyConfig {
     pub keep_revoked: bool,
     /// The NFQUEUE queue whose new UDP/SCTP flows the sidecar judges (`None`: no filter).
     pub packet_queue: Option<u16>,
+    /// The init rules put TCP on the kernel path: hear of conntrack's changes from the start
+    /// (the kernel gives events only for entries created while someone listens).
+    pub kernel_path: bool,
 }
 
 impl ProxyConfig {
@@ -60,6 +63,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             audit: false,
             keep_revoked: false,
+            kernel_path: false,
             packet_queue: Some(crate::init::DEFAULT_PACKET_QUEUE),
         }
     }

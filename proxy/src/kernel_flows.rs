@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -27,12 +28,16 @@ pub(crate) struct KernelFlow {
 
 /// The open ones.
 #[derive(Debug, Default)]
-pub(crate) struct KernelFlows(Mutex<HashMap<FlowKey, KernelFlow>>);
+pub(crate) struct KernelFlows {
+    open: Mutex<HashMap<FlowKey, KernelFlow>>,
+    /// Whether their ends are being watched (from the first one the kernel carries).
+    pub watching: AtomicBool,
+}
 
 impl KernelFlows {
     /// The table, for as long as the guard lives (one lock per admitted or ended connection,
     /// and one per policy change).
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<FlowKey, KernelFlow>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -234,7 +234,13 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
                     queue,
                     "packet filter judging new UDP, SCTP and ping flows (and, on the kernel path, new TCP connections)"
                 );
-                tcp_route::watch_ends(shared.clone());
+                if config.kernel_path {
+                    shared
+                        .kernel_flows
+                        .watching
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    tcp_route::watch_ends(shared.clone());
+                }
                 tokio::spawn(revoke_flows_on_change(policy_rx.clone(), shared.clone()));
             }
             Err(e) => {

@@ -279,7 +279,7 @@ pub(crate) fn spawn(queue_num: u16, shared: Arc<Shared>) -> Result<(), FilterErr
     Ok(())
 }
 
-fn run(mut queue: nfq::Queue, shared: &Shared) {
+fn run(mut queue: nfq::Queue, shared: &Arc<Shared>) {
     loop {
         let mut msg = match queue.recv() {
             Ok(msg) => msg,

@@ -57,12 +57,24 @@ impl Route {
 
 /// Decides the path of a new TCP connection, writing the flow event and counting the verdict
 /// of one the proxy will not see.
-pub(crate) fn route(shared: &Shared, flow: NewFlow) -> Route {
+pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
     match admit(shared, flow, Backends::Every) {
         // Refused, or a Service virtual IP not every backend of which policy allows.
         Admission::Refused(_) => Route::Proxy,
         Admission::Admitted(admitted) if needs_proxy(&admitted, shared) => Route::Proxy,
         Admission::Admitted(mut admitted) => {
+            // Conntrack's events are heard on the kernel path only (a listener makes the
+            // kernel build a message for every TCP state change in the pod): from the start
+            // with `proxy run --l4-path kernel`, else from the first connection the kernel
+            // carries (whose own end is then missed: the kernel gives events only for entries
+            // made while someone listens).
+            if !shared
+                .kernel_flows
+                .watching
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                watch_ends(shared.clone());
+            }
             shared
                 .metrics(admitted.event.direction)
                 .verdict(admitted.event.verdict);
@@ -166,7 +178,7 @@ fn rejudge(
 /// passes, and its local socket destroyed, which resets the peer at once. A kernel-carried
 /// connection the sidecar does not know (it restarted) is taken in, or ended, the same way.
 /// Returns how many were ended.
-pub(crate) fn revoke(shared: &Shared) -> std::io::Result<usize> {
+pub(crate) fn revoke(shared: &Arc<Shared>) -> std::io::Result<usize> {
     let Some(policy) = shared.policy() else {
         return Ok(0);
     };
@@ -212,6 +224,15 @@ pub(crate) fn revoke(shared: &Shared) -> std::io::Result<usize> {
                 ended += 1;
             }
         }
+    }
+    // Connections taken in after a restart end as any other.
+    if !open.is_empty()
+        && !shared
+            .kernel_flows
+            .watching
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        watch_ends(shared.clone());
     }
     Ok(ended)
 }

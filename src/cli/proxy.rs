@@ -197,6 +197,11 @@ pub(crate) struct RunArgs {
     /// reset, and running UDP, SCTP and ping flows lose their conntrack entry).
     #[arg(long)]
     keep_revoked_connections: bool,
+    /// The path `proxy init --l4-path` gave TCP (the same PODWALL_L4_PATH): on the kernel
+    /// path the sidecar follows conntrack's changes from the start, for the ends of the
+    /// connections the kernel carries.
+    #[arg(long, value_enum, default_value = "proxy", env = "PODWALL_L4_PATH")]
+    l4_path: L4PathArg,
     /// The mark on every socket the sidecar opens (`proxy init --proxy-mark`), which the init
     /// rules let pass; setting it needs NET_ADMIN.
     #[arg(long, default_value_t = podwall_proxy::exempt::DEFAULT_MARK, value_parser = parse_mark)]
@@ -410,6 +415,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     config.connect_timeout = args.connect_timeout;
     config.audit = args.audit;
     config.keep_revoked = args.keep_revoked_connections;
+    config.kernel_path = args.l4_path == L4PathArg::Kernel;
 
     // One thread: tokio's current-thread scheduler, with no cross-thread work stealing to pay
     // for; more: the multi-thread one.

@@ -24,6 +24,7 @@ spec:
         dir.path(),
         Options {
             init_args: vec!["--l4-path=kernel".into()],
+            sidecar_args: vec!["--l4-path=kernel".into()],
             ..options(name, Inject::Annotated)
         },
     );
