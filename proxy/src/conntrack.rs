@@ -274,17 +274,30 @@ pub(crate) struct Conntrack {
     seq: u32,
 }
 
+/// A netfilter netlink socket in the calling thread's namespace, bound to the multicast
+/// `groups` (0: none).
+fn netfilter_socket(groups: u32, receive_buffer: Option<usize>) -> io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    if let Some(size) = receive_buffer {
+        // Best effort: a small buffer only loses events sooner (ENOBUFS says when).
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &size);
+    }
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
+    Ok(fd)
+}
+
 impl Conntrack {
     /// Opens the socket.
     pub(crate) fn open() -> io::Result<Self> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        Ok(Conntrack { fd, seq: 0 })
+        Ok(Conntrack {
+            fd: netfilter_socket(0, None)?,
+            seq: 0,
+        })
     }
 
     fn send(&mut self, message: &[u8]) -> io::Result<()> {
@@ -378,18 +391,10 @@ pub(crate) struct Events {
 impl Events {
     /// Subscribes (needs NET_ADMIN in the namespace).
     pub(crate) fn subscribe() -> io::Result<Self> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )?;
-        // A burst of changes must not be lost to a small buffer (ENOBUFS says when it was).
-        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
+        // A burst of changes must not be lost to a small buffer.
         let groups = (1 << (NFNLGRP_CONNTRACK_UPDATE - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1));
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
         Ok(Events {
-            fd,
+            fd: netfilter_socket(groups, Some(4 << 20))?,
             buf: vec![0u8; 64 * 1024],
         })
     }
