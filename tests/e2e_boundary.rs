@@ -679,8 +679,32 @@ fn tcp_the_sidecar_did_not_open_never_leaves_the_pod() {
         return;
     }
     // Open egress: the connection itself is allowed; what follows it must still pass the proxy.
+    zombie_segment_stays_in("bzombie", &[]);
+}
+
+#[test]
+fn on_the_kernel_path_tcp_the_judge_did_not_admit_never_leaves_the_pod() {
+    if !ready("on_the_kernel_path_tcp_the_judge_did_not_admit_never_leaves_the_pod") {
+        return;
+    }
+    // The connection is allowed and the kernel carries it; once conntrack has forgotten it, the
+    // app's next segment belongs to no admitted connection and must not leave.
+    zombie_segment_stays_in("bzombk", &["--l4-path=kernel"]);
+}
+
+/// An app connects (allowed), waits for conntrack to forget the half-closed connection, then
+/// sends a secret: the victim's wire must not see it. `path`: extra init and sidecar flags.
+fn zombie_segment_stays_in(name: &str, path: &[&str]) {
     let dir = topology(&boundary(false));
-    let up = Up::new(dir.path(), "bzombie", Inject::Annotated);
+    let flags: Vec<String> = path.iter().map(|f| f.to_string()).collect();
+    let up = Up::with(
+        dir.path(),
+        podwall_sandbox::Options {
+            init_args: flags.clone(),
+            sidecar_args: flags,
+            ..support::sandbox::options(name, Inject::Annotated)
+        },
+    );
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
     // Conntrack forgets a half-closed connection after a while (a second here); the app's
     // next segment then carries no redirect and conntrack calls it INVALID.

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use podwall_policy::services::ServicePort;
-use podwall_policy::{Direction, FqdnId, Protocol, Verdict};
+use podwall_policy::{Direction, FqdnId, Protocol, RuleRef, Verdict};
 
 use crate::flow::{FlowEvent, FlowService};
 use crate::pod_policy::{FlowVerdict, PodPolicy};
@@ -60,6 +60,40 @@ pub(crate) struct Admitted {
     pub names: Vec<FqdnId>,
     /// The flow event, explained: `Allowed` or `Audit`.
     pub event: FlowEvent,
+}
+
+impl Admitted {
+    /// The verdict on the destination without the learned names, when only those names allow
+    /// it: the connection's server name must then be checked (with `--check-server-name`).
+    pub(crate) fn allowed_by_names_only(&self, check_server_name: bool) -> Option<Verdict> {
+        (self.event.verdict == FlowVerdict::Allowed && check_server_name && !self.names.is_empty())
+            .then(|| {
+                self.policy.outbound(
+                    self.destination.ip(),
+                    Protocol::Tcp,
+                    self.destination.port(),
+                )
+            })
+            .filter(|v| !v.egress.allowed())
+    }
+
+    /// Whether it is inbound to a port the pod observes (`podwall.io/observe-http`).
+    pub(crate) fn observed(&self) -> bool {
+        self.event.direction == Direction::Ingress
+            && self
+                .policy
+                .observe_http
+                .binary_search(&self.destination.port())
+                .is_ok()
+    }
+}
+
+/// This pod's HTTP rules for a flow in `direction`, if any apply on its side.
+pub(crate) fn own_http(verdict: &Verdict, direction: Direction) -> Option<Vec<RuleRef>> {
+    match direction {
+        Direction::Egress => verdict.egress.http.clone(),
+        Direction::Ingress => verdict.ingress.http.clone(),
+    }
 }
 
 /// A flow that must not start; its event says why.

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use podwall_policy::{Direction, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::admit::{Admission, Admitted, Backends, NewFlow, Refused, admit, finish};
+use crate::admit::{Admission, Admitted, Backends, NewFlow, Refused, admit, finish, own_http};
 use crate::flow::FlowEvent;
 use crate::orig_dst::{MapV4Mapped, original_dst};
 use crate::pod_policy::FlowVerdict;
 use crate::relay::{Transferred, relay, reset};
 use crate::server_name::{First, FirstBytes, NameCheck};
 use crate::shared::Shared;
-use http::{Served, own_http};
+use http::Served;
 use rejudge::{Live, OpenFlow, REVOKED, Watched, watch};
 
 /// Accepts connections forever, one task each.
@@ -77,6 +77,13 @@ async fn handle(
     let mut changes = shared.policies.clone();
     changes.mark_unchanged();
     // A service's virtual IP: the connection goes to one of its backends that policy allows.
+    let admitted = match admit(shared, flow, Backends::Pick) {
+        Admission::Admitted(admitted) => admitted,
+        Admission::Refused(refused) => return refuse(&client, refused, shared, started),
+    };
+    // The address judged without the names (when names are what might allow it).
+    let unnamed = admitted.allowed_by_names_only(shared.check_server_name);
+    let observed = admitted.observed();
     let Admitted {
         mut policy,
         verdict,
@@ -84,10 +91,7 @@ async fn handle(
         learned,
         names,
         mut event,
-    } = match admit(shared, flow, Backends::Pick) {
-        Admission::Admitted(admitted) => admitted,
-        Admission::Refused(refused) => return refuse(&client, refused, shared, started),
-    };
+    } = admitted;
     // Only a toFQDNs rule allows this: the name the client asks the server for must be one of
     // the rule's too, so a shared (CDN) address does not open every site behind it. The server
     // is connected first, to tell who speaks first.
@@ -95,11 +99,6 @@ async fn handle(
     let mut name_gated = false;
     // Bytes of the client's already sent to the server (an allowed ClientHello).
     let mut handed_over = 0u64;
-    // The address judged without the names (when names are what might allow it).
-    let unnamed =
-        (event.verdict == FlowVerdict::Allowed && shared.check_server_name && !names.is_empty())
-            .then(|| policy.outbound(destination.ip(), Protocol::Tcp, destination.port()))
-            .filter(|v| !v.egress.allowed());
     if let Some(unnamed) = unnamed {
         let server = match connect_upstream(destination, shared).await {
             Ok(s) => s,
@@ -188,12 +187,7 @@ async fn handle(
     // A port the pod asked to observe (`podwall.io/observe-http`): a connection that opens
     // with HTTP is served request by request so each request is logged, with no rule to
     // answer to; anything else (TLS, a server that speaks first) is relayed as usual.
-    if direction == Direction::Ingress
-        && policy
-            .observe_http
-            .binary_search(&destination.port())
-            .is_ok()
-    {
+    if observed {
         // Waiting for the client's first bytes, the connection still answers to policy
         // changes: revoked at once, served under HTTP rules that now apply, and not holding a
         // superseded policy.

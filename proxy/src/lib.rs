@@ -118,30 +118,37 @@ async fn revoke_flows_on_change(
     shared: Arc<shared::Shared>,
 ) {
     while policies.changed().await.is_ok() {
-        let judged = shared.clone();
-        match tokio::task::spawn_blocking(move || tcp_route::revoke(&judged)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                connections = n,
-                "reset the kernel-carried TCP connections the new policy denies"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read or prune the conntrack table; kernel-carried connections the new policy denies keep running")
-            }
-            Err(e) => tracing::warn!(error = %e, "judging kernel-carried connections failed"),
-        }
-        if shared.keep_revoked {
-            continue;
-        }
         let shared = shared.clone();
-        match tokio::task::spawn_blocking(move || packet_filter::revoke(&shared)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                flows = n,
-                "removed the UDP/SCTP/ping flows the new policy denies"
-            ),
+        // One read of the table serves both passes.
+        let judged = tokio::task::spawn_blocking(move || {
+            let mut table = conntrack::Conntrack::open()?;
+            let entries = table.dump()?;
+            let ended = tcp_route::revoke(&shared, &mut table, &entries)?;
+            let removed = if shared.keep_revoked {
+                0
+            } else {
+                packet_filter::revoke(&shared, &mut table, &entries)?
+            };
+            Ok::<_, std::io::Error>((ended, removed))
+        })
+        .await;
+        match judged {
+            Ok(Ok((ended, removed))) => {
+                if ended > 0 {
+                    tracing::info!(
+                        connections = ended,
+                        "reset the kernel-carried TCP connections the new policy denies"
+                    );
+                }
+                if removed > 0 {
+                    tracing::info!(
+                        flows = removed,
+                        "removed the UDP/SCTP/ping flows the new policy denies"
+                    );
+                }
+            }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read or prune the conntrack table; flows the new policy denies run until they expire")
+                tracing::warn!(error = %e, "cannot read or prune the conntrack table; flows the new policy denies run until they end")
             }
             Err(e) => tracing::warn!(error = %e, "conntrack pruning failed"),
         }

@@ -226,19 +226,22 @@ fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
 /// Removes the conntrack entries of the non-TCP flows the current policy denies, so
 /// that their next packet is judged again; each one is a flow event and a revoked flow in the
 /// metrics. Returns how many were removed.
-pub(crate) fn revoke(shared: &Shared) -> std::io::Result<usize> {
+pub(crate) fn revoke(
+    shared: &Shared,
+    table: &mut Conntrack,
+    entries: &[Entry],
+) -> std::io::Result<usize> {
     let Some(policy) = shared.policy() else {
         return Ok(0);
     };
     let own = policy.engine.state().pod(policy.me).ips.clone();
-    let mut table = Conntrack::open()?;
     let mut removed = 0;
-    for entry in table.dump()? {
-        let Some((direction, start)) = flow_of(&entry, &own) else {
+    for entry in entries {
+        let Some((direction, start)) = flow_of(entry, &own) else {
             continue;
         };
         let mut event = judge(shared, direction, start);
-        if event.verdict != FlowVerdict::Denied || !table.delete(&entry)? {
+        if event.verdict != FlowVerdict::Denied || !table.delete(entry)? {
             continue;
         }
         removed += 1;

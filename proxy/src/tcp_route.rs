@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime};
 
 use podwall_policy::{Direction, Protocol};
 
-use crate::admit::{Admission, Admitted, Backends, NewFlow, admit, describe, judge};
+use crate::admit::{Admission, Admitted, Backends, NewFlow, admit, describe, judge, own_http};
 use crate::conntrack::{Change, Conntrack, Entry, Events, TCP_CLOSE, TCP_TIME_WAIT};
 use crate::flow::{FlowEvent, FlowPhase};
 use crate::kernel_flows::{FlowKey, KernelFlow};
@@ -94,33 +94,11 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
     }
 }
 
-/// Whether deciding or reporting the connection takes its bytes.
+/// Whether deciding or reporting the connection takes its bytes: as the proxy decides it.
 fn needs_proxy(a: &Admitted, shared: &Shared) -> bool {
-    let direction = a.event.direction;
-    let http_rules = match direction {
-        Direction::Egress => a.verdict.egress.http.is_some(),
-        Direction::Ingress => a.verdict.ingress.http.is_some(),
-    };
-    // As the proxy decides it: allowed by names, and not without them.
-    let names_to_check = direction == Direction::Egress
-        && a.event.verdict == FlowVerdict::Allowed
-        && shared.check_server_name
-        && !a.names.is_empty()
-        && !a
-            .policy
-            .outbound(
-                a.destination.ip(),
-                podwall_policy::Protocol::Tcp,
-                a.destination.port(),
-            )
-            .egress
-            .allowed();
-    let observed = direction == Direction::Ingress
-        && a.policy
-            .observe_http
-            .binary_search(&a.destination.port())
-            .is_ok();
-    http_rules || names_to_check || observed
+    own_http(&a.verdict, a.event.direction).is_some()
+        || a.allowed_by_names_only(shared.check_server_name).is_some()
+        || a.observed()
 }
 
 /// The verdict `policy` gives an open kernel-carried connection: its event described anew, or
@@ -178,12 +156,14 @@ fn rejudge(
 /// passes, and its local socket destroyed, which resets the peer at once. A kernel-carried
 /// connection the sidecar does not know (it restarted) is taken in, or ended, the same way.
 /// Returns how many were ended.
-pub(crate) fn revoke(shared: &Arc<Shared>) -> std::io::Result<usize> {
+pub(crate) fn revoke(
+    shared: &Arc<Shared>,
+    table: &mut Conntrack,
+    entries: &[Entry],
+) -> std::io::Result<usize> {
     let Some(policy) = shared.policy() else {
         return Ok(0);
     };
-    let mut table = Conntrack::open()?;
-    let entries = table.dump()?;
     let mut ended = 0;
     let mut open = shared.kernel_flows.lock();
     for entry in entries

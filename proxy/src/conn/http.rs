@@ -9,11 +9,11 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use podwall_l7::serve::{self as l7, Gate, Gates, RequestEvent, RequestVerdict};
-use podwall_policy::{Direction, Protocol, RuleRef, Verdict};
+use podwall_policy::{Protocol, RuleRef};
 use tokio::net::TcpStream;
 
 use super::rejudge::{Live, REVOKED, Watched, watch};
-use crate::admit::finish;
+use crate::admit::{finish, own_http};
 use crate::flow::{self, FlowEvent};
 use crate::metrics::HttpMetrics;
 use crate::pod_policy::{FlowVerdict, PodPolicy};
@@ -25,14 +25,6 @@ use crate::shared::Shared;
 pub(super) struct HttpContext {
     policy: Arc<PodPolicy>,
     connection: Arc<FlowEvent>,
-}
-
-/// This pod's HTTP rules for the connection, if any apply on its side.
-pub(super) fn own_http(verdict: &Verdict, direction: Direction) -> Option<Vec<RuleRef>> {
-    match direction {
-        Direction::Egress => verdict.egress.http.clone(),
-        Direction::Ingress => verdict.ingress.http.clone(),
-    }
 }
 
 /// What the requests answer to: the compiled rules (`None`: observed or name-gated only).
