@@ -40,9 +40,7 @@ const CTA_COUNTERS_BYTES: u16 = 2;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
-const IPCTNL_MSG_CT_NEW: u16 = 0;
-/// The multicast groups of changed (`NFNLGRP_CONNTRACK_UPDATE`) and destroyed entries.
-const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
+/// The multicast group of removed entries.
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 /// TCP conntrack states in which a connection has ended: both sides closed, or reset.
 pub(crate) const TCP_TIME_WAIT: u8 = 7;
@@ -222,13 +220,6 @@ fn delete_request(entry: &Entry, seq: u32) -> Vec<u8> {
     m
 }
 
-fn get_request(entry: &Entry, seq: u32) -> Vec<u8> {
-    let mut m = delete_request(entry, seq);
-    let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
-    m[4..6].copy_from_slice(&kind.to_ne_bytes());
-    m
-}
-
 /// What one netlink message said.
 enum Reply<'a> {
     Entry(&'a [u8]),
@@ -329,28 +320,6 @@ impl Conntrack {
         }
     }
 
-    /// The entry as the table holds it now (with its counters); `None` when it is gone.
-    pub(crate) fn get(&mut self, entry: &Entry) -> io::Result<Option<Entry>> {
-        self.seq = self.seq.wrapping_add(1);
-        self.send(&get_request(entry, self.seq))?;
-        let mut buf = vec![0u8; 8 * 1024];
-        let mut found = None;
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-            for reply in messages(&buf[..n]) {
-                match reply {
-                    Reply::Entry(body) => found = parse_entry(body),
-                    Reply::Status(0) | Reply::Done => return Ok(found),
-                    Reply::Status(e) if e == -(nix::errno::Errno::ENOENT as i32) => {
-                        return Ok(None);
-                    }
-                    Reply::Status(e) => return Err(io::Error::from_raw_os_error(-e)),
-                    Reply::Other => {}
-                }
-            }
-        }
-    }
-
     /// Removes one entry; `Ok(false)` when it was already gone.
     pub(crate) fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
         self.seq = self.seq.wrapping_add(1);
@@ -372,17 +341,23 @@ impl Conntrack {
     }
 }
 
-/// A change conntrack announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Change {
-    /// An entry's state changed (for TCP: `tcp_state` says to what).
-    Updated,
-    /// An entry was removed (the flow ended, timed out or was deleted).
-    Destroyed,
+/// One datagram from a subscribed netlink socket: waiting for it, or, without `wait`, `None`
+/// when none is there.
+pub(crate) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> io::Result<Option<usize>> {
+    let flags = if wait {
+        MsgFlags::empty()
+    } else {
+        MsgFlags::MSG_DONTWAIT
+    };
+    match recv(fd.as_raw_fd(), buf, flags) {
+        Ok(n) => Ok(Some(n)),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// A ctnetlink socket that hears of every entry that changes state or is removed in the calling
-/// thread's network namespace.
+/// A ctnetlink socket that hears of every entry removed in the calling thread's network
+/// namespace (the flow ended, timed out or was deleted), with its counters.
 pub(crate) struct Events {
     fd: OwnedFd,
     buf: Vec<u8>,
@@ -391,17 +366,19 @@ pub(crate) struct Events {
 impl Events {
     /// Subscribes (needs NET_ADMIN in the namespace).
     pub(crate) fn subscribe() -> io::Result<Self> {
-        // A burst of changes must not be lost to a small buffer.
-        let groups = (1 << (NFNLGRP_CONNTRACK_UPDATE - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1));
         Ok(Events {
-            fd: netfilter_socket(groups, Some(4 << 20))?,
+            // A burst of removals must not be lost to a small buffer.
+            fd: netfilter_socket(1 << (NFNLGRP_CONNTRACK_DESTROY - 1), Some(4 << 20))?,
             buf: vec![0u8; 64 * 1024],
         })
     }
 
-    /// Waits for the next changes and gives each to `each`.
-    pub(crate) fn next(&mut self, mut each: impl FnMut(Change, Entry)) -> io::Result<()> {
-        let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
+    /// Reads the next removals and gives each entry to `each`: waiting for them, or, without
+    /// `wait`, only those already there (`Ok(false)`: none were).
+    pub(crate) fn next(&mut self, wait: bool, mut each: impl FnMut(Entry)) -> io::Result<bool> {
+        let Some(n) = receive(&self.fd, &mut self.buf, wait)? else {
+            return Ok(false);
+        };
         let mut rest = &self.buf[..n];
         while rest.len() >= NLMSG_HDRLEN {
             let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
@@ -409,21 +386,14 @@ impl Events {
             if len < NLMSG_HDRLEN || len > rest.len() {
                 break;
             }
-            let change = match kind {
-                k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => Some(Change::Updated),
-                k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE => {
-                    Some(Change::Destroyed)
-                }
-                _ => None,
-            };
-            if let Some(change) = change
+            if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
                 && let Some(entry) = parse_entry(&rest[NLMSG_HDRLEN..len])
             {
-                each(change, entry);
+                each(entry);
             }
             rest = rest.get(align(len)..).unwrap_or(&[]);
         }
-        Ok(())
+        Ok(true)
     }
 }
 

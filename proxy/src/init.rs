@@ -92,14 +92,19 @@ pub const FORGED_CHAIN: &str = "PODWALL_FORGED";
 /// Chain sending the first packet of each new outbound TCP connection to the judge (the
 /// kernel path).
 pub const TCP_OUT_CHAIN: &str = "PODWALL_TCP_OUT";
+/// Chain setting what conntrack announces of each new TCP connection, on the kernel path.
+pub const TRACK_CHAIN: &str = "PODWALL_TRACK";
 /// The table of the packet filter's chains.
 const FILTER: &str = "filter";
+/// The table conntrack's templates are set in (before a connection is tracked).
+const RAW: &str = "raw";
 /// Every chain of ours, by table (what `remove` takes away).
-const CHAINS: [(&str, &[&str]); 3] = [
+const CHAINS: [(&str, &[&str]); 4] = [
     // nat's PODWALL_INBOUND is an older version's (inbound was a REDIRECT there).
     (TABLE, &[INBOUND_CHAIN, OUTPUT_CHAIN]),
     (MANGLE, MANGLE_CHAINS),
     (FILTER, FILTER_CHAINS),
+    (RAW, &[TRACK_CHAIN]),
 ];
 /// Our chains in `mangle`.
 const MANGLE_CHAINS: &[&str] = &[
@@ -369,6 +374,19 @@ impl InitConfig {
         }
         self.verdict_rules(&mut r, TCP_OUT_CHAIN, queue, None);
         r
+    }
+
+    /// The kernel path's conntrack template (raw, from `OUTPUT` and `PREROUTING` for new TCP
+    /// connections): conntrack announces only the removal of their entries, whoever listens
+    /// and since when (the sidecar's backstop for connections that end without a socket in the
+    /// pod), and builds no message per state change.
+    pub fn track_rules(&self) -> Vec<String> {
+        if self.tcp_queue().is_none() {
+            return Vec::new();
+        }
+        vec![format!(
+            "-A {TRACK_CHAIN} -p tcp --syn -j CT --ctevents destroy"
+        )]
     }
 
     /// The sidecar's ports, sorted: where redirected traffic lands, and what
@@ -741,6 +759,28 @@ impl InitConfig {
         }
         reconcile_jumps(&mut s, &saved.filter, &self.filter_jumps(), FILTER_CHAINS);
         s.push_str("COMMIT\n");
+        let track = self.track_rules();
+        let tracked = saved
+            .raw
+            .lines()
+            .any(|l| l.starts_with(&format!(":{TRACK_CHAIN} ")));
+        if !track.is_empty() || tracked {
+            let _ = writeln!(s, "*{RAW}");
+            let mut jumps = Vec::new();
+            if track.is_empty() {
+                // The proxy path now: a kernel path's template goes.
+                let _ = writeln!(s, "-F {TRACK_CHAIN}\n-X {TRACK_CHAIN}");
+            } else {
+                let _ = writeln!(s, ":{TRACK_CHAIN} - [0:0]");
+                for rule in track {
+                    let _ = writeln!(s, "{rule}");
+                }
+                let jump = format!("-p tcp --syn -j {TRACK_CHAIN}");
+                jumps = vec![("OUTPUT", jump.clone()), ("PREROUTING", jump)];
+            }
+            reconcile_jumps(&mut s, &saved.raw, &jumps, &[TRACK_CHAIN]);
+            s.push_str("COMMIT\n");
+        }
         s
     }
 
@@ -788,6 +828,7 @@ impl InitConfig {
                 nat: save(TABLE)?,
                 mangle: save(MANGLE)?,
                 filter: save(FILTER)?,
+                raw: save(RAW)?,
             }
         };
         if coverage == Coverage::Capture {
@@ -868,6 +909,8 @@ pub struct Saved {
     pub mangle: String,
     /// `-t filter`.
     pub filter: String,
+    /// `-t raw`.
+    pub raw: String,
 }
 
 /// Whether the routing rule for marked DNS datagrams is installed.
@@ -966,21 +1009,6 @@ pub fn reserve_ports(ports: &[u16]) -> Result<(), ReserveError> {
     std::fs::write(PATH, all.join(",")).map_err(|e| ReserveError::NotReserved {
         ports: missing,
         why: e.to_string(),
-    })
-}
-
-/// Turns on conntrack's byte counters in this namespace (`net.netfilter.nf_conntrack_acct`),
-/// which the end events of kernel-carried connections read. Where `/proc/sys` is read-only it
-/// checks that they are on (the pod's sysctl can set it, where the kubelet allows it).
-pub fn count_conntrack_bytes() -> Result<(), String> {
-    const PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
-    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(PATH, "1").map_err(|e| {
-        format!(
-            "net.netfilter.nf_conntrack_acct is off and cannot be turned on ({e}): the end events of kernel-carried connections will say 0 bytes (set the pod sysctl where the kubelet allows it)"
-        )
     })
 }
 
@@ -1177,6 +1205,7 @@ mod tests {
             nat: "*nat\n:PODWALL_INBOUND - [0:0]\n-A PREROUTING -p tcp -j PODWALL_INBOUND\n-A OUTPUT -j PODWALL_OUTPUT\n-A OUTPUT -j KUBE-SERVICES\nCOMMIT\n".into(),
             mangle: "*mangle\n-A OUTPUT -p udp -j PODWALL_DNS_OUTPUT\n-A PREROUTING -p udp -j PODWALL_DNS_PREROUTING\nCOMMIT\n".into(),
             filter: "*filter\n-A INPUT -p udp -j PODWALL_FILTER_IN\n-A INPUT -p icmp -j PODWALL_FILTER_IN\n-A OUTPUT -p udp -j PODWALL_FILTER_OUT\n-A OUTPUT -j OTHER\nCOMMIT\n".into(),
+            raw: String::new(),
         };
         let again = cfg.restore_input(Family::V4, Coverage::Capture, &installed);
         assert!(
@@ -1402,6 +1431,52 @@ mod tests {
         {
             assert!(!rule.contains("0x7077"), "{rule}");
         }
+    }
+
+    #[test]
+    fn on_the_kernel_path_conntrack_announces_only_the_removal_of_tcp_entries() {
+        let kernel = InitConfig {
+            l4_path: L4Path::Kernel,
+            ..InitConfig::default()
+        };
+        assert_eq!(
+            kernel.track_rules(),
+            ["-A PODWALL_TRACK -p tcp --syn -j CT --ctevents destroy"]
+        );
+        let input = kernel.restore_input(Family::V4, Coverage::Capture, &Saved::default());
+        let raw = &input[input.find("*raw\n").expect("a raw section")..];
+        for line in [
+            ":PODWALL_TRACK - [0:0]",
+            "-A PODWALL_TRACK -p tcp --syn -j CT --ctevents destroy",
+            "-I OUTPUT 1 -p tcp --syn -j PODWALL_TRACK",
+            "-I PREROUTING 1 -p tcp --syn -j PODWALL_TRACK",
+        ] {
+            assert!(raw.lines().any(|l| l == line), "{line} in {raw}");
+        }
+        // The proxy path leaves raw alone, and takes away a kernel path's template.
+        let proxy = InitConfig::default();
+        let fresh = proxy.restore_input(Family::V4, Coverage::Capture, &Saved::default());
+        assert!(!fresh.contains("*raw"), "{fresh}");
+        let after_kernel = Saved {
+            raw: "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:PODWALL_TRACK - [0:0]\n-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK\n-A OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK\nCOMMIT\n".into(),
+            ..Saved::default()
+        };
+        let switched = proxy.restore_input(Family::V4, Coverage::Capture, &after_kernel);
+        let raw = &switched[switched.find("*raw\n").expect("a raw section")..];
+        assert!(
+            raw.contains(
+                "-D PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK"
+            ),
+            "{raw}"
+        );
+        assert!(
+            raw.contains(
+                "-D OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK"
+            ),
+            "{raw}"
+        );
+        assert!(raw.contains("-F PODWALL_TRACK\n-X PODWALL_TRACK"), "{raw}");
+        assert!(!raw.contains("-I "), "{raw}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The TCP connections the kernel carries (the kernel path), by their original direction's
 //! addresses: each one's flow event as last judged, so that its end (a conntrack entry
 //! destroyed) and every policy change find what allowed it, and which toFQDNs names it was
-//! allowed for. The packet filter adds a connection as it admits it; the conntrack watcher
-//! takes it away as it ends.
+//! allowed for. The packet filter adds a connection as it admits it; the watchers of freed
+//! sockets and removed conntrack entries take it away as it ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +24,21 @@ pub(crate) struct KernelFlow {
     pub event: FlowEvent,
     /// A policy change no longer allowed it, and it was ended for that.
     pub revoked: bool,
+    /// It was ended by destroying the pod's socket, whose end (with its bytes) writes its
+    /// end event, not its conntrack entry's removal.
+    pub awaits_socket: bool,
+}
+
+impl KernelFlow {
+    /// One admitted now, allowed as `event` says.
+    pub(crate) fn new(event: FlowEvent) -> Self {
+        KernelFlow {
+            started: Instant::now(),
+            event,
+            revoked: false,
+            awaits_socket: false,
+        }
+    }
 }
 
 /// The open ones.

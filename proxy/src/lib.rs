@@ -32,7 +32,7 @@ mod relay;
 mod resident;
 mod server_name;
 mod shared;
-mod sock_destroy;
+mod sock_diag;
 mod tcp_route;
 
 use std::sync::Arc;
@@ -242,11 +242,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
                     "packet filter judging new UDP, SCTP and ping flows (and, on the kernel path, new TCP connections)"
                 );
                 if config.kernel_path {
-                    shared
-                        .kernel_flows
-                        .watching
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    tcp_route::watch_ends(shared.clone());
+                    tcp_route::watch_ends(&shared);
                 }
                 tokio::spawn(revoke_flows_on_change(policy_rx.clone(), shared.clone()));
             }

@@ -20,16 +20,17 @@
 use std::collections::hash_map::Entry as Slot;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use podwall_policy::{Direction, Protocol};
 
 use crate::admit::{Admission, Admitted, Backends, NewFlow, admit, describe, judge, own_http};
-use crate::conntrack::{Change, Conntrack, Entry, Events, TCP_CLOSE, TCP_TIME_WAIT};
+use crate::conntrack::{Conntrack, Entry, Events, TCP_CLOSE, TCP_TIME_WAIT};
 use crate::flow::{FlowEvent, FlowPhase};
 use crate::kernel_flows::{FlowKey, KernelFlow};
 use crate::pod_policy::{FlowVerdict, PodPolicy};
 use crate::shared::Shared;
+use crate::sock_diag::{Ends, SocketEnd};
 
 /// The IP protocol number of TCP.
 const TCP: u8 = 6;
@@ -63,18 +64,9 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
         Admission::Refused(_) => Route::Proxy,
         Admission::Admitted(admitted) if needs_proxy(&admitted, shared) => Route::Proxy,
         Admission::Admitted(mut admitted) => {
-            // Conntrack's events are heard on the kernel path only (a listener makes the
-            // kernel build a message for every TCP state change in the pod): from the start
-            // with `proxy run --l4-path kernel`, else from the first connection the kernel
-            // carries (whose own end is then missed: the kernel gives events only for entries
-            // made while someone listens).
-            if !shared
-                .kernel_flows
-                .watching
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                watch_ends(shared.clone());
-            }
+            // Ends are heard on the kernel path only (from the start with `proxy run
+            // --l4-path kernel`; else from this first connection, before its socket can end).
+            watch_ends(shared);
             shared
                 .metrics(admitted.event.direction)
                 .verdict(admitted.event.verdict);
@@ -82,11 +74,7 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
             // Its end, and every policy change, find it by the addresses conntrack keeps.
             shared.kernel_flows.lock().insert(
                 (flow.source, flow.destination),
-                KernelFlow {
-                    started: Instant::now(),
-                    event: admitted.event.clone(),
-                    revoked: false,
-                },
+                KernelFlow::new(admitted.event.clone()),
             );
             shared.flows.emit(admitted.event);
             Route::Kernel
@@ -195,10 +183,14 @@ pub(crate) fn revoke(
                     Direction::Egress => (key.0, key.1),
                     Direction::Ingress => (key.1, key.0),
                 };
-                if let Err(e) = crate::sock_destroy::destroy(local, remote) {
+                match crate::sock_diag::destroy(local, remote) {
+                    // Its end is written as the socket is freed, with its bytes.
+                    Ok(destroyed) => flow.awaits_socket = destroyed,
                     // Without it, each end is reset when it next sends (the next segment is
                     // no connection the kernel carries).
-                    tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
+                    Err(e) => {
+                        tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
+                    }
                 }
                 shared.metrics(flow.event.direction).revoked.inc();
                 ended += 1;
@@ -206,13 +198,9 @@ pub(crate) fn revoke(
         }
     }
     // Connections taken in after a restart end as any other.
-    if !open.is_empty()
-        && !shared
-            .kernel_flows
-            .watching
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        watch_ends(shared.clone());
+    if !open.is_empty() {
+        drop(open);
+        watch_ends(shared);
     }
     Ok(ended)
 }
@@ -236,11 +224,7 @@ fn adopted(policy: &PodPolicy, key: FlowKey, entry: &Entry) -> KernelFlow {
             address: key.1,
             backends: s.backends.len(),
         });
-    KernelFlow {
-        started: Instant::now(),
-        event,
-        revoked: false,
-    }
+    KernelFlow::new(event)
 }
 
 fn key_of(entry: &Entry) -> FlowKey {
@@ -250,8 +234,8 @@ fn key_of(entry: &Entry) -> FlowKey {
     )
 }
 
-/// Writes the end of a kernel-carried connection: its event with the bytes conntrack counted
-/// (when the namespace counts them) and how long it lasted.
+/// Writes the end of a kernel-carried connection: its event with the bytes it carried, from
+/// its source's side then its destination's, when they are known, and how long it lasted.
 fn ended(shared: &Shared, key: FlowKey, bytes: Option<(u64, u64)>) {
     let Some(flow) = shared.kernel_flows.lock().remove(&key) else {
         return;
@@ -273,50 +257,109 @@ fn ended(shared: &Shared, key: FlowKey, bytes: Option<(u64, u64)>) {
     shared.flows.emit(event);
 }
 
-/// Hears of every conntrack change in the pod's namespace, on a thread of its own, and writes
-/// the end of each kernel-carried connection: when conntrack sees it closed (TIME_WAIT, or a
-/// reset), with the counters read then; or, if that was missed (it timed out, or was deleted),
-/// when its entry is destroyed.
-pub(crate) fn watch_ends(shared: Arc<Shared>) {
-    let (mut events, mut table) = match Events::subscribe()
-        .and_then(|e| Ok((e, Conntrack::open()?)))
-    {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot hear of ended connections: kernel-carried connections get no end event");
+/// A socket of the pod was freed: the end of the kernel-carried connection it was the pod's
+/// end of (the source of an egress one, the destination of an ingress one).
+fn socket_ended(shared: &Shared, end: SocketEnd) {
+    let (key, bytes) = {
+        let open = shared.kernel_flows.lock();
+        let (egress, ingress) = ((end.local, end.remote), (end.remote, end.local));
+        if open.contains_key(&egress) {
+            (egress, end.bytes)
+        } else if open.contains_key(&ingress) {
+            // The pod's socket received what the source sent.
+            (ingress, end.bytes.map(|(sent, received)| (received, sent)))
+        } else {
             return;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("conntrack-ends".into())
-        .spawn(move || {
-            loop {
-                let heard = events.next(|change, entry| {
-                    if entry.protocol != TCP || entry.mark != crate::init::KERNEL_MARK {
-                        return;
-                    }
-                    match change {
-                        Change::Destroyed => ended(&shared, key_of(&entry), entry.bytes),
-                        Change::Updated
-                            if matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) =>
-                        {
-                            // Events carry no counters but a destroyed entry's: read them now,
-                            // rather than when TIME_WAIT ends minutes later.
-                            let bytes = table.get(&entry).ok().flatten().and_then(|e| e.bytes);
-                            ended(&shared, key_of(&entry), bytes);
-                        }
-                        Change::Updated => {}
+    ended(shared, key, bytes);
+}
+
+/// A kernel-carried connection's conntrack entry went: its end, when no socket of the pod
+/// gave it (a SYN that never became a connection, a forged one from a raw socket, an entry
+/// that timed out before its socket closed). A revoked connection whose socket was destroyed
+/// is left to that socket's end, which has its bytes.
+fn entry_ended(shared: &Shared, entry: &Entry) {
+    let key = key_of(entry);
+    match shared.kernel_flows.lock().get(&key) {
+        Some(flow) if !flow.awaits_socket => {}
+        _ => return,
+    }
+    ended(shared, key, entry.bytes);
+}
+
+/// Starts hearing of the ends of kernel-carried connections, once: each one's end is written
+/// as its socket in the pod is freed (`sock_diag::Ends`: at once, with its bytes), or, failing
+/// that, as its conntrack entry is removed (the init rules have conntrack announce only that
+/// of a TCP connection, `CT --ctevents destroy`). Each on a thread of its own.
+pub(crate) fn watch_ends(shared: &Arc<Shared>) {
+    if shared
+        .kernel_flows
+        .watching
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        return;
+    }
+    match Ends::subscribe() {
+        Ok(mut ends) => {
+            let shared = shared.clone();
+            spawn_watcher("socket-ends", move |wait| {
+                let heard = ends.next(wait, |end| socket_ended(&shared, end));
+                heard.unwrap_or_else(|e| {
+                    // ENOBUFS: some ends were lost; conntrack's removals tell them later.
+                    tracing::warn!(error = %e, "freed sockets: receive failed");
+                    sweep(&shared);
+                    false
+                })
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hear of freed sockets: kernel-carried connections' ends are written when conntrack forgets them, without bytes unless it counts them");
+        }
+    }
+    match Events::subscribe() {
+        Ok(mut events) => {
+            let shared = shared.clone();
+            spawn_watcher("conntrack-ends", move |wait| {
+                let heard = events.next(wait, |entry| {
+                    if entry.protocol == TCP && entry.mark == crate::init::KERNEL_MARK {
+                        entry_ended(&shared, &entry);
                     }
                 });
-                if let Err(e) = heard {
-                    // ENOBUFS: some changes were lost; those connections are found by the sweep.
+                heard.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "conntrack events: receive failed");
                     sweep(&shared);
+                    false
+                })
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hear of removed conntrack entries: a kernel-carried connection that ends without a socket in the pod gets no end event");
+        }
+    }
+}
+
+/// How long a watcher lets ends gather after it has read all there were: under load it then
+/// reads many per wake-up, rather than being woken for each (a context switch per connection
+/// that cost more than the rest of its end). End events come this much later.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Reads ends on a thread named `name`: `read(wait)` reads what is there (waiting for some
+/// when `wait`), and says whether it read anything.
+fn spawn_watcher(name: &str, mut read: impl FnMut(bool) -> bool + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            loop {
+                // (A failed read is followed by the same pause.)
+                if read(true) {
+                    while read(false) {}
                 }
+                std::thread::sleep(GATHER);
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the conntrack watcher");
+        tracing::warn!(error = %e, watcher = name, "cannot start a watcher of connection ends");
     }
 }
 

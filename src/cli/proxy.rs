@@ -352,11 +352,6 @@ fn init(args: InitArgs) -> ExitCode {
             ),
             Err(e) => eprintln!("podwall: warning: {e}"),
         }
-        if config.tcp_queue().is_some()
-            && let Err(e) = podwall_proxy::init::count_conntrack_bytes()
-        {
-            eprintln!("podwall: warning: {e}");
-        }
     }
     ExitCode::SUCCESS
 }

@@ -67,17 +67,18 @@ fn on_the_kernel_path_an_allowed_connection_keeps_its_addresses_end_to_end_and_a
         .unwrap_or_else(|| panic!("no start event: {:#?}", up.flows_with_starts("t/client")));
     assert_eq!(event["verdict"], "ALLOWED", "{event:#}");
     assert_eq!(event["direction"], "egress", "{event:#}");
-    // Its end, heard from conntrack: the bytes both ways (the greeting came back) and how
+    // Its end, heard as the client's socket was freed: the bytes both ways (the client sent
+    // nothing; the greeting came back, and TCP counts the server's FIN as one more) and how
     // long it lasted, under the same verdict.
     let end = wait_for_flow(&up, "t/client", "the allowed egress's end", |e| {
         e["destination"]["port"] == 8080 && e["phase"] == "end"
     });
     assert_eq!(end["verdict"], "ALLOWED", "{end:#}");
     assert_eq!(end["source"]["port"], local.port(), "{end:#}");
-    assert!(
-        end["bytes_received"]
-            .as_u64()
-            .is_some_and(|b| b as usize >= greeting.len()),
+    let fin = greeting.len() as u64 + 1;
+    assert_eq!(
+        (end["bytes_sent"].as_u64(), end["bytes_received"].as_u64()),
+        (Some(0), Some(fin)),
         "{end:#}"
     );
     assert!(
@@ -88,9 +89,27 @@ fn on_the_kernel_path_an_allowed_connection_keeps_its_addresses_end_to_end_and_a
         event["egress"]["policy"], "NetworkPolicy t/client-out",
         "{event:#}"
     );
-    wait_for_flow(&up, "t/server", "the allowed ingress", |e| {
-        e["destination"]["port"] == 8080 && e["verdict"] == "ALLOWED" && e["direction"] == "ingress"
+    // The server's sidecar hears the same connection end at its pod's socket: what the source
+    // sent, and the greeting it received back, in the connection's direction.
+    let ingress_end = wait_for_flow(&up, "t/server", "the allowed ingress's end", |e| {
+        e["destination"]["port"] == 8080
+            && e["verdict"] == "ALLOWED"
+            && e["direction"] == "ingress"
+            && e["phase"] == "end"
     });
+    assert_eq!(
+        ingress_end["source"]["port"],
+        local.port(),
+        "{ingress_end:#}"
+    );
+    assert_eq!(
+        (
+            ingress_end["bytes_sent"].as_u64(),
+            ingress_end["bytes_received"].as_u64()
+        ),
+        (Some(1), Some(greeting.len() as u64)),
+        "the client's FIN, and the greeting: {ingress_end:#}"
+    );
     // Denied: the proxy took it and reset it at once (not left to time out), and said why.
     let started = Instant::now();
     let refused = connect(&client, SocketAddr::new(server, 9001)).expect_err("denied");

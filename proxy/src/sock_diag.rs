@@ -1,0 +1,364 @@
+//! The pod's TCP sockets over sock_diag, for the connections the kernel carries (no proxy
+//! holds them). Both need NET_ADMIN in the namespace.
+//!
+//! - [`destroy`] ends a local TCP socket at once, as `ss -K` does (`SOCK_DESTROY`; a kernel
+//!   built with `CONFIG_INET_DIAG_DESTROY`): the kernel sends the peer a reset and the
+//!   socket's owner sees `ECONNABORTED`. Revocation takes this. The socket is first looked up
+//!   by its two ends, and destroyed by the cookie that lookup gives, only when it is a
+//!   connection: the kernel's lookup by addresses falls back to the *listening* socket when
+//!   the connection is gone, and destroying that would close the app's server.
+//! - [`Ends`] hears of every TCP socket of the namespace as the kernel frees it (the
+//!   `SKNLGRP_INET*_TCP_DESTROY` groups), with its byte counts (`tcp_info`): a connection's
+//!   end as its owner sees it, at once, without conntrack's accounting (a sysctl a pod often
+//!   cannot set) or a message per TCP state change. The kernel builds these messages only
+//!   while someone listens.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
+    socket,
+};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLMSG_ERROR: u16 = 2;
+const IPPROTO_TCP: u8 = 6;
+/// `inet_diag_req_v2`: family, protocol, extensions, pad, states, then the socket id.
+const REQUEST_LEN: usize = 8 + 48;
+
+fn address_words(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A request of `kind` for the TCP socket whose local end is `local` and remote end `remote`
+/// (and whose cookie is `cookie`, when known).
+fn request(kind: u16, local: SocketAddr, remote: SocketAddr, cookie: [u8; 8]) -> Vec<u8> {
+    let len = 16 + REQUEST_LEN;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    let family = match local.ip() {
+        IpAddr::V4(_) => libc_af(AddressFamily::Inet),
+        IpAddr::V6(_) => libc_af(AddressFamily::Inet6),
+    };
+    m.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    // Every state.
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    m.extend_from_slice(&local.port().to_be_bytes());
+    m.extend_from_slice(&remote.port().to_be_bytes());
+    m.extend_from_slice(&address_words(local.ip()));
+    m.extend_from_slice(&address_words(remote.ip()));
+    // Any interface.
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&cookie);
+    m
+}
+
+/// No cookie (`INET_DIAG_NOCOOKIE`): any socket the addresses find.
+const NO_COOKIE: [u8; 8] = [0xff; 8];
+/// TCP states a connection can be destroyed in (not LISTEN, TIME_WAIT or CLOSE).
+fn is_connection(state: u8) -> bool {
+    matches!(state, 1..=5 | 8 | 9 | 11)
+}
+
+/// What sock_diag answered: a socket (`inet_diag_msg`: its state, and its cookie at offset 44),
+/// or a status.
+fn answer(buf: &[u8]) -> io::Result<Option<(u8, [u8; 8])>> {
+    let kind = buf
+        .get(4..6)
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+        .ok_or_else(|| io::Error::other("sock_diag: short answer"))?;
+    let body = buf.get(16..).unwrap_or(&[]);
+    if kind == NLMSG_ERROR {
+        let errno = body
+            .get(..4)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(-5);
+        return match errno {
+            0 => Ok(None),
+            e if e == -(nix::errno::Errno::ENOENT as i32) => Ok(None),
+            e => Err(io::Error::from_raw_os_error(-e)),
+        };
+    }
+    let state = *body
+        .get(1)
+        .ok_or_else(|| io::Error::other("sock_diag: short answer"))?;
+    let cookie: [u8; 8] = body
+        .get(44..52)
+        .and_then(|c| c.try_into().ok())
+        .ok_or_else(|| io::Error::other("sock_diag: short answer"))?;
+    Ok(Some((state, cookie)))
+}
+
+fn libc_af(f: AddressFamily) -> u8 {
+    f as i32 as u8
+}
+
+/// The multicast groups of freed TCP sockets, IPv4 and IPv6 (`SKNLGRP_INET_TCP_DESTROY` = 1,
+/// `SKNLGRP_INET6_TCP_DESTROY` = 3; group n is bit n - 1).
+const TCP_DESTROY_GROUPS: u32 = 0b101;
+/// `inet_diag_msg`'s length, and the attribute after it that holds `struct tcp_info`.
+const DIAG_MSG_LEN: usize = 72;
+const INET_DIAG_INFO: u16 = 2;
+/// `tcpi_bytes_received`, `tcpi_bytes_sent` and `tcpi_bytes_retrans` in `struct tcp_info`
+/// (Linux 4.19 and later).
+const BYTES_RECEIVED_AT: usize = 128;
+const BYTES_SENT_AT: usize = 200;
+const BYTES_RETRANS_AT: usize = 208;
+
+/// A TCP socket of the pod that the kernel freed: its two ends and what it carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SocketEnd {
+    /// The pod's end.
+    pub local: SocketAddr,
+    /// The other end.
+    pub remote: SocketAddr,
+    /// Payload bytes the socket sent (retransmissions counted once), and received (where TCP
+    /// counts a FIN received as one more: it numbers it as a byte).
+    pub bytes: Option<(u64, u64)>,
+}
+
+fn address(family: u8, words: &[u8]) -> Option<IpAddr> {
+    if family == libc_af(AddressFamily::Inet) {
+        let v4: [u8; 4] = words.get(..4)?.try_into().ok()?;
+        Some(IpAddr::from(v4))
+    } else if family == libc_af(AddressFamily::Inet6) {
+        let v6: [u8; 16] = words.get(..16)?.try_into().ok()?;
+        Some(std::net::Ipv6Addr::from(v6).to_canonical())
+    } else {
+        None
+    }
+}
+
+/// Reads one `SOCK_DIAG_BY_FAMILY` message's body: `inet_diag_msg`, then attributes.
+fn socket_end(body: &[u8]) -> Option<SocketEnd> {
+    let msg = body.get(..DIAG_MSG_LEN)?;
+    let family = msg[0];
+    let port = |at: usize| u16::from_be_bytes([msg[at], msg[at + 1]]);
+    let local = SocketAddr::new(address(family, &msg[8..24])?, port(4));
+    let remote = SocketAddr::new(address(family, &msg[24..40])?, port(6));
+    let mut bytes = None;
+    let mut rest = &body[DIAG_MSG_LEN..];
+    while rest.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            break;
+        }
+        if kind == INET_DIAG_INFO {
+            let info = &rest[4..len];
+            let counter = |at: usize| {
+                info.get(at..at + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_ne_bytes)
+            };
+            let sent = counter(BYTES_SENT_AT)
+                .zip(counter(BYTES_RETRANS_AT))
+                .map(|(all, again)| all.saturating_sub(again));
+            bytes = sent.zip(counter(BYTES_RECEIVED_AT));
+        }
+        rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    Some(SocketEnd {
+        local,
+        remote,
+        bytes,
+    })
+}
+
+/// A sock_diag socket that hears of every TCP socket freed in the calling thread's namespace.
+pub(crate) struct Ends {
+    fd: std::os::fd::OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Ends {
+    /// Subscribes.
+    pub(crate) fn subscribe() -> io::Result<Self> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        // A burst of closes must not be lost to a small buffer (ENOBUFS says when it was).
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, TCP_DESTROY_GROUPS))?;
+        Ok(Ends {
+            fd,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Reads the next freed sockets and gives each to `each`: waiting for them, or, without
+    /// `wait`, only those already there (`Ok(false)`: none were).
+    pub(crate) fn next(&mut self, wait: bool, mut each: impl FnMut(SocketEnd)) -> io::Result<bool> {
+        let Some(n) = crate::conntrack::receive(&self.fd, &mut self.buf, wait)? else {
+            return Ok(false);
+        };
+        let mut rest = &self.buf[..n];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < 16 || len > rest.len() {
+                break;
+            }
+            if kind == SOCK_DIAG_BY_FAMILY
+                && let Some(end) = socket_end(&rest[16..len])
+            {
+                each(end);
+            }
+            rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
+        }
+        Ok(true)
+    }
+}
+
+fn ask(message: &[u8]) -> io::Result<Vec<u8>> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    sendto(
+        fd.as_raw_fd(),
+        message,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    let mut buf = vec![0u8; 4096];
+    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Destroys the connection; `Ok(false)` when there is none (closed already, in TIME_WAIT, or
+/// not local).
+pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+    let found = answer(&ask(&request(
+        SOCK_DIAG_BY_FAMILY,
+        local,
+        remote,
+        NO_COOKIE,
+    ))?)?;
+    let Some((_, cookie)) = found.filter(|(state, _)| is_connection(*state)) else {
+        return Ok(false);
+    };
+    answer(&ask(&request(SOCK_DESTROY, local, remote, cookie))?)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destroy_request_names_the_socket_by_both_ends_in_network_order() {
+        let m = request(
+            SOCK_DESTROY,
+            "10.0.0.1:8080".parse().expect("addr"),
+            "10.0.0.2:40000".parse().expect("addr"),
+            [1, 2, 3, 4, 5, 6, 7, 8],
+        );
+        assert_eq!(m.len(), 72);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), SOCK_DESTROY);
+        assert_eq!(&m[16..18], &[2, IPPROTO_TCP]);
+        assert_eq!(&m[24..26], &8080u16.to_be_bytes());
+        assert_eq!(&m[26..28], &40000u16.to_be_bytes());
+        assert_eq!(&m[28..32], &[10, 0, 0, 1]);
+        assert_eq!(&m[44..48], &[10, 0, 0, 2]);
+        assert_eq!(&m[64..72], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    /// A freed socket's message as the kernel broadcasts it: `inet_diag_msg`, the protocol,
+    /// then `tcp_info` (as long as this kernel's).
+    fn freed(local: SocketAddr, remote: SocketAddr, sent: u64, received: u64) -> Vec<u8> {
+        let mut body = vec![0u8; DIAG_MSG_LEN];
+        body[0] = match local {
+            SocketAddr::V4(_) => 2,
+            SocketAddr::V6(_) => 10,
+        };
+        body[1] = 7;
+        body[4..6].copy_from_slice(&local.port().to_be_bytes());
+        body[6..8].copy_from_slice(&remote.port().to_be_bytes());
+        body[8..24].copy_from_slice(&address_words(local.ip()));
+        body[24..40].copy_from_slice(&address_words(remote.ip()));
+        let attr = |kind: u16, payload: &[u8]| {
+            let mut a = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
+            a.extend(kind.to_ne_bytes());
+            a.extend(payload);
+            a.resize((a.len() + 3) & !3, 0);
+            a
+        };
+        body.extend(attr(5, &[IPPROTO_TCP]));
+        let mut info = vec![0u8; 232];
+        // Sent twice over, of which the retransmissions are 1,000 bytes.
+        info[BYTES_SENT_AT..BYTES_SENT_AT + 8].copy_from_slice(&(sent + 1000).to_ne_bytes());
+        info[BYTES_RETRANS_AT..BYTES_RETRANS_AT + 8].copy_from_slice(&1000u64.to_ne_bytes());
+        info[BYTES_RECEIVED_AT..BYTES_RECEIVED_AT + 8].copy_from_slice(&received.to_ne_bytes());
+        body.extend(attr(INET_DIAG_INFO, &info));
+        body
+    }
+
+    #[test]
+    fn a_freed_socket_gives_its_two_ends_and_the_bytes_it_carried() {
+        let local: SocketAddr = "10.0.0.1:40000".parse().expect("addr");
+        let remote: SocketAddr = "10.0.0.2:8080".parse().expect("addr");
+        assert_eq!(
+            socket_end(&freed(local, remote, 5, 70_000)),
+            Some(SocketEnd {
+                local,
+                remote,
+                bytes: Some((5, 70_000)),
+            })
+        );
+        let local6: SocketAddr = "[fd00::1]:40000".parse().expect("addr");
+        let remote6: SocketAddr = "[fd00::2]:443".parse().expect("addr");
+        let end = socket_end(&freed(local6, remote6, 0, 1)).expect("v6");
+        assert_eq!((end.local, end.remote), (local6, remote6));
+        // A kernel whose tcp_info stops before the counters: the ends, no bytes.
+        let mut short = freed(local, remote, 1, 1);
+        short.truncate(DIAG_MSG_LEN + 8 + 4 + 200);
+        let len = (4 + 200) as u16;
+        short[DIAG_MSG_LEN + 8..DIAG_MSG_LEN + 10].copy_from_slice(&len.to_ne_bytes());
+        assert_eq!(socket_end(&short).map(|e| e.bytes), Some(None));
+        assert_eq!(socket_end(&[2u8; 40]), None, "truncated");
+    }
+
+    #[test]
+    fn only_a_connection_is_destroyed_never_a_listener_or_a_closing_socket() {
+        // LISTEN, TIME_WAIT, CLOSE: what a lookup by addresses finds when the connection is gone.
+        for state in [10, 6, 7] {
+            assert!(!is_connection(state), "{state}");
+        }
+        for state in [1, 2, 3, 4, 5, 8, 9, 11] {
+            assert!(is_connection(state), "{state}");
+        }
+        // An inet_diag_msg: family, state, timer, retrans, then the id whose cookie ends it.
+        let mut msg = vec![0u8; 16];
+        msg[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let mut body = vec![2u8, 10, 0, 0];
+        body.extend([0u8; 40]);
+        body.extend([9u8; 8]);
+        body.extend([0u8; 20]);
+        msg.extend(body);
+        assert_eq!(answer(&msg).expect("answer"), Some((10, [9u8; 8])));
+    }
+}
