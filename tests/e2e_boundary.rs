@@ -733,6 +733,103 @@ fn zombie_segment_stays_in(name: &str, path: &[&str]) {
 }
 
 #[test]
+fn a_connection_from_an_address_that_is_not_the_pods_never_leaves_it() {
+    if !ready("a_connection_from_an_address_that_is_not_the_pods_never_leaves_it") {
+        return;
+    }
+    forged_source_stays_in(["pw-e2e-frp", "pw-e2e-frh"], &[]);
+}
+
+#[test]
+fn on_the_kernel_path_a_connection_from_an_address_that_is_not_the_pods_never_leaves_it() {
+    if !ready(
+        "on_the_kernel_path_a_connection_from_an_address_that_is_not_the_pods_never_leaves_it",
+    ) {
+        return;
+    }
+    // The egress rules let a kernel-carried connection's packets out unchecked: the judge must
+    // never give the kernel one whose source the pod does not own.
+    forged_source_stays_in(["pw-e2e-frkp", "pw-e2e-frkh"], &["--l4-path=kernel"]);
+}
+
+/// An IPv6 pod whose policy lets it reach its neighbour's TCP 8080; its app opens that
+/// connection from an address of the pod's network that is not its own (`IPV6_FREEBIND`, no
+/// capability): no frame from that address leaves the pod, while the same connection from the
+/// pod's own address does. `path`: extra init and sidecar flags.
+fn forged_source_stays_in(names: [&'static str; 2], path: &[&str]) {
+    const OWN: &str = "fd79::1";
+    const FORGED: &str = "fd79::99";
+    const PEER: &str = "fd79::2";
+    let _pair = support::sandbox::V6Pair::new(names, ["fd79::1/64", "fd79::2/64"]);
+    let pod = names[0];
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("state.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: v6, labels: {app: app}}\nstatus: {podIP: 'fd79::1'}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: app, namespace: v6}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 'fd79::2/128'}}]\n    ports: [{port: 8080}]\n",
+    )
+    .expect("policy");
+    let init = Command::new("ip")
+        .args(["netns", "exec", pod])
+        .arg(support::sandbox::exe())
+        .args(["proxy", "init"])
+        .args(path)
+        .output()
+        .expect("init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mut sidecar =
+        podwall_sandbox::sidecar_in(pod, &support::sandbox::exe().display().to_string())
+            .args(["proxy", "run", "--pod-namespace", "v6", "--pod-name", "app"])
+            .arg(format!(
+                "--policy-source=dir:{}",
+                dir.path().join("state.yaml").display()
+            ))
+            .args(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sidecar");
+    wait_for("the sidecar to be ready", Duration::from_secs(10), || {
+        run_in(pod, || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", 15020)) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.contains(" 200 ")
+        })
+        .unwrap_or(false)
+    });
+    // Watched on the pod's own interface, as frames leave it (after every rule).
+    let leaves = |source: &str| {
+        let (sniffer, sniffed) =
+            app_listening(pod, ",+net_raw", &["sniff-from", "eth0", source, "4"]);
+        let r = app(
+            pod,
+            "",
+            &[],
+            &["freebind-connect", source, PEER, "8080", "2"],
+        );
+        (r, last_line(sniffer, sniffed))
+    };
+    let (forged, seen) = leaves(FORGED);
+    let (own, own_seen) = leaves(OWN);
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    assert_eq!(
+        seen, "not seen",
+        "a packet from an address the pod does not own left it ({forged})"
+    );
+    // Nobody listens on the neighbour: the connection is refused there, after leaving.
+    assert_eq!(own_seen, "seen", "the allowed connection left: {own}");
+}
+
+#[test]
 fn an_ipv6_packet_the_app_sends_itself_from_a_forged_source_opens_no_flow() {
     if !ready("an_ipv6_packet_the_app_sends_itself_from_a_forged_source_opens_no_flow") {
         return;

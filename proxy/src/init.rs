@@ -654,8 +654,20 @@ impl InitConfig {
     /// sidecar (a socket bound to an interface escapes the capture's routing) are dropped; TCP
     /// leaves only as a reply on a connection into the pod or to what is excluded from the
     /// redirect, so no TCP the proxy did not open leaves the pod, whatever conntrack thinks.
+    ///
+    /// On the kernel path a connection the judge gave the kernel passes first, unchecked (a
+    /// mark no app can set): the judge gives the kernel only connections whose pod end is an
+    /// address of the pod (`tcp_route::route`), and conntrack matches each packet to the
+    /// connection by its addresses, so none of its packets has another source. That spares
+    /// every packet of every kernel-carried connection the rest of this chain.
     pub fn egress_rules(&self, family: Family) -> Vec<String> {
-        let mut r = vec![format!("-A {EGRESS_CHAIN} {} -j RETURN", self.own())];
+        let mut r = Vec::new();
+        if self.tcp_queue().is_some() {
+            r.push(format!(
+                "-A {EGRESS_CHAIN} -m connmark --mark {KERNEL_MARK:#x} -j RETURN"
+            ));
+        }
+        r.push(format!("-A {EGRESS_CHAIN} {} -j RETURN", self.own()));
         if family == Family::V6 {
             // Duplicate address detection and listener reports leave from `::`.
             for t in [135, 143] {
@@ -672,12 +684,6 @@ impl InitConfig {
             // The kernel's resets for connections whose socket is gone (it sends them unmarked).
             format!("-A {EGRESS_CHAIN} -p tcp --tcp-flags RST RST -j RETURN"),
         ]);
-        if self.tcp_queue().is_some() {
-            // A connection the judge gave the kernel (a mark no app can set).
-            r.push(format!(
-                "-A {EGRESS_CHAIN} -m connmark --mark {KERNEL_MARK:#x} -j RETURN"
-            ));
-        }
         self.excluded_cidrs(&mut r, family, EGRESS_CHAIN);
         ports_rules(
             &mut r,
@@ -1408,10 +1414,10 @@ mod tests {
                 .chain_rules(Family::V4)
                 .contains(&"-A PODWALL_OUTPUT -m mark --mark 0x70770001 -j RETURN".to_string())
         );
-        assert!(
-            kernel
-                .egress_rules(Family::V4)
-                .contains(&"-A PODWALL_EGRESS -m connmark --mark 0x70770001 -j RETURN".to_string())
+        // Kernel-carried packets pass first (the judge checked the connection's source).
+        assert_eq!(
+            kernel.egress_rules(Family::V4)[0],
+            "-A PODWALL_EGRESS -m connmark --mark 0x70770001 -j RETURN"
         );
         // Without a queue there is no judge: every connection goes to the proxy.
         let unjudged = InitConfig {

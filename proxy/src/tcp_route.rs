@@ -59,6 +59,9 @@ impl Route {
 /// Decides the path of a new TCP connection, writing the flow event and counting the verdict
 /// of one the proxy will not see.
 pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
+    if !pods_own_end(shared, &flow) {
+        return Route::Proxy;
+    }
     match admit(shared, flow, Backends::Every) {
         // Refused, or a Service virtual IP not every backend of which policy allows.
         Admission::Refused(_) => Route::Proxy,
@@ -80,6 +83,22 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
             Route::Kernel
         }
     }
+}
+
+/// Whether the pod's end of the connection (the source of an egress one, the destination of
+/// an ingress one) is an address of the pod. An app may open a connection from any address
+/// (`IP_FREEBIND` takes no capability); the egress rules let a kernel-carried connection's
+/// packets out without looking at their source, so such a connection is never the kernel's.
+/// The proxy takes it, and connects from the pod's own address if it is allowed.
+fn pods_own_end(shared: &Shared, flow: &NewFlow) -> bool {
+    let Some(policy) = shared.policy() else {
+        return false;
+    };
+    let end = match flow.direction {
+        Direction::Egress => flow.source.ip(),
+        Direction::Ingress => flow.destination.ip(),
+    };
+    policy.engine.state().pod(policy.me).ips.contains(&end)
 }
 
 /// Whether deciding or reporting the connection takes its bytes: as the proxy decides it.
