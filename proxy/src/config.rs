@@ -41,6 +41,8 @@ pub struct ProxyConfig {
     pub keep_revoked: bool,
     /// The NFQUEUE queue whose new UDP/SCTP flows the sidecar judges (`None`: no filter).
     pub packet_queue: Option<u16>,
+    /// How many queues from `packet_queue` on, each judged on a thread of its own.
+    pub packet_queues: u16,
     /// The init rules put TCP on the kernel path: hear of conntrack's changes from the start
     /// (the kernel gives events only for entries created while someone listens).
     pub kernel_path: bool,
@@ -65,6 +67,7 @@ impl ProxyConfig {
             keep_revoked: false,
             kernel_path: false,
             packet_queue: Some(crate::init::DEFAULT_PACKET_QUEUE),
+            packet_queues: 1,
         }
     }
 }

@@ -221,6 +221,8 @@ pub struct InitConfig {
     /// The NFQUEUE queue new non-TCP flows go to; `None`: UDP, SCTP and ICMP pass unjudged
     /// (not enforced), other protocols are dropped.
     pub packet_queue: Option<u16>,
+    /// How many queues from `packet_queue` on the sidecar judges (one per judge thread).
+    pub packet_queues: u16,
     /// Which TCP connections go through the proxy (the kernel path needs `packet_queue`).
     pub l4_path: L4Path,
 }
@@ -239,6 +241,7 @@ impl Default for InitConfig {
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
             packet_queue: Some(DEFAULT_PACKET_QUEUE),
+            packet_queues: 1,
             l4_path: L4Path::Proxy,
         }
     }
@@ -345,8 +348,23 @@ impl InitConfig {
             proxy.unwrap_or("RETURN")
         ));
         r.push(format!(
-            "-A {chain} -p tcp --syn -j NFQUEUE --queue-num {queue}"
+            "-A {chain} -p tcp --syn -j {}",
+            self.queue_target(queue)
         ));
+    }
+
+    /// The NFQUEUE target for the judge's queues: one, or a range the kernel picks from by the
+    /// CPU the packet is on (balancing by addresses would put every connection to one peer in
+    /// one queue). No `--queue-bypass`: while nobody reads a queue, what goes to it waits or
+    /// is dropped.
+    fn queue_target(&self, first: u16) -> String {
+        match self.packet_queues {
+            0 | 1 => format!("NFQUEUE --queue-num {first}"),
+            n => format!(
+                "NFQUEUE --queue-balance {first}:{} --queue-cpu-fanout",
+                first.saturating_add(n - 1)
+            ),
+        }
     }
 
     /// The kernel path's outbound chain (mangle, from `OUTPUT` for new TCP connections):
@@ -576,7 +594,8 @@ impl InitConfig {
             }
             match self.packet_queue {
                 Some(queue) => r.push(format!(
-                    "-A {chain} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+                    "-A {chain} -m conntrack --ctstate NEW -j {}",
+                    self.queue_target(queue)
                 )),
                 None => {
                     for proto in ["udp", "sctp", icmp] {

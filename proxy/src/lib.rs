@@ -24,6 +24,7 @@ mod kernel_flows;
 mod lookup;
 pub mod metrics;
 mod names;
+mod nfqueue;
 mod orig_dst;
 mod packet_filter;
 mod pod_policy;
@@ -235,7 +236,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
     if let Some(queue) = config.packet_queue {
         // Without the filter, the init rules' queue has no reader and the kernel drops new
         // UDP/SCTP flows: fail closed, and said loudly, but TCP keeps working.
-        match packet_filter::spawn(queue, shared.clone()) {
+        match packet_filter::spawn(queue, config.packet_queues, shared.clone()) {
             Ok(()) => {
                 tracing::info!(
                     queue,

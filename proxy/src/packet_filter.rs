@@ -42,6 +42,7 @@ use podwall_policy::{Direction, Protocol};
 
 use crate::admit::{Admission, Backends, NewFlow, admit};
 use crate::flow::FlowEvent;
+use crate::nfqueue::Verdict;
 use crate::pod_policy::FlowVerdict;
 use crate::shared::Shared;
 
@@ -263,72 +264,70 @@ pub(crate) struct FilterError {
     pub source: std::io::Error,
 }
 
-/// Binds queue `queue_num` and judges its packets on a thread of its own (a verdict is a few
-/// microseconds of work and a blocking netlink round trip; it never waits on the runtime).
-pub(crate) fn spawn(queue_num: u16, shared: Arc<Shared>) -> Result<(), FilterError> {
-    let err = |source| FilterError {
-        queue: queue_num,
-        source,
-    };
-    let mut queue = nfq::Queue::open().map_err(err)?;
-    queue.bind(queue_num).map_err(err)?;
-    queue.set_copy_range(queue_num, COPY_RANGE).map_err(err)?;
-    queue.set_fail_open(queue_num, false).map_err(err)?;
-    queue.set_queue_max_len(queue_num, 4096).map_err(err)?;
-    std::thread::Builder::new()
-        .name("packet-filter".into())
-        .spawn(move || run(queue, &shared))
-        .map_err(err)?;
+/// Binds queues `first` to `first + count - 1` (the init rules balance new flows over them by
+/// their addresses) and judges each one's packets on a thread of its own: a verdict is a few
+/// microseconds of work and a blocking netlink round trip, which never waits on the runtime.
+/// Every queue is bound before any thread starts, so a failure leaves none half-served.
+pub(crate) fn spawn(first: u16, count: u16, shared: Arc<Shared>) -> Result<(), FilterError> {
+    let mut queues = Vec::new();
+    for num in first..first.saturating_add(count.max(1)) {
+        let queue = crate::nfqueue::Queue::bind(num, COPY_RANGE, 4096)
+            .map_err(|source| FilterError { queue: num, source })?;
+        queues.push((num, queue));
+    }
+    for (num, queue) in queues {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("packet-filter-{num}"))
+            .spawn(move || run(queue, &shared))
+            .map_err(|source| FilterError { queue: num, source })?;
+    }
     Ok(())
 }
 
-fn run(mut queue: nfq::Queue, shared: &Arc<Shared>) {
+fn run(mut queue: crate::nfqueue::Queue, shared: &Arc<Shared>) {
     loop {
-        let mut msg = match queue.recv() {
-            Ok(msg) => msg,
-            Err(e) => {
-                // ENOBUFS: the kernel dropped packets it could not queue; the senders retry.
-                tracing::warn!(error = %e, "packet filter: receive failed");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                continue;
+        if let Err(e) = queue.judge_batch(|packet| verdict(shared, packet)) {
+            // ENOBUFS: the kernel dropped packets it could not queue; the senders retry.
+            tracing::warn!(error = %e, "packet filter: receive failed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// The verdict on one queued packet: a new TCP connection's path (the kernel path), or
+/// another flow's fate.
+fn verdict(shared: &Arc<Shared>, packet: crate::nfqueue::Packet<'_>) -> Verdict {
+    // Inbound TCP is queued in PREROUTING (before TPROXY), everything else inbound in INPUT.
+    let direction = match packet.hook {
+        HOOK_PRE_ROUTING | HOOK_LOCAL_IN => Some(Direction::Ingress),
+        HOOK_LOCAL_OUT => Some(Direction::Egress),
+        _ => None,
+    };
+    match (direction, parse(packet.payload)) {
+        (Some(direction), Some(start)) if start.protocol == Protocol::Tcp => {
+            let route = crate::tcp_route::route(shared, start.flow(direction));
+            // The SYN walks its chain again, where the mark decides its path.
+            Verdict::Repeat { mark: route.mark() }
+        }
+        (Some(direction), Some(start)) => {
+            let event = judge(shared, direction, start);
+            let verdict = event.verdict;
+            shared.metrics(direction).verdict(verdict);
+            shared.flows.emit(event);
+            if verdict == FlowVerdict::Denied {
+                Verdict::Drop
+            } else {
+                Verdict::Accept
             }
-        };
-        // Inbound TCP is queued in PREROUTING (before TPROXY), everything else inbound in INPUT.
-        let direction = match msg.get_hook() {
-            HOOK_PRE_ROUTING | HOOK_LOCAL_IN => Some(Direction::Ingress),
-            HOOK_LOCAL_OUT => Some(Direction::Egress),
-            _ => None,
-        };
-        let verdict = match (direction, parse(msg.get_payload())) {
-            (Some(direction), Some(start)) if start.protocol == Protocol::Tcp => {
-                let route = crate::tcp_route::route(shared, start.flow(direction));
-                msg.set_nfmark(route.mark());
-                // The SYN walks its chain again, where the mark decides its path.
-                nfq::Verdict::Repeat
-            }
-            (Some(direction), Some(start)) => {
-                let event = judge(shared, direction, start);
-                let verdict = event.verdict;
-                shared.metrics(direction).verdict(verdict);
-                shared.flows.emit(event);
-                if verdict == FlowVerdict::Denied {
-                    nfq::Verdict::Drop
-                } else {
-                    nfq::Verdict::Accept
-                }
-            }
-            (direction, _) => {
-                tracing::debug!(
-                    hook = msg.get_hook(),
-                    ?direction,
-                    "packet filter: a packet it cannot read (TCP but a SYN, a later fragment, truncated); dropped"
-                );
-                nfq::Verdict::Drop
-            }
-        };
-        msg.set_verdict(verdict);
-        if let Err(e) = queue.verdict(msg) {
-            tracing::warn!(error = %e, "packet filter: cannot give a verdict");
+        }
+        (direction, _) => {
+            tracing::debug!(
+                hook = packet.hook,
+                ?direction,
+                "packet filter: a packet it cannot read (TCP but a SYN, a later fragment, truncated); dropped"
+            );
+            Verdict::Drop
         }
     }
 }
@@ -336,6 +335,135 @@ fn run(mut queue: nfq::Queue, shared: &Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client pod that may send to its server on TCP 8080 and UDP 5300.
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: t, labels: {app: client}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: t, labels: {app: server}}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-out, namespace: t}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: server}}}]
+    ports: [{port: 8080}, {port: 5300, protocol: UDP}]
+"#;
+
+    /// What the sidecar of the client pod shares, with its policy loaded and events written
+    /// nowhere.
+    fn client_sidecar() -> Arc<Shared> {
+        let mut loader = podwall_policy::Loader::new();
+        loader.add_yaml("pods.yaml", PODS).expect("yaml");
+        let (state, report) = loader.finish();
+        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+        let engine = podwall_policy::Engine::compile(state);
+        let me = engine
+            .state()
+            .pod_by_name("t", "client")
+            .expect("client pod");
+        let policy = Arc::new(crate::pod_policy::PodPolicy {
+            engine,
+            me,
+            audit: false,
+            generation: 1,
+            http: None,
+            fqdn: None,
+            own_fqdn: Vec::new(),
+            observe_http: Vec::new(),
+        });
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (_tx, policies) = tokio::sync::watch::channel(Some(policy.clone()));
+        Arc::new(Shared {
+            policies,
+            current: Arc::new(arc_swap::ArcSwapOption::new(Some(policy))),
+            flows: crate::flow::FlowLog::writing_to(std::io::sink, metrics.flow_counters()),
+            names: Arc::new(crate::names::Names::new(
+                Default::default(),
+                metrics.fqdn.clone(),
+            )),
+            metrics,
+            connect_timeout: std::time::Duration::from_secs(1),
+            keep_revoked: false,
+            own_ports: vec![15001, 15006],
+            check_server_name: true,
+            allow_unnamed_fqdn: false,
+            round_robin: Default::default(),
+            kernel_flows: Default::default(),
+        })
+    }
+
+    /// An IPv4 TCP SYN or UDP datagram from the client to the server.
+    fn from_client(protocol: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], sport, dport);
+        if protocol == TCP {
+            p = ipv4_tcp(sport, dport, TCP_SYN);
+        }
+        p
+    }
+
+    #[test]
+    fn judging_queued_packets_and_writing_their_verdicts_allocates_nothing_per_packet() {
+        let shared = client_sidecar();
+        // Half new TCP connections (the kernel path: each is admitted, remembered and its start
+        // written), half new UDP flows, one denied of each; read as the queue reads them.
+        let packets: Vec<Vec<u8>> = (0..640u32)
+            .map(|i| {
+                let (protocol, dport) = match i % 64 {
+                    0 => (TCP, 9001),
+                    1 => (UDP, 9001),
+                    n if n % 2 == 0 => (TCP, 8080),
+                    _ => (UDP, 5300),
+                };
+                let sport = 20000 + i as u16;
+                crate::nfqueue::packet_message(
+                    1337,
+                    i,
+                    HOOK_LOCAL_OUT,
+                    &from_client(protocol, sport, dport),
+                )
+            })
+            .collect();
+        let mut verdicts = Vec::with_capacity(crate::nfqueue::BATCH * 64);
+        let mut judge = |packet: crate::nfqueue::Packet<'_>| verdict(&shared, packet);
+        // The first batch grows what grows once (the connection table, counters' labels).
+        crate::nfqueue::judge_datagrams(
+            packets[..64].iter().map(Vec::as_slice),
+            1337,
+            &mut verdicts,
+            &mut judge,
+        );
+        let mut judged = 0;
+        let measured = allocation_counter::measure(|| {
+            for batch in packets[64..].chunks(crate::nfqueue::BATCH) {
+                judged += crate::nfqueue::judge_datagrams(
+                    batch.iter().map(Vec::as_slice),
+                    1337,
+                    &mut verdicts,
+                    &mut judge,
+                );
+            }
+        });
+        assert_eq!(judged, 576);
+        // The flow log's blocks (one per 31 events) and the connection table's few doublings.
+        let bound = 576 / 31 + 1 + 8;
+        assert!(
+            measured.count_total <= bound,
+            "{} allocations for {judged} packets (at most {bound})",
+            measured.count_total
+        );
+        // Every one judged as policy says: kernel-carried connections remembered.
+        assert_eq!(shared.kernel_flows.lock().len(), 320 - 10);
+    }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let mut p = vec![0x45, 0, 0, 36, 0, 0, 0x40, 0, 64, UDP, 0, 0];

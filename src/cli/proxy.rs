@@ -95,6 +95,12 @@ pub(crate) struct InitArgs {
     /// to judge; it must match `proxy run --packet-queue`.
     #[arg(long, default_value_t = podwall_proxy::init::DEFAULT_PACKET_QUEUE)]
     packet_queue: u16,
+    /// How many queues, from --packet-queue on, new flows are spread over (by the CPU their
+    /// first packet is on); the sidecar judges each on a thread of its own. It must match `proxy run
+    /// --packet-queues` (the same PODWALL_PACKET_QUEUES): a queue nobody reads drops what it
+    /// gets.
+    #[arg(long, default_value_t = 1, env = "PODWALL_PACKET_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
+    packet_queues: u16,
     /// Let new UDP, SCTP and ICMP flows pass unjudged: their policies are then NOT enforced
     /// (other protocols are dropped).
     #[arg(long, conflicts_with = "l4_path")]
@@ -213,6 +219,11 @@ pub(crate) struct RunArgs {
     /// --packet-queue`); the sidecar judges them there.
     #[arg(long, default_value_t = podwall_proxy::init::DEFAULT_PACKET_QUEUE)]
     packet_queue: u16,
+    /// How many queues from --packet-queue on the init rules spread new flows over (`proxy
+    /// init --packet-queues`, the same PODWALL_PACKET_QUEUES); each is judged on a thread of
+    /// its own.
+    #[arg(long, default_value_t = 1, env = "PODWALL_PACKET_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
+    packet_queues: u16,
     /// Do not judge UDP, SCTP and ping flows (for init rules written with --no-packet-filter).
     #[arg(long)]
     no_packet_filter: bool,
@@ -268,6 +279,7 @@ fn init(args: InitArgs) -> ExitCode {
         exclude_outbound_ports: args.exclude_outbound_ports,
         exclude_outbound_cidrs: args.exclude_outbound_cidrs,
         packet_queue: (!args.no_packet_filter).then_some(args.packet_queue),
+        packet_queues: args.packet_queues,
         l4_path: match args.l4_path {
             L4PathArg::Proxy => L4Path::Proxy,
             L4PathArg::Kernel => L4Path::Kernel,
@@ -407,6 +419,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     config.check_server_name = args.check_server_name;
     config.allow_unnamed_fqdn = args.allow_unnamed_fqdn_connections;
     config.packet_queue = (!args.no_packet_filter).then_some(args.packet_queue);
+    config.packet_queues = args.packet_queues;
     config.connect_timeout = args.connect_timeout;
     config.audit = args.audit;
     config.keep_revoked = args.keep_revoked_connections;

@@ -7,6 +7,11 @@ use super::*;
 /// Client and server with sidecars on the kernel path; the client may reach the server on
 /// 8080 only (9001 is open on the server but denied by the client's egress).
 fn kernel_two_pods(name: &str) -> (tempfile::TempDir, Up) {
+    kernel_two_pods_with(name, &[])
+}
+
+/// The same, with `extra` flags for init and sidecar alike.
+fn kernel_two_pods_with(name: &str, extra: &[&str]) -> (tempfile::TempDir, Up) {
     let yaml = TWO_PODS.to_string()
         + r#"---
 apiVersion: networking.k8s.io/v1
@@ -20,11 +25,15 @@ spec:
     ports: [{port: 8080}]
 "#;
     let dir = topology(&yaml);
+    let flags: Vec<String> = std::iter::once("--l4-path=kernel")
+        .chain(extra.iter().copied())
+        .map(String::from)
+        .collect();
     let up = Up::with(
         dir.path(),
         Options {
-            init_args: vec!["--l4-path=kernel".into()],
-            sidecar_args: vec!["--l4-path=kernel".into()],
+            init_args: flags.clone(),
+            sidecar_args: flags,
             ..options(name, Inject::Annotated)
         },
     );
@@ -181,4 +190,52 @@ fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spar
         Duration::from_secs(10),
         || connect(&client, dst).is_ok(),
     );
+}
+
+#[test]
+fn with_two_judge_queues_every_new_connection_is_judged_whichever_queue_it_lands_in() {
+    if !ready_for(
+        "with_two_judge_queues_every_new_connection_is_judged_whichever_queue_it_lands_in",
+    ) {
+        return;
+    }
+    // The init rules spread new flows over queues 1337 and 1338 by the CPU their first packet
+    // is on; a queue the sidecar did not read would hold (and drop) what lands in it. The
+    // client connects from each CPU in turn.
+    let (_dir, up) = kernel_two_pods_with("kqueues", &["--packet-queues=2"]);
+    let client = up.ns("t/client");
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut ports = Vec::new();
+    for i in 0..8 {
+        let cpu = i % cpus;
+        let opened = podwall_sandbox::run_in(&client, move || {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpu).map_err(|e| e.to_string())?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                .map_err(|e| e.to_string())?;
+            let s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .map_err(|e| e.to_string())?;
+            let mut greeting = String::new();
+            BufReader::new(&s)
+                .read_line(&mut greeting)
+                .map_err(|e| e.to_string())?;
+            let local = s.local_addr().map_err(|e| e.to_string())?;
+            Ok::<_, String>((greeting, local))
+        })
+        .expect("run in the client");
+        let (greeting, local) =
+            opened.unwrap_or_else(|e| panic!("connection {i} from CPU {cpu}: {e}"));
+        assert_eq!(greeted_from(&greeting), local, "carried by the kernel");
+        ports.push(local.port());
+    }
+    for port in ports {
+        wait_for_flow(&up, "t/client", "each connection's end", |e| {
+            e["source"]["port"] == port && e["phase"] == "end"
+        });
+    }
+    let refused = connect(&client, SocketAddr::new(dst.ip(), 9001)).expect_err("denied");
+    assert!(refused.contains("reset"), "{refused}");
 }

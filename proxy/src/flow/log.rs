@@ -104,7 +104,7 @@ impl FlowLog {
     }
 
     /// Starts the writer thread, writing JSON lines to what `open` gives (on that thread).
-    pub(super) fn writing_to<W: std::io::Write>(
+    pub(crate) fn writing_to<W: std::io::Write>(
         open: impl FnOnce() -> W + Send + 'static,
         counters: crate::metrics::FlowCounters,
     ) -> Self {
