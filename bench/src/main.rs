@@ -402,10 +402,24 @@ fn measure(
     Ok(r)
 }
 
-/// `podwall proxy init` in the client pod, with `extra` flags.
+/// `podwall proxy init` in the client pod, with `extra` flags (on the TCP path
+/// `PODWALL_L4_PATH` names, the proxy path when unset).
 fn init_rules(sb: &Sandbox, podwall: &Path, extra: &[&str]) -> Result<(), String> {
+    init_rules_on(sb, podwall, None, extra)
+}
+
+/// The same, on TCP path `path` (`proxy` or `kernel`) when given.
+fn init_rules_on(
+    sb: &Sandbox,
+    podwall: &Path,
+    path: Option<&str>,
+    extra: &[&str],
+) -> Result<(), String> {
     let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
     let mut cmd = netns_cmd(ns, &[&podwall.display().to_string(), "proxy", "init"]);
+    if let Some(path) = path {
+        cmd.env("PODWALL_L4_PATH", path);
+    }
     cmd.args(extra);
     output(cmd).map(|_| ())
 }
@@ -493,8 +507,23 @@ fn start_sidecar_logging(
     threads: usize,
     flows: Stdio,
 ) -> Result<Proxy, String> {
+    start_sidecar_on(sb, podwall, threads, None, flows)
+}
+
+/// The client's sidecar on TCP path `path` when given (as `init_rules_on` put the rules).
+fn start_sidecar_on(
+    sb: &Sandbox,
+    podwall: &Path,
+    threads: usize,
+    path: Option<&str>,
+    flows: Stdio,
+) -> Result<Proxy, String> {
     let ns = &sb.pod(CLIENT).ok_or("no client")?.netns;
-    let child = sidecar_in(ns, &podwall.display().to_string())
+    let mut cmd = sidecar_in(ns, &podwall.display().to_string());
+    if let Some(path) = path {
+        cmd.env("PODWALL_L4_PATH", path);
+    }
+    let child = cmd
         .args([
             "proxy",
             "run",
@@ -613,12 +642,18 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
             measure_keepalive("direct", sb, args, None)?
         }];
 
-        init_rules(sb, &podwall, &["--capture-dns", "false"])?;
+        // The sidecar on each TCP path in turn, on the rules `proxy init` writes for it.
         if l4 {
-            let sidecar = start_sidecar(sb, &podwall, args.threads)?;
-            results.push(measure("podwall", sb, args, Some(&sidecar), None)?);
-            drop(sidecar);
+            for (name, path) in [("podwall", "proxy"), ("podwall-kernel", "kernel")] {
+                init_rules_on(sb, &podwall, Some(path), &["--capture-dns", "false"])?;
+                let sidecar =
+                    start_sidecar_on(sb, &podwall, args.threads, Some(path), Stdio::null())?;
+                results.push(measure(name, sb, args, Some(&sidecar), None)?);
+                drop(sidecar);
+            }
         }
+        // The proxy path's rules for the rest: the HTTP rules, and the peers in its slot.
+        init_rules_on(sb, &podwall, Some("proxy"), &["--capture-dns", "false"])?;
 
         // The same sidecar enforcing HTTP rules on every request.
         if l7 {
@@ -711,13 +746,13 @@ fn table(results: &[PathResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>12} {:>12} {:>12}   {:>10} {:>12}",
-        "", "direct", "podwall", "haproxy", "podwall/", "podwall/"
+        "{:<34} {:>12} {:>12} {:>12} {:>12}   {:>8} {:>8} {:>8}",
+        "", "direct", "podwall", "podwall", "haproxy", "proxy/", "kernel/", "kernel/"
     );
     let _ = writeln!(
         out,
-        "{:<34} {:>12} {:>12} {:>12}   {:>10} {:>12}",
-        "", "", "", "", "direct", "haproxy"
+        "{:<34} {:>12} {:>12} {:>12} {:>12}   {:>8} {:>8} {:>8}",
+        "", "", "proxy path", "kernel path", "", "direct", "direct", "haproxy"
     );
     let get = |name: &str| results.iter().find(|r| r.name == name);
     type F = fn(&PathResult) -> Option<f64>;
@@ -751,18 +786,21 @@ fn table(results: &[PathResult]) -> String {
                 .unwrap_or_else(|| "-".into())
         };
         let pw = get("podwall").and_then(f);
+        let kernel = get("podwall-kernel").and_then(f);
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
             _ => "-".into(),
         };
         let _ = writeln!(
             out,
-            "{label:<34} {:>12} {:>12} {:>12}   {:>10} {:>12}",
+            "{label:<34} {:>12} {:>12} {:>12} {:>12}   {:>8} {:>8} {:>8}",
             cell(Some(direct)),
             cell(get("podwall")),
+            cell(get("podwall-kernel")),
             cell(haproxy),
             ratio(pw, f(direct)),
-            ratio(pw, haproxy.and_then(f)),
+            ratio(kernel, f(direct)),
+            ratio(kernel, haproxy.and_then(f)),
         );
     }
     out

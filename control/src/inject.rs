@@ -67,6 +67,11 @@ pub struct InjectConfig {
     pub reserve_ports: Option<bool>,
     /// Audit mode for every injected pod: would-be denials pass, logged as AUDIT.
     pub audit: bool,
+    /// Which TCP connections the sidecar relays (`proxy init/run --l4-path`): `kernel` (the
+    /// default: each new connection is judged on its first packet and the kernel carries the
+    /// ones nothing must inspect) or `proxy` (every one through the proxy). The kernel path
+    /// needs the packet filter.
+    pub l4_path: L4Path,
     /// Judge UDP, SCTP and ping flows (NFQUEUE). Off only for nodes whose kernel lacks
     /// `xt_NFQUEUE`/`nfnetlink_queue`: those flows then pass unjudged, their policies NOT
     /// enforced.
@@ -105,7 +110,41 @@ pub struct InjectConfig {
     pub allow_pod_audit: bool,
 }
 
+/// The sidecar's path for TCP (see `docs/l4-path.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Path {
+    /// Judged on the first packet; the proxy takes only what must be inspected.
+    #[default]
+    Kernel,
+    /// Every connection through the proxy.
+    Proxy,
+}
+
 impl InjectConfig {
+    /// The path TCP takes: the kernel path needs the packet filter's queue, so without it every
+    /// connection goes through the proxy.
+    pub fn effective_l4_path(&self) -> L4Path {
+        if self.packet_filter {
+            self.l4_path
+        } else {
+            L4Path::Proxy
+        }
+    }
+
+    /// The flags that init and sidecar must agree on: the path, and one judge queue per
+    /// sidecar thread.
+    fn shared_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if self.effective_l4_path() == L4Path::Kernel {
+            flags.push("--l4-path=kernel".to_string());
+        }
+        if let Some(threads) = self.threads.filter(|t| *t > 1 && self.packet_filter) {
+            flags.push(format!("--packet-queues={threads}"));
+        }
+        flags
+    }
+
     /// Fills what configuration left unset from the API server's version: native sidecars
     /// (`restartPolicy: Always` on an init container) need 1.29; the reserved-ports sysctl is
     /// safe (allowed by every kubelet) from 1.27. A minor that does not read as a number
@@ -131,6 +170,7 @@ impl Default for InjectConfig {
             native_sidecar: None,
             reserve_ports: None,
             audit: false,
+            l4_path: L4Path::default(),
             packet_filter: true,
             allow_unnamed_fqdn_connections: false,
             exclude_outbound_cidrs: Vec::new(),
@@ -652,6 +692,7 @@ fn init_container(cfg: &InjectConfig) -> Value {
     if !cfg.packet_filter {
         args.push("--no-packet-filter".into());
     }
+    args.extend(cfg.shared_flags());
     if !cfg.exclude_outbound_cidrs.is_empty() {
         args.push(format!(
             "--exclude-outbound-cidrs={}",
@@ -714,6 +755,7 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
     if let Some(threads) = cfg.threads {
         args.push(format!("--threads={threads}"));
     }
+    args.extend(cfg.shared_flags());
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": cfg.admin_port}, "periodSeconds": 5, "failureThreshold": 3});
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let mut env = vec![];
@@ -1166,6 +1208,61 @@ mod tests {
                 "{c} must know the packet filter is off"
             );
         }
+    }
+
+    /// The args of podwall's init container and sidecar, after injecting `pod` with `cfg`.
+    fn both_args(cfg: &InjectConfig, mut pod: Value) -> [Vec<String>; 2] {
+        assert_eq!(inject_object(&mut pod, cfg), Ok(Outcome::Injected));
+        [0, 1].map(|i| {
+            pod["spec"]["initContainers"][i]["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn init_and_sidecar_get_the_same_tcp_path_and_one_judge_queue_per_sidecar_thread() {
+        // The default: the kernel path, one queue.
+        for args in both_args(&InjectConfig::default(), pod(json!({}))) {
+            assert!(args.contains(&"--l4-path=kernel".to_string()), "{args:?}");
+            assert!(
+                !args.iter().any(|a| a.starts_with("--packet-queues")),
+                "{args:?}"
+            );
+        }
+        let threads = InjectConfig {
+            threads: Some(2),
+            ..InjectConfig::default()
+        };
+        for args in both_args(&threads, pod(json!({}))) {
+            assert!(args.contains(&"--packet-queues=2".to_string()), "{args:?}");
+        }
+        let proxy = InjectConfig {
+            l4_path: L4Path::Proxy,
+            ..InjectConfig::default()
+        };
+        for args in both_args(&proxy, pod(json!({}))) {
+            assert!(!args.iter().any(|a| a.starts_with("--l4-path")), "{args:?}");
+        }
+        // Without the packet filter there is no judge: every connection through the proxy.
+        let unfiltered = InjectConfig {
+            packet_filter: false,
+            threads: Some(4),
+            ..InjectConfig::default()
+        };
+        for args in both_args(&unfiltered, pod(json!({}))) {
+            assert!(!args.iter().any(|a| a.starts_with("--l4-path")), "{args:?}");
+            assert!(
+                !args.iter().any(|a| a.starts_with("--packet-queues")),
+                "{args:?}"
+            );
+        }
+        let config: InjectConfig = serde_json::from_str(r#"{"l4Path": "proxy"}"#).expect("config");
+        assert_eq!(config.l4_path, L4Path::Proxy);
+        assert!(serde_json::from_str::<InjectConfig>(r#"{"l4Path": "ebpf"}"#).is_err());
     }
 
     #[test]

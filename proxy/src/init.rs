@@ -792,18 +792,19 @@ impl InitConfig {
         if !track.is_empty() || tracked {
             let _ = writeln!(s, "*{RAW}");
             let mut jumps = Vec::new();
-            if track.is_empty() {
-                // The proxy path now: a kernel path's template goes.
-                let _ = writeln!(s, "-F {TRACK_CHAIN}\n-X {TRACK_CHAIN}");
-            } else {
+            if !track.is_empty() {
                 let _ = writeln!(s, ":{TRACK_CHAIN} - [0:0]");
-                for rule in track {
+                for rule in &track {
                     let _ = writeln!(s, "{rule}");
                 }
                 let jump = format!("-p tcp --syn -j {TRACK_CHAIN}");
                 jumps = vec![("OUTPUT", jump.clone()), ("PREROUTING", jump)];
             }
             reconcile_jumps(&mut s, &saved.raw, &jumps, &[TRACK_CHAIN]);
+            if track.is_empty() {
+                // The proxy path now: a kernel path's template goes, once nothing jumps to it.
+                let _ = writeln!(s, "-F {TRACK_CHAIN}\n-X {TRACK_CHAIN}");
+            }
             s.push_str("COMMIT\n");
         }
         s
@@ -1500,7 +1501,11 @@ mod tests {
             ),
             "{raw}"
         );
-        assert!(raw.contains("-F PODWALL_TRACK\n-X PODWALL_TRACK"), "{raw}");
+        // The jumps go before the chain does (iptables-restore applies them in order).
+        let flushed = raw
+            .find("-F PODWALL_TRACK\n-X PODWALL_TRACK")
+            .expect("chain removed");
+        assert!(raw.rfind("-D ").is_some_and(|d| d < flushed), "{raw}");
         assert!(!raw.contains("-I "), "{raw}");
     }
 

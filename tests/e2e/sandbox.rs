@@ -344,6 +344,27 @@ fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
             .any(|l| l == "-A PODWALL_OUTPUT -d 10.96.0.0/12 -j RETURN"),
         "{twice:#?}"
     );
+    // Switching the TCP path and back leaves the same set (each path's own chains come and
+    // go with it).
+    let (other, this) = if kernel {
+        ("--l4-path=proxy", "--l4-path=kernel")
+    } else {
+        ("--l4-path=kernel", "--l4-path=proxy")
+    };
+    let ours = |rules: Vec<String>| -> Vec<String> {
+        rules
+            .into_iter()
+            .filter(|l| l.contains("PODWALL"))
+            .collect()
+    };
+    init(&[other, "--exclude-outbound-cidrs", "10.96.0.0/12"]);
+    assert_ne!(
+        ours(all_rules(ns)),
+        ours(twice.clone()),
+        "{other} changes the rules"
+    );
+    init(&[this, "--exclude-outbound-cidrs", "10.96.0.0/12"]);
+    assert_eq!(ours(all_rules(ns)), ours(twice.clone()), "back to {this}");
     init(&["--remove"]);
     assert!(
         all_rules(ns).iter().all(|l| !l.contains("PODWALL")),
