@@ -111,6 +111,10 @@ struct PathResult {
     rss_idle_mb: Option<f64>,
     rss_peak_mb: Option<f64>,
     rss_1000_connections_mb: Option<f64>,
+    /// Of the idle RSS, and of it holding 1000 connections, what is the process's own memory
+    /// (`RssAnon`: not code and data mapped from files, which the page cache shares).
+    rss_idle_anon_mb: Option<f64>,
+    rss_1000_connections_anon_mb: Option<f64>,
 }
 
 /// A proxy process to watch: its CPU time and memory.
@@ -309,7 +313,7 @@ fn start_servers(sb: &Sandbox, dir: &Path) -> Result<Vec<Child>, String> {
 const IDLE_SETTLE: Duration = Duration::from_secs(10);
 
 /// Holds 1000 idle connections through the proxy and reads its RSS meanwhile.
-fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<f64> {
+fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<(f64, Option<f64>)> {
     let conns = run_in(ns, move || {
         if let Ok((_, hard)) =
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -331,7 +335,9 @@ fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<f64> {
     }
     std::thread::sleep(Duration::from_millis(500));
     let rss = if conns.len() == 1000 {
-        proxy.status_mb("VmRSS:")
+        proxy
+            .status_mb("VmRSS:")
+            .map(|all| (all, proxy.status_mb("RssAnon:")))
     } else {
         None
     };
@@ -364,6 +370,7 @@ fn measure(
         // Idle means settled (see IDLE_SETTLE and proxy/src/resident.rs).
         std::thread::sleep(IDLE_SETTLE);
         r.rss_idle_mb = p.status_mb("VmRSS:");
+        r.rss_idle_anon_mb = p.status_mb("RssAnon:");
     }
     let cpu0 = p.map(Proxy::cpu);
     r.bulk_gbit_s = iperf(&client, &server_ip.to_string(), args.duration)?;
@@ -396,8 +403,9 @@ fn measure(
         r.new_conn_proxy_cpu_us_per_request = Some((p.cpu() - c0) / total * 1e6);
         r.rss_peak_mb = p.status_mb("VmHWM:");
         eprintln!("[{name}] 1000 connections held");
-        r.rss_1000_connections_mb =
-            rss_with_1000(&client, SocketAddr::new(server_ip, HTTP_PORT), p);
+        let held = rss_with_1000(&client, SocketAddr::new(server_ip, HTTP_PORT), p);
+        r.rss_1000_connections_mb = held.map(|(all, _)| all);
+        r.rss_1000_connections_anon_mb = held.and_then(|(_, anon)| anon);
     }
     Ok(r)
 }
@@ -756,7 +764,7 @@ fn table(results: &[PathResult]) -> String {
     );
     let get = |name: &str| results.iter().find(|r| r.name == name);
     type F = fn(&PathResult) -> Option<f64>;
-    let rows: [(&str, F); 13] = [
+    let rows: [(&str, F); 15] = [
         ("bulk TCP (Gbit/s)", |r| Some(r.bulk_gbit_s)),
         ("  proxy CPU-s per GB", |r| r.bulk_proxy_cpu_s_per_gb),
         ("keep-alive HTTP (req/s)", |r| Some(r.keepalive_rps)),
@@ -777,6 +785,10 @@ fn table(results: &[PathResult]) -> String {
         ("proxy RSS peak under load (MB)", |r| r.rss_peak_mb),
         ("proxy RSS holding 1000 conns (MB)", |r| {
             r.rss_1000_connections_mb
+        }),
+        ("  RssAnon idle (MB)", |r| r.rss_idle_anon_mb),
+        ("  RssAnon holding 1000 conns (MB)", |r| {
+            r.rss_1000_connections_anon_mb
         }),
     ];
     for (label, f) in rows {
