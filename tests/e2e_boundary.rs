@@ -692,6 +692,62 @@ fn on_the_kernel_path_tcp_the_judge_did_not_admit_never_leaves_the_pod() {
     zombie_segment_stays_in("bzombk", &["--l4-path=kernel"]);
 }
 
+#[test]
+fn on_the_kernel_path_a_reset_connections_four_tuple_opened_again_is_not_let_through_unjudged() {
+    if !ready(
+        "on_the_kernel_path_a_reset_connections_four_tuple_opened_again_is_not_let_through_unjudged",
+    ) {
+        return;
+    }
+    // The kernel carries the app's connection; the server resets it. Conntrack keeps the entry
+    // (CLOSE, ten seconds) and files a new SYN on the same 4-tuple under it, not as NEW: no
+    // judge would see it, and the old entry's mark would let it out.
+    let dir = topology(&boundary(false));
+    let flags = vec!["--l4-path=kernel".to_string()];
+    let up = Up::with(
+        dir.path(),
+        podwall_sandbox::Options {
+            init_args: flags.clone(),
+            sidecar_args: flags,
+            ..support::sandbox::options("bstale", Inject::Annotated)
+        },
+    );
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    let (mut server, _out) = app_listening(&victim, "", &["rst-server", "7070", "30"]);
+    let first = app(
+        &ns,
+        "",
+        &[],
+        &["from-port", "41000", VICTIM_IP, "7070", "3"],
+    );
+    assert!(first.starts_with("connected"), "allowed at first: {first}");
+    // From now on the app may reach nothing; a fresh connection shows the policy is in force.
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: app-deny, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  policyTypes: [Egress]\n";
+    std::fs::write(up.sb().policy_dir().join("deny.yaml"), deny).expect("write policy");
+    wait_for("the denial to apply", Duration::from_secs(5), || {
+        app(
+            &ns,
+            "",
+            &[],
+            &["from-port", "41001", VICTIM_IP, "7070", "1"],
+        )
+        .starts_with("failed")
+    });
+    // The old 4-tuple again, within conntrack's ten seconds.
+    let again = app(
+        &ns,
+        "",
+        &[],
+        &["from-port", "41000", VICTIM_IP, "7070", "2"],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        again.starts_with("failed"),
+        "a SYN on a reset connection's 4-tuple passed unjudged: {again}"
+    );
+}
+
 /// An app connects (allowed), waits for conntrack to forget the half-closed connection, then
 /// sends a secret: the victim's wire must not see it. `path`: extra init and sidecar flags.
 fn zombie_segment_stays_in(name: &str, path: &[&str]) {

@@ -92,6 +92,9 @@ pub const FORGED_CHAIN: &str = "PODWALL_FORGED";
 /// Chain sending the first packet of each new outbound TCP connection to the judge (the
 /// kernel path).
 pub const TCP_OUT_CHAIN: &str = "PODWALL_TCP_OUT";
+/// Chain dropping a SYN that conntrack files under a kernel-carried connection it already
+/// tracks (a 4-tuple reused soon after a reset), which no judge would see (the kernel path).
+pub const STALE_SYN_CHAIN: &str = "PODWALL_STALE_SYN";
 /// Chain setting what conntrack announces of each new TCP connection, on the kernel path.
 pub const TRACK_CHAIN: &str = "PODWALL_TRACK";
 /// The table of the packet filter's chains.
@@ -113,6 +116,7 @@ const MANGLE_CHAINS: &[&str] = &[
     DNS_PREROUTING_CHAIN,
     EGRESS_CHAIN,
     TCP_OUT_CHAIN,
+    STALE_SYN_CHAIN,
 ];
 /// Our chains in `filter`.
 const FILTER_CHAINS: &[&str] = &[
@@ -392,6 +396,14 @@ impl InitConfig {
         }
         self.verdict_rules(&mut r, TCP_OUT_CHAIN, queue, None);
         r
+    }
+
+    /// The kernel path's drop for SYNs that reopen a kernel-carried connection's entry.
+    pub fn stale_syn_rules(&self) -> Vec<String> {
+        if self.tcp_queue().is_none() {
+            return Vec::new();
+        }
+        vec![format!("-A {STALE_SYN_CHAIN} -j DROP")]
     }
 
     /// The kernel path's conntrack template (raw, from `OUTPUT` and `PREROUTING` for new TCP
@@ -729,6 +741,14 @@ impl InitConfig {
                 "OUTPUT",
                 format!("-p tcp --syn -m conntrack --ctstate NEW -j {TCP_OUT_CHAIN}"),
             ));
+            // A SYN on the 4-tuple of a kernel-carried connection that a reset ended moments
+            // ago is not NEW to conntrack (it reopens the old entry, mark and all): it would
+            // pass unjudged, so it is dropped, both ways, until conntrack forgets the old one.
+            let stale = format!(
+                "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark --mark {KERNEL_MARK:#x} -j {STALE_SYN_CHAIN}"
+            );
+            jumps.push(("OUTPUT", stale.clone()));
+            jumps.push(("PREROUTING", stale));
         }
         jumps.push(("POSTROUTING", format!("! -o lo -j {EGRESS_CHAIN}")));
         jumps
@@ -769,6 +789,7 @@ impl InitConfig {
             .into_iter()
             .chain(self.dns_rules(family))
             .chain(self.tcp_out_rules(family))
+            .chain(self.stale_syn_rules())
             .chain(self.egress_rules(family))
         {
             let _ = writeln!(s, "{rule}");
@@ -1434,6 +1455,19 @@ mod tests {
                 .chain_rules(Family::V4)
                 .contains(&"-A PODWALL_OUTPUT -m mark --mark 0x70770001 -j RETURN".to_string())
         );
+        // A SYN that reopens a kernel-carried connection's entry is dropped, both ways.
+        let stale = "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark --mark 0x70770001 -j PODWALL_STALE_SYN";
+        let input = kernel.restore_input(Family::V4, Coverage::Capture, &Saved::default());
+        for hook in ["OUTPUT", "PREROUTING"] {
+            assert!(
+                input
+                    .lines()
+                    .any(|l| l.starts_with(&format!("-I {hook} ")) && l.ends_with(stale)),
+                "{hook}: {input}"
+            );
+        }
+        assert_eq!(kernel.stale_syn_rules(), ["-A PODWALL_STALE_SYN -j DROP"]);
+        assert!(InitConfig::default().stale_syn_rules().is_empty());
         // Kernel-carried packets pass first (the judge checked the connection's source).
         assert_eq!(
             kernel.egress_rules(Family::V4)[0],

@@ -12,6 +12,12 @@ use std::time::Instant;
 
 use crate::flow::FlowEvent;
 
+/// Kernel-carried connections tracked at most: past this, new connections go through the
+/// proxy (whose own limits then apply) rather than grow the table without bound. A
+/// connection's entry lives until its socket in the pod is freed or, without one (a SYN flood
+/// from an allowed peer), until conntrack forgets it (a minute or two).
+pub(crate) const MAX_OPEN: usize = 1 << 16;
+
 /// A connection's original source and destination.
 pub(crate) type FlowKey = (SocketAddr, SocketAddr);
 

@@ -246,8 +246,9 @@ impl Queue {
         // A burst of new flows waits in the socket rather than being dropped.
         let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &(1 << 20));
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        // Room for the headers the kernel adds before the copied bytes.
-        let slot = align(usize::from(copy_range) + 256);
+        // Room for the attributes the kernel adds around the copied bytes (about 150 bytes
+        // today), with plenty to spare: a message cut short would get no verdict.
+        let slot = align(usize::from(copy_range) + 1024);
         let mut queue = Queue {
             fd,
             num,
@@ -256,10 +257,9 @@ impl Queue {
             read: [0; BATCH],
             verdicts: Vec::with_capacity(VERDICT_LEN * BATCH),
         };
+        // One request: the kernel binds, then applies the parameters, before it answers.
         let mut attrs = Vec::new();
         put_attr(&mut attrs, NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0]);
-        queue.configure(&attrs)?;
-        let mut attrs = Vec::new();
         let mut params = u32::from(copy_range).to_be_bytes().to_vec();
         params.push(NFQNL_COPY_PACKET);
         put_attr(&mut attrs, NFQA_CFG_PARAMS, &params);
@@ -274,6 +274,9 @@ impl Queue {
         Ok(queue)
     }
 
+    /// Sends a configuration request and waits for its answer. A packet queued meanwhile (the
+    /// queue is bound as the request is applied) is dropped rather than left without a
+    /// verdict, which would hold it, and its place in the queue, for good.
     fn configure(&mut self, attrs: &[u8]) -> io::Result<()> {
         sendto(
             self.fd.as_raw_fd(),
@@ -283,12 +286,28 @@ impl Queue {
         )?;
         loop {
             let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
+            let mut answer = None;
+            self.verdicts.clear();
             for message in messages(&self.buf[..n]) {
                 match message {
-                    Message::Status(0) => return Ok(()),
-                    Message::Status(e) => return Err(io::Error::from_raw_os_error(-e)),
-                    _ => {}
+                    Message::Status(0) => answer = Some(Ok(())),
+                    Message::Status(e) => answer = Some(Err(io::Error::from_raw_os_error(-e))),
+                    Message::Packet(p) => {
+                        put_verdict(&mut self.verdicts, self.num, p.id, Verdict::Drop)
+                    }
+                    Message::Other => {}
                 }
+            }
+            if !self.verdicts.is_empty() {
+                sendto(
+                    self.fd.as_raw_fd(),
+                    &self.verdicts,
+                    &NetlinkAddr::new(0, 0),
+                    MsgFlags::empty(),
+                )?;
+            }
+            if let Some(answer) = answer {
+                return answer;
             }
         }
     }
@@ -301,6 +320,10 @@ impl Queue {
         mut judge: impl FnMut(Packet<'_>) -> Verdict,
     ) -> io::Result<usize> {
         let mut slots = 0;
+        // A failed read after some packets were read ends the batch: those still get their
+        // verdicts (a packet without one is held by the kernel for good), then the error is
+        // returned.
+        let mut failed = None;
         while slots < BATCH {
             let flags = if slots == 0 {
                 MsgFlags::empty()
@@ -318,6 +341,10 @@ impl Queue {
                     slots += 1;
                 }
                 Err(nix::errno::Errno::EAGAIN) if slots > 0 => break,
+                Err(e) if slots > 0 => {
+                    failed = Some(e);
+                    break;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -334,7 +361,10 @@ impl Queue {
                 MsgFlags::empty(),
             )?;
         }
-        Ok(judged)
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(judged),
+        }
     }
 }
 

@@ -270,7 +270,8 @@ pub(crate) struct FilterError {
 /// Every queue is bound before any thread starts, so a failure leaves none half-served.
 pub(crate) fn spawn(first: u16, count: u16, shared: Arc<Shared>) -> Result<(), FilterError> {
     let mut queues = Vec::new();
-    for num in first..first.saturating_add(count.max(1)) {
+    // (The same range as the init rules', which end at 65535.)
+    for num in first..=first.saturating_add(count.max(1) - 1) {
         let queue = crate::nfqueue::Queue::bind(num, COPY_RANGE, 4096)
             .map_err(|source| FilterError { queue: num, source })?;
         queues.push((num, queue));
@@ -409,6 +410,44 @@ spec:
             p = ipv4_tcp(sport, dport, TCP_SYN);
         }
         p
+    }
+
+    #[test]
+    fn a_freed_socket_ends_only_the_kernel_carried_connection_it_was_the_pods_end_of() {
+        let shared = client_sidecar();
+        let syn = from_client(TCP, 20000, 8080);
+        let message = crate::nfqueue::packet_message(1337, 1, HOOK_LOCAL_OUT, &syn);
+        let mut verdicts = Vec::new();
+        crate::nfqueue::judge_datagrams(
+            std::iter::once(message.as_slice()),
+            1337,
+            &mut verdicts,
+            &mut |p| verdict(&shared, p),
+        );
+        let (client, server): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:20000".parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+        );
+        assert!(shared.kernel_flows.lock().contains_key(&(client, server)));
+        let freed = |local, remote| crate::sock_diag::SocketEnd {
+            local,
+            remote,
+            bytes: Some((1, 2)),
+        };
+        // A socket the app bound to the server's address (IPV6_FREEBIND takes no capability)
+        // and aimed at the client's: the wrong way round for this egress connection.
+        crate::tcp_route::socket_ended(&shared, freed(server, client));
+        // One on an address that is not the pod's.
+        crate::tcp_route::socket_ended(
+            &shared,
+            freed("10.0.0.9:20000".parse().expect("addr"), server),
+        );
+        assert!(
+            shared.kernel_flows.lock().contains_key(&(client, server)),
+            "ended by a socket that was not its end"
+        );
+        crate::tcp_route::socket_ended(&shared, freed(client, server));
+        assert!(!shared.kernel_flows.lock().contains_key(&(client, server)));
     }
 
     #[test]

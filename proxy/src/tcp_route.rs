@@ -62,6 +62,12 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
     if !pods_own_end(shared, &flow) {
         return Route::Proxy;
     }
+    // A connection into the pod to one of the sidecar's own ports is the proxy's to refuse
+    // (the init rules drop what was not redirected there, so the kernel would never carry it,
+    // and its entry would never be removed).
+    if flow.direction == Direction::Ingress && shared.own_ports.contains(&flow.destination.port()) {
+        return Route::Proxy;
+    }
     match admit(shared, flow, Backends::Every) {
         // Refused, or a Service virtual IP not every backend of which policy allows.
         Admission::Refused(_) => Route::Proxy,
@@ -75,10 +81,21 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
                 .verdict(admitted.event.verdict);
             admitted.event.phase = Some(FlowPhase::Start);
             // Its end, and every policy change, find it by the addresses conntrack keeps.
-            shared.kernel_flows.lock().insert(
-                (flow.source, flow.destination),
-                KernelFlow::new(admitted.event.clone()),
-            );
+            {
+                let mut open = shared.kernel_flows.lock();
+                if open.len() >= crate::kernel_flows::MAX_OPEN {
+                    drop(open);
+                    tracing::warn!(
+                        max = crate::kernel_flows::MAX_OPEN,
+                        "as many kernel-carried connections are open as are tracked: this one goes through the proxy"
+                    );
+                    return Route::Proxy;
+                }
+                open.insert(
+                    (flow.source, flow.destination),
+                    KernelFlow::new(admitted.event.clone()),
+                );
+            }
             shared.flows.emit(admitted.event);
             Route::Kernel
         }
@@ -278,13 +295,26 @@ fn ended(shared: &Shared, key: FlowKey, bytes: Option<(u64, u64)>) {
 
 /// A socket of the pod was freed: the end of the kernel-carried connection it was the pod's
 /// end of (the source of an egress one, the destination of an ingress one).
-fn socket_ended(shared: &Shared, end: SocketEnd) {
+/// Only a socket on one of the pod's addresses counts, and only in the direction the
+/// connection has: the app may free a socket bound to any address (`IPV6_FREEBIND`), and must
+/// not end another connection's record that way.
+pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
+    let pods = shared
+        .policy()
+        .is_some_and(|p| p.engine.state().pod(p.me).ips.contains(&end.local.ip()));
+    if !pods {
+        return;
+    }
     let (key, bytes) = {
         let open = shared.kernel_flows.lock();
         let (egress, ingress) = ((end.local, end.remote), (end.remote, end.local));
-        if open.contains_key(&egress) {
+        let is = |key: &FlowKey, direction| {
+            open.get(key)
+                .is_some_and(|f| f.event.direction == direction)
+        };
+        if is(&egress, Direction::Egress) {
             (egress, end.bytes)
-        } else if open.contains_key(&ingress) {
+        } else if is(&ingress, Direction::Ingress) {
             // The pod's socket received what the source sent.
             (ingress, end.bytes.map(|(sent, received)| (received, sent)))
         } else {
