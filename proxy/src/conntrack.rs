@@ -10,6 +10,10 @@
 //! `nfgenmsg` (address family, version, resource id), then attributes; the tuples are nested.
 
 use std::io;
+
+use crate::netlink::{
+    NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align, attributes, find, frames, receive, status,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -25,12 +29,7 @@ const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
-/// The type bits of an attribute (the top two are the nested and byte-order flags).
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_MARK: u16 = 8;
@@ -85,33 +84,6 @@ pub(crate) struct Entry {
     pub tcp_state: Option<u8>,
     /// The attributes the removal repeats, as the dump gave them.
     pub(crate) key: Vec<u8>,
-}
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Iterates over the attributes in `buf`: (type without flags, payload, whole attribute).
-fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let whole = &buf[..len];
-        buf = buf.get(align(len)..).unwrap_or(&[]);
-        Some((kind, &whole[4..], whole))
-    })
-}
-
-fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
-    attributes(buf)
-        .find(|(k, _, _)| *k == kind)
-        .map(|(_, p, _)| p)
 }
 
 fn ip(payload: &[u8]) -> Option<IpAddr> {
@@ -230,33 +202,13 @@ enum Reply<'a> {
 }
 
 /// Splits a datagram into netlink messages.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Reply<'_>> {
-    std::iter::from_fn(move || {
-        if buf.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return None;
-        }
-        let body = &buf[NLMSG_HDRLEN..len];
-        buf = buf.get(align(len)..).unwrap_or(&[]);
-        Some(match kind {
-            NLMSG_DONE => Reply::Done,
-            NLMSG_ERROR => Reply::Status(
-                body.get(..4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map_or(-libc_eio(), i32::from_ne_bytes),
-            ),
-            k if k >> 8 == NFNL_SUBSYS_CTNETLINK => Reply::Entry(body),
-            _ => Reply::Other,
-        })
+fn messages(buf: &[u8]) -> impl Iterator<Item = Reply<'_>> {
+    frames(buf).map(|(kind, body)| match kind {
+        NLMSG_DONE => Reply::Done,
+        NLMSG_ERROR => Reply::Status(status(body)),
+        k if k >> 8 == NFNL_SUBSYS_CTNETLINK => Reply::Entry(body),
+        _ => Reply::Other,
     })
-}
-
-fn libc_eio() -> i32 {
-    nix::errno::Errno::EIO as i32
 }
 
 /// A ctnetlink socket in the calling thread's network namespace (needs NET_ADMIN there).
@@ -341,21 +293,6 @@ impl Conntrack {
     }
 }
 
-/// One datagram from a subscribed netlink socket: waiting for it, or, without `wait`, `None`
-/// when none is there.
-pub(crate) fn receive(fd: &OwnedFd, buf: &mut [u8], wait: bool) -> io::Result<Option<usize>> {
-    let flags = if wait {
-        MsgFlags::empty()
-    } else {
-        MsgFlags::MSG_DONTWAIT
-    };
-    match recv(fd.as_raw_fd(), buf, flags) {
-        Ok(n) => Ok(Some(n)),
-        Err(nix::errno::Errno::EAGAIN) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// A ctnetlink socket that hears of every entry removed in the calling thread's network
 /// namespace (the flow ended, timed out or was deleted), with its counters.
 pub(crate) struct Events {
@@ -379,19 +316,12 @@ impl Events {
         let Some(n) = receive(&self.fd, &mut self.buf, wait)? else {
             return Ok(false);
         };
-        let mut rest = &self.buf[..n];
-        while rest.len() >= NLMSG_HDRLEN {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if len < NLMSG_HDRLEN || len > rest.len() {
-                break;
-            }
+        for (kind, body) in frames(&self.buf[..n]) {
             if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
-                && let Some(entry) = parse_entry(&rest[NLMSG_HDRLEN..len])
+                && let Some(entry) = parse_entry(body)
             {
                 each(entry);
             }
-            rest = rest.get(align(len)..).unwrap_or(&[]);
         }
         Ok(true)
     }
@@ -403,10 +333,7 @@ mod tests {
 
     fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
         let mut a = Vec::new();
-        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&kind.to_ne_bytes());
-        a.extend_from_slice(payload);
-        a.resize(align(a.len()), 0);
+        crate::netlink::put_attr(&mut a, kind, payload);
         a
     }
 

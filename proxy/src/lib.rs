@@ -24,6 +24,7 @@ mod kernel_flows;
 mod lookup;
 pub mod metrics;
 mod names;
+mod netlink;
 mod nfqueue;
 mod orig_dst;
 mod packet_filter;

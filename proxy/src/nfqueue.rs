@@ -13,6 +13,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::netlink::{NLMSG_ERROR, NLMSG_HDRLEN, align, attributes, frames, put_attr, status};
+
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
     socket,
@@ -39,8 +41,6 @@ const NF_ACCEPT: u32 = 1;
 const NF_REPEAT: u32 = 4;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 /// Packets read per wake-up, at most.
 pub(crate) const BATCH: usize = 64;
@@ -72,10 +72,6 @@ pub(crate) struct Packet<'a> {
     pub payload: &'a [u8],
 }
 
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 fn put_header(m: &mut Vec<u8>, len: usize, kind: u16, flags: u16, queue: u16) {
     m.extend_from_slice(&(len as u32).to_ne_bytes());
     m.extend_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | kind).to_ne_bytes());
@@ -85,13 +81,6 @@ fn put_header(m: &mut Vec<u8>, len: usize, kind: u16, flags: u16, queue: u16) {
     // AF_UNSPEC, version 0, the queue.
     m.extend_from_slice(&[0, 0]);
     m.extend_from_slice(&queue.to_be_bytes());
-}
-
-fn put_attr(m: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    m.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(payload);
-    m.resize(align(m.len()), 0);
 }
 
 /// A configuration request for `queue` carrying `attrs` (already encoded).
@@ -138,44 +127,21 @@ enum Message<'a> {
 }
 
 /// Splits a datagram into the queue's messages.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
-    std::iter::from_fn(move || {
-        if buf.len() < NLMSG_HDRLEN {
-            return None;
+fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    frames(buf).map(|(kind, body)| match kind {
+        NLMSG_ERROR => Message::Status(status(body)),
+        k if k == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET => {
+            packet(body.get(NFGENMSG_LEN..).unwrap_or(&[])).map_or(Message::Other, Message::Packet)
         }
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return None;
-        }
-        let body = &buf[NLMSG_HDRLEN..len];
-        buf = buf.get(align(len)..).unwrap_or(&[]);
-        Some(match kind {
-            NLMSG_ERROR => Message::Status(
-                body.get(..4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map_or(-(nix::errno::Errno::EIO as i32), i32::from_ne_bytes),
-            ),
-            k if k == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET => {
-                packet(body.get(NFGENMSG_LEN..).unwrap_or(&[]))
-                    .map_or(Message::Other, Message::Packet)
-            }
-            _ => Message::Other,
-        })
+        _ => Message::Other,
     })
 }
 
 /// Reads a packet message's attributes: its header (id, hook) and payload.
-fn packet(mut attrs: &[u8]) -> Option<Packet<'_>> {
+fn packet(attrs: &[u8]) -> Option<Packet<'_>> {
     let mut header = None;
     let mut payload: &[u8] = &[];
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            break;
-        }
-        let value = &attrs[4..len];
+    for (kind, value, _) in attributes(attrs) {
         match kind {
             // packet_id (be32), hw_protocol (be16), hook (u8).
             NFQA_PACKET_HDR if value.len() >= 7 => {
@@ -187,7 +153,6 @@ fn packet(mut attrs: &[u8]) -> Option<Packet<'_>> {
             NFQA_PAYLOAD => payload = value,
             _ => {}
         }
-        attrs = attrs.get(align(len)..).unwrap_or(&[]);
     }
     let (id, hook) = header?;
     Some(Packet { id, hook, payload })

@@ -152,28 +152,17 @@ fn socket_end(body: &[u8]) -> Option<SocketEnd> {
     let port = |at: usize| u16::from_be_bytes([msg[at], msg[at + 1]]);
     let local = SocketAddr::new(address(family, &msg[8..24])?, port(4));
     let remote = SocketAddr::new(address(family, &msg[24..40])?, port(6));
-    let mut bytes = None;
-    let mut rest = &body[DIAG_MSG_LEN..];
-    while rest.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
-        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        if len < 4 || len > rest.len() {
-            break;
-        }
-        if kind == INET_DIAG_INFO {
-            let info = &rest[4..len];
-            let counter = |at: usize| {
-                info.get(at..at + 8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_ne_bytes)
-            };
-            let sent = counter(BYTES_SENT_AT)
-                .zip(counter(BYTES_RETRANS_AT))
-                .map(|(all, again)| all.saturating_sub(again));
-            bytes = sent.zip(counter(BYTES_RECEIVED_AT));
-        }
-        rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
-    }
+    let bytes = crate::netlink::find(&body[DIAG_MSG_LEN..], INET_DIAG_INFO).and_then(|info| {
+        let counter = |at: usize| {
+            info.get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_ne_bytes)
+        };
+        let sent = counter(BYTES_SENT_AT)
+            .zip(counter(BYTES_RETRANS_AT))
+            .map(|(all, again)| all.saturating_sub(again));
+        sent.zip(counter(BYTES_RECEIVED_AT))
+    });
     Some(SocketEnd {
         local,
         remote,
@@ -208,22 +197,15 @@ impl Ends {
     /// Reads the next freed sockets and gives each to `each`: waiting for them, or, without
     /// `wait`, only those already there (`Ok(false)`: none were).
     pub(crate) fn next(&mut self, wait: bool, mut each: impl FnMut(SocketEnd)) -> io::Result<bool> {
-        let Some(n) = crate::conntrack::receive(&self.fd, &mut self.buf, wait)? else {
+        let Some(n) = crate::netlink::receive(&self.fd, &mut self.buf, wait)? else {
             return Ok(false);
         };
-        let mut rest = &self.buf[..n];
-        while rest.len() >= 16 {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if len < 16 || len > rest.len() {
-                break;
-            }
+        for (kind, body) in crate::netlink::frames(&self.buf[..n]) {
             if kind == SOCK_DIAG_BY_FAMILY
-                && let Some(end) = socket_end(&rest[16..len])
+                && let Some(end) = socket_end(body)
             {
                 each(end);
             }
-            rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
         }
         Ok(true)
     }
