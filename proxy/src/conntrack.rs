@@ -12,7 +12,8 @@
 use std::io;
 
 use crate::netlink::{
-    NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align, attributes, find, frames, receive, status,
+    NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align,
+    attributes, find, frames, receive, status,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -26,10 +27,7 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
-const NFGENMSG_LEN: usize = 4;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_MARK: u16 = 8;

@@ -15,6 +15,12 @@ pub(crate) const NLMSG_HDRLEN: usize = 16;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 /// The end of a dump.
 pub(crate) const NLMSG_DONE: u16 = 3;
+/// A request (every message the sidecar sends).
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+/// Asks for an acknowledgement.
+pub(crate) const NLM_F_ACK: u16 = 0x4;
+/// netfilter's header after the netlink one: family, version, resource id.
+pub(crate) const NFGENMSG_LEN: usize = 4;
 /// The flags in an attribute's type.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 

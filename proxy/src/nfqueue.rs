@@ -13,7 +13,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::netlink::{NLMSG_ERROR, NLMSG_HDRLEN, align, attributes, frames, put_attr, status};
+use crate::netlink::{
+    NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDRLEN, align, attributes, frames,
+    put_attr, status,
+};
 
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
@@ -39,9 +42,6 @@ const NFQA_CFG_F_FAIL_OPEN: u32 = 1;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NF_REPEAT: u32 = 4;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NFGENMSG_LEN: usize = 4;
 /// Packets read per wake-up, at most.
 pub(crate) const BATCH: usize = 64;
 /// A verdict message: header, nfgenmsg, the verdict (4 + 8) and a mark (4 + 4).

@@ -17,6 +17,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
+use crate::netlink::{NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR};
+
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
     socket,
@@ -24,9 +26,6 @@ use nix::sys::socket::{
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLMSG_ERROR: u16 = 2;
 const IPPROTO_TCP: u8 = 6;
 /// `inet_diag_req_v2`: family, protocol, extensions, pad, states, then the socket id.
 const REQUEST_LEN: usize = 8 + 48;
