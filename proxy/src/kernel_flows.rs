@@ -30,9 +30,6 @@ pub(crate) struct KernelFlow {
     pub event: FlowEvent,
     /// A policy change no longer allowed it, and it was ended for that.
     pub revoked: bool,
-    /// It was ended by destroying the pod's socket, whose end (with its bytes) writes its
-    /// end event, not its conntrack entry's removal.
-    pub awaits_socket: bool,
 }
 
 impl KernelFlow {
@@ -42,7 +39,6 @@ impl KernelFlow {
             started: Instant::now(),
             event,
             revoked: false,
-            awaits_socket: false,
         }
     }
 }

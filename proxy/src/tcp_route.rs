@@ -188,7 +188,7 @@ pub(crate) fn revoke(
     let Some(policy) = shared.policy() else {
         return Ok(0);
     };
-    let mut ended = 0;
+    let mut revoked = Vec::new();
     let mut open = shared.kernel_flows.lock();
     for entry in entries
         .iter()
@@ -219,26 +219,28 @@ pub(crate) fn revoke(
                     Direction::Egress => (key.0, key.1),
                     Direction::Ingress => (key.1, key.0),
                 };
-                match crate::sock_diag::destroy(local, remote) {
-                    // Its end is written as the socket is freed, with its bytes.
-                    Ok(destroyed) => flow.awaits_socket = destroyed,
+                if let Err(e) = crate::sock_diag::destroy(local, remote) {
                     // Without it, each end is reset when it next sends (the next segment is
                     // no connection the kernel carries).
-                    Err(e) => {
-                        tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
-                    }
+                    tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
                 }
                 shared.metrics(flow.event.direction).revoked.inc();
-                ended += 1;
+                revoked.push(key);
             }
         }
     }
+    let watch = !open.is_empty();
+    drop(open);
+    // Its end is written now, not when the app gets round to closing the aborted socket (or
+    // the conntrack removal is read); what it carried is not known then.
+    for key in &revoked {
+        ended(shared, *key, None);
+    }
     // Connections taken in after a restart end as any other.
-    if !open.is_empty() {
-        drop(open);
+    if watch {
         watch_ends(shared);
     }
-    Ok(ended)
+    Ok(revoked.len())
 }
 
 /// A kernel-carried connection found in conntrack that this sidecar did not admit: an egress
@@ -326,15 +328,9 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
 
 /// A kernel-carried connection's conntrack entry went: its end, when no socket of the pod
 /// gave it (a SYN that never became a connection, a forged one from a raw socket, an entry
-/// that timed out before its socket closed). A revoked connection whose socket was destroyed
-/// is left to that socket's end, which has its bytes.
+/// that timed out before its socket closed).
 fn entry_ended(shared: &Shared, entry: &Entry) {
-    let key = key_of(entry);
-    match shared.kernel_flows.lock().get(&key) {
-        Some(flow) if !flow.awaits_socket => {}
-        _ => return,
-    }
-    ended(shared, key, entry.bytes);
+    ended(shared, key_of(entry), entry.bytes);
 }
 
 /// Starts hearing of the ends of kernel-carried connections, once: each one's end is written
