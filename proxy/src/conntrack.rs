@@ -13,7 +13,7 @@ use std::io;
 
 use crate::netlink::{
     NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align,
-    attributes, find, frames, receive, status,
+    attributes, find, frames, status,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -295,7 +295,7 @@ impl Conntrack {
 /// namespace (the flow ended, timed out or was deleted), with its counters.
 pub(crate) struct Events {
     fd: OwnedFd,
-    buf: Vec<u8>,
+    buf: crate::netlink::EventBuffer,
 }
 
 impl Events {
@@ -304,24 +304,20 @@ impl Events {
         Ok(Events {
             // A burst of removals must not be lost to a small buffer.
             fd: netfilter_socket(1 << (NFNLGRP_CONNTRACK_DESTROY - 1), Some(4 << 20))?,
-            buf: vec![0u8; 64 * 1024],
+            buf: crate::netlink::EventBuffer::new(),
         })
     }
 
     /// Reads the next removals and gives each entry to `each`: waiting for them, or, without
     /// `wait`, only those already there (`Ok(false)`: none were).
     pub(crate) fn next(&mut self, wait: bool, mut each: impl FnMut(Entry)) -> io::Result<bool> {
-        let Some(n) = receive(&self.fd, &mut self.buf, wait)? else {
-            return Ok(false);
-        };
-        for (kind, body) in frames(&self.buf[..n]) {
+        self.buf.read(&self.fd, wait, |kind, body| {
             if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
                 && let Some(entry) = parse_entry(body)
             {
                 each(entry);
             }
-        }
-        Ok(true)
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! An NFQUEUE queue over nfnetlink (`linux/netfilter/nfnetlink_queue.h`), as the packet filter
 //! reads it: the first packet of each new flow, judged in batches.
 //!
-//! One wake-up reads every packet waiting (up to [`BATCH`]), each into its own slot of one
-//! buffer made at bind time; the judge gives each its verdict; all the verdicts go back in one
+//! One wake-up reads every packet waiting (up to [`BATCH`]) in one system call, each into its
+//! own slot of one buffer made at bind time; the judge gives each its verdict; all the verdicts go back in one
 //! `send` (one netlink message each: a verdict may carry a mark, and the kernel's batch verdict
 //! gives one verdict and mark to a range of packets). Nothing is allocated per packet: the
 //! buffers live as long as the queue.
@@ -284,35 +284,15 @@ impl Queue {
         &mut self,
         mut judge: impl FnMut(Packet<'_>) -> Verdict,
     ) -> io::Result<usize> {
-        let mut slots = 0;
-        // A failed read after some packets were read ends the batch: those still get their
-        // verdicts (a packet without one is held by the kernel for good), then the error is
-        // returned.
-        let mut failed = None;
-        while slots < BATCH {
-            let flags = if slots == 0 {
-                MsgFlags::empty()
-            } else {
-                MsgFlags::MSG_DONTWAIT
-            };
-            let at = slots * self.slot;
-            match recv(
-                self.fd.as_raw_fd(),
-                &mut self.buf[at..at + self.slot],
-                flags,
-            ) {
-                Ok(n) => {
-                    self.read[slots] = n;
-                    slots += 1;
-                }
-                Err(nix::errno::Errno::EAGAIN) if slots > 0 => break,
-                Err(e) if slots > 0 => {
-                    failed = Some(e);
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // One call reads them all; an error after some were read comes with the next call, so
+        // every packet read here gets its verdict (the kernel would hold one without for good).
+        let slots = crate::netlink::receive_batch(
+            &self.fd,
+            &mut self.buf,
+            self.slot,
+            &mut self.read,
+            true,
+        )?;
         let datagrams = self.read[..slots]
             .iter()
             .enumerate()
@@ -326,10 +306,7 @@ impl Queue {
                 MsgFlags::empty(),
             )?;
         }
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(judged),
-        }
+        Ok(judged)
     }
 }
 

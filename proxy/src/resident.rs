@@ -105,7 +105,8 @@ fn candidates(smaps: &str) -> Vec<Candidate> {
 
 /// Drops this process's resident copies of clean, read-only file pages (code, constants); the
 /// ones still in use come back on their next use.
-// The one unsafe call in podwall: madvise on memory Rust does not own (see the SAFETY note).
+// One of podwall's two unsafe calls (the other: netlink::receive_batch): madvise on memory
+// Rust does not own (see the SAFETY note).
 #[allow(unsafe_code)]
 pub(crate) fn release_cold_code() -> io::Result<Released> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;

@@ -172,7 +172,7 @@ fn socket_end(body: &[u8]) -> Option<SocketEnd> {
 /// A sock_diag socket that hears of every TCP socket freed in the calling thread's namespace.
 pub(crate) struct Ends {
     fd: std::os::fd::OwnedFd,
-    buf: Vec<u8>,
+    buf: crate::netlink::EventBuffer,
 }
 
 impl Ends {
@@ -189,24 +189,20 @@ impl Ends {
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, TCP_DESTROY_GROUPS))?;
         Ok(Ends {
             fd,
-            buf: vec![0u8; 64 * 1024],
+            buf: crate::netlink::EventBuffer::new(),
         })
     }
 
     /// Reads the next freed sockets and gives each to `each`: waiting for them, or, without
     /// `wait`, only those already there (`Ok(false)`: none were).
     pub(crate) fn next(&mut self, wait: bool, mut each: impl FnMut(SocketEnd)) -> io::Result<bool> {
-        let Some(n) = crate::netlink::receive(&self.fd, &mut self.buf, wait)? else {
-            return Ok(false);
-        };
-        for (kind, body) in crate::netlink::frames(&self.buf[..n]) {
+        self.buf.read(&self.fd, wait, |kind, body| {
             if kind == SOCK_DIAG_BY_FAMILY
                 && let Some(end) = socket_end(body)
             {
                 each(end);
             }
-        }
-        Ok(true)
+        })
     }
 }
 
