@@ -13,9 +13,9 @@ use std::io;
 
 use crate::netlink::{
     NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align,
-    attributes, find, frames, status,
+    attributes, find, frames, put_attr, status,
 };
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{
@@ -28,6 +28,8 @@ const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 
 const NLM_F_DUMP: u16 = 0x300;
+const AF_INET: u8 = nix::libc::AF_INET as u8;
+const AF_INET6: u8 = nix::libc::AF_INET6 as u8;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_MARK: u16 = 8;
@@ -37,8 +39,6 @@ const CTA_COUNTERS_BYTES: u16 = 2;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
-/// The multicast group of removed entries.
-const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 /// TCP conntrack states in which a connection has ended: both sides closed, or reset.
 pub(crate) const TCP_TIME_WAIT: u8 = 7;
 pub(crate) const TCP_CLOSE: u8 = 8;
@@ -121,8 +121,8 @@ fn parse_entry(body: &[u8]) -> Option<Entry> {
     let addrs = find(orig, CTA_TUPLE_IP)?;
     let proto = find(orig, CTA_TUPLE_PROTO)?;
     let (src, dst) = match family {
-        2 => (CTA_IP_V4_SRC, CTA_IP_V4_DST),
-        10 => (CTA_IP_V6_SRC, CTA_IP_V6_DST),
+        AF_INET => (CTA_IP_V4_SRC, CTA_IP_V4_DST),
+        AF_INET6 => (CTA_IP_V6_SRC, CTA_IP_V6_DST),
         _ => return None,
     };
     let protocol = *find(proto, CTA_PROTO_NUM)?.first()?;
@@ -177,6 +177,52 @@ fn dump_request(seq: u32) -> Vec<u8> {
     m
 }
 
+/// A nested attribute's flag (ctnetlink reads tuples as nested either way).
+const NLA_F_NESTED: u16 = 0x8000;
+
+/// The original tuple of the TCP connection from `src` to `dst`, as ctnetlink takes it, and its
+/// family; `None` for two families.
+fn tcp_tuple(src: SocketAddr, dst: SocketAddr) -> Option<(u8, Vec<u8>)> {
+    let mut ip = Vec::new();
+    let family = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            put_attr(&mut ip, CTA_IP_V4_SRC, &s.octets());
+            put_attr(&mut ip, CTA_IP_V4_DST, &d.octets());
+            AF_INET
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            put_attr(&mut ip, CTA_IP_V6_SRC, &s.octets());
+            put_attr(&mut ip, CTA_IP_V6_DST, &d.octets());
+            AF_INET6
+        }
+        _ => return None,
+    };
+    let mut proto = Vec::new();
+    put_attr(&mut proto, CTA_PROTO_NUM, &[6]);
+    put_attr(&mut proto, CTA_PROTO_SRC_PORT, &src.port().to_be_bytes());
+    put_attr(&mut proto, CTA_PROTO_DST_PORT, &dst.port().to_be_bytes());
+    let mut tuple = Vec::new();
+    put_attr(&mut tuple, CTA_TUPLE_IP | NLA_F_NESTED, &ip);
+    put_attr(&mut tuple, CTA_TUPLE_PROTO | NLA_F_NESTED, &proto);
+    let mut orig = Vec::new();
+    put_attr(&mut orig, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple);
+    Some((family, orig))
+}
+
+/// Asks for the entry whose original tuple is `tuple` (the answer: the entry, or ENOENT).
+fn get_request(family: u8, tuple: &[u8], seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN + tuple.len();
+    let mut m = header(
+        len,
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST,
+        seq,
+    );
+    m.extend_from_slice(&[family, 0, 0, 0]);
+    m.extend_from_slice(tuple);
+    m
+}
+
 fn delete_request(entry: &Entry, seq: u32) -> Vec<u8> {
     let len = NLMSG_HDRLEN + NFGENMSG_LEN + entry.key.len();
     let mut m = header(
@@ -215,20 +261,15 @@ pub(crate) struct Conntrack {
     seq: u32,
 }
 
-/// A netfilter netlink socket in the calling thread's namespace, bound to the multicast
-/// `groups` (0: none).
-fn netfilter_socket(groups: u32, receive_buffer: Option<usize>) -> io::Result<OwnedFd> {
+/// A netfilter netlink socket in the calling thread's namespace.
+fn netfilter_socket() -> io::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkNetFilter,
     )?;
-    if let Some(size) = receive_buffer {
-        // Best effort: a small buffer only loses events sooner (ENOBUFS says when).
-        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &size);
-    }
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
     Ok(fd)
 }
 
@@ -236,7 +277,7 @@ impl Conntrack {
     /// Opens the socket.
     pub(crate) fn open() -> io::Result<Self> {
         Ok(Conntrack {
-            fd: netfilter_socket(0, None)?,
+            fd: netfilter_socket()?,
             seq: 0,
         })
     }
@@ -270,6 +311,30 @@ impl Conntrack {
         }
     }
 
+    /// The mark of the TCP connection from `src` to `dst`, or `None` when conntrack has no
+    /// entry for it (forgot it, or never confirmed it).
+    pub(crate) fn tcp_mark(&mut self, src: SocketAddr, dst: SocketAddr) -> io::Result<Option<u32>> {
+        let Some((family, tuple)) = tcp_tuple(src, dst) else {
+            return Ok(None);
+        };
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&get_request(family, &tuple, self.seq))?;
+        let mut buf = vec![0u8; 8 * 1024];
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            for reply in messages(&buf[..n]) {
+                match reply {
+                    Reply::Entry(body) => return Ok(parse_entry(body).map(|e| e.mark)),
+                    Reply::Status(e) if e == -(nix::errno::Errno::ENOENT as i32) => {
+                        return Ok(None);
+                    }
+                    Reply::Status(0) | Reply::Done | Reply::Other => {}
+                    Reply::Status(e) => return Err(io::Error::from_raw_os_error(-e)),
+                }
+            }
+        }
+    }
+
     /// Removes one entry; `Ok(false)` when it was already gone.
     pub(crate) fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
         self.seq = self.seq.wrapping_add(1);
@@ -288,36 +353,6 @@ impl Conntrack {
                 }
             }
         }
-    }
-}
-
-/// A ctnetlink socket that hears of every entry removed in the calling thread's network
-/// namespace (the flow ended, timed out or was deleted), with its counters.
-pub(crate) struct Events {
-    fd: OwnedFd,
-    buf: crate::netlink::EventBuffer,
-}
-
-impl Events {
-    /// Subscribes (needs NET_ADMIN in the namespace).
-    pub(crate) fn subscribe() -> io::Result<Self> {
-        Ok(Events {
-            // A burst of removals must not be lost to a small buffer.
-            fd: netfilter_socket(1 << (NFNLGRP_CONNTRACK_DESTROY - 1), Some(4 << 20))?,
-            buf: crate::netlink::EventBuffer::new(),
-        })
-    }
-
-    /// Reads the next removals and gives each entry to `each`: waiting for them, or, without
-    /// `wait`, only those already there (`Ok(false)`: none were).
-    pub(crate) fn next(&mut self, wait: bool, mut each: impl FnMut(Entry)) -> io::Result<bool> {
-        self.buf.read(&self.fd, wait, |kind, body| {
-            if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
-                && let Some(entry) = parse_entry(body)
-            {
-                each(entry);
-            }
-        })
     }
 }
 
@@ -406,6 +441,35 @@ mod tests {
                 None
             )
         );
+    }
+
+    #[test]
+    fn a_lookup_names_the_tcp_connection_by_its_original_tuple_in_its_family() {
+        for (src, dst, family) in [
+            ("10.79.0.1:40000", "10.79.0.3:8080", AF_INET),
+            ("[fd79::1]:40000", "[fd79::3]:8080", AF_INET6),
+        ] {
+            let (src, dst): (SocketAddr, SocketAddr) =
+                (src.parse().expect("src"), dst.parse().expect("dst"));
+            let (f, tuple) = tcp_tuple(src, dst).expect("one family");
+            assert_eq!(f, family);
+            let req = get_request(f, &tuple, 5);
+            assert_eq!(
+                u16::from_ne_bytes([req[4], req[5]]),
+                (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+            );
+            assert_eq!(u16::from_ne_bytes([req[6], req[7]]), NLM_F_REQUEST);
+            let e = parse_entry(&req[NLMSG_HDRLEN..]).expect("the tuple reads back");
+            assert_eq!(
+                (e.family, e.protocol, e.src, e.sport, e.dst, e.dport),
+                (family, 6, src.ip(), 40000, dst.ip(), 8080)
+            );
+        }
+        let mixed = tcp_tuple(
+            "10.79.0.1:1".parse().expect("v4"),
+            "[fd79::3]:2".parse().expect("v6"),
+        );
+        assert!(mixed.is_none());
     }
 
     #[test]

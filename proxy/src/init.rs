@@ -95,11 +95,13 @@ pub const TCP_OUT_CHAIN: &str = "PODWALL_TCP_OUT";
 /// Chain dropping a SYN that conntrack files under a kernel-carried connection it already
 /// tracks (a 4-tuple reused soon after a reset), which no judge would see (the kernel path).
 pub const STALE_SYN_CHAIN: &str = "PODWALL_STALE_SYN";
-/// Chain setting what conntrack announces of each new TCP connection, on the kernel path.
+/// An earlier version's chain (in `raw`) setting what conntrack announced of each new TCP
+/// connection on the kernel path; taken away where found.
 pub const TRACK_CHAIN: &str = "PODWALL_TRACK";
 /// The table of the packet filter's chains.
 const FILTER: &str = "filter";
-/// The table conntrack's templates are set in (before a connection is tracked).
+/// The table conntrack's templates are set in (before a connection is tracked): only an
+/// earlier version's chain is there.
 const RAW: &str = "raw";
 /// Every chain of ours, by table (what `remove` takes away).
 const CHAINS: [(&str, &[&str]); 4] = [
@@ -404,19 +406,6 @@ impl InitConfig {
             return Vec::new();
         }
         vec![format!("-A {STALE_SYN_CHAIN} -j DROP")]
-    }
-
-    /// The kernel path's conntrack template (raw, from `OUTPUT` and `PREROUTING` for new TCP
-    /// connections): conntrack announces only the removal of their entries, whoever listens
-    /// and since when (the sidecar's backstop for connections that end without a socket in the
-    /// pod), and builds no message per state change.
-    pub fn track_rules(&self) -> Vec<String> {
-        if self.tcp_queue().is_none() {
-            return Vec::new();
-        }
-        vec![format!(
-            "-A {TRACK_CHAIN} -p tcp --syn -j CT --ctevents destroy"
-        )]
     }
 
     /// The sidecar's ports, sorted: where redirected traffic lands, and what
@@ -805,27 +794,16 @@ impl InitConfig {
         }
         reconcile_jumps(&mut s, &saved.filter, &self.filter_jumps(), FILTER_CHAINS);
         s.push_str("COMMIT\n");
-        let track = self.track_rules();
+        // An earlier version's conntrack template goes, once nothing jumps to it: every packet
+        // of every connection paid for the raw table's two hooks.
         let tracked = saved
             .raw
             .lines()
             .any(|l| l.starts_with(&format!(":{TRACK_CHAIN} ")));
-        if !track.is_empty() || tracked {
+        if tracked {
             let _ = writeln!(s, "*{RAW}");
-            let mut jumps = Vec::new();
-            if !track.is_empty() {
-                let _ = writeln!(s, ":{TRACK_CHAIN} - [0:0]");
-                for rule in &track {
-                    let _ = writeln!(s, "{rule}");
-                }
-                let jump = format!("-p tcp --syn -j {TRACK_CHAIN}");
-                jumps = vec![("OUTPUT", jump.clone()), ("PREROUTING", jump)];
-            }
-            reconcile_jumps(&mut s, &saved.raw, &jumps, &[TRACK_CHAIN]);
-            if track.is_empty() {
-                // The proxy path now: a kernel path's template goes, once nothing jumps to it.
-                let _ = writeln!(s, "-F {TRACK_CHAIN}\n-X {TRACK_CHAIN}");
-            }
+            reconcile_jumps(&mut s, &saved.raw, &[], &[TRACK_CHAIN]);
+            let _ = writeln!(s, "-F {TRACK_CHAIN}\n-X {TRACK_CHAIN}");
             s.push_str("COMMIT\n");
         }
         s
@@ -1494,53 +1472,42 @@ mod tests {
     }
 
     #[test]
-    fn on_the_kernel_path_conntrack_announces_only_the_removal_of_tcp_entries() {
+    fn neither_path_sets_a_conntrack_template_and_an_earlier_versions_is_taken_away() {
         let kernel = InitConfig {
             l4_path: L4Path::Kernel,
             ..InitConfig::default()
         };
-        assert_eq!(
-            kernel.track_rules(),
-            ["-A PODWALL_TRACK -p tcp --syn -j CT --ctevents destroy"]
-        );
-        let input = kernel.restore_input(Family::V4, Coverage::Capture, &Saved::default());
-        let raw = &input[input.find("*raw\n").expect("a raw section")..];
-        for line in [
-            ":PODWALL_TRACK - [0:0]",
-            "-A PODWALL_TRACK -p tcp --syn -j CT --ctevents destroy",
-            "-I OUTPUT 1 -p tcp --syn -j PODWALL_TRACK",
-            "-I PREROUTING 1 -p tcp --syn -j PODWALL_TRACK",
-        ] {
-            assert!(raw.lines().any(|l| l == line), "{line} in {raw}");
-        }
-        // The proxy path leaves raw alone, and takes away a kernel path's template.
         let proxy = InitConfig::default();
-        let fresh = proxy.restore_input(Family::V4, Coverage::Capture, &Saved::default());
-        assert!(!fresh.contains("*raw"), "{fresh}");
+        for cfg in [&kernel, &proxy] {
+            let fresh = cfg.restore_input(Family::V4, Coverage::Capture, &Saved::default());
+            assert!(!fresh.contains("*raw"), "{fresh}");
+        }
         let after_kernel = Saved {
             raw: "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:PODWALL_TRACK - [0:0]\n-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK\n-A OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK\nCOMMIT\n".into(),
             ..Saved::default()
         };
-        let switched = proxy.restore_input(Family::V4, Coverage::Capture, &after_kernel);
-        let raw = &switched[switched.find("*raw\n").expect("a raw section")..];
-        assert!(
-            raw.contains(
-                "-D PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK"
-            ),
-            "{raw}"
-        );
-        assert!(
-            raw.contains(
-                "-D OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK"
-            ),
-            "{raw}"
-        );
-        // The jumps go before the chain does (iptables-restore applies them in order).
-        let flushed = raw
-            .find("-F PODWALL_TRACK\n-X PODWALL_TRACK")
-            .expect("chain removed");
-        assert!(raw.rfind("-D ").is_some_and(|d| d < flushed), "{raw}");
-        assert!(!raw.contains("-I "), "{raw}");
+        for cfg in [&kernel, &proxy] {
+            let switched = cfg.restore_input(Family::V4, Coverage::Capture, &after_kernel);
+            let raw = &switched[switched.find("*raw\n").expect("a raw section")..];
+            assert!(
+                raw.contains(
+                    "-D PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK"
+                ),
+                "{raw}"
+            );
+            assert!(
+                raw.contains(
+                    "-D OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j PODWALL_TRACK"
+                ),
+                "{raw}"
+            );
+            // The jumps go before the chain does (iptables-restore applies them in order).
+            let flushed = raw
+                .find("-F PODWALL_TRACK\n-X PODWALL_TRACK")
+                .expect("chain removed");
+            assert!(raw.rfind("-D ").is_some_and(|d| d < flushed), "{raw}");
+            assert!(!raw.contains("-I "), "{raw}");
+        }
     }
 
     #[test]

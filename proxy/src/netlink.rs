@@ -87,7 +87,7 @@ pub(crate) fn put_attr(m: &mut Vec<u8>, kind: u16, payload: &[u8]) {
 /// Most datagrams [`receive_batch`] reads in one call.
 pub(crate) const BATCH_MAX: usize = 64;
 
-/// The datagrams a subscribed socket (sock_diag's or conntrack's removals) holds are one
+/// The datagrams a subscribed socket (sock_diag's freed sockets) holds are one
 /// message of well under a kilobyte each; a page holds any of them.
 pub(crate) const EVENT_SLOT: usize = 4096;
 /// Events read per call: the buffer is the 64 KiB one datagram at a time needed.

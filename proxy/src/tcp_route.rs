@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use podwall_policy::{Direction, Protocol};
 
 use crate::admit::{Admission, Admitted, Backends, NewFlow, admit, describe, judge, own_http};
-use crate::conntrack::{Conntrack, Entry, Events, TCP_CLOSE, TCP_TIME_WAIT};
+use crate::conntrack::{Conntrack, Entry, TCP_CLOSE, TCP_TIME_WAIT};
 use crate::flow::{FlowEvent, FlowPhase};
 use crate::kernel_flows::{FlowKey, KernelFlow};
 use crate::pod_policy::{FlowVerdict, PodPolicy};
@@ -326,17 +326,9 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
     ended(shared, key, bytes);
 }
 
-/// A kernel-carried connection's conntrack entry went: its end, when no socket of the pod
-/// gave it (a SYN that never became a connection, a forged one from a raw socket, an entry
-/// that timed out before its socket closed).
-fn entry_ended(shared: &Shared, entry: &Entry) {
-    ended(shared, key_of(entry), entry.bytes);
-}
-
 /// Starts hearing of the ends of kernel-carried connections, once: each one's end is written
 /// as its socket in the pod is freed (`sock_diag::Ends`: at once, with its bytes), or, failing
-/// that, as its conntrack entry is removed (the init rules have conntrack announce only that
-/// of a TCP connection, `CT --ctevents destroy`). Each on a thread of its own.
+/// that, once conntrack has forgotten it ([`look_after_entries`]). Each on a thread of its own.
 pub(crate) fn watch_ends(shared: &Arc<Shared>) {
     if shared
         .kernel_flows
@@ -351,35 +343,67 @@ pub(crate) fn watch_ends(shared: &Arc<Shared>) {
             spawn_watcher("socket-ends", move |wait| {
                 let heard = ends.next(wait, |end| socket_ended(&shared, end));
                 heard.unwrap_or_else(|e| {
-                    // ENOBUFS: some ends were lost; conntrack's removals tell them later.
+                    // ENOBUFS: some ends were lost; those connections end once conntrack
+                    // forgets them.
                     tracing::warn!(error = %e, "freed sockets: receive failed");
-                    sweep(&shared);
                     false
                 })
             });
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot hear of freed sockets: kernel-carried connections' ends are written when conntrack forgets them, without bytes unless it counts them");
+            tracing::warn!(error = %e, "cannot hear of freed sockets: kernel-carried connections' ends are written when conntrack forgets them, without bytes");
         }
     }
-    match Events::subscribe() {
-        Ok(mut events) => {
-            let shared = shared.clone();
-            spawn_watcher("conntrack-ends", move |wait| {
-                let heard = events.next(wait, |entry| {
-                    if entry.protocol == TCP && entry.mark == crate::init::KERNEL_MARK {
-                        entry_ended(&shared, &entry);
-                    }
-                });
-                heard.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "conntrack events: receive failed");
-                    sweep(&shared);
-                    false
-                })
-            });
-        }
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("conntrack-look".into())
+        .spawn(move || look_after_entries(&shared));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start looking after conntrack: a kernel-carried connection that ends without a socket in the pod gets no end event");
+    }
+}
+
+/// How often the sidecar asks conntrack after the kernel-carried connections it still tracks.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Every [`LOOK_EVERY`], asks conntrack after each tracked connection admitted before the last
+/// look, and ends those it no longer has as kernel-carried ones: a SYN that never became a
+/// connection, one forged on a raw socket, an entry that went before its socket (no socket in
+/// the pod to be freed). One lookup per connection that outlived a look, rather than a removal
+/// message from the kernel for every connection (nearly all end with their socket), and
+/// nothing asked of conntrack at its start (no template, no sysctl, whenever the sidecar
+/// started). Those ends come up to two looks late, without bytes.
+fn look_after_entries(shared: &Shared) {
+    let mut table = match Conntrack::open() {
+        Ok(t) => t,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot hear of removed conntrack entries: a kernel-carried connection that ends without a socket in the pod gets no end event");
+            tracing::warn!(error = %e, "cannot read conntrack: a kernel-carried connection that ends without a socket in the pod gets no end event");
+            return;
+        }
+    };
+    loop {
+        std::thread::sleep(LOOK_EVERY);
+        // Admitted after the last look: its SYN may not have been confirmed yet.
+        let Some(before) = std::time::Instant::now().checked_sub(LOOK_EVERY) else {
+            continue;
+        };
+        let keys: Vec<FlowKey> = shared
+            .kernel_flows
+            .lock()
+            .iter()
+            .filter(|(_, f)| f.started <= before)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            match table.tcp_mark(key.0, key.1) {
+                Ok(Some(crate::init::KERNEL_MARK)) => {}
+                // Forgotten, or the four-tuple is another connection's now.
+                Ok(_) => ended(shared, key, None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "conntrack lookup failed");
+                    break;
+                }
+            }
         }
     }
 }
@@ -405,27 +429,5 @@ fn spawn_watcher(name: &str, mut read: impl FnMut(bool) -> bool + Send + 'static
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, watcher = name, "cannot start a watcher of connection ends");
-    }
-}
-
-/// Ends every tracked connection conntrack no longer has (after lost events).
-fn sweep(shared: &Shared) {
-    let Ok(entries) = Conntrack::open().and_then(|mut t| t.dump()) else {
-        return;
-    };
-    let live: std::collections::HashSet<FlowKey> = entries
-        .iter()
-        .filter(|e| e.protocol == TCP && e.mark == crate::init::KERNEL_MARK)
-        .map(key_of)
-        .collect();
-    let gone: Vec<FlowKey> = shared
-        .kernel_flows
-        .lock()
-        .keys()
-        .filter(|k| !live.contains(k))
-        .copied()
-        .collect();
-    for key in gone {
-        ended(shared, key, None);
     }
 }

@@ -239,3 +239,56 @@ fn with_two_judge_queues_every_new_connection_is_judged_whichever_queue_it_lands
     let refused = connect(&client, SocketAddr::new(dst.ip(), 9001)).expect_err("denied");
     assert!(refused.contains("reset"), "{refused}");
 }
+
+#[test]
+fn on_the_kernel_path_a_connection_conntrack_forgets_while_its_socket_is_open_gets_its_end() {
+    if !ready_for(
+        "on_the_kernel_path_a_connection_conntrack_forgets_while_its_socket_is_open_gets_its_end",
+    ) {
+        return;
+    }
+    let (_dir, up) = kernel_two_pods("kforget");
+    let client = up.ns("t/client");
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let (r, _greeting) = connect(&client, dst).expect("allowed");
+    let local = r.get_ref().local_addr().expect("local address");
+    // Conntrack forgets the connection while the app still holds its socket: no socket is
+    // freed, and the kernel carries the connection no more, so the sidecar must end it.
+    let forgot = std::process::Command::new("ip")
+        .args(["netns", "exec", &client, "conntrack", "-D", "-p", "tcp"])
+        .args(["--sport", &local.port().to_string(), "--dport", "8080"])
+        .output()
+        .expect("conntrack");
+    assert!(
+        forgot.status.success(),
+        "conntrack -D: {}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    let started = Instant::now();
+    let end = loop {
+        let ends = up.flows("t/client");
+        if let Some(end) = ends
+            .into_iter()
+            .find(|e| e["source"]["port"] == local.port() && e["phase"] == "end")
+        {
+            break end;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no end once conntrack forgot it: {:#?}",
+            up.flows("t/client")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(end["verdict"], "ALLOWED", "{end:#}");
+    assert_eq!(end["destination"]["port"], 8080, "{end:#}");
+    // Written once: freeing the socket now ends nothing more.
+    drop(r);
+    std::thread::sleep(Duration::from_millis(300));
+    let ends = up
+        .flows("t/client")
+        .into_iter()
+        .filter(|e| e["source"]["port"] == local.port() && e["phase"] == "end")
+        .count();
+    assert_eq!(ends, 1, "{:#?}", up.flows("t/client"));
+}

@@ -330,11 +330,15 @@ fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
             l.starts_with("-A ") && !l.starts_with("-A PODWALL") && l.contains("-j PODWALL_")
         })
         .collect();
-    // (On the kernel path, five more: mangle OUTPUT's for new TCP connections, mangle OUTPUT's
-    // and PREROUTING's for SYNs that reopen a kernel-carried connection's entry, and raw
-    // OUTPUT's and PREROUTING's that set what conntrack announces of them.)
+    // (On the kernel path, three more: mangle OUTPUT's for new TCP connections, and mangle
+    // OUTPUT's and PREROUTING's for SYNs that reopen a kernel-carried connection's entry. No
+    // raw table: a hook every packet would pay for.)
     let kernel = support::sandbox::kernel_path();
-    assert_eq!(jumps.len(), 11 + 5 * usize::from(kernel), "{jumps:#?}");
+    assert_eq!(jumps.len(), 11 + 3 * usize::from(kernel), "{jumps:#?}");
+    assert!(
+        twice.iter().all(|l| !l.contains("PODWALL_TRACK")),
+        "{twice:#?}"
+    );
     let mut distinct = jumps.clone();
     distinct.sort();
     distinct.dedup();
