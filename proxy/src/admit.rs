@@ -152,13 +152,23 @@ pub(crate) enum Admission {
 
 /// Judges `flow` under the current policy.
 pub(crate) fn admit(shared: &Shared, flow: NewFlow, backends: Backends) -> Admission {
-    let mut event = event_of(&flow);
     let Some(policy) = shared.policy() else {
         return Admission::Refused(Refused::because(
-            event,
+            event_of(&flow),
             "no policy loaded yet: refusing everything (fail closed)".into(),
         ));
     };
+    admit_under(shared, policy, flow, backends)
+}
+
+/// [`admit`] under `policy`, which the caller loaded already.
+pub(crate) fn admit_under(
+    shared: &Shared,
+    policy: Arc<PodPolicy>,
+    flow: NewFlow,
+    backends: Backends,
+) -> Admission {
+    let mut event = event_of(&flow);
     let mut destination = flow.destination;
     if flow.direction == Direction::Egress
         && let Some(service) = policy.engine.state().services.lookup(

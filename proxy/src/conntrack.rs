@@ -156,11 +156,7 @@ fn parse_entry(body: &[u8]) -> Option<Entry> {
 
 fn header(len: usize, kind: u16, flags: u16, seq: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    crate::netlink::put_header(&mut m, len, kind, flags, seq);
     m
 }
 

@@ -22,6 +22,16 @@ pub(crate) const NFGENMSG_LEN: usize = 4;
 /// The flags in an attribute's type.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
+/// Appends a message header: the whole message's length `len`, its type, flags and sequence
+/// number (the port id is the kernel's to fill in).
+pub(crate) fn put_header(m: &mut Vec<u8>, len: usize, kind: u16, flags: u16, seq: u32) {
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+}
+
 /// `n` rounded up to netlink's four-byte alignment.
 pub(crate) fn align(n: usize) -> usize {
     (n + 3) & !3

@@ -73,11 +73,7 @@ pub(crate) struct Packet<'a> {
 }
 
 fn put_header(m: &mut Vec<u8>, len: usize, kind: u16, flags: u16, queue: u16) {
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | kind).to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    crate::netlink::put_header(m, len, (NFNL_SUBSYS_QUEUE << 8) | kind, flags, 0);
     // AF_UNSPEC, version 0, the queue.
     m.extend_from_slice(&[0, 0]);
     m.extend_from_slice(&queue.to_be_bytes());

@@ -46,11 +46,7 @@ fn address_words(ip: IpAddr) -> [u8; 16] {
 fn request(kind: u16, local: SocketAddr, remote: SocketAddr, cookie: [u8; 8]) -> Vec<u8> {
     let len = 16 + REQUEST_LEN;
     let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    crate::netlink::put_header(&mut m, len, kind, NLM_F_REQUEST | NLM_F_ACK, 1);
     let family = match local.ip() {
         IpAddr::V4(_) => libc_af(AddressFamily::Inet),
         IpAddr::V6(_) => libc_af(AddressFamily::Inet6),
@@ -277,20 +273,13 @@ mod tests {
         body[6..8].copy_from_slice(&remote.port().to_be_bytes());
         body[8..24].copy_from_slice(&address_words(local.ip()));
         body[24..40].copy_from_slice(&address_words(remote.ip()));
-        let attr = |kind: u16, payload: &[u8]| {
-            let mut a = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
-            a.extend(kind.to_ne_bytes());
-            a.extend(payload);
-            a.resize((a.len() + 3) & !3, 0);
-            a
-        };
-        body.extend(attr(5, &[IPPROTO_TCP]));
+        crate::netlink::put_attr(&mut body, 5, &[IPPROTO_TCP]);
         let mut info = vec![0u8; 232];
         // Sent twice over, of which the retransmissions are 1,000 bytes.
         info[BYTES_SENT_AT..BYTES_SENT_AT + 8].copy_from_slice(&(sent + 1000).to_ne_bytes());
         info[BYTES_RETRANS_AT..BYTES_RETRANS_AT + 8].copy_from_slice(&1000u64.to_ne_bytes());
         info[BYTES_RECEIVED_AT..BYTES_RECEIVED_AT + 8].copy_from_slice(&received.to_ne_bytes());
-        body.extend(attr(INET_DIAG_INFO, &info));
+        crate::netlink::put_attr(&mut body, INET_DIAG_INFO, &info);
         body
     }
 

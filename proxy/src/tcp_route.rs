@@ -24,7 +24,9 @@ use std::time::SystemTime;
 
 use podwall_policy::{Direction, Protocol};
 
-use crate::admit::{Admission, Admitted, Backends, NewFlow, admit, describe, judge, own_http};
+use crate::admit::{
+    Admission, Admitted, Backends, NewFlow, admit, admit_under, describe, judge, own_http,
+};
 use crate::conntrack::{Conntrack, Entry, TCP_CLOSE, TCP_TIME_WAIT};
 use crate::flow::{FlowEvent, FlowPhase};
 use crate::kernel_flows::{FlowKey, KernelFlow};
@@ -59,7 +61,11 @@ impl Route {
 /// Decides the path of a new TCP connection, writing the flow event and counting the verdict
 /// of one the proxy will not see.
 pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
-    if !pods_own_end(shared, &flow) {
+    // Without a policy the proxy refuses it (fail closed).
+    let Some(policy) = shared.policy() else {
+        return Route::Proxy;
+    };
+    if !pods_own_end(&policy, &flow) {
         return Route::Proxy;
     }
     // A connection into the pod to one of the sidecar's own ports is the proxy's to refuse
@@ -68,7 +74,7 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
     if flow.direction == Direction::Ingress && shared.own_ports.contains(&flow.destination.port()) {
         return Route::Proxy;
     }
-    match admit(shared, flow, Backends::Every) {
+    match admit_under(shared, policy, flow, Backends::Every) {
         // Refused, or a Service virtual IP not every backend of which policy allows.
         Admission::Refused(_) => Route::Proxy,
         Admission::Admitted(admitted) if needs_proxy(&admitted, shared) => Route::Proxy,
@@ -107,10 +113,7 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
 /// (`IP_FREEBIND` takes no capability); the egress rules let a kernel-carried connection's
 /// packets out without looking at their source, so such a connection is never the kernel's.
 /// The proxy takes it, and connects from the pod's own address if it is allowed.
-fn pods_own_end(shared: &Shared, flow: &NewFlow) -> bool {
-    let Some(policy) = shared.policy() else {
-        return false;
-    };
+fn pods_own_end(policy: &PodPolicy, flow: &NewFlow) -> bool {
     let end = match flow.direction {
         Direction::Egress => flow.source.ip(),
         Direction::Ingress => flow.destination.ip(),
@@ -275,9 +278,14 @@ fn key_of(entry: &Entry) -> FlowKey {
 /// Writes the end of a kernel-carried connection: its event with the bytes it carried, from
 /// its source's side then its destination's, when they are known, and how long it lasted.
 fn ended(shared: &Shared, key: FlowKey, bytes: Option<(u64, u64)>) {
-    let Some(flow) = shared.kernel_flows.lock().remove(&key) else {
-        return;
-    };
+    let flow = shared.kernel_flows.lock().remove(&key);
+    if let Some(flow) = flow {
+        write_end(shared, flow, bytes);
+    }
+}
+
+/// Writes the end of `flow`, taken out of the table.
+fn write_end(shared: &Shared, flow: KernelFlow, bytes: Option<(u64, u64)>) {
     let mut event = flow.event;
     event.phase = Some(FlowPhase::End);
     event.time = SystemTime::now();
@@ -307,23 +315,23 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
     if !pods {
         return;
     }
-    let (key, bytes) = {
-        let open = shared.kernel_flows.lock();
+    let (flow, bytes) = {
+        let mut open = shared.kernel_flows.lock();
         let (egress, ingress) = ((end.local, end.remote), (end.remote, end.local));
-        let is = |key: &FlowKey, direction| {
-            open.get(key)
-                .is_some_and(|f| f.event.direction == direction)
+        let mut take = |key: &FlowKey, direction| match open.get(key) {
+            Some(f) if f.event.direction == direction => open.remove(key),
+            _ => None,
         };
-        if is(&egress, Direction::Egress) {
-            (egress, end.bytes)
-        } else if is(&ingress, Direction::Ingress) {
+        if let Some(flow) = take(&egress, Direction::Egress) {
+            (flow, end.bytes)
+        } else if let Some(flow) = take(&ingress, Direction::Ingress) {
             // The pod's socket received what the source sent.
-            (ingress, end.bytes.map(|(sent, received)| (received, sent)))
+            (flow, end.bytes.map(|(sent, received)| (received, sent)))
         } else {
             return;
         }
     };
-    ended(shared, key, bytes);
+    write_end(shared, flow, bytes);
 }
 
 /// Starts hearing of the ends of kernel-carried connections, once: each one's end is written
