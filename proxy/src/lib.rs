@@ -32,6 +32,7 @@ mod pod_policy;
 mod policy_follow;
 mod relay;
 mod resident;
+pub use resident::limit_malloc_arenas;
 mod server_name;
 mod shared;
 mod sock_diag;

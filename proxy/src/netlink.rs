@@ -143,8 +143,8 @@ impl EventBuffer {
 ///
 /// One call rather than one `recv` per datagram, and none to learn that the socket is empty:
 /// the judge and the end watchers read several per wake-up under load.
-// The second unsafe call in podwall: recvmmsg, which std and nix offer only with per-call or
-// non-Send buffers (see the SAFETY note).
+// One of podwall's few unsafe calls (see resident.rs): recvmmsg, which std and nix offer only
+// with per-call or non-Send buffers (see the SAFETY note).
 #[allow(unsafe_code)]
 pub(crate) fn receive_batch(
     fd: &OwnedFd,

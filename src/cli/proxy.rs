@@ -425,6 +425,8 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     config.keep_revoked = args.keep_revoked_connections;
     config.kernel_path = args.l4_path == L4PathArg::Kernel;
 
+    // Before any thread starts: an arena per worker thread, not one per thread that allocates.
+    podwall_proxy::limit_malloc_arenas(args.threads);
     // One thread: tokio's current-thread scheduler, with no cross-thread work stealing to pay
     // for; more: the multi-thread one.
     let mut builder = if args.threads <= 1 {
