@@ -308,7 +308,8 @@ impl Conntrack {
     }
 
     /// The mark of the TCP connection from `src` to `dst`, or `None` when conntrack has no
-    /// entry for it (forgot it, or never confirmed it).
+    /// entry whose original direction that is (forgot it, never confirmed it, or tracks the
+    /// reverse connection).
     pub(crate) fn tcp_mark(&mut self, src: SocketAddr, dst: SocketAddr) -> io::Result<Option<u32>> {
         let Some((family, tuple)) = tcp_tuple(src, dst) else {
             return Ok(None);
@@ -320,7 +321,17 @@ impl Conntrack {
             let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
             for reply in messages(&buf[..n]) {
                 match reply {
-                    Reply::Entry(body) => return Ok(parse_entry(body).map(|e| e.mark)),
+                    // The lookup finds a tuple in either direction: only an entry whose
+                    // original direction is this connection's is it.
+                    Reply::Entry(body) => {
+                        return Ok(parse_entry(body)
+                            .filter(|e| {
+                                e.protocol == 6
+                                    && SocketAddr::new(e.src, e.sport) == src
+                                    && SocketAddr::new(e.dst, e.dport) == dst
+                            })
+                            .map(|e| e.mark));
+                    }
                     Reply::Status(e) if e == -(nix::errno::Errno::ENOENT as i32) => {
                         return Ok(None);
                     }

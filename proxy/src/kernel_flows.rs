@@ -1,8 +1,8 @@
 //! The TCP connections the kernel carries (the kernel path), by their original direction's
-//! addresses: each one's flow event as last judged, so that its end (a conntrack entry
-//! destroyed) and every policy change find what allowed it, and which toFQDNs names it was
-//! allowed for. The packet filter adds a connection as it admits it; the watchers of freed
-//! sockets and removed conntrack entries take it away as it ends.
+//! addresses: each one's flow event as last judged, so that its end and every policy change
+//! find what allowed it, and which toFQDNs names it was allowed for. The packet filter adds a
+//! connection as it admits it; the watcher of freed sockets, or the lookups that find
+//! conntrack has forgotten it, take it away as it ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -154,7 +154,10 @@ pub(crate) fn receive_batch(
     wait: bool,
 ) -> io::Result<usize> {
     use nix::libc;
-    let count = lens.len().min(BATCH_MAX).min(buf.len() / slot.max(1));
+    if slot == 0 {
+        return Ok(0);
+    }
+    let count = lens.len().min(BATCH_MAX).min(buf.len() / slot);
     if count == 0 {
         return Ok(0);
     }

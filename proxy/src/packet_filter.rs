@@ -451,6 +451,43 @@ spec:
     }
 
     #[test]
+    fn a_lookup_that_found_no_entry_ends_the_connection_it_looked_up_not_a_newer_one_on_its_addresses()
+     {
+        let shared = client_sidecar();
+        let syn = from_client(TCP, 20001, 8080);
+        let message = crate::nfqueue::packet_message(1337, 1, HOOK_LOCAL_OUT, &syn);
+        let mut verdicts = Vec::new();
+        crate::nfqueue::judge_datagrams(
+            std::iter::once(message.as_slice()),
+            1337,
+            &mut verdicts,
+            &mut |p| verdict(&shared, p),
+        );
+        let key: (SocketAddr, SocketAddr) = (
+            "10.0.0.1:20001".parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+        );
+        let admitted = shared
+            .kernel_flows
+            .lock()
+            .get(&key)
+            .map(|f| f.started)
+            .expect("admitted");
+        // The lookup was for an older connection on the same addresses; this one's SYN may
+        // not be in conntrack yet.
+        let older = admitted
+            .checked_sub(std::time::Duration::from_secs(4))
+            .expect("up for 4 s");
+        crate::tcp_route::ended_if_admitted_at(&shared, key, older);
+        assert!(
+            shared.kernel_flows.lock().contains_key(&key),
+            "a newer one ended"
+        );
+        crate::tcp_route::ended_if_admitted_at(&shared, key, admitted);
+        assert!(!shared.kernel_flows.lock().contains_key(&key));
+    }
+
+    #[test]
     fn judging_queued_packets_and_writing_their_verdicts_allocates_nothing_per_packet() {
         let shared = client_sidecar();
         // Half new TCP connections (the kernel path: each is admitted, remembered and its start

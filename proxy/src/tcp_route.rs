@@ -200,7 +200,7 @@ pub(crate) fn revoke(
         let key = key_of(entry);
         let flow = match open.entry(key) {
             Slot::Occupied(known) => known.into_mut(),
-            // Closed already: its end is heard when the entry goes.
+            // Closed already: nothing to take in, nor to end.
             Slot::Vacant(_) if matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) => {
                 continue;
             }
@@ -234,8 +234,8 @@ pub(crate) fn revoke(
     }
     let watch = !open.is_empty();
     drop(open);
-    // Its end is written now, not when the app gets round to closing the aborted socket (or
-    // the conntrack removal is read); what it carried is not known then.
+    // Its end is written now, not when the app gets round to closing the aborted socket; what
+    // it carried is not known then.
     for key in &revoked {
         ended(shared, *key, None);
     }
@@ -382,37 +382,63 @@ const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 /// nothing asked of conntrack at its start (no template, no sysctl, whenever the sidecar
 /// started). Those ends come up to two looks late, without bytes.
 fn look_after_entries(shared: &Shared) {
-    let mut table = match Conntrack::open() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read conntrack: a kernel-carried connection that ends without a socket in the pod gets no end event");
-            return;
-        }
-    };
+    let mut table = None;
+    let mut pause = LOOK_EVERY;
     loop {
-        std::thread::sleep(LOOK_EVERY);
+        std::thread::sleep(pause);
         // Admitted after the last look: its SYN may not have been confirmed yet.
         let Some(before) = std::time::Instant::now().checked_sub(LOOK_EVERY) else {
             continue;
         };
-        let keys: Vec<FlowKey> = shared
+        let olds: Vec<(FlowKey, std::time::Instant)> = shared
             .kernel_flows
             .lock()
             .iter()
             .filter(|(_, f)| f.started <= before)
-            .map(|(k, _)| *k)
+            .map(|(k, f)| (*k, f.started))
             .collect();
-        for key in keys {
-            match table.tcp_mark(key.0, key.1) {
+        // At most about a thousand lookups a second, however many connections are held
+        // (65,536 at most): their ends come later instead.
+        pause = LOOK_EVERY.max(std::time::Duration::from_millis(olds.len() as u64));
+        let t = match table.as_mut() {
+            Some(t) => t,
+            None => match Conntrack::open() {
+                Ok(t) => table.insert(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read conntrack: kernel-carried connections that end without a socket in the pod get their end later");
+                    continue;
+                }
+            },
+        };
+        for (key, started) in olds {
+            match t.tcp_mark(key.0, key.1) {
                 Ok(Some(crate::init::KERNEL_MARK)) => {}
                 // Forgotten, or the four-tuple is another connection's now.
-                Ok(_) => ended(shared, key, None),
+                Ok(_) => ended_if_admitted_at(shared, key, started),
                 Err(e) => {
+                    // A fresh socket next time: no answer of this one is left to misread.
                     tracing::warn!(error = %e, "conntrack lookup failed");
+                    table = None;
                     break;
                 }
             }
         }
+    }
+}
+
+/// Ends the connection at `key` only if it is the one admitted at `started`: a connection
+/// opened on the same addresses meanwhile (its SYN perhaps not yet in conntrack when it was
+/// looked up) is another, and keeps its record.
+pub(crate) fn ended_if_admitted_at(shared: &Shared, key: FlowKey, started: std::time::Instant) {
+    let flow = {
+        let mut open = shared.kernel_flows.lock();
+        match open.get(&key) {
+            Some(f) if f.started == started => open.remove(&key),
+            _ => None,
+        }
+    };
+    if let Some(flow) = flow {
+        write_end(shared, flow, None);
     }
 }
 
