@@ -412,22 +412,28 @@ spec:
         p
     }
 
-    #[test]
-    fn a_freed_socket_ends_only_the_kernel_carried_connection_it_was_the_pods_end_of() {
-        let shared = client_sidecar();
-        let syn = from_client(TCP, 20000, 8080);
+    /// The client's SYN from `sport` to the server's 8080, judged as the queue reads it (the
+    /// kernel path carries it); its addresses.
+    fn client_connects(shared: &Arc<Shared>, sport: u16) -> (SocketAddr, SocketAddr) {
+        let syn = from_client(TCP, sport, 8080);
         let message = crate::nfqueue::packet_message(1337, 1, HOOK_LOCAL_OUT, &syn);
         let mut verdicts = Vec::new();
         crate::nfqueue::judge_datagrams(
             std::iter::once(message.as_slice()),
             1337,
             &mut verdicts,
-            &mut |p| verdict(&shared, p),
+            &mut |p| verdict(shared, p),
         );
-        let (client, server): (SocketAddr, SocketAddr) = (
-            "10.0.0.1:20000".parse().expect("addr"),
+        (
+            SocketAddr::new([10, 0, 0, 1].into(), sport),
             "10.0.0.2:8080".parse().expect("addr"),
-        );
+        )
+    }
+
+    #[test]
+    fn a_freed_socket_ends_only_the_kernel_carried_connection_it_was_the_pods_end_of() {
+        let shared = client_sidecar();
+        let (client, server) = client_connects(&shared, 20000);
         assert!(shared.kernel_flows.lock().contains_key(&(client, server)));
         let freed = |local, remote| crate::sock_diag::SocketEnd {
             local,
@@ -454,19 +460,7 @@ spec:
     fn a_lookup_that_found_no_entry_ends_the_connection_it_looked_up_not_a_newer_one_on_its_addresses()
      {
         let shared = client_sidecar();
-        let syn = from_client(TCP, 20001, 8080);
-        let message = crate::nfqueue::packet_message(1337, 1, HOOK_LOCAL_OUT, &syn);
-        let mut verdicts = Vec::new();
-        crate::nfqueue::judge_datagrams(
-            std::iter::once(message.as_slice()),
-            1337,
-            &mut verdicts,
-            &mut |p| verdict(&shared, p),
-        );
-        let key: (SocketAddr, SocketAddr) = (
-            "10.0.0.1:20001".parse().expect("addr"),
-            "10.0.0.2:8080".parse().expect("addr"),
-        );
+        let key = client_connects(&shared, 20001);
         let admitted = shared
             .kernel_flows
             .lock()
