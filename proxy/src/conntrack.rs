@@ -255,6 +255,8 @@ fn messages(buf: &[u8]) -> impl Iterator<Item = Reply<'_>> {
 pub(crate) struct Conntrack {
     fd: OwnedFd,
     seq: u32,
+    /// Where a lookup's or removal's answer is read (one answer each, well under 8 KiB).
+    answer: Vec<u8>,
 }
 
 /// A netfilter netlink socket in the calling thread's namespace.
@@ -275,6 +277,7 @@ impl Conntrack {
         Ok(Conntrack {
             fd: netfilter_socket()?,
             seq: 0,
+            answer: vec![0u8; 8 * 1024],
         })
     }
 
@@ -316,10 +319,9 @@ impl Conntrack {
         };
         self.seq = self.seq.wrapping_add(1);
         self.send(&get_request(family, &tuple, self.seq))?;
-        let mut buf = vec![0u8; 8 * 1024];
         loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-            for reply in messages(&buf[..n]) {
+            let n = recv(self.fd.as_raw_fd(), &mut self.answer, MsgFlags::empty())?;
+            for reply in messages(&self.answer[..n]) {
                 match reply {
                     // The lookup finds a tuple in either direction: only an entry whose
                     // original direction is this connection's is it.
@@ -346,10 +348,9 @@ impl Conntrack {
     pub(crate) fn delete(&mut self, entry: &Entry) -> io::Result<bool> {
         self.seq = self.seq.wrapping_add(1);
         self.send(&delete_request(entry, self.seq))?;
-        let mut buf = vec![0u8; 8 * 1024];
         loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-            for reply in messages(&buf[..n]) {
+            let n = recv(self.fd.as_raw_fd(), &mut self.answer, MsgFlags::empty())?;
+            for reply in messages(&self.answer[..n]) {
                 match reply {
                     Reply::Status(0) => return Ok(true),
                     Reply::Status(e) if e == -(nix::errno::Errno::ENOENT as i32) => {

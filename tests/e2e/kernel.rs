@@ -254,16 +254,21 @@ fn on_the_kernel_path_a_connection_conntrack_forgets_while_its_socket_is_open_ge
     let local = r.get_ref().local_addr().expect("local address");
     // Conntrack forgets the connection while the app still holds its socket: no socket is
     // freed, and the kernel carries the connection no more, so the sidecar must end it.
-    let forgot = std::process::Command::new("ip")
-        .args(["netns", "exec", &client, "conntrack", "-D", "-p", "tcp"])
-        .args(["--sport", &local.port().to_string(), "--dport", "8080"])
-        .output()
-        .expect("conntrack");
-    assert!(
-        forgot.status.success(),
-        "conntrack -D: {}",
-        String::from_utf8_lossy(&forgot.stderr)
+    let sport = local.port().to_string();
+    let (code, out) = in_pod(
+        &client,
+        &[
+            "conntrack",
+            "-D",
+            "-p",
+            "tcp",
+            "--sport",
+            &sport,
+            "--dport",
+            "8080",
+        ],
     );
+    assert_eq!(code, 0, "conntrack -D: {out}");
     let started = Instant::now();
     let end = loop {
         let ends = up.flows("t/client");
