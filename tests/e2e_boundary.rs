@@ -16,7 +16,7 @@ use podwall_sandbox::{Inject, run_in};
 
 mod support;
 use support::hostile::{app, app_listening, last_line};
-use support::sandbox::{Up, connect, topology, wait_for};
+use support::sandbox::{Up, connect, sidecar_pid, topology, wait_for};
 
 /// An injected app beside a pod without a sidecar (its victim), the cluster DNS and a host
 /// outside. With `policy`, the app may reach the victim's TCP 8080 and the cluster DNS, and be
@@ -86,32 +86,6 @@ const DNS_IP: &str = "10.76.0.53";
 
 fn ready(test: &str) -> bool {
     support::hostile::ready(test)
-}
-
-/// The pids of processes in `ns` whose command line has all of `words`.
-fn pids_in(ns: &str, words: &[&str]) -> Vec<i32> {
-    let out = Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .expect("ip netns pids");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            words.iter().all(|w| args.iter().any(|a| a == w))
-        })
-        .collect()
-}
-
-fn sidecar_pid(ns: &str) -> i32 {
-    let pids = pids_in(ns, &["proxy", "run"]);
-    assert_eq!(pids.len(), 1, "one sidecar in {ns}: {pids:?}");
-    pids[0]
 }
 
 fn open_files(pid: i32) -> usize {

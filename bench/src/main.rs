@@ -48,6 +48,10 @@ struct Args {
     /// or all.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
+    /// Runs of each L4 measurement per path, each right after the same run from a twin client
+    /// pod without rules or sidecar; a path's ratios to direct are to those interleaved runs.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +65,8 @@ enum Only {
 }
 
 const CLIENT: &str = "bench/client";
+/// The client's twin: no rules, no sidecar; the direct runs interleaved with each path's.
+const TWIN: &str = "bench/twin";
 const SERVER: &str = "bench/server";
 const IPERF_PORT: u16 = 5201;
 const HTTP_PORT: u16 = 8080;
@@ -73,6 +79,11 @@ apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: bench, labels: {app: client}}
 status: {podIP: 10.66.0.1, hostIP: 192.168.66.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: twin, namespace: bench, labels: {app: twin}}
+status: {podIP: 10.66.0.3, hostIP: 192.168.66.1}
 ---
 apiVersion: v1
 kind: Pod
@@ -115,6 +126,16 @@ struct PathResult {
     /// (`RssAnon`: not code and data mapped from files, which the page cache shares).
     rss_idle_anon_mb: Option<f64>,
     rss_1000_connections_anon_mb: Option<f64>,
+    /// The twin pod's direct runs interleaved with this path's (means): the base of its ratios.
+    paired_direct: Option<Paired>,
+}
+
+/// Direct figures measured between a path's runs (see [`Rounds`]).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Paired {
+    bulk_gbit_s: f64,
+    keepalive_rps: f64,
+    new_conn_rps: f64,
 }
 
 /// A proxy process to watch: its CPU time and memory.
@@ -345,12 +366,109 @@ fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<(f64, Optio
     rss
 }
 
+/// One metric of a path, run `--rounds` times, each run right after the same traffic from the
+/// twin pod (no rules, no sidecar) when `twin` is given: on a shared machine the rate drifts by
+/// more over the minutes between paths than the gaps it measures, so each path is compared with
+/// the direct runs interleaved with its own.
+struct Rounds<'a> {
+    args: &'a Args,
+    twin: Option<&'a str>,
+    proxy: Option<&'a Proxy>,
+}
+
+/// What [`Rounds::run`] returns: the mean of the path's runs, of the twin's, and the proxy's
+/// user and system CPU seconds over the path's runs only.
+struct RoundsResult<T> {
+    path: T,
+    direct: Option<T>,
+    user_s: f64,
+    system_s: f64,
+}
+
+impl Rounds<'_> {
+    fn run<T: Copy + Default + std::ops::Add<Output = T> + std::ops::Div<f64, Output = T>>(
+        &self,
+        client: &str,
+        one: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<RoundsResult<T>, String> {
+        let rounds = self.args.rounds.max(1);
+        let (mut path, mut direct) = (T::default(), T::default());
+        let (mut user_s, mut system_s) = (0.0, 0.0);
+        for _ in 0..rounds {
+            if let Some(twin) = self.twin {
+                direct = direct + one(twin)?;
+            }
+            let c0 = self.proxy.map(Proxy::cpu_split);
+            path = path + one(client)?;
+            if let (Some(p), Some((u0, s0))) = (self.proxy, c0) {
+                let (u1, s1) = p.cpu_split();
+                user_s += u1 - u0;
+                system_s += s1 - s0;
+            }
+        }
+        let n = rounds as f64;
+        Ok(RoundsResult {
+            path: path / n,
+            direct: self.twin.map(|_| direct / n),
+            user_s,
+            system_s,
+        })
+    }
+}
+
+/// wrk's figures, summable over rounds.
+#[derive(Clone, Copy, Default)]
+struct Wrk {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    requests: f64,
+}
+
+impl std::ops::Add for Wrk {
+    type Output = Wrk;
+    fn add(self, o: Wrk) -> Wrk {
+        Wrk {
+            rps: self.rps + o.rps,
+            p50: self.p50 + o.p50,
+            p99: self.p99 + o.p99,
+            requests: self.requests + o.requests,
+        }
+    }
+}
+
+impl std::ops::Div<f64> for Wrk {
+    type Output = Wrk;
+    /// The mean of rates and latencies; `requests` stays the total (CPU is summed too).
+    fn div(self, n: f64) -> Wrk {
+        Wrk {
+            rps: self.rps / n,
+            p50: self.p50 / n,
+            p99: self.p99 / n,
+            requests: self.requests,
+        }
+    }
+}
+
+fn wrk_run(ns: &str, url: &str, args: &Args, close: bool) -> Result<Wrk, String> {
+    let (rps, p50, p99, requests) = wrk(ns, url, args.duration, args.connections, close)?;
+    Ok(Wrk {
+        rps,
+        p50,
+        p99,
+        requests,
+    })
+}
+
+/// Bulk, keep-alive and new connections from the client pod, through `proxy` (or the peer
+/// `haproxy_for` starts) when given; `twin` interleaves the direct runs of each metric.
 fn measure(
     name: &str,
     sb: &Sandbox,
     args: &Args,
     proxy: Option<&Proxy>,
     haproxy_for: Option<&dyn Fn(u16) -> Result<Proxy, String>>,
+    twin: Option<&str>,
 ) -> Result<PathResult, String> {
     let client = sb.pod(CLIENT).ok_or("no client")?.netns.clone();
     let server_ip = sb.pod(SERVER).ok_or("no server")?.ip;
@@ -359,7 +477,11 @@ fn measure(
         name: name.to_string(),
         ..PathResult::default()
     };
-    eprintln!("[{name}] bulk TCP (iperf3, {}s)", args.duration);
+    let mut paired = Paired::default();
+    eprintln!(
+        "[{name}] bulk TCP (iperf3, {}s x {})",
+        args.duration, args.rounds
+    );
     // haproxy cannot read the original destination: one instance per server port.
     let mut held: Option<Proxy> = match haproxy_for {
         Some(f) => Some(f(IPERF_PORT)?),
@@ -372,35 +494,55 @@ fn measure(
         r.rss_idle_mb = p.status_mb("VmRSS:");
         r.rss_idle_anon_mb = p.status_mb("RssAnon:");
     }
-    let cpu0 = p.map(Proxy::cpu);
-    r.bulk_gbit_s = iperf(&client, &server_ip.to_string(), args.duration)?;
-    if let (Some(p), Some(c0)) = (p, cpu0) {
-        let gb = r.bulk_gbit_s / 8.0 * args.duration as f64;
-        r.bulk_proxy_cpu_s_per_gb = Some((p.cpu() - c0) / gb);
+    let rounds = Rounds {
+        args,
+        twin,
+        proxy: p,
+    };
+    let dst = server_ip.to_string();
+    let bulk = rounds.run(&client, |ns| iperf(ns, &dst, args.duration))?;
+    r.bulk_gbit_s = bulk.path;
+    paired.bulk_gbit_s = bulk.direct.unwrap_or_default();
+    if p.is_some() {
+        let gb = r.bulk_gbit_s / 8.0 * (args.duration * args.rounds.max(1) as u64) as f64;
+        r.bulk_proxy_cpu_s_per_gb = Some((bulk.user_s + bulk.system_s) / gb);
     }
     if let Some(f) = haproxy_for {
         drop(held.take()); // frees 127.0.0.1:15001 for the next instance
         held = Some(f(HTTP_PORT)?);
     }
     let p = held.as_ref().or(proxy);
+    let rounds = Rounds {
+        args,
+        twin,
+        proxy: p,
+    };
     eprintln!(
         "[{name}] keep-alive HTTP (wrk, {} connections)",
         args.connections
     );
-    let c0 = p.map(Proxy::cpu_split);
-    let (rps, p50, p99, total) = wrk(&client, &url, args.duration, args.connections, false)?;
-    (r.keepalive_rps, r.keepalive_p50_ms, r.keepalive_p99_ms) = (rps, p50, p99);
-    if let (Some(p), Some((u0, s0))) = (p, c0) {
-        let (u1, s1) = p.cpu_split();
-        r.keepalive_proxy_cpu_us_per_request = Some((u1 - u0 + s1 - s0) / total * 1e6);
-        r.keepalive_proxy_user_us_per_request = Some((u1 - u0) / total * 1e6);
+    let ka = rounds.run(&client, |ns| wrk_run(ns, &url, args, false))?;
+    (r.keepalive_rps, r.keepalive_p50_ms, r.keepalive_p99_ms) =
+        (ka.path.rps, ka.path.p50, ka.path.p99);
+    paired.keepalive_rps = ka.direct.map(|d| d.rps).unwrap_or_default();
+    if p.is_some() && ka.path.requests > 0.0 {
+        r.keepalive_proxy_cpu_us_per_request =
+            Some((ka.user_s + ka.system_s) / ka.path.requests * 1e6);
+        r.keepalive_proxy_user_us_per_request = Some(ka.user_s / ka.path.requests * 1e6);
     }
     eprintln!("[{name}] a new connection per request (wrk, Connection: close)");
-    let c0 = p.map(Proxy::cpu);
-    let (rps, p50, p99, total) = wrk(&client, &url, args.duration, args.connections, true)?;
-    (r.new_conn_rps, r.new_conn_p50_ms, r.new_conn_p99_ms) = (rps, p50, p99);
-    if let (Some(p), Some(c0)) = (p, c0) {
-        r.new_conn_proxy_cpu_us_per_request = Some((p.cpu() - c0) / total * 1e6);
+    let nc = rounds.run(&client, |ns| wrk_run(ns, &url, args, true))?;
+    (r.new_conn_rps, r.new_conn_p50_ms, r.new_conn_p99_ms) =
+        (nc.path.rps, nc.path.p50, nc.path.p99);
+    paired.new_conn_rps = nc.direct.map(|d| d.rps).unwrap_or_default();
+    if twin.is_some() {
+        r.paired_direct = Some(paired);
+    }
+    if let Some(p) = p {
+        if nc.path.requests > 0.0 {
+            r.new_conn_proxy_cpu_us_per_request =
+                Some((nc.user_s + nc.system_s) / nc.path.requests * 1e6);
+        }
         r.rss_peak_mb = p.status_mb("VmHWM:");
         eprintln!("[{name}] 1000 connections held");
         let held = rss_with_1000(&client, SocketAddr::new(server_ip, HTTP_PORT), p);
@@ -644,8 +786,9 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
         let server_ip = sb.pod(SERVER).ok_or("no server")?.ip;
         let l4 = args.only != Only::L7;
         let l7 = args.only != Only::L4;
+        let twin = sb.pod(TWIN).ok_or("no twin")?.netns.clone();
         let mut results = vec![if l4 {
-            measure("direct", sb, args, None, None)?
+            measure("direct", sb, args, None, None, None)?
         } else {
             measure_keepalive("direct", sb, args, None)?
         }];
@@ -656,7 +799,7 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
                 init_rules_on(sb, &podwall, Some(path), &["--capture-dns", "false"])?;
                 let sidecar =
                     start_sidecar_on(sb, &podwall, args.threads, Some(path), Stdio::null())?;
-                results.push(measure(name, sb, args, Some(&sidecar), None)?);
+                results.push(measure(name, sb, args, Some(&sidecar), None, Some(&twin))?);
                 drop(sidecar);
             }
         }
@@ -741,14 +884,21 @@ fn run(args: &Args) -> Result<Vec<PathResult>, String> {
                 })?;
                 Ok(p)
             };
-            results.push(measure("haproxy", sb, args, None, Some(&start_haproxy))?);
+            results.push(measure(
+                "haproxy",
+                sb,
+                args,
+                None,
+                Some(&start_haproxy),
+                Some(&twin),
+            )?);
         }
         init_rules(sb, &podwall, &["--remove"])?;
         Ok(results)
     })
 }
 
-fn table(results: &[PathResult]) -> String {
+fn table(results: &[PathResult], rounds: usize) -> String {
     let direct = &results[0];
     let haproxy = results.iter().find(|r| r.name == "haproxy");
     let mut out = String::new();
@@ -764,34 +914,53 @@ fn table(results: &[PathResult]) -> String {
     );
     let get = |name: &str| results.iter().find(|r| r.name == name);
     type F = fn(&PathResult) -> Option<f64>;
-    let rows: [(&str, F); 15] = [
-        ("bulk TCP (Gbit/s)", |r| Some(r.bulk_gbit_s)),
-        ("  proxy CPU-s per GB", |r| r.bulk_proxy_cpu_s_per_gb),
-        ("keep-alive HTTP (req/s)", |r| Some(r.keepalive_rps)),
-        ("  p50 (ms)", |r| Some(r.keepalive_p50_ms)),
-        ("  p99 (ms)", |r| Some(r.keepalive_p99_ms)),
-        ("  proxy CPU per request (us)", |r| {
-            r.keepalive_proxy_cpu_us_per_request
-        }),
-        ("new connection per request (req/s)", |r| {
-            Some(r.new_conn_rps)
-        }),
-        ("  p50 (ms)", |r| Some(r.new_conn_p50_ms)),
-        ("  p99 (ms)", |r| Some(r.new_conn_p99_ms)),
-        ("  proxy CPU per request (us)", |r| {
-            r.new_conn_proxy_cpu_us_per_request
-        }),
-        ("proxy RSS idle (MB)", |r| r.rss_idle_mb),
-        ("proxy RSS peak under load (MB)", |r| r.rss_peak_mb),
-        ("proxy RSS holding 1000 conns (MB)", |r| {
-            r.rss_1000_connections_mb
-        }),
-        ("  RssAnon idle (MB)", |r| r.rss_idle_anon_mb),
-        ("  RssAnon holding 1000 conns (MB)", |r| {
-            r.rss_1000_connections_anon_mb
-        }),
+    type B = Option<fn(&Paired) -> f64>;
+    let rows: [(&str, F, B); 15] = [
+        (
+            "bulk TCP (Gbit/s)",
+            |r| Some(r.bulk_gbit_s),
+            Some(|p| p.bulk_gbit_s),
+        ),
+        ("  proxy CPU-s per GB", |r| r.bulk_proxy_cpu_s_per_gb, None),
+        (
+            "keep-alive HTTP (req/s)",
+            |r| Some(r.keepalive_rps),
+            Some(|p| p.keepalive_rps),
+        ),
+        ("  p50 (ms)", |r| Some(r.keepalive_p50_ms), None),
+        ("  p99 (ms)", |r| Some(r.keepalive_p99_ms), None),
+        (
+            "  proxy CPU per request (us)",
+            |r| r.keepalive_proxy_cpu_us_per_request,
+            None,
+        ),
+        (
+            "new connection per request (req/s)",
+            |r| Some(r.new_conn_rps),
+            Some(|p| p.new_conn_rps),
+        ),
+        ("  p50 (ms)", |r| Some(r.new_conn_p50_ms), None),
+        ("  p99 (ms)", |r| Some(r.new_conn_p99_ms), None),
+        (
+            "  proxy CPU per request (us)",
+            |r| r.new_conn_proxy_cpu_us_per_request,
+            None,
+        ),
+        ("proxy RSS idle (MB)", |r| r.rss_idle_mb, None),
+        ("proxy RSS peak under load (MB)", |r| r.rss_peak_mb, None),
+        (
+            "proxy RSS holding 1000 conns (MB)",
+            |r| r.rss_1000_connections_mb,
+            None,
+        ),
+        ("  RssAnon idle (MB)", |r| r.rss_idle_anon_mb, None),
+        (
+            "  RssAnon holding 1000 conns (MB)",
+            |r| r.rss_1000_connections_anon_mb,
+            None,
+        ),
     ];
-    for (label, f) in rows {
+    for (label, f, paired) in rows {
         let cell = |r: Option<&PathResult>| {
             r.and_then(f)
                 .map(|v| format!("{v:.2}"))
@@ -803,6 +972,11 @@ fn table(results: &[PathResult]) -> String {
             (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
             _ => "-".into(),
         };
+        // A path's own interleaved direct runs where it has them, else the standalone run.
+        let base = |path: Option<&PathResult>| match (paired, path.and_then(|r| r.paired_direct)) {
+            (Some(g), Some(p)) => Some(g(&p)),
+            _ => f(direct),
+        };
         let _ = writeln!(
             out,
             "{label:<34} {:>12} {:>12} {:>12} {:>12}   {:>8} {:>8} {:>8}",
@@ -810,11 +984,24 @@ fn table(results: &[PathResult]) -> String {
             cell(get("podwall")),
             cell(get("podwall-kernel")),
             cell(haproxy),
-            ratio(pw, f(direct)),
-            ratio(kernel, f(direct)),
-            ratio(kernel, haproxy.and_then(f)),
+            ratio(pw, base(get("podwall"))),
+            ratio(kernel, base(get("podwall-kernel"))),
+            // Both over their own interleaved direct runs where they have them: the two paths
+            // ran minutes apart.
+            match (base(get("podwall-kernel")), base(haproxy)) {
+                (Some(kd), Some(hd)) if paired.is_some() && kd != 0.0 && hd != 0.0 =>
+                    ratio(kernel.map(|k| k / kd), haproxy.and_then(f).map(|h| h / hd)),
+                _ => ratio(kernel, haproxy.and_then(f)),
+            },
         );
     }
+    let _ = writeln!(
+        out,
+        "(rates: each path's ratio to direct is to the {} direct runs interleaved with its own, \
+         from a twin pod, and kernel/haproxy compares the two so normalised; the direct column \
+         is the first, standalone run)",
+        rounds.max(1)
+    );
     out
 }
 
@@ -917,7 +1104,7 @@ fn main() -> ExitCode {
                     .cloned()
                     .collect();
                 if args.only != Only::L7 {
-                    print!("{}", table(&l4));
+                    print!("{}", table(&l4, args.rounds));
                 }
                 if args.only != Only::L4 {
                     print!("{}", l7_table(&results));

@@ -297,3 +297,244 @@ fn on_the_kernel_path_a_connection_conntrack_forgets_while_its_socket_is_open_ge
         .count();
     assert_eq!(ends, 1, "{:#?}", up.flows("t/client"));
 }
+
+#[test]
+fn on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side() {
+    if !ready_for("on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side") {
+        return;
+    }
+    let (_dir, up) = kernel_two_pods("ksyn");
+    let (client, server) = (up.ns("t/client"), up.ns("t/server"));
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    // The server's answers to the SYN are lost for a while (before its pod's conntrack sees
+    // them), so the client sends its SYN again, once a second, and the server's pod receives
+    // each: every one is still NEW to conntrack on both sides, on a connection already judged.
+    let lose = |op: &str| {
+        let (code, out) = in_pod(
+            &server,
+            &[
+                "iptables",
+                "-t",
+                "raw",
+                op,
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "--sport",
+                "8080",
+                "--tcp-flags",
+                "SYN,ACK",
+                "SYN,ACK",
+                "-j",
+                "DROP",
+            ],
+        );
+        assert_eq!(code, 0, "iptables {op}: {out}");
+    };
+    lose("-I");
+    let connecting = std::thread::spawn(move || {
+        run_in(&client, move || {
+            let s = TcpStream::connect_timeout(&dst, Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let local = s.local_addr().map_err(|e| e.to_string())?;
+            let mut greeting = String::new();
+            BufReader::new(s)
+                .read_line(&mut greeting)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((local, greeting))
+        })
+        .expect("netns")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    lose("-D");
+    let (local, greeting) = connecting
+        .join()
+        .expect("connecting thread")
+        .expect("allowed, once the answer gets through");
+    assert_eq!(
+        greeted_from(&greeting),
+        local,
+        "carried by the kernel: {greeting}"
+    );
+    let starts = |pod: &str| {
+        up.flows_with_starts(pod)
+            .into_iter()
+            .filter(|e| e["source"]["port"] == local.port() && e["phase"] == "start")
+            .count()
+    };
+    wait_for("both start events", Duration::from_secs(5), || {
+        starts("t/client") > 0 && starts("t/server") > 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        (starts("t/client"), starts("t/server")),
+        (1, 1),
+        "one start each: {:#?} {:#?}",
+        up.flows_with_starts("t/client"),
+        up.flows_with_starts("t/server")
+    );
+}
+
+/// A sidecar in `ns` as `t/client` on the kernel path, reading its policy from `dir`, its flow
+/// events written to `flows`; returned once it has a policy.
+fn restarted_client_sidecar(ns: &str, dir: &Path, flows: &Path) -> Running {
+    let out = std::fs::File::create(flows).expect("flows file");
+    let child = podwall_sandbox::sidecar_in(ns, PODWALL)
+        .args([
+            "proxy",
+            "run",
+            "--pod-namespace",
+            "t",
+            "--pod-name",
+            "client",
+        ])
+        .args(["--l4-path=kernel", "--poll-interval", "200ms"])
+        .arg(format!("--policy-source=dir:{}", dir.display()))
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sidecar");
+    let running = Running(child);
+    wait_for("the new sidecar's policy", Duration::from_secs(10), || {
+        run_in(ns, || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.contains(" 200 ")
+        })
+        .unwrap_or(false)
+    });
+    running
+}
+
+/// Kills the sidecar in `ns` (a crash, an OOM kill) and waits until it is gone.
+fn kill_sidecar(ns: &str) {
+    let pid = support::sandbox::sidecar_pid(ns);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_for("the sidecar to die", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    });
+}
+
+fn events_in(flows: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(flows)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_carries() {
+    if !ready_for(
+        "on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_carries",
+    ) {
+        return;
+    }
+    let (_dir, up) = kernel_two_pods("kadopt");
+    let client = up.ns("t/client");
+    let dst = SocketAddr::new(up.ip("t/server"), 8080);
+    let (mut kept, greeting) = connect(&client, dst).expect("allowed");
+    let kept_local = kept.get_ref().local_addr().expect("local address");
+    assert_eq!(greeted_from(&greeting), kept_local, "kernel: {greeting}");
+    let (mut revoked, _) = connect(&client, dst).expect("allowed");
+    let revoked_local = revoked.get_ref().local_addr().expect("local address");
+    let logs = tempfile::tempdir().expect("tempdir");
+
+    // The sidecar dies and comes back under the same policy: the kernel went on carrying both
+    // connections meanwhile, and the new sidecar takes them in from conntrack.
+    kill_sidecar(&client);
+    let first = logs.path().join("first.jsonl");
+    let sidecar = restarted_client_sidecar(&client, &up.sb().policy_dir(), &first);
+    for r in [&mut kept, &mut revoked] {
+        r.get_mut().write_all(b"still there\n").expect("write");
+        let mut echo = String::new();
+        r.read_line(&mut echo).expect("echo");
+        assert_eq!(echo, "still there\n");
+    }
+    // It knows the connection it did not admit: its end is written when its socket goes.
+    close_cleanly(kept);
+    let end = {
+        let mut found = None;
+        wait_for(
+            "the taken-in connection's end",
+            Duration::from_secs(5),
+            || {
+                found = events_in(&first)
+                    .into_iter()
+                    .find(|e| e["source"]["port"] == kept_local.port() && e["phase"] == "end");
+                found.is_some()
+            },
+        );
+        found.expect("end")
+    };
+    assert_eq!(end["verdict"], "ALLOWED", "{end:#}");
+    assert_eq!(end["direction"], "egress", "{end:#}");
+    assert_eq!(
+        end["egress"]["policy"], "NetworkPolicy t/client-out",
+        "{end:#}"
+    );
+    drop(sidecar);
+
+    // It comes back again under a policy that no longer allows port 8080: the connection it
+    // takes in is judged at once and ended.
+    let denying = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        up.sb().policy_dir().join("cluster.json"),
+        denying.path().join("cluster.json"),
+    )
+    .expect("copy the pods");
+    std::fs::write(
+        denying.path().join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-out, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{port: 9001}]\n",
+    )
+    .expect("write policy");
+    let second = logs.path().join("second.jsonl");
+    let started = Instant::now();
+    let _sidecar = restarted_client_sidecar(&client, denying.path(), &second);
+    revoked
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    let read = revoked.read(&mut buf);
+    assert!(matches!(read, Ok(0) | Err(_)), "still open: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    let ended = {
+        let mut found = None;
+        wait_for(
+            "the revoked connection's end",
+            Duration::from_secs(5),
+            || {
+                found = events_in(&second)
+                    .into_iter()
+                    .find(|e| e["source"]["port"] == revoked_local.port() && e["phase"] == "end");
+                found.is_some()
+            },
+        );
+        found.expect("end")
+    };
+    assert!(
+        ended["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy change")),
+        "{ended:#}"
+    );
+}

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use podwall_sandbox::{Inject, Options, Sandbox, run_in};
@@ -187,4 +188,31 @@ impl Drop for V6Pair {
                 .status();
         }
     }
+}
+
+/// The pids of processes in `ns` whose command line has all of `words`.
+pub(crate) fn pids_in(ns: &str, words: &[&str]) -> Vec<i32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            words.iter().all(|w| args.iter().any(|a| a == w))
+        })
+        .collect()
+}
+
+/// The pid of the one sidecar running in `ns`.
+pub(crate) fn sidecar_pid(ns: &str) -> i32 {
+    let pids = pids_in(ns, &["proxy", "run"]);
+    assert_eq!(pids.len(), 1, "one sidecar in {ns}: {pids:?}");
+    pids[0]
 }
