@@ -122,6 +122,8 @@ struct PathResult {
     rss_idle_mb: Option<f64>,
     rss_peak_mb: Option<f64>,
     rss_1000_connections_mb: Option<f64>,
+    /// After the load, just before the 1000 connections are opened.
+    rss_before_1000_mb: Option<f64>,
     /// Of the idle RSS, and of it holding 1000 connections, what is the process's own memory
     /// (`RssAnon`: not code and data mapped from files, which the page cache shares).
     rss_idle_anon_mb: Option<f64>,
@@ -366,10 +368,10 @@ fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<(f64, Optio
     rss
 }
 
-/// One metric of a path, run `--rounds` times, each run right after the same traffic from the
-/// twin pod (no rules, no sidecar) when `twin` is given: on a shared machine the rate drifts by
-/// more over the minutes between paths than the gaps it measures, so each path is compared with
-/// the direct runs interleaved with its own.
+/// One metric of a path, run `--rounds` times, each run next to the same traffic from the twin
+/// pod (no rules, no sidecar) when `twin` is given: on a shared machine the rate drifts by more
+/// over the minutes between paths than the gaps it measures, so each path is compared with the
+/// direct runs interleaved with its own. Latencies are the means of each run's percentiles.
 struct Rounds<'a> {
     args: &'a Args,
     twin: Option<&'a str>,
@@ -394,8 +396,11 @@ impl Rounds<'_> {
         let rounds = self.args.rounds.max(1);
         let (mut path, mut direct) = (T::default(), T::default());
         let (mut user_s, mut system_s) = (0.0, 0.0);
-        for _ in 0..rounds {
-            if let Some(twin) = self.twin {
+        for round in 0..rounds {
+            // The twin first, then the path, then the other way round: what a run leaves
+            // behind (TIME_WAIT sockets, conntrack entries) falls on both sides alike.
+            let twin_first = round % 2 == 0;
+            if let (Some(twin), true) = (self.twin, twin_first) {
                 direct = direct + one(twin)?;
             }
             let c0 = self.proxy.map(Proxy::cpu_split);
@@ -404,6 +409,9 @@ impl Rounds<'_> {
                 let (u1, s1) = p.cpu_split();
                 user_s += u1 - u0;
                 system_s += s1 - s0;
+            }
+            if let (Some(twin), false) = (self.twin, twin_first) {
+                direct = direct + one(twin)?;
             }
         }
         let n = rounds as f64;
@@ -544,6 +552,9 @@ fn measure(
                 Some((nc.user_s + nc.system_s) / nc.path.requests * 1e6);
         }
         r.rss_peak_mb = p.status_mb("VmHWM:");
+        // Just before: what holding them adds, apart from what the load left resident (code
+        // it faulted in, the allocator's high-water mark).
+        r.rss_before_1000_mb = p.status_mb("VmRSS:");
         eprintln!("[{name}] 1000 connections held");
         let held = rss_with_1000(&client, SocketAddr::new(server_ip, HTTP_PORT), p);
         r.rss_1000_connections_mb = held.map(|(all, _)| all);
@@ -915,7 +926,7 @@ fn table(results: &[PathResult], rounds: usize) -> String {
     let get = |name: &str| results.iter().find(|r| r.name == name);
     type F = fn(&PathResult) -> Option<f64>;
     type B = Option<fn(&Paired) -> f64>;
-    let rows: [(&str, F, B); 15] = [
+    let rows: [(&str, F, B); 16] = [
         (
             "bulk TCP (Gbit/s)",
             |r| Some(r.bulk_gbit_s),
@@ -948,6 +959,7 @@ fn table(results: &[PathResult], rounds: usize) -> String {
         ),
         ("proxy RSS idle (MB)", |r| r.rss_idle_mb, None),
         ("proxy RSS peak under load (MB)", |r| r.rss_peak_mb, None),
+        ("proxy RSS after load (MB)", |r| r.rss_before_1000_mb, None),
         (
             "proxy RSS holding 1000 conns (MB)",
             |r| r.rss_1000_connections_mb,
@@ -997,9 +1009,9 @@ fn table(results: &[PathResult], rounds: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "(rates: each path's ratio to direct is to the {} direct runs interleaved with its own, \
-         from a twin pod, and kernel/haproxy compares the two so normalised; the direct column \
-         is the first, standalone run)",
+        "(means of {} runs. Rates: each path's ratio to direct is to the direct runs interleaved \
+         with its own, from a twin pod, and kernel/haproxy compares the two so normalised; the \
+         direct column was measured first, before any rules)",
         rounds.max(1)
     );
     out

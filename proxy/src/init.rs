@@ -353,11 +353,6 @@ impl InitConfig {
             "-A {chain} -p tcp -m mark --mark {PROXY_MARK:#x} -j {}",
             proxy.unwrap_or("RETURN")
         ));
-        // A SYN sent again before any answer is still NEW to conntrack, but its connection was
-        // judged and given to the kernel: judging it again would count and log it twice.
-        r.push(format!(
-            "-A {chain} -m connmark --mark {KERNEL_MARK:#x} -j RETURN"
-        ));
         r.push(format!(
             "-A {chain} -p tcp --syn -j {}",
             self.queue_target(queue)
@@ -1419,18 +1414,16 @@ mod tests {
                 "-A PODWALL_TCP_OUT -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
                 "-A PODWALL_TCP_OUT -m mark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_TCP_OUT -p tcp -m mark --mark 0x70770002 -j RETURN",
-                "-A PODWALL_TCP_OUT -m connmark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_TCP_OUT -p tcp --syn -j NFQUEUE --queue-num 1337",
             ]
         );
         let inbound = kernel.inbound_rules();
         assert_eq!(
-            inbound[inbound.len() - 6..],
+            inbound[inbound.len() - 5..],
             [
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp -m mark --mark 0x70770002 -j TPROXY --on-port 15006",
-                "-A PODWALL_INBOUND -m connmark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp --syn -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_INBOUND -p tcp -j TPROXY --on-port 15006",
             ]

@@ -30,15 +30,19 @@ pub(crate) struct KernelFlow {
     pub event: FlowEvent,
     /// A policy change no longer allowed it, and it was ended for that.
     pub revoked: bool,
+    /// The initial sequence number of the SYN that opened it, which tells that SYN sent again
+    /// from a new connection on the same addresses; `None` for one a restarted sidecar took in.
+    pub syn_seq: Option<u32>,
 }
 
 impl KernelFlow {
-    /// One admitted now, allowed as `event` says.
-    pub(crate) fn new(event: FlowEvent) -> Self {
+    /// One admitted now, allowed as `event` says, opened by a SYN with `syn_seq`.
+    pub(crate) fn new(event: FlowEvent, syn_seq: Option<u32>) -> Self {
         KernelFlow {
             started: Instant::now(),
             event,
             revoked: false,
+            syn_seq,
         }
     }
 }

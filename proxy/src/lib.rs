@@ -136,7 +136,14 @@ async fn revoke_flows_on_change(
         })
         .await;
         match judged {
-            Ok(Ok((ended, removed))) => {
+            Ok(Ok((rejudged, removed))) => {
+                if rejudged.taken_in > 0 {
+                    tracing::info!(
+                        connections = rejudged.taken_in,
+                        "took in the kernel-carried TCP connections opened before this sidecar started"
+                    );
+                }
+                let ended = rejudged.ended;
                 if ended > 0 {
                     tracing::info!(
                         connections = ended,

@@ -77,6 +77,8 @@ pub(crate) struct FlowStart {
     pub source: SocketAddr,
     /// The receiver (port 0 for ICMP).
     pub destination: SocketAddr,
+    /// A TCP SYN's sequence number (0 for other protocols).
+    pub syn_seq: u32,
 }
 
 /// Reads the addresses, protocol and ports of an IP packet (IPv4 or IPv6); `None` for TCP
@@ -115,11 +117,15 @@ pub(crate) fn parse(packet: &[u8]) -> Option<FlowStart> {
         TCP => Protocol::Tcp,
         _ => judged(next, payload.first().copied())?,
     };
+    let mut syn_seq = 0;
     let (sport, dport) = match protocol {
-        Protocol::Tcp if payload.len() >= 20 && payload[13] & (TCP_SYN | TCP_ACK) == TCP_SYN => (
-            u16::from_be_bytes([payload[0], payload[1]]),
-            u16::from_be_bytes([payload[2], payload[3]]),
-        ),
+        Protocol::Tcp if payload.len() >= 20 && payload[13] & (TCP_SYN | TCP_ACK) == TCP_SYN => {
+            syn_seq = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+            (
+                u16::from_be_bytes([payload[0], payload[1]]),
+                u16::from_be_bytes([payload[2], payload[3]]),
+            )
+        }
         Protocol::Udp => {
             let udp = UdpPacket::new(payload)?;
             (udp.get_source(), udp.get_destination())
@@ -137,6 +143,7 @@ pub(crate) fn parse(packet: &[u8]) -> Option<FlowStart> {
         ip_protocol: next,
         source: SocketAddr::new(src, sport),
         destination: SocketAddr::new(dst, dport),
+        syn_seq,
     })
 }
 
@@ -220,6 +227,7 @@ fn flow_of(entry: &Entry, own: &[IpAddr]) -> Option<(Direction, FlowStart)> {
             ip_protocol: entry.protocol,
             source: SocketAddr::new(entry.src, entry.sport),
             destination: SocketAddr::new(entry.dst, entry.dport),
+            syn_seq: 0,
         },
     ))
 }
@@ -307,7 +315,7 @@ fn verdict(shared: &Arc<Shared>, packet: crate::nfqueue::Packet<'_>) -> Verdict 
     };
     match (direction, parse(packet.payload)) {
         (Some(direction), Some(start)) if start.protocol == Protocol::Tcp => {
-            let route = crate::tcp_route::route(shared, start.flow(direction));
+            let route = crate::tcp_route::route(shared, start.flow(direction), start.syn_seq);
             // The SYN walks its chain again, where the mark decides its path.
             Verdict::Repeat { mark: route.mark() }
         }
@@ -428,6 +436,49 @@ spec:
             SocketAddr::new([10, 0, 0, 1].into(), sport),
             "10.0.0.2:8080".parse().expect("addr"),
         )
+    }
+
+    #[test]
+    fn a_syn_sent_again_keeps_its_connections_record_and_a_new_one_on_the_same_port_gets_its_own() {
+        let shared = client_sidecar();
+        let judge_syn = |seq: u32| {
+            let mut syn = from_client(TCP, 20001, 8080);
+            syn[24..28].copy_from_slice(&seq.to_be_bytes());
+            let message = crate::nfqueue::packet_message(1337, 1, HOOK_LOCAL_OUT, &syn);
+            let mut verdicts = Vec::new();
+            crate::nfqueue::judge_datagrams(
+                std::iter::once(message.as_slice()),
+                1337,
+                &mut verdicts,
+                &mut |p| verdict(&shared, p),
+            );
+        };
+        let key = (
+            "10.0.0.1:20001".parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+        );
+        let started = || shared.kernel_flows.lock().get(&key).map(|f| f.started);
+        let allowed = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &shared.metrics.registry)
+                .expect("encode");
+            text.lines()
+                .find(|l| l.contains(r#"connections_total{direction="egress",verdict="allowed"}"#))
+                .map(str::to_string)
+                .expect("the allowed egress connections' counter")
+        };
+        judge_syn(7);
+        let first = started().expect("admitted");
+        let counted = allowed();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // The same SYN again: the same connection, not admitted a second time.
+        judge_syn(7);
+        assert_eq!(started(), Some(first), "the record was replaced");
+        assert_eq!(allowed(), counted, "counted again");
+        // Another initial sequence number on the same addresses: a new connection.
+        judge_syn(8);
+        assert!(started().is_some_and(|s| s > first), "not admitted as new");
+        assert_ne!(allowed(), counted, "not counted");
     }
 
     #[test]
@@ -556,6 +607,7 @@ spec:
                 ip_protocol: UDP,
                 source: "10.0.0.1:40000".parse().expect("addr"),
                 destination: "10.0.0.2:5353".parse().expect("addr"),
+                syn_seq: 0,
             })
         );
     }
@@ -580,6 +632,7 @@ spec:
                 ip_protocol: TCP,
                 source: "10.0.0.1:40000".parse().expect("addr"),
                 destination: "10.0.0.2:443".parse().expect("addr"),
+                syn_seq: 1,
             })
         );
         for (flags, what) in [
@@ -618,6 +671,7 @@ spec:
                     ip_protocol: number,
                     source: "10.0.0.1:0".parse().expect("addr"),
                     destination: "10.0.0.2:0".parse().expect("addr"),
+                    syn_seq: 0,
                 }),
                 "{what}"
             );
@@ -644,6 +698,7 @@ spec:
                 ip_protocol: ICMP,
                 source: "10.0.0.1:0".parse().expect("addr"),
                 destination: "10.0.0.2:0".parse().expect("addr"),
+                syn_seq: 0,
             })
         );
         let mut v6 = vec![0x60, 0, 0, 0, 0, 8, ICMPV6, 64];
@@ -736,6 +791,7 @@ spec:
                 ip_protocol: SCTP,
                 source: "[fd00::1]:36412".parse().expect("addr"),
                 destination: "[fd00::2]:38412".parse().expect("addr"),
+                syn_seq: 0,
             })
         );
     }

@@ -58,9 +58,15 @@ impl Route {
     }
 }
 
-/// Decides the path of a new TCP connection, writing the flow event and counting the verdict
-/// of one the proxy will not see.
-pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
+/// Decides the path of a new TCP connection whose SYN carries `syn_seq`, writing the flow
+/// event and counting the verdict of one the proxy will not see.
+///
+/// A SYN sent again (its answer was lost) is judged again under the policy of now, but when it
+/// keeps the kernel path it is neither counted nor written a second time: the connection's
+/// record holds the sequence number of the SYN that opened it. A new connection on the same
+/// addresses (the app reused its port) starts from another sequence number and is a new
+/// connection here too.
+pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow, syn_seq: u32) -> Route {
     // Without a policy the proxy refuses it (fail closed).
     let Some(policy) = shared.policy() else {
         return Route::Proxy;
@@ -82,13 +88,17 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
             // Ends are heard on the kernel path only (from the start with `proxy run
             // --l4-path kernel`; else from this first connection, before its socket can end).
             watch_ends(shared);
-            shared
-                .metrics(admitted.event.direction)
-                .verdict(admitted.event.verdict);
             admitted.event.phase = Some(FlowPhase::Start);
             // Its end, and every policy change, find it by the addresses conntrack keeps.
             {
                 let mut open = shared.kernel_flows.lock();
+                let key = (flow.source, flow.destination);
+                let sent_again = open.get(&key).is_some_and(|known| {
+                    known.event.direction == flow.direction && known.syn_seq == Some(syn_seq)
+                });
+                if sent_again {
+                    return Route::Kernel;
+                }
                 if open.len() >= crate::kernel_flows::MAX_OPEN {
                     drop(open);
                     tracing::warn!(
@@ -97,11 +107,11 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow) -> Route {
                     );
                     return Route::Proxy;
                 }
-                open.insert(
-                    (flow.source, flow.destination),
-                    KernelFlow::new(admitted.event.clone()),
-                );
+                open.insert(key, KernelFlow::new(admitted.event.clone(), Some(syn_seq)));
             }
+            shared
+                .metrics(admitted.event.direction)
+                .verdict(admitted.event.verdict);
             shared.flows.emit(admitted.event);
             Route::Kernel
         }
@@ -182,16 +192,17 @@ fn rejudge(
 /// (unless `--keep-revoked-connections`): its conntrack entry removed, so nothing more of it
 /// passes, and its local socket destroyed, which resets the peer at once. A kernel-carried
 /// connection the sidecar does not know (it restarted) is taken in, or ended, the same way.
-/// Returns how many were ended.
+/// Returns how many were ended, and how many were taken in.
 pub(crate) fn revoke(
     shared: &Arc<Shared>,
     table: &mut Conntrack,
     entries: &[Entry],
-) -> std::io::Result<usize> {
+) -> std::io::Result<Rejudged> {
     let Some(policy) = shared.policy() else {
-        return Ok(0);
+        return Ok(Rejudged::default());
     };
     let mut revoked = Vec::new();
+    let mut taken_in = 0;
     let mut open = shared.kernel_flows.lock();
     for entry in entries
         .iter()
@@ -205,7 +216,10 @@ pub(crate) fn revoke(
                 continue;
             }
             // Opened before this sidecar started: judged below from what it is now.
-            Slot::Vacant(unknown) => unknown.insert(adopted(&policy, key, entry)),
+            Slot::Vacant(unknown) => {
+                taken_in += 1;
+                unknown.insert(adopted(&policy, key, entry))
+            }
         };
         match rejudge(shared, &policy, key, &flow.event) {
             Some(mut event) => {
@@ -243,7 +257,19 @@ pub(crate) fn revoke(
     if watch {
         watch_ends(shared);
     }
-    Ok(revoked.len())
+    Ok(Rejudged {
+        ended: revoked.len(),
+        taken_in,
+    })
+}
+
+/// What [`revoke`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rejudged {
+    /// Connections the new policy denies, ended.
+    pub ended: usize,
+    /// Connections found in conntrack that this sidecar had not admitted (it restarted).
+    pub taken_in: usize,
 }
 
 /// A kernel-carried connection found in conntrack that this sidecar did not admit: an egress
@@ -265,7 +291,7 @@ fn adopted(policy: &PodPolicy, key: FlowKey, entry: &Entry) -> KernelFlow {
             address: key.1,
             backends: s.backends.len(),
         });
-    KernelFlow::new(event)
+    KernelFlow::new(event, None)
 }
 
 fn key_of(entry: &Entry) -> FlowKey {

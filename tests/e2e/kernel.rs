@@ -331,6 +331,42 @@ fn on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side() 
         );
         assert_eq!(code, 0, "iptables {op}: {out}");
     };
+    // What the server's pod receives of the client's SYNs, counted before conntrack.
+    let (code, out) = in_pod(
+        &server,
+        &[
+            "iptables",
+            "-t",
+            "raw",
+            "-I",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "--syn",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let syns_in = || {
+        let (_, out) = in_pod(
+            &server,
+            &[
+                "iptables",
+                "-t",
+                "raw",
+                "-L",
+                "PREROUTING",
+                "-v",
+                "-n",
+                "-x",
+            ],
+        );
+        out.lines()
+            .find(|l| l.contains("dpt:8080"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     lose("-I");
     let connecting = std::thread::spawn(move || {
         run_in(&client, move || {
@@ -347,7 +383,12 @@ fn on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side() 
         })
         .expect("netns")
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The first SYN and at least one sent again have reached the server's pod.
+    wait_for(
+        "the client's SYN sent again",
+        Duration::from_secs(5),
+        || syns_in() >= 2,
+    );
     lose("-D");
     let (local, greeting) = connecting
         .join()
@@ -378,9 +419,10 @@ fn on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side() 
 }
 
 /// A sidecar in `ns` as `t/client` on the kernel path, reading its policy from `dir`, its flow
-/// events written to `flows`; returned once it has a policy.
+/// events written to `flows` and its log beside them (`.log`); returned once it has a policy.
 fn restarted_client_sidecar(ns: &str, dir: &Path, flows: &Path) -> Running {
     let out = std::fs::File::create(flows).expect("flows file");
+    let log = std::fs::File::create(flows.with_extension("log")).expect("log file");
     let child = podwall_sandbox::sidecar_in(ns, PODWALL)
         .args([
             "proxy",
@@ -393,7 +435,7 @@ fn restarted_client_sidecar(ns: &str, dir: &Path, flows: &Path) -> Running {
         .args(["--l4-path=kernel", "--poll-interval", "200ms"])
         .arg(format!("--policy-source=dir:{}", dir.display()))
         .stdout(out)
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("sidecar");
     let running = Running(child);
@@ -459,6 +501,14 @@ fn on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_ca
     kill_sidecar(&client);
     let first = logs.path().join("first.jsonl");
     let sidecar = restarted_client_sidecar(&client, &up.sb().policy_dir(), &first);
+    wait_for(
+        "the new sidecar to take the connections in",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(first.with_extension("log"))
+                .is_ok_and(|log| log.contains("took in the kernel-carried TCP connections"))
+        },
+    );
     for r in [&mut kept, &mut revoked] {
         r.get_mut().write_all(b"still there\n").expect("write");
         let mut echo = String::new();
@@ -511,7 +561,15 @@ fn on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_ca
         .expect("timeout");
     let mut buf = [0u8; 16];
     let read = revoked.read(&mut buf);
-    assert!(matches!(read, Ok(0) | Err(_)), "still open: {read:?}");
+    let ended = match &read {
+        Ok(0) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        Ok(_) => false,
+    };
+    assert!(ended, "still open: {read:?}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "took {:?}",
