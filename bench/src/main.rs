@@ -48,9 +48,10 @@ struct Args {
     /// or all.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
-    /// Runs of each L4 measurement per path, each right after the same run from a twin client
-    /// pod without rules or sidecar; a path's ratios to direct are to those interleaved runs.
-    #[arg(long, default_value_t = 3)]
+    /// Runs of each L4 measurement per path, each next to the same run from a twin client pod
+    /// without rules or sidecar (the twin first in every other round, so an even count
+    /// balances the order); a path's ratios to direct are to those interleaved runs.
+    #[arg(long, default_value_t = 4)]
     rounds: usize,
 }
 

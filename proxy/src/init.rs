@@ -139,6 +139,10 @@ pub const DNS_TABLE: u32 = 133;
 pub const KERNEL_MARK: u32 = 0x7077_0001;
 /// The proxy takes it (and resets it, when it is refused).
 pub const PROXY_MARK: u32 = 0x7077_0002;
+/// Set by the rules, not the judge: a SYN on a connection the judge already gave the kernel
+/// (conntrack still calls it NEW: no answer yet), which tells the judge it may be that SYN sent
+/// again.
+pub const SENT_AGAIN_MARK: u32 = 0x7077_0003;
 /// IPv6 neighbour discovery a pod needs (router solicitation, neighbour solicitation and
 /// advertisement): conntrack does not track it. Router advertisements and redirects are
 /// dropped: they would let a neighbour reroute the pod's allowed flows.
@@ -352,6 +356,9 @@ impl InitConfig {
         r.push(format!(
             "-A {chain} -p tcp -m mark --mark {PROXY_MARK:#x} -j {}",
             proxy.unwrap_or("RETURN")
+        ));
+        r.push(format!(
+            "-A {chain} -m connmark --mark {KERNEL_MARK:#x} -j MARK --set-xmark {SENT_AGAIN_MARK:#x}/0xffffffff"
         ));
         r.push(format!(
             "-A {chain} -p tcp --syn -j {}",
@@ -1414,16 +1421,18 @@ mod tests {
                 "-A PODWALL_TCP_OUT -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
                 "-A PODWALL_TCP_OUT -m mark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_TCP_OUT -p tcp -m mark --mark 0x70770002 -j RETURN",
+                "-A PODWALL_TCP_OUT -m connmark --mark 0x70770001 -j MARK --set-xmark 0x70770003/0xffffffff",
                 "-A PODWALL_TCP_OUT -p tcp --syn -j NFQUEUE --queue-num 1337",
             ]
         );
         let inbound = kernel.inbound_rules();
         assert_eq!(
-            inbound[inbound.len() - 5..],
+            inbound[inbound.len() - 6..],
             [
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp -m mark --mark 0x70770002 -j TPROXY --on-port 15006",
+                "-A PODWALL_INBOUND -m connmark --mark 0x70770001 -j MARK --set-xmark 0x70770003/0xffffffff",
                 "-A PODWALL_INBOUND -p tcp --syn -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_INBOUND -p tcp -j TPROXY --on-port 15006",
             ]

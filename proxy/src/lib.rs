@@ -120,13 +120,19 @@ async fn revoke_flows_on_change(
     mut policies: watch::Receiver<Option<Arc<pod_policy::PodPolicy>>>,
     shared: Arc<shared::Shared>,
 ) {
+    // Until the first policy, every connection the kernel carries was opened before this
+    // sidecar started.
+    let mut first = true;
     while policies.changed().await.is_ok() {
         let shared = shared.clone();
+        let with_policy = shared.policy().is_some();
+        let taking_in = first;
+        first &= !with_policy;
         // One read of the table serves both passes.
         let judged = tokio::task::spawn_blocking(move || {
             let mut table = conntrack::Conntrack::open()?;
             let entries = table.dump()?;
-            let ended = tcp_route::revoke(&shared, &mut table, &entries)?;
+            let ended = tcp_route::revoke(&shared, &mut table, &entries, taking_in)?;
             let removed = if shared.keep_revoked {
                 0
             } else {

@@ -68,6 +68,8 @@ pub(crate) struct Packet<'a> {
     pub id: u32,
     /// The netfilter hook it was queued from.
     pub hook: u8,
+    /// Its mark as it was queued (0 without one).
+    pub mark: u32,
     /// Its first bytes (the copy range).
     pub payload: &'a [u8],
 }
@@ -137,6 +139,7 @@ fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
 fn packet(attrs: &[u8]) -> Option<Packet<'_>> {
     let mut header = None;
     let mut payload: &[u8] = &[];
+    let mut mark = 0;
     for (kind, value, _) in attributes(attrs) {
         match kind {
             // packet_id (be32), hw_protocol (be16), hook (u8).
@@ -146,12 +149,20 @@ fn packet(attrs: &[u8]) -> Option<Packet<'_>> {
                     value[6],
                 ));
             }
+            NFQA_MARK if value.len() >= 4 => {
+                mark = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+            }
             NFQA_PAYLOAD => payload = value,
             _ => {}
         }
     }
     let (id, hook) = header?;
-    Some(Packet { id, hook, payload })
+    Some(Packet {
+        id,
+        hook,
+        mark,
+        payload,
+    })
 }
 
 /// Gives each packet in `datagrams` (as read from queue `queue`) to `judge`, in order, and
@@ -309,12 +320,24 @@ impl Queue {
 /// A packet message as the kernel sends it: header, nfgenmsg, packet header, mark, payload.
 #[cfg(test)]
 pub(crate) fn packet_message(queue: u16, id: u32, hook: u8, payload: &[u8]) -> Vec<u8> {
+    marked_packet_message(queue, id, hook, 0, payload)
+}
+
+/// The same, for a packet with `mark`.
+#[cfg(test)]
+pub(crate) fn marked_packet_message(
+    queue: u16,
+    id: u32,
+    hook: u8,
+    mark: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut attrs = Vec::new();
     let mut hdr = id.to_be_bytes().to_vec();
     hdr.extend(0x0800u16.to_be_bytes());
     hdr.push(hook);
     put_attr(&mut attrs, NFQA_PACKET_HDR, &hdr);
-    put_attr(&mut attrs, NFQA_MARK, &7u32.to_be_bytes());
+    put_attr(&mut attrs, NFQA_MARK, &mark.to_be_bytes());
     put_attr(&mut attrs, NFQA_PAYLOAD, payload);
     let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
     let mut m = Vec::new();
@@ -328,14 +351,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_queued_packet_gives_its_id_hook_and_payload() {
-        let m = packet_message(1337, 0x0102_0304, 3, &[0x45, 0, 0, 20]);
+    fn a_queued_packet_gives_its_id_hook_mark_and_payload() {
+        let m = marked_packet_message(1337, 0x0102_0304, 3, 0x7077_0003, &[0x45, 0, 0, 20]);
         let read: Vec<Message<'_>> = messages(&m).collect();
         assert_eq!(
             read,
             [Message::Packet(Packet {
                 id: 0x0102_0304,
                 hook: 3,
+                mark: 0x7077_0003,
                 payload: &[0x45, 0, 0, 20],
             })]
         );

@@ -315,9 +315,15 @@ fn verdict(shared: &Arc<Shared>, packet: crate::nfqueue::Packet<'_>) -> Verdict 
     };
     match (direction, parse(packet.payload)) {
         (Some(direction), Some(start)) if start.protocol == Protocol::Tcp => {
-            let route = crate::tcp_route::route(shared, start.flow(direction), start.syn_seq);
+            let syn = crate::tcp_route::Syn {
+                seq: start.syn_seq,
+                on_judged_entry: packet.mark == crate::init::SENT_AGAIN_MARK,
+            };
             // The SYN walks its chain again, where the mark decides its path.
-            Verdict::Repeat { mark: route.mark() }
+            match crate::tcp_route::route(shared, start.flow(direction), syn).mark() {
+                Some(mark) => Verdict::Repeat { mark },
+                None => Verdict::Drop,
+            }
         }
         (Some(direction), Some(start)) => {
             let event = judge(shared, direction, start);
@@ -441,10 +447,18 @@ spec:
     #[test]
     fn a_syn_sent_again_keeps_its_connections_record_and_a_new_one_on_the_same_port_gets_its_own() {
         let shared = client_sidecar();
-        let judge_syn = |seq: u32| {
-            let mut syn = from_client(TCP, 20001, 8080);
+        // The client's SYN from port 20001 to `dport` with `seq`, found by the rules on an
+        // entry the judge gave the kernel or not; the verdict's code and mark.
+        let judge_syn = |dport: u16, seq: u32, on_entry: bool| {
+            let mut syn = from_client(TCP, 20001, dport);
             syn[24..28].copy_from_slice(&seq.to_be_bytes());
-            let message = crate::nfqueue::packet_message(1337, 1, HOOK_LOCAL_OUT, &syn);
+            let mark = if on_entry {
+                crate::init::SENT_AGAIN_MARK
+            } else {
+                0
+            };
+            let message =
+                crate::nfqueue::marked_packet_message(1337, 1, HOOK_LOCAL_OUT, mark, &syn);
             let mut verdicts = Vec::new();
             crate::nfqueue::judge_datagrams(
                 std::iter::once(message.as_slice()),
@@ -452,7 +466,16 @@ spec:
                 &mut verdicts,
                 &mut |p| verdict(&shared, p),
             );
+            let word = |at: usize| {
+                verdicts
+                    .get(at..at + 4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            // NF_DROP 0, NF_REPEAT 4; the mark follows a repeat.
+            (word(24), word(36))
         };
+        const REPEAT: Option<u32> = Some(4);
+        let kernel = (REPEAT, Some(crate::init::KERNEL_MARK));
         let key = (
             "10.0.0.1:20001".parse().expect("addr"),
             "10.0.0.2:8080".parse().expect("addr"),
@@ -467,18 +490,30 @@ spec:
                 .map(str::to_string)
                 .expect("the allowed egress connections' counter")
         };
-        judge_syn(7);
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(judge_syn(8080, 7, false), kernel);
         let first = started().expect("admitted");
         let counted = allowed();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        // The same SYN again: the same connection, not admitted a second time.
-        judge_syn(7);
+        pause();
+        // The same SYN again, on its entry: the same connection, not admitted a second time.
+        assert_eq!(judge_syn(8080, 7, true), kernel);
         assert_eq!(started(), Some(first), "the record was replaced");
         assert_eq!(allowed(), counted, "counted again");
-        // Another initial sequence number on the same addresses: a new connection.
-        judge_syn(8);
-        assert!(started().is_some_and(|s| s > first), "not admitted as new");
+        // The same number on no judged entry (the app forged it once the entry was gone): a
+        // new connection.
+        assert_eq!(judge_syn(8080, 7, false), kernel);
+        let second = started().expect("admitted");
+        assert!(second > first, "not admitted as new");
+        let counted = allowed();
+        pause();
+        // Another number on the entry (a new socket on the same port): a new connection.
+        assert_eq!(judge_syn(8080, 8, true), kernel);
+        assert!(started().is_some_and(|s| s > second), "not admitted as new");
         assert_ne!(allowed(), counted, "not counted");
+        // A SYN on a judged entry that may not keep the kernel path is dropped: nat was decided
+        // for the entry, so the proxy could not take it.
+        assert_eq!(judge_syn(9001, 9, true), (Some(0), None));
+        assert_eq!(judge_syn(9001, 9, false).1, Some(crate::init::PROXY_MARK));
     }
 
     #[test]

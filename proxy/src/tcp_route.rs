@@ -46,27 +46,50 @@ pub(crate) enum Route {
     Kernel,
     /// The proxy takes it.
     Proxy,
+    /// Neither: a SYN on an entry the kernel carries already, which may not keep that path
+    /// (the policy changed since, or a new connection on the same port needs the proxy). Nat
+    /// was decided for the entry at its first SYN, so the proxy cannot take it: it is dropped,
+    /// and a policy change that denies the entry removes it.
+    Drop,
 }
 
 impl Route {
-    /// The packet mark that tells the init rules.
-    pub(crate) fn mark(self) -> u32 {
+    /// The packet mark that tells the init rules (`None`: dropped).
+    pub(crate) fn mark(self) -> Option<u32> {
         match self {
-            Route::Kernel => crate::init::KERNEL_MARK,
-            Route::Proxy => crate::init::PROXY_MARK,
+            Route::Kernel => Some(crate::init::KERNEL_MARK),
+            Route::Proxy => Some(crate::init::PROXY_MARK),
+            Route::Drop => None,
         }
     }
 }
 
-/// Decides the path of a new TCP connection whose SYN carries `syn_seq`, writing the flow
-/// event and counting the verdict of one the proxy will not see.
+/// What the judge knows of a TCP SYN besides its addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Syn {
+    /// Its initial sequence number.
+    pub seq: u32,
+    /// The rules found it on an entry the judge gave the kernel (`init::SENT_AGAIN_MARK`).
+    pub on_judged_entry: bool,
+}
+
+/// Decides the path of a new TCP connection from its SYN, writing the flow event and counting
+/// the verdict of one the proxy will not see.
 ///
 /// A SYN sent again (its answer was lost) is judged again under the policy of now, but when it
-/// keeps the kernel path it is neither counted nor written a second time: the connection's
-/// record holds the sequence number of the SYN that opened it. A new connection on the same
-/// addresses (the app reused its port) starts from another sequence number and is a new
-/// connection here too.
-pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow, syn_seq: u32) -> Route {
+/// keeps the kernel path it is neither counted nor written a second time: it is on the entry
+/// the judge gave the kernel, and its sequence number is the one the connection's record holds.
+/// Anything else is a connection of its own: one on a new entry, or a new socket on the same
+/// addresses while the old entry is still unanswered (another initial sequence number), or a
+/// SYN an app forged with the old number once the entry is gone (not on a judged entry).
+pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
+    match choose(shared, flow, syn) {
+        Route::Proxy if syn.on_judged_entry => Route::Drop,
+        route => route,
+    }
+}
+
+fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
     // Without a policy the proxy refuses it (fail closed).
     let Some(policy) = shared.policy() else {
         return Route::Proxy;
@@ -90,16 +113,18 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow, syn_seq: u32) -> Route 
             watch_ends(shared);
             admitted.event.phase = Some(FlowPhase::Start);
             // Its end, and every policy change, find it by the addresses conntrack keeps.
-            {
+            let replaced = {
                 let mut open = shared.kernel_flows.lock();
                 let key = (flow.source, flow.destination);
-                let sent_again = open.get(&key).is_some_and(|known| {
-                    known.event.direction == flow.direction && known.syn_seq == Some(syn_seq)
-                });
+                let known = open.get(&key);
+                let sent_again = syn.on_judged_entry
+                    && known.is_some_and(|known| {
+                        known.event.direction == flow.direction && known.syn_seq == Some(syn.seq)
+                    });
                 if sent_again {
                     return Route::Kernel;
                 }
-                if open.len() >= crate::kernel_flows::MAX_OPEN {
+                if known.is_none() && open.len() >= crate::kernel_flows::MAX_OPEN {
                     drop(open);
                     tracing::warn!(
                         max = crate::kernel_flows::MAX_OPEN,
@@ -107,7 +132,12 @@ pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow, syn_seq: u32) -> Route 
                     );
                     return Route::Proxy;
                 }
-                open.insert(key, KernelFlow::new(admitted.event.clone(), Some(syn_seq)));
+                open.insert(key, KernelFlow::new(admitted.event.clone(), Some(syn.seq)))
+            };
+            // A connection on the same addresses whose end was not heard yet: it is over (its
+            // socket is closed, or its entry gone), and its end is written now, without bytes.
+            if let Some(old) = replaced {
+                write_end(shared, old, None);
             }
             shared
                 .metrics(admitted.event.direction)
@@ -192,11 +222,14 @@ fn rejudge(
 /// (unless `--keep-revoked-connections`): its conntrack entry removed, so nothing more of it
 /// passes, and its local socket destroyed, which resets the peer at once. A kernel-carried
 /// connection the sidecar does not know (it restarted) is taken in, or ended, the same way.
-/// Returns how many were ended, and how many were taken in.
+/// Connections are taken in only with the sidecar's `first` policy: after it, an entry without
+/// a record is one whose end was written already (conntrack keeps a closing connection a
+/// while). Returns how many were ended, and how many were taken in.
 pub(crate) fn revoke(
     shared: &Arc<Shared>,
     table: &mut Conntrack,
     entries: &[Entry],
+    first: bool,
 ) -> std::io::Result<Rejudged> {
     let Some(policy) = shared.policy() else {
         return Ok(Rejudged::default());
@@ -211,8 +244,10 @@ pub(crate) fn revoke(
         let key = key_of(entry);
         let flow = match open.entry(key) {
             Slot::Occupied(known) => known.into_mut(),
-            // Closed already: nothing to take in, nor to end.
-            Slot::Vacant(_) if matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) => {
+            // Closed already, or ended already: nothing to take in, nor to end.
+            Slot::Vacant(_)
+                if !first || matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) =>
+            {
                 continue;
             }
             // Opened before this sidecar started: judged below from what it is now.

@@ -332,6 +332,7 @@ fn on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side() 
         assert_eq!(code, 0, "iptables {op}: {out}");
     };
     // What the server's pod receives of the client's SYNs, counted before conntrack.
+    let client_ip = up.ip("t/client").to_string();
     let (code, out) = in_pod(
         &server,
         &[
@@ -340,6 +341,8 @@ fn on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side() 
             "raw",
             "-I",
             "PREROUTING",
+            "-s",
+            &client_ip,
             "-p",
             "tcp",
             "--dport",
