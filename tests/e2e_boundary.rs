@@ -674,8 +674,9 @@ fn on_the_kernel_path_a_reset_connections_four_tuple_opened_again_is_not_let_thr
         return;
     }
     // The kernel carries the app's connection; the server resets it. Conntrack keeps the entry
-    // (CLOSE, ten seconds) and files a new SYN on the same 4-tuple under it, not as NEW: no
-    // judge would see it, and the old entry's mark would let it out.
+    // (CLOSE, ten seconds) and files a new SYN on the same 4-tuple under it, not as NEW: the
+    // old entry's mark would let it out unjudged. The rules send it to the judge, which lets
+    // through only that connection's own SYN sent again.
     let dir = topology(&boundary(false));
     let flags = vec!["--l4-path=kernel".to_string()];
     let up = Up::with(

@@ -92,8 +92,10 @@ pub const FORGED_CHAIN: &str = "PODWALL_FORGED";
 /// Chain sending the first packet of each new outbound TCP connection to the judge (the
 /// kernel path).
 pub const TCP_OUT_CHAIN: &str = "PODWALL_TCP_OUT";
-/// Chain dropping a SYN that conntrack files under a kernel-carried connection it already
-/// tracks (a 4-tuple reused soon after a reset), which no judge would see (the kernel path).
+/// Chain sending the judge a SYN that conntrack files under a kernel-carried connection it
+/// already tracks, not as NEW: that connection's SYN sent again after an answer went by (let
+/// through), or a new connection on a 4-tuple reset moments ago (dropped until conntrack
+/// forgets the old entry) (the kernel path).
 pub const STALE_SYN_CHAIN: &str = "PODWALL_STALE_SYN";
 /// An earlier version's chain (in `raw`) setting what conntrack announced of each new TCP
 /// connection on the kernel path; taken away where found.
@@ -143,6 +145,9 @@ pub const PROXY_MARK: u32 = 0x7077_0002;
 /// (conntrack still calls it NEW: no answer yet), which tells the judge it may be that SYN sent
 /// again.
 pub const SENT_AGAIN_MARK: u32 = 0x7077_0003;
+/// Set by the rules: a SYN that conntrack files under a kernel-carried connection's entry
+/// without calling it NEW. The judge lets through only that connection's SYN sent again.
+pub const REOPENED_MARK: u32 = 0x7077_0004;
 /// IPv6 neighbour discovery a pod needs (router solicitation, neighbour solicitation and
 /// advertisement): conntrack does not track it. Router advertisements and redirects are
 /// dropped: they would let a neighbour reroute the pod's allowed flows.
@@ -407,12 +412,19 @@ impl InitConfig {
         r
     }
 
-    /// The kernel path's drop for SYNs that reopen a kernel-carried connection's entry.
+    /// The kernel path's rules for SYNs on a kernel-carried connection's entry that conntrack
+    /// does not call NEW: marked as such and queued; the judge lets the kernel carry on with
+    /// that connection's own SYN sent again (its mark, then a walk of the chain again), and
+    /// drops anything else.
     pub fn stale_syn_rules(&self) -> Vec<String> {
-        if self.tcp_queue().is_none() {
+        let Some(queue) = self.tcp_queue() else {
             return Vec::new();
-        }
-        vec![format!("-A {STALE_SYN_CHAIN} -j DROP")]
+        };
+        vec![
+            format!("-A {STALE_SYN_CHAIN} -m mark --mark {KERNEL_MARK:#x} -j RETURN"),
+            format!("-A {STALE_SYN_CHAIN} -j MARK --set-xmark {REOPENED_MARK:#x}/0xffffffff"),
+            format!("-A {STALE_SYN_CHAIN} -j {}", self.queue_target(queue)),
+        ]
     }
 
     /// The sidecar's ports, sorted: where redirected traffic lands, and what
@@ -737,9 +749,12 @@ impl InitConfig {
                 "OUTPUT",
                 format!("-p tcp --syn -m conntrack --ctstate NEW -j {TCP_OUT_CHAIN}"),
             ));
-            // A SYN on the 4-tuple of a kernel-carried connection that a reset ended moments
-            // ago is not NEW to conntrack (it reopens the old entry, mark and all): it would
-            // pass unjudged, so it is dropped, both ways, until conntrack forgets the old one.
+            // A SYN that conntrack files under a kernel-carried connection's entry without
+            // calling it NEW (the 4-tuple of one a reset ended moments ago: conntrack reopens
+            // the old entry, mark and all; or that connection's SYN sent again once an answer
+            // went by) would pass unjudged: it goes to the judge too, both ways, which lets
+            // through only the second kind. (A new connection on a reopened entry would run on
+            // the old connection's window tracking, and its packets can be found INVALID.)
             let stale = format!(
                 "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark --mark {KERNEL_MARK:#x} -j {STALE_SYN_CHAIN}"
             );
@@ -1442,7 +1457,7 @@ mod tests {
                 .chain_rules(Family::V4)
                 .contains(&"-A PODWALL_OUTPUT -m mark --mark 0x70770001 -j RETURN".to_string())
         );
-        // A SYN that reopens a kernel-carried connection's entry is dropped, both ways.
+        // A SYN that reopens a kernel-carried connection's entry goes to the judge, both ways.
         let stale = "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark --mark 0x70770001 -j PODWALL_STALE_SYN";
         let input = kernel.restore_input(Family::V4, Coverage::Capture, &Saved::default());
         for hook in ["OUTPUT", "PREROUTING"] {
@@ -1453,7 +1468,14 @@ mod tests {
                 "{hook}: {input}"
             );
         }
-        assert_eq!(kernel.stale_syn_rules(), ["-A PODWALL_STALE_SYN -j DROP"]);
+        assert_eq!(
+            kernel.stale_syn_rules(),
+            [
+                "-A PODWALL_STALE_SYN -m mark --mark 0x70770001 -j RETURN",
+                "-A PODWALL_STALE_SYN -j MARK --set-xmark 0x70770004/0xffffffff",
+                "-A PODWALL_STALE_SYN -j NFQUEUE --queue-num 1337",
+            ]
+        );
         assert!(InitConfig::default().stale_syn_rules().is_empty());
         // Kernel-carried packets pass first (the judge checked the connection's source).
         assert_eq!(

@@ -318,6 +318,7 @@ fn verdict(shared: &Arc<Shared>, packet: crate::nfqueue::Packet<'_>) -> Verdict 
             let syn = crate::tcp_route::Syn {
                 seq: start.syn_seq,
                 on_judged_entry: packet.mark == crate::init::SENT_AGAIN_MARK,
+                reopened: packet.mark == crate::init::REOPENED_MARK,
             };
             // The SYN walks its chain again, where the mark decides its path.
             match crate::tcp_route::route(shared, start.flow(direction), syn).mark() {
@@ -447,16 +448,14 @@ spec:
     #[test]
     fn a_syn_sent_again_keeps_its_connections_record_and_a_new_one_on_the_same_port_gets_its_own() {
         let shared = client_sidecar();
-        // The client's SYN from port 20001 to `dport` with `seq`, found by the rules on an
-        // entry the judge gave the kernel or not; the verdict's code and mark.
-        let judge_syn = |dport: u16, seq: u32, on_entry: bool| {
+        // The client's SYN from port 20001 to `dport` with `seq`, with the mark the rules gave
+        // it (none, found on an unanswered judged entry, found on a reopened one); the
+        // verdict's code and mark.
+        const ON_ENTRY: u32 = crate::init::SENT_AGAIN_MARK;
+        const REOPENED: u32 = crate::init::REOPENED_MARK;
+        let judge_syn = |dport: u16, seq: u32, mark: u32| {
             let mut syn = from_client(TCP, 20001, dport);
             syn[24..28].copy_from_slice(&seq.to_be_bytes());
-            let mark = if on_entry {
-                crate::init::SENT_AGAIN_MARK
-            } else {
-                0
-            };
             let message =
                 crate::nfqueue::marked_packet_message(1337, 1, HOOK_LOCAL_OUT, mark, &syn);
             let mut verdicts = Vec::new();
@@ -491,29 +490,37 @@ spec:
                 .expect("the allowed egress connections' counter")
         };
         let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
-        assert_eq!(judge_syn(8080, 7, false), kernel);
+        assert_eq!(judge_syn(8080, 7, 0), kernel);
         let first = started().expect("admitted");
         let counted = allowed();
         pause();
         // The same SYN again, on its entry: the same connection, not admitted a second time.
-        assert_eq!(judge_syn(8080, 7, true), kernel);
+        assert_eq!(judge_syn(8080, 7, ON_ENTRY), kernel);
         assert_eq!(started(), Some(first), "the record was replaced");
         assert_eq!(allowed(), counted, "counted again");
         // The same number on no judged entry (the app forged it once the entry was gone): a
         // new connection.
-        assert_eq!(judge_syn(8080, 7, false), kernel);
+        assert_eq!(judge_syn(8080, 7, 0), kernel);
         let second = started().expect("admitted");
         assert!(second > first, "not admitted as new");
         let counted = allowed();
         pause();
         // Another number on the entry (a new socket on the same port): a new connection.
-        assert_eq!(judge_syn(8080, 8, true), kernel);
+        assert_eq!(judge_syn(8080, 8, ON_ENTRY), kernel);
         assert!(started().is_some_and(|s| s > second), "not admitted as new");
         assert_ne!(allowed(), counted, "not counted");
         // A SYN on a judged entry that may not keep the kernel path is dropped: nat was decided
         // for the entry, so the proxy could not take it.
-        assert_eq!(judge_syn(9001, 9, true), (Some(0), None));
-        assert_eq!(judge_syn(9001, 9, false).1, Some(crate::init::PROXY_MARK));
+        assert_eq!(judge_syn(9001, 9, ON_ENTRY), (Some(0), None));
+        // On an entry conntrack reopened (no longer NEW): the connection's own SYN sent again
+        // passes, uncounted; a new connection there is dropped.
+        let counted = allowed();
+        let now = started();
+        assert_eq!(judge_syn(8080, 8, REOPENED), kernel);
+        assert_eq!((started(), allowed()), (now, counted.clone()));
+        assert_eq!(judge_syn(8080, 10, REOPENED), (Some(0), None));
+        assert_eq!((started(), allowed()), (now, counted));
+        assert_eq!(judge_syn(9001, 9, 0).1, Some(crate::init::PROXY_MARK));
     }
 
     #[test]

@@ -69,8 +69,13 @@ impl Route {
 pub(crate) struct Syn {
     /// Its initial sequence number.
     pub seq: u32,
-    /// The rules found it on an entry the judge gave the kernel (`init::SENT_AGAIN_MARK`).
+    /// The rules found it on an entry the judge gave the kernel that is still unanswered
+    /// (`init::SENT_AGAIN_MARK`).
     pub on_judged_entry: bool,
+    /// The rules found it on such an entry that conntrack does not call NEW
+    /// (`init::REOPENED_MARK`): an answer went by, or the entry is a reset connection's whose
+    /// 4-tuple an app reuses. Only the connection's own SYN sent again passes.
+    pub reopened: bool,
 }
 
 /// Decides the path of a new TCP connection from its SYN, writing the flow event and counting
@@ -84,7 +89,7 @@ pub(crate) struct Syn {
 /// SYN an app forged with the old number once the entry is gone (not on a judged entry).
 pub(crate) fn route(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
     match choose(shared, flow, syn) {
-        Route::Proxy if syn.on_judged_entry => Route::Drop,
+        Route::Proxy if syn.on_judged_entry || syn.reopened => Route::Drop,
         route => route,
     }
 }
@@ -117,12 +122,17 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
                 let mut open = shared.kernel_flows.lock();
                 let key = (flow.source, flow.destination);
                 let known = open.get(&key);
-                let sent_again = syn.on_judged_entry
+                let sent_again = (syn.on_judged_entry || syn.reopened)
                     && known.is_some_and(|known| {
                         known.event.direction == flow.direction && known.syn_seq == Some(syn.seq)
                     });
                 if sent_again {
                     return Route::Kernel;
+                }
+                // A new connection on a reopened entry: it waits until conntrack forgets the
+                // old one (ten seconds at most after a reset).
+                if syn.reopened {
+                    return Route::Drop;
                 }
                 if known.is_none() && open.len() >= crate::kernel_flows::MAX_OPEN {
                     drop(open);

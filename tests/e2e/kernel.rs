@@ -303,19 +303,39 @@ fn on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side() 
     if !ready_for("on_the_kernel_path_a_syn_sent_again_is_judged_and_logged_once_on_each_side") {
         return;
     }
-    let (_dir, up) = kernel_two_pods("ksyn");
+    // The server's answers are lost before its pod's conntrack sees them: every SYN the client
+    // sends again is still NEW to conntrack on both sides, on a connection already judged.
+    syn_sent_again("ksyn", "raw");
+}
+
+#[test]
+fn on_the_kernel_path_a_syn_sent_again_after_the_servers_answer_left_its_pod_connects() {
+    if !ready_for(
+        "on_the_kernel_path_a_syn_sent_again_after_the_servers_answer_left_its_pod_connects",
+    ) {
+        return;
+    }
+    // The server's answers are lost after its pod's conntrack saw them: the SYNs the client
+    // sends again are no longer NEW there, and look like a SYN reopening a reset connection's
+    // entry. The server's kernel also gives up the half-open connection once its answer
+    // cannot be sent, so only a SYN sent again that reaches it can open it anew.
+    syn_sent_again("ksyn2", "filter");
+}
+
+/// A connection from the client to the server's 8080 whose SYN-ACKs are dropped in the
+/// server's pod (in `table`'s OUTPUT) until the server's pod has received two of the client's
+/// SYNs: it connects, carried by the kernel, with one start event on each side.
+fn syn_sent_again(name: &str, table: &str) {
+    let (_dir, up) = kernel_two_pods(name);
     let (client, server) = (up.ns("t/client"), up.ns("t/server"));
     let dst = SocketAddr::new(up.ip("t/server"), 8080);
-    // The server's answers to the SYN are lost for a while (before its pod's conntrack sees
-    // them), so the client sends its SYN again, once a second, and the server's pod receives
-    // each: every one is still NEW to conntrack on both sides, on a connection already judged.
     let lose = |op: &str| {
         let (code, out) = in_pod(
             &server,
             &[
                 "iptables",
                 "-t",
-                "raw",
+                table,
                 op,
                 "OUTPUT",
                 "-p",
