@@ -365,20 +365,7 @@ fn a_sidecar_port_bound_by_the_app_while_the_sidecar_is_down_receives_nothing() 
     // Allowed inbound works while the sidecar runs.
     assert!(connect(&up.ns(VICTIM), app_addr).is_ok());
     // The sidecar dies (OOM kill, crash); the app takes its inbound port.
-    let pid = sidecar_pid(&ns);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
-    wait_for("the sidecar to die", Duration::from_secs(5), || {
-        // Gone, or a zombie its parent (the sandbox) has not waited for yet.
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        })
-    });
+    support::sandbox::kill_sidecar(&ns);
     let (listener, out) = app_listening(&ns, "", &["listen-tcp", "15006", "3"]);
     let attempt = connect(&up.ns(VICTIM), app_addr);
     assert!(
@@ -823,19 +810,7 @@ fn forged_source_stays_in(names: [&'static str; 2], path: &[&str]) {
             .stderr(Stdio::null())
             .spawn()
             .expect("sidecar");
-    wait_for("the sidecar to be ready", Duration::from_secs(10), || {
-        run_in(pod, || {
-            use std::io::{Read, Write};
-            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", 15020)) else {
-                return false;
-            };
-            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            out.contains(" 200 ")
-        })
-        .unwrap_or(false)
-    });
+    support::sandbox::wait_ready(pod);
     // Watched on the pod's own interface, as frames leave it (after every rule).
     let leaves = |source: &str| {
         let (sniffer, sniffed) =

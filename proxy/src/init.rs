@@ -422,6 +422,9 @@ impl InitConfig {
         };
         vec![
             format!("-A {STALE_SYN_CHAIN} -m mark --mark {KERNEL_MARK:#x} -j RETURN"),
+            // An established connection's entry (reset, and its 4-tuple reused): whatever the
+            // SYN's sequence number, which a peer chooses, it is a new connection.
+            format!("-A {STALE_SYN_CHAIN} -m conntrack --ctstatus ASSURED -j DROP"),
             format!("-A {STALE_SYN_CHAIN} -j MARK --set-xmark {REOPENED_MARK:#x}/0xffffffff"),
             format!("-A {STALE_SYN_CHAIN} -j {}", self.queue_target(queue)),
         ]
@@ -1472,6 +1475,7 @@ mod tests {
             kernel.stale_syn_rules(),
             [
                 "-A PODWALL_STALE_SYN -m mark --mark 0x70770001 -j RETURN",
+                "-A PODWALL_STALE_SYN -m conntrack --ctstatus ASSURED -j DROP",
                 "-A PODWALL_STALE_SYN -j MARK --set-xmark 0x70770004/0xffffffff",
                 "-A PODWALL_STALE_SYN -j NFQUEUE --queue-num 1337",
             ]

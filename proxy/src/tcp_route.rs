@@ -233,8 +233,8 @@ fn rejudge(
 /// passes, and its local socket destroyed, which resets the peer at once. A kernel-carried
 /// connection the sidecar does not know (it restarted) is taken in, or ended, the same way.
 /// Connections are taken in only with the sidecar's `first` policy: after it, an entry without
-/// a record is one whose end was written already (conntrack keeps a closing connection a
-/// while). Returns how many were ended, and how many were taken in.
+/// a record is judged and ended when denied, but not taken in. Returns how many were ended,
+/// and how many were taken in.
 pub(crate) fn revoke(
     shared: &Arc<Shared>,
     table: &mut Conntrack,
@@ -246,6 +246,7 @@ pub(crate) fn revoke(
     };
     let mut revoked = Vec::new();
     let mut taken_in = 0;
+    let mut unrecorded = 0;
     let mut open = shared.kernel_flows.lock();
     for entry in entries
         .iter()
@@ -254,16 +255,26 @@ pub(crate) fn revoke(
         let key = key_of(entry);
         let flow = match open.entry(key) {
             Slot::Occupied(known) => known.into_mut(),
-            // Closed already, or ended already: nothing to take in, nor to end.
-            Slot::Vacant(_)
-                if !first || matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) =>
-            {
+            // Closed already: nothing to take in, nor to end.
+            Slot::Vacant(_) if matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) => {
                 continue;
             }
             // Opened before this sidecar started: judged below from what it is now.
-            Slot::Vacant(unknown) => {
+            Slot::Vacant(unknown) if first => {
                 taken_in += 1;
                 unknown.insert(adopted(&policy, key, entry))
+            }
+            // After the first policy, an entry without a record is closing (its end was
+            // written) or lost its record (a socket on the same addresses ended after a newer
+            // connection's SYN): judged all the same, and ended when denied, but not taken in
+            // (that would write a second end for the first kind).
+            Slot::Vacant(_) => {
+                let probe = adopted(&policy, key, entry);
+                if rejudge(shared, &policy, key, &probe.event).is_none() && !shared.keep_revoked {
+                    end_revoked(shared, table, entry, key, probe.event.direction)?;
+                    unrecorded += 1;
+                }
+                continue;
             }
         };
         match rejudge(shared, &policy, key, &flow.event) {
@@ -275,18 +286,7 @@ pub(crate) fn revoke(
             None if shared.keep_revoked => {}
             None => {
                 flow.revoked = true;
-                table.delete(entry)?;
-                // The pod's own end of it: the source for egress, the destination for ingress.
-                let (local, remote) = match flow.event.direction {
-                    Direction::Egress => (key.0, key.1),
-                    Direction::Ingress => (key.1, key.0),
-                };
-                if let Err(e) = crate::sock_diag::destroy(local, remote) {
-                    // Without it, each end is reset when it next sends (the next segment is
-                    // no connection the kernel carries).
-                    tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
-                }
-                shared.metrics(flow.event.direction).revoked.inc();
+                end_revoked(shared, table, entry, key, flow.event.direction)?;
                 revoked.push(key);
             }
         }
@@ -303,9 +303,33 @@ pub(crate) fn revoke(
         watch_ends(shared);
     }
     Ok(Rejudged {
-        ended: revoked.len(),
+        ended: revoked.len() + unrecorded,
         taken_in,
     })
+}
+
+/// Ends a kernel-carried connection a policy change denies: its conntrack entry removed, so
+/// nothing more of it passes, and its local socket destroyed, which resets the peer at once.
+fn end_revoked(
+    shared: &Shared,
+    table: &mut Conntrack,
+    entry: &Entry,
+    key: FlowKey,
+    direction: Direction,
+) -> std::io::Result<()> {
+    table.delete(entry)?;
+    // The pod's own end of it: the source for egress, the destination for ingress.
+    let (local, remote) = match direction {
+        Direction::Egress => (key.0, key.1),
+        Direction::Ingress => (key.1, key.0),
+    };
+    if let Err(e) = crate::sock_diag::destroy(local, remote) {
+        // Without it, each end is reset when it next sends (the next segment is no connection
+        // the kernel carries).
+        tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
+    }
+    shared.metrics(direction).revoked.inc();
+    Ok(())
 }
 
 /// What [`revoke`] did.

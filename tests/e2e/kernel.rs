@@ -462,36 +462,8 @@ fn restarted_client_sidecar(ns: &str, dir: &Path, flows: &Path) -> Running {
         .spawn()
         .expect("sidecar");
     let running = Running(child);
-    wait_for("the new sidecar's policy", Duration::from_secs(10), || {
-        run_in(ns, || {
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
-                return false;
-            };
-            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            out.contains(" 200 ")
-        })
-        .unwrap_or(false)
-    });
+    support::sandbox::wait_ready(ns);
     running
-}
-
-/// Kills the sidecar in `ns` (a crash, an OOM kill) and waits until it is gone.
-fn kill_sidecar(ns: &str) {
-    let pid = support::sandbox::sidecar_pid(ns);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
-    wait_for("the sidecar to die", Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        })
-    });
 }
 
 fn events_in(flows: &Path) -> Vec<serde_json::Value> {
@@ -521,7 +493,7 @@ fn on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_ca
 
     // The sidecar dies and comes back under the same policy: the kernel went on carrying both
     // connections meanwhile, and the new sidecar takes them in from conntrack.
-    kill_sidecar(&client);
+    support::sandbox::kill_sidecar(&client);
     let first = logs.path().join("first.jsonl");
     let sidecar = restarted_client_sidecar(&client, &up.sb().policy_dir(), &first);
     wait_for(

@@ -220,18 +220,7 @@ fn v6_sidecar(ns: &str, name: &str, dir: &Path) -> Running {
         .spawn()
         .expect("sidecar");
     let sidecar = Running(sidecar);
-    wait_for("the sidecar to be ready", Duration::from_secs(10), || {
-        run_in(ns, || {
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
-                return false;
-            };
-            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            out.contains(" 200 ")
-        })
-        .unwrap_or(false)
-    });
+    support::sandbox::wait_ready(ns);
     sidecar
 }
 

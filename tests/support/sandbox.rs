@@ -216,3 +216,38 @@ pub(crate) fn sidecar_pid(ns: &str) -> i32 {
     assert_eq!(pids.len(), 1, "one sidecar in {ns}: {pids:?}");
     pids[0]
 }
+
+/// Waits until the sidecar in `ns` answers its readiness probe with 200 (it has a policy).
+pub(crate) fn wait_ready(ns: &str) {
+    wait_for("the sidecar to be ready", Duration::from_secs(10), || {
+        run_in(ns, || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", 15020)) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.contains(" 200 ")
+        })
+        .unwrap_or(false)
+    });
+}
+
+/// Kills the sidecar in `ns` (a crash, an OOM kill) and waits until it is gone, or a zombie
+/// its parent (the sandbox) has not waited for yet.
+pub(crate) fn kill_sidecar(ns: &str) {
+    let pid = sidecar_pid(ns);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_for("the sidecar to die", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    });
+}
