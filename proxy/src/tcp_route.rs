@@ -72,9 +72,10 @@ pub(crate) struct Syn {
     /// The rules found it on an entry the judge gave the kernel that is still unanswered
     /// (`init::SENT_AGAIN_MARK`).
     pub on_judged_entry: bool,
-    /// The rules found it on such an entry that conntrack does not call NEW
-    /// (`init::REOPENED_MARK`): an answer went by, or the entry is a reset connection's whose
-    /// 4-tuple an app reuses. Only the connection's own SYN sent again passes.
+    /// The rules found it on such an entry that conntrack does not call NEW and that never got
+    /// established (`init::REOPENED_MARK`): an answer went by and was lost, or the handshake
+    /// was reset and the 4-tuple reused at once. Only the connection's own SYN sent again
+    /// passes. (On an established connection's entry the rules drop it.)
     pub reopened: bool,
 }
 
@@ -130,7 +131,7 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
                     return Route::Kernel;
                 }
                 // A new connection on a reopened entry: it waits until conntrack forgets the
-                // old one (ten seconds at most after a reset).
+                // old one.
                 if syn.reopened {
                     return Route::Drop;
                 }
