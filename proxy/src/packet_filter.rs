@@ -378,25 +378,7 @@ spec:
     /// What the sidecar of the client pod shares, with its policy loaded and events written
     /// nowhere.
     fn client_sidecar() -> Arc<Shared> {
-        let mut loader = podwall_policy::Loader::new();
-        loader.add_yaml("pods.yaml", PODS).expect("yaml");
-        let (state, report) = loader.finish();
-        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
-        let engine = podwall_policy::Engine::compile(state);
-        let me = engine
-            .state()
-            .pod_by_name("t", "client")
-            .expect("client pod");
-        let policy = Arc::new(crate::pod_policy::PodPolicy {
-            engine,
-            me,
-            audit: false,
-            generation: 1,
-            http: None,
-            fqdn: None,
-            own_fqdn: Vec::new(),
-            observe_http: Vec::new(),
-        });
+        let policy = client_policy(PODS, 1);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let (_tx, policies) = tokio::sync::watch::channel(Some(policy.clone()));
         Arc::new(Shared {
@@ -415,6 +397,29 @@ spec:
             allow_unnamed_fqdn: false,
             round_robin: Default::default(),
             kernel_flows: Default::default(),
+        })
+    }
+
+    /// The client pod's policy as `yaml` (pods and policies) has it.
+    fn client_policy(yaml: &str, generation: u64) -> Arc<crate::pod_policy::PodPolicy> {
+        let mut loader = podwall_policy::Loader::new();
+        loader.add_yaml("pods.yaml", yaml).expect("yaml");
+        let (state, report) = loader.finish();
+        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+        let engine = podwall_policy::Engine::compile(state);
+        let me = engine
+            .state()
+            .pod_by_name("t", "client")
+            .expect("client pod");
+        Arc::new(crate::pod_policy::PodPolicy {
+            engine,
+            me,
+            audit: false,
+            generation,
+            http: None,
+            fqdn: None,
+            own_fqdn: Vec::new(),
+            observe_http: Vec::new(),
         })
     }
 
@@ -521,6 +526,52 @@ spec:
         assert_eq!(judge_syn(8080, 10, REOPENED), (Some(0), None));
         assert_eq!((started(), allowed()), (now, counted));
         assert_eq!(judge_syn(9001, 9, 0).1, Some(crate::init::PROXY_MARK));
+    }
+
+    #[test]
+    fn a_kernel_carried_connection_ending_before_the_pass_after_a_policy_change_is_described_under_the_new_policy()
+     {
+        let shared = client_sidecar();
+        let before = shared.policy().expect("policy");
+        let ended_now = |sport| {
+            let key = client_connects(&shared, sport);
+            let flow = shared.kernel_flows.lock().remove(&key).expect("admitted");
+            crate::tcp_route::end_event(&shared, key, flow, Some((1, 2)))
+        };
+        let under = |event: &crate::flow::FlowEvent, policy: &Arc<crate::pod_policy::PodPolicy>| {
+            event
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, policy))
+        };
+        // Admitted under the first policy, ended before anything else changed: as admitted.
+        assert!(under(&ended_now(20003), &before));
+        // Admitted, then a new policy (the same rule under another policy's name) before its
+        // end: the end names what allows it now.
+        let key = client_connects(&shared, 20004);
+        let renamed = client_policy(&PODS.replace("client-out", "client-out-v2"), 2);
+        shared.current.store(Some(renamed.clone()));
+        let flow = shared.kernel_flows.lock().remove(&key).expect("admitted");
+        let event = crate::tcp_route::end_event(&shared, key, flow, Some((1, 2)));
+        assert!(under(&event, &renamed), "described under the old policy");
+        assert_eq!(event.verdict, FlowVerdict::Allowed);
+        assert_eq!((event.bytes_sent, event.bytes_received), (1, 2));
+        let allowed_by = match event.egress.as_ref().map(|side| side.decision) {
+            Some(podwall_policy::Decision::Rule(rule)) => {
+                renamed.engine.state().policy(rule.policy).name.to_string()
+            }
+            other => panic!("allowed by {other:?}"),
+        };
+        assert_eq!(allowed_by, "NetworkPolicy t/client-out-v2");
+        // A new policy that denies it, its end heard before the pass ended it: it ran under
+        // the rule that allowed it, and is described so.
+        let key = client_connects(&shared, 20005);
+        let denying = client_policy(&PODS.replace("{port: 8080}, ", ""), 3);
+        shared.current.store(Some(denying));
+        let flow = shared.kernel_flows.lock().remove(&key).expect("admitted");
+        let event = crate::tcp_route::end_event(&shared, key, flow, None);
+        assert!(under(&event, &renamed), "not described as admitted");
+        assert_eq!(event.verdict, FlowVerdict::Allowed);
     }
 
     #[test]

@@ -119,9 +119,9 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
             watch_ends(shared);
             admitted.event.phase = Some(FlowPhase::Start);
             // Its end, and every policy change, find it by the addresses conntrack keeps.
+            let key = (flow.source, flow.destination);
             let replaced = {
                 let mut open = shared.kernel_flows.lock();
-                let key = (flow.source, flow.destination);
                 let known = open.get(&key);
                 let sent_again = (syn.on_judged_entry || syn.reopened)
                     && known.is_some_and(|known| {
@@ -148,7 +148,7 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
             // A connection on the same addresses whose end was not heard yet: it is over (its
             // socket is closed, or its entry gone), and its end is written now, without bytes.
             if let Some(old) = replaced {
-                write_end(shared, old, None);
+                write_end(shared, key, old, None);
             }
             shared
                 .metrics(admitted.event.direction)
@@ -376,13 +376,37 @@ fn key_of(entry: &Entry) -> FlowKey {
 fn ended(shared: &Shared, key: FlowKey, bytes: Option<(u64, u64)>) {
     let flow = shared.kernel_flows.lock().remove(&key);
     if let Some(flow) = flow {
-        write_end(shared, flow, bytes);
+        write_end(shared, key, flow, bytes);
     }
 }
 
 /// Writes the end of `flow`, taken out of the table.
-fn write_end(shared: &Shared, flow: KernelFlow, bytes: Option<(u64, u64)>) {
+fn write_end(shared: &Shared, key: FlowKey, flow: KernelFlow, bytes: Option<(u64, u64)>) {
+    shared.flows.emit(end_event(shared, key, flow, bytes));
+}
+
+/// The end event of `flow`. One that ended after a policy change, before the pass that judges
+/// open connections again got to it, is described under the policy in force as it ended, as
+/// that pass would have: what allows it now. (One the new policy denies ended under the rule
+/// that allowed it; the pass would have ended it.)
+pub(crate) fn end_event(
+    shared: &Shared,
+    key: FlowKey,
+    flow: KernelFlow,
+    bytes: Option<(u64, u64)>,
+) -> FlowEvent {
     let mut event = flow.event;
+    if !flow.revoked
+        && let Some(policy) = shared.policy()
+        && !event
+            .snapshot
+            .as_ref()
+            .is_some_and(|was| Arc::ptr_eq(was, &policy))
+        && let Some(mut now) = rejudge(shared, &policy, key, &event)
+    {
+        now.service = event.service.take();
+        event = now;
+    }
     event.phase = Some(FlowPhase::End);
     event.time = SystemTime::now();
     event.duration_ms = flow.started.elapsed().as_secs_f64() * 1000.0;
@@ -396,7 +420,7 @@ fn write_end(shared: &Shared, flow: KernelFlow, bytes: Option<(u64, u64)>) {
     if flow.revoked {
         event.error = Some(REVOKED.into());
     }
-    shared.flows.emit(event);
+    event
 }
 
 /// A socket of the pod was freed: the end of the kernel-carried connection it was the pod's
@@ -411,7 +435,7 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
     if !pods {
         return;
     }
-    let (flow, bytes) = {
+    let (key, flow, bytes) = {
         let mut open = shared.kernel_flows.lock();
         let (egress, ingress) = ((end.local, end.remote), (end.remote, end.local));
         let mut take = |key: &FlowKey, direction| match open.get(key) {
@@ -419,15 +443,19 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
             _ => None,
         };
         if let Some(flow) = take(&egress, Direction::Egress) {
-            (flow, end.bytes)
+            (egress, flow, end.bytes)
         } else if let Some(flow) = take(&ingress, Direction::Ingress) {
             // The pod's socket received what the source sent.
-            (flow, end.bytes.map(|(sent, received)| (received, sent)))
+            (
+                ingress,
+                flow,
+                end.bytes.map(|(sent, received)| (received, sent)),
+            )
         } else {
             return;
         }
     };
-    write_end(shared, flow, bytes);
+    write_end(shared, key, flow, bytes);
 }
 
 /// Starts hearing of the ends of kernel-carried connections, once: each one's end is written
@@ -534,7 +562,7 @@ pub(crate) fn ended_if_admitted_at(shared: &Shared, key: FlowKey, started: std::
         }
     };
     if let Some(flow) = flow {
-        write_end(shared, flow, None);
+        write_end(shared, key, flow, None);
     }
 }
 

@@ -63,10 +63,6 @@ fn a_connection_a_policy_change_still_allows_is_logged_with_the_rule_that_allows
         Duration::from_secs(10),
         || connect(&plain, dst).is_err(),
     );
-    // Open connections are judged again just after the policy is in force (on the kernel
-    // path by a pass over conntrack): one that ends within those moments is logged under the
-    // rule it opened under (docs/l4-path.md).
-    std::thread::sleep(Duration::from_millis(500));
     // The open connection still works, and when it ends its event names the new rule.
     let mut r = r;
     r.get_mut()
