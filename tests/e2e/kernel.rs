@@ -466,12 +466,11 @@ fn restarted_client_sidecar(ns: &str, dir: &Path, flows: &Path) -> Running {
     running
 }
 
-fn events_in(flows: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(flows)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+/// The end event, in the flow log at `flows`, of the connection from local port `port`.
+fn end_in(flows: &Path, port: u16, what: &str) -> serde_json::Value {
+    support::sandbox::event_in(flows, what, |e| {
+        e["source"]["port"] == port && e["phase"] == "end"
+    })
 }
 
 #[test]
@@ -512,20 +511,7 @@ fn on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_ca
     }
     // It knows the connection it did not admit: its end is written when its socket goes.
     close_cleanly(kept);
-    let end = {
-        let mut found = None;
-        wait_for(
-            "the taken-in connection's end",
-            Duration::from_secs(5),
-            || {
-                found = events_in(&first)
-                    .into_iter()
-                    .find(|e| e["source"]["port"] == kept_local.port() && e["phase"] == "end");
-                found.is_some()
-            },
-        );
-        found.expect("end")
-    };
+    let end = end_in(&first, kept_local.port(), "the taken-in connection's end");
     assert_eq!(end["verdict"], "ALLOWED", "{end:#}");
     assert_eq!(end["direction"], "egress", "{end:#}");
     assert_eq!(
@@ -570,20 +556,11 @@ fn on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_ca
         "took {:?}",
         started.elapsed()
     );
-    let ended = {
-        let mut found = None;
-        wait_for(
-            "the revoked connection's end",
-            Duration::from_secs(5),
-            || {
-                found = events_in(&second)
-                    .into_iter()
-                    .find(|e| e["source"]["port"] == revoked_local.port() && e["phase"] == "end");
-                found.is_some()
-            },
-        );
-        found.expect("end")
-    };
+    let ended = end_in(
+        &second,
+        revoked_local.port(),
+        "the revoked connection's end",
+    );
     assert!(
         ended["error"]
             .as_str()

@@ -226,22 +226,7 @@ fn v6_sidecar(ns: &str, name: &str, dir: &Path) -> Running {
 
 /// The first flow event in `dir/flows.jsonl` that matches `f`, waiting for it.
 fn v6_flow(dir: &Path, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(dir.join("flows.jsonl")).unwrap_or_default();
-        if let Some(e) = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|e| f(e))
-        {
-            return e;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no flow event {what} in {log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::sandbox::event_in(&dir.join("flows.jsonl"), what, f)
 }
 
 const V6_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: v6, labels: {app: client}}\nstatus: {podIP: 'fd77::1'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: v6, labels: {app: server}}\nstatus: {podIP: 'fd77::2'}\n";

@@ -93,16 +93,43 @@ impl Up {
 
     /// Every flow event of the pod, kernel-carried connections' start events too.
     pub(crate) fn flows_with_starts(&self, key: &str) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(
-            self.sb()
+        flow_events(
+            &self
+                .sb()
                 .logs_dir()
                 .join(format!("{}-sidecar.flows.jsonl", self.index(key))),
         )
-        .unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
     }
+}
+
+/// The first event in the flow log at `path` that matches `f`, waiting for it (5 s at most,
+/// then a panic naming `what` and showing the log).
+pub(crate) fn event_in(
+    path: &Path,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(e) = flow_events(path).into_iter().find(|e| f(e)) {
+            return e;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no flow event {what} in {}",
+            std::fs::read_to_string(path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every event in a sidecar's flow log (JSON lines), none while it has not been written.
+pub(crate) fn flow_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 impl Drop for Up {
