@@ -411,14 +411,18 @@ spec:
             .state()
             .pod_by_name("t", "client")
             .expect("client pod");
+        let fqdn = (!engine.fqdn_selectors().is_empty()).then(|| {
+            Arc::new(podwall_fqdn::Matcher::new(engine.fqdn_selectors()).expect("selectors"))
+        });
+        let own_fqdn = engine.egress_fqdn(me);
         Arc::new(crate::pod_policy::PodPolicy {
             engine,
             me,
             audit: false,
             generation,
             http: None,
-            fqdn: None,
-            own_fqdn: Vec::new(),
+            fqdn,
+            own_fqdn,
             observe_http: Vec::new(),
         })
     }
@@ -572,6 +576,51 @@ spec:
         let event = crate::tcp_route::end_event(&shared, key, flow, None);
         assert!(under(&event, &renamed), "not described as admitted");
         assert_eq!(event.verdict, FlowVerdict::Allowed);
+    }
+
+    #[test]
+    fn a_kernel_carried_connection_without_a_record_is_judged_with_the_names_its_destination_has_now()
+     {
+        // The client may reach api.example.com's addresses on 443 by name only.
+        let names = "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-names, namespace: t}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toFQDNs: [{matchName: api.example.com}]\n    toPorts: [{ports: [{port: '443', protocol: TCP}]}]\n";
+        let shared = client_sidecar();
+        let policy = client_policy(&format!("{PODS}{names}"), 2);
+        shared.current.store(Some(policy.clone()));
+        let key: (SocketAddr, SocketAddr) = (
+            "10.0.0.1:30000".parse().expect("addr"),
+            "192.0.2.80:443".parse().expect("addr"),
+        );
+        // Taken in after a restart, or its record lost: nothing says which names allowed it.
+        let unjudged = crate::tcp_route::unjudged(&policy, key);
+        assert_eq!(unjudged.direction, Direction::Egress);
+        assert!(
+            crate::tcp_route::rejudge(&shared, &policy, key, &unjudged).is_none(),
+            "allowed with no name learned for its destination"
+        );
+        let answer = podwall_fqdn::message::Answer {
+            id: 1,
+            question: Some((
+                "api.example.com".into(),
+                hickory_proto::rr::RecordType::A,
+                hickory_proto::rr::DNSClass::IN,
+            )),
+            rcode: hickory_proto::op::ResponseCode::NoError,
+            truncated: false,
+            names: vec!["api.example.com".into()],
+            addresses: vec![(key.1.ip(), 300)],
+        };
+        assert_eq!(shared.names.learn(&policy, &answer), 1);
+        let now = crate::tcp_route::rejudge(&shared, &policy, key, &unjudged)
+            .expect("denied although its destination is api.example.com's now");
+        let side = now.egress.as_ref().expect("egress side");
+        assert_eq!(side.names, vec![Arc::<str>::from("api.example.com")]);
+        // One the sidecar judged keeps the names it was judged with, whatever is learned since.
+        let judged_without = {
+            let mut e = now.clone();
+            e.egress.as_mut().expect("egress side").names.clear();
+            e
+        };
+        assert!(crate::tcp_route::rejudge(&shared, &policy, key, &judged_without).is_none());
     }
 
     #[test]

@@ -182,8 +182,9 @@ fn needs_proxy(a: &Admitted, shared: &Shared) -> bool {
 /// The verdict `policy` gives an open kernel-carried connection: its event described anew, or
 /// `None` when it denies it. A Service's is judged for every ready backend again; any other
 /// with the toFQDNs names it was allowed for (their expiry does not end it, as on the proxy
-/// path).
-fn rejudge(
+/// path), or, never judged by this sidecar (taken in after a restart, or without a record),
+/// with those its destination is valid for now, as a new connection would be.
+pub(crate) fn rejudge(
     shared: &Shared,
     policy: &Arc<PodPolicy>,
     (source, destination): FlowKey,
@@ -203,11 +204,15 @@ fn rejudge(
             Admission::Refused(_) => None,
         };
     }
-    let learned = open
-        .egress
-        .as_ref()
-        .map(|side| side.names.clone())
-        .unwrap_or_default();
+    let learned = match &open.egress {
+        Some(judged) => judged.names.clone(),
+        None if direction == Direction::Egress
+            && policy.engine.pod_by_ip(destination.ip()).is_none() =>
+        {
+            shared.names.names_for(destination.ip())
+        }
+        None => Vec::new(),
+    };
     let names = policy.fqdn_ids(&learned);
     let verdict = judge(
         policy,
@@ -263,16 +268,16 @@ pub(crate) fn revoke(
             // Opened before this sidecar started: judged below from what it is now.
             Slot::Vacant(unknown) if first => {
                 taken_in += 1;
-                unknown.insert(adopted(&policy, key, entry))
+                unknown.insert(KernelFlow::new(unjudged(&policy, key), None))
             }
             // After the first policy, an entry without a record is closing (its end was
             // written) or lost its record (a socket on the same addresses ended after a newer
             // connection's SYN): judged all the same, and ended when denied, but not taken in
             // (that would write a second end for the first kind).
             Slot::Vacant(_) => {
-                let probe = adopted(&policy, key, entry);
-                if rejudge(shared, &policy, key, &probe.event).is_none() && !shared.keep_revoked {
-                    end_revoked(shared, table, entry, key, probe.event.direction)?;
+                let probe = unjudged(&policy, key);
+                if rejudge(shared, &policy, key, &probe).is_none() && !shared.keep_revoked {
+                    end_revoked(shared, table, entry, key, probe.direction)?;
                     unrecorded += 1;
                 }
                 continue;
@@ -342,12 +347,12 @@ pub(crate) struct Rejudged {
     pub taken_in: usize,
 }
 
-/// A kernel-carried connection found in conntrack that this sidecar did not admit: an egress
-/// one when its source is the pod's. It is judged again at once, without learned names (a
-/// restarted sidecar has none).
-fn adopted(policy: &PodPolicy, key: FlowKey, entry: &Entry) -> KernelFlow {
+/// A kernel-carried connection found in conntrack that this sidecar did not admit (or no
+/// longer has a record of), not judged yet: an egress one when its source is the pod's. A
+/// restarted sidecar knows no names yet; [`rejudge`] uses those its destination has now.
+pub(crate) fn unjudged(policy: &PodPolicy, key: FlowKey) -> FlowEvent {
     let state = policy.engine.state();
-    let direction = if state.pod(policy.me).ips.contains(&entry.src) {
+    let direction = if state.pod(policy.me).ips.contains(&key.0.ip()) {
         Direction::Egress
     } else {
         Direction::Ingress
@@ -361,7 +366,7 @@ fn adopted(policy: &PodPolicy, key: FlowKey, entry: &Entry) -> KernelFlow {
             address: key.1,
             backends: s.backends.len(),
         });
-    KernelFlow::new(event, None)
+    event
 }
 
 fn key_of(entry: &Entry) -> FlowKey {
