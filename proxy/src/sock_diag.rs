@@ -42,7 +42,7 @@ fn address_words(ip: IpAddr) -> [u8; 16] {
 }
 
 /// A request of `kind` for the TCP socket whose local end is `local` and remote end `remote`
-/// (and whose cookie is `cookie`, when known).
+/// (and whose cookie is `cookie`, when known). A lookup asks for `tcp_info` too (its bytes).
 fn request(kind: u16, local: SocketAddr, remote: SocketAddr, cookie: [u8; 8]) -> Vec<u8> {
     let len = 16 + REQUEST_LEN;
     let mut m = Vec::with_capacity(len);
@@ -51,7 +51,12 @@ fn request(kind: u16, local: SocketAddr, remote: SocketAddr, cookie: [u8; 8]) ->
         IpAddr::V4(_) => libc_af(AddressFamily::Inet),
         IpAddr::V6(_) => libc_af(AddressFamily::Inet6),
     };
-    m.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    let extensions = if kind == SOCK_DIAG_BY_FAMILY {
+        1 << (INET_DIAG_INFO - 1)
+    } else {
+        0
+    };
+    m.extend_from_slice(&[family, IPPROTO_TCP, extensions, 0]);
     // Every state.
     m.extend_from_slice(&u32::MAX.to_ne_bytes());
     m.extend_from_slice(&local.port().to_be_bytes());
@@ -71,9 +76,20 @@ fn is_connection(state: u8) -> bool {
     matches!(state, 1..=5 | 8 | 9 | 11)
 }
 
-/// What sock_diag answered: a socket (`inet_diag_msg`: its state, and its cookie at offset 44),
-/// or a status.
-fn answer(buf: &[u8]) -> io::Result<Option<(u8, [u8; 8])>> {
+/// A socket a lookup found.
+#[derive(Debug, PartialEq, Eq)]
+struct Found {
+    /// Its TCP state.
+    state: u8,
+    /// What names it to the kernel.
+    cookie: [u8; 8],
+    /// What it sent and received so far, when the kernel said.
+    bytes: Option<(u64, u64)>,
+}
+
+/// What sock_diag answered: a socket (`inet_diag_msg`: its state, its cookie at offset 44, then
+/// attributes), or a status.
+fn answer(buf: &[u8]) -> io::Result<Option<Found>> {
     let kind = buf
         .get(4..6)
         .map(|b| u16::from_ne_bytes([b[0], b[1]]))
@@ -97,7 +113,12 @@ fn answer(buf: &[u8]) -> io::Result<Option<(u8, [u8; 8])>> {
         .get(44..52)
         .and_then(|c| c.try_into().ok())
         .ok_or_else(|| io::Error::other("sock_diag: short answer"))?;
-    Ok(Some((state, cookie)))
+    let bytes = socket_end(body).and_then(|found| found.bytes);
+    Ok(Some(Found {
+        state,
+        cookie,
+        bytes,
+    }))
 }
 
 fn libc_af(f: AddressFamily) -> u8 {
@@ -222,20 +243,27 @@ fn ask(message: &[u8]) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Destroys the connection; `Ok(false)` when there is none (closed already, in TIME_WAIT, or
+/// A connection [`destroy`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Destroyed {
+    /// What its socket had sent and received (as [`SocketEnd::bytes`]), when the kernel said.
+    pub bytes: Option<(u64, u64)>,
+}
+
+/// Destroys the connection; `Ok(None)` when there is none (closed already, in TIME_WAIT, or
 /// not local).
-pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<Destroyed>> {
     let found = answer(&ask(&request(
         SOCK_DIAG_BY_FAMILY,
         local,
         remote,
         NO_COOKIE,
     ))?)?;
-    let Some((_, cookie)) = found.filter(|(state, _)| is_connection(*state)) else {
-        return Ok(false);
+    let Some(found) = found.filter(|f| is_connection(f.state)) else {
+        return Ok(None);
     };
-    answer(&ask(&request(SOCK_DESTROY, local, remote, cookie))?)?;
-    Ok(true)
+    answer(&ask(&request(SOCK_DESTROY, local, remote, found.cookie))?)?;
+    Ok(Some(Destroyed { bytes: found.bytes }))
 }
 
 #[cfg(test)]
@@ -325,6 +353,40 @@ mod tests {
         body.extend([9u8; 8]);
         body.extend([0u8; 20]);
         msg.extend(body);
-        assert_eq!(answer(&msg).expect("answer"), Some((10, [9u8; 8])));
+        let found = answer(&msg).expect("answer").expect("a socket");
+        assert_eq!((found.state, found.cookie), (10, [9u8; 8]), "no tcp_info");
+        assert_eq!(found.bytes, None);
+        // A lookup's answer with `tcp_info` (it asks for it): what the socket carried so far.
+        let mut msg = vec![0u8; 16];
+        msg[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let mut body = freed(
+            "10.0.0.1:40000".parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+            12,
+            34,
+        );
+        body[1] = 1;
+        body[44..52].copy_from_slice(&[7u8; 8]);
+        msg.extend(body);
+        let found = answer(&msg).expect("answer").expect("a socket");
+        assert_eq!(
+            found,
+            Found {
+                state: 1,
+                cookie: [7u8; 8],
+                bytes: Some((12, 34)),
+            }
+        );
+        let lookup = request(
+            SOCK_DIAG_BY_FAMILY,
+            "10.0.0.1:40000".parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+            NO_COOKIE,
+        );
+        assert_eq!(
+            lookup[18],
+            1 << (INET_DIAG_INFO - 1),
+            "tcp_info not asked for"
+        );
     }
 }

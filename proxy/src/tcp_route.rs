@@ -277,6 +277,7 @@ pub(crate) fn revoke(
             Slot::Vacant(_) => {
                 let probe = unjudged(&policy, key);
                 if rejudge(shared, &policy, key, &probe).is_none() && !shared.keep_revoked {
+                    // Its end was written, or is lost with its record.
                     end_revoked(shared, table, entry, key, probe.direction)?;
                     unrecorded += 1;
                 }
@@ -292,17 +293,17 @@ pub(crate) fn revoke(
             None if shared.keep_revoked => {}
             None => {
                 flow.revoked = true;
-                end_revoked(shared, table, entry, key, flow.event.direction)?;
-                revoked.push(key);
+                let bytes = end_revoked(shared, table, entry, key, flow.event.direction)?;
+                revoked.push((key, bytes));
             }
         }
     }
     let watch = !open.is_empty();
     drop(open);
-    // Its end is written now, not when the app gets round to closing the aborted socket; what
-    // it carried is not known then.
-    for key in &revoked {
-        ended(shared, *key, None);
+    // Its end is written now, with what its socket carried until it was destroyed, not when
+    // the app gets round to closing the aborted socket.
+    for (key, bytes) in &revoked {
+        ended(shared, *key, *bytes);
     }
     // Connections taken in after a restart end as any other.
     if watch {
@@ -316,26 +317,36 @@ pub(crate) fn revoke(
 
 /// Ends a kernel-carried connection a policy change denies: its conntrack entry removed, so
 /// nothing more of it passes, and its local socket destroyed, which resets the peer at once.
+/// Returns what the connection carried (as an end event counts it), read from its socket as it
+/// was destroyed, when there was one.
 fn end_revoked(
     shared: &Shared,
     table: &mut Conntrack,
     entry: &Entry,
     key: FlowKey,
     direction: Direction,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<(u64, u64)>> {
     table.delete(entry)?;
     // The pod's own end of it: the source for egress, the destination for ingress.
     let (local, remote) = match direction {
         Direction::Egress => (key.0, key.1),
         Direction::Ingress => (key.1, key.0),
     };
-    if let Err(e) = crate::sock_diag::destroy(local, remote) {
-        // Without it, each end is reset when it next sends (the next segment is no connection
-        // the kernel carries).
-        tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
-    }
+    let bytes = match crate::sock_diag::destroy(local, remote) {
+        Ok(destroyed) => destroyed.and_then(|d| d.bytes),
+        Err(e) => {
+            // Without it, each end is reset when it next sends (the next segment is no
+            // connection the kernel carries).
+            tracing::warn!(error = %e, %local, %remote, "cannot destroy a revoked connection's socket");
+            None
+        }
+    };
     shared.metrics(direction).revoked.inc();
-    Ok(())
+    // The pod's socket received what the source of an ingress connection sent.
+    Ok(match direction {
+        Direction::Egress => bytes,
+        Direction::Ingress => bytes.map(|(sent, received)| (received, sent)),
+    })
 }
 
 /// What [`revoke`] did.

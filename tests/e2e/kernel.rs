@@ -150,6 +150,11 @@ fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spar
         local,
         "carried by the kernel: {greeting}"
     );
+    // Something each way before it is revoked.
+    r.get_mut().write_all(b"still there\n").expect("write");
+    let mut echo = String::new();
+    r.read_line(&mut echo).expect("echo");
+    assert_eq!(echo, "still there\n");
     // The server now takes nothing in: its sidecar ends the connection it carries.
     let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
     let deny_file = up.sb().policy_dir().join("deny.yaml");
@@ -166,22 +171,24 @@ fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spar
         "took {:?}",
         started.elapsed()
     );
-    // Both sidecars judge it again; the one that ends it first says why in its end event (the
-    // other sees the reset as an ordinary end).
-    wait_for(
-        "the revoked connection's end event",
-        Duration::from_secs(5),
-        || {
-            ["t/client", "t/server"].iter().any(|pod| {
-                up.flows(pod).iter().any(|e| {
-                    e["phase"] == "end"
-                        && e["source"]["port"] == local.port()
-                        && e["error"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("policy change"))
-                })
-            })
-        },
+    // The server's sidecar ends it and says why in its end event, with what the server's
+    // socket had carried: the line the client sent, and the greeting and the echo back.
+    let end = wait_for_flow(&up, "t/server", "the revoked connection's end", |e| {
+        e["phase"] == "end" && e["source"]["port"] == local.port()
+    });
+    assert!(
+        end["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy change")),
+        "{end:#}"
+    );
+    assert_eq!(
+        (end["bytes_sent"].as_u64(), end["bytes_received"].as_u64()),
+        (
+            Some(echo.len() as u64),
+            Some((greeting.len() + echo.len()) as u64)
+        ),
+        "{end:#}"
     );
     // The app's server still listens: allowed again, a new connection is served.
     std::fs::remove_file(&deny_file).expect("remove policy");
