@@ -18,6 +18,7 @@ mod dns;
 pub mod exempt;
 pub mod feed_client;
 pub mod flow;
+mod in_flight;
 pub mod init;
 pub mod kernel_check;
 mod kernel_flows;
@@ -130,6 +131,11 @@ async fn revoke_flows_on_change(
         first &= !with_policy;
         // One read of the table serves both passes.
         let judged = tokio::task::spawn_blocking(move || {
+            // Flows judged under the policy before get their conntrack entries as their
+            // verdicts are sent: read the table after that.
+            if !shared.in_flight.wait_out(std::time::Duration::from_secs(1)) {
+                tracing::warn!("a packet filter thread is still judging a batch after 1 s; a flow it admits under the old policy may not be judged again until the next change");
+            }
             let mut table = conntrack::Conntrack::open()?;
             let entries = table.dump()?;
             let ended = tcp_route::revoke(&shared, &mut table, &entries, taking_in)?;
@@ -220,6 +226,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         allow_unnamed_fqdn: config.allow_unnamed_fqdn,
         round_robin: Default::default(),
         kernel_flows: Default::default(),
+        in_flight: Default::default(),
     });
     let mut resolvers: Vec<std::net::IpAddr> = config.dns_upstream.into_iter().collect();
     resolvers.extend(lookup::ResolvConf::system().nameservers);

@@ -285,10 +285,11 @@ impl Queue {
     }
 
     /// Waits for packets, gives each one waiting (up to [`BATCH`]) to `judge` in the order the
-    /// kernel queued them, and sends their verdicts in one message. Returns how many were
-    /// judged.
+    /// kernel queued them, and sends their verdicts in one message, counted in `batches` from
+    /// the first verdict to the send. Returns how many were judged.
     pub(crate) fn judge_batch(
         &mut self,
+        batches: &crate::in_flight::Batches,
         mut judge: impl FnMut(Packet<'_>) -> Verdict,
     ) -> io::Result<usize> {
         // One call reads them all; an error after some were read comes with the next call, so
@@ -304,16 +305,18 @@ impl Queue {
             .iter()
             .enumerate()
             .map(|(i, &n)| &self.buf[i * self.slot..i * self.slot + n]);
-        let judged = judge_datagrams(datagrams, self.num, &mut self.verdicts, &mut judge);
-        if !self.verdicts.is_empty() {
-            sendto(
-                self.fd.as_raw_fd(),
-                &self.verdicts,
-                &NetlinkAddr::new(0, 0),
-                MsgFlags::empty(),
-            )?;
-        }
-        Ok(judged)
+        batches.judge(|| {
+            let judged = judge_datagrams(datagrams, self.num, &mut self.verdicts, &mut judge);
+            if !self.verdicts.is_empty() {
+                sendto(
+                    self.fd.as_raw_fd(),
+                    &self.verdicts,
+                    &NetlinkAddr::new(0, 0),
+                    MsgFlags::empty(),
+                )?;
+            }
+            Ok(judged)
+        })
     }
 }
 

@@ -286,17 +286,22 @@ pub(crate) fn spawn(first: u16, count: u16, shared: Arc<Shared>) -> Result<(), F
     }
     for (num, queue) in queues {
         let shared = shared.clone();
+        let batches = shared.in_flight.register();
         std::thread::Builder::new()
             .name(format!("packet-filter-{num}"))
-            .spawn(move || run(queue, &shared))
+            .spawn(move || run(queue, &shared, &batches))
             .map_err(|source| FilterError { queue: num, source })?;
     }
     Ok(())
 }
 
-fn run(mut queue: crate::nfqueue::Queue, shared: &Arc<Shared>) {
+fn run(
+    mut queue: crate::nfqueue::Queue,
+    shared: &Arc<Shared>,
+    batches: &crate::in_flight::Batches,
+) {
     loop {
-        if let Err(e) = queue.judge_batch(|packet| verdict(shared, packet)) {
+        if let Err(e) = queue.judge_batch(batches, |packet| verdict(shared, packet)) {
             // ENOBUFS: the kernel dropped packets it could not queue; the senders retry.
             tracing::warn!(error = %e, "packet filter: receive failed");
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -378,6 +383,11 @@ spec:
     /// What the sidecar of the client pod shares, with its policy loaded and events written
     /// nowhere.
     fn client_sidecar() -> Arc<Shared> {
+        sidecar_checking_server_names(true)
+    }
+
+    /// The same, with `proxy run --check-server-name` as given.
+    fn sidecar_checking_server_names(check_server_name: bool) -> Arc<Shared> {
         let policy = client_policy(PODS, 1);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let (_tx, policies) = tokio::sync::watch::channel(Some(policy.clone()));
@@ -393,10 +403,11 @@ spec:
             connect_timeout: std::time::Duration::from_secs(1),
             keep_revoked: false,
             own_ports: vec![15001, 15006],
-            check_server_name: true,
+            check_server_name,
             allow_unnamed_fqdn: false,
             round_robin: Default::default(),
             kernel_flows: Default::default(),
+            in_flight: Default::default(),
         })
     }
 
@@ -579,23 +590,14 @@ spec:
     }
 
     #[test]
-    fn a_kernel_carried_connection_without_a_record_is_judged_with_the_names_its_destination_has_now()
+    fn a_kernel_carried_connection_without_a_record_is_judged_by_name_only_where_no_server_name_check_is_due()
      {
         // The client may reach api.example.com's addresses on 443 by name only.
         let names = "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-names, namespace: t}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toFQDNs: [{matchName: api.example.com}]\n    toPorts: [{ports: [{port: '443', protocol: TCP}]}]\n";
-        let shared = client_sidecar();
         let policy = client_policy(&format!("{PODS}{names}"), 2);
-        shared.current.store(Some(policy.clone()));
         let key: (SocketAddr, SocketAddr) = (
             "10.0.0.1:30000".parse().expect("addr"),
             "192.0.2.80:443".parse().expect("addr"),
-        );
-        // Taken in after a restart, or its record lost: nothing says which names allowed it.
-        let unjudged = crate::tcp_route::unjudged(&policy, key);
-        assert_eq!(unjudged.direction, Direction::Egress);
-        assert!(
-            crate::tcp_route::rejudge(&shared, &policy, key, &unjudged).is_none(),
-            "allowed with no name learned for its destination"
         );
         let answer = podwall_fqdn::message::Answer {
             id: 1,
@@ -609,18 +611,39 @@ spec:
             names: vec!["api.example.com".into()],
             addresses: vec![(key.1.ip(), 300)],
         };
-        assert_eq!(shared.names.learn(&policy, &answer), 1);
-        let now = crate::tcp_route::rejudge(&shared, &policy, key, &unjudged)
-            .expect("denied although its destination is api.example.com's now");
-        let side = now.egress.as_ref().expect("egress side");
-        assert_eq!(side.names, vec![Arc::<str>::from("api.example.com")]);
-        // One the sidecar judged keeps the names it was judged with, whatever is learned since.
-        let judged_without = {
-            let mut e = now.clone();
-            e.egress.as_mut().expect("egress side").names.clear();
-            e
-        };
-        assert!(crate::tcp_route::rejudge(&shared, &policy, key, &judged_without).is_none());
+        // Taken in after a restart, or its record lost: nothing says which names allowed it.
+        let unjudged = crate::tcp_route::unjudged(&policy, key);
+        assert_eq!(unjudged.direction, Direction::Egress);
+        for check in [true, false] {
+            let shared = sidecar_checking_server_names(check);
+            shared.current.store(Some(policy.clone()));
+            assert!(
+                crate::tcp_route::rejudge(&shared, &policy, key, &unjudged).is_none(),
+                "allowed with no name learned for its destination"
+            );
+            assert_eq!(shared.names.learn(&policy, &answer), 1);
+            let now = crate::tcp_route::rejudge(&shared, &policy, key, &unjudged);
+            if check {
+                // A new connection there would have its server name checked by the proxy;
+                // this one cannot be.
+                assert!(
+                    now.is_none(),
+                    "allowed by a name, its server name unchecked"
+                );
+                continue;
+            }
+            let now = now.expect("denied although its destination is api.example.com's now");
+            let side = now.egress.as_ref().expect("egress side");
+            assert_eq!(side.names, vec![Arc::<str>::from("api.example.com")]);
+            // One the sidecar judged keeps the names it was judged with, whatever is learned
+            // since.
+            let judged_without = {
+                let mut e = now.clone();
+                e.egress.as_mut().expect("egress side").names.clear();
+                e
+            };
+            assert!(crate::tcp_route::rejudge(&shared, &policy, key, &judged_without).is_none());
+        }
     }
 
     #[test]

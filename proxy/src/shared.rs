@@ -10,6 +10,7 @@ use std::time::Duration;
 use podwall_policy::Direction;
 
 use crate::flow::FlowLog;
+use crate::in_flight::InFlight;
 use crate::kernel_flows::KernelFlows;
 use crate::metrics::{DirectionMetrics, Metrics};
 use crate::names::Names;
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     pub round_robin: AtomicUsize,
     /// The TCP connections the kernel carries (the kernel path).
     pub kernel_flows: KernelFlows,
+    /// The packet filter's batches being judged, which a policy change waits out.
+    pub in_flight: InFlight,
 }
 
 impl Shared {

@@ -42,8 +42,14 @@ fn address_words(ip: IpAddr) -> [u8; 16] {
 }
 
 /// A request of `kind` for the TCP socket whose local end is `local` and remote end `remote`
-/// (and whose cookie is `cookie`, when known). A lookup asks for `tcp_info` too (its bytes).
-fn request(kind: u16, local: SocketAddr, remote: SocketAddr, cookie: [u8; 8]) -> Vec<u8> {
+/// (and whose cookie is `cookie`, when known), and its `tcp_info` (its bytes) if `info`.
+fn request(
+    kind: u16,
+    local: SocketAddr,
+    remote: SocketAddr,
+    cookie: [u8; 8],
+    info: bool,
+) -> Vec<u8> {
     let len = 16 + REQUEST_LEN;
     let mut m = Vec::with_capacity(len);
     crate::netlink::put_header(&mut m, len, kind, NLM_F_REQUEST | NLM_F_ACK, 1);
@@ -51,11 +57,7 @@ fn request(kind: u16, local: SocketAddr, remote: SocketAddr, cookie: [u8; 8]) ->
         IpAddr::V4(_) => libc_af(AddressFamily::Inet),
         IpAddr::V6(_) => libc_af(AddressFamily::Inet6),
     };
-    let extensions = if kind == SOCK_DIAG_BY_FAMILY {
-        1 << (INET_DIAG_INFO - 1)
-    } else {
-        0
-    };
+    let extensions = if info { 1 << (INET_DIAG_INFO - 1) } else { 0 };
     m.extend_from_slice(&[family, IPPROTO_TCP, extensions, 0]);
     // Every state.
     m.extend_from_slice(&u32::MAX.to_ne_bytes());
@@ -253,16 +255,36 @@ pub(crate) struct Destroyed {
 /// Destroys the connection; `Ok(None)` when there is none (closed already, in TIME_WAIT, or
 /// not local).
 pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<Destroyed>> {
-    let found = answer(&ask(&request(
-        SOCK_DIAG_BY_FAMILY,
-        local,
-        remote,
-        NO_COOKIE,
-    ))?)?;
+    let lookup = |info| {
+        answer(&ask(&request(
+            SOCK_DIAG_BY_FAMILY,
+            local,
+            remote,
+            NO_COOKIE,
+            info,
+        ))?)
+    };
+    // The bytes are a courtesy: the answer with `tcp_info` carries other attributes of the
+    // socket too, which its owner can change while the kernel builds it (its TCP MD5 keys,
+    // until "net/diag: Do not race on dumping MD5 keys with adding new MD5 keys"), failing
+    // the lookup; the socket is destroyed all the same.
+    let found = match lookup(true) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(error = %e, %local, %remote, "sock_diag lookup with tcp_info failed; looking up without");
+            lookup(false)?
+        }
+    };
     let Some(found) = found.filter(|f| is_connection(f.state)) else {
         return Ok(None);
     };
-    answer(&ask(&request(SOCK_DESTROY, local, remote, found.cookie))?)?;
+    answer(&ask(&request(
+        SOCK_DESTROY,
+        local,
+        remote,
+        found.cookie,
+        false,
+    ))?)?;
     Ok(Some(Destroyed { bytes: found.bytes }))
 }
 
@@ -277,6 +299,7 @@ mod tests {
             "10.0.0.1:8080".parse().expect("addr"),
             "10.0.0.2:40000".parse().expect("addr"),
             [1, 2, 3, 4, 5, 6, 7, 8],
+            false,
         );
         assert_eq!(m.len(), 72);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), SOCK_DESTROY);
@@ -382,6 +405,7 @@ mod tests {
             "10.0.0.1:40000".parse().expect("addr"),
             "10.0.0.2:8080".parse().expect("addr"),
             NO_COOKIE,
+            true,
         );
         assert_eq!(
             lookup[18],

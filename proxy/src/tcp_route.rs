@@ -207,6 +207,8 @@ pub(crate) fn rejudge(
     let learned = match &open.egress {
         Some(judged) => judged.names.clone(),
         None if direction == Direction::Egress
+            && !shared.check_server_name
+            && !policy.own_fqdn.is_empty()
             && policy.engine.pod_by_ip(destination.ip()).is_none() =>
         {
             shared.names.names_for(destination.ip())
@@ -259,12 +261,12 @@ pub(crate) fn revoke(
         .filter(|e| e.protocol == TCP && e.mark == crate::init::KERNEL_MARK)
     {
         let key = key_of(entry);
+        // Closed already: its end is written as its socket is freed, under what allowed it.
+        let closed = matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE));
         let flow = match open.entry(key) {
             Slot::Occupied(known) => known.into_mut(),
-            // Closed already: nothing to take in, nor to end.
-            Slot::Vacant(_) if matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) => {
-                continue;
-            }
+            // Nothing to take in, nor to end.
+            Slot::Vacant(_) if closed => continue,
             // Opened before this sidecar started: judged below from what it is now.
             Slot::Vacant(unknown) if first => {
                 taken_in += 1;
@@ -276,9 +278,12 @@ pub(crate) fn revoke(
             // (that would write a second end for the first kind).
             Slot::Vacant(_) => {
                 let probe = unjudged(&policy, key);
-                if rejudge(shared, &policy, key, &probe).is_none() && !shared.keep_revoked {
+                if rejudge(shared, &policy, key, &probe).is_none()
+                    && !shared.keep_revoked
                     // Its end was written, or is lost with its record.
-                    end_revoked(shared, table, entry, key, probe.direction)?;
+                    && let Revoked::Ended { .. } =
+                        end_revoked(shared, table, entry, key, probe.direction)?
+                {
                     unrecorded += 1;
                 }
                 continue;
@@ -290,11 +295,17 @@ pub(crate) fn revoke(
                 event.service = flow.event.service.take();
                 flow.event = event;
             }
-            None if shared.keep_revoked => {}
+            None if shared.keep_revoked || closed => {}
             None => {
-                flow.revoked = true;
-                let bytes = end_revoked(shared, table, entry, key, flow.event.direction)?;
-                revoked.push((key, bytes));
+                let direction = flow.event.direction;
+                // Out of the table now, under the lock: a newer connection on the same
+                // addresses, admitted once the lock is free, keeps its own record.
+                if let Revoked::Ended { bytes } = end_revoked(shared, table, entry, key, direction)?
+                    && let Some(mut flow) = open.remove(&key)
+                {
+                    flow.revoked = true;
+                    revoked.push((key, flow, bytes));
+                }
             }
         }
     }
@@ -302,30 +313,29 @@ pub(crate) fn revoke(
     drop(open);
     // Its end is written now, with what its socket carried until it was destroyed, not when
     // the app gets round to closing the aborted socket.
-    for (key, bytes) in &revoked {
-        ended(shared, *key, *bytes);
+    let ended = revoked.len();
+    for (key, flow, bytes) in revoked {
+        write_end(shared, key, flow, bytes);
     }
     // Connections taken in after a restart end as any other.
     if watch {
         watch_ends(shared);
     }
     Ok(Rejudged {
-        ended: revoked.len() + unrecorded,
+        ended: ended + unrecorded,
         taken_in,
     })
 }
 
 /// Ends a kernel-carried connection a policy change denies: its conntrack entry removed, so
 /// nothing more of it passes, and its local socket destroyed, which resets the peer at once.
-/// Returns what the connection carried (as an end event counts it), read from its socket as it
-/// was destroyed, when there was one.
 fn end_revoked(
     shared: &Shared,
     table: &mut Conntrack,
     entry: &Entry,
     key: FlowKey,
     direction: Direction,
-) -> std::io::Result<Option<(u64, u64)>> {
+) -> std::io::Result<Revoked> {
     table.delete(entry)?;
     // The pod's own end of it: the source for egress, the destination for ingress.
     let (local, remote) = match direction {
@@ -333,7 +343,9 @@ fn end_revoked(
         Direction::Ingress => (key.1, key.0),
     };
     let bytes = match crate::sock_diag::destroy(local, remote) {
-        Ok(destroyed) => destroyed.and_then(|d| d.bytes),
+        Ok(Some(destroyed)) => destroyed.bytes,
+        // Reset already (the peer's sidecar judged it first) or closing.
+        Ok(None) => return Ok(Revoked::Closed),
         Err(e) => {
             // Without it, each end is reset when it next sends (the next segment is no
             // connection the kernel carries).
@@ -343,10 +355,21 @@ fn end_revoked(
     };
     shared.metrics(direction).revoked.inc();
     // The pod's socket received what the source of an ingress connection sent.
-    Ok(match direction {
+    let bytes = match direction {
         Direction::Egress => bytes,
         Direction::Ingress => bytes.map(|(sent, received)| (received, sent)),
-    })
+    };
+    Ok(Revoked::Ended { bytes })
+}
+
+/// What [`end_revoked`] found.
+enum Revoked {
+    /// It ended it: what it had carried (as an end event counts it), read from its socket as
+    /// that was destroyed, when the kernel said.
+    Ended { bytes: Option<(u64, u64)> },
+    /// Its socket in the pod had no connection left to end: its end is written as that socket
+    /// is freed, with its bytes, as any other end.
+    Closed,
 }
 
 /// What [`revoke`] did.
@@ -387,16 +410,8 @@ fn key_of(entry: &Entry) -> FlowKey {
     )
 }
 
-/// Writes the end of a kernel-carried connection: its event with the bytes it carried, from
-/// its source's side then its destination's, when they are known, and how long it lasted.
-fn ended(shared: &Shared, key: FlowKey, bytes: Option<(u64, u64)>) {
-    let flow = shared.kernel_flows.lock().remove(&key);
-    if let Some(flow) = flow {
-        write_end(shared, key, flow, bytes);
-    }
-}
-
-/// Writes the end of `flow`, taken out of the table.
+/// Writes the end of `flow`, taken out of the table: its event with the bytes it carried,
+/// from its source's side then its destination's, when they are known, and how long it lasted.
 fn write_end(shared: &Shared, key: FlowKey, flow: KernelFlow, bytes: Option<(u64, u64)>) {
     shared.flows.emit(end_event(shared, key, flow, bytes));
 }
