@@ -270,14 +270,7 @@ impl Queue {
                     Message::Other => {}
                 }
             }
-            if !self.verdicts.is_empty() {
-                sendto(
-                    self.fd.as_raw_fd(),
-                    &self.verdicts,
-                    &NetlinkAddr::new(0, 0),
-                    MsgFlags::empty(),
-                )?;
-            }
+            send_verdicts(&self.fd, &self.verdicts)?;
             if let Some(answer) = answer {
                 return answer;
             }
@@ -307,17 +300,23 @@ impl Queue {
             .map(|(i, &n)| &self.buf[i * self.slot..i * self.slot + n]);
         batches.judge(|| {
             let judged = judge_datagrams(datagrams, self.num, &mut self.verdicts, &mut judge);
-            if !self.verdicts.is_empty() {
-                sendto(
-                    self.fd.as_raw_fd(),
-                    &self.verdicts,
-                    &NetlinkAddr::new(0, 0),
-                    MsgFlags::empty(),
-                )?;
-            }
+            send_verdicts(&self.fd, &self.verdicts)?;
             Ok(judged)
         })
     }
+}
+
+/// Sends the verdicts put in `verdicts` (one netlink message each, in one datagram), if any.
+fn send_verdicts(fd: &OwnedFd, verdicts: &[u8]) -> io::Result<()> {
+    if !verdicts.is_empty() {
+        sendto(
+            fd.as_raw_fd(),
+            verdicts,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
+    }
+    Ok(())
 }
 
 /// A packet message as the kernel sends it: header, nfgenmsg, packet header, mark, payload.
