@@ -710,6 +710,45 @@ fn on_the_kernel_path_a_reset_connections_four_tuple_opened_again_is_not_let_thr
     );
 }
 
+#[test]
+fn on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket() {
+    if !ready("on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket") {
+        return;
+    }
+    // The kernel carries the app's connection to the victim, which sends it a line every
+    // 100 ms. The app binds its socket to eth0 (a lookup by addresses alone no longer finds
+    // it) and makes it transparent (NET_RAW: TPROXY would hand it a segment of the same
+    // addresses), then answers each line. A policy change denies the connection: it must end,
+    // not carry on once its conntrack entry is gone.
+    let dir = topology(&boundary(false));
+    let flags = vec!["--l4-path=kernel".to_string()];
+    let up = Up::with(
+        dir.path(),
+        podwall_sandbox::Options {
+            init_args: flags.clone(),
+            sidecar_args: flags,
+            ..support::sandbox::options("bhide", Inject::Annotated)
+        },
+    );
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    let (server, server_out) = app_listening(&victim, "", &["tick-server", "7070", "12"]);
+    let (hider, hider_out) = app_listening(&ns, ",+net_raw", &["hide", VICTIM_IP, "7070", "10"]);
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: app-deny, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  policyTypes: [Egress]\n";
+    std::fs::write(up.sb().policy_dir().join("deny.yaml"), deny).expect("write policy");
+    let outcome = last_line(hider, hider_out);
+    let _ = last_line(server, server_out);
+    assert_eq!(outcome, "reset", "the revoked connection carried on");
+    // Its end says why.
+    let revoked = flows_matching(&up, |e| {
+        e["destination"]["port"] == 7070
+            && e["phase"] == "end"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("policy change"))
+    });
+    assert!(!revoked.is_empty(), "{:#?}", up.flows(APP));
+}
+
 /// An app connects (allowed), waits for conntrack to forget the half-closed connection, then
 /// sends a secret: the victim's wire must not see it. `path`: extra init and sidecar flags.
 fn zombie_segment_stays_in(name: &str, path: &[&str]) {

@@ -65,9 +65,18 @@ impl Batches {
     pub(crate) fn judge<R>(&self, batch: impl FnOnce() -> R) -> R {
         self.0.fetch_add(1, SeqCst);
         fence(SeqCst);
-        let judged = batch();
+        // Counted out however it ends (a panic too, so no pass waits on it for good).
+        let _done = Done(&self.0);
+        batch()
+    }
+}
+
+/// Counts a batch out when dropped.
+struct Done<'a>(&'a AtomicU64);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
         self.0.fetch_add(1, SeqCst);
-        judged
     }
 }
 
@@ -106,5 +115,12 @@ mod tests {
         assert!(waiter.join().expect("waited"));
         // Idle again, however many batches it judged.
         assert!(in_flight.wait_out(Duration::ZERO));
+        // A batch that panicked is over too.
+        let panicked = std::panic::catch_unwind(|| idle.judge(|| panic!("a judging bug")));
+        assert!(panicked.is_err());
+        assert!(
+            in_flight.wait_out(Duration::ZERO),
+            "waits on a batch that panicked"
+        );
     }
 }

@@ -464,12 +464,15 @@ impl InitConfig {
             "RETURN",
         );
         let to_proxy = format!("TPROXY --on-port {}", self.inbound_port);
-        if let Some(queue) = self.tcp_queue() {
-            self.verdict_rules(&mut r, INBOUND_CHAIN, queue, Some(&to_proxy));
+        match self.tcp_queue() {
+            // Every SYN is queued, and comes back marked for one of the rules before. What
+            // else conntrack calls new (a segment of a connection whose entry is gone: one a
+            // policy change revoked) is reset in the filter table (`GUARD_CHAIN`), not sent by
+            // TPROXY, which would hand it to an established socket of the same addresses
+            // first, and an app with NET_RAW can make its socket one TPROXY delivers to.
+            Some(queue) => self.verdict_rules(&mut r, INBOUND_CHAIN, queue, Some(&to_proxy)),
+            None => r.push(format!("-A {INBOUND_CHAIN} -p tcp -j {to_proxy}")),
         }
-        // (On the kernel path: a new connection that does not start with a SYN, which the
-        // proxy resets.)
-        r.push(format!("-A {INBOUND_CHAIN} -p tcp -j {to_proxy}"));
         r
     }
 
@@ -635,6 +638,14 @@ impl InitConfig {
         r.push(format!(
             "-A {GUARD_CHAIN} -p tcp -m conntrack --ctstate INVALID -j DROP"
         ));
+        if self.tcp_queue().is_some() {
+            // On the kernel path, inbound TCP that conntrack calls new without a SYN: no
+            // connection of the pod's any more (its entry was removed when a policy change
+            // revoked it); its sender is told at once.
+            r.push(format!(
+                "-A {GUARD_CHAIN} -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset"
+            ));
+        }
         // Only what the rules redirected reaches a listener. (Redirected outbound and DNS
         // traffic is the app's own: an app that took those ports while the sidecar is down
         // receives only itself. Inbound and the admin port go by TPROXY, which no app socket
@@ -1445,16 +1456,25 @@ mod tests {
         );
         let inbound = kernel.inbound_rules();
         assert_eq!(
-            inbound[inbound.len() - 6..],
+            inbound[inbound.len() - 5..],
             [
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp -m mark --mark 0x70770002 -j TPROXY --on-port 15006",
                 "-A PODWALL_INBOUND -m connmark --mark 0x70770001 -j MARK --set-xmark 0x70770003/0xffffffff",
                 "-A PODWALL_INBOUND -p tcp --syn -j NFQUEUE --queue-num 1337",
-                "-A PODWALL_INBOUND -p tcp -j TPROXY --on-port 15006",
             ]
         );
+        // A segment conntrack calls new without a SYN (its connection's entry removed) is
+        // reset, never TPROXYed to a socket of the same addresses.
+        assert!(
+            !inbound
+                .iter()
+                .any(|l| l.ends_with("-p tcp -j TPROXY --on-port 15006"))
+        );
+        assert!(kernel.filter_rules(Family::V4).contains(
+            &"-A PODWALL_GUARD -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset".to_string()
+        ));
         assert!(
             kernel
                 .chain_rules(Family::V4)

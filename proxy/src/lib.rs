@@ -138,13 +138,14 @@ async fn revoke_flows_on_change(
             }
             let mut table = conntrack::Conntrack::open()?;
             let entries = table.dump()?;
-            let ended = tcp_route::revoke(&shared, &mut table, &entries, taking_in)?;
+            // Both run, whatever the other met.
+            let ended = tcp_route::revoke(&shared, &mut table, &entries, taking_in);
             let removed = if shared.keep_revoked {
-                0
+                Ok(0)
             } else {
-                packet_filter::revoke(&shared, &mut table, &entries)?
+                packet_filter::revoke(&shared, &mut table, &entries)
             };
-            Ok::<_, std::io::Error>((ended, removed))
+            Ok::<_, std::io::Error>((ended?, removed?))
         })
         .await;
         match judged {

@@ -42,12 +42,13 @@ fn address_words(ip: IpAddr) -> [u8; 16] {
 }
 
 /// A request of `kind` for the TCP socket whose local end is `local` and remote end `remote`
-/// (and whose cookie is `cookie`, when known), and its `tcp_info` (its bytes) if `info`.
+/// (and whose cookie is `cookie`, when known), bound to interface `dif` or to none, and its
+/// `tcp_info` (its bytes) if `info`.
 fn request(
     kind: u16,
-    local: SocketAddr,
-    remote: SocketAddr,
+    (local, remote): (SocketAddr, SocketAddr),
     cookie: [u8; 8],
+    dif: u32,
     info: bool,
 ) -> Vec<u8> {
     let len = 16 + REQUEST_LEN;
@@ -65,8 +66,7 @@ fn request(
     m.extend_from_slice(&remote.port().to_be_bytes());
     m.extend_from_slice(&address_words(local.ip()));
     m.extend_from_slice(&address_words(remote.ip()));
-    // Any interface.
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&dif.to_ne_bytes());
     m.extend_from_slice(&cookie);
     m
 }
@@ -255,37 +255,61 @@ pub(crate) struct Destroyed {
 /// Destroys the connection; `Ok(None)` when there is none (closed already, in TIME_WAIT, or
 /// not local).
 pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<Destroyed>> {
+    // The kernel's lookup by addresses finds a socket bound to an interface (SO_BINDTODEVICE
+    // takes no capability) only when asked on that interface: unbound first, then each of the
+    // namespace's interfaces (an app cannot add one without NET_ADMIN).
+    let mut interfaces = vec![0];
+    match nix::net::if_::if_nameindex() {
+        Ok(all) => interfaces.extend(all.iter().map(|i| i.index())),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found to destroy")
+        }
+    }
+    for dif in interfaces {
+        if let Some(found) = find((local, remote), dif)? {
+            answer(&ask(&request(
+                SOCK_DESTROY,
+                (local, remote),
+                found.cookie,
+                dif,
+                false,
+            ))?)?;
+            return Ok(Some(Destroyed { bytes: found.bytes }));
+        }
+    }
+    Ok(None)
+}
+
+/// How often a lookup that failed is tried again without `tcp_info`.
+const TRIES: usize = 3;
+
+/// The connection (not a listener, not TIME_WAIT) on these addresses bound to `dif` or to no
+/// interface, with its bytes when the kernel gives them.
+fn find(ends: (SocketAddr, SocketAddr), dif: u32) -> io::Result<Option<Found>> {
     let lookup = |info| {
         answer(&ask(&request(
             SOCK_DIAG_BY_FAMILY,
-            local,
-            remote,
+            ends,
             NO_COOKIE,
+            dif,
             info,
         ))?)
     };
     // The bytes are a courtesy: the answer with `tcp_info` carries other attributes of the
     // socket too, which its owner can change while the kernel builds it (its TCP MD5 keys,
     // until "net/diag: Do not race on dumping MD5 keys with adding new MD5 keys"), failing
-    // the lookup; the socket is destroyed all the same.
-    let found = match lookup(true) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::debug!(error = %e, %local, %remote, "sock_diag lookup with tcp_info failed; looking up without");
-            lookup(false)?
+    // the lookup; it is tried again without, a few times.
+    let mut found = lookup(true);
+    for _ in 0..TRIES {
+        match &found {
+            Err(e) => {
+                tracing::debug!(error = %e, "sock_diag lookup failed; trying again without tcp_info");
+                found = lookup(false);
+            }
+            Ok(_) => break,
         }
-    };
-    let Some(found) = found.filter(|f| is_connection(f.state)) else {
-        return Ok(None);
-    };
-    answer(&ask(&request(
-        SOCK_DESTROY,
-        local,
-        remote,
-        found.cookie,
-        false,
-    ))?)?;
-    Ok(Some(Destroyed { bytes: found.bytes }))
+    }
+    Ok(found?.filter(|f| is_connection(f.state)))
 }
 
 #[cfg(test)]
@@ -296,9 +320,12 @@ mod tests {
     fn a_destroy_request_names_the_socket_by_both_ends_in_network_order() {
         let m = request(
             SOCK_DESTROY,
-            "10.0.0.1:8080".parse().expect("addr"),
-            "10.0.0.2:40000".parse().expect("addr"),
+            (
+                "10.0.0.1:8080".parse().expect("addr"),
+                "10.0.0.2:40000".parse().expect("addr"),
+            ),
             [1, 2, 3, 4, 5, 6, 7, 8],
+            7,
             false,
         );
         assert_eq!(m.len(), 72);
@@ -308,6 +335,8 @@ mod tests {
         assert_eq!(&m[26..28], &40000u16.to_be_bytes());
         assert_eq!(&m[28..32], &[10, 0, 0, 1]);
         assert_eq!(&m[44..48], &[10, 0, 0, 2]);
+        // On the interface asked (a socket bound to one is found only there).
+        assert_eq!(&m[60..64], &7u32.to_ne_bytes());
         assert_eq!(&m[64..72], &[1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
@@ -402,9 +431,12 @@ mod tests {
         );
         let lookup = request(
             SOCK_DIAG_BY_FAMILY,
-            "10.0.0.1:40000".parse().expect("addr"),
-            "10.0.0.2:8080".parse().expect("addr"),
+            (
+                "10.0.0.1:40000".parse().expect("addr"),
+                "10.0.0.2:8080".parse().expect("addr"),
+            ),
             NO_COOKIE,
+            0,
             true,
         );
         assert_eq!(

@@ -255,36 +255,41 @@ pub(crate) fn revoke(
     let mut revoked = Vec::new();
     let mut taken_in = 0;
     let mut unrecorded = 0;
+    // The first failure is reported once every entry had its turn.
+    let mut failed = None;
     let mut open = shared.kernel_flows.lock();
     for entry in entries
         .iter()
         .filter(|e| e.protocol == TCP && e.mark == crate::init::KERNEL_MARK)
     {
         let key = key_of(entry);
-        // Closed already: its end is written as its socket is freed, under what allowed it.
-        let closed = matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE));
         let flow = match open.entry(key) {
             Slot::Occupied(known) => known.into_mut(),
-            // Nothing to take in, nor to end.
-            Slot::Vacant(_) if closed => continue,
-            // Opened before this sidecar started: judged below from what it is now.
-            Slot::Vacant(unknown) if first => {
+            // Opened before this sidecar started: judged below from what it is now. (One
+            // conntrack holds as closed ends as it does, with no record to end.)
+            Slot::Vacant(unknown)
+                if first && !matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) =>
+            {
                 taken_in += 1;
                 unknown.insert(KernelFlow::new(unjudged(&policy, key), None))
             }
-            // After the first policy, an entry without a record is closing (its end was
-            // written) or lost its record (a socket on the same addresses ended after a newer
-            // connection's SYN): judged all the same, and ended when denied, but not taken in
-            // (that would write a second end for the first kind).
+            // Any other entry without a record is closing (its end was written) or lost its
+            // record (a socket on the same addresses ended after a newer connection's SYN):
+            // judged all the same, and ended when denied, but not taken in (that would write
+            // a second end for the first kind). Conntrack's TCP state does not excuse it: an
+            // app moves it with a forged RST or FIN the peer never gets (a bad checksum, or a
+            // TTL of 1) while both sockets stay open.
             Slot::Vacant(_) => {
                 let probe = unjudged(&policy, key);
-                if rejudge(shared, &policy, key, &probe).is_none()
-                    && !shared.keep_revoked
+                if rejudge(shared, &policy, key, &probe).is_none() && !shared.keep_revoked {
                     // Its end was written, or is lost with its record.
-                    && let Revoked::Ended { .. } =
-                        end_revoked(shared, table, entry, key, probe.direction)?
-                {
-                    unrecorded += 1;
+                    match end_revoked(shared, table, entry, key, probe.direction) {
+                        Ok(Revoked::Ended { .. }) => unrecorded += 1,
+                        Ok(Revoked::Closed) => {}
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
                 }
                 continue;
             }
@@ -295,16 +300,22 @@ pub(crate) fn revoke(
                 event.service = flow.event.service.take();
                 flow.event = event;
             }
-            None if shared.keep_revoked || closed => {}
+            None if shared.keep_revoked => {}
             None => {
                 let direction = flow.event.direction;
-                // Out of the table now, under the lock: a newer connection on the same
-                // addresses, admitted once the lock is free, keeps its own record.
-                if let Revoked::Ended { bytes } = end_revoked(shared, table, entry, key, direction)?
-                    && let Some(mut flow) = open.remove(&key)
-                {
-                    flow.revoked = true;
-                    revoked.push((key, flow, bytes));
+                match end_revoked(shared, table, entry, key, direction) {
+                    // Out of the table now, under the lock: a newer connection on the same
+                    // addresses, admitted once the lock is free, keeps its own record.
+                    Ok(Revoked::Ended { bytes }) => {
+                        if let Some(mut flow) = open.remove(&key) {
+                            flow.revoked = true;
+                            revoked.push((key, flow, bytes));
+                        }
+                    }
+                    Ok(Revoked::Closed) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -321,10 +332,13 @@ pub(crate) fn revoke(
     if watch {
         watch_ends(shared);
     }
-    Ok(Rejudged {
-        ended: ended + unrecorded,
-        taken_in,
-    })
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Rejudged {
+            ended: ended + unrecorded,
+            taken_in,
+        }),
+    }
 }
 
 /// Ends a kernel-carried connection a policy change denies: its conntrack entry removed, so
