@@ -749,6 +749,59 @@ fn on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket(
     assert!(!revoked.is_empty(), "{:#?}", up.flows(APP));
 }
 
+#[test]
+fn a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again() {
+    if !ready("a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again") {
+        return;
+    }
+    reopened_four_tuple_stays_out("breopen", &[]);
+}
+
+#[test]
+fn on_the_kernel_path_a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again() {
+    if !ready(
+        "on_the_kernel_path_a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again",
+    ) {
+        return;
+    }
+    reopened_four_tuple_stays_out("breopenk", &["--l4-path=kernel"]);
+}
+
+/// The victim connects to the app's port 7070, which policy denies: the sidecar refuses it
+/// with a reset, and conntrack keeps the entry (CLOSE, ten seconds). The victim's SYN on the
+/// same 4-tuple at once is filed under that entry, not as NEW, so no rule for new connections
+/// sees it: it must not reach the app's listener unjudged. `path`: extra init and sidecar
+/// flags.
+fn reopened_four_tuple_stays_out(name: &str, path: &[&str]) {
+    let dir = topology(&boundary(true));
+    let flags: Vec<String> = path.iter().map(|f| f.to_string()).collect();
+    let up = Up::with(
+        dir.path(),
+        podwall_sandbox::Options {
+            init_args: flags.clone(),
+            sidecar_args: flags,
+            ..support::sandbox::options(name, Inject::Annotated)
+        },
+    );
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    let app_ip = up.ip(APP).to_string();
+    let (listener, listener_out) = app_listening(&ns, "", &["listen-tcp", "7070", "6"]);
+    for attempt in ["first", "again"] {
+        let out = app(
+            &victim,
+            "",
+            &[],
+            &["from-port", "41000", &app_ip, "7070", "2"],
+        );
+        assert!(out.starts_with("failed"), "{attempt}: {out}");
+    }
+    assert_eq!(
+        last_line(listener, listener_out),
+        "nothing",
+        "a denied peer reached the app by opening its 4-tuple again"
+    );
+}
+
 /// An app connects (allowed), waits for conntrack to forget the half-closed connection, then
 /// sends a secret: the victim's wire must not see it. `path`: extra init and sidecar flags.
 fn zombie_segment_stays_in(name: &str, path: &[&str]) {

@@ -148,6 +148,9 @@ pub const SENT_AGAIN_MARK: u32 = 0x7077_0003;
 /// Set by the rules: a SYN that conntrack files under a kernel-carried connection's entry
 /// without calling it NEW. The judge lets through only that connection's SYN sent again.
 pub const REOPENED_MARK: u32 = 0x7077_0004;
+/// The mark on an inbound TCP segment that conntrack calls new without a SYN, on the kernel
+/// path: the filter table resets its sender (`GUARD_CHAIN`).
+pub const STRAY_MARK: u32 = 0x7077_0005;
 /// IPv6 neighbour discovery a pod needs (router solicitation, neighbour solicitation and
 /// advertisement): conntrack does not track it. Router advertisements and redirects are
 /// dropped: they would let a neighbour reroute the pod's allowed flows.
@@ -365,6 +368,14 @@ impl InitConfig {
         r.push(format!(
             "-A {chain} -m connmark --mark {KERNEL_MARK:#x} -j MARK --set-xmark {SENT_AGAIN_MARK:#x}/0xffffffff"
         ));
+        if proxy.is_some() {
+            // Inbound, a SYN on an entry conntrack reopened (see `mangle_jumps`): the judge
+            // lets it through to the proxy only, or drops it until conntrack forgets the old
+            // entry, as on a kernel-carried one's.
+            r.push(format!(
+                "-A {chain} -p tcp --syn -m conntrack ! --ctstate NEW -j MARK --set-xmark {REOPENED_MARK:#x}/0xffffffff"
+            ));
+        }
         r.push(format!(
             "-A {chain} -p tcp --syn -j {}",
             self.queue_target(queue)
@@ -470,7 +481,12 @@ impl InitConfig {
             // policy change revoked) is reset in the filter table (`GUARD_CHAIN`), not sent by
             // TPROXY, which would hand it to an established socket of the same addresses
             // first, and an app with NET_RAW can make its socket one TPROXY delivers to.
-            Some(queue) => self.verdict_rules(&mut r, INBOUND_CHAIN, queue, Some(&to_proxy)),
+            Some(queue) => {
+                self.verdict_rules(&mut r, INBOUND_CHAIN, queue, Some(&to_proxy));
+                r.push(format!(
+                    "-A {INBOUND_CHAIN} -p tcp ! --syn -j MARK --set-xmark {STRAY_MARK:#x}/0xffffffff"
+                ));
+            }
             None => r.push(format!("-A {INBOUND_CHAIN} -p tcp -j {to_proxy}")),
         }
         r
@@ -642,8 +658,10 @@ impl InitConfig {
             // On the kernel path, inbound TCP that conntrack calls new without a SYN: no
             // connection of the pod's any more (its entry was removed when a policy change
             // revoked it); its sender is told at once.
+            // (Only what the inbound chain marked: not loopback, excluded ports, the admin
+            // port.)
             r.push(format!(
-                "-A {GUARD_CHAIN} -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset"
+                "-A {GUARD_CHAIN} -p tcp -m mark --mark {STRAY_MARK:#x} -j REJECT --reject-with tcp-reset"
             ));
         }
         // Only what the rules redirected reaches a listener. (Redirected outbound and DNS
@@ -754,6 +772,19 @@ impl InitConfig {
             "PREROUTING",
             format!("-p tcp -m conntrack --ctstate NEW -j {INBOUND_CHAIN}"),
         )];
+        // A peer's SYN that conntrack files under an entry it holds without calling it NEW
+        // (the 4-tuple of a connection a reset ended moments ago, such as one the sidecar
+        // refused: conntrack ignores the SYN, lets it by as ESTABLISHED, and takes up the new
+        // connection from the answer) would reach the app's listener unjudged. It goes where
+        // a new connection goes. (On the kernel path, a kernel-carried entry's has its own
+        // chain, below.)
+        let reopened = match self.tcp_queue() {
+            Some(_) => format!(
+                "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark ! --mark {KERNEL_MARK:#x} -j {INBOUND_CHAIN}"
+            ),
+            None => format!("-p tcp --syn -m conntrack ! --ctstate NEW -j {INBOUND_CHAIN}"),
+        };
+        jumps.push(("PREROUTING", reopened));
         if self.tproxy() {
             jumps.push(("OUTPUT", format!("-p udp -j {DNS_OUTPUT_CHAIN}")));
             jumps.push(("PREROUTING", format!("-p udp -j {DNS_PREROUTING_CHAIN}")));
@@ -1247,8 +1278,9 @@ mod tests {
         for jump in [
             "-I OUTPUT 1 -j PODWALL_OUTPUT\n",
             "-I PREROUTING 1 -p tcp -m conntrack --ctstate NEW -j PODWALL_INBOUND\n",
+            "-I PREROUTING 2 -p tcp --syn -m conntrack ! --ctstate NEW -j PODWALL_INBOUND\n",
             "-I OUTPUT 1 -p udp -j PODWALL_DNS_OUTPUT\n",
-            "-I PREROUTING 2 -p udp -j PODWALL_DNS_PREROUTING\n",
+            "-I PREROUTING 3 -p udp -j PODWALL_DNS_PREROUTING\n",
             "-I POSTROUTING 1 ! -o lo -j PODWALL_EGRESS\n",
             "-I INPUT 1 -i lo -m addrtype ! --src-type LOCAL -j PODWALL_SPOOF\n",
             "-I INPUT 2 -p tcp -m conntrack --ctstate INVALID,NEW -j PODWALL_GUARD\n",
@@ -1456,12 +1488,13 @@ mod tests {
         );
         let inbound = kernel.inbound_rules();
         assert_eq!(
-            inbound[inbound.len() - 5..],
+            inbound[inbound.len() - 7..inbound.len() - 1],
             [
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp -m mark --mark 0x70770002 -j TPROXY --on-port 15006",
                 "-A PODWALL_INBOUND -m connmark --mark 0x70770001 -j MARK --set-xmark 0x70770003/0xffffffff",
+                "-A PODWALL_INBOUND -p tcp --syn -m conntrack ! --ctstate NEW -j MARK --set-xmark 0x70770004/0xffffffff",
                 "-A PODWALL_INBOUND -p tcp --syn -j NFQUEUE --queue-num 1337",
             ]
         );
@@ -1472,8 +1505,13 @@ mod tests {
                 .iter()
                 .any(|l| l.ends_with("-p tcp -j TPROXY --on-port 15006"))
         );
+        assert_eq!(
+            inbound.last().map(String::as_str),
+            Some("-A PODWALL_INBOUND -p tcp ! --syn -j MARK --set-xmark 0x70770005/0xffffffff")
+        );
         assert!(kernel.filter_rules(Family::V4).contains(
-            &"-A PODWALL_GUARD -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset".to_string()
+            &"-A PODWALL_GUARD -p tcp -m mark --mark 0x70770005 -j REJECT --reject-with tcp-reset"
+                .to_string()
         ));
         assert!(
             kernel
@@ -1491,6 +1529,14 @@ mod tests {
                 "{hook}: {input}"
             );
         }
+        // One on any other entry conntrack reopened goes where a new inbound connection goes.
+        let reopened = "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark ! --mark 0x70770001 -j PODWALL_INBOUND";
+        assert!(
+            input
+                .lines()
+                .any(|l| l.starts_with("-I PREROUTING ") && l.ends_with(reopened)),
+            "{input}"
+        );
         assert_eq!(
             kernel.stale_syn_rules(),
             [

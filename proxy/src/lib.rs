@@ -171,7 +171,7 @@ async fn revoke_flows_on_change(
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read or prune the conntrack table; flows the new policy denies run until they end")
+                tracing::warn!(error = %e, "cannot read or prune the conntrack table: flows the new policy denies that were not ended run until they end")
             }
             Err(e) => tracing::warn!(error = %e, "conntrack pruning failed"),
         }

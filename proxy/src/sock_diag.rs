@@ -258,26 +258,33 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
     // The kernel's lookup by addresses finds a socket bound to an interface (SO_BINDTODEVICE
     // takes no capability) only when asked on that interface: unbound first, then each of the
     // namespace's interfaces (an app cannot add one without NET_ADMIN).
-    let mut interfaces = vec![0];
-    match nix::net::if_::if_nameindex() {
-        Ok(all) => interfaces.extend(all.iter().map(|i| i.index())),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found to destroy")
+    let mut found = find((local, remote), 0)?.map(|f| (0, f));
+    if found.is_none() {
+        match nix::net::if_::if_nameindex() {
+            Ok(all) => {
+                for dif in all.iter().map(|i| i.index()) {
+                    found = find((local, remote), dif)?.map(|f| (dif, f));
+                    if found.is_some() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found to destroy")
+            }
         }
     }
-    for dif in interfaces {
-        if let Some(found) = find((local, remote), dif)? {
-            answer(&ask(&request(
-                SOCK_DESTROY,
-                (local, remote),
-                found.cookie,
-                dif,
-                false,
-            ))?)?;
-            return Ok(Some(Destroyed { bytes: found.bytes }));
-        }
-    }
-    Ok(None)
+    let Some((dif, found)) = found else {
+        return Ok(None);
+    };
+    answer(&ask(&request(
+        SOCK_DESTROY,
+        (local, remote),
+        found.cookie,
+        dif,
+        false,
+    ))?)?;
+    Ok(Some(Destroyed { bytes: found.bytes }))
 }
 
 /// How often a lookup that failed is tried again without `tcp_info`.

@@ -254,7 +254,7 @@ pub(crate) fn revoke(
     };
     let mut revoked = Vec::new();
     let mut taken_in = 0;
-    let mut unrecorded = 0;
+    let mut unrecorded = Vec::new();
     // The first failure is reported once every entry had its turn.
     let mut failed = None;
     let mut open = shared.kernel_flows.lock();
@@ -282,14 +282,12 @@ pub(crate) fn revoke(
             Slot::Vacant(_) => {
                 let probe = unjudged(&policy, key);
                 if rejudge(shared, &policy, key, &probe).is_none() && !shared.keep_revoked {
-                    // Its end was written, or is lost with its record.
-                    match end_revoked(shared, table, entry, key, probe.direction) {
-                        Ok(Revoked::Ended { .. }) => unrecorded += 1,
-                        Ok(Revoked::Closed) => {}
-                        Err(e) => {
-                            failed.get_or_insert(e);
-                        }
-                    }
+                    // Its end was written, or is lost with its record. Only its entry goes,
+                    // once the lock is let go, and no socket is looked for (it is nearly
+                    // always a closed connection's): without the entry the connection is
+                    // dead whatever became of its socket, as each side's next segment is
+                    // reset (docs/l4-path.md).
+                    unrecorded.push(entry);
                 }
                 continue;
             }
@@ -322,6 +320,18 @@ pub(crate) fn revoke(
     }
     let watch = !open.is_empty();
     drop(open);
+    let mut unrecorded_open = 0;
+    for entry in unrecorded {
+        match table.delete(entry) {
+            Ok(true) if !matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) => {
+                unrecorded_open += 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
     // Its end is written now, with what its socket carried until it was destroyed, not when
     // the app gets round to closing the aborted socket.
     let ended = revoked.len();
@@ -335,7 +345,7 @@ pub(crate) fn revoke(
     match failed {
         Some(e) => Err(e),
         None => Ok(Rejudged {
-            ended: ended + unrecorded,
+            ended: ended + unrecorded_open,
             taken_in,
         }),
     }
