@@ -715,11 +715,15 @@ fn on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket(
     if !ready("on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket") {
         return;
     }
-    // The kernel carries the app's connection to the victim, which sends it a line every
-    // 100 ms. The app binds its socket to eth0 (a lookup by addresses alone no longer finds
-    // it) and makes it transparent (NET_RAW: TPROXY would hand it a segment of the same
-    // addresses), then answers each line. A policy change denies the connection: it must end,
-    // not carry on once its conntrack entry is gone.
+    hidden_socket_is_reset("bhide");
+}
+
+/// The kernel carries the app's connection to the victim, which sends it a line every 100 ms.
+/// The app binds its socket to eth0 (a lookup by addresses alone no longer finds it) and makes
+/// it transparent (NET_RAW: TPROXY would hand it a segment of the same addresses), then
+/// answers each line. A policy change denies the connection: it must end at once, not carry on
+/// once its conntrack entry is gone.
+fn hidden_socket_is_reset(name: &str) {
     let dir = topology(&boundary(false));
     let flags = vec!["--l4-path=kernel".to_string()];
     let up = Up::with(
@@ -727,7 +731,7 @@ fn on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket(
         podwall_sandbox::Options {
             init_args: flags.clone(),
             sidecar_args: flags,
-            ..support::sandbox::options("bhide", Inject::Annotated)
+            ..support::sandbox::options(name, Inject::Annotated)
         },
     );
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));

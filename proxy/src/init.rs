@@ -97,6 +97,10 @@ pub const TCP_OUT_CHAIN: &str = "PODWALL_TCP_OUT";
 /// through), or a new connection on a 4-tuple reset moments ago (dropped until conntrack
 /// forgets the old entry) (the kernel path).
 pub const STALE_SYN_CHAIN: &str = "PODWALL_STALE_SYN";
+/// Chain handing the proxy an inbound SYN that conntrack files under an entry it holds (not a
+/// kernel-carried one's) without calling it NEW: the 4-tuple of a connection a reset ended
+/// moments ago, such as one the sidecar refused.
+pub const REOPENED_IN_CHAIN: &str = "PODWALL_REOPENED_IN";
 /// An earlier version's chain (in `raw`) setting what conntrack announced of each new TCP
 /// connection on the kernel path; taken away where found.
 pub const TRACK_CHAIN: &str = "PODWALL_TRACK";
@@ -121,6 +125,7 @@ const MANGLE_CHAINS: &[&str] = &[
     EGRESS_CHAIN,
     TCP_OUT_CHAIN,
     STALE_SYN_CHAIN,
+    REOPENED_IN_CHAIN,
 ];
 /// Our chains in `filter`.
 const FILTER_CHAINS: &[&str] = &[
@@ -368,14 +373,6 @@ impl InitConfig {
         r.push(format!(
             "-A {chain} -m connmark --mark {KERNEL_MARK:#x} -j MARK --set-xmark {SENT_AGAIN_MARK:#x}/0xffffffff"
         ));
-        if proxy.is_some() {
-            // Inbound, a SYN on an entry conntrack reopened (see `mangle_jumps`): the judge
-            // lets it through to the proxy only, or drops it until conntrack forgets the old
-            // entry, as on a kernel-carried one's.
-            r.push(format!(
-                "-A {chain} -p tcp --syn -m conntrack ! --ctstate NEW -j MARK --set-xmark {REOPENED_MARK:#x}/0xffffffff"
-            ));
-        }
         r.push(format!(
             "-A {chain} -p tcp --syn -j {}",
             self.queue_target(queue)
@@ -463,6 +460,21 @@ impl InitConfig {
     /// (the pod talking to itself, and the sidecar's connections to the app) is left alone.
     pub fn inbound_rules(&self) -> Vec<String> {
         let mut r = vec![format!("-A {INBOUND_CHAIN} -i lo -j RETURN")];
+        if self.tcp_queue().is_some() {
+            // On the kernel path, a segment conntrack calls new without a SYN (one of a
+            // connection whose entry is gone: one a policy change revoked) is reset in the
+            // filter table (`GUARD_CHAIN`), whatever its port: not sent by TPROXY, which would
+            // hand it to an established socket of the same addresses first (an app with
+            // NET_RAW can make its socket one TPROXY delivers to, on the admin port too), nor
+            // let through to an excluded port (an app may connect out from one, and have the
+            // peer's next segment reach it once the entry is gone).
+            r.push(format!(
+                "-A {INBOUND_CHAIN} -p tcp ! --syn -j MARK --set-xmark {STRAY_MARK:#x}/0xffffffff"
+            ));
+            r.push(format!(
+                "-A {INBOUND_CHAIN} -m mark --mark {STRAY_MARK:#x} -j RETURN"
+            ));
+        }
         r.push(format!(
             "-A {INBOUND_CHAIN} -p tcp --dport {port} -j TPROXY --on-port {port}",
             port = self.admin_port
@@ -476,19 +488,37 @@ impl InitConfig {
         );
         let to_proxy = format!("TPROXY --on-port {}", self.inbound_port);
         match self.tcp_queue() {
-            // Every SYN is queued, and comes back marked for one of the rules before. What
-            // else conntrack calls new (a segment of a connection whose entry is gone: one a
-            // policy change revoked) is reset in the filter table (`GUARD_CHAIN`), not sent by
-            // TPROXY, which would hand it to an established socket of the same addresses
-            // first, and an app with NET_RAW can make its socket one TPROXY delivers to.
-            Some(queue) => {
-                self.verdict_rules(&mut r, INBOUND_CHAIN, queue, Some(&to_proxy));
-                r.push(format!(
-                    "-A {INBOUND_CHAIN} -p tcp ! --syn -j MARK --set-xmark {STRAY_MARK:#x}/0xffffffff"
-                ));
-            }
+            // Every SYN is queued, and comes back marked for one of the rules before.
+            Some(queue) => self.verdict_rules(&mut r, INBOUND_CHAIN, queue, Some(&to_proxy)),
             None => r.push(format!("-A {INBOUND_CHAIN} -p tcp -j {to_proxy}")),
         }
+        r
+    }
+
+    /// The chain for an inbound SYN on an entry conntrack reopened (see `mangle_jumps`), on
+    /// either path: to the proxy by TPROXY, as the proxy path takes every new connection (the
+    /// proxy judges it; the judge of the kernel path would have to drop it, as a connection
+    /// the kernel carried on the old entry's state might not survive); loopback, the admin
+    /// port and excluded ports as for a new connection.
+    pub fn reopened_in_rules(&self) -> Vec<String> {
+        let mut r = vec![
+            format!("-A {REOPENED_IN_CHAIN} -i lo -j RETURN"),
+            format!(
+                "-A {REOPENED_IN_CHAIN} -p tcp --dport {port} -j TPROXY --on-port {port}",
+                port = self.admin_port
+            ),
+        ];
+        ports_rules(
+            &mut r,
+            REOPENED_IN_CHAIN,
+            "tcp",
+            &self.exclude_inbound_ports,
+            "RETURN",
+        );
+        r.push(format!(
+            "-A {REOPENED_IN_CHAIN} -p tcp -j TPROXY --on-port {}",
+            self.inbound_port
+        ));
         r
     }
 
@@ -658,8 +688,7 @@ impl InitConfig {
             // On the kernel path, inbound TCP that conntrack calls new without a SYN: no
             // connection of the pod's any more (its entry was removed when a policy change
             // revoked it); its sender is told at once.
-            // (Only what the inbound chain marked: not loopback, excluded ports, the admin
-            // port.)
+            // (Only what the inbound chain marked: not loopback.)
             r.push(format!(
                 "-A {GUARD_CHAIN} -p tcp -m mark --mark {STRAY_MARK:#x} -j REJECT --reject-with tcp-reset"
             ));
@@ -775,14 +804,13 @@ impl InitConfig {
         // A peer's SYN that conntrack files under an entry it holds without calling it NEW
         // (the 4-tuple of a connection a reset ended moments ago, such as one the sidecar
         // refused: conntrack ignores the SYN, lets it by as ESTABLISHED, and takes up the new
-        // connection from the answer) would reach the app's listener unjudged. It goes where
-        // a new connection goes. (On the kernel path, a kernel-carried entry's has its own
-        // chain, below.)
+        // connection from the answer) would reach the app's listener unjudged. The proxy
+        // takes it. (On the kernel path, a kernel-carried entry's has its own chain, below.)
         let reopened = match self.tcp_queue() {
             Some(_) => format!(
-                "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark ! --mark {KERNEL_MARK:#x} -j {INBOUND_CHAIN}"
+                "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark ! --mark {KERNEL_MARK:#x} -j {REOPENED_IN_CHAIN}"
             ),
-            None => format!("-p tcp --syn -m conntrack ! --ctstate NEW -j {INBOUND_CHAIN}"),
+            None => format!("-p tcp --syn -m conntrack ! --ctstate NEW -j {REOPENED_IN_CHAIN}"),
         };
         jumps.push(("PREROUTING", reopened));
         if self.tproxy() {
@@ -846,6 +874,7 @@ impl InitConfig {
             .chain(self.dns_rules(family))
             .chain(self.tcp_out_rules(family))
             .chain(self.stale_syn_rules())
+            .chain(self.reopened_in_rules())
             .chain(self.egress_rules(family))
         {
             let _ = writeln!(s, "{rule}");
@@ -1271,6 +1300,27 @@ mod tests {
     }
 
     #[test]
+    fn an_inbound_syn_on_an_entry_conntrack_reopened_goes_to_the_proxy_on_either_path() {
+        for l4_path in [L4Path::Proxy, L4Path::Kernel] {
+            let cfg = InitConfig {
+                l4_path,
+                exclude_inbound_ports: vec![9100],
+                ..InitConfig::default()
+            };
+            assert_eq!(
+                cfg.reopened_in_rules(),
+                [
+                    "-A PODWALL_REOPENED_IN -i lo -j RETURN",
+                    "-A PODWALL_REOPENED_IN -p tcp --dport 15020 -j TPROXY --on-port 15020",
+                    "-A PODWALL_REOPENED_IN -p tcp --dport 9100 -j RETURN",
+                    "-A PODWALL_REOPENED_IN -p tcp -j TPROXY --on-port 15006",
+                ],
+                "{l4_path:?}"
+            );
+        }
+    }
+
+    #[test]
     fn every_jump_is_deleted_and_inserted_again_at_the_top_in_order() {
         let cfg = InitConfig::default();
         let fresh = cfg.restore_input(Family::V4, Coverage::Capture, &Saved::default());
@@ -1278,7 +1328,7 @@ mod tests {
         for jump in [
             "-I OUTPUT 1 -j PODWALL_OUTPUT\n",
             "-I PREROUTING 1 -p tcp -m conntrack --ctstate NEW -j PODWALL_INBOUND\n",
-            "-I PREROUTING 2 -p tcp --syn -m conntrack ! --ctstate NEW -j PODWALL_INBOUND\n",
+            "-I PREROUTING 2 -p tcp --syn -m conntrack ! --ctstate NEW -j PODWALL_REOPENED_IN\n",
             "-I OUTPUT 1 -p udp -j PODWALL_DNS_OUTPUT\n",
             "-I PREROUTING 3 -p udp -j PODWALL_DNS_PREROUTING\n",
             "-I POSTROUTING 1 ! -o lo -j PODWALL_EGRESS\n",
@@ -1488,13 +1538,12 @@ mod tests {
         );
         let inbound = kernel.inbound_rules();
         assert_eq!(
-            inbound[inbound.len() - 7..inbound.len() - 1],
+            inbound[inbound.len() - 5..],
             [
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j CONNMARK --set-xmark 0x70770001/0xffffffff",
                 "-A PODWALL_INBOUND -m mark --mark 0x70770001 -j RETURN",
                 "-A PODWALL_INBOUND -p tcp -m mark --mark 0x70770002 -j TPROXY --on-port 15006",
                 "-A PODWALL_INBOUND -m connmark --mark 0x70770001 -j MARK --set-xmark 0x70770003/0xffffffff",
-                "-A PODWALL_INBOUND -p tcp --syn -m conntrack ! --ctstate NEW -j MARK --set-xmark 0x70770004/0xffffffff",
                 "-A PODWALL_INBOUND -p tcp --syn -j NFQUEUE --queue-num 1337",
             ]
         );
@@ -1505,9 +1554,14 @@ mod tests {
                 .iter()
                 .any(|l| l.ends_with("-p tcp -j TPROXY --on-port 15006"))
         );
+        // Whatever its port (excluded ones and the admin port included), after loopback only.
         assert_eq!(
-            inbound.last().map(String::as_str),
-            Some("-A PODWALL_INBOUND -p tcp ! --syn -j MARK --set-xmark 0x70770005/0xffffffff")
+            inbound[..3],
+            [
+                "-A PODWALL_INBOUND -i lo -j RETURN",
+                "-A PODWALL_INBOUND -p tcp ! --syn -j MARK --set-xmark 0x70770005/0xffffffff",
+                "-A PODWALL_INBOUND -m mark --mark 0x70770005 -j RETURN",
+            ]
         );
         assert!(kernel.filter_rules(Family::V4).contains(
             &"-A PODWALL_GUARD -p tcp -m mark --mark 0x70770005 -j REJECT --reject-with tcp-reset"
@@ -1529,8 +1583,8 @@ mod tests {
                 "{hook}: {input}"
             );
         }
-        // One on any other entry conntrack reopened goes where a new inbound connection goes.
-        let reopened = "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark ! --mark 0x70770001 -j PODWALL_INBOUND";
+        // One on any other entry conntrack reopened goes to the proxy.
+        let reopened = "-p tcp --syn -m conntrack ! --ctstate NEW -m connmark ! --mark 0x70770001 -j PODWALL_REOPENED_IN";
         assert!(
             input
                 .lines()

@@ -289,7 +289,18 @@ pub(crate) fn spawn(first: u16, count: u16, shared: Arc<Shared>) -> Result<(), F
         let batches = shared.in_flight.register();
         std::thread::Builder::new()
             .name(format!("packet-filter-{num}"))
-            .spawn(move || run(queue, &shared, &batches))
+            .spawn(move || {
+                // A queue nobody reads drops its share of new flows for good while the sidecar
+                // still says it is ready: a judging bug ends the process instead, and the
+                // kubelet starts the sidecar again.
+                let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(queue, &shared, &batches)
+                }));
+                if judged.is_err() {
+                    tracing::error!(queue = num, "packet filter thread panicked; exiting");
+                    std::process::abort();
+                }
+            })
             .map_err(|source| FilterError { queue: num, source })?;
     }
     Ok(())

@@ -256,35 +256,41 @@ pub(crate) struct Destroyed {
 /// not local).
 pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<Destroyed>> {
     // The kernel's lookup by addresses finds a socket bound to an interface (SO_BINDTODEVICE
-    // takes no capability) only when asked on that interface: unbound first, then each of the
-    // namespace's interfaces (an app cannot add one without NET_ADMIN).
-    let mut found = find((local, remote), 0)?.map(|f| (0, f));
-    if found.is_none() {
-        match nix::net::if_::if_nameindex() {
-            Ok(all) => {
-                for dif in all.iter().map(|i| i.index()) {
-                    found = find((local, remote), dif)?.map(|f| (dif, f));
-                    if found.is_some() {
-                        break;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found to destroy")
+    // takes no capability) only when asked on that interface, and an unbound one on any:
+    // unbound first, then each of the namespace's interfaces (an app cannot add one without
+    // NET_ADMIN). Every connection found is destroyed, not only the first: an app may hold a
+    // decoy on the same addresses (unbound, its SYN dropped) beside the socket it hides.
+    let mut interfaces = vec![0];
+    match nix::net::if_::if_nameindex() {
+        Ok(all) => interfaces.extend(all.iter().map(|i| i.index())),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found to destroy")
+        }
+    }
+    let mut destroyed: Option<Destroyed> = None;
+    for dif in interfaces {
+        // A destroyed socket is out of the tables: the next lookup finds another, or none (a
+        // few at most: one unbound, one bound to the interface).
+        for _ in 0..4 {
+            let Some(found) = find((local, remote), dif)? else {
+                break;
+            };
+            answer(&ask(&request(
+                SOCK_DESTROY,
+                (local, remote),
+                found.cookie,
+                dif,
+                false,
+            ))?)?;
+            // The bytes are those of the socket that carried the most: the connection's, not
+            // a decoy's.
+            let carried = |b: Option<(u64, u64)>| b.map_or(0, |(s, r)| s + r);
+            if destroyed.is_none_or(|d| carried(found.bytes) > carried(d.bytes)) {
+                destroyed = Some(Destroyed { bytes: found.bytes });
             }
         }
     }
-    let Some((dif, found)) = found else {
-        return Ok(None);
-    };
-    answer(&ask(&request(
-        SOCK_DESTROY,
-        (local, remote),
-        found.cookie,
-        dif,
-        false,
-    ))?)?;
-    Ok(Some(Destroyed { bytes: found.bytes }))
+    Ok(destroyed)
 }
 
 /// How often a lookup that failed is tried again without `tcp_info`.
