@@ -79,6 +79,22 @@ spec:
     }
 }
 
+/// The boundary topology (`boundary(policy)`) up as sandbox `name`, with `path` as extra init
+/// and sidecar flags (`--l4-path=kernel`); the directory it was read from lives as long.
+fn boundary_up(name: &str, policy: bool, path: &[&str]) -> (tempfile::TempDir, Up) {
+    let dir = topology(&boundary(policy));
+    let flags: Vec<String> = path.iter().map(|f| f.to_string()).collect();
+    let up = Up::with(
+        dir.path(),
+        podwall_sandbox::Options {
+            init_args: flags.clone(),
+            sidecar_args: flags,
+            ..support::sandbox::options(name, Inject::Annotated)
+        },
+    );
+    (dir, up)
+}
+
 const APP: &str = "b/app";
 const VICTIM: &str = "b/victim";
 const VICTIM_IP: &str = "10.76.0.2";
@@ -664,16 +680,7 @@ fn on_the_kernel_path_a_reset_connections_four_tuple_opened_again_is_not_let_thr
     // (CLOSE, ten seconds) and files a new SYN on the same 4-tuple under it, not as NEW: the
     // old entry's mark would let it out unjudged. The rules send it to the judge, which lets
     // through only that connection's own SYN sent again.
-    let dir = topology(&boundary(false));
-    let flags = vec!["--l4-path=kernel".to_string()];
-    let up = Up::with(
-        dir.path(),
-        podwall_sandbox::Options {
-            init_args: flags.clone(),
-            sidecar_args: flags,
-            ..support::sandbox::options("bstale", Inject::Annotated)
-        },
-    );
+    let (_dir, up) = boundary_up("bstale", false, &["--l4-path=kernel"]);
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
     let (mut server, _out) = app_listening(&victim, "", &["rst-server", "7070", "30"]);
     let first = app(
@@ -724,16 +731,7 @@ fn on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket(
 /// answers each line. A policy change denies the connection: it must end at once, not carry on
 /// once its conntrack entry is gone.
 fn hidden_socket_is_reset(name: &str) {
-    let dir = topology(&boundary(false));
-    let flags = vec!["--l4-path=kernel".to_string()];
-    let up = Up::with(
-        dir.path(),
-        podwall_sandbox::Options {
-            init_args: flags.clone(),
-            sidecar_args: flags,
-            ..support::sandbox::options(name, Inject::Annotated)
-        },
-    );
+    let (_dir, up) = boundary_up(name, false, &["--l4-path=kernel"]);
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
     let (server, server_out) = app_listening(&victim, "", &["tick-server", "7070", "12"]);
     let (hider, hider_out) = app_listening(&ns, ",+net_raw", &["hide", VICTIM_IP, "7070", "10"]);
@@ -777,16 +775,7 @@ fn on_the_kernel_path_a_denied_peer_that_opens_its_four_tuple_again_at_once_is_j
 /// sees it: it must not reach the app's listener unjudged. `path`: extra init and sidecar
 /// flags.
 fn reopened_four_tuple_stays_out(name: &str, path: &[&str]) {
-    let dir = topology(&boundary(true));
-    let flags: Vec<String> = path.iter().map(|f| f.to_string()).collect();
-    let up = Up::with(
-        dir.path(),
-        podwall_sandbox::Options {
-            init_args: flags.clone(),
-            sidecar_args: flags,
-            ..support::sandbox::options(name, Inject::Annotated)
-        },
-    );
+    let (_dir, up) = boundary_up(name, true, path);
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
     let app_ip = up.ip(APP).to_string();
     let (listener, listener_out) = app_listening(&ns, "", &["listen-tcp", "7070", "6"]);
@@ -809,16 +798,7 @@ fn reopened_four_tuple_stays_out(name: &str, path: &[&str]) {
 /// An app connects (allowed), waits for conntrack to forget the half-closed connection, then
 /// sends a secret: the victim's wire must not see it. `path`: extra init and sidecar flags.
 fn zombie_segment_stays_in(name: &str, path: &[&str]) {
-    let dir = topology(&boundary(false));
-    let flags: Vec<String> = path.iter().map(|f| f.to_string()).collect();
-    let up = Up::with(
-        dir.path(),
-        podwall_sandbox::Options {
-            init_args: flags.clone(),
-            sidecar_args: flags,
-            ..support::sandbox::options(name, Inject::Annotated)
-        },
-    );
+    let (_dir, up) = boundary_up(name, false, path);
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
     // Conntrack forgets a half-closed connection after a while (a second here); the app's
     // next segment then carries no redirect and conntrack calls it INVALID.
