@@ -161,6 +161,25 @@ pub(crate) fn admit(shared: &Shared, flow: NewFlow, backends: Backends) -> Admis
     admit_under(shared, policy, flow, backends)
 }
 
+/// The toFQDNs names `destination` is valid for now, for a connection in `direction`: an
+/// address outside the cluster may be one the pod's DNS answers gave for a toFQDNs name, and
+/// those names are what the verdict (and later re-checks) may use.
+pub(crate) fn learned_now(
+    shared: &Shared,
+    policy: &PodPolicy,
+    direction: Direction,
+    destination: SocketAddr,
+) -> Vec<Arc<str>> {
+    if direction == Direction::Egress
+        && !policy.own_fqdn.is_empty()
+        && policy.engine.pod_by_ip(destination.ip()).is_none()
+    {
+        shared.names.names_for(destination.ip())
+    } else {
+        Vec::new()
+    }
+}
+
 /// [`admit`] under `policy`, which the caller loaded already.
 pub(crate) fn admit_under(
     shared: &Shared,
@@ -187,16 +206,7 @@ pub(crate) fn admit_under(
             Err(why) => return Admission::Refused(Refused::because(event, why)),
         };
     }
-    // An address outside the cluster may be one the pod's DNS answers gave for a toFQDNs
-    // name: the names it is valid for now are what the verdict (and later re-checks) may use.
-    let learned = if flow.direction == Direction::Egress
-        && !policy.own_fqdn.is_empty()
-        && policy.engine.pod_by_ip(destination.ip()).is_none()
-    {
-        shared.names.names_for(destination.ip())
-    } else {
-        Vec::new()
-    };
+    let learned = learned_now(shared, &policy, flow.direction, destination);
     let names = policy.fqdn_ids(&learned);
     let verdict = judge(
         &policy,

@@ -206,12 +206,8 @@ pub(crate) fn rejudge(
     }
     let learned = match &open.egress {
         Some(judged) => judged.names.clone(),
-        None if direction == Direction::Egress
-            && !shared.check_server_name
-            && !policy.own_fqdn.is_empty()
-            && policy.engine.pod_by_ip(destination.ip()).is_none() =>
-        {
-            shared.names.names_for(destination.ip())
+        None if !shared.check_server_name => {
+            crate::admit::learned_now(shared, policy, direction, destination)
         }
         None => Vec::new(),
     };
@@ -378,12 +374,19 @@ fn end_revoked(
         }
     };
     shared.metrics(direction).revoked.inc();
-    // The pod's socket received what the source of an ingress connection sent.
-    let bytes = match direction {
-        Direction::Egress => bytes,
-        Direction::Ingress => bytes.map(|(sent, received)| (received, sent)),
-    };
-    Ok(Revoked::Ended { bytes })
+    Ok(Revoked::Ended {
+        bytes: as_flow(direction, bytes),
+    })
+}
+
+/// What the pod's socket of a connection in `direction` sent and received, as the connection's
+/// source sent and received it: the pod's socket received what an ingress connection's
+/// source sent.
+fn as_flow(direction: Direction, socket: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match direction {
+        Direction::Egress => socket,
+        Direction::Ingress => socket.map(|(sent, received)| (received, sent)),
+    }
 }
 
 /// What [`end_revoked`] found.
@@ -501,11 +504,7 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
             (egress, flow, end.bytes)
         } else if let Some(flow) = take(&ingress, Direction::Ingress) {
             // The pod's socket received what the source sent.
-            (
-                ingress,
-                flow,
-                end.bytes.map(|(sent, received)| (received, sent)),
-            )
+            (ingress, flow, as_flow(Direction::Ingress, end.bytes))
         } else {
             return;
         }
