@@ -8,6 +8,7 @@
 //! same tests against another build's rules and sidecar (they fail against the rules of
 //! before this boundary).
 
+use std::io::BufRead;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -722,19 +723,43 @@ fn on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket(
     if !ready("on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket") {
         return;
     }
-    hidden_socket_is_reset("bhide");
+    hidden_socket_is_reset("bhide", false);
+}
+
+#[test]
+fn on_the_kernel_path_a_decoy_freed_on_a_carried_connections_four_tuple_does_not_end_it() {
+    if !ready(
+        "on_the_kernel_path_a_decoy_freed_on_a_carried_connections_four_tuple_does_not_end_it",
+    ) {
+        return;
+    }
+    hidden_socket_is_reset("bdecoy", true);
 }
 
 /// The kernel carries the app's connection to the victim, which sends it a line every 100 ms.
 /// The app binds its socket to eth0 (a lookup by addresses alone no longer finds it) and makes
 /// it transparent (NET_RAW: TPROXY would hand it a segment of the same addresses), then
 /// answers each line. A policy change denies the connection: it must end at once, not carry on
-/// once its conntrack entry is gone.
-fn hidden_socket_is_reset(name: &str) {
+/// once its conntrack entry is gone. With `decoy`, the app first opens a second socket on the
+/// same 4-tuple (unbound: the kernel lets it connect beside one bound to an interface) and
+/// closes it at once: its freed socket must not pass for the connection's end, which would
+/// leave the connection unrecorded, and not reset by the policy change.
+fn hidden_socket_is_reset(name: &str, decoy: bool) {
     let (_dir, up) = boundary_up(name, false, &["--l4-path=kernel"]);
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
     let (server, server_out) = app_listening(&victim, "", &["tick-server", "7070", "12"]);
-    let (hider, hider_out) = app_listening(&ns, ",+net_raw", &["hide", VICTIM_IP, "7070", "10"]);
+    let mut args = vec!["hide", VICTIM_IP, "7070", "10"];
+    if decoy {
+        args.push("decoy");
+    }
+    let (hider, mut hider_out) = app_listening(&ns, ",+net_raw", &args);
+    if decoy {
+        let mut line = String::new();
+        let _ = hider_out.read_line(&mut line);
+        assert_eq!(line.trim(), "decoy sent");
+        // The sidecar hears of the decoy's end.
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: app-deny, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  policyTypes: [Egress]\n";
     std::fs::write(up.sb().policy_dir().join("deny.yaml"), deny).expect("write policy");
     let outcome = last_line(hider, hider_out);
@@ -749,6 +774,13 @@ fn hidden_socket_is_reset(name: &str) {
                 .is_some_and(|m| m.contains("policy change"))
     });
     assert!(!revoked.is_empty(), "{:#?}", up.flows(APP));
+    // And it is the connection's one end: a socket freed on its addresses (the decoy) is not.
+    let ends: Vec<_> = up
+        .flows(APP)
+        .into_iter()
+        .filter(|e| e["destination"]["port"] == 7070)
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:#?}");
 }
 
 #[test]

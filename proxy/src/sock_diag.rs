@@ -255,20 +255,12 @@ pub(crate) struct Destroyed {
 /// Destroys the connection; `Ok(None)` when there is none (closed already, in TIME_WAIT, or
 /// not local).
 pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<Destroyed>> {
-    // The kernel's lookup by addresses finds a socket bound to an interface (SO_BINDTODEVICE
-    // takes no capability) only when asked on that interface, and an unbound one on any:
-    // unbound first, then each of the namespace's interfaces (an app cannot add one without
-    // NET_ADMIN). Every connection found is destroyed, not only the first: an app may hold a
-    // decoy on the same addresses (unbound, its SYN dropped) beside the socket it hides.
-    let mut interfaces = vec![0];
-    match nix::net::if_::if_nameindex() {
-        Ok(all) => interfaces.extend(all.iter().map(|i| i.index())),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found to destroy")
-        }
-    }
+    // A socket bound to an interface (SO_BINDTODEVICE takes no capability) is found only on
+    // that interface ([`interfaces`]). Every connection found is destroyed, not only the
+    // first: an app may hold a decoy on the same addresses (unbound, its SYN dropped) beside
+    // the socket it hides.
     let mut destroyed: Option<Destroyed> = None;
-    for dif in interfaces {
+    for dif in interfaces() {
         // A destroyed socket is out of the tables: the next lookup finds another, or none (a
         // few at most: one unbound, one bound to the interface).
         for _ in 0..4 {
@@ -291,6 +283,31 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
         }
     }
     Ok(destroyed)
+}
+
+/// Where to look for a socket on given addresses: unbound, then each of the namespace's
+/// interfaces (the kernel's lookup by addresses finds a socket bound to an interface only when
+/// asked on that interface; an app cannot add one without NET_ADMIN).
+fn interfaces() -> Vec<u32> {
+    let mut interfaces = vec![0];
+    match nix::net::if_::if_nameindex() {
+        Ok(all) => interfaces.extend(all.iter().map(|i| i.index())),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found")
+        }
+    }
+    interfaces
+}
+
+/// Whether a connection socket (not a listener, not TIME_WAIT) on these addresses is open, on
+/// any interface.
+pub(crate) fn connection_open(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+    for dif in interfaces() {
+        if find((local, remote), dif)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// How often a lookup that failed is tried again without `tcp_info`.

@@ -493,6 +493,9 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
     if !pods {
         return;
     }
+    if end.bytes.is_none_or(|(_, received)| received == 0) && is_decoy(shared, &end) {
+        return;
+    }
     let (key, flow, bytes) = {
         let mut open = shared.kernel_flows.lock();
         let (egress, ingress) = ((end.local, end.remote), (end.remote, end.local));
@@ -510,6 +513,36 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
         }
     };
     write_end(shared, key, flow, bytes);
+}
+
+/// Whether the freed socket was not the connection's: another connection socket on the same
+/// addresses is still open. An app may open a second socket on a kernel-carried connection's
+/// 4-tuple (the kernel lets it when the first is bound to an interface and the second is not)
+/// and close it at once: its SYN is dropped (`init::stale_syn_rules`), but its end would end
+/// the connection's record, and the connection would run on unseen: no end with its bytes, not
+/// reset by a policy change that denies it. Such a socket never received a byte (its handshake
+/// never completed), so only ends that received none are looked into (a lookup per interface,
+/// after a look for the record, without holding its lock).
+fn is_decoy(shared: &Shared, end: &SocketEnd) -> bool {
+    let recorded = {
+        let open = shared.kernel_flows.lock();
+        open.contains_key(&(end.local, end.remote)) || open.contains_key(&(end.remote, end.local))
+    };
+    if !recorded {
+        return false;
+    }
+    match crate::sock_diag::connection_open(end.local, end.remote) {
+        Ok(open) => {
+            if open {
+                tracing::debug!(local = %end.local, remote = %end.remote, "a socket freed on the addresses of a kernel-carried connection whose socket is still open: not its end");
+            }
+            open
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot look for the socket of a kernel-carried connection");
+            false
+        }
+    }
 }
 
 /// Starts hearing of the ends of kernel-carried connections, once: each one's end is written
