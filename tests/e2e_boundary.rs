@@ -784,6 +784,37 @@ fn hidden_socket_is_reset(name: &str, decoy: bool) {
 }
 
 #[test]
+fn on_the_kernel_path_an_upload_closed_before_the_peer_answers_ends_at_once_with_its_bytes() {
+    if !ready(
+        "on_the_kernel_path_an_upload_closed_before_the_peer_answers_ends_at_once_with_its_bytes",
+    ) {
+        return;
+    }
+    // The app sends and closes; the victim reads it all and says nothing. The app's socket is
+    // freed (a time-wait socket in FIN_WAIT2 stands for it) without having received a byte,
+    // which is no sign of a decoy: its end, with what it sent, is written at once, not once
+    // conntrack forgets the half-closed connection a minute later.
+    let (_dir, up) = boundary_up("bupload", false, &["--l4-path=kernel"]);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    let (sink, sink_out) = app_listening(&victim, "", &["sink", "7071", "4"]);
+    assert_eq!(
+        app(&ns, "", &[], &["upload", VICTIM_IP, "7071", "5000"]),
+        "sent"
+    );
+    let ends = flows_matching(&up, |e| {
+        e["destination"]["port"] == 7071 && e["phase"] == "end"
+    });
+    assert_eq!(last_line(sink, sink_out), "drained 5000");
+    assert_eq!(
+        ends.len(),
+        1,
+        "no end within 2 s: {:#?}",
+        up.flows_with_starts(APP)
+    );
+    assert_eq!(ends[0]["bytes_sent"], 5000, "{ends:#?}");
+}
+
+#[test]
 fn a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again() {
     if !ready("a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again") {
         return;

@@ -666,6 +666,7 @@ spec:
             local,
             remote,
             bytes: Some((1, 2)),
+            established: Some(true),
         };
         // A socket the app bound to the server's address (IPV6_FREEBIND takes no capability)
         // and aimed at the client's: the wrong way round for this egress connection.
@@ -680,6 +681,18 @@ spec:
             "ended by a socket that was not its end"
         );
         crate::tcp_route::socket_ended(&shared, freed(client, server));
+        assert!(!shared.kernel_flows.lock().contains_key(&(client, server)));
+        // A connection refused or never answered: its socket's handshake never completed, and
+        // no other socket holds its addresses (a decoy's would be looked into): its end.
+        let (client, server) = client_connects(&shared, 20002);
+        crate::tcp_route::socket_ended(
+            &shared,
+            crate::sock_diag::SocketEnd {
+                established: Some(false),
+                bytes: Some((0, 0)),
+                ..freed(client, server)
+            },
+        );
         assert!(!shared.kernel_flows.lock().contains_key(&(client, server)));
     }
 

@@ -71,6 +71,11 @@ fn request(
     m
 }
 
+/// `idiag_timer` of a time-wait socket (`inet_twsk_diag_fill`), whose state says TIME_WAIT or
+/// FIN_WAIT2: a FIN_WAIT2 one is no connection either (its owner closed it, its full socket
+/// is freed).
+const TIME_WAIT_TIMER: u8 = 3;
+
 /// No cookie (`INET_DIAG_NOCOOKIE`): any socket the addresses find.
 const NO_COOKIE: [u8; 8] = [0xff; 8];
 /// TCP states a connection can be destroyed in (not LISTEN, TIME_WAIT or CLOSE).
@@ -81,16 +86,26 @@ fn is_connection(state: u8) -> bool {
 /// A socket a lookup found.
 #[derive(Debug, PartialEq, Eq)]
 struct Found {
-    /// Its TCP state.
+    /// Its TCP state (of a time-wait socket, the state it stands for: TIME_WAIT or
+    /// FIN_WAIT2).
     state: u8,
+    /// A time-wait socket: what stands for a connection its owner closed (`idiag_timer` 3).
+    time_wait: bool,
     /// What names it to the kernel.
     cookie: [u8; 8],
     /// What it sent and received so far, when the kernel said.
     bytes: Option<(u64, u64)>,
 }
 
-/// What sock_diag answered: a socket (`inet_diag_msg`: its state, its cookie at offset 44, then
-/// attributes), or a status.
+impl Found {
+    /// A connection, to destroy or to count as open: not a listener, not a time-wait socket.
+    fn is_connection(&self) -> bool {
+        !self.time_wait && is_connection(self.state)
+    }
+}
+
+/// What sock_diag answered: a socket (`inet_diag_msg`: its state, its timer, its cookie at
+/// offset 44, then attributes), or a status.
 fn answer(buf: &[u8]) -> io::Result<Option<Found>> {
     let kind = buf
         .get(4..6)
@@ -108,8 +123,9 @@ fn answer(buf: &[u8]) -> io::Result<Option<Found>> {
             e => Err(io::Error::from_raw_os_error(-e)),
         };
     }
-    let state = *body
-        .get(1)
+    let (state, timer) = body
+        .get(1..3)
+        .map(|b| (b[0], b[1]))
         .ok_or_else(|| io::Error::other("sock_diag: short answer"))?;
     let cookie: [u8; 8] = body
         .get(44..52)
@@ -118,6 +134,7 @@ fn answer(buf: &[u8]) -> io::Result<Option<Found>> {
     let bytes = socket_end(body).and_then(|found| found.bytes);
     Ok(Some(Found {
         state,
+        time_wait: timer == TIME_WAIT_TIMER,
         cookie,
         bytes,
     }))
@@ -126,6 +143,9 @@ fn answer(buf: &[u8]) -> io::Result<Option<Found>> {
 fn libc_af(f: AddressFamily) -> u8 {
     f as i32 as u8
 }
+
+/// The receive buffer for freed sockets' messages (the kernel doubles it).
+const ENDS_BUFFER: usize = 8 << 20;
 
 /// The multicast groups of freed TCP sockets, IPv4 and IPv6 (`SKNLGRP_INET_TCP_DESTROY` = 1,
 /// `SKNLGRP_INET6_TCP_DESTROY` = 3; group n is bit n - 1).
@@ -138,6 +158,9 @@ const INET_DIAG_INFO: u16 = 2;
 const BYTES_RECEIVED_AT: usize = 128;
 const BYTES_SENT_AT: usize = 200;
 const BYTES_RETRANS_AT: usize = 208;
+/// `tcpi_delivered` (Linux 4.18 and later): segments the peer acknowledged, the SYN or the
+/// SYN-ACK counted, so none only for a socket whose handshake never completed.
+const DELIVERED_AT: usize = 192;
 
 /// A TCP socket of the pod that the kernel freed: its two ends and what it carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +172,9 @@ pub(crate) struct SocketEnd {
     /// Payload bytes the socket sent (retransmissions counted once), and received (where TCP
     /// counts a FIN received as one more: it numbers it as a byte).
     pub bytes: Option<(u64, u64)>,
+    /// Whether its handshake ever completed (the peer acknowledged its SYN or SYN-ACK), when
+    /// the kernel said.
+    pub established: Option<bool>,
 }
 
 fn address(family: u8, words: &[u8]) -> Option<IpAddr> {
@@ -170,21 +196,24 @@ fn socket_end(body: &[u8]) -> Option<SocketEnd> {
     let port = |at: usize| u16::from_be_bytes([msg[at], msg[at + 1]]);
     let local = SocketAddr::new(address(family, &msg[8..24])?, port(4));
     let remote = SocketAddr::new(address(family, &msg[24..40])?, port(6));
-    let bytes = crate::netlink::find(&body[DIAG_MSG_LEN..], INET_DIAG_INFO).and_then(|info| {
-        let counter = |at: usize| {
-            info.get(at..at + 8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_ne_bytes)
-        };
-        let sent = counter(BYTES_SENT_AT)
-            .zip(counter(BYTES_RETRANS_AT))
-            .map(|(all, again)| all.saturating_sub(again));
-        sent.zip(counter(BYTES_RECEIVED_AT))
-    });
+    let info = crate::netlink::find(&body[DIAG_MSG_LEN..], INET_DIAG_INFO).unwrap_or(&[]);
+    let counter = |at: usize| {
+        info.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let sent = counter(BYTES_SENT_AT)
+        .zip(counter(BYTES_RETRANS_AT))
+        .map(|(all, again)| all.saturating_sub(again));
+    let established = info
+        .get(DELIVERED_AT..DELIVERED_AT + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|d| u32::from_ne_bytes(d) > 0);
     Some(SocketEnd {
         local,
         remote,
-        bytes,
+        bytes: sent.zip(counter(BYTES_RECEIVED_AT)),
+        established,
     })
 }
 
@@ -203,8 +232,14 @@ impl Ends {
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkSockDiag,
         )?;
-        // A burst of closes must not be lost to a small buffer (ENOBUFS says when it was).
-        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
+        // A burst of closes must not be lost to a small buffer (ENOBUFS says when it was): the
+        // app frees a TCP socket in a few microseconds, and every one is heard of. Forced past
+        // `rmem_max` (NET_ADMIN), which would cap it at a few hundred messages; the memory is
+        // taken only while messages wait.
+        use nix::sys::socket::{setsockopt, sockopt};
+        if setsockopt(&fd, sockopt::RcvBufForce, &ENDS_BUFFER).is_err() {
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &ENDS_BUFFER);
+        }
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, TCP_DESTROY_GROUPS))?;
         Ok(Ends {
             fd,
@@ -260,20 +295,31 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
     // first: an app may hold a decoy on the same addresses (unbound, its SYN dropped) beside
     // the socket it hides.
     let mut destroyed: Option<Destroyed> = None;
+    // The first failure is returned once every interface had its turn.
+    let mut failed = None;
     for dif in interfaces() {
         // A destroyed socket is out of the tables: the next lookup finds another, or none (a
         // few at most: one unbound, one bound to the interface).
         for _ in 0..4 {
-            let Some(found) = find((local, remote), dif)? else {
-                break;
+            let found = match find((local, remote), dif) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    break;
+                }
             };
-            answer(&ask(&request(
+            let asked = ask(&request(
                 SOCK_DESTROY,
                 (local, remote),
                 found.cookie,
                 dif,
                 false,
-            ))?)?;
+            ));
+            if let Err(e) = asked.and_then(|a| answer(&a)) {
+                failed.get_or_insert(e);
+                break;
+            }
             // The bytes are those of the socket that carried the most: the connection's, not
             // a decoy's.
             let carried = |b: Option<(u64, u64)>| b.map_or(0, |(s, r)| s + r);
@@ -282,7 +328,10 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
             }
         }
     }
-    Ok(destroyed)
+    match (destroyed, failed) {
+        (None, Some(e)) => Err(e),
+        (destroyed, _) => Ok(destroyed),
+    }
 }
 
 /// Where to look for a socket on given addresses: unbound, then each of the namespace's
@@ -339,7 +388,7 @@ fn find(ends: (SocketAddr, SocketAddr), dif: u32) -> io::Result<Option<Found>> {
             Ok(_) => break,
         }
     }
-    Ok(found?.filter(|f| is_connection(f.state)))
+    Ok(found?.filter(Found::is_connection))
 }
 
 #[cfg(test)]
@@ -389,6 +438,8 @@ mod tests {
         info[BYTES_SENT_AT..BYTES_SENT_AT + 8].copy_from_slice(&(sent + 1000).to_ne_bytes());
         info[BYTES_RETRANS_AT..BYTES_RETRANS_AT + 8].copy_from_slice(&1000u64.to_ne_bytes());
         info[BYTES_RECEIVED_AT..BYTES_RECEIVED_AT + 8].copy_from_slice(&received.to_ne_bytes());
+        // Its SYN and a segment after it acknowledged.
+        info[DELIVERED_AT..DELIVERED_AT + 4].copy_from_slice(&2u32.to_ne_bytes());
         crate::netlink::put_attr(&mut body, INET_DIAG_INFO, &info);
         body
     }
@@ -403,18 +454,29 @@ mod tests {
                 local,
                 remote,
                 bytes: Some((5, 70_000)),
+                established: Some(true),
             })
         );
+        // One whose SYN nobody acknowledged (a decoy's, dropped): its handshake never completed.
+        let mut decoy = freed(local, remote, 0, 0);
+        let at = DIAG_MSG_LEN + 8 + 4 + DELIVERED_AT;
+        decoy[at..at + 4].copy_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(socket_end(&decoy).and_then(|e| e.established), Some(false));
         let local6: SocketAddr = "[fd00::1]:40000".parse().expect("addr");
         let remote6: SocketAddr = "[fd00::2]:443".parse().expect("addr");
         let end = socket_end(&freed(local6, remote6, 0, 1)).expect("v6");
         assert_eq!((end.local, end.remote), (local6, remote6));
-        // A kernel whose tcp_info stops before the counters: the ends, no bytes.
-        let mut short = freed(local, remote, 1, 1);
-        short.truncate(DIAG_MSG_LEN + 8 + 4 + 200);
-        let len = (4 + 200) as u16;
-        short[DIAG_MSG_LEN + 8..DIAG_MSG_LEN + 10].copy_from_slice(&len.to_ne_bytes());
-        assert_eq!(socket_end(&short).map(|e| e.bytes), Some(None));
+        // Kernels whose tcp_info stops before the byte counters (4.18), and before
+        // `tcpi_delivered` too: the ends, without what is missing.
+        let short = |info_len: usize| {
+            let mut m = freed(local, remote, 1, 1);
+            m.truncate(DIAG_MSG_LEN + 8 + 4 + info_len);
+            let len = (4 + info_len) as u16;
+            m[DIAG_MSG_LEN + 8..DIAG_MSG_LEN + 10].copy_from_slice(&len.to_ne_bytes());
+            socket_end(&m).map(|e| (e.bytes, e.established))
+        };
+        assert_eq!(short(200), Some((None, Some(true))));
+        assert_eq!(short(136), Some((None, None)));
         assert_eq!(socket_end(&[2u8; 40]), None, "truncated");
     }
 
@@ -455,10 +517,19 @@ mod tests {
             found,
             Found {
                 state: 1,
+                time_wait: false,
                 cookie: [7u8; 8],
                 bytes: Some((12, 34)),
             }
         );
+        assert!(found.is_connection());
+        // The time-wait socket of a connection its owner closed while the peer had not: its
+        // state says FIN_WAIT2, its timer says what it is. Not a connection.
+        let mut msg = msg.clone();
+        msg[16 + 1] = 5;
+        msg[16 + 2] = TIME_WAIT_TIMER;
+        let found = answer(&msg).expect("answer").expect("a socket");
+        assert!(found.time_wait && !found.is_connection(), "{found:?}");
         let lookup = request(
             SOCK_DIAG_BY_FAMILY,
             (

@@ -493,7 +493,11 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
     if !pods {
         return;
     }
-    if end.bytes.is_none_or(|(_, received)| received == 0) && is_decoy(shared, &end) {
+    // (Without `tcpi_delivered`, a socket that received nothing may be one.)
+    let maybe_decoy = end
+        .established
+        .map_or(end.bytes.is_none_or(|(_, received)| received == 0), |e| !e);
+    if maybe_decoy && is_decoy(shared, &end) {
         return;
     }
     let (key, flow, bytes) = {
@@ -520,9 +524,10 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
 /// 4-tuple (the kernel lets it when the first is bound to an interface and the second is not)
 /// and close it at once: its SYN is dropped (`init::stale_syn_rules`), but its end would end
 /// the connection's record, and the connection would run on unseen: no end with its bytes, not
-/// reset by a policy change that denies it. Such a socket never received a byte (its handshake
-/// never completed), so only ends that received none are looked into (a lookup per interface,
-/// after a look for the record, without holding its lock).
+/// reset by a policy change that denies it. Such a socket's handshake never completed, so only
+/// those ends are looked into (a lookup per interface, after a look for the record, without
+/// holding its lock); a connection's own end is not, whatever socket it leaves behind (a
+/// time-wait one, which the lookup does not count either).
 fn is_decoy(shared: &Shared, end: &SocketEnd) -> bool {
     let recorded = {
         let open = shared.kernel_flows.lock();
