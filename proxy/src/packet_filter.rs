@@ -629,11 +629,11 @@ spec:
             let shared = sidecar_checking_server_names(check);
             shared.current.store(Some(policy.clone()));
             assert!(
-                crate::tcp_route::rejudge(&shared, &policy, key, &unjudged).is_none(),
+                crate::tcp_route::rejudge(&shared, &policy, key, &unjudged, &[]).is_none(),
                 "allowed with no name learned for its destination"
             );
             assert_eq!(shared.names.learn(&policy, &answer), 1);
-            let now = crate::tcp_route::rejudge(&shared, &policy, key, &unjudged);
+            let now = crate::tcp_route::rejudge(&shared, &policy, key, &unjudged, &[]);
             if check {
                 // A new connection there would have its server name checked by the proxy;
                 // this one cannot be.
@@ -653,8 +653,58 @@ spec:
                 e.egress.as_mut().expect("egress side").names.clear();
                 e
             };
-            assert!(crate::tcp_route::rejudge(&shared, &policy, key, &judged_without).is_none());
+            assert!(
+                crate::tcp_route::rejudge(&shared, &policy, key, &judged_without, &[]).is_none()
+            );
         }
+    }
+
+    #[test]
+    fn a_service_connection_is_revoked_when_policy_denies_a_backend_that_left_the_service() {
+        // The client's connection to the Service's virtual IP went to one of its two backends,
+        // which the node chose. The second leaves the Service (not ready), then policy stops
+        // allowing it: the connection may be the one to it, so it is denied.
+        let service = |backends: &str| {
+            format!(
+                "{PODS}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: other, namespace: t, labels: {{app: server}}}}\nstatus: {{podIP: 10.0.0.3}}\n\
+                 ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: t}}\n\
+                 spec: {{clusterIP: 10.96.0.50, selector: {{app: server}}, ports: [{{port: 80, targetPort: 8080}}]}}\n\
+                 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: api-1, namespace: t, labels: {{kubernetes.io/service-name: api}}}}\n\
+                 addressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n{backends}"
+            )
+        };
+        let both = "- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n";
+        let one =
+            "- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n  conditions: {ready: false}\n";
+        let shared = client_sidecar();
+        let before = client_policy(&service(both), 2);
+        shared.current.store(Some(before.clone()));
+        let key: (SocketAddr, SocketAddr) = (
+            "10.0.0.1:40000".parse().expect("addr"),
+            "10.96.0.50:80".parse().expect("addr"),
+        );
+        let open = crate::tcp_route::unjudged(&before, key);
+        assert!(open.service.is_some(), "{open:?}");
+        let seen: Vec<(std::net::IpAddr, u16)> = vec![
+            ("10.0.0.2".parse().expect("ip"), 8080),
+            ("10.0.0.3".parse().expect("ip"), 8080),
+        ];
+        // Now only 10.0.0.2 may be reached on 8080.
+        let narrowed = service(one).replace(
+            "  - to: [{podSelector: {matchLabels: {app: server}}}]",
+            "  - to: [{ipBlock: {cidr: 10.0.0.2/32}}]",
+        );
+        let after = client_policy(&narrowed, 3);
+        shared.current.store(Some(after.clone()));
+        assert!(
+            crate::tcp_route::rejudge(&shared, &after, key, &open, &seen[..1]).is_some(),
+            "the backend it may reach is allowed"
+        );
+        assert!(
+            crate::tcp_route::rejudge(&shared, &after, key, &open, &seen).is_none(),
+            "a backend it may have reached is denied"
+        );
     }
 
     #[test]

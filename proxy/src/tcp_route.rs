@@ -29,7 +29,7 @@ use crate::admit::{
 };
 use crate::conntrack::{Conntrack, Entry, TCP_CLOSE, TCP_TIME_WAIT};
 use crate::flow::{FlowEvent, FlowPhase};
-use crate::kernel_flows::{FlowKey, KernelFlow};
+use crate::kernel_flows::{Backend, FlowKey, KernelFlow};
 use crate::pod_policy::{FlowVerdict, PodPolicy};
 use crate::shared::Shared;
 use crate::sock_diag::{Ends, SocketEnd};
@@ -143,7 +143,11 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
                     );
                     return Route::Proxy;
                 }
-                open.insert(key, KernelFlow::new(admitted.event.clone(), Some(syn.seq)))
+                let backends = service_backends(&admitted.policy, flow.destination);
+                open.insert(
+                    key,
+                    KernelFlow::new(admitted.event.clone(), Some(syn.seq), backends),
+                )
             };
             // A connection on the same addresses whose end was not heard yet: it is over (its
             // socket is closed, or its entry gone), and its end is written now, without bytes.
@@ -189,6 +193,7 @@ pub(crate) fn rejudge(
     policy: &Arc<PodPolicy>,
     (source, destination): FlowKey,
     open: &FlowEvent,
+    seen: &[Backend],
 ) -> Option<FlowEvent> {
     let direction = open.direction;
     if open.service.is_some() {
@@ -199,9 +204,14 @@ pub(crate) fn rejudge(
             source,
             destination,
         };
+        // A backend that left the Service while the connection was open may be the one the
+        // node gave it: policy must still allow it too.
+        let gone_denied = seen
+            .iter()
+            .any(|&(ip, port)| !policy.allows(Direction::Egress, ip, Protocol::Tcp, port, &[]));
         return match admit(shared, flow, Backends::Every) {
-            Admission::Admitted(a) => Some(a.event),
-            Admission::Refused(_) => None,
+            Admission::Admitted(a) if !gone_denied => Some(a.event),
+            Admission::Admitted(_) | Admission::Refused(_) => None,
         };
     }
     let learned = match &open.egress {
@@ -267,7 +277,8 @@ pub(crate) fn revoke(
                 if first && !matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) =>
             {
                 taken_in += 1;
-                unknown.insert(KernelFlow::new(unjudged(&policy, key), None))
+                let backends = service_backends(&policy, key.1);
+                unknown.insert(KernelFlow::new(unjudged(&policy, key), None, backends))
             }
             // Any other entry without a record is closing (its end was written) or lost its
             // record (a socket on the same addresses ended after a newer connection's SYN):
@@ -277,7 +288,7 @@ pub(crate) fn revoke(
             // TTL of 1) while both sockets stay open.
             Slot::Vacant(_) => {
                 let probe = unjudged(&policy, key);
-                if rejudge(shared, &policy, key, &probe).is_none() && !shared.keep_revoked {
+                if rejudge(shared, &policy, key, &probe, &[]).is_none() && !shared.keep_revoked {
                     // Its end was written, or is lost with its record. Only its entry goes,
                     // once the lock is let go, and no socket is looked for (it is nearly
                     // always a closed connection's): without the entry the connection is
@@ -288,11 +299,14 @@ pub(crate) fn revoke(
                 continue;
             }
         };
-        match rejudge(shared, &policy, key, &flow.event) {
+        match rejudge(shared, &policy, key, &flow.event, &flow.backends) {
             Some(mut event) => {
                 event.phase = Some(FlowPhase::Start);
                 event.service = flow.event.service.take();
                 flow.event = event;
+                if !flow.backends.is_empty() {
+                    flow.saw_backends(service_backends(&policy, key.1));
+                }
             }
             None if shared.keep_revoked => {}
             None => {
@@ -408,6 +422,16 @@ pub(crate) struct Rejudged {
     pub taken_in: usize,
 }
 
+/// The backends `policy`'s Service at `destination` has ready (none: it is no Service's).
+fn service_backends(policy: &PodPolicy, destination: SocketAddr) -> &[Backend] {
+    policy
+        .engine
+        .state()
+        .services
+        .lookup(destination.ip(), destination.port(), Protocol::Tcp)
+        .map_or(&[], |s| &s.backends)
+}
+
 /// A kernel-carried connection found in conntrack that this sidecar did not admit (or no
 /// longer has a record of), not judged yet: an egress one when its source is the pod's. A
 /// restarted sidecar knows no names yet; [`rejudge`] uses those its destination has now.
@@ -460,7 +484,7 @@ pub(crate) fn end_event(
             .snapshot
             .as_ref()
             .is_some_and(|was| Arc::ptr_eq(was, &policy))
-        && let Some(mut now) = rejudge(shared, &policy, key, &event)
+        && let Some(mut now) = rejudge(shared, &policy, key, &event, &flow.backends)
     {
         now.service = event.service.take();
         event = now;
