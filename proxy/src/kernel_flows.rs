@@ -33,41 +33,36 @@ pub(crate) struct KernelFlow {
     /// The initial sequence number of the SYN that opened it, which tells that SYN sent again
     /// from a new connection on the same addresses; `None` for one a restarted sidecar took in.
     pub syn_seq: Option<u32>,
-    /// To a Service's virtual IP: every backend the Service had ready while it was open (the
-    /// node picked one, which the pod never learns), each of which policy must still allow;
-    /// sorted. Empty for any other.
+    /// To a Service's virtual IP: the backends the Service had ready when it was admitted
+    /// (the node picked one of them, which the pod never learns), each of which policy must
+    /// still allow while it is the same pod. Empty for any other.
     pub backends: Box<[Backend]>,
 }
 
-/// A Service backend: its address and target port.
-pub(crate) type Backend = (IpAddr, u16);
+/// A backend a Service had ready when a connection to it was admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Backend {
+    /// Its address and target port.
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Which pod had that address then (a hash of its `namespace/name`), or none: a backend
+    /// that left the Service is judged again only while the same pod holds its address. (A
+    /// deleted pod's connections are gone with it, and its address may go to another pod,
+    /// which is no backend of this connection; rolling updates delete backends every day.)
+    pub pod: Option<u64>,
+}
 
 impl KernelFlow {
     /// One admitted now, allowed as `event` says, opened by a SYN with `syn_seq`, to a
     /// Service whose ready backends were `backends` (or none).
-    pub(crate) fn new(event: FlowEvent, syn_seq: Option<u32>, backends: &[Backend]) -> Self {
-        let mut backends = backends.to_vec();
-        backends.sort_unstable();
+    pub(crate) fn new(event: FlowEvent, syn_seq: Option<u32>, backends: Box<[Backend]>) -> Self {
         KernelFlow {
             started: Instant::now(),
             event,
             revoked: false,
             syn_seq,
-            backends: backends.into(),
+            backends,
         }
-    }
-
-    /// Adds the backends a Service has ready now to those it had (a backend that leaves the
-    /// Service while the connection is open may be the one it goes to).
-    pub(crate) fn saw_backends(&mut self, now: &[Backend]) {
-        if now.iter().all(|b| self.backends.binary_search(b).is_ok()) {
-            return;
-        }
-        let mut all = self.backends.to_vec();
-        all.extend_from_slice(now);
-        all.sort_unstable();
-        all.dedup();
-        self.backends = all.into();
     }
 }
 
@@ -84,28 +79,5 @@ impl KernelFlows {
     /// and one per policy change).
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<FlowKey, KernelFlow>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_connection_to_a_service_remembers_every_backend_the_service_had_while_it_was_open() {
-        let b = |last: u8| (IpAddr::from([10, 0, 0, last]), 8080);
-        let event = FlowEvent::new(
-            podwall_policy::Direction::Egress,
-            podwall_policy::Protocol::Tcp,
-            "10.0.0.1:40000".parse().expect("addr"),
-            "10.96.0.50:80".parse().expect("addr"),
-        );
-        let mut flow = KernelFlow::new(event, None, &[b(3), b(2)]);
-        assert_eq!(&*flow.backends, &[b(2), b(3)]);
-        // One left, one came: the one that left may be the one the node gave it.
-        flow.saw_backends(&[b(2), b(4)]);
-        assert_eq!(&*flow.backends, &[b(2), b(3), b(4)]);
-        flow.saw_backends(&[b(4)]);
-        assert_eq!(&*flow.backends, &[b(2), b(3), b(4)]);
     }
 }

@@ -659,26 +659,41 @@ spec:
         }
     }
 
+    /// The client pod's cluster with a Service `t/api` at 10.96.0.50:80 (to 8080), whose
+    /// EndpointSlice lists `endpoints`, and `pod` (YAML) beside the client and the server.
+    fn with_service(pod: &str, endpoints: &str) -> String {
+        let pod = if pod.is_empty() {
+            String::new()
+        } else {
+            format!("---\n{pod}")
+        };
+        format!(
+            "{PODS}{pod}---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: t}}\n\
+             spec: {{clusterIP: 10.96.0.50, selector: {{app: server}}, ports: [{{port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: api-1, namespace: t, labels: {{kubernetes.io/service-name: api}}}}\n\
+             addressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}"
+        )
+    }
+
     #[test]
     fn a_service_connection_is_revoked_when_policy_denies_a_backend_that_left_the_service() {
         // The client's connection to the Service's virtual IP went to one of its two backends,
         // which the node chose. The second leaves the Service (not ready), then policy stops
-        // allowing it: the connection may be the one to it, so it is denied.
-        let service = |backends: &str| {
+        // allowing it: the connection may be the one to it, so it is denied. Unless the pod is
+        // gone (a rolling update: its connections went with it) or its address is another
+        // pod's now.
+        let backend = |name: &str, app: &str| {
             format!(
-                "{PODS}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: other, namespace: t, labels: {{app: server}}}}\nstatus: {{podIP: 10.0.0.3}}\n\
-                 ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: t}}\n\
-                 spec: {{clusterIP: 10.96.0.50, selector: {{app: server}}, ports: [{{port: 80, targetPort: 8080}}]}}\n\
-                 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-                 metadata: {{name: api-1, namespace: t, labels: {{kubernetes.io/service-name: api}}}}\n\
-                 addressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n{backends}"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: t, labels: {{app: {app}}}}}\nstatus: {{podIP: 10.0.0.3}}\n"
             )
         };
         let both = "- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n";
-        let one =
+        let one_ready =
             "- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n  conditions: {ready: false}\n";
+        let one = "- addresses: [10.0.0.2]\n";
         let shared = client_sidecar();
-        let before = client_policy(&service(both), 2);
+        let before = client_policy(&with_service(&backend("other", "server"), both), 2);
         shared.current.store(Some(before.clone()));
         let key: (SocketAddr, SocketAddr) = (
             "10.0.0.1:40000".parse().expect("addr"),
@@ -686,24 +701,39 @@ spec:
         );
         let open = crate::tcp_route::unjudged(&before, key);
         assert!(open.service.is_some(), "{open:?}");
-        let seen: Vec<(std::net::IpAddr, u16)> = vec![
-            ("10.0.0.2".parse().expect("ip"), 8080),
-            ("10.0.0.3".parse().expect("ip"), 8080),
-        ];
-        // Now only 10.0.0.2 may be reached on 8080.
-        let narrowed = service(one).replace(
+        // What the record keeps, as the judge admits it.
+        let seen = crate::tcp_route::service_backends(&before, key.1);
+        assert_eq!(seen.len(), 2);
+        let rejudged = |yaml: &str, generation| {
+            let after = client_policy(yaml, generation);
+            shared.current.store(Some(after.clone()));
+            (
+                crate::tcp_route::rejudge(&shared, &after, key, &open, &seen).is_some(),
+                crate::tcp_route::rejudge(&shared, &after, key, &open, &[]).is_some(),
+            )
+        };
+        // Now only 10.0.0.2 may be reached on 8080, and 10.0.0.3 is still the same pod.
+        let narrowed = with_service(&backend("other", "server"), one_ready).replace(
             "  - to: [{podSelector: {matchLabels: {app: server}}}]",
             "  - to: [{ipBlock: {cidr: 10.0.0.2/32}}]",
         );
-        let after = client_policy(&narrowed, 3);
-        shared.current.store(Some(after.clone()));
-        assert!(
-            crate::tcp_route::rejudge(&shared, &after, key, &open, &seen[..1]).is_some(),
-            "the backend it may reach is allowed"
+        assert_eq!(
+            rejudged(&narrowed, 3),
+            (false, true),
+            "denied for the backend that left, which the ready ones alone would not say"
         );
-        assert!(
-            crate::tcp_route::rejudge(&shared, &after, key, &open, &seen).is_none(),
-            "a backend it may have reached is denied"
+        // The pod deleted: the policy's podSelector no longer matches its address, which is
+        // no reason to end the connections that went elsewhere.
+        assert_eq!(
+            rejudged(&with_service("", one), 4),
+            (true, true),
+            "a rolling update ended the Service's connections"
+        );
+        // Its address given to a pod policy does not allow, which was never a backend.
+        assert_eq!(
+            rejudged(&with_service(&backend("newcomer", "stranger"), one), 5),
+            (true, true),
+            "a stranger at a former backend's address ended the Service's connections"
         );
     }
 

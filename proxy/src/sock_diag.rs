@@ -173,7 +173,7 @@ pub(crate) struct SocketEnd {
     /// counts a FIN received as one more: it numbers it as a byte).
     pub bytes: Option<(u64, u64)>,
     /// Whether its handshake ever completed (the peer acknowledged its SYN or SYN-ACK), when
-    /// the kernel said.
+    /// the kernel said (`tcpi_delivered`; before Linux 4.18, only a byte received says yes).
     pub established: Option<bool>,
 }
 
@@ -205,14 +205,17 @@ fn socket_end(body: &[u8]) -> Option<SocketEnd> {
     let sent = counter(BYTES_SENT_AT)
         .zip(counter(BYTES_RETRANS_AT))
         .map(|(all, again)| all.saturating_sub(again));
+    let received = counter(BYTES_RECEIVED_AT);
+    // Without `tcpi_delivered` (before 4.18), a byte received says so too.
     let established = info
         .get(DELIVERED_AT..DELIVERED_AT + 4)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(|d| u32::from_ne_bytes(d) > 0);
+        .map(|d| u32::from_ne_bytes(d) > 0)
+        .or_else(|| received.is_some_and(|r| r > 0).then_some(true));
     Some(SocketEnd {
         local,
         remote,
-        bytes: sent.zip(counter(BYTES_RECEIVED_AT)),
+        bytes: sent.zip(received),
         established,
     })
 }
@@ -330,7 +333,12 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
     }
     match (destroyed, failed) {
         (None, Some(e)) => Err(e),
-        (destroyed, _) => Ok(destroyed),
+        (destroyed, failed) => {
+            if let Some(e) = failed {
+                tracing::warn!(error = %e, %local, %remote, "destroyed a revoked connection's socket, but a lookup on another interface failed");
+            }
+            Ok(destroyed)
+        }
     }
 }
 
@@ -476,7 +484,9 @@ mod tests {
             socket_end(&m).map(|e| (e.bytes, e.established))
         };
         assert_eq!(short(200), Some((None, Some(true))));
-        assert_eq!(short(136), Some((None, None)));
+        // Before `tcpi_delivered`: the byte it received says it was a connection.
+        assert_eq!(short(136), Some((None, Some(true))));
+        assert_eq!(short(120), Some((None, None)));
         assert_eq!(socket_end(&[2u8; 40]), None, "truncated");
     }
 

@@ -120,6 +120,7 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
             admitted.event.phase = Some(FlowPhase::Start);
             // Its end, and every policy change, find it by the addresses conntrack keeps.
             let key = (flow.source, flow.destination);
+            let backends = service_backends(&admitted.policy, flow.destination);
             let replaced = {
                 let mut open = shared.kernel_flows.lock();
                 let known = open.get(&key);
@@ -143,7 +144,6 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
                     );
                     return Route::Proxy;
                 }
-                let backends = service_backends(&admitted.policy, flow.destination);
                 open.insert(
                     key,
                     KernelFlow::new(admitted.event.clone(), Some(syn.seq), backends),
@@ -205,10 +205,18 @@ pub(crate) fn rejudge(
             destination,
         };
         // A backend that left the Service while the connection was open may be the one the
-        // node gave it: policy must still allow it too.
-        let gone_denied = seen
-            .iter()
-            .any(|&(ip, port)| !policy.allows(Direction::Egress, ip, Protocol::Tcp, port, &[]));
+        // node gave it: while the same pod holds its address, policy must still allow it too.
+        // (Those still ready are judged with the rest, below.)
+        let state = policy.engine.state();
+        let now = state
+            .services
+            .lookup(destination.ip(), destination.port(), Protocol::Tcp)
+            .map_or(&[][..], |s| &s.backends);
+        let gone_denied = seen.iter().any(|b| {
+            !now.contains(&(b.ip, b.port))
+                && pod_at(policy, b.ip) == b.pod
+                && !policy.allows(Direction::Egress, b.ip, Protocol::Tcp, b.port, &[])
+        });
         return match admit(shared, flow, Backends::Every) {
             Admission::Admitted(a) if !gone_denied => Some(a.event),
             Admission::Admitted(_) | Admission::Refused(_) => None,
@@ -304,9 +312,6 @@ pub(crate) fn revoke(
                 event.phase = Some(FlowPhase::Start);
                 event.service = flow.event.service.take();
                 flow.event = event;
-                if !flow.backends.is_empty() {
-                    flow.saw_backends(service_backends(&policy, key.1));
-                }
             }
             None if shared.keep_revoked => {}
             None => {
@@ -422,14 +427,34 @@ pub(crate) struct Rejudged {
     pub taken_in: usize,
 }
 
-/// The backends `policy`'s Service at `destination` has ready (none: it is no Service's).
-fn service_backends(policy: &PodPolicy, destination: SocketAddr) -> &[Backend] {
-    policy
-        .engine
-        .state()
+/// The backends `policy`'s Service at `destination` has ready, each with the pod that holds
+/// its address (none: it is no Service's).
+pub(crate) fn service_backends(policy: &PodPolicy, destination: SocketAddr) -> Box<[Backend]> {
+    let state = policy.engine.state();
+    let Some(service) = state
         .services
         .lookup(destination.ip(), destination.port(), Protocol::Tcp)
-        .map_or(&[], |s| &s.backends)
+    else {
+        return Box::default();
+    };
+    service
+        .backends
+        .iter()
+        .map(|&(ip, port)| Backend {
+            ip,
+            port,
+            pod: pod_at(policy, ip),
+        })
+        .collect()
+}
+
+/// Which pod holds `ip` under `policy` (a hash of its `namespace/name`), if any.
+fn pod_at(policy: &PodPolicy, ip: std::net::IpAddr) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let pod = policy.engine.state().pod(policy.engine.pod_by_ip(ip)?);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&pod.namespace, &pod.name).hash(&mut h);
+    Some(h.finish())
 }
 
 /// A kernel-carried connection found in conntrack that this sidecar did not admit (or no
@@ -517,11 +542,7 @@ pub(crate) fn socket_ended(shared: &Shared, end: SocketEnd) {
     if !pods {
         return;
     }
-    // (Without `tcpi_delivered`, a socket that received nothing may be one.)
-    let maybe_decoy = end
-        .established
-        .map_or(end.bytes.is_none_or(|(_, received)| received == 0), |e| !e);
-    if maybe_decoy && is_decoy(shared, &end) {
+    if end.established != Some(true) && is_decoy(shared, &end) {
         return;
     }
     let (key, flow, bytes) = {
@@ -567,9 +588,11 @@ fn is_decoy(shared: &Shared, end: &SocketEnd) -> bool {
             }
             open
         }
+        // The record stays: its end comes once conntrack forgets the connection (late, and
+        // without bytes, which such a socket never carried), rather than a decoy's ending it.
         Err(e) => {
             tracing::debug!(error = %e, "cannot look for the socket of a kernel-carried connection");
-            false
+            true
         }
     }
 }
