@@ -16,6 +16,8 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::netlink::{NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR};
 
@@ -263,7 +265,10 @@ impl Ends {
     }
 }
 
-fn ask(message: &[u8]) -> io::Result<Vec<u8>> {
+/// Sends one request on a socket of its own and reads its answer (a socket, or a status). (A
+/// socket kept for several would hold each lookup's acknowledgement, which follows the answer,
+/// for the next request to read.)
+fn ask(message: &[u8]) -> io::Result<Option<Found>> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -277,10 +282,9 @@ fn ask(message: &[u8]) -> io::Result<Vec<u8>> {
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )?;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = [0u8; 4096];
     let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-    buf.truncate(n);
-    Ok(buf)
+    answer(&buf[..n])
 }
 
 /// A connection [`destroy`] ended.
@@ -300,11 +304,11 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
     let mut destroyed: Option<Destroyed> = None;
     // The first failure is returned once every interface had its turn.
     let mut failed = None;
-    for dif in interfaces() {
+    for dif in std::iter::once(0).chain(interfaces().iter().copied()) {
         // A destroyed socket is out of the tables: the next lookup finds another, or none (a
         // few at most: one unbound, one bound to the interface).
         for _ in 0..4 {
-            let found = match find((local, remote), dif) {
+            let found = match find((local, remote), dif, true) {
                 Ok(Some(found)) => found,
                 Ok(None) => break,
                 Err(e) => {
@@ -319,7 +323,7 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
                 dif,
                 false,
             ));
-            if let Err(e) = asked.and_then(|a| answer(&a)) {
+            if let Err(e) = asked {
                 failed.get_or_insert(e);
                 break;
             }
@@ -342,25 +346,43 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
     }
 }
 
-/// Where to look for a socket on given addresses: unbound, then each of the namespace's
-/// interfaces (the kernel's lookup by addresses finds a socket bound to an interface only when
-/// asked on that interface; an app cannot add one without NET_ADMIN).
-fn interfaces() -> Vec<u32> {
-    let mut interfaces = vec![0];
+/// The namespace's interfaces, where to look for a socket on given addresses: the kernel's
+/// lookup by addresses finds a socket bound to an interface only when asked on that interface
+/// (and an unbound one on any). Listed again at most once a second (an app cannot add one
+/// without NET_ADMIN; the list is asked for on every revoked connection and every freed
+/// socket that never connected, which a connection storm makes many).
+fn interfaces() -> Arc<[u32]> {
+    static LISTED: Mutex<Option<(Instant, Arc<[u32]>)>> = Mutex::new(None);
+    let mut listed = LISTED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, all)) = listed.as_ref()
+        && at.elapsed() < Duration::from_secs(1)
+    {
+        return all.clone();
+    }
     match nix::net::if_::if_nameindex() {
-        Ok(all) => interfaces.extend(all.iter().map(|i| i.index())),
+        Ok(all) => {
+            let all: Arc<[u32]> = all.iter().map(|i| i.index()).collect();
+            *listed = Some((Instant::now(), all.clone()));
+            all
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found")
+            tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found");
+            Arc::from([])
         }
     }
-    interfaces
 }
 
 /// Whether a connection socket (not a listener, not TIME_WAIT) on these addresses is open, on
-/// any interface.
+/// any interface (unbound ones are found on each).
 pub(crate) fn connection_open(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
-    for dif in interfaces() {
-        if find((local, remote), dif)?.is_some() {
+    let interfaces = interfaces();
+    let difs: &[u32] = if interfaces.is_empty() {
+        &[0]
+    } else {
+        &interfaces
+    };
+    for &dif in difs {
+        if find((local, remote), dif, false)?.is_some() {
             return Ok(true);
         }
     }
@@ -371,22 +393,14 @@ pub(crate) fn connection_open(local: SocketAddr, remote: SocketAddr) -> io::Resu
 const TRIES: usize = 3;
 
 /// The connection (not a listener, not TIME_WAIT) on these addresses bound to `dif` or to no
-/// interface, with its bytes when the kernel gives them.
-fn find(ends: (SocketAddr, SocketAddr), dif: u32) -> io::Result<Option<Found>> {
-    let lookup = |info| {
-        answer(&ask(&request(
-            SOCK_DIAG_BY_FAMILY,
-            ends,
-            NO_COOKIE,
-            dif,
-            info,
-        ))?)
-    };
+/// interface, with its bytes when the kernel gives them (if `bytes`).
+fn find(ends: (SocketAddr, SocketAddr), dif: u32, bytes: bool) -> io::Result<Option<Found>> {
+    let lookup = |info| ask(&request(SOCK_DIAG_BY_FAMILY, ends, NO_COOKIE, dif, info));
     // The bytes are a courtesy: the answer with `tcp_info` carries other attributes of the
     // socket too, which its owner can change while the kernel builds it (its TCP MD5 keys,
     // until "net/diag: Do not race on dumping MD5 keys with adding new MD5 keys"), failing
     // the lookup; it is tried again without, a few times.
-    let mut found = lookup(true);
+    let mut found = lookup(bytes);
     for _ in 0..TRIES {
         match &found {
             Err(e) => {
