@@ -161,6 +161,54 @@ fn a_resolver_reachable_only_at_l4_is_not_believed() {
 }
 
 #[test]
+fn a_sidecar_that_starts_again_believes_only_the_resolvers_of_before_the_app_rewrote_resolv_conf() {
+    if !support::hostile::ready(
+        "a_sidecar_that_starts_again_believes_only_the_resolvers_of_before_the_app_rewrote_resolv_conf",
+    ) {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = up(dir.path(), "drestart");
+    let ns = up.ns(RUNNER);
+    let (r, _out) = resolver(
+        &external_ns(&up, "reachable-resolver"),
+        &["203.0.113.53", &format!("api.example.com={EVIL}")],
+    );
+    let _r = Running(r);
+    // The app names its own resolver in the pod's resolv.conf, which the kubelet mounts
+    // writable into every container (`ip netns exec` mounts this file over /etc/resolv.conf),
+    // then gets the sidecar killed (out of memory, say): the kubelet starts it again.
+    let conf = format!("/etc/netns/{ns}/resolv.conf");
+    let app_wrote = "nameserver 203.0.113.53\nnameserver 10.75.0.53\n";
+    std::fs::write(&conf, app_wrote).expect("rewrite resolv.conf");
+    assert_eq!(
+        app(&ns, "", &[], &["cat", "/etc/resolv.conf"]),
+        app_wrote.trim_end(),
+        "the app sees its own resolv.conf"
+    );
+    let i = up.index(RUNNER);
+    let logs = up.sb().logs_dir();
+    let _sidecar = Running(support::sandbox::restart_sidecar(
+        &ns,
+        &logs.join(format!("{i}-sidecar.flows.jsonl")),
+        &logs.join(format!("{i}-sidecar.log")),
+    ));
+    // The restarted sidecar still believes only the pod's resolver of before.
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "203.0.113.53", "api.example.com"]),
+        "rcode 0",
+        "reachable: the query is answered"
+    );
+    let e = dns_events(&up, "api.example.com");
+    assert_eq!(
+        e[0]["l7"]["dns"]["not_learned"], "resolver-not-trusted",
+        "{e:?}"
+    );
+    let r = app(&ns, "", &[], &["tcp", EVIL, "80"]);
+    assert!(r.starts_with("failed"), "the app's resolver believed: {r}");
+}
+
+#[test]
 fn an_address_in_the_answer_to_a_txt_question_is_not_learned() {
     if !support::hostile::ready("an_address_in_the_answer_to_a_txt_question_is_not_learned") {
         return;

@@ -43,6 +43,12 @@ pub const INIT: &str = "podwall-init";
 pub const ALLOW_NET_RAW_ANNOTATION: &str = "podwall.io/allow-net-raw";
 const TOKEN_VOLUME: &str = "podwall-token";
 const TOKEN_DIR: &str = "/var/run/secrets/podwall";
+/// Where the init container saves the pod's resolv.conf and hosts file for the sidecar
+/// (`proxy init --save-pod-files`, `proxy run --pod-files`): an emptyDir that no app container
+/// mounts, so a sidecar that starts again after the app does reads the kubelet's files, not
+/// what the app made of them.
+const POD_FILES_VOLUME: &str = "podwall-pod-files";
+const POD_FILES_DIR: &str = "/var/run/podwall/pod-files";
 
 /// What injection adds, from configuration (`--inject-config FILE`, YAML; every field optional).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -688,6 +694,7 @@ fn init_container(cfg: &InjectConfig) -> Value {
         "proxy".to_string(),
         "init".into(),
         format!("--admin-port={}", cfg.admin_port),
+        format!("--save-pod-files={POD_FILES_DIR}"),
     ];
     if !cfg.packet_filter {
         args.push("--no-packet-filter".into());
@@ -729,6 +736,7 @@ fn init_container(cfg: &InjectConfig) -> Value {
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
         },
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "volumeMounts": [{"name": POD_FILES_VOLUME, "mountPath": POD_FILES_DIR}],
     })
 }
 
@@ -739,6 +747,7 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
         format!("--policy-source=control:{}", cfg.control_plane),
         format!("--token-file={TOKEN_DIR}/token"),
         format!("--admin-port={}", cfg.admin_port),
+        format!("--pod-files={POD_FILES_DIR}"),
     ];
     if cfg.audit {
         args.push("--audit".into());
@@ -795,7 +804,10 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
             // sockets; NET_BIND_SERVICE: answering from port 53.
             "capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": POD_FILES_VOLUME, "mountPath": POD_FILES_DIR, "readOnly": true},
+        ],
     })
 }
 
@@ -945,6 +957,12 @@ pub fn inject_template(
         "volumes",
         json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
             "audience": cfg.token_audience, "expirationSeconds": cfg.token_expiration_seconds, "path": "token"}}]}}),
+        false,
+    );
+    push(
+        spec_map,
+        "volumes",
+        json!({"name": POD_FILES_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
         false,
     );
     let Some(meta) = metadata.as_object_mut() else {
@@ -1110,6 +1128,51 @@ mod tests {
         let once = p.clone();
         assert_eq!(inject_object(&mut p, &cfg), Ok(Outcome::AlreadyInjected));
         assert_eq!(p, once, "idempotent");
+    }
+
+    #[test]
+    fn only_the_init_container_and_the_sidecar_share_the_pods_saved_name_files() {
+        // The app may rewrite /etc/resolv.conf and /etc/hosts (the kubelet mounts them
+        // writable): a sidecar that restarts reads the copies init saved before the app ran,
+        // in a volume no app container mounts.
+        let mut p = pod(json!({"initContainers": [{"name": "migrate", "image": "tool"}]}));
+        assert_eq!(
+            inject_object(&mut p, &InjectConfig::default()),
+            Ok(Outcome::Injected)
+        );
+        let mounts_files = |c: &Value| {
+            c["volumeMounts"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|m| m["name"] == POD_FILES_VOLUME && m["mountPath"] == POD_FILES_DIR)
+            })
+        };
+        let args = |c: &Value| c["args"].as_array().cloned().unwrap_or_default();
+        let spec = &p["spec"];
+        let init = &spec["initContainers"][0];
+        let sidecar = &spec["initContainers"][1];
+        assert_eq!(init["name"], INIT);
+        assert!(mounts_files(init));
+        assert!(args(init).contains(&json!(format!("--save-pod-files={POD_FILES_DIR}"))));
+        assert!(mounts_files(sidecar));
+        assert!(
+            sidecar["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["name"] == POD_FILES_VOLUME && m["readOnly"] == true),
+            "the sidecar cannot change them either"
+        );
+        assert!(args(sidecar).contains(&json!(format!("--pod-files={POD_FILES_DIR}"))));
+        for app in [&spec["initContainers"][2], &spec["containers"][0]] {
+            assert!(!mounts_files(app), "{app}");
+        }
+        assert!(
+            spec["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .any(|v| v["name"] == POD_FILES_VOLUME && v["emptyDir"].is_object())
+        );
     }
 
     #[test]

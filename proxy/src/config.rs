@@ -22,6 +22,9 @@ pub struct ProxyConfig {
     /// The pod's resolver, besides the nameservers of /etc/resolv.conf: trusted for the
     /// toFQDNs names, and assumed when a query's original destination is unknown.
     pub dns_upstream: Option<IpAddr>,
+    /// The pod's resolv.conf and hosts file as the sidecar read them when it started (or as
+    /// `proxy init` saved them): their nameservers are trusted for the toFQDNs names.
+    pub names: crate::lookup::SystemNames,
     /// Read DNS datagrams' original destination (TPROXY capture; needs NET_ADMIN). Without it,
     /// or when the capability is missing, queries are taken to be for the configured resolver.
     pub dns_transparent: bool,
@@ -58,6 +61,7 @@ impl ProxyConfig {
             dns: vec![([127, 0, 0, 1], 15053).into()],
             admin: ([0, 0, 0, 0], 15020).into(),
             dns_upstream: None,
+            names: Default::default(),
             dns_transparent: true,
             fqdn_cache: podwall_fqdn::cache::CacheConfig::default(),
             check_server_name: true,

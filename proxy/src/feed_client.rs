@@ -42,6 +42,8 @@ pub struct ControlSource {
     /// How long without a line (a change or a heartbeat) before the stream is taken for dead
     /// and opened again: [`SILENCE`].
     pub silence: Duration,
+    /// What the control plane's name is looked up with (read when the sidecar started).
+    pub names: crate::lookup::SystemNames,
 }
 
 impl std::fmt::Debug for ControlSource {
@@ -174,9 +176,10 @@ impl PolicySource for ControlSource {
                 version: None,
             };
             let mut backoff = Duration::from_millis(200);
-            let names = crate::lookup::SystemNames::read();
             loop {
-                let result = self.follow(&mut feed, &publish, &metrics, &names).await;
+                let result = self
+                    .follow(&mut feed, &publish, &metrics, &self.names)
+                    .await;
                 metrics.policy_stream_connected.set(0);
                 // Until a first policy arrives nothing is enforced but refusal.
                 let meanwhile = if publish.borrow().is_some() {

@@ -22,7 +22,7 @@ mod in_flight;
 pub mod init;
 pub mod kernel_check;
 mod kernel_flows;
-mod lookup;
+pub mod lookup;
 pub mod metrics;
 mod names;
 mod netlink;
@@ -230,7 +230,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         in_flight: Default::default(),
     });
     let mut resolvers: Vec<std::net::IpAddr> = config.dns_upstream.into_iter().collect();
-    resolvers.extend(lookup::ResolvConf::system().nameservers);
+    resolvers.extend(config.names.nameservers());
     let transparent = dns_udp.iter().all(|(_, t)| *t);
     let dns_ctx = Arc::new(dns::DnsContext {
         resolvers: resolvers.clone(),

@@ -6,11 +6,16 @@
 //! resolvers itself, from marked sockets ([`crate::exempt`]) that the capture lets pass, with
 //! the pod's search list and `ndots` as the C library would read them from `/etc/resolv.conf`.
 //!
-//! Both files are read once, when the sidecar starts (before the app does): the kubelet mounts
-//! the pod's hosts file writable into every container, and an app that rewrote it later could
-//! send the sidecar to another control plane.
+//! Both files are read once, when the sidecar starts: the kubelet mounts the pod's hosts and
+//! resolv.conf files writable into every container, and an app that rewrote them could send
+//! the sidecar to another control plane, or make its own DNS server one the sidecar trusts
+//! (whose answers teach toFQDNs addresses). A sidecar that starts again (killed, out of
+//! memory) starts after the app did, so injection has `proxy init`, which runs before any app
+//! container, copy both into a directory only it and the sidecar mount ([`save_pod_files`]),
+//! and the sidecar read them there (`proxy run --pod-files`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
@@ -98,23 +103,81 @@ pub(crate) fn hosts_entries(text: &str, name: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// What the sidecar looks names up with: `/etc/hosts` and `/etc/resolv.conf` as they were
-/// when it started.
+/// What the sidecar looks names up with, and whose DNS answers it believes: the pod's
+/// `/etc/hosts` and `/etc/resolv.conf` as they were when the sidecar started, or as `proxy
+/// init` saved them.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct SystemNames {
-    /// `/etc/resolv.conf`.
-    pub conf: ResolvConf,
-    /// `/etc/hosts`.
-    pub hosts: String,
+pub struct SystemNames {
+    /// `resolv.conf`.
+    pub(crate) conf: ResolvConf,
+    /// `hosts`.
+    pub(crate) hosts: String,
+}
+
+/// The files [`save_pod_files`] copies, by name, from `/etc`.
+const POD_FILES: [&str; 2] = ["resolv.conf", "hosts"];
+
+/// A file of the pod's name setup could not be saved or read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct PodFilesError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Copies the pod's `/etc/resolv.conf` and `/etc/hosts` into `dir` (created if need be; a
+/// missing hosts file is saved empty), each written whole before it takes its name.
+pub fn save_pod_files(dir: &Path) -> Result<(), PodFilesError> {
+    save_pod_files_from(Path::new("/etc"), dir)
+}
+
+fn save_pod_files_from(etc: &Path, dir: &Path) -> Result<(), PodFilesError> {
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PodFilesError { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(failed(dir))?;
+    for name in POD_FILES {
+        let from = etc.join(name);
+        let text = match std::fs::read(&from) {
+            Ok(text) => text,
+            Err(e) if name == "hosts" && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(failed(&from)(e)),
+        };
+        let to = dir.join(name);
+        let partial = dir.join(format!(".{name}.partial"));
+        std::fs::write(&partial, text).map_err(failed(&partial))?;
+        std::fs::rename(&partial, &to).map_err(failed(&to))?;
+    }
+    Ok(())
 }
 
 impl SystemNames {
-    /// Reads both files now.
-    pub(crate) fn read() -> Self {
-        SystemNames {
-            conf: ResolvConf::system(),
-            hosts: std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
-        }
+    /// Reads both files now: from `saved` (what [`save_pod_files`] wrote, both of which must
+    /// be there), or from `/etc` (a file missing there counts as empty).
+    pub fn read(saved: Option<&Path>) -> Result<Self, PodFilesError> {
+        let Some(dir) = saved else {
+            return Ok(SystemNames {
+                conf: ResolvConf::system(),
+                hosts: std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+            });
+        };
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| PodFilesError { path, source })
+        };
+        Ok(SystemNames {
+            conf: ResolvConf::parse(&read("resolv.conf")?),
+            hosts: read("hosts")?,
+        })
+    }
+
+    /// The `nameserver`s.
+    pub fn nameservers(&self) -> &[IpAddr] {
+        &self.conf.nameservers
     }
 }
 
@@ -210,6 +273,60 @@ async fn ask(name: &str, qtype: RecordType, server: SocketAddr) -> Result<Vec<Ip
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sidecar_reads_the_name_files_init_saved_not_what_the_app_made_of_etc_since() {
+        let etc = tempfile::tempdir().expect("tempdir");
+        let saved = tempfile::tempdir().expect("tempdir");
+        let dir = saved.path().join("pod-files");
+        std::fs::write(
+            etc.path().join("resolv.conf"),
+            "nameserver 10.96.0.10\nsearch t.svc.cluster.local\n",
+        )
+        .expect("write");
+        std::fs::write(etc.path().join("hosts"), "10.0.0.9 control\n").expect("write");
+        save_pod_files_from(etc.path(), &dir).expect("saved");
+        // The app rewrites both afterwards: the saved copies do not change.
+        std::fs::write(etc.path().join("resolv.conf"), "nameserver 6.6.6.6\n").expect("write");
+        std::fs::write(etc.path().join("hosts"), "6.6.6.6 control\n").expect("write");
+        let names = SystemNames::read(Some(&dir)).expect("read");
+        assert_eq!(
+            names.nameservers(),
+            &["10.96.0.10".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(names.conf.search, ["t.svc.cluster.local"]);
+        assert_eq!(
+            hosts_entries(&names.hosts, "control"),
+            ["10.0.0.9".parse::<IpAddr>().expect("ip")]
+        );
+        // No partial file is left behind.
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["hosts", "resolv.conf"]);
+    }
+
+    #[test]
+    fn a_pod_without_a_hosts_file_saves_it_empty_and_missing_saved_files_are_an_error_naming_them()
+    {
+        let etc = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(etc.path().join("resolv.conf"), "nameserver 10.96.0.10\n").expect("write");
+        save_pod_files_from(etc.path(), dir.path()).expect("saved");
+        assert_eq!(SystemNames::read(Some(dir.path())).expect("read").hosts, "");
+        // A pod without resolv.conf: init fails, naming the file.
+        let bare = tempfile::tempdir().expect("tempdir");
+        let e = save_pod_files_from(bare.path(), dir.path()).expect_err("no resolv.conf");
+        assert_eq!(e.path, bare.path().join("resolv.conf"));
+        // The sidecar told to read files nobody saved fails, naming the file (it does not fall
+        // back to /etc, which the app may have rewritten).
+        let empty = tempfile::tempdir().expect("tempdir");
+        let e = SystemNames::read(Some(empty.path())).expect_err("nothing saved");
+        assert_eq!(e.path, empty.path().join("resolv.conf"));
+        assert!(e.to_string().contains("resolv.conf"), "{e}");
+    }
 
     #[test]
     fn resolv_conf_gives_servers_search_list_and_ndots() {

@@ -106,6 +106,7 @@ fn plain_source(addr: SocketAddr, silence: Duration) -> Box<ControlSource> {
         token_file: None,
         tls: None,
         silence,
+        names: Default::default(),
     })
 }
 
@@ -226,6 +227,8 @@ async fn over_tls_the_sidecar_trusts_only_the_control_plane_its_ca_vouches_for()
             token_file: None,
             tls: Some(podwall_proxy::feed_client::tls_connector(ca_pem.as_bytes()).expect("CA")),
             silence: podwall_proxy::feed_client::SILENCE,
+            // `localhost`, from this machine's /etc/hosts.
+            names: podwall_proxy::lookup::SystemNames::read(None).expect("/etc"),
         });
         tokio::spawn(source.run(tx, metrics.clone()));
         (rx, metrics)

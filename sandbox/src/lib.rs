@@ -709,8 +709,12 @@ impl Sandbox {
         }
         for (i, pod) in injected {
             let log = logs.join(format!("{i}-init.log"));
+            // As injection does: init saves the pod's name files before the app starts, and
+            // the sidecar reads them there, not what the app may have made of /etc since.
+            let pod_files = self.dir.join("pod-files").join(i.to_string());
             let mut init = Command::new("ip");
             init.args(["netns", "exec", &pod.netns, &exe, "proxy", "init"])
+                .arg(format!("--save-pod-files={}", pod_files.display()))
                 .args(&opts.init_args);
             let status = spawn_logged(&mut init, &log)?
                 .wait()
@@ -742,6 +746,7 @@ impl Sandbox {
                 "--token-file={}",
                 token_dir.join(format!("{i}")).display()
             ))
+            .arg(format!("--pod-files={}", pod_files.display()))
             // The sandbox's feed is plain HTTP/2 on the node's own namespace.
             .arg("--insecure-plaintext-feed")
             .args(&opts.sidecar_args);

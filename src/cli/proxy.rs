@@ -115,6 +115,12 @@ pub(crate) struct InitArgs {
     /// What the ip6tables rules do.
     #[arg(long, value_enum, default_value = "auto")]
     ipv6: Ipv6Mode,
+    /// Also copy the pod's /etc/resolv.conf and /etc/hosts into DIR, for `proxy run
+    /// --pod-files DIR`: an init container runs before any app container, so the copies are
+    /// the kubelet's, which an app may rewrite later (both are mounted writable into every
+    /// container). Mount DIR into this container and the sidecar only.
+    #[arg(long, value_name = "DIR")]
+    save_pod_files: Option<std::path::PathBuf>,
     /// Print the rules instead of installing them.
     #[arg(long, conflicts_with = "remove")]
     dry_run: bool,
@@ -166,6 +172,13 @@ pub(crate) struct RunArgs {
     /// destination when a query's own is unknown (`--dns-capture redirect`).
     #[arg(long)]
     dns_upstream: Option<IpAddr>,
+    /// Read the pod's resolv.conf and hosts file from DIR, as `proxy init --save-pod-files
+    /// DIR` saved them, instead of /etc: a sidecar that starts again (killed, out of memory)
+    /// starts after the app, which may have rewritten /etc/resolv.conf to name its own DNS
+    /// server (whose answers the sidecar would believe for toFQDNs names) or /etc/hosts to
+    /// name another control plane. Both files must be there.
+    #[arg(long, value_name = "DIR")]
+    pod_files: Option<std::path::PathBuf>,
     /// How the init rules capture DNS over UDP: `tproxy` (the query's original destination is
     /// read; needs NET_ADMIN, else the sidecar falls back) or `redirect`.
     #[arg(long, value_enum, default_value = "tproxy")]
@@ -264,6 +277,14 @@ fn parse_mark(s: &str) -> Result<u32, String> {
 }
 
 fn init(args: InitArgs) -> ExitCode {
+    if let Some(dir) = args.save_pod_files.as_deref()
+        && !args.dry_run
+        && !args.remove
+        && let Err(e) = podwall_proxy::lookup::save_pod_files(dir)
+    {
+        eprintln!("podwall: --save-pod-files: cannot save the pod's name files: {e}");
+        return ExitCode::FAILURE;
+    }
     let config = InitConfig {
         proxy_mark: args.proxy_mark,
         inbound_port: args.inbound_port,
@@ -414,6 +435,15 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     }
     config.admin = SocketAddr::from(([0, 0, 0, 0], args.admin_port));
     config.dns_upstream = args.dns_upstream;
+    config.names = match podwall_proxy::lookup::SystemNames::read(args.pod_files.as_deref()) {
+        Ok(names) => names,
+        Err(e) => {
+            eprintln!(
+                "podwall: --pod-files: cannot read the pod's name files that `proxy init --save-pod-files` saves: {e}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     config.dns_transparent = args.dns_capture == DnsCaptureArg::Tproxy;
     config.fqdn_cache = fqdn_cache(&args);
     config.check_server_name = args.check_server_name;
@@ -492,6 +522,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
                 token_file: args.token_file.clone(),
                 tls,
                 silence: podwall_proxy::feed_client::SILENCE,
+                names: config.names.clone(),
             })
         }
         (None, None) => return ExitCode::from(2),

@@ -261,6 +261,44 @@ pub(crate) fn wait_ready(ns: &str) {
     });
 }
 
+/// Kills the sidecar in `ns` and starts it again with the same command line, as the kubelet
+/// does with a sidecar that crashed or ran out of memory (the app runs on meanwhile): its flow
+/// events and log are appended to `flows` and `log`. Returns it once it is ready.
+pub(crate) fn restart_sidecar(
+    ns: &str,
+    flows: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let pid = sidecar_pid(ns);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the sidecar's command");
+    let args: Vec<std::ffi::OsString> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| std::ffi::OsStr::from_bytes(a).to_owned())
+        .collect();
+    kill_sidecar(ns);
+    let append = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .expect("open for appending")
+    };
+    let sidecar = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(append(flows))
+        .stderr(append(log))
+        .process_group(0)
+        .spawn()
+        .expect("start the sidecar again");
+    wait_ready(ns);
+    sidecar
+}
+
 /// Kills the sidecar in `ns` (a crash, an OOM kill) and waits until it is gone, or a zombie
 /// its parent (the sandbox) has not waited for yet.
 pub(crate) fn kill_sidecar(ns: &str) {

@@ -12,8 +12,8 @@
 use serde_json::Value;
 
 use super::{
-    INIT, INJECT_ANNOTATION, InjectConfig, InjectError, PING_GROUP_RANGE, RESERVED_PORTS, SIDECAR,
-    SIDECAR_PORTS, STATUS_ANNOTATION, TOKEN_VOLUME, template_pointer,
+    INIT, INJECT_ANNOTATION, InjectConfig, InjectError, PING_GROUP_RANGE, POD_FILES_VOLUME,
+    RESERVED_PORTS, SIDECAR, SIDECAR_PORTS, STATUS_ANNOTATION, TOKEN_VOLUME, template_pointer,
 };
 
 /// What uninjection did to one object.
@@ -74,7 +74,9 @@ pub fn uninject_object(
             matches!(c["name"].as_str(), Some(SIDECAR | INIT))
         });
     }
-    remove_where(spec, "volumes", |v| v["name"] == TOKEN_VOLUME);
+    remove_where(spec, "volumes", |v| {
+        v["name"] == TOKEN_VOLUME || v["name"] == POD_FILES_VOLUME
+    });
     let ours: Vec<String> = SIDECAR_PORTS
         .iter()
         .chain([cfg.admin_port].iter())
