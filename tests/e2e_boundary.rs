@@ -474,6 +474,35 @@ fn nothing_sent_to_the_sidecars_ports_directly_reaches_or_wedges_them() {
 }
 
 #[test]
+fn a_tcp_dns_client_cannot_make_the_sidecar_hold_memory_or_connections_without_bound() {
+    if !ready("a_tcp_dns_client_cannot_make_the_sidecar_hold_memory_or_connections_without_bound") {
+        return;
+    }
+    let dir = topology(&boundary(true));
+    let up = Up::new(dir.path(), "bdnstcp", Inject::Annotated);
+    let ns = up.ns(APP);
+    // TCP to port 53 of any address reaches the DNS proxy, before any judgement. A length
+    // prefix promising 64 KiB, then silence: the proxy does not set 64 KiB aside for each.
+    let long = format!("ffff{}", "00".repeat(1000));
+    assert_eq!(
+        app(&ns, "", &[], &["dns-tcp-hold", DNS_IP, "300", &long]),
+        "closed 300",
+        "connections that promised more than any query were held"
+    );
+    // Silent connections: past the most served at once (256), each is closed as it comes.
+    let held = app(&ns, "", &[], &["dns-tcp-hold", DNS_IP, "300", ""]);
+    let closed: usize = held
+        .strip_prefix("closed ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{held}"));
+    assert!(closed >= 300 - 256, "{held}: every one was held");
+    // Once they are gone, DNS over TCP answers.
+    wait_for("DNS over TCP to answer", Duration::from_secs(15), || {
+        app(&ns, "", &[], &["dns-tcp", DNS_IP, "api.example.com"]) == "rcode 0"
+    });
+}
+
+#[test]
 fn a_forged_loopback_packet_never_reaches_a_sidecar_socket() {
     if !ready("a_forged_loopback_packet_never_reaches_a_sidecar_socket") {
         return;

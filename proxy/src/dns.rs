@@ -49,8 +49,15 @@ use socket::{ReplySockets, recv_with_orig};
 const MAX_IN_FLIGHT: usize = 512;
 /// How long a resolver has to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a TCP DNS client may stay idle between queries.
+/// How long a TCP DNS client has for each query, from the wait for its first byte to its last.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP DNS connections served at once; more are closed as they come (the client retries).
+/// The nat rule sends TCP to port 53 of any address here, judged or not, before any policy.
+const MAX_TCP_CLIENTS: usize = 256;
+/// The longest query taken over TCP: a question and an OPT record with its options (a padded
+/// query is 468 bytes, RFC 8467) are far shorter. The length prefix promises up to 64 KiB,
+/// which the proxy does not set aside for a client that may never send it.
+const MAX_TCP_QUERY: usize = 4096;
 
 /// What the DNS proxy needs besides the connection handlers' shared state.
 #[derive(Debug)]
@@ -128,11 +135,19 @@ pub(crate) async fn serve_udp(
 
 /// Serves DNS over TCP (nat-redirected; the original destination is the resolver).
 pub(crate) async fn serve_tcp(listener: TcpListener, ctx: Arc<DnsContext>, shared: Arc<Shared>) {
+    let limit = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tracing::debug!(client = %peer, "as many DNS connections as served at once: closed");
+                    continue;
+                };
                 let (ctx, shared) = (ctx.clone(), shared.clone());
-                tokio::spawn(async move { tcp_client(stream, peer, &ctx, &shared).await });
+                tokio::spawn(async move {
+                    tcp_client(stream, peer, &ctx, &shared).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "DNS accept failed");
@@ -162,14 +177,10 @@ async fn tcp_client(
     };
     // Queries one after the other on the same connection, each answered in turn.
     loop {
-        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
-            Ok(Ok(n)) => n as usize,
-            _ => return,
-        };
-        let mut query = vec![0u8; len];
-        if stream.read_exact(&mut query).await.is_err() {
+        let Ok(Some(query)) = tokio::time::timeout(TCP_IDLE, read_tcp_query(&mut stream)).await
+        else {
             return;
-        }
+        };
         let Some(reply) = answer(&query, client, resolver, Protocol::Tcp, ctx, shared).await else {
             return;
         };
@@ -183,6 +194,22 @@ async fn tcp_client(
             return;
         }
     }
+}
+
+/// One length-prefixed query from a TCP client; `None` at its end, on an error, or for one
+/// longer than [`MAX_TCP_QUERY`].
+async fn read_tcp_query(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let len = usize::from(stream.read_u16().await.ok()?);
+    if len > MAX_TCP_QUERY {
+        tracing::debug!(
+            len,
+            "DNS query over TCP longer than any the proxy takes: closed"
+        );
+        return None;
+    }
+    let mut query = vec![0u8; len];
+    stream.read_exact(&mut query).await.ok()?;
+    Some(query)
 }
 
 /// Judges one query, forwards it or refuses it, learns from the answer, and returns what the
