@@ -738,6 +738,49 @@ spec:
     }
 
     #[test]
+    fn a_service_connection_goes_to_the_proxy_when_http_rules_apply_to_any_of_its_backends() {
+        // 10.0.0.2 (app: server) is allowed at L4; 10.0.0.3 (app: api) only under HTTP rules.
+        // The node picks either for a connection to the virtual IP: the proxy must take it,
+        // whichever backend the verdict admitted describes.
+        let api = "apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: t, labels: {app: api}}\nstatus: {podIP: 10.0.0.3}\n\
+                   ---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-api, namespace: t}\n\
+                   spec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n\
+                   \x20 - toEndpoints: [{matchLabels: {app: api}}]\n\
+                   \x20   toPorts: [{ports: [{port: '8080', protocol: TCP}], rules: {http: [{method: GET, path: /public/.*}]}}]\n";
+        let route_to_vip = |endpoints: &str, sport: u16| {
+            let shared = client_sidecar();
+            let policy = client_policy(&with_service(api, endpoints), 2);
+            shared.current.store(Some(policy));
+            crate::tcp_route::route(
+                &shared,
+                crate::admit::NewFlow {
+                    direction: Direction::Egress,
+                    protocol: Protocol::Tcp,
+                    ip_protocol: TCP,
+                    source: SocketAddr::from(([10, 0, 0, 1], sport)),
+                    destination: "10.96.0.50:80".parse().expect("addr"),
+                },
+                crate::tcp_route::Syn {
+                    seq: 1,
+                    on_judged_entry: false,
+                    reopened: false,
+                },
+            )
+        };
+        use crate::tcp_route::Route;
+        assert_eq!(
+            route_to_vip("- addresses: [10.0.0.2]\n", 30000),
+            Route::Kernel,
+            "no HTTP rules apply to its one backend"
+        );
+        assert_eq!(
+            route_to_vip("- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n", 30001),
+            Route::Proxy,
+            "the kernel would carry it to 10.0.0.3 unread"
+        );
+    }
+
+    #[test]
     fn a_freed_socket_ends_only_the_kernel_carried_connection_it_was_the_pods_end_of() {
         let shared = client_sidecar();
         let (client, server) = client_connects(&shared, 20000);

@@ -112,7 +112,7 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
     match admit_under(shared, policy, flow, Backends::Every) {
         // Refused, or a Service virtual IP not every backend of which policy allows.
         Admission::Refused(_) => Route::Proxy,
-        Admission::Admitted(admitted) if needs_proxy(&admitted, shared) => Route::Proxy,
+        Admission::Admitted(admitted) if needs_proxy(&admitted, shared, &flow) => Route::Proxy,
         Admission::Admitted(mut admitted) => {
             // Ends are heard on the kernel path only (from the start with `proxy run
             // --l4-path kernel`; else from this first connection, before its socket can end).
@@ -177,10 +177,40 @@ fn pods_own_end(policy: &PodPolicy, flow: &NewFlow) -> bool {
 }
 
 /// Whether deciding or reporting the connection takes its bytes: as the proxy decides it.
-fn needs_proxy(a: &Admitted, shared: &Shared) -> bool {
+fn needs_proxy(a: &Admitted, shared: &Shared, flow: &NewFlow) -> bool {
     own_http(&a.verdict, a.event.direction).is_some()
         || a.allowed_by_names_only(shared.check_server_name).is_some()
         || a.observed()
+        || some_backend_has_http_rules(a, flow)
+}
+
+/// A connection to a Service's virtual IP goes to whichever ready backend the node picks, and
+/// the verdict admitted describes one of them: when HTTP rules of this pod apply to any, the
+/// proxy takes the connection (it picks the backend itself and applies that one's rules),
+/// which the kernel would carry to a backend whose rules nobody applied.
+fn some_backend_has_http_rules(a: &Admitted, flow: &NewFlow) -> bool {
+    if a.event.service.is_none() {
+        return false;
+    }
+    let state = a.policy.engine.state();
+    let Some(service) = state.services.lookup(
+        flow.destination.ip(),
+        flow.destination.port(),
+        Protocol::Tcp,
+    ) else {
+        return false;
+    };
+    service.backends.iter().any(|&(ip, port)| {
+        let verdict = judge(
+            &a.policy,
+            flow.direction,
+            flow.source,
+            SocketAddr::new(ip, port),
+            Protocol::Tcp,
+            &a.names,
+        );
+        own_http(&verdict, flow.direction).is_some()
+    })
 }
 
 /// The verdict `policy` gives an open kernel-carried connection: its event described anew, or
