@@ -92,6 +92,9 @@ pub(crate) fn parse(packet: &[u8]) -> Option<FlowStart> {
             if header < 20 || packet.len() < header || ip.get_fragment_offset() != 0 {
                 return None;
             }
+            if source_routed_v4(&packet[20..header])? {
+                return None;
+            }
             (
                 ip.get_source().into(),
                 ip.get_destination().into(),
@@ -165,6 +168,10 @@ fn judged(ip_protocol: u8, icmp_type: Option<u8>) -> Option<Protocol> {
 fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
     for _ in 0..8 {
         match next {
+            // A routing header with segments left (an app sets one with `IPV6_RTHDR`, no
+            // capability needed) sends the packet on from the address it names to another:
+            // it would be judged by its first hop.
+            43 if *rest.get(3)? > 0 => return None,
             0 | 43 | 60 => {
                 let len = (usize::from(*rest.get(1)?) + 1) * 8;
                 next = *rest.first()?;
@@ -182,6 +189,32 @@ fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
         }
     }
     None
+}
+
+/// Whether IPv4 `options` hold a loose or strict source route (an app sets them with
+/// `IP_OPTIONS`, no capability needed): the header's destination is then only the first hop,
+/// and policy would judge that. `None` for options that do not parse.
+fn source_routed_v4(options: &[u8]) -> Option<bool> {
+    const END: u8 = 0;
+    const NOP: u8 = 1;
+    const LSRR: u8 = 131;
+    const SSRR: u8 = 137;
+    let mut rest = options;
+    while let Some(&kind) = rest.first() {
+        match kind {
+            END => break,
+            NOP => rest = &rest[1..],
+            LSRR | SSRR => return Some(true),
+            _ => {
+                let len = usize::from(*rest.get(1)?);
+                if len < 2 {
+                    return None;
+                }
+                rest = rest.get(len..)?;
+            }
+        }
+    }
+    Some(false)
 }
 
 impl FlowStart {
@@ -1106,5 +1139,49 @@ spec:
                 syn_seq: 0,
             })
         );
+    }
+
+    #[test]
+    fn a_source_routed_packet_is_dropped_not_judged_by_its_first_hop() {
+        // IPv6: a segment routing header (type 4) with a segment left after the header's
+        // destination, then UDP.
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 32, 43, 64];
+        v6.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        v6.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let routing = |segments_left: u8| {
+            let mut h = vec![UDP, 2, 4, segments_left, 0, 0, 0, 0];
+            h.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+            h
+        };
+        let udp = [0x30, 0x39, 0, 53, 0, 8, 0, 0];
+        let with = |segments_left| {
+            let mut p = v6.clone();
+            p.extend(routing(segments_left));
+            p.extend(udp);
+            p
+        };
+        assert_eq!(parse(&with(1)), None, "on to another address");
+        // With none left, the header's destination is where it goes.
+        assert_eq!(
+            parse(&with(0)).map(|f| f.destination),
+            Some("[fd00::2]:53".parse().expect("addr"))
+        );
+        // IPv4: a NOP, then a loose source route (and a strict one).
+        for route in [131u8, 137] {
+            let mut v4 = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 53);
+            v4[0] = 0x47;
+            v4.splice(20..20, [1, route, 7, 4, 10, 0, 0, 9]);
+            assert_eq!(parse(&v4), None, "option {route}");
+        }
+        // Other options (a timestamp) do not change where a packet goes.
+        let mut v4 = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 53);
+        v4[0] = 0x46;
+        v4.splice(20..20, [68, 4, 5, 0]);
+        assert!(parse(&v4).is_some());
+        // Options that do not parse.
+        let mut v4 = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 53);
+        v4[0] = 0x46;
+        v4.splice(20..20, [68, 1, 0, 0]);
+        assert_eq!(parse(&v4), None);
     }
 }
