@@ -209,6 +209,52 @@ fn a_sidecar_that_starts_again_believes_only_the_resolvers_of_before_the_app_rew
 }
 
 #[test]
+fn an_address_of_a_name_before_the_cname_is_not_learned_for_the_name_it_points_to() {
+    if !support::hostile::ready(
+        "an_address_of_a_name_before_the_cname_is_not_learned_for_the_name_it_points_to",
+    ) {
+        return;
+    }
+    let dir = topology(TOPOLOGY);
+    let up = up(dir.path(), "dcname");
+    let ns = up.ns(RUNNER);
+    // A believed resolver that passes "CNAME and other data" through: x.evil.example is a
+    // CNAME to api.example.com and has an address of its own, the attacker's.
+    let (r, _out) = resolver(
+        &external_ns(&up, "selected-resolver"),
+        &[
+            "203.0.113.54",
+            &format!("x.evil.example={EVIL}"),
+            "api.example.com=203.0.113.10",
+            "--cname",
+            "x.evil.example=api.example.com",
+        ],
+    );
+    let _r = Running(r);
+    assert_eq!(
+        app(&ns, "", &[], &["dns", "203.0.113.54", "x.evil.example"]),
+        "rcode 0"
+    );
+    let e = dns_events(&up, "x.evil.example");
+    assert_eq!(
+        e[0]["l7"]["dns"]["ips"],
+        serde_json::json!([EVIL, "203.0.113.10"]),
+        "{e:?}"
+    );
+    let r = app(&ns, "", &[], &["tcp", EVIL, "80"]);
+    assert!(
+        r.starts_with("failed"),
+        "x.evil.example's address opened as api.example.com's: {r}"
+    );
+    // What api.example.com's own resolution leads to is learned for it.
+    let r = app(&ns, "", &[], &["tcp", "203.0.113.10", "80"]);
+    assert!(
+        r.starts_with("connected podwall-sandbox external/api"),
+        "{r}"
+    );
+}
+
+#[test]
 fn an_address_in_the_answer_to_a_txt_question_is_not_learned() {
     if !support::hostile::ready("an_address_in_the_answer_to_a_txt_question_is_not_learned") {
         return;

@@ -168,6 +168,10 @@ pub struct Answer {
     /// Addresses of those names, each with the smallest TTL on its way (the address record's
     /// and the CNAMEs' that led to it).
     pub addresses: Vec<(IpAddr, u32)>,
+    /// For each of `addresses`, its record's owner (an index into `names`).
+    pub owners: Vec<usize>,
+    /// The CNAMEs between `names`: (owner, target), as indexes into `names`.
+    pub cnames: Vec<(usize, usize)>,
 }
 
 impl Answer {
@@ -187,8 +191,9 @@ impl Answer {
             _ => None,
         };
         let mut names: Vec<String> = question.iter().map(|(n, _, _)| n.clone()).collect();
-        // (name, smallest CNAME TTL to reach it)
+        // (name, smallest CNAME TTL to reach it), in the order of `names`
         let mut reach: Vec<(String, u32)> = names.iter().map(|n| (n.clone(), u32::MAX)).collect();
+        let mut cnames: Vec<(usize, usize)> = Vec::new();
         // Follow the chain whatever the order of the records; a loop cannot grow the set.
         loop {
             let mut grew = false;
@@ -199,14 +204,22 @@ impl Answer {
             {
                 if let RData::CNAME(target) = &r.data {
                     let owner = canonical(&r.name.to_ascii());
-                    let Some(&(_, ttl)) = reach.iter().find(|(n, _)| *n == owner) else {
+                    let Some(from) = reach.iter().position(|(n, _)| *n == owner) else {
                         continue;
                     };
+                    let ttl = reach[from].1;
                     let target = canonical(&target.0.to_ascii());
-                    if !reach.iter().any(|(n, _)| *n == target) {
-                        reach.push((target.clone(), ttl.min(r.ttl)));
-                        names.push(target);
-                        grew = true;
+                    let to = match reach.iter().position(|(n, _)| *n == target) {
+                        Some(to) => to,
+                        None => {
+                            reach.push((target.clone(), ttl.min(r.ttl)));
+                            names.push(target);
+                            grew = true;
+                            reach.len() - 1
+                        }
+                    };
+                    if !cnames.contains(&(from, to)) {
+                        cnames.push((from, to));
                     }
                 }
             }
@@ -215,6 +228,7 @@ impl Answer {
             }
         }
         let mut addresses = Vec::new();
+        let mut owners = Vec::new();
         // Internet-class records only: an address in a CHAOS record names nothing here.
         for r in message
             .answers
@@ -227,8 +241,9 @@ impl Answer {
                 _ => continue,
             };
             let owner = canonical(&r.name.to_ascii());
-            if let Some((_, chain_ttl)) = reach.iter().find(|(n, _)| *n == owner) {
-                addresses.push((ip, r.ttl.min(*chain_ttl)));
+            if let Some(at) = reach.iter().position(|(n, _)| *n == owner) {
+                addresses.push((ip, r.ttl.min(reach[at].1)));
+                owners.push(at);
             }
         }
         Ok(Answer {
@@ -238,6 +253,8 @@ impl Answer {
             truncated: message.metadata.truncation,
             names,
             addresses,
+            owners,
+            cnames,
         })
     }
 
@@ -255,6 +272,28 @@ impl Answer {
     /// ANY: both), owned by the question's name or its CNAME chain. An address inside the
     /// answer to any other question (TXT, MX, ...) teaches nothing.
     pub fn learnable(&self) -> Vec<(IpAddr, u32)> {
+        self.learnable_where(|_| true)
+    }
+
+    /// The learnable addresses that resolving `names[name]` leads to: owned by that name or by
+    /// one its CNAMEs lead to. Not those of a name before it in the chain: in `x.evil CNAME
+    /// api.example.com` with `x.evil A 192.0.2.66` beside it (a resolver that passes "CNAME
+    /// and other data" through), 192.0.2.66 is x.evil's, never api.example.com's.
+    pub fn learnable_for(&self, name: usize) -> Vec<(IpAddr, u32)> {
+        let mut reached = vec![name];
+        let mut i = 0;
+        while let Some(&from) = reached.get(i) {
+            for &(_, to) in self.cnames.iter().filter(|(f, _)| *f == from) {
+                if !reached.contains(&to) {
+                    reached.push(to);
+                }
+            }
+            i += 1;
+        }
+        self.learnable_where(|owner| reached.contains(&owner))
+    }
+
+    fn learnable_where(&self, owned: impl Fn(usize) -> bool) -> Vec<(IpAddr, u32)> {
         let wanted = |ip: &IpAddr| match self.question.as_ref() {
             Some((_, RecordType::A, DNSClass::IN)) => ip.is_ipv4(),
             Some((_, RecordType::AAAA, DNSClass::IN)) => ip.is_ipv6(),
@@ -263,8 +302,9 @@ impl Answer {
         };
         self.addresses
             .iter()
-            .filter(|(ip, _)| wanted(ip))
-            .copied()
+            .zip(&self.owners)
+            .filter(|((ip, _), owner)| wanted(ip) && owned(**owner))
+            .map(|(a, _)| *a)
             .collect()
     }
 }
@@ -436,6 +476,40 @@ pub(crate) mod tests {
         ));
         m.add_answers(records);
         Answer::parse(&m.to_vec().expect("encodes")).expect("answer")
+    }
+
+    #[test]
+    fn a_name_on_the_chain_learns_only_the_addresses_its_own_resolution_leads_to() {
+        // x.evil CNAME api.github.com, with an address of x.evil's own beside it ("CNAME and
+        // other data", which a resolver that scrubs nothing passes through), and api.github.com
+        // CNAME edge.cdn.example, whose address is the real one.
+        let mut m = Message::response(9, OpCode::Query);
+        m.add_query(Q::query(
+            Name::from_str("x.evil.").expect("name"),
+            RecordType::A,
+        ));
+        m.add_answers(vec![
+            cname("x.evil.", 60, "api.github.com."),
+            a("x.evil.", 60, "192.0.2.66"),
+            cname("api.github.com.", 60, "edge.cdn.example."),
+            a("edge.cdn.example.", 60, "192.0.2.1"),
+        ]);
+        let answer = Answer::parse(&m.to_vec().expect("encodes")).expect("answer");
+        assert_eq!(
+            answer.names,
+            ["x.evil", "api.github.com", "edge.cdn.example"]
+        );
+        let ips = |learned: Vec<(IpAddr, u32)>| -> Vec<String> {
+            learned.iter().map(|(ip, _)| ip.to_string()).collect()
+        };
+        assert_eq!(ips(answer.learnable_for(0)), ["192.0.2.66", "192.0.2.1"]);
+        assert_eq!(
+            ips(answer.learnable_for(1)),
+            ["192.0.2.1"],
+            "x.evil's address is not api.github.com's"
+        );
+        assert_eq!(ips(answer.learnable_for(2)), ["192.0.2.1"]);
+        assert_eq!(ips(answer.learnable()), ["192.0.2.66", "192.0.2.1"]);
     }
 
     #[test]

@@ -37,22 +37,27 @@ impl Names {
     }
 
     /// Learns from an answer to the pod: each name on the answer's CNAME chain that the pod's
-    /// toFQDNs selectors match gets the answer's addresses. Returns how many were new.
+    /// toFQDNs selectors match gets the addresses its own resolution leads to (its own and
+    /// those of the names its CNAMEs lead to, not those of a name before it). Returns how
+    /// many were new.
     pub(crate) fn learn(
         &self,
         policy: &PodPolicy,
         answer: &podwall_fqdn::message::Answer,
     ) -> usize {
-        let addresses = answer.learnable();
-        if policy.own_fqdn.is_empty() || addresses.is_empty() {
+        if policy.own_fqdn.is_empty() || answer.learnable().is_empty() {
             return 0;
         }
         let now = Instant::now();
         let mut cache = self.lock();
         let mut added = 0;
-        for name in &answer.names {
+        for (i, name) in answer.names.iter().enumerate() {
             let ids = policy.fqdn_ids(std::slice::from_ref(name));
             if ids.is_empty() {
+                continue;
+            }
+            let addresses = answer.learnable_for(i);
+            if addresses.is_empty() {
                 continue;
             }
             let l = cache.learn(name, &ids, &addresses, now);

@@ -654,6 +654,8 @@ spec:
             truncated: false,
             names: vec!["api.example.com".into()],
             addresses: vec![(key.1.ip(), 300)],
+            owners: vec![0],
+            cnames: Vec::new(),
         };
         // Taken in after a restart, or its record lost: nothing says which names allowed it.
         let unjudged = crate::tcp_route::unjudged(&policy, key);
