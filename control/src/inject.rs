@@ -454,6 +454,26 @@ pub fn check_app_container(
             why: "remove podwall's redirect rules",
         });
     }
+    // podwall's volumes are the init container's and the sidecar's alone: the token names
+    // the pod to the control plane, and the saved name files say whom the sidecar believes.
+    for list in ["volumeMounts", "volumeDevices"] {
+        let ours = c[list].as_array().and_then(|m| {
+            m.iter().enumerate().find_map(|(i, m)| {
+                m["name"]
+                    .as_str()
+                    .filter(|n| [TOKEN_VOLUME, POD_FILES_VOLUME].contains(n))
+                    .map(|n| (i, n.to_string()))
+            })
+        });
+        if let Some((i, volume)) = ours {
+            return Err(InjectError::CanDefeatSidecar {
+                container,
+                field: format!("{field}.{list}[{i}]"),
+                what: format!("podwall's volume {volume:?}"),
+                why: "read the sidecar's token, or rewrite the resolvers and control plane address it trusts",
+            });
+        }
+    }
     let adds = capabilities(&sc["capabilities"]["add"]);
     let add_field = format!("{field}.securityContext.capabilities.add");
     if let Some((cap, why)) = adds
@@ -607,6 +627,35 @@ pub fn genuine_injection(
         }
     }
     fits(&expected, found, "").map_err(|why| off(&sidecar_what, why))?;
+    // And the volumes they mount are podwall's kind: not a Secret, a hostPath or a claim
+    // another writer shares under the same name (their settings may be defaulted).
+    for expected in volumes(cfg) {
+        let name = expected["name"].as_str().unwrap_or_default();
+        let what = format!("volume {name:?}");
+        let Some(found) = spec["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == name))
+        else {
+            return Err(off(&what, "it is missing".into()));
+        };
+        let kinds = |v: &Value| -> Vec<String> {
+            v.as_object()
+                .map(|o| o.keys().filter(|k| *k != "name").cloned().collect())
+                .unwrap_or_default()
+        };
+        let only_tokens = found["projected"]["sources"].as_array().is_none_or(|s| {
+            s.iter().all(|s| {
+                s.as_object()
+                    .is_some_and(|o| o.keys().all(|k| k == "serviceAccountToken"))
+            })
+        });
+        if kinds(found) != kinds(&expected) || !only_tokens {
+            return Err(off(
+                &what,
+                format!("it is {found}, not of the kind podwall injects ({expected})"),
+            ));
+        }
+    }
     Ok(true)
 }
 
@@ -738,6 +787,16 @@ fn init_container(cfg: &InjectConfig) -> Value {
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "volumeMounts": [{"name": POD_FILES_VOLUME, "mountPath": POD_FILES_DIR}],
     })
+}
+
+/// The volumes injection adds: the sidecar's projected token, and the emptyDir for the pod's
+/// name files as init saw them.
+fn volumes(cfg: &InjectConfig) -> [Value; 2] {
+    [
+        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": cfg.token_audience, "expirationSeconds": cfg.token_expiration_seconds, "path": "token"}}]}}),
+        json!({"name": POD_FILES_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+    ]
 }
 
 fn sidecar_container(cfg: &InjectConfig) -> Value {
@@ -952,19 +1011,9 @@ pub fn inject_template(
         push(spec_map, "containers", sidecar_container(cfg), false);
     }
     push(spec_map, "initContainers", init_container(cfg), true);
-    push(
-        spec_map,
-        "volumes",
-        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
-            "audience": cfg.token_audience, "expirationSeconds": cfg.token_expiration_seconds, "path": "token"}}]}}),
-        false,
-    );
-    push(
-        spec_map,
-        "volumes",
-        json!({"name": POD_FILES_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        false,
-    );
+    for volume in volumes(cfg) {
+        push(spec_map, "volumes", volume, false);
+    }
     let Some(meta) = metadata.as_object_mut() else {
         return Err(InjectError::NotAWorkload(
             "metadata is not an object".into(),
@@ -1358,6 +1407,20 @@ mod tests {
         let mut privileged = pod(json!({}));
         privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
         assert!(inject_object(&mut privileged, &cfg).is_err());
+        // An app container that mounts podwall's volumes (the webhook adds them before the
+        // API server checks that each mount names a volume): the token, or the name files a
+        // restarted sidecar trusts.
+        for volume in [TOKEN_VOLUME, POD_FILES_VOLUME] {
+            let mut mounts = pod(json!({}));
+            mounts["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}, {"name": volume, "mountPath": "/x"}]);
+            let err = inject_object(&mut mounts, &cfg).expect_err("refused");
+            let said = err.to_string();
+            assert!(
+                said.contains(&format!("podwall's volume {volume:?}"))
+                    && said.contains("spec.containers[0].volumeMounts[1]"),
+                "{said}"
+            );
+        }
         let mut host = pod(json!({"hostNetwork": true}));
         assert!(matches!(
             inject_object(&mut host, &cfg),

@@ -781,6 +781,45 @@ mod tests {
         let (resp, _) = review(&admission_review(sleeping), &cfg).expect("answers");
         assert!(refusal(&resp).contains("it sets command"));
 
+        // podwall's volumes under their names, but a node's directory (which another pod may
+        // write) for the name files the sidecar trusts, and a Secret for its token.
+        for (name, source) in [
+            ("podwall-pod-files", json!({"hostPath": {"path": "/tmp/x"}})),
+            ("podwall-token", json!({"secret": {"secretName": "t"}})),
+            (
+                "podwall-token",
+                json!({"projected": {"sources": [{"secret": {"name": "t"}}]}}),
+            ),
+        ] {
+            let mut swapped = injected.clone();
+            let volumes = swapped["spec"]["volumes"].as_array_mut().expect("volumes");
+            let v = volumes
+                .iter_mut()
+                .find(|v| v["name"] == name)
+                .expect("injected volume");
+            *v = json!({"name": name});
+            for (k, val) in source.as_object().expect("source") {
+                v[k] = val.clone();
+            }
+            let (resp, _) = review(&admission_review(swapped), &cfg).expect("answers");
+            let msg = refusal(&resp);
+            assert!(msg.contains(&format!("volume \"{name}\"")), "{msg}");
+        }
+        // What the API server defaults in them is no difference.
+        let mut defaulted = injected.clone();
+        for v in defaulted["spec"]["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+        {
+            if v["name"] == "podwall-token" {
+                v["projected"]["defaultMode"] = json!(420);
+            }
+        }
+        assert_eq!(
+            crate::inject::genuine_injection(&defaulted["metadata"], &defaulted["spec"], &cfg),
+            Ok(true)
+        );
+
         // A pod injected offline whose app keeps NET_RAW, or a later webhook's container:
         // patched on the way in.
         let mut later = injected.clone();

@@ -49,13 +49,14 @@ use socket::{ReplySockets, recv_with_orig};
 const MAX_IN_FLIGHT: usize = 512;
 /// How long a resolver has to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a TCP DNS client has for each query, from the wait for its first byte to its last.
+/// How long a TCP DNS client has for each query, from the wait for its first byte to its last,
+/// and for taking each answer.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP DNS connections served at once; more are closed as they come (the client retries).
 /// The nat rule sends TCP to port 53 of any address here, judged or not, before any policy.
 const MAX_TCP_CLIENTS: usize = 256;
-/// The longest query taken over TCP: a question and an OPT record with its options (a padded
-/// query is 468 bytes, RFC 8467) are far shorter. The length prefix promises up to 64 KiB,
+/// The longest query taken over TCP: a question and an OPT record with its options (padding,
+/// RFC 8467, makes a query a multiple of 128 bytes) are far shorter. The length prefix promises up to 64 KiB,
 /// which the proxy does not set aside for a client that may never send it.
 const MAX_TCP_QUERY: usize = 4096;
 
@@ -190,7 +191,11 @@ async fn tcp_client(
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&n.to_be_bytes());
         framed.extend_from_slice(&reply);
-        if stream.write_all(&framed).await.is_err() {
+        // A client that does not read its answers does not hold its slot for good either.
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.write_all(&framed)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
     }
