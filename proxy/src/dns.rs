@@ -63,7 +63,8 @@ const MAX_TCP_QUERY: usize = 4096;
 /// What the DNS proxy needs besides the connection handlers' shared state.
 #[derive(Debug)]
 pub(crate) struct DnsContext {
-    /// The resolvers the pod is configured with (`/etc/resolv.conf`, `--dns-upstream`): the
+    /// The resolvers the pod is configured with (its resolv.conf as the sidecar read it when it
+    /// started, or as `proxy init` saved it; `--dns-upstream`): the
     /// trusted ones, and the one assumed when the original destination is unknown.
     pub resolvers: Vec<IpAddr>,
 }

@@ -304,7 +304,7 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
     let mut destroyed: Option<Destroyed> = None;
     // The first failure is returned once every interface had its turn.
     let mut failed = None;
-    for dif in std::iter::once(0).chain(interfaces().iter().copied()) {
+    for &dif in interfaces().iter() {
         // A destroyed socket is out of the tables: the next lookup finds another, or none (a
         // few at most: one unbound, one bound to the interface).
         for _ in 0..4 {
@@ -346,11 +346,12 @@ pub(crate) fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<Optio
     }
 }
 
-/// The namespace's interfaces, where to look for a socket on given addresses: the kernel's
-/// lookup by addresses finds a socket bound to an interface only when asked on that interface
-/// (and an unbound one on any). Listed again at most once a second (an app cannot add one
-/// without NET_ADMIN; the list is asked for on every revoked connection and every freed
-/// socket that never connected, which a connection storm makes many).
+/// Where to look for a socket on given addresses: each of the namespace's interfaces (the
+/// kernel's lookup by addresses finds a socket bound to an interface only when asked on that
+/// interface, and an unbound one on any), or no interface when they cannot be listed. Listed
+/// again at most once a second (an app cannot add one without NET_ADMIN; the list is asked
+/// for on every revoked connection and every freed socket that never connected, which a
+/// connection storm makes many).
 fn interfaces() -> Arc<[u32]> {
     static LISTED: Mutex<Option<(Instant, Arc<[u32]>)>> = Mutex::new(None);
     let mut listed = LISTED.lock().unwrap_or_else(|e| e.into_inner());
@@ -360,14 +361,15 @@ fn interfaces() -> Arc<[u32]> {
         return all.clone();
     }
     match nix::net::if_::if_nameindex() {
-        Ok(all) => {
+        Ok(all) if all.iter().next().is_some() => {
             let all: Arc<[u32]> = all.iter().map(|i| i.index()).collect();
             *listed = Some((Instant::now(), all.clone()));
             all
         }
+        Ok(_) => Arc::from([0]),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the interfaces: a socket bound to one is not found");
-            Arc::from([])
+            Arc::from([0])
         }
     }
 }
@@ -375,13 +377,7 @@ fn interfaces() -> Arc<[u32]> {
 /// Whether a connection socket (not a listener, not TIME_WAIT) on these addresses is open, on
 /// any interface (unbound ones are found on each).
 pub(crate) fn connection_open(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
-    let interfaces = interfaces();
-    let difs: &[u32] = if interfaces.is_empty() {
-        &[0]
-    } else {
-        &interfaces
-    };
-    for &dif in difs {
+    for &dif in interfaces().iter() {
         if find((local, remote), dif, false)?.is_some() {
             return Ok(true);
         }

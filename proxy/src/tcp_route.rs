@@ -243,7 +243,7 @@ pub(crate) fn rejudge(
             .lookup(destination.ip(), destination.port(), Protocol::Tcp)
             .map_or(&[][..], |s| &s.backends);
         let gone_denied = seen.iter().any(|b| {
-            !now.contains(&(b.ip, b.port))
+            now.binary_search(&(b.ip, b.port)).is_err()
                 && pod_at(policy, b.ip) == b.pod
                 && !policy.allows(Direction::Egress, b.ip, Protocol::Tcp, b.port, &[])
         });
