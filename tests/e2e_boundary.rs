@@ -748,6 +748,57 @@ fn on_the_kernel_path_a_reset_connections_four_tuple_opened_again_is_not_let_thr
 }
 
 #[test]
+fn an_app_cannot_answer_a_denied_peers_unanswered_syn_with_its_own() {
+    if !ready("an_app_cannot_answer_a_denied_peers_unanswered_syn_with_its_own") {
+        return;
+    }
+    simultaneous_open_stays_out("bsimul", &[]);
+}
+
+#[test]
+fn on_the_kernel_path_an_app_cannot_answer_a_denied_peers_unanswered_syn_with_its_own() {
+    if !ready("on_the_kernel_path_an_app_cannot_answer_a_denied_peers_unanswered_syn_with_its_own")
+    {
+        return;
+    }
+    simultaneous_open_stays_out("bksimul", &["--l4-path=kernel"]);
+}
+
+/// The victim, which policy lets the app neither reach nor be reached by on these ports,
+/// dials the app's port 9100 with a TCP-MD5 key: its SYN is judged, denied and handed to the
+/// proxy to refuse, whose listener drops it unread (it has no key), which leaves conntrack an
+/// entry of an unanswered connection into the pod. The app dials the victim back from 9100
+/// with the key: its SYN is that entry's reply direction (TCP's simultaneous open), and must
+/// not leave the pod to open a connection nobody judged, both ways.
+fn simultaneous_open_stays_out(name: &str, path: &[&str]) {
+    let (_dir, up) = boundary_up(name, true, path);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    let (dialer, dialer_out) = app_listening(
+        &victim,
+        "",
+        &["md5-dial", "41500", "10.76.0.1", "9100", "k3y", "6"],
+    );
+    // Its SYN is in conntrack.
+    std::thread::sleep(Duration::from_millis(500));
+    let said = app(
+        &ns,
+        "",
+        &[],
+        &["md5-dial", "9100", VICTIM_IP, "41500", "k3y", "3"],
+    );
+    let answer = said.lines().last().unwrap_or_default();
+    let victim_saw = last_line(dialer, dialer_out);
+    assert!(
+        answer.starts_with("failed"),
+        "the app answered a denied peer: {answer}"
+    );
+    assert!(
+        victim_saw.starts_with("failed"),
+        "the denied peer got a connection: {victim_saw}"
+    );
+}
+
+#[test]
 fn on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket() {
     if !ready("on_the_kernel_path_a_revoked_connection_ends_though_the_app_hides_its_socket") {
         return;
@@ -772,7 +823,7 @@ fn on_the_kernel_path_a_decoy_freed_on_a_carried_connections_four_tuple_does_not
 /// once its conntrack entry is gone. With `decoy`, the app first opens a second socket on the
 /// same 4-tuple (unbound: the kernel lets it connect beside one bound to an interface) and
 /// closes it at once: its freed socket must not pass for the connection's end, which would
-/// leave the connection unrecorded, and not reset by the policy change.
+/// leave the connection unrecorded, and not reset by the policy change. Both ends are reset.
 fn hidden_socket_is_reset(name: &str, decoy: bool) {
     let (_dir, up) = boundary_up(name, false, &["--l4-path=kernel"]);
     let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
@@ -792,8 +843,10 @@ fn hidden_socket_is_reset(name: &str, decoy: bool) {
     let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: app-deny, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  policyTypes: [Egress]\n";
     std::fs::write(up.sb().policy_dir().join("deny.yaml"), deny).expect("write policy");
     let outcome = last_line(hider, hider_out);
-    let _ = last_line(server, server_out);
+    let peer = last_line(server, server_out);
     assert_eq!(outcome, "reset", "the revoked connection carried on");
+    // The peer's end is reset too, not left open to time out.
+    assert_eq!(peer, "reset", "the victim's end of the revoked connection");
     // Its end says why.
     let revoked = flows_matching(&up, |e| {
         e["destination"]["port"] == 7070

@@ -752,8 +752,9 @@ impl InitConfig {
     /// the real interface): the sidecar's own packets pass; a source that is no address of the
     /// pod (IPv6 `IP_FREEBIND` needs no capability) and captured DNS that did not go to the
     /// sidecar (a socket bound to an interface escapes the capture's routing) are dropped; TCP
-    /// leaves only as a reply on a connection into the pod or to what is excluded from the
-    /// redirect, so no TCP the proxy did not open leaves the pod, whatever conntrack thinks.
+    /// leaves only as a reply on a connection into the pod (never its SYN: a simultaneous
+    /// open) or to what is excluded from the redirect, so no TCP the proxy did not open leaves
+    /// the pod, whatever conntrack thinks.
     ///
     /// On the kernel path a connection the judge gave the kernel passes first, unchecked (a
     /// mark no app can set): the judge gives the kernel only connections whose pod end is an
@@ -780,6 +781,12 @@ impl InitConfig {
             format!("-A {EGRESS_CHAIN} -m addrtype ! --src-type LOCAL -j DROP"),
             format!("-A {EGRESS_CHAIN} -m mark --mark {DNS_MARK:#x} -j DROP"),
             format!("-A {EGRESS_CHAIN} ! -p tcp -j RETURN"),
+            // A SYN is never a reply but in TCP's simultaneous open: a peer's SYN that went
+            // to the proxy and was dropped there unread (a TCP-MD5 or TCP-AO option the
+            // listener has no key for, a full accept queue) leaves an unanswered entry whose
+            // reply direction an app's own SYN would take, to open the connection with that
+            // peer that nobody judged.
+            format!("-A {EGRESS_CHAIN} -p tcp --syn -m conntrack --ctdir REPLY -j DROP"),
             format!("-A {EGRESS_CHAIN} -m conntrack --ctdir REPLY -j RETURN"),
             // The kernel's resets for connections whose socket is gone (it sends them unmarked).
             format!("-A {EGRESS_CHAIN} -p tcp --tcp-flags RST RST -j RETURN"),
@@ -1321,6 +1328,30 @@ mod tests {
     }
 
     #[test]
+    fn no_queued_packet_passes_unjudged_when_nobody_reads_the_queue() {
+        // Without `--queue-bypass`, a queue no sidecar is bound to drops what the rules send
+        // it (fail closed), on either path, with one queue or several.
+        for l4_path in [L4Path::Proxy, L4Path::Kernel] {
+            for packet_queues in [1, 4] {
+                let cfg = InitConfig {
+                    l4_path,
+                    packet_queues,
+                    ..InitConfig::default()
+                };
+                for family in [Family::V4, Family::V6] {
+                    let input = cfg.restore_input(family, Coverage::Capture, &Saved::default());
+                    let queued: Vec<&str> =
+                        input.lines().filter(|l| l.contains("NFQUEUE")).collect();
+                    assert!(!queued.is_empty(), "{l4_path:?} {family:?}: {input}");
+                    for rule in queued {
+                        assert!(!rule.contains("bypass"), "{rule}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_jump_is_deleted_and_inserted_again_at_the_top_in_order() {
         let cfg = InitConfig::default();
         let fresh = cfg.restore_input(Family::V4, Coverage::Capture, &Saved::default());
@@ -1679,6 +1710,7 @@ mod tests {
                 "-A PODWALL_EGRESS -m addrtype ! --src-type LOCAL -j DROP",
                 "-A PODWALL_EGRESS -m mark --mark 0x539 -j DROP",
                 "-A PODWALL_EGRESS ! -p tcp -j RETURN",
+                "-A PODWALL_EGRESS -p tcp --syn -m conntrack --ctdir REPLY -j DROP",
                 "-A PODWALL_EGRESS -m conntrack --ctdir REPLY -j RETURN",
                 "-A PODWALL_EGRESS -p tcp --tcp-flags RST RST -j RETURN",
                 "-A PODWALL_EGRESS -d 10.96.0.1/32 -j RETURN",
