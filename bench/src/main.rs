@@ -129,6 +129,10 @@ struct PathResult {
     /// (`RssAnon`: not code and data mapped from files, which the page cache shares).
     rss_idle_anon_mb: Option<f64>,
     rss_1000_connections_anon_mb: Option<f64>,
+    /// Idle again after one connection went through (and `IDLE_SETTLE`): what a sidecar in
+    /// service holds between connections, the code its connection path runs included.
+    rss_warm_idle_mb: Option<f64>,
+    rss_warm_idle_anon_mb: Option<f64>,
     /// The twin pod's direct runs interleaved with this path's (means): the base of its ratios.
     paired_direct: Option<Paired>,
 }
@@ -336,6 +340,23 @@ fn start_servers(sb: &Sandbox, dir: &Path) -> Result<Vec<Child>, String> {
 /// of its periodic work, so that the figure is the steady one, not a flattering early one.
 const IDLE_SETTLE: Duration = Duration::from_secs(10);
 
+/// One HTTP request on a connection of its own from `ns` to `dst` through the path (haproxy
+/// forwards it to the port its instance serves, which need not answer HTTP), answer read until
+/// the server closes or 2 s pass.
+fn one_request(ns: &str, dst: SocketAddr) {
+    let done = run_in(ns, move || {
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(5))?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c, &mut answer);
+        Ok::<_, std::io::Error>(())
+    });
+    if let Err(e) | Ok(Err(e)) = done.map_err(|e| std::io::Error::other(e.to_string())) {
+        eprintln!("warm-up connection to {dst} failed: {e}");
+    }
+}
+
 /// Holds 1000 idle connections through the proxy and reads its RSS meanwhile.
 fn rss_with_1000(ns: &str, dst: SocketAddr, proxy: &Proxy) -> Option<(f64, Option<f64>)> {
     let conns = run_in(ns, move || {
@@ -502,6 +523,12 @@ fn measure(
         std::thread::sleep(IDLE_SETTLE);
         r.rss_idle_mb = p.status_mb("VmRSS:");
         r.rss_idle_anon_mb = p.status_mb("RssAnon:");
+        // The first connection faults in the code of the connection path (64 KiB at a time,
+        // shared with every process mapping the binary); what holding 1,000 adds is over this.
+        one_request(&client, SocketAddr::new(server_ip, HTTP_PORT));
+        std::thread::sleep(IDLE_SETTLE);
+        r.rss_warm_idle_mb = p.status_mb("VmRSS:");
+        r.rss_warm_idle_anon_mb = p.status_mb("RssAnon:");
     }
     let rounds = Rounds {
         args,
@@ -927,7 +954,7 @@ fn table(results: &[PathResult], rounds: usize) -> String {
     let get = |name: &str| results.iter().find(|r| r.name == name);
     type F = fn(&PathResult) -> Option<f64>;
     type B = Option<fn(&Paired) -> f64>;
-    let rows: [(&str, F, B); 16] = [
+    let rows: [(&str, F, B); 18] = [
         (
             "bulk TCP (Gbit/s)",
             |r| Some(r.bulk_gbit_s),
@@ -959,6 +986,11 @@ fn table(results: &[PathResult], rounds: usize) -> String {
             None,
         ),
         ("proxy RSS idle (MB)", |r| r.rss_idle_mb, None),
+        (
+            "proxy RSS idle after one conn (MB)",
+            |r| r.rss_warm_idle_mb,
+            None,
+        ),
         ("proxy RSS peak under load (MB)", |r| r.rss_peak_mb, None),
         ("proxy RSS after load (MB)", |r| r.rss_before_1000_mb, None),
         (
@@ -967,6 +999,11 @@ fn table(results: &[PathResult], rounds: usize) -> String {
             None,
         ),
         ("  RssAnon idle (MB)", |r| r.rss_idle_anon_mb, None),
+        (
+            "  RssAnon idle after one conn (MB)",
+            |r| r.rss_warm_idle_anon_mb,
+            None,
+        ),
         (
             "  RssAnon holding 1000 conns (MB)",
             |r| r.rss_1000_connections_anon_mb,

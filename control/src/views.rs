@@ -265,7 +265,7 @@ impl ViewIndex {
         }
         let mut by_service: HashMap<String, (Vec<PodId>, bool)> = HashMap::new();
         for port in state.services.ports() {
-            let entry = by_service.entry(port.service.clone()).or_default();
+            let entry = by_service.entry(port.service.to_string()).or_default();
             for (ip, _) in &port.backends {
                 match engine.pod_by_ip(*ip) {
                     Some(id) => entry.0.push(id),

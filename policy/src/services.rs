@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -22,8 +23,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// One port of a service, with where it leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
-    /// `namespace/name` of the service.
-    pub service: String,
+    /// `namespace/name` of the service (shared: every flow event to it names it).
+    pub service: Arc<str>,
     /// The port's name (empty when unnamed).
     pub name: String,
     /// The service port.
@@ -170,7 +171,7 @@ pub(crate) fn build(
             backends.dedup();
             let index = table.ports.len();
             table.ports.push(ServicePort {
-                service: format!("{}/{}", svc.namespace, svc.name),
+                service: format!("{}/{}", svc.namespace, svc.name).into(),
                 name,
                 port,
                 protocol: proto,
@@ -280,7 +281,7 @@ status: {phase: Running, podIP: 10.0.1.11}
         ));
         let vip: IpAddr = "10.96.0.50".parse().expect("ip");
         let port = t.lookup(vip, 80, Protocol::Tcp).expect("the VIP");
-        assert_eq!(port.service, "prod/api");
+        assert_eq!(&*port.service, "prod/api");
         assert_eq!(
             port.backends,
             [

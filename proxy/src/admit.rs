@@ -88,6 +88,15 @@ impl Admitted {
     }
 }
 
+/// Whether HTTP rules of this pod apply on its side of a flow in `direction` ([`own_http`]
+/// without copying them).
+pub(crate) fn has_own_http(verdict: &Verdict, direction: Direction) -> bool {
+    match direction {
+        Direction::Egress => verdict.egress.http.is_some(),
+        Direction::Ingress => verdict.ingress.http.is_some(),
+    }
+}
+
 /// This pod's HTTP rules for a flow in `direction`, if any apply on its side.
 pub(crate) fn own_http(verdict: &Verdict, direction: Direction) -> Option<Vec<RuleRef>> {
     match direction {

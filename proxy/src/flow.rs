@@ -163,7 +163,7 @@ pub enum FlowPhase {
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowService {
     /// `namespace/name`.
-    pub name: String,
+    pub name: Arc<str>,
     /// The virtual IP and port dialled (written as `ip:port`).
     pub address: SocketAddr,
     /// Ready backends it had.

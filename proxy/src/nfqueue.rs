@@ -81,6 +81,25 @@ fn put_header(m: &mut Vec<u8>, len: usize, kind: u16, flags: u16, queue: u16) {
     m.extend_from_slice(&queue.to_be_bytes());
 }
 
+/// The one request that binds a queue: the kernel binds, then applies the parameters, before
+/// it answers. Fail-open is masked in and cleared: a full queue drops what it cannot hold
+/// rather than letting it pass unjudged.
+fn bind_attrs(copy_range: u16, max_len: u32) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    put_attr(&mut attrs, NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0]);
+    let mut params = u32::from(copy_range).to_be_bytes().to_vec();
+    params.push(NFQNL_COPY_PACKET);
+    put_attr(&mut attrs, NFQA_CFG_PARAMS, &params);
+    put_attr(&mut attrs, NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes());
+    put_attr(
+        &mut attrs,
+        NFQA_CFG_MASK,
+        &NFQA_CFG_F_FAIL_OPEN.to_be_bytes(),
+    );
+    put_attr(&mut attrs, NFQA_CFG_FLAGS, &0u32.to_be_bytes());
+    attrs
+}
+
 /// A configuration request for `queue` carrying `attrs` (already encoded).
 fn config_request(queue: u16, attrs: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
@@ -229,20 +248,7 @@ impl Queue {
             read: [0; BATCH],
             verdicts: Vec::with_capacity(VERDICT_LEN * BATCH),
         };
-        // One request: the kernel binds, then applies the parameters, before it answers.
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0]);
-        let mut params = u32::from(copy_range).to_be_bytes().to_vec();
-        params.push(NFQNL_COPY_PACKET);
-        put_attr(&mut attrs, NFQA_CFG_PARAMS, &params);
-        put_attr(&mut attrs, NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes());
-        put_attr(
-            &mut attrs,
-            NFQA_CFG_MASK,
-            &NFQA_CFG_F_FAIL_OPEN.to_be_bytes(),
-        );
-        put_attr(&mut attrs, NFQA_CFG_FLAGS, &0u32.to_be_bytes());
-        queue.configure(&attrs)?;
+        queue.configure(&bind_attrs(copy_range, max_len))?;
         Ok(queue)
     }
 
@@ -400,19 +406,39 @@ mod tests {
 
     #[test]
     fn binding_asks_for_whole_packets_up_to_the_copy_range_and_no_fail_open() {
-        let mut attrs = Vec::new();
-        let mut params = 256u32.to_be_bytes().to_vec();
-        params.push(NFQNL_COPY_PACKET);
-        put_attr(&mut attrs, NFQA_CFG_PARAMS, &params);
-        let m = config_request(7, &attrs);
+        let m = config_request(7, &bind_attrs(256, 4096));
         assert_eq!(
             u16::from_ne_bytes([m[4], m[5]]),
             (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
         );
         assert_eq!(u16::from_ne_bytes([m[6], m[7]]), NLM_F_REQUEST | NLM_F_ACK);
         assert_eq!(&m[18..20], &7u16.to_be_bytes());
-        // 4 + 5 bytes of params, padded to 12.
-        assert_eq!(m.len(), NLMSG_HDRLEN + NFGENMSG_LEN + 12);
-        assert_eq!(&m[24..29], &[0, 0, 1, 0, NFQNL_COPY_PACKET]);
+        // The attributes, as the kernel reads them: (type, value) in order.
+        let mut attrs = Vec::new();
+        let mut at = NLMSG_HDRLEN + NFGENMSG_LEN;
+        while at + 4 <= m.len() {
+            let len = usize::from(u16::from_ne_bytes([m[at], m[at + 1]]));
+            let kind = u16::from_ne_bytes([m[at + 2], m[at + 3]]);
+            attrs.push((kind, m[at + 4..at + len].to_vec()));
+            at += align(len);
+        }
+        assert_eq!(at, m.len(), "attributes fill the message");
+        let value = |kind: u16| {
+            attrs
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no attribute {kind}: {attrs:?}"))
+        };
+        assert_eq!(value(NFQA_CFG_CMD)[0], NFQNL_CFG_CMD_BIND);
+        assert_eq!(value(NFQA_CFG_PARAMS), [0, 0, 1, 0, NFQNL_COPY_PACKET]);
+        assert_eq!(value(NFQA_CFG_QUEUE_MAXLEN), 4096u32.to_be_bytes());
+        // Fail-open is in the mask and cleared in the flags: the kernel turns it off.
+        let mask = u32::from_be_bytes(value(NFQA_CFG_MASK).try_into().expect("u32"));
+        let flags = u32::from_be_bytes(value(NFQA_CFG_FLAGS).try_into().expect("u32"));
+        assert_ne!(mask & NFQA_CFG_F_FAIL_OPEN, 0);
+        assert_eq!(flags & NFQA_CFG_F_FAIL_OPEN, 0);
+        // The command comes first: the parameters apply to the queue it binds.
+        assert_eq!(attrs[0].0, NFQA_CFG_CMD);
     }
 }

@@ -855,6 +855,27 @@ spec:
     }
 
     #[test]
+    fn a_kernel_carried_connection_is_open_in_the_metrics_until_its_end_is_written() {
+        let shared = client_sidecar();
+        let open = || shared.metrics(Direction::Egress).open.get();
+        let first = client_connects(&shared, 20011);
+        let _second = client_connects(&shared, 20012);
+        assert_eq!(open(), 2);
+        // The same addresses again (the first's end not heard yet): one replaces the other.
+        client_connects(&shared, 20011);
+        assert_eq!(open(), 2);
+        let admitted = shared
+            .kernel_flows
+            .lock()
+            .get(&first)
+            .map(|f| f.started)
+            .expect("admitted");
+        crate::tcp_route::ended_if_admitted_at(&shared, first, admitted);
+        assert_eq!(open(), 1);
+        assert_eq!(shared.metrics(Direction::Ingress).open.get(), 0);
+    }
+
+    #[test]
     fn a_lookup_that_found_no_entry_ends_the_connection_it_looked_up_not_a_newer_one_on_its_addresses()
      {
         let shared = client_sidecar();
@@ -931,6 +952,58 @@ spec:
         );
         // Every one judged as policy says: kernel-carried connections remembered.
         assert_eq!(shared.kernel_flows.lock().len(), 320 - 10);
+    }
+
+    #[test]
+    fn judging_connections_to_a_service_allocates_only_each_ones_backend_list() {
+        // Most connections in a cluster go to a Service's virtual IP: each kernel-carried one
+        // keeps the backends the Service had (what revocation judges if one leaves it), and
+        // nothing else is allocated for it: its event names the Service by a shared name.
+        let shared = client_sidecar();
+        let second = "apiVersion: v1\nkind: Pod\nmetadata: {name: server-2, namespace: t, labels: {app: server}}\nstatus: {podIP: 10.0.0.3}\n";
+        let policy = client_policy(
+            &with_service(second, "- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n"),
+            2,
+        );
+        shared.current.store(Some(policy));
+        let packets: Vec<Vec<u8>> = (0..320u32)
+            .map(|i| {
+                let mut syn = ipv4_tcp(30000 + i as u16, 80, TCP_SYN);
+                syn[16..20].copy_from_slice(&[10, 96, 0, 50]);
+                crate::nfqueue::packet_message(1337, i, HOOK_LOCAL_OUT, &syn)
+            })
+            .collect();
+        let mut verdicts = Vec::with_capacity(crate::nfqueue::BATCH * 64);
+        let mut judge = |packet: crate::nfqueue::Packet<'_>| verdict(&shared, packet);
+        crate::nfqueue::judge_datagrams(
+            packets[..64].iter().map(Vec::as_slice),
+            1337,
+            &mut verdicts,
+            &mut judge,
+        );
+        let mut judged = 0;
+        let measured = allocation_counter::measure(|| {
+            for batch in packets[64..].chunks(crate::nfqueue::BATCH) {
+                judged += crate::nfqueue::judge_datagrams(
+                    batch.iter().map(Vec::as_slice),
+                    1337,
+                    &mut verdicts,
+                    &mut judge,
+                );
+            }
+        });
+        assert_eq!(judged, 256);
+        let open = shared.kernel_flows.lock();
+        assert_eq!(open.len(), 320, "every one carried by the kernel");
+        assert!(open.values().all(|f| f.backends.len() == 2));
+        drop(open);
+        // One backend list each, the flow log's blocks, the table's few doublings.
+        let bound = 256 + 256 / 31 + 1 + 8;
+        assert!(
+            measured.count_total <= bound,
+            "{} allocations for {judged} connections (at most {bound})",
+            measured.count_total
+        );
     }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {

@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use podwall_policy::{Direction, Protocol};
 
 use crate::admit::{
-    Admission, Admitted, Backends, NewFlow, admit, admit_under, describe, judge, own_http,
+    Admission, Admitted, Backends, NewFlow, admit, admit_under, describe, has_own_http, judge,
 };
 use crate::conntrack::{Conntrack, Entry, TCP_CLOSE, TCP_TIME_WAIT};
 use crate::flow::{FlowEvent, FlowPhase};
@@ -144,6 +144,7 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
                     );
                     return Route::Proxy;
                 }
+                shared.metrics(flow.direction).open.inc();
                 open.insert(
                     key,
                     KernelFlow::new(admitted.event.clone(), Some(syn.seq), backends),
@@ -178,7 +179,7 @@ fn pods_own_end(policy: &PodPolicy, flow: &NewFlow) -> bool {
 
 /// Whether deciding or reporting the connection takes its bytes: as the proxy decides it.
 fn needs_proxy(a: &Admitted, shared: &Shared, flow: &NewFlow) -> bool {
-    own_http(&a.verdict, a.event.direction).is_some()
+    has_own_http(&a.verdict, a.event.direction)
         || a.allowed_by_names_only(shared.check_server_name).is_some()
         || a.observed()
         || some_backend_has_http_rules(a, flow)
@@ -209,7 +210,7 @@ fn some_backend_has_http_rules(a: &Admitted, flow: &NewFlow) -> bool {
             Protocol::Tcp,
             &a.names,
         );
-        own_http(&verdict, flow.direction).is_some()
+        has_own_http(&verdict, flow.direction)
     })
 }
 
@@ -316,7 +317,9 @@ pub(crate) fn revoke(
             {
                 taken_in += 1;
                 let backends = service_backends(&policy, key.1);
-                unknown.insert(KernelFlow::new(unjudged(&policy, key), None, backends))
+                let flow = KernelFlow::new(unjudged(&policy, key), None, backends);
+                shared.metrics(flow.event.direction).open.inc();
+                unknown.insert(flow)
             }
             // Any other entry without a record is closing (its end was written) or lost its
             // record (a socket on the same addresses ended after a newer connection's SYN):
@@ -518,7 +521,10 @@ fn key_of(entry: &Entry) -> FlowKey {
 
 /// Writes the end of `flow`, taken out of the table: its event with the bytes it carried,
 /// from its source's side then its destination's, when they are known, and how long it lasted.
+/// Every record taken out of the table ends here (and `podwall_connections_open`, counted up
+/// as it went in, down).
 fn write_end(shared: &Shared, key: FlowKey, flow: KernelFlow, bytes: Option<(u64, u64)>) {
+    shared.metrics(flow.event.direction).open.dec();
     shared.flows.emit(end_event(shared, key, flow, bytes));
 }
 

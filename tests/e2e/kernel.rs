@@ -3,6 +3,18 @@
 //! hands the rest to the proxy.
 
 use super::*;
+use std::io::ErrorKind;
+
+/// Whether `ns` has an established TCP socket between `a` and `b`, either way round.
+fn established_between(ns: &str, a: SocketAddr, b: SocketAddr) -> bool {
+    let (code, out) = in_pod(ns, &["ss", "-Htn", "state", "established"]);
+    assert_eq!(code, 0, "ss: {out}");
+    let (a, b) = (a.to_string(), b.to_string());
+    out.lines().any(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        words.contains(&a.as_str()) && words.contains(&b.as_str())
+    })
+}
 
 /// Client and server with sidecars on the kernel path; the client may reach the server on
 /// 8080 only (9001 is open on the server but denied by the client's egress).
@@ -165,12 +177,49 @@ fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spar
     let started = Instant::now();
     let mut buf = [0u8; 16];
     let read = r.read(&mut buf);
-    assert!(matches!(read, Ok(0) | Err(_)), "still open: {read:?}");
+    // Reset (by the peer's sidecar destroying its socket), or aborted (this pod's sidecar
+    // destroying this one): not an orderly close, nor a read that times out.
+    assert!(
+        matches!(&read, Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted)),
+        "not reset: {read:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
     );
+    // Both ends are gone, and the kernel carries the connection no more: neither pod has a
+    // socket or a conntrack entry of it that is still established.
+    let server_end = SocketAddr::new(up.ip("t/server"), 8080);
+    wait_for(
+        "both sockets of the revoked connection to be gone",
+        Duration::from_secs(3),
+        || {
+            ["t/client", "t/server"]
+                .iter()
+                .all(|pod| !established_between(&up.ns(pod), local, server_end))
+        },
+    );
+    for pod in ["t/client", "t/server"] {
+        let (code, out) = in_pod(
+            &up.ns(pod),
+            &[
+                "conntrack",
+                "-L",
+                "-p",
+                "tcp",
+                "--sport",
+                &local.port().to_string(),
+                "--dport",
+                "8080",
+            ],
+        );
+        assert_eq!(code, 0, "conntrack -L in {pod}: {out}");
+        assert!(
+            !out.contains("ESTABLISHED"),
+            "{pod} still carries it: {out}"
+        );
+    }
     // Both sidecars judge it again (the client's judges the server's side too); the one that
     // ends it first says why in its end event, with what its pod's socket had carried: the
     // line the client sent, and the greeting and the echo back. (The other sees the reset as
@@ -511,6 +560,22 @@ fn on_the_kernel_path_a_restarted_sidecar_takes_in_the_connections_the_kernel_ca
     // The sidecar dies and comes back under the same policy: the kernel went on carrying both
     // connections meanwhile, and the new sidecar takes them in from conntrack.
     support::sandbox::kill_sidecar(&client);
+    // While it is down the kernel carries what it carried, as behind a running sidecar, and
+    // takes nothing new (nobody reads the judge's queue, which drops what it holds).
+    for r in [&mut kept, &mut revoked] {
+        r.get_mut()
+            .write_all(b"while down\n")
+            .expect("write while the sidecar is down");
+        let mut echo = String::new();
+        r.read_line(&mut echo)
+            .expect("echo while the sidecar is down");
+        assert_eq!(echo, "while down\n");
+    }
+    let new = connect(&client, dst);
+    assert!(
+        new.is_err(),
+        "a new connection while the sidecar was down: {new:?}"
+    );
     let first = logs.path().join("first.jsonl");
     let sidecar = restarted_client_sidecar(&client, &up.sb().policy_dir(), &first);
     wait_for(
