@@ -897,6 +897,44 @@ fn on_the_kernel_path_an_upload_closed_before_the_peer_answers_ends_at_once_with
 }
 
 #[test]
+fn on_the_kernel_path_freed_sockets_that_never_connected_cannot_crowd_out_a_connections_end() {
+    if !ready(
+        "on_the_kernel_path_freed_sockets_that_never_connected_cannot_crowd_out_a_connections_end",
+    ) {
+        return;
+    }
+    // The app uploads on a kernel-carried connection, then, while the sidecar gets no CPU (a
+    // busy node, a CPU limit: here it is stopped), frees a hundred thousand sockets it never
+    // connected, each one heard of as a freed socket, and closes the connection behind them.
+    // The connection's end must still come with what it carried, not lost to a full buffer
+    // (to be written long after, without bytes).
+    let (_dir, up) = boundary_up("bfrees", false, &["--l4-path=kernel"]);
+    let (ns, victim) = (up.ns(APP), up.ns(VICTIM));
+    let (sink, sink_out) = app_listening(&victim, "", &["sink", "7072", "0"]);
+    let (uploader, uploader_out) = app_listening(
+        &ns,
+        "",
+        &["upload-behind-frees", VICTIM_IP, "7072", "5000", "100000"],
+    );
+    let sidecar = nix::unistd::Pid::from_raw(sidecar_pid(&ns));
+    nix::sys::signal::kill(sidecar, nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    let done = last_line(uploader, uploader_out);
+    nix::sys::signal::kill(sidecar, nix::sys::signal::Signal::SIGCONT).expect("continue");
+    assert_eq!(done, "done");
+    assert_eq!(last_line(sink, sink_out), "drained 5000");
+    let ends = flows_matching(&up, |e| {
+        e["destination"]["port"] == 7072 && e["phase"] == "end"
+    });
+    assert_eq!(
+        ends.len(),
+        1,
+        "no end within 2 s: {:#?}",
+        up.flows_with_starts(APP)
+    );
+    assert_eq!(ends[0]["bytes_sent"], 5000, "{ends:#?}");
+}
+
+#[test]
 fn a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again() {
     if !ready("a_denied_peer_that_opens_its_four_tuple_again_at_once_is_judged_again") {
         return;

@@ -684,6 +684,15 @@ impl InitConfig {
         r.push(format!(
             "-A {GUARD_CHAIN} -p tcp -m conntrack --ctstate INVALID -j DROP"
         ));
+        // A SYN-ACK from the side that opened the connection is TCP's simultaneous open. The
+        // egress chain keeps an app's SYN from leaving on an entry a peer opened (see
+        // `egress_rules`), but conntrack has seen that SYN go by, and would take the peer's
+        // SYN-ACK as part of the connection: an app that guessed its own sequence number for
+        // the peer would be answered, and its ACK leave as a reply. (Kernel-carried entries
+        // were judged.)
+        r.push(format!(
+            "-A {GUARD_CHAIN} -p tcp --tcp-flags SYN,ACK SYN,ACK -m conntrack --ctdir ORIGINAL -m connmark ! --mark {KERNEL_MARK:#x} -j DROP"
+        ));
         if self.tcp_queue().is_some() {
             // On the kernel path, inbound TCP that conntrack calls new without a SYN: no
             // connection of the pod's any more (its entry was removed when a policy change
@@ -734,6 +743,12 @@ impl InitConfig {
                 format!("-p udp -m udp --dport {} -j {GUARD_CHAIN}", self.dns_port),
             ),
             ("INPUT", format!("! -p tcp -j {FILTER_IN_CHAIN}")),
+            (
+                "INPUT",
+                format!(
+                    "! -i lo -p tcp --tcp-flags SYN,ACK SYN,ACK -m conntrack --ctdir ORIGINAL -j {GUARD_CHAIN}"
+                ),
+            ),
             // A packet the app sends to itself with a source that is not the pod's (IPv6
             // `IP_FREEBIND` needs no capability) would leave a conntrack entry whose reply
             // direction is the forged address, for the app to answer through unjudged.
@@ -781,6 +796,17 @@ impl InitConfig {
             format!("-A {EGRESS_CHAIN} -m addrtype ! --src-type LOCAL -j DROP"),
             format!("-A {EGRESS_CHAIN} -m mark --mark {DNS_MARK:#x} -j DROP"),
             format!("-A {EGRESS_CHAIN} ! -p tcp -j RETURN"),
+        ]);
+        // What is excluded is left alone, whichever way it was opened.
+        self.excluded_cidrs(&mut r, family, EGRESS_CHAIN);
+        ports_rules(
+            &mut r,
+            EGRESS_CHAIN,
+            "tcp",
+            &self.exclude_outbound_ports,
+            "RETURN",
+        );
+        r.extend([
             // A SYN is never a reply but in TCP's simultaneous open: a peer's SYN that went
             // to the proxy and was dropped there unread (a TCP-MD5 or TCP-AO option the
             // listener has no key for, a full accept queue) leaves an unanswered entry whose
@@ -790,16 +816,8 @@ impl InitConfig {
             format!("-A {EGRESS_CHAIN} -m conntrack --ctdir REPLY -j RETURN"),
             // The kernel's resets for connections whose socket is gone (it sends them unmarked).
             format!("-A {EGRESS_CHAIN} -p tcp --tcp-flags RST RST -j RETURN"),
+            format!("-A {EGRESS_CHAIN} -j DROP"),
         ]);
-        self.excluded_cidrs(&mut r, family, EGRESS_CHAIN);
-        ports_rules(
-            &mut r,
-            EGRESS_CHAIN,
-            "tcp",
-            &self.exclude_outbound_ports,
-            "RETURN",
-        );
-        r.push(format!("-A {EGRESS_CHAIN} -j DROP"));
         r
     }
 
@@ -1531,6 +1549,7 @@ mod tests {
             guard,
             [
                 "-A PODWALL_GUARD -p tcp -m conntrack --ctstate INVALID -j DROP",
+                "-A PODWALL_GUARD -p tcp --tcp-flags SYN,ACK SYN,ACK -m conntrack --ctdir ORIGINAL -m connmark ! --mark 0x70770001 -j DROP",
                 "-A PODWALL_GUARD -p tcp -m multiport --dports 15006,15001,15053 -m conntrack ! --ctstate DNAT -j DROP",
                 "-A PODWALL_GUARD -p udp --dport 15053 -m conntrack ! --ctstate DNAT -j DROP",
                 "-A PODWALL_SPOOF -m socket --nowildcard --restore-skmark -m mark --mark 0x1337 -j DROP",
@@ -1697,6 +1716,35 @@ mod tests {
     }
 
     #[test]
+    fn no_simultaneous_open_with_a_peer_whose_syn_the_pod_did_not_answer() {
+        for l4_path in [L4Path::Proxy, L4Path::Kernel] {
+            let cfg = InitConfig {
+                l4_path,
+                ..InitConfig::default()
+            };
+            for family in [Family::V4, Family::V6] {
+                // The app's SYN on the reply direction does not leave...
+                assert!(
+                    cfg.egress_rules(family).contains(
+                        &"-A PODWALL_EGRESS -p tcp --syn -m conntrack --ctdir REPLY -j DROP"
+                            .to_string()
+                    )
+                );
+                // ...and a peer's SYN-ACK on the original direction does not come in.
+                let input = cfg.restore_input(family, Coverage::Capture, &Saved::default());
+                assert!(
+                    input.contains("! -i lo -p tcp --tcp-flags SYN,ACK SYN,ACK -m conntrack --ctdir ORIGINAL -j PODWALL_GUARD\n"),
+                    "{input}"
+                );
+                assert!(
+                    input.contains("-A PODWALL_GUARD -p tcp --tcp-flags SYN,ACK SYN,ACK -m conntrack --ctdir ORIGINAL -m connmark ! --mark 0x70770001 -j DROP\n"),
+                    "{input}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn nothing_leaves_the_pod_that_the_sidecar_did_not_open_judge_or_exclude() {
         let cfg = InitConfig {
             exclude_outbound_cidrs: vec!["10.96.0.1/32".parse().expect("net")],
@@ -1710,11 +1758,11 @@ mod tests {
                 "-A PODWALL_EGRESS -m addrtype ! --src-type LOCAL -j DROP",
                 "-A PODWALL_EGRESS -m mark --mark 0x539 -j DROP",
                 "-A PODWALL_EGRESS ! -p tcp -j RETURN",
+                "-A PODWALL_EGRESS -d 10.96.0.1/32 -j RETURN",
+                "-A PODWALL_EGRESS -p tcp --dport 6443 -j RETURN",
                 "-A PODWALL_EGRESS -p tcp --syn -m conntrack --ctdir REPLY -j DROP",
                 "-A PODWALL_EGRESS -m conntrack --ctdir REPLY -j RETURN",
                 "-A PODWALL_EGRESS -p tcp --tcp-flags RST RST -j RETURN",
-                "-A PODWALL_EGRESS -d 10.96.0.1/32 -j RETURN",
-                "-A PODWALL_EGRESS -p tcp --dport 6443 -j RETURN",
                 "-A PODWALL_EGRESS -j DROP",
             ]
         );

@@ -15,6 +15,7 @@ pub mod config;
 mod conn;
 mod conntrack;
 mod dns;
+mod ends_filter;
 pub mod exempt;
 pub mod feed_client;
 pub mod flow;

@@ -245,6 +245,13 @@ impl Ends {
         if setsockopt(&fd, sockopt::RcvBufForce, &ENDS_BUFFER).is_err() {
             let _ = setsockopt(&fd, sockopt::RcvBuf, &ENDS_BUFFER);
         }
+        // Only sockets that may be a judged connection's end take room in it (see
+        // `ends_filter`); without the filter every freed socket still comes, and is read.
+        let filtered = crate::ends_filter::own_addresses()
+            .and_then(|own| crate::ends_filter::attach(&fd, &own));
+        if let Err(e) = filtered {
+            tracing::warn!(error = %e, "cannot filter freed sockets' messages: every one is read");
+        }
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, TCP_DESTROY_GROUPS))?;
         Ok(Ends {
             fd,

@@ -323,7 +323,8 @@ fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
     assert_eq!(once, twice);
     // One jump of each kind: in nat OUTPUT, mangle PREROUTING (inbound: new connections and
     // SYNs on entries conntrack reopened; DNS), OUTPUT (DNS)
-    // and POSTROUTING (egress), filter INPUT (spoofing, guard twice, packet filter) and OUTPUT
+    // and POSTROUTING (egress), filter INPUT (spoofing, guard three times: new or invalid
+    // TCP, DNS, a SYN-ACK from a connection's opener; packet filter) and OUTPUT
     // (forged sources, packet filter).
     let jumps: Vec<&String> = twice
         .iter()
@@ -335,7 +336,7 @@ fn init_twice_leaves_one_rule_set_and_remove_takes_it_away() {
     // OUTPUT's and PREROUTING's for SYNs that reopen a kernel-carried connection's entry. No
     // raw table: a hook every packet would pay for.)
     let kernel = support::sandbox::kernel_path();
-    assert_eq!(jumps.len(), 12 + 3 * usize::from(kernel), "{jumps:#?}");
+    assert_eq!(jumps.len(), 13 + 3 * usize::from(kernel), "{jumps:#?}");
     assert!(
         twice.iter().all(|l| !l.contains("PODWALL_TRACK")),
         "{twice:#?}"
