@@ -9,13 +9,13 @@
 //! whose event says why. What a path does beyond that (the server-name check, HTTP rules,
 //! relaying, accepting the packet) is the path's own.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use podwall_policy::services::ServicePort;
-use podwall_policy::{Direction, FqdnId, Protocol, RuleRef, Verdict};
+use podwall_policy::{Decision, Direction, FqdnId, Protocol, RuleRef, Verdict};
 
 use crate::flow::{FlowEvent, FlowService};
 use crate::pod_policy::{FlowVerdict, PodPolicy};
@@ -196,6 +196,19 @@ pub(crate) fn admit_under(
     flow: NewFlow,
     backends: Backends,
 ) -> Admission {
+    // An IPv6 link-local address is no pod's, and reaches whoever is on the link (every pod on
+    // a node's bridge, the node): judged as an address, "anywhere but the cluster" would
+    // allow it. (Neighbour discovery never comes here. A pod in audit mode is judged as ever.)
+    if [flow.source.ip(), flow.destination.ip()]
+        .iter()
+        .any(|ip| matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        && !policy.audit_covers(Decision::NoRuleMatched)
+    {
+        return Admission::Refused(Refused::because(
+            event_of(&flow),
+            "an IPv6 link-local peer: no policy can name who holds it".into(),
+        ));
+    }
     let mut event = event_of(&flow);
     let mut destination = flow.destination;
     if flow.direction == Direction::Egress

@@ -664,6 +664,19 @@ impl InitConfig {
                     "-A {chain} -p ipv6-icmp --icmpv6-type {t} -j RETURN"
                 ));
             }
+            if chain == FILTER_OUT_CHAIN {
+                // Broadcast and multicast reach whoever listens on the link (every pod on a
+                // node's bridge, the node itself), whom no policy names: judged as an address,
+                // "anywhere but the cluster" would allow them. (ICMPv6 to multicast, which
+                // neighbour discovery needs, stays judged.)
+                match family {
+                    Family::V4 => r.extend([
+                        format!("-A {chain} -m addrtype --dst-type BROADCAST -j DROP"),
+                        format!("-A {chain} -d 224.0.0.0/4 -j DROP"),
+                    ]),
+                    Family::V6 => r.push(format!("-A {chain} -d ff00::/8 ! -p ipv6-icmp -j DROP")),
+                }
+            }
             match self.packet_queue {
                 Some(queue) => r.push(format!(
                     "-A {chain} -m conntrack --ctstate NEW -j {}",
@@ -1485,10 +1498,23 @@ mod tests {
                 "-A PODWALL_FILTER_OUT -d 10.96.0.1/32 -j RETURN",
                 "-A PODWALL_FILTER_OUT -m mark --mark 0x539 -j RETURN",
                 "-A PODWALL_FILTER_OUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+                "-A PODWALL_FILTER_OUT -m addrtype --dst-type BROADCAST -j DROP",
+                "-A PODWALL_FILTER_OUT -d 224.0.0.0/4 -j DROP",
                 "-A PODWALL_FILTER_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_FILTER_OUT -j DROP",
             ]
         );
+        // IPv6 multicast but neighbour discovery's (judged, as before) goes nowhere.
+        let v6 = cfg.filter_rules(Family::V6);
+        let multicast = v6
+            .iter()
+            .position(|r| r == "-A PODWALL_FILTER_OUT -d ff00::/8 ! -p ipv6-icmp -j DROP")
+            .expect("IPv6 multicast dropped");
+        let queued = v6
+            .iter()
+            .position(|r| r.starts_with("-A PODWALL_FILTER_OUT -m conntrack --ctstate NEW"))
+            .expect("queued");
+        assert!(multicast < queued, "{v6:#?}");
         assert_eq!(
             chain(FILTER_IN_CHAIN),
             [

@@ -163,8 +163,8 @@ fn judged(ip_protocol: u8, icmp_type: Option<u8>) -> Option<Protocol> {
     }
 }
 
-/// Skips IPv6 extension headers (hop-by-hop, routing, destination options, fragment) to the
-/// upper-layer protocol.
+/// Skips IPv6 extension headers (hop-by-hop, routing, destination options, fragment,
+/// authentication) to the upper-layer protocol.
 fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
     for _ in 0..8 {
         match next {
@@ -174,6 +174,13 @@ fn skip_extensions(mut next: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
             43 if *rest.get(3)? > 0 => return None,
             0 | 43 | 60 => {
                 let len = (usize::from(*rest.get(1)?) + 1) * 8;
+                next = *rest.first()?;
+                rest = rest.get(len..)?;
+            }
+            // An authentication header (the kernel skips it too, and tracks the ports behind
+            // it): its length is in 4-octet units, less 2.
+            51 => {
+                let len = (usize::from(*rest.get(1)?) + 2) * 4;
                 next = *rest.first()?;
                 rest = rest.get(len..)?;
             }
@@ -1214,6 +1221,83 @@ spec:
                 syn_seq: 0,
             })
         );
+    }
+
+    #[test]
+    fn ipv6_udp_and_tcp_behind_an_authentication_header_are_judged_by_their_ports() {
+        // AH's length field counts 4-octet units less 2: 4 means 24 bytes (12 of ICV).
+        let ah = |next: u8| {
+            let mut h = vec![next, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1];
+            h.extend([0; 12]);
+            h
+        };
+        let packet = |next: u8, l4: &[u8]| {
+            let mut p = vec![0x60, 0, 0, 0, 0, 0, 51, 64];
+            p.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            p.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            p.extend(ah(next));
+            p.extend(l4);
+            p
+        };
+        let udp = packet(UDP, &[0x9c, 0x40, 0x14, 0xd4, 0, 8, 0, 0]);
+        assert_eq!(
+            parse(&udp),
+            Some(FlowStart {
+                protocol: Protocol::Udp,
+                ip_protocol: UDP,
+                source: "[fd00::1]:40000".parse().expect("addr"),
+                destination: "[fd00::2]:5332".parse().expect("addr"),
+                syn_seq: 0,
+            })
+        );
+        let mut syn = vec![
+            0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 7, 0, 0, 0, 0, 0x50, TCP_SYN,
+        ];
+        syn.extend([0xff, 0xff, 0, 0, 0, 0]);
+        let tcp = parse(&packet(TCP, &syn)).expect("a TCP SYN");
+        assert_eq!(
+            (tcp.protocol, tcp.destination.port(), tcp.syn_seq),
+            (Protocol::Tcp, 443, 7)
+        );
+        // Cut short inside the header: no flow to judge.
+        assert_eq!(parse(&packet(UDP, &[])[..50]), None);
+    }
+
+    #[test]
+    fn an_ipv6_link_local_peer_is_refused_though_an_ip_block_covers_it() {
+        // "Anywhere" by ipBlock covers fe80::/10, which reaches whoever is on the link.
+        let anywhere = format!(
+            "{PODS}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: anywhere, namespace: t}}\nspec:\n  podSelector: {{matchLabels: {{app: client}}}}\n\
+             \x20 policyTypes: [Egress, Ingress]\n  egress: [{{to: [{{ipBlock: {{cidr: '::/0'}}}}]}}]\n\
+             \x20 ingress: [{{from: [{{ipBlock: {{cidr: '::/0'}}}}]}}]\n"
+        );
+        let shared = client_sidecar();
+        shared.current.store(Some(client_policy(&anywhere, 2)));
+        let admitted = |direction, source: &str, destination: &str| {
+            let flow = NewFlow {
+                direction,
+                protocol: Protocol::Udp,
+                ip_protocol: UDP,
+                source: source.parse().expect("addr"),
+                destination: destination.parse().expect("addr"),
+            };
+            match admit(&shared, flow, Backends::Every) {
+                Admission::Admitted(_) => Ok(()),
+                Admission::Refused(r) => Err(r.event.reason.unwrap_or_default()),
+            }
+        };
+        assert_eq!(
+            admitted(Direction::Egress, "[fd00::1]:40000", "[2001:db8::5]:5300"),
+            Ok(())
+        );
+        let out = admitted(Direction::Egress, "[fd00::1]:40000", "[fe80::5]:5300");
+        assert!(
+            out.as_ref().is_err_and(|why| why.contains("link-local")),
+            "{out:?}"
+        );
+        let inbound = admitted(Direction::Ingress, "[fe80::5]:40000", "[fd00::1]:5300");
+        assert!(inbound.is_err(), "{inbound:?}");
     }
 
     #[test]
