@@ -304,6 +304,40 @@ fn link_local(ns: &str, dev: &str) -> String {
 }
 
 #[test]
+fn broadcast_and_multicast_are_no_side_door_to_the_link() {
+    if !ready("broadcast_and_multicast_are_no_side_door_to_the_link") {
+        return;
+    }
+    // The app may reach anywhere outside the cluster: as addresses, 255.255.255.255 and
+    // 224.0.0.1 are outside it. But they reach whoever listens on the link: the node here,
+    // every pod on a node's bridge in a cluster. No policy names those.
+    let anywhere = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: app, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: app}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8, 192.168.0.0/16]}}]\n";
+    let dir = topology(&format!("{}{anywhere}", boundary(false)));
+    let up = Up::new(dir.path(), "bbcast", Inject::Annotated);
+    let node = up.sb().record.node.clone();
+    let heard = |to: &str, port: u16| {
+        let socket = run_in(&node, move || {
+            // (Every interface is in 224.0.0.1, and a socket on the wildcard address hears
+            // the groups its host is in.)
+            let s = UdpSocket::bind(("0.0.0.0", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .expect("netns")
+        .expect("listen on the node");
+        let port = port.to_string();
+        // "sent", or refused by the rules at once (EPERM): either way, nothing may arrive.
+        let said = app(&up.ns(APP), "", &[], &["broadcast", to, &port]);
+        let mut buf = [0u8; 16];
+        (socket.recv_from(&mut buf).map(|(_, from)| from).ok(), said)
+    };
+    for (to, port) in [("224.0.0.1", 7782), ("255.255.255.255", 7781)] {
+        let (from, said) = heard(to, port);
+        assert_eq!(from, None, "the node heard the app at {to} ({said})");
+    }
+}
+
+#[test]
 fn ipv6_link_local_is_no_side_door_to_the_node() {
     if !ready("ipv6_link_local_is_no_side_door_to_the_node") {
         return;
