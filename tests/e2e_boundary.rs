@@ -315,7 +315,7 @@ fn broadcast_and_multicast_are_no_side_door_to_the_link() {
     let dir = topology(&format!("{}{anywhere}", boundary(false)));
     let up = Up::new(dir.path(), "bbcast", Inject::Annotated);
     let node = up.sb().record.node.clone();
-    let heard = |to: &str, port: u16| {
+    let heard = |from_pod: &str, to: &str, port: u16| {
         let socket = run_in(&node, move || {
             // (Every interface is in 224.0.0.1, and a socket on the wildcard address hears
             // the groups its host is in.)
@@ -327,13 +327,19 @@ fn broadcast_and_multicast_are_no_side_door_to_the_link() {
         .expect("listen on the node");
         let port = port.to_string();
         // "sent", or refused by the rules at once (EPERM): either way, nothing may arrive.
-        let said = app(&up.ns(APP), "", &[], &["broadcast", to, &port]);
+        let said = app(&up.ns(from_pod), "", &[], &["broadcast", to, &port]);
         let mut buf = [0u8; 16];
         (socket.recv_from(&mut buf).map(|(_, from)| from).ok(), said)
     };
     for (to, port) in [("224.0.0.1", 7782), ("255.255.255.255", 7781)] {
-        let (from, said) = heard(to, port);
+        let (from, said) = heard(APP, to, port);
         assert_eq!(from, None, "the node heard the app at {to} ({said})");
+        // The same from the pod without a sidecar arrives: the node does listen.
+        let (from, said) = heard(VICTIM, to, port + 10);
+        assert!(
+            from.is_some(),
+            "the node did not hear the victim at {to} ({said})"
+        );
     }
 }
 

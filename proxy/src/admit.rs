@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use podwall_policy::services::ServicePort;
-use podwall_policy::{Decision, Direction, FqdnId, Protocol, RuleRef, Verdict};
+use podwall_policy::{Direction, FqdnId, Protocol, RuleRef, Verdict};
 
 use crate::flow::{FlowEvent, FlowService};
 use crate::pod_policy::{FlowVerdict, PodPolicy};
@@ -88,21 +88,43 @@ impl Admitted {
     }
 }
 
+/// This pod's side of a verdict on a flow in `direction`: the source's for egress, the
+/// destination's for ingress.
+fn own_side(verdict: &Verdict, direction: Direction) -> &podwall_policy::SideVerdict {
+    match direction {
+        Direction::Egress => &verdict.egress,
+        Direction::Ingress => &verdict.ingress,
+    }
+}
+
 /// Whether HTTP rules of this pod apply on its side of a flow in `direction` ([`own_http`]
 /// without copying them).
 pub(crate) fn has_own_http(verdict: &Verdict, direction: Direction) -> bool {
-    match direction {
-        Direction::Egress => verdict.egress.http.is_some(),
-        Direction::Ingress => verdict.ingress.http.is_some(),
-    }
+    own_side(verdict, direction).http.is_some()
 }
 
 /// This pod's HTTP rules for a flow in `direction`, if any apply on its side.
 pub(crate) fn own_http(verdict: &Verdict, direction: Direction) -> Option<Vec<RuleRef>> {
-    match direction {
-        Direction::Egress => verdict.egress.http.clone(),
-        Direction::Ingress => verdict.ingress.http.clone(),
-    }
+    own_side(verdict, direction).http.clone()
+}
+
+/// Why a flow that [`link_wide`] says reaches the link is refused.
+pub(crate) const LINK_WIDE: &str = "a broadcast, multicast or IPv6 link-local peer: it reaches whoever is on the link, whom no policy names";
+
+/// Whether a flow between `source` and `destination` would reach whoever is on the pod's
+/// link (every pod on a node's bridge, the node) rather than one host a policy can name: one
+/// to a broadcast or multicast address, or with an IPv6 link-local address at either end.
+/// Judged as addresses, "anywhere but the cluster" would allow them. (A peer's multicast into
+/// the pod is judged by its source as ever; neighbour discovery never comes here.)
+pub(crate) fn link_wide(direction: Direction, source: IpAddr, destination: IpAddr) -> bool {
+    let link_local = |ip: IpAddr| matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+    let group = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V6(v6) => v6.is_multicast(),
+    };
+    link_local(source)
+        || link_local(destination)
+        || (direction == Direction::Egress && group(destination))
 }
 
 /// A flow that must not start; its event says why.
@@ -196,18 +218,9 @@ pub(crate) fn admit_under(
     flow: NewFlow,
     backends: Backends,
 ) -> Admission {
-    // An IPv6 link-local address is no pod's, and reaches whoever is on the link (every pod on
-    // a node's bridge, the node): judged as an address, "anywhere but the cluster" would
-    // allow it. (Neighbour discovery never comes here. A pod in audit mode is judged as ever.)
-    if [flow.source.ip(), flow.destination.ip()]
-        .iter()
-        .any(|ip| matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
-        && !policy.audit_covers(Decision::NoRuleMatched)
-    {
-        return Admission::Refused(Refused::because(
-            event_of(&flow),
-            "an IPv6 link-local peer: no policy can name who holds it".into(),
-        ));
+    let wide = link_wide(flow.direction, flow.source.ip(), flow.destination.ip());
+    if wide && !policy.own_audit() {
+        return Admission::Refused(Refused::because(event_of(&flow), LINK_WIDE.into()));
     }
     let mut event = event_of(&flow);
     let mut destination = flow.destination;
@@ -247,6 +260,11 @@ pub(crate) fn admit_under(
     );
     if event.verdict == FlowVerdict::Denied {
         return Admission::Refused(Refused { event });
+    }
+    if wide {
+        // Audit mode: what enforcing would refuse passes, and says so.
+        event.verdict = FlowVerdict::Audit;
+        event.reason = Some(LINK_WIDE.into());
     }
     Admission::Admitted(Admitted {
         policy,

@@ -283,6 +283,16 @@ async fn answer(
         } else {
             FlowVerdict::Denied
         };
+        // A query the app sent to a multicast or link-local address: the sidecar would send
+        // it there, past the rules that keep the app's own from the link.
+        if crate::admit::link_wide(Direction::Egress, client.ip(), resolver.ip()) {
+            event.verdict = if p.own_audit() && event.verdict != FlowVerdict::Denied {
+                FlowVerdict::Audit
+            } else {
+                FlowVerdict::Denied
+            };
+            event.reason = Some(crate::admit::LINK_WIDE.into());
+        }
     } else {
         event.verdict = FlowVerdict::Denied;
         event.reason = Some("no policy loaded yet: refusing everything (fail closed)".into());

@@ -36,8 +36,6 @@ const LD_B_ABS: u16 = 0x30;
 const ALU_AND_K: u16 = 0x54;
 /// `BPF_JMP | BPF_JEQ | BPF_K`.
 const JMP_JEQ_K: u16 = 0x15;
-/// `BPF_JMP | BPF_JA`.
-const JMP_JA: u16 = 0x05;
 /// `BPF_RET | BPF_K`: keep that many bytes (0: drop).
 const RET_K: u16 = 0x06;
 
@@ -66,7 +64,6 @@ enum Op {
     Stmt(u16, u32),
     /// `A == k`: on to `then`, else to `otherwise` (`None`: the next instruction).
     Jeq(u32, Option<Label>, Option<Label>),
-    Ja(Label),
     At(Label),
 }
 
@@ -129,7 +126,7 @@ pub(crate) fn program(own: &[IpAddr]) -> Option<Vec<Insn>> {
         Op::Stmt(LD_W_ABS, DST_AT + 12),
     ]);
     ops.extend(v4.iter().map(|&a| Op::Jeq(a, Some(Label::Drop), None)));
-    ops.extend([Op::Ja(Label::V6Own), Op::At(Label::V6Own)]);
+    ops.push(Op::At(Label::V6Own));
     for (n, words) in v6.iter().enumerate() {
         let next = Label::Next(n);
         for (i, &w) in words.iter().enumerate() {
@@ -147,7 +144,9 @@ pub(crate) fn program(own: &[IpAddr]) -> Option<Vec<Insn>> {
     assemble(&ops)
 }
 
-/// The addresses of this namespace's interfaces now (the pod's own, loopback's).
+/// The addresses of this namespace's interfaces now (the pod's own, loopback's), read once
+/// when the sidecar subscribes: an address added later is not filtered, which only lets
+/// more messages through.
 pub(crate) fn own_addresses() -> io::Result<Vec<IpAddr>> {
     let mut own: Vec<IpAddr> = nix::ifaddrs::getifaddrs()?
         .filter_map(|i| {
@@ -232,12 +231,6 @@ fn assemble(ops: &[Op]) -> Option<Vec<Insn>> {
                 jf: u8::try_from(offset(otherwise)?).ok()?,
                 k,
             }),
-            Op::Ja(label) => out.push(Insn {
-                code: JMP_JA,
-                jt: 0,
-                jf: 0,
-                k: u32::try_from(offset(Some(label))?).ok()?,
-            }),
         }
     }
     Some(out)
@@ -271,7 +264,6 @@ pub(crate) fn keeps(program: &[Insn], message: &[u8]) -> bool {
             JMP_JEQ_K => {
                 pc += usize::from(if a == insn.k { insn.jt } else { insn.jf });
             }
-            JMP_JA => pc += insn.k as usize,
             RET_K => return insn.k != 0,
             other => panic!("instruction {other:#x} not interpreted"),
         }
@@ -406,7 +398,7 @@ mod tests {
             })
             .collect();
         let program = program(&own).expect("fits");
-        // The first MAX_ADDRESSES of each family are compared.
+        // The first MAX_ADDRESSES of each family are compared; one past them is kept.
         assert!(!keeps(
             &program,
             &freed(addr("10.0.0.1:1"), addr("10.0.0.3:2"))
@@ -414,6 +406,14 @@ mod tests {
         assert!(!keeps(
             &program,
             &freed(addr("[fd00::1]:1"), addr("[fd00::3]:2"))
+        ));
+        assert!(keeps(
+            &program,
+            &freed(addr("10.0.0.1:1"), addr("10.0.0.100:2"))
+        ));
+        assert!(keeps(
+            &program,
+            &freed(addr("[fd00::1]:1"), addr("[fd00::64]:2"))
         ));
     }
 

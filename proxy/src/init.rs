@@ -667,14 +667,15 @@ impl InitConfig {
             if chain == FILTER_OUT_CHAIN {
                 // Broadcast and multicast reach whoever listens on the link (every pod on a
                 // node's bridge, the node itself), whom no policy names: judged as an address,
-                // "anywhere but the cluster" would allow them. (ICMPv6 to multicast, which
-                // neighbour discovery needs, stays judged.)
+                // "anywhere but the cluster" would allow them (`admit::link_wide`). Neighbour
+                // discovery has passed above; IGMP reports (the kernel's, of the groups the
+                // pod joined, to receive multicast that its ingress policy judges) pass.
                 match family {
                     Family::V4 => r.extend([
                         format!("-A {chain} -m addrtype --dst-type BROADCAST -j DROP"),
-                        format!("-A {chain} -d 224.0.0.0/4 -j DROP"),
+                        format!("-A {chain} -d 224.0.0.0/4 ! -p igmp -j DROP"),
                     ]),
-                    Family::V6 => r.push(format!("-A {chain} -d ff00::/8 ! -p ipv6-icmp -j DROP")),
+                    Family::V6 => r.push(format!("-A {chain} -d ff00::/8 -j DROP")),
                 }
             }
             match self.packet_queue {
@@ -1499,17 +1500,22 @@ mod tests {
                 "-A PODWALL_FILTER_OUT -m mark --mark 0x539 -j RETURN",
                 "-A PODWALL_FILTER_OUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
                 "-A PODWALL_FILTER_OUT -m addrtype --dst-type BROADCAST -j DROP",
-                "-A PODWALL_FILTER_OUT -d 224.0.0.0/4 -j DROP",
+                "-A PODWALL_FILTER_OUT -d 224.0.0.0/4 ! -p igmp -j DROP",
                 "-A PODWALL_FILTER_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 1337",
                 "-A PODWALL_FILTER_OUT -j DROP",
             ]
         );
-        // IPv6 multicast but neighbour discovery's (judged, as before) goes nowhere.
+        // IPv6 multicast goes nowhere but neighbour discovery's (let through before it).
         let v6 = cfg.filter_rules(Family::V6);
         let multicast = v6
             .iter()
-            .position(|r| r == "-A PODWALL_FILTER_OUT -d ff00::/8 ! -p ipv6-icmp -j DROP")
+            .position(|r| r == "-A PODWALL_FILTER_OUT -d ff00::/8 -j DROP")
             .expect("IPv6 multicast dropped");
+        let discovery = v6
+            .iter()
+            .position(|r| r.starts_with("-A PODWALL_FILTER_OUT -p ipv6-icmp --icmpv6-type 135"))
+            .expect("neighbour solicitations pass");
+        assert!(discovery < multicast, "{v6:#?}");
         let queued = v6
             .iter()
             .position(|r| r.starts_with("-A PODWALL_FILTER_OUT -m conntrack --ctstate NEW"))

@@ -1291,13 +1291,39 @@ spec:
             admitted(Direction::Egress, "[fd00::1]:40000", "[2001:db8::5]:5300"),
             Ok(())
         );
-        let out = admitted(Direction::Egress, "[fd00::1]:40000", "[fe80::5]:5300");
-        assert!(
-            out.as_ref().is_err_and(|why| why.contains("link-local")),
-            "{out:?}"
+        for (direction, source, destination) in [
+            (Direction::Egress, "[fd00::1]:40000", "[fe80::5]:5300"),
+            (Direction::Ingress, "[fe80::5]:40000", "[fd00::1]:5300"),
+            // Multicast, which the rules drop first, and the DNS proxy asks here too.
+            (Direction::Egress, "[fd00::1]:40000", "[ff0e::1]:5300"),
+        ] {
+            let judged = admitted(direction, source, destination);
+            assert!(
+                judged.as_ref().is_err_and(|why| why.contains("link-local")),
+                "{source} -> {destination}: {judged:?}"
+            );
+        }
+        // A pod in audit mode passes it, as what enforcing would refuse.
+        let audited = anywhere.replace(
+            "metadata: {name: client, namespace: t, labels: {app: client}}",
+            "metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/enforcement: audit}}",
         );
-        let inbound = admitted(Direction::Ingress, "[fe80::5]:40000", "[fd00::1]:5300");
-        assert!(inbound.is_err(), "{inbound:?}");
+        assert_ne!(audited, anywhere);
+        shared.current.store(Some(client_policy(&audited, 3)));
+        let flow = NewFlow {
+            direction: Direction::Egress,
+            protocol: Protocol::Udp,
+            ip_protocol: UDP,
+            source: "[fd00::1]:40000".parse().expect("addr"),
+            destination: "[fe80::5]:5300".parse().expect("addr"),
+        };
+        match admit(&shared, flow, Backends::Every) {
+            Admission::Admitted(a) => {
+                assert_eq!(a.event.verdict, FlowVerdict::Audit);
+                assert!(a.event.reason.is_some_and(|r| r.contains("link-local")));
+            }
+            Admission::Refused(r) => panic!("refused in audit mode: {:?}", r.event.reason),
+        }
     }
 
     #[test]

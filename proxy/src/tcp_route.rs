@@ -227,6 +227,10 @@ pub(crate) fn rejudge(
     seen: &[Backend],
 ) -> Option<FlowEvent> {
     let direction = open.direction;
+    // As admission refuses it (a pod leaving audit mode ends it).
+    if crate::admit::link_wide(direction, source.ip(), destination.ip()) && !policy.own_audit() {
+        return None;
+    }
     if open.service.is_some() {
         let flow = NewFlow {
             direction,

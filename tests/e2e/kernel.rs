@@ -5,14 +5,22 @@
 use super::*;
 use std::io::ErrorKind;
 
-/// Whether `ns` has an established TCP socket between `a` and `b`, either way round.
+/// Whether `ns` has an established TCP socket between `a` and `b`, either way round (a socket
+/// of a dual-stack listener shows IPv4 addresses mapped into IPv6: `[::ffff:10.0.0.2]:8080`).
 fn established_between(ns: &str, a: SocketAddr, b: SocketAddr) -> bool {
     let (code, out) = in_pod(ns, &["ss", "-Htn", "state", "established"]);
     assert_eq!(code, 0, "ss: {out}");
-    let (a, b) = (a.to_string(), b.to_string());
+    let unmapped = |word: &str| {
+        word.parse::<SocketAddr>().ok().map(|s| match s.ip() {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(s, |v4| SocketAddr::new(IpAddr::V4(v4), s.port())),
+            IpAddr::V4(_) => s,
+        })
+    };
     out.lines().any(|l| {
-        let words: Vec<&str> = l.split_whitespace().collect();
-        words.contains(&a.as_str()) && words.contains(&b.as_str())
+        let ends: Vec<SocketAddr> = l.split_whitespace().filter_map(unmapped).collect();
+        ends.contains(&a) && ends.contains(&b)
     })
 }
 
@@ -167,6 +175,33 @@ fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spar
     let mut echo = String::new();
     r.read_line(&mut echo).expect("echo");
     assert_eq!(echo, "still there\n");
+    // Both pods have it, socket and conntrack entry (what the checks after the revocation
+    // look for).
+    let server_end = SocketAddr::new(up.ip("t/server"), 8080);
+    let tracked = |pod: &str| {
+        let (code, out) = in_pod(
+            &up.ns(pod),
+            &[
+                "conntrack",
+                "-L",
+                "-p",
+                "tcp",
+                "--sport",
+                &local.port().to_string(),
+                "--dport",
+                "8080",
+            ],
+        );
+        assert_eq!(code, 0, "conntrack -L in {pod}: {out}");
+        out.contains("ESTABLISHED")
+    };
+    for pod in ["t/client", "t/server"] {
+        assert!(
+            established_between(&up.ns(pod), local, server_end),
+            "{pod} has no socket of it"
+        );
+        assert!(tracked(pod), "{pod} has no conntrack entry of it");
+    }
     // The server now takes nothing in: its sidecar ends the connection it carries.
     let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: t}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n";
     let deny_file = up.sb().policy_dir().join("deny.yaml");
@@ -190,7 +225,6 @@ fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spar
     );
     // Both ends are gone, and the kernel carries the connection no more: neither pod has a
     // socket or a conntrack entry of it that is still established.
-    let server_end = SocketAddr::new(up.ip("t/server"), 8080);
     wait_for(
         "both sockets of the revoked connection to be gone",
         Duration::from_secs(3),
@@ -201,24 +235,7 @@ fn on_the_kernel_path_a_policy_change_resets_a_connection_it_now_denies_and_spar
         },
     );
     for pod in ["t/client", "t/server"] {
-        let (code, out) = in_pod(
-            &up.ns(pod),
-            &[
-                "conntrack",
-                "-L",
-                "-p",
-                "tcp",
-                "--sport",
-                &local.port().to_string(),
-                "--dport",
-                "8080",
-            ],
-        );
-        assert_eq!(code, 0, "conntrack -L in {pod}: {out}");
-        assert!(
-            !out.contains("ESTABLISHED"),
-            "{pod} still carries it: {out}"
-        );
+        assert!(!tracked(pod), "{pod} still carries it");
     }
     // Both sidecars judge it again (the client's judges the server's side too); the one that
     // ends it first says why in its end event, with what its pod's socket had carried: the
