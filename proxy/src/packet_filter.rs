@@ -907,6 +907,35 @@ spec:
         assert!(!shared.kernel_flows.lock().contains_key(&key));
     }
 
+    /// Judges queue messages `packets` as the queue reads them, in batches: the first 64 before
+    /// counting (they grow what grows once: the connection table, the counters' labels), then
+    /// the rest. How many of those were judged, and what judging them allocated.
+    fn judged_counting_allocations(
+        shared: &Arc<Shared>,
+        packets: &[Vec<u8>],
+    ) -> (usize, allocation_counter::AllocationInfo) {
+        let mut verdicts = Vec::with_capacity(crate::nfqueue::BATCH * 64);
+        let mut judge = |packet: crate::nfqueue::Packet<'_>| verdict(shared, packet);
+        crate::nfqueue::judge_datagrams(
+            packets[..64].iter().map(Vec::as_slice),
+            1337,
+            &mut verdicts,
+            &mut judge,
+        );
+        let mut judged = 0;
+        let measured = allocation_counter::measure(|| {
+            for batch in packets[64..].chunks(crate::nfqueue::BATCH) {
+                judged += crate::nfqueue::judge_datagrams(
+                    batch.iter().map(Vec::as_slice),
+                    1337,
+                    &mut verdicts,
+                    &mut judge,
+                );
+            }
+        });
+        (judged, measured)
+    }
+
     #[test]
     fn judging_queued_packets_and_writing_their_verdicts_allocates_nothing_per_packet() {
         let shared = client_sidecar();
@@ -929,26 +958,7 @@ spec:
                 )
             })
             .collect();
-        let mut verdicts = Vec::with_capacity(crate::nfqueue::BATCH * 64);
-        let mut judge = |packet: crate::nfqueue::Packet<'_>| verdict(&shared, packet);
-        // The first batch grows what grows once (the connection table, counters' labels).
-        crate::nfqueue::judge_datagrams(
-            packets[..64].iter().map(Vec::as_slice),
-            1337,
-            &mut verdicts,
-            &mut judge,
-        );
-        let mut judged = 0;
-        let measured = allocation_counter::measure(|| {
-            for batch in packets[64..].chunks(crate::nfqueue::BATCH) {
-                judged += crate::nfqueue::judge_datagrams(
-                    batch.iter().map(Vec::as_slice),
-                    1337,
-                    &mut verdicts,
-                    &mut judge,
-                );
-            }
-        });
+        let (judged, measured) = judged_counting_allocations(&shared, &packets);
         assert_eq!(judged, 576);
         // The flow log's blocks (one per 31 events) and the connection table's few doublings.
         let bound = 576 / 31 + 1 + 8;
@@ -980,25 +990,7 @@ spec:
                 crate::nfqueue::packet_message(1337, i, HOOK_LOCAL_OUT, &syn)
             })
             .collect();
-        let mut verdicts = Vec::with_capacity(crate::nfqueue::BATCH * 64);
-        let mut judge = |packet: crate::nfqueue::Packet<'_>| verdict(&shared, packet);
-        crate::nfqueue::judge_datagrams(
-            packets[..64].iter().map(Vec::as_slice),
-            1337,
-            &mut verdicts,
-            &mut judge,
-        );
-        let mut judged = 0;
-        let measured = allocation_counter::measure(|| {
-            for batch in packets[64..].chunks(crate::nfqueue::BATCH) {
-                judged += crate::nfqueue::judge_datagrams(
-                    batch.iter().map(Vec::as_slice),
-                    1337,
-                    &mut verdicts,
-                    &mut judge,
-                );
-            }
-        });
+        let (judged, measured) = judged_counting_allocations(&shared, &packets);
         assert_eq!(judged, 256);
         let open = shared.kernel_flows.lock();
         assert_eq!(open.len(), 320, "every one carried by the kernel");
