@@ -16,14 +16,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// One classic BPF instruction, as `struct sock_filter` lays it out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Insn {
-    pub code: u16,
-    pub jt: u8,
-    pub jf: u8,
-    pub k: u32,
-}
+/// One classic BPF instruction (`struct sock_filter`).
+type Insn = nix::libc::sock_filter;
 
 // Classic BPF opcodes (linux/bpf_common.h: class | size | mode, or class | op | source).
 /// `BPF_LD | BPF_W | BPF_ABS`: a big-endian word of the message into A.
@@ -164,16 +158,8 @@ pub(crate) fn own_addresses() -> io::Result<Vec<IpAddr>> {
 /// Has the kernel run [`program`] for `own` on every message `fd` would receive.
 #[allow(unsafe_code)]
 pub(crate) fn attach(fd: &OwnedFd, own: &[IpAddr]) -> io::Result<()> {
-    let program = program(own).ok_or_else(|| io::Error::other("freed-socket filter too long"))?;
-    let mut filter: Vec<nix::libc::sock_filter> = program
-        .iter()
-        .map(|i| nix::libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
+    let mut filter =
+        program(own).ok_or_else(|| io::Error::other("freed-socket filter too long"))?;
     let fprog = nix::libc::sock_fprog {
         len: u16::try_from(filter.len()).map_err(|_| io::Error::other("filter too long"))?,
         filter: filter.as_mut_ptr(),

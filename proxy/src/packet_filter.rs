@@ -1215,6 +1215,14 @@ spec:
         );
     }
 
+    /// An IPv6 header from fd00::1 to fd00::2 whose next header is `next`.
+    fn ipv6_header(next: u8, payload_len: u8) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, payload_len, next, 64];
+        p.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        p.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        p
+    }
+
     #[test]
     fn ipv6_udp_and_tcp_behind_an_authentication_header_are_judged_by_their_ports() {
         // AH's length field counts 4-octet units less 2: 4 means 24 bytes (12 of ICV).
@@ -1224,9 +1232,7 @@ spec:
             h
         };
         let packet = |next: u8, l4: &[u8]| {
-            let mut p = vec![0x60, 0, 0, 0, 0, 0, 51, 64];
-            p.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-            p.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            let mut p = ipv6_header(51, 0);
             p.extend(ah(next));
             p.extend(l4);
             p
@@ -1322,9 +1328,7 @@ spec:
     fn a_source_routed_packet_is_dropped_not_judged_by_its_first_hop() {
         // IPv6: a segment routing header (type 4) with a segment left after the header's
         // destination, then UDP.
-        let mut v6 = vec![0x60, 0, 0, 0, 0, 32, 43, 64];
-        v6.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        v6.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let v6 = ipv6_header(43, 32);
         let routing = |segments_left: u8| {
             let mut h = vec![UDP, 2, 4, segments_left, 0, 0, 0, 0];
             h.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
