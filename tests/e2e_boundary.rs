@@ -344,6 +344,89 @@ fn broadcast_and_multicast_are_no_side_door_to_the_link() {
 }
 
 #[test]
+fn a_node_port_an_external_ip_or_a_load_balancer_leads_only_to_backends_the_pod_may_reach() {
+    if !ready(
+        "a_node_port_an_external_ip_or_a_load_balancer_leads_only_to_backends_the_pod_may_reach",
+    ) {
+        return;
+    }
+    // "Anywhere outside the cluster" and the victim's 9001: the node's address and the
+    // Service's external and balancer addresses are outside it as addresses, but the node
+    // (standing in for kube-proxy) takes each to the victim. Only its 9001 is allowed.
+    let extra = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: victim-web, namespace: b}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.76.80
+  externalIPs: [203.0.113.80]
+  selector: {app: victim}
+  ports: [{port: 8080, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.80}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: victim-open, namespace: b}
+spec:
+  type: NodePort
+  clusterIP: 10.96.76.91
+  selector: {app: victim}
+  ports: [{port: 9001, nodePort: 30091}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: app, namespace: b}
+spec:
+  podSelector: {matchLabels: {app: app}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}]
+  - to: [{podSelector: {matchLabels: {app: victim}}}]
+    ports: [{port: 9001}]
+"#;
+    let dir = topology(&format!("{}{extra}", boundary(false)));
+    let up = Up::new(dir.path(), "bnodeport", Inject::Annotated);
+    let ns = up.ns(APP);
+    let node: SocketAddr = "192.168.76.1:30091".parse().expect("addr");
+    let (_, greeting) = connect(&ns, node).unwrap_or_else(|e| {
+        panic!(
+            "the victim's allowed port through the node: {e}; flows: {:#?}",
+            up.flows(APP)
+        )
+    });
+    assert!(greeting.contains("b/victim port 9001"), "{greeting}");
+    for to in [
+        "192.168.76.1:30080",
+        "203.0.113.80:8080",
+        "198.51.100.80:8080",
+    ] {
+        let to: SocketAddr = to.parse().expect("addr");
+        if let Ok((_, greeting)) = connect(&ns, to) {
+            panic!("{to} led the app to the victim's 8080: {greeting}");
+        }
+        let refused = flows_matching(&up, |e| {
+            e["service"]["address"] == to.to_string() && e["verdict"] == "DENIED"
+        });
+        assert!(
+            refused
+                .iter()
+                .any(|e| e["service"]["name"] == "b/victim-web"),
+            "{to}: no denial naming the service: {:#?}",
+            up.flows(APP)
+        );
+    }
+    // The same from a pod without a sidecar arrives: the node does take them there.
+    let (_, greeting) = connect(
+        &up.ns("kube-system/coredns"),
+        "203.0.113.80:8080".parse().expect("addr"),
+    )
+    .expect("the external IP leads to the victim");
+    assert!(greeting.contains("b/victim port 8080"), "{greeting}");
+}
+
+#[test]
 fn ipv6_link_local_is_no_side_door_to_the_node() {
     if !ready("ipv6_link_local_is_no_side_door_to_the_node") {
         return;

@@ -695,8 +695,9 @@ impl Loader {
         );
         let services: Vec<_> = self.services.values().cloned().collect();
         let slices: Vec<_> = self.slices.values().cloned().collect();
-        state.services = crate::services::build(&services, &slices, &state.pods);
         state.nodes = self.nodes.values().cloned().collect();
+        let nodes = crate::services::node_addresses(&state.nodes, &state.pods);
+        state.services = crate::services::build(&services, &slices, &state.pods, &nodes);
         (state, std::mem::take(&mut self.report))
     }
 
@@ -710,8 +711,9 @@ impl Loader {
         );
         let services: Vec<_> = self.services.into_values().collect();
         let slices: Vec<_> = self.slices.into_values().collect();
-        state.services = crate::services::build(&services, &slices, &state.pods);
         state.nodes = self.nodes.into_values().collect();
+        let nodes = crate::services::node_addresses(&state.nodes, &state.pods);
+        state.services = crate::services::build(&services, &slices, &state.pods, &nodes);
         (state, self.report)
     }
 }

@@ -1,7 +1,12 @@
 //! Service virtual IPs and their backends.
 //!
 //! A ClusterIP is not a peer: the outbound proxy resolves `(ClusterIP, port, protocol)` to the
-//! service's ready endpoints and judges each backend pod on its targetPort. Endpoints come from
+//! service's ready endpoints and judges each backend pod on its targetPort. Every other address
+//! the node's service proxy (kube-proxy) answers for the Service leads to the same backends, so
+//! it is resolved the same way: each node's address with a NodePort, each `externalIPs` entry
+//! and each load balancer ingress IP with the service port. Judged as plain addresses, they
+//! would let a pod allowed to reach the nodes or "anywhere outside the cluster" reach every
+//! backend behind them. Endpoints come from
 //! the service's EndpointSlices (what the API server's controllers publish); a service with a
 //! selector but no EndpointSlice at all (YAML written by hand, the sandbox) gets them as the
 //! endpoints controller would: the running pods of its namespace matching the selector, the
@@ -15,7 +20,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::model::{Labels, Pod, Protocol};
+use crate::model::{Labels, Node, Pod, Protocol};
 
 /// The label tying an EndpointSlice to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -35,19 +40,31 @@ pub struct ServicePort {
     pub backends: Vec<(IpAddr, u16)>,
 }
 
-/// Every service port by virtual IP.
+/// Every service port by its addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceTable {
     ports: Vec<ServicePort>,
+    /// Cluster, external and load balancer IPs with the service port.
     by_vip: HashMap<(IpAddr, u16, Protocol), usize>,
+    /// NodePorts by port, protocol and family (IPv4 or not): each is open at every node
+    /// address of its family, so one entry per port, not per node and port.
+    by_node_port: HashMap<(u16, Protocol, bool), usize>,
+    /// The nodes' addresses, sorted.
+    nodes: Vec<IpAddr>,
 }
 
 impl ServiceTable {
-    /// The service port behind `ip:port`, if `ip` is a service's virtual IP.
+    /// The service port behind `ip:port`, if that is one of a service's addresses: a cluster
+    /// IP with the service port, a node's address with a NodePort, an external or load
+    /// balancer IP with the service port.
     pub fn lookup(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Option<&ServicePort> {
-        self.by_vip
-            .get(&(ip, port, protocol))
-            .map(|&i| &self.ports[i])
+        let at = self.by_vip.get(&(ip, port, protocol)).or_else(|| {
+            self.nodes
+                .binary_search(&ip)
+                .ok()
+                .and_then(|_| self.by_node_port.get(&(port, protocol, ip.is_ipv4())))
+        });
+        at.map(|&i| &self.ports[i])
     }
 
     /// Every service port.
@@ -55,12 +72,24 @@ impl ServiceTable {
         self.ports.iter()
     }
 
-    /// Every virtual address (IP, port, protocol) with its service port, sorted.
+    /// Every address (IP, port, protocol) with its service port, sorted (see
+    /// [`lookup`](Self::lookup)).
     pub fn by_address(&self) -> Vec<((IpAddr, u16, Protocol), &ServicePort)> {
+        let node_ports = self
+            .by_node_port
+            .iter()
+            .flat_map(|(&(port, proto, v4), &i)| {
+                self.nodes
+                    .iter()
+                    .filter(move |ip| ip.is_ipv4() == v4)
+                    .map(move |&ip| ((ip, port, proto), i))
+            });
         let mut all: Vec<_> = self
             .by_vip
             .iter()
-            .map(|(k, &i)| (*k, &self.ports[i]))
+            .map(|(k, &i)| (*k, i))
+            .chain(node_ports)
+            .map(|(k, i)| (k, &self.ports[i]))
             .collect();
         all.sort_by_key(|((ip, port, protocol), _)| (*ip, *port, *protocol as u8));
         all
@@ -105,11 +134,60 @@ fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Builds the table from the services, slices and pods read.
+/// The addresses of the nodes, at which every NodePort is open: each Node's `status.addresses`,
+/// and the nodes pods run on (`status.hostIPs`), for a cluster whose Nodes were not read.
+pub(crate) fn node_addresses(nodes: &[Node], pods: &[Pod]) -> Vec<IpAddr> {
+    let mut all: Vec<IpAddr> = nodes
+        .iter()
+        .flat_map(|n| n.addresses.iter().copied())
+        .chain(pods.iter().flat_map(|p| p.host_ips.iter().copied()))
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The addresses other than its cluster IPs at which the node's service proxy takes a
+/// Service's port to its backends with the service port: each `externalIPs` entry and each load
+/// balancer ingress IP. Only those of a family the Service has a cluster IP in: the service
+/// proxy of the other family has no rules for them.
+fn outside_addresses(service: &core::Service, vips: &[IpAddr]) -> Vec<IpAddr> {
+    let external = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten();
+    let balancers = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_ref());
+    external
+        .chain(balancers)
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .filter(|ip| vips.iter().any(|v| v.is_ipv4() == ip.is_ipv4()))
+        .collect()
+}
+
+/// A port's NodePort, when its Service has them (types NodePort and LoadBalancer).
+fn node_port(spec: &core::ServiceSpec, port: &core::ServicePort) -> Option<u16> {
+    matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
+        .then_some(port.node_port?)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|&p| p != 0)
+}
+
+/// Builds the table from the services, slices and pods read, with the nodes' addresses (see
+/// [`node_addresses`]).
 pub(crate) fn build(
     services: &[ServiceObject],
     slices: &[SliceObject],
     pods: &[Pod],
+    nodes: &[IpAddr],
 ) -> ServiceTable {
     let mut slices_of: HashMap<(&str, &str), Vec<&discovery::EndpointSlice>> = HashMap::new();
     for s in slices {
@@ -126,7 +204,12 @@ pub(crate) fn build(
                 .push(&s.slice);
         }
     }
-    let mut table = ServiceTable::default();
+    let mut table = ServiceTable {
+        nodes: nodes.to_vec(),
+        ..ServiceTable::default()
+    };
+    table.nodes.sort();
+    table.nodes.dedup();
     for svc in services {
         let Some(spec) = &svc.service.spec else {
             continue;
@@ -146,6 +229,7 @@ pub(crate) fn build(
         if vips.is_empty() {
             continue;
         }
+        let outside = outside_addresses(&svc.service, &vips);
         let key = (svc.namespace.as_str(), svc.name.as_str());
         for p in spec.ports.iter().flatten() {
             let (Ok(port), Some(proto)) = (u16::try_from(p.port), protocol(p.protocol.as_deref()))
@@ -179,6 +263,18 @@ pub(crate) fn build(
             });
             for vip in &vips {
                 table.by_vip.insert((*vip, port, proto), index);
+            }
+            for ip in &outside {
+                // A cluster IP is never also an external address; were it one, the cluster
+                // IP's entry stands.
+                table.by_vip.entry((*ip, port, proto)).or_insert(index);
+            }
+            if let Some(node_port) = node_port(spec, p) {
+                for v4 in [true, false] {
+                    if vips.iter().any(|v| v.is_ipv4() == v4) {
+                        table.by_node_port.insert((node_port, proto, v4), index);
+                    }
+                }
             }
         }
     }
@@ -243,6 +339,7 @@ fn from_pods(
 mod tests {
     use super::*;
     use crate::Loader;
+    use std::net::SocketAddr;
 
     fn table(yaml: &str) -> ServiceTable {
         let mut loader = Loader::new();
@@ -318,6 +415,76 @@ status: {phase: Running, podIP: 10.0.1.11}
                 "not-ready 10.0.0.12 is left out; no conditions means ready"
             );
         }
+    }
+
+    #[test]
+    fn node_ports_external_and_load_balancer_ips_lead_to_the_backends_of_the_cluster_ip() {
+        let t = table(&format!(
+            "{PODS}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: elsewhere, namespace: dev}}\n\
+             status: {{phase: Running, podIP: 10.0.2.1, hostIP: 192.168.0.6}}\n\
+             ---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n\
+             status: {{addresses: [{{type: InternalIP, address: 192.168.0.5}}, {{type: ExternalIP, address: 34.1.2.3}}, {{type: Hostname, address: n1}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: prod}}\n\
+             spec: {{type: LoadBalancer, clusterIP: 10.96.0.50, externalIPs: [203.0.113.7], selector: {{app: api}},\n\
+             \x20 ports: [{{name: web, port: 80, targetPort: 8080, nodePort: 30080}}]}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: 198.51.100.9}}, {{hostname: lb.example.com}}]}}}}\n"
+        ));
+        let at = |ip: &str, port: u16| t.lookup(ip.parse().expect("ip"), port, Protocol::Tcp);
+        let backends = &at("10.96.0.50", 80).expect("the cluster IP").backends;
+        assert_eq!(backends.len(), 2);
+        for (ip, port) in [
+            ("192.168.0.5", 30080), // a Node's internal address
+            ("34.1.2.3", 30080),    // and its external one
+            ("192.168.0.6", 30080), // the node a pod runs on
+            ("203.0.113.7", 80),    // externalIPs
+            ("198.51.100.9", 80),   // the load balancer
+        ] {
+            let found = at(ip, port).unwrap_or_else(|| panic!("{ip}:{port} is the service's"));
+            assert_eq!(&*found.service, "prod/api", "{ip}:{port}");
+            assert_eq!(&found.backends, backends, "{ip}:{port}");
+        }
+        // Each address only with its own port.
+        assert!(at("192.168.0.5", 80).is_none());
+        assert!(at("203.0.113.7", 30080).is_none());
+        assert!(at("10.96.0.50", 30080).is_none());
+        assert!(
+            t.lookup("192.168.0.5".parse().expect("ip"), 30080, Protocol::Udp)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_cluster_ip_service_has_no_node_port_and_other_family_addresses_are_not_its() {
+        let t = table(&format!(
+            "{PODS}---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n\
+             status: {{addresses: [{{type: InternalIP, address: 192.168.0.5}}, {{type: InternalIP, address: 'fd00:1::5'}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: prod}}\n\
+             spec: {{clusterIP: 10.96.0.50, externalIPs: ['fd00::7'], selector: {{app: api}},\n\
+             \x20 ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: v4, namespace: prod}}\n\
+             spec: {{type: NodePort, clusterIP: 10.96.0.51, selector: {{app: api}}, ports: [{{port: 80, nodePort: 30081}}]}}\n"
+        ));
+        let at = |ip: &str, port: u16| t.lookup(ip.parse().expect("ip"), port, Protocol::Tcp);
+        assert!(
+            at("192.168.0.5", 30080).is_none(),
+            "type ClusterIP: no NodePort"
+        );
+        assert!(
+            at("fd00::7", 80).is_none(),
+            "an IPv6 external IP of an IPv4 service"
+        );
+        assert!(at("192.168.0.5", 30081).is_some(), "the IPv4 node address");
+        assert!(at("fd00:1::5", 30081).is_none(), "not its IPv6 one");
+        let listed: Vec<String> = t
+            .by_address()
+            .iter()
+            .map(|((ip, port, _), _)| SocketAddr::new(*ip, *port).to_string())
+            .collect();
+        assert_eq!(
+            listed,
+            ["10.96.0.50:80", "10.96.0.51:80", "192.168.0.5:30081"],
+            "every address, each node's with the NodePort"
+        );
     }
 
     #[test]
