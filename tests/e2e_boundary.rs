@@ -344,16 +344,22 @@ fn broadcast_and_multicast_are_no_side_door_to_the_link() {
 }
 
 #[test]
-fn a_node_port_an_external_ip_or_a_load_balancer_leads_only_to_backends_the_pod_may_reach() {
-    if !ready(
-        "a_node_port_an_external_ip_or_a_load_balancer_leads_only_to_backends_the_pod_may_reach",
-    ) {
+fn node_ports_host_ports_external_and_balancer_ips_lead_only_to_pods_the_app_may_reach() {
+    if !ready("node_ports_host_ports_external_and_balancer_ips_lead_only_to_pods_the_app_may_reach")
+    {
         return;
     }
     // "Anywhere outside the cluster" and the victim's 9001: the node's address and the
     // Service's external and balancer addresses are outside it as addresses, but the node
-    // (standing in for kube-proxy) takes each to the victim. Only its 9001 is allowed.
+    // (standing in for kube-proxy and the portmap plugin) takes each to a pod. Only the
+    // victim's 9001 is allowed.
     let extra = r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hp, namespace: b, labels: {app: hp}}
+spec: {containers: [{name: h, ports: [{containerPort: 8080, hostPort: 18080}]}]}
+status: {podIP: 10.76.0.3, hostIP: 192.168.76.1}
 ---
 apiVersion: v1
 kind: Service
@@ -397,33 +403,35 @@ spec:
         )
     });
     assert!(greeting.contains("b/victim port 9001"), "{greeting}");
-    for to in [
-        "192.168.76.1:30080",
-        "203.0.113.80:8080",
-        "198.51.100.80:8080",
+    for (to, what) in [
+        ("192.168.76.1:30080", "b/victim-web"),
+        ("203.0.113.80:8080", "b/victim-web"),
+        ("198.51.100.80:8080", "b/victim-web"),
+        ("192.168.76.1:18080", "b/hp (hostPort)"),
     ] {
         let to: SocketAddr = to.parse().expect("addr");
         if let Ok((_, greeting)) = connect(&ns, to) {
-            panic!("{to} led the app to the victim's 8080: {greeting}");
+            panic!("{to} led the app to a pod it may not reach: {greeting}");
         }
         let refused = flows_matching(&up, |e| {
             e["service"]["address"] == to.to_string() && e["verdict"] == "DENIED"
         });
         assert!(
-            refused
-                .iter()
-                .any(|e| e["service"]["name"] == "b/victim-web"),
-            "{to}: no denial naming the service: {:#?}",
+            refused.iter().any(|e| e["service"]["name"] == what),
+            "{to}: no denial naming {what}: {:#?}",
             up.flows(APP)
         );
     }
-    // The same from a pod without a sidecar arrives: the node does take them there.
-    let (_, greeting) = connect(
-        &up.ns("kube-system/coredns"),
-        "203.0.113.80:8080".parse().expect("addr"),
-    )
-    .expect("the external IP leads to the victim");
-    assert!(greeting.contains("b/victim port 8080"), "{greeting}");
+    // The same from a pod without a sidecar arrive: the node does take them there.
+    let plain = up.ns("kube-system/coredns");
+    for (to, greets) in [
+        ("203.0.113.80:8080", "b/victim port 8080"),
+        ("192.168.76.1:18080", "b/hp port 8080"),
+    ] {
+        let (_, greeting) = connect(&plain, to.parse().expect("addr"))
+            .unwrap_or_else(|e| panic!("{to} from a pod without a sidecar: {e}"));
+        assert!(greeting.contains(greets), "{greeting}");
+    }
 }
 
 #[test]

@@ -67,8 +67,11 @@ pub struct ViewIndex {
     selecting: Vec<Vec<PolicyId>>,
     /// The pods each policy selects (sorted).
     selected: Vec<Vec<PodId>>,
-    /// Pods backing a service (a new one changes the views that reach the service).
+    /// Pods backing a service or a host port (a new one changes the views that reach it).
     backend_pods: HashSet<PodId>,
+    /// Pods with host ports: the node's address leads to them (see
+    /// `podwall_policy::services`).
+    host_port_pods: Vec<PodId>,
     /// The pods each rule's peer selects (sorted), worked out when first asked.
     peers: Mutex<HashMap<(RuleRef, usize), PodList>>,
     /// The protection report at this version.
@@ -292,9 +295,17 @@ impl ViewIndex {
                 }
             })
             .collect();
+        let host_port_pods: Vec<PodId> = state
+            .pod_ids()
+            .filter(|id| {
+                let pod = state.pod(*id);
+                !pod.host_network && !pod.host_ports.is_empty()
+            })
+            .collect();
         let backend_pods = services
             .iter()
             .flat_map(|s: &ServiceEntry| s.backends.iter().copied())
+            .chain(host_port_pods.iter().copied())
             .collect();
         ViewIndex {
             version,
@@ -302,6 +313,7 @@ impl ViewIndex {
             engine,
             common,
             backend_pods,
+            host_port_pods,
             services,
             protected,
             pod_keys,
@@ -522,6 +534,13 @@ impl ViewIndex {
                 }
             } else {
                 keys.extend(svc.slices.iter().cloned());
+            }
+        }
+        // A pod that may reach a node's address reaches the pods with host ports there: its
+        // sidecar judges those connections by the pod they lead to.
+        if !egress_isolated || egress_wide {
+            for id in &self.host_port_pods {
+                add_pod(&mut keys, *id);
             }
         }
         keys
@@ -902,6 +921,44 @@ mod tests {
             name: "ghost".into(),
         });
         assert!(!unknown.iter().any(|k| k.name == "ghost"));
+    }
+
+    #[test]
+    fn a_pod_that_may_reach_the_nodes_gets_the_pods_with_host_ports() {
+        let mut ingress = pod("ingress", "ingress", "10.0.0.9", true);
+        ingress["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(8443);
+        let objects = set(&[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}}),
+            pod("web", "web", "10.0.0.1", true),
+            pod("api", "api", "10.0.0.2", true),
+            pod("batch", "batch", "10.0.0.5", true),
+            ingress,
+            netpol("web-egress", "web", Some("api"), None),
+        ]);
+        let index = ViewIndex::build(1, objects, SidecarEvidence::Annotation);
+        let view = |name: &str| {
+            names(&index.keys_for(&PodRef {
+                namespace: "prod".into(),
+                name: name.into(),
+            }))
+        };
+        assert!(
+            view("batch").contains(&"Pod ingress".to_string()),
+            "egress-open: the node's 8443 leads to ingress, which its sidecar must know"
+        );
+        assert!(
+            !view("web").contains(&"Pod ingress".to_string()),
+            "web reaches api only, never a node"
+        );
+        let changed = BTreeSet::from([pod_key("prod", "ingress")]);
+        assert!(index.may_change(
+            &PodRef {
+                namespace: "prod".into(),
+                name: "batch".into()
+            },
+            &BTreeSet::new(),
+            &changed
+        ));
     }
 
     #[test]

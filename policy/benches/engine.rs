@@ -71,6 +71,7 @@ fn cluster(pods: usize, policies: usize) -> ClusterState {
                 host_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, (i % 50) as u8 + 1))],
                 node_name: None,
                 host_network: false,
+                host_ports: Vec::new(),
                 ports: vec![
                     ContainerPort {
                         name: Some("http".into()),

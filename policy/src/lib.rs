@@ -49,9 +49,9 @@ pub use explain::{
 pub use load::{Loader, documents, objects};
 pub use model::{
     Action, ClusterScope, ContainerPort, DefaultDeny, Direction, Entity, FqdnSelector, HeaderMatch,
-    HeaderMismatch, HttpRule, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope,
-    Node, Origin, Peer, Pod, Policy, PolicyKind, PolicyName, PortMatch, PortSpec, Protocol,
-    ProtocolPort, Rule, Tier, UnknownProtocol,
+    HeaderMismatch, HostPort, HttpRule, IpBlock, Labels, NAMESPACE_NAME_LABEL, Namespace,
+    NamespaceScope, Node, Origin, Peer, Pod, Policy, PolicyKind, PolicyName, PortMatch, PortSpec,
+    Protocol, ProtocolPort, Rule, Tier, UnknownProtocol,
 };
 pub use observe_http::{BadObserveHttp, OBSERVE_HTTP_ANNOTATION, parse_observe_http};
 pub use selector::{LabelSelector, Operator, Requirement};

@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::model::{
-    ContainerPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Origin, Pod, Policy, PolicyKind,
-    PolicyName, Protocol,
+    ContainerPort, HostPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Origin, Pod, Policy,
+    PolicyKind, PolicyName, Protocol,
 };
 use crate::netpol;
 use crate::state::{ClusterState, LoadReport};
@@ -256,7 +256,7 @@ impl Loader {
         }
         let host_ips = self.parse_ips(&origin, &object, host_strings);
 
-        let mut ports = Vec::new();
+        let (mut ports, mut host_ports) = (Vec::new(), Vec::new());
         // Native sidecars (init containers that keep running) serve ports like containers do.
         let sidecars = spec
             .init_containers
@@ -301,6 +301,22 @@ impl Loader {
                     port,
                     protocol,
                 });
+                // (The API server validates hostPort and hostIP; one that does not parse is
+                // not a forwarding the node can have set up.)
+                if let Some(host_port) = p.host_port.and_then(|h| u16::try_from(h).ok())
+                    && host_port != 0
+                {
+                    host_ports.push(HostPort {
+                        host_port,
+                        port,
+                        protocol,
+                        host_ip: p
+                            .host_ip
+                            .as_deref()
+                            .and_then(|ip| ip.parse::<IpAddr>().ok())
+                            .filter(|ip| !ip.is_unspecified()),
+                    });
+                }
             }
         }
 
@@ -314,6 +330,7 @@ impl Loader {
             node_name: spec.node_name.clone(),
             host_network: spec.host_network.unwrap_or(false),
             ports,
+            host_ports,
             origin: origin.clone(),
         };
         if let Some(earlier) = self.pods.insert((namespace, name), pod) {
@@ -696,8 +713,7 @@ impl Loader {
         let services: Vec<_> = self.services.values().cloned().collect();
         let slices: Vec<_> = self.slices.values().cloned().collect();
         state.nodes = self.nodes.values().cloned().collect();
-        let nodes = crate::services::node_addresses(&state.nodes, &state.pods);
-        state.services = crate::services::build(&services, &slices, &state.pods, &nodes);
+        state.services = crate::services::build(&services, &slices, &state.pods, &state.nodes);
         (state, std::mem::take(&mut self.report))
     }
 
@@ -712,8 +728,7 @@ impl Loader {
         let services: Vec<_> = self.services.into_values().collect();
         let slices: Vec<_> = self.slices.into_values().collect();
         state.nodes = self.nodes.into_values().collect();
-        let nodes = crate::services::node_addresses(&state.nodes, &state.pods);
-        state.services = crate::services::build(&services, &slices, &state.pods, &nodes);
+        state.services = crate::services::build(&services, &slices, &state.pods, &state.nodes);
         (state, self.report)
     }
 }

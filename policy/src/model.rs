@@ -166,6 +166,20 @@ pub struct ContainerPort {
     pub protocol: Protocol,
 }
 
+/// A container port also open on the node (`hostPort`): the CNI's portmap plugin forwards the
+/// node's address and this port to the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    /// The port on the node.
+    pub host_port: u16,
+    /// The container port it leads to.
+    pub port: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The one node address it is open on (`hostIP`); every address of the node when unset.
+    pub host_ip: Option<IpAddr>,
+}
+
 /// A pod, with what policy needs of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
@@ -188,6 +202,8 @@ pub struct Pod {
     pub host_network: bool,
     /// Every container's declared ports.
     pub ports: Vec<ContainerPort>,
+    /// Those also open on the node.
+    pub host_ports: Vec<HostPort>,
     /// Where it was read from.
     pub origin: Origin,
 }

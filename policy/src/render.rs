@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::model::{NamespaceScope, Peer, Pod, Policy, PortMatch, Rule};
+use crate::model::{HostPort, NamespaceScope, Peer, Pod, Policy, PortMatch, Rule};
 use crate::selector::{LabelSelector, Operator};
 use crate::state::ClusterState;
 
@@ -115,9 +115,11 @@ pub fn policy_object(p: &Policy) -> Option<Value> {
     }))
 }
 
-/// A pod with what policy reads of it: labels, annotations, ports (in one container), node,
-/// addresses.
+/// A pod with what policy reads of it: labels, annotations, ports and host ports (in one
+/// container), node, addresses.
 pub fn pod_object(p: &Pod) -> Value {
+    // Each host port on a declaration of its container port (loading made one of each).
+    let mut host_ports: Vec<&HostPort> = p.host_ports.iter().collect();
     let ports: Vec<Value> = p
         .ports
         .iter()
@@ -125,6 +127,16 @@ pub fn pod_object(p: &Pod) -> Value {
             let mut v = json!({"containerPort": c.port, "protocol": c.protocol.as_str()});
             if let Some(name) = &c.name {
                 v["name"] = json!(name);
+            }
+            if let Some(i) = host_ports
+                .iter()
+                .position(|h| h.port == c.port && h.protocol == c.protocol)
+            {
+                let h = host_ports.remove(i);
+                v["hostPort"] = json!(h.host_port);
+                if let Some(ip) = h.host_ip {
+                    v["hostIP"] = json!(ip.to_string());
+                }
             }
             v
         })
@@ -205,7 +217,7 @@ kind: Pod
 metadata: {name: web, namespace: shop, labels: {app: web}, annotations: {podwall.io/inject: enabled}}
 spec:
   nodeName: n1
-  containers: [{name: a, ports: [{containerPort: 80, name: http}, {containerPort: 53, protocol: UDP}]}]
+  containers: [{name: a, ports: [{containerPort: 80, name: http}, {containerPort: 53, protocol: UDP, hostPort: 5353, hostIP: 192.168.0.1}, {containerPort: 443, hostPort: 8443}]}]
 status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}], hostIP: 192.168.0.1}
 ---
 apiVersion: v1
@@ -245,6 +257,7 @@ spec:
             }
             s
         };
+        assert_eq!(state.pods[1].host_ports.len(), 2, "{:?}", state.pods[1]);
         assert_eq!(strip(again), strip(state));
     }
 }

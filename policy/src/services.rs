@@ -135,8 +135,9 @@ fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
 }
 
 /// The addresses of the nodes, at which every NodePort is open: each Node's `status.addresses`,
-/// and the nodes pods run on (`status.hostIPs`), for a cluster whose Nodes were not read.
-pub(crate) fn node_addresses(nodes: &[Node], pods: &[Pod]) -> Vec<IpAddr> {
+/// and the nodes pods run on (`status.hostIPs`), for a cluster whose Nodes were not read;
+/// sorted.
+fn node_addresses(nodes: &[Node], pods: &[Pod]) -> Vec<IpAddr> {
     let mut all: Vec<IpAddr> = nodes
         .iter()
         .flat_map(|n| n.addresses.iter().copied())
@@ -181,13 +182,61 @@ fn node_port(spec: &core::ServiceSpec, port: &core::ServicePort) -> Option<u16> 
         .filter(|&p| p != 0)
 }
 
-/// Builds the table from the services, slices and pods read, with the nodes' addresses (see
-/// [`node_addresses`]).
+/// The name a pod's host ports go by in the table (and in flow events), beside Services'.
+pub fn host_port_name(namespace: &str, pod: &str) -> String {
+    format!("{namespace}/{pod} (hostPort)")
+}
+
+/// Each pod's host ports: the node's address (its `hostIP`, or every address of the pod's
+/// node) with the host port leads to the pod's address of that family and the container port,
+/// as the portmap plugin forwards it.
+fn add_host_ports(table: &mut ServiceTable, pods: &[Pod], nodes: &[Node]) {
+    for pod in pods
+        .iter()
+        .filter(|p| !p.host_network && !p.host_ports.is_empty())
+    {
+        let node = nodes
+            .iter()
+            .filter(|n| pod.node_name.as_deref() == Some(n.name.as_str()))
+            .flat_map(|n| n.addresses.iter().copied());
+        let mut on_node: Vec<IpAddr> = pod.host_ips.iter().copied().chain(node).collect();
+        on_node.sort();
+        on_node.dedup();
+        let name: Arc<str> = host_port_name(&pod.namespace, &pod.name).into();
+        for hp in &pod.host_ports {
+            let addresses = match hp.host_ip {
+                Some(ip) => vec![ip],
+                None => on_node.clone(),
+            };
+            for v4 in [true, false] {
+                let Some(&ip) = pod.ips.iter().find(|ip| ip.is_ipv4() == v4) else {
+                    continue;
+                };
+                let index = table.ports.len();
+                table.ports.push(ServicePort {
+                    service: name.clone(),
+                    name: String::new(),
+                    port: hp.host_port,
+                    protocol: hp.protocol,
+                    backends: vec![(ip, hp.port)],
+                });
+                for at in addresses.iter().filter(|a| a.is_ipv4() == v4) {
+                    table
+                        .by_vip
+                        .entry((*at, hp.host_port, hp.protocol))
+                        .or_insert(index);
+                }
+            }
+        }
+    }
+}
+
+/// Builds the table from the services, slices, pods and nodes read.
 pub(crate) fn build(
     services: &[ServiceObject],
     slices: &[SliceObject],
     pods: &[Pod],
-    nodes: &[IpAddr],
+    nodes: &[Node],
 ) -> ServiceTable {
     let mut slices_of: HashMap<(&str, &str), Vec<&discovery::EndpointSlice>> = HashMap::new();
     for s in slices {
@@ -205,11 +254,9 @@ pub(crate) fn build(
         }
     }
     let mut table = ServiceTable {
-        nodes: nodes.to_vec(),
+        nodes: node_addresses(nodes, pods),
         ..ServiceTable::default()
     };
-    table.nodes.sort();
-    table.nodes.dedup();
     for svc in services {
         let Some(spec) = &svc.service.spec else {
             continue;
@@ -278,6 +325,7 @@ pub(crate) fn build(
             }
         }
     }
+    add_host_ports(&mut table, pods, nodes);
     table
 }
 
@@ -484,6 +532,37 @@ status: {phase: Running, podIP: 10.0.1.11}
             listed,
             ["10.96.0.50:80", "10.96.0.51:80", "192.168.0.5:30081"],
             "every address, each node's with the NodePort"
+        );
+    }
+
+    #[test]
+    fn a_host_port_leads_from_its_nodes_addresses_to_the_pod() {
+        let t = table(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+             status: {addresses: [{type: InternalIP, address: 192.168.0.5}, {type: ExternalIP, address: 34.1.2.3}]}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {name: ingress, namespace: edge}\n\
+             spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 443, hostPort: 8443}, {containerPort: 53, hostPort: 5353, protocol: UDP, hostIP: 192.168.0.5}]}]}\n\
+             status: {phase: Running, podIP: 10.0.0.21, podIPs: [{ip: 10.0.0.21}, {ip: 'fd00::21'}], hostIP: 192.168.0.5}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {name: agent, namespace: edge}\n\
+             spec: {nodeName: n1, hostNetwork: true, containers: [{name: c, ports: [{containerPort: 9100, hostPort: 9100}]}]}\n\
+             status: {phase: Running, podIP: 192.168.0.5, hostIP: 192.168.0.5}\n",
+        );
+        let at = |ip: &str, port: u16, proto| t.lookup(ip.parse().expect("ip"), port, proto);
+        for node in ["192.168.0.5", "34.1.2.3"] {
+            let found = at(node, 8443, Protocol::Tcp).expect("every address of the pod's node");
+            assert_eq!(&*found.service, "edge/ingress (hostPort)");
+            assert_eq!(found.backends, [("10.0.0.21".parse().expect("ip"), 443)]);
+        }
+        let dns = at("192.168.0.5", 5353, Protocol::Udp).expect("its hostIP");
+        assert_eq!(dns.backends, [("10.0.0.21".parse().expect("ip"), 53)]);
+        assert!(
+            at("34.1.2.3", 5353, Protocol::Udp).is_none(),
+            "only its hostIP"
+        );
+        assert!(at("192.168.0.5", 8443, Protocol::Udp).is_none());
+        assert!(
+            at("192.168.0.5", 9100, Protocol::Tcp).is_none(),
+            "a host-network pod's port is the node's own"
         );
     }
 

@@ -227,6 +227,7 @@ fn cluster() -> impl Strategy<Value = (Vec<Namespace>, Vec<Pod>)> {
                         host_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1))],
                         node_name: None,
                         host_network: false,
+                        host_ports: Vec::new(),
                         ports: ports.into_iter().map(|p| declared[p].clone()).collect(),
                         origin: Origin::default(),
                     }
@@ -470,6 +471,7 @@ fn pod_ids_follow_the_sorted_names() {
             host_ips: vec![],
             node_name: None,
             host_network: false,
+            host_ports: Vec::new(),
             ports: vec![],
             origin: Origin::default(),
         })
