@@ -388,6 +388,60 @@ fn bad_usage_exits_2_with_a_clear_message() {
 }
 
 #[test]
+fn check_judges_a_service_address_by_the_backends_it_leads_to() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &input,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: t, labels: {app: client}}\n\
+         status: {podIP: 10.0.0.1, hostIP: 192.168.0.1}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: t, labels: {app: api}}\n\
+         status: {podIP: 10.0.0.2, hostIP: 192.168.0.1}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: t, labels: {app: db}}\n\
+         status: {podIP: 10.0.0.3, hostIP: 192.168.0.1}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: t}\n\
+         spec: {type: NodePort, clusterIP: 10.96.0.2, selector: {app: api}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: t}\n\
+         spec: {type: NodePort, clusterIP: 10.96.0.3, selector: {app: db}, ports: [{port: 5432, nodePort: 30432}]}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: t}\n\
+         spec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n\
+         \x20 - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}]\n\
+         \x20 - to: [{podSelector: {matchLabels: {app: api}}}]\n    ports: [{port: 8080}]\n",
+    )
+    .expect("write");
+    let input = input.to_str().expect("path");
+    let check = |to: &str, port: &str, output: &str| {
+        podwall(&[
+            "analyze", "check", "-f", input, "--from", "t/client", "--to", to, "--port", port,
+            "-o", output,
+        ])
+    };
+    let (code, out, err) = check("192.168.0.1", "30080", "text");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("192.168.0.1:30080 is an address of service t/api (1 ready endpoints): judged for 10.0.0.2:8080, one policy allows"),
+        "{out}"
+    );
+    let (code, out, err) = check("192.168.0.1", "30432", "json");
+    assert_eq!(
+        code, 1,
+        "the node leads to db, which the client may not reach: {out}{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["service"]["name"], "t/db");
+    assert_eq!(v["service"]["judged"], "10.0.0.3:5432");
+    let (code, out, err) = check("10.96.0.3", "5432", "text");
+    assert_eq!(code, 1, "the cluster IP alike: {out}{err}");
+    let (code, out, err) = check("192.168.0.1", "22", "text");
+    assert_eq!(
+        code, 0,
+        "the node itself, an address the ipBlock allows: {out}{err}"
+    );
+    assert!(!out.contains("is an address of service"), "{out}");
+}
+
+#[test]
 fn a_dns_query_check_states_one_verdict_and_exits_by_it() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/allow-github-api");
     let ask = |name: &str| {

@@ -369,7 +369,7 @@ spec:
   clusterIP: 10.96.76.80
   externalIPs: [203.0.113.80]
   selector: {app: victim}
-  ports: [{port: 8080, nodePort: 30080}]
+  ports: [{name: web, port: 8080, nodePort: 30080}, {name: echo, port: 5300, protocol: UDP, nodePort: 30053}]
 status: {loadBalancer: {ingress: [{ip: 198.51.100.80}]}}
 ---
 apiVersion: v1
@@ -422,16 +422,44 @@ spec:
             up.flows(APP)
         );
     }
+    // A UDP NodePort the same: the first datagram is judged by where it leads.
+    let echoes = |ns: &str, to: &str| {
+        let to: SocketAddr = to.parse().expect("addr");
+        run_in(ns, move || {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.send_to(b"anyone there", to)?;
+            let mut buf = [0u8; 64];
+            s.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec())
+        })
+        .expect("netns")
+        .is_ok_and(|echo| echo == b"anyone there")
+    };
+    assert!(
+        !echoes(&ns, "192.168.76.1:30053"),
+        "the UDP NodePort led to the victim"
+    );
+    assert!(
+        !flows_matching(&up, |e| {
+            e["service"]["address"] == "192.168.76.1:30053" && e["verdict"] == "DENIED"
+        })
+        .is_empty(),
+        "no denial of the UDP NodePort: {:#?}",
+        up.flows(APP)
+    );
     // The same from a pod without a sidecar arrive: the node does take them there.
     let plain = up.ns("kube-system/coredns");
     for (to, greets) in [
+        ("192.168.76.1:30080", "b/victim port 8080"),
         ("203.0.113.80:8080", "b/victim port 8080"),
+        ("198.51.100.80:8080", "b/victim port 8080"),
         ("192.168.76.1:18080", "b/hp port 8080"),
     ] {
         let (_, greeting) = connect(&plain, to.parse().expect("addr"))
             .unwrap_or_else(|e| panic!("{to} from a pod without a sidecar: {e}"));
         assert!(greeting.contains(greets), "{greeting}");
     }
+    assert!(echoes(&plain, "192.168.76.1:30053"));
 }
 
 #[test]

@@ -67,6 +67,14 @@ impl ServiceTable {
         at.map(|&i| &self.ports[i])
     }
 
+    /// Adds addresses of the node that the cluster's objects do not list, at which NodePorts
+    /// are open too (a sidecar adds its pod's gateways: the node's end of the pod's link).
+    pub fn add_node_addresses(&mut self, extra: impl IntoIterator<Item = IpAddr>) {
+        self.nodes.extend(extra);
+        self.nodes.sort();
+        self.nodes.dedup();
+    }
+
     /// Every service port.
     pub fn ports(&self) -> impl Iterator<Item = &ServicePort> {
         self.ports.iter()
@@ -150,8 +158,9 @@ fn node_addresses(nodes: &[Node], pods: &[Pod]) -> Vec<IpAddr> {
 
 /// The addresses other than its cluster IPs at which the node's service proxy takes a
 /// Service's port to its backends with the service port: each `externalIPs` entry and each load
-/// balancer ingress IP. Only those of a family the Service has a cluster IP in: the service
-/// proxy of the other family has no rules for them.
+/// balancer ingress IP, but those with `ipMode: Proxy` (traffic to them leaves for the load
+/// balancer, an outside host as any other). Only those of a family the Service has a cluster IP
+/// in: the service proxy of the other family has no rules for them.
 fn outside_addresses(service: &core::Service, vips: &[IpAddr]) -> Vec<IpAddr> {
     let external = service
         .spec
@@ -166,6 +175,7 @@ fn outside_addresses(service: &core::Service, vips: &[IpAddr]) -> Vec<IpAddr> {
         .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
         .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|i| i.ip.as_ref());
     external
         .chain(balancers)
@@ -475,7 +485,7 @@ status: {phase: Running, podIP: 10.0.1.11}
              ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: prod}}\n\
              spec: {{type: LoadBalancer, clusterIP: 10.96.0.50, externalIPs: [203.0.113.7], selector: {{app: api}},\n\
              \x20 ports: [{{name: web, port: 80, targetPort: 8080, nodePort: 30080}}]}}\n\
-             status: {{loadBalancer: {{ingress: [{{ip: 198.51.100.9}}, {{hostname: lb.example.com}}]}}}}\n"
+             status: {{loadBalancer: {{ingress: [{{ip: 198.51.100.9}}, {{hostname: lb.example.com}}, {{ip: 198.51.100.10, ipMode: Proxy}}]}}}}\n"
         ));
         let at = |ip: &str, port: u16| t.lookup(ip.parse().expect("ip"), port, Protocol::Tcp);
         let backends = &at("10.96.0.50", 80).expect("the cluster IP").backends;
@@ -491,6 +501,10 @@ status: {phase: Running, podIP: 10.0.1.11}
             assert_eq!(&*found.service, "prod/api", "{ip}:{port}");
             assert_eq!(&found.backends, backends, "{ip}:{port}");
         }
+        assert!(
+            at("198.51.100.10", 80).is_none(),
+            "ipMode Proxy: the load balancer is reached, not bypassed"
+        );
         // Each address only with its own port.
         assert!(at("192.168.0.5", 80).is_none());
         assert!(at("203.0.113.7", 30080).is_none());
@@ -523,6 +537,14 @@ status: {phase: Running, podIP: 10.0.1.11}
         );
         assert!(at("192.168.0.5", 30081).is_some(), "the IPv4 node address");
         assert!(at("fd00:1::5", 30081).is_none(), "not its IPv6 one");
+        let mut with_gateway = t.clone();
+        with_gateway.add_node_addresses(["10.244.1.1".parse().expect("ip")]);
+        assert!(
+            with_gateway
+                .lookup("10.244.1.1".parse().expect("ip"), 30081, Protocol::Tcp)
+                .is_some(),
+            "an address of the node the objects do not list, added"
+        );
         let listed: Vec<String> = t
             .by_address()
             .iter()

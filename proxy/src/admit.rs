@@ -287,7 +287,7 @@ fn backend(
     let n = service.backends.len();
     if n == 0 {
         return Err(format!(
-            "service {} has no ready endpoint for port {}",
+            "service {} has no ready endpoint for its port {}",
             service.service, service.port
         ));
     }

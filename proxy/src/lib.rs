@@ -19,6 +19,7 @@ mod ends_filter;
 pub mod exempt;
 pub mod feed_client;
 pub mod flow;
+mod gateways;
 mod in_flight;
 pub mod init;
 pub mod kernel_check;
@@ -237,9 +238,16 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         resolvers: resolvers.clone(),
     });
 
+    // Read once: the CNI set the pod's routes up before any container started.
+    let gateways: Arc<[std::net::IpAddr]> = gateways::read().into();
+    tracing::info!(addresses = ?gateways, "the pod's gateways: NodePorts there are Services' too");
+    let own = policy_follow::OwnPod {
+        identity: config.identity.clone(),
+        audit: config.audit,
+        gateways,
+    };
     tokio::spawn(policy_follow::follow(
-        config.identity.clone(),
-        config.audit,
+        own,
         states,
         policy_tx,
         current,

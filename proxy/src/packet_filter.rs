@@ -719,6 +719,38 @@ spec:
     }
 
     #[test]
+    fn a_kernel_carried_connection_to_a_node_port_is_judged_by_its_backends_once_known() {
+        // Admitted while the sidecar's view held no Service there: the node's address, which
+        // "anywhere outside the pods" allows. Then the view learns the NodePort.
+        let rule = "  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{port: 8080}, {port: 5300, protocol: UDP}]\n";
+        assert!(PODS.contains(rule));
+        let outside = PODS.replace(
+            rule,
+            "  - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}]\n",
+        );
+        let shared = client_sidecar();
+        let before = client_policy(&outside, 2);
+        shared.current.store(Some(before.clone()));
+        let key: (SocketAddr, SocketAddr) = (
+            "10.0.0.1:40000".parse().expect("addr"),
+            "192.168.0.1:30080".parse().expect("addr"),
+        );
+        let open = crate::tcp_route::unjudged(&before, key);
+        assert!(open.service.is_none(), "{open:?}");
+        assert!(crate::tcp_route::rejudge(&shared, &before, key, &open, &[]).is_some());
+        let node_port = "---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+             status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: t}\n\
+             spec: {type: NodePort, clusterIP: 10.96.0.50, selector: {app: server}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n";
+        let after = client_policy(&format!("{outside}{node_port}"), 3);
+        shared.current.store(Some(after.clone()));
+        assert!(
+            crate::tcp_route::rejudge(&shared, &after, key, &open, &[]).is_none(),
+            "the node's 30080 leads to the server, which the client may not reach"
+        );
+    }
+
+    #[test]
     fn a_service_connection_is_revoked_when_policy_denies_a_backend_that_left_the_service() {
         // The client's connection to the Service's virtual IP went to one of its two backends,
         // which the node chose. The second leaves the Service (not ready), then policy stops

@@ -31,11 +31,20 @@ pub trait PolicySource: Send + 'static {
     fn describe(&self) -> String;
 }
 
+/// What the sidecar knows of its own pod, beside what the cluster's objects say.
+pub(crate) struct OwnPod {
+    /// Which pod it is.
+    pub identity: Identity,
+    /// `proxy run --audit`.
+    pub audit: bool,
+    /// Its gateways, addresses of its node (see [`crate::gateways`]).
+    pub gateways: Arc<[std::net::IpAddr]>,
+}
+
 /// Compiles every state the source publishes and publishes this pod's policy; names learned
 /// under the previous policy are matched again against the new one.
 pub(crate) async fn follow(
-    identity: Identity,
-    audit_flag: bool,
+    own: OwnPod,
     mut states: StateReceiver,
     policies: watch::Sender<Option<Arc<PodPolicy>>>,
     current: Arc<arc_swap::ArcSwapOption<PodPolicy>>,
@@ -46,12 +55,16 @@ pub(crate) async fn follow(
     loop {
         let state = states.borrow_and_update().clone();
         if let Some(state) = state {
-            let id = identity.clone();
+            let id = own.identity.clone();
+            let gateways = own.gateways.clone();
             // Compiling is CPU work: keep it off the threads that move bytes.
             let compiled = tokio::task::spawn_blocking(move || {
                 let me = state.pod_by_name(&id.namespace, &id.name);
                 me.map(|me| {
-                    let engine = Engine::compile((*state).clone());
+                    let mut state = (*state).clone();
+                    // The node's addresses on the pod's link: NodePorts are open there too.
+                    state.services.add_node_addresses(gateways.iter().copied());
+                    let engine = Engine::compile(state);
                     let rules = podwall_l7::pod_http_rules(&engine, me);
                     let http = if rules.is_empty() {
                         None
@@ -89,7 +102,7 @@ pub(crate) async fn follow(
                     let pod = engine.state().pod(me);
                     // The pod's own annotation is read per connection (it covers its own side);
                     // this is for the log.
-                    let audit = audit_flag
+                    let audit = own.audit
                         || pod
                             .annotations
                             .get(ENFORCEMENT_ANNOTATION)
@@ -102,7 +115,7 @@ pub(crate) async fn follow(
                         .collect();
                     metrics.policies_selecting.set(selecting.len() as i64);
                     tracing::info!(
-                        pod = %identity,
+                        pod = %own.identity,
                         generation,
                         policies = engine.state().policies.len(),
                         selecting = selecting.len(),
@@ -116,17 +129,17 @@ pub(crate) async fn follow(
                         Ok(ports) => ports,
                         Err(e) => {
                             // Only observation is lost: enforcement does not depend on it.
-                            tracing::warn!(pod = %identity, error = %e, "HTTP requests are not logged without rules");
+                            tracing::warn!(pod = %own.identity, error = %e, "HTTP requests are not logged without rules");
                             Vec::new()
                         }
                     };
                     if !observe_http.is_empty() {
-                        tracing::info!(pod = %identity, ports = ?observe_http, "logging every HTTP request on these inbound ports (podwall.io/observe-http)");
+                        tracing::info!(pod = %own.identity, ports = ?observe_http, "logging every HTTP request on these inbound ports (podwall.io/observe-http)");
                     }
                     let policy = Arc::new(PodPolicy {
                         engine,
                         me,
-                        audit: audit_flag,
+                        audit: own.audit,
                         generation,
                         http,
                         fqdn,
@@ -151,7 +164,7 @@ pub(crate) async fn follow(
                 Ok(None) => {
                     metrics.policy_rejected.inc();
                     tracing::error!(
-                        pod = %identity,
+                        pod = %own.identity,
                         "this pod is not in the policy source; {}",
                         if policies.borrow().is_some() { "keeping the last policy" } else { "refusing all connections until it is" }
                     );

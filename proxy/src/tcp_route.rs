@@ -231,7 +231,18 @@ pub(crate) fn rejudge(
     if crate::admit::link_wide(direction, source.ip(), destination.ip()) && !policy.own_audit() {
         return None;
     }
-    if open.service.is_some() {
+    // A Service's by what it was admitted as, or by what its destination is now: a connection
+    // admitted before the Service (or the node its NodePort is at) was known is judged by the
+    // backends it leads to from then on.
+    let service = open.service.is_some()
+        || (direction == Direction::Egress
+            && policy
+                .engine
+                .state()
+                .services
+                .lookup(destination.ip(), destination.port(), Protocol::Tcp)
+                .is_some());
+    if service {
         let flow = NewFlow {
             direction,
             protocol: Protocol::Tcp,

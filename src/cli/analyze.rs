@@ -3,7 +3,7 @@
 //! Exit codes: 0 fine; 1 findings (lint) or denied (check); 2 bad usage or unreadable input.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -436,7 +436,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         (None, None) => return Err("--to is required".into()),
     };
     let protocol = args.protocol.map(Protocol::from).unwrap_or(Protocol::Tcp);
-    let query = Query {
+    let mut query = Query {
         src: endpoint(&state, &args.from, "from")?,
         dst: endpoint(&state, &to, "to")?,
         protocol,
@@ -459,8 +459,48 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         }
         (None, _) => Vec::new(),
     };
+    // A Service's address (cluster IP, NodePort, external or load balancer IP): as the sidecar
+    // does, the backends it leads to are judged, and the connection goes to one policy allows.
+    let service = match (query.src, query.dst) {
+        (Endpoint::Pod(_), Endpoint::Ip(ip)) => engine
+            .state()
+            .services
+            .lookup(ip, query.port, protocol)
+            .map(|svc| (svc.clone(), SocketAddr::new(ip, query.port))),
+        _ => None,
+    };
+    let mut backend = None;
+    if let Some((svc, _)) = &service {
+        let to_backend = |&(ip, port): &(IpAddr, u16)| Query {
+            dst: Endpoint::Ip(ip),
+            port,
+            ..query
+        };
+        let allowed = |b: &&(IpAddr, u16)| {
+            engine
+                .explain(&engine.verdict_learned(&to_backend(b), &names))
+                .allowed
+        };
+        let Some(chosen) = svc.backends.iter().find(allowed).or(svc.backends.first()) else {
+            println!(
+                "{to} is an address of service {}, which has no ready endpoint: refused",
+                svc.service
+            );
+            return Ok(ExitCode::from(EXIT_FINDINGS));
+        };
+        query = to_backend(chosen);
+        backend = Some(SocketAddr::new(chosen.0, chosen.1));
+    }
     let verdict = engine.verdict_learned(&query, &names);
     let explanation = engine.explain(&verdict);
+    let service = service.zip(backend).map(|((svc, dialled), backend)| {
+        serde_json::json!({
+            "name": &*svc.service,
+            "address": dialled.to_string(),
+            "backends": svc.backends.len(),
+            "judged": backend.to_string(),
+        })
+    });
     let wants_http = args.http_method.is_some()
         || args.http_path.is_some()
         || args.http_host.is_some()
@@ -499,6 +539,20 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
                     }
                 );
             }
+            if let Some(s) = &service {
+                println!(
+                    "{} is an address of service {} ({} ready endpoints): judged for {}, {}",
+                    s["address"].as_str().unwrap_or_default(),
+                    s["name"].as_str().unwrap_or_default(),
+                    s["backends"],
+                    s["judged"].as_str().unwrap_or_default(),
+                    if explanation.allowed {
+                        "one policy allows"
+                    } else {
+                        "as policy allows none of them"
+                    }
+                );
+            }
             print!("{explanation}");
             if let Some(h) = &http {
                 print!("{h}");
@@ -514,6 +568,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
             }
             if let Some(f) = fqdn {
                 v["fqdn"] = f;
+            }
+            if let Some(s) = service {
+                v["service"] = s;
             }
             println!(
                 "{}",
