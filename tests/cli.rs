@@ -395,18 +395,22 @@ fn check_judges_a_service_address_by_the_backends_it_leads_to() {
         &input,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: t, labels: {app: client}}\n\
          status: {podIP: 10.0.0.1, hostIP: 192.168.0.1}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: t, labels: {app: api}}\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: t, labels: {app: api, tier: back}}\n\
          status: {podIP: 10.0.0.2, hostIP: 192.168.0.1}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: t, labels: {app: db}}\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: t, labels: {app: db, tier: back}}\n\
          status: {podIP: 10.0.0.3, hostIP: 192.168.0.1}\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: t}\n\
          spec: {type: NodePort, clusterIP: 10.96.0.2, selector: {app: api}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: t}\n\
          spec: {type: NodePort, clusterIP: 10.96.0.3, selector: {app: db}, ports: [{port: 5432, nodePort: 30432}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: mixed, namespace: t}\n\
+         spec: {type: NodePort, clusterIP: 10.96.0.4, selector: {tier: back}, ports: [{port: 53, protocol: UDP, nodePort: 30053}, {name: tcp, port: 53, nodePort: 30054}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: t}\n\
+         spec: {type: NodePort, clusterIP: 10.96.0.5, selector: {app: nobody}, ports: [{port: 80, nodePort: 30099}]}\n---\n\
          apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: t}\n\
          spec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n\
          \x20 - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}]\n\
-         \x20 - to: [{podSelector: {matchLabels: {app: api}}}]\n    ports: [{port: 8080}]\n",
+         \x20 - to: [{podSelector: {matchLabels: {app: api}}}]\n    ports: [{port: 8080}, {port: 53, protocol: UDP}, {port: 53}]\n",
     )
     .expect("write");
     let input = input.to_str().expect("path");
@@ -419,7 +423,7 @@ fn check_judges_a_service_address_by_the_backends_it_leads_to() {
     let (code, out, err) = check("192.168.0.1", "30080", "text");
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("192.168.0.1:30080 is an address of service t/api (1 ready endpoints): judged for 10.0.0.2:8080, one policy allows"),
+        out.contains("192.168.0.1:30080 is an address of service t/api (1 ready endpoint): judged for 10.0.0.2:8080, one policy allows"),
         "{out}"
     );
     let (code, out, err) = check("192.168.0.1", "30432", "json");
@@ -439,6 +443,45 @@ fn check_judges_a_service_address_by_the_backends_it_leads_to() {
         "the node itself, an address the ipBlock allows: {out}{err}"
     );
     assert!(!out.contains("is an address of service"), "{out}");
+    // UDP goes where the node sends it: one denied backend denies it.
+    let (code, out, err) = podwall(&[
+        "analyze",
+        "check",
+        "-f",
+        input,
+        "--from",
+        "t/client",
+        "--to",
+        "192.168.0.1",
+        "--port",
+        "30053",
+        "--protocol",
+        "UDP",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("192.168.0.1:30053 is an address of service t/mixed (2 ready endpoints): judged for 10.0.0.3:53, one policy denies"),
+        "{out}"
+    );
+    // Over TCP the proxy takes the allowed one.
+    let (code, out, err) = check("192.168.0.1", "30054", "text");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("judged for 10.0.0.2:53, one policy allows"),
+        "{out}"
+    );
+    // No ready endpoint: refused, in either format.
+    let (code, out, _) = check("192.168.0.1", "30099", "text");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("192.168.0.1:30099 is an address of service t/empty, which has no ready endpoint: refused"),
+        "{out}"
+    );
+    let (code, out, _) = check("192.168.0.1", "30099", "json");
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["service"]["backends"], 0);
 }
 
 #[test]

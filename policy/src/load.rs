@@ -301,21 +301,39 @@ impl Loader {
                     port,
                     protocol,
                 });
-                // (The API server validates hostPort and hostIP; one that does not parse is
-                // not a forwarding the node can have set up.)
-                if let Some(host_port) = p.host_port.and_then(|h| u16::try_from(h).ok())
-                    && host_port != 0
-                {
-                    host_ports.push(HostPort {
-                        host_port,
-                        port,
-                        protocol,
-                        host_ip: p
-                            .host_ip
-                            .as_deref()
-                            .and_then(|ip| ip.parse::<IpAddr>().ok())
-                            .filter(|ip| !ip.is_unspecified()),
-                    });
+                if let Some(host_port) = p.host_port.filter(|&h| h != 0) {
+                    let warn = |what: String, name: &str| {
+                        Diagnostic::warning(
+                            "invalid-field",
+                            format!("{what}; the host port is not judged as the pod's"),
+                        )
+                        .at(&origin)
+                        .object(&object)
+                        .field(format!("{field}.{name}"))
+                    };
+                    let host_ip = p.host_ip.as_deref().map(str::parse::<IpAddr>);
+                    match (
+                        crate::names::check_port_number(i64::from(host_port)),
+                        host_ip,
+                    ) {
+                        (Err(_), _) => self.report.diagnostics.push(warn(
+                            format!("hostPort {host_port} is not a port number"),
+                            "hostPort",
+                        )),
+                        (_, Some(Err(_))) => self.report.diagnostics.push(warn(
+                            format!(
+                                "hostIP {:?} is not an IP address",
+                                p.host_ip.as_deref().unwrap_or_default()
+                            ),
+                            "hostIP",
+                        )),
+                        (Ok(host_port), host_ip) => host_ports.push(HostPort {
+                            host_port,
+                            port,
+                            protocol,
+                            host_ip: host_ip.and_then(Result::ok),
+                        }),
+                    }
                 }
             }
         }

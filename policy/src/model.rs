@@ -176,7 +176,8 @@ pub struct HostPort {
     pub port: u16,
     /// Its protocol.
     pub protocol: Protocol,
-    /// The one node address it is open on (`hostIP`); every address of the node when unset.
+    /// The one node address it is open on (`hostIP`); every address of the node when unset,
+    /// and every one of a family when `0.0.0.0` or `::`.
     pub host_ip: Option<IpAddr>,
 }
 

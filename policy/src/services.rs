@@ -51,6 +51,22 @@ pub struct ServiceTable {
     by_node_port: HashMap<(u16, Protocol, bool), usize>,
     /// The nodes' addresses, sorted.
     nodes: Vec<IpAddr>,
+    /// Host ports open at every address of their pod's node.
+    node_wide_host_ports: Vec<NodeWideHostPort>,
+}
+
+/// A host port open at every address of its pod's node (of one family), which a sidecar on the
+/// same node also finds at its gateways.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NodeWideHostPort {
+    /// The pod's node (`spec.nodeName`), and its addresses (`status.hostIPs`).
+    node: Option<String>,
+    host_ips: Vec<IpAddr>,
+    host_port: u16,
+    protocol: Protocol,
+    v4: bool,
+    /// Its entry in `ports`.
+    index: usize,
 }
 
 impl ServiceTable {
@@ -67,12 +83,27 @@ impl ServiceTable {
         at.map(|&i| &self.ports[i])
     }
 
-    /// Adds addresses of the node that the cluster's objects do not list, at which NodePorts
-    /// are open too (a sidecar adds its pod's gateways: the node's end of the pod's link).
-    pub fn add_node_addresses(&mut self, extra: impl IntoIterator<Item = IpAddr>) {
-        self.nodes.extend(extra);
+    /// Adds addresses of `pod`'s node that the cluster's objects do not list (a sidecar adds
+    /// its pod's gateways: the node's end of the pod's link): every NodePort is open there, and
+    /// the host ports of that node's pods open at all its addresses.
+    pub fn add_node_addresses(&mut self, extra: &[IpAddr], pod: &Pod) {
+        self.nodes.extend_from_slice(extra);
         self.nodes.sort();
         self.nodes.dedup();
+        for hp in &self.node_wide_host_ports {
+            let same_node = match (&hp.node, &pod.node_name) {
+                (Some(a), Some(b)) => a == b,
+                _ => hp.host_ips.iter().any(|ip| pod.host_ips.contains(ip)),
+            };
+            if !same_node {
+                continue;
+            }
+            for ip in extra.iter().filter(|ip| ip.is_ipv4() == hp.v4) {
+                self.by_vip
+                    .entry((*ip, hp.host_port, hp.protocol))
+                    .or_insert(hp.index);
+            }
+        }
     }
 
     /// Every service port.
@@ -214,14 +245,20 @@ fn add_host_ports(table: &mut ServiceTable, pods: &[Pod], nodes: &[Node]) {
         on_node.dedup();
         let name: Arc<str> = host_port_name(&pod.namespace, &pod.name).into();
         for hp in &pod.host_ports {
-            let addresses = match hp.host_ip {
-                Some(ip) => vec![ip],
-                None => on_node.clone(),
-            };
             for v4 in [true, false] {
+                // One address; or every address of the node, of one family (`0.0.0.0`,
+                // `::`) or of both (no hostIP): portmap forwards only within a family.
+                let (pinned, wide) = match hp.host_ip {
+                    Some(ip) if !ip.is_unspecified() => (Some(ip), false),
+                    Some(ip) => (None, ip.is_ipv4() == v4),
+                    None => (None, true),
+                };
                 let Some(&ip) = pod.ips.iter().find(|ip| ip.is_ipv4() == v4) else {
                     continue;
                 };
+                if pinned.is_some_and(|p| p.is_ipv4() != v4) || (pinned.is_none() && !wide) {
+                    continue;
+                }
                 let index = table.ports.len();
                 table.ports.push(ServicePort {
                     service: name.clone(),
@@ -230,10 +267,30 @@ fn add_host_ports(table: &mut ServiceTable, pods: &[Pod], nodes: &[Node]) {
                     protocol: hp.protocol,
                     backends: vec![(ip, hp.port)],
                 });
-                for at in addresses.iter().filter(|a| a.is_ipv4() == v4) {
+                let addresses = match pinned {
+                    Some(p) => vec![p],
+                    None => {
+                        // The node's addresses no object lists (a sidecar's gateways) join
+                        // later: see `ServiceTable::add_node_addresses`.
+                        table.node_wide_host_ports.push(NodeWideHostPort {
+                            node: pod.node_name.clone(),
+                            host_ips: pod.host_ips.clone(),
+                            host_port: hp.host_port,
+                            protocol: hp.protocol,
+                            v4,
+                            index,
+                        });
+                        on_node
+                            .iter()
+                            .copied()
+                            .filter(|a| a.is_ipv4() == v4)
+                            .collect()
+                    }
+                };
+                for at in addresses {
                     table
                         .by_vip
-                        .entry((*at, hp.host_port, hp.protocol))
+                        .entry((at, hp.host_port, hp.protocol))
                         .or_insert(index);
                 }
             }
@@ -538,7 +595,8 @@ status: {phase: Running, podIP: 10.0.1.11}
         assert!(at("192.168.0.5", 30081).is_some(), "the IPv4 node address");
         assert!(at("fd00:1::5", 30081).is_none(), "not its IPv6 one");
         let mut with_gateway = t.clone();
-        with_gateway.add_node_addresses(["10.244.1.1".parse().expect("ip")]);
+        let somewhere = t_pod();
+        with_gateway.add_node_addresses(&["10.244.1.1".parse().expect("ip")], &somewhere);
         assert!(
             with_gateway
                 .lookup("10.244.1.1".parse().expect("ip"), 30081, Protocol::Tcp)
@@ -563,7 +621,7 @@ status: {phase: Running, podIP: 10.0.1.11}
             "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
              status: {addresses: [{type: InternalIP, address: 192.168.0.5}, {type: ExternalIP, address: 34.1.2.3}]}\n\
              ---\napiVersion: v1\nkind: Pod\nmetadata: {name: ingress, namespace: edge}\n\
-             spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 443, hostPort: 8443}, {containerPort: 53, hostPort: 5353, protocol: UDP, hostIP: 192.168.0.5}]}]}\n\
+             spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 443, hostPort: 8443}, {containerPort: 53, hostPort: 5353, protocol: UDP, hostIP: 192.168.0.5}, {containerPort: 80, hostPort: 8080, hostIP: 0.0.0.0}]}]}\n\
              status: {phase: Running, podIP: 10.0.0.21, podIPs: [{ip: 10.0.0.21}, {ip: 'fd00::21'}], hostIP: 192.168.0.5}\n\
              ---\napiVersion: v1\nkind: Pod\nmetadata: {name: agent, namespace: edge}\n\
              spec: {nodeName: n1, hostNetwork: true, containers: [{name: c, ports: [{containerPort: 9100, hostPort: 9100}]}]}\n\
@@ -586,6 +644,85 @@ status: {phase: Running, podIP: 10.0.1.11}
             at("192.168.0.5", 9100, Protocol::Tcp).is_none(),
             "a host-network pod's port is the node's own"
         );
+        assert!(
+            at("34.1.2.3", 8080, Protocol::Tcp).is_some(),
+            "0.0.0.0: any IPv4 one"
+        );
+        // A sidecar's gateway on n1 is n1's too; one on another node is not.
+        let on = |node: &str| crate::model::Pod {
+            node_name: Some(node.into()),
+            ..t_pod()
+        };
+        let gateway: IpAddr = "10.244.1.1".parse().expect("ip");
+        let mut same = t.clone();
+        same.add_node_addresses(&[gateway, "fd00:1::1".parse().expect("ip")], &on("n1"));
+        fn reach(t: &ServiceTable, ip: IpAddr, port: u16, proto: Protocol) -> Option<&ServicePort> {
+            t.lookup(ip, port, proto)
+        }
+        assert!(reach(&same, gateway, 8443, Protocol::Tcp).is_some());
+        assert!(reach(&same, gateway, 8080, Protocol::Tcp).is_some());
+        assert!(
+            reach(&same, gateway, 5353, Protocol::Udp).is_none(),
+            "pinned"
+        );
+        assert_eq!(
+            reach(&same, "fd00:1::1".parse().expect("ip"), 8443, Protocol::Tcp)
+                .map(|p| p.backends.clone()),
+            Some(vec![("fd00::21".parse().expect("ip"), 443)]),
+            "the IPv6 gateway leads to the pod's IPv6 address"
+        );
+        assert!(
+            reach(&same, "fd00:1::1".parse().expect("ip"), 8080, Protocol::Tcp).is_none(),
+            "0.0.0.0 is IPv4 only"
+        );
+        let mut other = t.clone();
+        other.add_node_addresses(&[gateway], &on("n2"));
+        assert!(reach(&other, gateway, 8443, Protocol::Tcp).is_none());
+    }
+
+    #[test]
+    fn a_host_port_or_host_ip_that_does_not_parse_is_a_warning_naming_its_field() {
+        let mut loader = Loader::new();
+        loader
+            .add_yaml(
+                "t.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: t}\n\
+                 spec: {containers: [{name: c, ports: [{containerPort: 80, hostPort: 70000}, {containerPort: 81, hostPort: 8081, hostIP: nope}]}]}\n\
+                 status: {podIP: 10.0.0.9, hostIP: 192.168.0.5}\n",
+            )
+            .expect("yaml");
+        let (state, report) = loader.finish();
+        let fields: Vec<String> = report.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(fields.len(), 2, "{fields:#?}");
+        assert!(
+            fields[0].contains("spec.containers[0].ports[0].hostPort")
+                && fields[0].contains("hostPort 70000 is not a port number"),
+            "{fields:#?}"
+        );
+        assert!(
+            fields[1].contains("spec.containers[0].ports[1].hostIP")
+                && fields[1].contains("\"nope\" is not an IP address"),
+            "{fields:#?}"
+        );
+        assert!(state.pods[0].host_ports.is_empty());
+        assert_eq!(state.pods[0].ports.len(), 2, "the container ports stand");
+    }
+
+    /// A pod, nothing set.
+    fn t_pod() -> crate::model::Pod {
+        crate::model::Pod {
+            namespace: "t".into(),
+            name: "client".into(),
+            labels: Labels::new(),
+            annotations: Labels::new(),
+            ips: Vec::new(),
+            host_ips: Vec::new(),
+            node_name: None,
+            host_network: false,
+            ports: Vec::new(),
+            host_ports: Vec::new(),
+            origin: Default::default(),
+        }
     }
 
     #[test]

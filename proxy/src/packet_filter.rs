@@ -407,6 +407,7 @@ fn verdict(shared: &Arc<Shared>, packet: crate::nfqueue::Packet<'_>) -> Verdict 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pod_policy::client_policy;
 
     /// A client pod that may send to its server on TCP 8080 and UDP 5300.
     const PODS: &str = r#"
@@ -463,32 +464,6 @@ spec:
     }
 
     /// The client pod's policy as `yaml` (pods and policies) has it.
-    fn client_policy(yaml: &str, generation: u64) -> Arc<crate::pod_policy::PodPolicy> {
-        let mut loader = podwall_policy::Loader::new();
-        loader.add_yaml("pods.yaml", yaml).expect("yaml");
-        let (state, report) = loader.finish();
-        assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
-        let engine = podwall_policy::Engine::compile(state);
-        let me = engine
-            .state()
-            .pod_by_name("t", "client")
-            .expect("client pod");
-        let fqdn = (!engine.fqdn_selectors().is_empty()).then(|| {
-            Arc::new(podwall_fqdn::Matcher::new(engine.fqdn_selectors()).expect("selectors"))
-        });
-        let own_fqdn = engine.egress_fqdn(me);
-        Arc::new(crate::pod_policy::PodPolicy {
-            engine,
-            me,
-            audit: false,
-            generation,
-            http: None,
-            fqdn,
-            own_fqdn,
-            observe_http: Vec::new(),
-        })
-    }
-
     /// An IPv4 TCP SYN or UDP datagram from the client to the server.
     fn from_client(protocol: u8, sport: u16, dport: u16) -> Vec<u8> {
         let mut p = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], sport, dport);

@@ -201,6 +201,34 @@ impl PodPolicy {
     }
 }
 
+/// The policy of pod `t/client` in the cluster `yaml` describes, compiled as the sidecar does
+/// (tests of what the sidecar does with a policy share it).
+#[cfg(test)]
+pub(crate) fn client_policy(yaml: &str, generation: u64) -> Arc<PodPolicy> {
+    let mut loader = podwall_policy::Loader::new();
+    loader.add_yaml("pods.yaml", yaml).expect("yaml");
+    let (state, report) = loader.finish();
+    assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+    let engine = podwall_policy::Engine::compile(state);
+    let me = engine
+        .state()
+        .pod_by_name("t", "client")
+        .expect("client pod");
+    let fqdn = (!engine.fqdn_selectors().is_empty())
+        .then(|| Arc::new(podwall_fqdn::Matcher::new(engine.fqdn_selectors()).expect("selectors")));
+    let own_fqdn = engine.egress_fqdn(me);
+    Arc::new(PodPolicy {
+        engine,
+        me,
+        audit: false,
+        generation,
+        http: None,
+        fqdn,
+        own_fqdn,
+        observe_http: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

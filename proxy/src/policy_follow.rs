@@ -62,8 +62,10 @@ pub(crate) async fn follow(
                 let me = state.pod_by_name(&id.namespace, &id.name);
                 me.map(|me| {
                     let mut state = (*state).clone();
-                    // The node's addresses on the pod's link: NodePorts are open there too.
-                    state.services.add_node_addresses(gateways.iter().copied());
+                    // The node's addresses on the pod's link: NodePorts are open there too,
+                    // and the host ports of the node's pods.
+                    let pod = state.pod(me).clone();
+                    state.services.add_node_addresses(&gateways, &pod);
                     let engine = Engine::compile(state);
                     let rules = podwall_l7::pod_http_rules(&engine, me);
                     let http = if rules.is_empty() {

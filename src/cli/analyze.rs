@@ -470,7 +470,10 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         _ => None,
     };
     let mut backend = None;
-    if let Some((svc, _)) = &service {
+    // Over TCP the proxy connects to a backend policy allows; a UDP or SCTP flow goes where
+    // the node sends it, so every backend must be allowed.
+    let every = protocol != Protocol::Tcp;
+    if let Some((svc, dialled)) = &service {
         let to_backend = |&(ip, port): &(IpAddr, u16)| Query {
             dst: Endpoint::Ip(ip),
             port,
@@ -481,11 +484,27 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
                 .explain(&engine.verdict_learned(&to_backend(b), &names))
                 .allowed
         };
-        let Some(chosen) = svc.backends.iter().find(allowed).or(svc.backends.first()) else {
-            println!(
-                "{to} is an address of service {}, which has no ready endpoint: refused",
+        let chosen = if every {
+            svc.backends.iter().find(|b| !allowed(b))
+        } else {
+            svc.backends.iter().find(allowed)
+        };
+        let Some(chosen) = chosen.or(svc.backends.first()) else {
+            let reason = format!(
+                "{dialled} is an address of service {}, which has no ready endpoint: refused",
                 svc.service
             );
+            match args.output {
+                ReportFormat::Text => println!("{reason}"),
+                ReportFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "allowed": false,
+                        "reason": reason,
+                        "service": {"name": &*svc.service, "address": dialled.to_string(), "backends": 0},
+                    })
+                ),
+            }
             return Ok(ExitCode::from(EXIT_FINDINGS));
         };
         query = to_backend(chosen);
@@ -494,11 +513,23 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
     let verdict = engine.verdict_learned(&query, &names);
     let explanation = engine.explain(&verdict);
     let service = service.zip(backend).map(|((svc, dialled), backend)| {
+        let n = svc.backends.len();
+        let how = match (every, explanation.allowed) {
+            (false, true) => "one policy allows",
+            (false, false) => "as policy allows none of them",
+            (true, true) => "policy allows every one (the node picks which)",
+            (true, false) => "one policy denies (the node picks which)",
+        };
         serde_json::json!({
             "name": &*svc.service,
             "address": dialled.to_string(),
-            "backends": svc.backends.len(),
+            "backends": n,
             "judged": backend.to_string(),
+            "summary": format!(
+                "{dialled} is an address of service {} ({n} ready endpoint{}): judged for {backend}, {how}",
+                svc.service,
+                if n == 1 { "" } else { "s" },
+            ),
         })
     });
     let wants_http = args.http_method.is_some()
@@ -540,18 +571,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
                 );
             }
             if let Some(s) = &service {
-                println!(
-                    "{} is an address of service {} ({} ready endpoints): judged for {}, {}",
-                    s["address"].as_str().unwrap_or_default(),
-                    s["name"].as_str().unwrap_or_default(),
-                    s["backends"],
-                    s["judged"].as_str().unwrap_or_default(),
-                    if explanation.allowed {
-                        "one policy allows"
-                    } else {
-                        "as policy allows none of them"
-                    }
-                );
+                println!("{}", s["summary"].as_str().unwrap_or_default());
             }
             print!("{explanation}");
             if let Some(h) = &http {

@@ -54,18 +54,37 @@ impl OpenFlow {
             return Rejudged::Unchanged;
         };
         let names = now.fqdn_ids(&self.learned);
-        let verdict = judge(
-            &now,
-            self.direction,
-            self.source,
-            self.destination,
-            Protocol::Tcp,
-            &names,
-        );
+        let judge_at = |to| judge(&now, self.direction, self.source, to, Protocol::Tcp, &names);
+        let state = now.engine.state();
+        let service = (self.direction == Direction::Egress)
+            .then(|| {
+                let d = self.destination;
+                state.services.lookup(d.ip(), d.port(), Protocol::Tcp)
+            })
+            .flatten();
+        let verdict = match service {
+            // Connected to an address that was no Service's when it opened (the pod's view
+            // lagged): the node took it to a backend the proxy never learned, so every ready
+            // one must be allowed now (none: nothing vouches for where it went).
+            Some(service) => {
+                let mut verdicts = service
+                    .backends
+                    .iter()
+                    .map(|&(ip, port)| judge_at(SocketAddr::new(ip, port)));
+                let first = verdicts.next();
+                let denied = verdicts.find(|v| now.flow_verdict(v) == FlowVerdict::Denied);
+                match (first, denied) {
+                    (Some(first), _) if now.flow_verdict(&first) == FlowVerdict::Denied => first,
+                    (_, Some(denied)) => denied,
+                    (Some(first), None) => first,
+                    (None, _) => return revoked(keep_revoked),
+                }
+            }
+            None => judge_at(self.destination),
+        };
         match now.flow_verdict(&verdict) {
-            FlowVerdict::Denied if keep_revoked => Rejudged::Unchanged,
-            FlowVerdict::Denied => Rejudged::Revoke,
-            _ => Rejudged::Allowed(now, verdict),
+            FlowVerdict::Denied => revoked(keep_revoked),
+            _ => Rejudged::Allowed(now.clone(), verdict),
         }
     }
 
@@ -86,6 +105,15 @@ impl OpenFlow {
         if self.audited_by_name {
             event.verdict = FlowVerdict::Audit;
         }
+    }
+}
+
+/// A denial's outcome: reset, unless `--keep-revoked-connections`.
+fn revoked(keep_revoked: bool) -> Rejudged {
+    if keep_revoked {
+        Rejudged::Unchanged
+    } else {
+        Rejudged::Revoke
     }
 }
 
@@ -134,5 +162,65 @@ pub(super) async fn watch<T>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod_policy::client_policy;
+
+    /// The client may reach anywhere outside the pods (the node among them), and `extra`.
+    fn cluster(extra_rule: &str, node_port: bool) -> String {
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: t, labels: {{app: client}}}}\nstatus: {{podIP: 10.0.0.1}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: t, labels: {{app: server}}}}\nstatus: {{podIP: 10.0.0.2}}\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-out, namespace: t}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: client}}}}\n  policyTypes: [Egress]\n  egress:\n\
+             \x20 - to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}}}]\n{extra_rule}"
+        );
+        if node_port {
+            yaml.push_str(
+                "---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+                 status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}\n\
+                 ---\napiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: t}\n\
+                 spec: {type: NodePort, clusterIP: 10.96.0.50, selector: {app: server}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n",
+            );
+        }
+        yaml
+    }
+
+    #[test]
+    fn a_proxied_connection_to_a_node_port_is_judged_by_its_backends_once_known() {
+        // Proxied to the node's address while the pod's view held no Service there.
+        let open = OpenFlow {
+            direction: Direction::Egress,
+            source: "10.0.0.1:40000".parse().expect("addr"),
+            destination: "192.168.0.1:30080".parse().expect("addr"),
+            learned: Vec::new(),
+            audited_by_name: false,
+        };
+        let verdict = |yaml: &str, keep| open.rejudge(Some(client_policy(yaml, 2)), keep);
+        assert!(
+            matches!(verdict(&cluster("", false), false), Rejudged::Allowed(..)),
+            "a plain address the ipBlock allows"
+        );
+        assert!(
+            matches!(verdict(&cluster("", true), false), Rejudged::Revoke),
+            "the node's 30080 leads to the server, which the client may not reach"
+        );
+        assert!(matches!(
+            verdict(&cluster("", true), true),
+            Rejudged::Unchanged
+        ));
+        let server =
+            "  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{port: 8080}]\n";
+        assert!(
+            matches!(
+                verdict(&cluster(server, true), false),
+                Rejudged::Allowed(..)
+            ),
+            "every backend allowed"
+        );
     }
 }
