@@ -258,14 +258,20 @@ impl Loader {
 
         let (mut ports, mut host_ports) = (Vec::new(), Vec::new());
         // Native sidecars (init containers that keep running) serve ports like containers do.
+        // (Each list numbered on its own, as the fields are.)
         let sidecars = spec
             .init_containers
             .iter()
             .flatten()
-            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-            .map(|c| ("spec.initContainers", c));
-        let containers = spec.containers.iter().map(|c| ("spec.containers", c));
-        for (ci, (list, container)) in containers.chain(sidecars).enumerate() {
+            .enumerate()
+            .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+            .map(|(i, c)| ("spec.initContainers", i, c));
+        let containers = spec
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ("spec.containers", i, c));
+        for (list, ci, container) in containers.chain(sidecars) {
             for (pi, p) in container.ports.iter().flatten().enumerate() {
                 let field = format!("{list}[{ci}].ports[{pi}]");
                 let Ok(port) = crate::names::check_port_number(i64::from(p.container_port)) else {
@@ -311,7 +317,13 @@ impl Loader {
                         .object(&object)
                         .field(format!("{field}.{name}"))
                     };
-                    let host_ip = p.host_ip.as_deref().map(str::parse::<IpAddr>);
+                    // An empty hostIP is none (as the API server reads it); an IPv4-mapped
+                    // one is IPv4 (as portmap reads it).
+                    let host_ip = p
+                        .host_ip
+                        .as_deref()
+                        .filter(|ip| !ip.is_empty())
+                        .map(|ip| ip.parse::<IpAddr>().map(|ip| ip.to_canonical()));
                     match (
                         crate::names::check_port_number(i64::from(host_port)),
                         host_ip,

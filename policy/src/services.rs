@@ -678,6 +678,17 @@ status: {phase: Running, podIP: 10.0.1.11}
         let mut other = t.clone();
         other.add_node_addresses(&[gateway], &on("n2"));
         assert!(reach(&other, gateway, 8443, Protocol::Tcp).is_none());
+        // A sidecar whose pod names no node is on the node its host address is.
+        let at_host = |ip: &str| crate::model::Pod {
+            host_ips: vec![ip.parse().expect("ip")],
+            ..t_pod()
+        };
+        let mut same = t.clone();
+        same.add_node_addresses(&[gateway], &at_host("192.168.0.5"));
+        assert!(reach(&same, gateway, 8443, Protocol::Tcp).is_some());
+        let mut other = t.clone();
+        other.add_node_addresses(&[gateway], &at_host("192.168.9.9"));
+        assert!(reach(&other, gateway, 8443, Protocol::Tcp).is_none());
     }
 
     #[test]
@@ -687,13 +698,14 @@ status: {phase: Running, podIP: 10.0.1.11}
             .add_yaml(
                 "t.yaml",
                 "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: t}\n\
-                 spec: {containers: [{name: c, ports: [{containerPort: 80, hostPort: 70000}, {containerPort: 81, hostPort: 8081, hostIP: nope}]}]}\n\
+                 spec: {initContainers: [{name: side, restartPolicy: Always, ports: [{containerPort: 82, hostPort: 8082, hostIP: '::ffff:192.168.0.5'}, {containerPort: 84, hostPort: 99999}]}, {name: setup}],\n\
+                 \x20 containers: [{name: c, ports: [{containerPort: 80, hostPort: 70000}, {containerPort: 81, hostPort: 8081, hostIP: nope}, {containerPort: 83, hostPort: 8083, hostIP: ''}]}]}\n\
                  status: {podIP: 10.0.0.9, hostIP: 192.168.0.5}\n",
             )
             .expect("yaml");
         let (state, report) = loader.finish();
         let fields: Vec<String> = report.diagnostics.iter().map(|d| d.to_string()).collect();
-        assert_eq!(fields.len(), 2, "{fields:#?}");
+        assert_eq!(fields.len(), 3, "{fields:#?}");
         assert!(
             fields[0].contains("spec.containers[0].ports[0].hostPort")
                 && fields[0].contains("hostPort 70000 is not a port number"),
@@ -704,8 +716,24 @@ status: {phase: Running, podIP: 10.0.1.11}
                 && fields[1].contains("\"nope\" is not an IP address"),
             "{fields:#?}"
         );
-        assert!(state.pods[0].host_ports.is_empty());
-        assert_eq!(state.pods[0].ports.len(), 2, "the container ports stand");
+        assert!(
+            fields[2].contains("spec.initContainers[0].ports[1].hostPort"),
+            "a native sidecar numbered in its own list: {fields:#?}"
+        );
+        let host_ports: Vec<_> = state.pods[0]
+            .host_ports
+            .iter()
+            .map(|h| (h.host_port, h.host_ip))
+            .collect();
+        assert_eq!(
+            host_ports,
+            [
+                (8083, None),
+                (8082, Some("192.168.0.5".parse().expect("ip")))
+            ],
+            "an empty hostIP is none; an IPv4-mapped one IPv4"
+        );
+        assert_eq!(state.pods[0].ports.len(), 5, "the container ports stand");
     }
 
     /// A pod, nothing set.

@@ -67,17 +67,23 @@ impl OpenFlow {
             // lagged): the node took it to a backend the proxy never learned, so every ready
             // one must be allowed now (none: nothing vouches for where it went).
             Some(service) => {
-                let mut verdicts = service
+                // The worst: one denied backend denies it, one audit mode alone passes
+                // reports it as audited.
+                let rank = |v: &Verdict| match now.flow_verdict(v) {
+                    FlowVerdict::Denied => 2,
+                    FlowVerdict::Audit => 1,
+                    _ => 0,
+                };
+                let worst = service
                     .backends
                     .iter()
-                    .map(|&(ip, port)| judge_at(SocketAddr::new(ip, port)));
-                let first = verdicts.next();
-                let denied = verdicts.find(|v| now.flow_verdict(v) == FlowVerdict::Denied);
-                match (first, denied) {
-                    (Some(first), _) if now.flow_verdict(&first) == FlowVerdict::Denied => first,
-                    (_, Some(denied)) => denied,
-                    (Some(first), None) => first,
-                    (None, _) => return revoked(keep_revoked),
+                    .map(|&(ip, port)| judge_at(SocketAddr::new(ip, port)))
+                    .max_by_key(rank);
+                match worst {
+                    Some(verdict) => verdict,
+                    // Audit mode ends nothing; a new connection there is refused all the same.
+                    None if now.own_audit() => return Rejudged::Unchanged,
+                    None => return revoked(keep_revoked),
                 }
             }
             None => judge_at(self.destination),
@@ -222,5 +228,36 @@ mod tests {
             ),
             "every backend allowed"
         );
+        // A second backend the client may not reach: the node may have sent it there.
+        let two = cluster(server, true).replace(
+            "---\napiVersion: networking.k8s.io/v1",
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {name: server-2, namespace: t, labels: {app: server}}\nstatus: {podIP: 10.0.0.3}\n---\napiVersion: networking.k8s.io/v1",
+        );
+        let only_first = two.replace(
+            "to: [{podSelector: {matchLabels: {app: server}}}]",
+            "to: [{ipBlock: {cidr: 10.0.0.2/32}}]",
+        );
+        assert!(matches!(verdict(&two, false), Rejudged::Allowed(..)));
+        assert!(matches!(verdict(&only_first, false), Rejudged::Revoke));
+        // In audit mode it stays, reported as audited; a Service without a ready endpoint
+        // ends nothing either.
+        let audit = |yaml: &str| {
+            yaml.replace(
+                "metadata: {name: client, namespace: t, labels: {app: client}}",
+                "metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/enforcement: audit}}",
+            )
+        };
+        match verdict(&audit(&only_first), false) {
+            Rejudged::Allowed(policy, v) => {
+                assert_eq!(policy.flow_verdict(&v), FlowVerdict::Audit)
+            }
+            _ => panic!("audit mode ends nothing"),
+        }
+        let no_endpoint = cluster("", true).replace("{app: server}, ports", "{app: nobody}, ports");
+        assert!(matches!(verdict(&no_endpoint, false), Rejudged::Revoke));
+        assert!(matches!(
+            verdict(&audit(&no_endpoint), false),
+            Rejudged::Unchanged
+        ));
     }
 }
