@@ -223,11 +223,6 @@ fn node_port(spec: &core::ServiceSpec, port: &core::ServicePort) -> Option<u16> 
         .filter(|&p| p != 0)
 }
 
-/// The name a pod's host ports go by in the table (and in flow events), beside Services'.
-pub fn host_port_name(namespace: &str, pod: &str) -> String {
-    format!("{namespace}/{pod} (hostPort)")
-}
-
 /// Each pod's host ports: the node's address (its `hostIP`, or every address of the pod's
 /// node) with the host port leads to the pod's address of that family and the container port,
 /// as the portmap plugin forwards it.
@@ -243,7 +238,8 @@ fn add_host_ports(table: &mut ServiceTable, pods: &[Pod], nodes: &[Node]) {
         let mut on_node: Vec<IpAddr> = pod.host_ips.iter().copied().chain(node).collect();
         on_node.sort();
         on_node.dedup();
-        let name: Arc<str> = host_port_name(&pod.namespace, &pod.name).into();
+        // The name its host ports go by in flow events, beside Services' names.
+        let name: Arc<str> = format!("{}/{} (hostPort)", pod.namespace, pod.name).into();
         for hp in &pod.host_ports {
             for v4 in [true, false] {
                 // One address; or every address of the node, of one family (`0.0.0.0`,

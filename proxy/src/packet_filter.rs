@@ -464,6 +464,14 @@ spec:
     }
 
     /// The client pod's policy as `yaml` (pods and policies) has it.
+    /// A connection's addresses as conntrack keys it: (source, destination).
+    fn flow_key(source: &str, destination: &str) -> (SocketAddr, SocketAddr) {
+        (
+            source.parse().expect("addr"),
+            destination.parse().expect("addr"),
+        )
+    }
+
     /// An IPv4 TCP SYN or UDP datagram from the client to the server.
     fn from_client(protocol: u8, sport: u16, dport: u16) -> Vec<u8> {
         let mut p = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], sport, dport);
@@ -621,10 +629,7 @@ spec:
         // The client may reach api.example.com's addresses on 443 by name only.
         let names = "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-names, namespace: t}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toFQDNs: [{matchName: api.example.com}]\n    toPorts: [{ports: [{port: '443', protocol: TCP}]}]\n";
         let policy = client_policy(&format!("{PODS}{names}"), 2);
-        let key: (SocketAddr, SocketAddr) = (
-            "10.0.0.1:30000".parse().expect("addr"),
-            "192.0.2.80:443".parse().expect("addr"),
-        );
+        let key = flow_key("10.0.0.1:30000", "192.0.2.80:443");
         let answer = podwall_fqdn::message::Answer {
             id: 1,
             question: Some((
@@ -706,10 +711,7 @@ spec:
         let shared = client_sidecar();
         let before = client_policy(&outside, 2);
         shared.current.store(Some(before.clone()));
-        let key: (SocketAddr, SocketAddr) = (
-            "10.0.0.1:40000".parse().expect("addr"),
-            "192.168.0.1:30080".parse().expect("addr"),
-        );
+        let key = flow_key("10.0.0.1:40000", "192.168.0.1:30080");
         let open = crate::tcp_route::unjudged(&before, key);
         assert!(open.service.is_none(), "{open:?}");
         assert!(crate::tcp_route::rejudge(&shared, &before, key, &open, &[]).is_some());
@@ -744,10 +746,7 @@ spec:
         let shared = client_sidecar();
         let before = client_policy(&with_service(&backend("other", "server"), both), 2);
         shared.current.store(Some(before.clone()));
-        let key: (SocketAddr, SocketAddr) = (
-            "10.0.0.1:40000".parse().expect("addr"),
-            "10.96.0.50:80".parse().expect("addr"),
-        );
+        let key = flow_key("10.0.0.1:40000", "10.96.0.50:80");
         let open = crate::tcp_route::unjudged(&before, key);
         assert!(open.service.is_some(), "{open:?}");
         // What the record keeps, as the judge admits it.
