@@ -482,6 +482,38 @@ fn check_judges_a_service_address_by_the_backends_it_leads_to() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["allowed"], false);
     assert_eq!(v["service"]["backends"], 0);
+    // An address no object gives a node (node-local DNS's), on a NodePort's number: it may be
+    // a node's all the same, so the backends must be allowed too, as the sidecar judges it.
+    let (code, out, err) = check("169.254.20.10", "30080", "text");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("169.254.20.10:30080 may be an address of a node where kube-proxy takes NodePort 30080 to service t/api: policy allows every one of its 1 ready endpoint too"),
+        "{out}"
+    );
+    let (code, out, err) = check("169.254.20.10", "30432", "json");
+    assert_eq!(code, 1, "it may lead to db: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["node_port"]["service"], "t/db");
+    assert_eq!(v["node_port"]["refused_for"], "10.0.0.3:5432");
+    let (code, out, err) = podwall(&[
+        "analyze",
+        "check",
+        "-f",
+        input,
+        "--from",
+        "t/client",
+        "--to",
+        "169.254.20.10",
+        "--port",
+        "30432",
+        "--node-ports-only-at-listed-addresses",
+    ]);
+    assert_eq!(code, 0, "trusting the listed addresses: {out}{err}");
+    assert!(!out.contains("may be an address of a node"), "{out}");
+    let (code, out, err) = check("169.254.20.10", "22", "text");
+    assert_eq!(code, 0, "no NodePort's number: {out}{err}");
+    assert!(!out.contains("may be an address of a node"), "{out}");
 }
 
 #[test]

@@ -395,16 +395,34 @@ spec:
     let dir = topology(&format!("{}{extra}", boundary(false)));
     let up = Up::new(dir.path(), "bnodeport", Inject::Annotated);
     let ns = up.ns(APP);
-    let node: SocketAddr = "192.168.76.1:30091".parse().expect("addr");
-    let (_, greeting) = connect(&ns, node).unwrap_or_else(|e| {
-        panic!(
-            "the victim's allowed port through the node: {e}; flows: {:#?}",
-            up.flows(APP)
-        )
-    });
-    assert!(greeting.contains("b/victim port 9001"), "{greeting}");
+    // An address of the node that no object lists (node-local DNS's), where the node answers
+    // NodePorts all the same, as kube-proxy does unless its --nodeport-addresses is set.
+    let node_ns = up.sb().record.node.clone();
+    let added = Command::new("ip")
+        .args([
+            "-n",
+            &node_ns,
+            "addr",
+            "add",
+            "169.254.20.10/32",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .expect("ip");
+    assert!(added.success(), "an unlisted address on the node");
+    for to in ["192.168.76.1:30091", "169.254.20.10:30091"] {
+        let (_, greeting) = connect(&ns, to.parse().expect("addr")).unwrap_or_else(|e| {
+            panic!(
+                "the victim's allowed port through the node at {to}: {e}; flows: {:#?}",
+                up.flows(APP)
+            )
+        });
+        assert!(greeting.contains("b/victim port 9001"), "{to}: {greeting}");
+    }
     for (to, what) in [
         ("192.168.76.1:30080", "b/victim-web"),
+        ("169.254.20.10:30080", "b/victim-web"),
         ("203.0.113.80:8080", "b/victim-web"),
         ("198.51.100.80:8080", "b/victim-web"),
         ("192.168.76.1:18080", "b/hp (hostPort)"),
@@ -435,22 +453,25 @@ spec:
         .expect("netns")
         .is_ok_and(|echo| echo == b"anyone there")
     };
-    assert!(
-        !echoes(&ns, "192.168.76.1:30053"),
-        "the UDP NodePort led to the victim"
-    );
-    assert!(
-        !flows_matching(&up, |e| {
-            e["service"]["address"] == "192.168.76.1:30053" && e["verdict"] == "DENIED"
-        })
-        .is_empty(),
-        "no denial of the UDP NodePort: {:#?}",
-        up.flows(APP)
-    );
+    for to in ["192.168.76.1:30053", "169.254.20.10:30053"] {
+        assert!(
+            !echoes(&ns, to),
+            "the UDP NodePort at {to} led to the victim"
+        );
+        assert!(
+            !flows_matching(&up, |e| {
+                e["service"]["address"] == to && e["verdict"] == "DENIED"
+            })
+            .is_empty(),
+            "no denial of the UDP NodePort at {to}: {:#?}",
+            up.flows(APP)
+        );
+    }
     // The same from a pod without a sidecar arrive: the node does take them there.
     let plain = up.ns("kube-system/coredns");
     for (to, greets) in [
         ("192.168.76.1:30080", "b/victim port 8080"),
+        ("169.254.20.10:30080", "b/victim port 8080"),
         ("203.0.113.80:8080", "b/victim port 8080"),
         ("198.51.100.80:8080", "b/victim port 8080"),
         ("192.168.76.1:18080", "b/hp port 8080"),
@@ -460,6 +481,7 @@ spec:
         assert!(greeting.contains(greets), "{greeting}");
     }
     assert!(echoes(&plain, "192.168.76.1:30053"));
+    assert!(echoes(&plain, "169.254.20.10:30053"));
 }
 
 #[test]

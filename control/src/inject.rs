@@ -86,6 +86,10 @@ pub struct InjectConfig {
     /// (SSH, SMTP, any protocol that is neither TLS nor HTTP). Off: refused, since on an
     /// address many names share any of them could be reached that way.
     pub allow_unnamed_fqdn_connections: bool,
+    /// kube-proxy answers NodePorts only at the node addresses Node objects list (its
+    /// `--nodeport-addresses` is set): the sidecars then judge other addresses with a
+    /// NodePort's number as plain addresses (`--node-ports-only-at-listed-addresses`).
+    pub node_ports_only_at_listed_addresses: bool,
     /// Outbound CIDRs the init rules leave alone.
     pub exclude_outbound_cidrs: Vec<String>,
     /// Outbound ports the init rules leave alone.
@@ -179,6 +183,7 @@ impl Default for InjectConfig {
             l4_path: L4Path::default(),
             packet_filter: true,
             allow_unnamed_fqdn_connections: false,
+            node_ports_only_at_listed_addresses: false,
             exclude_outbound_cidrs: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_inbound_ports: Vec::new(),
@@ -814,6 +819,9 @@ fn sidecar_container(cfg: &InjectConfig) -> Value {
     if cfg.allow_unnamed_fqdn_connections {
         args.push("--allow-unnamed-fqdn-connections".into());
     }
+    if cfg.node_ports_only_at_listed_addresses {
+        args.push("--node-ports-only-at-listed-addresses".into());
+    }
     if !cfg.packet_filter {
         args.push("--no-packet-filter".into());
     }
@@ -1286,7 +1294,7 @@ mod tests {
     }
 
     #[test]
-    fn unnamed_fqdn_connections_are_allowed_only_when_the_config_says_so() {
+    fn unnamed_fqdn_connections_and_listed_node_ports_are_trusted_only_when_the_config_says_so() {
         let sidecar_args = |cfg: &InjectConfig| {
             let mut p = pod(json!({}));
             assert_eq!(inject_object(&mut p, cfg), Ok(Outcome::Injected));
@@ -1294,11 +1302,21 @@ mod tests {
             assert_eq!(sidecar["name"], SIDECAR);
             sidecar["args"].as_array().expect("args").clone()
         };
-        let flag = json!("--allow-unnamed-fqdn-connections");
-        assert!(!sidecar_args(&InjectConfig::default()).contains(&flag));
-        let cfg: InjectConfig =
-            serde_json::from_value(json!({"allowUnnamedFqdnConnections": true})).expect("config");
-        assert!(sidecar_args(&cfg).contains(&flag));
+        for (field, flag) in [
+            (
+                "allowUnnamedFqdnConnections",
+                "--allow-unnamed-fqdn-connections",
+            ),
+            (
+                "nodePortsOnlyAtListedAddresses",
+                "--node-ports-only-at-listed-addresses",
+            ),
+        ] {
+            let flag = json!(flag);
+            assert!(!sidecar_args(&InjectConfig::default()).contains(&flag));
+            let cfg: InjectConfig = serde_json::from_value(json!({ field: true })).expect("config");
+            assert!(sidecar_args(&cfg).contains(&flag), "{field}");
+        }
     }
 
     #[test]

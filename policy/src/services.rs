@@ -83,6 +83,32 @@ impl ServiceTable {
         at.map(|&i| &self.ports[i])
     }
 
+    /// The service port whose NodePort `port` is, for an address of `ip`'s family that is not
+    /// known to be a node's. kube-proxy (iptables and IPVS modes, unless its
+    /// `--nodeport-addresses` says otherwise) answers NodePorts at *every* address of a node,
+    /// and a node has addresses no object lists (a `docker0` bridge, node-local DNS's
+    /// `169.254.20.10`, the gateway of another node's pods): such an address with a NodePort
+    /// may lead to its Service's backends, and a caller that cannot tell decides how much to
+    /// trust it.
+    pub fn node_port(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Option<&ServicePort> {
+        self.by_node_port
+            .get(&(port, protocol, ip.is_ipv4()))
+            .map(|&i| &self.ports[i])
+    }
+
+    /// Every NodePort: its number, protocol, family (IPv4 or not) and service port.
+    pub fn node_ports(&self) -> impl Iterator<Item = (u16, Protocol, bool, &ServicePort)> {
+        self.by_node_port
+            .iter()
+            .map(|(&(port, protocol, v4), &i)| (port, protocol, v4, &self.ports[i]))
+    }
+
+    /// Whether `ip` is one of the nodes' known addresses (where [`lookup`](Self::lookup)
+    /// finds NodePorts).
+    pub fn is_node_address(&self, ip: IpAddr) -> bool {
+        self.nodes.binary_search(&ip).is_ok()
+    }
+
     /// Adds addresses of `pod`'s node that the cluster's objects do not list (a sidecar adds
     /// its pod's gateways: the node's end of the pod's link): every NodePort is open there, and
     /// the host ports of that node's pods open at all its addresses.
@@ -609,6 +635,45 @@ status: {phase: Running, podIP: 10.0.1.11}
             ["10.96.0.50:80", "10.96.0.51:80", "192.168.0.5:30081"],
             "every address, each node's with the NodePort"
         );
+    }
+
+    #[test]
+    fn a_node_port_is_found_by_number_at_any_address_of_its_family() {
+        let t = table(&format!(
+            "{PODS}---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n\
+             status: {{addresses: [{{type: InternalIP, address: 192.168.0.5}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: prod}}\n\
+             spec: {{clusterIP: 10.96.0.50, selector: {{app: api}}, ports: [{{port: 80, nodePort: 30080}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: v4, namespace: prod}}\n\
+             spec: {{type: NodePort, clusterIP: 10.96.0.51, selector: {{app: api}}, ports: [{{port: 80, nodePort: 30081}}]}}\n"
+        ));
+        let at = |ip: &str, port: u16, protocol| {
+            t.node_port(ip.parse().expect("ip"), port, protocol)
+                .map(|s| s.service.to_string())
+        };
+        assert_eq!(
+            at("169.254.20.10", 30081, Protocol::Tcp).as_deref(),
+            Some("prod/v4"),
+            "an address no object lists"
+        );
+        assert_eq!(
+            at("169.254.20.10", 30080, Protocol::Tcp),
+            None,
+            "type ClusterIP"
+        );
+        assert_eq!(
+            at("169.254.20.10", 30081, Protocol::Udp),
+            None,
+            "another protocol"
+        );
+        assert_eq!(at("fd00::9", 30081, Protocol::Tcp), None, "another family");
+        assert!(t.is_node_address("192.168.0.5".parse().expect("ip")));
+        assert!(!t.is_node_address("169.254.20.10".parse().expect("ip")));
+        let all: Vec<_> = t
+            .node_ports()
+            .map(|(port, _, v4, s)| (port, v4, s.service.to_string()))
+            .collect();
+        assert_eq!(all, [(30081, true, "prod/v4".to_string())]);
     }
 
     #[test]

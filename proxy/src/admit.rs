@@ -261,6 +261,16 @@ pub(crate) fn admit_under(
     if event.verdict == FlowVerdict::Denied {
         return Admission::Refused(Refused { event });
     }
+    let doubt = node_port_doubt(
+        &policy,
+        shared.node_ports_only_at_listed_addresses,
+        flow.direction,
+        (flow.source, destination),
+        flow.protocol,
+    );
+    if let Err(why) = doubt.mark(&mut event) {
+        return Admission::Refused(Refused::because(event, why));
+    }
     if wide {
         // Audit mode: what enforcing would refuse passes, and says so.
         event.verdict = FlowVerdict::Audit;
@@ -274,6 +284,117 @@ pub(crate) fn admit_under(
         names,
         event,
     })
+}
+
+/// What an egress flow to an address that may be a node's, on a NodePort's number, needs
+/// beyond the verdict on the address itself (see [`node_port_doubt`]).
+#[derive(Debug)]
+pub(crate) enum NodePortDoubt {
+    /// Nothing more: no such flow, or every ready backend of the Service allowed.
+    Clear,
+    /// A backend the Service may lead to is not plainly allowed: `audit` when audit mode lets
+    /// the flow pass all the same.
+    Fails {
+        service: FlowService,
+        why: String,
+        audit: bool,
+    },
+}
+
+impl NodePortDoubt {
+    /// Records a failed doubt in `event` (the Service, and for audit mode the verdict and
+    /// why); `Err`: why the flow must be refused.
+    pub(crate) fn mark(self, event: &mut FlowEvent) -> Result<(), String> {
+        let NodePortDoubt::Fails {
+            service,
+            why,
+            audit,
+        } = self
+        else {
+            return Ok(());
+        };
+        event.service = Some(service);
+        if !audit {
+            return Err(why);
+        }
+        event.verdict = FlowVerdict::Audit;
+        event.reason = Some(why);
+        Ok(())
+    }
+}
+
+/// An egress flow to an address that is no pod's and none the cluster's objects give a node
+/// or a Service, on a Service's NodePort number: kube-proxy answers NodePorts at every address
+/// of a node unless its `--nodeport-addresses` is set (`trust_listed`:
+/// `--node-ports-only-at-listed-addresses` says it is), also at addresses no object lists (a
+/// `docker0` bridge, node-local DNS's 169.254.20.10, another node's pod gateway). The sidecar
+/// cannot tell such an address from an outside host's, so the flow must be allowed both as the
+/// address it is (the caller's verdict) and to every ready backend the node could take it to,
+/// with no HTTP rules of this pod's on any: the flow goes to the address, where nothing would
+/// apply them. A Service without ready backends leads nowhere (kube-proxy rejects).
+pub(crate) fn node_port_doubt(
+    policy: &PodPolicy,
+    trust_listed: bool,
+    direction: Direction,
+    (source, destination): (SocketAddr, SocketAddr),
+    protocol: Protocol,
+) -> NodePortDoubt {
+    if direction != Direction::Egress || trust_listed {
+        return NodePortDoubt::Clear;
+    }
+    let state = policy.engine.state();
+    let (ip, port) = (destination.ip(), destination.port());
+    if policy.engine.pod_by_ip(ip).is_some() || state.services.lookup(ip, port, protocol).is_some()
+    {
+        return NodePortDoubt::Clear;
+    }
+    let Some(service) = state.services.node_port(ip, port, protocol) else {
+        return NodePortDoubt::Clear;
+    };
+    let doubt = |why: String, audit| NodePortDoubt::Fails {
+        service: FlowService {
+            name: service.service.clone(),
+            address: destination,
+            backends: service.backends.len(),
+        },
+        why: format!(
+            "{destination} may be an address of a node that no Node object lists, where \
+             kube-proxy takes NodePort {port} to service {}: {why} \
+             (--node-ports-only-at-listed-addresses trusts the listed ones)",
+            service.service
+        ),
+        audit,
+    };
+    let mut audited = None;
+    for &(ip, port) in &service.backends {
+        let backend = SocketAddr::new(ip, port);
+        let verdict = judge(policy, Direction::Egress, source, backend, protocol, &[]);
+        let why = match policy.flow_verdict(&verdict) {
+            FlowVerdict::Denied => {
+                return doubt(
+                    format!("policy does not allow its endpoint {backend}"),
+                    false,
+                );
+            }
+            FlowVerdict::Audit => format!("policy does not allow its endpoint {backend}"),
+            FlowVerdict::Allowed if has_own_http(&verdict, Direction::Egress) => {
+                let why = format!(
+                    "its endpoint {backend} is allowed only under HTTP rules, which nothing \
+                     applies on a connection to that address"
+                );
+                if !policy.own_audit() {
+                    return doubt(why, false);
+                }
+                why
+            }
+            FlowVerdict::Allowed => continue,
+        };
+        audited.get_or_insert(why);
+    }
+    match audited {
+        Some(why) => doubt(why, true),
+        None => NodePortDoubt::Clear,
+    }
 }
 
 /// The backend of `service` the flow goes to, or why none may.

@@ -36,6 +36,11 @@ pub struct ProxyConfig {
     /// Let connections that only a toFQDNs rule allows pass when they carry no name to check
     /// (the server speaks first, or neither TLS nor HTTP).
     pub allow_unnamed_fqdn: bool,
+    /// Trust that NodePorts are answered only at the nodes' addresses the cluster's objects
+    /// list (kube-proxy's `--nodeport-addresses`): a connection elsewhere to a NodePort's number
+    /// is then judged as the plain address it is. Off, such a connection must also be allowed
+    /// to every backend of the Service (see `admit::unlisted_node_port`).
+    pub node_ports_only_at_listed_addresses: bool,
     /// How long to wait for a destination to accept.
     pub connect_timeout: Duration,
     /// Pass would-be denials, logged as AUDIT.
@@ -66,6 +71,7 @@ impl ProxyConfig {
             fqdn_cache: podwall_fqdn::cache::CacheConfig::default(),
             check_server_name: true,
             allow_unnamed_fqdn: false,
+            node_ports_only_at_listed_addresses: false,
             connect_timeout: Duration::from_secs(5),
             audit: false,
             keep_revoked: false,

@@ -154,10 +154,12 @@ async fn handle(
         source: peer,
         destination,
         learned,
-        // Passed in audit mode only because its server name was not the rule's: a later
+        // Passed in audit mode only because of more than the address (its server name was
+        // not the rule's, or a NodePort it may be leads to a denied backend): a later
         // policy's verdict on the address does not change that.
         audited_by_name: event.verdict == FlowVerdict::Audit
             && policy.flow_verdict(&verdict) == FlowVerdict::Allowed,
+        node_ports_only_at_listed_addresses: shared.node_ports_only_at_listed_addresses,
     };
 
     // HTTP rules on this pod's side, or names to check on every request: serve the connection

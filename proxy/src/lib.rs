@@ -227,6 +227,7 @@ pub async fn run(config: ProxyConfig, source: Box<dyn PolicySource>) -> Result<(
         names: names.clone(),
         check_server_name: config.check_server_name,
         allow_unnamed_fqdn: config.allow_unnamed_fqdn,
+        node_ports_only_at_listed_addresses: config.node_ports_only_at_listed_addresses,
         round_robin: Default::default(),
         kernel_flows: Default::default(),
         in_flight: Default::default(),

@@ -440,6 +440,12 @@ spec:
 
     /// The same, with `proxy run --check-server-name` as given.
     fn sidecar_checking_server_names(check_server_name: bool) -> Arc<Shared> {
+        sidecar(check_server_name, false)
+    }
+
+    /// The same, with `--check-server-name` and `--node-ports-only-at-listed-addresses` as
+    /// given.
+    fn sidecar(check_server_name: bool, node_ports_only_at_listed_addresses: bool) -> Arc<Shared> {
         let policy = client_policy(PODS, 1);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let (_tx, policies) = tokio::sync::watch::channel(Some(policy.clone()));
@@ -457,6 +463,7 @@ spec:
             own_ports: vec![15001, 15006],
             check_server_name,
             allow_unnamed_fqdn: false,
+            node_ports_only_at_listed_addresses,
             round_robin: Default::default(),
             kernel_flows: Default::default(),
             in_flight: Default::default(),
@@ -696,6 +703,131 @@ spec:
              metadata: {{name: api-1, namespace: t, labels: {{kubernetes.io/service-name: api}}}}\n\
              addressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}"
         )
+    }
+
+    #[test]
+    fn a_flow_to_an_unlisted_address_on_a_node_ports_number_must_be_allowed_to_every_backend_too() {
+        // "Anywhere outside the pods", a Node that lists 192.168.0.1, and the server's
+        // NodePort 30080 (TCP). 169.254.20.10 is no object's: node-local DNS's address, where
+        // kube-proxy answers NodePorts unless its --nodeport-addresses is set.
+        let rule = "  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{port: 8080}, {port: 5300, protocol: UDP}]\n";
+        let outside = PODS.replace(
+            rule,
+            "  - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}]\n",
+        );
+        let node_port = "---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+             status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: t}\n\
+             spec: {type: NodePort, clusterIP: 10.96.0.50, selector: {app: server}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n";
+        let admitted = |yaml: &str, trust_listed, protocol, to: &str| {
+            let shared = sidecar(true, trust_listed);
+            shared.current.store(Some(client_policy(yaml, 2)));
+            let flow = NewFlow {
+                direction: Direction::Egress,
+                protocol,
+                ip_protocol: if protocol == Protocol::Tcp { TCP } else { UDP },
+                source: "10.0.0.1:40000".parse().expect("addr"),
+                destination: to.parse().expect("addr"),
+            };
+            // Whether it was admitted, and its event.
+            match admit(&shared, flow, Backends::Every) {
+                Admission::Admitted(a) => (true, a.event),
+                Admission::Refused(r) => (false, r.event),
+            }
+        };
+        let cluster = format!("{outside}{node_port}");
+        let (ok, refused) = admitted(&cluster, false, Protocol::Tcp, "169.254.20.10:30080");
+        assert!(
+            !ok,
+            "it may lead to the server, which the client may not reach"
+        );
+        assert_eq!(
+            refused
+                .service
+                .as_ref()
+                .map(|s| s.name.to_string())
+                .as_deref(),
+            Some("t/api"),
+            "{refused:?}"
+        );
+        let why = refused.reason.clone().unwrap_or_default();
+        assert!(
+            why.contains("169.254.20.10:30080 may be an address of a node")
+                && why.contains("10.0.0.2:8080"),
+            "{why}"
+        );
+        for (yaml, trust_listed, protocol, to, what) in [
+            (
+                &cluster,
+                false,
+                Protocol::Tcp,
+                "169.254.20.10:30081",
+                "no NodePort's number",
+            ),
+            (
+                &cluster,
+                false,
+                Protocol::Udp,
+                "169.254.20.10:30080",
+                "a TCP NodePort only",
+            ),
+            (
+                &cluster,
+                true,
+                Protocol::Tcp,
+                "169.254.20.10:30080",
+                "listed addresses trusted",
+            ),
+            (
+                &outside,
+                false,
+                Protocol::Tcp,
+                "169.254.20.10:30080",
+                "no such Service",
+            ),
+        ] {
+            let (ok, event) = admitted(yaml, trust_listed, protocol, to);
+            assert!(ok && event.service.is_none(), "{what}: {event:?}");
+        }
+        let server_too = cluster.replace(
+            "  - to: [{ipBlock",
+            "  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{port: 8080}]\n  - to: [{ipBlock",
+        );
+        assert!(
+            admitted(&server_too, false, Protocol::Tcp, "169.254.20.10:30080").0,
+            "every backend allowed"
+        );
+        // Allowed only under HTTP rules, which nothing would apply on a connection to the
+        // address: refused.
+        let http_only = format!(
+            "{cluster}---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: client-http, namespace: t}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n\
+             \x20 - toEndpoints: [{{matchLabels: {{app: server}}}}]\n\
+             \x20   toPorts: [{{ports: [{{port: '8080', protocol: TCP}}], rules: {{http: [{{method: GET, path: /public/.*}}]}}}}]\n"
+        );
+        let (ok, refused) = admitted(&http_only, false, Protocol::Tcp, "169.254.20.10:30080");
+        assert!(!ok, "HTTP rules nothing applies");
+        let why = refused.reason.unwrap_or_default();
+        assert!(why.contains("only under HTTP rules"), "{why}");
+        let audit = cluster.replace(
+            "metadata: {name: client, namespace: t, labels: {app: client}}",
+            "metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/enforcement: audit}}",
+        );
+        let (ok, audited) = admitted(&audit, false, Protocol::Tcp, "169.254.20.10:30080");
+        assert!(ok, "audit mode lets it pass");
+        assert_eq!(audited.verdict, FlowVerdict::Audit);
+        assert!(audited.service.is_some(), "{audited:?}");
+        // On the kernel path, a connection carried since before the Service was known is
+        // judged by the backends it may lead to from then on.
+        let shared = client_sidecar();
+        let before = client_policy(&outside, 2);
+        let key = flow_key("10.0.0.1:40000", "169.254.20.10:30080");
+        let open = crate::tcp_route::unjudged(&before, key);
+        assert!(crate::tcp_route::rejudge(&shared, &before, key, &open, &[]).is_some());
+        let after = client_policy(&cluster, 3);
+        assert!(crate::tcp_route::rejudge(&shared, &after, key, &open, &[]).is_none());
+        let after = client_policy(&server_too, 4);
+        assert!(crate::tcp_route::rejudge(&shared, &after, key, &open, &[]).is_some());
     }
 
     #[test]

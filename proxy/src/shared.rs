@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     /// Let such connections pass when they carry no name to check (the server speaks first,
     /// or the protocol is neither TLS nor HTTP).
     pub allow_unnamed_fqdn: bool,
+    /// See `Config::node_ports_only_at_listed_addresses`.
+    pub node_ports_only_at_listed_addresses: bool,
     /// Where the next service connection starts looking for a backend.
     pub round_robin: AtomicUsize,
     /// The TCP connections the kernel carries (the kernel path).

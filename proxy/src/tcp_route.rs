@@ -292,7 +292,19 @@ pub(crate) fn rejudge(
         (source, destination),
         &learned,
     );
-    (event.verdict != FlowVerdict::Denied).then_some(event)
+    if event.verdict == FlowVerdict::Denied {
+        return None;
+    }
+    crate::admit::node_port_doubt(
+        policy,
+        shared.node_ports_only_at_listed_addresses,
+        direction,
+        (source, destination),
+        Protocol::Tcp,
+    )
+    .mark(&mut event)
+    .ok()?;
+    Some(event)
 }
 
 /// After a policy change: every open kernel-carried connection is judged again. One still

@@ -910,19 +910,19 @@ pub fn down(name: &str) -> Result<(), SandboxError> {
 }
 
 /// The node's nat rules standing in for kube-proxy (IPv4 Services with ready backends), in
-/// `iptables-restore` syntax; empty when there are none.
+/// `iptables-restore` syntax; empty when there are none. NodePorts are answered at every
+/// address of the node, listed or not, as kube-proxy's iptables mode does unless its
+/// `--nodeport-addresses` is set, after the addresses of Services and host ports.
 fn service_rules(services: &podwall_policy::services::ServiceTable) -> String {
+    use podwall_policy::services::ServicePort;
     use std::fmt::Write as _;
     let mut rules = String::new();
-    for ((vip, port, protocol), service) in services.by_address() {
-        if !vip.is_ipv4() {
-            continue;
-        }
+    let mut lead = |to: &str, protocol, port: u16, service: &ServicePort| {
         let proto = match protocol {
             podwall_policy::Protocol::Tcp => "tcp",
             podwall_policy::Protocol::Udp => "udp",
             podwall_policy::Protocol::Sctp => "sctp",
-            _ => continue,
+            _ => return,
         };
         let backends: Vec<_> = service
             .backends
@@ -940,9 +940,23 @@ fn service_rules(services: &podwall_policy::services::ServiceTable) -> String {
             };
             let _ = writeln!(
                 rules,
-                "-A PODWALL_SANDBOX_SERVICES -d {vip}/32 -p {proto} --dport {port} {pick}-j DNAT --to-destination {ip}:{target}"
+                "-A PODWALL_SANDBOX_SERVICES {to} -p {proto} --dport {port} {pick}-j DNAT --to-destination {ip}:{target}"
             );
         }
+    };
+    for ((vip, port, protocol), service) in services.by_address() {
+        let node_port = services.is_node_address(vip)
+            && services
+                .node_port(vip, port, protocol)
+                .is_some_and(|n| std::ptr::eq(n, service));
+        if vip.is_ipv4() && !node_port {
+            lead(&format!("-d {vip}/32"), protocol, port, service);
+        }
+    }
+    let mut node_ports: Vec<_> = services.node_ports().filter(|(_, _, v4, _)| *v4).collect();
+    node_ports.sort_by_key(|(port, protocol, _, _)| (*port, *protocol as u8));
+    for (port, protocol, _, service) in node_ports {
+        lead("-m addrtype --dst-type LOCAL", protocol, port, service);
     }
     if rules.is_empty() {
         return rules;
@@ -956,6 +970,29 @@ fn service_rules(services: &podwall_policy::services::ServiceTable) -> String {
 mod tests {
     use super::*;
     use podwall_policy::Loader;
+
+    #[test]
+    fn node_ports_are_answered_at_every_node_address_after_the_services_own_addresses() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, labels: {app: a}}\nstatus: {podIP: 10.88.0.1, hostIP: 192.168.88.1}\n\
+                    ---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n\
+                    spec: {type: NodePort, clusterIP: 10.96.0.9, selector: {app: a}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n";
+        let mut loader = Loader::new();
+        loader.add_yaml("t.yaml", text).expect("yaml");
+        let (state, _) = loader.finish();
+        let rules = service_rules(&state.services);
+        let lines: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A PODWALL_SANDBOX_SERVICES"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "-A PODWALL_SANDBOX_SERVICES -d 10.96.0.9/32 -p tcp --dport 80 -j DNAT --to-destination 10.88.0.1:8080",
+                "-A PODWALL_SANDBOX_SERVICES -m addrtype --dst-type LOCAL -p tcp --dport 30080 -j DNAT --to-destination 10.88.0.1:8080",
+            ],
+            "{rules}"
+        );
+    }
 
     #[test]
     fn pods_without_addresses_get_free_ones_and_a_node() {

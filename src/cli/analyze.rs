@@ -201,6 +201,11 @@ pub(crate) struct CheckArgs {
     /// A request header, 'Name: value' (repeatable).
     #[arg(long, value_name = "NAME: VALUE")]
     http_header: Vec<String>,
+    /// As the sidecar's flag: trust that NodePorts are answered only at the node addresses
+    /// Node objects list. Without it, a connection to any other address that is no pod's, on a
+    /// NodePort's number, must be allowed to every ready backend of that Service too.
+    #[arg(long)]
+    node_ports_only_at_listed_addresses: bool,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: ReportFormat,
@@ -512,6 +517,22 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
     }
     let verdict = engine.verdict_learned(&query, &names);
     let explanation = engine.explain(&verdict);
+    // Not a Service's known address, but maybe an unlisted one of a node, where kube-proxy
+    // answers NodePorts too: as the sidecar judges it, every backend must be allowed as well.
+    let node_port = match (query.src, query.dst) {
+        (Endpoint::Pod(_), Endpoint::Ip(ip))
+            if service.is_none()
+                && explanation.allowed
+                && !args.node_ports_only_at_listed_addresses =>
+        {
+            engine
+                .state()
+                .services
+                .node_port(ip, query.port, protocol)
+                .map(|svc| node_port_doubt(&engine, &query, svc, SocketAddr::new(ip, query.port)))
+        }
+        _ => None,
+    };
     let service = service.zip(backend).map(|((svc, dialled), backend)| {
         let n = svc.backends.len();
         let how = match (every, explanation.allowed) {
@@ -545,7 +566,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
     } else {
         None
     };
-    let allowed = explanation.allowed && http.as_ref().is_none_or(|h| h.allowed);
+    let allowed = explanation.allowed
+        && http.as_ref().is_none_or(|h| h.allowed)
+        && node_port.as_ref().is_none_or(|n| n["allowed"] == true);
     let fqdn = args.to_fqdn.as_ref().map(|name| {
         let selectors: Vec<String> = names
             .iter()
@@ -574,6 +597,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
                 println!("{}", s["summary"].as_str().unwrap_or_default());
             }
             print!("{explanation}");
+            if let Some(n) = &node_port {
+                println!("{}", n["summary"].as_str().unwrap_or_default());
+            }
             if let Some(h) = &http {
                 print!("{h}");
             } else if wants_http {
@@ -592,6 +618,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
             if let Some(s) = service {
                 v["service"] = s;
             }
+            if let Some(n) = node_port {
+                v["node_port"] = n;
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
@@ -602,6 +631,65 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FINDINGS)
+    })
+}
+
+/// What `check` says of a connection to `dialled`, an address that may be a node's unlisted
+/// one, at `svc`'s NodePort: allowed only when every ready backend is, with no HTTP rules of
+/// the source's on any (the sidecar's `admit::node_port_doubt`).
+fn node_port_doubt(
+    engine: &Engine,
+    query: &Query,
+    svc: &podwall_policy::services::ServicePort,
+    dialled: SocketAddr,
+) -> serde_json::Value {
+    let failing = svc.backends.iter().find_map(|&(ip, port)| {
+        let verdict = engine.verdict_learned(
+            &Query {
+                dst: Endpoint::Ip(ip),
+                port,
+                ..*query
+            },
+            &[],
+        );
+        let backend = SocketAddr::new(ip, port);
+        if !engine.explain(&verdict).allowed {
+            Some((backend, "policy denies it"))
+        } else if verdict.egress.http.is_some() {
+            Some((
+                backend,
+                "policy allows it only under HTTP rules, which nothing applies there",
+            ))
+        } else {
+            None
+        }
+    });
+    let n = svc.backends.len();
+    let summary = match failing {
+        Some((backend, why)) => format!(
+            "but {dialled} may be an address of a node that no Node object lists, where kube-proxy \
+             takes NodePort {} to service {} ({n} ready endpoint{}): refused, as its endpoint \
+             {backend} is not plainly allowed ({why}); --node-ports-only-at-listed-addresses \
+             trusts the listed addresses",
+            dialled.port(),
+            svc.service,
+            if n == 1 { "" } else { "s" },
+        ),
+        None => format!(
+            "{dialled} may be an address of a node where kube-proxy takes NodePort {} to service \
+             {}: policy allows every one of its {n} ready endpoint{} too",
+            dialled.port(),
+            svc.service,
+            if n == 1 { "" } else { "s" },
+        ),
+    };
+    serde_json::json!({
+        "allowed": failing.is_none(),
+        "service": &*svc.service,
+        "address": dialled.to_string(),
+        "backends": n,
+        "refused_for": failing.map(|(b, _)| b.to_string()),
+        "summary": summary,
     })
 }
 

@@ -20,7 +20,7 @@ pub(crate) struct InjectArgs {
     /// Injection settings (YAML, the webhook's `--inject-config`; the chart's is the
     /// `podwall-inject` ConfigMap): image, imagePullPolicy, controlPlane, controlPlaneCa (PEM),
     /// proxyUid, adminPort, nativeSidecar, reservePorts, audit, packetFilter,
-    /// allowUnnamedFqdnConnections, excludeOutboundCidrs, excludeOutboundPorts,
+    /// allowUnnamedFqdnConnections, nodePortsOnlyAtListedAddresses, excludeOutboundCidrs, excludeOutboundPorts,
     /// excludeInboundPorts, allowPodExclusions, threads, fqdnMinTTL, resources, logFormat,
     /// tokenAudience, tokenExpirationSeconds. Per pod, annotations change some of them
     /// (docs/annotate.md).

@@ -202,6 +202,14 @@ pub(crate) struct RunArgs {
     /// any of them could be reached.
     #[arg(long)]
     allow_unnamed_fqdn_connections: bool,
+    /// Trust that NodePorts are answered only at the node addresses Node objects list: set it
+    /// where kube-proxy runs with `--nodeport-addresses` (`primary`, the nftables mode's
+    /// default, or the nodes' CIDRs). Off (the default), kube-proxy is taken to answer them at
+    /// every address of a node, listed or not (a docker0 bridge, node-local DNS), so an egress
+    /// connection to any address that is no pod's, on a NodePort's number, must be allowed to
+    /// every ready backend of that Service too.
+    #[arg(long)]
+    node_ports_only_at_listed_addresses: bool,
     /// How long to wait for a destination to accept.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -448,6 +456,7 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
     config.fqdn_cache = fqdn_cache(&args);
     config.check_server_name = args.check_server_name;
     config.allow_unnamed_fqdn = args.allow_unnamed_fqdn_connections;
+    config.node_ports_only_at_listed_addresses = args.node_ports_only_at_listed_addresses;
     config.packet_queue = (!args.no_packet_filter).then_some(args.packet_queue);
     config.packet_queues = args.packet_queues;
     config.connect_timeout = args.connect_timeout;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use podwall_policy::{Direction, Protocol, Verdict};
 
-use crate::admit::{describe, judge};
+use crate::admit::{NodePortDoubt, describe, judge, node_port_doubt};
 use crate::flow::FlowEvent;
 use crate::pod_policy::{FlowVerdict, PodPolicy, PolicyReceiver};
 
@@ -32,8 +32,11 @@ pub(super) struct OpenFlow {
     /// The toFQDNs names the destination was valid for when it opened: expiry does not end
     /// open connections, only a policy that no longer allows them.
     pub learned: Vec<Arc<str>>,
-    /// It passed in audit mode only because its server name was not the rule's.
+    /// It passed in audit mode only because of more than the address: its server name was not
+    /// the rule's, or a NodePort it may be leads to a denied backend.
     pub audited_by_name: bool,
+    /// `--node-ports-only-at-listed-addresses` (see `admit::node_port_doubt`).
+    pub node_ports_only_at_listed_addresses: bool,
 }
 
 /// A policy change's verdict on an open connection.
@@ -88,8 +91,20 @@ impl OpenFlow {
             }
             None => judge_at(self.destination),
         };
-        match now.flow_verdict(&verdict) {
-            FlowVerdict::Denied => revoked(keep_revoked),
+        if now.flow_verdict(&verdict) == FlowVerdict::Denied {
+            return revoked(keep_revoked);
+        }
+        // An address that may be a node's, on a NodePort's number, answers for the Service's
+        // backends too (audit mode: the event keeps the address's verdict).
+        let doubt = node_port_doubt(
+            &now,
+            self.node_ports_only_at_listed_addresses,
+            self.direction,
+            (self.source, self.destination),
+            Protocol::Tcp,
+        );
+        match doubt {
+            NodePortDoubt::Fails { audit: false, .. } => revoked(keep_revoked),
             _ => Rejudged::Allowed(now.clone(), verdict),
         }
     }
@@ -205,6 +220,7 @@ mod tests {
             destination: "192.168.0.1:30080".parse().expect("addr"),
             learned: Vec::new(),
             audited_by_name: false,
+            node_ports_only_at_listed_addresses: false,
         };
         let verdict = |yaml: &str, keep| open.rejudge(Some(client_policy(yaml, 2)), keep);
         assert!(
@@ -258,6 +274,62 @@ mod tests {
         assert!(matches!(
             verdict(&audit(&no_endpoint), false),
             Rejudged::Unchanged
+        ));
+    }
+
+    #[test]
+    fn a_proxied_connection_to_an_unlisted_address_on_a_node_ports_number_answers_for_its_backends()
+    {
+        // An address no object gives a node (node-local DNS's) may be one where kube-proxy
+        // answers the NodePort all the same.
+        let open = |trust_listed| OpenFlow {
+            direction: Direction::Egress,
+            source: "10.0.0.1:40000".parse().expect("addr"),
+            destination: "169.254.20.10:30080".parse().expect("addr"),
+            learned: Vec::new(),
+            audited_by_name: false,
+            node_ports_only_at_listed_addresses: trust_listed,
+        };
+        let verdict = |yaml: &str, trust_listed| {
+            open(trust_listed).rejudge(Some(client_policy(yaml, 2)), false)
+        };
+        let allowed = |r: Rejudged| matches!(r, Rejudged::Allowed(..));
+        assert!(
+            allowed(verdict(&cluster("", false), false)),
+            "no NodePort 30080"
+        );
+        assert!(
+            matches!(verdict(&cluster("", true), false), Rejudged::Revoke),
+            "it may lead to the server, which the client may not reach"
+        );
+        assert!(
+            allowed(verdict(&cluster("", true), true)),
+            "trusting the listed addresses: a plain address the ipBlock allows"
+        );
+        let server =
+            "  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{port: 8080}]\n";
+        assert!(
+            allowed(verdict(&cluster(server, true), false)),
+            "every backend allowed"
+        );
+        let no_endpoint = cluster("", true).replace("{app: server}, ports", "{app: nobody}, ports");
+        assert!(
+            allowed(verdict(&no_endpoint, false)),
+            "without a ready endpoint kube-proxy takes it nowhere"
+        );
+        let audit = cluster("", true).replace(
+            "metadata: {name: client, namespace: t, labels: {app: client}}",
+            "metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/enforcement: audit}}",
+        );
+        assert!(allowed(verdict(&audit, false)), "audit mode ends nothing");
+        // Not the address's own verdict lifted: an address the policy denies stays denied.
+        let inside = OpenFlow {
+            destination: "10.9.9.9:30080".parse().expect("addr"),
+            ..open(false)
+        };
+        assert!(matches!(
+            inside.rejudge(Some(client_policy(&cluster(server, true), 2)), false),
+            Rejudged::Revoke
         ));
     }
 }
