@@ -418,12 +418,16 @@ pub(crate) fn build(
     table
 }
 
+/// A port's endpoints from the Service's slices: the ready ones; or, when none is ready, those
+/// still serving while they terminate, which is where kube-proxy sends traffic then (its
+/// fallback since Kubernetes 1.26, for every traffic policy).
 fn from_slices(
     slices: &[&discovery::EndpointSlice],
     port_name: &str,
     proto: Protocol,
 ) -> Vec<(IpAddr, u16)> {
-    let mut out = Vec::new();
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
     for slice in slices {
         let Some(target) = slice.ports.iter().flatten().find(|sp| {
             sp.name.as_deref().unwrap_or_default() == port_name
@@ -435,12 +439,20 @@ fn from_slices(
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
-            // A missing `ready` means ready (the API's documented default).
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready {
+            let c = ep.conditions.as_ref();
+            // A missing `ready` means ready (the API's documented default); a missing
+            // `serving` means as `ready`, a missing `terminating` not terminating.
+            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let into = if is_ready {
+                &mut ready
+            } else if serving && is_terminating {
+                &mut terminating
+            } else {
                 continue;
-            }
-            out.extend(
+            };
+            into.extend(
                 ep.addresses
                     .iter()
                     .filter_map(|a| a.parse::<IpAddr>().ok())
@@ -448,7 +460,7 @@ fn from_slices(
             );
         }
     }
-    out
+    if ready.is_empty() { terminating } else { ready }
 }
 
 fn from_pods(
@@ -552,6 +564,34 @@ status: {phase: Running, podIP: 10.0.1.11}
                 "not-ready 10.0.0.12 is left out; no conditions means ready"
             );
         }
+    }
+
+    #[test]
+    fn without_a_ready_endpoint_those_serving_while_terminating_are_where_the_service_leads() {
+        let slice = |endpoints: &str| {
+            table(&format!(
+                "{PODS}---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: prod}}\n\
+                 spec: {{clusterIP: 10.96.0.50, selector: {{app: api}}, ports: [{{name: web, port: 80, targetPort: 8080}}]}}\n\
+                 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: api-abc, namespace: prod, labels: {{kubernetes.io/service-name: api}}}}\n\
+                 addressType: IPv4\nports: [{{name: web, port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}"
+            ))
+            .lookup("10.96.0.50".parse().expect("ip"), 80, Protocol::Tcp)
+            .map(|p| p.backends.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>())
+            .expect("the cluster IP")
+        };
+        let terminating = "- addresses: [10.0.0.11]\n  conditions: {ready: false, serving: true, terminating: true}\n\
+                           - addresses: [10.0.0.12]\n  conditions: {ready: false, serving: false, terminating: true}\n";
+        assert_eq!(
+            slice(terminating),
+            ["10.0.0.11"],
+            "kube-proxy falls back to the serving ones"
+        );
+        assert_eq!(
+            slice(&format!("{terminating}- addresses: [10.0.0.13]\n")),
+            ["10.0.0.13"],
+            "while one is ready, only the ready ones"
+        );
     }
 
     #[test]

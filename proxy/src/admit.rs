@@ -66,15 +66,19 @@ impl Admitted {
     /// The verdict on the destination without the learned names, when only those names allow
     /// it: the connection's server name must then be checked (with `--check-server-name`).
     pub(crate) fn allowed_by_names_only(&self, check_server_name: bool) -> Option<Verdict> {
-        (self.event.verdict == FlowVerdict::Allowed && check_server_name && !self.names.is_empty())
-            .then(|| {
-                self.policy.outbound(
-                    self.destination.ip(),
-                    Protocol::Tcp,
-                    self.destination.port(),
-                )
-            })
-            .filter(|v| !v.egress.allowed())
+        // The policy's verdict, not the event's: an event marked AUDIT for something beyond
+        // the address (a NodePort it may be) still has its names checked.
+        (self.policy.flow_verdict(&self.verdict) == FlowVerdict::Allowed
+            && check_server_name
+            && !self.names.is_empty())
+        .then(|| {
+            self.policy.outbound(
+                self.destination.ip(),
+                Protocol::Tcp,
+                self.destination.port(),
+            )
+        })
+        .filter(|v| !v.egress.allowed())
     }
 
     /// Whether it is inbound to a port the pod observes (`podwall.io/observe-http`).
@@ -344,13 +348,14 @@ pub(crate) fn node_port_doubt(
     }
     let state = policy.engine.state();
     let (ip, port) = (destination.ip(), destination.port());
+    // The NodePort first: one hash lookup, which almost every flow misses.
+    let Some(service) = state.services.node_port(ip, port, protocol) else {
+        return NodePortDoubt::Clear;
+    };
     if policy.engine.pod_by_ip(ip).is_some() || state.services.lookup(ip, port, protocol).is_some()
     {
         return NodePortDoubt::Clear;
     }
-    let Some(service) = state.services.node_port(ip, port, protocol) else {
-        return NodePortDoubt::Clear;
-    };
     let doubt = |why: String, audit| NodePortDoubt::Fails {
         service: FlowService {
             name: service.service.clone(),
@@ -367,28 +372,29 @@ pub(crate) fn node_port_doubt(
     };
     let mut audited = None;
     for &(ip, port) in &service.backends {
+        // This pod's own side only: the node source-NATs what it forwards, so the backend's
+        // own policies see the node, not this pod (and its audit mode is not this pod's).
         let backend = SocketAddr::new(ip, port);
         let verdict = judge(policy, Direction::Egress, source, backend, protocol, &[]);
-        let why = match policy.flow_verdict(&verdict) {
-            FlowVerdict::Denied => {
-                return doubt(
-                    format!("policy does not allow its endpoint {backend}"),
-                    false,
-                );
-            }
-            FlowVerdict::Audit => format!("policy does not allow its endpoint {backend}"),
-            FlowVerdict::Allowed if has_own_http(&verdict, Direction::Egress) => {
-                let why = format!(
-                    "its endpoint {backend} is allowed only under HTTP rules, which nothing \
-                     applies on a connection to that address"
-                );
-                if !policy.own_audit() {
-                    return doubt(why, false);
-                }
-                why
-            }
-            FlowVerdict::Allowed => continue,
+        let side = &verdict.egress;
+        let why = if !side.allowed() {
+            format!("policy does not allow its endpoint {backend}")
+        } else if side.http.is_some() || side.dns.is_some() {
+            format!(
+                "its endpoint {backend} is allowed only under HTTP or DNS rules, which nothing \
+                 applies on a connection to that address"
+            )
+        } else {
+            continue;
         };
+        let covered = if side.allowed() {
+            policy.own_audit()
+        } else {
+            policy.audit_covers(side.decision)
+        };
+        if !covered {
+            return doubt(why, false);
+        }
         audited.get_or_insert(why);
     }
     match audited {

@@ -39,7 +39,7 @@ pub struct ProxyConfig {
     /// Trust that NodePorts are answered only at the nodes' addresses the cluster's objects
     /// list (kube-proxy's `--nodeport-addresses`): a connection elsewhere to a NodePort's number
     /// is then judged as the plain address it is. Off, such a connection must also be allowed
-    /// to every backend of the Service (see `admit::unlisted_node_port`).
+    /// to every backend of the Service (see `admit::node_port_doubt`).
     pub node_ports_only_at_listed_addresses: bool,
     /// How long to wait for a destination to accept.
     pub connect_timeout: Duration,

@@ -797,6 +797,21 @@ spec:
             admitted(&server_too, false, Protocol::Tcp, "169.254.20.10:30080").0,
             "every backend allowed"
         );
+        // Only this pod's own policies count: the node source-NATs what it forwards, so the
+        // backend's ingress (here: denying everything, in audit mode) sees the node.
+        let closed_server = format!(
+            "{}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: closed, namespace: t}}\n\
+             spec: {{podSelector: {{matchLabels: {{app: server}}}}, policyTypes: [Ingress]}}\n",
+            server_too.replace(
+                "metadata: {name: server, namespace: t, labels: {app: server}}",
+                "metadata: {name: server, namespace: t, labels: {app: server}, annotations: {podwall.io/enforcement: audit}}",
+            )
+        );
+        let (ok, event) = admitted(&closed_server, false, Protocol::Tcp, "169.254.20.10:30080");
+        assert!(
+            ok && event.verdict == FlowVerdict::Allowed && event.service.is_none(),
+            "{event:?}"
+        );
         // Allowed only under HTTP rules, which nothing would apply on a connection to the
         // address: refused.
         let http_only = format!(
@@ -808,7 +823,7 @@ spec:
         let (ok, refused) = admitted(&http_only, false, Protocol::Tcp, "169.254.20.10:30080");
         assert!(!ok, "HTTP rules nothing applies");
         let why = refused.reason.unwrap_or_default();
-        assert!(why.contains("only under HTTP rules"), "{why}");
+        assert!(why.contains("only under HTTP or DNS rules"), "{why}");
         let audit = cluster.replace(
             "metadata: {name: client, namespace: t, labels: {app: client}}",
             "metadata: {name: client, namespace: t, labels: {app: client}, annotations: {podwall.io/enforcement: audit}}",

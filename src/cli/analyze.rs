@@ -400,7 +400,8 @@ fn stable_styles(svg: &str) -> String {
 
 fn endpoint(state: &ClusterState, spec: &str, flag: &str) -> Result<Endpoint, String> {
     if let Ok(ip) = spec.parse::<IpAddr>() {
-        return Ok(Endpoint::Ip(ip));
+        // An IPv4-mapped IPv6 address is the IPv4 one on the wire.
+        return Ok(Endpoint::Ip(ip.to_canonical()));
     }
     let Some((ns, name)) = spec.split_once('/') else {
         return Err(format!(
@@ -523,7 +524,8 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         (Endpoint::Pod(_), Endpoint::Ip(ip))
             if service.is_none()
                 && explanation.allowed
-                && !args.node_ports_only_at_listed_addresses =>
+                && !args.node_ports_only_at_listed_addresses
+                && engine.pod_by_ip(ip).is_none() =>
         {
             engine
                 .state()
@@ -635,8 +637,8 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
 }
 
 /// What `check` says of a connection to `dialled`, an address that may be a node's unlisted
-/// one, at `svc`'s NodePort: allowed only when every ready backend is, with no HTTP rules of
-/// the source's on any (the sidecar's `admit::node_port_doubt`).
+/// one, at `svc`'s NodePort: allowed only when the source's own policies allow every ready
+/// backend, with no HTTP or DNS rules on any (the sidecar's `admit::node_port_doubt`).
 fn node_port_doubt(
     engine: &Engine,
     query: &Query,
@@ -653,12 +655,13 @@ fn node_port_doubt(
             &[],
         );
         let backend = SocketAddr::new(ip, port);
-        if !engine.explain(&verdict).allowed {
-            Some((backend, "policy denies it"))
-        } else if verdict.egress.http.is_some() {
+        // The source's own policies: the node source-NATs what it forwards.
+        if !verdict.egress.allowed() {
+            Some((backend, "the source's policies deny it"))
+        } else if verdict.egress.http.is_some() || verdict.egress.dns.is_some() {
             Some((
                 backend,
-                "policy allows it only under HTTP rules, which nothing applies there",
+                "allowed only under HTTP or DNS rules, which nothing applies there",
             ))
         } else {
             None
