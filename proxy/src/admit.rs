@@ -327,6 +327,27 @@ impl NodePortDoubt {
     }
 }
 
+/// The Service port whose NodePort `destination` may be, at an address that is no pod's and
+/// none the cluster's objects give a node or a Service (see [`node_port_doubt`]); none when
+/// `trust_listed`.
+pub(crate) fn unlisted_node_port(
+    policy: &PodPolicy,
+    trust_listed: bool,
+    destination: SocketAddr,
+    protocol: Protocol,
+) -> Option<&ServicePort> {
+    if trust_listed {
+        return None;
+    }
+    let state = policy.engine.state();
+    let (ip, port) = (destination.ip(), destination.port());
+    // The NodePort first: one hash lookup, which almost every flow misses.
+    let service = state.services.node_port(ip, port, protocol)?;
+    let known = policy.engine.pod_by_ip(ip).is_some()
+        || state.services.lookup(ip, port, protocol).is_some();
+    (!known).then_some(service)
+}
+
 /// An egress flow to an address that is no pod's and none the cluster's objects give a node
 /// or a Service, on a Service's NodePort number: kube-proxy answers NodePorts at every address
 /// of a node unless its `--nodeport-addresses` is set (`trust_listed`:
@@ -343,19 +364,13 @@ pub(crate) fn node_port_doubt(
     (source, destination): (SocketAddr, SocketAddr),
     protocol: Protocol,
 ) -> NodePortDoubt {
-    if direction != Direction::Egress || trust_listed {
+    if direction != Direction::Egress {
         return NodePortDoubt::Clear;
     }
-    let state = policy.engine.state();
-    let (ip, port) = (destination.ip(), destination.port());
-    // The NodePort first: one hash lookup, which almost every flow misses.
-    let Some(service) = state.services.node_port(ip, port, protocol) else {
+    let Some(service) = unlisted_node_port(policy, trust_listed, destination, protocol) else {
         return NodePortDoubt::Clear;
     };
-    if policy.engine.pod_by_ip(ip).is_some() || state.services.lookup(ip, port, protocol).is_some()
-    {
-        return NodePortDoubt::Clear;
-    }
+    let port = destination.port();
     let doubt = |why: String, audit| NodePortDoubt::Fails {
         service: FlowService {
             name: service.service.clone(),

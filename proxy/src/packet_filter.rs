@@ -846,6 +846,56 @@ spec:
     }
 
     #[test]
+    fn a_kernel_carried_connection_to_an_unlisted_address_is_revoked_when_a_backend_that_left_is_denied()
+     {
+        // 169.254.20.10:30080 may be a node's, where the NodePort leads to 10.0.0.2 or 10.0.0.3
+        // (both allowed when the connection opened). 10.0.0.3 leaves the Service, then policy
+        // stops allowing it: the node may have sent the connection there.
+        let node_port = |endpoints: &str, to_other: &str| {
+            format!(
+                "{}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: link-local, namespace: t}}\n\
+                 spec:\n  podSelector: {{matchLabels: {{app: client}}}}\n  policyTypes: [Egress]\n  egress:\n\
+                 \x20 - to: [{{ipBlock: {{cidr: 169.254.0.0/16}}}}]\n{to_other}",
+                with_service(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: t, labels: {app: other}}\nstatus: {podIP: 10.0.0.3}\n",
+                    endpoints,
+                )
+                .replace("spec: {clusterIP", "spec: {type: NodePort, clusterIP")
+                .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30080}")
+            )
+        };
+        let other =
+            "  - to: [{podSelector: {matchLabels: {app: other}}}]\n    ports: [{port: 8080}]\n";
+        let both = "- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n";
+        let one =
+            "- addresses: [10.0.0.2]\n- addresses: [10.0.0.3]\n  conditions: {ready: false}\n";
+        let shared = client_sidecar();
+        let before = client_policy(&node_port(both, other), 2);
+        let key = flow_key("10.0.0.1:40000", "169.254.20.10:30080");
+        let open = crate::tcp_route::unjudged(&before, key);
+        let seen = crate::tcp_route::service_backends(&before, false, key.1);
+        assert_eq!(
+            seen.len(),
+            2,
+            "what the record keeps, as the judge admits it"
+        );
+        assert!(crate::tcp_route::rejudge(&shared, &before, key, &open, &seen).is_some());
+        assert!(
+            crate::tcp_route::service_backends(&before, true, key.1).is_empty(),
+            "trusting the listed addresses, it leads nowhere"
+        );
+        let after = client_policy(&node_port(one, ""), 3);
+        assert!(
+            crate::tcp_route::rejudge(&shared, &after, key, &open, &seen).is_none(),
+            "denied for the backend that left"
+        );
+        assert!(
+            crate::tcp_route::rejudge(&shared, &after, key, &open, &[]).is_some(),
+            "which the ready one alone would not say"
+        );
+    }
+
+    #[test]
     fn a_kernel_carried_connection_to_a_node_port_is_judged_by_its_backends_once_known() {
         // Admitted while the sidecar's view held no Service there: the node's address, which
         // "anywhere outside the pods" allows. Then the view learns the NodePort.
@@ -897,7 +947,7 @@ spec:
         let open = crate::tcp_route::unjudged(&before, key);
         assert!(open.service.is_some(), "{open:?}");
         // What the record keeps, as the judge admits it.
-        let seen = crate::tcp_route::service_backends(&before, key.1);
+        let seen = crate::tcp_route::service_backends(&before, false, key.1);
         assert_eq!(seen.len(), 2);
         let rejudged = |yaml: &str, generation| {
             let after = client_policy(yaml, generation);

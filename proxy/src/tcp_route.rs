@@ -120,7 +120,11 @@ fn choose(shared: &Arc<Shared>, flow: NewFlow, syn: Syn) -> Route {
             admitted.event.phase = Some(FlowPhase::Start);
             // Its end, and every policy change, find it by the addresses conntrack keeps.
             let key = (flow.source, flow.destination);
-            let backends = service_backends(&admitted.policy, flow.destination);
+            let backends = service_backends(
+                &admitted.policy,
+                shared.node_ports_only_at_listed_addresses,
+                flow.destination,
+            );
             let replaced = {
                 let mut open = shared.kernel_flows.lock();
                 let known = open.get(&key);
@@ -242,6 +246,20 @@ pub(crate) fn rejudge(
                 .services
                 .lookup(destination.ip(), destination.port(), Protocol::Tcp)
                 .is_some());
+    // A backend that left the Service while the connection was open may be the one the node
+    // gave it: while the same pod holds its address, policy must still allow it too. (Those
+    // still ready are judged with the rest, below.)
+    let now = leads_to(
+        policy,
+        shared.node_ports_only_at_listed_addresses,
+        destination,
+    )
+    .map_or(&[][..], |s| &s.backends);
+    let gone_denied = seen.iter().any(|b| {
+        now.binary_search(&(b.ip, b.port)).is_err()
+            && pod_at(policy, b.ip) == b.pod
+            && !policy.allows(Direction::Egress, b.ip, Protocol::Tcp, b.port, &[])
+    });
     if service {
         let flow = NewFlow {
             direction,
@@ -250,19 +268,6 @@ pub(crate) fn rejudge(
             source,
             destination,
         };
-        // A backend that left the Service while the connection was open may be the one the
-        // node gave it: while the same pod holds its address, policy must still allow it too.
-        // (Those still ready are judged with the rest, below.)
-        let state = policy.engine.state();
-        let now = state
-            .services
-            .lookup(destination.ip(), destination.port(), Protocol::Tcp)
-            .map_or(&[][..], |s| &s.backends);
-        let gone_denied = seen.iter().any(|b| {
-            now.binary_search(&(b.ip, b.port)).is_err()
-                && pod_at(policy, b.ip) == b.pod
-                && !policy.allows(Direction::Egress, b.ip, Protocol::Tcp, b.port, &[])
-        });
         return match admit(shared, flow, Backends::Every) {
             Admission::Admitted(a) if !gone_denied => Some(a.event),
             Admission::Admitted(_) | Admission::Refused(_) => None,
@@ -292,7 +297,7 @@ pub(crate) fn rejudge(
         (source, destination),
         &learned,
     );
-    if event.verdict == FlowVerdict::Denied {
+    if event.verdict == FlowVerdict::Denied || gone_denied {
         return None;
     }
     crate::admit::node_port_doubt(
@@ -343,7 +348,8 @@ pub(crate) fn revoke(
                 if first && !matches!(entry.tcp_state, Some(TCP_TIME_WAIT | TCP_CLOSE)) =>
             {
                 taken_in += 1;
-                let backends = service_backends(&policy, key.1);
+                let backends =
+                    service_backends(&policy, shared.node_ports_only_at_listed_addresses, key.1);
                 let flow = KernelFlow::new(unjudged(&policy, key), None, backends);
                 shared.metrics(flow.event.direction).open.inc();
                 unknown.insert(flow)
@@ -487,14 +493,32 @@ pub(crate) struct Rejudged {
     pub taken_in: usize,
 }
 
-/// The backends `policy`'s Service at `destination` has ready, each with the pod that holds
-/// its address (none: it is no Service's).
-pub(crate) fn service_backends(policy: &PodPolicy, destination: SocketAddr) -> Box<[Backend]> {
-    let state = policy.engine.state();
-    let Some(service) = state
+/// The Service port a connection to `destination` may lead to: the one at that address, or,
+/// at an address that may be an unlisted one of a node, the NodePort's
+/// (`admit::node_port_doubt`; `trust_listed`: `--node-ports-only-at-listed-addresses`).
+fn leads_to(
+    policy: &PodPolicy,
+    trust_listed: bool,
+    destination: SocketAddr,
+) -> Option<&podwall_policy::services::ServicePort> {
+    policy
+        .engine
+        .state()
         .services
         .lookup(destination.ip(), destination.port(), Protocol::Tcp)
-    else {
+        .or_else(|| {
+            crate::admit::unlisted_node_port(policy, trust_listed, destination, Protocol::Tcp)
+        })
+}
+
+/// The backends the Service `destination` may lead to has ready ([`leads_to`]), each with the
+/// pod that holds its address (none: it leads to no Service).
+pub(crate) fn service_backends(
+    policy: &PodPolicy,
+    trust_listed: bool,
+    destination: SocketAddr,
+) -> Box<[Backend]> {
+    let Some(service) = leads_to(policy, trust_listed, destination) else {
         return Box::default();
     };
     service
