@@ -83,8 +83,8 @@ impl ServiceTable {
         at.map(|&i| &self.ports[i])
     }
 
-    /// The service port whose NodePort `port` is, for an address of `ip`'s family that is not
-    /// known to be a node's. kube-proxy (iptables and IPVS modes, unless its
+    /// The service port whose NodePort `port` is, for addresses of `ip`'s family (whether `ip`
+    /// is a known node address is the caller's to ask: [`is_node_address`](Self::is_node_address)). kube-proxy (iptables and IPVS modes, unless its
     /// `--nodeport-addresses` says otherwise) answers NodePorts at *every* address of a node,
     /// and a node has addresses no object lists (a `docker0` bridge, node-local DNS's
     /// `169.254.20.10`, the gateway of another node's pods): such an address with a NodePort

@@ -306,8 +306,9 @@ pub(crate) enum NodePortDoubt {
 }
 
 impl NodePortDoubt {
-    /// Records a failed doubt in `event` (the Service, and for audit mode the verdict and
-    /// why); `Err`: why the flow must be refused.
+    /// Records a failed doubt in `event`: for audit mode the verdict and why (the event keeps
+    /// no `service`: the flow went to the address, and is re-judged as one); `Err`: why the
+    /// flow must be refused, with the Service named in the event.
     pub(crate) fn mark(self, event: &mut FlowEvent) -> Result<(), String> {
         let NodePortDoubt::Fails {
             service,
@@ -317,8 +318,8 @@ impl NodePortDoubt {
         else {
             return Ok(());
         };
-        event.service = Some(service);
         if !audit {
+            event.service = Some(service);
             return Err(why);
         }
         event.verdict = FlowVerdict::Audit;
@@ -355,8 +356,10 @@ pub(crate) fn unlisted_node_port(
 /// `docker0` bridge, node-local DNS's 169.254.20.10, another node's pod gateway). The sidecar
 /// cannot tell such an address from an outside host's, so the flow must be allowed both as the
 /// address it is (the caller's verdict) and to every ready backend the node could take it to,
-/// with no HTTP rules of this pod's on any: the flow goes to the address, where nothing would
-/// apply them. A Service without ready backends leads nowhere (kube-proxy rejects).
+/// with no HTTP or DNS rules of this pod's on any: the flow goes to the address, where nothing
+/// would apply them. Only this pod's own policies count: the node source-NATs what it
+/// forwards. A Service without backends (ready, or serving while terminating) leads nowhere
+/// (kube-proxy rejects).
 pub(crate) fn node_port_doubt(
     policy: &PodPolicy,
     trust_listed: bool,

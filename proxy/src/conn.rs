@@ -118,15 +118,19 @@ async fn handle(
                 handed_over: n,
             } => {
                 handed_over = n;
-                event.reason = Some(format!("server name {name} checked"));
+                // An AUDIT event keeps the reason it passed in audit mode for.
+                if event.verdict == FlowVerdict::Allowed {
+                    event.reason = Some(format!("server name {name} checked"));
+                }
             }
             // Every request's Host, not the first one's.
             NameCheck::PerRequest => name_gated = true,
-            NameCheck::Unnamed => {
+            NameCheck::Unnamed if event.verdict == FlowVerdict::Allowed => {
                 event.reason = Some(
                     "no server name to check (allowed by --allow-unnamed-fqdn-connections)".into(),
                 );
             }
+            NameCheck::Unnamed => {}
             NameCheck::Denied(why) => {
                 shared.metrics.fqdn.server_name_denied.inc();
                 // As the address is judged without the names: an Admin-tier Deny there is not

@@ -164,7 +164,9 @@ pub enum FlowPhase {
 pub struct FlowService {
     /// `namespace/name`.
     pub name: Arc<str>,
-    /// The virtual IP and port dialled (written as `ip:port`).
+    /// The Service's address and port dialled (written as `ip:port`): its virtual IP, a node
+    /// address with a NodePort, or an address that may be a node's (a refusal that names the
+    /// Service for it).
     pub address: SocketAddr,
     /// Ready backends it had.
     pub backends: usize,

@@ -831,7 +831,17 @@ spec:
         let (ok, audited) = admitted(&audit, false, Protocol::Tcp, "169.254.20.10:30080");
         assert!(ok, "audit mode lets it pass");
         assert_eq!(audited.verdict, FlowVerdict::Audit);
-        assert!(audited.service.is_some(), "{audited:?}");
+        assert!(
+            audited
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("service t/api")),
+            "{audited:?}"
+        );
+        assert!(
+            audited.service.is_none(),
+            "it went to the address, and is re-judged as one: {audited:?}"
+        );
         // On the kernel path, a connection carried since before the Service was known is
         // judged by the backends it may lead to from then on.
         let shared = client_sidecar();

@@ -678,6 +678,12 @@ fn node_port_doubt(
             svc.service,
             if n == 1 { "" } else { "s" },
         ),
+        None if n == 0 => format!(
+            "{dialled} may be an address of a node where kube-proxy takes NodePort {} to service \
+             {}, which has no endpoint: it leads nowhere",
+            dialled.port(),
+            svc.service,
+        ),
         None => format!(
             "{dialled} may be an address of a node where kube-proxy takes NodePort {} to service \
              {}: policy allows every one of its {n} ready endpoint{} too",
