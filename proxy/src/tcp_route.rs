@@ -249,17 +249,19 @@ pub(crate) fn rejudge(
     // A backend that left the Service while the connection was open may be the one the node
     // gave it: while the same pod holds its address, policy must still allow it too. (Those
     // still ready are judged with the rest, below.)
-    let now = leads_to(
-        policy,
-        shared.node_ports_only_at_listed_addresses,
-        destination,
-    )
-    .map_or(&[][..], |s| &s.backends);
-    let gone_denied = seen.iter().any(|b| {
-        now.binary_search(&(b.ip, b.port)).is_err()
-            && pod_at(policy, b.ip) == b.pod
-            && !policy.allows(Direction::Egress, b.ip, Protocol::Tcp, b.port, &[])
-    });
+    let gone_denied = !seen.is_empty() && {
+        let now = leads_to(
+            policy,
+            shared.node_ports_only_at_listed_addresses,
+            destination,
+        )
+        .map_or(&[][..], |s| &s.backends);
+        seen.iter().any(|b| {
+            now.binary_search(&(b.ip, b.port)).is_err()
+                && pod_at(policy, b.ip) == b.pod
+                && !policy.allows(Direction::Egress, b.ip, Protocol::Tcp, b.port, &[])
+        })
+    };
     if service {
         let flow = NewFlow {
             direction,
