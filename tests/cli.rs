@@ -414,12 +414,15 @@ fn check_judges_a_service_address_by_the_backends_it_leads_to() {
     )
     .expect("write");
     let input = input.to_str().expect("path");
-    let check = |to: &str, port: &str, output: &str| {
-        podwall(&[
+    // `analyze check` from the client to `to:port`, with `extra` flags.
+    let check_with = |to: &str, port: &str, extra: &[&str]| {
+        let mut args = vec![
             "analyze", "check", "-f", input, "--from", "t/client", "--to", to, "--port", port,
-            "-o", output,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        podwall(&args)
     };
+    let check = |to: &str, port: &str, output: &str| check_with(to, port, &["-o", output]);
     let (code, out, err) = check("192.168.0.1", "30080", "text");
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -444,20 +447,7 @@ fn check_judges_a_service_address_by_the_backends_it_leads_to() {
     );
     assert!(!out.contains("is an address of service"), "{out}");
     // UDP goes where the node sends it: one denied backend denies it.
-    let (code, out, err) = podwall(&[
-        "analyze",
-        "check",
-        "-f",
-        input,
-        "--from",
-        "t/client",
-        "--to",
-        "192.168.0.1",
-        "--port",
-        "30053",
-        "--protocol",
-        "UDP",
-    ]);
+    let (code, out, err) = check_with("192.168.0.1", "30053", &["--protocol", "UDP"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("192.168.0.1:30053 is an address of service t/mixed (2 ready endpoints): judged for 10.0.0.3:53, one policy denies"),
@@ -496,19 +486,11 @@ fn check_judges_a_service_address_by_the_backends_it_leads_to() {
     assert_eq!(v["allowed"], false);
     assert_eq!(v["node_port"]["service"], "t/db");
     assert_eq!(v["node_port"]["refused_for"], "10.0.0.3:5432");
-    let (code, out, err) = podwall(&[
-        "analyze",
-        "check",
-        "-f",
-        input,
-        "--from",
-        "t/client",
-        "--to",
+    let (code, out, err) = check_with(
         "169.254.20.10",
-        "--port",
         "30432",
-        "--node-ports-only-at-listed-addresses",
-    ]);
+        &["--node-ports-only-at-listed-addresses"],
+    );
     assert_eq!(code, 0, "trusting the listed addresses: {out}{err}");
     assert!(!out.contains("may be an address of a node"), "{out}");
     let (code, out, err) = check("169.254.20.10", "22", "text");
