@@ -361,6 +361,24 @@ impl Engine {
         self.by_ip.get(&ip).copied()
     }
 
+    /// The Service port whose NodePort `ip:port` may be when `ip` is no pod's and none the
+    /// Services and nodes the state knows (see [`ServiceTable::node_port`]): kube-proxy
+    /// answers NodePorts at addresses of a node no object lists too.
+    ///
+    /// [`ServiceTable::node_port`]: crate::services::ServiceTable::node_port
+    pub fn unlisted_node_port(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<&crate::services::ServicePort> {
+        let services = &self.state.services;
+        // The NodePort first: one hash lookup, which almost every flow misses.
+        let service = services.node_port(ip, port, protocol)?;
+        let known = self.pod_by_ip(ip).is_some() || services.lookup(ip, port, protocol).is_some();
+        (!known).then_some(service)
+    }
+
     /// Resolves an address to its pod when it is a pod's.
     pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
         match self.pod_by_ip(ip) {

@@ -83,8 +83,8 @@ impl ServiceTable {
         at.map(|&i| &self.ports[i])
     }
 
-    /// The service port whose NodePort `port` is, for addresses of `ip`'s family (whether `ip`
-    /// is a known node address is the caller's to ask: [`is_node_address`](Self::is_node_address)). kube-proxy (iptables and IPVS modes, unless its
+    /// The service port whose NodePort `port` is, for addresses of `ip`'s family, whatever `ip`
+    /// is (`Engine::unlisted_node_port` asks it only for addresses no pod, Service or node has). kube-proxy (iptables and IPVS modes, unless its
     /// `--nodeport-addresses` says otherwise) answers NodePorts at *every* address of a node,
     /// and a node has addresses no object lists (a `docker0` bridge, node-local DNS's
     /// `169.254.20.10`, the gateway of another node's pods): such an address with a NodePort
@@ -137,25 +137,30 @@ impl ServiceTable {
         self.ports.iter()
     }
 
-    /// Every address (IP, port, protocol) with its service port, sorted (see
-    /// [`lookup`](Self::lookup)).
-    pub fn by_address(&self) -> Vec<((IpAddr, u16, Protocol), &ServicePort)> {
-        let node_ports = self
-            .by_node_port
-            .iter()
-            .flat_map(|(&(port, proto, v4), &i)| {
-                self.nodes
-                    .iter()
-                    .filter(move |ip| ip.is_ipv4() == v4)
-                    .map(move |&ip| ((ip, port, proto), i))
-            });
+    /// The addresses a service port is at by itself (cluster, external and load balancer IPs
+    /// with the service port; host ports at their node's addresses), with it, sorted: every
+    /// address but the NodePorts at the nodes' addresses.
+    pub fn fixed_addresses(&self) -> Vec<((IpAddr, u16, Protocol), &ServicePort)> {
         let mut all: Vec<_> = self
             .by_vip
             .iter()
-            .map(|(k, &i)| (*k, i))
-            .chain(node_ports)
-            .map(|(k, i)| (k, &self.ports[i]))
+            .map(|(k, &i)| (*k, &self.ports[i]))
             .collect();
+        all.sort_by_key(|((ip, port, protocol), _)| (*ip, *port, *protocol as u8));
+        all
+    }
+
+    /// Every address (IP, port, protocol) with its service port, sorted (see
+    /// [`lookup`](Self::lookup)).
+    pub fn by_address(&self) -> Vec<((IpAddr, u16, Protocol), &ServicePort)> {
+        let node_ports = self.node_ports().flat_map(|(port, proto, v4, service)| {
+            self.nodes
+                .iter()
+                .filter(move |ip| ip.is_ipv4() == v4)
+                .map(move |&ip| ((ip, port, proto), service))
+        });
+        let mut all = self.fixed_addresses();
+        all.extend(node_ports);
         all.sort_by_key(|((ip, port, protocol), _)| (*ip, *port, *protocol as u8));
         all
     }

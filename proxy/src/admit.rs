@@ -340,13 +340,9 @@ pub(crate) fn unlisted_node_port(
     if trust_listed {
         return None;
     }
-    let state = policy.engine.state();
-    let (ip, port) = (destination.ip(), destination.port());
-    // The NodePort first: one hash lookup, which almost every flow misses.
-    let service = state.services.node_port(ip, port, protocol)?;
-    let known = policy.engine.pod_by_ip(ip).is_some()
-        || state.services.lookup(ip, port, protocol).is_some();
-    (!known).then_some(service)
+    policy
+        .engine
+        .unlisted_node_port(destination.ip(), destination.port(), protocol)
 }
 
 /// An egress flow to an address that is no pod's and none the cluster's objects give a node

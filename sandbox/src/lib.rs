@@ -944,12 +944,8 @@ fn service_rules(services: &podwall_policy::services::ServiceTable) -> String {
             );
         }
     };
-    for ((vip, port, protocol), service) in services.by_address() {
-        let node_port = services.is_node_address(vip)
-            && services
-                .node_port(vip, port, protocol)
-                .is_some_and(|n| std::ptr::eq(n, service));
-        if vip.is_ipv4() && !node_port {
+    for ((vip, port, protocol), service) in services.fixed_addresses() {
+        if vip.is_ipv4() {
             lead(&format!("-d {vip}/32"), protocol, port, service);
         }
     }

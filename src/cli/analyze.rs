@@ -524,13 +524,10 @@ fn check(args: CheckArgs) -> Result<ExitCode, String> {
         (Endpoint::Pod(_), Endpoint::Ip(ip))
             if service.is_none()
                 && explanation.allowed
-                && !args.node_ports_only_at_listed_addresses
-                && engine.pod_by_ip(ip).is_none() =>
+                && !args.node_ports_only_at_listed_addresses =>
         {
             engine
-                .state()
-                .services
-                .node_port(ip, query.port, protocol)
+                .unlisted_node_port(ip, query.port, protocol)
                 .map(|svc| node_port_doubt(&engine, &query, svc, SocketAddr::new(ip, query.port)))
         }
         _ => None,
